@@ -1,1 +1,46 @@
-fn main() {}
+//! `strata-snapshotter`: FUSE client of a Strata/CVMFS repository, containerd proxy
+//! snapshotter and lazy `pull`.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "strata-snapshotter", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mount a repository read-only through FUSE (foreground until unmounted or signalled).
+    Mount(snapshotter::mount::MountArgs),
+    /// Serve the containerd Snapshots gRPC API on a unix socket.
+    Run(snapshotter::service::RunArgs),
+    /// Put a published image into containerd without downloading its layers.
+    Pull(snapshotter::pull::PullArgs),
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Mount(args) => snapshotter::mount::main(args).map_err(Into::into),
+        Command::Run(args) => snapshotter::service::main(args).map_err(Into::into),
+        Command::Pull(args) => snapshotter::pull::main(args).map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("strata-snapshotter: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
