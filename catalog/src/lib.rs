@@ -1,1 +1,53 @@
-//! placeholder
+//! The CernVM-FS (CVMFS) repository format, without any networking.
+//!
+//! Everything here follows `shared/spec/cvmfs-format.md`; section numbers in the docs point
+//! there. Main pieces:
+//!
+//! * [`hash`]: [`ContentHash`] (SHA-1, RIPEMD-160, SHAKE128), object names
+//!   `data/57/98f7…a3C` and whitelist fingerprints (§1.3, §2).
+//! * [`compression`]: zlib objects, bounded inflate, hash verification, streaming
+//!   [`ObjectWriter`] and [`verify_and_inflate`] (§3).
+//! * [`path_hash`], [`xattr`], [`entry`], [`statistics`]: the pieces of a catalog row and
+//!   of the counters (§6.5–§6.13).
+//! * [`writer`] / [`reader`]: [`CatalogWriter`] builds schema 2.5 rev 7 SQLite catalogs,
+//!   [`CatalogReader`] reads them (and stock catalogs) read-only (§6).
+//! * [`keys`], [`manifest`], [`whitelist`], [`verify`]: RSA keys and certificates, the
+//!   signed `.cvmfspublished` and `.cvmfswhitelist`, and the client's verification chain
+//!   (§7).
+//! * [`store`]: [`LocalStore`], the served tree with atomic writes (§1.2).
+//!
+//! Catalogs and objects are plain files: all of this is blocking code, to be run on
+//! blocking threads by async callers.
+
+#![forbid(unsafe_code)]
+
+pub mod compression;
+pub mod entry;
+pub mod error;
+pub mod hash;
+pub mod keys;
+pub mod manifest;
+pub mod path_hash;
+pub mod reader;
+mod signed;
+pub mod statistics;
+pub mod store;
+pub mod verify;
+pub mod whitelist;
+pub mod writer;
+pub mod xattr;
+
+pub use compression::{ObjectInfo, ObjectWriter, compress, decompress, verify_and_inflate};
+pub use entry::{Chunk, Entry, EntryKind};
+pub use error::{Error, Result};
+pub use hash::{ContentHash, HashAlgorithm, Hasher, Suffix};
+pub use keys::{Certificate, RsaPrivateKey, RsaPublicKey};
+pub use manifest::{Manifest, SignedManifest};
+pub use path_hash::{PathHash, parent_hash, parent_path, path_hash};
+pub use reader::{CatalogReader, NestedCatalogRef};
+pub use statistics::{Counters, Statistics};
+pub use store::LocalStore;
+pub use verify::verify_repository;
+pub use whitelist::{SignedWhitelist, Whitelist};
+pub use writer::{CatalogProperties, CatalogWriter, Transition};
+pub use xattr::{decode_xattrs, encode_xattrs};
