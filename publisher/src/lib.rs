@@ -1,1 +1,26 @@
-//! placeholder
+//! `strata-publisher`: turns OCI/Docker images into a CernVM-FS repository and serves it.
+//!
+//! * [`publish::init`] creates a repository (keys, whitelist, revision 0);
+//! * [`ingest::ingest`] converts images from [`source`]s — registries or OCI layouts — into
+//!   layer catalogs ([`layer`]), flattened images ([`flatten`]) and the namespace of
+//!   docs/CONTRACTS.md §3, then publishes one new revision ([`publish`]);
+//! * [`serve::serve`] serves the result as static files with CVMFS cache headers.
+//!
+//! The in-memory namespace is a [`tree::Node`] tree of catalog rows; the CVMFS format itself
+//! (objects, catalogs, manifest, signatures) is the `catalog` crate's.
+
+pub mod decompress;
+pub mod digest;
+pub mod error;
+pub mod flatten;
+pub mod ingest;
+pub mod layer;
+pub mod objects;
+pub mod publish;
+pub mod reference;
+pub mod repo;
+pub mod serve;
+pub mod source;
+pub mod tree;
+
+pub use error::{Error, Result};

@@ -1,1 +1,109 @@
-fn main() {}
+//! `strata-publisher` command line (docs/CONTRACTS.md §4).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Turns OCI/Docker images into a CernVM-FS repository and serves it.
+#[derive(Parser)]
+#[command(name = "strata-publisher", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a repository: keys, whitelist, empty revision 0.
+    Init {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Fully qualified repository name, e.g. images.example.org.
+        #[arg(long)]
+        fqrn: String,
+        /// Root catalog TTL in seconds.
+        #[arg(long, default_value_t = publisher::repo::DEFAULT_TTL)]
+        ttl: u64,
+    },
+    /// Add images and publish one new revision.
+    Ingest {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Public name REGISTRY/REPO:TAG for the oci: reference.
+        #[arg(long)]
+        name: Option<String>,
+        /// docker://HOST[:PORT]/REPO[:TAG|@DIGEST] or oci:DIR[:TAG].
+        #[arg(required = true)]
+        refs: Vec<String>,
+    },
+    /// Serve DIR/srv at http://ADDR/cvmfs/<fqrn>/.
+    Serve {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Address to listen on, e.g. 127.0.0.1:8000 (port 0 picks one).
+        #[arg(long)]
+        listen: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata-publisher: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    match cli.command {
+        Command::Init { repo, fqrn, ttl } => {
+            let m = publisher::publish::init(&repo, &fqrn, ttl)
+                .with_context(|| format!("creating repository in {}", repo.display()))?;
+            println!(
+                "created {fqrn} in {} (revision {})",
+                repo.display(),
+                m.revision
+            );
+        }
+        Command::Ingest { repo, name, refs } => {
+            let sources = publisher::ingest::sources(&refs, name.as_deref())?;
+            let s = rt
+                .block_on(publisher::ingest::ingest(&repo, sources))
+                .with_context(|| format!("ingesting into {}", repo.display()))?;
+            println!(
+                "published revision {}: {} image(s), {} layer(s) converted, {} reused",
+                s.revision,
+                s.images.len(),
+                s.layers_converted,
+                s.layers_reused
+            );
+            for i in s.images {
+                println!("  {i}");
+            }
+        }
+        Command::Serve { repo, listen } => rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            publisher::serve::serve(&repo, listener).await?;
+            anyhow::Ok(())
+        })?,
+    }
+    Ok(())
+}

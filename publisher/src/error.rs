@@ -1,0 +1,120 @@
+//! The one error type of the `publisher` crate.
+
+use std::path::PathBuf;
+
+/// `Result` with the crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong while creating, filling or serving a repository.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, including the path.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CVMFS format layer failed (catalog, object, signature …).
+    #[error(transparent)]
+    Catalog(#[from] catalog::Error),
+    /// `init` was pointed at a directory that already holds a repository.
+    #[error("{0} is already a repository")]
+    AlreadyRepository(PathBuf),
+    /// The directory is not a repository made by `init`, or its layout is damaged.
+    #[error("{path} is not a usable repository: {reason}")]
+    NotRepository {
+        /// The `--repo` directory.
+        path: PathBuf,
+        /// What is missing or wrong.
+        reason: String,
+    },
+    /// An image reference (`docker://…`, `oci:…`, `--name`) could not be parsed.
+    #[error("invalid image reference {reference:?}: {reason}")]
+    Reference {
+        /// The text given.
+        reference: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The registry client failed (HTTP, auth, registry error document).
+    #[error("registry error for {image}: {source}")]
+    Registry {
+        /// The image being fetched.
+        image: String,
+        /// The client error.
+        #[source]
+        source: oci_client::errors::OciDistributionError,
+    },
+    /// An image manifest, index or config is malformed or unsupported.
+    #[error("image {image}: {reason}")]
+    Image {
+        /// The image reference.
+        image: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Bytes fetched do not match the digest that names them.
+    #[error("image {image}: {what} digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The image reference.
+        image: String,
+        /// Which blob (e.g. `layer sha256:… compressed`, `config`).
+        what: String,
+        /// The digest the manifest or config promised.
+        expected: String,
+        /// The digest of the bytes seen.
+        actual: String,
+    },
+    /// A layer tarball holds something we refuse (path escaping the root, dangling hard link,
+    /// sparse file, undecodable data …).
+    #[error("image {image}, layer {layer}, entry {entry:?}: {reason}")]
+    Layer {
+        /// The image reference.
+        image: String,
+        /// The layer digest (`sha256:…`).
+        layer: String,
+        /// The tar entry path as found in the archive (empty if not at an entry).
+        entry: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// JSON (settings, layer facts) could not be read or written.
+    #[error("{context}: {source}")]
+    Json {
+        /// What was being parsed or written.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A blocking task panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with a description of what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Wraps a JSON error with a description of what was being done.
+    pub fn json(context: impl Into<String>, source: serde_json::Error) -> Error {
+        Error::Json {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for Error {
+    fn from(e: tokio::task::JoinError) -> Error {
+        Error::Task(e.to_string())
+    }
+}

@@ -1,0 +1,189 @@
+//! Flattening: applying layer trees in order into one root filesystem, resolving overlayfs
+//! whiteouts (a character device 0:0 deletes the name below; a directory with
+//! `trusted.overlay.opaque="y"` hides all lower content of that directory).
+//!
+//! Content objects are shared with the layers (entries keep their hashes), so a flat image
+//! costs catalog space only (DESIGN.md, "Repository namespace").
+
+use crate::tree::{CATALOG_MARKER, Node, OPAQUE_XATTR, is_whiteout};
+
+/// Applies `layers` (lowest first, each a layer root as produced by
+/// [`crate::layer::read_layer`]) and returns the flattened root directory. The root's
+/// metadata comes from the topmost layer. Hard-link groups are renumbered so groups of
+/// different layers stay apart, then normalised (CVMFS spec §6.8).
+pub fn flatten(layers: &[&Node]) -> Node {
+    let mut root = Node::dir("", 0o755, 0);
+    let mut group_offset = 0u32;
+    for layer in layers {
+        let max = layer.max_hardlink_group();
+        let mut entry = layer.entry.clone();
+        entry.xattrs.remove(OPAQUE_XATTR);
+        entry.name = String::new();
+        root.entry = entry;
+        apply_dir(&mut root, layer, group_offset, true);
+        group_offset += max;
+    }
+    root.catalog = None;
+    root.normalize_hardlinks();
+    root.fix_linkcounts();
+    root
+}
+
+/// Applies the children of the layer directory `src` onto `dst`.
+fn apply_dir(dst: &mut Node, src: &Node, group_offset: u32, at_root: bool) {
+    if src
+        .entry
+        .xattrs
+        .get(OPAQUE_XATTR)
+        .is_some_and(|v| v == b"y")
+    {
+        dst.children.clear();
+    }
+    for (name, child) in &src.children {
+        if at_root && name == CATALOG_MARKER {
+            continue; // the marker of a layer catalog is not image content
+        }
+        if is_whiteout(&child.entry) {
+            dst.children.remove(name);
+            continue;
+        }
+        if child.is_dir() {
+            let mut entry = child.entry.clone();
+            entry.xattrs.remove(OPAQUE_XATTR);
+            match dst.children.get_mut(name) {
+                Some(existing) if existing.is_dir() => existing.entry = entry,
+                _ => {
+                    dst.children.insert(name.clone(), Node::leaf(entry));
+                }
+            }
+            if let Some(d) = dst.children.get_mut(name) {
+                apply_dir(d, child, group_offset, false);
+            }
+        } else {
+            let mut entry = child.entry.clone();
+            if entry.hardlink_group != 0 {
+                entry.hardlink_group += group_offset;
+            }
+            dst.children.insert(name.clone(), Node::leaf(entry));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use catalog::{ContentHash, HashAlgorithm};
+
+    use super::*;
+    use crate::tree::{components, dir_entry, file_entry, marker_entry, whiteout_entry};
+
+    fn h(b: &[u8]) -> ContentHash {
+        ContentHash::of_bytes(HashAlgorithm::Sha1, b)
+    }
+
+    fn file(root: &mut Node, path: &str, data: &[u8]) {
+        let c = components(path);
+        let (name, parent) = c.split_last().unwrap_or_else(|| panic!("path"));
+        root.insert(
+            parent,
+            Node::leaf(file_entry(name, 0o644, 0, 0, 0, data.len() as u64, h(data))),
+            0,
+        );
+    }
+
+    fn whiteout(root: &mut Node, path: &str) {
+        let c = components(path);
+        let (name, parent) = c.split_last().unwrap_or_else(|| panic!("path"));
+        root.insert(parent, Node::leaf(whiteout_entry(name, 0)), 0);
+    }
+
+    #[test]
+    fn whiteouts_delete_and_opaque_hides() {
+        let mut l0 = Node::dir("", 0o755, 0);
+        file(&mut l0, "etc/passwd", b"root");
+        file(&mut l0, "etc/group", b"g");
+        file(&mut l0, "var/cache/a", b"a");
+        file(&mut l0, "var/cache/sub/b", b"b");
+        file(&mut l0, "opt/x/y", b"y");
+        l0.insert(&[], Node::leaf(marker_entry(h(b""), 0)), 0);
+
+        let mut l1 = Node::dir("", 0o700, 0);
+        whiteout(&mut l1, "etc/passwd");
+        whiteout(&mut l1, "opt");
+        whiteout(&mut l1, "never/existed");
+        let cache = l1.ensure_dir(&["var", "cache"], 0);
+        cache
+            .entry
+            .xattrs
+            .insert(OPAQUE_XATTR.into(), b"y".to_vec());
+        file(&mut l1, "var/cache/new", b"n");
+
+        let mut l2 = Node::dir("", 0o755, 0);
+        file(&mut l2, "opt", b"now a file");
+
+        let flat = flatten(&[&l0, &l1, &l2]);
+        assert!(flat.get(&["etc", "passwd"]).is_none());
+        assert!(flat.get(&["etc", "group"]).is_some());
+        assert!(flat.get(&["var", "cache", "a"]).is_none());
+        assert!(flat.get(&["var", "cache", "sub"]).is_none());
+        assert!(flat.get(&["var", "cache", "new"]).is_some());
+        assert!(
+            flat.get(&["var", "cache"])
+                .is_some_and(|n| n.entry.xattrs.is_empty())
+        );
+        assert!(flat.get(&["opt"]).is_some_and(|n| !n.is_dir()));
+        assert!(flat.get(&["never"]).is_some_and(|n| n.children.is_empty()));
+        assert!(flat.get(&[CATALOG_MARKER]).is_none());
+        let mut whiteouts = 0;
+        flat.visit_catalog(&mut |n| whiteouts += usize::from(is_whiteout(&n.entry)));
+        assert_eq!(whiteouts, 0);
+        assert_eq!(
+            flat.entry.mode, 0o040755,
+            "root metadata from the top layer"
+        );
+        assert_eq!(flat.entry.linkcount, 2 + 3);
+    }
+
+    #[test]
+    fn directory_replaces_file_and_metadata_updates() {
+        let mut l0 = Node::dir("", 0o755, 0);
+        file(&mut l0, "a", b"file");
+        l0.insert(&[], Node::leaf(dir_entry("d", 0o700, 1, 1, 5)), 0);
+        file(&mut l0, "d/keep", b"k");
+        let mut l1 = Node::dir("", 0o755, 0);
+        file(&mut l1, "a/inside", b"i");
+        l1.insert(&[], Node::leaf(dir_entry("d", 0o755, 2, 2, 9)), 0);
+        let flat = flatten(&[&l0, &l1]);
+        assert!(flat.get(&["a", "inside"]).is_some());
+        let d = flat.get(&["d"]).unwrap_or_else(|| panic!("d"));
+        assert_eq!((d.entry.mode, d.entry.uid, d.entry.mtime), (0o040755, 2, 9));
+        assert!(d.children.contains_key("keep"));
+    }
+
+    #[test]
+    fn hardlink_groups_of_layers_stay_apart() {
+        let mut layers = Vec::new();
+        for data in [&b"one"[..], b"two"] {
+            let mut l = Node::dir("", 0o755, 0);
+            let prefix = String::from_utf8_lossy(data).into_owned();
+            for n in ["x", "y"] {
+                let mut e = file_entry(&format!("{prefix}{n}"), 0o644, 0, 0, 0, 3, h(data));
+                e.hardlink_group = 1;
+                e.linkcount = 2;
+                l.insert(&[], Node::leaf(e), 0);
+            }
+            layers.push(l);
+        }
+        // the top layer replaces one member of the bottom group
+        file(&mut layers[1], "onex", b"replaced");
+        let flat = flatten(&[&layers[0], &layers[1]]);
+        let g = |n: &str| {
+            flat.get(&[n])
+                .map(|n| (n.entry.hardlink_group, n.entry.linkcount))
+                .unwrap_or_default()
+        };
+        assert_eq!(g("onex"), (0, 1));
+        assert_eq!(g("oney"), (0, 1), "group of one dissolved");
+        assert_eq!(g("twox"), (2, 2));
+        assert_eq!(g("twoy"), (2, 2));
+    }
+}

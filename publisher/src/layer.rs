@@ -1,0 +1,673 @@
+//! One image layer: tar stream → in-memory tree of catalog rows, with every regular file
+//! compressed into the object store on the way.
+//!
+//! Whiteouts are stored the way overlayfs reads them (DESIGN.md, CONTRACTS.md §3):
+//! `.wh.NAME` becomes a character device 0:0 named `NAME`, `.wh..wh..opq` becomes the xattr
+//! `trusted.overlay.opaque="y"` on its directory; no `.wh.*` name is ever stored. Hard links
+//! inside one directory become a CVMFS hard-link group (spec §6.8); across directories they
+//! become separate entries sharing one content object. A later entry for a path replaces the
+//! earlier one, as when unpacking.
+
+use std::io::Read;
+
+use catalog::{EntryKind, LocalStore, Suffix};
+use tar::EntryType;
+
+use crate::decompress::{BlobDigests, LayerStream};
+use crate::error::{Error, Result};
+use crate::objects::store_reader;
+use crate::tree::{
+    Node, OPAQUE_XATTR, dir_entry, file_entry, special_entry, symlink_entry, whiteout_entry,
+};
+
+/// Prefix of whiteout names (OCI image spec, "Whiteouts").
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+/// Name of the opaque-directory marker.
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// PAX key prefix of extended attributes.
+const PAX_XATTR: &str = "SCHILY.xattr.";
+/// Largest xattr key or value the catalog format can hold (spec §6.9).
+const XATTR_MAX: usize = 255;
+
+/// What identifies a layer in error messages and checks.
+#[derive(Clone, Debug)]
+pub struct LayerId {
+    /// The image the layer belongs to (for messages).
+    pub image: String,
+    /// Layer digest `sha256:<hex>` of the compressed blob.
+    pub digest: String,
+    /// Expected diffID `sha256:<hex>` of the uncompressed tar.
+    pub diff_id: String,
+    /// Media type from the manifest.
+    pub media_type: String,
+}
+
+impl LayerId {
+    fn error(&self, entry: &str, reason: impl Into<String>) -> Error {
+        Error::Layer {
+            image: self.image.clone(),
+            layer: self.digest.clone(),
+            entry: entry.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A layer read into memory (metadata only; contents are in the store).
+#[derive(Debug)]
+pub struct LayerTree {
+    /// The layer's root directory; children are the layer's entries.
+    pub root: Node,
+    /// Digests and sizes that were verified.
+    pub digests: BlobDigests,
+    /// Number of regular files stored.
+    pub files: u64,
+}
+
+/// Reads the compressed layer `blob`, verifies its digest and diffID, stores every regular
+/// file in `store` and returns the tree. Runs on a blocking thread.
+///
+/// Errors: [`Error::DigestMismatch`] if the blob or tar digests differ from `id`,
+/// [`Error::Layer`] for hostile or unsupported entries (path escaping the root, dangling or
+/// directory hard link, non-UTF-8 names, PAX sparse files), store errors.
+pub fn read_layer<R: Read>(blob: R, id: &LayerId, store: &LocalStore) -> Result<LayerTree> {
+    let stream = LayerStream::new(blob, &id.media_type).map_err(|e| id.error("", e.to_string()))?;
+    let mut archive = tar::Archive::new(stream);
+    let mut builder = Builder {
+        root: Node::dir("", 0o755, 0),
+        next_group: 1,
+        files: 0,
+    };
+    let entries = archive
+        .entries()
+        .map_err(|e| id.error("", format!("reading tar: {e}")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| id.error("", format!("reading tar: {e}")))?;
+        builder.add(entry, id, store)?;
+    }
+    let digests = archive
+        .into_inner()
+        .finish()
+        .map_err(|e| id.error("", format!("reading blob: {e}")))?;
+    if digests.compressed != id.digest {
+        return Err(Error::DigestMismatch {
+            image: id.image.clone(),
+            what: format!("layer {} (compressed blob)", id.digest),
+            expected: id.digest.clone(),
+            actual: digests.compressed,
+        });
+    }
+    if digests.uncompressed != id.diff_id {
+        return Err(Error::DigestMismatch {
+            image: id.image.clone(),
+            what: format!("layer {} (uncompressed tar = diffID)", id.digest),
+            expected: id.diff_id.clone(),
+            actual: digests.uncompressed,
+        });
+    }
+    builder.root.normalize_hardlinks();
+    builder.root.fix_linkcounts();
+    Ok(LayerTree {
+        root: builder.root,
+        digests,
+        files: builder.files,
+    })
+}
+
+/// Normalises a tar path: strips leading `/` and `./`, drops `.` and empty components,
+/// resolves `..`. Returns `None` if the path escapes the root.
+pub fn normalize_path(raw: &str) -> Option<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for c in raw.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            c => out.push(c.to_string()),
+        }
+    }
+    Some(out)
+}
+
+struct Builder {
+    root: Node,
+    next_group: u32,
+    files: u64,
+}
+
+/// Metadata common to all entry kinds, read from the header and PAX records.
+struct Meta {
+    perm: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    xattrs: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl Builder {
+    fn add<R: Read>(
+        &mut self,
+        mut entry: tar::Entry<'_, R>,
+        id: &LayerId,
+        store: &LocalStore,
+    ) -> Result<()> {
+        let raw_path = String::from_utf8(entry.path_bytes().into_owned())
+            .map_err(|e| id.error(&String::from_utf8_lossy(e.as_bytes()), "name is not UTF-8"))?;
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            EntryType::XGlobalHeader
+                | EntryType::XHeader
+                | EntryType::GNULongName
+                | EntryType::GNULongLink
+        ) {
+            return Ok(());
+        }
+        let path = normalize_path(&raw_path)
+            .ok_or_else(|| id.error(&raw_path, "path escapes the layer root"))?;
+        let meta = self.meta(&mut entry, id, &raw_path)?;
+
+        let Some((name, parent)) = path.split_last() else {
+            // "./" itself: the layer root directory's metadata.
+            if kind == EntryType::Directory {
+                let mut e = dir_entry("", meta.perm, meta.uid, meta.gid, meta.mtime);
+                e.xattrs = meta.xattrs;
+                self.root.entry = e;
+                return Ok(());
+            }
+            return Err(id.error(&raw_path, "non-directory entry at the layer root"));
+        };
+        let parent: Vec<&str> = parent.iter().map(String::as_str).collect();
+
+        // Whiteouts (OCI image spec): never stored under their own names.
+        if name == OPAQUE_MARKER {
+            let dir = self.root.ensure_dir(&parent, 0);
+            dir.entry
+                .xattrs
+                .insert(OPAQUE_XATTR.to_string(), b"y".to_vec());
+            return Ok(());
+        }
+        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+            if hidden.is_empty() || hidden == "." || hidden == ".." {
+                return Err(id.error(&raw_path, "invalid whiteout name"));
+            }
+            let node = Node::leaf(whiteout_entry(hidden, meta.mtime));
+            self.root.insert(&parent, node, 0);
+            return Ok(());
+        }
+
+        let mut new_entry = match kind {
+            EntryType::Directory => {
+                let mut e = dir_entry(name, meta.perm, meta.uid, meta.gid, meta.mtime);
+                e.xattrs = meta.xattrs;
+                let dir = self.root.ensure_dir(&parent, 0);
+                match dir.children.get_mut(name.as_str()) {
+                    Some(existing) if existing.is_dir() => {
+                        // Keep the children, take the new metadata (and opaque mark).
+                        let opaque = existing.entry.xattrs.get(OPAQUE_XATTR).cloned();
+                        existing.entry = e;
+                        if let Some(v) = opaque {
+                            existing.entry.xattrs.insert(OPAQUE_XATTR.to_string(), v);
+                        }
+                    }
+                    _ => {
+                        dir.children.insert(name.clone(), Node::leaf(e));
+                    }
+                }
+                return Ok(());
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let size = entry.size();
+                let info = store_reader(store, &mut entry, Suffix::None)
+                    .map_err(|e| id.error(&raw_path, format!("storing contents: {e}")))?;
+                if info.raw_size != size {
+                    return Err(id.error(&raw_path, "file shorter than its header says"));
+                }
+                self.files += 1;
+                file_entry(
+                    name, meta.perm, meta.uid, meta.gid, meta.mtime, size, info.hash,
+                )
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| id.error(&raw_path, "symlink without target"))?;
+                let target = String::from_utf8(target.into_owned())
+                    .map_err(|_| id.error(&raw_path, "symlink target is not UTF-8"))?;
+                symlink_entry(name, &target, meta.uid, meta.gid, meta.mtime)
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| id.error(&raw_path, "hard link without target"))?;
+                let target = String::from_utf8(target.into_owned())
+                    .map_err(|_| id.error(&raw_path, "hard link target is not UTF-8"))?;
+                let tpath = normalize_path(&target).ok_or_else(|| {
+                    id.error(
+                        &raw_path,
+                        format!("hard link target {target:?} escapes the root"),
+                    )
+                })?;
+                return self.hardlink(&path, &tpath, id, &raw_path, &target);
+            }
+            EntryType::Char | EntryType::Block => {
+                let major = entry.header().device_major().ok().flatten().unwrap_or(0);
+                let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
+                let ek = if kind == EntryType::Char {
+                    EntryKind::CharDevice
+                } else {
+                    EntryKind::BlockDevice
+                };
+                let mut e = special_entry(name, ek, meta.perm, libc::makedev(major, minor));
+                e.uid = meta.uid;
+                e.gid = meta.gid;
+                e.mtime = meta.mtime;
+                e
+            }
+            EntryType::Fifo => {
+                let mut e = special_entry(name, EntryKind::Fifo, meta.perm, 0);
+                e.uid = meta.uid;
+                e.gid = meta.gid;
+                e.mtime = meta.mtime;
+                e
+            }
+            other => {
+                return Err(id.error(&raw_path, format!("unsupported tar entry type {other:?}")));
+            }
+        };
+        new_entry.xattrs = meta.xattrs;
+        self.root.insert(&parent, Node::leaf(new_entry), 0);
+        Ok(())
+    }
+
+    fn hardlink(
+        &mut self,
+        path: &[String],
+        target: &[String],
+        id: &LayerId,
+        raw_path: &str,
+        raw_target: &str,
+    ) -> Result<()> {
+        let tcomps: Vec<&str> = target.iter().map(String::as_str).collect();
+        let Some((name, parent)) = path.split_last() else {
+            return Err(id.error(raw_path, "hard link at the layer root"));
+        };
+        let same_dir = target.len() == path.len() && target[..target.len() - 1] == *parent;
+        let next_group = self.next_group;
+        let tnode = self
+            .root
+            .get_mut(&tcomps)
+            .filter(|n| !n.is_dir())
+            .ok_or_else(|| {
+                id.error(
+                    raw_path,
+                    format!("hard link target {raw_target:?} does not exist earlier in the layer"),
+                )
+            })?;
+        if target == path {
+            return Ok(());
+        }
+        let mut e = tnode.entry.clone();
+        if same_dir {
+            if tnode.entry.hardlink_group == 0 {
+                tnode.entry.hardlink_group = next_group;
+                self.next_group += 1;
+            }
+            e.hardlink_group = tnode.entry.hardlink_group;
+        } else {
+            e.hardlink_group = 0;
+        }
+        e.name = name.clone();
+        let parent: Vec<&str> = parent.iter().map(String::as_str).collect();
+        self.root.insert(&parent, Node::leaf(e), 0);
+        Ok(())
+    }
+
+    fn meta<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        id: &LayerId,
+        raw_path: &str,
+    ) -> Result<Meta> {
+        let h = entry.header();
+        let perm = h
+            .mode()
+            .map_err(|e| id.error(raw_path, format!("bad mode: {e}")))?
+            & 0o7777;
+        let uid = h
+            .uid()
+            .map_err(|e| id.error(raw_path, format!("bad uid: {e}")))?;
+        let gid = h
+            .gid()
+            .map_err(|e| id.error(raw_path, format!("bad gid: {e}")))?;
+        let mut mtime =
+            h.mtime()
+                .map_err(|e| id.error(raw_path, format!("bad mtime: {e}")))? as i64;
+        let mut xattrs = std::collections::BTreeMap::new();
+        if let Some(pax) = entry
+            .pax_extensions()
+            .map_err(|e| id.error(raw_path, format!("bad PAX header: {e}")))?
+        {
+            for ext in pax {
+                let ext = ext.map_err(|e| id.error(raw_path, format!("bad PAX record: {e}")))?;
+                let Ok(key) = ext.key() else { continue };
+                if key.starts_with("GNU.sparse.") {
+                    return Err(id.error(raw_path, "PAX sparse files are not supported"));
+                }
+                if key == "mtime" {
+                    if let Some(secs) = ext
+                        .value()
+                        .ok()
+                        .and_then(|v| v.split('.').next().and_then(|s| s.parse::<i64>().ok()))
+                    {
+                        mtime = secs;
+                    }
+                } else if let Some(name) = key.strip_prefix(PAX_XATTR) {
+                    let value = ext.value_bytes();
+                    if name.is_empty() || name.len() > XATTR_MAX || value.len() > XATTR_MAX {
+                        tracing::warn!(
+                            image = %id.image, layer = %id.digest, entry = raw_path,
+                            "dropping xattr {name:?}: longer than 255 bytes (CVMFS spec §6.9)"
+                        );
+                        continue;
+                    }
+                    xattrs.insert(name.to_string(), value.to_vec());
+                }
+            }
+        }
+        Ok(Meta {
+            perm,
+            uid: u32::try_from(uid).map_err(|_| id.error(raw_path, "uid out of range"))?,
+            gid: u32::try_from(gid).map_err(|_| id.error(raw_path, "gid out of range"))?,
+            mtime,
+            xattrs,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::digest::sha256_digest;
+    use crate::tree::{S_IFCHR, is_whiteout};
+
+    /// Builds tars in memory.
+    pub struct TarBuilder {
+        b: tar::Builder<Vec<u8>>,
+    }
+
+    impl TarBuilder {
+        pub fn new() -> Self {
+            TarBuilder {
+                b: tar::Builder::new(Vec::new()),
+            }
+        }
+
+        fn header(kind: EntryType, mode: u32) -> tar::Header {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_700_000_000);
+            h.set_size(0);
+            h
+        }
+
+        pub fn dir(mut self, path: &str, mode: u32) -> Self {
+            let mut h = Self::header(EntryType::Directory, mode);
+            self.b
+                .append_data(&mut h, path, &[][..])
+                .unwrap_or_else(|e| panic!("{e}"));
+            self
+        }
+
+        pub fn file(mut self, path: &str, mode: u32, data: &[u8]) -> Self {
+            let mut h = Self::header(EntryType::Regular, mode);
+            h.set_size(data.len() as u64);
+            self.b
+                .append_data(&mut h, path, data)
+                .unwrap_or_else(|e| panic!("{e}"));
+            self
+        }
+
+        pub fn link(mut self, kind: EntryType, path: &str, target: &str) -> Self {
+            let mut h = Self::header(kind, 0o777);
+            self.b
+                .append_link(&mut h, path, target)
+                .unwrap_or_else(|e| panic!("{e}"));
+            self
+        }
+
+        pub fn device(mut self, kind: EntryType, path: &str, major: u32, minor: u32) -> Self {
+            let mut h = Self::header(kind, 0o600);
+            h.set_device_major(major).unwrap_or_else(|e| panic!("{e}"));
+            h.set_device_minor(minor).unwrap_or_else(|e| panic!("{e}"));
+            self.b
+                .append_data(&mut h, path, &[][..])
+                .unwrap_or_else(|e| panic!("{e}"));
+            self
+        }
+
+        pub fn pax_xattr_file(mut self, path: &str, key: &str, value: &[u8]) -> Self {
+            let k = format!("SCHILY.xattr.{key}");
+            self.b
+                .append_pax_extensions([(k.as_str(), value)])
+                .unwrap_or_else(|e| panic!("{e}"));
+            self.file(path, 0o644, b"")
+        }
+
+        /// A raw header whose name is written unchecked (for hostile paths).
+        pub fn raw_file(mut self, name: &[u8]) -> Self {
+            let mut h = Self::header(EntryType::Regular, 0o644);
+            {
+                let gnu = h.as_gnu_mut().unwrap_or_else(|| panic!("gnu"));
+                gnu.name[..name.len()].copy_from_slice(name);
+            }
+            h.set_cksum();
+            self.b.append(&h, &[][..]).unwrap_or_else(|e| panic!("{e}"));
+            self
+        }
+
+        pub fn finish(self) -> Vec<u8> {
+            self.b.into_inner().unwrap_or_else(|e| panic!("{e}"))
+        }
+    }
+
+    pub fn gzip(raw: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(raw).unwrap_or_else(|e| panic!("{e}"));
+        e.finish().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn id_for(blob: &[u8], tar: &[u8]) -> LayerId {
+        LayerId {
+            image: "test/image:1".into(),
+            digest: sha256_digest(blob),
+            diff_id: sha256_digest(tar),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        }
+    }
+
+    fn read(tar: &[u8]) -> (Result<LayerTree>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = LocalStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let blob = gzip(tar);
+        let r = read_layer(&blob[..], &id_for(&blob, tar), &store);
+        (r, dir)
+    }
+
+    fn ok(tar: &[u8]) -> LayerTree {
+        let (r, _d) = read(tar);
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn get<'a>(t: &'a LayerTree, p: &str) -> &'a catalog::Entry {
+        &t.root
+            .get(&crate::tree::components(p))
+            .unwrap_or_else(|| panic!("{p} missing"))
+            .entry
+    }
+
+    #[test]
+    fn every_entry_kind() {
+        let long = format!("deep/{}/file", "x".repeat(150));
+        let tar = TarBuilder::new()
+            .dir("./", 0o755)
+            .dir("bin/", 0o755)
+            .file("bin/su", 0o4755, b"setuid")
+            .dir("tmp", 0o1777)
+            .file(&long, 0o644, b"long name")
+            .link(EntryType::Symlink, "bin/sh", "busybox")
+            .file("bin/busybox", 0o755, b"bb")
+            .link(EntryType::Link, "bin/ls", "bin/busybox")
+            .link(EntryType::Link, "usr/ls", "bin/busybox")
+            .device(EntryType::Char, "dev/tty", 5, 0)
+            .device(EntryType::Block, "dev/sda", 8, 0)
+            .device(EntryType::Fifo, "run/fifo", 0, 0)
+            .pax_xattr_file("bin/ping", "security.capability", b"\x01\x02")
+            .raw_file(b"/abs/file")
+            .finish();
+        let t = ok(&tar);
+        assert_eq!(t.files, 5);
+        assert_eq!(get(&t, "bin/su").mode, 0o104755);
+        assert_eq!(get(&t, "tmp").mode, 0o041777);
+        assert_eq!(get(&t, &long).size, 9);
+        assert_eq!(get(&t, "bin/sh").symlink, "busybox");
+        assert_eq!(get(&t, "bin/sh").size, 7);
+        let (bb, ls, uls) = (get(&t, "bin/busybox"), get(&t, "bin/ls"), get(&t, "usr/ls"));
+        assert_eq!(bb.hash, ls.hash);
+        assert_eq!(bb.hash, uls.hash);
+        assert!(bb.hardlink_group != 0);
+        assert_eq!((ls.hardlink_group, ls.linkcount), (bb.hardlink_group, 2));
+        assert_eq!((uls.hardlink_group, uls.linkcount), (0, 1));
+        assert_eq!(get(&t, "usr").mode, 0o040755, "implicit parent");
+        assert_eq!(get(&t, "dev/tty").kind, EntryKind::CharDevice);
+        assert_eq!(get(&t, "dev/tty").rdev, libc::makedev(5, 0));
+        assert_eq!(get(&t, "dev/sda").kind, EntryKind::BlockDevice);
+        assert_eq!(get(&t, "run/fifo").kind, EntryKind::Fifo);
+        assert_eq!(
+            get(&t, "bin/ping").xattrs.get("security.capability"),
+            Some(&b"\x01\x02".to_vec())
+        );
+        assert_eq!(get(&t, "abs/file").mode, 0o100644);
+        assert_eq!(get(&t, "").linkcount, 2 + 7);
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_dirs() {
+        let tar = TarBuilder::new()
+            .file("etc/.wh.passwd", 0o644, b"")
+            .dir("var/cache", 0o755)
+            .file("var/cache/.wh..wh..opq", 0o644, b"")
+            .file("var/cache/new", 0o644, b"n")
+            .file(".wh.opt", 0o644, b"")
+            .finish();
+        let t = ok(&tar);
+        let w = get(&t, "etc/passwd");
+        assert!(is_whiteout(w));
+        assert_eq!(w.mode, S_IFCHR);
+        assert!(is_whiteout(get(&t, "opt")));
+        let cache = get(&t, "var/cache");
+        assert_eq!(cache.xattrs.get(OPAQUE_XATTR), Some(&b"y".to_vec()));
+        assert!(t.root.get(&["var", "cache", "new"]).is_some());
+        let mut names = Vec::new();
+        t.root
+            .visit_catalog(&mut |n| names.push(n.entry.name.clone()));
+        assert!(names.iter().all(|n| !n.starts_with(".wh.")), "{names:?}");
+    }
+
+    #[test]
+    fn later_entries_replace_earlier() {
+        let tar = TarBuilder::new()
+            .file("a", 0o644, b"one")
+            .file("a", 0o600, b"second")
+            .dir("d", 0o700)
+            .file("d/x", 0o644, b"")
+            .dir("d", 0o755)
+            .file("f", 0o644, b"")
+            .dir("f", 0o755)
+            .finish();
+        let t = ok(&tar);
+        assert_eq!((get(&t, "a").size, get(&t, "a").mode), (6, 0o100600));
+        assert_eq!(get(&t, "d").mode, 0o040755);
+        assert!(
+            t.root.get(&["d", "x"]).is_some(),
+            "dir re-entry keeps children"
+        );
+        assert!(t.root.get(&["f"]).is_some_and(Node::is_dir));
+    }
+
+    #[test]
+    fn hostile_paths_are_rejected() {
+        for name in [&b"../etc/passwd"[..], b"a/../../x", b"/../../root"] {
+            let tar = TarBuilder::new().raw_file(name).finish();
+            let (r, _d) = read(&tar);
+            match r {
+                Err(Error::Layer {
+                    entry,
+                    reason,
+                    image,
+                    layer,
+                }) => {
+                    assert_eq!(entry, String::from_utf8_lossy(name));
+                    assert!(reason.contains("escapes"), "{reason}");
+                    assert_eq!(image, "test/image:1");
+                    assert!(layer.starts_with("sha256:"));
+                }
+                other => panic!("{name:?}: {other:?}"),
+            }
+        }
+        // inside the root after normalisation: fine
+        let t = ok(&TarBuilder::new().raw_file(b"a/../b").finish());
+        assert!(t.root.get(&["b"]).is_some());
+    }
+
+    #[test]
+    fn dangling_hardlink_is_rejected() {
+        let tar = TarBuilder::new()
+            .link(EntryType::Link, "a", "missing")
+            .finish();
+        let (r, _d) = read(&tar);
+        let msg = r
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("does not exist earlier"), "{msg}");
+    }
+
+    #[test]
+    fn digest_mismatch_is_detected() {
+        let tar = TarBuilder::new().file("a", 0o644, b"x").finish();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = LocalStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let blob = gzip(&tar);
+        let mut id = id_for(&blob, &tar);
+        id.diff_id = sha256_digest(b"other");
+        assert!(matches!(
+            read_layer(&blob[..], &id, &store),
+            Err(Error::DigestMismatch { .. })
+        ));
+        let mut id = id_for(&blob, &tar);
+        id.digest = sha256_digest(b"other");
+        assert!(matches!(
+            read_layer(&blob[..], &id, &store),
+            Err(Error::DigestMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn path_normalisation() {
+        assert_eq!(
+            normalize_path("./a//b/./c"),
+            Some(vec!["a".into(), "b".into(), "c".into()])
+        );
+        assert_eq!(normalize_path("/"), Some(vec![]));
+        assert_eq!(normalize_path("a/.."), Some(vec![]));
+        assert_eq!(normalize_path(".."), None);
+    }
+}

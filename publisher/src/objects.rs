@@ -1,0 +1,52 @@
+//! Writing and reading content objects of the [`LocalStore`] (CVMFS spec §1.3, §3): file
+//! contents and catalogs are zlib-compressed and named by the SHA-1 of the stored bytes.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use catalog::{ContentHash, HashAlgorithm, LocalStore, ObjectInfo, ObjectWriter, Suffix};
+
+use crate::error::{Error, Result};
+
+/// Compresses and hashes everything `r` yields into a new object with `suffix`, streaming
+/// through a temp file in `data/txn`; an object that already exists is not written again.
+pub fn store_reader<R: Read>(store: &LocalStore, mut r: R, suffix: Suffix) -> Result<ObjectInfo> {
+    let tmp = store.temp_file()?;
+    let mut w = ObjectWriter::new(tmp, HashAlgorithm::Sha1);
+    io::copy(&mut r, &mut w).map_err(|e| Error::io("compressing object", e))?;
+    let (tmp, info) = w.finish()?;
+    store.commit(tmp, &info.hash, suffix)?;
+    Ok(info)
+}
+
+/// Stores a finished catalog file (suffix `C`, always zlib, spec §1.4); returns its hash and
+/// uncompressed size.
+pub fn store_catalog(store: &LocalStore, file: &Path) -> Result<(ContentHash, u64)> {
+    let f = File::open(file).map_err(|e| Error::io(format!("open {}", file.display()), e))?;
+    let info = store_reader(store, f, Suffix::Catalog)?;
+    Ok((info.hash, info.raw_size))
+}
+
+/// Reads an object and inflates it; errors if it is larger than `max_size` bytes or does not
+/// hash to `hash`.
+pub fn read_object(
+    store: &LocalStore,
+    hash: &ContentHash,
+    suffix: Suffix,
+    max_size: u64,
+) -> Result<Vec<u8>> {
+    let stored = store.get(hash, suffix)?;
+    catalog::compression::verify(&stored, hash)?;
+    Ok(catalog::decompress(&stored, max_size)?)
+}
+
+/// Inflates the catalog object `hash` into the file `dest` (verifying its hash).
+pub fn inflate_catalog(store: &LocalStore, hash: &ContentHash, dest: &Path) -> Result<()> {
+    let stored = store.get(hash, Suffix::Catalog)?;
+    let out = File::create(dest).map_err(|e| Error::io(format!("create {}", dest.display()), e))?;
+    let mut w = io::BufWriter::new(out);
+    catalog::verify_and_inflate(&stored[..], &mut w, hash, true)?;
+    w.flush()
+        .map_err(|e| Error::io(format!("write {}", dest.display()), e))
+}

@@ -1,0 +1,394 @@
+//! Revisions: creating revision 0 (CVMFS spec §9.1), reading the current revision back into
+//! a [`Node`] tree, and writing a new revision bottom-up (spec §9.2): nested catalogs first,
+//! then the root catalog, then the signed manifest, last and atomically.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use catalog::{
+    CatalogProperties, CatalogReader, CatalogWriter, Certificate, ContentHash, Manifest, Suffix,
+    Transition, Whitelist,
+};
+
+use crate::error::{Error, Result};
+use crate::objects::{inflate_catalog, store_catalog};
+use crate::repo::{Repo, Settings, write_file_mode};
+use crate::tree::{CatalogMark, Node, PublishedCatalog, dir_entry};
+
+/// Validity of a freshly signed whitelist: 30 days (stock default, spec §7.4).
+pub const WHITELIST_VALIDITY: u64 = 30 * 24 * 3600;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Creates a repository in `dir` (docs/CONTRACTS.md §2, CVMFS spec §9.1): keys and
+/// certificate, the certificate and empty-file objects, a signed whitelist, an empty root
+/// catalog at revision 0, the manifest `S0`, `.cvmfs_master_replica`, and `strata.json`
+/// last. Errors with [`Error::AlreadyRepository`] if `dir` already is one.
+pub fn init(dir: &Path, fqrn: &str, ttl: u64) -> Result<Manifest> {
+    if Repo::exists(dir) {
+        return Err(Error::AlreadyRepository(dir.to_path_buf()));
+    }
+    let settings = Settings {
+        fqrn: fqrn.to_string(),
+        ttl,
+    };
+    let repo = Repo::create_layout(dir, settings)?;
+    let _lock = Repo::lock(dir)?;
+    if Repo::exists(dir) {
+        return Err(Error::AlreadyRepository(dir.to_path_buf()));
+    }
+
+    let master = catalog::keys::generate_key()?;
+    let cert_key = catalog::keys::generate_key()?;
+    let cert = Certificate::self_signed(&cert_key, fqrn)?;
+    write_file_mode(
+        &repo.key_path("masterkey"),
+        catalog::keys::private_key_to_pem(&master)?.as_bytes(),
+        0o600,
+    )?;
+    write_file_mode(
+        &repo.key_path("pub"),
+        catalog::keys::public_key_to_pem(&catalog::RsaPublicKey::from(&master))?.as_bytes(),
+        0o644,
+    )?;
+    write_file_mode(
+        &repo.key_path("key"),
+        catalog::keys::private_key_to_pem(&cert_key)?.as_bytes(),
+        0o600,
+    )?;
+    write_file_mode(&repo.key_path("crt"), cert.to_pem().as_bytes(), 0o644)?;
+
+    let now = unix_now();
+    let cert_hash = repo
+        .store
+        .put_raw(cert.to_pem().as_bytes(), Suffix::Certificate)?;
+    repo.store.put_raw(b"", Suffix::None)?;
+    let whitelist = Whitelist::new(fqrn, &cert, now, WHITELIST_VALIDITY);
+    repo.store
+        .write_file_atomic(".cvmfswhitelist", &whitelist.sign(&master)?)?;
+
+    let mut root = Node::leaf(dir_entry("", 0o755, 0, 0, now as i64));
+    root.catalog = Some(CatalogMark::new_catalog());
+    let ctx = WriteCtx {
+        repo: &repo,
+        revision: 0,
+        now,
+        stats_cache: HashMap::new(),
+    };
+    let published = ctx.write(&mut root, "")?;
+    let manifest = Manifest {
+        catalog_hash: published.hash,
+        catalog_size: published.size,
+        ttl,
+        revision: 0,
+        garbage_collectable: false,
+        alternative_paths: false,
+        fqrn: fqrn.to_string(),
+        certificate: cert_hash,
+        history: None,
+        timestamp: now,
+        meta_info: None,
+        reflog: None,
+    };
+    repo.store
+        .write_file_atomic(".cvmfspublished", &manifest.sign(&cert_key)?)?;
+    repo.store.write_file_atomic(
+        ".cvmfs_master_replica",
+        b"This file marks the repository as replicable to stratum 1 servers\n",
+    )?;
+    repo.save_settings()?;
+    Ok(manifest)
+}
+
+/// The current revision read back: the root catalog's rows as a tree, nested catalogs as
+/// unloaded [`CatalogMark`]s.
+#[derive(Debug)]
+pub struct Namespace {
+    /// The repository root; a catalog root itself.
+    pub root: Node,
+    /// The manifest of the revision that was read.
+    pub manifest: Manifest,
+}
+
+/// Reads the current revision (manifest `C` → root catalog).
+pub fn load_namespace(repo: &Repo) -> Result<Namespace> {
+    let signed = repo.current_manifest()?;
+    let manifest = signed.manifest;
+    let mut root = read_catalog_tree(repo, &manifest.catalog_hash)?;
+    root.catalog = Some(CatalogMark {
+        published: Some(PublishedCatalog {
+            hash: manifest.catalog_hash,
+            size: manifest.catalog_size,
+            statistics: None,
+        }),
+        loaded: true,
+        dirty: true,
+    });
+    Ok(Namespace { root, manifest })
+}
+
+/// Reads the catalog object `hash` into a tree rooted at its root entry. Its own nested
+/// catalogs become unloaded [`CatalogMark`] nodes; the returned node has no mark (the caller
+/// knows what it is).
+pub fn read_catalog_tree(repo: &Repo, hash: &ContentHash) -> Result<Node> {
+    let tmp = tempfile::tempdir_in(repo.tmp_dir()?)
+        .map_err(|e| Error::io("creating temp dir in DIR/tmp", e))?;
+    let file = tmp.path().join("catalog.db");
+    inflate_catalog(&repo.store, hash, &file)?;
+    let reader = CatalogReader::open(&file)?;
+    let prefix = reader.root_prefix().to_string();
+    let nested: HashMap<String, (ContentHash, u64)> = reader
+        .nested_catalogs()?
+        .into_iter()
+        .map(|n| (n.path, (n.hash, n.size)))
+        .collect();
+    let entry = reader
+        .lookup(&prefix)?
+        .ok_or_else(|| Error::NotRepository {
+            path: repo.dir.clone(),
+            reason: format!("catalog {hash} has no root entry {prefix:?}"),
+        })?;
+    let mut node = Node::leaf(entry);
+    fill_children(&reader, &prefix, &mut node, &nested)?;
+    Ok(node)
+}
+
+fn fill_children(
+    reader: &CatalogReader,
+    path: &str,
+    node: &mut Node,
+    nested: &HashMap<String, (ContentHash, u64)>,
+) -> Result<()> {
+    for entry in reader.list(path)? {
+        let child_path = format!("{path}/{}", entry.name);
+        let name = entry.name.clone();
+        let mut child = Node::leaf(entry);
+        if child.entry.is_nested_mountpoint() {
+            let (hash, size) = nested.get(&child_path).copied().ok_or_else(|| {
+                Error::Catalog(catalog::Error::InvalidEntry {
+                    path: child_path.clone(),
+                    reason: "nested mountpoint without a nested_catalogs row".into(),
+                })
+            })?;
+            child.catalog = Some(CatalogMark {
+                published: Some(PublishedCatalog {
+                    hash,
+                    size,
+                    statistics: None,
+                }),
+                loaded: false,
+                dirty: false,
+            });
+        } else if child.is_dir() {
+            fill_children(reader, &child_path, &mut child, nested)?;
+        }
+        node.children.insert(name, child);
+    }
+    Ok(())
+}
+
+/// Loads the children of the unloaded catalog node at `path` (absolute, e.g.
+/// `/.layers/ab`) so that rows can be added to it; the node stays a catalog root whose old
+/// version is recorded, and is marked dirty. No-op if it is already loaded.
+pub fn load_catalog_node(repo: &Repo, node: &mut Node) -> Result<()> {
+    let Some(mark) = node.catalog.as_mut() else {
+        return Ok(());
+    };
+    if mark.loaded {
+        return Ok(());
+    }
+    let Some(published) = mark.published.clone() else {
+        return Ok(());
+    };
+    let tree = read_catalog_tree(repo, &published.hash)?;
+    node.children = tree.children;
+    mark.loaded = true;
+    Ok(())
+}
+
+/// Writes a new revision from `ns` (revision + 1) and publishes its manifest, signed with
+/// the certificate key, via an atomic rename (CVMFS spec §9.2). Returns the new manifest.
+pub fn publish(repo: &Repo, ns: &mut Namespace) -> Result<Manifest> {
+    let revision = ns.manifest.revision + 1;
+    let now = unix_now().max(ns.manifest.timestamp);
+    ns.root.fix_linkcounts();
+    if let Some(mark) = ns.root.catalog.as_mut() {
+        mark.dirty = true;
+    }
+    let mut ctx = WriteCtx {
+        repo,
+        revision,
+        now,
+        stats_cache: HashMap::new(),
+    };
+    let root = ctx.write_mut(&mut ns.root, "")?;
+    let key = repo.certificate_key()?;
+    let manifest = Manifest {
+        catalog_hash: root.hash,
+        catalog_size: root.size,
+        ttl: repo.settings.ttl,
+        revision,
+        garbage_collectable: false,
+        alternative_paths: false,
+        fqrn: repo.settings.fqrn.clone(),
+        certificate: ns.manifest.certificate,
+        history: None,
+        timestamp: now,
+        meta_info: None,
+        reflog: None,
+    };
+    refresh_whitelist(repo, now)?;
+    repo.store
+        .write_file_atomic(".cvmfspublished", &manifest.sign(&key)?)?;
+    ns.manifest = manifest.clone();
+    Ok(manifest)
+}
+
+/// Re-signs `.cvmfswhitelist` when it expires within 7 days (spec §9.2 step 6).
+fn refresh_whitelist(repo: &Repo, now: u64) -> Result<()> {
+    let current = repo.store.read_file(".cvmfswhitelist")?;
+    let fresh = current
+        .and_then(|b| Whitelist::parse(&b).ok())
+        .is_some_and(|w| w.whitelist.expires > now + 7 * 24 * 3600);
+    if !fresh {
+        let wl = Whitelist::new(
+            &repo.settings.fqrn,
+            &repo.certificate()?,
+            now,
+            WHITELIST_VALIDITY,
+        );
+        repo.store
+            .write_file_atomic(".cvmfswhitelist", &wl.sign(&repo.master_key()?)?)?;
+    }
+    Ok(())
+}
+
+struct WriteCtx<'a> {
+    repo: &'a Repo,
+    revision: u64,
+    now: u64,
+    stats_cache: HashMap<ContentHash, (catalog::Counters, catalog::Counters)>,
+}
+
+impl WriteCtx<'_> {
+    /// Writes the catalog rooted at `node` (path `path`, `""` = root) and, first, every
+    /// nested catalog below it that is new or dirty; re-uses the others by hash.
+    fn write(mut self, node: &mut Node, path: &str) -> Result<PublishedCatalog> {
+        self.write_mut(node, path)
+    }
+
+    fn write_mut(&mut self, node: &mut Node, path: &str) -> Result<PublishedCatalog> {
+        let mut nested: Vec<(String, PublishedCatalog)> = Vec::new();
+        self.children_catalogs(node, path, &mut nested)?;
+
+        let tmp = tempfile::tempdir_in(self.repo.tmp_dir()?)
+            .map_err(|e| Error::io("creating temp dir in DIR/tmp", e))?;
+        let file = tmp.path().join("catalog.db");
+        let mut w = CatalogWriter::create(&file, path)?;
+        let transition = if path.is_empty() {
+            Transition::None
+        } else {
+            Transition::NestedRoot
+        };
+        w.add(path, &node.entry, transition)?;
+        add_rows(&mut w, node, path)?;
+        for (p, c) in &nested {
+            let stats = c
+                .statistics()
+                .ok_or_else(|| Error::Task(format!("no statistics for {p}")))?;
+            w.add_nested(p, &c.hash, c.size, &stats)?;
+        }
+        let previous_revision = node
+            .catalog
+            .as_ref()
+            .and_then(|m| m.published.as_ref())
+            .map(|p| p.hash);
+        let stats = w.finish(&CatalogProperties {
+            revision: self.revision,
+            last_modified: self.now,
+            ttl: path.is_empty().then_some(self.repo.settings.ttl),
+            previous_revision,
+        })?;
+        let (hash, size) = store_catalog(&self.repo.store, &file)?;
+        let published = PublishedCatalog {
+            hash,
+            size,
+            statistics: Some((stats.self_, stats.subtree)),
+        };
+        let mark = node.catalog.get_or_insert_with(CatalogMark::default);
+        mark.published = Some(published.clone());
+        mark.dirty = false;
+        Ok(published)
+    }
+
+    fn children_catalogs(
+        &mut self,
+        node: &mut Node,
+        path: &str,
+        out: &mut Vec<(String, PublishedCatalog)>,
+    ) -> Result<()> {
+        for (name, child) in node.children.iter_mut() {
+            let child_path = format!("{path}/{name}");
+            match &child.catalog {
+                Some(mark) if mark.needs_write() => {
+                    let p = self.write_mut(child, &child_path)?;
+                    out.push((child_path, p));
+                }
+                Some(mark) => {
+                    let mut p = mark
+                        .published
+                        .clone()
+                        .ok_or_else(|| Error::Task(format!("catalog {child_path} has no hash")))?;
+                    if p.statistics.is_none() {
+                        p.statistics = Some(self.statistics_of(&p.hash)?);
+                    }
+                    out.push((child_path, p));
+                }
+                None if child.is_dir() => self.children_catalogs(child, &child_path, out)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn statistics_of(
+        &mut self,
+        hash: &ContentHash,
+    ) -> Result<(catalog::Counters, catalog::Counters)> {
+        if let Some(s) = self.stats_cache.get(hash) {
+            return Ok(*s);
+        }
+        let tmp = tempfile::tempdir_in(self.repo.tmp_dir()?)
+            .map_err(|e| Error::io("creating temp dir in DIR/tmp", e))?;
+        let file = tmp.path().join("catalog.db");
+        inflate_catalog(&self.repo.store, hash, &file)?;
+        let s = CatalogReader::open(&file)?.statistics()?;
+        let pair = (s.self_, s.subtree);
+        self.stats_cache.insert(*hash, pair);
+        Ok(pair)
+    }
+}
+
+/// Adds the rows below `node` that belong to its catalog; nested catalog roots get only their
+/// mountpoint row.
+fn add_rows(w: &mut CatalogWriter, node: &Node, path: &str) -> Result<()> {
+    for (name, child) in &node.children {
+        let child_path = format!("{path}/{name}");
+        if child.catalog.is_some() {
+            w.add(&child_path, &child.entry, Transition::NestedMountpoint)?;
+        } else {
+            w.add(&child_path, &child.entry, Transition::None)?;
+            if child.is_dir() {
+                add_rows(w, child, &child_path)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! `serve`: the served tree `DIR/srv` over HTTP at `/cvmfs/<fqrn>/` with the headers a CVMFS
+//! web server must send (CVMFS spec §8.9): `data/**` `Cache-Control: max-age=259200` and
+//! `application/octet-stream`; `.cvmfs*` `max-age=61` and `application/x-cvmfs`; no
+//! `Last-Modified`, no `ETag`, no `Content-Encoding`; conditional request headers ignored.
+//!
+//! One line per request goes to stderr, in the stable form
+//! `GET /cvmfs/<fqrn>/data/ab/cd… 200 1234` (method, path, status, body bytes).
+
+use std::io::Write;
+use std::path::Path;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower_http::services::ServeDir;
+
+use crate::error::{Error, Result};
+use crate::repo::Repo;
+
+/// `Cache-Control` for content-addressed objects: 3 days (stock Apache config).
+pub const DATA_CACHE_CONTROL: &str = "max-age=259200";
+/// `Cache-Control` for `.cvmfs*` files: 61 s, just above Squid's 60 s floor.
+pub const META_CACHE_CONTROL: &str = "max-age=61";
+
+/// The router serving `srv` at `/cvmfs/<fqrn>/` and 404 everywhere else.
+pub fn router(srv: &Path, fqrn: &str) -> Router {
+    let base = format!("/cvmfs/{fqrn}");
+    let files = ServeDir::new(srv).append_index_html_on_directories(false);
+    let prefix = format!("{base}/");
+    Router::new()
+        .nest_service(&base, files)
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let prefix = prefix.clone();
+            async move { cvmfs_headers(prefix, req, next).await }
+        }))
+}
+
+async fn cvmfs_headers(prefix: String, mut req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let rel = path.strip_prefix(&prefix).map(str::to_string);
+    let allowed = matches!(method, Method::GET | Method::HEAD)
+        && rel
+            .as_deref()
+            .is_some_and(|r| !r.is_empty() && !r.starts_with("data/txn"));
+    let mut resp = if allowed {
+        for h in [
+            header::IF_MODIFIED_SINCE,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_NONE_MATCH,
+            header::IF_MATCH,
+            header::IF_RANGE,
+        ] {
+            req.headers_mut().remove(h);
+        }
+        next.run(req).await
+    } else if matches!(method, Method::GET | Method::HEAD) {
+        StatusCode::NOT_FOUND.into_response()
+    } else {
+        StatusCode::METHOD_NOT_ALLOWED.into_response()
+    };
+    // ServeDir answers a directory with a redirect; we serve files only.
+    if resp.status().is_redirection() {
+        resp = StatusCode::NOT_FOUND.into_response();
+    }
+    let headers = resp.headers_mut();
+    headers.remove(header::LAST_MODIFIED);
+    headers.remove(header::ETAG);
+    headers.remove(header::CONTENT_ENCODING);
+    if resp.status().is_success() {
+        let rel = rel.unwrap_or_default();
+        let name = rel.rsplit('/').next().unwrap_or_default();
+        let (ctype, cache) = if rel.starts_with("data/") {
+            ("application/octet-stream", DATA_CACHE_CONTROL)
+        } else if name.ends_with(".json") {
+            ("application/json", META_CACHE_CONTROL)
+        } else if name.starts_with(".cvmfs") {
+            ("application/x-cvmfs", META_CACHE_CONTROL)
+        } else {
+            ("application/octet-stream", META_CACHE_CONTROL)
+        };
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    }
+    let bytes = if method == Method::HEAD {
+        0
+    } else {
+        resp.headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let line = format!("{method} {path} {} {bytes}\n", resp.status().as_u16());
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    resp
+}
+
+/// Serves the repository in `dir` on `listener` until the process ends. Prints
+/// `listening on http://ADDR` (the real bound address) on stdout once bound.
+pub async fn serve(dir: &Path, listener: tokio::net::TcpListener) -> Result<()> {
+    let repo = Repo::open(dir)?;
+    let app = router(&dir.join("srv"), &repo.settings.fqrn);
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the bound address", e))?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on http://{addr}");
+        let _ = out.flush();
+    }
+    axum::serve(listener, app.into_make_service())
+        .await
+        .map_err(|e| Error::io("serving HTTP", e))
+}
