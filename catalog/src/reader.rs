@@ -444,3 +444,217 @@ fn uri_escape(path: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::compression::{decompress, verify};
+    use crate::entry::EntryKind;
+    use crate::hash::Suffix;
+    use crate::manifest::Manifest;
+
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/stock-repo/srv")
+    }
+
+    /// Fetches, verifies and inflates a catalog object of the stock fixture into `dir`.
+    fn open_stock(dir: &Path, hash: &ContentHash) -> CatalogReader {
+        let stored = std::fs::read(fixture().join(hash.object_path(Suffix::Catalog))).unwrap();
+        verify(&stored, hash).unwrap();
+        let file = dir.join(format!("{hash}.db"));
+        std::fs::write(&file, decompress(&stored, 64 << 20).unwrap()).unwrap();
+        CatalogReader::open(&file).unwrap()
+    }
+
+    #[test]
+    fn reads_stock_cvmfs_catalogs() {
+        let published = std::fs::read(fixture().join(".cvmfspublished")).unwrap();
+        let manifest = Manifest::parse(&published).unwrap().manifest;
+        let dir = tempfile::tempdir().unwrap();
+
+        let root = open_stock(dir.path(), &manifest.catalog_hash);
+        assert_eq!(root.root_prefix(), "");
+        assert_eq!(root.revision(), manifest.revision);
+        assert_eq!(root.ttl(), Some(240));
+        assert_eq!(root.schema_revision(), 7);
+        let top: Vec<String> = root.list("").unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(top, ["README", "layers", "sw"]);
+        let readme = root.lookup("/README").unwrap().unwrap();
+        assert_eq!(readme.kind, EntryKind::Regular);
+        assert_eq!(readme.size, 6);
+        assert_eq!(
+            readme.hash.unwrap().to_hex(),
+            "5798f7f4ca7585d850eea64610a1f73d8f8de7a3"
+        );
+        let sw_v1 = root.lookup("/sw/v1").unwrap().unwrap();
+        assert!(sw_v1.is_nested_mountpoint());
+        assert_eq!(sw_v1.kind, EntryKind::Directory);
+        let nested = root.nested_catalogs().unwrap();
+        assert_eq!(
+            nested.iter().map(|n| n.path.as_str()).collect::<Vec<_>>(),
+            ["/layers/aa/layerfs", "/sw/v1"]
+        );
+        let stats = root.statistics().unwrap();
+        assert_eq!(stats.self_.nested, 2);
+        assert_eq!(stats.subtree.chunked, 1);
+
+        let v1 = open_stock(dir.path(), &nested[1].hash);
+        assert_eq!(v1.root_prefix(), "/sw/v1");
+        let v1_root = v1.lookup("/sw/v1").unwrap().unwrap();
+        assert!(v1_root.is_nested_root());
+        let names: Vec<String> = v1
+            .list("/sw/v1")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert!(names.iter().any(|n| n == "big.bin"), "{names:?}");
+        assert!(names.iter().any(|n| n == ".cvmfscatalog"), "{names:?}");
+        let big = v1.lookup("/sw/v1/big.bin").unwrap().unwrap();
+        assert!(big.is_chunked());
+        assert_eq!(big.hash, None);
+        let chunks = v1.chunks("/sw/v1/big.bin").unwrap();
+        assert_eq!(chunks.len(), 6);
+        let mut next = 0;
+        for c in &chunks {
+            assert_eq!(c.offset, next);
+            next += c.size;
+            assert!(
+                fixture()
+                    .join(c.hash.object_path(Suffix::Partial))
+                    .is_file()
+            );
+        }
+        assert_eq!(next, big.size);
+        let link = v1.lookup("/sw/v1/link").unwrap().unwrap();
+        assert_eq!(
+            (link.kind, link.symlink.as_str()),
+            (EntryKind::Symlink, "a")
+        );
+        let fifo = v1.lookup("/sw/v1/fifo").unwrap().unwrap();
+        assert_eq!(fifo.kind, EntryKind::Fifo);
+        let dir_x = v1.lookup("/sw/v1/dir").unwrap().unwrap();
+        assert_eq!(
+            dir_x.xattrs.get("user.foo").map(Vec::as_slice),
+            Some(&b"bar"[..])
+        );
+        let null = v1.lookup("/sw/v1/dev/null").unwrap().unwrap();
+        assert_eq!(
+            (null.kind, null.rdev, null.size),
+            (EntryKind::CharDevice, 259, 0)
+        );
+
+        let layer = open_stock(dir.path(), &nested[0].hash);
+        assert_eq!(layer.root_prefix(), "/layers/aa/layerfs");
+        let mut all = Vec::new();
+        walk(&layer, "/layers/aa/layerfs", &mut all);
+        let find = |name: &str| {
+            all.iter()
+                .find(|(_, e)| e.name == name)
+                .map(|(_, e)| e.clone())
+        };
+        assert!(find(".wh.gone").is_some(), "{all:?}");
+        let removed = find("removed").unwrap();
+        assert_eq!(
+            (removed.kind, removed.rdev, removed.mode),
+            (EntryKind::CharDevice, 0, 0o20000)
+        );
+        assert_eq!(find("busybox").unwrap().mode, 0o100755);
+        assert_eq!(find("lib64").unwrap().symlink, "lib");
+        // Every non-root entry is found again by lookup, under the path it was listed at.
+        for (path, e) in &all {
+            assert_eq!(layer.lookup(path).unwrap().as_ref(), Some(e), "{path}");
+        }
+        assert_eq!(all.len(), 16);
+    }
+
+    fn walk(r: &CatalogReader, dir: &str, out: &mut Vec<(String, Entry)>) {
+        for e in r.list(dir).unwrap() {
+            let path = format!("{dir}/{}", e.name);
+            if e.kind == EntryKind::Directory {
+                walk(r, &path, out);
+            }
+            out.push((path, e));
+        }
+    }
+
+    #[test]
+    fn tolerates_old_schema_revisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("old.db");
+        let conn = Connection::open(&file).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE properties (key TEXT, value TEXT, CONSTRAINT pk_properties PRIMARY KEY (key));
+             INSERT INTO properties VALUES ('schema', '2.5'), ('schema_revision', '1'), ('revision', '4');
+             CREATE TABLE catalog (md5path_1 INTEGER, md5path_2 INTEGER, parent_1 INTEGER, parent_2 INTEGER,
+               hardlinks INTEGER, hash BLOB, size INTEGER, mode INTEGER, mtime INTEGER, flags INTEGER,
+               name TEXT, symlink TEXT, uid INTEGER, gid INTEGER,
+               CONSTRAINT pk_catalog PRIMARY KEY (md5path_1, md5path_2));
+             CREATE TABLE nested_catalogs (path TEXT, sha1 TEXT, CONSTRAINT pk_nested_catalogs PRIMARY KEY (path));
+             INSERT INTO nested_catalogs VALUES ('/x', '5798f7f4ca7585d850eea64610a1f73d8f8de7a3');
+             CREATE TABLE statistics (counter TEXT, value INTEGER, CONSTRAINT pk_statistics PRIMARY KEY (counter));",
+        )
+        .unwrap();
+        let root = path_hash("");
+        conn.execute(
+            "INSERT INTO catalog VALUES (?1, ?2, 0, 0, 2, NULL, 4096, 16877, 5, 1, '', '', 0, 0)",
+            params![root.0, root.1],
+        )
+        .unwrap();
+        drop(conn);
+        let r = CatalogReader::open(&file).unwrap();
+        assert_eq!(r.revision(), 4);
+        let e = r.lookup("").unwrap().unwrap();
+        assert_eq!(
+            (e.kind, e.mtime_ns, e.linkcount),
+            (EntryKind::Directory, None, 2)
+        );
+        assert!(e.xattrs.is_empty());
+        assert_eq!(r.nested_catalogs().unwrap()[0].size, 0);
+        assert_eq!(r.statistics().unwrap(), Statistics::default());
+    }
+
+    #[test]
+    fn rejects_non_catalogs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("junk.db");
+        std::fs::write(&file, b"not a database at all, definitely not").unwrap();
+        assert!(CatalogReader::open(&file).is_err());
+        let empty = dir.path().join("empty.db");
+        Connection::open(&empty)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x INTEGER);")
+            .unwrap();
+        assert!(matches!(
+            CatalogReader::open(&empty),
+            Err(Error::InvalidCatalog { .. })
+        ));
+        assert!(CatalogReader::open(&dir.path().join("missing.db")).is_err());
+    }
+
+    #[test]
+    fn uri_escaping() {
+        assert_eq!(uri_escape("/a b/c?d#e%f"), "/a b/c%3fd%23e%25f");
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("we?ird#dir%");
+        std::fs::create_dir(&sub).unwrap();
+        let file = sub.join("c.db");
+        let mut w = crate::writer::CatalogWriter::create(&file, "").unwrap();
+        w.add(
+            "",
+            &Entry::directory("", 0o755, 0, 0, 0),
+            crate::writer::Transition::None,
+        )
+        .unwrap();
+        w.finish(&Default::default()).unwrap();
+        assert!(
+            CatalogReader::open(&file)
+                .unwrap()
+                .lookup("")
+                .unwrap()
+                .is_some()
+        );
+    }
+}
