@@ -381,3 +381,337 @@ fn read_layer_facts(store: &LocalStore, bucket: &Node, hex: &str) -> Result<Laye
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::json(format!("parsing layer.json of {hex}"), e))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::path::{Path, PathBuf};
+
+    use catalog::{CatalogReader, Entry, EntryKind};
+    use tar::EntryType;
+
+    use super::*;
+    use crate::digest::sha256_digest;
+    use crate::layer::tests::{TarBuilder, gzip};
+    use crate::objects::inflate_catalog;
+    use crate::publish::init;
+    use crate::tree::S_IFCHR;
+
+    const FQRN: &str = "test.example.org";
+
+    fn ok<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Writes an OCI layout with the given layer tars (gzip) tagged `tag`; returns
+    /// (layer digests, diffIDs, config digest).
+    fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) -> (Vec<String>, Vec<String>, String) {
+        let blobs = dir.join("blobs/sha256");
+        ok(fs::create_dir_all(&blobs));
+        let put = |bytes: &[u8]| {
+            let d = sha256_digest(bytes);
+            ok(fs::write(blobs.join(&d[7..]), bytes));
+            d
+        };
+        let mut layers = Vec::new();
+        let mut diff_ids = Vec::new();
+        let mut layer_json = Vec::new();
+        for t in tars {
+            let gz = gzip(t);
+            let d = put(&gz);
+            layer_json.push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": d, "size": gz.len()}));
+            layers.push(d);
+            diff_ids.push(sha256_digest(t));
+        }
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Cmd": ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids}}))
+        .unwrap_or_default();
+        let config_digest = put(&config);
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": config_digest, "size": config.len()},
+            "layers": layer_json}))
+        .unwrap_or_default();
+        let manifest_digest = put(&manifest);
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest, "size": manifest.len(),
+                "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+        ok(fs::write(dir.join("index.json"), index.to_string()));
+        ok(fs::write(
+            dir.join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        ));
+        (layers, diff_ids, config_digest)
+    }
+
+    fn test_tars() -> Vec<Vec<u8>> {
+        let base = TarBuilder::new()
+            .dir("bin", 0o755)
+            .file("bin/busybox", 0o755, b"#!busybox\n")
+            .link(EntryType::Link, "bin/sh", "bin/busybox")
+            .file("etc/passwd", 0o644, b"root:x:0:0::/root:/bin/sh\n")
+            .file("etc/motd", 0o644, b"hello\n")
+            .file("var/cache/old", 0o644, b"old")
+            .finish();
+        let top = TarBuilder::new()
+            .file("etc/.wh.motd", 0o644, b"")
+            .file("var/cache/.wh..wh..opq", 0o644, b"")
+            .file("var/cache/new", 0o644, b"new")
+            .file("app/data", 0o600, b"payload")
+            .finish();
+        vec![base, top]
+    }
+
+    /// Looks `path` up through the nested catalogs of the current revision.
+    struct RepoView {
+        repo: Repo,
+        tmp: tempfile::TempDir,
+    }
+
+    impl RepoView {
+        fn open(dir: &Path) -> RepoView {
+            RepoView {
+                repo: ok(Repo::open(dir)),
+                tmp: ok(tempfile::tempdir()),
+            }
+        }
+
+        fn catalog(&self, hash: &ContentHash) -> CatalogReader {
+            let file = self.tmp.path().join(hash.to_hex());
+            if !file.exists() {
+                ok(inflate_catalog(&self.repo.store, hash, &file));
+            }
+            ok(CatalogReader::open(&file))
+        }
+
+        fn root(&self) -> CatalogReader {
+            let m = ok(self.repo.current_manifest()).manifest;
+            self.catalog(&m.catalog_hash)
+        }
+
+        /// The catalog that holds `path` (deepest) and the entry.
+        fn find(&self, path: &str) -> Option<(CatalogReader, Entry)> {
+            let mut cat = self.root();
+            loop {
+                if let Some(e) = ok(cat.lookup(path)) {
+                    if e.is_nested_mountpoint() {
+                        let n = ok(cat.nested_catalogs())
+                            .into_iter()
+                            .find(|n| n.path == path)?;
+                        let child = self.catalog(&n.hash);
+                        let e = ok(child.lookup(path))?;
+                        return Some((child, e));
+                    }
+                    return Some((cat, e));
+                }
+                let n = ok(cat.nested_catalogs())
+                    .into_iter()
+                    .find(|n| path.starts_with(&format!("{}/", n.path)))?;
+                cat = self.catalog(&n.hash);
+            }
+        }
+
+        fn entry(&self, path: &str) -> Entry {
+            self.find(path)
+                .map(|(_, e)| e)
+                .unwrap_or_else(|| panic!("{path} missing"))
+        }
+    }
+
+    fn objects(srv: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for d in ok(fs::read_dir(srv.join("data"))) {
+            let d = ok(d).path();
+            if d.file_name().is_some_and(|n| n == "txn") {
+                continue;
+            }
+            for f in ok(fs::read_dir(&d)) {
+                out.push(ok(f).path());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn verify(dir: &Path) -> catalog::Manifest {
+        let repo = ok(Repo::open(dir));
+        let manifest = ok(fs::read(dir.join("srv/.cvmfspublished")));
+        let whitelist = ok(fs::read(dir.join("srv/.cvmfswhitelist")));
+        let cert = ok(fs::read(dir.join(format!("keys/{FQRN}.crt"))));
+        let master = ok(repo.master_public_key());
+        ok(catalog::verify_repository(
+            &manifest,
+            &cert,
+            &whitelist,
+            &[master],
+            FQRN,
+            unix_now(),
+        ))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn init_ingest_oci_layout_and_reingest() {
+        let work = ok(tempfile::tempdir());
+        let dir = work.path().join("repo");
+        let m0 = ok(init(&dir, FQRN, 60));
+        assert_eq!(m0.revision, 0);
+        assert!(matches!(
+            init(&dir, FQRN, 60),
+            Err(Error::AlreadyRepository(_))
+        ));
+        use std::os::unix::fs::PermissionsExt;
+        for (ext, mode) in [
+            ("masterkey", 0o600),
+            ("key", 0o600),
+            ("pub", 0o644),
+            ("crt", 0o644),
+        ] {
+            let meta = ok(fs::metadata(dir.join(format!("keys/{FQRN}.{ext}"))));
+            assert_eq!(meta.permissions().mode() & 0o777, mode, "{ext}");
+        }
+        assert!(dir.join("srv/.cvmfs_master_replica").exists());
+        verify(&dir);
+
+        let layout = work.path().join("layout");
+        let (layers, diff_ids, config) = write_layout(&layout, "v1", &test_tars());
+        let oci_ref = format!("oci:{}:v1", layout.display());
+        let srcs = ok(sources(&[oci_ref.clone()], Some("localhost/demo/app:v1")));
+        let s = ok(ingest(&dir, srcs).await);
+        assert_eq!((s.revision, s.layers_converted, s.layers_reused), (1, 2, 0));
+        let m1 = verify(&dir);
+        assert_eq!(m1.revision, 1);
+
+        let view = RepoView::open(&dir);
+        let hex = |d: &str| d[7..].to_string();
+        let (l0, l1, c) = (hex(&layers[0]), hex(&layers[1]), hex(&config));
+        // layers, with whiteouts as overlayfs reads them
+        let lfs0 = format!("/.layers/{}/{l0}/layerfs", &l0[..2]);
+        let lfs1 = format!("/.layers/{}/{l1}/layerfs", &l1[..2]);
+        let (cat, e) = view
+            .find(&lfs0)
+            .unwrap_or_else(|| panic!("layerfs missing"));
+        assert!(e.is_nested_root());
+        assert_eq!(cat.root_prefix(), lfs0);
+        assert_eq!(view.entry(&format!("{lfs0}/.cvmfscatalog")).size, 0);
+        let sh = view.entry(&format!("{lfs0}/bin/sh"));
+        let bb = view.entry(&format!("{lfs0}/bin/busybox"));
+        assert_eq!((sh.hash, sh.linkcount), (bb.hash, 2));
+        assert!(sh.hardlink_group != 0 && sh.hardlink_group == bb.hardlink_group);
+        let wh = view.entry(&format!("{lfs1}/etc/motd"));
+        assert_eq!(
+            (wh.kind, wh.mode, wh.rdev),
+            (EntryKind::CharDevice, S_IFCHR, 0)
+        );
+        let opq = view.entry(&format!("{lfs1}/var/cache"));
+        assert_eq!(
+            opq.xattrs.get("trusted.overlay.opaque"),
+            Some(&b"y".to_vec())
+        );
+        assert!(view.find(&format!("{lfs1}/etc/.wh.motd")).is_none());
+        // .layers/<hh> is a nested catalog too
+        let bucket = format!("/.layers/{}", &l0[..2]);
+        assert!(view.find(&bucket).is_some_and(|(_, e)| e.is_nested_root()));
+        assert_eq!(view.entry(&format!("{bucket}/.cvmfscatalog")).size, 0);
+        let facts_entry = view.entry(&format!("/.layers/{}/{l0}/.metadata/layer.json", &l0[..2]));
+        let facts_hash = facts_entry.hash.unwrap_or_else(|| panic!("no hash"));
+        let facts: LayerFacts = ok(serde_json::from_slice(&ok(read_object(
+            &view.repo.store,
+            &facts_hash,
+            Suffix::None,
+            1 << 20,
+        ))));
+        assert_eq!(facts.diff_id, diff_ids[0]);
+        assert_eq!(facts.chain_ids, vec![diff_ids[0].clone()]);
+        // chain ids
+        let chains = chain_ids(&diff_ids);
+        let top = view.entry(&format!(
+            "/.chainids/{}/{}",
+            &chains[1][7..9],
+            &chains[1][7..]
+        ));
+        assert_eq!(
+            top.symlink,
+            format!("../../.layers/{}/{l1}/layerfs", &l1[..2])
+        );
+        // flat image
+        let flat = format!("/.flat/{}/{c}", &c[..2]);
+        assert!(view.find(&flat).is_some_and(|(_, e)| e.is_nested_root()));
+        assert!(view.find(&format!("{flat}/etc/motd")).is_none());
+        assert!(view.find(&format!("{flat}/etc/passwd")).is_some());
+        assert!(view.find(&format!("{flat}/var/cache/old")).is_none());
+        assert_eq!(view.entry(&format!("{flat}/var/cache/new")).size, 3);
+        assert_eq!(view.entry(&format!("{flat}/app/data")).mode, 0o100600);
+        assert_eq!(view.entry(&format!("{flat}/bin/sh")).hash, bb.hash);
+        // metadata and public symlink
+        let meta = "/.metadata/localhost/demo/app:v1";
+        let mf = view.entry(&format!("{meta}/manifest.json"));
+        let mbytes = ok(read_object(
+            &view.repo.store,
+            &mf.hash.unwrap_or_else(|| panic!()),
+            Suffix::None,
+            1 << 20,
+        ));
+        let index: serde_json::Value = ok(serde_json::from_slice(&ok(fs::read(
+            layout.join("index.json"),
+        ))));
+        assert_eq!(
+            Some(sha256_digest(&mbytes).as_str()),
+            index["manifests"][0]["digest"].as_str()
+        );
+        assert!(view.find(&format!("{meta}/config.json")).is_some());
+        assert!(view.find(&format!("{meta}/index.json")).is_none());
+        let link = view.entry("/localhost/demo/app:v1");
+        assert_eq!(link.symlink, format!("../../.flat/{}/{c}", &c[..2]));
+        drop(view);
+
+        // A second ingest of the same image re-uses everything but catalogs.
+        let before = objects(&dir.join("srv"));
+        let srcs = ok(sources(&[oci_ref], Some("localhost/demo/app:v1")));
+        let s = ok(ingest(&dir, srcs).await);
+        assert_eq!((s.revision, s.layers_converted, s.layers_reused), (2, 0, 2));
+        let after = objects(&dir.join("srv"));
+        let new: Vec<_> = after.iter().filter(|p| !before.contains(p)).collect();
+        assert!(!new.is_empty());
+        assert!(
+            new.iter().all(|p| p.to_string_lossy().ends_with('C')),
+            "new non-catalog objects: {new:?}"
+        );
+        let m2 = verify(&dir);
+        assert_eq!(m2.revision, 2);
+        assert!(m2.timestamp >= m1.timestamp);
+        let view = RepoView::open(&dir);
+        assert!(view.find(&format!("{lfs0}/bin/busybox")).is_some());
+        assert_eq!(view.root().revision(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failing_image_publishes_nothing() {
+        let work = ok(tempfile::tempdir());
+        let dir = work.path().join("repo");
+        ok(init(&dir, FQRN, 60));
+        let good = work.path().join("good");
+        write_layout(&good, "1", &test_tars()[..1]);
+        let bad = work.path().join("bad");
+        let hostile = TarBuilder::new().raw_file(b"../../etc/shadow").finish();
+        write_layout(&bad, "1", &[hostile]);
+        let refs = [
+            format!("oci:{}:1", good.display()),
+            format!("oci:{}:1", bad.display()),
+        ];
+        let err = ingest(&dir, ok(sources(&refs, None))).await.err();
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.contains("escapes") && msg.contains("localhost/bad:1"),
+            "{msg}"
+        );
+        assert_eq!(verify(&dir).revision, 0);
+    }
+}
