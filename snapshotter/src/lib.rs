@@ -19,3 +19,6 @@ pub use error::{Error, Result};
 pub mod mount;
 pub mod pull;
 pub mod service;
+pub mod api;
+pub mod mounts;
+pub mod snapshots;

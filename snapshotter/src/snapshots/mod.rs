@@ -1,0 +1,812 @@
+//! The snapshot state machine behind the containerd `Snapshots` service, with containerd
+//! semantics (anchors §3.1, containerd `snapshots/snapshotter.go` and
+//! `snapshots/overlay/overlay.go`) plus the remote-snapshot handshake (anchors §3.2):
+//!
+//! * `Prepare` creates an *active* snapshot (`<root>/snapshots/<id>/{fs,work}`) — unless its
+//!   labels name a target (`containerd.io/snapshot.ref`) whose layer is published in the
+//!   repository mount; then it records a *committed* snapshot named by the target whose
+//!   directory is the layer's `layerfs` inside the mount, and answers
+//!   [`Prepared::Remote`] (gRPC `AlreadyExists`).
+//! * `View` creates a read-only snapshot; `Commit` turns an active snapshot into a committed
+//!   one (same directory); only committed snapshots can be parents; keys and names share
+//!   one namespace; `Remove` refuses snapshots with children.
+//!
+//! Everything here is synchronous (SQLite, directory walks, `stat` in the FUSE mount): the
+//! gRPC layer calls it from blocking threads.
+
+pub mod filter;
+pub mod remote;
+pub mod store;
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::mounts::{Layout, Mount, OverlayOptions, snapshot_mounts};
+use filter::Filter;
+use remote::{LABEL_REMOTE, LABEL_SNAPSHOT_REF, Repository, Resolution};
+use store::{Kind, Labels, NewRecord, Record, Store};
+
+/// Largest combined size of one label's key and value, in bytes (containerd
+/// `labels.Validate`, anchors §3.1).
+pub const MAX_LABEL_SIZE: usize = 4096;
+
+/// What a snapshot looks like from outside (`containerd.services.snapshots.v1.Info`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Info {
+    /// Key (active/view) or name (committed).
+    pub name: String,
+    /// Parent name; "" for none.
+    pub parent: String,
+    /// Kind.
+    pub kind: Kind,
+    /// Labels.
+    pub labels: Labels,
+    /// Creation time, ns since the Unix epoch.
+    pub created_ns: i64,
+    /// Last update time, ns since the Unix epoch.
+    pub updated_ns: i64,
+}
+
+impl From<&Record> for Info {
+    fn from(r: &Record) -> Info {
+        Info {
+            name: r.key.clone(),
+            parent: r.parent.clone().unwrap_or_default(),
+            kind: r.kind,
+            labels: r.labels.clone(),
+            created_ns: r.created_ns,
+            updated_ns: r.updated_ns,
+        }
+    }
+}
+
+/// Disk usage of a snapshot: bytes allocated (`st_blocks * 512`) and distinct inodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes.
+    pub size: i64,
+    /// Inodes.
+    pub inodes: i64,
+}
+
+/// The outcome of [`Snapshotter::prepare`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prepared {
+    /// An ordinary active snapshot with these mounts.
+    Mounts(Vec<Mount>),
+    /// The layer is published: a committed snapshot `name` now exists (gRPC `AlreadyExists`).
+    Remote {
+        /// The committed snapshot's name (the `containerd.io/snapshot.ref` target).
+        name: String,
+    },
+}
+
+/// The snapshotter: metadata store, snapshot directories under `<root>/snapshots`, and the
+/// repository mount for remote layers.
+pub struct Snapshotter {
+    root: PathBuf,
+    store: Store,
+    repository: Repository,
+    overlay: OverlayOptions,
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+/// Checks the containerd label size limit ([`MAX_LABEL_SIZE`]).
+pub fn validate_labels(labels: &Labels) -> Result<()> {
+    for (k, v) in labels {
+        if k.is_empty() {
+            return Err(Error::SnapshotInvalid("empty label key".into()));
+        }
+        if k.len() + v.len() > MAX_LABEL_SIZE {
+            return Err(Error::SnapshotInvalid(format!(
+                "label {k:?}: key and value exceed {MAX_LABEL_SIZE} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Measures the disk usage of the tree at `dir` (blocks of every entry, hard links once),
+/// as containerd's `fs.DiskUsage`. Blocking.
+pub fn disk_usage(dir: &Path) -> Result<Usage> {
+    let mut seen = HashSet::new();
+    let mut usage = Usage::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).map_err(io_err(path.display().to_string()))?;
+        if seen.insert((meta.dev(), meta.ino())) {
+            usage.inodes += 1;
+            usage.size += i64::try_from(meta.blocks() * 512).unwrap_or(i64::MAX);
+        }
+        if meta.is_dir() {
+            let entries =
+                std::fs::read_dir(&path).map_err(io_err(format!("read {}", path.display())))?;
+            for entry in entries {
+                let entry = entry.map_err(io_err(format!("read {}", path.display())))?;
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(usage)
+}
+
+impl Snapshotter {
+    /// Opens the snapshotter rooted at `root` (creates `root/snapshots` and
+    /// `root/metadata.db`) over the repository mounted at `mountpoint`.
+    pub fn open(root: &Path, mountpoint: &Path) -> Result<Snapshotter> {
+        let snapshots = root.join("snapshots");
+        std::fs::create_dir_all(&snapshots)
+            .map_err(io_err(format!("create {}", snapshots.display())))?;
+        let store = Store::open(&root.join("metadata.db"))?;
+        Ok(Snapshotter {
+            root: root.to_path_buf(),
+            store,
+            repository: Repository::new(mountpoint),
+            overlay: OverlayOptions::detect(),
+        })
+    }
+
+    /// Overrides the kernel-detected overlay options (tests).
+    pub fn set_overlay_options(&mut self, options: OverlayOptions) {
+        self.overlay = options;
+    }
+
+    fn snapshot_dir(&self, id: i64) -> PathBuf {
+        self.root.join("snapshots").join(id.to_string())
+    }
+
+    /// The directory that holds a snapshot's files: its `layerfs` in the mount (remote) or
+    /// `<root>/snapshots/<id>/fs`.
+    fn files_dir(&self, record: &Record) -> PathBuf {
+        match &record.remote {
+            Some(path) => path.clone(),
+            None => self.snapshot_dir(record.id).join("fs"),
+        }
+    }
+
+    /// Checks that `parent` ("" = none) exists and is committed; returns it.
+    fn committed_parent(&self, parent: &str) -> Result<Option<Record>> {
+        if parent.is_empty() {
+            return Ok(None);
+        }
+        let record = self.store.require(parent)?;
+        if record.kind != Kind::Committed {
+            return Err(Error::SnapshotInvalid(format!(
+                "parent {parent:?} is not a committed snapshot"
+            )));
+        }
+        Ok(Some(record))
+    }
+
+    /// Parent chain of `record`, nearest first.
+    fn chain(&self, record: &Record) -> Result<Vec<Record>> {
+        let mut chain: Vec<Record> = Vec::new();
+        let mut next = record.parent.clone();
+        while let Some(name) = next {
+            if chain.len() > 4096 || chain.iter().any(|r| r.key == name) {
+                return Err(Error::SnapshotPrecondition(format!(
+                    "parent chain of {:?} loops or is too deep",
+                    record.key
+                )));
+            }
+            let parent = self.store.require(&name)?;
+            next = parent.parent.clone();
+            chain.push(parent);
+        }
+        Ok(chain)
+    }
+
+    fn mounts_of(&self, record: &Record) -> Result<Vec<Mount>> {
+        let dir = self.snapshot_dir(record.id);
+        let layout = match record.kind {
+            Kind::Active => Layout::Active {
+                upper: dir.join("fs"),
+                work: dir.join("work"),
+            },
+            Kind::View => Layout::View { fs: dir.join("fs") },
+            Kind::Committed => {
+                return Err(Error::SnapshotPrecondition(format!(
+                    "snapshot {:?} is committed: it has no mounts",
+                    record.key
+                )));
+            }
+        };
+        let lowers: Vec<PathBuf> = self
+            .chain(record)?
+            .iter()
+            .map(|p| self.files_dir(p))
+            .collect();
+        Ok(snapshot_mounts(&layout, &lowers, self.overlay))
+    }
+
+    /// containerd `Prepare(key, parent, labels)` (module doc). Errors: `SnapshotExists`
+    /// (key taken), `SnapshotNotFound` (parent), `SnapshotInvalid` (parent not committed,
+    /// labels too big).
+    pub fn prepare(&mut self, key: &str, parent: &str, labels: &Labels) -> Result<Prepared> {
+        validate_labels(labels)?;
+        if let Some(target) = labels.get(LABEL_SNAPSHOT_REF)
+            && let Some(prepared) = self.try_remote(key, target, parent, labels)?
+        {
+            return Ok(prepared);
+        }
+        self.create(Kind::Active, key, parent, labels)
+            .map(Prepared::Mounts)
+    }
+
+    /// The remote path of Prepare; `None` = fall back to a local snapshot (logged).
+    fn try_remote(
+        &mut self,
+        key: &str,
+        target: &str,
+        parent: &str,
+        labels: &Labels,
+    ) -> Result<Option<Prepared>> {
+        let parent_record = self.committed_parent(parent)?;
+        if let Some(existing) = self.store.get(target)? {
+            if existing.kind == Kind::Committed
+                && existing.parent.as_deref().unwrap_or("") == parent
+            {
+                info!(
+                    key,
+                    target, "remote: target already committed, answering AlreadyExists"
+                );
+                return Ok(Some(Prepared::Remote {
+                    name: target.to_string(),
+                }));
+            }
+            info!(
+                key,
+                target,
+                "fallback to local snapshot: target name exists with another parent or kind"
+            );
+            return Ok(None);
+        }
+        if let Some(p) = &parent_record {
+            let dir = self.files_dir(p);
+            if !dir.is_dir() {
+                warn!(
+                    key,
+                    target,
+                    parent,
+                    "fallback to local snapshot: parent directory {} is unavailable",
+                    dir.display()
+                );
+                return Ok(None);
+            }
+        }
+        match self.repository.resolve(labels) {
+            Resolution::Found { path, via } => {
+                let mut committed = labels.clone();
+                committed.insert(LABEL_REMOTE.to_string(), "true".to_string());
+                self.store.insert(&NewRecord {
+                    key: target,
+                    parent: parent_record.as_ref().map(|p| p.key.as_str()),
+                    kind: Kind::Committed,
+                    labels: &committed,
+                    remote: Some(&path),
+                })?;
+                info!(key, target, via, path = %path.display(), "remote: layer published, committed from the repository");
+                Ok(Some(Prepared::Remote {
+                    name: target.to_string(),
+                }))
+            }
+            Resolution::Missing(reason) => {
+                info!(key, target, %reason, "fallback to local snapshot: layer not published");
+                Ok(None)
+            }
+        }
+    }
+
+    /// containerd `View(key, parent, labels)`: a read-only snapshot. Errors as
+    /// [`Snapshotter::prepare`].
+    pub fn view(&mut self, key: &str, parent: &str, labels: &Labels) -> Result<Vec<Mount>> {
+        validate_labels(labels)?;
+        self.create(Kind::View, key, parent, labels)
+    }
+
+    fn create(
+        &mut self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: &Labels,
+    ) -> Result<Vec<Mount>> {
+        if key.is_empty() {
+            return Err(Error::SnapshotInvalid("empty snapshot key".into()));
+        }
+        let parent_record = self.committed_parent(parent)?;
+        if self.store.get(key)?.is_some() {
+            return Err(Error::SnapshotExists(key.to_string()));
+        }
+        let record = self.store.insert(&NewRecord {
+            key,
+            parent: parent_record.as_ref().map(|p| p.key.as_str()),
+            kind,
+            labels,
+            remote: None,
+        })?;
+        if let Err(e) = self.make_dirs(&record, parent_record.as_ref()) {
+            let _ = std::fs::remove_dir_all(self.snapshot_dir(record.id));
+            let _ = self.store.delete(key);
+            return Err(e);
+        }
+        self.mounts_of(&record)
+    }
+
+    /// `<id>/fs` (owned like the nearest parent's directory, as containerd does) and, for
+    /// active snapshots, `<id>/work`.
+    fn make_dirs(&self, record: &Record, parent: Option<&Record>) -> Result<()> {
+        let dir = self.snapshot_dir(record.id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(io_err(format!("remove stale {}", dir.display())))?;
+        }
+        let fs = dir.join("fs");
+        std::fs::create_dir_all(&fs).map_err(io_err(format!("create {}", fs.display())))?;
+        if record.kind == Kind::Active {
+            let work = dir.join("work");
+            std::fs::create_dir(&work).map_err(io_err(format!("create {}", work.display())))?;
+        }
+        if let Some(p) = parent {
+            let pdir = self.files_dir(p);
+            let meta = std::fs::metadata(&pdir)
+                .map_err(io_err(format!("stat parent {}", pdir.display())))?;
+            std::os::unix::fs::lchown(&fs, Some(meta.uid()), Some(meta.gid()))
+                .map_err(io_err(format!("chown {}", fs.display())))?;
+        }
+        Ok(())
+    }
+
+    /// containerd `Mounts(key)` of an active or view snapshot. `SnapshotNotFound`, or
+    /// `SnapshotPrecondition` for a committed one.
+    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let record = self.store.require(key)?;
+        self.mounts_of(&record)
+    }
+
+    /// containerd `Commit(name, key, labels)`: the active snapshot `key` becomes the
+    /// committed snapshot `name` with exactly `labels`, keeping its parent and directory;
+    /// its usage is measured now. Errors: `SnapshotNotFound`, `SnapshotExists` (name taken),
+    /// `SnapshotPrecondition` (not active).
+    pub fn commit(&mut self, name: &str, key: &str, labels: &Labels) -> Result<()> {
+        validate_labels(labels)?;
+        let record = self.store.require(key)?;
+        if record.kind != Kind::Active {
+            return Err(Error::SnapshotPrecondition(format!(
+                "snapshot {key:?} is {}, only active snapshots can be committed",
+                record.kind.as_str()
+            )));
+        }
+        if self.store.get(name)?.is_some() {
+            return Err(Error::SnapshotExists(name.to_string()));
+        }
+        let usage = disk_usage(&self.files_dir(&record))?;
+        self.store
+            .commit(key, name, labels, usage.size, usage.inodes)?;
+        // The work dir is not needed by a committed snapshot.
+        let _ = std::fs::remove_dir_all(self.snapshot_dir(record.id).join("work"));
+        Ok(())
+    }
+
+    /// containerd `Remove(key)`: forgets the snapshot and deletes its directory (never the
+    /// remote layer). `SnapshotNotFound`, or `SnapshotPrecondition` if it has children.
+    pub fn remove(&mut self, key: &str) -> Result<()> {
+        let record = self.store.require(key)?;
+        let children = self.store.children(&record.key)?;
+        if children > 0 {
+            return Err(Error::SnapshotPrecondition(format!(
+                "snapshot {key:?} has {children} children"
+            )));
+        }
+        self.store.delete(key)?;
+        let dir = self.snapshot_dir(record.id);
+        if dir.exists() {
+            let trash = self
+                .root
+                .join("snapshots")
+                .join(format!("rm-{}", record.id));
+            std::fs::rename(&dir, &trash).map_err(io_err(format!("rename {}", dir.display())))?;
+            if let Err(e) = std::fs::remove_dir_all(&trash) {
+                warn!(
+                    key,
+                    "cannot delete {} (Cleanup will retry): {e}",
+                    trash.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// containerd `Stat(key)`.
+    pub fn stat(&self, key: &str) -> Result<Info> {
+        Ok(Info::from(&self.store.require(key)?))
+    }
+
+    /// containerd `Update(info, fieldpaths)`: only labels are mutable. With no paths all
+    /// labels are replaced; `labels` replaces all; `labels.<k>` sets (or, when absent or
+    /// empty in `info`, deletes) one label. Other paths are `SnapshotInvalid`.
+    pub fn update(&mut self, info: &Info, fieldpaths: &[String]) -> Result<Info> {
+        let record = self.store.require(&info.name)?;
+        let mut labels = record.labels.clone();
+        if fieldpaths.is_empty() {
+            labels = info.labels.clone();
+        }
+        for path in fieldpaths {
+            if path == "labels" {
+                labels = info.labels.clone();
+            } else if let Some(k) = path.strip_prefix("labels.") {
+                match info.labels.get(k) {
+                    Some(v) if !v.is_empty() => {
+                        labels.insert(k.to_string(), v.clone());
+                    }
+                    _ => {
+                        labels.remove(k);
+                    }
+                }
+            } else {
+                return Err(Error::SnapshotInvalid(format!(
+                    "cannot update field {path:?} of snapshot {:?}",
+                    info.name
+                )));
+            }
+        }
+        validate_labels(&labels)?;
+        Ok(Info::from(&self.store.set_labels(&info.name, &labels)?))
+    }
+
+    /// containerd `List`/`Walk` with filters ([`filter`]).
+    pub fn list(&self, filters: &[String]) -> Result<Vec<Info>> {
+        let filter = Filter::parse(filters)?;
+        Ok(self
+            .store
+            .all()?
+            .iter()
+            .filter(|r| filter.matches(r))
+            .map(Info::from)
+            .collect())
+    }
+
+    /// Where [`Snapshotter::usage`] gets its answer: stored at commit, or a directory to
+    /// measure (active/view). Lets callers measure without holding the snapshotter.
+    pub fn usage_source(&self, key: &str) -> Result<std::result::Result<Usage, PathBuf>> {
+        let record = self.store.require(key)?;
+        Ok(match (record.kind, &record.remote) {
+            (_, Some(_)) => Ok(Usage::default()),
+            (Kind::Committed, None) => Ok(Usage {
+                size: record.size,
+                inodes: record.inodes,
+            }),
+            _ => Err(self.files_dir(&record)),
+        })
+    }
+
+    /// containerd `Usage(key)`: measured for active/view snapshots, recorded at commit for
+    /// committed ones, 0 for remote ones.
+    pub fn usage(&self, key: &str) -> Result<Usage> {
+        match self.usage_source(key)? {
+            Ok(usage) => Ok(usage),
+            Err(dir) => disk_usage(&dir),
+        }
+    }
+
+    /// containerd `Cleanup`: deletes directories under `<root>/snapshots` that belong to no
+    /// snapshot. Returns what was deleted.
+    pub fn cleanup(&mut self) -> Result<Vec<PathBuf>> {
+        let ids: HashSet<String> = self.store.all()?.iter().map(|r| r.id.to_string()).collect();
+        let dir = self.root.join("snapshots");
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(format!("read {}", dir.display())))? {
+            let entry = entry.map_err(io_err(format!("read {}", dir.display())))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if ids.contains(&name) {
+                continue;
+            }
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).map_err(io_err(format!("remove {}", path.display())))?;
+            info!(path = %path.display(), "cleanup: removed orphan snapshot directory");
+            removed.push(path);
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAYER1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const LAYER2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    const CHAIN2: &str = "c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        mount: PathBuf,
+        sn: Snapshotter,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        let mount = dir.path().join("mnt");
+        for hex in [LAYER1, LAYER2] {
+            let layer = Repository::new(&mount).layer_path(hex);
+            std::fs::create_dir_all(layer.join("etc")).expect("mkdir");
+            std::fs::write(layer.join("etc/hostname"), hex).expect("write");
+        }
+        let link = Repository::new(&mount).chainid_path(CHAIN2);
+        std::fs::create_dir_all(link.parent().expect("parent")).expect("mkdir");
+        std::os::unix::fs::symlink(format!("../../.layers/22/{LAYER2}/layerfs"), &link)
+            .expect("symlink");
+        let mut sn = Snapshotter::open(&root, &mount).expect("open");
+        sn.set_overlay_options(OverlayOptions { index_off: false });
+        Fixture {
+            _dir: dir,
+            root,
+            mount,
+            sn,
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn extract_labels(chain: &str, layer: Option<&str>) -> Labels {
+        let mut l = labels(&[(LABEL_SNAPSHOT_REF, chain)]);
+        if let Some(layer) = layer {
+            l.insert(remote::LABEL_LAYER_DIGEST.into(), format!("sha256:{layer}"));
+        }
+        l
+    }
+
+    fn mounts(p: Prepared) -> Vec<Mount> {
+        match p {
+            Prepared::Mounts(m) => m,
+            other => panic!("expected mounts, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn prepare_commit_view_remove_lifecycle() -> Result<()> {
+        let mut f = fixture();
+        let m = mounts(f.sn.prepare("k1", "", &Labels::new())?);
+        let dir1 = f.root.join("snapshots/1");
+        assert_eq!(m[0].kind, "bind");
+        assert_eq!(m[0].source, dir1.join("fs").display().to_string());
+        assert_eq!(m[0].options, vec!["rw", "rbind"]);
+        assert!(dir1.join("work").is_dir());
+        std::fs::write(dir1.join("fs/file"), vec![7u8; 10000]).expect("write");
+
+        assert!(matches!(
+            f.sn.prepare("k1", "", &Labels::new()),
+            Err(Error::SnapshotExists(_))
+        ));
+        assert!(matches!(
+            f.sn.prepare("k2", "k1", &Labels::new()),
+            Err(Error::SnapshotInvalid(_))
+        ));
+        assert!(matches!(
+            f.sn.prepare("k2", "nope", &Labels::new()),
+            Err(Error::SnapshotNotFound(_))
+        ));
+
+        f.sn.commit("base", "k1", &labels(&[("x", "y")]))?;
+        assert!(matches!(f.sn.stat("k1"), Err(Error::SnapshotNotFound(_))));
+        let info = f.sn.stat("base")?;
+        assert_eq!(info.kind, Kind::Committed);
+        assert_eq!(info.labels, labels(&[("x", "y")]));
+        let usage = f.sn.usage("base")?;
+        assert_eq!(usage.inodes, 2);
+        assert!(usage.size >= 10000, "{usage:?}");
+        assert!(matches!(
+            f.sn.mounts("base"),
+            Err(Error::SnapshotPrecondition(_))
+        ));
+
+        let m = mounts(f.sn.prepare("k2", "base", &Labels::new())?);
+        let dir2 = f.root.join("snapshots/2");
+        assert_eq!(m[0].kind, "overlay");
+        assert_eq!(
+            m[0].options,
+            vec![
+                format!("workdir={}", dir2.join("work").display()),
+                format!("upperdir={}", dir2.join("fs").display()),
+                format!("lowerdir={}", dir1.join("fs").display()),
+            ]
+        );
+        assert_eq!(f.sn.mounts("k2")?, m);
+        let v = f.sn.view("v1", "base", &Labels::new())?;
+        assert_eq!(v[0].kind, "bind");
+        assert_eq!(v[0].source, dir1.join("fs").display().to_string());
+        assert_eq!(v[0].options, vec!["ro", "rbind"]);
+        assert!(matches!(
+            f.sn.commit("c", "v1", &Labels::new()),
+            Err(Error::SnapshotPrecondition(_))
+        ));
+
+        assert!(matches!(
+            f.sn.remove("base"),
+            Err(Error::SnapshotPrecondition(_))
+        ));
+        f.sn.remove("k2")?;
+        f.sn.remove("v1")?;
+        assert!(!dir2.exists());
+        f.sn.remove("base")?;
+        assert!(!dir1.exists());
+        assert!(f.sn.list(&[])?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn remote_prepare_commits_target_and_answers_already_exists() -> Result<()> {
+        let mut f = fixture();
+        let chain1 = format!("sha256:{}", "a1".repeat(32));
+        let p = f.sn.prepare(
+            "default/1/extract-1 c1",
+            "",
+            &extract_labels(&chain1, Some(LAYER1)),
+        )?;
+        assert_eq!(
+            p,
+            Prepared::Remote {
+                name: chain1.clone()
+            }
+        );
+        // The key was never created; the target is committed with the remote label.
+        assert!(f.sn.stat("default/1/extract-1 c1").is_err());
+        let info = f.sn.stat(&chain1)?;
+        assert_eq!(info.kind, Kind::Committed);
+        assert_eq!(info.parent, "");
+        assert_eq!(
+            info.labels.get(LABEL_REMOTE).map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(info.labels.get(LABEL_SNAPSHOT_REF), Some(&chain1));
+        assert_eq!(f.sn.usage(&chain1)?, Usage::default());
+
+        // Second layer found through the ChainID symlink only.
+        let chain2 = format!("sha256:{CHAIN2}");
+        let p =
+            f.sn.prepare("extract-2", &chain1, &extract_labels(&chain2, None))?;
+        assert_eq!(
+            p,
+            Prepared::Remote {
+                name: chain2.clone()
+            }
+        );
+        assert_eq!(f.sn.stat(&chain2)?.parent, chain1);
+
+        // The handshake filter containerd sends finds it.
+        let filter = format!(r#"labels."{LABEL_SNAPSHOT_REF}"=="{chain2}",parent=="{chain1}""#);
+        let found = f.sn.list(&[filter])?;
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].name, chain2);
+
+        // A repeated Prepare of the same target answers AlreadyExists again.
+        let p =
+            f.sn.prepare("extract-3", &chain1, &extract_labels(&chain2, None))?;
+        assert_eq!(
+            p,
+            Prepared::Remote {
+                name: chain2.clone()
+            }
+        );
+
+        // A container snapshot on top: overlay over both layerfs dirs, nearest first.
+        let m = mounts(f.sn.prepare("ctr", &chain2, &Labels::new())?);
+        let l2 = Repository::new(&f.mount)
+            .layer_path(LAYER2)
+            .canonicalize()
+            .expect("canon");
+        let l1 = Repository::new(&f.mount).layer_path(LAYER1);
+        let lower = m[0].options.last().cloned().unwrap_or_default();
+        assert_eq!(lower, format!("lowerdir={}:{}", l2.display(), l1.display()));
+        let v = f.sn.view("ro", &chain2, &Labels::new())?;
+        assert_eq!(
+            v[0].options,
+            vec![format!("lowerdir={}:{}", l2.display(), l1.display())]
+        );
+
+        // Removing a remote snapshot leaves the layer alone.
+        f.sn.remove("ctr")?;
+        f.sn.remove("ro")?;
+        f.sn.remove(&chain2)?;
+        assert!(l2.join("etc/hostname").is_file());
+        Ok(())
+    }
+
+    #[test]
+    fn unpublished_layer_falls_back_to_local_active_snapshot() -> Result<()> {
+        let mut f = fixture();
+        let chain = format!("sha256:{}", "dd".repeat(32));
+        let missing = "ee".repeat(32);
+        let p =
+            f.sn.prepare("extract-x", "", &extract_labels(&chain, Some(&missing)))?;
+        let m = mounts(p);
+        assert_eq!(m[0].kind, "bind");
+        let info = f.sn.stat("extract-x")?;
+        assert_eq!(info.kind, Kind::Active);
+        assert!(!info.labels.contains_key(LABEL_REMOTE));
+        assert!(f.sn.stat(&chain).is_err());
+        // containerd then commits it under the chain id as usual.
+        f.sn.commit(&chain, "extract-x", &extract_labels(&chain, None))?;
+        assert_eq!(f.sn.stat(&chain)?.kind, Kind::Committed);
+        Ok(())
+    }
+
+    #[test]
+    fn list_filters_by_kind_name_and_parent() -> Result<()> {
+        let mut f = fixture();
+        f.sn.prepare("a", "", &Labels::new())?;
+        f.sn.commit("A", "a", &Labels::new())?;
+        f.sn.prepare("b", "A", &labels(&[("team", "x")]))?;
+        f.sn.view("c", "A", &Labels::new())?;
+        let names = |v: Vec<Info>| v.into_iter().map(|i| i.name).collect::<Vec<_>>();
+        assert_eq!(names(f.sn.list(&[])?), vec!["A", "b", "c"]);
+        assert_eq!(names(f.sn.list(&["kind==view".into()])?), vec!["c"]);
+        assert_eq!(
+            names(f.sn.list(&["parent==A,labels.team==x".into()])?),
+            vec!["b"]
+        );
+        assert_eq!(
+            names(f.sn.list(&["name==A".into(), "name==c".into()])?),
+            vec!["A", "c"]
+        );
+        assert!(matches!(
+            f.sn.list(&["name=A".into()]),
+            Err(Error::SnapshotInvalid(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn update_labels_with_field_paths() -> Result<()> {
+        let mut f = fixture();
+        f.sn.prepare("a", "", &labels(&[("k1", "v1"), ("k2", "v2")]))?;
+        let mut info = f.sn.stat("a")?;
+        info.labels = labels(&[("k1", "new"), ("k3", "v3")]);
+        let out =
+            f.sn.update(&info, &["labels.k1".into(), "labels.k2".into()])?;
+        assert_eq!(out.labels, labels(&[("k1", "new")]));
+        let out = f.sn.update(&info, &[])?;
+        assert_eq!(out.labels, labels(&[("k1", "new"), ("k3", "v3")]));
+        assert!(matches!(
+            f.sn.update(&info, &["parent".into()]),
+            Err(Error::SnapshotInvalid(_))
+        ));
+        let big = labels(&[("k", &"x".repeat(MAX_LABEL_SIZE))]);
+        assert!(matches!(
+            f.sn.prepare("b", "", &big),
+            Err(Error::SnapshotInvalid(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn metadata_survives_reopen_and_cleanup_removes_orphans() -> Result<()> {
+        let mut f = fixture();
+        f.sn.prepare("a", "", &Labels::new())?;
+        let orphan = f.root.join("snapshots/99");
+        std::fs::create_dir_all(orphan.join("fs")).expect("mkdir");
+        drop(f.sn);
+        let mut sn = Snapshotter::open(&f.root, &f.mount)?;
+        assert_eq!(sn.stat("a")?.kind, Kind::Active);
+        let removed = sn.cleanup()?;
+        assert_eq!(removed, vec![orphan.clone()]);
+        assert!(!orphan.exists());
+        assert!(f.root.join("snapshots/1/fs").is_dir());
+        Ok(())
+    }
+}
