@@ -44,7 +44,7 @@ type Compressed<R> = BufReader<HashingReader<R>>;
 /// The decoder for one blob.
 pub enum Decoder<R: Read> {
     /// gzip, all members.
-    Gzip(flate2::bufread::MultiGzDecoder<Compressed<R>>),
+    Gzip(Box<flate2::bufread::MultiGzDecoder<Compressed<R>>>),
     /// zstd, all frames.
     Zstd(zstd::stream::read::Decoder<'static, Compressed<R>>),
     /// No compression.
@@ -88,7 +88,9 @@ impl<R: Read> LayerStream<R> {
         let head = buffered.fill_buf()?;
         let compression = Compression::detect(media_type, &head[..head.len().min(4)]);
         let decoder = match compression {
-            Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(buffered)),
+            Compression::Gzip => {
+                Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(buffered)))
+            }
             Compression::Zstd => Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(buffered)?),
             Compression::None => Decoder::Plain(buffered),
         };
@@ -102,7 +104,7 @@ impl<R: Read> LayerStream<R> {
     pub fn finish(self) -> io::Result<BlobDigests> {
         let (decoder, uncompressed, uncompressed_size) = self.inner.finish()?;
         let buffered = match decoder {
-            Decoder::Gzip(d) => d.into_inner(),
+            Decoder::Gzip(d) => (*d).into_inner(),
             Decoder::Zstd(d) => d.finish(),
             Decoder::Plain(d) => d,
         };

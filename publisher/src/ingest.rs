@@ -339,7 +339,7 @@ fn add_image(
 /// The `.layers/<hh>` catalog node, created (with its marker) if missing; marked dirty.
 fn bucket_mut<'a>(ns: &'a mut Namespace, hh: &str, empty: ContentHash, now: i64) -> &'a mut Node {
     let layers = ns.root.ensure_dir(&[".layers"], now);
-    let bucket = layers.children.entry(hh.to_string()).or_insert_with(|| {
+    layers.children.entry(hh.to_string()).or_insert_with(|| {
         let mut b = Node::dir(hh, 0o755, now);
         b.catalog = Some(CatalogMark::new_catalog());
         b.children.insert(
@@ -347,8 +347,7 @@ fn bucket_mut<'a>(ns: &'a mut Namespace, hh: &str, empty: ContentHash, now: i64)
             Node::leaf(marker_entry(empty, now)),
         );
         b
-    });
-    bucket
+    })
 }
 
 fn write_layer_facts(
@@ -583,7 +582,10 @@ mod tests {
         let layout = work.path().join("layout");
         let (layers, diff_ids, config) = write_layout(&layout, "v1", &test_tars());
         let oci_ref = format!("oci:{}:v1", layout.display());
-        let srcs = ok(sources(&[oci_ref.clone()], Some("localhost/demo/app:v1")));
+        let srcs = ok(sources(
+            std::slice::from_ref(&oci_ref),
+            Some("localhost/demo/app:v1"),
+        ));
         let s = ok(ingest(&dir, srcs).await);
         assert_eq!((s.revision, s.layers_converted, s.layers_reused), (1, 2, 0));
         let m1 = verify(&dir);

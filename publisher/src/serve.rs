@@ -117,3 +117,71 @@ pub async fn serve(dir: &Path, listener: tokio::net::TcpListener) -> Result<()> 
         .await
         .map_err(|e| Error::io("serving HTTP", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn serves_objects_and_manifest_with_cvmfs_headers() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let work = ok(tempfile::tempdir());
+        let dir = work.path().join("repo");
+        let fqrn = "serve.example.org";
+        ok(crate::publish::init(&dir, fqrn, 60));
+        let listener = ok(tokio::net::TcpListener::bind("127.0.0.1:0").await);
+        let addr = ok(listener.local_addr());
+        let app = router(&dir.join("srv"), fqrn);
+        tokio::spawn(async move { axum::serve(listener, app.into_make_service()).await });
+        let client = ok(reqwest::Client::builder().no_proxy().build());
+        let base = format!("http://{addr}/cvmfs/{fqrn}");
+
+        let r = ok(client
+            .get(format!("{base}/.cvmfspublished"))
+            .header("If-Modified-Since", "Wed, 21 Oct 2099 07:28:00 GMT")
+            .send()
+            .await);
+        assert_eq!(r.status(), 200);
+        let h = r.headers().clone();
+        assert_eq!(h["content-type"], "application/x-cvmfs");
+        assert_eq!(h["cache-control"], META_CACHE_CONTROL);
+        for absent in ["last-modified", "etag", "content-encoding"] {
+            assert!(h.get(absent).is_none(), "{absent} sent");
+        }
+        let body = ok(r.bytes().await);
+        assert_eq!(
+            body.as_ref(),
+            &ok(std::fs::read(dir.join("srv/.cvmfspublished")))[..]
+        );
+
+        // the empty-file object (CVMFS spec §11.3)
+        let empty = format!("{base}/data/e8/ec3d88b62ebf526e4e5a4ff6162a3aa48a6b78");
+        let r = ok(client.get(&empty).send().await);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/octet-stream");
+        assert_eq!(r.headers()["cache-control"], DATA_CACHE_CONTROL);
+        assert!(r.headers().get("last-modified").is_none());
+        assert_eq!(ok(r.bytes().await).len(), 8);
+        let r = ok(client.head(&empty).send().await);
+        assert_eq!(r.status(), 200);
+
+        for missing in [
+            format!("http://{addr}/keys/{fqrn}.key"),
+            format!("http://{addr}/cvmfs/{fqrn}/../keys/{fqrn}.key"),
+            format!("http://{addr}/cvmfs/other.org/.cvmfspublished"),
+            format!("{base}/data"),
+            format!("{base}/data/txn"),
+            format!("{base}/data/00/0000000000000000000000000000000000000000"),
+            format!("http://{addr}/"),
+        ] {
+            let r = ok(client.get(&missing).send().await);
+            assert_eq!(r.status(), 404, "{missing}");
+        }
+        let r = ok(client.post(&empty).send().await);
+        assert_eq!(r.status(), 405);
+    }
+}
