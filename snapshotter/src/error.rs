@@ -14,6 +14,67 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An HTTP request could not be completed (connect, timeout, transfer); names the URL.
+    #[error("GET {url}: {reason}")]
+    Http {
+        /// The full URL requested.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The server answered with a non-success HTTP status (spec §8.8.5); names the URL.
+    #[error("GET {url}: HTTP status {status}")]
+    HttpStatus {
+        /// The full URL requested.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// An object's decompressed size differs from the size the catalog records (spec §8.5).
+    #[error("object {object}: decompressed size {actual} bytes, catalog says {expected}")]
+    SizeMismatch {
+        /// Hex hash of the object.
+        object: String,
+        /// Size recorded in the catalog.
+        expected: u64,
+        /// Size actually inflated.
+        actual: u64,
+    },
+    /// A concurrent download of the same object, which this request waited for, failed.
+    #[error("object {object} is unavailable: {reason}")]
+    ObjectUnavailable {
+        /// Hex hash of the object.
+        object: String,
+        /// Why the other download failed.
+        reason: String,
+    },
+    /// The repository failed the signature / whitelist chain check (spec §7.5); the source
+    /// names the failed step.
+    #[error("repository {fqrn} failed verification: {source}")]
+    Verification {
+        /// The repository name.
+        fqrn: String,
+        /// The failed check.
+        #[source]
+        source: catalog::Error,
+    },
+    /// A path does not exist in the repository.
+    #[error("{0:?}: no such file or directory")]
+    NotFound(String),
+    /// A path used as a directory is not one.
+    #[error("{0:?}: not a directory")]
+    NotADirectory(String),
+    /// A catalog entry cannot be served by this client (e.g. external data, spec §6.6 flag 128).
+    #[error("{path:?}: {reason}")]
+    Unsupported {
+        /// Repository path of the entry.
+        path: String,
+        /// What is not supported.
+        reason: String,
+    },
+    /// Invalid command-line or configuration value.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// The snapshot metadata database (`<root>/metadata.db`, SQLite) failed.
     #[error("snapshot metadata database: {0}")]
     SnapshotDb(#[from] rusqlite::Error),

@@ -1,0 +1,485 @@
+//! The local content-addressed object cache (CVMFS spec §8.7 layout).
+//!
+//! `<root>/XX/<rest of hex><algo-id>` holds the **decompressed**, verified content of the
+//! object whose content hash hex starts with `XX`; `<root>/txn/` holds temporaries. An object
+//! is committed by `rename(2)` only after the hash of the downloaded (stored, usually
+//! compressed) bytes matched and the inflated size matched the catalog (spec §2.2, §3.4,
+//! §8.5), so a file under `XX/` is always complete. The cache survives restarts: an object
+//! already present is not downloaded again.
+//!
+//! Concurrent requests for the same missing object share one download (spec §8.5): the first
+//! requester downloads, the others wait on a condition variable and then use the committed
+//! file (or get the downloader's error).
+//!
+//! Quota and LRU eviction (spec §8.7 `cachedb`) come with a later issue.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+use catalog::{ContentHash, Suffix};
+
+use crate::{Error, Result};
+
+/// Where the stored bytes of objects come from (the HTTP [`crate::fetch::Fetcher`] in
+/// production, an in-memory map in tests).
+pub trait ObjectSource: Send + Sync {
+    /// Writes the stored (as served, usually zlib) bytes of object `hash` with type `suffix`
+    /// into `sink`; returns the byte count. `no_cache` asks proxies to refetch (used for the
+    /// one retry after a verification failure, spec §8.8.5).
+    ///
+    /// # Errors
+    /// Whatever the transport reports; the error should name what was requested.
+    fn fetch(
+        &self,
+        hash: &ContentHash,
+        suffix: Suffix,
+        no_cache: bool,
+        sink: &mut dyn Write,
+    ) -> Result<u64>;
+}
+
+/// One object to obtain from the cache.
+#[derive(Clone, Copy, Debug)]
+pub struct ObjectRequest {
+    /// Content hash of the stored bytes.
+    pub hash: ContentHash,
+    /// Type suffix used to build the URL (`''`, `C`, `P`, `X`, …, spec §1.4).
+    pub suffix: Suffix,
+    /// Whether the stored bytes are zlib (spec §3; false only for files flagged uncompressed).
+    pub compressed: bool,
+    /// The decompressed size the catalog records, when known (files and chunks; not catalogs).
+    pub size: Option<u64>,
+}
+
+/// Outcome of one download, shared with the requests that waited for it.
+#[derive(Default)]
+struct InFlight {
+    done: Mutex<Option<std::result::Result<(), String>>>,
+    cond: Condvar,
+}
+
+/// The verified, decompressed object cache under one directory.
+pub struct ObjectCache {
+    root: PathBuf,
+    txn: PathBuf,
+    source: Arc<dyn ObjectSource>,
+    in_flight: Mutex<HashMap<ContentHash, Arc<InFlight>>>,
+}
+
+impl ObjectCache {
+    /// Opens (creating if needed) the cache at `root`: makes `00`…`ff` and `txn/`, and
+    /// removes temporaries a previous process left in `txn/`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the directories cannot be created.
+    pub fn open(root: &Path, source: Arc<dyn ObjectSource>) -> Result<ObjectCache> {
+        let io = |context: String| move |source| Error::Io { context, source };
+        for i in 0..=255u8 {
+            let dir = root.join(format!("{i:02x}"));
+            std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        }
+        let txn = root.join("txn");
+        std::fs::create_dir_all(&txn).map_err(io(format!("creating {}", txn.display())))?;
+        if let Ok(entries) = std::fs::read_dir(&txn) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(ObjectCache {
+            root: root.to_path_buf(),
+            txn,
+            source,
+            in_flight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Path of the committed file of `hash`: `<root>/XX/<rest of hex><algo-id>` (spec §8.7).
+    pub fn path_of(&self, hash: &ContentHash) -> PathBuf {
+        let hex = hash.to_hex();
+        let (head, rest) = hex.split_at(2);
+        self.root.join(head).join(rest)
+    }
+
+    /// Removes the committed file of `hash`, if any (used when a cached catalog turns out
+    /// unreadable).
+    pub fn evict(&self, hash: &ContentHash) {
+        let path = self.path_of(hash);
+        if std::fs::remove_file(&path).is_ok() {
+            tracing::warn!(path = %path.display(), "evicted cached object");
+        }
+    }
+
+    /// Returns the decompressed, verified content of `req`, opened read-only, downloading
+    /// and committing it first if it is not cached. A cached file whose length differs from
+    /// `req.size` is deleted and fetched again. Concurrent calls for the same missing hash
+    /// share one download.
+    ///
+    /// # Errors
+    /// The source's error for download failures; [`catalog::Error::HashMismatch`] (via
+    /// [`Error::Catalog`]) or a zlib error if the object fails verification twice (the
+    /// second try asks proxies for a fresh copy); [`Error::SizeMismatch`] if the inflated
+    /// size differs from `req.size`; [`Error::ObjectUnavailable`] if a concurrent download
+    /// this call waited for failed; [`Error::Io`] for local file errors.
+    pub fn get(&self, req: &ObjectRequest) -> Result<File> {
+        loop {
+            if let Some(file) = self.open_committed(req)? {
+                return Ok(file);
+            }
+            let (flight, leader) = {
+                let mut map = lock(&self.in_flight);
+                match map.get(&req.hash) {
+                    Some(f) => (f.clone(), false),
+                    None => {
+                        let f = Arc::new(InFlight::default());
+                        map.insert(req.hash, f.clone());
+                        (f, true)
+                    }
+                }
+            };
+            if leader {
+                // Re-check: a download may have committed between our check and our insert.
+                let result = match self.open_committed(req) {
+                    Ok(Some(file)) => Ok(Some(file)),
+                    Ok(None) => self.download(req).map(|()| None),
+                    Err(e) => Err(e),
+                };
+                *lock(&flight.done) = Some(match &result {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                });
+                lock(&self.in_flight).remove(&req.hash);
+                flight.cond.notify_all();
+                match result {
+                    Ok(Some(file)) => return Ok(file),
+                    Ok(None) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut done = lock(&flight.done);
+            while done.is_none() {
+                done = flight
+                    .cond
+                    .wait(done)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if let Some(Err(reason)) = done.as_ref() {
+                return Err(Error::ObjectUnavailable {
+                    object: req.hash.to_hex(),
+                    reason: reason.clone(),
+                });
+            }
+            // Success: loop to open the committed file.
+        }
+    }
+
+    /// Opens the committed file if present and plausible; deletes it if its length is wrong.
+    fn open_committed(&self, req: &ObjectRequest) -> Result<Option<File>> {
+        let path = self.path_of(&req.hash);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("opening cached object {}", path.display()),
+                    source,
+                });
+            }
+        };
+        if let Some(size) = req.size {
+            let len = file
+                .metadata()
+                .map_err(|source| Error::Io {
+                    context: format!("stat of cached object {}", path.display()),
+                    source,
+                })?
+                .len();
+            if len != size {
+                tracing::warn!(path = %path.display(), len, size, "cached object has the wrong size; refetching");
+                drop(file);
+                let _ = std::fs::remove_file(&path);
+                return Ok(None);
+            }
+        }
+        Ok(Some(file))
+    }
+
+    /// Downloads, verifies, inflates and commits `req`; one retry with no-cache headers if
+    /// the bytes fail verification.
+    fn download(&self, req: &ObjectRequest) -> Result<()> {
+        let object = req.hash.to_hex();
+        let io = |context: &str| {
+            let context = format!("{context} for object {object}");
+            move |source| Error::Io { context, source }
+        };
+        let mut attempt = 0;
+        loop {
+            let no_cache = attempt > 0;
+            let mut stored = tempfile::NamedTempFile::new_in(&self.txn)
+                .map_err(io("creating a temporary file"))?;
+            {
+                let mut sink = BufWriter::new(stored.as_file_mut());
+                self.source
+                    .fetch(&req.hash, req.suffix, no_cache, &mut sink)?;
+                sink.flush().map_err(io("writing the download"))?;
+            }
+            stored
+                .as_file_mut()
+                .seek(SeekFrom::Start(0))
+                .map_err(io("rewinding the download"))?;
+            let mut raw = tempfile::NamedTempFile::new_in(&self.txn)
+                .map_err(io("creating a temporary file"))?;
+            let inflated = {
+                let mut out = BufWriter::new(raw.as_file_mut());
+                let n = catalog::verify_and_inflate(
+                    BufReader::new(stored.as_file()),
+                    &mut out,
+                    &req.hash,
+                    req.compressed,
+                );
+                out.flush().map_err(io("writing the inflated object"))?;
+                n
+            };
+            match inflated {
+                Ok(actual) => {
+                    if let Some(expected) = req.size
+                        && actual != expected
+                    {
+                        return Err(Error::SizeMismatch {
+                            object,
+                            expected,
+                            actual,
+                        });
+                    }
+                    let path = self.path_of(&req.hash);
+                    raw.persist(&path).map_err(|e| Error::Io {
+                        context: format!("committing {}", path.display()),
+                        source: e.error,
+                    })?;
+                    return Ok(());
+                }
+                Err(e) if attempt == 0 => {
+                    tracing::warn!(%object, error = %e, "object failed verification; retrying with no-cache");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Locks `m`, ignoring poisoning (the protected data stays consistent: plain maps/options).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use catalog::HashAlgorithm;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// In-memory [`ObjectSource`]: stored bytes by hash; counts fetches; can serve corrupt
+    /// bytes to requests without no-cache, and can be slow.
+    #[derive(Default)]
+    pub(crate) struct MemorySource {
+        pub objects: Mutex<HashMap<ContentHash, Vec<u8>>>,
+        pub fetches: AtomicUsize,
+        pub no_cache_fetches: AtomicUsize,
+        pub corrupt_unless_no_cache: bool,
+        pub delay: Duration,
+    }
+
+    impl MemorySource {
+        /// Stores `raw` compressed; returns its hash.
+        pub fn add(&self, raw: &[u8]) -> ContentHash {
+            let stored = catalog::compress(raw);
+            let hash = ContentHash::of_bytes(HashAlgorithm::Sha1, &stored);
+            lock(&self.objects).insert(hash, stored);
+            hash
+        }
+    }
+
+    impl ObjectSource for MemorySource {
+        fn fetch(
+            &self,
+            hash: &ContentHash,
+            _suffix: Suffix,
+            no_cache: bool,
+            sink: &mut dyn Write,
+        ) -> Result<u64> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            if no_cache {
+                self.no_cache_fetches.fetch_add(1, Ordering::SeqCst);
+            }
+            std::thread::sleep(self.delay);
+            let Some(mut bytes) = lock(&self.objects).get(hash).cloned() else {
+                return Err(Error::HttpStatus {
+                    url: format!("mem://{hash}"),
+                    status: 404,
+                });
+            };
+            if self.corrupt_unless_no_cache && !no_cache {
+                bytes[0] ^= 0xff;
+            }
+            sink.write_all(&bytes).unwrap();
+            Ok(bytes.len() as u64)
+        }
+    }
+
+    fn req(hash: ContentHash, size: Option<u64>) -> ObjectRequest {
+        ObjectRequest {
+            hash,
+            suffix: Suffix::None,
+            compressed: true,
+            size,
+        }
+    }
+
+    fn read_all(mut f: File) -> Vec<u8> {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut v).unwrap();
+        v
+    }
+
+    fn txn_is_empty(cache: &ObjectCache) -> bool {
+        std::fs::read_dir(cache.root().join("txn")).unwrap().count() == 0
+    }
+
+    #[test]
+    fn commits_decompressed_content_under_cvmfs_layout_and_reuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource::default());
+        let hash = src.add(b"hello world\n");
+        let cache = ObjectCache::open(dir.path(), src.clone()).unwrap();
+        let got = read_all(cache.get(&req(hash, Some(12))).unwrap());
+        assert_eq!(got, b"hello world\n");
+        let hex = hash.to_hex();
+        let path = dir.path().join(&hex[..2]).join(&hex[2..]);
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello world\n");
+        assert!(txn_is_empty(&cache));
+
+        // A new cache on the same directory (a remount) downloads nothing.
+        let cache2 = ObjectCache::open(dir.path(), src.clone()).unwrap();
+        assert_eq!(
+            read_all(cache2.get(&req(hash, Some(12))).unwrap()),
+            b"hello world\n"
+        );
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn bad_bytes_are_refetched_with_no_cache_then_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        // Corrupt once, fine on the no-cache retry.
+        let src = Arc::new(MemorySource {
+            corrupt_unless_no_cache: true,
+            ..Default::default()
+        });
+        let hash = src.add(b"payload");
+        let cache = ObjectCache::open(dir.path(), src.clone()).unwrap();
+        assert_eq!(
+            read_all(cache.get(&req(hash, Some(7))).unwrap()),
+            b"payload"
+        );
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 2);
+        assert_eq!(src.no_cache_fetches.load(Ordering::SeqCst), 1);
+
+        // Always wrong: the served bytes belong to another hash.
+        let src2 = Arc::new(MemorySource::default());
+        let good = src2.add(b"one");
+        let other = src2.add(b"two");
+        let wrong = lock(&src2.objects)[&other].clone();
+        lock(&src2.objects).insert(good, wrong);
+        let dir2 = tempfile::tempdir().unwrap();
+        let cache2 = ObjectCache::open(dir2.path(), src2.clone()).unwrap();
+        let err = cache2.get(&req(good, None)).unwrap_err();
+        assert!(
+            matches!(err, Error::Catalog(catalog::Error::HashMismatch { .. })),
+            "{err:?}"
+        );
+        assert!(!cache2.path_of(&good).exists());
+        assert!(txn_is_empty(&cache2));
+        assert_eq!(src2.no_cache_fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn size_mismatch_is_rejected_and_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource::default());
+        let hash = src.add(b"12345");
+        let cache = ObjectCache::open(dir.path(), src).unwrap();
+        let err = cache.get(&req(hash, Some(6))).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::SizeMismatch {
+                    expected: 6,
+                    actual: 5,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!cache.path_of(&hash).exists());
+    }
+
+    #[test]
+    fn short_cached_file_is_deleted_and_refetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource::default());
+        let hash = src.add(b"abcdefgh");
+        let cache = ObjectCache::open(dir.path(), src.clone()).unwrap();
+        cache.get(&req(hash, Some(8))).unwrap();
+        std::fs::write(cache.path_of(&hash), b"abc").unwrap();
+        assert_eq!(
+            read_all(cache.get(&req(hash, Some(8))).unwrap()),
+            b"abcdefgh"
+        );
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 2);
+        assert_eq!(std::fs::read(cache.path_of(&hash)).unwrap(), b"abcdefgh");
+    }
+
+    #[test]
+    fn concurrent_requests_share_one_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource {
+            delay: Duration::from_millis(200),
+            ..Default::default()
+        });
+        let hash = src.add(&vec![7u8; 100_000]);
+        let missing = ContentHash::of_bytes(HashAlgorithm::Sha1, b"nowhere");
+        let cache = Arc::new(ObjectCache::open(dir.path(), src.clone()).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let cache = cache.clone();
+                std::thread::spawn(move || read_all(cache.get(&req(hash, Some(100_000))).unwrap()))
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), vec![7u8; 100_000]);
+        }
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
+
+        // Failures are shared too: waiters get the leader's error.
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let cache = cache.clone();
+                std::thread::spawn(move || cache.get(&req(missing, None)).map(|_| ()))
+            })
+            .collect();
+        for t in threads {
+            let err = t.join().unwrap().unwrap_err();
+            assert!(err.to_string().contains("404"), "{err}");
+        }
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 2);
+    }
+}

@@ -1,0 +1,560 @@
+//! The read-only FUSE file system over a [`Repository`]; the only module that sees `fuser`.
+//!
+//! Operations: lookup, getattr, readlink, open/read/release, opendir/readdir/releasedir,
+//! getxattr/listxattr (the stored xattrs of spec §6.9 only; `trusted.overlay.opaque` must be
+//! readable because overlayfs reads it from lower layers), statfs. Crate errors become errno
+//! values here and nowhere else: a missing path is `ENOENT`, a non-directory parent
+//! `ENOTDIR`, and download or verification failures `EIO` (spec §8.5).
+//!
+//! `fuser` runs several event-loop threads (see [`crate::mount`]); a request that waits on
+//! the network (a nested catalog or a file object) blocks only its own thread. Entries,
+//! attributes and negative lookups are cached by the kernel for [`TTL`], since the revision
+//! never changes during a mount (revision switching comes later).
+
+mod attr;
+mod inodes;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use catalog::{Chunk, Entry, EntryKind, Suffix};
+use fuser::{
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+
+use crate::cache::ObjectRequest;
+use crate::repository::{LoadedCatalog, Repository};
+use crate::{Error, Result};
+
+pub use attr::{file_attr, fuse_rdev};
+pub use inodes::{Inodes, Node, ROOT_INODE};
+
+/// How long the kernel may cache entries, attributes and negative lookups.
+pub const TTL: Duration = Duration::from_secs(300);
+
+/// An open regular file.
+enum OpenFile {
+    /// Unchunked: the cached, decompressed object.
+    Whole(File),
+    /// Chunked (spec §4.6): chunk objects are fetched when a read first touches them.
+    Chunked {
+        path: String,
+        chunks: Vec<Chunk>,
+        compressed: bool,
+        files: Mutex<HashMap<usize, Arc<File>>>,
+    },
+}
+
+/// One listed directory: `(inode, type, name)` including `.` and `..`.
+type DirListing = Vec<(u64, FileType, String)>;
+
+/// Totals reported by `statfs`, from the root catalog's statistics (spec §6.13).
+#[derive(Clone, Copy, Debug, Default)]
+struct FsTotals {
+    bytes: u64,
+    files: u64,
+}
+
+/// The FUSE file system of one mounted repository revision.
+pub struct StrataFs {
+    repo: Arc<Repository>,
+    inodes: Inodes,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
+    next_handle: AtomicU64,
+    totals: FsTotals,
+}
+
+impl StrataFs {
+    /// A file system over `repo`; inode 1 is the repository root.
+    ///
+    /// # Errors
+    /// Catalog errors reading the root entry or statistics; [`Error::NotFound`] if the root
+    /// catalog has no root entry.
+    pub fn new(repo: Arc<Repository>) -> Result<StrataFs> {
+        let root = repo
+            .lookup("")?
+            .ok_or_else(|| Error::NotFound(String::new()))?;
+        let stats = repo.root_catalog().with(|r| r.statistics())?;
+        let sum =
+            |f: fn(&catalog::Counters) -> i64| (f(&stats.self_) + f(&stats.subtree)).max(0) as u64;
+        let totals = FsTotals {
+            bytes: sum(|c| c.file_size),
+            files: sum(|c| c.regular + c.symlink + c.special + c.dir),
+        };
+        Ok(StrataFs {
+            repo,
+            inodes: Inodes::new(root.entry),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            totals,
+        })
+    }
+
+    fn node(&self, ino: INodeNo) -> std::result::Result<Arc<Node>, Errno> {
+        self.inodes.get(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    /// Looks `name` up in directory `parent`; `None` if it does not exist.
+    fn lookup_child(&self, parent: &Node, name: &OsStr) -> Result<Option<Arc<Node>>> {
+        if parent.entry.kind != EntryKind::Directory {
+            return Err(Error::NotADirectory(parent.path.clone()));
+        }
+        let Some(name) = name.to_str() else {
+            return Ok(None);
+        };
+        let path = format!("{}/{}", parent.path, name);
+        Ok(self.repo.lookup(&path)?.map(|found| {
+            self.inodes
+                .intern(&path, &found.catalog.mountpoint, found.entry)
+        }))
+    }
+
+    /// The listing of directory `node`, allocating inodes for its children.
+    fn listing(&self, node: &Node) -> Result<DirListing> {
+        let children = self.repo.list(&node.path)?;
+        let parent_ino = if node.path.is_empty() {
+            ROOT_INODE
+        } else {
+            let parent = catalog::parent_path(&node.path);
+            self.repo
+                .lookup(parent)?
+                .map(|f| {
+                    self.inodes
+                        .intern(parent, &f.catalog.mountpoint, f.entry)
+                        .ino
+                })
+                .unwrap_or(ROOT_INODE)
+        };
+        let mut items = Vec::with_capacity(children.len() + 2);
+        items.push((node.ino, FileType::Directory, ".".to_string()));
+        items.push((parent_ino, FileType::Directory, "..".to_string()));
+        for found in children {
+            let path = format!("{}/{}", node.path, found.entry.name);
+            let name = found.entry.name.clone();
+            let child = self
+                .inodes
+                .intern(&path, &found.catalog.mountpoint, found.entry);
+            items.push((child.ino, attr::file_type(&child.entry), name));
+        }
+        Ok(items)
+    }
+
+    /// Fetches what a read of `node` needs first: the whole object, or the chunk list.
+    fn open_file(&self, node: &Node) -> Result<OpenFile> {
+        let entry = &node.entry;
+        if entry.flags & catalog::entry::FLAG_EXTERNAL != 0 {
+            return Err(Error::Unsupported {
+                path: node.path.clone(),
+                reason: "external data (spec §6.6 flag 128) is not supported".into(),
+            });
+        }
+        if entry.is_chunked() {
+            let catalog = self.catalog_of(node)?;
+            let chunks = self.repo.chunks(&catalog, &node.path, entry.size)?;
+            return Ok(OpenFile::Chunked {
+                path: node.path.clone(),
+                chunks,
+                compressed: entry.compressed,
+                files: Mutex::new(HashMap::new()),
+            });
+        }
+        let Some(hash) = entry.hash else {
+            return Err(Error::Unsupported {
+                path: node.path.clone(),
+                reason: "regular file without content hash or chunks".into(),
+            });
+        };
+        let file = self.repo.cache().get(&ObjectRequest {
+            hash,
+            suffix: Suffix::None,
+            compressed: entry.compressed,
+            size: Some(entry.size),
+        })?;
+        Ok(OpenFile::Whole(file))
+    }
+
+    fn catalog_of(&self, node: &Node) -> Result<Arc<LoadedCatalog>> {
+        self.repo
+            .loaded_catalog(&node.catalog)
+            .ok_or_else(|| Error::NotFound(node.path.clone()))
+    }
+
+    /// Reads up to `size` bytes at `offset` of an open file.
+    fn read_file(&self, file: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>> {
+        match file {
+            OpenFile::Whole(f) => read_at(f, offset, size as usize, "cached object"),
+            OpenFile::Chunked {
+                path,
+                chunks,
+                compressed,
+                files,
+            } => {
+                let end = chunks.last().map(|c| c.offset + c.size).unwrap_or(0);
+                let end = end.min(offset.saturating_add(u64::from(size)));
+                let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+                let mut pos = offset;
+                while pos < end {
+                    let index = chunks.partition_point(|c| c.offset + c.size <= pos);
+                    let Some(chunk) = chunks.get(index) else {
+                        break;
+                    };
+                    let cached = files
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get(&index)
+                        .cloned();
+                    let chunk_file = match cached {
+                        Some(f) => f,
+                        None => {
+                            let f = Arc::new(self.repo.cache().get(&ObjectRequest {
+                                hash: chunk.hash,
+                                suffix: Suffix::Partial,
+                                compressed: *compressed,
+                                size: Some(chunk.size),
+                            })?);
+                            files
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .insert(index, f.clone());
+                            f
+                        }
+                    };
+                    let want = (end.min(chunk.offset + chunk.size) - pos) as usize;
+                    let bytes = read_at(&chunk_file, pos - chunk.offset, want, path)?;
+                    if bytes.is_empty() {
+                        break;
+                    }
+                    pos += bytes.len() as u64;
+                    out.extend_from_slice(&bytes);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn new_handle(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// `pread` until `len` bytes or end of file.
+fn read_at(file: &File, offset: u64, len: usize, what: &str) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("reading {what}"),
+                    source,
+                });
+            }
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// The errno for a crate error (the FUSE edge of the error type).
+fn errno(e: &Error) -> Errno {
+    match e {
+        Error::NotFound(_) => Errno::ENOENT,
+        Error::NotADirectory(_) => Errno::ENOTDIR,
+        Error::Io { source, .. } => source
+            .raw_os_error()
+            .map(Errno::from_i32)
+            .unwrap_or(Errno::EIO),
+        _ => Errno::EIO,
+    }
+}
+
+/// Logs `e` (what failed, on which path) and returns its errno.
+fn report(op: &str, path: &str, e: &Error) -> Errno {
+    let code = errno(e);
+    if code == Errno::ENOENT || code == Errno::ENOTDIR {
+        tracing::debug!(op, path, error = %e, "request failed");
+    } else {
+        tracing::warn!(op, path, error = %e, "request failed");
+    }
+    code
+}
+
+impl Filesystem for StrataFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let parent = match self.node(parent) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        match self.lookup_child(&parent, name) {
+            Ok(Some(node)) => reply.entry(&TTL, &file_attr(node.ino, &node.entry), Generation(0)),
+            // Inode 0 with a TTL is a cached negative entry (FUSE protocol).
+            Ok(None) => {
+                let mut attr = file_attr(0, &parent.entry);
+                attr.ino = INodeNo(0);
+                reply.entry(&TTL, &attr, Generation(0));
+            }
+            Err(e) => reply.error(report("lookup", &parent.path, &e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node(ino) {
+            Ok(node) => reply.attr(&TTL, &file_attr(node.ino, &node.entry)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.node(ino) {
+            Ok(node) if node.entry.kind == EntryKind::Symlink => {
+                reply.data(node.entry.symlink.as_bytes())
+            }
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match node.entry.kind {
+            EntryKind::Regular => {}
+            EntryKind::Directory => return reply.error(Errno::EISDIR),
+            _ => return reply.error(Errno::EINVAL),
+        }
+        match self.open_file(&node) {
+            Ok(file) => {
+                let fh = self.new_handle();
+                self.files
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(fh, Arc::new(file));
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Err(e) => reply.error(report("open", &node.path, &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let file = self
+            .files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&fh.0)
+            .cloned();
+        let Some(file) = file else {
+            return reply.error(Errno::EBADF);
+        };
+        match self.read_file(&file, offset, size) {
+            Ok(bytes) => reply.data(&bytes),
+            Err(e) => reply.error(report("read", "", &e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        match self.listing(&node) {
+            Ok(items) => {
+                let fh = self.new_handle();
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(fh, Arc::new(items));
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Err(e) => reply.error(report("opendir", &node.path, &e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let items = self
+            .dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&fh.0)
+            .cloned();
+        let Some(items) = items else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (ino, kind, name)) in items.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let block = 4096u64;
+        reply.statfs(
+            self.totals.bytes.div_ceil(block),
+            0,
+            0,
+            self.totals.files,
+            0,
+            block as u32,
+            255,
+            block as u32,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let value = name.to_str().and_then(|n| node.entry.xattrs.get(n));
+        match value {
+            None => reply.error(Errno::ENODATA),
+            Some(v) => reply_sized(reply, size, v),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        reply_sized(reply, size, &xattr_names(&node.entry));
+    }
+}
+
+/// The `listxattr` buffer: each stored name followed by NUL.
+fn xattr_names(entry: &Entry) -> Vec<u8> {
+    let mut names = Vec::new();
+    for key in entry.xattrs.keys() {
+        names.extend_from_slice(key.as_bytes());
+        names.push(0);
+    }
+    names
+}
+
+/// Answers an xattr request: the size when `size` is 0, `ERANGE` if `value` does not fit.
+fn reply_sized(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_errno_at_the_edge() {
+        assert_eq!(errno(&Error::NotFound("/x".into())), Errno::ENOENT);
+        assert_eq!(errno(&Error::NotADirectory("/x".into())), Errno::ENOTDIR);
+        assert_eq!(
+            errno(&Error::HttpStatus {
+                url: "u".into(),
+                status: 404
+            }),
+            Errno::EIO
+        );
+        assert_eq!(
+            errno(&Error::Catalog(catalog::Error::HashMismatch {
+                expected: "a".into(),
+                actual: "b".into()
+            })),
+            Errno::EIO
+        );
+        assert_eq!(
+            errno(&Error::Io {
+                context: "x".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC)
+            }),
+            Errno::ENOSPC
+        );
+    }
+
+    #[test]
+    fn xattr_names_are_nul_separated() {
+        let mut e = Entry::directory("d", 0o755, 0, 0, 0);
+        e.xattrs
+            .insert("trusted.overlay.opaque".into(), b"y".to_vec());
+        e.xattrs.insert("user.a".into(), b"1".to_vec());
+        assert_eq!(xattr_names(&e), b"trusted.overlay.opaque\0user.a\0");
+    }
+
+    #[test]
+    fn pread_stops_at_end_of_file() {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, b"0123456789").unwrap();
+        assert_eq!(read_at(&f, 3, 4, "t").unwrap(), b"3456");
+        assert_eq!(read_at(&f, 8, 100, "t").unwrap(), b"89");
+        assert!(read_at(&f, 20, 5, "t").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,542 @@
+//! The client's view of one repository revision: the verified manifest and the tree of
+//! catalogs, loaded lazily.
+//!
+//! Boot (CVMFS spec §8.2, §7.5): fetch `.cvmfspublished`, the certificate object (`X`) and
+//! `.cvmfswhitelist`, run [`catalog::verify_repository`] (a failure refuses the mount and
+//! names the failed check), then fetch and open the root catalog (`C`). Nested catalogs are
+//! loaded on demand by the walk of spec §6.14: start at the deepest loaded catalog whose
+//! mountpoint is a path prefix (by whole components), look the path up, and on a miss
+//! descend into the direct child catalog that covers the path.
+//!
+//! Loaded catalogs stay in a map keyed by mountpoint (`""` = root) for the life of the mount
+//! (one revision; revision switching comes later). Each [`catalog::CatalogReader`] is `Send`
+//! but not `Sync`, so each sits behind its own `Mutex`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use catalog::{CatalogReader, Chunk, ContentHash, Entry, Manifest, NestedCatalogRef, Suffix};
+
+use crate::cache::{ObjectCache, ObjectRequest};
+use crate::fetch::Fetcher;
+use crate::{Error, Result};
+
+/// What the client trusts: the repository name and its master public keys.
+pub struct Trust {
+    /// Fully qualified repository name, e.g. `stock.strata.example`.
+    pub fqrn: String,
+    /// Master public keys (spec §7.3); the whitelist must verify with one of them.
+    pub master_keys: Vec<catalog::RsaPublicKey>,
+    /// Testing aid: verify an expired whitelist as if it were still valid (the signature,
+    /// name and fingerprint checks still apply). Never set this in production.
+    pub accept_expired_whitelist: bool,
+}
+
+/// One loaded catalog.
+pub struct LoadedCatalog {
+    /// Repository path of its root (`""` for the root catalog, else `/a/b`).
+    pub mountpoint: String,
+    /// Content hash of the catalog object.
+    pub hash: ContentHash,
+    reader: Mutex<CatalogReader>,
+    nested: Vec<NestedCatalogRef>,
+}
+
+impl LoadedCatalog {
+    /// Runs `f` with the catalog's reader locked.
+    pub fn with<R>(&self, f: impl FnOnce(&CatalogReader) -> R) -> R {
+        let reader = self
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&reader)
+    }
+
+    /// The direct child catalog whose mountpoint is `path` or a component-prefix of it.
+    fn child_covering(&self, path: &str) -> Option<&NestedCatalogRef> {
+        self.nested.iter().find(|n| is_below_or_at(path, &n.path))
+    }
+}
+
+/// A catalog entry with the catalog it came from.
+#[derive(Clone)]
+pub struct Found {
+    /// The catalog holding the row.
+    pub catalog: Arc<LoadedCatalog>,
+    /// The row.
+    pub entry: Entry,
+}
+
+/// The mounted revision: manifest plus lazily loaded catalogs.
+pub struct Repository {
+    fqrn: String,
+    manifest: Manifest,
+    cache: Arc<ObjectCache>,
+    catalogs: RwLock<BTreeMap<String, Arc<LoadedCatalog>>>,
+}
+
+impl Repository {
+    /// Boots from the server: fetches and verifies manifest, certificate and whitelist
+    /// (spec §7.5), then opens the root catalog.
+    ///
+    /// # Errors
+    /// Download errors naming the URL; [`Error::Verification`] naming the failed check;
+    /// catalog errors for an unreadable root catalog.
+    pub fn boot(fetcher: &Fetcher, cache: Arc<ObjectCache>, trust: &Trust) -> Result<Repository> {
+        let published = fetcher.blocking_get_bytes(".cvmfspublished")?;
+        let verification = |source| Error::Verification {
+            fqrn: trust.fqrn.clone(),
+            source,
+        };
+        // Parse first only to learn the certificate's hash; verify_repository re-checks all.
+        let signed = Manifest::parse(&published).map_err(verification)?;
+        let mut certificate = Vec::new();
+        std::io::Read::read_to_end(
+            &mut cache.get(&ObjectRequest {
+                hash: signed.manifest.certificate,
+                suffix: Suffix::Certificate,
+                compressed: true,
+                size: None,
+            })?,
+            &mut certificate,
+        )
+        .map_err(|source| Error::Io {
+            context: "reading the cached certificate".into(),
+            source,
+        })?;
+        let whitelist = fetcher.blocking_get_bytes(".cvmfswhitelist")?;
+        let mut now = unix_now();
+        if trust.accept_expired_whitelist
+            && let Ok(w) = catalog::Whitelist::parse(&whitelist)
+            && w.whitelist.expires <= now
+        {
+            tracing::warn!(
+                expires = w.whitelist.expires,
+                "accepting an expired whitelist (--accept-expired-whitelist, tests only)"
+            );
+            now = w
+                .whitelist
+                .expires
+                .saturating_sub(1)
+                .max(w.whitelist.created);
+        }
+        let manifest = catalog::verify_repository(
+            &published,
+            &certificate,
+            &whitelist,
+            &trust.master_keys,
+            &trust.fqrn,
+            now,
+        )
+        .map_err(verification)?;
+        tracing::info!(
+            fqrn = %trust.fqrn,
+            revision = manifest.revision,
+            root = %manifest.catalog_hash,
+            "repository verified"
+        );
+        Repository::open(&trust.fqrn, manifest, cache)
+    }
+
+    /// Opens the revision described by an already verified `manifest`: fetches and opens
+    /// its root catalog.
+    ///
+    /// # Errors
+    /// Download/verification errors of the catalog object, catalog open errors.
+    pub fn open(fqrn: &str, manifest: Manifest, cache: Arc<ObjectCache>) -> Result<Repository> {
+        let root = load_catalog(&cache, &manifest.catalog_hash, "")?;
+        let revision = root.with(|r| r.revision());
+        if revision != manifest.revision {
+            tracing::warn!(
+                manifest = manifest.revision,
+                catalog = revision,
+                "root catalog revision differs from the manifest (spec §7.1 S)"
+            );
+        }
+        let mut catalogs = BTreeMap::new();
+        catalogs.insert(String::new(), Arc::new(root));
+        Ok(Repository {
+            fqrn: fqrn.to_string(),
+            manifest,
+            cache,
+            catalogs: RwLock::new(catalogs),
+        })
+    }
+
+    /// The repository name.
+    pub fn fqrn(&self) -> &str {
+        &self.fqrn
+    }
+
+    /// The verified manifest of the mounted revision.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The object cache.
+    pub fn cache(&self) -> &ObjectCache {
+        &self.cache
+    }
+
+    /// The root catalog.
+    pub fn root_catalog(&self) -> Arc<LoadedCatalog> {
+        self.loaded()
+            .get("")
+            .cloned()
+            .expect("the root catalog is inserted at open and never removed")
+    }
+
+    /// The loaded catalog mounted at `mountpoint`, if it is loaded.
+    pub fn loaded_catalog(&self, mountpoint: &str) -> Option<Arc<LoadedCatalog>> {
+        self.loaded().get(mountpoint).cloned()
+    }
+
+    /// Mountpoints of the catalogs loaded so far (`""` first).
+    pub fn loaded_mountpoints(&self) -> Vec<String> {
+        self.loaded().keys().cloned().collect()
+    }
+
+    /// Looks up `path` (`""` = root, else `/a/b`) by the nested-catalog walk of spec §6.14.
+    /// A nested mountpoint itself is answered from the deepest catalog already loaded (the
+    /// parent's copy unless the child is loaded); only paths below it load the child.
+    ///
+    /// # Errors
+    /// Catalog read errors and download errors of nested catalogs.
+    pub fn lookup(&self, path: &str) -> Result<Option<Found>> {
+        let mut catalog = self.deepest_loaded(path);
+        loop {
+            if let Some(entry) = catalog.with(|r| r.lookup(path))? {
+                return Ok(Some(Found { catalog, entry }));
+            }
+            let Some(child) = catalog.child_covering(path).cloned() else {
+                return Ok(None);
+            };
+            catalog = self.load_nested(&child)?;
+        }
+    }
+
+    /// The catalog that holds the children of directory `dir` (the child catalog when `dir`
+    /// is a nested mountpoint, loading it if needed), with `dir`'s own entry.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::NotADirectory`], catalog and download errors.
+    pub fn directory(&self, dir: &str) -> Result<Found> {
+        let found = self
+            .lookup(dir)?
+            .ok_or_else(|| Error::NotFound(dir.to_string()))?;
+        if found.entry.kind != catalog::EntryKind::Directory {
+            return Err(Error::NotADirectory(dir.to_string()));
+        }
+        if found.entry.is_nested_mountpoint()
+            && let Some(child) = found.catalog.nested.iter().find(|n| n.path == dir)
+        {
+            let child = child.clone();
+            let catalog = self.load_nested(&child)?;
+            return Ok(Found {
+                catalog,
+                entry: found.entry,
+            });
+        }
+        Ok(found)
+    }
+
+    /// The children of directory `dir`, without hidden entries (spec §8.3), each with the
+    /// catalog it came from.
+    ///
+    /// # Errors
+    /// As [`Repository::directory`], plus catalog read errors.
+    pub fn list(&self, dir: &str) -> Result<Vec<Found>> {
+        let parent = self.directory(dir)?;
+        let entries = parent.catalog.with(|r| r.list(dir))?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| !e.is_hidden())
+            .map(|entry| Found {
+                catalog: parent.catalog.clone(),
+                entry,
+            })
+            .collect())
+    }
+
+    /// The chunk list of chunked file `path` found in `catalog` (spec §6.11), ordered by
+    /// offset and checked to tile `size` bytes exactly.
+    ///
+    /// # Errors
+    /// Catalog read errors; [`Error::Unsupported`] if the rows are missing or do not tile
+    /// the file (spec §4.6: EIO).
+    pub fn chunks(&self, catalog: &LoadedCatalog, path: &str, size: u64) -> Result<Vec<Chunk>> {
+        let chunks = catalog.with(|r| r.chunks(path))?;
+        let mut next = 0u64;
+        for c in &chunks {
+            if c.offset != next {
+                return Err(Error::Unsupported {
+                    path: path.to_string(),
+                    reason: format!("chunk list has a gap or overlap at offset {next}"),
+                });
+            }
+            next = c.offset + c.size;
+        }
+        if next != size || chunks.is_empty() && size > 0 {
+            return Err(Error::Unsupported {
+                path: path.to_string(),
+                reason: format!("chunks cover {next} bytes, the file has {size}"),
+            });
+        }
+        Ok(chunks)
+    }
+
+    fn loaded(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<LoadedCatalog>>> {
+        self.catalogs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The loaded catalog with the longest mountpoint that is `path` or a component-prefix.
+    fn deepest_loaded(&self, path: &str) -> Arc<LoadedCatalog> {
+        let loaded = self.loaded();
+        loaded
+            .iter()
+            .filter(|(mp, _)| is_below_or_at(path, mp))
+            .max_by_key(|(mp, _)| mp.len())
+            .map(|(_, c)| c.clone())
+            .expect("the root catalog (mountpoint \"\") prefixes every path")
+    }
+
+    /// Returns the loaded catalog at `child.path`, fetching and opening it if needed.
+    fn load_nested(&self, child: &NestedCatalogRef) -> Result<Arc<LoadedCatalog>> {
+        if let Some(c) = self.loaded().get(&child.path) {
+            return Ok(c.clone());
+        }
+        let catalog = load_catalog(&self.cache, &child.hash, &child.path)?;
+        let prefix = catalog.with(|r| r.root_prefix().to_string());
+        if prefix != child.path {
+            tracing::warn!(
+                mountpoint = %child.path,
+                root_prefix = %prefix,
+                "nested catalog's root_prefix differs from its mountpoint"
+            );
+        }
+        tracing::debug!(mountpoint = %child.path, hash = %child.hash, "loaded nested catalog");
+        let mut map = self
+            .catalogs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(map
+            .entry(child.path.clone())
+            .or_insert_with(|| Arc::new(catalog))
+            .clone())
+    }
+}
+
+/// Fetches catalog object `hash` through the cache and opens it; if the cached file cannot
+/// be opened it is evicted and fetched once more.
+fn load_catalog(
+    cache: &ObjectCache,
+    hash: &ContentHash,
+    mountpoint: &str,
+) -> Result<LoadedCatalog> {
+    let request = ObjectRequest {
+        hash: *hash,
+        suffix: Suffix::Catalog,
+        compressed: true,
+        size: None,
+    };
+    let mut attempt = 0;
+    loop {
+        drop(cache.get(&request)?);
+        let opened = CatalogReader::open(&cache.path_of(hash))
+            .and_then(|reader| reader.nested_catalogs().map(|nested| (reader, nested)));
+        match opened {
+            Ok((reader, nested)) => {
+                return Ok(LoadedCatalog {
+                    mountpoint: mountpoint.to_string(),
+                    hash: *hash,
+                    reader: Mutex::new(reader),
+                    nested,
+                });
+            }
+            Err(e) if attempt == 0 => {
+                tracing::warn!(%hash, error = %e, "cached catalog unreadable; refetching");
+                cache.evict(hash);
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// True if `path` equals `mountpoint` or lies below it by whole components; `""` (the
+/// root) covers every path.
+fn is_below_or_at(path: &str, mountpoint: &str) -> bool {
+    mountpoint.is_empty()
+        || path == mountpoint
+        || (path.starts_with(mountpoint) && path.as_bytes().get(mountpoint.len()) == Some(&b'/'))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::tests::MemorySource;
+    use catalog::{CatalogProperties, CatalogWriter, HashAlgorithm, Transition};
+
+    fn props() -> CatalogProperties {
+        CatalogProperties {
+            revision: 3,
+            last_modified: 1_700_000_000,
+            ttl: Some(240),
+            previous_revision: None,
+        }
+    }
+
+    /// Builds root catalog "" with /a (dir), /a/f (file), /n (nested mountpoint) and
+    /// /n/deep (nested mountpoint of a grandchild); child /n with /n/g; grandchild /n/deep
+    /// with /n/deep/h. Returns the manifest pointing at the root and the source.
+    fn build_tree(src: &MemorySource, tmp: &std::path::Path) -> Manifest {
+        let empty = src.add(b"");
+        let file = |name: &str, raw: &[u8]| {
+            let hash = src.add(raw);
+            Entry::regular(name, 0o644, 1, 2, 1_700_000_000, raw.len() as u64, hash)
+        };
+        let dir = |name: &str| Entry::directory(name, 0o755, 0, 0, 1_700_000_000);
+        let _ = empty;
+
+        // grandchild /n/deep
+        let p = tmp.join("deep.db");
+        let mut w = CatalogWriter::create(&p, "/n/deep").unwrap();
+        w.add("/n/deep", &dir("deep"), Transition::NestedRoot)
+            .unwrap();
+        w.add("/n/deep/h", &file("h", b"hhh"), Transition::None)
+            .unwrap();
+        let deep_stats = w.finish(&props()).unwrap();
+        let deep_hash = src.add(&std::fs::read(&p).unwrap());
+
+        // child /n
+        let p = tmp.join("n.db");
+        let mut w = CatalogWriter::create(&p, "/n").unwrap();
+        w.add("/n", &dir("n"), Transition::NestedRoot).unwrap();
+        w.add("/n/g", &file("g", b"gg"), Transition::None).unwrap();
+        w.add("/n/deep", &dir("deep"), Transition::NestedMountpoint)
+            .unwrap();
+        let size = std::fs::metadata(tmp.join("deep.db")).unwrap().len();
+        w.add_nested("/n/deep", &deep_hash, size, &deep_stats)
+            .unwrap();
+        let n_stats = w.finish(&props()).unwrap();
+        let n_hash = src.add(&std::fs::read(&p).unwrap());
+
+        // root
+        let p = tmp.join("root.db");
+        let mut w = CatalogWriter::create(&p, "").unwrap();
+        w.add("", &dir(""), Transition::None).unwrap();
+        w.add("/a", &dir("a"), Transition::None).unwrap();
+        w.add("/a/f", &file("f", b"ffff"), Transition::None)
+            .unwrap();
+        w.add("/n", &dir("n"), Transition::NestedMountpoint)
+            .unwrap();
+        let size = std::fs::metadata(tmp.join("n.db")).unwrap().len();
+        w.add_nested("/n", &n_hash, size, &n_stats).unwrap();
+        w.finish(&props()).unwrap();
+        let root_hash = src.add(&std::fs::read(&p).unwrap());
+
+        Manifest {
+            catalog_hash: root_hash,
+            catalog_size: std::fs::metadata(&p).unwrap().len(),
+            ttl: 240,
+            revision: 3,
+            garbage_collectable: false,
+            alternative_paths: false,
+            fqrn: "t.example".into(),
+            certificate: ContentHash::of_bytes(HashAlgorithm::Sha1, b"unused"),
+            history: None,
+            timestamp: 1_700_000_000,
+            meta_info: None,
+            reflog: None,
+        }
+    }
+
+    fn open() -> (Repository, Arc<MemorySource>, tempfile::TempDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource::default());
+        let manifest = build_tree(&src, tmp.path());
+        let cache = Arc::new(ObjectCache::open(&tmp.path().join("cache"), src.clone()).unwrap());
+        let repo = Repository::open("t.example", manifest, cache).unwrap();
+        (repo, src, tmp)
+    }
+
+    #[test]
+    fn component_prefix_matching() {
+        assert!(is_below_or_at("/a/b", ""));
+        assert!(is_below_or_at("", ""));
+        assert!(is_below_or_at("/a/b", "/a/b"));
+        assert!(is_below_or_at("/a/b/c", "/a/b"));
+        assert!(!is_below_or_at("/a/bc", "/a/b"));
+        assert!(!is_below_or_at("/a", "/a/b"));
+    }
+
+    #[test]
+    fn walk_loads_nested_catalogs_lazily() {
+        let (repo, _src, _tmp) = open();
+        assert_eq!(repo.loaded_mountpoints(), vec![""]);
+
+        let f = repo.lookup("/a/f").unwrap().unwrap();
+        assert_eq!(f.entry.size, 4);
+        assert_eq!(f.catalog.mountpoint, "");
+
+        // The mountpoint itself comes from the parent's copy; nothing is loaded.
+        let n = repo.lookup("/n").unwrap().unwrap();
+        assert!(n.entry.is_nested_mountpoint());
+        assert_eq!(repo.loaded_mountpoints(), vec![""]);
+
+        // Missing names outside nested catalogs load nothing either.
+        assert!(repo.lookup("/a/zzz").unwrap().is_none());
+        assert!(repo.lookup("/nn").unwrap().is_none());
+        assert_eq!(repo.loaded_mountpoints(), vec![""]);
+
+        // Below the mountpoint: the child is loaded.
+        let g = repo.lookup("/n/g").unwrap().unwrap();
+        assert_eq!(g.entry.size, 2);
+        assert_eq!(g.catalog.mountpoint, "/n");
+        assert_eq!(repo.loaded_mountpoints(), vec!["", "/n"]);
+
+        // Two levels down in one walk.
+        let h = repo.lookup("/n/deep/h").unwrap().unwrap();
+        assert_eq!(h.catalog.mountpoint, "/n/deep");
+        assert_eq!(repo.loaded_mountpoints(), vec!["", "/n", "/n/deep"]);
+        assert!(repo.lookup("/n/deep/missing").unwrap().is_none());
+
+        // Once loaded, the mountpoint is answered by the child's root copy.
+        let n = repo.lookup("/n").unwrap().unwrap();
+        assert!(n.entry.is_nested_root());
+    }
+
+    #[test]
+    fn listing_a_mountpoint_uses_the_child_catalog() {
+        let (repo, src, _tmp) = open();
+        let names = |dir: &str| {
+            let mut v: Vec<String> = repo
+                .list(dir)
+                .unwrap()
+                .into_iter()
+                .map(|f| f.entry.name)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(""), vec!["a", "n"]);
+        assert_eq!(names("/n"), vec!["deep", "g"]);
+        assert_eq!(repo.loaded_mountpoints(), vec!["", "/n"]);
+        assert_eq!(names("/n/deep"), vec!["h"]);
+        assert!(matches!(repo.list("/a/f"), Err(Error::NotADirectory(_))));
+        assert!(matches!(repo.list("/x"), Err(Error::NotFound(_))));
+
+        // Each catalog object was downloaded once.
+        let fetches = src.fetches.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(fetches, 3);
+    }
+}
