@@ -223,3 +223,126 @@ fn base64_encode(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// Keys shared by the tests of this crate: 2048-bit generation is slow in debug builds.
+#[cfg(test)]
+pub(crate) fn test_key(slot: usize) -> &'static RsaPrivateKey {
+    use std::sync::OnceLock;
+    static KEYS: [OnceLock<RsaPrivateKey>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    KEYS[slot].get_or_init(|| generate_key().unwrap())
+}
+
+/// Runs the `openssl` CLI; `None` (and a note on stderr) when it is not installed.
+#[cfg(test)]
+pub(crate) fn openssl(args: &[&std::ffi::OsStr]) -> Option<std::process::Output> {
+    match std::process::Command::new("openssl").args(args).output() {
+        Ok(o) => Some(o),
+        Err(e) => {
+            eprintln!("skipping openssl check: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use rsa::traits::PublicKeyParts;
+
+    use super::*;
+    use crate::compression::decompress;
+
+    fn fixture(rel: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/stock-repo")
+            .join(rel)
+    }
+
+    #[test]
+    fn pem_round_trips() {
+        let key = test_key(0);
+        assert_eq!(key.size(), 256, "2048-bit modulus");
+        let pem = private_key_to_pem(key).unwrap();
+        assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----\n"));
+        assert_eq!(&private_key_from_pem(&pem).unwrap(), key);
+        let public = key.to_public_key();
+        let ppem = public_key_to_pem(&public).unwrap();
+        assert!(ppem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+        assert_eq!(public_key_from_pem(&ppem).unwrap(), public);
+        assert!(private_key_from_pem("garbage").is_err());
+        assert!(public_key_from_pem(&pem).is_err());
+    }
+
+    #[test]
+    fn self_signed_certificate() {
+        let key = test_key(0);
+        let cert = Certificate::self_signed(key, "example.org CernVM-FS Release Managers").unwrap();
+        let pem = cert.to_pem();
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"));
+        assert!(pem.lines().all(|l| l.len() <= 64));
+        let back = Certificate::from_pem(pem.as_bytes()).unwrap();
+        assert_eq!(back, cert);
+        assert_eq!(cert.public_key().unwrap(), key.to_public_key());
+        let fp = cert.fingerprint(HashAlgorithm::Sha1);
+        assert_eq!(fp.len(), 59);
+        assert!(cert.fingerprint(HashAlgorithm::Rmd160).ends_with("-RMD160"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.pem");
+        std::fs::write(&file, &pem).unwrap();
+        let f = file.as_os_str();
+        let Some(out) = openssl(&[
+            OsStr::new("x509"),
+            OsStr::new("-in"),
+            f,
+            OsStr::new("-noout"),
+            OsStr::new("-subject"),
+            OsStr::new("-issuer"),
+            OsStr::new("-fingerprint"),
+            OsStr::new("-sha1"),
+        ]) else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("subject=CN = example.org CernVM-FS Release Managers"),
+            "{text}"
+        );
+        assert!(
+            text.contains("issuer=CN = example.org CernVM-FS Release Managers"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("Fingerprint={fp}")), "{text}");
+        let out = openssl(&[OsStr::new("verify"), OsStr::new("-CAfile"), f, f]).unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(": OK"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn names_are_escaped() {
+        let cert = Certificate::self_signed(test_key(1), "a,b+c=d").unwrap();
+        assert!(cert.public_key().is_ok());
+    }
+
+    #[test]
+    fn stock_certificate_and_master_key() {
+        let stored = std::fs::read(fixture(
+            "srv/data/9d/30017dabd8e6dd9b7bf86b75c6880d03f08741X",
+        ))
+        .unwrap();
+        let cert = Certificate::from_pem(&decompress(&stored, 1 << 20).unwrap()).unwrap();
+        assert_eq!(
+            cert.fingerprint(HashAlgorithm::Sha1),
+            "F2:54:C8:CB:8D:64:DF:86:7E:8C:4D:F2:54:55:87:47:64:67:B5:F4"
+        );
+        assert_eq!(cert.public_key().unwrap().size(), 256);
+        let pem = std::fs::read_to_string(fixture("stock.strata.example.pub")).unwrap();
+        assert_eq!(public_key_from_pem(&pem).unwrap().size(), 256);
+        assert!(Certificate::from_pem(b"no certificate here").is_err());
+    }
+}

@@ -210,3 +210,222 @@ impl SignedManifest {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+    use crate::hash::HashAlgorithm;
+    use crate::keys::{openssl, public_key_to_pem, test_key};
+
+    fn h(hex: &str) -> ContentHash {
+        ContentHash::parse_hex(hex).unwrap()
+    }
+
+    /// The manifest of spec §11.5.
+    fn vector() -> Manifest {
+        Manifest {
+            catalog_hash: h("3e6e0f4e4c0f6c4c55d5e0c8f6ee8a2f1b5a27b1"),
+            catalog_size: 28672,
+            ttl: 240,
+            revision: 7,
+            garbage_collectable: false,
+            alternative_paths: false,
+            fqrn: "example.cern.ch".into(),
+            certificate: h("5798f7f4ca7585d850eea64610a1f73d8f8de7a3"),
+            history: None,
+            timestamp: 1700000000,
+            meta_info: None,
+            reflog: None,
+        }
+    }
+
+    #[test]
+    fn spec_11_5_body_hash() {
+        let body = vector().body();
+        assert_eq!(
+            String::from_utf8(body.clone()).unwrap(),
+            "C3e6e0f4e4c0f6c4c55d5e0c8f6ee8a2f1b5a27b1\nB28672\nRd41d8cd98f00b204e9800998ecf8427e\n\
+             D240\nS7\nGno\nAno\nNexample.cern.ch\nX5798f7f4ca7585d850eea64610a1f73d8f8de7a3\n\
+             T1700000000\n"
+        );
+        assert_eq!(body.len(), 170);
+        assert_eq!(
+            ContentHash::of_bytes(HashAlgorithm::Sha1, &body).to_hex(),
+            "0c1e78e6570d6f555c45d7c5b8e3adea384fc442"
+        );
+        let signed = vector().sign(test_key(0)).unwrap();
+        let tail = b"--\n0c1e78e6570d6f555c45d7c5b8e3adea384fc442\n";
+        assert_eq!(&signed[170..170 + tail.len()], tail);
+        assert_eq!(signed.len(), 170 + tail.len() + 256);
+    }
+
+    #[test]
+    fn optional_lines_in_order() {
+        let mut m = vector();
+        m.history = Some(h("1111111111111111111111111111111111111111"));
+        m.meta_info = Some(h("2222222222222222222222222222222222222222"));
+        m.reflog = Some(h("3333333333333333333333333333333333333333"));
+        m.garbage_collectable = true;
+        let body = String::from_utf8(m.body()).unwrap();
+        let keys: String = body.lines().map(|l| &l[..1]).collect();
+        assert_eq!(keys, "CBRDSGANXHTMY");
+        assert!(body.contains("\nGyes\n"));
+    }
+
+    #[test]
+    fn sign_parse_verify_round_trip() {
+        let key = test_key(0);
+        let cert = Certificate::self_signed(key, "example.cern.ch").unwrap();
+        let mut m = vector();
+        m.history = Some(h("1111111111111111111111111111111111111111"));
+        m.alternative_paths = true;
+        let bytes = m.sign(key).unwrap();
+        let parsed = Manifest::parse(&bytes).unwrap();
+        assert_eq!(parsed.manifest, m);
+        assert_eq!(parsed.body, m.body());
+        parsed.verify_signature(&cert).unwrap();
+
+        // Another key's certificate does not verify it.
+        let other = Certificate::self_signed(test_key(1), "other").unwrap();
+        let err = parsed.verify_signature(&other).unwrap_err();
+        assert!(matches!(err, Error::ManifestSignature { .. }));
+        assert!(
+            err.to_string()
+                .contains(&other.fingerprint(HashAlgorithm::Sha1))
+        );
+
+        // A flipped byte in the body breaks the body hash, in the signature the signature.
+        let mut flipped = bytes.clone();
+        flipped[1] ^= 1;
+        assert!(matches!(
+            Manifest::parse(&flipped),
+            Err(Error::ManifestBodyHash { .. } | Error::InvalidManifest(_))
+        ));
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x40;
+        let p = Manifest::parse(&flipped).unwrap();
+        assert!(matches!(
+            p.verify_signature(&cert),
+            Err(Error::ManifestSignature { .. })
+        ));
+        // So does a flipped byte in a value whose hash line was "fixed up".
+        let text = String::from_utf8_lossy(&bytes[..m.body().len()]).replace("S7", "S8");
+        let mut forged = text.clone().into_bytes();
+        forged.extend_from_slice(b"--\n");
+        forged.extend_from_slice(
+            ContentHash::of_bytes(HashAlgorithm::Sha1, text.as_bytes())
+                .to_hex()
+                .as_bytes(),
+        );
+        forged.push(b'\n');
+        forged.extend_from_slice(&parsed.signature);
+        let p = Manifest::parse(&forged).unwrap();
+        assert_eq!(p.manifest.revision, 8);
+        assert!(p.verify_signature(&cert).is_err());
+    }
+
+    #[test]
+    fn parse_errors() {
+        let frame = |body: &str| {
+            let mut v = body.as_bytes().to_vec();
+            v.extend_from_slice(b"--\n");
+            v.extend_from_slice(
+                ContentHash::of_bytes(HashAlgorithm::Sha1, body.as_bytes())
+                    .to_hex()
+                    .as_bytes(),
+            );
+            v.extend_from_slice(b"\nSIG");
+            v
+        };
+        let good = String::from_utf8(vector().body()).unwrap();
+        assert!(Manifest::parse(&frame(&good)).is_ok());
+        for key in ["C", "R", "D", "S", "X"] {
+            let body: String = good
+                .lines()
+                .filter(|l| !l.starts_with(key))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let err = Manifest::parse(&frame(&body)).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("missing required key {key}")),
+                "{err}"
+            );
+        }
+        let bad_r = good.replace(
+            "Rd41d8cd98f00b204e9800998ecf8427e",
+            "R00000000000000000000000000000000",
+        );
+        assert!(matches!(
+            Manifest::parse(&frame(&bad_r)),
+            Err(Error::ManifestRootPathHash(_))
+        ));
+        assert!(matches!(
+            Manifest::parse(good.as_bytes()),
+            Err(Error::InvalidManifest(_))
+        ));
+        let bad_num = good.replace("S7", "Sseven");
+        assert!(Manifest::parse(&frame(&bad_num)).is_err());
+        // Unknown keys and empty lines are tolerated.
+        let extra = good.replace("Gno\n", "Gno\n\nZsomething\n");
+        assert_eq!(Manifest::parse(&frame(&extra)).unwrap().manifest, vector());
+    }
+
+    #[test]
+    fn openssl_accepts_the_signature() {
+        let key = test_key(2);
+        let bytes = vector().sign(key).unwrap();
+        let parsed = Manifest::parse(&bytes).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (pub_file, hash_file, sig_file) = (
+            dir.path().join("pub.pem"),
+            dir.path().join("hash.txt"),
+            dir.path().join("sig.bin"),
+        );
+        std::fs::write(&pub_file, public_key_to_pem(&key.to_public_key()).unwrap()).unwrap();
+        std::fs::write(&hash_file, &parsed.body_hash_hex).unwrap();
+        std::fs::write(&sig_file, &parsed.signature).unwrap();
+        let Some(out) = openssl(&[
+            OsStr::new("dgst"),
+            OsStr::new("-sha1"),
+            OsStr::new("-verify"),
+            pub_file.as_os_str(),
+            OsStr::new("-signature"),
+            sig_file.as_os_str(),
+            hash_file.as_os_str(),
+        ]) else {
+            return;
+        };
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Verified OK"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn stock_manifest_verifies_with_stock_certificate() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/stock-repo/srv");
+        let parsed =
+            Manifest::parse(&std::fs::read(root.join(".cvmfspublished")).unwrap()).unwrap();
+        let m = &parsed.manifest;
+        assert_eq!(m.fqrn, "stock.strata.example");
+        assert_eq!(m.revision, 2);
+        assert_eq!(m.ttl, 240);
+        assert_eq!(m.catalog_size, 16384);
+        assert!(m.meta_info.is_some() && m.reflog.is_some() && m.history.is_none());
+        let stored =
+            std::fs::read(root.join(m.certificate.object_path(crate::hash::Suffix::Certificate)))
+                .unwrap();
+        let cert =
+            Certificate::from_pem(&crate::compression::decompress(&stored, 1 << 20).unwrap())
+                .unwrap();
+        parsed.verify_signature(&cert).unwrap();
+        // Our body serialisation reproduces stock's byte for byte.
+        assert_eq!(m.body(), parsed.body);
+    }
+}

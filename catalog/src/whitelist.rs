@@ -255,3 +255,207 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+    use crate::keys::{openssl, public_key_from_pem, test_key};
+
+    fn fixture(rel: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/stock-repo")
+            .join(rel)
+    }
+
+    #[test]
+    fn utc_conversions() {
+        assert_eq!(format_utc(0), "19700101000000");
+        assert_eq!(format_utc(1_700_000_000), "20231114221320");
+        assert_eq!(format_utc(951_782_400), "20000229000000");
+        assert_eq!(parse_utc("20231114221320"), Some(1_700_000_000));
+        assert_eq!(parse_utc("20000229000000"), Some(951_782_400));
+        for s in [
+            0u64,
+            59,
+            86_399,
+            86_400,
+            951_868_799,
+            4_102_444_800,
+            1_795_938_237,
+        ] {
+            assert_eq!(parse_utc(&format_utc(s)), Some(s), "{s}");
+        }
+        for bad in [
+            "",
+            "2023111422132",
+            "202311142213200",
+            "20231314221320",
+            "20230229000000",
+            "20231114241320",
+            "2023111422132x",
+            "19691231235959",
+        ] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn spec_11_5_body_hash() {
+        let wl = Whitelist {
+            created: parse_utc("20240101000000").unwrap(),
+            expires: parse_utc("20240131000000").unwrap(),
+            fqrn: "example.cern.ch".into(),
+            fingerprints: vec![
+                "DA:39:A3:EE:5E:6B:4B:0D:32:55:BF:EF:95:60:18:90:AF:D8:07:09".into(),
+            ],
+        };
+        let body = wl.body();
+        assert_eq!(body.len(), 108);
+        assert_eq!(
+            ContentHash::of_bytes(HashAlgorithm::Sha1, &body).to_hex(),
+            "93dd9b8cb4d8d1aa6794532e3c773a0d96fa331f"
+        );
+        let signed = wl.sign(test_key(1)).unwrap();
+        let tail = b"--\n93dd9b8cb4d8d1aa6794532e3c773a0d96fa331f\n";
+        assert_eq!(&signed[108..108 + tail.len()], tail);
+        assert_eq!(signed.len(), 108 + tail.len() + 256);
+    }
+
+    #[test]
+    fn sign_parse_verify_round_trip() {
+        let master = test_key(1);
+        let cert = Certificate::self_signed(test_key(0), "example.cern.ch").unwrap();
+        let other = Certificate::self_signed(test_key(2), "other").unwrap();
+        let now = 1_700_000_000;
+        let wl = Whitelist::new("example.cern.ch", &cert, now, DEFAULT_VALIDITY_SECS);
+        assert_eq!(wl.expires, now + 30 * 86400);
+        assert!(wl.lists(&cert));
+        assert!(!wl.lists(&other));
+        let bytes = wl.sign(master).unwrap();
+        let parsed = Whitelist::parse(&bytes).unwrap();
+        assert_eq!(parsed.whitelist, wl);
+        parsed.verify_signature(&[master.to_public_key()]).unwrap();
+        parsed
+            .verify_signature(&[test_key(2).to_public_key(), master.to_public_key()])
+            .unwrap();
+        assert!(matches!(
+            parsed.verify_signature(&[test_key(2).to_public_key()]),
+            Err(Error::WhitelistSignature { keys: 1 })
+        ));
+        assert!(parsed.verify_signature(&[]).is_err());
+
+        let mut flipped = bytes.clone();
+        flipped[20] ^= 1; // inside the E line
+        assert!(Whitelist::parse(&flipped).is_err());
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        let p = Whitelist::parse(&flipped).unwrap();
+        assert!(p.verify_signature(&[master.to_public_key()]).is_err());
+    }
+
+    #[test]
+    fn expiry_has_hour_granularity() {
+        let cert = Certificate::self_signed(test_key(0), "x").unwrap();
+        let mut wl = Whitelist::new("x", &cert, 0, 0);
+        wl.expires = parse_utc("20240131103000").unwrap();
+        wl.check_expiry(parse_utc("20240131095959").unwrap())
+            .unwrap();
+        let err = wl
+            .check_expiry(parse_utc("20240131100000").unwrap())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "whitelist expired at 20240131103000 (now 20240131100000)"
+        );
+        assert!(
+            wl.check_expiry(parse_utc("20250101000000").unwrap())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn fingerprint_lines_are_lenient() {
+        let cert = Certificate::self_signed(test_key(0), "x").unwrap();
+        let fp = cert.fingerprint(HashAlgorithm::Sha1);
+        let body = format!(
+            "20240101000000\nE20240131000000\nNx\nWcachain\n{} # release manager\nnot a fingerprint\n{}\n",
+            fp.to_lowercase(),
+            cert.fingerprint(HashAlgorithm::Rmd160)
+        );
+        let mut bytes = body.clone().into_bytes();
+        bytes.extend_from_slice(b"--\n");
+        bytes.extend_from_slice(
+            ContentHash::of_bytes(HashAlgorithm::Sha1, body.as_bytes())
+                .to_hex()
+                .as_bytes(),
+        );
+        bytes.extend_from_slice(b"\nS");
+        let p = Whitelist::parse(&bytes).unwrap();
+        assert_eq!(p.whitelist.fingerprints.len(), 2);
+        assert_eq!(p.whitelist.fingerprints[0], fp);
+        assert!(p.whitelist.lists(&cert));
+        let mut only_rmd = p.whitelist.clone();
+        only_rmd.fingerprints.remove(0);
+        assert!(only_rmd.lists(&cert));
+    }
+
+    #[test]
+    fn openssl_recovers_the_hash() {
+        let master = test_key(1);
+        let cert = Certificate::self_signed(test_key(0), "x").unwrap();
+        let parsed =
+            Whitelist::parse(&Whitelist::new("x", &cert, 0, 3600).sign(master).unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (pub_file, sig_file) = (dir.path().join("m.pub"), dir.path().join("sig"));
+        std::fs::write(
+            &pub_file,
+            crate::keys::public_key_to_pem(&master.to_public_key()).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(&sig_file, &parsed.signature).unwrap();
+        let Some(out) = openssl(&[
+            OsStr::new("pkeyutl"),
+            OsStr::new("-verifyrecover"),
+            OsStr::new("-pubin"),
+            OsStr::new("-inkey"),
+            pub_file.as_os_str(),
+            OsStr::new("-in"),
+            sig_file.as_os_str(),
+        ]) else {
+            return;
+        };
+        assert_eq!(String::from_utf8_lossy(&out.stdout), parsed.body_hash_hex);
+    }
+
+    #[test]
+    fn stock_whitelist_verifies_with_stock_master_key() {
+        let bytes = std::fs::read(fixture("srv/.cvmfswhitelist")).unwrap();
+        let p = Whitelist::parse(&bytes).unwrap();
+        assert_eq!(p.whitelist.fqrn, "stock.strata.example");
+        assert_eq!(format_utc(p.whitelist.created), "20261129074356");
+        assert_eq!(format_utc(p.whitelist.expires), "20261229074356");
+        assert_eq!(
+            p.whitelist.fingerprints,
+            ["F2:54:C8:CB:8D:64:DF:86:7E:8C:4D:F2:54:55:87:47:64:67:B5:F4"]
+        );
+        let pem = std::fs::read_to_string(fixture("stock.strata.example.pub")).unwrap();
+        p.verify_signature(&[public_key_from_pem(&pem).unwrap()])
+            .unwrap();
+        assert_eq!(
+            p.whitelist.body(),
+            p.body,
+            "our serialisation matches stock's"
+        );
+        p.whitelist
+            .check_expiry(parse_utc("20261215000000").unwrap())
+            .unwrap();
+        assert!(
+            p.whitelist
+                .check_expiry(parse_utc("20261229070000").unwrap())
+                .is_err()
+        );
+    }
+}
