@@ -1,0 +1,183 @@
+//! Reading facts back from an OCI image layout (image-spec `image-layout.md`): the manifest
+//! of a tag, its layers' compressed digests and sizes, the config's diff IDs and the
+//! ChainIDs containerd names committed snapshots by.
+
+use std::path::Path;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result, io_context};
+
+/// One layer descriptor of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerFacts {
+    /// `sha256:<hex>` of the compressed blob.
+    pub digest: String,
+    /// Compressed size in bytes, as in the manifest.
+    pub size: u64,
+    /// e.g. `application/vnd.oci.image.layer.v1.tar+gzip`.
+    pub media_type: String,
+}
+
+/// What the tests need to know about one image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFacts {
+    /// `sha256:<hex>` of the manifest.
+    pub manifest_digest: String,
+    /// `sha256:<hex>` of the config blob.
+    pub config_digest: String,
+    /// Layers, bottom first.
+    pub layers: Vec<LayerFacts>,
+    /// `rootfs.diff_ids` of the config, bottom first (`sha256:<hex>` of uncompressed tars).
+    pub diff_ids: Vec<String>,
+}
+
+impl ImageFacts {
+    /// The image's compressed size: Σ layer sizes of the manifest, in bytes.
+    pub fn compressed_size(&self) -> u64 {
+        self.layers.iter().map(|l| l.size).sum()
+    }
+
+    /// ChainIDs of the layer stack, bottom first (image-spec `config.md`, "Layer ChainID").
+    pub fn chain_ids(&self) -> Vec<String> {
+        chain_ids(&self.diff_ids)
+    }
+}
+
+/// ChainID(L0) = DiffID(L0); ChainID(L0…Ln) = sha256(ChainID(L0…Ln-1) + " " + DiffID(Ln)).
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for diff_id in diff_ids {
+        let next = match out.last() {
+            None => diff_id.clone(),
+            Some(previous) => {
+                format!(
+                    "sha256:{}",
+                    hex::encode(Sha256::digest(format!("{previous} {diff_id}")))
+                )
+            }
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// Reads the manifest tagged `tag` (annotation `org.opencontainers.image.ref.name`) from
+/// the layout at `layout`, and its config.
+///
+/// Errors: missing files, invalid JSON, no such tag, missing fields ([`Error::Invalid`]).
+pub fn read_layout(layout: &Path, tag: &str) -> Result<ImageFacts> {
+    let index = read_json(&layout.join("index.json"))?;
+    let descriptor = index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .ok_or_else(|| Error::Invalid(format!("{}: no manifest tagged {tag}", layout.display())))?;
+    let manifest_digest = string_field(descriptor, "digest", layout)?;
+    let manifest = read_json(&blob_path(layout, &manifest_digest)?)?;
+    let config_digest = string_field(&manifest["config"], "digest", layout)?;
+    let config = read_json(&blob_path(layout, &config_digest)?)?;
+    let layers = manifest["layers"]
+        .as_array()
+        .ok_or_else(|| Error::Invalid(format!("{manifest_digest}: no layers array")))?
+        .iter()
+        .map(|l| {
+            Ok(LayerFacts {
+                digest: string_field(l, "digest", layout)?,
+                size: l["size"].as_u64().ok_or_else(|| {
+                    Error::Invalid(format!("{manifest_digest}: layer without size"))
+                })?,
+                media_type: string_field(l, "mediaType", layout)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let diff_ids = config["rootfs"]["diff_ids"]
+        .as_array()
+        .ok_or_else(|| Error::Invalid(format!("{config_digest}: no rootfs.diff_ids")))?
+        .iter()
+        .map(|d| {
+            d.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| Error::Invalid(format!("{config_digest}: non-string diff_id")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ImageFacts {
+        manifest_digest,
+        config_digest,
+        layers,
+        diff_ids,
+    })
+}
+
+/// `blobs/<algorithm>/<hex>` of a digest inside a layout.
+pub fn blob_path(layout: &Path, digest: &str) -> Result<std::path::PathBuf> {
+    let (algorithm, hex) = digest
+        .split_once(':')
+        .ok_or_else(|| Error::Invalid(format!("malformed digest {digest}")))?;
+    Ok(layout.join("blobs").join(algorithm).join(hex))
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let bytes = std::fs::read(path).map_err(io_context(format!("read {}", path.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Invalid(format!("{}: invalid JSON: {e}", path.display())))
+}
+
+fn string_field(value: &Value, field: &str, layout: &Path) -> Result<String> {
+    value[field].as_str().map(str::to_owned).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{}: descriptor without string {field}",
+            layout.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_image_spec() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        let ids = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(ids[0], a);
+        let expected = hex::encode(Sha256::digest(format!("{a} {b}").as_bytes()));
+        assert_eq!(ids[1], format!("sha256:{expected}"));
+        assert!(chain_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn reads_a_handmade_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let put = |bytes: &[u8]| {
+            let hex = hex::encode(Sha256::digest(bytes));
+            std::fs::write(blobs.join(&hex), bytes).unwrap();
+            format!("sha256:{hex}")
+        };
+        let config = put(br#"{"rootfs":{"type":"layers","diff_ids":["sha256:11"]}}"#);
+        let manifest = put(format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{config}","size":1}},
+                   "layers":[{{"mediaType":"m","digest":"sha256:22","size":700}}]}}"#
+        )
+        .as_bytes());
+        std::fs::write(
+            dir.path().join("index.json"),
+            format!(
+                r#"{{"manifests":[{{"digest":"{manifest}",
+                   "annotations":{{"org.opencontainers.image.ref.name":"t"}}}}]}}"#
+            ),
+        )
+        .unwrap();
+        let facts = read_layout(dir.path(), "t").unwrap();
+        assert_eq!(facts.config_digest, config);
+        assert_eq!(facts.compressed_size(), 700);
+        assert_eq!(facts.diff_ids, ["sha256:11"]);
+        let err = read_layout(dir.path(), "nope").unwrap_err().to_string();
+        assert!(err.contains("no manifest tagged nope"), "{err}");
+    }
+}

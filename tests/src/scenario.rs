@@ -1,0 +1,346 @@
+//! The main job of issue 2, end to end, as both the e2e test and `strata-demo` run it:
+//! registry → push → `strata-publisher init/ingest/serve` → `strata-snapshotter mount` →
+//! private containerd → `strata-snapshotter run` → `strata-snapshotter pull` → `ctr run`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::binaries::{check_prerequisites, target_dir};
+use crate::containerd::{Containerd, NAMESPACE, SNAPSHOTTER_NAME};
+use crate::error::{Error, Result};
+use crate::image::{self, TestImage};
+use crate::process::run_checked;
+use crate::registry::Registry;
+use crate::steps::Steps;
+use crate::strata::{
+    self, FuseMount, HttpServer, MountArgs, PullArgs, Repo, Served, SnapshotterDaemon,
+};
+use crate::workdir::WorkDir;
+
+/// The repository name used by the scenario.
+pub const FQRN: &str = "demo.strata.example";
+/// Repository and tag the image is pushed as: `127.0.0.1:PORT/demo:1`.
+pub const PUSHED_NAME: (&str, &str) = ("demo", "1");
+/// The workload: imports two standard modules and prints a computed value.
+pub const WORKLOAD: &str = "import hashlib, json; \
+     print(json.dumps({\"sha256\": hashlib.sha256(b\"strata\").hexdigest()}))";
+
+/// What [`WORKLOAD`] must print (computed here with the `sha2` crate).
+pub fn expected_workload_output() -> String {
+    format!(
+        "{{\"sha256\": \"{}\"}}\n",
+        hex::encode(Sha256::digest(b"strata"))
+    )
+}
+
+/// Where the cached test image lives: `<target>/strata-test-images/`.
+pub fn image_cache_root() -> Result<PathBuf> {
+    Ok(target_dir()?.join("strata-test-images"))
+}
+
+/// The publishing side: registry with the pushed image, publisher repository, HTTP server.
+/// Drop order (fields top to bottom) stops the server before the registry.
+#[derive(Debug)]
+pub struct Published {
+    /// `strata-publisher serve`.
+    pub server: HttpServer,
+    /// The test registry.
+    pub registry: Registry,
+    /// The publisher repository.
+    pub repo: Repo,
+    /// The image as built (OCI layout and manifest facts).
+    pub image: TestImage,
+    /// The reference as pushed and published: `127.0.0.1:PORT/demo:1`.
+    pub reference: String,
+    /// Registry blob GETs logged when the ingest finished.
+    pub blob_gets_at_ingest_end: usize,
+}
+
+impl Published {
+    /// Checks prerequisites, builds (or reuses) the test image, starts the registry, pushes,
+    /// initialises a repository, ingests the image from the registry and serves it.
+    pub fn up(work: &WorkDir, steps: &mut Steps) -> Result<Published> {
+        steps.run(
+            "check prerequisites (root, /dev/fuse, tools, built binaries)",
+            check_prerequisites,
+        )?;
+        let cache = image_cache_root()?;
+        let image = steps.run(
+            "test image: debootstrap minbase + python3 + whiteout layer (cached)",
+            || image::test_image(&cache),
+        )?;
+        let registry = steps.run("start docker-registry on 127.0.0.1", || {
+            Registry::start(&work.subdir("registry")?, &work.log("registry"))
+        })?;
+        let reference = format!("{}/{}:{}", registry.host(), PUSHED_NAME.0, PUSHED_NAME.1);
+        steps.run(
+            &format!("push the image with skopeo to {reference}"),
+            || {
+                run_checked(
+                    Command::new("skopeo").args([
+                        "copy",
+                        "--dest-tls-verify=false",
+                        &image.oci_reference(),
+                        &format!("docker://{reference}"),
+                    ]),
+                    &work.log("skopeo"),
+                    std::time::Duration::from_secs(600),
+                )
+                .map(drop)
+            },
+        )?;
+        let repo_dir = work.path().join("repo");
+        let repo = steps.run(&format!("strata-publisher init --fqrn {FQRN}"), || {
+            Repo::init(&repo_dir, FQRN, &work.log("publisher-init"))
+        })?;
+        steps.run(
+            &format!("strata-publisher ingest docker://{reference}"),
+            || {
+                repo.ingest(
+                    &[&format!("docker://{reference}")],
+                    &work.log("publisher-ingest"),
+                )
+            },
+        )?;
+        let blob_gets_at_ingest_end = registry.blob_gets(PUSHED_NAME.0)?;
+        let server = steps.run("strata-publisher serve --listen 127.0.0.1:PORT", || {
+            repo.serve(&work.log("publisher-serve"))
+        })?;
+        Ok(Published {
+            server,
+            registry,
+            repo,
+            image,
+            reference,
+            blob_gets_at_ingest_end,
+        })
+    }
+}
+
+/// The whole slice. Drop order: containerd (tasks, shims), snapshotter daemon, FUSE mount,
+/// then the publishing side.
+#[derive(Debug)]
+pub struct Stack {
+    /// The private containerd.
+    pub containerd: Containerd,
+    /// `strata-snapshotter run`.
+    pub snapshotter: SnapshotterDaemon,
+    /// `strata-snapshotter mount`.
+    pub mount: FuseMount,
+    /// Registry, repository and HTTP server.
+    pub published: Published,
+}
+
+impl Stack {
+    /// Mounts the repository, starts containerd and the snapshotter and pulls the image
+    /// lazily.
+    pub fn attach(published: Published, work: &WorkDir, steps: &mut Steps) -> Result<Stack> {
+        let mountpoint = work.path().join("mnt");
+        let cache = work.path().join("cache");
+        let server_url = published.server.server_url();
+        let pubkey = published.repo.public_key();
+        let mount = steps.run("strata-snapshotter mount (FUSE)", || {
+            FuseMount::start(
+                &MountArgs {
+                    fqrn: FQRN,
+                    server: &server_url,
+                    pubkey: &pubkey,
+                    cache: &cache,
+                    mountpoint: &mountpoint,
+                },
+                &work.log("snapshotter-mount"),
+            )
+        })?;
+        let snapshotter_socket = work.path().join("snapshotter.sock");
+        let containerd = steps.run("start a private containerd with the proxy plugin", || {
+            Containerd::start(
+                &work.subdir("containerd")?,
+                &work.log("containerd"),
+                &work.log("ctr"),
+                &snapshotter_socket,
+            )
+        })?;
+        let snapshotter = steps.run(
+            "strata-snapshotter run (containerd proxy snapshotter)",
+            || {
+                SnapshotterDaemon::start(
+                    &snapshotter_socket,
+                    &work.path().join("snapshotter-root"),
+                    &mountpoint,
+                    &work.log("snapshotter-run"),
+                )
+            },
+        )?;
+        let reference = published.reference.clone();
+        steps.run(
+            &format!("strata-snapshotter pull {reference} (lazy)"),
+            || {
+                strata::pull(
+                    &PullArgs {
+                        address: containerd.socket(),
+                        namespace: NAMESPACE,
+                        snapshotter: SNAPSHOTTER_NAME,
+                        mountpoint: &mountpoint,
+                        reference: &reference,
+                    },
+                    &work.log("snapshotter-pull"),
+                )
+            },
+        )?;
+        Ok(Stack {
+            containerd,
+            snapshotter,
+            mount,
+            published,
+        })
+    }
+
+    /// Runs [`WORKLOAD`] through the Strata snapshotter; see [`check_workload`].
+    pub fn check_workload(&self) -> Result<String> {
+        check_workload(
+            &self.containerd,
+            SNAPSHOTTER_NAME,
+            &self.published.reference,
+        )
+    }
+
+    /// Whiteouts through the Strata snapshotter; see [`check_whiteouts`].
+    pub fn check_whiteouts(&self) -> Result<()> {
+        check_whiteouts(
+            &self.containerd,
+            SNAPSHOTTER_NAME,
+            &self.published.reference,
+        )
+    }
+
+    /// `ctr snapshots --snapshotter strata ls` lists every layer's ChainID as Committed.
+    pub fn check_snapshots(&self) -> Result<Vec<(String, String)>> {
+        let listed = self.containerd.snapshots(SNAPSHOTTER_NAME)?;
+        let missing: Vec<String> = self
+            .published
+            .image
+            .facts
+            .chain_ids()
+            .into_iter()
+            .filter(|id| {
+                !listed
+                    .iter()
+                    .any(|(key, kind)| key == id && kind == "Committed")
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Invalid(format!(
+                "ctr snapshots --snapshotter {SNAPSHOTTER_NAME} ls lacks committed layers {missing:?}; listed {listed:?}"
+            )));
+        }
+        Ok(listed)
+    }
+
+    /// The registry saw blob GETs during the ingest and none since.
+    pub fn check_registry_untouched(&self) -> Result<usize> {
+        let now = self.published.registry.blob_gets(PUSHED_NAME.0)?;
+        let at_end = self.published.blob_gets_at_ingest_end;
+        if at_end == 0 {
+            return Err(Error::Invalid(format!(
+                "the registry access log ({}) shows no blob GET during the ingest: the log is not what we think",
+                self.published.registry.log().display()
+            )));
+        }
+        if now != at_end {
+            return Err(Error::Invalid(format!(
+                "{} blob GETs reached the registry after the ingest (see {})",
+                now - at_end,
+                self.published.registry.log().display()
+            )));
+        }
+        Ok(at_end)
+    }
+
+    /// The node fetched fewer bytes from the HTTP server than the image's compressed size.
+    pub fn check_bytes_fetched(&self) -> Result<(Served, u64)> {
+        let served = self.published.server.served()?;
+        let image_size = self.published.image.facts.compressed_size();
+        if served.bytes == 0 || served.bytes >= image_size {
+            return Err(Error::Invalid(format!(
+                "the node fetched {} bytes in {} requests; expected more than 0 and fewer than the \
+                 image's compressed size {image_size} (see {})",
+                served.bytes,
+                served.requests,
+                self.published.server.log().display()
+            )));
+        }
+        Ok((served, image_size))
+    }
+}
+
+/// `ctr run --snapshotter <snapshotter> --rm <reference> <id> args…`; its stdout.
+pub fn run_container(
+    containerd: &Containerd,
+    snapshotter: &str,
+    reference: &str,
+    id: &str,
+    args: &[&str],
+) -> Result<String> {
+    let mut full = vec!["run", "--snapshotter", snapshotter, "--rm", reference, id];
+    full.extend_from_slice(args);
+    let output = containerd.ctr_checked(&full)?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs [`WORKLOAD`] in a container and checks it printed [`expected_workload_output`].
+pub fn check_workload(
+    containerd: &Containerd,
+    snapshotter: &str,
+    reference: &str,
+) -> Result<String> {
+    let out = run_container(
+        containerd,
+        snapshotter,
+        reference,
+        "strata-workload",
+        &["python3", "-c", WORKLOAD],
+    )?;
+    let expected = expected_workload_output();
+    if out != expected {
+        return Err(Error::Invalid(format!(
+            "workload printed {out:?}, expected {expected:?}"
+        )));
+    }
+    Ok(out)
+}
+
+/// Inside a container: the deleted file and directory are absent and the opaque
+/// directory lists only the upper layer's file, with its content.
+pub fn check_whiteouts(containerd: &Containerd, snapshotter: &str, reference: &str) -> Result<()> {
+    let script = format!(
+        "for p in {file} {dir}; do if [ -e \"$p\" ] || [ -L \"$p\" ]; then echo \"present $p\"; \
+         else echo \"absent $p\"; fi; done; echo listing; ls -A {opaque}; echo content; \
+         cat {opaque}/{upper}",
+        file = image::DELETED_FILE,
+        dir = image::DELETED_DIR,
+        opaque = image::OPAQUE_DIR,
+        upper = image::OPAQUE_UPPER_FILE.0,
+    );
+    let out = run_container(
+        containerd,
+        snapshotter,
+        reference,
+        "strata-whiteouts",
+        &["sh", "-c", &script],
+    )?;
+    let expected = format!(
+        "absent {}\nabsent {}\nlisting\n{}\ncontent\n{}",
+        image::DELETED_FILE,
+        image::DELETED_DIR,
+        image::OPAQUE_UPPER_FILE.0,
+        String::from_utf8_lossy(image::OPAQUE_UPPER_FILE.1)
+    );
+    if out != expected {
+        return Err(Error::Invalid(format!(
+            "whiteouts not applied inside the container ({snapshotter} snapshotter):\n--- got\n{out}--- expected\n{expected}"
+        )));
+    }
+    Ok(())
+}
