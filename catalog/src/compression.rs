@@ -384,4 +384,19 @@ mod tests {
         );
         assert_eq!(out, raw);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn round_trips_any_bytes(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..5000)) {
+            let z = compress(&raw);
+            proptest::prop_assert_eq!(decompress(&z, raw.len() as u64).unwrap(), raw);
+        }
+
+        #[test]
+        fn never_panics_on_garbage(blob in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = decompress(&blob, 1 << 16);
+            let h = ContentHash::of_bytes(HashAlgorithm::Sha1, &blob);
+            let _ = verify_and_inflate(&blob[..], std::io::sink(), &h, true);
+        }
+    }
 }

@@ -657,4 +657,10 @@ mod tests {
                 .is_some()
         );
     }
+
+    #[test]
+    fn reader_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<CatalogReader>();
+    }
 }

@@ -130,4 +130,23 @@ mod tests {
         let dup = [1, 2, 1, 1, b'a', b'1', 1, 1, b'a', b'2'];
         assert_eq!(decode_xattrs(&dup).unwrap(), map(&[("a", b"2")]));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn round_trips_any_valid_map(
+            m in proptest::collection::btree_map(
+                "[a-z.]{1,40}",
+                proptest::collection::vec(proptest::num::u8::ANY, 0..255),
+                0..20,
+            )
+        ) {
+            let blob = encode_xattrs(&m).unwrap();
+            proptest::prop_assert_eq!(decode_xattrs(&blob).unwrap(), m);
+        }
+
+        #[test]
+        fn never_panics_on_garbage(blob in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = decode_xattrs(&blob);
+        }
+    }
 }
