@@ -692,6 +692,15 @@ mod tests {
         let view = RepoView::open(&dir);
         assert!(view.find(&format!("{lfs0}/bin/busybox")).is_some());
         assert_eq!(view.root().revision(), 2);
+        // subtree counters of the root (from the statistics cache) = Σ children's totals
+        assert!(dir.join("statistics.json").exists());
+        let root = view.root();
+        let mut sum = catalog::Counters::default();
+        for n in ok(root.nested_catalogs()) {
+            sum = sum + ok(view.catalog(&n.hash).statistics()).total();
+        }
+        assert_eq!(ok(root.statistics()).subtree, sum);
+        assert!(sum.regular >= 8, "{sum:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

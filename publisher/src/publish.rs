@@ -226,9 +226,10 @@ pub fn publish(repo: &Repo, ns: &mut Namespace) -> Result<Manifest> {
         repo,
         revision,
         now,
-        stats_cache: HashMap::new(),
+        stats_cache: load_stats_cache(repo),
     };
     let root = ctx.write_mut(&mut ns.root, "")?;
+    save_stats_cache(repo, &ctx.stats_cache)?;
     let key = repo.certificate_key()?;
     let manifest = Manifest {
         catalog_hash: root.hash,
@@ -270,11 +271,56 @@ fn refresh_whitelist(repo: &Repo, now: u64) -> Result<()> {
     Ok(())
 }
 
+/// `DIR/statistics.json`: statistics of catalogs by hash, so that re-used nested catalogs
+/// need not be inflated on every publish (catalogs are immutable, so entries never go stale).
+fn stats_cache_path(repo: &Repo) -> std::path::PathBuf {
+    repo.dir.join("statistics.json")
+}
+
+type StatsCache = HashMap<ContentHash, (catalog::Counters, catalog::Counters)>;
+
+fn load_stats_cache(repo: &Repo) -> StatsCache {
+    let Ok(bytes) = std::fs::read(stats_cache_path(repo)) else {
+        return HashMap::new();
+    };
+    let Ok(raw) = serde_json::from_slice::<HashMap<String, HashMap<String, i64>>>(&bytes) else {
+        return HashMap::new();
+    };
+    raw.into_iter()
+        .filter_map(|(hash, rows)| {
+            let hash = ContentHash::parse_hex(&hash).ok()?;
+            let mut stats = catalog::Statistics::default();
+            for (name, value) in rows {
+                stats.set(&name, value).then_some(())?;
+            }
+            Some((hash, (stats.self_, stats.subtree)))
+        })
+        .collect()
+}
+
+fn save_stats_cache(repo: &Repo, cache: &StatsCache) -> Result<()> {
+    let raw: HashMap<String, HashMap<String, i64>> = cache
+        .iter()
+        .map(|(hash, (self_, subtree))| {
+            let stats = catalog::Statistics {
+                self_: *self_,
+                subtree: *subtree,
+            };
+            (hash.to_hex(), stats.rows().into_iter().collect())
+        })
+        .collect();
+    let json = serde_json::to_vec(&raw).map_err(|e| Error::json("encoding statistics.json", e))?;
+    let tmp = repo.tmp_dir()?.join("statistics.json");
+    write_file_mode(&tmp, &json, 0o644)?;
+    std::fs::rename(&tmp, stats_cache_path(repo))
+        .map_err(|e| Error::io("replacing statistics.json", e))
+}
+
 struct WriteCtx<'a> {
     repo: &'a Repo,
     revision: u64,
     now: u64,
-    stats_cache: HashMap<ContentHash, (catalog::Counters, catalog::Counters)>,
+    stats_cache: StatsCache,
 }
 
 impl WriteCtx<'_> {
@@ -317,6 +363,7 @@ impl WriteCtx<'_> {
             previous_revision,
         })?;
         let (hash, size) = store_catalog(&self.repo.store, &file)?;
+        self.stats_cache.insert(hash, (stats.self_, stats.subtree));
         let published = PublishedCatalog {
             hash,
             size,
