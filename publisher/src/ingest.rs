@@ -697,7 +697,7 @@ mod tests {
         let root = view.root();
         let mut sum = catalog::Counters::default();
         for n in ok(root.nested_catalogs()) {
-            sum = sum + ok(view.catalog(&n.hash).statistics()).total();
+            sum += ok(view.catalog(&n.hash).statistics()).total();
         }
         assert_eq!(ok(root.statistics()).subtree, sum);
         assert!(sum.regular >= 8, "{sum:?}");
