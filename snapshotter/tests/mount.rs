@@ -42,6 +42,8 @@ struct Server {
     url: String,
     data_requests: Arc<AtomicUsize>,
     paths: Arc<Mutex<Vec<String>>>,
+    /// Requests whose path ends with one of these are answered after 2 s.
+    slow: Arc<Mutex<Vec<String>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -62,14 +64,19 @@ impl Server {
                 tower_http::services::ServeDir::new(dir),
             );
         }
-        let (counter, seen) = (data_requests.clone(), paths.clone());
+        let slow = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (counter, seen, slow2) = (data_requests.clone(), paths.clone(), slow.clone());
         let router = router.layer(axum::middleware::from_fn(
             move |req: Request, next: Next| {
-                let (counter, seen) = (counter.clone(), seen.clone());
+                let (counter, seen, slow) = (counter.clone(), seen.clone(), slow2.clone());
                 async move {
                     let path = req.uri().path().to_string();
                     if path.contains("/data/") {
                         counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let delay = slow.lock().unwrap().iter().any(|s| path.ends_with(s));
+                    if delay {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
                     }
                     seen.lock().unwrap().push(path);
                     next.run(req).await
@@ -85,6 +92,7 @@ impl Server {
             url: format!("http://{addr}/cvmfs/@fqrn@"),
             data_requests,
             paths,
+            slow,
             _runtime: runtime,
         }
     }
@@ -155,11 +163,18 @@ impl Mounted {
 
     /// SIGTERM, then wait for a clean exit and the mount to disappear.
     fn stop(&mut self) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        self.wait_exit();
+    }
+
+    /// Waits for a successful exit and checks the mount is gone.
+    fn wait_exit(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -215,6 +230,16 @@ fn getxattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+fn listxattr(path: &Path) -> Vec<u8> {
+    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut buf = vec![0u8; 1024];
+    // SAFETY: a valid NUL-terminated string and a buffer of the stated length.
+    let len = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(len >= 0, "listxattr: {}", std::io::Error::last_os_error());
+    buf.truncate(len as usize);
+    buf
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
@@ -231,6 +256,8 @@ struct TestRepo {
     srv: PathBuf,
     pubkey: PathBuf,
     wrong_pubkey: PathBuf,
+    /// Object path (`data/..`) of `/hello.txt`.
+    hello_object: String,
 }
 
 fn props() -> CatalogProperties {
@@ -262,6 +289,7 @@ fn store_catalog(store: &LocalStore, db: &Path) -> (ContentHash, u64) {
 
 /// ```text
 /// /hello.txt                 0640 1000:1001 "hello strata\n"
+/// /hard1, /hard2             one hard-link group
 /// /link -> hello.txt
 /// /layers/lower/{gone,kept,od/old}
 /// /layers/upper/             nested catalog
@@ -309,6 +337,12 @@ fn build_repo(root: &Path) -> TestRepo {
         Transition::None,
     )
     .unwrap();
+    for name in ["hard1", "hard2"] {
+        let mut e = file(&store, name, 0o644, 0, 0, b"linked\n");
+        e.hardlink_group = 1;
+        e.linkcount = 2;
+        w.add(&format!("/{name}"), &e, Transition::None).unwrap();
+    }
     w.add(
         "/link",
         &Entry::symlink("link", "hello.txt", 0, 0, MTIME),
@@ -388,10 +422,16 @@ fn build_repo(root: &Path) -> TestRepo {
         catalog::keys::public_key_to_pem(&other.to_public_key()).unwrap(),
     )
     .unwrap();
+    let hello_object = ContentHash::of_bytes(
+        catalog::HashAlgorithm::Sha1,
+        &catalog::compress(b"hello strata\n"),
+    )
+    .object_path(Suffix::None);
     TestRepo {
         srv,
         pubkey,
         wrong_pubkey,
+        hello_object,
     }
 }
 
@@ -413,7 +453,20 @@ fn mounts_a_catalog_crate_repository() {
     );
 
     // Listing and metadata.
-    assert_eq!(names(&mnt), vec!["hello.txt", "layers", "link"]);
+    assert_eq!(
+        names(&mnt),
+        vec!["hard1", "hard2", "hello.txt", "layers", "link"]
+    );
+    let (h1, h2) = (
+        std::fs::metadata(mnt.join("hard1")).unwrap(),
+        std::fs::metadata(mnt.join("hard2")).unwrap(),
+    );
+    assert_eq!(h1.ino(), h2.ino());
+    assert_eq!(h1.nlink(), 2);
+    assert_eq!(std::fs::read(mnt.join("hard2")).unwrap(), b"linked\n");
+    let fs = nix::sys::statvfs::statvfs(&mnt).unwrap();
+    assert!(fs.files() >= 10, "statfs files = {}", fs.files());
+    assert!(fs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
     let hello = std::fs::symlink_metadata(mnt.join("hello.txt")).unwrap();
     assert_eq!(hello.mode(), 0o100640);
     assert_eq!((hello.uid(), hello.gid()), (1000, 1001));
@@ -448,6 +501,8 @@ fn mounts_a_catalog_crate_repository() {
         getxattr(&upper.join("od"), "trusted.overlay.opaque").unwrap(),
         b"y"
     );
+    assert_eq!(listxattr(&upper.join("od")), b"trusted.overlay.opaque\0");
+    assert!(listxattr(&upper.join("od/new")).is_empty());
     let absent = getxattr(&upper.join("od/new"), "trusted.overlay.opaque").unwrap_err();
     assert_eq!(absent.raw_os_error(), Some(libc::ENODATA));
     assert_eq!(
@@ -498,6 +553,52 @@ fn mounts_a_catalog_crate_repository() {
         before,
         "remount fetched cached objects: {:?}",
         server.paths.lock().unwrap()
+    );
+    m.stop();
+}
+
+#[test]
+fn a_slow_download_blocks_only_its_own_request() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let repo = build_repo(work.path());
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let mnt = work.path().join("mnt");
+    let mut m = Mounted::start(
+        mount_command(
+            &server,
+            FQRN,
+            &repo.pubkey,
+            &work.path().join("cache"),
+            &mnt,
+        ),
+        &mnt,
+        &work.path().join("mount.log"),
+    );
+    server.slow.lock().unwrap().push(repo.hello_object.clone());
+    let hello = mnt.join("hello.txt");
+    let slow_reader = std::thread::spawn(move || {
+        let start = Instant::now();
+        let text = std::fs::read_to_string(hello).unwrap();
+        (text, start.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("layers/lower/kept")).unwrap(),
+        "kept\n"
+    );
+    assert_eq!(names(&mnt.join("layers/upper/od")), vec!["new"]);
+    let fast = start.elapsed();
+    let (text, slow) = slow_reader.join().unwrap();
+    assert_eq!(text, "hello strata\n");
+    assert!(
+        slow >= Duration::from_millis(1500),
+        "slow read took {slow:?}"
+    );
+    assert!(
+        fast < Duration::from_millis(1000),
+        "other requests waited {fast:?}"
     );
     m.stop();
 }
@@ -556,7 +657,6 @@ fn mounts_the_stock_fixture_repository() {
 
     // A chunked file: the concatenation of its chunk objects (spec §4.6).
     let v1 = mnt.join("sw/v1");
-    let big = std::fs::read(v1.join("big.bin")).unwrap();
     let mut expected = Vec::new();
     for hex in [
         "90207e08580f001130d87aab09b75e09da461033",
@@ -568,13 +668,14 @@ fn mounts_the_stock_fixture_repository() {
     ] {
         expected.extend(object(hex, "P"));
     }
-    assert_eq!(big.len(), 204_800);
-    assert!(big == expected, "chunked file content differs");
-    // A read that starts inside one chunk and ends in the next.
+    // First a cold read that starts in one chunk and ends in the next (boundary at 23491).
     let f = std::fs::File::open(v1.join("big.bin")).unwrap();
     let mut buf = vec![0u8; 1000];
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 23_000).unwrap();
     assert_eq!(buf, expected[23_000..24_000]);
+    let big = std::fs::read(v1.join("big.bin")).unwrap();
+    assert_eq!(big.len(), 204_800);
+    assert!(big == expected, "chunked file content differs");
 
     assert_eq!(std::fs::read_to_string(v1.join("a")).unwrap().len(), 12);
     assert_eq!(
@@ -602,5 +703,10 @@ fn mounts_the_stock_fixture_repository() {
         PathBuf::from("lib")
     );
     assert!(std::fs::read(layer.join("etc/empty")).unwrap().is_empty());
-    m.stop();
+
+    // Unmounting from outside ends the process cleanly.
+    drop(f);
+    let status = Command::new("umount").arg(&mnt).status().unwrap();
+    assert!(status.success());
+    m.wait_exit();
 }
