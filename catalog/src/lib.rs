@@ -7,7 +7,7 @@
 //!   `data/57/98f7…a3C` and whitelist fingerprints (§1.3, §2).
 //! * [`compression`]: zlib objects, bounded inflate, hash verification, streaming
 //!   [`ObjectWriter`] and [`verify_and_inflate`] (§3).
-//! * [`path_hash`], [`xattr`], [`entry`], [`statistics`]: the pieces of a catalog row and
+//! * [`path_hash`](mod@path_hash), [`xattr`], [`entry`], [`statistics`]: the pieces of a catalog row and
 //!   of the counters (§6.5–§6.13).
 //! * [`writer`] / [`reader`]: [`CatalogWriter`] builds schema 2.5 rev 7 SQLite catalogs,
 //!   [`CatalogReader`] reads them (and stock catalogs) read-only (§6).
@@ -20,6 +20,7 @@
 //! blocking threads by async callers.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod compression;
 pub mod entry;
