@@ -120,7 +120,8 @@ impl ObjectCache {
     /// Returns the decompressed, verified content of `req`, opened read-only, downloading
     /// and committing it first if it is not cached. A cached file whose length differs from
     /// `req.size` is deleted and fetched again. Concurrent calls for the same missing hash
-    /// share one download.
+    /// share one download. Blocking (network and file I/O): call it from a plain thread
+    /// (FUSE workers, `spawn_blocking`), never from a tokio worker.
     ///
     /// # Errors
     /// The source's error for download failures; [`catalog::Error::HashMismatch`] (via

@@ -470,6 +470,19 @@ mod tests {
     }
 
     #[test]
+    fn unreadable_cached_catalog_is_evicted_and_refetched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource::default());
+        let manifest = build_tree(&src, tmp.path());
+        let cache = Arc::new(ObjectCache::open(&tmp.path().join("cache"), src.clone()).unwrap());
+        drop(Repository::open("t.example", manifest.clone(), cache.clone()).unwrap());
+        std::fs::write(cache.path_of(&manifest.catalog_hash), b"not a database").unwrap();
+        let repo = Repository::open("t.example", manifest, cache).unwrap();
+        assert_eq!(repo.lookup("/a/f").unwrap().unwrap().entry.size, 4);
+        assert_eq!(src.fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
     fn component_prefix_matching() {
         assert!(is_below_or_at("/a/b", ""));
         assert!(is_below_or_at("", ""));
