@@ -204,7 +204,9 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
         let filters = request.into_inner().filters;
+        tracing::debug!(?filters, "list");
         let infos = self.with(move |s| s.list(&filters)).await?;
+        tracing::debug!(count = infos.len(), "list result");
         let mut batches = Vec::new();
         let mut infos = infos.into_iter().map(to_pb_info).peekable();
         while infos.peek().is_some() {

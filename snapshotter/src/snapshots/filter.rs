@@ -8,8 +8,10 @@
 //! value (bare up to the next `,`, or double-quoted, or `/regex/`). A path alone tests for
 //! presence.
 //!
-//! Semantics follow `filters/filter.go`: presence = the field exists; `==` = exists and
-//! equal; `!=` = not equal (a missing field counts as ""). `~=` (regular expressions) and
+//! Semantics follow `filters/filter.go` and `snapshots.adaptSnapshot`: `name`, `parent`
+//! and `kind` always exist (`parent` is "" for none; containerd asks for `parent==""` in
+//! the handshake of a bottom layer), a label exists when set; presence = the field exists;
+//! `==` = exists and equal; `!=` = not equal (a missing field counts as ""). `~=` (regular expressions) and
 //! unknown fields are accepted and ignored (they match everything): containerd re-checks
 //! every entry it receives from a List, e.g. in the remote-snapshot handshake (anchors §3.2
 //! step 5), so returning too much is harmless while returning too little is not.
@@ -67,7 +69,10 @@ impl Selector {
     fn matches(&self, record: &Record) -> bool {
         let value: Option<String> = match self.path.first().map(String::as_str) {
             Some("name") if self.path.len() == 1 => Some(record.key.clone()),
-            Some("parent") if self.path.len() == 1 => record.parent.clone(),
+            // Always present, "" for no parent (containerd `snapshots.adaptSnapshot`).
+            Some("parent") if self.path.len() == 1 => {
+                Some(record.parent.clone().unwrap_or_default())
+            }
             Some("kind") if self.path.len() == 1 => Some(record.kind.as_str().to_string()),
             Some("labels") if self.path.len() >= 2 => {
                 record.labels.get(&self.path[1..].join(".")).cloned()
@@ -275,11 +280,20 @@ mod tests {
     }
 
     #[test]
-    fn empty_parent_equals_no_parent_only_with_not_equal() {
-        let root = record("r", None, Kind::Committed, &[]);
-        assert!(!parse(&[r#"parent=="""#]).matches(&root));
+    fn no_parent_is_the_empty_string() {
+        // containerd's handshake for a bottom layer asks for parent=="".
+        let root = record(
+            "sha256:abc",
+            None,
+            Kind::Committed,
+            &[("containerd.io/snapshot.ref", "sha256:abc")],
+        );
+        let f = parse(&[r#"labels."containerd.io/snapshot.ref"==sha256:abc,parent=="""#]);
+        assert!(f.matches(&root));
         assert!(parse(&[r#"parent!="x""#]).matches(&root));
-        assert!(!parse(&["parent"]).matches(&root));
+        assert!(parse(&["parent"]).matches(&root));
+        let child = record("c", Some("p"), Kind::Committed, &[]);
+        assert!(!parse(&[r#"parent=="""#]).matches(&child));
     }
 
     #[test]
