@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::os::unix::fs::PermissionsExt;
 use tempfile::NamedTempFile;
 
 use crate::compression::compress;
@@ -86,7 +87,10 @@ impl LocalStore {
     /// Errors: [`Error::Io`].
     pub fn temp_file(&self) -> Result<NamedTempFile> {
         let txn = self.root.join("data").join("txn");
-        NamedTempFile::new_in(&txn)
+        // 0644: the served tree is read by web servers running as other users.
+        tempfile::Builder::new()
+            .permissions(std::fs::Permissions::from_mode(0o644))
+            .tempfile_in(&txn)
             .map_err(|e| Error::io(format!("creating a temporary file in {}", txn.display()), e))
     }
 

@@ -226,11 +226,9 @@ fn add_image(
         let bucket = bucket_mut(ns, &hh, empty, now);
         let mut layerfs = tree.root;
         layerfs.entry.name = "layerfs".into();
+        // No `.cvmfscatalog` marker here (spec §9.4 makes it optional): the layer's
+        // content must be exactly the layer, since it becomes a container's lowerdir.
         layerfs.catalog = Some(CatalogMark::new_catalog());
-        layerfs.children.insert(
-            crate::tree::CATALOG_MARKER.into(),
-            Node::leaf(marker_entry(empty, now)),
-        );
         bucket.insert(&[&hex], layerfs, now);
         let blob = image
             .layers
@@ -298,11 +296,8 @@ fn add_image(
         let refs: Vec<&Node> = trees.iter().collect();
         let mut flat = flatten(&refs);
         flat.entry.name = chex.clone();
+        // No marker either: the flat tree is the image's root file system as is.
         flat.catalog = Some(CatalogMark::new_catalog());
-        flat.children.insert(
-            crate::tree::CATALOG_MARKER.into(),
-            Node::leaf(marker_entry(empty, now)),
-        );
         ns.root.insert(&[".flat", &chh], flat, now);
     }
 
@@ -602,7 +597,8 @@ mod tests {
             .unwrap_or_else(|| panic!("layerfs missing"));
         assert!(e.is_nested_root());
         assert_eq!(cat.root_prefix(), lfs0);
-        assert_eq!(view.entry(&format!("{lfs0}/.cvmfscatalog")).size, 0);
+        // the layer holds exactly the layer: no catalog marker
+        assert!(view.find(&format!("{lfs0}/.cvmfscatalog")).is_none());
         let sh = view.entry(&format!("{lfs0}/bin/sh"));
         let bb = view.entry(&format!("{lfs0}/bin/busybox"));
         assert_eq!((sh.hash, sh.linkcount), (bb.hash, 2));
