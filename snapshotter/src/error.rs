@@ -132,6 +132,16 @@ pub enum Error {
         /// The layer's ChainID.
         chain_id: String,
     },
+    /// A remote layer under the snapshot is not reachable: its `layerfs` directory in the
+    /// repository mount is missing (mount down?) (gRPC `Unavailable`, as stargz's
+    /// `checkAvailability`).
+    #[error("snapshot {key:?}: remote layer {path} is unavailable")]
+    SnapshotUnavailable {
+        /// The snapshot asked for.
+        key: String,
+        /// The missing `layerfs` directory.
+        path: String,
+    },
 }
 
 /// Result with [`Error`].

@@ -30,6 +30,7 @@ pub fn to_status(err: Error) -> Status {
         Error::SnapshotExists(_) => Status::already_exists(err.to_string()),
         Error::SnapshotPrecondition(_) => Status::failed_precondition(err.to_string()),
         Error::SnapshotInvalid(_) => Status::invalid_argument(err.to_string()),
+        Error::SnapshotUnavailable { .. } => Status::unavailable(err.to_string()),
         _ => Status::internal(err.to_string()),
     }
 }

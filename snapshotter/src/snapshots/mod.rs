@@ -204,6 +204,25 @@ impl Snapshotter {
         Ok(chain)
     }
 
+    /// The directories of `record`'s parents, nearest first; `SnapshotUnavailable` if a
+    /// remote one is not reachable in the repository mount.
+    fn lower_dirs(&self, record: &Record) -> Result<Vec<PathBuf>> {
+        let chain = self.chain(record)?;
+        let mut dirs = Vec::with_capacity(chain.len());
+        for parent in &chain {
+            let dir = self.files_dir(parent);
+            if parent.remote.is_some() && !dir.is_dir() {
+                warn!(key = %record.key, path = %dir.display(), "remote layer unavailable");
+                return Err(Error::SnapshotUnavailable {
+                    key: record.key.clone(),
+                    path: dir.display().to_string(),
+                });
+            }
+            dirs.push(dir);
+        }
+        Ok(dirs)
+    }
+
     fn mounts_of(&self, record: &Record) -> Result<Vec<Mount>> {
         let dir = self.snapshot_dir(record.id);
         let layout = match record.kind {
@@ -219,11 +238,7 @@ impl Snapshotter {
                 )));
             }
         };
-        let lowers: Vec<PathBuf> = self
-            .chain(record)?
-            .iter()
-            .map(|p| self.files_dir(p))
-            .collect();
+        let lowers = self.lower_dirs(record)?;
         Ok(snapshot_mounts(&layout, &lowers, self.overlay))
     }
 
@@ -325,6 +340,17 @@ impl Snapshotter {
         let parent_record = self.committed_parent(parent)?;
         if self.store.get(key)?.is_some() {
             return Err(Error::SnapshotExists(key.to_string()));
+        }
+        if let Some(p) = &parent_record {
+            // Refuse before creating anything if a remote layer below is unreachable.
+            let dir = self.files_dir(p);
+            if p.remote.is_some() && !dir.is_dir() {
+                return Err(Error::SnapshotUnavailable {
+                    key: key.to_string(),
+                    path: dir.display().to_string(),
+                });
+            }
+            self.lower_dirs(p)?;
         }
         let record = self.store.insert(&NewRecord {
             key,
@@ -724,6 +750,26 @@ mod tests {
         f.sn.remove("ro")?;
         f.sn.remove(&chain2)?;
         assert!(l2.join("etc/hostname").is_file());
+        Ok(())
+    }
+
+    #[test]
+    fn unreachable_remote_layer_is_unavailable() -> Result<()> {
+        let mut f = fixture();
+        let chain = format!("sha256:{}", "a1".repeat(32));
+        f.sn.prepare("x", "", &extract_labels(&chain, Some(LAYER1)))?;
+        f.sn.prepare("ctr", &chain, &Labels::new())?;
+        // The mount goes away (FUSE process died, layer collected, ...).
+        std::fs::rename(&f.mount, f.mount.with_extension("gone")).expect("rename");
+        assert!(matches!(
+            f.sn.mounts("ctr"),
+            Err(Error::SnapshotUnavailable { .. })
+        ));
+        assert!(matches!(
+            f.sn.prepare("ctr2", &chain, &Labels::new()),
+            Err(Error::SnapshotUnavailable { .. })
+        ));
+        assert!(f.sn.stat("ctr2").is_err(), "nothing half-created");
         Ok(())
     }
 
