@@ -8,6 +8,7 @@
 //! work directory is kept.
 
 use std::process::{Command, Output};
+use std::sync::Mutex;
 use tests::process::run_checked;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -22,9 +23,17 @@ use tests::steps::{Steps, format_bytes};
 use tests::strata::{MountArgs, Repo, run_expecting_failure};
 use tests::workdir::WorkDir;
 
+/// Serialises the tests of this binary: their step output stays readable and they do not
+/// compete for the two CPUs (the image build is shared through its own lock anyway).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// Runs `body` in a fresh work directory; on error dumps every log, keeps the directory
 /// and fails the test with the error chain.
 fn in_workdir(label: &str, body: impl FnOnce(&WorkDir) -> Result<()>) {
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    println!("\n######## {label} ########");
     let mut work = WorkDir::new(label).expect("create a work directory");
     if let Err(error) = body(&work) {
         work.dump_logs();

@@ -158,7 +158,7 @@ impl HttpServer {
     }
 
     /// Successful GETs and bytes served so far, from the access lines of the log
-    /// (contract §4: one INFO line per request with `method=`, `path=`, `status=`, `bytes=`).
+    /// (`GET /cvmfs/<fqrn>/<path> <status> <bytes>`, one per request).
     ///
     /// Errors: the log has no access line at all (the contract is not met).
     pub fn served(&self) -> Result<Served> {
@@ -166,8 +166,8 @@ impl HttpServer {
             .map_err(io_context(format!("read {}", self.log().display())))?;
         parse_served(&text).ok_or_else(|| {
             Error::Invalid(format!(
-                "{}: no access lines with `status=` and `bytes=` fields (CONTRACTS.md §4: serve \
-                 logs one INFO line per request with method=, path=, status=, bytes=)",
+                "{}: no access lines (`GET /cvmfs/<fqrn>/<path> <status> <bytes>`, one per \
+                 request, as publisher/src/serve.rs documents)",
                 self.log().display()
             ))
         })
@@ -180,22 +180,45 @@ impl HttpServer {
 }
 
 /// Sums the access lines of a serve log; `None` if there is none.
+///
+/// The publisher writes one line per request to stderr in the form
+/// `GET /cvmfs/<fqrn>/data/ab/cd… 200 1234` (method, path, status, body bytes;
+/// `publisher/src/serve.rs`); `key=value` tracing lines with `method=`, `status=` and
+/// `bytes=` are accepted too.
 fn parse_served(text: &str) -> Option<Served> {
     let mut total = Served::default();
     let mut seen = false;
     for line in text.lines() {
         let line = strip_ansi(line);
-        let (Some(status), Some(bytes)) = (field(&line, "status"), field(&line, "bytes")) else {
+        let Some((method, status, bytes)) = access_line(&line) else {
             continue;
         };
         seen = true;
-        let is_get = field(&line, "method").is_none_or(|m| m == "GET");
-        if is_get && status == "200" {
+        if method == "GET" && status == 200 {
             total.requests += 1;
-            total.bytes += bytes.parse::<u64>().unwrap_or(0);
+            total.bytes += bytes;
         }
     }
     seen.then_some(total)
+}
+
+/// (method, status, bytes) of one access line in either accepted form.
+fn access_line(line: &str) -> Option<(String, u16, u64)> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    if let [method, path, status, bytes] = words.as_slice()
+        && path.starts_with('/')
+        && method.chars().all(|c| c.is_ascii_uppercase())
+    {
+        return Some((
+            (*method).to_owned(),
+            status.parse().ok()?,
+            bytes.parse().ok()?,
+        ));
+    }
+    let status = field(line, "status")?.parse().ok()?;
+    let bytes = field(line, "bytes")?.parse().ok()?;
+    let method = field(line, "method").unwrap_or_else(|| "GET".to_owned());
+    Some((method, status, bytes))
 }
 
 /// The value of a `key=value` field of a log line (quotes removed), if present.
@@ -425,6 +448,18 @@ mod tests {
 
     #[test]
     fn sums_access_lines_in_plain_and_coloured_logs() {
+        let plain = "GET /cvmfs/x/.cvmfspublished 200 612\n\
+                     GET /cvmfs/x/data/ab/cdC 200 10000\n\
+                     HEAD /cvmfs/x/data/ab/cdC 200 0\n\
+                     GET /cvmfs/x/data/00/00 404 0\n\
+                     2026-11-29T09:00:00Z  INFO strata_publisher: listening on 127.0.0.1:8080\n";
+        assert_eq!(
+            parse_served(plain),
+            Some(Served {
+                requests: 2,
+                bytes: 10612
+            })
+        );
         let log = "2026-11-29T09:00:00Z  INFO strata_publisher::serve: request method=GET path=/cvmfs/x/.cvmfspublished status=200 bytes=612\n\
                    2026-11-29T09:00:01Z  INFO strata_publisher::serve: request method=GET path=/cvmfs/x/data/ab/cdC status=200 bytes=10000\n\
                    2026-11-29T09:00:01Z  INFO strata_publisher::serve: request method=HEAD path=/cvmfs/x/data/ab/cdC status=200 bytes=0\n\

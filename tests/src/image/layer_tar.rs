@@ -69,21 +69,13 @@ pub fn build(items: &[Item]) -> Result<Vec<u8>> {
 pub fn escaping(name: &str) -> Result<Vec<u8>> {
     let mut builder = Builder::new(Vec::new());
     let ok = b"fine\n";
-    let mut header = Header::new_gnu();
-    header.set_entry_type(EntryType::Regular);
-    header.set_mode(0o644);
-    header.set_mtime(MTIME);
-    header.set_size(ok.len() as u64);
+    let mut header = regular_header(ok.len());
     builder
         .append_data(&mut header, "ok.txt", &ok[..])
         .map_err(io_context("add ok.txt"))?;
 
     let payload = b"escaped the layer root\n";
-    let mut header = Header::new_gnu();
-    header.set_entry_type(EntryType::Regular);
-    header.set_mode(0o644);
-    header.set_mtime(MTIME);
-    header.set_size(payload.len() as u64);
+    let mut header = regular_header(payload.len());
     let raw = &mut header.as_old_mut().name;
     let bytes = name.as_bytes();
     let n = bytes.len().min(raw.len());
@@ -95,6 +87,18 @@ pub fn escaping(name: &str) -> Result<Vec<u8>> {
     builder
         .into_inner()
         .map_err(io_context("finish the escaping tarball"))
+}
+
+/// A GNU header for a regular file of `size` bytes, mode 0644, root-owned, fixed mtime.
+fn regular_header(size: usize) -> Header {
+    let mut header = Header::new_gnu();
+    header.set_entry_type(EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(MTIME);
+    header.set_size(size as u64);
+    header
 }
 
 #[cfg(test)]
@@ -139,6 +143,12 @@ mod tests {
     #[test]
     fn escaping_entry_is_written_verbatim() {
         let bytes = escaping("../evil").unwrap();
+        let mut archive = tar::Archive::new(&bytes[..]);
+        for entry in archive.entries().unwrap() {
+            let header = entry.unwrap().header().clone();
+            assert_eq!((header.uid().unwrap(), header.gid().unwrap()), (0, 0));
+            assert_eq!(header.mtime().unwrap(), MTIME);
+        }
         let entries = names(&bytes);
         assert_eq!(entries[0].0, "ok.txt");
         assert_eq!(entries[1].0, "../evil");
