@@ -157,6 +157,11 @@ fn main_job_end_to_end() {
             || stack.check_snapshots(),
         )?;
         println!("    {} snapshots listed", listed.len());
+        let entries = steps.run(
+            "containerd content store: no layer blob (lazy pull)",
+            || stack.check_no_layer_content(),
+        )?;
+        println!("    {entries} content entries, no layer among them");
         let gets = steps.run("registry: no blob GET after the ingest", || {
             stack.check_registry_untouched()
         })?;
@@ -170,6 +175,11 @@ fn main_job_end_to_end() {
             served.requests,
             format_bytes(size)
         );
+        // After the byte count: this reads the flattened tree's catalogs too.
+        steps.run(
+            "FUSE namespace: .metadata config and the flattened public path",
+            || stack.check_namespace(),
+        )?;
         let mut stack = stack;
         stack
             .mount

@@ -238,6 +238,94 @@ impl Stack {
         Ok(listed)
     }
 
+    /// containerd's content store holds the manifest and config but no layer blob: the pull
+    /// was lazy.
+    pub fn check_no_layer_content(&self) -> Result<usize> {
+        let output = self.containerd.ctr_checked(&["content", "ls", "-q"])?;
+        let listed = String::from_utf8_lossy(&output.stdout).into_owned();
+        let facts = &self.published.image.facts;
+        let downloaded: Vec<&str> = facts
+            .layers
+            .iter()
+            .map(|l| l.digest.as_str())
+            .filter(|d| listed.lines().any(|line| line.trim() == *d))
+            .collect();
+        if !downloaded.is_empty() {
+            return Err(Error::Invalid(format!(
+                "containerd's content store holds layer blobs {downloaded:?}: the pull was not lazy"
+            )));
+        }
+        if !listed
+            .lines()
+            .any(|line| line.trim() == facts.config_digest)
+        {
+            return Err(Error::Invalid(format!(
+                "containerd's content store lacks the config {}; it lists:\n{listed}",
+                facts.config_digest
+            )));
+        }
+        Ok(listed.lines().count())
+    }
+
+    /// Through the FUSE mount: `.metadata/<registry>/<repo>:<tag>/config.json` has the
+    /// config digest, and the public path `<registry>/<repo>:<tag>` (the flattened image)
+    /// has the whiteouts resolved (contract §3).
+    pub fn check_namespace(&self) -> Result<()> {
+        let mount = self.mount.mountpoint();
+        let reference = &self.published.reference;
+        let config_path = mount.join(".metadata").join(reference).join("config.json");
+        let config = std::fs::read(&config_path).map_err(crate::error::io_context(format!(
+            "read {}",
+            config_path.display()
+        )))?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
+        if digest != self.published.image.facts.config_digest {
+            return Err(Error::Invalid(format!(
+                "{} has digest {digest}, the image config is {}",
+                config_path.display(),
+                self.published.image.facts.config_digest
+            )));
+        }
+        let flat = mount.join(reference);
+        let relative = |p: &str| flat.join(p.trim_start_matches('/'));
+        let python = relative("/usr/bin/python3");
+        let problems: Vec<String> = [
+            (!python.exists()).then(|| format!("{} missing", python.display())),
+            relative(image::DELETED_FILE)
+                .symlink_metadata()
+                .is_ok()
+                .then(|| format!("{} present", relative(image::DELETED_FILE).display())),
+            relative(image::DELETED_DIR)
+                .symlink_metadata()
+                .is_ok()
+                .then(|| format!("{} present", relative(image::DELETED_DIR).display())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let opaque = relative(image::OPAQUE_DIR);
+        let mut names: Vec<String> = std::fs::read_dir(&opaque)
+            .map_err(crate::error::io_context(format!(
+                "list {}",
+                opaque.display()
+            )))?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        let mut problems = problems;
+        if names != [image::OPAQUE_UPPER_FILE.0] {
+            problems.push(format!("{} lists {names:?}", opaque.display()));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "flattened image at the public path: {}",
+                problems.join("; ")
+            )))
+        }
+    }
+
     /// The registry saw blob GETs during the ingest and none since.
     pub fn check_registry_untouched(&self) -> Result<usize> {
         let now = self.published.registry.blob_gets(PUSHED_NAME.0)?;
