@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
-use tests::scenario::{FQRN, Published, Stack, WORKLOAD};
+use tests::scenario::{FQRN, Published, Stack, WORKLOAD, check_workload};
 use tests::steps::{Steps, format_bytes, format_duration};
 use tests::workdir::WorkDir;
 
@@ -60,6 +60,28 @@ fn demo(work: &WorkDir) -> Result<()> {
     let gets = stack.check_registry_untouched()?;
     let (served, image_size) = stack.check_bytes_fetched()?;
 
+    // For comparison, what containerd does without Strata: download and unpack every layer
+    // (from the same registry on 127.0.0.1, so no network in the way).
+    let reference = stack.published.reference.clone();
+    let native = Instant::now();
+    steps.run(
+        "for comparison: ctr images pull (overlayfs, downloads every layer)",
+        || {
+            stack.containerd.ctr_checked(&[
+                "images",
+                "pull",
+                "--plain-http",
+                "--snapshotter",
+                "overlayfs",
+                &reference,
+            ])
+        },
+    )?;
+    steps.run("for comparison: the workload under overlayfs", || {
+        check_workload(&stack.containerd, "overlayfs", &reference)
+    })?;
+    let native = native.elapsed();
+
     let facts = &stack.published.image.facts;
     println!("\n==== summary ====");
     println!(
@@ -93,8 +115,22 @@ fn demo(work: &WorkDir) -> Result<()> {
             .count()
     );
     println!(
-        "demo start → first workload output  {}",
+        "first output        {} after the demo started",
         format_duration(first_output)
+    );
+    let lazy: std::time::Duration = steps
+        .done()
+        .iter()
+        .filter(|s| {
+            s.name.starts_with("strata-snapshotter pull") || s.name.starts_with("run the workload")
+        })
+        .map(|s| s.duration)
+        .sum();
+    println!(
+        "pull + first run    {} with Strata (lazy, cold cache); {} without (download + unpack {})",
+        format_duration(lazy),
+        format_duration(native),
+        format_bytes(image_size)
     );
     println!("\nsteps:\n{}", steps.summary());
     Ok(())
