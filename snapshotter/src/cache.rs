@@ -23,6 +23,33 @@ use catalog::{ContentHash, Suffix};
 
 use crate::{Error, Result};
 
+/// Where a download writes: a [`Write`] that can be emptied and rewound before another
+/// attempt (fail-over to another proxy or server must not append to a partial body).
+pub trait Sink: Write {
+    /// Discards everything written so far.
+    ///
+    /// # Errors
+    /// I/O errors of the underlying file.
+    fn restart(&mut self) -> std::io::Result<()>;
+}
+
+impl Sink for Vec<u8> {
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.clear();
+        Ok(())
+    }
+}
+
+impl Sink for BufWriter<&mut File> {
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.flush()?;
+        let file = self.get_mut();
+        file.set_len(0)?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(())
+    }
+}
+
 /// Where the stored bytes of objects come from (the HTTP [`crate::fetch::Fetcher`] in
 /// production, an in-memory map in tests).
 pub trait ObjectSource: Send + Sync {
@@ -37,7 +64,7 @@ pub trait ObjectSource: Send + Sync {
         hash: &ContentHash,
         suffix: Suffix,
         no_cache: bool,
-        sink: &mut dyn Write,
+        sink: &mut dyn Sink,
     ) -> Result<u64>;
 }
 
@@ -315,7 +342,7 @@ pub(crate) mod tests {
             hash: &ContentHash,
             _suffix: Suffix,
             no_cache: bool,
-            sink: &mut dyn Write,
+            sink: &mut dyn Sink,
         ) -> Result<u64> {
             self.fetches.fetch_add(1, Ordering::SeqCst);
             if no_cache {

@@ -26,3 +26,5 @@ pub mod fuse;
 pub mod repository;
 pub mod mounts;
 pub mod snapshots;
+pub mod config;
+pub mod proxy;

@@ -13,40 +13,12 @@ use std::time::Duration;
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::cache::ObjectCache;
+pub use crate::config::MountArgs;
+use crate::config::MountConfig;
 use crate::fetch::Fetcher;
 use crate::fuse::StrataFs;
 use crate::repository::{Repository, Trust};
 use crate::{Error, Result};
-
-/// Command-line arguments of `strata-snapshotter mount`.
-#[derive(clap::Args, Debug)]
-pub struct MountArgs {
-    /// Fully qualified repository name, e.g. `software.example.org`.
-    #[arg(long)]
-    pub fqrn: String,
-    /// Repository URL; `@fqrn@` is replaced by the name, e.g.
-    /// `http://127.0.0.1:8080/cvmfs/@fqrn@`.
-    #[arg(long)]
-    pub server: String,
-    /// Master public key file (PEM); repeat or separate with `:` for several.
-    #[arg(long = "pubkey", required = true, value_delimiter = ':')]
-    pub pubkeys: Vec<PathBuf>,
-    /// Local cache directory (content-addressed, shared by all repositories).
-    #[arg(long)]
-    pub cache: PathBuf,
-    /// Per-request HTTP timeout (connect and idle read), e.g. `10s`.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
-    /// FUSE worker threads (each blocks only itself while waiting on the network).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(4..))]
-    pub threads: u16,
-    /// Tests only: accept a whitelist past its expiry date (signature, name and fingerprint
-    /// are still checked). Fixture repositories carry whitelists that expire after 30 days.
-    #[arg(long, hide = true)]
-    pub accept_expired_whitelist: bool,
-    /// Where to mount.
-    pub mountpoint: PathBuf,
-}
 
 /// Runs the command: boots the repository, mounts it and serves until unmounted.
 ///
@@ -54,7 +26,8 @@ pub struct MountArgs {
 /// [`Error::Config`] for unreadable keys; download, verification and catalog errors during
 /// boot; [`Error::Io`] if the FUSE mount fails.
 pub fn main(args: MountArgs) -> Result<()> {
-    let master_keys = read_keys(&args.pubkeys)?;
+    let args: MountConfig = args.resolve()?;
+    let master_keys = read_keys(&args.public_keys)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("strata-net")
@@ -64,13 +37,19 @@ pub fn main(args: MountArgs) -> Result<()> {
             context: "starting the tokio runtime".into(),
             source,
         })?;
+    tracing::info!(
+        fqrn = %args.fqrn,
+        servers = %args.servers.join(";"),
+        proxies = %args.proxies,
+        "configuration"
+    );
     let fetcher = Arc::new(Fetcher::new(
-        &args.server,
-        &args.fqrn,
-        args.timeout,
+        args.servers.clone(),
+        args.proxies.clone(),
+        args.network.clone(),
         runtime.handle().clone(),
     )?);
-    let cache = Arc::new(ObjectCache::open(&args.cache, fetcher.clone())?);
+    let cache = Arc::new(ObjectCache::open(&args.cache_dir, fetcher.clone())?);
     let trust = Trust {
         fqrn: args.fqrn.clone(),
         master_keys,
@@ -160,46 +139,6 @@ fn read_key(path: &Path) -> Result<catalog::RsaPublicKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: MountArgs,
-    }
-
-    #[test]
-    fn pubkeys_may_repeat_or_be_colon_separated() {
-        let cli = Cli::try_parse_from([
-            "x",
-            "--fqrn",
-            "a.b",
-            "--server",
-            "http://h/cvmfs/@fqrn@",
-            "--pubkey",
-            "/k1.pub:/k2.pub",
-            "--pubkey",
-            "/k3.pub",
-            "--cache",
-            "/c",
-            "/mnt",
-        ])
-        .unwrap();
-        assert_eq!(
-            cli.args.pubkeys,
-            vec![
-                PathBuf::from("/k1.pub"),
-                PathBuf::from("/k2.pub"),
-                PathBuf::from("/k3.pub")
-            ]
-        );
-        assert_eq!(cli.args.timeout, Duration::from_secs(10));
-        assert!(!cli.args.accept_expired_whitelist);
-        assert!(
-            Cli::try_parse_from(["x", "--fqrn", "a", "--server", "s", "--cache", "c", "m"])
-                .is_err()
-        );
-    }
 
     #[test]
     fn unreadable_key_names_the_file() {
