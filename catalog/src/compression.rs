@@ -77,10 +77,17 @@ pub struct ObjectInfo {
 }
 
 /// Streaming compress + hash in one pass: write uncompressed bytes into it, the zlib stream
-/// goes to `inner` and is hashed on the way (spec §2.2, §3.1).
+/// goes to `inner` and is hashed on the way (spec §2.2, §3.1). Made with
+/// [`ObjectWriter::uncompressed`], it stores the bytes as they are (compression code 1,
+/// spec §3.2) and only hashes them.
 pub struct ObjectWriter<W: Write> {
-    encoder: ZlibEncoder<HashingWriter<W>>,
+    encoder: Encoder<W>,
     raw_size: u64,
+}
+
+enum Encoder<W: Write> {
+    Zlib(ZlibEncoder<HashingWriter<W>>),
+    Raw(HashingWriter<W>),
 }
 
 struct HashingWriter<W: Write> {
@@ -105,27 +112,55 @@ impl<W: Write> Write for HashingWriter<W> {
 impl<W: Write> ObjectWriter<W> {
     /// Starts a new object whose stored bytes go to `inner`, hashed with `algorithm`.
     pub fn new(inner: W, algorithm: HashAlgorithm) -> Self {
+        Self::with_compression(inner, algorithm, true)
+    }
+
+    /// Starts a new object stored without compression (code 1, "none", spec §3.2): the
+    /// bytes written go to `inner` unchanged and are hashed with `algorithm`. Only for
+    /// regular files and chunks whose catalog entry says so (`Entry::compressed == false`);
+    /// catalogs, certificates, history and meta-info are always zlib (spec §3.3).
+    pub fn uncompressed(inner: W, algorithm: HashAlgorithm) -> Self {
+        Self::with_compression(inner, algorithm, false)
+    }
+
+    /// [`ObjectWriter::new`] when `compressed`, else [`ObjectWriter::uncompressed`].
+    pub fn with_compression(inner: W, algorithm: HashAlgorithm, compressed: bool) -> Self {
+        let hw = HashingWriter {
+            inner,
+            hasher: Hasher::new(algorithm),
+            written: 0,
+        };
+        let encoder = if compressed {
+            Encoder::Zlib(ZlibEncoder::new(hw, Compression::new(LEVEL)))
+        } else {
+            Encoder::Raw(hw)
+        };
         ObjectWriter {
-            encoder: ZlibEncoder::new(
-                HashingWriter {
-                    inner,
-                    hasher: Hasher::new(algorithm),
-                    written: 0,
-                },
-                Compression::new(LEVEL),
-            ),
+            encoder,
             raw_size: 0,
         }
+    }
+
+    /// Whether the object is zlib-compressed (false: stored raw).
+    pub fn is_compressed(&self) -> bool {
+        matches!(self.encoder, Encoder::Zlib(_))
+    }
+
+    /// Uncompressed bytes written so far.
+    pub fn raw_size(&self) -> u64 {
+        self.raw_size
     }
 
     /// Ends the zlib stream, flushes `inner` and returns it with the object's hash and sizes.
     ///
     /// Errors with [`Error::Io`] if writing to `inner` fails.
     pub fn finish(self) -> Result<(W, ObjectInfo)> {
-        let mut hw = self
-            .encoder
-            .finish()
-            .map_err(|e| Error::io("finishing zlib object", e))?;
+        let mut hw = match self.encoder {
+            Encoder::Zlib(z) => z
+                .finish()
+                .map_err(|e| Error::io("finishing zlib object", e))?,
+            Encoder::Raw(hw) => hw,
+        };
         hw.flush()
             .map_err(|e| Error::io("flushing zlib object", e))?;
         let info = ObjectInfo {
@@ -139,13 +174,19 @@ impl<W: Write> ObjectWriter<W> {
 
 impl<W: Write> Write for ObjectWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.encoder.write(buf)?;
+        let n = match &mut self.encoder {
+            Encoder::Zlib(z) => z.write(buf)?,
+            Encoder::Raw(hw) => hw.write(buf)?,
+        };
         self.raw_size += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.encoder.flush()
+        match &mut self.encoder {
+            Encoder::Zlib(z) => z.flush(),
+            Encoder::Raw(hw) => hw.flush(),
+        }
     }
 }
 

@@ -71,6 +71,17 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Chunk size parameters violate `32 ≤ min < avg < max` (spec §4.1).
+    #[error("invalid chunk parameters: {0}")]
+    ChunkParams(String),
+    /// A history database is malformed (spec §9.5).
+    #[error("invalid history database {path}: {reason}")]
+    InvalidHistory {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Key generation, encoding or decoding failed (spec §7.3).
     #[error("key: {0}")]
     Key(String),

@@ -5,6 +5,8 @@
 //!
 //! * [`hash`]: [`ContentHash`] (SHA-1, RIPEMD-160, SHAKE128), object names
 //!   `data/57/98f7…a3C` and whitelist fingerprints (§1.3, §2).
+//! * [`chunking`]: content-defined chunking bit-identical to stock CVMFS, a streaming
+//!   [`ChunkingWriter`] into the store, and chunk lookup for random access (§4).
 //! * [`compression`]: zlib objects, bounded inflate, hash verification, streaming
 //!   [`ObjectWriter`] and [`verify_and_inflate`] (§3).
 //! * [`path_hash`](mod@path_hash), [`xattr`], [`entry`], [`statistics`]: the pieces of a catalog row and
@@ -22,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod chunking;
 pub mod compression;
 pub mod entry;
 pub mod error;
@@ -38,6 +41,7 @@ pub mod whitelist;
 pub mod writer;
 pub mod xattr;
 
+pub use chunking::{ChunkParams, Chunker, ChunkingWriter, StoredFile, chunk_range, chunk_spans};
 pub use compression::{ObjectInfo, ObjectWriter, compress, decompress, verify_and_inflate};
 pub use entry::{Chunk, Entry, EntryKind};
 pub use error::{Error, Result};
