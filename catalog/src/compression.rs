@@ -2,8 +2,12 @@
 //!
 //! CVMFS spec §3: every compressed object is one complete zlib stream (RFC 1950) written at
 //! level 6; the content hash is taken over the stored (compressed) bytes (§2.2).
-//! zlib-rs output differs from C zlib's byte for byte, so object hashes differ from
-//! `cvmfs_server`'s for the same content; clients only check against the catalog.
+//! The default backend is zlib-rs, whose output differs from C zlib's byte for byte, so
+//! object hashes differ from `cvmfs_server`'s for the same content (clients only check
+//! against the catalog, so this is compatible). With the cargo feature `zlib-compat`
+//! flate2 uses the C zlib, and objects are byte-identical to stock CVMFS (spec §3.1,
+//! §11.2). Objects of regular files may also be stored uncompressed (code 1, spec §3.2):
+//! [`ObjectWriter::uncompressed`], [`decode`].
 
 use std::io::{Read, Write};
 
@@ -44,6 +48,28 @@ pub fn decompress(stored: &[u8], max_size: u64) -> Result<Vec<u8>> {
     })?;
     inflater.finish()?;
     Ok(out)
+}
+
+/// The deflate implementation compiled in: `"zlib"` (C zlib, feature `zlib-compat`) or
+/// `"zlib-rs"`.
+pub const BACKEND: &str = if cfg!(feature = "zlib-compat") {
+    "zlib"
+} else {
+    "zlib-rs"
+};
+
+/// The raw bytes of a stored object: inflated if `compressed` (code 0), else returned as
+/// they are (code 1, spec §3.2). Does not check the hash (see [`verify`]).
+///
+/// Errors: as [`decompress`]; for raw objects [`Error::TooLarge`] if longer than `max_size`.
+pub fn decode(stored: &[u8], compressed: bool, max_size: u64) -> Result<Vec<u8>> {
+    if compressed {
+        decompress(stored, max_size)
+    } else if stored.len() as u64 > max_size {
+        Err(Error::TooLarge { limit: max_size })
+    } else {
+        Ok(stored.to_vec())
+    }
 }
 
 /// Checks that `stored` hashes to `expected` with `expected`'s algorithm.
@@ -424,6 +450,60 @@ mod tests {
             raw.len() as u64
         );
         assert_eq!(out, raw);
+    }
+
+    #[test]
+    fn uncompressed_objects() {
+        let mut ow = ObjectWriter::uncompressed(Vec::new(), HashAlgorithm::Sha1);
+        assert!(!ow.is_compressed());
+        ow.write_all(b"hel").unwrap();
+        ow.write_all(b"lo\n").unwrap();
+        assert_eq!(ow.raw_size(), 6);
+        let (stored, info) = ow.finish().unwrap();
+        assert_eq!(stored, b"hello\n");
+        assert_eq!(
+            info.hash.to_hex(),
+            "f572d396fae9206628714fb2ce00f72e94f2258f",
+            "SHA-1 of the raw bytes (spec §11.2 contrast line)"
+        );
+        assert_eq!((info.stored_size, info.raw_size), (6, 6));
+        assert_eq!(decode(&stored, false, 6).unwrap(), b"hello\n");
+        assert!(matches!(
+            decode(&stored, false, 5),
+            Err(Error::TooLarge { limit: 5 })
+        ));
+        assert_eq!(decode(&HELLO_Z, true, 6).unwrap(), b"hello\n");
+        let mut out = Vec::new();
+        verify_and_inflate(&stored[..], &mut out, &info.hash, false).unwrap();
+        assert_eq!(out, b"hello\n");
+        assert!(ObjectWriter::new(Vec::new(), HashAlgorithm::Sha1).is_compressed());
+    }
+
+    /// Under `zlib-compat` the objects are byte-identical to stock CVMFS (spec §11.2, §11.3).
+    #[cfg(feature = "zlib-compat")]
+    #[test]
+    fn c_zlib_matches_stock_bytes() {
+        assert_eq!(BACKEND, "zlib");
+        assert_eq!(compress(b"hello\n"), HELLO_Z);
+        assert_eq!(
+            compress(b""),
+            [0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]
+        );
+        let mut ow = ObjectWriter::new(Vec::new(), HashAlgorithm::Sha1);
+        ow.write_all(b"hello\n").unwrap();
+        let (stored, info) = ow.finish().unwrap();
+        assert_eq!(stored, HELLO_Z);
+        assert_eq!(
+            info.hash.to_hex(),
+            "5798f7f4ca7585d850eea64610a1f73d8f8de7a3"
+        );
+        let (_, empty) = ObjectWriter::new(Vec::new(), HashAlgorithm::Sha1)
+            .finish()
+            .unwrap();
+        assert_eq!(
+            empty.hash.to_hex(),
+            "e8ec3d88b62ebf526e4e5a4ff6162a3aa48a6b78"
+        );
     }
 
     proptest::proptest! {

@@ -42,7 +42,7 @@ pub mod writer;
 pub mod xattr;
 
 pub use chunking::{ChunkParams, Chunker, ChunkingWriter, StoredFile, chunk_range, chunk_spans};
-pub use compression::{ObjectInfo, ObjectWriter, compress, decompress, verify_and_inflate};
+pub use compression::{ObjectInfo, ObjectWriter, compress, decode, decompress, verify_and_inflate};
 pub use entry::{Chunk, Entry, EntryKind};
 pub use error::{Error, Result};
 pub use hash::{ContentHash, HashAlgorithm, Hasher, Suffix};
