@@ -16,6 +16,7 @@
 //! * [`keys`], [`manifest`], [`whitelist`], [`verify`]: RSA keys and certificates, the
 //!   signed `.cvmfspublished` and `.cvmfswhitelist`, and the client's verification chain
 //!   (§7).
+//! * [`history`]: the tag database (`H` object) stock tools use to list revisions (§9.5).
 //! * [`store`]: [`LocalStore`], the served tree with atomic writes (§1.2).
 //!
 //! Catalogs and objects are plain files: all of this is blocking code, to be run on
@@ -29,6 +30,7 @@ pub mod compression;
 pub mod entry;
 pub mod error;
 pub mod hash;
+pub mod history;
 pub mod keys;
 pub mod manifest;
 pub mod path_hash;
@@ -46,6 +48,7 @@ pub use compression::{ObjectInfo, ObjectWriter, compress, decode, decompress, ve
 pub use entry::{Chunk, Entry, EntryKind};
 pub use error::{Error, Result};
 pub use hash::{ContentHash, HashAlgorithm, Hasher, Suffix};
+pub use history::{HistoryReader, HistoryWriter, Publication, Tag, update_history};
 pub use keys::{Certificate, RsaPrivateKey, RsaPublicKey};
 pub use manifest::{Manifest, SignedManifest};
 pub use path_hash::{PathHash, parent_hash, parent_path, path_hash};

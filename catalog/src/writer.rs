@@ -898,4 +898,204 @@ CREATE TABLE statistics (counter TEXT, value INTEGER,
         assert_eq!(r.list("").unwrap().len(), 20_000);
         assert_eq!(r.lookup("/f777").unwrap().unwrap().size, 777);
     }
+
+    /// Counts a catalog's own rows by walking it with the reader (independent of the
+    /// writer's SQL), as spec §6.13 defines `self_*`.
+    fn count_by_walking(r: &CatalogReader) -> Counters {
+        fn walk(r: &CatalogReader, path: &str, c: &mut Counters) {
+            for e in r.list(path).unwrap() {
+                let p = format!("{path}/{}", e.name);
+                match e.kind {
+                    EntryKind::Directory => {
+                        c.dir += 1;
+                        if !e.is_nested_mountpoint() {
+                            walk(r, &p, c);
+                        }
+                    }
+                    EntryKind::Regular => {
+                        c.regular += 1;
+                        c.file_size += e.size as i64;
+                        if e.is_chunked() {
+                            c.chunked += 1;
+                            c.chunked_size += e.size as i64;
+                            c.chunks += r.chunks(&p).unwrap().len() as i64;
+                        }
+                    }
+                    EntryKind::Symlink => c.symlink += 1,
+                    _ => c.special += 1,
+                }
+                if !e.xattrs.is_empty() {
+                    c.xattr += 1;
+                }
+            }
+        }
+        let mut c = Counters::default();
+        let root = r.lookup(r.root_prefix()).unwrap().unwrap();
+        c.dir += 1;
+        if !root.xattrs.is_empty() {
+            c.xattr += 1;
+        }
+        walk(r, r.root_prefix(), &mut c);
+        c.nested = r.nested_catalogs().unwrap().len() as i64;
+        c
+    }
+
+    #[test]
+    fn statistics_add_up_across_nesting_levels() {
+        // root "" → /a (nested) → /a/b (nested), and root → /c (nested); spec §6.13.
+        let dir = tempfile::tempdir().unwrap();
+        let props = |revision| CatalogProperties {
+            revision,
+            last_modified: MTIME as u64,
+            ttl: None,
+            previous_revision: None,
+        };
+        let chunked = |name: &str| {
+            let mut e = Entry::regular(name, 0o644, 0, 0, MTIME, 30, h(b"x"));
+            e.hash = None;
+            e.chunks = vec![
+                Chunk {
+                    offset: 0,
+                    size: 10,
+                    hash: h(b"c1"),
+                },
+                Chunk {
+                    offset: 10,
+                    size: 20,
+                    hash: h(b"c2"),
+                },
+            ];
+            e
+        };
+        // Grandchild /a/b.
+        let fb = dir.path().join("b.db");
+        let mut w = CatalogWriter::create(&fb, "/a/b").unwrap();
+        w.add(
+            "/a/b",
+            &Entry::directory("b", 0o755, 0, 0, MTIME),
+            Transition::NestedRoot,
+        )
+        .unwrap();
+        w.add("/a/b/big", &chunked("big"), Transition::None)
+            .unwrap();
+        w.add(
+            "/a/b/l",
+            &Entry::symlink("l", "big", 0, 0, MTIME),
+            Transition::None,
+        )
+        .unwrap();
+        let sb = w.finish(&props(1)).unwrap();
+        assert_eq!(sb.subtree, Counters::default());
+        // Child /a with the mountpoint /a/b.
+        let fa = dir.path().join("a.db");
+        let mut w = CatalogWriter::create(&fa, "/a").unwrap();
+        w.add(
+            "/a",
+            &Entry::directory("a", 0o755, 0, 0, MTIME),
+            Transition::NestedRoot,
+        )
+        .unwrap();
+        w.add(
+            "/a/b",
+            &Entry::directory("b", 0o755, 0, 0, MTIME),
+            Transition::NestedMountpoint,
+        )
+        .unwrap();
+        let mut fifo = Entry::special("p", EntryKind::Fifo, 0o600, 0, 0, 0, MTIME);
+        fifo.xattrs.insert("user.k".into(), b"v".to_vec());
+        w.add("/a/p", &fifo, Transition::None).unwrap();
+        w.add(
+            "/a/f",
+            &Entry::regular("f", 0o644, 0, 0, MTIME, 5, h(b"f")),
+            Transition::None,
+        )
+        .unwrap();
+        w.add_nested("/a/b", &h(b"cat-b"), 4096, &sb).unwrap();
+        let sa = w.finish(&props(1)).unwrap();
+        // Sibling /c.
+        let fc = dir.path().join("c.db");
+        let mut w = CatalogWriter::create(&fc, "/c").unwrap();
+        w.add(
+            "/c",
+            &Entry::directory("c", 0o755, 0, 0, MTIME),
+            Transition::NestedRoot,
+        )
+        .unwrap();
+        w.add(
+            "/c/g",
+            &Entry::regular("g", 0o644, 0, 0, MTIME, 7, h(b"g")),
+            Transition::None,
+        )
+        .unwrap();
+        let sc = w.finish(&props(1)).unwrap();
+        // Root.
+        let fr = dir.path().join("root.db");
+        let mut w = CatalogWriter::create(&fr, "").unwrap();
+        w.add(
+            "",
+            &Entry::directory("", 0o755, 0, 0, MTIME),
+            Transition::None,
+        )
+        .unwrap();
+        for m in ["a", "c"] {
+            w.add(
+                &format!("/{m}"),
+                &Entry::directory(m, 0o755, 0, 0, MTIME),
+                Transition::NestedMountpoint,
+            )
+            .unwrap();
+        }
+        w.add("/top", &chunked("top"), Transition::None).unwrap();
+        w.add_nested("/a", &h(b"cat-a"), 8192, &sa).unwrap();
+        w.add_nested("/c", &h(b"cat-c"), 4096, &sc).unwrap();
+        let prev = h(b"previous root");
+        let sr = w
+            .finish(&CatalogProperties {
+                revision: 9,
+                last_modified: MTIME as u64,
+                ttl: Some(300),
+                previous_revision: Some(prev),
+            })
+            .unwrap();
+
+        let files = [(&fr, sr), (&fa, sa), (&fc, sc), (&fb, sb)];
+        for (f, written) in &files {
+            let r = CatalogReader::open(f).unwrap();
+            let read = r.statistics().unwrap();
+            assert_eq!(&read, written, "{}: statistics read back", f.display());
+            assert_eq!(read.self_, count_by_walking(&r), "{}: self_", f.display());
+        }
+        // subtree = Σ over every descendant catalog of its self_ (all levels).
+        assert_eq!(sb.subtree, Counters::default());
+        assert_eq!(sa.subtree, sb.self_);
+        assert_eq!(sc.subtree, Counters::default());
+        assert_eq!(sr.subtree, sa.self_ + sb.self_ + sc.self_);
+        // A few absolute numbers: 7 directory rows in the tree (root, /a, /c twice as
+        // mountpoint and root, /a/b twice), 2 chunked files of 2 chunks each.
+        let total = sr.total();
+        assert_eq!(total.dir, 1 + 2 + 2 + 2);
+        assert_eq!(
+            (total.chunked, total.chunks, total.chunked_size),
+            (2, 4, 60)
+        );
+        assert_eq!((total.regular, total.file_size), (4, 30 + 30 + 5 + 7));
+        assert_eq!((total.symlink, total.special, total.xattr), (1, 1, 1));
+        assert_eq!(total.nested, 3);
+        // TTL and previous_revision properties (spec §6.4).
+        let r = CatalogReader::open(&fr).unwrap();
+        assert_eq!((r.ttl(), r.revision()), (Some(300), 9));
+        let conn = Connection::open(&fr).unwrap();
+        let p: String = conn
+            .query_row(
+                "SELECT value FROM properties WHERE key = 'previous_revision'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(p, prev.to_hex());
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM statistics", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 24);
+    }
 }
