@@ -16,16 +16,17 @@ use serde::{Deserialize, Serialize};
 use crate::digest::{chain_ids, sha256_hex};
 use crate::error::{Error, Result};
 use crate::flatten::flatten;
-use crate::layer::{LayerId, read_layer};
+use crate::layer::{LayerId, Limits, read_layer};
 use crate::objects::read_object;
 use crate::publish::{
     Namespace, load_catalog_node, load_namespace, publish, read_catalog_tree, unix_now,
 };
 use crate::reference::{ImageName, ImageRef};
 use crate::repo::Repo;
+use crate::source::docker_archive::ArchiveSource;
 use crate::source::oci_layout::LayoutSource;
-use crate::source::registry::RegistrySource;
-use crate::source::{BlobDescriptor, FetchedImage, Source};
+use crate::source::registry::{RegistryOptions, RegistrySource};
+use crate::source::{BlobDescriptor, FetchedImage, FetchedSet, Platform, PlatformFilter, Source};
 use crate::tree::{CatalogMark, Node, file_entry, marker_entry, symlink_entry};
 
 /// How many layers of one image are converted at the same time.
@@ -59,28 +60,40 @@ pub struct IngestSummary {
     pub layers_reused: usize,
 }
 
-/// Turns command-line references into sources. `name` (`--name REGISTRY/REPO:TAG`) names the
-/// `oci:` image; it is an error to give it with more than one `oci:` reference.
-pub fn sources(refs: &[String], name: Option<&str>) -> Result<Vec<Source>> {
-    let layouts = refs.iter().filter(|r| r.starts_with("oci:")).count();
-    if name.is_some() && layouts != 1 {
+/// Turns command-line references into sources. `name` (`--name REGISTRY/REPO:TAG`) names
+/// the `oci:` or `docker-archive:` image; it is an error to give it with more than one such
+/// reference.
+pub fn sources(
+    refs: &[String],
+    name: Option<&str>,
+    registry: &RegistryOptions,
+) -> Result<Vec<Source>> {
+    let local = refs
+        .iter()
+        .filter(|r| r.starts_with("oci:") || r.starts_with("docker-archive:"))
+        .count();
+    if name.is_some() && local != 1 {
         return Err(Error::Reference {
             reference: name.unwrap_or_default().to_string(),
-            reason: "--name needs exactly one oci: reference".into(),
+            reason: "--name needs exactly one oci: or docker-archive: reference".into(),
         });
     }
+    let name = name.map(ImageName::parse).transpose()?;
     let mut out = Vec::new();
     for r in refs {
         out.push(match ImageRef::parse(r)? {
-            ImageRef::Registry(n) => Source::Registry(RegistrySource::new(n)),
+            ImageRef::Registry(n) => Source::Registry(RegistrySource::new(n, registry)?),
             ImageRef::Layout { dir, tag } => {
-                let public = match name {
-                    Some(n) => ImageName::parse(n)?,
+                let public = match &name {
+                    Some(n) => n.clone(),
                     None => {
                         ImageRef::default_layout_name(&dir, tag.as_deref().unwrap_or("latest"))?
                     }
                 };
                 Source::Layout(LayoutSource::new(&dir, tag, public))
+            }
+            ImageRef::Archive { file } => {
+                Source::Archive(ArchiveSource::open(&file, name.as_ref())?)
             }
         });
     }
@@ -95,12 +108,39 @@ where
     tokio::task::spawn_blocking(f).await?
 }
 
+/// Settings of one `ingest` run.
+#[derive(Clone, Debug)]
+pub struct IngestOptions {
+    /// Which platforms of an index to publish (`--platform`; empty = all).
+    pub platforms: PlatformFilter,
+    /// The platform the public symlink points at (`--default-platform`, linux/amd64).
+    pub default_platform: Platform,
+    /// Limits on layer contents (`--max-layer-size`).
+    pub limits: Limits,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            platforms: PlatformFilter::default(),
+            default_platform: Platform::linux_amd64(),
+            limits: Limits::default(),
+        }
+    }
+}
+
 /// Runs one ingest transaction on the repository in `dir`; holds `DIR/lock` throughout.
-pub async fn ingest(dir: &Path, sources: Vec<Source>) -> Result<IngestSummary> {
+/// Either every image is published in one new revision, or (on any error) nothing is.
+pub async fn ingest(
+    dir: &Path,
+    sources: Vec<Source>,
+    options: &IngestOptions,
+) -> Result<IngestSummary> {
     let dir = dir.to_path_buf();
     let (repo, lock, ns) = blocking(move || {
         let lock = Repo::lock(&dir)?;
         let repo = Repo::open(&dir)?;
+        repo.clean_scratch()?;
         let ns = load_namespace(&repo)?;
         Ok((repo, lock, ns))
     })
@@ -109,7 +149,7 @@ pub async fn ingest(dir: &Path, sources: Vec<Source>) -> Result<IngestSummary> {
     let mut ns = ns;
     let mut summary = IngestSummary::default();
     for source in &sources {
-        ns = ingest_image(&repo, ns, source, &mut summary).await?;
+        ns = ingest_image(&repo, ns, source, options, &mut summary).await?;
     }
     let repo2 = repo.clone();
     let (manifest, _ns) = blocking(move || {
@@ -135,17 +175,27 @@ async fn ingest_image(
     repo: &Arc<Repo>,
     ns: Namespace,
     source: &Source,
+    options: &IngestOptions,
     summary: &mut IngestSummary,
 ) -> Result<Namespace> {
-    let image = source.fetch().await?;
-    let label = image.name.to_string();
-    tracing::info!(image = %label, layers = image.layers.len(), "fetched manifest and config");
+    let set = source.fetch(&options.platforms).await?;
+    let label = set.name.to_string();
+    let platforms: Vec<String> = set.images.iter().map(|i| i.platform.to_string()).collect();
+    tracing::info!(image = %label, platforms = %platforms.join(","), "fetched manifests and configs");
 
+    // Every layer of every platform, once, with its diffID.
+    let mut layers: Vec<(BlobDescriptor, String)> = Vec::new();
+    for img in &set.images {
+        for (l, d) in img.layers.iter().zip(&img.diff_ids) {
+            if !layers.iter().any(|(x, _)| x.digest == l.digest) {
+                layers.push((l.clone(), d.clone()));
+            }
+        }
+    }
     // Which layers are missing (loading the .layers/<hh> catalogs that may hold them)?
-    let digests: Vec<String> = image.layers.iter().map(|l| l.digest.clone()).collect();
-    let config_digest = image.config_descriptor.digest.clone();
+    let digests: Vec<String> = layers.iter().map(|(l, _)| l.digest.clone()).collect();
     let repo2 = repo.clone();
-    let (ns, missing, flat_exists) = blocking(move || {
+    let (ns, missing) = blocking(move || {
         let mut ns = ns;
         let mut missing = Vec::new();
         for d in &digests {
@@ -153,28 +203,25 @@ async fn ingest_image(
             if let Some(bucket) = ns.root.get_mut(&[".layers", &hh]) {
                 load_catalog_node(&repo2, bucket)?;
             }
-            let exists = ns.root.get(&[".layers", &hh, &hex, "layerfs"]).is_some();
-            if !exists && !missing.contains(d) {
+            if ns.root.get(&[".layers", &hh, &hex, "layerfs"]).is_none() {
                 missing.push(d.clone());
             }
         }
-        let (chh, chex) = split_digest(&config_digest)?;
-        let flat_exists = ns.root.get(&[".flat", &chh, &chex]).is_some();
-        Ok((ns, missing, flat_exists))
+        Ok((ns, missing))
     })
     .await?;
 
-    let to_fetch: Vec<(BlobDescriptor, String)> = missing
+    let to_fetch: Vec<(BlobDescriptor, String)> = layers
         .iter()
-        .filter_map(|d| {
-            let i = image.layers.iter().position(|l| &l.digest == d)?;
-            Some((image.layers[i].clone(), image.diff_ids[i].clone()))
-        })
+        .filter(|(l, _)| missing.contains(&l.digest))
+        .cloned()
         .collect();
+    let total_layers = layers.len();
     let converted: Vec<(String, crate::layer::LayerTree)> = futures::stream::iter(to_fetch)
         .map(|(blob, diff_id)| {
             let repo = repo.clone();
             let label = label.clone();
+            let limits = options.limits.clone();
             async move {
                 let reader = source.open_blob(&blob).await?;
                 let id = LayerId {
@@ -183,7 +230,7 @@ async fn ingest_image(
                     diff_id,
                     media_type: blob.media_type.clone(),
                 };
-                let tree = blocking(move || read_layer(reader, &id, &repo.store)).await?;
+                let tree = blocking(move || read_layer(reader, &id, &repo.store, &limits)).await?;
                 tracing::info!(layer = %blob.digest, files = tree.files, "converted layer");
                 Ok::<_, Error>((blob.digest, tree))
             }
@@ -192,25 +239,29 @@ async fn ingest_image(
         .try_collect()
         .await?;
     summary.layers_converted += converted.len();
-    summary.layers_reused += image.layers.len() - missing.len();
-    summary.images.push(image.name.public_path());
+    summary.layers_reused += total_layers - missing.len();
+    summary.images.push(set.name.public_path());
 
     let repo2 = repo.clone();
+    let default_platform = options.default_platform.clone();
     blocking(move || {
         let mut ns = ns;
-        add_image(&repo2, &mut ns, &image, converted, flat_exists)?;
+        let mut converted: std::collections::HashMap<_, _> = converted.into_iter().collect();
+        for img in &set.images {
+            add_image(&repo2, &mut ns, img, &mut converted)?;
+        }
+        add_metadata(&repo2, &mut ns, &set, &default_platform)?;
         Ok(ns)
     })
     .await
 }
 
-/// Adds one image's namespace to `ns` (runs on a blocking thread).
+/// Adds one platform image's layers, chain IDs and flat tree to `ns` (blocking thread).
 fn add_image(
     repo: &Repo,
     ns: &mut Namespace,
     image: &FetchedImage,
-    converted: Vec<(String, crate::layer::LayerTree)>,
-    flat_exists: bool,
+    converted: &mut std::collections::HashMap<String, crate::layer::LayerTree>,
 ) -> Result<()> {
     let store = &repo.store;
     let now = unix_now() as i64;
@@ -218,11 +269,12 @@ fn add_image(
     let chains = chain_ids(&image.diff_ids);
 
     // New layers: .layers/<hh>/<hex>/layerfs + .metadata/layer.json
-    for (digest, tree) in converted {
-        let (hh, hex) = split_digest(&digest)?;
-        if ns.root.get(&[".layers", &hh, &hex, "layerfs"]).is_some() {
-            continue; // the same layer twice in one image
-        }
+    for blob in &image.layers {
+        let Some(tree) = converted.remove(&blob.digest) else {
+            continue;
+        };
+        let digest = &blob.digest;
+        let (hh, hex) = split_digest(digest)?;
         let bucket = bucket_mut(ns, &hh, empty, now);
         let mut layerfs = tree.root;
         layerfs.entry.name = "layerfs".into();
@@ -230,28 +282,12 @@ fn add_image(
         // content must be exactly the layer, since it becomes a container's lowerdir.
         layerfs.catalog = Some(CatalogMark::new_catalog());
         bucket.insert(&[&hex], layerfs, now);
-        let blob = image
-            .layers
-            .iter()
-            .find(|l| l.digest == digest)
-            .cloned()
-            .unwrap_or_else(|| BlobDescriptor {
-                digest: digest.clone(),
-                media_type: String::new(),
-                size: tree.digests.compressed_size,
-            });
         let facts = LayerFacts {
             digest: digest.clone(),
             diff_id: tree.digests.uncompressed.clone(),
-            media_type: blob.media_type,
+            media_type: blob.media_type.clone(),
             size: tree.digests.compressed_size,
-            chain_ids: image
-                .layers
-                .iter()
-                .zip(&chains)
-                .filter(|(l, _)| l.digest == digest)
-                .map(|(_, c)| c.clone())
-                .collect(),
+            chain_ids: Vec::new(),
         };
         write_layer_facts(store, bucket, &hex, &facts, now)?;
     }
@@ -265,9 +301,6 @@ fn add_image(
         if !facts.chain_ids.contains(chain) {
             facts.chain_ids.push(chain.clone());
             write_layer_facts(store, bucket, &hex, &facts, now)?;
-            if let Some(m) = bucket.catalog.as_mut() {
-                m.dirty = true;
-            }
         }
         let target = format!("../../.layers/{hh}/{hex}/layerfs");
         let link = Node::leaf(symlink_entry(&chex, &target, 0, 0, now));
@@ -276,7 +309,11 @@ fn add_image(
 
     // The flattened image.
     let (chh, chex) = split_digest(&image.config_descriptor.digest)?;
-    if !flat_exists && ns.root.get(&[".flat", &chh, &chex]).is_none() {
+    let flat_exists = ns
+        .root
+        .get(&[".flat", &chh])
+        .is_some_and(|b| b.children.contains_key(&chex));
+    if !flat_exists {
         let mut trees = Vec::with_capacity(image.layers.len());
         for l in &image.layers {
             let (hh, hex) = split_digest(&l.digest)?;
@@ -296,29 +333,59 @@ fn add_image(
         let refs: Vec<&Node> = trees.iter().collect();
         let mut flat = flatten(&refs);
         flat.entry.name = chex.clone();
+        crate::singularity::add_to_flat(store, &mut flat, &image.config, now)?;
         // No marker either: the flat tree is the image's root file system as is.
         flat.catalog = Some(CatalogMark::new_catalog());
         ns.root.insert(&[".flat", &chh], flat, now);
     }
+    Ok(())
+}
 
-    // .metadata/<registry>/<repository>:<tag>/ and the public symlink.
-    let public = image.name.public_path();
+/// Writes `.metadata/<public>/` (docs/CONTRACTS.md §3): `manifest.json`/`config.json` of
+/// the default platform, `index.json` if the reference named one, and
+/// `platforms/<os>-<arch>[-<variant>]/{manifest.json,config.json,rootfs}` for every platform
+/// published (`rootfs` a relative symlink to its `.flat` tree); then the public symlink to
+/// the default platform's `.flat` tree.
+fn add_metadata(
+    repo: &Repo,
+    ns: &mut Namespace,
+    set: &FetchedSet,
+    default_platform: &Platform,
+) -> Result<()> {
+    let store = &repo.store;
+    let now = unix_now() as i64;
+    let public = set.name.public_path();
     let comps: Vec<&str> = public.split('/').collect();
     let mut meta_path = vec![".metadata"];
     meta_path.extend(&comps);
     ns.root.remove(&meta_path);
-    let mut files: Vec<(&str, &[u8])> = vec![
-        ("manifest.json", &image.manifest),
-        ("config.json", &image.config),
-    ];
-    if let Some(index) = &image.index {
-        files.push(("index.json", index));
-    }
-    for (name, bytes) in files {
+    let mut put = |dir: &[&str], name: &str, bytes: &[u8]| -> Result<()> {
         let hash = store.put_raw(bytes, Suffix::None)?;
         let e = file_entry(name, 0o644, 0, 0, now, bytes.len() as u64, hash);
-        ns.root.insert(&meta_path, Node::leaf(e), now);
+        ns.root.insert(dir, Node::leaf(e), now);
+        Ok(())
+    };
+    let mut links = Vec::new();
+    let default = set.default_image(default_platform);
+    put(&meta_path, "manifest.json", &default.manifest)?;
+    put(&meta_path, "config.json", &default.config)?;
+    if let Some(index) = &set.index {
+        put(&meta_path, "index.json", index)?;
     }
+    let pdirs: Vec<String> = set.images.iter().map(|i| i.platform.dir_name()).collect();
+    for (img, pdir) in set.images.iter().zip(&pdirs) {
+        let mut dir = meta_path.clone();
+        dir.extend(["platforms", pdir.as_str()]);
+        put(&dir, "manifest.json", &img.manifest)?;
+        put(&dir, "config.json", &img.config)?;
+        let (hh, hex) = split_digest(&img.config_descriptor.digest)?;
+        let target = format!("{}.flat/{hh}/{hex}", "../".repeat(dir.len()));
+        links.push((dir, symlink_entry("rootfs", &target, 0, 0, now)));
+    }
+    for (dir, link) in links {
+        ns.root.insert(&dir, Node::leaf(link), now);
+    }
+    let (chh, chex) = split_digest(&default.config_descriptor.digest)?;
     let (name, parent) = comps
         .split_last()
         .ok_or_else(|| Error::Task("empty public name".into()))?;
@@ -328,6 +395,9 @@ fn add_image(
         Node::leaf(symlink_entry(name, &target, 0, 0, now)),
         now,
     );
+    if set.images.len() > 1 || default.platform != *default_platform {
+        tracing::info!(image = %public, platform = %default.platform, "public path points at");
+    }
     Ok(())
 }
 
@@ -400,31 +470,50 @@ mod tests {
     /// Writes an OCI layout with the given layer tars (gzip) tagged `tag`; returns
     /// (layer digests, diffIDs, config digest).
     fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) -> (Vec<String>, Vec<String>, String) {
+        write_layout_with(dir, tag, tars, true)
+    }
+
+    /// The image config used by the test layouts.
+    fn test_config(diff_ids: &[String], arch: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "architecture": arch, "os": "linux",
+            "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids}}))
+        .unwrap_or_default()
+    }
+
+    /// Writes blobs into a layout; returns a function-like closure result: digest.
+    fn put_blob(dir: &Path, bytes: &[u8]) -> String {
         let blobs = dir.join("blobs/sha256");
         ok(fs::create_dir_all(&blobs));
-        let put = |bytes: &[u8]| {
-            let d = sha256_digest(bytes);
-            ok(fs::write(blobs.join(&d[7..]), bytes));
-            d
-        };
+        let d = sha256_digest(bytes);
+        ok(fs::write(blobs.join(&d[7..]), bytes));
+        d
+    }
+
+    /// An image manifest (OCI) for `tars` (gzip or plain) and its config; returns
+    /// (manifest bytes, layer digests, diffIDs, config digest).
+    fn put_image(
+        dir: &Path,
+        tars: &[Vec<u8>],
+        gz: bool,
+        arch: &str,
+    ) -> (Vec<u8>, Vec<String>, Vec<String>, String) {
         let mut layers = Vec::new();
         let mut diff_ids = Vec::new();
         let mut layer_json = Vec::new();
         for t in tars {
-            let gz = gzip(t);
-            let d = put(&gz);
+            let blob = if gz { gzip(t) } else { t.clone() };
+            let d = put_blob(dir, &blob);
             layer_json.push(serde_json::json!({
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": d, "size": gz.len()}));
+                "mediaType": if gz { "application/vnd.oci.image.layer.v1.tar+gzip" }
+                             else { "application/vnd.oci.image.layer.v1.tar" },
+                "digest": d, "size": blob.len()}));
             layers.push(d);
             diff_ids.push(sha256_digest(t));
         }
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64", "os": "linux",
-            "config": {"Cmd": ["/bin/sh"]},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids}}))
-        .unwrap_or_default();
-        let config_digest = put(&config);
+        let config = test_config(&diff_ids, arch);
+        let config_digest = put_blob(dir, &config);
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -432,7 +521,17 @@ mod tests {
                        "digest": config_digest, "size": config.len()},
             "layers": layer_json}))
         .unwrap_or_default();
-        let manifest_digest = put(&manifest);
+        (manifest, layers, diff_ids, config_digest)
+    }
+
+    fn write_layout_with(
+        dir: &Path,
+        tag: &str,
+        tars: &[Vec<u8>],
+        gz: bool,
+    ) -> (Vec<String>, Vec<String>, String) {
+        let (manifest, layers, diff_ids, config_digest) = put_image(dir, tars, gz, "amd64");
+        let manifest_digest = put_blob(dir, &manifest);
         let index = serde_json::json!({
             "schemaVersion": 2,
             "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -444,6 +543,64 @@ mod tests {
             r#"{"imageLayoutVersion":"1.0.0"}"#,
         ));
         (layers, diff_ids, config_digest)
+    }
+
+    /// Writes an OCI layout whose tag names an index of an amd64 and an arm64/v8 image.
+    /// Returns the config digests (amd64, arm64).
+    fn write_multi_platform_layout(dir: &Path, tag: &str) -> (String, String) {
+        let tars = test_tars();
+        let (m_amd, _, _, c_amd) = put_image(dir, &tars, true, "amd64");
+        let arm_only = TarBuilder::new().file("arm", 0o644, b"arm64").finish();
+        let (m_arm, _, _, c_arm) = put_image(dir, &[tars[0].clone(), arm_only], true, "arm64");
+        let (d_amd, d_arm) = (put_blob(dir, &m_amd), put_blob(dir, &m_arm));
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d_arm,
+                 "size": m_arm.len(), "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d_amd,
+                 "size": m_amd.len(), "platform": {"os": "linux", "architecture": "amd64"}}]}))
+        .unwrap_or_default();
+        let d_index = put_blob(dir, &index);
+        let top = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": d_index, "size": index.len(),
+                "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+        ok(fs::write(dir.join("index.json"), top.to_string()));
+        ok(fs::write(
+            dir.join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        ));
+        (c_amd, c_arm)
+    }
+
+    /// Writes `file` as `docker save` (before Docker 25) would: plain layer tars under
+    /// `<n>/layer.tar`, the second copy of a repeated layer as a symlink.
+    fn write_docker_archive(file: &Path, tars: &[Vec<u8>], repo_tag: &str) {
+        let diff_ids: Vec<String> = tars.iter().map(|t| sha256_digest(t)).collect();
+        let config = test_config(&diff_ids, "amd64");
+        let config_name = format!("{}.json", &sha256_digest(&config)[7..]);
+        let mut b = tar::Builder::new(Vec::new());
+        let add = |b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(EntryType::Regular);
+            ok(b.append_data(&mut h, name, data));
+        };
+        let mut layers = Vec::new();
+        for (i, t) in tars.iter().enumerate() {
+            let name = format!("{i:064}/layer.tar");
+            add(&mut b, &name, t);
+            layers.push(name);
+        }
+        add(&mut b, &config_name, &config);
+        let manifest = serde_json::json!([{
+            "Config": config_name, "RepoTags": [repo_tag], "Layers": layers}]);
+        add(&mut b, "manifest.json", manifest.to_string().as_bytes());
+        ok(fs::write(file, ok(b.into_inner())));
     }
 
     fn test_tars() -> Vec<Vec<u8>> {
@@ -520,6 +677,25 @@ mod tests {
         }
     }
 
+    /// Every row below `path` (through nested catalogs), rowids cleared, by relative path.
+    fn rows(view: &RepoView, path: &str) -> Vec<(String, Entry)> {
+        let mut out = Vec::new();
+        let mut stack = vec![path.to_string()];
+        while let Some(dir) = stack.pop() {
+            let (cat, _) = view.find(&dir).unwrap_or_else(|| panic!("{dir} missing"));
+            for mut e in ok(cat.list(&dir)) {
+                let p = format!("{dir}/{}", e.name);
+                e.rowid = 0;
+                if e.kind == EntryKind::Directory {
+                    stack.push(p.clone());
+                }
+                out.push((p[path.len()..].to_string(), e));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     fn objects(srv: &Path) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for d in ok(fs::read_dir(srv.join("data"))) {
@@ -580,8 +756,9 @@ mod tests {
         let srcs = ok(sources(
             std::slice::from_ref(&oci_ref),
             Some("localhost/demo/app:v1"),
+            &RegistryOptions::default(),
         ));
-        let s = ok(ingest(&dir, srcs).await);
+        let s = ok(ingest(&dir, srcs, &IngestOptions::default()).await);
         assert_eq!((s.revision, s.layers_converted, s.layers_reused), (1, 2, 0));
         let m1 = verify(&dir);
         assert_eq!(m1.revision, 1);
@@ -672,8 +849,12 @@ mod tests {
 
         // A second ingest of the same image re-uses everything but catalogs.
         let before = objects(&dir.join("srv"));
-        let srcs = ok(sources(&[oci_ref], Some("localhost/demo/app:v1")));
-        let s = ok(ingest(&dir, srcs).await);
+        let srcs = ok(sources(
+            &[oci_ref],
+            Some("localhost/demo/app:v1"),
+            &RegistryOptions::default(),
+        ));
+        let s = ok(ingest(&dir, srcs, &IngestOptions::default()).await);
         assert_eq!((s.revision, s.layers_converted, s.layers_reused), (2, 0, 2));
         let after = objects(&dir.join("srv"));
         let new: Vec<_> = after.iter().filter(|p| !before.contains(p)).collect();
@@ -713,12 +894,140 @@ mod tests {
             format!("oci:{}:1", good.display()),
             format!("oci:{}:1", bad.display()),
         ];
-        let err = ingest(&dir, ok(sources(&refs, None))).await.err();
+        let err = ingest(
+            &dir,
+            ok(sources(&refs, None, &RegistryOptions::default())),
+            &IngestOptions::default(),
+        )
+        .await
+        .err();
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
         assert!(
             msg.contains("escapes") && msg.contains("localhost/bad:1"),
             "{msg}"
         );
         assert_eq!(verify(&dir).revision, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn docker_archive_and_oci_layout_give_identical_trees() {
+        let work = ok(tempfile::tempdir());
+        let tars = test_tars();
+        let layout = work.path().join("layout");
+        let (layers, _, config) = write_layout_with(&layout, "v1", &tars, false);
+        let archive = work.path().join("app.tar");
+        write_docker_archive(&archive, &tars, "localhost/demo/app:v1");
+        let mut trees = Vec::new();
+        for r in [
+            format!("oci:{}:v1", layout.display()),
+            format!("docker-archive:{}", archive.display()),
+        ] {
+            let dir = work.path().join(format!("repo{}", trees.len()));
+            ok(init(&dir, FQRN, 60));
+            let name = r.starts_with("oci:").then_some("localhost/demo/app:v1");
+            let srcs = ok(sources(&[r], name, &RegistryOptions::default()));
+            let s = ok(ingest(&dir, srcs, &IngestOptions::default()).await);
+            assert_eq!(s.images, vec!["localhost/demo/app:v1".to_string()]);
+            verify(&dir);
+            let view = RepoView::open(&dir);
+            let c = &config[7..];
+            let link = view.entry("/localhost/demo/app:v1");
+            assert_eq!(link.symlink, format!("../../.flat/{}/{c}", &c[..2]));
+            let mut t = rows(&view, &format!("/.flat/{}/{c}", &c[..2]));
+            for l in &layers {
+                let h = &l[7..];
+                t.extend(rows(&view, &format!("/.layers/{}/{h}/layerfs", &h[..2])));
+            }
+            assert!(t.len() > 10);
+            trees.push(t);
+        }
+        assert_eq!(trees[0], trees[1]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn multi_platform_index_publishes_every_platform() {
+        let work = ok(tempfile::tempdir());
+        let layout = work.path().join("multi");
+        let (c_amd, c_arm) = write_multi_platform_layout(&layout, "1");
+        let flat = |c: &str| format!(".flat/{}/{}", &c[7..9], &c[7..]);
+        let r = format!("oci:{}:1", layout.display());
+        let run = |platforms: Vec<&str>, default: &str, dir: PathBuf| {
+            let r = r.clone();
+            let options = IngestOptions {
+                platforms: PlatformFilter {
+                    wanted: platforms.iter().map(|p| ok(Platform::parse(p))).collect(),
+                },
+                default_platform: ok(Platform::parse(default)),
+                limits: Limits::default(),
+            };
+            async move {
+                ok(init(&dir, FQRN, 60));
+                let srcs = ok(sources(&[r], None, &RegistryOptions::default()));
+                ok(ingest(&dir, srcs, &options).await);
+                verify(&dir);
+                RepoView::open(&dir)
+            }
+        };
+        // all platforms, public path at linux/amd64
+        let view = run(vec![], "linux/amd64", work.path().join("all")).await;
+        let meta = "/.metadata/localhost/multi:1";
+        assert!(view.find(&format!("{meta}/index.json")).is_some());
+        assert_eq!(
+            view.entry("/localhost/multi:1").symlink,
+            format!("../{}", flat(&c_amd))
+        );
+        for (p, c) in [("linux-amd64", &c_amd), ("linux-arm64-v8", &c_arm)] {
+            let dir = format!("{meta}/platforms/{p}");
+            assert!(view.find(&format!("{dir}/manifest.json")).is_some(), "{p}");
+            let cfg = view.entry(&format!("{dir}/config.json"));
+            let bytes = ok(read_object(
+                &view.repo.store,
+                &cfg.hash.unwrap_or_else(|| panic!()),
+                Suffix::None,
+                1 << 20,
+            ));
+            assert_eq!(&sha256_digest(&bytes), c);
+            assert_eq!(
+                view.entry(&format!("{dir}/rootfs")).symlink,
+                format!("../../../../../{}", flat(c))
+            );
+            assert!(view.find(&format!("/{}/bin/busybox", flat(c))).is_some());
+            assert!(
+                view.find(&format!("/{}/.singularity.d/runscript", flat(c)))
+                    .is_some()
+            );
+        }
+        assert!(view.find(&format!("/{}/arm", flat(&c_arm))).is_some());
+        assert!(view.find(&format!("/{}/arm", flat(&c_amd))).is_none());
+        let top_cfg = view.entry(&format!("{meta}/config.json"));
+        let bytes = ok(read_object(
+            &view.repo.store,
+            &top_cfg.hash.unwrap_or_else(|| panic!()),
+            Suffix::None,
+            1 << 20,
+        ));
+        assert_eq!(sha256_digest(&bytes), c_amd);
+        // --default-platform picks the public one
+        let view = run(vec![], "linux/arm64", work.path().join("arm-default")).await;
+        assert_eq!(
+            view.entry("/localhost/multi:1").symlink,
+            format!("../{}", flat(&c_arm))
+        );
+        // --platform restricts
+        let view = run(
+            vec!["linux/arm64/v8"],
+            "linux/amd64",
+            work.path().join("arm-only"),
+        )
+        .await;
+        assert!(view.find(&format!("/{}", flat(&c_amd))).is_none());
+        assert!(
+            view.find(&format!("{meta}/platforms/linux-amd64"))
+                .is_none()
+        );
+        assert_eq!(
+            view.entry("/localhost/multi:1").symlink,
+            format!("../{}", flat(&c_arm))
+        );
     }
 }

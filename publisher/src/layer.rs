@@ -53,6 +53,46 @@ impl LayerId {
     }
 }
 
+/// Default `--max-layer-size`: 64 GiB of uncompressed tar per layer.
+pub const DEFAULT_MAX_LAYER_SIZE: u64 = 64 << 30;
+
+/// Limits that stop hostile layers (decompression bombs, absurd headers).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest uncompressed tar stream of one layer, and largest total of file contents
+    /// (sparse files count at their full size), in bytes.
+    pub max_layer_size: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_layer_size: DEFAULT_MAX_LAYER_SIZE,
+        }
+    }
+}
+
+/// A reader that fails once more than `limit` bytes came through it.
+struct CappedReader<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for CappedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(std::io::Error::other(format!(
+                "uncompressed layer is larger than the limit of {} bytes (--max-layer-size)",
+                self.limit
+            )));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 /// A layer read into memory (metadata only; contents are in the store).
 #[derive(Debug)]
 pub struct LayerTree {
@@ -70,23 +110,43 @@ pub struct LayerTree {
 /// Errors: [`Error::DigestMismatch`] if the blob or tar digests differ from `id`,
 /// [`Error::Layer`] for hostile or unsupported entries (path escaping the root, dangling or
 /// directory hard link, non-UTF-8 names, PAX sparse files), store errors.
-pub fn read_layer<R: Read>(blob: R, id: &LayerId, store: &LocalStore) -> Result<LayerTree> {
+pub fn read_layer<R: Read>(
+    blob: R,
+    id: &LayerId,
+    store: &LocalStore,
+    limits: &Limits,
+) -> Result<LayerTree> {
     let stream = LayerStream::new(blob, &id.media_type).map_err(|e| id.error("", e.to_string()))?;
-    let mut archive = tar::Archive::new(stream);
+    let mut archive = tar::Archive::new(CappedReader {
+        inner: stream,
+        left: limits.max_layer_size,
+        limit: limits.max_layer_size,
+    });
     let mut builder = Builder {
         root: Node::dir("", 0o755, 0),
         next_group: 1,
         files: 0,
+        content_bytes: 0,
+        limits: limits.clone(),
+        last_entry: String::new(),
     };
     let entries = archive
         .entries()
         .map_err(|e| id.error("", format!("reading tar: {e}")))?;
     for entry in entries {
-        let entry = entry.map_err(|e| id.error("", format!("reading tar: {e}")))?;
+        let entry = entry.map_err(|e| {
+            let after = if builder.last_entry.is_empty() {
+                "at the first entry".to_string()
+            } else {
+                format!("after entry {:?}", builder.last_entry)
+            };
+            id.error("", format!("reading tar {after}: {e}"))
+        })?;
         builder.add(entry, id, store)?;
     }
     let digests = archive
         .into_inner()
+        .inner
         .finish()
         .map_err(|e| id.error("", format!("reading blob: {e}")))?;
     if digests.compressed != id.digest {
@@ -134,6 +194,11 @@ struct Builder {
     root: Node,
     next_group: u32,
     files: u64,
+    /// Sum of regular file sizes so far (bounded by `limits.max_layer_size`).
+    content_bytes: u64,
+    limits: Limits,
+    /// The last entry path seen, for errors between entries.
+    last_entry: String,
 }
 
 /// Metadata common to all entry kinds, read from the header and PAX records.
@@ -142,6 +207,7 @@ struct Meta {
     uid: u32,
     gid: u32,
     mtime: i64,
+    mtime_ns: Option<u32>,
     xattrs: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
@@ -164,9 +230,30 @@ impl Builder {
         ) {
             return Ok(());
         }
+        self.last_entry.clone_from(&raw_path);
         let path = normalize_path(&raw_path)
             .ok_or_else(|| id.error(&raw_path, "path escapes the layer root"))?;
         let meta = self.meta(&mut entry, id, &raw_path)?;
+        // Never write through a symlink: a parent that is a symlink earlier in this layer
+        // would let the entry land outside the directory it names.
+        if let Some(parent) = path.split_last().map(|(_, p)| p) {
+            let mut node = &self.root;
+            for (i, c) in parent.iter().enumerate() {
+                let Some(next) = node.children.get(c) else {
+                    break;
+                };
+                if next.entry.kind == EntryKind::Symlink {
+                    return Err(id.error(
+                        &raw_path,
+                        format!(
+                            "parent {:?} is a symlink in this layer; refusing to write through it",
+                            parent[..=i].join("/")
+                        ),
+                    ));
+                }
+                node = next;
+            }
+        }
 
         let Some((name, parent)) = path.split_last() else {
             // "./" itself: the layer root directory's metadata.
@@ -201,6 +288,7 @@ impl Builder {
             EntryType::Directory => {
                 let mut e = dir_entry(name, meta.perm, meta.uid, meta.gid, meta.mtime);
                 e.xattrs = meta.xattrs;
+                e.mtime_ns = meta.mtime_ns;
                 let dir = self.root.ensure_dir(&parent, 0);
                 match dir.children.get_mut(name.as_str()) {
                     Some(existing) if existing.is_dir() => {
@@ -219,15 +307,30 @@ impl Builder {
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let size = entry.size();
+                self.content_bytes = self.content_bytes.saturating_add(size);
+                if size > self.limits.max_layer_size
+                    || self.content_bytes > self.limits.max_layer_size
+                {
+                    return Err(id.error(
+                        &raw_path,
+                        format!(
+                            "file size {size} (layer total {}) exceeds the limit of {} bytes \
+                             (--max-layer-size)",
+                            self.content_bytes, self.limits.max_layer_size
+                        ),
+                    ));
+                }
                 let info = store_reader(store, &mut entry, Suffix::None)
                     .map_err(|e| id.error(&raw_path, format!("storing contents: {e}")))?;
                 if info.raw_size != size {
                     return Err(id.error(&raw_path, "file shorter than its header says"));
                 }
                 self.files += 1;
-                file_entry(
+                let mut e = file_entry(
                     name, meta.perm, meta.uid, meta.gid, meta.mtime, size, info.hash,
-                )
+                );
+                e.mtime_ns = meta.mtime_ns;
+                e
             }
             EntryType::Symlink => {
                 let target = entry
@@ -277,6 +380,7 @@ impl Builder {
             }
         };
         new_entry.xattrs = meta.xattrs;
+        new_entry.mtime_ns = meta.mtime_ns;
         self.root.insert(&parent, Node::leaf(new_entry), 0);
         Ok(())
     }
@@ -341,9 +445,11 @@ impl Builder {
         let gid = h
             .gid()
             .map_err(|e| id.error(raw_path, format!("bad gid: {e}")))?;
+        let mut uid = uid;
+        let mut gid = gid;
         let mut mtime =
-            h.mtime()
-                .map_err(|e| id.error(raw_path, format!("bad mtime: {e}")))? as i64;
+            header_mtime(h).map_err(|e| id.error(raw_path, format!("bad mtime: {e}")))?;
+        let mut mtime_ns = None;
         let mut xattrs = std::collections::BTreeMap::new();
         if let Some(pax) = entry
             .pax_extensions()
@@ -356,12 +462,23 @@ impl Builder {
                     return Err(id.error(raw_path, "PAX sparse files are not supported"));
                 }
                 if key == "mtime" {
-                    if let Some(secs) = ext
+                    let (secs, ns) = ext
                         .value()
                         .ok()
-                        .and_then(|v| v.split('.').next().and_then(|s| s.parse::<i64>().ok()))
-                    {
-                        mtime = secs;
+                        .and_then(parse_pax_time)
+                        .ok_or_else(|| id.error(raw_path, "bad PAX mtime"))?;
+                    mtime = secs;
+                    mtime_ns = (ns != 0).then_some(ns);
+                } else if key == "uid" || key == "gid" {
+                    let v = ext
+                        .value()
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .ok_or_else(|| id.error(raw_path, format!("bad PAX {key}")))?;
+                    if key == "uid" {
+                        uid = v;
+                    } else {
+                        gid = v;
                     }
                 } else if let Some(name) = key.strip_prefix(PAX_XATTR) {
                     let value = ext.value_bytes();
@@ -381,8 +498,58 @@ impl Builder {
             uid: u32::try_from(uid).map_err(|_| id.error(raw_path, "uid out of range"))?,
             gid: u32::try_from(gid).map_err(|_| id.error(raw_path, "gid out of range"))?,
             mtime,
+            mtime_ns,
             xattrs,
         })
+    }
+}
+
+/// The header's mtime as signed seconds: octal, or GNU base-256 (first byte `0x80`
+/// positive, `0xff` negative two's complement) for times before 1970 or after 2242.
+fn header_mtime(h: &tar::Header) -> std::io::Result<i64> {
+    let raw = &h.as_old().mtime;
+    if raw[0] == 0xff {
+        let mut v: i64 = -1;
+        for b in &raw[1..] {
+            v = (v << 8) | i64::from(*b);
+        }
+        return Ok(v);
+    }
+    h.mtime()
+        .and_then(|m| i64::try_from(m).map_err(|_| std::io::Error::other("mtime out of range")))
+}
+
+/// Parses a PAX time `[-]SECS[.FRACTION]` (POSIX pax "mtime") into whole seconds (rounded
+/// towards minus infinity) and nanoseconds.
+pub fn parse_pax_time(v: &str) -> Option<(i64, u32)> {
+    let (neg, digits) = match v.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, v),
+    };
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if whole.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let secs: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut ns: u32 = 0;
+    for (i, b) in frac.bytes().take(9).enumerate() {
+        ns += u32::from(b - b'0') * 10u32.pow(8 - i as u32);
+    }
+    if neg {
+        if ns == 0 {
+            Some((-secs, 0))
+        } else {
+            Some((-secs - 1, 1_000_000_000 - ns))
+        }
+    } else {
+        Some((secs, ns))
     }
 }
 
@@ -496,7 +663,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = LocalStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let blob = gzip(tar);
-        let r = read_layer(&blob[..], &id_for(&blob, tar), &store);
+        let r = read_layer(&blob[..], &id_for(&blob, tar), &store, &Limits::default());
         (r, dir)
     }
 
@@ -649,13 +816,13 @@ pub(crate) mod tests {
         let mut id = id_for(&blob, &tar);
         id.diff_id = sha256_digest(b"other");
         assert!(matches!(
-            read_layer(&blob[..], &id, &store),
+            read_layer(&blob[..], &id, &store, &Limits::default()),
             Err(Error::DigestMismatch { .. })
         ));
         let mut id = id_for(&blob, &tar);
         id.digest = sha256_digest(b"other");
         assert!(matches!(
-            read_layer(&blob[..], &id, &store),
+            read_layer(&blob[..], &id, &store, &Limits::default()),
             Err(Error::DigestMismatch { .. })
         ));
     }

@@ -20,6 +20,7 @@ pub mod publish;
 pub mod reference;
 pub mod repo;
 pub mod serve;
+pub mod singularity;
 pub mod source;
 pub mod tree;
 

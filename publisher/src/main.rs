@@ -33,10 +33,39 @@ enum Command {
         /// Repository directory.
         #[arg(long)]
         repo: PathBuf,
-        /// Public name REGISTRY/REPO:TAG for the oci: reference.
+        /// Public name REGISTRY/REPO:TAG for the oci: or docker-archive: reference.
         #[arg(long)]
         name: Option<String>,
-        /// docker://HOST[:PORT]/REPO[:TAG|@DIGEST] or oci:DIR[:TAG].
+        /// Publish only this platform of an index, os/arch[/variant] (repeatable; default:
+        /// every platform).
+        #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+        platforms: Vec<String>,
+        /// The platform the public symlink points at (else the first one published).
+        #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
+        default_platform: String,
+        /// Registry user name (with --password); else credentials come from --authfile.
+        #[arg(long, requires = "password")]
+        username: Option<String>,
+        /// Registry password or token.
+        #[arg(
+            long,
+            requires = "username",
+            env = "STRATA_REGISTRY_PASSWORD",
+            hide_env_values = true
+        )]
+        password: Option<String>,
+        /// Docker config.json with `auths` (default $DOCKER_CONFIG/config.json, then
+        /// ~/.docker/config.json).
+        #[arg(long)]
+        authfile: Option<PathBuf>,
+        /// Registry HOST[:PORT] that may be reached over plain HTTP (repeatable; loopback
+        /// hosts always may).
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+        insecure: Vec<String>,
+        /// Largest uncompressed layer (and total file contents of one layer), in bytes.
+        #[arg(long, default_value_t = publisher::layer::DEFAULT_MAX_LAYER_SIZE)]
+        max_layer_size: u64,
+        /// docker://HOST[:PORT]/REPO[:TAG|@DIGEST], oci:DIR[:TAG] or docker-archive:FILE.
         #[arg(required = true)]
         refs: Vec<String>,
     },
@@ -82,10 +111,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 m.revision
             );
         }
-        Command::Ingest { repo, name, refs } => {
-            let sources = publisher::ingest::sources(&refs, name.as_deref())?;
+        Command::Ingest {
+            repo,
+            name,
+            platforms,
+            default_platform,
+            username,
+            password,
+            authfile,
+            insecure,
+            max_layer_size,
+            refs,
+        } => {
+            use publisher::source::{Platform, PlatformFilter};
+            let registry = publisher::source::registry::RegistryOptions {
+                credentials: username.zip(password).map(|(username, password)| {
+                    publisher::source::auth::Credentials { username, password }
+                }),
+                authfile,
+                insecure,
+            };
+            let options = publisher::ingest::IngestOptions {
+                platforms: PlatformFilter {
+                    wanted: platforms
+                        .iter()
+                        .map(|p| Platform::parse(p))
+                        .collect::<Result<_, _>>()?,
+                },
+                default_platform: Platform::parse(&default_platform)?,
+                limits: publisher::layer::Limits { max_layer_size },
+            };
+            let sources = publisher::ingest::sources(&refs, name.as_deref(), &registry)?;
             let s = rt
-                .block_on(publisher::ingest::ingest(&repo, sources))
+                .block_on(publisher::ingest::ingest(&repo, sources, &options))
                 .with_context(|| format!("ingesting into {}", repo.display()))?;
             println!(
                 "published revision {}: {} image(s), {} layer(s) converted, {} reused",

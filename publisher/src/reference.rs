@@ -143,10 +143,16 @@ pub enum ImageRef {
         /// The tag to select; `None` = the only image in the layout.
         tag: Option<String>,
     },
+    /// A tarball as `docker save` writes it (`manifest.json` + config + layer tars, or an
+    /// OCI layout inside, as Docker 25+ writes it).
+    Archive {
+        /// The tarball.
+        file: PathBuf,
+    },
 }
 
 impl ImageRef {
-    /// Parses `docker://…` or `oci:DIR[:TAG]` (a `:` after the last `/` of `DIR` starts the
+    /// Parses `docker://…`, `docker-archive:FILE` or `oci:DIR[:TAG]` (a `:` after the last `/` of `DIR` starts the
     /// tag). Errors with [`Error::Reference`] for anything else.
     pub fn parse(text: &str) -> Result<ImageRef> {
         if let Some(rest) = text.strip_prefix("docker://") {
@@ -172,9 +178,22 @@ impl ImageRef {
                 tag,
             });
         }
+        if let Some(rest) = text.strip_prefix("docker-archive:") {
+            if rest.is_empty() {
+                return Err(Error::Reference {
+                    reference: text.to_string(),
+                    reason: "expected docker-archive:FILE".into(),
+                });
+            }
+            return Ok(ImageRef::Archive {
+                file: PathBuf::from(rest),
+            });
+        }
         Err(Error::Reference {
             reference: text.to_string(),
-            reason: "expected docker://HOST/REPO[:TAG|@DIGEST] or oci:DIR[:TAG]".into(),
+            reason: "expected docker://HOST/REPO[:TAG|@DIGEST], oci:DIR[:TAG] or \
+                     docker-archive:FILE"
+                .into(),
         })
     }
 
@@ -283,6 +302,13 @@ mod tests {
                 tag: None
             })
         );
+        assert_eq!(
+            ImageRef::parse("docker-archive:/tmp/a.tar").ok(),
+            Some(ImageRef::Archive {
+                file: "/tmp/a.tar".into()
+            })
+        );
+        assert!(ImageRef::parse("docker-archive:").is_err());
         assert!(ImageRef::parse("debian:12").is_err());
         assert!(ImageRef::parse("oci:").is_err());
     }

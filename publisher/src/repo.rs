@@ -156,6 +156,31 @@ impl Repo {
         Ok(p)
     }
 
+    /// Removes what a killed run left behind: temp objects in `srv/data/txn` and scratch in
+    /// `DIR/tmp`. Call with the lock held. Returns the number of entries removed.
+    pub fn clean_scratch(&self) -> Result<usize> {
+        let mut removed = 0;
+        for dir in [self.store.root().join("data/txn"), self.tmp_dir()?] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries {
+                let path = e.map_err(io_err("list", &dir))?.path();
+                let r = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                r.map_err(io_err("remove", &path))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed leftovers of an interrupted run");
+        }
+        Ok(removed)
+    }
+
     fn read_key_file(&self, ext: &str) -> Result<String> {
         let p = self.key_path(ext);
         fs::read_to_string(&p).map_err(io_err("read", &p))
@@ -230,6 +255,12 @@ mod tests {
         let again = Repo::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(again.settings, s);
         assert!(again.key_path("key").ends_with("keys/t.example.org.key"));
+        std::fs::write(dir.path().join("srv/data/txn/tmp123"), b"x")
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(dir.path().join("tmp/cat1")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.clean_scratch().unwrap_or_else(|e| panic!("{e}")), 2);
+        assert!(dir.path().join("srv/data/txn").is_dir());
+        assert_eq!(again.clean_scratch().unwrap_or_else(|e| panic!("{e}")), 0);
         let _l = Repo::lock(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let f = File::open(dir.path().join("lock")).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)));

@@ -1,14 +1,22 @@
-//! Image sources: where manifests, configs and layer blobs come from. Both kinds hand back
+//! Image sources: where manifests, configs and layer blobs come from. Every kind hands back
 //! the bytes exactly as stored (so their digests still verify) and layer blobs as blocking
 //! readers for the tar pipeline.
+//!
+//! A reference may name an index (OCI image index, Docker manifest list); then every
+//! platform it lists is fetched, unless [`PlatformFilter`] restricts them.
 
+pub mod auth;
+pub mod docker_archive;
 pub mod oci_layout;
+pub mod platform;
 pub mod registry;
 
 use std::collections::HashMap;
 use std::io::Read;
 
 use serde::Deserialize;
+
+pub use platform::{Platform, PlatformFilter};
 
 use crate::digest::{sha256_digest, sha256_hex};
 use crate::error::{Error, Result};
@@ -25,13 +33,11 @@ pub struct BlobDescriptor {
     pub size: u64,
 }
 
-/// One image's metadata, fetched and verified.
+/// One platform's image metadata, fetched and verified.
 #[derive(Clone, Debug)]
 pub struct FetchedImage {
-    /// The public name (`<registry>/<repository>:<tag>`).
-    pub name: ImageName,
-    /// The index / manifest list bytes, when the reference named one.
-    pub index: Option<Vec<u8>>,
+    /// The platform (from the index entry, else from the config's `os`/`architecture`).
+    pub platform: Platform,
     /// The single-platform manifest bytes.
     pub manifest: Vec<u8>,
     /// The config bytes.
@@ -44,12 +50,38 @@ pub struct FetchedImage {
     pub diff_ids: Vec<String>,
 }
 
+/// Everything one reference names: the index (if it named one) and one image per selected
+/// platform, in index order.
+#[derive(Clone, Debug)]
+pub struct FetchedSet {
+    /// The public name (`<registry>/<repository>:<tag>`).
+    pub name: ImageName,
+    /// The index / manifest list bytes, when the reference named one.
+    pub index: Option<Vec<u8>>,
+    /// The selected platforms' images (at least one).
+    pub images: Vec<FetchedImage>,
+}
+
+impl FetchedSet {
+    /// The image the public symlink points at: the one matching `default` (a variant-less
+    /// `default` matches any variant, an exact match wins), else the first one.
+    pub fn default_image(&self, default: &Platform) -> &FetchedImage {
+        self.images
+            .iter()
+            .find(|i| i.platform == *default)
+            .or_else(|| self.images.iter().find(|i| default.matches(&i.platform)))
+            .unwrap_or(&self.images[0])
+    }
+}
+
 /// Where one image comes from.
 pub enum Source {
     /// A registry (OCI distribution API).
     Registry(registry::RegistrySource),
     /// An OCI image layout directory.
     Layout(oci_layout::LayoutSource),
+    /// A `docker save` tarball.
+    Archive(docker_archive::ArchiveSource),
 }
 
 impl Source {
@@ -58,14 +90,24 @@ impl Source {
         match self {
             Source::Registry(s) => &s.name,
             Source::Layout(s) => &s.name,
+            Source::Archive(s) => &s.name,
         }
     }
 
-    /// Fetches index (if any), manifest and config; picks linux/amd64 from an index.
-    pub async fn fetch(&self) -> Result<FetchedImage> {
+    /// Fetches index (if any), manifests and configs of the platforms `filter` selects.
+    pub async fn fetch(&self, filter: &PlatformFilter) -> Result<FetchedSet> {
         match self {
-            Source::Registry(s) => s.fetch().await,
-            Source::Layout(s) => s.fetch().await,
+            Source::Registry(s) => s.fetch(filter).await,
+            Source::Layout(s) => {
+                let s = s.clone();
+                let filter = filter.clone();
+                tokio::task::spawn_blocking(move || s.fetch(&filter)).await?
+            }
+            Source::Archive(s) => {
+                let s = s.clone();
+                let filter = filter.clone();
+                tokio::task::spawn_blocking(move || s.fetch(&filter)).await?
+            }
         }
     }
 
@@ -74,6 +116,7 @@ impl Source {
         match self {
             Source::Registry(s) => s.open_blob(blob).await,
             Source::Layout(s) => s.open_blob(blob),
+            Source::Archive(s) => s.open_blob(blob),
         }
     }
 }
@@ -94,6 +137,8 @@ struct RawDescriptor {
 struct RawPlatform {
     architecture: String,
     os: String,
+    #[serde(default)]
+    variant: Option<String>,
 }
 
 /// The fields of a manifest or index that we use (OCI image spec; Docker schema 2).
@@ -109,6 +154,12 @@ struct RawDocument {
 #[derive(Deserialize)]
 struct RawConfig {
     rootfs: RawRootfs,
+    #[serde(default)]
+    os: Option<String>,
+    #[serde(default)]
+    architecture: Option<String>,
+    #[serde(default)]
+    variant: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -118,8 +169,7 @@ struct RawRootfs {
 
 /// A parsed manifest-or-index.
 pub(crate) enum Document {
-    /// An OCI index or Docker manifest list: (digest, media type, platform os/arch,
-    /// `org.opencontainers.image.ref.name`).
+    /// An OCI index or Docker manifest list.
     Index(Vec<IndexEntry>),
     /// A single-platform image manifest.
     Manifest {
@@ -131,7 +181,7 @@ pub(crate) enum Document {
 /// One entry of an index.
 pub(crate) struct IndexEntry {
     pub descriptor: BlobDescriptor,
-    pub platform: Option<(String, String)>,
+    pub platform: Option<Platform>,
     pub ref_name: Option<String>,
 }
 
@@ -166,7 +216,7 @@ pub(crate) fn parse_document(image: &str, bytes: &[u8]) -> Result<Document> {
             let platform = d
                 .platform
                 .as_ref()
-                .map(|p| (p.os.clone(), p.architecture.clone()));
+                .map(|p| Platform::new(&p.os, &p.architecture, p.variant.as_deref()));
             let ref_name = d
                 .annotations
                 .get("org.opencontainers.image.ref.name")
@@ -194,22 +244,32 @@ pub(crate) fn parse_document(image: &str, bytes: &[u8]) -> Result<Document> {
     })
 }
 
-/// The linux/amd64 entry of an index (the platform nodes run).
-pub(crate) fn select_platform<'a>(
+/// The entries of an index that `filter` selects (entries without a platform count as
+/// linux/amd64, as Docker treats them). Errors with [`Error::Image`] if none is selected.
+pub(crate) fn select_platforms<'a>(
     image: &str,
     entries: &'a [IndexEntry],
-) -> Result<&'a IndexEntry> {
-    entries
+    filter: &PlatformFilter,
+) -> Result<Vec<(&'a IndexEntry, Platform)>> {
+    let chosen: Vec<(&IndexEntry, Platform)> = entries
         .iter()
-        .find(|e| {
-            e.platform
-                .as_ref()
-                .is_some_and(|(os, arch)| os == "linux" && arch == "amd64")
-        })
-        .ok_or_else(|| Error::Image {
+        .map(|e| (e, e.platform.clone().unwrap_or_else(Platform::linux_amd64)))
+        .filter(|(_, p)| filter.selects(p))
+        .collect();
+    if chosen.is_empty() {
+        let have: Vec<String> = entries
+            .iter()
+            .filter_map(|e| e.platform.as_ref().map(Platform::to_string))
+            .collect();
+        return Err(Error::Image {
             image: image.to_string(),
-            reason: "index has no linux/amd64 manifest".into(),
-        })
+            reason: format!(
+                "index has no manifest for the selected platforms (it has: {})",
+                have.join(", ")
+            ),
+        });
+    }
+    Ok(chosen)
 }
 
 /// Checks that `bytes` hash to `digest`.
@@ -227,26 +287,26 @@ pub(crate) fn verify_digest(image: &str, what: &str, bytes: &[u8], digest: &str)
     }
 }
 
-/// Assembles a [`FetchedImage`] from verified manifest and config bytes: reads diffIDs from
-/// the config and checks there is one per layer.
+/// Assembles a [`FetchedImage`] from a verified manifest and the config bytes: checks the
+/// config digest, reads diffIDs (one per layer) and the platform (`platform` from the index
+/// entry wins over the config's `os`/`architecture`/`variant`).
 pub(crate) fn assemble(
-    name: ImageName,
-    index: Option<Vec<u8>>,
+    image: &str,
+    platform: Option<Platform>,
     manifest: Vec<u8>,
     config_descriptor: BlobDescriptor,
     layers: Vec<BlobDescriptor>,
     config: Vec<u8>,
 ) -> Result<FetchedImage> {
-    let image = name.to_string();
-    verify_digest(&image, "config", &config, &config_descriptor.digest)?;
+    verify_digest(image, "config", &config, &config_descriptor.digest)?;
     let parsed: RawConfig = serde_json::from_slice(&config).map_err(|e| Error::Image {
-        image: image.clone(),
+        image: image.to_string(),
         reason: format!("config has no rootfs.diff_ids: {e}"),
     })?;
     let diff_ids = parsed.rootfs.diff_ids;
     if diff_ids.len() != layers.len() {
         return Err(Error::Image {
-            image,
+            image: image.to_string(),
             reason: format!(
                 "manifest has {} layers but config has {} diff_ids",
                 layers.len(),
@@ -256,13 +316,19 @@ pub(crate) fn assemble(
     }
     if let Some(bad) = diff_ids.iter().find(|d| sha256_hex(d).is_none()) {
         return Err(Error::Image {
-            image,
+            image: image.to_string(),
             reason: format!("unsupported diffID {bad:?}"),
         });
     }
+    let platform = platform.unwrap_or_else(|| {
+        Platform::new(
+            parsed.os.as_deref().unwrap_or("linux"),
+            parsed.architecture.as_deref().unwrap_or("amd64"),
+            parsed.variant.as_deref(),
+        )
+    });
     Ok(FetchedImage {
-        name,
-        index,
+        platform,
         manifest,
         config,
         config_descriptor,
@@ -271,31 +337,107 @@ pub(crate) fn assemble(
     })
 }
 
+/// Reads the images an index or manifest names, through `get` (which returns the verified
+/// bytes of a blob descriptor): every selected platform of an index, or the one manifest.
+/// `top` are the bytes the reference named.
+pub(crate) fn resolve<F>(
+    name: &ImageName,
+    image: &str,
+    top: Vec<u8>,
+    filter: &PlatformFilter,
+    mut get: F,
+) -> Result<FetchedSet>
+where
+    F: FnMut(&BlobDescriptor, &str) -> Result<Vec<u8>>,
+{
+    fn one<F>(
+        image: &str,
+        bytes: Vec<u8>,
+        platform: Option<Platform>,
+        get: &mut F,
+    ) -> Result<FetchedImage>
+    where
+        F: FnMut(&BlobDescriptor, &str) -> Result<Vec<u8>>,
+    {
+        let Document::Manifest { config, layers } = parse_document(image, &bytes)? else {
+            return Err(Error::Image {
+                image: image.to_string(),
+                reason: "nested index inside an index".into(),
+            });
+        };
+        let config_bytes = get(&config, "config")?;
+        assemble(image, platform, bytes, config, layers, config_bytes)
+    }
+    match parse_document(image, &top)? {
+        Document::Manifest { .. } => Ok(FetchedSet {
+            name: name.clone(),
+            index: None,
+            images: vec![one(image, top, None, &mut get)?],
+        }),
+        Document::Index(entries) => {
+            let mut images = Vec::new();
+            let chosen = select_platforms(image, &entries, filter)?;
+            let manifests: Vec<(Vec<u8>, Platform)> = chosen
+                .into_iter()
+                .map(|(e, p)| Ok((get(&e.descriptor, "platform manifest")?, p)))
+                .collect::<Result<_>>()?;
+            for (bytes, p) in manifests {
+                images.push(one(image, bytes, Some(p), &mut get)?);
+            }
+            Ok(FetchedSet {
+                name: name.clone(),
+                index: Some(top),
+                images,
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn digest_of(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
     #[test]
     fn index_platform_selection() {
-        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let d = digest_of;
         let index = format!(
             r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
-            {{"mediaType":"m","digest":"{}","size":1,"platform":{{"architecture":"arm64","os":"linux"}}}},
-            {{"mediaType":"m","digest":"{}","size":2,"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+            {{"mediaType":"m","digest":"{}","size":1,"platform":{{"architecture":"arm64","os":"linux","variant":"v8"}}}},
+            {{"mediaType":"m","digest":"{}","size":2,"platform":{{"architecture":"amd64","os":"linux"}}}},
+            {{"mediaType":"m","digest":"{}","size":2,"platform":{{"architecture":"unknown","os":"unknown"}}}}]}}"#,
             d('a'),
-            d('b')
+            d('b'),
+            d('c')
         );
         let Ok(Document::Index(entries)) = parse_document("x", index.as_bytes()) else {
             panic!("not an index")
         };
-        let e = select_platform("x", &entries).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(e.descriptor.digest, d('b'));
-        assert!(select_platform("x", &entries[..1]).is_err());
+        let all = select_platforms("x", &entries, &PlatformFilter::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(all.len(), 2, "attestation skipped");
+        assert_eq!(all[0].1, Platform::new("linux", "arm64", Some("v8")));
+        let amd = PlatformFilter {
+            wanted: vec![Platform::linux_amd64()],
+        };
+        let e = select_platforms("x", &entries, &amd).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].0.descriptor.digest, d('b'));
+        let s390 = PlatformFilter {
+            wanted: vec![Platform::new("linux", "s390x", None)],
+        };
+        let err = select_platforms("x", &entries, &s390)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|m| m.contains("linux/arm64/v8, linux/amd64")));
     }
 
     #[test]
     fn manifest_and_config_checks() {
-        let cfg = br#"{"rootfs":{"type":"layers","diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]}}"#;
+        let cfg = br#"{"architecture":"arm64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]}}"#;
         let cfg_digest = sha256_digest(cfg);
         let manifest = format!(
             r#"{{"schemaVersion":2,"config":{{"mediaType":"c","digest":"{cfg_digest}","size":{}}},
@@ -306,9 +448,8 @@ mod tests {
         else {
             panic!("not a manifest")
         };
-        let name = ImageName::parse("localhost/x:1").unwrap_or_else(|e| panic!("{e}"));
         let img = assemble(
-            name.clone(),
+            "x",
             None,
             manifest.clone().into_bytes(),
             config.clone(),
@@ -317,9 +458,10 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(img.diff_ids.len(), 1);
+        assert_eq!(img.platform, Platform::new("linux", "arm64", None));
         assert!(matches!(
             assemble(
-                name.clone(),
+                "x",
                 None,
                 vec![],
                 config.clone(),
@@ -328,7 +470,24 @@ mod tests {
             ),
             Err(Error::DigestMismatch { .. })
         ));
-        assert!(assemble(name, None, vec![], config, vec![], cfg.to_vec()).is_err());
+        assert!(assemble("x", None, vec![], config, vec![], cfg.to_vec()).is_err());
         assert!(parse_document("x", br#"{"schemaVersion":1}"#).is_err());
+        // resolve() of a bare manifest fetches the config through `get`
+        let name = ImageName::parse("localhost/x:1").unwrap_or_else(|e| panic!("{e}"));
+        let set = resolve(
+            &name,
+            "x",
+            manifest.into_bytes(),
+            &PlatformFilter::default(),
+            |_, _| Ok(cfg.to_vec()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(set.index.is_none());
+        assert_eq!(
+            set.default_image(&Platform::linux_amd64())
+                .platform
+                .architecture,
+            "arm64"
+        );
     }
 }

@@ -1,79 +1,121 @@
 //! OCI image layout directories (OCI image spec, "Image Layout"): `index.json` names images
 //! through the `org.opencontainers.image.ref.name` annotation; blobs live in
-//! `blobs/sha256/<hex>`.
+//! `blobs/sha256/<hex>`. The same layout inside a `docker save` tarball (Docker 25+) is read
+//! through [`LayoutRoot::Archive`].
 
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::docker_archive::ArchiveIndex;
 use super::{
-    BlobDescriptor, Document, FetchedImage, assemble, parse_document, select_platform,
-    verify_digest,
+    BlobDescriptor, Document, FetchedSet, PlatformFilter, parse_document, resolve, verify_digest,
 };
 use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
 use crate::reference::ImageName;
 
 /// Largest manifest, index or config we read into memory (bytes).
-const MAX_DOCUMENT: u64 = 16 * 1024 * 1024;
+pub const MAX_DOCUMENT: u64 = 16 * 1024 * 1024;
 
-/// One image in a layout directory.
+/// Where the files of a layout are.
+#[derive(Clone, Debug)]
+pub enum LayoutRoot {
+    /// A directory.
+    Dir(PathBuf),
+    /// The members of a tarball.
+    Archive(Arc<ArchiveIndex>),
+}
+
+impl LayoutRoot {
+    /// A label for messages.
+    pub fn label(&self) -> String {
+        match self {
+            LayoutRoot::Dir(d) => format!("oci:{}", d.display()),
+            LayoutRoot::Archive(a) => format!("docker-archive:{}", a.file.display()),
+        }
+    }
+
+    /// Opens the file at `rel` (`/`-separated, relative to the layout root) for streaming.
+    pub fn open(&self, rel: &str) -> Result<Box<dyn Read + Send>> {
+        match self {
+            LayoutRoot::Dir(d) => {
+                let path = d.join(rel);
+                let f = File::open(&path)
+                    .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+                Ok(Box::new(f))
+            }
+            LayoutRoot::Archive(a) => a.open_member(rel),
+        }
+    }
+
+    /// Reads the small file at `rel` (at most [`MAX_DOCUMENT`] bytes).
+    pub fn read_small(&self, rel: &str) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.open(rel)?
+            .take(MAX_DOCUMENT + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(format!("read {rel} in {}", self.label()), e))?;
+        if buf.len() as u64 > MAX_DOCUMENT {
+            return Err(Error::Image {
+                image: self.label(),
+                reason: format!("{rel} is larger than {MAX_DOCUMENT} bytes"),
+            });
+        }
+        Ok(buf)
+    }
+
+    /// Whether the file `rel` exists.
+    pub fn exists(&self, rel: &str) -> bool {
+        match self {
+            LayoutRoot::Dir(d) => d.join(rel).is_file(),
+            LayoutRoot::Archive(a) => a.contains(rel),
+        }
+    }
+}
+
+/// One image in a layout.
+#[derive(Clone, Debug)]
 pub struct LayoutSource {
-    /// The layout directory.
-    pub dir: PathBuf,
+    /// Where the layout is.
+    pub root: LayoutRoot,
     /// Tag to select (`None`: the only image).
     pub tag: Option<String>,
     /// The public name.
     pub name: ImageName,
 }
 
+/// `blobs/sha256/<hex>` of a digest.
+pub fn blob_path(image: &str, digest: &str) -> Result<String> {
+    let hex = sha256_hex(digest).ok_or_else(|| Error::Image {
+        image: image.to_string(),
+        reason: format!("unsupported digest {digest:?}"),
+    })?;
+    Ok(format!("blobs/sha256/{hex}"))
+}
+
 impl LayoutSource {
-    /// Opens `dir` for the image tagged `tag`, published as `name`.
+    /// Opens the layout directory `dir` for the image tagged `tag`, published as `name`.
     pub fn new(dir: &Path, tag: Option<String>, name: ImageName) -> LayoutSource {
         LayoutSource {
-            dir: dir.to_path_buf(),
+            root: LayoutRoot::Dir(dir.to_path_buf()),
             tag,
             name,
         }
     }
 
-    fn image(&self) -> String {
-        format!("oci:{}", self.dir.display())
-    }
-
-    fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        let hex = sha256_hex(digest).ok_or_else(|| Error::Image {
-            image: self.image(),
-            reason: format!("unsupported digest {digest:?}"),
-        })?;
-        Ok(self.dir.join("blobs/sha256").join(hex))
-    }
-
-    fn read_small(&self, path: &Path) -> Result<Vec<u8>> {
-        let f = File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-        let mut buf = Vec::new();
-        f.take(MAX_DOCUMENT + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-        if buf.len() as u64 > MAX_DOCUMENT {
-            return Err(Error::Image {
-                image: self.image(),
-                reason: format!("{} is larger than {MAX_DOCUMENT} bytes", path.display()),
-            });
-        }
-        Ok(buf)
-    }
-
     fn read_blob(&self, blob: &BlobDescriptor, what: &str) -> Result<Vec<u8>> {
-        let bytes = self.read_small(&self.blob_path(&blob.digest)?)?;
-        verify_digest(&self.image(), what, &bytes, &blob.digest)?;
+        let image = self.root.label();
+        let bytes = self.root.read_small(&blob_path(&image, &blob.digest)?)?;
+        verify_digest(&image, what, &bytes, &blob.digest)?;
         Ok(bytes)
     }
 
-    /// Reads the image's manifest (through a nested index if needed) and config.
-    pub async fn fetch(&self) -> Result<FetchedImage> {
-        let image = self.image();
-        let top = self.read_small(&self.dir.join("index.json"))?;
+    /// Reads the image's manifest(s) (through an index if needed) and config(s). Blocking.
+    pub fn fetch(&self, filter: &PlatformFilter) -> Result<FetchedSet> {
+        let image = self.root.label();
+        let top = self.root.read_small("index.json")?;
         let Document::Index(entries) = parse_document(&image, &top)? else {
             return Err(Error::Image {
                 image,
@@ -94,36 +136,15 @@ impl LayoutSource {
                 None => format!("index.json lists {} images; give a tag", entries.len()),
             },
         })?;
-        let mut index = None;
-        let mut bytes = self.read_blob(&chosen.descriptor, "manifest")?;
-        let mut doc = parse_document(&image, &bytes)?;
-        if let Document::Index(inner) = &doc {
-            let entry = select_platform(&image, inner)?;
-            let manifest = self.read_blob(&entry.descriptor, "platform manifest")?;
-            index = Some(std::mem::replace(&mut bytes, manifest));
-            doc = parse_document(&image, &bytes)?;
-        }
-        let Document::Manifest { config, layers } = doc else {
-            return Err(Error::Image {
-                image,
-                reason: "nested index inside an index".into(),
-            });
-        };
-        let config_bytes = self.read_blob(&config, "config")?;
-        assemble(
-            self.name.clone(),
-            index,
-            bytes,
-            config,
-            layers,
-            config_bytes,
-        )
+        let bytes = self.read_blob(&chosen.descriptor, "manifest")?;
+        resolve(&self.name, &image, bytes, filter, |d, what| {
+            self.read_blob(d, what)
+        })
     }
 
-    /// Opens a layer blob file.
+    /// Opens a layer blob.
     pub fn open_blob(&self, blob: &BlobDescriptor) -> Result<Box<dyn Read + Send>> {
-        let path = self.blob_path(&blob.digest)?;
-        let f = File::open(&path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-        Ok(Box::new(f))
+        self.root
+            .open(&blob_path(&self.root.label(), &blob.digest)?)
     }
 }

@@ -1,7 +1,11 @@
-//! Registries speaking the OCI distribution API, through `oci-client` with anonymous auth
-//! (bearer-token flow included). Plain HTTP is used only for loopback hosts.
+//! Registries speaking the OCI distribution API, through `oci-client`: anonymous, HTTP basic
+//! or bearer-token auth (the client follows `WWW-Authenticate`, sending the credentials of
+//! [`super::auth`] to the token service). Plain HTTP only for loopback hosts and hosts named
+//! with `--insecure-registry`.
 
+use std::collections::HashMap;
 use std::io::Read;
+use std::path::PathBuf;
 
 use futures::TryStreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -13,12 +17,24 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use super::auth::{Credentials, credentials_for};
 use super::{
-    BlobDescriptor, Document, FetchedImage, assemble, parse_document, select_platform,
-    verify_digest,
+    BlobDescriptor, Document, FetchedSet, PlatformFilter, parse_document, resolve,
+    select_platforms, verify_digest,
 };
 use crate::error::{Error, Result};
 use crate::reference::ImageName;
+
+/// How to reach registries: credentials and which hosts may be plain HTTP.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryOptions {
+    /// `--username/--password`, used for every registry of the batch.
+    pub credentials: Option<Credentials>,
+    /// `--authfile` (docker `config.json` format).
+    pub authfile: Option<PathBuf>,
+    /// `--insecure-registry HOST[:PORT]`: plain HTTP allowed.
+    pub insecure: Vec<String>,
+}
 
 const ACCEPTED: &[&str] = &[
     OCI_IMAGE_MEDIA_TYPE,
@@ -41,14 +57,26 @@ pub fn is_loopback(registry: &str) -> bool {
 pub struct RegistrySource {
     client: Client,
     reference: Reference,
+    auth: RegistryAuth,
     /// The public name.
     pub name: ImageName,
 }
 
 impl RegistrySource {
     /// A source for `name`. Requires a rustls crypto provider to be installed.
-    pub fn new(name: ImageName) -> RegistrySource {
-        let protocol = if is_loopback(&name.registry) {
+    ///
+    /// Errors when the credentials file cannot be read or parsed.
+    pub fn new(name: ImageName, options: &RegistryOptions) -> Result<RegistrySource> {
+        let auth = match credentials_for(
+            &name.registry,
+            options.credentials.as_ref(),
+            options.authfile.as_deref(),
+        )? {
+            Some(c) => RegistryAuth::Basic(c.username, c.password),
+            None => RegistryAuth::Anonymous,
+        };
+        let plain = is_loopback(&name.registry) || options.insecure.contains(&name.registry);
+        let protocol = if plain {
             ClientProtocol::HttpsExcept(vec![name.registry.clone()])
         } else {
             ClientProtocol::Https
@@ -74,11 +102,12 @@ impl RegistrySource {
                 t.clone().unwrap_or_else(|| "latest".into()),
             ),
         };
-        RegistrySource {
+        Ok(RegistrySource {
             client: Client::new(config),
             reference,
             name,
-        }
+            auth,
+        })
     }
 
     fn registry_error(&self, e: oci_client::errors::OciDistributionError) -> Error {
@@ -91,55 +120,61 @@ impl RegistrySource {
     async fn manifest_raw(&self, reference: &Reference) -> Result<Vec<u8>> {
         let (bytes, _) = self
             .client
-            .pull_manifest_raw(reference, &RegistryAuth::Anonymous, ACCEPTED)
+            .pull_manifest_raw(reference, &self.auth, ACCEPTED)
             .await
             .map_err(|e| self.registry_error(e))?;
         Ok(bytes.to_vec())
     }
 
-    /// Fetches manifest (via the index when the tag names one) and config.
-    pub async fn fetch(&self) -> Result<FetchedImage> {
-        let image = self.name.to_string();
-        let mut bytes = self.manifest_raw(&self.reference).await?;
-        if let Some(d) = &self.name.digest {
-            verify_digest(&image, "manifest", &bytes, d)?;
-        }
-        let mut index = None;
-        let mut doc = parse_document(&image, &bytes)?;
-        if let Document::Index(entries) = &doc {
-            let entry = select_platform(&image, entries)?;
-            let r = self
-                .reference
-                .clone_with_digest(entry.descriptor.digest.clone());
-            let manifest = self.manifest_raw(&r).await?;
-            verify_digest(
-                &image,
-                "platform manifest",
-                &manifest,
-                &entry.descriptor.digest,
-            )?;
-            index = Some(std::mem::replace(&mut bytes, manifest));
-            doc = parse_document(&image, &bytes)?;
-        }
-        let Document::Manifest { config, layers } = doc else {
-            return Err(Error::Image {
-                image,
-                reason: "nested index inside an index".into(),
-            });
-        };
-        let mut config_bytes: Vec<u8> = Vec::new();
+    async fn config_raw(&self, digest: &str) -> Result<Vec<u8>> {
+        let mut bytes: Vec<u8> = Vec::new();
         self.client
-            .pull_blob(&self.reference, config.digest.as_str(), &mut config_bytes)
+            .pull_blob(&self.reference, digest, &mut bytes)
             .await
             .map_err(|e| self.registry_error(e))?;
-        assemble(
-            self.name.clone(),
-            index,
-            bytes,
-            config,
-            layers,
-            config_bytes,
-        )
+        Ok(bytes)
+    }
+
+    /// Fetches the manifest or index the reference names and, for an index, the manifests
+    /// of the platforms `filter` selects; then their configs.
+    pub async fn fetch(&self, filter: &PlatformFilter) -> Result<FetchedSet> {
+        let image = self.name.to_string();
+        let top = self.manifest_raw(&self.reference).await?;
+        if let Some(d) = &self.name.digest {
+            verify_digest(&image, "manifest", &top, d)?;
+        }
+        // Fetch everything resolve() will ask for, then resolve synchronously.
+        let mut blobs: HashMap<String, Vec<u8>> = HashMap::new();
+        let manifests: Vec<Vec<u8>> = match parse_document(&image, &top)? {
+            Document::Manifest { .. } => vec![top.clone()],
+            Document::Index(entries) => {
+                let mut out = Vec::new();
+                for (e, _) in select_platforms(&image, &entries, filter)? {
+                    let r = self
+                        .reference
+                        .clone_with_digest(e.descriptor.digest.clone());
+                    let m = self.manifest_raw(&r).await?;
+                    verify_digest(&image, "platform manifest", &m, &e.descriptor.digest)?;
+                    blobs.insert(e.descriptor.digest.clone(), m.clone());
+                    out.push(m);
+                }
+                out
+            }
+        };
+        for m in &manifests {
+            if let Document::Manifest { config, .. } = parse_document(&image, m)?
+                && !blobs.contains_key(&config.digest)
+            {
+                let c = self.config_raw(&config.digest).await?;
+                blobs.insert(config.digest.clone(), c);
+            }
+        }
+        resolve(&self.name, &image, top, filter, |d, what| {
+            blobs.get(&d.digest).cloned().ok_or_else(|| Error::Image {
+                image: image.clone(),
+                reason: format!("{what} {} was not fetched", d.digest),
+            })
+        })
     }
 
     /// Starts streaming a blob; the returned reader bridges to the async stream and must be
