@@ -4,436 +4,15 @@
 //!
 //! These tests need root and `/dev/fuse`; they fail (not skip) without them.
 
-use std::ffi::CString;
+mod support;
+
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use catalog::{
-    CatalogProperties, CatalogWriter, Certificate, ContentHash, Entry, EntryKind, LocalStore,
-    Manifest, Statistics, Suffix, Transition, Whitelist,
-};
-
-const FQRN: &str = "test.strata.example";
-const STOCK_FQRN: &str = "stock.strata.example";
-const STOCK_REPO: &str = "/work/shared/fixtures/stock-repo";
-const MTIME: i64 = 1_760_000_000;
-
-// ---------------------------------------------------------------------------------------
-// Environment
-
-fn require_root_and_fuse() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests need root (FUSE mount with allow_other, overlay mounts)"
-    );
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "these tests need /dev/fuse"
-    );
-}
-
-/// An HTTP server on 127.0.0.1 serving `dir` at `/cvmfs/<fqrn>/` for each pair; counts
-/// requests under `data/`.
-struct Server {
-    url: String,
-    data_requests: Arc<AtomicUsize>,
-    paths: Arc<Mutex<Vec<String>>>,
-    /// Requests whose path ends with one of these are answered after 2 s.
-    slow: Arc<Mutex<Vec<String>>>,
-    _runtime: tokio::runtime::Runtime,
-}
-
-impl Server {
-    fn start(repos: &[(&str, &Path)]) -> Server {
-        use axum::{Router, extract::Request, middleware::Next};
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let data_requests = Arc::new(AtomicUsize::new(0));
-        let paths = Arc::new(Mutex::new(Vec::new()));
-        let mut router = Router::new();
-        for (fqrn, dir) in repos {
-            router = router.nest_service(
-                &format!("/cvmfs/{fqrn}"),
-                tower_http::services::ServeDir::new(dir),
-            );
-        }
-        let slow = Arc::new(Mutex::new(Vec::<String>::new()));
-        let (counter, seen, slow2) = (data_requests.clone(), paths.clone(), slow.clone());
-        let router = router.layer(axum::middleware::from_fn(
-            move |req: Request, next: Next| {
-                let (counter, seen, slow) = (counter.clone(), seen.clone(), slow2.clone());
-                async move {
-                    let path = req.uri().path().to_string();
-                    if path.contains("/data/") {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                    }
-                    let delay = slow.lock().unwrap().iter().any(|s| path.ends_with(s));
-                    if delay {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                    seen.lock().unwrap().push(path);
-                    next.run(req).await
-                }
-            },
-        ));
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        runtime.spawn(async move { axum::serve(listener, router).await.unwrap() });
-        Server {
-            url: format!("http://{addr}/cvmfs/@fqrn@"),
-            data_requests,
-            paths,
-            slow,
-            _runtime: runtime,
-        }
-    }
-}
-
-/// Whether `/proc/self/mountinfo` lists `mountpoint` with a `fuse` file system type.
-fn fuse_mounted(mountpoint: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let want = mountpoint.to_string_lossy();
-    info.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let fstype = line.split(" - ").nth(1).and_then(|r| r.split(' ').next());
-        fields.get(4) == Some(&want.as_ref()) && fstype.is_some_and(|t| t.starts_with("fuse"))
-    })
-}
-
-/// A running `strata-snapshotter mount`; SIGTERM and wait on drop.
-struct Mounted {
-    child: Option<Child>,
-    mountpoint: PathBuf,
-    log: PathBuf,
-}
-
-fn mount_command(server: &Server, fqrn: &str, pubkey: &Path, cache: &Path, mnt: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"));
-    cmd.args(["mount", "--fqrn", fqrn, "--server", &server.url, "--pubkey"])
-        .arg(pubkey)
-        .arg("--cache")
-        .arg(cache)
-        .arg(mnt)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null());
-    cmd
-}
-
-impl Mounted {
-    fn start(mut cmd: Command, mountpoint: &Path, log: &Path) -> Mounted {
-        std::fs::create_dir_all(mountpoint).unwrap();
-        let log_file = std::fs::File::create(log).unwrap();
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn strata-snapshotter");
-        let mut m = Mounted {
-            child: Some(child),
-            mountpoint: mountpoint.to_path_buf(),
-            log: log.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !fuse_mounted(mountpoint) {
-            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("mount exited with {status}:\n{}", m.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mount timed out:\n{}",
-                m.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        m
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then wait for a clean exit and the mount to disappear.
-    fn stop(&mut self) {
-        if let Some(child) = &self.child {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        }
-        self.wait_exit();
-    }
-
-    /// Waits for a successful exit and checks the mount is gone.
-    fn wait_exit(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "mount exited with {status}:\n{}",
-                    self.log_text()
-                );
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.mountpoint)
-                    .status();
-                panic!("mount did not exit after SIGTERM:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(!fuse_mounted(&self.mountpoint), "still mounted after exit");
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            std::thread::sleep(Duration::from_millis(500));
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
-        }
-    }
-}
-
-fn getxattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
-    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
-    // SAFETY: valid NUL-terminated strings and a buffer of the stated length.
-    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if len < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(len as usize);
-    Ok(buf)
-}
-
-fn listxattr(path: &Path) -> Vec<u8> {
-    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let mut buf = vec![0u8; 1024];
-    // SAFETY: a valid NUL-terminated string and a buffer of the stated length.
-    let len = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(len >= 0, "listxattr: {}", std::io::Error::last_os_error());
-    buf.truncate(len as usize);
-    buf
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-// ---------------------------------------------------------------------------------------
-// A repository built with the catalog crate
-
-struct TestRepo {
-    srv: PathBuf,
-    pubkey: PathBuf,
-    wrong_pubkey: PathBuf,
-    /// Object path (`data/..`) of `/hello.txt`.
-    hello_object: String,
-}
-
-fn props() -> CatalogProperties {
-    CatalogProperties {
-        revision: 1,
-        last_modified: MTIME as u64,
-        ttl: Some(240),
-        previous_revision: None,
-    }
-}
-
-fn file(store: &LocalStore, name: &str, perm: u32, uid: u32, gid: u32, raw: &[u8]) -> Entry {
-    let hash = store.put_raw(raw, Suffix::None).unwrap();
-    Entry::regular(name, perm, uid, gid, MTIME, raw.len() as u64, hash)
-}
-
-fn dir(name: &str) -> Entry {
-    Entry::directory(name, 0o755, 0, 0, MTIME)
-}
-
-/// Stores catalog `db` (uncompressed SQLite) as a `C` object; returns hash and size.
-fn store_catalog(store: &LocalStore, db: &Path) -> (ContentHash, u64) {
-    let bytes = std::fs::read(db).unwrap();
-    (
-        store.put_raw(&bytes, Suffix::Catalog).unwrap(),
-        bytes.len() as u64,
-    )
-}
-
-/// ```text
-/// /hello.txt                 0640 1000:1001 "hello strata\n"
-/// /hard1, /hard2             one hard-link group
-/// /link -> hello.txt
-/// /layers/lower/{gone,kept,od/old}
-/// /layers/upper/             nested catalog
-///     gone                   char 0:0 (whiteout)
-///     od/                    trusted.overlay.opaque=y
-///     od/new
-/// ```
-fn build_repo(root: &Path) -> TestRepo {
-    let srv = root.join("srv");
-    let tmp = root.join("build");
-    std::fs::create_dir_all(&tmp).unwrap();
-    let store = LocalStore::open(&srv).unwrap();
-    let empty = file(&store, ".cvmfscatalog", 0o644, 0, 0, b"");
-
-    // Nested catalog /layers/upper.
-    let upper_db = tmp.join("upper.db");
-    let mut w = CatalogWriter::create(&upper_db, "/layers/upper").unwrap();
-    w.add("/layers/upper", &dir("upper"), Transition::NestedRoot)
-        .unwrap();
-    w.add("/layers/upper/.cvmfscatalog", &empty, Transition::None)
-        .unwrap();
-    let whiteout = Entry::special("gone", EntryKind::CharDevice, 0, 0, 0, 0, MTIME);
-    w.add("/layers/upper/gone", &whiteout, Transition::None)
-        .unwrap();
-    let mut od = dir("od");
-    od.xattrs
-        .insert("trusted.overlay.opaque".into(), b"y".to_vec());
-    w.add("/layers/upper/od", &od, Transition::None).unwrap();
-    w.add(
-        "/layers/upper/od/new",
-        &file(&store, "new", 0o644, 0, 0, b"new\n"),
-        Transition::None,
-    )
-    .unwrap();
-    let upper_stats: Statistics = w.finish(&props()).unwrap();
-    let (upper_hash, upper_size) = store_catalog(&store, &upper_db);
-
-    // Root catalog.
-    let root_db = tmp.join("root.db");
-    let mut w = CatalogWriter::create(&root_db, "").unwrap();
-    w.add("", &dir(""), Transition::None).unwrap();
-    w.add(
-        "/hello.txt",
-        &file(&store, "hello.txt", 0o640, 1000, 1001, b"hello strata\n"),
-        Transition::None,
-    )
-    .unwrap();
-    for name in ["hard1", "hard2"] {
-        let mut e = file(&store, name, 0o644, 0, 0, b"linked\n");
-        e.hardlink_group = 1;
-        e.linkcount = 2;
-        w.add(&format!("/{name}"), &e, Transition::None).unwrap();
-    }
-    w.add(
-        "/link",
-        &Entry::symlink("link", "hello.txt", 0, 0, MTIME),
-        Transition::None,
-    )
-    .unwrap();
-    w.add("/layers", &dir("layers"), Transition::None).unwrap();
-    w.add("/layers/lower", &dir("lower"), Transition::None)
-        .unwrap();
-    for (name, body) in [("gone", &b"to be deleted\n"[..]), ("kept", b"kept\n")] {
-        w.add(
-            &format!("/layers/lower/{name}"),
-            &file(&store, name, 0o644, 0, 0, body),
-            Transition::None,
-        )
-        .unwrap();
-    }
-    w.add("/layers/lower/od", &dir("od"), Transition::None)
-        .unwrap();
-    w.add(
-        "/layers/lower/od/old",
-        &file(&store, "old", 0o644, 0, 0, b"old\n"),
-        Transition::None,
-    )
-    .unwrap();
-    w.add("/layers/upper", &dir("upper"), Transition::NestedMountpoint)
-        .unwrap();
-    w.add_nested("/layers/upper", &upper_hash, upper_size, &upper_stats)
-        .unwrap();
-    w.finish(&props()).unwrap();
-    let (root_hash, root_size) = store_catalog(&store, &root_db);
-
-    // Keys, certificate, whitelist, manifest.
-    let master = catalog::keys::generate_key().unwrap();
-    let cert_key = catalog::keys::generate_key().unwrap();
-    let other = catalog::keys::generate_key().unwrap();
-    let cert =
-        Certificate::self_signed(&cert_key, &format!("{FQRN} CernVM-FS Release Managers")).unwrap();
-    let cert_hash = store
-        .put_raw(cert.to_pem().as_bytes(), Suffix::Certificate)
-        .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let whitelist = Whitelist::new(FQRN, &cert, now - 3600, 30 * 24 * 3600);
-    store
-        .write_file_atomic(".cvmfswhitelist", &whitelist.sign(&master).unwrap())
-        .unwrap();
-    let manifest = Manifest {
-        catalog_hash: root_hash,
-        catalog_size: root_size,
-        ttl: 240,
-        revision: 1,
-        garbage_collectable: false,
-        alternative_paths: false,
-        fqrn: FQRN.into(),
-        certificate: cert_hash,
-        history: None,
-        timestamp: now,
-        meta_info: None,
-        reflog: None,
-    };
-    store
-        .write_file_atomic(".cvmfspublished", &manifest.sign(&cert_key).unwrap())
-        .unwrap();
-
-    let pubkey = root.join(format!("{FQRN}.pub"));
-    std::fs::write(
-        &pubkey,
-        catalog::keys::public_key_to_pem(&master.to_public_key()).unwrap(),
-    )
-    .unwrap();
-    let wrong_pubkey = root.join("wrong.pub");
-    std::fs::write(
-        &wrong_pubkey,
-        catalog::keys::public_key_to_pem(&other.to_public_key()).unwrap(),
-    )
-    .unwrap();
-    let hello_object = ContentHash::of_bytes(
-        catalog::HashAlgorithm::Sha1,
-        &catalog::compress(b"hello strata\n"),
-    )
-    .object_path(Suffix::None);
-    TestRepo {
-        srv,
-        pubkey,
-        wrong_pubkey,
-        hello_object,
-    }
-}
+use support::*;
 
 // ---------------------------------------------------------------------------------------
 // Tests
@@ -709,4 +288,77 @@ fn mounts_the_stock_fixture_repository() {
     let status = Command::new("umount").arg(&mnt).status().unwrap();
     assert!(status.success());
     m.wait_exit();
+}
+
+/// Runs a mount that must be refused; returns its stderr.
+fn refused(cmd: &mut Command, mnt: &Path) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "mount succeeded:\n{stderr}");
+    assert!(!fuse_mounted(mnt));
+    stderr
+}
+
+#[test]
+fn bad_signature_expired_whitelist_and_wrong_fqrn_refuse_the_mount() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let repo = build_repo(work.path());
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let cache = work.path().join("cache");
+    let published = repo.srv.join(".cvmfspublished");
+    let whitelist = repo.srv.join(".cvmfswhitelist");
+    let good_manifest = std::fs::read(&published).unwrap();
+    let good_whitelist = std::fs::read(&whitelist).unwrap();
+
+    // 1. A manifest whose signature does not verify (last signature byte flipped).
+    let mut bad = good_manifest.clone();
+    *bad.last_mut().unwrap() ^= 0x01;
+    std::fs::write(&published, &bad).unwrap();
+    let err = refused(
+        &mut mount_command(&server, FQRN, &repo.pubkey, &cache, &mnt),
+        &mnt,
+    );
+    assert!(err.contains("manifest signature"), "{err}");
+    std::fs::write(&published, &good_manifest).unwrap();
+
+    // 2. A whitelist that expired yesterday (properly signed).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expired = catalog::Whitelist::new(FQRN, &repo.cert, now - 10 * 86400, 9 * 86400);
+    std::fs::write(&whitelist, expired.sign(&repo.master).unwrap()).unwrap();
+    let err = refused(
+        &mut mount_command(&server, FQRN, &repo.pubkey, &cache, &mnt),
+        &mnt,
+    );
+    assert!(err.contains("whitelist expired"), "{err}");
+    std::fs::write(&whitelist, &good_whitelist).unwrap();
+
+    // 3. The right files mounted under another name.
+    let literal = Server {
+        url: server.url.replace("@fqrn@", FQRN),
+        ..Server::start(&[])
+    };
+    let mut cmd = mount_command(&literal, "other.strata.example", &repo.pubkey, &cache, &mnt);
+    let err = refused(&mut cmd, &mnt);
+    assert!(
+        err.contains("manifest is for fqrn test.strata.example, not other.strata.example"),
+        "{err}"
+    );
+
+    // And with everything restored the mount works.
+    let mut m = Mounted::start(
+        mount_command(&server, FQRN, &repo.pubkey, &cache, &mnt),
+        &mnt,
+        &work.path().join("ok.log"),
+    );
+    assert_eq!(
+        std::fs::read(mnt.join("hello.txt")).unwrap(),
+        b"hello strata\n"
+    );
+    m.stop();
 }

@@ -1,0 +1,475 @@
+//! `strata-snapshotter mount` through HTTP proxies (CVMFS spec §8.8): a real Squid (Debian's
+//! `squid`, started here on 127.0.0.1 with its own configuration, cache and logs in a temp
+//! dir), and a tiny forwarding proxy written here that can fail (502, garbage) or tamper
+//! with object bytes.
+//!
+//! These tests need root, `/dev/fuse` and `/usr/sbin/squid`; they fail (not skip) without.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Files of the test repository and their contents.
+const FILES: &[(&str, &[u8])] = &[
+    ("hello.txt", b"hello strata\n"),
+    ("hard1", b"linked\n"),
+    ("layers/lower/kept", b"kept\n"),
+    ("layers/lower/gone", b"to be deleted\n"),
+    ("layers/lower/od/old", b"old\n"),
+    ("layers/upper/od/new", b"new\n"),
+];
+
+fn read_all_files(mnt: &Path) {
+    for (path, body) in FILES {
+        let got = std::fs::read(mnt.join(path))
+            .unwrap_or_else(|e| panic!("reading {path} through the mount: {e}"));
+        assert_eq!(&got, body, "{path}");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Quick retries so that failing proxies do not slow the tests down.
+fn with_proxy(mut cmd: Command, chain: &str) -> Command {
+    cmd.args([
+        "--proxy",
+        chain,
+        "--backoff-init",
+        "10ms",
+        "--backoff-max",
+        "50ms",
+        "--timeout",
+        "5s",
+    ]);
+    cmd
+}
+
+// ---------------------------------------------------------------------------------------
+// A real Squid
+
+struct Squid {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Squid {
+    /// `squid -z` then `squid -N` in the foreground, on 127.0.0.1:<free port>.
+    fn start() -> Squid {
+        assert!(
+            Path::new("/usr/sbin/squid").exists(),
+            "these tests need Debian's squid"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let user = nix::unistd::User::from_name("proxy")
+            .unwrap()
+            .expect("user proxy (Debian's squid package creates it)");
+        nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+        let port = free_port();
+        let d = dir.path().display();
+        let conf = dir.path().join("squid.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "http_port 127.0.0.1:{port}\n\
+                 pid_filename {d}/squid.pid\n\
+                 cache_effective_user proxy\n\
+                 cache_dir ufs {d}/cache 100 4 16\n\
+                 coredump_dir {d}\n\
+                 access_log stdio:{d}/access.log\n\
+                 cache_log {d}/cache.log\n\
+                 cache_store_log none\n\
+                 logfile_rotate 0\n\
+                 netdb_filename none\n\
+                 http_access allow localhost\n\
+                 http_access deny all\n\
+                 minimum_expiry_time 0\n\
+                 maximum_object_size 1024 MB\n\
+                 cache_mem 32 MB\n\
+                 shutdown_lifetime 1 seconds\n"
+            ),
+        )
+        .unwrap();
+        let status = Command::new("/usr/sbin/squid")
+            .args(["-z", "-N", "-f"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "squid -z failed");
+        let log = std::fs::File::create(dir.path().join("squid.stderr")).unwrap();
+        let child = Command::new("/usr/sbin/squid")
+            .args(["-N", "-f"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut squid = Squid {
+            child: Some(child),
+            dir,
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = squid.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("squid exited with {status}: {}", squid.cache_log());
+            }
+            assert!(Instant::now() < deadline, "squid did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        squid
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+
+    fn cache_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cache.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Squid {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A test proxy
+
+const FORWARD: u8 = 0;
+const TAMPER: u8 = 1;
+const BAD_GATEWAY: u8 = 2;
+const GARBAGE: u8 = 3;
+
+/// A forwarding HTTP proxy on 127.0.0.1 whose behaviour can be switched at run time:
+/// forward, forward but flip a byte of every `data/` body, answer 502 with a
+/// `Proxy-Status: …; error=…` header, or answer garbage.
+struct TestProxy {
+    addr: String,
+    mode: Arc<AtomicU8>,
+    /// Request heads received.
+    requests: Arc<Mutex<Vec<String>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TestProxy {
+    fn start(mode: u8) -> TestProxy {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mode = Arc::new(AtomicU8::new(mode));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (m, r) = (mode.clone(), requests.clone());
+        runtime.spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(handle(sock, m.load(Ordering::SeqCst), r.clone()));
+            }
+        });
+        TestProxy {
+            addr,
+            mode,
+            requests,
+            _runtime: runtime,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+}
+
+async fn handle(mut sock: tokio::net::TcpStream, mode: u8, requests: Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match sock.read(&mut tmp).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    requests.lock().unwrap().push(head.clone());
+    match mode {
+        BAD_GATEWAY => {
+            let _ = sock
+                .write_all(
+                    b"HTTP/1.1 502 Bad Gateway\r\nProxy-Status: strata-test; \
+                      error=destination_unavailable\r\nContent-Length: 0\r\n\
+                      Connection: close\r\n\r\n",
+                )
+                .await;
+            return;
+        }
+        GARBAGE => {
+            let _ = sock
+                .write_all(b"\x00\x17\xfe not HTTP at all\r\n\r\n")
+                .await;
+            return;
+        }
+        _ => {}
+    }
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let target = request_line.split(' ').nth(1).unwrap_or_default();
+    let rest = target.strip_prefix("http://").unwrap_or(target);
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut upstream_req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if !matches!(name.as_str(), "host" | "connection" | "proxy-connection") {
+            upstream_req.push_str(line);
+            upstream_req.push_str("\r\n");
+        }
+    }
+    upstream_req.push_str("\r\n");
+    let Ok(mut upstream) = tokio::net::TcpStream::connect(host).await else {
+        let _ = sock
+            .write_all(b"HTTP/1.1 502 Bad Gateway\r\nX-Squid-Error: ERR_CONNECT_FAIL 111\r\nContent-Length: 0\r\n\r\n")
+            .await;
+        return;
+    };
+    if upstream.write_all(upstream_req.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut response = Vec::new();
+    if upstream.read_to_end(&mut response).await.is_err() {
+        return;
+    }
+    if mode == TAMPER
+        && path.contains("/data/")
+        && let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n")
+    {
+        let body = end + 4;
+        if response.len() > body {
+            let mid = body + (response.len() - body) / 2;
+            response[mid] ^= 0x55;
+        }
+    }
+    let _ = sock.write_all(&response).await;
+    let _ = sock.shutdown().await;
+}
+
+/// The cache file of the object whose stored bytes are at `object_path` (`data/XX/…`).
+fn cache_file(cache: &Path, object_path: &str) -> PathBuf {
+    let rest = object_path.trim_start_matches("data/");
+    cache.join(rest)
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn a_second_mount_with_an_empty_cache_is_served_by_squid() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let repo = build_repo(work.path());
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let squid = Squid::start();
+    let mnt = work.path().join("mnt");
+
+    let first = mount_command(&server, FQRN, &repo.pubkey, &work.path().join("c1"), &mnt);
+    let mut m = Mounted::start(
+        with_proxy(first, &squid.url()),
+        &mnt,
+        &work.path().join("m1.log"),
+    );
+    read_all_files(&mnt);
+    m.stop();
+    let origin_data = server
+        .data_requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        origin_data >= FILES.len(),
+        "first mount fetched {origin_data} objects"
+    );
+
+    let second = mount_command(&server, FQRN, &repo.pubkey, &work.path().join("c2"), &mnt);
+    let mut m = Mounted::start(
+        with_proxy(second, &squid.url()),
+        &mnt,
+        &work.path().join("m2.log"),
+    );
+    read_all_files(&mnt);
+    m.stop();
+
+    assert_eq!(
+        server
+            .data_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        origin_data,
+        "the second mount reached the origin: {:?}",
+        server.paths.lock().unwrap()
+    );
+    // Squid logs each request; the hello object must be a hit the second time.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let hello = repo.hello_object.clone();
+    loop {
+        let log = squid.access_log();
+        let hits: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&hello))
+            .filter(|l| l.contains("TCP_HIT/200") || l.contains("TCP_MEM_HIT/200"))
+            .collect();
+        if !hits.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no cache hit for {hello} in Squid's access log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = squid.access_log();
+    let data_hits = log
+        .lines()
+        .filter(|l| l.contains("/data/") && l.contains("_HIT/200"))
+        .count();
+    assert!(data_hits >= FILES.len(), "only {data_hits} hits:\n{log}");
+    assert_eq!(
+        server
+            .range_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a request carried a Range header"
+    );
+}
+
+#[test]
+fn reads_fail_over_from_a_dead_502_or_garbage_proxy() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let repo = build_repo(work.path());
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let good = TestProxy::start(FORWARD);
+    let mnt = work.path().join("mnt");
+    for (name, mode) in [
+        ("dead", None),
+        ("502", Some(BAD_GATEWAY)),
+        ("garbage", Some(GARBAGE)),
+    ] {
+        let bad = mode.map(TestProxy::start);
+        let bad_url = match &bad {
+            Some(p) => p.url(),
+            None => format!("http://127.0.0.1:{}", free_port()),
+        };
+        let chain = format!("{bad_url};{}", good.url());
+        let cmd = mount_command(
+            &server,
+            FQRN,
+            &repo.pubkey,
+            &work.path().join(format!("cache-{name}")),
+            &mnt,
+        );
+        let log = work.path().join(format!("{name}.log"));
+        let mut m = Mounted::start(with_proxy(cmd, &chain), &mnt, &log);
+        read_all_files(&mnt);
+        let text = m.log_text();
+        m.stop();
+        assert!(
+            text.lines()
+                .any(|l| l.contains("proxy failed") && l.contains(&bad_url)),
+            "{name}: the log does not name the failed proxy {bad_url}:\n{text}"
+        );
+        if let Some(p) = bad {
+            assert!(!p.requests.lock().unwrap().is_empty());
+        }
+    }
+    assert!(!good.requests.lock().unwrap().is_empty());
+}
+
+#[test]
+fn tampered_objects_give_eio_are_not_cached_and_recover() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let repo = build_repo(work.path());
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let proxy = TestProxy::start(FORWARD);
+    let mnt = work.path().join("mnt");
+    let cache = work.path().join("cache");
+    let cmd = mount_command(&server, FQRN, &repo.pubkey, &cache, &mnt);
+    let mut m = Mounted::start(
+        with_proxy(cmd, &proxy.url()),
+        &mnt,
+        &work.path().join("m.log"),
+    );
+    // The catalogs are loaded; from now on every object body is corrupted.
+    assert!(mnt.join("hello.txt").exists());
+    proxy.set(TAMPER);
+    let before = proxy.requests.lock().unwrap().len();
+    let err = std::fs::read(mnt.join("hello.txt")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let cached = cache_file(&cache, &repo.hello_object);
+    assert!(!cached.exists(), "a corrupted object entered the cache");
+    let txn_empty = std::fs::read_dir(cache.join("txn"))
+        .map(|d| d.count() == 0)
+        .unwrap_or(true);
+    assert!(txn_empty, "temporaries left in txn/");
+    // Two attempts: the normal one and one retry with no-cache headers.
+    let heads: Vec<String> = proxy.requests.lock().unwrap()[before..].to_vec();
+    let for_hello: Vec<&String> = heads
+        .iter()
+        .filter(|h| h.contains(&repo.hello_object))
+        .collect();
+    assert_eq!(for_hello.len(), 2, "{heads:?}");
+    let retry = for_hello[1].to_ascii_lowercase();
+    assert!(retry.contains("pragma: no-cache") && retry.contains("cache-control: no-cache"));
+    assert!(!for_hello[0].to_ascii_lowercase().contains("no-cache"));
+
+    // A good path again: the same read succeeds and is cached.
+    proxy.set(FORWARD);
+    assert_eq!(
+        std::fs::read(mnt.join("hello.txt")).unwrap(),
+        b"hello strata\n"
+    );
+    assert!(cached.exists());
+    let text = m.log_text();
+    m.stop();
+    assert!(text.contains("failed verification"), "{text}");
+}

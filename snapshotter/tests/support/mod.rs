@@ -1,0 +1,480 @@
+//! Shared helpers of the mount integration tests: a test HTTP server, the mount process,
+//! and a repository built with the `catalog` crate.
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use catalog::{
+    CatalogProperties, CatalogWriter, Certificate, ContentHash, Entry, EntryKind, LocalStore,
+    Manifest, Statistics, Suffix, Transition, Whitelist,
+};
+
+pub const FQRN: &str = "test.strata.example";
+pub const STOCK_FQRN: &str = "stock.strata.example";
+pub const STOCK_REPO: &str = "/work/shared/fixtures/stock-repo";
+pub const MTIME: i64 = 1_760_000_000;
+
+// ---------------------------------------------------------------------------------------
+// Environment
+
+pub fn require_root_and_fuse() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests need root (FUSE mount with allow_other, overlay mounts)"
+    );
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "these tests need /dev/fuse"
+    );
+}
+
+/// An HTTP server on 127.0.0.1 serving `dir` at `/cvmfs/<fqrn>/` for each pair; counts
+/// requests under `data/`.
+pub struct Server {
+    pub url: String,
+    pub data_requests: Arc<AtomicUsize>,
+    pub paths: Arc<Mutex<Vec<String>>>,
+    /// Requests whose path ends with one of these are answered after 2 s.
+    pub slow: Arc<Mutex<Vec<String>>>,
+    /// Requests that carried a `Range` header (there must be none, spec §8.8.1).
+    pub range_requests: Arc<AtomicUsize>,
+    /// `host:port` the server listens on.
+    pub addr: String,
+    pub _runtime: tokio::runtime::Runtime,
+}
+
+impl Server {
+    pub fn start(repos: &[(&str, &Path)]) -> Server {
+        use axum::{Router, extract::Request, middleware::Next};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let data_requests = Arc::new(AtomicUsize::new(0));
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let mut router = Router::new();
+        for (fqrn, dir) in repos {
+            router = router.nest_service(
+                &format!("/cvmfs/{fqrn}"),
+                tower_http::services::ServeDir::new(dir),
+            );
+        }
+        let slow = Arc::new(Mutex::new(Vec::<String>::new()));
+        let range_requests = Arc::new(AtomicUsize::new(0));
+        let (counter, seen, slow2, ranges) = (
+            data_requests.clone(),
+            paths.clone(),
+            slow.clone(),
+            range_requests.clone(),
+        );
+        let router = router.layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let (counter, seen, slow, ranges) =
+                    (counter.clone(), seen.clone(), slow2.clone(), ranges.clone());
+                async move {
+                    let path = req.uri().path().to_string();
+                    if req.headers().contains_key("range") {
+                        ranges.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if path.contains("/data/") {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let delay = slow.lock().unwrap().iter().any(|s| path.ends_with(s));
+                    if delay {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    seen.lock().unwrap().push(path.clone());
+                    let mut response = next.run(req).await;
+                    // What a CVMFS web server sends (spec §8.9), so that Squid caches.
+                    let h = response.headers_mut();
+                    h.remove("last-modified");
+                    h.remove("etag");
+                    let max_age = if path.contains("/data/") {
+                        "max-age=259200"
+                    } else {
+                        "max-age=61"
+                    };
+                    h.insert(
+                        "cache-control",
+                        axum::http::HeaderValue::from_static(max_age),
+                    );
+                    response
+                }
+            },
+        ));
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Server {
+            url: format!("http://{addr}/cvmfs/@fqrn@"),
+            data_requests,
+            paths,
+            slow,
+            range_requests,
+            addr: addr.to_string(),
+            _runtime: runtime,
+        }
+    }
+}
+
+/// Whether `/proc/self/mountinfo` lists `mountpoint` with a `fuse` file system type.
+pub fn fuse_mounted(mountpoint: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = mountpoint.to_string_lossy();
+    info.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let fstype = line.split(" - ").nth(1).and_then(|r| r.split(' ').next());
+        fields.get(4) == Some(&want.as_ref()) && fstype.is_some_and(|t| t.starts_with("fuse"))
+    })
+}
+
+/// A running `strata-snapshotter mount`; SIGTERM and wait on drop.
+pub struct Mounted {
+    pub child: Option<Child>,
+    pub mountpoint: PathBuf,
+    pub log: PathBuf,
+}
+
+pub fn mount_command(
+    server: &Server,
+    fqrn: &str,
+    pubkey: &Path,
+    cache: &Path,
+    mnt: &Path,
+) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"));
+    cmd.args(["mount", "--fqrn", fqrn, "--server", &server.url, "--pubkey"])
+        .arg(pubkey)
+        .arg("--cache")
+        .arg(cache)
+        .arg(mnt)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    cmd
+}
+
+impl Mounted {
+    pub fn start(mut cmd: Command, mountpoint: &Path, log: &Path) -> Mounted {
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let log_file = std::fs::File::create(log).unwrap();
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn strata-snapshotter");
+        let mut m = Mounted {
+            child: Some(child),
+            mountpoint: mountpoint.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !fuse_mounted(mountpoint) {
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("mount exited with {status}:\n{}", m.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount timed out:\n{}",
+                m.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        m
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit and the mount to disappear.
+    pub fn stop(&mut self) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        self.wait_exit();
+    }
+
+    /// Waits for a successful exit and checks the mount is gone.
+    pub fn wait_exit(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "mount exited with {status}:\n{}",
+                    self.log_text()
+                );
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.mountpoint)
+                    .status();
+                panic!("mount did not exit after SIGTERM:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!fuse_mounted(&self.mountpoint), "still mounted after exit");
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+        }
+    }
+}
+
+pub fn getxattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid NUL-terminated strings and a buffer of the stated length.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(len as usize);
+    Ok(buf)
+}
+
+pub fn listxattr(path: &Path) -> Vec<u8> {
+    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut buf = vec![0u8; 1024];
+    // SAFETY: a valid NUL-terminated string and a buffer of the stated length.
+    let len = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(len >= 0, "listxattr: {}", std::io::Error::last_os_error());
+    buf.truncate(len as usize);
+    buf
+}
+
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+// ---------------------------------------------------------------------------------------
+// A repository built with the catalog crate
+
+pub struct TestRepo {
+    pub srv: PathBuf,
+    pub pubkey: PathBuf,
+    pub wrong_pubkey: PathBuf,
+    /// Object path (`data/..`) of `/hello.txt`.
+    pub hello_object: String,
+    /// Master key (signs whitelists).
+    pub master: catalog::RsaPrivateKey,
+    /// Certificate key (signs manifests) and its certificate.
+    pub cert_key: catalog::RsaPrivateKey,
+    pub cert: Certificate,
+    /// The published manifest.
+    pub manifest: Manifest,
+}
+
+pub fn props() -> CatalogProperties {
+    CatalogProperties {
+        revision: 1,
+        last_modified: MTIME as u64,
+        ttl: Some(240),
+        previous_revision: None,
+    }
+}
+
+pub fn file(store: &LocalStore, name: &str, perm: u32, uid: u32, gid: u32, raw: &[u8]) -> Entry {
+    let hash = store.put_raw(raw, Suffix::None).unwrap();
+    Entry::regular(name, perm, uid, gid, MTIME, raw.len() as u64, hash)
+}
+
+pub fn dir(name: &str) -> Entry {
+    Entry::directory(name, 0o755, 0, 0, MTIME)
+}
+
+/// Stores catalog `db` (uncompressed SQLite) as a `C` object; returns hash and size.
+pub fn store_catalog(store: &LocalStore, db: &Path) -> (ContentHash, u64) {
+    let bytes = std::fs::read(db).unwrap();
+    (
+        store.put_raw(&bytes, Suffix::Catalog).unwrap(),
+        bytes.len() as u64,
+    )
+}
+
+/// ```text
+/// /hello.txt                 0640 1000:1001 "hello strata\n"
+/// /hard1, /hard2             one hard-link group
+/// /link -> hello.txt
+/// /layers/lower/{gone,kept,od/old}
+/// /layers/upper/             nested catalog
+///     gone                   char 0:0 (whiteout)
+///     od/                    trusted.overlay.opaque=y
+///     od/new
+/// ```
+pub fn build_repo(root: &Path) -> TestRepo {
+    let srv = root.join("srv");
+    let tmp = root.join("build");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let store = LocalStore::open(&srv).unwrap();
+    let empty = file(&store, ".cvmfscatalog", 0o644, 0, 0, b"");
+
+    // Nested catalog /layers/upper.
+    let upper_db = tmp.join("upper.db");
+    let mut w = CatalogWriter::create(&upper_db, "/layers/upper").unwrap();
+    w.add("/layers/upper", &dir("upper"), Transition::NestedRoot)
+        .unwrap();
+    w.add("/layers/upper/.cvmfscatalog", &empty, Transition::None)
+        .unwrap();
+    let whiteout = Entry::special("gone", EntryKind::CharDevice, 0, 0, 0, 0, MTIME);
+    w.add("/layers/upper/gone", &whiteout, Transition::None)
+        .unwrap();
+    let mut od = dir("od");
+    od.xattrs
+        .insert("trusted.overlay.opaque".into(), b"y".to_vec());
+    w.add("/layers/upper/od", &od, Transition::None).unwrap();
+    w.add(
+        "/layers/upper/od/new",
+        &file(&store, "new", 0o644, 0, 0, b"new\n"),
+        Transition::None,
+    )
+    .unwrap();
+    let upper_stats: Statistics = w.finish(&props()).unwrap();
+    let (upper_hash, upper_size) = store_catalog(&store, &upper_db);
+
+    // Root catalog.
+    let root_db = tmp.join("root.db");
+    let mut w = CatalogWriter::create(&root_db, "").unwrap();
+    w.add("", &dir(""), Transition::None).unwrap();
+    w.add(
+        "/hello.txt",
+        &file(&store, "hello.txt", 0o640, 1000, 1001, b"hello strata\n"),
+        Transition::None,
+    )
+    .unwrap();
+    for name in ["hard1", "hard2"] {
+        let mut e = file(&store, name, 0o644, 0, 0, b"linked\n");
+        e.hardlink_group = 1;
+        e.linkcount = 2;
+        w.add(&format!("/{name}"), &e, Transition::None).unwrap();
+    }
+    w.add(
+        "/link",
+        &Entry::symlink("link", "hello.txt", 0, 0, MTIME),
+        Transition::None,
+    )
+    .unwrap();
+    w.add("/layers", &dir("layers"), Transition::None).unwrap();
+    w.add("/layers/lower", &dir("lower"), Transition::None)
+        .unwrap();
+    for (name, body) in [("gone", &b"to be deleted\n"[..]), ("kept", b"kept\n")] {
+        w.add(
+            &format!("/layers/lower/{name}"),
+            &file(&store, name, 0o644, 0, 0, body),
+            Transition::None,
+        )
+        .unwrap();
+    }
+    w.add("/layers/lower/od", &dir("od"), Transition::None)
+        .unwrap();
+    w.add(
+        "/layers/lower/od/old",
+        &file(&store, "old", 0o644, 0, 0, b"old\n"),
+        Transition::None,
+    )
+    .unwrap();
+    w.add("/layers/upper", &dir("upper"), Transition::NestedMountpoint)
+        .unwrap();
+    w.add_nested("/layers/upper", &upper_hash, upper_size, &upper_stats)
+        .unwrap();
+    w.finish(&props()).unwrap();
+    let (root_hash, root_size) = store_catalog(&store, &root_db);
+
+    // Keys, certificate, whitelist, manifest.
+    let master = catalog::keys::generate_key().unwrap();
+    let cert_key = catalog::keys::generate_key().unwrap();
+    let other = catalog::keys::generate_key().unwrap();
+    let cert =
+        Certificate::self_signed(&cert_key, &format!("{FQRN} CernVM-FS Release Managers")).unwrap();
+    let cert_hash = store
+        .put_raw(cert.to_pem().as_bytes(), Suffix::Certificate)
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let whitelist = Whitelist::new(FQRN, &cert, now - 3600, 30 * 24 * 3600);
+    store
+        .write_file_atomic(".cvmfswhitelist", &whitelist.sign(&master).unwrap())
+        .unwrap();
+    let manifest = Manifest {
+        catalog_hash: root_hash,
+        catalog_size: root_size,
+        ttl: 240,
+        revision: 1,
+        garbage_collectable: false,
+        alternative_paths: false,
+        fqrn: FQRN.into(),
+        certificate: cert_hash,
+        history: None,
+        timestamp: now,
+        meta_info: None,
+        reflog: None,
+    };
+    store
+        .write_file_atomic(".cvmfspublished", &manifest.sign(&cert_key).unwrap())
+        .unwrap();
+
+    let pubkey = root.join(format!("{FQRN}.pub"));
+    std::fs::write(
+        &pubkey,
+        catalog::keys::public_key_to_pem(&master.to_public_key()).unwrap(),
+    )
+    .unwrap();
+    let wrong_pubkey = root.join("wrong.pub");
+    std::fs::write(
+        &wrong_pubkey,
+        catalog::keys::public_key_to_pem(&other.to_public_key()).unwrap(),
+    )
+    .unwrap();
+    let hello_object = ContentHash::of_bytes(
+        catalog::HashAlgorithm::Sha1,
+        &catalog::compress(b"hello strata\n"),
+    )
+    .object_path(Suffix::None);
+    TestRepo {
+        srv,
+        pubkey,
+        wrong_pubkey,
+        hello_object,
+        master,
+        cert_key,
+        cert,
+        manifest,
+    }
+}
