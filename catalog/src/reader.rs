@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use crate::entry::{Chunk, Entry, EntryKind, FLAG_COMPRESSION_MASK, FLAG_HASH_MASK};
 use crate::error::{Error, Result};
 use crate::hash::{ContentHash, HashAlgorithm};
-use crate::path_hash::path_hash;
+use crate::path_hash::{file_name, path_hash};
 use crate::statistics::Statistics;
 use crate::xattr::decode_xattrs;
 
@@ -34,7 +34,10 @@ pub struct CatalogReader {
     last_modified: u64,
     schema_revision: u64,
     select: String,
+    has_nested: bool,
     nested_has_size: bool,
+    has_bind_mountpoints: bool,
+    has_statistics: bool,
 }
 
 impl std::fmt::Debug for CatalogReader {
@@ -130,10 +133,13 @@ impl CatalogReader {
             if has("mtimens") { "mtimens" } else { "NULL" },
             if has("xattr") { "xattr" } else { "NULL" },
         );
-        let nested_has_size = table_columns(&conn, "nested_catalogs")
+        let nested_columns = table_columns(&conn, "nested_catalogs").map_err(sql)?;
+        let has_nested = !nested_columns.is_empty();
+        let nested_has_size = nested_columns.iter().any(|c| c == "size");
+        let has_bind_mountpoints = !table_columns(&conn, "bind_mountpoints")
             .map_err(sql)?
-            .iter()
-            .any(|c| c == "size");
+            .is_empty();
+        let has_statistics = !table_columns(&conn, "statistics").map_err(sql)?.is_empty();
         Ok(CatalogReader {
             conn,
             path: file.to_path_buf(),
@@ -143,7 +149,10 @@ impl CatalogReader {
             last_modified,
             schema_revision,
             select,
+            has_nested,
             nested_has_size,
+            has_bind_mountpoints,
+            has_statistics,
         })
     }
 
@@ -176,15 +185,36 @@ impl CatalogReader {
     /// it. Nested mountpoints are found in the parent (flag 2) as well as in the child.
     ///
     /// Errors: [`Error::Sqlite`], [`Error::InvalidCatalog`] for rows that cannot be decoded.
+    /// A row whose name is not the last component of `path`, or a second row with the same
+    /// path hash, is a path-hash collision (or a forged catalog): [`Error::InvalidCatalog`].
     pub fn lookup(&self, path: &str) -> Result<Option<Entry>> {
         let key = path_hash(path);
-        let sql = format!("{} WHERE md5path_1 = ?1 AND md5path_2 = ?2", self.select);
+        let sql = format!(
+            "{} WHERE md5path_1 = ?1 AND md5path_2 = ?2 LIMIT 2",
+            self.select
+        );
         let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.sql(e))?;
-        let row = stmt
-            .query_row(params![key.0, key.1], raw_row)
-            .optional()
+        let rows = stmt
+            .query_map(params![key.0, key.1], raw_row)
+            .map_err(|e| self.sql(e))?
+            .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| self.sql(e))?;
-        row.map(|r| self.decode(r)).transpose()
+        if rows.len() > 1 {
+            return Err(self.invalid(format!(
+                "path hash collision: {} rows for {path:?}",
+                rows.len()
+            )));
+        }
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        if row.name != file_name(path) {
+            return Err(self.invalid(format!(
+                "path hash collision: the row for {path:?} is named {:?}",
+                row.name
+            )));
+        }
+        self.decode(row).map(Some)
     }
 
     /// The children of directory `dir` stored in this catalog, hidden ones included, sorted
@@ -259,11 +289,18 @@ impl CatalogReader {
     ///
     /// Errors: [`Error::Sqlite`], [`Error::InvalidCatalog`] for a row without a valid hash.
     pub fn nested_catalogs(&self) -> Result<Vec<NestedCatalogRef>> {
+        if !self.has_nested {
+            return Ok(Vec::new());
+        }
         let sql = if self.nested_has_size {
             "SELECT path, sha1, size FROM nested_catalogs ORDER BY path"
         } else {
             "SELECT path, sha1, 0 FROM nested_catalogs ORDER BY path"
         };
+        self.references(sql)
+    }
+
+    fn references(&self, sql: &str) -> Result<Vec<NestedCatalogRef>> {
         let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map([], |r| {
@@ -281,7 +318,7 @@ impl CatalogReader {
                 .as_deref()
                 .and_then(|h| ContentHash::parse_hex(h).ok())
                 .ok_or_else(|| {
-                    self.invalid(format!("nested catalog {path:?} has no valid hash"))
+                    self.invalid(format!("catalog reference {path:?} has no valid hash"))
                 })?;
             out.push(NestedCatalogRef {
                 path,
@@ -292,11 +329,26 @@ impl CatalogReader {
         Ok(out)
     }
 
-    /// The `statistics` counters; counters missing in older catalogs read as 0.
+    /// Bind mountpoints (spec §6.12; flag 0x4000 entries), sorted by path; empty for
+    /// catalogs older than schema revision 4, which lack the table.
+    ///
+    /// Errors: [`Error::Sqlite`], [`Error::InvalidCatalog`] for a row without a valid hash.
+    pub fn bind_mountpoints(&self) -> Result<Vec<NestedCatalogRef>> {
+        if !self.has_bind_mountpoints {
+            return Ok(Vec::new());
+        }
+        self.references("SELECT path, sha1, size FROM bind_mountpoints ORDER BY path")
+    }
+
+    /// The `statistics` counters; counters missing in older catalogs (e.g. the special-file
+    /// counters before schema revision 5, the whole table in very old ones) read as 0.
     ///
     /// Errors: [`Error::Sqlite`].
     pub fn statistics(&self) -> Result<Statistics> {
         let mut stats = Statistics::default();
+        if !self.has_statistics {
+            return Ok(stats);
+        }
         let mut stmt = self
             .conn
             .prepare_cached("SELECT counter, value FROM statistics")
@@ -614,6 +666,247 @@ mod tests {
         assert!(e.xattrs.is_empty());
         assert_eq!(r.nested_catalogs().unwrap()[0].size, 0);
         assert_eq!(r.statistics().unwrap(), Statistics::default());
+    }
+
+    /// A catalog as stock CVMFS wrote it at 2.5 revision `rev` (spec §6.15): columns and
+    /// tables added later are left out, and only the counters of that revision exist.
+    fn old_catalog(file: &Path, rev: u32) {
+        let conn = Connection::open(file).unwrap();
+        let mut cols = String::from(
+            "md5path_1 INTEGER, md5path_2 INTEGER, parent_1 INTEGER, parent_2 INTEGER, \
+             hardlinks INTEGER, hash BLOB, size INTEGER, mode INTEGER, mtime INTEGER, ",
+        );
+        if rev >= 7 {
+            cols.push_str("mtimens INTEGER, ");
+        }
+        cols.push_str("flags INTEGER, name TEXT, symlink TEXT, uid INTEGER, gid INTEGER, ");
+        if rev >= 2 {
+            cols.push_str("xattr BLOB, ");
+        }
+        let nested = if rev >= 1 {
+            "path TEXT, sha1 TEXT, size INTEGER"
+        } else {
+            "path TEXT, sha1 TEXT"
+        };
+        conn.execute_batch(&format!(
+            "CREATE TABLE properties (key TEXT, value TEXT, CONSTRAINT pk_properties PRIMARY KEY (key));
+             CREATE TABLE catalog ({cols}CONSTRAINT pk_catalog PRIMARY KEY (md5path_1, md5path_2));
+             CREATE TABLE chunks (md5path_1 INTEGER, md5path_2 INTEGER, offset INTEGER, size INTEGER, hash BLOB,
+               CONSTRAINT pk_chunks PRIMARY KEY (md5path_1, md5path_2, offset, size));
+             CREATE TABLE nested_catalogs ({nested}, CONSTRAINT pk_nested_catalogs PRIMARY KEY (path));
+             CREATE TABLE statistics (counter TEXT, value INTEGER, CONSTRAINT pk_statistics PRIMARY KEY (counter));"
+        ))
+        .unwrap();
+        if rev >= 4 {
+            conn.execute_batch(
+                "CREATE TABLE bind_mountpoints (path TEXT, sha1 TEXT, size INTEGER, \
+                 CONSTRAINT pk_bind_mountpoints PRIMARY KEY (path));
+                 INSERT INTO bind_mountpoints VALUES ('/snap', 'e8ec3d88b62ebf526e4e5a4ff6162a3aa48a6b78', 99);",
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO properties VALUES ('schema', '2.5'), ('schema_revision', ?1), ('revision', '12')",
+            [rev.to_string()],
+        )
+        .unwrap();
+        let mut counters = vec![
+            "regular",
+            "symlink",
+            "dir",
+            "nested",
+            "chunked",
+            "chunks",
+            "file_size",
+            "chunked_size",
+        ];
+        if rev >= 2 {
+            counters.push("xattr");
+        }
+        if rev >= 3 {
+            counters.extend(["external", "external_file_size"]);
+        }
+        if rev >= 5 {
+            counters.push("special");
+        }
+        for c in counters {
+            for prefix in ["self_", "subtree_"] {
+                conn.execute(
+                    "INSERT INTO statistics VALUES (?1, 1)",
+                    [format!("{prefix}{c}")],
+                )
+                .unwrap();
+            }
+        }
+        conn.execute(
+            "INSERT INTO nested_catalogs (path, sha1) VALUES ('/n', '5798f7f4ca7585d850eea64610a1f73d8f8de7a3')",
+            [],
+        )
+        .unwrap();
+        let named = |names: &[&str], values: &[String]| {
+            let sql = format!(
+                "INSERT INTO catalog ({}) VALUES ({})",
+                names.join(", "),
+                values.join(", ")
+            );
+            conn.execute(&sql, []).unwrap();
+        };
+        let root = path_hash("");
+        let file_key = path_hash("/f");
+        let mut names = vec![
+            "md5path_1",
+            "md5path_2",
+            "parent_1",
+            "parent_2",
+            "hardlinks",
+            "hash",
+            "size",
+            "mode",
+            "mtime",
+            "flags",
+            "name",
+            "symlink",
+            "uid",
+            "gid",
+        ];
+        let v = |x: &dyn ToString| x.to_string();
+        let mut dir_vals: Vec<String> = vec![
+            v(&root.0),
+            v(&root.1),
+            v(&0),
+            v(&0),
+            v(&2),
+            "NULL".into(),
+            v(&4096),
+            v(&0o40755),
+            v(&5),
+            v(&1),
+            "''".into(),
+            "''".into(),
+            v(&0),
+            v(&0),
+        ];
+        let mut file_vals: Vec<String> = vec![
+            v(&file_key.0),
+            v(&file_key.1),
+            v(&root.0),
+            v(&root.1),
+            v(&1),
+            "X'5798f7f4ca7585d850eea64610a1f73d8f8de7a3'".into(),
+            v(&6),
+            v(&0o100644),
+            v(&7),
+            v(&4),
+            "'f'".into(),
+            "''".into(),
+            v(&1000),
+            v(&1000),
+        ];
+        if rev >= 7 {
+            names.push("mtimens");
+            dir_vals.push(v(&11));
+            file_vals.push(v(&22));
+        }
+        if rev >= 2 {
+            names.push("xattr");
+            dir_vals.push("NULL".into());
+            file_vals.push("X'01010803757365722e666f6f626172'".into());
+        }
+        named(&names, &dir_vals);
+        named(&names, &file_vals);
+    }
+
+    #[test]
+    fn reads_each_older_schema_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        for rev in 0..=7u32 {
+            let file = dir.path().join(format!("rev{rev}.db"));
+            old_catalog(&file, rev);
+            let r = CatalogReader::open(&file).unwrap();
+            assert_eq!((r.schema_revision(), r.revision()), (u64::from(rev), 12));
+            let f = r.lookup("/f").unwrap().unwrap();
+            assert_eq!(
+                (f.kind, f.size, f.uid, f.mtime),
+                (EntryKind::Regular, 6, 1000, 7)
+            );
+            assert_eq!(
+                f.hash.unwrap().to_hex(),
+                "5798f7f4ca7585d850eea64610a1f73d8f8de7a3"
+            );
+            // rev < 7: no mtimens column.
+            assert_eq!(
+                f.mtime_ns,
+                if rev >= 7 { Some(22) } else { None },
+                "rev {rev}"
+            );
+            // rev < 2: no xattr column.
+            assert_eq!(f.xattrs.len(), usize::from(rev >= 2), "rev {rev}");
+            assert_eq!(r.list("").unwrap().len(), 1);
+            // rev < 1: nested_catalogs.size missing → 0.
+            let n = r.nested_catalogs().unwrap();
+            assert_eq!((n.len(), n[0].size), (1, 0));
+            // rev < 4: no bind_mountpoints table.
+            let b = r.bind_mountpoints().unwrap();
+            if rev >= 4 {
+                assert_eq!((b.len(), b[0].path.as_str(), b[0].size), (1, "/snap", 99));
+            } else {
+                assert!(b.is_empty());
+            }
+            // rev < 5: special counters missing → 0; rev < 3: no external counters.
+            let s = r.statistics().unwrap();
+            assert_eq!(s.self_.special, i64::from(rev >= 5), "rev {rev}");
+            assert_eq!(s.subtree.external, i64::from(rev >= 3), "rev {rev}");
+            assert_eq!((s.self_.regular, s.subtree.dir), (1, 1));
+        }
+        // A catalog without a statistics table at all.
+        let file = dir.path().join("nostats.db");
+        old_catalog(&file, 0);
+        Connection::open(&file)
+            .unwrap()
+            .execute_batch("DROP TABLE statistics; DROP TABLE nested_catalogs;")
+            .unwrap();
+        let r = CatalogReader::open(&file).unwrap();
+        assert_eq!(r.statistics().unwrap(), Statistics::default());
+        assert!(r.nested_catalogs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn path_hash_collisions_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        // A row stored under /f's hash but named otherwise.
+        let file = dir.path().join("renamed.db");
+        old_catalog(&file, 7);
+        Connection::open(&file)
+            .unwrap()
+            .execute("UPDATE catalog SET name = 'g' WHERE name = 'f'", [])
+            .unwrap();
+        let r = CatalogReader::open(&file).unwrap();
+        assert!(matches!(r.lookup("/f"), Err(Error::InvalidCatalog { .. })));
+        assert!(r.lookup("").unwrap().is_some());
+        // Two rows claiming the same md5path with different names (no primary key).
+        let file = dir.path().join("dup.db");
+        let conn = Connection::open(&file).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE properties (key TEXT, value TEXT);
+             INSERT INTO properties VALUES ('schema', '2.5'), ('schema_revision', '7');
+             CREATE TABLE catalog (md5path_1 INTEGER, md5path_2 INTEGER, parent_1 INTEGER, parent_2 INTEGER,
+               hardlinks INTEGER, hash BLOB, size INTEGER, mode INTEGER, mtime INTEGER, mtimens INTEGER,
+               flags INTEGER, name TEXT, symlink TEXT, uid INTEGER, gid INTEGER, xattr BLOB);",
+        )
+        .unwrap();
+        let key = path_hash("/a");
+        let root = path_hash("");
+        for name in ["a", "b"] {
+            conn.execute(
+                "INSERT INTO catalog VALUES (?1, ?2, ?3, ?4, 2, NULL, 4096, 16877, 0, NULL, 1, ?5, '', 0, 0, NULL)",
+                params![key.0, key.1, root.0, root.1, name],
+            )
+            .unwrap();
+        }
+        drop(conn);
+        let r = CatalogReader::open(&file).unwrap();
+        let err = r.lookup("/a").unwrap_err();
+        assert!(err.to_string().contains("collision"), "{err}");
     }
 
     #[test]
