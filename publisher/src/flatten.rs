@@ -186,4 +186,22 @@ mod tests {
         assert_eq!(g("twox"), (2, 2));
         assert_eq!(g("twoy"), (2, 2));
     }
+
+    #[test]
+    fn upper_entries_never_follow_lower_symlinks() {
+        use crate::tree::symlink_entry;
+        let mut l0 = Node::dir("", 0o755, 0);
+        l0.insert(&[], Node::leaf(symlink_entry("a", "/etc", 0, 0, 0)), 0);
+        file(&mut l0, "etc/passwd", b"root");
+        let mut l1 = Node::dir("", 0o755, 0);
+        file(&mut l1, "a/passwd", b"evil");
+        let flat = flatten(&[&l0, &l1]);
+        assert!(
+            flat.get(&["a"]).is_some_and(Node::is_dir),
+            "symlink replaced"
+        );
+        assert!(flat.get(&["a", "passwd"]).is_some());
+        let passwd = flat.get(&["etc", "passwd"]).map(|n| n.entry.hash);
+        assert_eq!(passwd, Some(Some(h(b"root"))), "target untouched");
+    }
 }

@@ -1030,4 +1030,89 @@ mod tests {
             format!("../{}", flat(&c_arm))
         );
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hostile_layers_fail_cleanly_and_publish_nothing() {
+        let work = ok(tempfile::tempdir());
+        let dir = work.path().join("repo");
+        ok(init(&dir, FQRN, 60));
+        let good = work.path().join("good");
+        write_layout(&good, "1", &test_tars());
+        ok(ingest(
+            &dir,
+            ok(sources(
+                &[format!("oci:{}:1", good.display())],
+                None,
+                &RegistryOptions::default(),
+            )),
+            &IngestOptions::default(),
+        )
+        .await);
+        let before = verify(&dir);
+        let escape = TarBuilder::new()
+            .link(EntryType::Symlink, "lib", "/")
+            .file("lib/etc/shadow", 0o644, b"x")
+            .finish();
+        let big = TarBuilder::new()
+            .file("zeros", 0o644, &vec![0u8; 3 << 20])
+            .finish();
+        let normal = TarBuilder::new().file("f", 0o644, &[9u8; 200_000]).finish();
+        type Damage = fn(&Path);
+        let cases: Vec<(&str, Vec<u8>, Option<Damage>, &str)> = vec![
+            ("escape", escape, None, "symlink"),
+            ("bomb", big, None, "--max-layer-size"),
+            (
+                "flipped",
+                normal.clone(),
+                Some(|p: &Path| {
+                    let mut b = ok(fs::read(p));
+                    let n = b.len();
+                    b[n - 12] ^= 0xff;
+                    ok(fs::write(p, b));
+                }),
+                "layer sha256:",
+            ),
+            (
+                "truncated",
+                normal,
+                Some(|p: &Path| {
+                    let b = ok(fs::read(p));
+                    ok(fs::write(p, &b[..b.len() / 2]));
+                }),
+                "layer sha256:",
+            ),
+        ];
+        for (name, tar, damage, expect) in cases {
+            let layout = work.path().join(name);
+            let (layers, _, _) = write_layout(&layout, "1", &[tar]);
+            if let Some(d) = damage {
+                d(&layout.join("blobs/sha256").join(&layers[0][7..]));
+            }
+            let options = IngestOptions {
+                limits: Limits {
+                    max_layer_size: 1 << 20,
+                },
+                ..IngestOptions::default()
+            };
+            let srcs = ok(sources(
+                &[format!("oci:{}:1", layout.display())],
+                None,
+                &RegistryOptions::default(),
+            ));
+            let msg = ingest(&dir, srcs, &options)
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                msg.contains(&format!("localhost/{name}:1")),
+                "{name}: {msg}"
+            );
+            assert!(msg.contains(&layers[0]), "{name}: {msg}");
+            assert!(msg.contains(expect), "{name}: {msg}");
+            let after = verify(&dir);
+            assert_eq!(after.revision, before.revision, "{name}");
+            assert_eq!(after.catalog_hash, before.catalog_hash, "{name}");
+        }
+    }
 }

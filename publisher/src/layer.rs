@@ -573,7 +573,7 @@ pub(crate) mod tests {
             }
         }
 
-        fn header(kind: EntryType, mode: u32) -> tar::Header {
+        pub fn header(kind: EntryType, mode: u32) -> tar::Header {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(kind);
             h.set_mode(mode);
@@ -836,5 +836,206 @@ pub(crate) mod tests {
         assert_eq!(normalize_path("/"), Some(vec![]));
         assert_eq!(normalize_path("a/.."), Some(vec![]));
         assert_eq!(normalize_path(".."), None);
+    }
+
+    fn read_with(tar: &[u8], limits: &Limits) -> Result<LayerTree> {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = LocalStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let blob = gzip(tar);
+        read_layer(&blob[..], &id_for(&blob, tar), &store, limits)
+    }
+
+    fn layer_error(r: Result<LayerTree>) -> (String, String) {
+        match r {
+            Err(Error::Layer { entry, reason, .. }) => (entry, reason),
+            other => panic!("expected a layer error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn entry_under_a_symlink_of_the_same_layer_is_refused() {
+        let tar = TarBuilder::new()
+            .link(EntryType::Symlink, "a", "/etc")
+            .file("a/passwd", 0o644, b"evil")
+            .finish();
+        let (entry, reason) = layer_error(read(&tar).0);
+        assert_eq!(entry, "a/passwd");
+        assert!(reason.contains("symlink"), "{reason}");
+        // deeper, and for whiteouts too
+        let tar = TarBuilder::new()
+            .dir("d", 0o755)
+            .link(EntryType::Symlink, "d/l", "../..")
+            .file("d/l/x/.wh.y", 0o644, b"")
+            .finish();
+        let (_, reason) = layer_error(read(&tar).0);
+        assert!(reason.contains("\"d/l\""), "{reason}");
+        // a symlink replaced by a directory first is fine
+        let tar = TarBuilder::new()
+            .link(EntryType::Symlink, "a", "/etc")
+            .dir("a", 0o755)
+            .file("a/f", 0o644, b"ok")
+            .finish();
+        assert!(ok(&tar).root.get(&["a", "f"]).is_some());
+    }
+
+    #[test]
+    fn decompression_bomb_and_absurd_sizes_are_capped() {
+        let limits = Limits {
+            max_layer_size: 1 << 20,
+        };
+        let big = vec![0u8; 4 << 20];
+        let tar = TarBuilder::new().file("zeros", 0o644, &big).finish();
+        let (entry, reason) = layer_error(read_with(&tar, &limits));
+        assert_eq!(entry, "zeros");
+        assert!(reason.contains("--max-layer-size"), "{reason}");
+        // a bomb of many small files: the stream cap catches it
+        let mut b = TarBuilder::new();
+        for i in 0..40 {
+            b = b.file(&format!("f{i}"), 0o644, &[1u8; 30_000]);
+        }
+        let msg = read_with(&b.finish(), &limits)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("--max-layer-size"), "{msg}");
+        // a header claiming far more than the stream holds
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(1 << 40);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_path("huge").unwrap_or_else(|e| panic!("{e}"));
+        h.set_cksum();
+        let mut raw = h.as_bytes().to_vec();
+        raw.extend([7u8; 1024]);
+        let (entry, _) = layer_error(read(&raw).0);
+        assert_eq!(entry, "huge");
+        let (entry, reason) = layer_error(read_with(&raw, &limits));
+        assert_eq!(entry, "huge");
+        assert!(reason.contains("exceeds"), "{reason}");
+    }
+
+    #[test]
+    fn truncated_blob_fails_naming_the_layer() {
+        let tar = TarBuilder::new()
+            .file("a", 0o644, &[5u8; 100_000])
+            .file("b", 0o644, b"b")
+            .finish();
+        let blob = gzip(&tar);
+        let cut = &blob[..blob.len() / 2];
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = LocalStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let r = read_layer(cut, &id_for(&blob, &tar), &store, &Limits::default());
+        let msg = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.contains("test/image:1") && msg.contains(&sha256_digest(&blob)),
+            "{msg}"
+        );
+        assert!(msg.contains("\"a\""), "names the entry: {msg}");
+    }
+
+    #[test]
+    fn gnu_sparse_files_are_expanded_and_pax_sparse_refused() {
+        // GNU old sparse: data "A"*512 at 0, "xyz" at 4096, real size 8192.
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_path("sparse").unwrap_or_else(|e| panic!("{e}"));
+        h.set_size(512 + 3);
+        {
+            let gnu = h.as_gnu_mut().unwrap_or_else(|| panic!("gnu"));
+            let octal = |field: &mut [u8; 12], v: u64| {
+                let text = format!("{v:011o}\0");
+                field.copy_from_slice(text.as_bytes());
+            };
+            octal(&mut gnu.sparse[0].offset, 0);
+            octal(&mut gnu.sparse[0].numbytes, 512);
+            octal(&mut gnu.sparse[1].offset, 4096);
+            octal(&mut gnu.sparse[1].numbytes, 3);
+            octal(&mut gnu.sparse[2].offset, 8192);
+            octal(&mut gnu.sparse[2].numbytes, 0);
+            octal(&mut gnu.realsize, 8192);
+        }
+        h.set_cksum();
+        let mut raw = h.as_bytes().to_vec();
+        raw.extend([b'A'; 512]);
+        let mut tail = b"xyz".to_vec();
+        tail.resize(512, 0);
+        raw.extend(tail);
+        raw.extend([0u8; 1024]);
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = LocalStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let blob = gzip(&raw);
+        let t = read_layer(&blob[..], &id_for(&blob, &raw), &store, &Limits::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = get(&t, "sparse");
+        assert_eq!(e.size, 8192);
+        let mut expect = vec![b'A'; 512];
+        expect.resize(4096, 0);
+        expect.extend(b"xyz");
+        expect.resize(8192, 0);
+        let stored = crate::objects::read_object(
+            &store,
+            &e.hash.unwrap_or_else(|| panic!("hash")),
+            Suffix::None,
+            1 << 20,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(stored, expect);
+        // PAX 1.0 sparse: a clear error
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("GNU.sparse.major", &b"1"[..]), ("GNU.sparse.minor", b"0")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut h = TarBuilder::header(EntryType::Regular, 0o644);
+        b.append_data(&mut h, "p", &[][..])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (entry, reason) = layer_error(read(&b.into_inner().unwrap_or_default()).0);
+        assert_eq!(entry, "p");
+        assert!(reason.contains("PAX sparse"), "{reason}");
+    }
+
+    #[test]
+    fn times_ids_and_mode_bits() {
+        let mut b = tar::Builder::new(Vec::new());
+        // PAX mtime before 1970 with a fraction, after 2038, big uid/gid
+        b.append_pax_extensions([("mtime", &b"-86400.25"[..]), ("uid", b"4294967294")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut h = TarBuilder::header(EntryType::Regular, 0o2755);
+        b.append_data(&mut h, "old", &[][..])
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.append_pax_extensions([("mtime", &b"4102444800.5"[..])])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut h = TarBuilder::header(EntryType::Directory, 0o1777);
+        b.append_data(&mut h, "future/", &[][..])
+            .unwrap_or_else(|e| panic!("{e}"));
+        // GNU base-256 negative mtime in the header itself
+        let mut h = TarBuilder::header(EntryType::Regular, 0o4711);
+        {
+            let gnu = h.as_gnu_mut().unwrap_or_else(|| panic!("gnu"));
+            gnu.mtime = [0xff; 12];
+            gnu.mtime[11] = 0xfe; // -2
+        }
+        b.append_data(&mut h, "neg", &[][..])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let t = ok(&b.into_inner().unwrap_or_default());
+        let old = get(&t, "old");
+        assert_eq!((old.mtime, old.mtime_ns), (-86401, Some(750_000_000)));
+        assert_eq!((old.uid, old.mode), (4294967294, 0o102755));
+        let future = get(&t, "future");
+        assert_eq!(
+            (future.mtime, future.mtime_ns),
+            (4102444800, Some(500_000_000))
+        );
+        assert_eq!(future.mode, 0o041777);
+        let neg = get(&t, "neg");
+        assert_eq!((neg.mtime, neg.mode), (-2, 0o104711));
+        assert_eq!(parse_pax_time("12"), Some((12, 0)));
+        assert_eq!(parse_pax_time("-1.5"), Some((-2, 500_000_000)));
+        assert_eq!(parse_pax_time("x"), None);
     }
 }
