@@ -275,6 +275,30 @@ mod tests {
     }
 
     #[test]
+    fn signature_of_wrong_length_is_rejected() {
+        let key = test_key(0);
+        let cert = Certificate::self_signed(key, "example.cern.ch").unwrap();
+        let bytes = vector().sign(key).unwrap();
+        let sig_len = Manifest::parse(&bytes).unwrap().signature.len();
+        assert_eq!(sig_len, 256);
+        let head = bytes.len() - sig_len;
+        for len in [1usize, 128, 255, 257, 512, 4096] {
+            let mut v = bytes[..head].to_vec();
+            v.extend(std::iter::repeat_n(0xA5u8, len));
+            let p = Manifest::parse(&v).unwrap();
+            assert!(
+                matches!(
+                    p.verify_signature(&cert),
+                    Err(Error::ManifestSignature { .. })
+                ),
+                "length {len}"
+            );
+        }
+        // No signature at all.
+        assert!(Manifest::parse(&bytes[..head]).is_err());
+    }
+
+    #[test]
     fn sign_parse_verify_round_trip() {
         let key = test_key(0);
         let cert = Certificate::self_signed(key, "example.cern.ch").unwrap();

@@ -324,6 +324,30 @@ mod tests {
     }
 
     #[test]
+    fn signature_of_wrong_length_is_rejected() {
+        let master = test_key(1);
+        let cert = Certificate::self_signed(test_key(0), "example.cern.ch").unwrap();
+        let wl = Whitelist::new("example.cern.ch", &cert, 1_700_000_000, 3600);
+        let bytes = wl.sign(master).unwrap();
+        let sig_len = Whitelist::parse(&bytes).unwrap().signature.len();
+        let head = bytes.len() - sig_len;
+        for len in [0usize, 1, 255, 257, 1000] {
+            let mut v = bytes[..head].to_vec();
+            v.extend(std::iter::repeat_n(0x5Au8, len));
+            match Whitelist::parse(&v) {
+                Ok(p) => assert!(
+                    matches!(
+                        p.verify_signature(&[master.to_public_key()]),
+                        Err(Error::WhitelistSignature { keys: 1 })
+                    ),
+                    "length {len}"
+                ),
+                Err(e) => assert!(matches!(e, Error::InvalidWhitelist(_)), "{e}"),
+            }
+        }
+    }
+
+    #[test]
     fn sign_parse_verify_round_trip() {
         let master = test_key(1);
         let cert = Certificate::self_signed(test_key(0), "example.cern.ch").unwrap();
