@@ -782,6 +782,45 @@ mod tests {
         assert_eq!(reassemble(&store, &f), zeros);
     }
 
+    /// The stock fixture's `big.bin` (204800 bytes) was chunked by `cvmfs_swissknife` with
+    /// min/avg/max 16/32/64 KiB: our boundaries must be the same, and with C zlib
+    /// (`zlib-compat`) the chunk objects must be byte-identical too.
+    #[test]
+    fn matches_stock_cvmfs_chunks() {
+        let srv = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/stock-repo/srv");
+        let stock: [(u64, &str); 6] = [
+            (0, "90207e08580f001130d87aab09b75e09da461033"),
+            (23491, "0a764ec4b4f81e772a26e54c9230e99939d6c1e0"),
+            (40519, "f7a923a55e2eb1d9c6f2995146acc45a0dafa5d8"),
+            (66148, "41662b0b97a7537863c86902bfad73b217580f6d"),
+            (128812, "260c7efee14e061d41c17a242cd17c432d15df7d"),
+            (156396, "317b024879444c42f8f33691fb215ea153513416"),
+        ];
+        let mut data = Vec::new();
+        for (offset, hex) in stock {
+            let h = ContentHash::parse_hex(hex).unwrap();
+            let stored = std::fs::read(srv.join(h.object_path(Suffix::Partial))).unwrap();
+            assert_eq!(data.len() as u64, offset);
+            data.extend(decompress(&stored, 1 << 20).unwrap());
+        }
+        assert_eq!(data.len(), 204_800);
+        let p = ChunkParams::new(16_384, 32_768, 65_536).unwrap();
+        let (_d, store, f) = store_file(&data, &[4096, 100_000, 1], p, true);
+        let ours: Vec<u64> = f.chunks.iter().map(|c| c.offset).collect();
+        let theirs: Vec<u64> = stock.iter().map(|c| c.0).collect();
+        assert_eq!(ours, theirs);
+        assert_eq!(reassemble(&store, &f), data);
+        if cfg!(feature = "zlib-compat") {
+            let hashes: Vec<String> = f.chunks.iter().map(|c| c.hash.to_hex()).collect();
+            let want: Vec<String> = stock.iter().map(|c| c.1.to_string()).collect();
+            assert_eq!(
+                hashes, want,
+                "C zlib chunk objects are byte-identical to stock"
+            );
+        }
+    }
+
     #[test]
     fn ranges_and_spans() {
         let h = ContentHash::of_bytes(HashAlgorithm::Sha1, b"x");
