@@ -2,7 +2,7 @@
 //! access log the tests read.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -92,11 +92,6 @@ impl Registry {
     /// Stops the registry now (also done on drop).
     pub fn stop(&mut self) {
         self.service.stop(Duration::from_secs(5));
-    }
-
-    /// Path of the registry's data directory for a given work dir (for messages).
-    pub fn storage_dir(dir: &Path) -> PathBuf {
-        dir.join("storage")
     }
 }
 
