@@ -11,7 +11,13 @@
 //! requester downloads, the others wait on a condition variable and then use the committed
 //! file (or get the downloader's error).
 //!
-//! Quota and LRU eviction (spec §8.7 `cachedb`) come with a later issue.
+//! Every returned file is a [`PinnedFile`]: it holds a shared `flock(2)` for as long as it
+//! is open, which is what "in use" means to eviction ([`crate::quota`]). With a quota,
+//! least recently used objects nobody holds are deleted before a new object is committed so
+//! that the indexed total stays at or below the quota. A cached file whose size differs from
+//! the catalog's, or whose mtime differs from the one indexed at commit (something wrote to
+//! it), is deleted and fetched again. Hits, misses and downloaded bytes are counted in the
+//! index and survive restarts.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,8 +26,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 use catalog::{ContentHash, Suffix};
+use nix::fcntl::{Flock, FlockArg};
 
+use crate::quota::{CacheIndex, ObjectKind, Touch, mtime_ns};
 use crate::{Error, Result};
+
+/// An open cache file holding a shared `flock(2)`: while it lives, no process evicts the
+/// object. Dereferences to [`File`].
+pub type PinnedFile = Flock<File>;
 
 /// Where a download writes: a [`Write`] that can be emptied and rewound before another
 /// attempt (fail-over to another proxy or server must not append to a partial body).
@@ -94,15 +106,30 @@ pub struct ObjectCache {
     txn: PathBuf,
     source: Arc<dyn ObjectSource>,
     in_flight: Mutex<HashMap<ContentHash, Arc<InFlight>>>,
+    index: CacheIndex,
+    quota: Option<u64>,
 }
 
 impl ObjectCache {
-    /// Opens (creating if needed) the cache at `root`: makes `00`…`ff` and `txn/`, and
-    /// removes temporaries a previous process left in `txn/`.
+    /// [`ObjectCache::open_with_quota`] without a quota.
     ///
     /// # Errors
-    /// [`Error::Io`] if the directories cannot be created.
+    /// As [`ObjectCache::open_with_quota`].
     pub fn open(root: &Path, source: Arc<dyn ObjectSource>) -> Result<ObjectCache> {
+        ObjectCache::open_with_quota(root, source, None)
+    }
+
+    /// Opens (creating if needed) the cache at `root`: makes `00`…`ff` and `txn/`, removes
+    /// temporaries that no running process holds (they are locked while in use) and opens
+    /// the index `cachedb`. `quota` is in bytes (`None` = unmanaged).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the directories or the index cannot be created.
+    pub fn open_with_quota(
+        root: &Path,
+        source: Arc<dyn ObjectSource>,
+        quota: Option<u64>,
+    ) -> Result<ObjectCache> {
         let io = |context: String| move |source| Error::Io { context, source };
         for i in 0..=255u8 {
             let dir = root.join(format!("{i:02x}"));
@@ -112,15 +139,27 @@ impl ObjectCache {
         std::fs::create_dir_all(&txn).map_err(io(format!("creating {}", txn.display())))?;
         if let Ok(entries) = std::fs::read_dir(&txn) {
             for entry in entries.flatten() {
-                let _ = std::fs::remove_file(entry.path());
+                if let Ok(f) = File::open(entry.path())
+                    && Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok()
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
+        let index = CacheIndex::open(root)?;
         Ok(ObjectCache {
             root: root.to_path_buf(),
             txn,
             source,
             in_flight: Mutex::new(HashMap::new()),
+            index,
+            quota,
         })
+    }
+
+    /// The LRU index and counters of this cache directory.
+    pub fn index(&self) -> &CacheIndex {
+        &self.index
     }
 
     /// The cache directory.
@@ -139,9 +178,11 @@ impl ObjectCache {
     /// unreadable).
     pub fn evict(&self, hash: &ContentHash) {
         let path = self.path_of(hash);
-        if std::fs::remove_file(&path).is_ok() {
-            tracing::warn!(path = %path.display(), "evicted cached object");
+        if let Err(e) = self.index.forget(&hash.to_hex()) {
+            tracing::warn!(error = %e, "cache index");
         }
+        let _ = std::fs::remove_file(&path);
+        tracing::warn!(path = %path.display(), "evicted cached object");
     }
 
     /// Returns the decompressed, verified content of `req`, opened read-only, downloading
@@ -156,7 +197,7 @@ impl ObjectCache {
     /// second try asks proxies for a fresh copy); [`Error::SizeMismatch`] if the inflated
     /// size differs from `req.size`; [`Error::ObjectUnavailable`] if a concurrent download
     /// this call waited for failed; [`Error::Io`] for local file errors.
-    pub fn get(&self, req: &ObjectRequest) -> Result<File> {
+    pub fn get(&self, req: &ObjectRequest) -> Result<PinnedFile> {
         loop {
             if let Some(file) = self.open_committed(req)? {
                 return Ok(file);
@@ -208,8 +249,9 @@ impl ObjectCache {
         }
     }
 
-    /// Opens the committed file if present and plausible; deletes it if its length is wrong.
-    fn open_committed(&self, req: &ObjectRequest) -> Result<Option<File>> {
+    /// Opens and pins the committed file if present and plausible, and records the access
+    /// in the index; deletes it if its length or mtime is wrong.
+    fn open_committed(&self, req: &ObjectRequest) -> Result<Option<PinnedFile>> {
         let path = self.path_of(&req.hash);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -232,11 +274,50 @@ impl ObjectCache {
             if len != size {
                 tracing::warn!(path = %path.display(), len, size, "cached object has the wrong size; refetching");
                 drop(file);
-                let _ = std::fs::remove_file(&path);
+                self.forget(req);
                 return Ok(None);
             }
         }
-        Ok(Some(file))
+        let stat_err = |source| Error::Io {
+            context: format!("stat of cached object {}", path.display()),
+            source,
+        };
+        let file = Flock::lock(file, FlockArg::LockShared).map_err(|(_, errno)| Error::Io {
+            context: format!("locking cached object {}", path.display()),
+            source: errno.into(),
+        })?;
+        let meta = file.metadata().map_err(stat_err)?;
+        // Evicted between our open and our lock: the path no longer names this inode.
+        match std::fs::metadata(&path) {
+            Ok(now)
+                if std::os::unix::fs::MetadataExt::ino(&now)
+                    == std::os::unix::fs::MetadataExt::ino(&meta) => {}
+            _ => return Ok(None),
+        }
+        let mtime = mtime_ns(&meta);
+        match self.index.touch(
+            &req.hash.to_hex(),
+            meta.len(),
+            kind_of(req.suffix),
+            mtime,
+            true,
+        )? {
+            Touch::Known(indexed) if indexed != mtime => {
+                tracing::warn!(path = %path.display(), "cached object was modified after commit; refetching");
+                drop(file);
+                self.forget(req);
+                Ok(None)
+            }
+            _ => Ok(Some(file)),
+        }
+    }
+
+    /// Drops `req`'s cache file and index row.
+    fn forget(&self, req: &ObjectRequest) {
+        if let Err(e) = self.index.forget(&req.hash.to_hex()) {
+            tracing::warn!(error = %e, "cache index");
+        }
+        let _ = std::fs::remove_file(self.path_of(&req.hash));
     }
 
     /// Downloads, verifies, inflates and commits `req`; one retry with no-cache headers if
@@ -252,18 +333,23 @@ impl ObjectCache {
             let no_cache = attempt > 0;
             let mut stored = tempfile::NamedTempFile::new_in(&self.txn)
                 .map_err(io("creating a temporary file"))?;
-            {
+            let _stored_lock = lock_temp(&stored).map_err(io("locking a temporary file"))?;
+            let fetched = {
                 let mut sink = BufWriter::new(stored.as_file_mut());
-                self.source
+                let n = self
+                    .source
                     .fetch(&req.hash, req.suffix, no_cache, &mut sink)?;
                 sink.flush().map_err(io("writing the download"))?;
-            }
+                n
+            };
+            self.index.record_download(fetched)?;
             stored
                 .as_file_mut()
                 .seek(SeekFrom::Start(0))
                 .map_err(io("rewinding the download"))?;
             let mut raw = tempfile::NamedTempFile::new_in(&self.txn)
                 .map_err(io("creating a temporary file"))?;
+            let _raw_lock = lock_temp(&raw).map_err(io("locking a temporary file"))?;
             let inflated = {
                 let mut out = BufWriter::new(raw.as_file_mut());
                 let n = catalog::verify_and_inflate(
@@ -286,11 +372,27 @@ impl ObjectCache {
                             actual,
                         });
                     }
+                    if let Some(quota) = self.quota {
+                        let freed = self.index.make_room(actual, quota)?;
+                        if freed > 0 {
+                            tracing::debug!(freed, quota, "evicted to stay under the quota");
+                        }
+                    }
                     let path = self.path_of(&req.hash);
-                    raw.persist(&path).map_err(|e| Error::Io {
+                    let committed = raw.persist(&path).map_err(|e| Error::Io {
                         context: format!("committing {}", path.display()),
                         source: e.error,
                     })?;
+                    let meta = committed
+                        .metadata()
+                        .map_err(io("stat of the committed file"))?;
+                    self.index.touch(
+                        &object,
+                        meta.len(),
+                        kind_of(req.suffix),
+                        mtime_ns(&meta),
+                        false,
+                    )?;
                     return Ok(());
                 }
                 Err(e) if attempt == 0 => {
@@ -300,6 +402,21 @@ impl ObjectCache {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+/// Holds an exclusive lock on another descriptor of temporary `tmp` while it is in use, so
+/// that a starting process does not delete it from `txn/`.
+fn lock_temp(tmp: &tempfile::NamedTempFile) -> std::io::Result<Flock<File>> {
+    Flock::lock(tmp.reopen()?, FlockArg::LockExclusive).map_err(|(_, e)| e.into())
+}
+
+/// The index type of an object with URL suffix `suffix`.
+fn kind_of(suffix: Suffix) -> ObjectKind {
+    match suffix {
+        Suffix::None | Suffix::Partial => ObjectKind::Regular,
+        Suffix::Catalog => ObjectKind::Catalog,
+        _ => ObjectKind::Other,
     }
 }
 
@@ -372,9 +489,9 @@ pub(crate) mod tests {
         }
     }
 
-    fn read_all(mut f: File) -> Vec<u8> {
+    fn read_all(mut f: PinnedFile) -> Vec<u8> {
         let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut f, &mut v).unwrap();
+        std::io::Read::read_to_end(&mut *f, &mut v).unwrap();
         v
     }
 
@@ -508,6 +625,71 @@ pub(crate) mod tests {
             let err = t.join().unwrap().unwrap_err();
             assert!(err.to_string().contains("404"), "{err}");
         }
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 2);
+    }
+
+    /// Bytes of all committed object files under `root`.
+    fn usage(root: &Path) -> u64 {
+        let mut total = 0;
+        for i in 0..=255u8 {
+            for e in std::fs::read_dir(root.join(format!("{i:02x}")))
+                .unwrap()
+                .flatten()
+            {
+                total += e.metadata().unwrap().len();
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn quota_smaller_than_the_data_holds_and_open_files_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource::default());
+        let objects: Vec<(ContentHash, Vec<u8>)> = (0..20u8)
+            .map(|i| {
+                let raw = vec![i; 10_000 + usize::from(i) * 100];
+                (src.add(&raw), raw)
+            })
+            .collect();
+        let quota = 50_000;
+        let cache = ObjectCache::open_with_quota(dir.path(), src.clone(), Some(quota)).unwrap();
+        // Hold the first object open the whole time: it must never be evicted.
+        let held = cache
+            .get(&req(objects[0].0, Some(objects[0].1.len() as u64)))
+            .unwrap();
+        for _ in 0..2 {
+            for (hash, raw) in &objects {
+                let got = read_all(cache.get(&req(*hash, Some(raw.len() as u64))).unwrap());
+                assert_eq!(&got, raw);
+                let used = usage(dir.path());
+                assert!(
+                    used <= quota + 12_000,
+                    "cache holds {used} bytes, quota {quota}"
+                );
+                assert_eq!(cache.index().stats().unwrap().size, used);
+            }
+        }
+        assert!(cache.path_of(&objects[0].0).exists());
+        drop(held);
+        let s = cache.index().stats().unwrap();
+        assert!(s.misses >= 20 && s.hits >= 1, "{s:?}");
+        assert!(s.bytes_fetched > 0);
+        assert_eq!(cache.index().evict_all().unwrap(), s.size);
+        assert_eq!(usage(dir.path()), 0);
+    }
+
+    #[test]
+    fn a_modified_cache_file_is_detected_and_refetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource::default());
+        let hash = src.add(b"original");
+        let cache = ObjectCache::open(dir.path(), src.clone()).unwrap();
+        drop(cache.get(&req(hash, None)).unwrap());
+        // Same length, different bytes, written later (bit flip by another program).
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(cache.path_of(&hash), b"ORIGINAL").unwrap();
+        assert_eq!(read_all(cache.get(&req(hash, None)).unwrap()), b"original");
         assert_eq!(src.fetches.load(Ordering::SeqCst), 2);
     }
 }

@@ -28,3 +28,5 @@ pub mod mounts;
 pub mod snapshots;
 pub mod config;
 pub mod proxy;
+pub mod quota;
+pub mod cache_cmd;

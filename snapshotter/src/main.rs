@@ -19,6 +19,9 @@ enum Command {
     Run(snapshotter::service::RunArgs),
     /// Put a published image into containerd without downloading its layers.
     Pull(snapshotter::pull::PullArgs),
+    /// Show a cache directory's size, entries, hits/misses and bytes fetched; optionally
+    /// evict everything not in use.
+    Cache(snapshotter::cache_cmd::CacheArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         Command::Mount(args) => snapshotter::mount::main(args).map_err(Into::into),
         Command::Run(args) => snapshotter::service::main(args).map_err(Into::into),
         Command::Pull(args) => snapshotter::pull::main(args).map_err(Into::into),
+        Command::Cache(args) => snapshotter::cache_cmd::main(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -49,7 +49,11 @@ pub fn main(args: MountArgs) -> Result<()> {
         args.network.clone(),
         runtime.handle().clone(),
     )?);
-    let cache = Arc::new(ObjectCache::open(&args.cache_dir, fetcher.clone())?);
+    let cache = Arc::new(ObjectCache::open_with_quota(
+        &args.cache_dir,
+        fetcher.clone(),
+        args.quota_bytes,
+    )?);
     let trust = Trust {
         fqrn: args.fqrn.clone(),
         master_keys,

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use catalog::{CatalogReader, Chunk, ContentHash, Entry, Manifest, NestedCatalogRef, Suffix};
 
-use crate::cache::{ObjectCache, ObjectRequest};
+use crate::cache::{ObjectCache, ObjectRequest, PinnedFile};
 use crate::fetch::Fetcher;
 use crate::{Error, Result};
 
@@ -40,6 +40,8 @@ pub struct LoadedCatalog {
     pub hash: ContentHash,
     reader: Mutex<CatalogReader>,
     nested: Vec<NestedCatalogRef>,
+    /// Keeps the cache file locked (in use) while the catalog is loaded.
+    _pin: PinnedFile,
 }
 
 impl LoadedCatalog {
@@ -92,7 +94,7 @@ impl Repository {
         let signed = Manifest::parse(&published).map_err(verification)?;
         let mut certificate = Vec::new();
         std::io::Read::read_to_end(
-            &mut cache.get(&ObjectRequest {
+            &mut *cache.get(&ObjectRequest {
                 hash: signed.manifest.certificate,
                 suffix: Suffix::Certificate,
                 compressed: true,
@@ -343,7 +345,7 @@ fn load_catalog(
     };
     let mut attempt = 0;
     loop {
-        drop(cache.get(&request)?);
+        let pin = cache.get(&request)?;
         let opened = CatalogReader::open(&cache.path_of(hash))
             .and_then(|reader| reader.nested_catalogs().map(|nested| (reader, nested)));
         match opened {
@@ -353,9 +355,11 @@ fn load_catalog(
                     hash: *hash,
                     reader: Mutex::new(reader),
                     nested,
+                    _pin: pin,
                 });
             }
             Err(e) if attempt == 0 => {
+                drop(pin);
                 tracing::warn!(%hash, error = %e, "cached catalog unreadable; refetching");
                 cache.evict(hash);
                 attempt += 1;

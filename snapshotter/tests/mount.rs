@@ -362,3 +362,76 @@ fn bad_signature_expired_whitelist_and_wrong_fqrn_refuse_the_mount() {
     );
     m.stop();
 }
+
+/// Bytes of the object files under `cache/00`…`ff`.
+fn cache_usage(cache: &Path) -> u64 {
+    (0..=255u8)
+        .filter_map(|i| std::fs::read_dir(cache.join(format!("{i:02x}"))).ok())
+        .flat_map(|d| d.flatten())
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn a_quota_smaller_than_the_image_holds_while_everything_is_read() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    const OBJECT: usize = 200 * 1024;
+    let files: Vec<(String, Vec<u8>)> = (0..16u64)
+        .map(|i| (format!("/d{}/f{i}", i % 3), noise(OBJECT, i + 1)))
+        .collect();
+    let repo = FlatRepo::build(work.path(), &files, 240);
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let mnt = work.path().join("mnt");
+    let cache = work.path().join("cache");
+    let mut cmd = mount_command(&server, FQRN, &repo.keys.pubkey, &cache, &mnt);
+    cmd.args(["--quota-limit", "1"]);
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    let quota = 1u64 << 20;
+    for round in 0..2 {
+        for (path, body) in &files {
+            let got = std::fs::read(mnt.join(&path[1..])).unwrap();
+            assert!(&got == body, "{path} differs");
+            let used = cache_usage(&cache);
+            assert!(
+                used <= quota + OBJECT as u64,
+                "round {round}: cache holds {used} bytes with a {quota}-byte quota"
+            );
+        }
+    }
+
+    let stats = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"))
+            .args(["cache", "--cache"])
+            .arg(&cache)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let field = |text: &str, key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .and_then(|v| v.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+    };
+    let text = stats(&[]);
+    assert!(field(&text, "misses") >= 32, "{text}");
+    assert!(
+        field(&text, "bytes fetched") >= 32 * OBJECT as u64,
+        "{text}"
+    );
+    assert!(field(&text, "size") <= quota + OBJECT as u64, "{text}");
+    // Evicting everything while mounted keeps the root catalog (in use).
+    let text = stats(&["--evict-all"]);
+    assert!(text.contains("evicted: "), "{text}");
+    assert_eq!(field(&text, "entries"), 1, "{text}");
+    assert_eq!(std::fs::read(mnt.join("d0/f0")).unwrap(), files[0].1);
+    m.stop();
+}

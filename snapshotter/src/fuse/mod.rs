@@ -29,7 +29,7 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
-use crate::cache::ObjectRequest;
+use crate::cache::{ObjectRequest, PinnedFile};
 use crate::repository::{LoadedCatalog, Repository};
 use crate::{Error, Result};
 
@@ -41,14 +41,14 @@ pub const TTL: Duration = Duration::from_secs(300);
 
 /// An open regular file.
 enum OpenFile {
-    /// Unchunked: the cached, decompressed object.
-    Whole(File),
+    /// Unchunked: the cached, decompressed object (pinned while open).
+    Whole(PinnedFile),
     /// Chunked (spec §4.6): chunk objects are fetched when a read first touches them.
     Chunked {
         path: String,
         chunks: Vec<Chunk>,
         compressed: bool,
-        files: Mutex<HashMap<usize, Arc<File>>>,
+        files: Mutex<HashMap<usize, Arc<PinnedFile>>>,
     },
 }
 

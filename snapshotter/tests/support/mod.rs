@@ -415,53 +415,16 @@ pub fn build_repo(root: &Path) -> TestRepo {
     w.finish(&props()).unwrap();
     let (root_hash, root_size) = store_catalog(&store, &root_db);
 
-    // Keys, certificate, whitelist, manifest.
-    let master = catalog::keys::generate_key().unwrap();
-    let cert_key = catalog::keys::generate_key().unwrap();
-    let other = catalog::keys::generate_key().unwrap();
-    let cert =
-        Certificate::self_signed(&cert_key, &format!("{FQRN} CernVM-FS Release Managers")).unwrap();
-    let cert_hash = store
-        .put_raw(cert.to_pem().as_bytes(), Suffix::Certificate)
-        .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let whitelist = Whitelist::new(FQRN, &cert, now - 3600, 30 * 24 * 3600);
-    store
-        .write_file_atomic(".cvmfswhitelist", &whitelist.sign(&master).unwrap())
-        .unwrap();
-    let manifest = Manifest {
-        catalog_hash: root_hash,
-        catalog_size: root_size,
-        ttl: 240,
-        revision: 1,
-        garbage_collectable: false,
-        alternative_paths: false,
-        fqrn: FQRN.into(),
-        certificate: cert_hash,
-        history: None,
-        timestamp: now,
-        meta_info: None,
-        reflog: None,
-    };
-    store
-        .write_file_atomic(".cvmfspublished", &manifest.sign(&cert_key).unwrap())
-        .unwrap();
-
-    let pubkey = root.join(format!("{FQRN}.pub"));
-    std::fs::write(
-        &pubkey,
-        catalog::keys::public_key_to_pem(&master.to_public_key()).unwrap(),
-    )
-    .unwrap();
-    let wrong_pubkey = root.join("wrong.pub");
-    std::fs::write(
-        &wrong_pubkey,
-        catalog::keys::public_key_to_pem(&other.to_public_key()).unwrap(),
-    )
-    .unwrap();
+    let keys = make_keys(&store, root);
+    let manifest = publish(&store, &keys, root_hash, root_size, 1);
+    let Keys {
+        master,
+        cert_key,
+        cert,
+        pubkey,
+        wrong_pubkey,
+        ..
+    } = keys;
     let hello_object = ContentHash::of_bytes(
         catalog::HashAlgorithm::Sha1,
         &catalog::compress(b"hello strata\n"),
@@ -477,4 +440,178 @@ pub fn build_repo(root: &Path) -> TestRepo {
         cert,
         manifest,
     }
+}
+
+/// Signing material of a test repository.
+pub struct Keys {
+    pub master: catalog::RsaPrivateKey,
+    pub cert_key: catalog::RsaPrivateKey,
+    pub cert: Certificate,
+    pub cert_hash: ContentHash,
+    /// Master public key file.
+    pub pubkey: PathBuf,
+    /// A public key file of an unrelated key.
+    pub wrong_pubkey: PathBuf,
+}
+
+/// Generates master and certificate keys, stores the certificate object, writes a whitelist
+/// valid for 30 days and the public key files under `root`.
+pub fn make_keys(store: &LocalStore, root: &Path) -> Keys {
+    let master = catalog::keys::generate_key().unwrap();
+    let cert_key = catalog::keys::generate_key().unwrap();
+    let other = catalog::keys::generate_key().unwrap();
+    let cert =
+        Certificate::self_signed(&cert_key, &format!("{FQRN} CernVM-FS Release Managers")).unwrap();
+    let cert_hash = store
+        .put_raw(cert.to_pem().as_bytes(), Suffix::Certificate)
+        .unwrap();
+    let whitelist = Whitelist::new(FQRN, &cert, unix_now() - 3600, 30 * 24 * 3600);
+    store
+        .write_file_atomic(".cvmfswhitelist", &whitelist.sign(&master).unwrap())
+        .unwrap();
+    let pubkey = root.join(format!("{FQRN}.pub"));
+    std::fs::write(
+        &pubkey,
+        catalog::keys::public_key_to_pem(&master.to_public_key()).unwrap(),
+    )
+    .unwrap();
+    let wrong_pubkey = root.join("wrong.pub");
+    std::fs::write(
+        &wrong_pubkey,
+        catalog::keys::public_key_to_pem(&other.to_public_key()).unwrap(),
+    )
+    .unwrap();
+    Keys {
+        master,
+        cert_key,
+        cert,
+        cert_hash,
+        pubkey,
+        wrong_pubkey,
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Signs and writes `.cvmfspublished` for root catalog `root_hash` at `revision`.
+pub fn publish(
+    store: &LocalStore,
+    keys: &Keys,
+    root_hash: ContentHash,
+    root_size: u64,
+    revision: u64,
+) -> Manifest {
+    let manifest = Manifest {
+        catalog_hash: root_hash,
+        catalog_size: root_size,
+        ttl: 240,
+        revision,
+        garbage_collectable: false,
+        alternative_paths: false,
+        fqrn: FQRN.into(),
+        certificate: keys.cert_hash,
+        history: None,
+        timestamp: unix_now(),
+        meta_info: None,
+        reflog: None,
+    };
+    store
+        .write_file_atomic(".cvmfspublished", &manifest.sign(&keys.cert_key).unwrap())
+        .unwrap();
+    manifest
+}
+
+/// Writes a root catalog (no nested catalogs) holding `files` (`/a/b` paths; parent
+/// directories are created) at `revision` with catalog TTL `ttl`, storing every object in
+/// `store`. Returns the catalog's hash and size.
+pub fn write_flat_catalog(
+    store: &LocalStore,
+    scratch: &Path,
+    files: &[(String, Vec<u8>)],
+    revision: u64,
+    ttl: u64,
+) -> (ContentHash, u64) {
+    let mut dirs = std::collections::BTreeSet::new();
+    for (path, _) in files {
+        let mut p = catalog::parent_path(path);
+        while !p.is_empty() {
+            dirs.insert(p.to_string());
+            p = catalog::parent_path(p);
+        }
+    }
+    std::fs::create_dir_all(scratch).unwrap();
+    let db = scratch.join(format!("root-{revision}.db"));
+    let _ = std::fs::remove_file(&db);
+    let mut w = CatalogWriter::create(&db, "").unwrap();
+    w.add("", &dir(""), Transition::None).unwrap();
+    for d in &dirs {
+        w.add(d, &dir(catalog::path_hash::file_name(d)), Transition::None)
+            .unwrap();
+    }
+    for (path, body) in files {
+        let name = catalog::path_hash::file_name(path);
+        w.add(
+            path,
+            &file(store, name, 0o644, 0, 0, body),
+            Transition::None,
+        )
+        .unwrap();
+    }
+    w.finish(&CatalogProperties {
+        revision,
+        last_modified: unix_now(),
+        ttl: Some(ttl),
+        previous_revision: None,
+    })
+    .unwrap();
+    store_catalog(store, &db)
+}
+
+/// A repository of `files` only (see [`write_flat_catalog`]), revision 1.
+pub struct FlatRepo {
+    pub srv: PathBuf,
+    pub store: LocalStore,
+    pub keys: Keys,
+    pub scratch: PathBuf,
+}
+
+impl FlatRepo {
+    pub fn build(root: &Path, files: &[(String, Vec<u8>)], ttl: u64) -> FlatRepo {
+        let srv = root.join("srv");
+        let store = LocalStore::open(&srv).unwrap();
+        let keys = make_keys(&store, root);
+        let scratch = root.join("build");
+        let repo = FlatRepo {
+            srv,
+            store,
+            keys,
+            scratch,
+        };
+        repo.publish(files, 1, ttl);
+        repo
+    }
+
+    /// Publishes `files` as `revision`.
+    pub fn publish(&self, files: &[(String, Vec<u8>)], revision: u64, ttl: u64) -> Manifest {
+        let (hash, size) = write_flat_catalog(&self.store, &self.scratch, files, revision, ttl);
+        publish(&self.store, &self.keys, hash, size, revision)
+    }
+}
+
+/// `n` bytes that zlib cannot shrink (xorshift), seeded by `seed`.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
