@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 use crate::flatten::flatten;
 use crate::layer::{LayerId, Limits, read_layer};
 use crate::objects::read_object;
+use crate::pipeline::Pool;
+use crate::progress::Progress;
 use crate::publish::{
     Namespace, load_catalog_node, load_namespace, publish, read_catalog_tree, unix_now,
 };
@@ -146,11 +148,10 @@ pub async fn ingest(
     })
     .await?;
     let repo = Arc::new(repo);
-    let mut ns = ns;
+    let pool = Arc::new(Pool::per_cpu(&repo.store));
+    let progress = Arc::new(Progress::new());
     let mut summary = IngestSummary::default();
-    for source in &sources {
-        ns = ingest_image(&repo, ns, source, options, &mut summary).await?;
-    }
+    let mut ns = ingest_batch(&repo, &pool, &progress, ns, &sources, options, &mut summary).await?;
     let repo2 = repo.clone();
     let (manifest, _ns) = blocking(move || {
         let m = publish(&repo2, &mut ns)?;
@@ -171,29 +172,34 @@ fn split_digest(digest: &str) -> Result<(String, String)> {
     Ok((hex[..2].to_string(), hex.to_string()))
 }
 
-async fn ingest_image(
+/// Fetches every image of the batch, converts the layers the repository lacks (a few at a
+/// a time, from all images at once), then adds every image to `ns`.
+async fn ingest_batch(
     repo: &Arc<Repo>,
+    pool: &Arc<Pool>,
+    progress: &Arc<Progress>,
     ns: Namespace,
-    source: &Source,
+    sources: &[Source],
     options: &IngestOptions,
     summary: &mut IngestSummary,
 ) -> Result<Namespace> {
-    let set = source.fetch(&options.platforms).await?;
-    let label = set.name.to_string();
-    let platforms: Vec<String> = set.images.iter().map(|i| i.platform.to_string()).collect();
-    tracing::info!(image = %label, platforms = %platforms.join(","), "fetched manifests and configs");
-
-    // Every layer of every platform, once, with its diffID.
-    let mut layers: Vec<(BlobDescriptor, String)> = Vec::new();
-    for img in &set.images {
-        for (l, d) in img.layers.iter().zip(&img.diff_ids) {
-            if !layers.iter().any(|(x, _)| x.digest == l.digest) {
-                layers.push((l.clone(), d.clone()));
+    let sets: Vec<FetchedSet> =
+        futures::future::try_join_all(sources.iter().map(|s| s.fetch(&options.platforms))).await?;
+    // Every layer of every platform of every image, once: (source index, blob, diffID).
+    let mut layers: Vec<(usize, BlobDescriptor, String)> = Vec::new();
+    for (i, set) in sets.iter().enumerate() {
+        let platforms: Vec<String> = set.images.iter().map(|i| i.platform.to_string()).collect();
+        tracing::info!(image = %set.name, platforms = %platforms.join(","), "fetched manifests and configs");
+        for img in &set.images {
+            for (l, d) in img.layers.iter().zip(&img.diff_ids) {
+                if !layers.iter().any(|(_, x, _)| x.digest == l.digest) {
+                    layers.push((i, l.clone(), d.clone()));
+                }
             }
         }
     }
     // Which layers are missing (loading the .layers/<hh> catalogs that may hold them)?
-    let digests: Vec<String> = layers.iter().map(|(l, _)| l.digest.clone()).collect();
+    let digests: Vec<String> = layers.iter().map(|(_, l, _)| l.digest.clone()).collect();
     let repo2 = repo.clone();
     let (ns, missing) = blocking(move || {
         let mut ns = ns;
@@ -211,46 +217,57 @@ async fn ingest_image(
     })
     .await?;
 
-    let to_fetch: Vec<(BlobDescriptor, String)> = layers
+    let to_fetch: Vec<(usize, BlobDescriptor, String)> = layers
         .iter()
-        .filter(|(l, _)| missing.contains(&l.digest))
+        .filter(|(_, l, _)| missing.contains(&l.digest))
         .cloned()
         .collect();
-    let total_layers = layers.len();
+    progress.add_layers(to_fetch.len() as u64);
     let converted: Vec<(String, crate::layer::LayerTree)> = futures::stream::iter(to_fetch)
-        .map(|(blob, diff_id)| {
-            let repo = repo.clone();
-            let label = label.clone();
+        .map(|(i, blob, diff_id)| {
+            let pool = pool.clone();
+            let progress = progress.clone();
+            let label = sets[i].name.to_string();
             let limits = options.limits.clone();
+            let source = &sources[i];
             async move {
-                let reader = source.open_blob(&blob).await?;
+                let bar = progress.layer(&blob.digest, blob.size);
+                let reader = bar.reader(source.open_blob(&blob).await?);
                 let id = LayerId {
                     image: label,
                     digest: blob.digest.clone(),
                     diff_id,
                     media_type: blob.media_type.clone(),
                 };
-                let tree = blocking(move || read_layer(reader, &id, &repo.store, &limits)).await?;
-                tracing::info!(layer = %blob.digest, files = tree.files, "converted layer");
+                let tree = blocking(move || read_layer(reader, &id, &pool, &limits)).await?;
+                bar.finish(
+                    tree.digests.compressed_size,
+                    tree.digests.uncompressed_size,
+                    tree.files,
+                );
                 Ok::<_, Error>((blob.digest, tree))
             }
         })
-        .buffered(LAYER_CONCURRENCY)
+        .buffer_unordered(LAYER_CONCURRENCY)
         .try_collect()
         .await?;
     summary.layers_converted += converted.len();
-    summary.layers_reused += total_layers - missing.len();
-    summary.images.push(set.name.public_path());
+    summary.layers_reused += layers.len() - missing.len();
+    summary
+        .images
+        .extend(sets.iter().map(|s| s.name.public_path()));
 
     let repo2 = repo.clone();
     let default_platform = options.default_platform.clone();
     blocking(move || {
         let mut ns = ns;
         let mut converted: std::collections::HashMap<_, _> = converted.into_iter().collect();
-        for img in &set.images {
-            add_image(&repo2, &mut ns, img, &mut converted)?;
+        for set in &sets {
+            for img in &set.images {
+                add_image(&repo2, &mut ns, img, &mut converted)?;
+            }
+            add_metadata(&repo2, &mut ns, set, &default_platform)?;
         }
-        add_metadata(&repo2, &mut ns, &set, &default_platform)?;
         Ok(ns)
     })
     .await
@@ -333,7 +350,8 @@ fn add_image(
         let refs: Vec<&Node> = trees.iter().collect();
         let mut flat = flatten(&refs);
         flat.entry.name = chex.clone();
-        crate::singularity::add_to_flat(store, &mut flat, &image.config, now)?;
+        let root_mtime = flat.entry.mtime;
+        crate::singularity::add_to_flat(store, &mut flat, &image.config, root_mtime)?;
         // No marker either: the flat tree is the image's root file system as is.
         flat.catalog = Some(CatalogMark::new_catalog());
         ns.root.insert(&[".flat", &chh], flat, now);
@@ -1114,5 +1132,66 @@ mod tests {
             assert_eq!(after.revision, before.revision, "{name}");
             assert_eq!(after.catalog_hash, before.catalog_hash, "{name}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_files_are_chunked_and_survive_reuse() {
+        let work = ok(tempfile::tempdir());
+        let dir = work.path().join("repo");
+        ok(init(&dir, FQRN, 60));
+        let mut big = Vec::with_capacity(20 << 20);
+        let mut x: u64 = 7;
+        while big.len() < 20 << 20 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            big.extend_from_slice(&x.to_le_bytes()[4..]);
+        }
+        let base = TarBuilder::new().file("big.bin", 0o644, &big).finish();
+        let a = work.path().join("a");
+        write_layout(&a, "1", &[base.clone()]);
+        ok(ingest(
+            &dir,
+            ok(sources(
+                &[format!("oci:{}:1", a.display())],
+                None,
+                &RegistryOptions::default(),
+            )),
+            &IngestOptions::default(),
+        )
+        .await);
+        // a second image on the same base layer: its flat tree is built from the published
+        // layer catalog, chunk lists included
+        let b = work.path().join("b");
+        let top = TarBuilder::new().file("other", 0o644, b"o").finish();
+        let (_, _, cfg_b) = write_layout(&b, "1", &[base, top]);
+        let s = ok(ingest(
+            &dir,
+            ok(sources(
+                &[format!("oci:{}:1", b.display())],
+                None,
+                &RegistryOptions::default(),
+            )),
+            &IngestOptions::default(),
+        )
+        .await);
+        assert_eq!((s.layers_converted, s.layers_reused), (1, 1));
+        verify(&dir);
+        let view = RepoView::open(&dir);
+        let path = format!("/.flat/{}/{}/big.bin", &cfg_b[7..9], &cfg_b[7..]);
+        let (cat, e) = view.find(&path).unwrap_or_else(|| panic!("missing"));
+        assert!(e.is_chunked() && e.hash.is_none());
+        let chunks = ok(cat.chunks(&path));
+        assert!(chunks.len() >= 2);
+        let mut joined = Vec::new();
+        for c in chunks {
+            joined.extend(ok(read_object(
+                &view.repo.store,
+                &c.hash,
+                Suffix::Partial,
+                32 << 20,
+            )));
+        }
+        assert!(joined == big, "chunks do not reassemble the file");
     }
 }

@@ -10,12 +10,12 @@
 
 use std::io::Read;
 
-use catalog::{EntryKind, LocalStore, Suffix};
+use catalog::{ContentHash, EntryKind, HashAlgorithm};
 use tar::EntryType;
 
 use crate::decompress::{BlobDigests, LayerStream};
 use crate::error::{Error, Result};
-use crate::objects::store_reader;
+use crate::pipeline::{FileSink, Pool};
 use crate::tree::{
     Node, OPAQUE_XATTR, dir_entry, file_entry, special_entry, symlink_entry, whiteout_entry,
 };
@@ -52,6 +52,12 @@ impl LayerId {
         }
     }
 }
+
+/// Stand-in for `file_entry`'s hash argument; replaced right away.
+const NO_HASH: ContentHash = ContentHash {
+    algorithm: HashAlgorithm::Sha1,
+    digest: [0; 20],
+};
 
 /// Default `--max-layer-size`: 64 GiB of uncompressed tar per layer.
 pub const DEFAULT_MAX_LAYER_SIZE: u64 = 64 << 30;
@@ -113,9 +119,10 @@ pub struct LayerTree {
 pub fn read_layer<R: Read>(
     blob: R,
     id: &LayerId,
-    store: &LocalStore,
+    pool: &Pool,
     limits: &Limits,
 ) -> Result<LayerTree> {
+    let mut sink = FileSink::new(pool);
     let stream = LayerStream::new(blob, &id.media_type).map_err(|e| id.error("", e.to_string()))?;
     let mut archive = tar::Archive::new(CappedReader {
         inner: stream,
@@ -142,7 +149,7 @@ pub fn read_layer<R: Read>(
             };
             id.error("", format!("reading tar {after}: {e}"))
         })?;
-        builder.add(entry, id, store)?;
+        builder.add(entry, id, &mut sink)?;
     }
     let digests = archive
         .into_inner()
@@ -165,6 +172,8 @@ pub fn read_layer<R: Read>(
             actual: digests.uncompressed,
         });
     }
+    sink.finish(&mut builder.root)
+        .map_err(|e| id.error("", e.to_string()))?;
     builder.root.normalize_hardlinks();
     builder.root.fix_linkcounts();
     Ok(LayerTree {
@@ -216,7 +225,7 @@ impl Builder {
         &mut self,
         mut entry: tar::Entry<'_, R>,
         id: &LayerId,
-        store: &LocalStore,
+        sink: &mut FileSink<'_>,
     ) -> Result<()> {
         let raw_path = String::from_utf8(entry.path_bytes().into_owned())
             .map_err(|e| id.error(&String::from_utf8_lossy(e.as_bytes()), "name is not UTF-8"))?;
@@ -320,15 +329,15 @@ impl Builder {
                         ),
                     ));
                 }
-                let info = store_reader(store, &mut entry, Suffix::None)
-                    .map_err(|e| id.error(&raw_path, format!("storing contents: {e}")))?;
-                if info.raw_size != size {
-                    return Err(id.error(&raw_path, "file shorter than its header says"));
-                }
+                let content = sink
+                    .store_file(&mut entry, size, &raw_path)
+                    .map_err(|e| id.error(&raw_path, e.to_string()))?;
                 self.files += 1;
                 let mut e = file_entry(
-                    name, meta.perm, meta.uid, meta.gid, meta.mtime, size, info.hash,
+                    name, meta.perm, meta.uid, meta.gid, meta.mtime, size, NO_HASH,
                 );
+                e.hash = content.hash;
+                e.chunks = content.chunks;
                 e.mtime_ns = meta.mtime_ns;
                 e
             }
@@ -560,6 +569,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::digest::sha256_digest;
     use crate::tree::{S_IFCHR, is_whiteout};
+    use catalog::{LocalStore, Suffix};
 
     /// Builds tars in memory.
     pub struct TarBuilder {
@@ -663,7 +673,12 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = LocalStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let blob = gzip(tar);
-        let r = read_layer(&blob[..], &id_for(&blob, tar), &store, &Limits::default());
+        let r = read_layer(
+            &blob[..],
+            &id_for(&blob, tar),
+            &Pool::new(&store, 2),
+            &Limits::default(),
+        );
         (r, dir)
     }
 
@@ -816,13 +831,13 @@ pub(crate) mod tests {
         let mut id = id_for(&blob, &tar);
         id.diff_id = sha256_digest(b"other");
         assert!(matches!(
-            read_layer(&blob[..], &id, &store, &Limits::default()),
+            read_layer(&blob[..], &id, &Pool::new(&store, 1), &Limits::default()),
             Err(Error::DigestMismatch { .. })
         ));
         let mut id = id_for(&blob, &tar);
         id.digest = sha256_digest(b"other");
         assert!(matches!(
-            read_layer(&blob[..], &id, &store, &Limits::default()),
+            read_layer(&blob[..], &id, &Pool::new(&store, 1), &Limits::default()),
             Err(Error::DigestMismatch { .. })
         ));
     }
@@ -842,7 +857,12 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = LocalStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let blob = gzip(tar);
-        read_layer(&blob[..], &id_for(&blob, tar), &store, limits)
+        read_layer(
+            &blob[..],
+            &id_for(&blob, tar),
+            &Pool::new(&store, 2),
+            limits,
+        )
     }
 
     fn layer_error(r: Result<LayerTree>) -> (String, String) {
@@ -927,7 +947,12 @@ pub(crate) mod tests {
         let cut = &blob[..blob.len() / 2];
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = LocalStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        let r = read_layer(cut, &id_for(&blob, &tar), &store, &Limits::default());
+        let r = read_layer(
+            cut,
+            &id_for(&blob, &tar),
+            &Pool::new(&store, 2),
+            &Limits::default(),
+        );
         let msg = r.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
             msg.contains("test/image:1") && msg.contains(&sha256_digest(&blob)),
@@ -971,8 +996,13 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = LocalStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let blob = gzip(&raw);
-        let t = read_layer(&blob[..], &id_for(&blob, &raw), &store, &Limits::default())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let t = read_layer(
+            &blob[..],
+            &id_for(&blob, &raw),
+            &Pool::new(&store, 2),
+            &Limits::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let e = get(&t, "sparse");
         assert_eq!(e.size, 8192);
         let mut expect = vec![b'A'; 512];

@@ -16,6 +16,8 @@ pub mod flatten;
 pub mod ingest;
 pub mod layer;
 pub mod objects;
+pub mod pipeline;
+pub mod progress;
 pub mod publish;
 pub mod reference;
 pub mod repo;

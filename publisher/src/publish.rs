@@ -169,6 +169,11 @@ fn fill_children(
     for entry in reader.list(path)? {
         let child_path = format!("{path}/{}", entry.name);
         let name = entry.name.clone();
+        let mut entry = entry;
+        if entry.is_chunked() {
+            // The reader leaves `chunks` empty; the writer needs them (spec §6.10).
+            entry.chunks = reader.chunks(&child_path)?;
+        }
         let mut child = Node::leaf(entry);
         if child.entry.is_nested_mountpoint() {
             let (hash, size) = nested.get(&child_path).copied().ok_or_else(|| {

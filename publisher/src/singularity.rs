@@ -167,7 +167,8 @@ pub fn files(cfg: &RunConfig) -> Vec<(&'static str, u32, Vec<u8>)> {
 }
 
 /// Adds `/.singularity.d` (with an empty `libs/`) to the flat root `flat`, storing its
-/// files in `store`; files get `mtime` and root ownership. No-op when the image has one.
+/// files in `store`; files get `mtime` (callers pass the image root's, so that equal images
+/// give equal trees) and root ownership. No-op when the image has one.
 pub fn add_to_flat(store: &LocalStore, flat: &mut Node, config: &[u8], mtime: i64) -> Result<()> {
     if flat.children.contains_key(SINGULARITY_DIR) {
         return Ok(());
