@@ -1149,7 +1149,7 @@ mod tests {
         }
         let base = TarBuilder::new().file("big.bin", 0o644, &big).finish();
         let a = work.path().join("a");
-        write_layout(&a, "1", &[base.clone()]);
+        write_layout(&a, "1", std::slice::from_ref(&base));
         ok(ingest(
             &dir,
             ok(sources(
