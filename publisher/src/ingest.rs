@@ -1194,4 +1194,103 @@ mod tests {
         }
         assert!(joined == big, "chunks do not reassemble the file");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verify_ls_and_resign() {
+        use crate::verify::{DirFetcher, verify as verify_repo};
+        let work = ok(tempfile::tempdir());
+        let dir = work.path().join("repo");
+        ok(init(&dir, FQRN, 60));
+        let layout = work.path().join("layout");
+        let (layers, _, config) = write_layout(&layout, "v1", &test_tars());
+        let srcs = ok(sources(
+            &[format!("oci:{}:v1", layout.display())],
+            Some("localhost/demo/app:v1"),
+            &RegistryOptions::default(),
+        ));
+        ok(ingest(&dir, srcs, &IngestOptions::default()).await);
+        let repo = ok(Repo::open(&dir));
+        let keys = [ok(repo.master_public_key())];
+        let fetch = DirFetcher {
+            srv: dir.join("srv"),
+        };
+        let scratch = ok(tempfile::tempdir());
+        let run = || ok(verify_repo(&fetch, FQRN, &keys, unix_now(), scratch.path()));
+        let r = run();
+        assert!(r.faults.is_empty(), "{:?}", r.faults);
+        assert_eq!(r.revision, 1);
+        assert!(r.catalogs >= 6 && r.objects >= 10, "{r:?}");
+
+        // ls
+        let images = ok(crate::listing::list_images(&repo));
+        assert_eq!(images.len(), 1);
+        assert_eq!(images[0].name, "localhost/demo/app:v1");
+        assert_eq!(images[0].platforms.len(), 1);
+        let p = &images[0].platforms[0];
+        assert_eq!(
+            (p.platform.as_str(), p.config.as_str()),
+            ("linux/amd64", config.as_str())
+        );
+        assert_eq!(
+            p.layers.iter().map(|l| l.0.clone()).collect::<Vec<_>>(),
+            layers
+        );
+        assert!(images[0].to_string().contains("2 layer(s)"));
+
+        // corrupt one content object and delete another: both are named
+        let view = RepoView::open(&dir);
+        let l0 = &layers[0][7..];
+        let passwd = view.entry(&format!("/.layers/{}/{l0}/layerfs/etc/passwd", &l0[..2]));
+        let motd = view.entry(&format!("/.layers/{}/{l0}/layerfs/etc/motd", &l0[..2]));
+        let bad = passwd
+            .hash
+            .unwrap_or_else(|| panic!())
+            .object_path(Suffix::None);
+        let gone = motd
+            .hash
+            .unwrap_or_else(|| panic!())
+            .object_path(Suffix::None);
+        let mut bytes = ok(fs::read(dir.join("srv").join(&bad)));
+        bytes[2] ^= 1;
+        ok(fs::write(dir.join("srv").join(&bad), bytes));
+        ok(fs::remove_file(dir.join("srv").join(&gone)));
+        let r = run();
+        assert_eq!(r.faults.len(), 2, "{:?}", r.faults);
+        assert!(
+            r.faults
+                .iter()
+                .any(|f| f.contains(&bad) && f.contains("etc/passwd")),
+            "{:?}",
+            r.faults
+        );
+        assert!(
+            r.faults
+                .iter()
+                .any(|f| f.contains(&gone) && f.contains("missing")),
+            "{:?}",
+            r.faults
+        );
+
+        // resign renews the whitelist; signatures still verify
+        let before = ok(catalog::Whitelist::parse(&ok(fs::read(
+            dir.join("srv/.cvmfswhitelist"),
+        ))));
+        let expires = ok(crate::publish::resign(&dir, 90));
+        assert!(expires > before.whitelist.expires + 50 * 24 * 3600);
+        verify(&dir);
+        // an expired whitelist is a signature fault
+        ok(crate::publish::resign(&dir, 0));
+        let r = ok(verify_repo(
+            &fetch,
+            FQRN,
+            &keys,
+            unix_now() + 10,
+            scratch.path(),
+        ));
+        assert!(
+            r.faults.iter().any(|f| f.starts_with("signatures")),
+            "{:?}",
+            r.faults
+        );
+    }
 }

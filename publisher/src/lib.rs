@@ -15,6 +15,7 @@ pub mod error;
 pub mod flatten;
 pub mod ingest;
 pub mod layer;
+pub mod listing;
 pub mod objects;
 pub mod pipeline;
 pub mod progress;
@@ -25,5 +26,6 @@ pub mod serve;
 pub mod singularity;
 pub mod source;
 pub mod tree;
+pub mod verify;
 
 pub use error::{Error, Result};

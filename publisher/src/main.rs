@@ -69,6 +69,33 @@ enum Command {
         #[arg(required = true)]
         refs: Vec<String>,
     },
+    /// Check the published revision: signatures, every catalog, every object hash.
+    Verify {
+        /// Repository directory, or the URL it is served at (http://HOST/cvmfs/<fqrn>).
+        #[arg(long)]
+        repo: String,
+        /// Master public key (required for a URL; default DIR/keys/<fqrn>.pub).
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+        /// Repository name (default: from DIR/strata.json, or the URL's last component).
+        #[arg(long)]
+        fqrn: Option<String>,
+    },
+    /// List published images: platforms, layers, sizes.
+    Ls {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+    },
+    /// Sign a fresh whitelist (.cvmfswhitelist) with the master key.
+    Resign {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+    },
     /// Serve DIR/srv at http://ADDR/cvmfs/<fqrn>/.
     Serve {
         /// Repository directory.
@@ -156,6 +183,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  {i}");
             }
         }
+        Command::Verify { repo, pubkey, fqrn } => {
+            let report = rt.block_on(verify_command(&repo, pubkey, fqrn))?;
+            for f in &report.faults {
+                eprintln!("FAULT: {f}");
+            }
+            if !report.faults.is_empty() {
+                anyhow::bail!(
+                    "revision {} of {repo}: {} fault(s)",
+                    report.revision,
+                    report.faults.len()
+                );
+            }
+            println!(
+                "revision {} of {repo} verified: signatures, {} catalog(s), {} object(s)",
+                report.revision, report.catalogs, report.objects
+            );
+        }
+        Command::Ls { repo } => {
+            let r = publisher::repo::Repo::open(&repo)?;
+            for image in publisher::listing::list_images(&r)? {
+                print!("{image}");
+            }
+        }
+        Command::Resign { repo, days } => {
+            let expires = publisher::publish::resign(&repo, days)?;
+            println!(
+                "whitelist of {} re-signed, valid until {}",
+                repo.display(),
+                catalog::whitelist::format_utc(expires)
+            );
+        }
         Command::Serve { repo, listen } => rt.block_on(async {
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
@@ -165,4 +223,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         })?,
     }
     Ok(())
+}
+
+async fn verify_command(
+    repo: &str,
+    pubkey: Option<PathBuf>,
+    fqrn: Option<String>,
+) -> anyhow::Result<publisher::verify::VerifyReport> {
+    use publisher::verify::{DirFetcher, Fetcher, HttpFetcher};
+    let is_url = repo.starts_with("http://") || repo.starts_with("https://");
+    let (fetcher, fqrn, key_file, scratch): (Box<dyn Fetcher>, String, PathBuf, PathBuf) = if is_url
+    {
+        let base = repo.trim_end_matches('/').to_string();
+        let fqrn = match fqrn {
+            Some(f) => f,
+            None => base.rsplit('/').next().unwrap_or_default().to_string(),
+        };
+        let key = pubkey.context("--pubkey is required to verify a URL")?;
+        let client = reqwest::Client::builder().build()?;
+        let f = HttpFetcher {
+            base,
+            client,
+            handle: tokio::runtime::Handle::current(),
+        };
+        (Box::new(f), fqrn, key, std::env::temp_dir())
+    } else {
+        let dir = PathBuf::from(repo);
+        let r = publisher::repo::Repo::open(&dir)?;
+        let fqrn = fqrn.unwrap_or_else(|| r.settings.fqrn.clone());
+        let key = pubkey.unwrap_or_else(|| r.key_path("pub"));
+        let srv = dir.join("srv");
+        (Box::new(DirFetcher { srv }), fqrn, key, r.tmp_dir()?)
+    };
+    let pem = std::fs::read_to_string(&key_file)
+        .with_context(|| format!("reading {}", key_file.display()))?;
+    let key = catalog::keys::public_key_from_pem(&pem)?;
+    let report = tokio::task::spawn_blocking(move || {
+        let tmp = tempfile::tempdir_in(&scratch)?;
+        let now = publisher::publish::unix_now();
+        anyhow::Ok(publisher::verify::verify(
+            fetcher.as_ref(),
+            &fqrn,
+            &[key],
+            now,
+            tmp.path(),
+        )?)
+    })
+    .await??;
+    Ok(report)
 }

@@ -257,6 +257,24 @@ pub fn publish(repo: &Repo, ns: &mut Namespace) -> Result<Manifest> {
     Ok(manifest)
 }
 
+/// `resign`: signs a fresh `.cvmfswhitelist` valid for `days` days from now with the master
+/// key (spec §7.4, as `cvmfs_server resign`), under the repository lock. Returns the new
+/// expiry (Unix seconds).
+pub fn resign(dir: &Path, days: u64) -> Result<u64> {
+    let _lock = Repo::lock(dir)?;
+    let repo = Repo::open(dir)?;
+    let now = unix_now();
+    let wl = Whitelist::new(
+        &repo.settings.fqrn,
+        &repo.certificate()?,
+        now,
+        days.saturating_mul(24 * 3600),
+    );
+    repo.store
+        .write_file_atomic(".cvmfswhitelist", &wl.sign(&repo.master_key()?)?)?;
+    Ok(wl.expires)
+}
+
 /// Re-signs `.cvmfswhitelist` when it expires within 7 days (spec §9.2 step 6).
 fn refresh_whitelist(repo: &Repo, now: u64) -> Result<()> {
     let current = repo.store.read_file(".cvmfswhitelist")?;
