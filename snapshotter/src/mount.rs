@@ -5,6 +5,12 @@
 //! [`ObjectCache`] → [`Repository::boot`] (manifest, certificate, whitelist verification,
 //! root catalog) → FUSE session. Verification failures refuse the mount with an error naming
 //! the failed check. Nothing is printed on stdout; logs go to stderr.
+//!
+//! Live updates (spec §8.6): an updater thread re-checks the manifest every effective TTL
+//! (the root catalog's TTL, capped by `max_ttl`). A strictly newer revision is verified in
+//! full, opened, and swapped in through [`Switcher`] without unmounting; a failed check
+//! keeps serving the current revision and retries after half the short-term TTL
+//! ([`SHORT_TTL`], capped by the effective TTL).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +22,7 @@ use crate::cache::ObjectCache;
 pub use crate::config::MountArgs;
 use crate::config::MountConfig;
 use crate::fetch::Fetcher;
-use crate::fuse::StrataFs;
+use crate::fuse::{StrataFs, Switcher};
 use crate::repository::{Repository, Trust};
 use crate::{Error, Result};
 
@@ -59,8 +65,9 @@ pub fn main(args: MountArgs) -> Result<()> {
         master_keys,
         accept_expired_whitelist: args.accept_expired_whitelist,
     };
-    let repo = Arc::new(Repository::boot(&fetcher, cache, &trust)?);
+    let repo = Arc::new(Repository::boot(&fetcher, cache.clone(), &trust)?);
     let fs = StrataFs::new(repo.clone())?;
+    let switcher = fs.switcher();
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -88,13 +95,116 @@ pub fn main(args: MountArgs) -> Result<()> {
     let mountpoint = args.mountpoint.clone();
     runtime.spawn(unmount_on_signal(unmounter, mountpoint));
 
-    session.run().map_err(|source| Error::Io {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let updater = Updater {
+        fetcher,
+        cache,
+        trust,
+        switcher,
+        notifier: session.notifier(),
+        max_ttl: args.max_ttl,
+    };
+    let update_thread = std::thread::Builder::new()
+        .name("strata-update".into())
+        .spawn(move || updater.run(&stopped))
+        .map_err(|source| Error::Io {
+            context: "starting the update thread".into(),
+            source,
+        })?;
+
+    let served = session.run().map_err(|source| Error::Io {
         context: format!("serving {}", args.mountpoint.display()),
         source,
-    })?;
+    });
+    drop(stop);
+    let _ = update_thread.join();
+    served?;
     tracing::info!(mountpoint = %args.mountpoint.display(), "unmounted");
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// The short-term TTL used after a failed check (spec §8.6: 180 s).
+pub const SHORT_TTL: Duration = Duration::from_secs(180);
+
+/// The TTL of `repo` capped by `max_ttl`, at least one second.
+pub fn effective_ttl(repo_ttl: Duration, max_ttl: Option<Duration>) -> Duration {
+    max_ttl
+        .map_or(repo_ttl, |m| repo_ttl.min(m))
+        .max(Duration::from_secs(1))
+}
+
+/// How long to wait after a failed check: half of the smaller of the effective TTL and
+/// [`SHORT_TTL`], at least one second.
+pub fn retry_after_failure(ttl: Duration) -> Duration {
+    (ttl.min(SHORT_TTL) / 2).max(Duration::from_secs(1))
+}
+
+/// The live-update loop of one mount (spec §8.6).
+struct Updater {
+    fetcher: Arc<Fetcher>,
+    cache: Arc<ObjectCache>,
+    trust: Trust,
+    switcher: Switcher,
+    notifier: fuser::Notifier,
+    max_ttl: Option<Duration>,
+}
+
+impl Updater {
+    /// Checks after every TTL until `stop` is dropped.
+    fn run(self, stop: &std::sync::mpsc::Receiver<()>) {
+        let mut wait = effective_ttl(self.switcher.current().ttl(), self.max_ttl);
+        loop {
+            match stop.recv_timeout(wait) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let current = self.switcher.current();
+            match self.check(&current) {
+                Ok(()) => {
+                    wait = effective_ttl(self.switcher.current().ttl(), self.max_ttl);
+                }
+                Err(e) => {
+                    let ttl = effective_ttl(current.ttl(), self.max_ttl);
+                    wait = retry_after_failure(ttl);
+                    tracing::warn!(
+                        revision = current.manifest().revision,
+                        retry_in = ?wait,
+                        error = %e,
+                        "revision check failed; still serving the current revision"
+                    );
+                }
+            }
+        }
+    }
+
+    /// One check: switch if the server publishes a strictly newer, verified revision.
+    fn check(&self, current: &Repository) -> Result<()> {
+        let mounted = current.manifest().revision;
+        let published = Repository::published_revision(&self.fetcher, &self.trust)?;
+        if published <= mounted {
+            tracing::debug!(mounted, published, "no newer revision");
+            return Ok(());
+        }
+        let manifest = Repository::verified_manifest(&self.fetcher, &self.cache, &self.trust)?;
+        if manifest.revision <= mounted {
+            return Ok(());
+        }
+        let revision = manifest.revision;
+        let repo = Arc::new(Repository::open(
+            &self.trust.fqrn,
+            manifest,
+            self.cache.clone(),
+        )?);
+        let invalidated = self.switcher.switch(repo, Some(&self.notifier))?;
+        tracing::info!(
+            from = mounted,
+            to = revision,
+            invalidated,
+            "switched to a new revision"
+        );
+        Ok(())
+    }
 }
 
 /// Waits for SIGINT or SIGTERM, then unmounts. If the mount is busy it is detached
@@ -143,6 +253,17 @@ fn read_key(path: &Path) -> Result<catalog::RsaPublicKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ttl_is_capped_and_failures_retry_sooner() {
+        let s = Duration::from_secs;
+        assert_eq!(effective_ttl(s(240), None), s(240));
+        assert_eq!(effective_ttl(s(240), Some(s(5))), s(5));
+        assert_eq!(effective_ttl(s(0), None), s(1));
+        assert_eq!(retry_after_failure(s(240)), s(90));
+        assert_eq!(retry_after_failure(s(10)), s(5));
+        assert_eq!(retry_after_failure(s(1)), s(1));
+    }
 
     #[test]
     fn unreadable_key_names_the_file() {

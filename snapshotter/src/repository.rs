@@ -85,6 +85,35 @@ impl Repository {
     /// Download errors naming the URL; [`Error::Verification`] naming the failed check;
     /// catalog errors for an unreadable root catalog.
     pub fn boot(fetcher: &Fetcher, cache: Arc<ObjectCache>, trust: &Trust) -> Result<Repository> {
+        let manifest = Repository::verified_manifest(fetcher, &cache, trust)?;
+        Repository::open(&trust.fqrn, manifest, cache)
+    }
+
+    /// The revision the server publishes, without verifying it: a cheap check for live
+    /// updates (spec §8.6) before the full verification of a newer revision.
+    ///
+    /// # Errors
+    /// Download errors; [`Error::Verification`] if the manifest does not parse.
+    pub fn published_revision(fetcher: &Fetcher, trust: &Trust) -> Result<u64> {
+        let published = fetcher.blocking_get_bytes(".cvmfspublished")?;
+        Manifest::parse(&published)
+            .map(|s| s.manifest.revision)
+            .map_err(|source| Error::Verification {
+                fqrn: trust.fqrn.clone(),
+                source,
+            })
+    }
+
+    /// Fetches `.cvmfspublished`, the certificate and `.cvmfswhitelist` and verifies the
+    /// chain (spec §7.5).
+    ///
+    /// # Errors
+    /// Download errors naming the URL; [`Error::Verification`] naming the failed check.
+    pub fn verified_manifest(
+        fetcher: &Fetcher,
+        cache: &ObjectCache,
+        trust: &Trust,
+    ) -> Result<Manifest> {
         let published = fetcher.blocking_get_bytes(".cvmfspublished")?;
         let verification = |source| Error::Verification {
             fqrn: trust.fqrn.clone(),
@@ -137,7 +166,7 @@ impl Repository {
             root = %manifest.catalog_hash,
             "repository verified"
         );
-        Repository::open(&trust.fqrn, manifest, cache)
+        Ok(manifest)
     }
 
     /// Opens the revision described by an already verified `manifest`: fetches and opens
@@ -173,6 +202,16 @@ impl Repository {
     /// The verified manifest of the mounted revision.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// How long this revision is valid before the manifest is checked again: the root
+    /// catalog's `TTL` property, else the manifest's `D` (spec §8.6).
+    pub fn ttl(&self) -> std::time::Duration {
+        let ttl = self
+            .root_catalog()
+            .with(|r| r.ttl())
+            .unwrap_or(self.manifest.ttl);
+        std::time::Duration::from_secs(ttl)
     }
 
     /// The object cache.

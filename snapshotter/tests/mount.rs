@@ -435,3 +435,88 @@ fn a_quota_smaller_than_the_image_holds_while_everything_is_read() {
     assert_eq!(std::fs::read(mnt.join("d0/f0")).unwrap(), files[0].1);
     m.stop();
 }
+
+#[test]
+fn a_new_revision_appears_while_open_files_keep_their_revision() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let old_big = noise(1 << 20, 7);
+    let rev1: Vec<(String, Vec<u8>)> = vec![
+        ("/a".into(), b"one\n".to_vec()),
+        ("/keep".into(), b"same\n".to_vec()),
+        ("/d/big".into(), old_big.clone()),
+    ];
+    // Catalog TTL 240 s, capped to 1 s by --max-ttl.
+    let repo = FlatRepo::build(work.path(), &rev1, 240);
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let mnt = work.path().join("mnt");
+    let mut cmd = mount_command(
+        &server,
+        FQRN,
+        &repo.keys.pubkey,
+        &work.path().join("cache"),
+        &mnt,
+    );
+    cmd.args(["--max-ttl", "1s", "--backoff-init", "10ms"]);
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+
+    assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
+    assert!(!mnt.join("new").exists());
+    let keep_ino = std::fs::metadata(mnt.join("keep")).unwrap().ino();
+    let d_ino = std::fs::metadata(mnt.join("d")).unwrap().ino();
+    let held = std::fs::File::open(mnt.join("d/big")).unwrap();
+    let mut head = vec![0u8; 100_000];
+    std::os::unix::fs::FileExt::read_exact_at(&held, &mut head, 0).unwrap();
+    assert_eq!(head, old_big[..100_000]);
+
+    // A failed check (manifest gone for a while) keeps serving revision 1.
+    let published = repo.srv.join(".cvmfspublished");
+    let hidden = repo.srv.join("published.away");
+    std::fs::rename(&published, &hidden).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !m.log_text().contains("revision check failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no failed check:\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
+    std::fs::rename(&hidden, &published).unwrap();
+
+    // Revision 2: /a changes, /d/big changes, /new appears, /keep stays.
+    let new_big = noise(1 << 20, 8);
+    let rev2: Vec<(String, Vec<u8>)> = vec![
+        ("/a".into(), b"two!\n".to_vec()),
+        ("/keep".into(), b"same\n".to_vec()),
+        ("/d/big".into(), new_big.clone()),
+        ("/new".into(), b"new file\n".to_vec()),
+    ];
+    repo.publish(&rev2, 2, 240);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mnt.join("new").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "revision 2 never appeared:\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(std::fs::read(mnt.join("new")).unwrap(), b"new file\n");
+    assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"two!\n");
+    assert_eq!(names(&mnt), vec!["a", "d", "keep", "new"]);
+    // Unchanged paths keep their inode numbers.
+    assert_eq!(std::fs::metadata(mnt.join("keep")).unwrap().ino(), keep_ino);
+    assert_eq!(std::fs::metadata(mnt.join("d")).unwrap().ino(), d_ino);
+    // The file held open reads revision 1 to the end.
+    let mut rest = vec![0u8; old_big.len() - 100_000];
+    std::os::unix::fs::FileExt::read_exact_at(&held, &mut rest, 100_000).unwrap();
+    assert!(rest == old_big[100_000..], "the open file changed revision");
+    drop(held);
+    // A new open sees revision 2.
+    assert!(std::fs::read(mnt.join("d/big")).unwrap() == new_big);
+    let text = m.log_text();
+    m.stop();
+    assert!(text.contains("switched to a new revision"), "{text}");
+}

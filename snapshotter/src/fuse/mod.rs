@@ -8,18 +8,25 @@
 //!
 //! `fuser` runs several event-loop threads (see [`crate::mount`]); a request that waits on
 //! the network (a nested catalog or a file object) blocks only its own thread. Entries,
-//! attributes and negative lookups are cached by the kernel for [`TTL`], since the revision
-//! never changes during a mount (revision switching comes later).
+//! attributes and negative lookups are cached by the kernel for [`TTL`], since a revision
+//! never changes.
+//!
+//! Live updates (spec §8.6): a [`Switcher`] (taken before the session starts) swaps in a
+//! new [`Repository`] without unmounting. The inode table starts a new generation (numbers
+//! of unchanged paths are kept, see [`inodes`]) and the kernel's caches of every entry,
+//! inode and negative lookup of the old revision are invalidated through the FUSE notify
+//! channel. Open files keep their pinned cache file and so read the revision they opened to
+//! the end.
 
 mod attr;
 mod inodes;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use catalog::{Chunk, Entry, EntryKind, Suffix};
@@ -62,14 +69,120 @@ struct FsTotals {
     files: u64,
 }
 
-/// The FUSE file system of one mounted repository revision.
-pub struct StrataFs {
-    repo: Arc<Repository>,
+/// Negative lookups remembered for invalidation after a switch; beyond this many, the
+/// kernel's copies simply expire after [`TTL`].
+const MAX_NEGATIVES: usize = 1 << 20;
+
+/// The state shared by the file system and its [`Switcher`].
+struct Shared {
+    repo: RwLock<Arc<Repository>>,
     inodes: Inodes,
+    totals: Mutex<FsTotals>,
+    /// `(parent inode, name)` of negative lookups answered in the current revision.
+    negatives: Mutex<HashSet<(u64, String)>>,
+}
+
+/// The FUSE file system of one mounted repository (one revision at a time).
+pub struct StrataFs {
+    shared: Arc<Shared>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
     next_handle: AtomicU64,
-    totals: FsTotals,
+}
+
+/// Swaps the revision a running [`StrataFs`] serves (spec §8.6).
+#[derive(Clone)]
+pub struct Switcher {
+    shared: Arc<Shared>,
+}
+
+impl Switcher {
+    /// The revision currently served.
+    pub fn current(&self) -> Arc<Repository> {
+        self.shared.repo()
+    }
+
+    /// Serves `repo` from now on and invalidates the kernel's caches of the previous
+    /// revision through `notifier` (if given). Returns the number of inodes invalidated.
+    ///
+    /// # Errors
+    /// Catalog errors reading the new root entry or statistics; [`Error::NotFound`] if the
+    /// new root catalog has no root entry. The old revision stays in place on error.
+    pub fn switch(
+        &self,
+        repo: Arc<Repository>,
+        notifier: Option<&fuser::Notifier>,
+    ) -> Result<usize> {
+        let (root, totals) = root_and_totals(&repo)?;
+        *self
+            .shared
+            .repo
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = repo;
+        *lock(&self.shared.totals) = totals;
+        let old = self.shared.inodes.new_generation(root);
+        let negatives = std::mem::take(&mut *lock(&self.shared.negatives));
+        let Some(notifier) = notifier else {
+            return Ok(old.len());
+        };
+        let quiet = |what: &str, r: std::io::Result<()>| {
+            if let Err(e) = r {
+                tracing::debug!(what, error = %e, "kernel cache invalidation");
+            }
+        };
+        for node in &old {
+            quiet("inode", notifier.inval_inode(INodeNo(node.ino), 0, 0));
+            if node.path.is_empty() {
+                continue;
+            }
+            let parent = self
+                .shared
+                .inodes
+                .last_ino_of(catalog::parent_path(&node.path));
+            if let Some(parent) = parent {
+                let name = catalog::path_hash::file_name(&node.path);
+                quiet(
+                    "entry",
+                    notifier.inval_entry(INodeNo(parent), OsStr::new(name)),
+                );
+            }
+        }
+        for (parent, name) in &negatives {
+            quiet(
+                "negative entry",
+                notifier.inval_entry(INodeNo(*parent), OsStr::new(name)),
+            );
+        }
+        Ok(old.len())
+    }
+}
+
+impl Shared {
+    fn repo(&self) -> Arc<Repository> {
+        self.repo
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The root entry and `statfs` totals of `repo`.
+fn root_and_totals(repo: &Repository) -> Result<(Entry, FsTotals)> {
+    let root = repo
+        .lookup("")?
+        .ok_or_else(|| Error::NotFound(String::new()))?;
+    let stats = repo.root_catalog().with(|r| r.statistics())?;
+    let sum =
+        |f: fn(&catalog::Counters) -> i64| (f(&stats.self_) + f(&stats.subtree)).max(0) as u64;
+    let totals = FsTotals {
+        bytes: sum(|c| c.file_size),
+        files: sum(|c| c.regular + c.symlink + c.special + c.dir),
+    };
+    Ok((root.entry, totals))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl StrataFs {
@@ -79,28 +192,52 @@ impl StrataFs {
     /// Catalog errors reading the root entry or statistics; [`Error::NotFound`] if the root
     /// catalog has no root entry.
     pub fn new(repo: Arc<Repository>) -> Result<StrataFs> {
-        let root = repo
-            .lookup("")?
-            .ok_or_else(|| Error::NotFound(String::new()))?;
-        let stats = repo.root_catalog().with(|r| r.statistics())?;
-        let sum =
-            |f: fn(&catalog::Counters) -> i64| (f(&stats.self_) + f(&stats.subtree)).max(0) as u64;
-        let totals = FsTotals {
-            bytes: sum(|c| c.file_size),
-            files: sum(|c| c.regular + c.symlink + c.special + c.dir),
-        };
+        let (root, totals) = root_and_totals(&repo)?;
         Ok(StrataFs {
-            repo,
-            inodes: Inodes::new(root.entry),
+            shared: Arc::new(Shared {
+                repo: RwLock::new(repo),
+                inodes: Inodes::new(root),
+                totals: Mutex::new(totals),
+                negatives: Mutex::new(HashSet::new()),
+            }),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
-            totals,
         })
     }
 
+    /// A handle that switches the served revision while the session runs.
+    pub fn switcher(&self) -> Switcher {
+        Switcher {
+            shared: self.shared.clone(),
+        }
+    }
+
+    fn repo(&self) -> Arc<Repository> {
+        self.shared.repo()
+    }
+
+    fn inodes(&self) -> &Inodes {
+        &self.shared.inodes
+    }
+
+    /// The node of `ino`. A node of an older revision is refreshed from the current one
+    /// when its path still resolves to the same inode number; otherwise the stale node is
+    /// returned (an open file of the old revision).
     fn node(&self, ino: INodeNo) -> std::result::Result<Arc<Node>, Errno> {
-        self.inodes.get(ino.0).ok_or(Errno::ENOENT)
+        let node = self.inodes().get(ino.0).ok_or(Errno::ENOENT)?;
+        if self.inodes().is_current(&node) {
+            return Ok(node);
+        }
+        match self.repo().lookup(&node.path) {
+            Ok(Some(found)) => {
+                let fresh =
+                    self.inodes()
+                        .intern(&node.path, &found.catalog.mountpoint, found.entry);
+                Ok(if fresh.ino == node.ino { fresh } else { node })
+            }
+            _ => Ok(node),
+        }
     }
 
     /// Looks `name` up in directory `parent`; `None` if it does not exist.
@@ -112,23 +249,23 @@ impl StrataFs {
             return Ok(None);
         };
         let path = format!("{}/{}", parent.path, name);
-        Ok(self.repo.lookup(&path)?.map(|found| {
-            self.inodes
+        Ok(self.repo().lookup(&path)?.map(|found| {
+            self.inodes()
                 .intern(&path, &found.catalog.mountpoint, found.entry)
         }))
     }
 
     /// The listing of directory `node`, allocating inodes for its children.
     fn listing(&self, node: &Node) -> Result<DirListing> {
-        let children = self.repo.list(&node.path)?;
+        let repo = self.repo();
+        let children = repo.list(&node.path)?;
         let parent_ino = if node.path.is_empty() {
             ROOT_INODE
         } else {
             let parent = catalog::parent_path(&node.path);
-            self.repo
-                .lookup(parent)?
+            repo.lookup(parent)?
                 .map(|f| {
-                    self.inodes
+                    self.inodes()
                         .intern(parent, &f.catalog.mountpoint, f.entry)
                         .ino
                 })
@@ -141,7 +278,7 @@ impl StrataFs {
             let path = format!("{}/{}", node.path, found.entry.name);
             let name = found.entry.name.clone();
             let child = self
-                .inodes
+                .inodes()
                 .intern(&path, &found.catalog.mountpoint, found.entry);
             items.push((child.ino, attr::file_type(&child.entry), name));
         }
@@ -159,7 +296,7 @@ impl StrataFs {
         }
         if entry.is_chunked() {
             let catalog = self.catalog_of(node)?;
-            let chunks = self.repo.chunks(&catalog, &node.path, entry.size)?;
+            let chunks = self.repo().chunks(&catalog, &node.path, entry.size)?;
             return Ok(OpenFile::Chunked {
                 path: node.path.clone(),
                 chunks,
@@ -173,7 +310,7 @@ impl StrataFs {
                 reason: "regular file without content hash or chunks".into(),
             });
         };
-        let file = self.repo.cache().get(&ObjectRequest {
+        let file = self.repo().cache().get(&ObjectRequest {
             hash,
             suffix: Suffix::None,
             compressed: entry.compressed,
@@ -183,7 +320,7 @@ impl StrataFs {
     }
 
     fn catalog_of(&self, node: &Node) -> Result<Arc<LoadedCatalog>> {
-        self.repo
+        self.repo()
             .loaded_catalog(&node.catalog)
             .ok_or_else(|| Error::NotFound(node.path.clone()))
     }
@@ -215,7 +352,7 @@ impl StrataFs {
                     let chunk_file = match cached {
                         Some(f) => f,
                         None => {
-                            let f = Arc::new(self.repo.cache().get(&ObjectRequest {
+                            let f = Arc::new(self.repo().cache().get(&ObjectRequest {
                                 hash: chunk.hash,
                                 suffix: Suffix::Partial,
                                 compressed: *compressed,
@@ -301,6 +438,12 @@ impl Filesystem for StrataFs {
             Ok(Some(node)) => reply.entry(&TTL, &file_attr(node.ino, &node.entry), Generation(0)),
             // Inode 0 with a TTL is a cached negative entry (FUSE protocol).
             Ok(None) => {
+                if let Some(name) = name.to_str() {
+                    let mut negatives = lock(&self.shared.negatives);
+                    if negatives.len() < MAX_NEGATIVES {
+                        negatives.insert((parent.ino, name.to_string()));
+                    }
+                }
                 let mut attr = file_attr(0, &parent.entry);
                 attr.ino = INodeNo(0);
                 reply.entry(&TTL, &attr, Generation(0));
@@ -455,11 +598,12 @@ impl Filesystem for StrataFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let block = 4096u64;
+        let totals = *lock(&self.shared.totals);
         reply.statfs(
-            self.totals.bytes.div_ceil(block),
+            totals.bytes.div_ceil(block),
             0,
             0,
-            self.totals.files,
+            totals.files,
             0,
             block as u32,
             255,
