@@ -30,3 +30,4 @@ pub mod config;
 pub mod proxy;
 pub mod quota;
 pub mod cache_cmd;
+pub mod metrics;

@@ -10,9 +10,10 @@ use tonic::{Request, Response, Status};
 use crate::api::containerd::services::snapshots::v1 as pb;
 use crate::api::containerd::types::Mount as PbMount;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::mounts::Mount;
 use crate::snapshots::store::{Kind, Labels};
-use crate::snapshots::{Info, Prepared, Snapshotter};
+use crate::snapshots::{Info, Prepared, Snapshotter, UsageSource};
 
 /// Entries per `ListSnapshotsResponse` message (as rust-extensions' wrapper does).
 const LIST_BATCH: usize = 100;
@@ -21,6 +22,7 @@ const LIST_BATCH: usize = 100;
 #[derive(Clone)]
 pub struct SnapshotsService {
     inner: Arc<Mutex<Snapshotter>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Maps the crate error to the gRPC code containerd's `errdefs.FromGRPC` understands.
@@ -75,11 +77,22 @@ fn labels(map: std::collections::HashMap<String, String>) -> Labels {
 }
 
 impl SnapshotsService {
-    /// Serves `snapshotter`.
-    pub fn new(snapshotter: Snapshotter) -> SnapshotsService {
+    /// Serves `snapshotter`; Prepare latencies go to `metrics` (share the same `Arc` with
+    /// [`Snapshotter::set_metrics`]).
+    pub fn new(snapshotter: Snapshotter, metrics: Arc<Metrics>) -> SnapshotsService {
         SnapshotsService {
             inner: Arc::new(Mutex::new(snapshotter)),
+            metrics,
         }
+    }
+
+    /// Runs `f` on the shared snapshotter on a blocking thread (start-up checks).
+    pub async fn run_blocking<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Snapshotter) -> crate::Result<T> + Send + 'static,
+    {
+        self.with(f).await
     }
 
     /// Runs `f` with the snapshotter locked, on a blocking thread.
@@ -108,9 +121,10 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let req = request.into_inner();
         let (key, parent, labels) = (req.key, req.parent, labels(req.labels));
-        let prepared = self
-            .with(move |s| s.prepare(&key, &parent, &labels))
-            .await?;
+        let started = std::time::Instant::now();
+        let prepared = self.with(move |s| s.prepare(&key, &parent, &labels)).await;
+        self.metrics.observe_prepare(started.elapsed());
+        let prepared = prepared?;
         match prepared {
             Prepared::Mounts(mounts) => Ok(Response::new(pb::PrepareSnapshotResponse {
                 mounts: mounts.into_iter().map(to_pb_mount).collect(),
@@ -149,8 +163,9 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         request: Request<pb::CommitSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
         let req = request.into_inner();
-        let (name, key, labels) = (req.name, req.key, labels(req.labels));
-        self.with(move |s| s.commit(&name, &key, &labels)).await?;
+        let (name, key, labels, parent) = (req.name, req.key, labels(req.labels), req.parent);
+        self.with(move |s| s.commit(&name, &key, &labels, &parent))
+            .await?;
         Ok(Response::new(()))
     }
 
@@ -223,14 +238,21 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
     ) -> Result<Response<pb::UsageResponse>, Status> {
         let key = request.into_inner().key;
         // Look up under the lock, measure without it.
-        let source = self.with(move |s| s.usage_source(&key)).await?;
-        let usage = match source {
-            Ok(usage) => usage,
-            Err(dir) => tokio::task::spawn_blocking(move || crate::snapshots::disk_usage(&dir))
-                .await
-                .map_err(|e| Status::internal(format!("usage task failed: {e}")))?
-                .map_err(to_status)?,
-        };
+        let lookup = key.clone();
+        let source = self.with(move |s| s.usage_source(&lookup)).await?;
+        let measured = tokio::task::spawn_blocking(move || match source {
+            UsageSource::Known(usage) => Ok((usage, None)),
+            UsageSource::Measure(dir) => crate::snapshots::disk_usage(&dir).map(|u| (u, None)),
+            UsageSource::Remote { dir, walked } => crate::snapshots::remote_usage(&dir, walked),
+        })
+        .await
+        .map_err(|e| Status::internal(format!("usage task failed: {e}")))?
+        .map_err(to_status)?;
+        let (usage, fresh) = measured;
+        if let Some(walked) = fresh {
+            self.with(move |s| s.store_remote_walk(&key, walked))
+                .await?;
+        }
         Ok(Response::new(pb::UsageResponse {
             size: usage.size,
             inodes: usage.inodes,

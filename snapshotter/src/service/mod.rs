@@ -10,13 +10,23 @@
 //!
 //! State lives under `--root`: `metadata.db` (SQLite) and `snapshots/<id>/{fs,work}`.
 //! Published layers are read from the repository mounted at `--mountpoint`
-//! (`strata-snapshotter mount`). The socket is bound before anything slow happens, so
-//! containerd's (lazy, retrying) dial succeeds as early as possible; the process stops on
-//! SIGINT or SIGTERM and removes its socket.
+//! (`strata-snapshotter mount`, a separate process: containers keep their overlay mounts
+//! of the repository whatever happens to this one). The socket is bound before anything
+//! slow happens, so containerd's (lazy, retrying) dial succeeds as early as possible; the
+//! check of the remote snapshots (stats in the FUSE mount) runs after serving started.
+//! Nothing is ever wiped at start-up: unreachable remote snapshots are logged and carry
+//! the `strata.io/unavailable` label in Stat/List until the repository is back. The
+//! process stops on SIGINT or SIGTERM and removes its socket; SIGKILL loses nothing
+//! (SQLite WAL, synchronous=FULL).
+//!
+//! Settings come from flags, `--config FILE` ([`config`]) and defaults, in that order.
 
+pub mod config;
 pub mod grpc;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -24,24 +34,62 @@ use tracing::info;
 
 use crate::api::containerd::services::snapshots::v1::snapshots_server::SnapshotsServer;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::snapshots::Snapshotter;
+use config::{FileConfig, RunConfig};
 use grpc::SnapshotsService;
 
-/// Command-line arguments of `run` (CONTRACTS §4).
+/// Command-line arguments of `run` (CONTRACTS §4). Unset values come from `--config`, then
+/// the defaults of [`config`].
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Unix socket to serve the Snapshots API on (a stale file is replaced).
+    /// Unix socket to serve the Snapshots API on (a stale file is replaced)
+    /// [default: /run/strata/snapshotter.sock].
     #[arg(long)]
-    pub socket: PathBuf,
-    /// State directory: `metadata.db` and `snapshots/`.
+    pub socket: Option<PathBuf>,
+    /// State directory: `metadata.db` and `snapshots/`
+    /// [default: /var/lib/containerd/io.containerd.snapshotter.v1.strata].
     #[arg(long)]
-    pub root: PathBuf,
+    pub root: Option<PathBuf>,
     /// Where the repository is mounted (by `strata-snapshotter mount`).
     #[arg(long)]
-    pub mountpoint: PathBuf,
-    /// The proxy plugin name containerd uses for us (only for logs).
-    #[arg(long, default_value = "strata")]
-    pub name: String,
+    pub mountpoint: Option<PathBuf>,
+    /// The proxy plugin name containerd uses for us (only for logs) [default: strata].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Fail (FailedPrecondition) extraction Prepares whose layer cannot be served from the
+    /// repository, instead of falling back to a normal unpack.
+    #[arg(long)]
+    pub require_remote: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// The FUSE client's cache directory (cache hit/miss/bytes metrics only).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// TOML configuration file (see deploy/README.md).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The effective settings: flags over `--config` over defaults.
+    pub fn resolve(&self) -> Result<RunConfig> {
+        let file = match &self.config {
+            Some(path) => FileConfig::read(path)?,
+            None => FileConfig::default(),
+        };
+        let flags = FileConfig {
+            socket: self.socket.clone(),
+            root: self.root.clone(),
+            mountpoint: self.mountpoint.clone(),
+            name: self.name.clone(),
+            require_remote: self.require_remote.then_some(true),
+            metrics: self.metrics,
+            cache_dir: self.cache_dir.clone(),
+        };
+        config::merge(flags, file)
+    }
 }
 
 fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -74,14 +122,24 @@ pub fn bind(socket: &Path) -> Result<UnixListener> {
     UnixListener::bind(socket).map_err(io_err(format!("bind {}", socket.display())))
 }
 
-/// Serves on an already bound listener until `shutdown` completes.
+/// Serves on an already bound listener until `shutdown` completes. The remote snapshots
+/// are checked ([`Snapshotter::check_remote`]) in the background once serving started.
 pub async fn serve(
     listener: UnixListener,
-    snapshotter: Snapshotter,
+    mut snapshotter: Snapshotter,
+    metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
+    snapshotter.set_metrics(Arc::clone(&metrics));
+    let service = SnapshotsService::new(snapshotter, metrics);
+    let checker = service.clone();
+    tokio::spawn(async move {
+        if let Err(e) = checker.run_blocking(|s| s.check_remote().map(|_| ())).await {
+            tracing::warn!(error = %e.message(), "start-up check of remote snapshots failed");
+        }
+    });
     tonic::transport::Server::builder()
-        .add_service(SnapshotsServer::new(SnapshotsService::new(snapshotter)))
+        .add_service(SnapshotsServer::new(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| Error::Io {
@@ -107,28 +165,49 @@ async fn signalled() {
 
 /// Runs `strata-snapshotter run`.
 pub fn main(args: RunArgs) -> Result<()> {
+    let cfg = args.resolve()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(io_err("start tokio runtime".into()))?;
     runtime.block_on(async move {
-        let listener = bind(&args.socket)?;
-        info!(socket = %args.socket.display(), name = %args.name, "listening");
-        let (root, mountpoint) = (args.root.clone(), args.mountpoint.clone());
-        let snapshotter =
+        let listener = bind(&cfg.socket)?;
+        info!(socket = %cfg.socket.display(), name = %cfg.name, "listening");
+        let metrics = Arc::new(Metrics::new(cfg.cache_dir.clone()));
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(addr) = cfg.metrics {
+            let tcp = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io_err(format!("bind metrics address {addr}")))?;
+            info!(%addr, "metrics at http://{addr}/metrics");
+            let m = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                let stopped = async {
+                    let _ = metrics_stopped.await;
+                };
+                if let Err(e) = crate::metrics::serve(tcp, m, stopped).await {
+                    tracing::warn!(error = %e, "metrics endpoint stopped");
+                }
+            });
+        }
+        let (root, mountpoint) = (cfg.root.clone(), cfg.mountpoint.clone());
+        let mut snapshotter =
             tokio::task::spawn_blocking(move || Snapshotter::open(&root, &mountpoint))
                 .await
                 .map_err(|e| Error::Io {
                     context: "open snapshotter".into(),
                     source: std::io::Error::other(e),
                 })??;
+        snapshotter.set_require_remote(cfg.require_remote);
         info!(
-            root = %args.root.display(),
-            mountpoint = %args.mountpoint.display(),
+            root = %cfg.root.display(),
+            mountpoint = %cfg.mountpoint.display(),
+            require_remote = cfg.require_remote,
             "snapshotter ready"
         );
-        let result = serve(listener, snapshotter, signalled()).await;
-        let _ = std::fs::remove_file(&args.socket);
+        let result = serve(listener, snapshotter, metrics, signalled()).await;
+        let _ = stop_metrics.send(());
+        let _ = std::fs::remove_file(&cfg.socket);
         result
     })
 }
@@ -151,7 +230,7 @@ mod tests {
         let listener = bind(&socket)?;
         let sn = Snapshotter::open(&dir.path().join("root"), &dir.path().join("mnt"))?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, sn, async {
+        let server = tokio::spawn(serve(listener, sn, Arc::new(Metrics::default()), async {
             let _ = rx.await;
         }));
 

@@ -8,13 +8,16 @@
 //! value (bare up to the next `,`, or double-quoted, or `/regex/`). A path alone tests for
 //! presence.
 //!
-//! Semantics follow `filters/filter.go` and `snapshots.adaptSnapshot`: `name`, `parent`
-//! and `kind` always exist (`parent` is "" for none; containerd asks for `parent==""` in
-//! the handshake of a bottom layer), a label exists when set; presence = the field exists;
-//! `==` = exists and equal; `!=` = not equal (a missing field counts as ""). `~=` (regular expressions) and
-//! unknown fields are accepted and ignored (they match everything): containerd re-checks
-//! every entry it receives from a List, e.g. in the remote-snapshot handshake (anchors §3.2
-//! step 5), so returning too much is harmless while returning too little is not.
+//! Semantics follow `filters/filter.go` (`selector.Match`) and the snapshot adaptor of
+//! `snapshots/storage` (`adaptSnapshot`): `name`, `parent` and `kind` always exist
+//! (`parent` is "" for none; containerd asks for `parent==""` in the handshake of a bottom
+//! layer; `kind` is `active`, `view` or `committed`); `labels.<k>` exists when the label is
+//! set and the path has exactly one element after `labels`; every other field is absent.
+//! Presence = the field exists; `==` = exists and equal; `!=` = not equal, a missing field
+//! counting as ""; `~=` = the value (or "" when missing) matches the regular expression
+//! (Go RE2 syntax, which the `regex` crate follows), unanchored as Go's `MatchString`.
+//! A regular expression that does not compile is a syntax error (`InvalidArgument`), as
+//! containerd's parser makes it.
 
 use crate::error::{Error, Result};
 use crate::snapshots::store::Record;
@@ -37,9 +40,21 @@ enum Op {
     Present,
     Equal(String),
     NotEqual(String),
-    /// `~=`: accepted, not evaluated.
-    Matches,
+    /// `~=` with the compiled expression.
+    Matches(Regex),
 }
+
+/// A compiled `~=` expression; compared by its source text.
+#[derive(Clone, Debug)]
+struct Regex(regex::Regex);
+
+impl PartialEq for Regex {
+    fn eq(&self, other: &Regex) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for Regex {}
 
 impl Filter {
     /// Parses filter strings; empty strings are skipped. [`Error::SnapshotInvalid`] on
@@ -74,16 +89,14 @@ impl Selector {
                 Some(record.parent.clone().unwrap_or_default())
             }
             Some("kind") if self.path.len() == 1 => Some(record.kind.as_str().to_string()),
-            Some("labels") if self.path.len() >= 2 => {
-                record.labels.get(&self.path[1..].join(".")).cloned()
-            }
-            _ => return true, // unknown field: ignored
+            Some("labels") if self.path.len() == 2 => record.labels.get(&self.path[1]).cloned(),
+            _ => None, // unknown field: absent (adaptSnapshot returns "", false)
         };
         match &self.op {
             Op::Present => value.is_some(),
             Op::Equal(v) => value.as_deref() == Some(v.as_str()),
             Op::NotEqual(v) => value.as_deref().unwrap_or("") != v,
-            Op::Matches => true,
+            Op::Matches(re) => re.0.is_match(value.as_deref().unwrap_or("")),
         }
     }
 }
@@ -160,7 +173,10 @@ impl<'a> Parser<'a> {
         let op = match op {
             "==" => Op::Equal(value),
             "!=" => Op::NotEqual(value),
-            _ => Op::Matches,
+            _ => Op::Matches(Regex(
+                regex::Regex::new(&value)
+                    .map_err(|e| self.error(&format!("bad regular expression: {e}")))?,
+            )),
         };
         Ok(Selector { path, op })
     }
@@ -199,7 +215,8 @@ impl<'a> Parser<'a> {
     }
 
     /// A string between `quote` characters with backslash escapes (`\n`, `\t`, `\\`,
-    /// `\<quote>`; any other escaped character stands for itself).
+    /// `\<quote>`; any other escaped character stands for itself). Between `/` (a regular
+    /// expression) only `\/` is unescaped; other escapes are kept for the regex.
     fn quoted(&mut self, quote: char) -> Result<String> {
         self.pos += 1;
         let mut out = String::new();
@@ -214,6 +231,11 @@ impl<'a> Parser<'a> {
                     self.pos += 1;
                     match self.peek() {
                         None => return Err(self.error("unterminated escape")),
+                        // Inside /regex/ only `\/` is ours; `\d`, `\.` … belong to the regex.
+                        Some(c) if quote == '/' && c != '/' => {
+                            out.push('\\');
+                            out.push(c);
+                        }
                         Some('n') => out.push('\n'),
                         Some('t') => out.push('\t'),
                         Some(c) => out.push(c),
@@ -312,10 +334,37 @@ mod tests {
     }
 
     #[test]
-    fn regex_and_unknown_fields_are_ignored() {
-        let a = record("a", None, Kind::Active, &[]);
-        assert!(parse(&["name~=/^z/"]).matches(&a));
-        assert!(parse(&["nosuchfield==1"]).matches(&a));
+    fn regex_matches_unanchored_and_missing_fields_are_empty() {
+        let a = record(
+            "default/3/extract-1 sha256:ab",
+            Some("p"),
+            Kind::Active,
+            &[("team", "blue-42")],
+        );
+        assert!(parse(&["name~=/extract-/"]).matches(&a));
+        assert!(parse(&[r#"name~="^default/[0-9]+/""#]).matches(&a));
+        assert!(!parse(&["name~=/^z/"]).matches(&a));
+        assert!(parse(&[r"labels.team~=/blue-\d+$/"]).matches(&a));
+        assert!(!parse(&["labels.team~=/^red/"]).matches(&a));
+        // A missing label is "" for ~= and !=.
+        assert!(parse(&["labels.none~=/^$/"]).matches(&a));
+        assert!(parse(&["labels.none!=x"]).matches(&a));
+        assert!(!parse(&["labels.none"]).matches(&a));
+        // AND inside one string, OR across strings.
+        assert!(parse(&["kind==active,labels.team~=/blue/,parent==p"]).matches(&a));
+        assert!(!parse(&["kind==active,labels.team~=/red/"]).matches(&a));
+        assert!(parse(&["kind==view", "labels.team~=/blue/"]).matches(&a));
+    }
+
+    #[test]
+    fn unknown_fields_and_nested_label_paths_are_absent() {
+        let a = record("a", None, Kind::Active, &[("x.y", "1")]);
+        assert!(!parse(&["nosuchfield==1"]).matches(&a));
+        assert!(!parse(&["nosuchfield"]).matches(&a));
+        assert!(parse(&["nosuchfield!=1"]).matches(&a));
+        // Unquoted dots split the path (containerd's checkMap wants one element).
+        assert!(!parse(&["labels.x.y==1"]).matches(&a));
+        assert!(parse(&[r#"labels."x.y"==1"#]).matches(&a));
     }
 
     #[test]
@@ -327,7 +376,14 @@ mod tests {
 
     #[test]
     fn syntax_errors_are_invalid_argument() {
-        for bad in [r#"name=="x"#, "name=x", "==x", "name==a b,", "labels.\"k"] {
+        for bad in [
+            r#"name=="x"#,
+            "name=x",
+            "==x",
+            "name==a b,",
+            "labels.\"k",
+            "name~=/(/",
+        ] {
             let r = Filter::parse(&[bad.to_string()]);
             assert!(matches!(r, Err(Error::SnapshotInvalid(_))), "{bad}: {r:?}");
         }

@@ -18,21 +18,30 @@ pub mod filter;
 pub mod remote;
 pub mod store;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::mounts::{Layout, Mount, OverlayOptions, snapshot_mounts};
 use filter::Filter;
-use remote::{LABEL_REMOTE, LABEL_SNAPSHOT_REF, Repository, Resolution};
+use remote::{
+    FallbackReason, LABEL_REMOTE, LABEL_SNAPSHOT_REF, Repository, Resolution, inherited_labels,
+    key_chain_id,
+};
 use store::{Kind, Labels, NewRecord, Record, Store};
 
 /// Largest combined size of one label's key and value, in bytes (containerd
 /// `labels.Validate`, anchors §3.1).
 pub const MAX_LABEL_SIZE: usize = 4096;
+
+/// Label added to `Stat`/`List` answers (never stored) for a remote snapshot whose layer
+/// was unreachable at the last check; the value says why.
+pub const LABEL_UNAVAILABLE: &str = "strata.io/unavailable";
 
 /// What a snapshot looks like from outside (`containerd.services.snapshots.v1.Info`).
 #[derive(Clone, Debug, PartialEq)]
@@ -92,6 +101,10 @@ pub struct Snapshotter {
     store: Store,
     repository: Repository,
     overlay: OverlayOptions,
+    metrics: Arc<Metrics>,
+    require_remote: bool,
+    /// Remote snapshots found unreachable by the last check: key → reason.
+    unavailable: BTreeMap<String, String>,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -138,6 +151,95 @@ pub fn disk_usage(dir: &Path) -> Result<Usage> {
     Ok(usage)
 }
 
+/// Where a snapshot's usage comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UsageSource {
+    /// Recorded at commit (local committed snapshots).
+    Known(Usage),
+    /// Measure this directory with [`disk_usage`] (active and view snapshots).
+    Measure(PathBuf),
+    /// A remote layer: measure with [`remote_usage`]; `walked` is the stored walk, if any.
+    Remote {
+        /// The `layerfs` directory in the mount.
+        dir: PathBuf,
+        /// The walk recorded earlier.
+        walked: Option<Usage>,
+    },
+}
+
+/// Extended attribute the FUSE client may set on a layer directory: decimal bytes the
+/// shared cache holds for that layer's files (preferred over the walk when present).
+pub const XATTR_CACHED_BYTES: &str = "user.strata.cached_bytes";
+
+/// Reads [`XATTR_CACHED_BYTES`] of `dir`; `None` if absent or not a number.
+fn cached_bytes_xattr(dir: &Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let name = std::ffi::CString::new(XATTR_CACHED_BYTES).ok()?;
+    let mut buf = [0u8; 32];
+    // SAFETY: both strings are NUL-terminated and `buf` is valid for `buf.len()` bytes.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+}
+
+/// Apparent size (sum of regular files' lengths, hard links once) and inode count of the
+/// tree at `dir`. Blocking; through the FUSE mount this reads metadata only.
+pub fn apparent_usage(dir: &Path) -> Result<Usage> {
+    let mut seen = HashSet::new();
+    let mut usage = Usage::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).map_err(io_err(path.display().to_string()))?;
+        if seen.insert((meta.dev(), meta.ino())) {
+            usage.inodes += 1;
+            if meta.is_file() {
+                usage.size += i64::try_from(meta.len()).unwrap_or(i64::MAX);
+            }
+        }
+        if meta.is_dir() {
+            let entries =
+                std::fs::read_dir(&path).map_err(io_err(format!("read {}", path.display())))?;
+            for entry in entries {
+                let entry = entry.map_err(io_err(format!("read {}", path.display())))?;
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(usage)
+}
+
+/// Usage of a remote layer at `dir`: bytes = [`XATTR_CACHED_BYTES`] when the FUSE client
+/// provides it (what the shared cache holds for the layer), else the layer's apparent size
+/// — an upper bound of what it can hold in the cache (objects are stored decompressed and
+/// shared between layers, so the real figure is lower once files are deduplicated or not
+/// yet read); inodes = the layer's entries. `walked` is a walk recorded earlier; the
+/// second value is a fresh walk to record. Blocking.
+pub fn remote_usage(dir: &Path, walked: Option<Usage>) -> Result<(Usage, Option<Usage>)> {
+    let (walk, fresh) = match walked {
+        Some(w) => (w, None),
+        None => {
+            let w = apparent_usage(dir)?;
+            (w, Some(w))
+        }
+    };
+    let size = cached_bytes_xattr(dir).unwrap_or(walk.size);
+    Ok((
+        Usage {
+            size,
+            inodes: walk.inodes,
+        },
+        fresh,
+    ))
+}
+
 impl Snapshotter {
     /// Opens the snapshotter rooted at `root` (creates `root/snapshots` and
     /// `root/metadata.db`) over the repository mounted at `mountpoint`.
@@ -151,7 +253,75 @@ impl Snapshotter {
             store,
             repository: Repository::new(mountpoint),
             overlay: OverlayOptions::detect(),
+            metrics: Arc::new(Metrics::default()),
+            require_remote: false,
+            unavailable: BTreeMap::new(),
         })
+    }
+
+    /// Counts remote/fallback decisions into `metrics`.
+    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = metrics;
+    }
+
+    /// With `true`, an extraction Prepare that cannot be answered from the repository
+    /// fails with `SnapshotPrecondition` (gRPC `FailedPrecondition`) instead of falling
+    /// back to a local snapshot (`--require-remote`, anchors §5 G).
+    pub fn set_require_remote(&mut self, require: bool) {
+        self.require_remote = require;
+    }
+
+    /// Checks every remote snapshot's layer directory in the mount; remembers (and logs)
+    /// the unreachable ones — they are reported, never deleted. Returns them, key →
+    /// reason. Blocking: stats inside the FUSE mount.
+    pub fn check_remote(&mut self) -> Result<BTreeMap<String, String>> {
+        let mut unavailable = BTreeMap::new();
+        let mut total = 0;
+        for record in self.store.all()? {
+            let Some(path) = &record.remote else { continue };
+            total += 1;
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    unavailable.insert(
+                        record.key.clone(),
+                        format!("{} is not a directory", path.display()),
+                    );
+                }
+                Err(e) => {
+                    unavailable.insert(record.key.clone(), format!("{}: {e}", path.display()));
+                }
+            }
+        }
+        for (key, reason) in &unavailable {
+            warn!(key, %reason, "remote snapshot unavailable (kept; it works again once the repository is reachable)");
+        }
+        info!(
+            remote = total,
+            unavailable = unavailable.len(),
+            "checked remote snapshots"
+        );
+        self.metrics.set_unavailable(unavailable.len() as u64);
+        self.unavailable = unavailable.clone();
+        Ok(unavailable)
+    }
+
+    /// `Info` of `record` as answered to containerd: stored fields plus
+    /// [`LABEL_UNAVAILABLE`] when the last check found its layer unreachable.
+    fn info(&self, record: &Record) -> Info {
+        let mut info = Info::from(record);
+        if let Some(reason) = self.unavailable.get(&record.key) {
+            info.labels
+                .insert(LABEL_UNAVAILABLE.to_string(), reason.clone());
+        }
+        info
+    }
+
+    /// Forgets a removed snapshot's unavailability.
+    fn forget_unavailable(&mut self, key: &str) {
+        if self.unavailable.remove(key).is_some() {
+            self.metrics.set_unavailable(self.unavailable.len() as u64);
+        }
     }
 
     /// Overrides the kernel-detected overlay options (tests).
@@ -242,30 +412,54 @@ impl Snapshotter {
         Ok(snapshot_mounts(&layout, &lowers, self.overlay))
     }
 
-    /// containerd `Prepare(key, parent, labels)` (module doc). Errors: `SnapshotExists`
-    /// (key taken), `SnapshotNotFound` (parent), `SnapshotInvalid` (parent not committed,
-    /// labels too big).
+    /// containerd `Prepare(key, parent, labels)` (module doc). An *extraction* Prepare (label
+    /// `containerd.io/snapshot.ref`, or a key `extract-… sha256:<ChainID>`) is first tried
+    /// against the repository ([`remote`]); each one logs one line and counts one
+    /// remote or fallback ([`Metrics`]). Errors: `SnapshotExists` (key taken),
+    /// `SnapshotNotFound` (parent), `SnapshotInvalid` (parent not committed, labels too
+    /// big), `SnapshotPrecondition` (fallback under `--require-remote`),
+    /// `SnapshotUnavailable` (a remote parent layer is unreachable).
     pub fn prepare(&mut self, key: &str, parent: &str, labels: &Labels) -> Result<Prepared> {
         validate_labels(labels)?;
-        if let Some(target) = labels.get(LABEL_SNAPSHOT_REF)
-            && let Some(prepared) = self.try_remote(key, target, parent, labels)?
-        {
-            return Ok(prepared);
+        let target = labels
+            .get(LABEL_SNAPSHOT_REF)
+            .map(String::as_str)
+            .or_else(|| key_chain_id(key))
+            .map(str::to_string);
+        if let Some(target) = target {
+            match self.try_remote(key, &target, parent, labels)? {
+                Ok(prepared) => return Ok(prepared),
+                Err((reason, detail)) => {
+                    self.metrics.layer_fallback(reason);
+                    if self.require_remote {
+                        warn!(key, target, reason = reason.as_str(), %detail, "fallback refused (--require-remote)");
+                        return Err(Error::SnapshotPrecondition(format!(
+                            "layer {target} is not available remotely ({}: {detail}) and \
+                             --require-remote is set",
+                            reason.as_str()
+                        )));
+                    }
+                    info!(key, target, reason = reason.as_str(), %detail, "fallback to local snapshot");
+                }
+            }
         }
         self.create(Kind::Active, key, parent, labels)
             .map(Prepared::Mounts)
     }
 
-    /// The remote path of Prepare; `None` = fall back to a local snapshot (logged).
+    /// The remote path of Prepare: `Ok(Ok(_))` = answered from the repository (logged and
+    /// counted here), `Ok(Err((reason, detail)))` = fall back.
+    #[allow(clippy::type_complexity)]
     fn try_remote(
         &mut self,
         key: &str,
         target: &str,
         parent: &str,
         labels: &Labels,
-    ) -> Result<Option<Prepared>> {
+    ) -> Result<std::result::Result<Prepared, (FallbackReason, String)>> {
         let parent_record = self.committed_parent(parent)?;
-        if let Some(existing) = self.store.get(target)? {
+        let has_label = labels.contains_key(LABEL_SNAPSHOT_REF);
+        if has_label && let Some(existing) = self.store.get(target)? {
             if existing.kind == Kind::Committed
                 && existing.parent.as_deref().unwrap_or("") == parent
             {
@@ -273,33 +467,36 @@ impl Snapshotter {
                     key,
                     target, "remote: target already committed, answering AlreadyExists"
                 );
-                return Ok(Some(Prepared::Remote {
+                self.metrics.layer_remote("existing");
+                return Ok(Ok(Prepared::Remote {
                     name: target.to_string(),
                 }));
             }
-            info!(
-                key,
-                target,
-                "fallback to local snapshot: target name exists with another parent or kind"
-            );
-            return Ok(None);
+            return Ok(Err((
+                FallbackReason::TargetConflict,
+                format!(
+                    "target {target:?} exists as a {} snapshot with parent {:?}",
+                    existing.kind.as_str(),
+                    existing.parent.as_deref().unwrap_or("")
+                ),
+            )));
         }
         if let Some(p) = &parent_record {
             let dir = self.files_dir(p);
             if !dir.is_dir() {
-                warn!(
-                    key,
-                    target,
-                    parent,
-                    "fallback to local snapshot: parent directory {} is unavailable",
-                    dir.display()
-                );
-                return Ok(None);
+                return Ok(Err((
+                    FallbackReason::ParentUnavailable,
+                    format!(
+                        "parent {parent:?} directory {} is unavailable",
+                        dir.display()
+                    ),
+                )));
             }
         }
-        match self.repository.resolve(labels) {
+        match self.repository.resolve(key, labels) {
             Resolution::Found { path, via } => {
-                let mut committed = labels.clone();
+                let mut committed = inherited_labels(labels);
+                committed.insert(LABEL_SNAPSHOT_REF.to_string(), target.to_string());
                 committed.insert(LABEL_REMOTE.to_string(), "true".to_string());
                 self.store.insert(&NewRecord {
                     key: target,
@@ -308,15 +505,13 @@ impl Snapshotter {
                     labels: &committed,
                     remote: Some(&path),
                 })?;
+                self.metrics.layer_remote(via);
                 info!(key, target, via, path = %path.display(), "remote: layer published, committed from the repository");
-                Ok(Some(Prepared::Remote {
+                Ok(Ok(Prepared::Remote {
                     name: target.to_string(),
                 }))
             }
-            Resolution::Missing(reason) => {
-                info!(key, target, %reason, "fallback to local snapshot: layer not published");
-                Ok(None)
-            }
+            Resolution::Missing { reason, detail } => Ok(Err((reason, detail))),
         }
     }
 
@@ -398,11 +593,20 @@ impl Snapshotter {
         self.mounts_of(&record)
     }
 
-    /// containerd `Commit(name, key, labels)`: the active snapshot `key` becomes the
-    /// committed snapshot `name` with exactly `labels`, keeping its parent and directory;
-    /// its usage is measured now. Errors: `SnapshotNotFound`, `SnapshotExists` (name taken),
-    /// `SnapshotPrecondition` (not active).
-    pub fn commit(&mut self, name: &str, key: &str, labels: &Labels) -> Result<()> {
+    /// containerd `Commit(name, key, labels[, parent])`: the active snapshot `key` becomes
+    /// the committed snapshot `name` with exactly `labels` (containerd's storage replaces
+    /// labels on commit, it does not inherit them), keeping its directory; its usage is
+    /// measured now and its creation time reset (as `storage.CommitActive`).
+    ///
+    /// `parent` is the `CommitSnapshotRequest.parent` field of containerd ≥ 2.2 ("rebase",
+    /// used by parallel unpack): "" keeps the snapshot's parent; the same name is a no-op;
+    /// for a snapshot prepared without parent it must name a committed snapshot, which
+    /// becomes the parent (the upper directory is an overlay diff, so it stacks on any
+    /// parent); changing an existing parent is `SnapshotInvalid`.
+    ///
+    /// Errors: `SnapshotNotFound` (key or parent), `SnapshotExists` (name taken),
+    /// `SnapshotPrecondition` (not active), `SnapshotInvalid` (labels, parent).
+    pub fn commit(&mut self, name: &str, key: &str, labels: &Labels, parent: &str) -> Result<()> {
         validate_labels(labels)?;
         let record = self.store.require(key)?;
         if record.kind != Kind::Active {
@@ -414,9 +618,27 @@ impl Snapshotter {
         if self.store.get(name)?.is_some() {
             return Err(Error::SnapshotExists(name.to_string()));
         }
+        let rebase = match (parent, record.parent.as_deref()) {
+            ("", _) => None,
+            (p, Some(current)) if p == current => None,
+            (p, Some(current)) => {
+                return Err(Error::SnapshotInvalid(format!(
+                    "cannot commit {key:?} onto parent {p:?}: it was prepared on {current:?}"
+                )));
+            }
+            (p, None) => {
+                if p == key || p == name {
+                    return Err(Error::SnapshotInvalid(format!(
+                        "snapshot {key:?} cannot be its own parent"
+                    )));
+                }
+                self.committed_parent(p)?;
+                Some(p)
+            }
+        };
         let usage = disk_usage(&self.files_dir(&record))?;
         self.store
-            .commit(key, name, labels, usage.size, usage.inodes)?;
+            .commit(key, name, labels, usage.size, usage.inodes, rebase)?;
         // The work dir is not needed by a committed snapshot.
         let _ = std::fs::remove_dir_all(self.snapshot_dir(record.id).join("work"));
         Ok(())
@@ -433,6 +655,7 @@ impl Snapshotter {
             )));
         }
         self.store.delete(key)?;
+        self.forget_unavailable(key);
         let dir = self.snapshot_dir(record.id);
         if dir.exists() {
             let trash = self
@@ -453,7 +676,7 @@ impl Snapshotter {
 
     /// containerd `Stat(key)`.
     pub fn stat(&self, key: &str) -> Result<Info> {
-        Ok(Info::from(&self.store.require(key)?))
+        Ok(self.info(&self.store.require(key)?))
     }
 
     /// containerd `Update(info, fieldpaths)`: only labels are mutable. With no paths all
@@ -485,7 +708,8 @@ impl Snapshotter {
             }
         }
         validate_labels(&labels)?;
-        Ok(Info::from(&self.store.set_labels(&info.name, &labels)?))
+        let updated = self.store.set_labels(&info.name, &labels)?;
+        Ok(self.info(&updated))
     }
 
     /// containerd `List`/`Walk` with filters ([`filter`]).
@@ -496,30 +720,49 @@ impl Snapshotter {
             .all()?
             .iter()
             .filter(|r| filter.matches(r))
-            .map(Info::from)
+            .map(|r| self.info(r))
             .collect())
     }
 
-    /// Where [`Snapshotter::usage`] gets its answer: stored at commit, or a directory to
-    /// measure (active/view). Lets callers measure without holding the snapshotter.
-    pub fn usage_source(&self, key: &str) -> Result<std::result::Result<Usage, PathBuf>> {
+    /// Where [`Snapshotter::usage`] gets its answer; lets callers measure without holding
+    /// the snapshotter (see [`UsageSource`]).
+    pub fn usage_source(&self, key: &str) -> Result<UsageSource> {
         let record = self.store.require(key)?;
         Ok(match (record.kind, &record.remote) {
-            (_, Some(_)) => Ok(Usage::default()),
-            (Kind::Committed, None) => Ok(Usage {
+            (_, Some(dir)) => UsageSource::Remote {
+                dir: dir.clone(),
+                walked: (record.size > 0 || record.inodes > 0).then_some(Usage {
+                    size: record.size,
+                    inodes: record.inodes,
+                }),
+            },
+            (Kind::Committed, None) => UsageSource::Known(Usage {
                 size: record.size,
                 inodes: record.inodes,
             }),
-            _ => Err(self.files_dir(&record)),
+            _ => UsageSource::Measure(self.files_dir(&record)),
         })
     }
 
-    /// containerd `Usage(key)`: measured for active/view snapshots, recorded at commit for
-    /// committed ones, 0 for remote ones.
-    pub fn usage(&self, key: &str) -> Result<Usage> {
+    /// Remembers the walked size of remote snapshot `key` (a layer never changes).
+    pub fn store_remote_walk(&mut self, key: &str, walked: Usage) -> Result<()> {
+        self.store.set_usage(key, walked.size, walked.inodes)
+    }
+
+    /// containerd `Usage(key)`: measured for active/view snapshots (allocated blocks and
+    /// inodes, as containerd's `fs.DiskUsage`), recorded at commit for committed local
+    /// ones, and for remote ones [`remote_usage`]. Blocking.
+    pub fn usage(&mut self, key: &str) -> Result<Usage> {
         match self.usage_source(key)? {
-            Ok(usage) => Ok(usage),
-            Err(dir) => disk_usage(&dir),
+            UsageSource::Known(usage) => Ok(usage),
+            UsageSource::Measure(dir) => disk_usage(&dir),
+            UsageSource::Remote { dir, walked } => {
+                let (usage, fresh) = remote_usage(&dir, walked)?;
+                if let Some(w) = fresh {
+                    self.store_remote_walk(key, w)?;
+                }
+                Ok(usage)
+            }
         }
     }
 
@@ -628,7 +871,7 @@ mod tests {
             Err(Error::SnapshotNotFound(_))
         ));
 
-        f.sn.commit("base", "k1", &labels(&[("x", "y")]))?;
+        f.sn.commit("base", "k1", &labels(&[("x", "y")]), "")?;
         assert!(matches!(f.sn.stat("k1"), Err(Error::SnapshotNotFound(_))));
         let info = f.sn.stat("base")?;
         assert_eq!(info.kind, Kind::Committed);
@@ -658,7 +901,7 @@ mod tests {
         assert_eq!(v[0].source, dir1.join("fs").display().to_string());
         assert_eq!(v[0].options, vec!["ro", "rbind"]);
         assert!(matches!(
-            f.sn.commit("c", "v1", &Labels::new()),
+            f.sn.commit("c", "v1", &Labels::new(), ""),
             Err(Error::SnapshotPrecondition(_))
         ));
 
@@ -700,7 +943,25 @@ mod tests {
             Some("true")
         );
         assert_eq!(info.labels.get(LABEL_SNAPSHOT_REF), Some(&chain1));
-        assert_eq!(f.sn.usage(&chain1)?, Usage::default());
+        // Remote usage: the layer's apparent size (one 64-byte file) and its entries
+        // (layerfs, etc, etc/hostname), recorded after the first walk.
+        assert_eq!(
+            f.sn.usage(&chain1)?,
+            Usage {
+                size: 64,
+                inodes: 3
+            }
+        );
+        assert_eq!(
+            f.sn.usage_source(&chain1)?,
+            UsageSource::Remote {
+                dir: Repository::new(&f.mount).layer_path(LAYER1),
+                walked: Some(Usage {
+                    size: 64,
+                    inodes: 3
+                })
+            }
+        );
 
         // Second layer found through the ChainID symlink only.
         let chain2 = format!("sha256:{CHAIN2}");
@@ -787,7 +1048,7 @@ mod tests {
         assert!(!info.labels.contains_key(LABEL_REMOTE));
         assert!(f.sn.stat(&chain).is_err());
         // containerd then commits it under the chain id as usual.
-        f.sn.commit(&chain, "extract-x", &extract_labels(&chain, None))?;
+        f.sn.commit(&chain, "extract-x", &extract_labels(&chain, None), "")?;
         assert_eq!(f.sn.stat(&chain)?.kind, Kind::Committed);
         Ok(())
     }
@@ -796,7 +1057,7 @@ mod tests {
     fn list_filters_by_kind_name_and_parent() -> Result<()> {
         let mut f = fixture();
         f.sn.prepare("a", "", &Labels::new())?;
-        f.sn.commit("A", "a", &Labels::new())?;
+        f.sn.commit("A", "a", &Labels::new(), "")?;
         f.sn.prepare("b", "A", &labels(&[("team", "x")]))?;
         f.sn.view("c", "A", &Labels::new())?;
         let names = |v: Vec<Info>| v.into_iter().map(|i| i.name).collect::<Vec<_>>();
@@ -853,6 +1114,104 @@ mod tests {
         assert_eq!(removed, vec![orphan.clone()]);
         assert!(!orphan.exists());
         assert!(f.root.join("snapshots/1/fs").is_dir());
+        Ok(())
+    }
+
+    #[test]
+    fn commit_with_parent_rebases_a_parentless_snapshot() -> Result<()> {
+        let mut f = fixture();
+        f.sn.prepare("a", "", &Labels::new())?;
+        f.sn.commit("A", "a", &Labels::new(), "")?;
+        // Parallel unpack (containerd >= 2.2): prepared without parent, committed onto A.
+        f.sn.prepare("b", "", &Labels::new())?;
+        let before = f.sn.stat("b")?.created_ns;
+        f.sn.commit("B", "b", &labels(&[("l", "1")]), "A")?;
+        let b = f.sn.stat("B")?;
+        assert_eq!(b.parent, "A");
+        assert!(b.created_ns >= before);
+        assert!(matches!(
+            f.sn.remove("A"),
+            Err(Error::SnapshotPrecondition(_))
+        ));
+        // The same parent is fine, another one is not, an unknown one is NotFound.
+        f.sn.prepare("c", "A", &Labels::new())?;
+        assert!(matches!(
+            f.sn.commit("C", "c", &Labels::new(), "B"),
+            Err(Error::SnapshotInvalid(_))
+        ));
+        f.sn.commit("C", "c", &Labels::new(), "A")?;
+        f.sn.prepare("d", "", &Labels::new())?;
+        assert!(matches!(
+            f.sn.commit("D", "d", &Labels::new(), "nope"),
+            Err(Error::SnapshotNotFound(_))
+        ));
+        // Still active after the failed commit.
+        assert_eq!(f.sn.stat("d")?.kind, Kind::Active);
+        Ok(())
+    }
+
+    #[test]
+    fn fallbacks_are_counted_by_reason_and_refused_under_require_remote() -> Result<()> {
+        let mut f = fixture();
+        let metrics = Arc::new(Metrics::default());
+        f.sn.set_metrics(Arc::clone(&metrics));
+        // A ChainID only in the key (ctr 1.6 Unpack): published, but never taken remote.
+        let key = format!("default/4/extract-1-x sha256:{CHAIN2}");
+        let m = mounts(f.sn.prepare(&key, "", &Labels::new())?);
+        assert_eq!(m[0].kind, "bind");
+        assert_eq!(metrics.fallback_count(FallbackReason::NoLabels), 1);
+        // Not published.
+        let chain = format!("sha256:{}", "dd".repeat(32));
+        f.sn.prepare("x1", "", &extract_labels(&chain, Some(&"ee".repeat(32))))?;
+        assert_eq!(metrics.fallback_count(FallbackReason::NotPublished), 1);
+        // Remote.
+        let chain1 = format!("sha256:{}", "a1".repeat(32));
+        f.sn.prepare("x2", "", &extract_labels(&chain1, Some(LAYER1)))?;
+        assert_eq!(metrics.remote_count("cri.layer-digest"), 1);
+        f.sn.prepare("x3", "", &extract_labels(&chain1, Some(LAYER1)))?;
+        assert_eq!(metrics.remote_count("existing"), 1);
+        // Container snapshots are not extractions: never counted, never refused.
+        f.sn.set_require_remote(true);
+        f.sn.prepare("container", &chain1, &Labels::new())?;
+        let chain3 = format!("sha256:{}", "d3".repeat(32));
+        assert!(matches!(
+            f.sn.prepare("x4", "", &extract_labels(&chain3, Some(&"ee".repeat(32)))),
+            Err(Error::SnapshotPrecondition(m)) if m.contains("not_published")
+        ));
+        assert!(f.sn.stat("x4").is_err(), "nothing created");
+        // The repository goes away: unreachable.
+        std::fs::rename(&f.mount, f.mount.with_extension("gone")).expect("rename");
+        f.sn.set_require_remote(false);
+        f.sn.prepare("x5", "", &extract_labels(&chain3, Some(LAYER2)))?;
+        assert_eq!(metrics.fallback_count(FallbackReason::Unreachable), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn unreachable_remote_snapshots_are_reported_never_deleted() -> Result<()> {
+        let mut f = fixture();
+        let chain = format!("sha256:{}", "a1".repeat(32));
+        f.sn.prepare("x", "", &extract_labels(&chain, Some(LAYER1)))?;
+        assert!(f.sn.check_remote()?.is_empty());
+        let moved = f.mount.with_extension("gone");
+        std::fs::rename(&f.mount, &moved).expect("rename");
+        drop(f.sn);
+        let mut sn = Snapshotter::open(&f.root, &f.mount)?;
+        let bad = sn.check_remote()?;
+        assert_eq!(bad.keys().collect::<Vec<_>>(), vec![&chain]);
+        let info = sn.stat(&chain)?;
+        assert!(info.labels.contains_key(LABEL_UNAVAILABLE), "{info:?}");
+        assert!(info.labels.contains_key(LABEL_REMOTE));
+        assert_eq!(sn.list(&[])?.len(), 1);
+        assert!(matches!(
+            sn.prepare("ctr", &chain, &Labels::new()),
+            Err(Error::SnapshotUnavailable { .. })
+        ));
+        // Back again: everything works, the label goes at the next check.
+        std::fs::rename(&moved, &f.mount).expect("rename back");
+        sn.prepare("ctr", &chain, &Labels::new())?;
+        assert!(sn.check_remote()?.is_empty());
+        assert!(!sn.stat(&chain)?.labels.contains_key(LABEL_UNAVAILABLE));
         Ok(())
     }
 }

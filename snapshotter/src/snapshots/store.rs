@@ -6,7 +6,9 @@
 //! (`active`/`view`/`committed`), `labels` (JSON object of strings), `created_ns` and
 //! `updated_ns` (Unix time in nanoseconds), `remote` (the `layerfs` directory inside the
 //! FUSE mount for a snapshot committed from the repository, else NULL), `size` and `inodes`
-//! (usage recorded at commit, bytes and inode count).
+//! (usage recorded at commit, bytes and inode count; for remote snapshots the apparent size
+//! of the layer, recorded at the first `Usage`). Nothing here is ever wiped: a database
+//! that cannot be opened is an error, not a reason to start afresh.
 //!
 //! The store is synchronous; callers run it on blocking threads.
 
@@ -72,7 +74,8 @@ pub struct Record {
     pub updated_ns: i64,
     /// For remote snapshots: the `layerfs` directory in the FUSE mount.
     pub remote: Option<PathBuf>,
-    /// Bytes used, recorded at commit (0 before, 0 for remote snapshots).
+    /// Bytes used, recorded at commit (0 before); for remote snapshots the layer walk,
+    /// once measured (see `snapshots::remote_usage`).
     pub size: i64,
     /// Inodes used, recorded at commit.
     pub inodes: i64,
@@ -229,8 +232,9 @@ impl Store {
     }
 
     /// Turns the active snapshot `key` into the committed snapshot `name` with `labels` and
-    /// the measured usage; the id (and so the directory) stays. [`Error::SnapshotExists`]
-    /// if `name` is taken.
+    /// the measured usage; the id (and so the directory) stays, the creation time is reset
+    /// (containerd `storage.CommitActive`); `parent`, when given, replaces the parent
+    /// (commit with rebase). [`Error::SnapshotExists`] if `name` is taken.
     pub fn commit(
         &mut self,
         key: &str,
@@ -238,12 +242,15 @@ impl Store {
         labels: &Labels,
         size: i64,
         inodes: i64,
+        parent: Option<&str>,
     ) -> Result<Record> {
+        let now = now_ns();
         let result = self.conn.execute(
-            "UPDATE snapshots SET key = ?2, kind = 'committed', labels = ?3, updated_ns = ?4,
-                                  size = ?5, inodes = ?6
+            "UPDATE snapshots SET key = ?2, kind = 'committed', labels = ?3, created_ns = ?4,
+                                  updated_ns = ?4, size = ?5, inodes = ?6,
+                                  parent = COALESCE(?7, parent)
              WHERE key = ?1",
-            params![key, name, labels_to_json(labels), now_ns(), size, inodes],
+            params![key, name, labels_to_json(labels), now, size, inodes, parent],
         );
         match result {
             Ok(0) => Err(Error::SnapshotNotFound(key.to_string())),
@@ -251,6 +258,19 @@ impl Store {
             Err(e) if is_unique_violation(&e) => Err(Error::SnapshotExists(name.to_string())),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Records the usage of `key` (the walk of a remote layer), without touching its
+    /// update time.
+    pub fn set_usage(&mut self, key: &str, size: i64, inodes: i64) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE snapshots SET size = ?2, inodes = ?3 WHERE key = ?1",
+            params![key, size, inodes],
+        )?;
+        if n == 0 {
+            return Err(Error::SnapshotNotFound(key.to_string()));
+        }
+        Ok(())
     }
 
     /// Replaces the labels of `key` and bumps its update time.
@@ -315,7 +335,7 @@ mod tests {
         assert_eq!(rec.kind, Kind::Active);
         assert_eq!(rec.labels, l);
         assert!(rec.created_ns > 0);
-        let committed = store.commit("k1", "n1", &labels(&[("b", "2")]), 4096, 3)?;
+        let committed = store.commit("k1", "n1", &labels(&[("b", "2")]), 4096, 3, None)?;
         assert_eq!(committed.id, rec.id);
         assert_eq!(committed.kind, Kind::Committed);
         assert_eq!(committed.labels, labels(&[("b", "2")]));
@@ -348,7 +368,7 @@ mod tests {
             ..new.clone()
         })?;
         assert!(matches!(
-            store.commit("k2", "k", &l, 0, 0),
+            store.commit("k2", "k", &l, 0, 0, None),
             Err(Error::SnapshotExists(_))
         ));
         Ok(())
