@@ -53,6 +53,12 @@ pub fn is_loopback(registry: &str) -> bool {
     matches!(host, "127.0.0.1" | "localhost" | "::1")
 }
 
+/// Whether `registry` may be reached over plain HTTP: loopback hosts, and hosts named with
+/// `--insecure-registry` (exact `host[:port]` match).
+pub fn plain_http_allowed(registry: &str, insecure: &[String]) -> bool {
+    is_loopback(registry) || insecure.iter().any(|h| h == registry)
+}
+
 /// One image in a registry.
 pub struct RegistrySource {
     client: Client,
@@ -75,7 +81,7 @@ impl RegistrySource {
             Some(c) => RegistryAuth::Basic(c.username, c.password),
             None => RegistryAuth::Anonymous,
         };
-        let plain = is_loopback(&name.registry) || options.insecure.contains(&name.registry);
+        let plain = plain_http_allowed(&name.registry, &options.insecure);
         let protocol = if plain {
             ClientProtocol::HttpsExcept(vec![name.registry.clone()])
         } else {
@@ -201,5 +207,187 @@ mod tests {
         assert!(is_loopback("[::1]:5000"));
         assert!(!is_loopback("registry.example.org:5000"));
         assert!(!is_loopback("docker.io"));
+        let insecure = vec!["registry.lan:5000".to_string()];
+        assert!(plain_http_allowed("registry.lan:5000", &insecure));
+        assert!(!plain_http_allowed("registry.lan", &insecure));
+        assert!(!plain_http_allowed("registry.lan:5001", &insecure));
+        assert!(plain_http_allowed("127.0.0.1:5001", &[]));
+    }
+
+    /// A registry that demands a bearer token from its token service, which demands HTTP
+    /// basic credentials `u:p` (the Docker Hub / Harbor / GitLab flow).
+    async fn token_registry(
+        blobs: std::collections::HashMap<String, Vec<u8>>,
+        manifest: Vec<u8>,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use axum::extract::{Path as AxPath, State};
+        use axum::http::{HeaderMap, StatusCode, header};
+        use axum::response::{IntoResponse, Response};
+        use axum::routing::get;
+        use base64::Engine;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        #[derive(Clone)]
+        struct St {
+            blobs: std::sync::Arc<std::collections::HashMap<String, Vec<u8>>>,
+            manifest: std::sync::Arc<Vec<u8>>,
+            realm: String,
+            tokens: std::sync::Arc<AtomicUsize>,
+        }
+        fn authorized(st: &St, h: &HeaderMap) -> std::result::Result<(), Response> {
+            if h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+                == Some("Bearer good-token")
+            {
+                return Ok(());
+            }
+            let challenge = format!(
+                "Bearer realm=\"{}\",service=\"test\",scope=\"repository:demo:pull\"",
+                st.realm
+            );
+            Err((
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, challenge)],
+            )
+                .into_response())
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let tokens = std::sync::Arc::new(AtomicUsize::new(0));
+        let st = St {
+            blobs: std::sync::Arc::new(blobs),
+            manifest: std::sync::Arc::new(manifest),
+            realm: format!("http://{addr}/token"),
+            tokens: tokens.clone(),
+        };
+        let app = axum::Router::new()
+            .route(
+                "/token",
+                get(|State(st): State<St>, h: HeaderMap| async move {
+                    let want = format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode("u:p")
+                    );
+                    if h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+                        != Some(want.as_str())
+                    {
+                        return StatusCode::UNAUTHORIZED.into_response();
+                    }
+                    st.tokens.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(serde_json::json!({"token": "good-token"})).into_response()
+                }),
+            )
+            .route(
+                "/v2/",
+                get(|State(st): State<St>, h: HeaderMap| async move {
+                    match authorized(&st, &h) {
+                        Ok(()) => StatusCode::OK.into_response(),
+                        Err(r) => r,
+                    }
+                }),
+            )
+            .route(
+                "/v2/demo/manifests/{reference}",
+                get(|State(st): State<St>, h: HeaderMap| async move {
+                    if let Err(r) = authorized(&st, &h) {
+                        return r;
+                    }
+                    let ct = "application/vnd.oci.image.manifest.v1+json";
+                    let digest = crate::digest::sha256_digest(&st.manifest);
+                    (
+                        [
+                            (header::CONTENT_TYPE, ct.to_string()),
+                            (
+                                header::HeaderName::from_static("docker-content-digest"),
+                                digest,
+                            ),
+                        ],
+                        st.manifest.as_ref().clone(),
+                    )
+                        .into_response()
+                }),
+            )
+            .route(
+                "/v2/demo/blobs/{digest}",
+                get(
+                    |State(st): State<St>, AxPath(d): AxPath<String>, h: HeaderMap| async move {
+                        if let Err(r) = authorized(&st, &h) {
+                            return r;
+                        }
+                        match st.blobs.get(&d) {
+                            Some(b) => b.clone().into_response(),
+                            None => StatusCode::NOT_FOUND.into_response(),
+                        }
+                    },
+                ),
+            )
+            .with_state(st);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (addr.to_string(), tokens)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bearer_token_flow_with_credentials() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let layer = b"not really a tar".to_vec();
+        let layer_digest = crate::digest::sha256_digest(&layer);
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]}}))
+        .unwrap_or_default();
+        let config_digest = crate::digest::sha256_digest(&config);
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": layer_digest, "size": layer.len()}]}))
+        .unwrap_or_default();
+        let blobs = [
+            (config_digest.clone(), config),
+            (layer_digest.clone(), layer.clone()),
+        ]
+        .into_iter()
+        .collect();
+        let (host, tokens) = token_registry(blobs, manifest).await;
+        let name = ImageName::parse(&format!("{host}/demo:1")).unwrap_or_else(|e| panic!("{e}"));
+
+        // anonymous: the token service refuses
+        let anon = RegistrySource::new(name.clone(), &RegistryOptions::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(anon.fetch(&PlatformFilter::default()).await.is_err());
+
+        // credentials from a docker config.json
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let authfile = dir.path().join("config.json");
+        std::fs::write(
+            &authfile,
+            format!(r#"{{"auths":{{"{host}":{{"auth":"dTpw"}}}}}}"#),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let options = RegistryOptions {
+            authfile: Some(authfile),
+            ..RegistryOptions::default()
+        };
+        let src = RegistrySource::new(name, &options).unwrap_or_else(|e| panic!("{e}"));
+        let set = src
+            .fetch(&PlatformFilter::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(set.images[0].config_descriptor.digest, config_digest);
+        let blob = set.images[0].layers[0].clone();
+        let mut reader = src.open_blob(&blob).await.unwrap_or_else(|e| panic!("{e}"));
+        let got = tokio::task::spawn_blocking(move || {
+            let mut v = Vec::new();
+            reader.read_to_end(&mut v).map(|_| v)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, layer);
+        assert!(tokens.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     }
 }
