@@ -520,3 +520,91 @@ fn a_new_revision_appears_while_open_files_keep_their_revision() {
     m.stop();
     assert!(text.contains("switched to a new revision"), "{text}");
 }
+
+#[test]
+fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let srv = work.path().join("srv");
+    let store = catalog::LocalStore::open(&srv).unwrap();
+    let keys = make_keys(&store, work.path());
+    const CHUNK: usize = 1 << 20;
+    let body = noise(8 * CHUNK, 11);
+    let mut chunks = Vec::new();
+    for (i, piece) in body.chunks(CHUNK).enumerate() {
+        let hash = store.put_raw(piece, catalog::Suffix::Partial).unwrap();
+        chunks.push(catalog::Chunk {
+            offset: (i * CHUNK) as u64,
+            size: piece.len() as u64,
+            hash,
+        });
+    }
+    let chunk_path = |i: usize| chunks[i].hash.object_path(catalog::Suffix::Partial);
+    let mut big =
+        catalog::Entry::regular("big", 0o644, 0, 0, MTIME, body.len() as u64, chunks[0].hash);
+    big.hash = None;
+    big.chunks = chunks.clone();
+    let db = work.path().join("root.db");
+    let mut w = catalog::CatalogWriter::create(&db, "").unwrap();
+    w.add("", &dir(""), catalog::Transition::None).unwrap();
+    w.add("/big", &big, catalog::Transition::None).unwrap();
+    w.finish(&props()).unwrap();
+    let (hash, size) = store_catalog(&store, &db);
+    publish(&store, &keys, hash, size, 1);
+
+    let server = Server::start(&[(FQRN, &srv)]);
+    let mnt = work.path().join("mnt");
+    let mut m = Mounted::start(
+        mount_command(
+            &server,
+            FQRN,
+            &keys.pubkey,
+            &work.path().join("cache"),
+            &mnt,
+        ),
+        &mnt,
+        &work.path().join("m.log"),
+    );
+    let requested = |object: &str| {
+        server
+            .paths
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.ends_with(object))
+            .count()
+    };
+    let f = std::fs::File::open(mnt.join("big")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let at = 5 * CHUNK + 1000;
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, at as u64).unwrap();
+    assert_eq!(buf, body[at..at + 4096]);
+    for i in 0..8 {
+        assert_eq!(requested(&chunk_path(i)), usize::from(i == 5), "chunk {i}");
+    }
+    // Eight concurrent readers of another missing chunk: one download.
+    let readers: Vec<_> = (0..8)
+        .map(|t| {
+            let path = mnt.join("big");
+            std::thread::spawn(move || {
+                let f = std::fs::File::open(path).unwrap();
+                let mut buf = vec![0u8; 1000];
+                let at = 2 * CHUNK + 100 * t;
+                std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, at as u64).unwrap();
+                (at, buf)
+            })
+        })
+        .collect();
+    for r in readers {
+        let (at, buf) = r.join().unwrap();
+        assert_eq!(buf, body[at..at + 1000]);
+    }
+    assert_eq!(requested(&chunk_path(2)), 1);
+    // Reading across a chunk boundary fetches the next chunk.
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, (6 * CHUNK - 10) as u64).unwrap();
+    assert_eq!(buf, body[6 * CHUNK - 10..6 * CHUNK - 10 + 4096]);
+    assert_eq!(requested(&chunk_path(6)), 1);
+    assert_eq!(requested(&chunk_path(7)), 0);
+    drop(f);
+    m.stop();
+}

@@ -335,20 +335,14 @@ impl StrataFs {
                 compressed,
                 files,
             } => {
-                let end = chunks.last().map(|c| c.offset + c.size).unwrap_or(0);
-                let end = end.min(offset.saturating_add(u64::from(size)));
-                let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
-                let mut pos = offset;
-                while pos < end {
-                    let index = chunks.partition_point(|c| c.offset + c.size <= pos);
-                    let Some(chunk) = chunks.get(index) else {
+                // Only the chunks this read touches are fetched (spec §4.6).
+                let spans = catalog::chunking::chunk_spans(chunks, offset, u64::from(size));
+                let mut out = Vec::with_capacity(spans.iter().map(|s| s.len as usize).sum());
+                for span in spans {
+                    let Some(chunk) = chunks.get(span.index) else {
                         break;
                     };
-                    let cached = files
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .get(&index)
-                        .cloned();
+                    let cached = lock(files).get(&span.index).cloned();
                     let chunk_file = match cached {
                         Some(f) => f,
                         None => {
@@ -358,20 +352,16 @@ impl StrataFs {
                                 compressed: *compressed,
                                 size: Some(chunk.size),
                             })?);
-                            files
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .insert(index, f.clone());
+                            lock(files).insert(span.index, f.clone());
                             f
                         }
                     };
-                    let want = (end.min(chunk.offset + chunk.size) - pos) as usize;
-                    let bytes = read_at(&chunk_file, pos - chunk.offset, want, path)?;
-                    if bytes.is_empty() {
+                    let bytes = read_at(&chunk_file, span.within, span.len as usize, path)?;
+                    let short = bytes.len() < span.len as usize;
+                    out.extend_from_slice(&bytes);
+                    if short {
                         break;
                     }
-                    pos += bytes.len() as u64;
-                    out.extend_from_slice(&bytes);
                 }
                 Ok(out)
             }
