@@ -245,11 +245,13 @@ mod tests {
                 "Bearer realm=\"{}\",service=\"test\",scope=\"repository:demo:pull\"",
                 st.realm
             );
-            Err((
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, challenge)],
+            Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response(),
             )
-                .into_response())
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
