@@ -88,18 +88,99 @@ impl Drop for Process {
 }
 
 /// containerd + our snapshotter in one temp dir. Field order = drop order: containerd
-/// stops before the snapshotter.
+/// stops before the snapshotter; running tasks are killed first (`Drop for Env`).
 struct Env {
     containerd: Process,
     snapshotter: Process,
     address: PathBuf,
+    snap_socket: PathBuf,
     mountpoint: PathBuf,
     root: PathBuf,
+    run_args: Vec<String>,
     dir: tempfile::TempDir,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Containers outlive containerd (shims); never leave them behind.
+        let (_, tasks) = self.ctr_raw(&["tasks", "ls", "-q"]);
+        for task in tasks.split_whitespace() {
+            let _ = self.ctr_raw(&["tasks", "kill", "-s", "SIGKILL", task]);
+        }
+        for task in tasks.split_whitespace() {
+            for _ in 0..50 {
+                if self.ctr_raw(&["tasks", "rm", "-f", task]).0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.ctr_raw(&["containers", "rm", task]);
+        }
+    }
+}
+
+/// Starts `strata-snapshotter run` for `env`-like paths with extra flags.
+fn spawn_snapshotter(
+    socket: &Path,
+    root: &Path,
+    mountpoint: &Path,
+    extra: &[String],
+    log: &Path,
+) -> Process {
+    let mut run = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"));
+    run.arg("run")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--root")
+        .arg(root)
+        .arg("--mountpoint")
+        .arg(mountpoint)
+        .arg("--name")
+        .arg(SNAPSHOTTER)
+        .args(extra)
+        .env("RUST_LOG", "info,snapshotter=debug");
+    let mut p = Process::spawn("strata-snapshotter run", run, log);
+    p.wait_socket(socket);
+    p
 }
 
 impl Env {
     fn start() -> Env {
+        Env::start_with(&[])
+    }
+
+    /// Kills `run` (SIGKILL when `kill`, else SIGTERM), waits for it to go and starts it
+    /// again with the same flags; its log continues in `run.log`.
+    fn restart_snapshotter(&mut self, kill: bool) {
+        let pid =
+            nix::unistd::Pid::from_raw(i32::try_from(self.snapshotter.child.id()).expect("pid"));
+        let signal = if kill {
+            nix::sys::signal::Signal::SIGKILL
+        } else {
+            nix::sys::signal::Signal::SIGTERM
+        };
+        nix::sys::signal::kill(pid, signal).expect("signal run");
+        let _ = self.snapshotter.child.wait();
+        let previous = self.snapshotter.log();
+        let log = self.dir.path().join("run.log");
+        let old_log = self.dir.path().join(format!("run-{}.log", pid.as_raw()));
+        std::fs::write(&old_log, previous).expect("save log");
+        self.snapshotter = spawn_snapshotter(
+            &self.snap_socket,
+            &self.root,
+            &self.mountpoint,
+            &self.run_args,
+            &log,
+        );
+        // containerd's proxy connection backs off after the socket went away (at most
+        // 3 s in containerd 1.6); calls fail fast meanwhile, so wait until it reconnects.
+        self.wait_for("containerd to reconnect to the snapshotter", || {
+            self.ctr_raw(&["snapshots", "--snapshotter", SNAPSHOTTER, "ls"])
+                .0
+        });
+    }
+
+    fn start_with(extra: &[&str]) -> Env {
         assert!(
             nix::unistd::geteuid().is_root(),
             "this test needs root to run containerd"
@@ -115,19 +196,14 @@ impl Env {
         let root = d.join("strata-root");
         std::fs::create_dir_all(&mountpoint).expect("mkdir mnt");
 
-        let mut run = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"));
-        run.arg("run")
-            .arg("--socket")
-            .arg(&snap_socket)
-            .arg("--root")
-            .arg(&root)
-            .arg("--mountpoint")
-            .arg(&mountpoint)
-            .arg("--name")
-            .arg(SNAPSHOTTER)
-            .env("RUST_LOG", "info,snapshotter=debug");
-        let mut snapshotter = Process::spawn("strata-snapshotter run", run, &d.join("run.log"));
-        snapshotter.wait_socket(&snap_socket);
+        let run_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let snapshotter = spawn_snapshotter(
+            &snap_socket,
+            &root,
+            &mountpoint,
+            &run_args,
+            &d.join("run.log"),
+        );
 
         let config = d.join("config.toml");
         std::fs::write(
@@ -159,8 +235,10 @@ impl Env {
             containerd,
             snapshotter,
             address,
+            snap_socket,
             mountpoint,
             root,
+            run_args,
             dir,
         };
         // containerd answers only once its plugins are loaded.
@@ -328,19 +406,24 @@ fn publish(
     (layer_digests, chain_ids)
 }
 
-/// Copies `/bin/dash` (as `bin/sh`) and the shared libraries `ldd` lists for it into
-/// `layerfs`: just enough for `ctr run … /bin/sh -c …`.
+/// Copies `/bin/dash` (as `bin/sh`), `/bin/sleep` and the shared libraries `ldd` lists for
+/// them into `layerfs`: just enough for `ctr run … /bin/sh -c …` loops.
 fn install_shell(layerfs: &Path) {
     let copy = |from: &Path, to: &Path| {
         std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
         std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
     };
     copy(Path::new("/bin/dash"), &layerfs.join("bin/sh"));
+    copy(Path::new("/bin/sleep"), &layerfs.join("bin/sleep"));
     let ldd = Command::new("ldd")
         .arg("/bin/dash")
+        .arg("/bin/sleep")
         .output()
         .expect("run ldd");
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+    for line in String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .filter(|l| !l.trim_end().ends_with(':'))
+    {
         // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
         let path = line
             .split_whitespace()
@@ -521,4 +604,303 @@ fn pull_of_unpublished_layer_fails_naming_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("manifest.json"), "{stderr}");
+}
+
+impl Env {
+    /// `pull` that must succeed; returns its stdout.
+    fn pull_ok(&self, reference: &str) -> String {
+        let out = self.pull(reference);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "pull failed:\n{stdout}{}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.snapshotter.log(),
+            tail(&self.containerd.log(), 40)
+        );
+        stdout
+    }
+
+    /// The first line of `/state` inside task `task` (written by [`READER_LOOP`]).
+    fn reader_state(&self, task: &str) -> (u64, String) {
+        let exec = format!("e{}", Instant::now().elapsed().as_nanos() % 1_000_000_007);
+        let out = self.ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            &exec,
+            task,
+            "/bin/sh",
+            "-c",
+            "read x < /state; echo $x",
+        ]);
+        let line = out.trim().to_string();
+        let (n, rest) = line
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("state {line:?}"));
+        (
+            n.parse().unwrap_or_else(|_| panic!("state {line:?}")),
+            rest.to_string(),
+        )
+    }
+
+    fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
+                self.snapshotter.log(),
+                tail(&self.containerd.log(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Files and directories left under `<root>/snapshots`.
+    fn snapshot_dirs(&self) -> Vec<String> {
+        std::fs::read_dir(self.root.join("snapshots"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A container loop reading files of two remote layers, counting iterations into
+/// `/state` (in its own upper dir).
+const READER_LOOP: &str = "i=0; while true; do read a < /etc/a; read c < /etc/c; i=$((i+1)); \
+                           echo \"$i $a $c\" > /state; sleep 0.1; done";
+
+/// GET `path` from `addr` over plain HTTP/1.0; the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect metrics");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(text)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[test]
+fn killing_and_restarting_run_never_disturbs_running_containers() {
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let mut env = Env::start_with(&["--metrics", &metrics]);
+    let (_layers, chains) = publish(&env.mountpoint, IMAGE, &["a", "b", "c"], true);
+    env.pull_ok(IMAGE);
+
+    let text = http_get(&metrics, "/metrics");
+    assert!(
+        text.contains("strata_layers_remote_total{via=\"cri.layer-digest\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("strata_prepare_duration_seconds_count 3"),
+        "{text}"
+    );
+
+    env.ctr(&[
+        "run",
+        "-d",
+        "--snapshotter",
+        SNAPSHOTTER,
+        IMAGE,
+        "reader",
+        "/bin/sh",
+        "-c",
+        READER_LOOP,
+    ]);
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, text) = env.ctr_raw(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "probe",
+            "reader",
+            "/bin/sh",
+            "-c",
+            "read x < /state",
+        ]);
+        if ok {
+            break;
+        }
+        last = text;
+        assert!(
+            Instant::now() < deadline,
+            "reader loop not running: {last}\n{}",
+            env.ctr_raw(&["tasks", "ls"]).1
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = last;
+    let (before, content) = env.reader_state("reader");
+    assert_eq!(content, "layer0 layer2");
+
+    // SIGKILL: no shutdown code runs. The container's overlay mount does not depend on us.
+    env.restart_snapshotter(true);
+    std::thread::sleep(Duration::from_millis(500));
+    let (after, content) = env.reader_state("reader");
+    assert!(after > before, "the loop kept going: {before} -> {after}");
+    assert_eq!(content, "layer0 layer2");
+    let tasks = env.ctr(&["tasks", "ls"]);
+    assert!(tasks.contains("RUNNING"), "{tasks}");
+
+    // Again while it runs, gracefully this time.
+    env.restart_snapshotter(false);
+    let (later, _) = env.reader_state("reader");
+    assert!(later > after, "{after} -> {later}");
+
+    // Everything else still works: listing, new containers on the same image.
+    let ls = env.snap(&["ls"]);
+    for chain in &chains {
+        assert_eq!(kind_of(&ls, chain).as_deref(), Some("Committed"), "{ls}");
+    }
+    assert!(
+        ls.contains("reader"),
+        "the running container's snapshot: {ls}"
+    );
+    let out = env.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        SNAPSHOTTER,
+        IMAGE,
+        "second",
+        "/bin/sh",
+        "-c",
+        "read b < /etc/b; echo $b",
+    ]);
+    assert_eq!(out.trim(), "layer1");
+
+    // Stop the reader, remove its container and the image: containerd's GC removes our
+    // snapshots (Remove + Cleanup) and nothing is left under the root.
+    env.ctr(&["tasks", "kill", "-s", "SIGKILL", "reader"]);
+    env.wait_for("the reader task to stop", || {
+        env.ctr_raw(&["tasks", "rm", "reader"]).0
+    });
+    env.ctr(&["containers", "rm", "reader"]);
+    env.ctr(&["images", "rm", "--sync", IMAGE]);
+    env.wait_for("GC of the image's snapshots", || {
+        let ls = env.snap(&["ls"]);
+        chains.iter().all(|c| !ls.contains(c.as_str()))
+    });
+    env.wait_for("no snapshot directories left", || {
+        env.snapshot_dirs().is_empty()
+    });
+    let log = env.snapshotter.log();
+    assert!(!log.contains("ERROR"), "{log}");
+
+    // And the image can be pulled and run again afterwards.
+    env.pull_ok(IMAGE);
+    let out = env.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        SNAPSHOTTER,
+        IMAGE,
+        "third",
+        "/bin/sh",
+        "-c",
+        "read c < /etc/c; echo $c",
+    ]);
+    assert_eq!(out.trim(), "layer2");
+}
+
+#[test]
+fn restart_with_repository_unreachable_keeps_state_and_recovers() {
+    let mut env = Env::start();
+    let (_layers, chains) = publish(&env.mountpoint, IMAGE, &["a", "b", "c"], true);
+    env.pull_ok(IMAGE);
+    let before = env.snap(&["ls"]);
+
+    // The repository goes away (FUSE mount down: here the directory disappears).
+    let gone = env.mountpoint.with_extension("gone");
+    std::fs::rename(&env.mountpoint, &gone).expect("hide repository");
+    env.restart_snapshotter(true);
+    env.wait_for("the start-up check", || {
+        env.snapshotter.log().contains("checked remote snapshots")
+    });
+
+    // No state lost; the layers are reported unavailable, not deleted.
+    let ls = env.snap(&["ls"]);
+    assert_eq!(ls, before, "listing changed while the repository is away");
+    let info = env.snap(&["info", &chains[2]]);
+    assert!(info.contains("strata.io/unavailable"), "{info}");
+    let log = env.snapshotter.log();
+    assert_eq!(
+        log.matches("remote snapshot unavailable").count(),
+        3,
+        "{log}"
+    );
+    // Starting a container fails cleanly (Unavailable), leaving nothing behind.
+    let (ok, text) = env.ctr_raw(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        SNAPSHOTTER,
+        IMAGE,
+        "nope",
+        "/bin/sh",
+        "-c",
+        "true",
+    ]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("unavailable"), "{text}");
+
+    // Back: everything works again without a restart.
+    std::fs::rename(&gone, &env.mountpoint).expect("restore repository");
+    let out = env.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        SNAPSHOTTER,
+        IMAGE,
+        "back",
+        "/bin/sh",
+        "-c",
+        "read a < /etc/a; echo $a",
+    ]);
+    assert_eq!(out.trim(), "layer0");
+    // A restart clears the label.
+    env.restart_snapshotter(false);
+    env.wait_for("the start-up check", || {
+        env.snapshotter.log().contains("checked remote snapshots")
+    });
+    let info = env.snap(&["info", &chains[2]]);
+    assert!(!info.contains("strata.io/unavailable"), "{info}");
+    assert_eq!(env.snap(&["ls"]), before);
+}
+
+#[test]
+fn require_remote_refuses_fallbacks_with_failed_precondition() {
+    let env = Env::start_with(&["--require-remote"]);
+    let reference = "127.0.0.1:5000/missing:1";
+    let (_layers, chains) = publish(&env.mountpoint, reference, &["x"], false);
+    let out = env.pull(reference);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("FailedPrecondition") || stderr.contains("--require-remote"),
+        "{stderr}"
+    );
+    let log = env.snapshotter.log();
+    assert!(log.contains("fallback refused (--require-remote)"), "{log}");
+    // No half-made snapshot.
+    let ls = env.snap(&["ls"]);
+    assert!(!ls.contains(&chains[0]), "{ls}");
+    assert!(!ls.contains("extract-"), "{ls}");
 }
