@@ -780,6 +780,12 @@ mod tests {
         assert_eq!((s.revision, s.layers_converted, s.layers_reused), (1, 2, 0));
         let m1 = verify(&dir);
         assert_eq!(m1.revision, 1);
+        let history = m1.history.unwrap_or_else(|| panic!("no history"));
+        assert!(
+            dir.join("srv")
+                .join(history.object_path(Suffix::History))
+                .exists()
+        );
 
         let view = RepoView::open(&dir);
         let hex = |d: &str| d[7..].to_string();
@@ -878,7 +884,8 @@ mod tests {
         let new: Vec<_> = after.iter().filter(|p| !before.contains(p)).collect();
         assert!(!new.is_empty());
         assert!(
-            new.iter().all(|p| p.to_string_lossy().ends_with('C')),
+            new.iter()
+                .all(|p| p.to_string_lossy().ends_with('C') || p.to_string_lossy().ends_with('H')),
             "new non-catalog objects: {new:?}"
         );
         let m2 = verify(&dir);

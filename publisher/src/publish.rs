@@ -236,6 +236,19 @@ pub fn publish(repo: &Repo, ns: &mut Namespace) -> Result<Manifest> {
     let root = ctx.write_mut(&mut ns.root, "")?;
     save_stats_cache(repo, &ctx.stats_cache)?;
     let key = repo.certificate_key()?;
+    // The tag history (spec §9.5): trunk → this revision, an automatic generic tag.
+    let history = catalog::update_history(
+        &repo.store,
+        &repo.tmp_dir()?,
+        &repo.settings.fqrn,
+        ns.manifest.history.as_ref(),
+        &catalog::Publication {
+            root_catalog: root.hash,
+            catalog_size: root.size,
+            revision,
+            timestamp: now,
+        },
+    )?;
     let manifest = Manifest {
         catalog_hash: root.hash,
         catalog_size: root.size,
@@ -245,7 +258,7 @@ pub fn publish(repo: &Repo, ns: &mut Namespace) -> Result<Manifest> {
         alternative_paths: false,
         fqrn: repo.settings.fqrn.clone(),
         certificate: ns.manifest.certificate,
-        history: None,
+        history: Some(history),
         timestamp: now,
         meta_info: None,
         reflog: None,
