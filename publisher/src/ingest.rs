@@ -1300,4 +1300,55 @@ mod tests {
             r.faults
         );
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn docker25_archive_uses_the_oci_manifest_inside() {
+        let work = ok(tempfile::tempdir());
+        let layout = work.path().join("layout");
+        let (layers, _, config) = write_layout_with(&layout, "1", &test_tars(), false);
+        // Docker 25+ `docker save`: the OCI layout plus a manifest.json pointing into blobs/
+        let manifest = serde_json::json!([{
+            "Config": format!("blobs/sha256/{}", &config[7..]),
+            "RepoTags": ["demo/app:v25"],
+            "Layers": layers.iter().map(|l| format!("blobs/sha256/{}", &l[7..])).collect::<Vec<_>>()}]);
+        ok(fs::write(
+            layout.join("manifest.json"),
+            manifest.to_string(),
+        ));
+        let archive = work.path().join("new.tar");
+        let mut b = tar::Builder::new(Vec::new());
+        ok(b.append_dir_all(".", &layout));
+        ok(fs::write(&archive, ok(b.into_inner())));
+        let dir = work.path().join("repo");
+        ok(init(&dir, FQRN, 60));
+        let srcs = ok(sources(
+            &[format!("docker-archive:{}", archive.display())],
+            None,
+            &RegistryOptions::default(),
+        ));
+        let s = ok(ingest(&dir, srcs, &IngestOptions::default()).await);
+        assert_eq!(s.images, vec!["docker.io/demo/app:v25".to_string()]);
+        verify(&dir);
+        let view = RepoView::open(&dir);
+        let mf = view.entry("/.metadata/docker.io/demo/app:v25/manifest.json");
+        let bytes = ok(read_object(
+            &view.repo.store,
+            &mf.hash.unwrap_or_else(|| panic!()),
+            Suffix::None,
+            1 << 20,
+        ));
+        let index: serde_json::Value = ok(serde_json::from_slice(&ok(fs::read(
+            layout.join("index.json"),
+        ))));
+        assert_eq!(
+            Some(sha256_digest(&bytes).as_str()),
+            index["manifests"][0]["digest"].as_str(),
+            "the real manifest, not a synthesised one"
+        );
+        let c = &config[7..];
+        assert!(
+            view.find(&format!("/.flat/{}/{c}/bin/busybox", &c[..2]))
+                .is_some()
+        );
+    }
 }
