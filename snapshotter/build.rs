@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "services/content/v1/content.proto",
         "services/images/v1/images.proto",
         "services/leases/v1/leases.proto",
+        "services/diff/v1/diff.proto",
         "types/mount.proto",
         "types/descriptor.proto",
     ]

@@ -142,6 +142,17 @@ pub enum Error {
         /// The missing `layerfs` directory.
         path: String,
     },
+    /// `pull` could not fetch or unpack a layer that is not in the repository from the
+    /// image's registry (the fallback path); names the layer and what failed.
+    #[error("layer {index} ({digest}) is not published and the registry fallback failed: {reason}")]
+    LayerFallback {
+        /// Position of the layer in the manifest, from 0.
+        index: usize,
+        /// Compressed layer digest.
+        digest: String,
+        /// What failed (HTTP, content store, diff service, digest mismatch, …).
+        reason: String,
+    },
 }
 
 /// Result with [`Error`].

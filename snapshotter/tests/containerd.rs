@@ -603,7 +603,7 @@ fn pull_of_unpublished_layer_fails_naming_it() {
     let out = env.pull("127.0.0.1:5000/nothing:1");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("manifest.json"), "{stderr}");
+    assert!(stderr.contains("manifests/1"), "{stderr}");
 }
 
 impl Env {
@@ -623,25 +623,28 @@ impl Env {
 
     /// The first line of `/state` inside task `task` (written by [`READER_LOOP`]).
     fn reader_state(&self, task: &str) -> (u64, String) {
-        let exec = format!("e{}", Instant::now().elapsed().as_nanos() % 1_000_000_007);
-        let out = self.ctr(&[
-            "tasks",
-            "exec",
-            "--exec-id",
-            &exec,
-            task,
-            "/bin/sh",
-            "-c",
-            "read x < /state; echo $x",
-        ]);
-        let line = out.trim().to_string();
-        let (n, rest) = line
-            .split_once(' ')
-            .unwrap_or_else(|| panic!("state {line:?}"));
-        (
-            n.parse().unwrap_or_else(|_| panic!("state {line:?}")),
-            rest.to_string(),
-        )
+        // The loop truncates and rewrites the file: retry a read that catches it empty.
+        for attempt in 0..50 {
+            let exec = format!("state-{attempt}");
+            let out = self.ctr(&[
+                "tasks",
+                "exec",
+                "--exec-id",
+                &exec,
+                task,
+                "/bin/sh",
+                "-c",
+                "read x < /state; echo $x",
+            ]);
+            let line = out.trim().to_string();
+            if let Some((n, rest)) = line.split_once(' ')
+                && let Ok(n) = n.parse()
+            {
+                return (n, rest.to_string());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no state from {task}");
     }
 
     fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) {
@@ -903,4 +906,379 @@ fn require_remote_refuses_fallbacks_with_failed_precondition() {
     let ls = env.snap(&["ls"]);
     assert!(!ls.contains(&chains[0]), "{ls}");
     assert!(!ls.contains("extract-"), "{ls}");
+}
+
+/// A test registry (distribution API subset) served by axum on 127.0.0.1: blobs and
+/// manifests by path, counting blob GETs per digest.
+struct TestRegistry {
+    addr: String,
+    blob_gets: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+type Contents = std::collections::HashMap<String, (Vec<u8>, String)>;
+
+fn start_registry(contents: Contents) -> TestRegistry {
+    start_registry_at("127.0.0.1:0", contents)
+}
+
+fn start_registry_at(addr: &str, contents: Contents) -> TestRegistry {
+    use axum::extract::{Path as AxPath, State};
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    type Shared = (
+        std::sync::Arc<Contents>,
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let gets = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let state: Shared = (std::sync::Arc::new(contents), std::sync::Arc::clone(&gets));
+    async fn handler(
+        State((contents, gets)): State<Shared>,
+        AxPath(rest): AxPath<String>,
+    ) -> axum::response::Response {
+        // rest = "<repo>/blobs/<digest>" or "<repo>/manifests/<ref>"
+        let key = rest
+            .split_once("/blobs/")
+            .map(|(_, d)| d.to_string())
+            .or_else(|| {
+                rest.split_once("/manifests/")
+                    .map(|(r, t)| format!("{r}:{t}"))
+            })
+            .unwrap_or_default();
+        if rest.contains("/blobs/")
+            && let Ok(mut g) = gets.lock()
+        {
+            *g.entry(key.clone()).or_default() += 1;
+        }
+        match contents.get(&key) {
+            Some((bytes, media)) => {
+                ([(header::CONTENT_TYPE, media.clone())], bytes.clone()).into_response()
+            }
+            None => StatusCode::NOT_FOUND.into_response(),
+        }
+    }
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr.to_string()))
+        .expect("bind registry");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let app = axum::Router::new()
+        .route("/v2/{*rest}", axum::routing::get(handler))
+        .with_state(state);
+    runtime.spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    TestRegistry {
+        addr,
+        blob_gets: gets,
+        _runtime: runtime,
+    }
+}
+
+/// A real image: per layer a directory with `etc/<file>` (layer 0 also the shell), its
+/// tar and gzip blobs; `published[i]` layers also go into the fake repository mount.
+struct RealImage {
+    reference: String,
+    manifest: Vec<u8>,
+    config: Vec<u8>,
+    layer_digests: Vec<String>,
+    chains: Vec<String>,
+    blobs: Contents,
+}
+
+fn real_image(
+    work: &Path,
+    mount: &Path,
+    reference: &str,
+    files: &[&str],
+    published: &[bool],
+    publish_metadata: bool,
+) -> RealImage {
+    let mut layer_digests = Vec::new();
+    let mut diff_ids = Vec::new();
+    let mut blobs = Contents::new();
+    for (i, file) in files.iter().enumerate() {
+        let dir = work.join(format!("layer{i}"));
+        std::fs::create_dir_all(dir.join("etc")).expect("mkdir");
+        std::fs::write(dir.join("etc").join(file), format!("layer{i}\n")).expect("write");
+        if i == 0 {
+            install_shell(&dir);
+        }
+        let tar = work.join(format!("layer{i}.tar"));
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(&dir)
+            .arg("--numeric-owner")
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .expect("tar");
+        assert!(ok.success());
+        let tar_bytes = std::fs::read(&tar).expect("read tar");
+        let gz = Command::new("gzip")
+            .arg("-n")
+            .arg("-c")
+            .arg(&tar)
+            .output()
+            .expect("gzip");
+        assert!(gz.status.success());
+        let digest = sha256(&gz.stdout);
+        diff_ids.push(sha256(&tar_bytes));
+        blobs.insert(
+            digest.clone(),
+            (gz.stdout, "application/octet-stream".to_string()),
+        );
+        if published[i] {
+            let hex = hex_of(&digest);
+            let layerfs = mount
+                .join(".layers")
+                .join(&hex[..2])
+                .join(hex)
+                .join("layerfs");
+            std::fs::create_dir_all(layerfs.parent().expect("parent")).expect("mkdir");
+            let ok = Command::new("cp")
+                .arg("-a")
+                .arg(&dir)
+                .arg(&layerfs)
+                .status()
+                .expect("cp");
+            assert!(ok.success());
+        }
+        layer_digests.push(digest);
+    }
+    let mut chains: Vec<String> = Vec::new();
+    for diff in &diff_ids {
+        let next = match chains.last() {
+            None => diff.clone(),
+            Some(prev) => sha256(format!("{prev} {diff}").as_bytes()),
+        };
+        chains.push(next);
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    })
+    .to_string()
+    .into_bytes();
+    let layers: Vec<serde_json::Value> = layer_digests
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": d, "size": blobs[d].0.len(),
+            })
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": sha256(&config), "size": config.len()},
+        "layers": layers,
+    })
+    .to_string()
+    .into_bytes();
+    blobs.insert(
+        sha256(&config),
+        (config.clone(), "application/octet-stream".into()),
+    );
+    let (repo_tag, _) = (
+        reference
+            .split_once('/')
+            .map(|(_, r)| r)
+            .unwrap_or(reference),
+        (),
+    );
+    blobs.insert(
+        repo_tag.to_string(),
+        (
+            manifest.clone(),
+            "application/vnd.oci.image.manifest.v1+json".into(),
+        ),
+    );
+    for (i, chain) in chains.iter().enumerate() {
+        if published[i] {
+            let (c, l) = (hex_of(chain), hex_of(&layer_digests[i]));
+            let dir = mount.join(".chainids").join(&c[..2]);
+            std::fs::create_dir_all(&dir).expect("mkdir chainids");
+            std::os::unix::fs::symlink(
+                format!("../../.layers/{}/{l}/layerfs", &l[..2]),
+                dir.join(c),
+            )
+            .expect("symlink");
+        }
+    }
+    if publish_metadata {
+        let meta = mount.join(".metadata").join(reference);
+        std::fs::create_dir_all(&meta).expect("mkdir metadata");
+        std::fs::write(meta.join("manifest.json"), &manifest).expect("write manifest");
+        std::fs::write(meta.join("config.json"), &config).expect("write config");
+    }
+    RealImage {
+        reference: reference.to_string(),
+        manifest,
+        config,
+        layer_digests,
+        chains,
+        blobs,
+    }
+}
+
+#[test]
+fn partly_published_image_mixes_remote_and_fetched_layers_and_ten_containers_run() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = Env::start();
+    let work = env.dir.path().join("work");
+    // A registry whose address is only known once it listens: build the image after.
+    let mut contents = Contents::new();
+    let registry = {
+        // Reserve the port by starting with empty contents, then rebuild with the image.
+        let probe = start_registry(Contents::new());
+        let addr = probe.addr.clone();
+        drop(probe);
+        addr
+    };
+    let reference = format!("{registry}/mixed:1");
+    let image = real_image(
+        &work,
+        &env.mountpoint,
+        &reference,
+        &["a", "b", "c"],
+        &[true, false, true],
+        true,
+    );
+    contents.extend(image.blobs.clone());
+    let reg = start_registry_at(&registry, contents);
+
+    let stdout = env.pull_ok(&reference);
+    assert!(
+        stdout.contains("2 layers from the repository, 1 fetched from the registry"),
+        "{stdout}"
+    );
+    // Only the unpublished layer was downloaded, once.
+    let gets = reg.blob_gets.lock().map(|g| g.clone()).unwrap_or_default();
+    assert_eq!(gets.get(&image.layer_digests[1]), Some(&1), "{gets:?}");
+    assert_eq!(gets.get(&image.layer_digests[0]), None, "{gets:?}");
+    assert_eq!(gets.get(&image.layer_digests[2]), None, "{gets:?}");
+    let info = env.snap(&["info", &image.chains[1]]);
+    assert!(!info.contains("containerd.io/snapshot/remote"), "{info}");
+    let info = env.snap(&["info", &image.chains[2]]);
+    assert!(info.contains("containerd.io/snapshot/remote"), "{info}");
+    let _ = (&image.manifest, &image.config, &image.reference);
+
+    // Ten containers from the same image at once.
+    let handles: Vec<_> = (0..10)
+        .map(|n| {
+            let address = env.address.clone();
+            let reference = reference.clone();
+            std::thread::spawn(move || {
+                Command::new("ctr")
+                    .arg("--address")
+                    .arg(&address)
+                    .args(["-n", NAMESPACE, "run", "--rm", "--snapshotter", SNAPSHOTTER])
+                    .arg(&reference)
+                    .arg(format!("ten-{n}"))
+                    .args([
+                        "/bin/sh",
+                        "-c",
+                        "read a < /etc/a; read b < /etc/b; read c < /etc/c; echo $a$b$c",
+                    ])
+                    .output()
+                    .expect("ctr run")
+            })
+        })
+        .collect();
+    for (n, h) in handles.into_iter().enumerate() {
+        let out = h.join().expect("join");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.trim() == "layer0layer1layer2",
+            "container {n}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let gets = reg.blob_gets.lock().map(|g| g.clone()).unwrap_or_default();
+    assert_eq!(gets.get(&image.layer_digests[1]), Some(&1), "{gets:?}");
+
+    // Removal + GC: nothing of ours is left.
+    env.ctr(&["images", "rm", "--sync", &reference]);
+    env.wait_for("no snapshots left", || {
+        let ls = env.snap(&["ls"]);
+        ls.lines().count() <= 1
+    });
+    env.wait_for("no snapshot directories left", || {
+        env.snapshot_dirs().is_empty()
+    });
+}
+
+#[test]
+fn image_not_in_the_repository_pulls_and_runs_through_the_registry() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = Env::start();
+    let work = env.dir.path().join("work");
+    let registry = {
+        let probe = start_registry(Contents::new());
+        let addr = probe.addr.clone();
+        drop(probe);
+        addr
+    };
+    let reference = format!("{registry}/plain:2");
+    let image = real_image(
+        &work,
+        &env.mountpoint,
+        &reference,
+        &["a", "b"],
+        &[false, false],
+        false,
+    );
+    let _reg = start_registry_at(&registry, image.blobs.clone());
+    let stdout = env.pull_ok(&reference);
+    assert!(stdout.contains("not in the repository"), "{stdout}");
+    assert!(
+        stdout.contains("0 layers from the repository, 2 fetched from the registry"),
+        "{stdout}"
+    );
+    let log = env.snapshotter.log();
+    assert_eq!(
+        log.matches("fallback to local snapshot").count(),
+        2,
+        "{log}"
+    );
+    let out = env.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        SNAPSHOTTER,
+        &reference,
+        "plain",
+        "/bin/sh",
+        "-c",
+        "read b < /etc/b; echo $b",
+    ]);
+    assert_eq!(out.trim(), "layer1");
+    // --remote-only refuses such an image.
+    let out = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"))
+        .args([
+            "pull",
+            "--remote-only",
+            "--namespace",
+            NAMESPACE,
+            "--snapshotter",
+            SNAPSHOTTER,
+        ])
+        .arg("--address")
+        .arg(&env.address)
+        .arg("--mountpoint")
+        .arg(&env.mountpoint)
+        .arg(&reference)
+        .output()
+        .expect("pull");
+    assert!(!out.status.success());
+    let _ = image.chains;
 }

@@ -109,6 +109,12 @@ impl Containerd {
         InterceptedService::new(self.channel.clone(), self.headers.clone())
     }
 
+    /// The channel with this connection's headers, for any generated client (e.g. the
+    /// diff service).
+    pub fn intercepted_channel(&self) -> Intercepted {
+        self.intercepted()
+    }
+
     /// containerd's Snapshots service (requests name the snapshotter).
     pub fn snapshots(&self) -> snapshots::snapshots_client::SnapshotsClient<Intercepted> {
         snapshots::snapshots_client::SnapshotsClient::new(self.intercepted())

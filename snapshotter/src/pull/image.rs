@@ -11,6 +11,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
+use crate::pull::platform::{Platform, platform_dir};
 
 /// OCI image manifest media type (used when the manifest does not name its own type and
 /// its config is not a Docker config).
@@ -149,6 +150,10 @@ impl Image {
     /// Blocking.
     pub fn read(mountpoint: &Path, public_path: &str) -> Result<Image> {
         let dir = metadata_dir(mountpoint, public_path);
+        Image::read_dir(&dir, public_path)
+    }
+
+    fn read_dir(dir: &Path, public_path: &str) -> Result<Image> {
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read(&path).map_err(|e| Error::ImageMetadata {
@@ -161,6 +166,123 @@ impl Image {
         };
         Image::parse(public_path, read("manifest.json")?, read("config.json")?)
     }
+
+    /// Reads `platform`'s image from the repository (CONTRACTS §3): from
+    /// `.metadata/<ref>/platforms/<os>-<arch>[-<variant>]/` when the image has a
+    /// `platforms/` directory, else from `.metadata/<ref>/` if its config's platform fits.
+    /// `Ok(None)` if `.metadata/<ref>` does not exist (not published); errors if the
+    /// platform is not published. Blocking.
+    pub fn read_platform(
+        mountpoint: &Path,
+        public_path: &str,
+        platform: &Platform,
+    ) -> Result<Option<Image>> {
+        let dir = metadata_dir(mountpoint, public_path);
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(Error::ImageMetadata {
+                    reference: public_path.to_string(),
+                    reason: format!("{}: {e} (is the repository mounted?)", dir.display()),
+                });
+            }
+        }
+        let image = match platform_dir(&dir, public_path, platform)? {
+            Some(pdir) => Image::read_dir(&pdir, public_path)?,
+            None => Image::read_dir(&dir, public_path)?,
+        };
+        image.check_platform(public_path, platform)?;
+        Ok(Some(image))
+    }
+
+    /// [`Error::ImageMetadata`] unless the config's `os`/`architecture`/`variant` fit.
+    pub fn check_platform(&self, reference: &str, platform: &Platform) -> Result<()> {
+        let c: ConfigPlatform = serde_json::from_slice(&self.config).unwrap_or_default();
+        if platform.matches(
+            c.os.as_deref(),
+            c.architecture.as_deref(),
+            c.variant.as_deref(),
+        ) {
+            Ok(())
+        } else {
+            Err(Error::ImageMetadata {
+                reference: reference.to_string(),
+                reason: format!(
+                    "the image is for {}/{}, not {platform} (use --platform)",
+                    c.os.unwrap_or_default(),
+                    c.architecture.unwrap_or_default()
+                ),
+            })
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ConfigPlatform {
+    os: Option<String>,
+    architecture: Option<String>,
+    variant: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct IndexJson {
+    manifests: Vec<IndexEntry>,
+}
+
+#[derive(Deserialize)]
+struct IndexEntry {
+    digest: String,
+    #[serde(default)]
+    platform: Option<ConfigPlatform>,
+}
+
+/// Whether `bytes` (with HTTP `content_type`) is an image index / manifest list.
+pub fn is_index(bytes: &[u8], content_type: &str) -> bool {
+    if content_type.contains("index") || content_type.contains("manifest.list") {
+        return true;
+    }
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<Probe>(bytes).is_ok_and(|p| p.manifests.is_some())
+}
+
+/// The digest of `platform`'s manifest in an index (first match, as containerd's
+/// platform matcher picks), or [`Error::ImageMetadata`] listing what the index has.
+pub fn select_from_index(reference: &str, index: &[u8], platform: &Platform) -> Result<String> {
+    let idx: IndexJson = serde_json::from_slice(index).map_err(|e| Error::ImageMetadata {
+        reference: reference.to_string(),
+        reason: format!("index: {e}"),
+    })?;
+    let mut seen = Vec::new();
+    for m in &idx.manifests {
+        let p = m.platform.as_ref();
+        let (os, arch, var) = (
+            p.and_then(|p| p.os.as_deref()),
+            p.and_then(|p| p.architecture.as_deref()),
+            p.and_then(|p| p.variant.as_deref()),
+        );
+        if os.is_some() && arch.is_some() && platform.matches(os, arch, var) {
+            return Ok(m.digest.clone());
+        }
+        seen.push(format!(
+            "{}/{}{}",
+            os.unwrap_or("?"),
+            arch.unwrap_or("?"),
+            var.map(|v| format!("/{v}")).unwrap_or_default()
+        ));
+    }
+    Err(Error::ImageMetadata {
+        reference: reference.to_string(),
+        reason: format!(
+            "no manifest for {platform} in the index (has: {})",
+            seen.join(", ")
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -245,6 +367,80 @@ mod tests {
             Image::parse("r", m, c)?.manifest_descriptor.media_type,
             DOCKER_MANIFEST
         );
+        Ok(())
+    }
+
+    #[test]
+    fn reads_the_requested_platform_and_refuses_others() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Io {
+            context: "tempdir".into(),
+            source: e,
+        })?;
+        let (m, c) = image_bytes(DOCKER_CONFIG, true);
+        let meta = metadata_dir(dir.path(), "r/x:1");
+        let arm = meta.join("platforms/linux-arm64-v8");
+        std::fs::create_dir_all(&arm).map_err(|e| Error::Io {
+            context: "mkdir".into(),
+            source: e,
+        })?;
+        let arm_config = String::from_utf8_lossy(&c)
+            .replace("amd64", "arm64")
+            .into_bytes();
+        let arm_manifest = String::from_utf8_lossy(&m)
+            .replace(&sha256_digest(&c), &sha256_digest(&arm_config))
+            .into_bytes();
+        for (p, b) in [
+            (meta.join("manifest.json"), &m),
+            (meta.join("config.json"), &c),
+            (arm.join("manifest.json"), &arm_manifest),
+            (arm.join("config.json"), &arm_config),
+        ] {
+            std::fs::write(p, b).map_err(|e| Error::Io {
+                context: "write".into(),
+                source: e,
+            })?;
+        }
+        let arm64 = Platform::parse("linux/arm64")?;
+        let img = Image::read_platform(dir.path(), "r/x:1", &arm64)?
+            .ok_or(Error::NotFound("img".into()))?;
+        assert_eq!(img.config, arm_config);
+        // amd64 has no platforms/ entry here: refused, naming what is published.
+        let amd64 = Platform::parse("linux/amd64")?;
+        assert!(matches!(
+            Image::read_platform(dir.path(), "r/x:1", &amd64),
+            Err(Error::ImageMetadata { reason, .. }) if reason.contains("linux-arm64-v8")
+        ));
+        // Older layout (no platforms/): the config's platform must fit.
+        std::fs::remove_dir_all(meta.join("platforms")).map_err(|e| Error::Io {
+            context: "rm".into(),
+            source: e,
+        })?;
+        assert!(Image::read_platform(dir.path(), "r/x:1", &amd64)?.is_some());
+        assert!(Image::read_platform(dir.path(), "r/x:1", &arm64).is_err());
+        assert!(Image::read_platform(dir.path(), "r/y:1", &amd64)?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn picks_the_platform_from_an_index() -> Result<()> {
+        let index = br#"{"schemaVersion":2,"manifests":[
+            {"digest":"sha256:a","platform":{"os":"linux","architecture":"arm","variant":"v7"}},
+            {"digest":"sha256:b","platform":{"os":"linux","architecture":"amd64"}},
+            {"digest":"sha256:c","platform":{"os":"unknown","architecture":"unknown"}}]}"#;
+        assert!(is_index(index, "application/json"));
+        assert!(!is_index(
+            b"{\"layers\":[]}",
+            "application/vnd.oci.image.manifest.v1+json"
+        ));
+        assert_eq!(
+            select_from_index("r", index, &Platform::parse("linux/amd64")?)?,
+            "sha256:b"
+        );
+        assert_eq!(
+            select_from_index("r", index, &Platform::parse("linux/arm/v7")?)?,
+            "sha256:a"
+        );
+        assert!(select_from_index("r", index, &Platform::parse("linux/s390x")?).is_err());
         Ok(())
     }
 

@@ -1,10 +1,14 @@
-//! `strata-snapshotter pull REF`: puts a published image into containerd without
-//! downloading a single layer (anchors §3.3: containerd 1.6's `ctr image pull` never passes
-//! the remote-snapshot labels, so we run the unpacker's handshake ourselves).
+//! `strata-snapshotter pull REF`: puts an image into containerd, taking every layer that is
+//! published in the repository remotely, without downloading it (anchors §3.3: containerd
+//! 1.6's `ctr image pull` never passes the remote-snapshot labels, so we run the unpacker's
+//! handshake ourselves), and fetching the others from the image's registry.
 //!
-//! Steps (each timed on stdout):
+//! Steps (each timed on stdout; a progress bar per downloaded layer on a terminal):
 //!
-//! 1. read `manifest.json` and `config.json` from `<mountpoint>/.metadata/<ref>/`; compute
+//! 1. read `manifest.json` and `config.json` of the platform (`--platform`, the node's by
+//!    default) from `<mountpoint>/.metadata/<ref>/[platforms/<os>-<arch>[-<variant>]/]`
+//!    ([`image::Image::read_platform`]); an image not in the repository at all is read from
+//!    its registry instead ([`registry`], index → platform manifest → config); compute
 //!    diffIDs and ChainIDs;
 //! 2. connect to containerd and take a lease (`containerd-lease` on every later call);
 //! 3. write the config (label `containerd.io/gc.ref.snapshot.<snapshotter>=<top ChainID>`)
@@ -13,8 +17,13 @@
 //! 4. per layer, unless `Stat(ChainID)` already succeeds: `Prepare("extract-… <ChainID>",
 //!    parent = previous ChainID)` with labels `containerd.io/snapshot.ref`, `cri.layer-digest`,
 //!    `cri.image-ref` and `cri.manifest-digest`, expecting `AlreadyExists` (anchors §3.2).
-//!    A Prepare that succeeds means the layer is not published: the key is removed and
-//!    `pull` fails naming the layer;
+//!    A Prepare that succeeds means the layer is not published: its blob is fetched from the
+//!    registry into the content store (label `containerd.io/uncompressed=<diffID>`), applied
+//!    onto the prepared snapshot by containerd's diff service (`Diff.Apply`, which returns
+//!    the diffID, checked) and committed as the ChainID — what containerd's own unpacker
+//!    does. With `--remote-only` the key is removed instead and `pull` fails naming the
+//!    layer. The manifest blob carries `containerd.io/gc.ref.content.l.<i>` for every layer
+//!    so fetched blobs live as long as the image;
 //! 5. create or update the image record `<ref>` → manifest descriptor;
 //! 6. delete the lease.
 //!
@@ -23,7 +32,9 @@
 
 pub mod containerd;
 pub mod image;
+pub mod platform;
 pub mod reference;
+pub mod registry;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -32,12 +43,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tonic::Code;
 
+use crate::api::containerd::services::content::v1 as content;
+use crate::api::containerd::services::diff::v1 as diff;
 use crate::api::containerd::services::snapshots::v1 as snapshots;
 use crate::api::containerd::types::Descriptor;
 use crate::error::{Error, Result};
 use containerd::{Containerd, call_error};
 use image::Image;
+use platform::Platform;
 use reference::Reference;
+use registry::Registry;
 
 /// Command-line arguments of `pull` (CONTRACTS §4).
 #[derive(clap::Args, Debug, Clone)]
@@ -54,6 +69,12 @@ pub struct PullArgs {
     /// Where the repository is mounted.
     #[arg(long)]
     pub mountpoint: PathBuf,
+    /// Platform to pull, OS/ARCH[/VARIANT] [default: this node's, e.g. linux/amd64].
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Fail instead of fetching layers that are not published from the registry.
+    #[arg(long)]
+    pub remote_only: bool,
     /// Image reference, e.g. `127.0.0.1:5000/demo:1` or `debian:12`.
     pub reference: String,
 }
@@ -87,7 +108,16 @@ pub struct Pulled {
     pub remote_layers: usize,
     /// Layers that were already present in containerd.
     pub existing_layers: usize,
+    /// Layers fetched from the registry and unpacked (not published).
+    pub fetched_layers: usize,
 }
+
+/// Label on a layer blob naming its diffID (containerd's unpacker sets it).
+pub const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
+/// GC label prefix on the manifest blob pointing at layer blobs.
+pub const LABEL_GC_LAYER_PREFIX: &str = "containerd.io/gc.ref.content.l.";
+/// Bytes per content-store `Write` message.
+const WRITE_CHUNK: usize = 1 << 20;
 
 /// A unique suffix like containerd's `uniquePart()`: nanoseconds and a random number.
 fn unique_part() -> String {
@@ -144,6 +174,7 @@ pub async fn pull(
     args: &PullArgs,
     image: &Image,
     name: &str,
+    registry: Option<&Registry>,
     step: &mut dyn FnMut(&str),
 ) -> Result<Pulled> {
     let top = image
@@ -160,7 +191,7 @@ pub async fn pull(
     client.set_lease(Some(&lease))?;
     step("lease");
 
-    let result = pull_in_lease(client, args, image, name, &top, step).await;
+    let result = pull_in_lease(client, args, image, name, &top, registry, step).await;
     client.set_lease(None)?;
     let deleted = client.delete_lease(&lease).await;
     step("delete lease");
@@ -175,6 +206,7 @@ async fn pull_in_lease(
     image: &Image,
     name: &str,
     top: &str,
+    registry: Option<&Registry>,
     step: &mut dyn FnMut(&str),
 ) -> Result<Pulled> {
     let config_labels = HashMap::from([(
@@ -188,10 +220,13 @@ async fn pull_in_lease(
             &config_labels,
         )
         .await?;
-    let manifest_labels = HashMap::from([(
+    let mut manifest_labels = HashMap::from([(
         LABEL_GC_CONFIG.to_string(),
         image.config_descriptor.digest.clone(),
     )]);
+    for (i, layer) in image.layers.iter().enumerate() {
+        manifest_labels.insert(format!("{LABEL_GC_LAYER_PREFIX}{i}"), layer.digest.clone());
+    }
     client
         .write_blob(
             &image.manifest_descriptor.digest,
@@ -202,7 +237,7 @@ async fn pull_in_lease(
     step("content");
 
     let mut snapshots_client = client.snapshots();
-    let (mut remote_layers, mut existing_layers) = (0, 0);
+    let (mut remote_layers, mut existing_layers, mut fetched_layers) = (0, 0, 0);
     for (i, chain_id) in image.chain_ids.iter().enumerate() {
         let stat = snapshots_client
             .stat(snapshots::StatSnapshotRequest {
@@ -235,19 +270,36 @@ async fn pull_in_lease(
         match prepared {
             Err(s) if s.code() == Code::AlreadyExists => remote_layers += 1,
             Err(s) => return Err(call_error("snapshots.Prepare")(s)),
-            Ok(_) => {
+            Ok(response) => {
                 // The snapshotter made an ordinary snapshot: the layer is not published.
-                let _ = snapshots_client
-                    .remove(snapshots::RemoveSnapshotRequest {
-                        snapshotter: args.snapshotter.clone(),
-                        key,
-                    })
-                    .await;
-                return Err(Error::LayerNotPublished {
-                    index: i,
-                    digest: image.layers[i].digest.clone(),
-                    chain_id: chain_id.clone(),
-                });
+                let remove = |key: String| {
+                    let mut c = snapshots_client.clone();
+                    let snapshotter = args.snapshotter.clone();
+                    async move {
+                        let _ = c
+                            .remove(snapshots::RemoveSnapshotRequest { snapshotter, key })
+                            .await;
+                    }
+                };
+                let Some(registry) = registry.filter(|_| !args.remote_only) else {
+                    remove(key).await;
+                    return Err(Error::LayerNotPublished {
+                        index: i,
+                        digest: image.layers[i].digest.clone(),
+                        chain_id: chain_id.clone(),
+                    });
+                };
+                let mounts = response.into_inner().mounts;
+                let fetched = fetch_and_apply(client, args, image, i, &key, mounts, registry).await;
+                if let Err(e) = fetched {
+                    remove(key).await;
+                    return Err(Error::LayerFallback {
+                        index: i,
+                        digest: image.layers[i].digest.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+                fetched_layers += 1;
             }
         }
     }
@@ -272,7 +324,199 @@ async fn pull_in_lease(
         top_chain_id: top.to_string(),
         remote_layers,
         existing_layers,
+        fetched_layers,
     })
+}
+
+/// The normal path for layer `i` (module doc, step 4): blob into the content store (unless
+/// already there), `Diff.Apply` onto `mounts` of the prepared `key`, diffID check, `Commit`
+/// as the ChainID. Progress on stderr when it is a terminal.
+async fn fetch_and_apply(
+    client: &Containerd,
+    args: &PullArgs,
+    image: &Image,
+    i: usize,
+    key: &str,
+    mounts: Vec<crate::api::containerd::types::Mount>,
+    registry: &Registry,
+) -> Result<()> {
+    let layer = &image.layers[i];
+    let diff_id = &image.diff_ids[i];
+    let present = client
+        .content()
+        .info(content::InfoRequest {
+            digest: layer.digest.clone(),
+        })
+        .await
+        .is_ok();
+    if !present {
+        write_blob_stream(client, registry, &layer.digest, layer.size, diff_id).await?;
+    }
+    let applied = diff::diff_client::DiffClient::new(client.intercepted_channel())
+        .apply(diff::ApplyRequest {
+            diff: Some(Descriptor {
+                media_type: layer.media_type.clone(),
+                digest: layer.digest.clone(),
+                size: layer.size,
+                annotations: HashMap::new(),
+            }),
+            mounts,
+            payloads: HashMap::new(),
+        })
+        .await
+        .map_err(call_error("diff.Apply"))?
+        .into_inner()
+        .applied
+        .map(|d| d.digest)
+        .unwrap_or_default();
+    if &applied != diff_id {
+        return Err(Error::ImageMetadata {
+            reference: layer.digest.clone(),
+            reason: format!("applied layer has diffID {applied}, the config says {diff_id}"),
+        });
+    }
+    let chain_id = &image.chain_ids[i];
+    client
+        .snapshots()
+        .commit(snapshots::CommitSnapshotRequest {
+            snapshotter: args.snapshotter.clone(),
+            name: chain_id.clone(),
+            key: key.to_string(),
+            labels: HashMap::from([(LABEL_SNAPSHOT_REF.to_string(), chain_id.clone())]),
+            parent: String::new(),
+        })
+        .await
+        .map_err(call_error("snapshots.Commit"))?;
+    Ok(())
+}
+
+/// Streams blob `digest` (`size` bytes) from `registry` into containerd's content store
+/// (`Write`: WRITE messages of [`WRITE_CHUNK`] bytes, then COMMIT with the expected digest;
+/// containerd verifies it), labelled with its diffID.
+async fn write_blob_stream(
+    client: &Containerd,
+    registry: &Registry,
+    digest: &str,
+    size: i64,
+    diff_id: &str,
+) -> Result<()> {
+    use std::io::IsTerminal;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(u64::try_from(size).unwrap_or(0));
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(format!("fetch {}", &digest[..digest.len().min(19)]));
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut response = registry.blob(digest).await?;
+    let url = format!("{}/…/blobs/{digest}", registry.base());
+    let reference = format!("strata-pull-{digest}-{}", unique_part());
+    let (tx, rx) = tokio::sync::mpsc::channel::<content::WriteContentRequest>(4);
+    let mut content_client = client.content();
+    let call = tokio::spawn(async move {
+        let mut stream = content_client
+            .write(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        while stream.message().await?.is_some() {}
+        Ok::<(), tonic::Status>(())
+    });
+    let mut offset: i64 = 0;
+    let mut buffer: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
+    let send_error = || Error::Http {
+        url: url.clone(),
+        reason: "containerd closed the content write stream".into(),
+    };
+    loop {
+        let chunk = response.chunk().await.map_err(|e| Error::Http {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        let done = chunk.is_none();
+        if let Some(c) = chunk {
+            bar.inc(c.len() as u64);
+            buffer.extend_from_slice(&c);
+        }
+        if buffer.len() >= WRITE_CHUNK || (done && !buffer.is_empty()) {
+            let data = std::mem::take(&mut buffer);
+            let len = i64::try_from(data.len()).unwrap_or(i64::MAX);
+            tx.send(content::WriteContentRequest {
+                action: content::WriteAction::Write as i32,
+                r#ref: reference.clone(),
+                total: size,
+                expected: digest.to_string(),
+                offset,
+                data,
+                labels: HashMap::new(),
+            })
+            .await
+            .map_err(|_| send_error())?;
+            offset += len;
+        }
+        if done {
+            break;
+        }
+    }
+    tx.send(content::WriteContentRequest {
+        action: content::WriteAction::Commit as i32,
+        r#ref: reference,
+        total: offset,
+        expected: digest.to_string(),
+        offset,
+        data: Vec::new(),
+        labels: HashMap::from([(LABEL_UNCOMPRESSED.to_string(), diff_id.to_string())]),
+    })
+    .await
+    .map_err(|_| send_error())?;
+    drop(tx);
+    bar.finish_and_clear();
+    match call.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(status)) if status.code() == Code::AlreadyExists => Ok(()),
+        Ok(Err(status)) => Err(call_error("content.Write")(status)),
+        Err(e) => Err(Error::Io {
+            context: "content write task".into(),
+            source: std::io::Error::other(e),
+        }),
+    }
+}
+
+/// Reads the image from the registry (module doc, step 1): the manifest named by the tag or
+/// digest, `platform`'s manifest if that is an index, and the config.
+pub async fn image_from_registry(
+    registry: &Registry,
+    reference: &Reference,
+    name: &str,
+    platform: &Platform,
+) -> Result<Image> {
+    let tag = reference
+        .digest
+        .clone()
+        .or_else(|| reference.tag.clone())
+        .unwrap_or_else(|| "latest".to_string());
+    let (mut manifest, media_type) = registry.manifest(&tag).await?;
+    if image::is_index(&manifest, &media_type) {
+        let digest = image::select_from_index(name, &manifest, platform)?;
+        manifest = registry.manifest(&digest).await?.0;
+    }
+    #[derive(serde::Deserialize)]
+    struct ConfigRef {
+        config: image::Descriptor,
+    }
+    let config_ref: ConfigRef =
+        serde_json::from_slice(&manifest).map_err(|e| Error::ImageMetadata {
+            reference: name.to_string(),
+            reason: format!("manifest from {}: {e}", registry.base()),
+        })?;
+    let config = registry.blob_bytes(&config_ref.config.digest).await?;
+    let image = Image::parse(name, manifest, config)?;
+    image.check_platform(name, platform)?;
+    Ok(image)
 }
 
 /// Runs `strata-snapshotter pull`.
@@ -287,24 +531,57 @@ pub fn main(args: PullArgs) -> Result<()> {
     runtime.block_on(async move {
         let mut timer = Timer::new();
         let reference = Reference::parse(&args.reference)?;
+        let platform = match &args.platform {
+            Some(p) => Platform::parse(p)?,
+            None => Platform::node(),
+        };
         let name = reference.public_path();
-        let (mountpoint, path) = (args.mountpoint.clone(), name.clone());
-        let image = tokio::task::spawn_blocking(move || Image::read(&mountpoint, &path))
-            .await
-            .map_err(|e| Error::Io {
-                context: "read image metadata".into(),
-                source: std::io::Error::other(e),
-            })??;
+        let registry = Registry::new(&reference)?;
+        let (mountpoint, path, p) = (args.mountpoint.clone(), name.clone(), platform.clone());
+        let published =
+            tokio::task::spawn_blocking(move || Image::read_platform(&mountpoint, &path, &p))
+                .await
+                .map_err(|e| Error::Io {
+                    context: "read image metadata".into(),
+                    source: std::io::Error::other(e),
+                })??;
+        let image = match published {
+            Some(image) => image,
+            None if args.remote_only => {
+                return Err(Error::ImageMetadata {
+                    reference: name.clone(),
+                    reason: format!(
+                        "{}: not published in the repository (and --remote-only)",
+                        image::metadata_dir(&args.mountpoint, &name)
+                            .join("manifest.json")
+                            .display()
+                    ),
+                });
+            }
+            None => {
+                println!("{name} is not in the repository: reading it from {}", registry.base());
+                image_from_registry(&registry, &reference, &name, &platform).await?
+            }
+        };
         timer.step("metadata");
         let mut client = Containerd::connect(&args.address, &args.namespace).await?;
         timer.step("connect");
-        let pulled = pull(&mut client, &args, &image, &name, &mut |w| timer.step(w)).await?;
+        let pulled = pull(
+            &mut client,
+            &args,
+            &image,
+            &name,
+            Some(&registry),
+            &mut |w| timer.step(w),
+        )
+        .await?;
         let total = timer.start.elapsed();
         println!(
-            "pulled {} ({}): {} layers from the repository, {} already present, top snapshot {}; total {:.1} ms",
+            "pulled {} ({}, {platform}): {} layers from the repository, {} fetched from the registry, {} already present, top snapshot {}; total {:.1} ms",
             pulled.name,
             pulled.manifest_digest,
             pulled.remote_layers,
+            pulled.fetched_layers,
             pulled.existing_layers,
             pulled.top_chain_id,
             total.as_secs_f64() * 1e3
