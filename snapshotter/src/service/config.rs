@@ -177,4 +177,36 @@ mod tests {
         ));
         Ok(())
     }
+
+    #[test]
+    fn shipped_deploy_files_parse() -> Result<()> {
+        let file = FileConfig::parse(include_str!("../../../deploy/snapshotter.toml"))?;
+        let c = merge(FileConfig::default(), file)?;
+        assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        for (name, text) in [
+            (
+                "1.6",
+                include_str!("../../../deploy/containerd/config-1.6.toml"),
+            ),
+            (
+                "1.7",
+                include_str!("../../../deploy/containerd/config-1.7.toml"),
+            ),
+            (
+                "2.x",
+                include_str!("../../../deploy/containerd/config-2.x.toml"),
+            ),
+        ] {
+            let v: toml::Value =
+                toml::from_str(text).map_err(|e| Error::Config(format!("{name}: {e}")))?;
+            let address = v
+                .get("proxy_plugins")
+                .and_then(|p| p.get("strata"))
+                .and_then(|p| p.get("address"))
+                .and_then(|a| a.as_str());
+            assert_eq!(address, Some(DEFAULT_SOCKET), "{name}");
+        }
+        Ok(())
+    }
 }
