@@ -293,7 +293,7 @@ fn build(work: &Path, data_bytes: u64, entries: u64) -> Result<Built> {
     let mut seed = 0x1234_5678_9abc_def1u64;
     while written < data_bytes {
         let size = sizes[(n % sizes.len() as u64) as usize].min(data_bytes - written) as usize;
-        let body = if n % 2 == 0 {
+        let body = if n.is_multiple_of(2) {
             noise(size, &mut seed)
         } else {
             text(size, n)
