@@ -90,6 +90,14 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A sync recipe (DUCC wishlist format) could not be read or is invalid.
+    #[error("recipe {file}: {reason}")]
+    Recipe {
+        /// The recipe file (or a label for recipe text given in memory).
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),

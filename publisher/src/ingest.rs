@@ -151,7 +151,16 @@ pub async fn ingest(
     let pool = Arc::new(Pool::per_cpu(&repo.store));
     let progress = Arc::new(Progress::new());
     let mut summary = IngestSummary::default();
-    let mut ns = ingest_batch(&repo, &pool, &progress, ns, &sources, options, &mut summary).await?;
+    let converted =
+        ingest_batch(&repo, &pool, &progress, ns, &sources, options, &mut summary).await;
+    // Joining the workers may wait for pieces still being compressed (after an error):
+    // not on a tokio worker.
+    blocking(move || {
+        drop(pool);
+        Ok(())
+    })
+    .await?;
+    let mut ns = converted?;
     let repo2 = repo.clone();
     let (manifest, _ns) = blocking(move || {
         let m = publish(&repo2, &mut ns)?;
@@ -173,8 +182,9 @@ fn split_digest(digest: &str) -> Result<(String, String)> {
 }
 
 /// Fetches every image of the batch, converts the layers the repository lacks (a few at a
-/// a time, from all images at once), then adds every image to `ns`.
-async fn ingest_batch(
+/// a time, from all images at once), then adds every image to `ns`. Also used by `sync`
+/// (one image per call, so that one failure leaves the others).
+pub(crate) async fn ingest_batch(
     repo: &Arc<Repo>,
     pool: &Arc<Pool>,
     progress: &Arc<Progress>,

@@ -12,6 +12,7 @@
 pub mod decompress;
 pub mod digest;
 pub mod error;
+pub mod events;
 pub mod flatten;
 pub mod ingest;
 pub mod layer;
@@ -20,11 +21,14 @@ pub mod objects;
 pub mod pipeline;
 pub mod progress;
 pub mod publish;
+pub mod recipe;
 pub mod reference;
+pub mod removal;
 pub mod repo;
 pub mod serve;
 pub mod singularity;
 pub mod source;
+pub mod sync;
 pub mod tree;
 pub mod verify;
 

@@ -43,6 +43,9 @@ const ACCEPTED: &[&str] = &[
     IMAGE_MANIFEST_LIST_MEDIA_TYPE,
 ];
 
+/// Page size asked for when listing tags ([`RegistrySource::list_tags`]).
+pub const TAGS_PAGE: usize = 1000;
+
 /// Whether `registry` (`host[:port]`) is a loopback host, reachable over plain HTTP.
 pub fn is_loopback(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
@@ -181,6 +184,46 @@ impl RegistrySource {
                 reason: format!("{what} {} was not fetched", d.digest),
             })
         })
+    }
+
+    /// The digest (`sha256:<hex>`) of the manifest or index the reference names: a `HEAD`
+    /// request (`Docker-Content-Digest`, OCI distribution spec), or `GET` and hash when the
+    /// registry sends no digest header. What `sync` compares with the published image.
+    pub async fn manifest_digest(&self) -> Result<String> {
+        self.client
+            .fetch_manifest_digest(&self.reference, &self.auth)
+            .await
+            .map_err(|e| self.registry_error(e))
+    }
+
+    /// Every tag of the repository, in registry order (`GET /v2/<name>/tags/list`, OCI
+    /// distribution spec "Listing Tags"). `oci-client` returns one page and hides the `Link`
+    /// header, so pages are requested with `n` = [`TAGS_PAGE`] and `last` = the last tag seen
+    /// until a page brings no new tag (also ending the loop on registries that ignore `last`).
+    pub async fn list_tags(&self) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let page = self
+                .client
+                .list_tags(
+                    &self.reference,
+                    &self.auth,
+                    Some(TAGS_PAGE),
+                    out.last().map(String::as_str),
+                )
+                .await
+                .map_err(|e| self.registry_error(e))?;
+            let before = out.len();
+            for t in page.tags {
+                if seen.insert(t.clone()) {
+                    out.push(t);
+                }
+            }
+            if out.len() == before {
+                return Ok(out);
+            }
+        }
     }
 
     /// Starts streaming a blob; the returned reader bridges to the async stream and must be
