@@ -125,6 +125,64 @@ fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) -> Vec<String> {
     layers
 }
 
+/// Rewrites `dir/index.json` so that tag `tag` names an OCI index of the image already in
+/// the layout (as linux/amd64) and a second image (linux/arm64/v8) with one more layer.
+fn make_multi_platform(dir: &Path, tag: &str) {
+    let blobs = dir.join("blobs/sha256");
+    let index: serde_json::Value = ok(serde_json::from_slice(&ok(std::fs::read(
+        dir.join("index.json"),
+    ))));
+    let amd = index["manifests"][0].clone();
+    let amd_digest = amd["digest"].as_str().unwrap_or_default().to_string();
+    let amd_manifest: serde_json::Value = ok(serde_json::from_slice(&ok(std::fs::read(
+        blobs.join(&amd_digest[7..]),
+    ))));
+    let cfg_digest = amd_manifest["config"]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut cfg: serde_json::Value = ok(serde_json::from_slice(&ok(std::fs::read(
+        blobs.join(&cfg_digest[7..]),
+    ))));
+    let extra = layer_tar(77, 1, 1000);
+    let gz = gzip(&extra);
+    let put = |bytes: &[u8]| {
+        let d = digest(bytes);
+        ok(std::fs::write(blobs.join(&d[7..]), bytes));
+        d
+    };
+    let extra_digest = put(&gz);
+    cfg["architecture"] = "arm64".into();
+    cfg["variant"] = "v8".into();
+    if let Some(ids) = cfg["rootfs"]["diff_ids"].as_array_mut() {
+        ids.push(digest(&extra).into());
+    }
+    let cfg_bytes = ok(serde_json::to_vec(&cfg));
+    let mut arm_manifest = amd_manifest.clone();
+    arm_manifest["config"]["digest"] = put(&cfg_bytes).into();
+    arm_manifest["config"]["size"] = cfg_bytes.len().into();
+    if let Some(l) = arm_manifest["layers"].as_array_mut() {
+        l.push(
+            serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": extra_digest, "size": gz.len()}),
+        );
+    }
+    let arm_bytes = ok(serde_json::to_vec(&arm_manifest));
+    let arm_digest = put(&arm_bytes);
+    let idx = ok(serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd_digest,
+             "size": amd["size"], "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm_digest,
+             "size": arm_bytes.len(), "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}]})));
+    let idx_digest = put(&idx);
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": idx_digest,
+        "size": idx.len(), "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+    ok(std::fs::write(dir.join("index.json"), top.to_string()));
+}
+
 fn init_repo(dir: &Path) {
     run_ok(&["init", "--repo", &dir.display().to_string(), "--fqrn", FQRN]);
 }
@@ -265,6 +323,56 @@ fn reingest_from_registry_downloads_no_layer() {
         "{ls}"
     );
     assert!(ls.contains("3 layer(s)"), "{ls}");
+}
+
+#[test]
+fn multi_platform_index_from_registry() {
+    if !have("docker-registry") || !have("skopeo") {
+        eprintln!("skipping: docker-registry or skopeo not installed");
+        return;
+    }
+    let work = ok(tempfile::tempdir());
+    let registry = Registry::start(work.path());
+    let layout = work.path().join("layout");
+    write_layout(&layout, "1", &[layer_tar(5, 2, 2000)]);
+    make_multi_platform(&layout, "1");
+    let dest = format!("docker://{}/multi:1", registry.addr);
+    let out = ok(Command::new("skopeo")
+        .args(["copy", "--all", "--dest-tls-verify=false", "--quiet"])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg(&dest)
+        .output());
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let repo = work.path().join("repo");
+    init_repo(&repo);
+    let r = repo.display().to_string();
+    let first = run_ok(&[
+        "ingest",
+        "--repo",
+        &r,
+        "--default-platform",
+        "linux/arm64",
+        &dest,
+    ]);
+    assert!(first.contains("2 layer(s) converted"), "{first}");
+    verify_ok(&repo);
+    let ls = run_ok(&["ls", "--repo", &r]);
+    assert!(
+        ls.contains("linux/amd64") && ls.contains("linux/arm64/v8"),
+        "{ls}"
+    );
+    // only amd64 into a second repository
+    let repo2 = work.path().join("repo2");
+    init_repo(&repo2);
+    let r2 = repo2.display().to_string();
+    let out = run_ok(&["ingest", "--repo", &r2, "--platform", "linux/amd64", &dest]);
+    assert!(out.contains("1 layer(s) converted"), "{out}");
+    let ls = run_ok(&["ls", "--repo", &r2]);
+    assert!(ls.contains("linux/amd64") && !ls.contains("arm64"), "{ls}");
 }
 
 #[test]
