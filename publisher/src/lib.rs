@@ -14,6 +14,7 @@ pub mod digest;
 pub mod error;
 pub mod events;
 pub mod flatten;
+pub mod gc;
 pub mod ingest;
 pub mod layer;
 pub mod listing;

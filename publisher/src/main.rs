@@ -96,6 +96,53 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         days: u64,
     },
+    /// Make the repository equal to a recipe (DUCC wishlist YAML): add, update, remove
+    /// images, in one revision per pass. Exits non-zero if any image failed.
+    Sync {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The recipe (version: 1, cvmfs_repo, input: [...]); re-read at every pass.
+        #[arg(long)]
+        recipe: PathBuf,
+        /// Run passes forever, --interval apart.
+        #[arg(long = "loop")]
+        repeat: bool,
+        /// Time between the start of two passes with --loop (e.g. 5m, 30s).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// JSON-lines event log (default DIR/events.jsonl).
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// Print the plan (added/updated/removed/unchanged/failed), change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Docker config.json with `auths` (as for ingest).
+        #[arg(long)]
+        authfile: Option<PathBuf>,
+        /// Registry HOST[:PORT] that may be reached over plain HTTP (repeatable).
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+        insecure: Vec<String>,
+        /// Largest uncompressed layer, in bytes.
+        #[arg(long, default_value_t = publisher::layer::DEFAULT_MAX_LAYER_SIZE)]
+        max_layer_size: u64,
+    },
+    /// Delete objects no retained revision references.
+    Gc {
+        /// Repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Revisions to keep readable, counting the current one.
+        #[arg(long, default_value_t = publisher::gc::DEFAULT_KEEP_REVISIONS as u64,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        keep_revisions: u64,
+        /// Never delete objects modified less than this long ago (e.g. 1h, 0s).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+        /// List what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Serve DIR/srv at http://ADDR/cvmfs/<fqrn>/.
     Serve {
         /// Repository directory.
@@ -214,6 +261,69 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 catalog::whitelist::format_utc(expires)
             );
         }
+        Command::Sync {
+            repo,
+            recipe,
+            repeat,
+            interval,
+            events,
+            dry_run,
+            authfile,
+            insecure,
+            max_layer_size,
+        } => {
+            let options = publisher::sync::SyncOptions {
+                registry: publisher::source::registry::RegistryOptions {
+                    credentials: None,
+                    authfile,
+                    insecure,
+                },
+                limits: publisher::layer::Limits { max_layer_size },
+                dry_run,
+            };
+            let events = events.unwrap_or_else(|| repo.join("events.jsonl"));
+            loop {
+                let started = std::time::Instant::now();
+                let r = rt.block_on(sync_command(&repo, &recipe, &events, &options));
+                if !repeat {
+                    return r;
+                }
+                if let Err(e) = r {
+                    eprintln!("strata-publisher: sync pass: {e:#}");
+                }
+                std::thread::sleep(interval.saturating_sub(started.elapsed()));
+            }
+        }
+        Command::Gc {
+            repo,
+            keep_revisions,
+            grace,
+            dry_run,
+        } => {
+            let options = publisher::gc::GcOptions {
+                keep_revisions: usize::try_from(keep_revisions).unwrap_or(usize::MAX),
+                grace,
+                dry_run,
+            };
+            let r = publisher::gc::gc(&repo, &options)
+                .with_context(|| format!("garbage-collecting {}", repo.display()))?;
+            for c in &r.candidates {
+                println!("would delete {c}");
+            }
+            let revisions: Vec<String> = r.retained.iter().map(|(n, _)| n.to_string()).collect();
+            println!(
+                "{} {} object(s), {} ({} bytes); kept {} referenced by revision(s) {} ({} catalogs), {} younger than the grace period; {} scanned",
+                if dry_run { "would delete" } else { "deleted" },
+                r.deleted,
+                publisher::listing::human_bytes(r.bytes_freed),
+                r.bytes_freed,
+                r.referenced,
+                revisions.join(", "),
+                r.catalogs,
+                r.young,
+                r.scanned
+            );
+        }
         Command::Serve { repo, listen } => rt.block_on(async {
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
@@ -221,6 +331,70 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             publisher::serve::serve(&repo, listener).await?;
             anyhow::Ok(())
         })?,
+    }
+    Ok(())
+}
+
+/// One `sync` pass: prints one line per image and the summary; errors if any failed.
+async fn sync_command(
+    repo: &std::path::Path,
+    recipe_file: &std::path::Path,
+    events: &std::path::Path,
+    options: &publisher::sync::SyncOptions,
+) -> anyhow::Result<()> {
+    let recipe = publisher::recipe::Recipe::load(recipe_file)?;
+    let label = recipe_file.display().to_string();
+    let mut log = if options.dry_run {
+        None
+    } else {
+        Some(publisher::events::EventLog::open(
+            events,
+            &publisher::events::EventLog::new_pass_id(),
+        )?)
+    };
+    let report = publisher::sync::sync_pass(repo, &recipe, &label, options, log.as_mut())
+        .await
+        .with_context(|| format!("syncing {} to {label}", repo.display()))?;
+    let verb = |o: publisher::events::Outcome| {
+        use publisher::events::Outcome::*;
+        match (o, options.dry_run) {
+            (Added, false) => "added",
+            (Added, true) => "would add",
+            (Updated, false) => "updated",
+            (Updated, true) => "would update",
+            (Removed, false) => "removed",
+            (Removed, true) => "would remove",
+            (Unchanged, _) => "unchanged",
+            (Failed, _) => "FAILED",
+        }
+    };
+    for e in &report.events {
+        let digest = e
+            .digest
+            .as_deref()
+            .or(e.previous_digest.as_deref())
+            .unwrap_or("");
+        match &e.error {
+            Some(err) => println!("{:<12} {}: {err}", verb(e.event), e.image),
+            None => println!(
+                "{:<12} {} {digest} ({:.2} s)",
+                verb(e.event),
+                e.image,
+                e.seconds
+            ),
+        }
+    }
+    let s = &report.summary;
+    let revision = match s.revision {
+        Some(r) => format!("published revision {r}"),
+        None => "no new revision".to_string(),
+    };
+    println!(
+        "{revision}: {} added, {} updated, {} removed, {} unchanged, {} failed, {} entries pruned in {:.2} s",
+        s.added, s.updated, s.removed, s.unchanged, s.failed, report.pruned, s.seconds
+    );
+    if s.failed > 0 {
+        anyhow::bail!("{} image(s) or recipe entries failed", s.failed);
     }
     Ok(())
 }
