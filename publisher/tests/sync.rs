@@ -1,0 +1,603 @@
+//! `sync` and `gc` as operators run them, against a real `docker-registry` filled with
+//! `skopeo`: images added, a tag moved, an image dropped from the recipe, a registry that is
+//! down or an image that does not exist, SIGKILL of `sync` and `gc` at random points. After
+//! every pass `verify` passes and the public paths are exactly what the recipe names.
+//!
+//! Needs `docker-registry` and `skopeo` (Debian packages); skipped with a message otherwise.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const BIN: &str = env!("CARGO_BIN_EXE_strata-publisher");
+const FQRN: &str = "sync.example.org";
+
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn run(args: &[&str]) -> Output {
+    ok(Command::new(BIN).args(args).output())
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "strata-publisher {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn tools() -> bool {
+    let there = have("docker-registry") && have("skopeo");
+    if !there {
+        eprintln!("skipping: docker-registry or skopeo not installed");
+    }
+    there
+}
+
+/// Deterministic pseudo-random bytes.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// A layer tar with `files` files of `size` bytes.
+fn layer_tar(seed: u64, files: usize, size: usize) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..files {
+        let data = noise(seed * 1000 + i as u64, size);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        ok(b.append_data(&mut h, format!("l{seed}/f{i}"), &data[..]));
+    }
+    ok(b.into_inner())
+}
+
+fn gzip(raw: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    ok(e.write_all(raw));
+    ok(e.finish())
+}
+
+/// Writes an OCI layout (one image, tagged `tag`) of gzip layers; returns the config digest.
+fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) -> String {
+    let blobs = dir.join("blobs/sha256");
+    ok(std::fs::create_dir_all(&blobs));
+    let put = |bytes: &[u8]| {
+        let d = digest(bytes);
+        ok(std::fs::write(blobs.join(&d[7..]), bytes));
+        d
+    };
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for t in tars {
+        let gz = gzip(t);
+        descs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": put(&gz), "size": gz.len()}));
+        diff_ids.push(digest(t));
+    }
+    let config = ok(serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}})));
+    let cd = put(&config);
+    let manifest = ok(serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": cd, "size": config.len()},
+        "layers": descs})));
+    let md = put(&manifest);
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
+        "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+    ok(std::fs::write(dir.join("index.json"), index.to_string()));
+    ok(std::fs::write(
+        dir.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    ));
+    cd
+}
+
+/// A `docker-registry` on a free loopback port; killed on drop.
+struct Registry {
+    child: Child,
+    addr: SocketAddr,
+    work: PathBuf,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = ok(TcpListener::bind("127.0.0.1:0"))
+            .local_addr()
+            .map(|a| a.port());
+        let addr = SocketAddr::from(([127, 0, 0, 1], ok(port)));
+        let config = dir.join("registry.yml");
+        ok(std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: {addr}\n",
+                dir.join("storage").display()
+            ),
+        ));
+        let log = ok(std::fs::File::create(dir.join("registry.log")));
+        let err = ok(log.try_clone());
+        let child = ok(Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(log)
+            .stderr(err)
+            .spawn());
+        let r = Registry {
+            child,
+            addr,
+            work: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !r.ready() {
+            assert!(Instant::now() < deadline, "registry did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        r
+    }
+
+    fn ready(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(self.addr) else {
+            return false;
+        };
+        let req = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
+        let mut resp = String::new();
+        s.write_all(req.as_bytes()).is_ok()
+            && s.read_to_string(&mut resp).is_ok()
+            && (resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200"))
+    }
+
+    /// Pushes a fresh image of `layers` (seeds) under `repo:tag`; returns its config digest.
+    fn push(&self, repo: &str, tag: &str, seeds: &[u64], files: usize, size: usize) -> String {
+        let layout = self
+            .work
+            .join(format!("layout-{}-{tag}-{seeds:?}", repo.replace('/', "_")));
+        let tars: Vec<Vec<u8>> = seeds.iter().map(|s| layer_tar(*s, files, size)).collect();
+        let config = write_layout(&layout, tag, &tars);
+        let out = ok(Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false", "--quiet"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{repo}:{tag}", self.addr))
+            .output());
+        assert!(
+            out.status.success(),
+            "skopeo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        config
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn init_repo(dir: &Path) {
+    run_ok(&["init", "--repo", &dir.display().to_string(), "--fqrn", FQRN]);
+}
+
+fn verify_ok(dir: &Path) {
+    run_ok(&["verify", "--repo", &dir.display().to_string()]);
+}
+
+fn write_recipe(file: &Path, entries: &[String]) {
+    let mut text = format!("version: 1\ncvmfs_repo: '{FQRN}'\ninput:\n");
+    for e in entries {
+        text.push_str(&format!("  - '{e}'\n"));
+    }
+    ok(std::fs::write(file, text));
+}
+
+fn sync(repo: &Path, recipe: &Path, extra: &[&str]) -> Output {
+    let r = repo.display().to_string();
+    let f = recipe.display().to_string();
+    let mut args = vec!["sync", "--repo", &r, "--recipe", &f];
+    args.extend(extra);
+    run(&args)
+}
+
+fn sync_ok(repo: &Path, recipe: &Path) -> String {
+    let out = sync(repo, recipe, &[]);
+    assert!(
+        out.status.success(),
+        "sync failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    verify_ok(repo);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every public path: symlinks outside the hidden trees, read from the current revision;
+/// checked against the `.metadata` images (they must be the same set).
+fn public_paths(repo: &Path) -> BTreeSet<String> {
+    let r = ok(publisher::repo::Repo::open(repo));
+    let ns = ok(publisher::publish::load_namespace(&r));
+    fn walk(n: &publisher::tree::Node, path: &str, out: &mut BTreeSet<String>) {
+        for (name, c) in &n.children {
+            let p = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}/{name}")
+            };
+            if c.is_dir() {
+                walk(c, &p, out);
+            } else if !c.entry.symlink.is_empty() {
+                out.insert(p);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    for (name, c) in &ns.root.children {
+        if !name.starts_with('.') {
+            if c.is_dir() {
+                walk(c, name, &mut out);
+            } else {
+                out.insert(name.clone());
+            }
+        }
+    }
+    let meta: BTreeSet<String> = ok(publisher::sync::published(repo)).into_keys().collect();
+    assert_eq!(out, meta, "public symlinks and .metadata disagree");
+    out
+}
+
+/// Number of `.flat/<hh>/<hex>` trees in the current revision.
+fn flat_count(repo: &Path) -> usize {
+    let r = ok(publisher::repo::Repo::open(repo));
+    let ns = ok(publisher::publish::load_namespace(&r));
+    ns.root
+        .get(&[".flat"])
+        .map(|f| f.children.values().map(|b| b.children.len()).sum())
+        .unwrap_or(0)
+}
+
+fn set(items: &[String]) -> BTreeSet<String> {
+    items.iter().cloned().collect()
+}
+
+/// The event-log lines after the first `skip`.
+fn events_after(repo: &Path, skip: usize) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(repo.join("events.jsonl")).unwrap_or_default();
+    text.lines()
+        .skip(skip)
+        .map(|l| ok(serde_json::from_str(l)))
+        .collect()
+}
+
+fn count(events: &[serde_json::Value], kind: &str) -> usize {
+    events.iter().filter(|e| e["event"] == kind).count()
+}
+
+fn revision(repo: &Path) -> u64 {
+    ok(ok(publisher::repo::Repo::open(repo)).current_manifest())
+        .manifest
+        .revision
+}
+
+#[test]
+fn sync_follows_the_recipe() {
+    if !tools() {
+        return;
+    }
+    let work = ok(tempfile::tempdir());
+    let reg = Registry::start(work.path());
+    let a = reg.addr;
+    reg.push("app", "1.0", &[1, 2], 3, 4000);
+    reg.push("app", "1.1", &[1, 3], 3, 4000);
+    reg.push("app", "2.0", &[1, 4], 3, 4000);
+    let base_cfg = reg.push("tools/base", "1", &[5], 2, 3000);
+    let repo = work.path().join("repo");
+    init_repo(&repo);
+    let recipe = work.path().join("recipe.yaml");
+    write_recipe(
+        &recipe,
+        &[
+            format!("docker://{a}/app:1.*"),
+            format!("https://{a}/tools/base:1"),
+        ],
+    );
+
+    // 1. add
+    let out = sync_ok(&repo, &recipe);
+    let want = set(&[
+        format!("{a}/app:1.0"),
+        format!("{a}/app:1.1"),
+        format!("{a}/tools/base:1"),
+    ]);
+    assert_eq!(public_paths(&repo), want, "{out}");
+    let ev = events_after(&repo, 0);
+    assert_eq!(count(&ev, "added"), 3, "{ev:?}");
+    assert_eq!(ev.last().map(|e| e["event"].clone()), Some("pass".into()));
+    assert_eq!(ev.last().map(|e| e["revision"].clone()), Some(1.into()));
+    assert_eq!(flat_count(&repo), 3);
+
+    // 2. nothing to do: no new revision
+    let seen = events_after(&repo, 0).len();
+    let out = sync_ok(&repo, &recipe);
+    assert!(out.contains("no new revision"), "{out}");
+    let ev = events_after(&repo, seen);
+    assert_eq!(count(&ev, "unchanged"), 3, "{ev:?}");
+    assert_eq!(revision(&repo), 1);
+
+    // 3. a tag moves: re-ingested, symlink re-pointed, the old flat tree pruned
+    let new_cfg = reg.push("app", "1.0", &[1, 6], 3, 4000);
+    let seen = events_after(&repo, 0).len();
+    sync_ok(&repo, &recipe);
+    let ev = events_after(&repo, seen);
+    assert_eq!(count(&ev, "updated"), 1, "{ev:?}");
+    assert_eq!(count(&ev, "unchanged"), 2, "{ev:?}");
+    let updated = ev.iter().find(|e| e["event"] == "updated").cloned();
+    assert_eq!(
+        updated.map(|e| e["image"].clone()),
+        Some(format!("{a}/app:1.0").into())
+    );
+    assert_eq!(public_paths(&repo), want);
+    let published = ok(publisher::sync::published(&repo));
+    let target = published
+        .get(&format!("{a}/app:1.0"))
+        .and_then(|p| p.public_target.clone())
+        .unwrap_or_default();
+    assert!(target.ends_with(&new_cfg[7..]), "{target} vs {new_cfg}");
+    assert_eq!(
+        flat_count(&repo),
+        3,
+        "the moved tag's old flat tree is pruned"
+    );
+
+    // 4. an image leaves the recipe; a dry run first changes nothing
+    write_recipe(&recipe, &[format!("docker://{a}/app:1.*")]);
+    let rev = revision(&repo);
+    let seen = events_after(&repo, 0).len();
+    let out = sync(&repo, &recipe, &["--dry-run"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("would remove {a}/tools/base:1")),
+        "{text}"
+    );
+    assert_eq!(revision(&repo), rev);
+    assert_eq!(events_after(&repo, seen).len(), 0, "dry run wrote events");
+    sync_ok(&repo, &recipe);
+    let ev = events_after(&repo, seen);
+    assert_eq!(count(&ev, "removed"), 1, "{ev:?}");
+    let want = set(&[format!("{a}/app:1.0"), format!("{a}/app:1.1")]);
+    assert_eq!(public_paths(&repo), want);
+    assert_eq!(flat_count(&repo), 2);
+    let r = ok(publisher::repo::Repo::open(&repo));
+    let ns = ok(publisher::publish::load_namespace(&r));
+    assert!(
+        ns.root
+            .get(&[".flat", &base_cfg[7..9], &base_cfg[7..]])
+            .is_none()
+    );
+
+    // 5. glob widened: app:2.0 joins
+    write_recipe(&recipe, &[format!("{a}/app:*")]);
+    sync_ok(&repo, &recipe);
+    let want = set(&[
+        format!("{a}/app:1.0"),
+        format!("{a}/app:1.1"),
+        format!("{a}/app:2.0"),
+    ]);
+    assert_eq!(public_paths(&repo), want);
+
+    // 6. gc keeps the current revision readable, and `ls` still lists everything
+    let r = repo.display().to_string();
+    let out = run_ok(&["gc", "--repo", &r, "--keep-revisions", "2", "--grace", "0s"]);
+    assert!(out.contains("deleted"), "{out}");
+    verify_ok(&repo);
+    let again = run_ok(&["gc", "--repo", &r, "--keep-revisions", "2", "--grace", "0s"]);
+    assert!(again.starts_with("deleted 0 object(s)"), "{again}");
+    let ls = run_ok(&["ls", "--repo", &r]);
+    assert!(ls.contains(&format!("{a}/app:2.0")), "{ls}");
+}
+
+#[test]
+fn failures_do_not_stop_the_others() {
+    if !tools() {
+        return;
+    }
+    let work = ok(tempfile::tempdir());
+    let reg = Registry::start(work.path());
+    let a = reg.addr;
+    reg.push("app", "1", &[1], 2, 2000);
+    reg.push("app", "2", &[2], 2, 2000);
+    let dead = {
+        let l = ok(TcpListener::bind("127.0.0.1:0"));
+        ok(l.local_addr())
+    }; // closed again: nothing listens there
+    let repo = work.path().join("repo");
+    init_repo(&repo);
+    let recipe = work.path().join("recipe.yaml");
+    write_recipe(
+        &recipe,
+        &[
+            format!("{a}/app:1"),
+            format!("{a}/missing:1"),
+            format!("{dead}/gone:1"),
+            format!("{dead}/globbed:*"),
+        ],
+    );
+    let out = sync(&repo, &recipe, &[]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAILED"), "{text}");
+    verify_ok(&repo);
+    assert_eq!(public_paths(&repo), set(&[format!("{a}/app:1")]));
+    let ev = events_after(&repo, 0);
+    assert_eq!(count(&ev, "added"), 1, "{ev:?}");
+    assert_eq!(count(&ev, "failed"), 3, "{ev:?}");
+    let failed: BTreeSet<String> = ev
+        .iter()
+        .filter(|e| e["event"] == "failed")
+        .map(|e| e["image"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(failed.contains(&format!("{a}/missing:1")), "{failed:?}");
+    assert!(failed.contains(&format!("{dead}/gone:1")), "{failed:?}");
+    assert!(failed.contains(&format!("{dead}/globbed:*")), "{failed:?}");
+    assert!(
+        ev.iter()
+            .all(|e| e["event"] != "failed" || e["error"].is_string())
+    );
+    let pass = ev.last().cloned().unwrap_or_default();
+    assert_eq!(pass["event"], "pass");
+    assert_eq!(pass["failed"], 3);
+    assert_eq!(pass["added"], 1);
+
+    // The registry goes down: every image fails, nothing is removed, no revision.
+    write_recipe(&recipe, &[format!("{a}/app:*")]);
+    sync_ok(&repo, &recipe);
+    let before = public_paths(&repo);
+    assert_eq!(before, set(&[format!("{a}/app:1"), format!("{a}/app:2")]));
+    let rev = revision(&repo);
+    drop(reg);
+    let seen = events_after(&repo, 0).len();
+    let out = sync(&repo, &recipe, &[]);
+    assert!(!out.status.success());
+    verify_ok(&repo);
+    assert_eq!(public_paths(&repo), before);
+    assert_eq!(revision(&repo), rev);
+    let ev = events_after(&repo, seen);
+    assert_eq!(count(&ev, "failed"), 1, "{ev:?}");
+    assert_eq!(count(&ev, "removed"), 0, "{ev:?}");
+}
+
+/// A pseudo-random delay in `0..max_ms` from the clock.
+fn random_ms(max_ms: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    (nanos.wrapping_mul(0x9E37_79B9) >> 7) % max_ms
+}
+
+fn kill_after(mut child: Child, ms: u64) -> bool {
+    std::thread::sleep(Duration::from_millis(ms));
+    let finished = matches!(child.try_wait(), Ok(Some(_)));
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    !finished
+}
+
+#[test]
+fn killed_sync_and_gc_leave_a_verifying_repository() {
+    if !tools() {
+        return;
+    }
+    let work = ok(tempfile::tempdir());
+    let reg = Registry::start(work.path());
+    let a = reg.addr;
+    for (i, tag) in ["1", "2", "3"].iter().enumerate() {
+        let s = 10 * (i as u64 + 1);
+        reg.push("big", tag, &[s, s + 1, s + 2], 40, 90_000);
+    }
+    let repo = work.path().join("repo");
+    init_repo(&repo);
+    let recipe = work.path().join("recipe.yaml");
+    write_recipe(&recipe, &[format!("{a}/big:*")]);
+    let r = repo.display().to_string();
+    let f = recipe.display().to_string();
+    let mut killed = 0;
+    for max in [300, 800, 1500, 3000] {
+        let ms = random_ms(max);
+        let child = ok(Command::new(BIN)
+            .args(["sync", "--repo", &r, "--recipe", &f])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn());
+        if kill_after(child, ms) {
+            killed += 1;
+        }
+        eprintln!("sync killed after {ms} ms");
+        verify_ok(&repo);
+    }
+    sync_ok(&repo, &recipe);
+    let all = set(&[
+        format!("{a}/big:1"),
+        format!("{a}/big:2"),
+        format!("{a}/big:3"),
+    ]);
+    assert_eq!(public_paths(&repo), all);
+
+    // Garbage to collect: two images leave, one tag moves.
+    reg.push("big", "1", &[50, 51], 40, 90_000);
+    write_recipe(&recipe, &[format!("{a}/big:1")]);
+    sync_ok(&repo, &recipe);
+    // Kill points spread over a whole run, measured by a dry run (same marking work).
+    let t = Instant::now();
+    run_ok(&[
+        "gc",
+        "--repo",
+        &r,
+        "--keep-revisions",
+        "1",
+        "--grace",
+        "0s",
+        "--dry-run",
+    ]);
+    let full = (t.elapsed().as_millis() as u64).max(10);
+    for _ in 0..4 {
+        let ms = random_ms(2 * full);
+        let child = ok(Command::new(BIN)
+            .args(["gc", "--repo", &r, "--keep-revisions", "1", "--grace", "0s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn());
+        if kill_after(child, ms) {
+            killed += 1;
+        }
+        eprintln!("gc killed after {ms} ms");
+        verify_ok(&repo);
+    }
+    let out = run_ok(&["gc", "--repo", &r, "--keep-revisions", "1", "--grace", "0s"]);
+    eprintln!("{out}");
+    verify_ok(&repo);
+    let again = run_ok(&["gc", "--repo", &r, "--keep-revisions", "1", "--grace", "0s"]);
+    assert!(again.starts_with("deleted 0 object(s)"), "{again}");
+    assert_eq!(public_paths(&repo), set(&[format!("{a}/big:1")]));
+    eprintln!("{killed} of 8 runs were killed before they finished");
+}
