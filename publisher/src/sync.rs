@@ -565,3 +565,154 @@ pub fn published(dir: &Path) -> Result<BTreeMap<String, PublishedImage>> {
     let ns = load_namespace(&repo)?;
     published_images(&repo, &ns)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::Recipe;
+
+    fn ok<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const INDEX: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+        {"mediaType":"m","digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","size":1,"platform":{"architecture":"amd64","os":"linux"}},
+        {"mediaType":"m","digest":"sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","size":1,"platform":{"architecture":"arm64","os":"linux","variant":"v8"}},
+        {"mediaType":"m","digest":"sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc","size":1,"platform":{"architecture":"unknown","os":"unknown"}}]}"#;
+
+    fn published(platforms: &[(&str, &str)], public: &str) -> PublishedImage {
+        PublishedImage {
+            path: "r.org/a:1".into(),
+            name: ImageName::parse("r.org/a:1").ok(),
+            top_digest: crate::digest::sha256_digest(INDEX.as_bytes()),
+            index: Some(INDEX.as_bytes().to_vec()),
+            platforms: platforms
+                .iter()
+                .map(|(d, t)| (d.to_string(), t.to_string()))
+                .collect(),
+            public_target: Some(public.into()),
+        }
+    }
+
+    fn entry(yaml_entry: &str) -> RecipeEntry {
+        let r = ok(Recipe::parse(
+            &format!("version: 1\ninput:\n  - {yaml_entry}\n"),
+            "t",
+        ));
+        r.entries[0].clone()
+    }
+
+    #[test]
+    fn current_means_digest_platforms_and_default() {
+        let digest = crate::digest::sha256_digest(INDEX.as_bytes());
+        let both = [
+            ("linux-amd64", "../../../../.flat/aa/amd"),
+            ("linux-arm64-v8", "../../../../.flat/bb/arm"),
+        ];
+        let p = published(&both, "../.flat/aa/amd");
+        let all = entry("'r.org/a:1'");
+        assert!(is_current(&p, &digest, &all));
+        // the tag moved
+        assert!(!is_current(&p, &format!("sha256:{}", "d".repeat(64)), &all));
+        // the recipe now wants only amd64
+        let amd = entry("{image: 'r.org/a:1', platforms: [linux/amd64]}");
+        assert!(!is_current(&p, &digest, &amd));
+        let only_amd = published(&both[..1], "../.flat/aa/amd");
+        assert!(is_current(&only_amd, &digest, &amd));
+        // the recipe now wants the public path on arm64
+        let arm = entry("{image: 'r.org/a:1', default_platform: linux/arm64}");
+        assert!(!is_current(&p, &digest, &arm));
+        let on_arm = published(&both, "../.flat/bb/arm");
+        assert!(is_current(&on_arm, &digest, &arm));
+        // a plain manifest: the digest decides
+        let plain = PublishedImage {
+            index: None,
+            top_digest: "sha256:x".into(),
+            ..published(&[], "../.flat/aa/amd")
+        };
+        assert!(is_current(&plain, "sha256:x", &all));
+        assert_eq!(target_tail("../../.flat/aa/b"), ".flat/aa/b");
+    }
+
+    #[test]
+    fn http_scheme_allows_plain_http_for_that_registry() {
+        let e = entry("'http://registry.lan:5000/a:1'");
+        let o = registry_options(&RegistryOptions::default(), &e);
+        assert_eq!(o.insecure, vec!["registry.lan:5000".to_string()]);
+        let e = entry("'https://registry.lan:5000/a:1'");
+        assert!(
+            registry_options(&RegistryOptions::default(), &e)
+                .insecure
+                .is_empty()
+        );
+    }
+
+    /// A registry whose tags/list returns at most 2 tags per page and honours `last`
+    /// (or, with `ignore_last`, always returns the first page).
+    async fn paging_registry(tags: Vec<String>, ignore_last: bool) -> String {
+        use axum::extract::Query;
+        use axum::routing::get;
+        let listener = ok(tokio::net::TcpListener::bind("127.0.0.1:0").await);
+        let addr = ok(listener.local_addr());
+        let app = axum::Router::new()
+            .route("/v2/", get(|| async { "{}" }))
+            .route(
+                "/v2/demo/tags/list",
+                get(move |Query(q): Query<HashMap<String, String>>| {
+                    let tags = tags.clone();
+                    async move {
+                        let n: usize = q.get("n").and_then(|n| n.parse().ok()).unwrap_or(100);
+                        let start = match q.get("last") {
+                            Some(l) if !ignore_last => {
+                                tags.iter().position(|t| t == l).map_or(0, |i| i + 1)
+                            }
+                            _ => 0,
+                        };
+                        let page: Vec<&String> = tags.iter().skip(start).take(n.min(2)).collect();
+                        axum::Json(serde_json::json!({"name": "demo", "tags": page}))
+                    }
+                }),
+            );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        addr.to_string()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tag_lists_are_followed_across_pages() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tags: Vec<String> = ["1.0", "1.1", "1.2", "2.0", "2.1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let host = paging_registry(tags.clone(), false).await;
+        let name = ok(ImageName::parse(&format!("{host}/demo:latest")));
+        let src = ok(RegistrySource::new(
+            name.clone(),
+            &RegistryOptions::default(),
+        ));
+        assert_eq!(ok(src.list_tags().await), tags);
+        // a registry that ignores `last` yields its first page, and the loop ends
+        let host = paging_registry(tags.clone(), true).await;
+        let name = ok(ImageName::parse(&format!("{host}/demo:latest")));
+        let src = ok(RegistrySource::new(name, &RegistryOptions::default()));
+        assert_eq!(ok(src.list_tags().await), tags[..2].to_vec());
+        // glob expansion over the pages
+        let host = paging_registry(tags, false).await;
+        let recipe = ok(Recipe::parse(
+            &format!("version: 1\ninput:\n  - 'http://{host}/demo:1.*'\n  - '{host}/demo:2.1'\n"),
+            "t",
+        ));
+        let (wants, failures, failed_entries) = expand(&recipe, &SyncOptions::default()).await;
+        assert!(failures.is_empty() && failed_entries.is_empty());
+        let got: Vec<String> = wants.iter().map(|w| w.name.public_path()).collect();
+        assert_eq!(
+            got,
+            ["1.0", "1.1", "1.2", "2.1"]
+                .iter()
+                .map(|t| format!("{host}/demo:{t}"))
+                .collect::<Vec<_>>()
+        );
+    }
+}
