@@ -32,8 +32,10 @@ use crate::{Error, Result};
 /// [`Error::Config`] for unreadable keys; download, verification and catalog errors during
 /// boot; [`Error::Io`] if the FUSE mount fails.
 pub fn main(args: MountArgs) -> Result<()> {
+    limit_malloc_arenas();
     let args: MountConfig = args.resolve()?;
     let master_keys = read_keys(&args.public_keys)?;
+    crate::quota::limit_sqlite_memory(SQLITE_MEMORY)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("strata-net")
@@ -123,6 +125,21 @@ pub fn main(args: MountArgs) -> Result<()> {
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }
+
+/// Makes glibc's malloc use one arena. With the default (8 per core) every FUSE worker
+/// thread gets its own arena, and memory freed after a walk of a large directory tree stays
+/// spread over them: measured on a 300 000-entry walk, peak RSS 65 MB with the default and
+/// 54 MB with one arena.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only tunes the allocator; it is called before this process starts
+    // any other thread (the tokio runtime and the FUSE workers come later).
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Soft cap of SQLite's memory in the mount process (all catalogs and the cache index).
+pub const SQLITE_MEMORY: u64 = 8 << 20;
 
 /// The short-term TTL used after a failed check (spec §8.6: 180 s).
 pub const SHORT_TTL: Duration = Duration::from_secs(180);

@@ -2,33 +2,47 @@
 //! revision switches (CVMFS spec §8.4 allows any scheme stable within a mount generation).
 //!
 //! Numbers are allocated on first sight: the root is 1 (`FUSE_ROOT_ID`), then 2, 3, … in
-//! the order entries are looked up or listed. An entry is identified by its repository path,
-//! so the two copies of a nested-catalog transition directory (the parent's mountpoint row
-//! and the child's root row, spec §6.14) get one inode — the one first handed out, normally
-//! from the parent's copy. Members of a hard-link group share one inode within their catalog
-//! (spec §6.8, §8.4).
+//! the order entries are looked up or listed. An entry is identified by its parent's inode
+//! and its name, so the two copies of a nested-catalog transition directory (the parent's
+//! mountpoint row and the child's root row, spec §6.14) get one inode. Members of a
+//! hard-link group share one inode within their catalog (spec §6.8, §8.4).
 //!
-//! Each revision is a **generation**. After a switch ([`Inodes::new_generation`]) every
-//! node of the previous generation is stale; when a path is seen again in the new revision
-//! it keeps its old inode number if it is still a directory, or if its entry is unchanged
-//! (same type, mode, owner, size, mtime, content hash, link target, xattrs). A changed file
-//! gets a new number, so the kernel never mixes page-cache contents of two revisions under
-//! one inode. Stale nodes stay answerable (open files of an old revision may `fstat`).
+//! **Memory.** Every number handed out keeps a compact record — parent inode, name, a
+//! fingerprint of the entry and its generation, about 60 bytes — so that walking a tree of
+//! several hundred thousand entries stays within a few tens of MB. Full [`Node`]s (with
+//! the catalog row) are kept only in a small LRU of recently used inodes; the file system
+//! rebuilds others from the path by a catalog lookup (the kernel's attribute cache answers
+//! most `getattr`s anyway).
+//!
+//! **Generations.** Each revision is a generation. After a switch
+//! ([`Inodes::new_generation`]) every record is stale; when a name is seen again in the
+//! new revision it keeps its number if it is still a directory, or if its entry is
+//! unchanged (same fingerprint: type, mode, owner, size, mtime, content hash, link target,
+//! xattrs, flags). A changed file gets a new number, so the kernel never mixes page-cache
+//! contents of two revisions under one inode.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use catalog::{Entry, EntryKind};
+use lru::LruCache;
 
 /// The inode number of the repository root (FUSE's `FUSE_ROOT_ID`).
 pub const ROOT_INODE: u64 = 1;
 
-/// What an inode stands for.
+/// How many full nodes the LRU keeps.
+const RECENT: usize = 2048;
+
+/// An inode with its catalog row (built on demand; see the module docs).
 #[derive(Debug)]
 pub struct Node {
     /// The inode number.
     pub ino: u64,
-    /// Repository path of the first entry seen with this inode (`""` = root, else `/a/b`).
+    /// Repository path (`""` = root, else `/a/b`); for a hard-link group, the member it was
+    /// first seen as.
     pub path: String,
     /// Mountpoint of the catalog that holds the row (`""` = root catalog).
     pub catalog: String,
@@ -38,55 +52,150 @@ pub struct Node {
     pub generation: u64,
 }
 
-#[derive(Hash, PartialEq, Eq)]
-enum Key {
-    Path(String),
-    HardLink { catalog: String, group: u32 },
+/// The compact, permanent part of an inode (32 bytes; the name lives in [`Records`]'
+/// arena).
+#[derive(Clone, Copy)]
+struct Record {
+    parent: u64,
+    fingerprint: u64,
+    generation: u32,
+    name_off: u32,
+    name_len: u32,
+}
+
+/// Records by inode number, in pages of [`PAGE`] (no doubling slack), with the names in
+/// one byte arena.
+#[derive(Default)]
+struct Records {
+    pages: Vec<Vec<Record>>,
+    len: usize,
+    names: Vec<u8>,
+}
+
+/// Records per page.
+const PAGE: usize = 4096;
+
+impl Records {
+    /// Appends `record` named `name`; returns its index.
+    fn push(&mut self, mut record: Record, name: &str) -> usize {
+        record.name_off = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        record.name_len = u32::try_from(name.len()).unwrap_or(0);
+        self.names.extend_from_slice(name.as_bytes());
+        if self.len.is_multiple_of(PAGE) {
+            self.pages.push(Vec::with_capacity(PAGE));
+        }
+        if let Some(page) = self.pages.last_mut() {
+            page.push(record);
+        }
+        self.len += 1;
+        self.len - 1
+    }
+
+    fn get(&self, i: usize) -> Option<&Record> {
+        self.pages.get(i / PAGE)?.get(i % PAGE)
+    }
+
+    fn get_mut(&mut self, i: usize) -> Option<&mut Record> {
+        self.pages.get_mut(i / PAGE)?.get_mut(i % PAGE)
+    }
+
+    fn name(&self, r: &Record) -> &str {
+        let start = r.name_off as usize;
+        self.names
+            .get(start..start + r.name_len as usize)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (usize, &Record)> {
+        self.pages.iter().flatten().enumerate()
+    }
+}
+
+/// One inode of the previous generation, for kernel cache invalidation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleInode {
+    /// Its number.
+    pub ino: u64,
+    /// Its parent's number (0 for the root).
+    pub parent: u64,
+    /// Its name in the parent.
+    pub name: String,
 }
 
 #[derive(Default)]
 struct Table {
-    /// Keys of the current generation.
-    by_key: HashMap<Key, u64>,
-    /// Every node handed out, current or stale, by number.
-    nodes: HashMap<u64, Arc<Node>>,
-    /// The number last used for each path, in any generation.
-    last_ino: HashMap<String, u64>,
-    next: u64,
-    generation: u64,
+    /// `records[ino]`; index 0 is a placeholder.
+    records: Records,
+    /// hash of `(parent, name)` → latest ino (current or stale: see `Record::generation`);
+    /// the record's parent and name are compared on use.
+    by_name: HashMap<u64, u64>,
+    /// `(catalog mountpoint, group)` → latest ino (current or stale).
+    hardlinks: HashMap<(Box<str>, u32), u64>,
+    generation: u32,
 }
 
 /// Thread-safe map between inode numbers and catalog entries.
 pub struct Inodes {
     table: RwLock<Table>,
+    recent: Mutex<LruCache<u64, Arc<Node>>>,
+    unique: AtomicU64,
 }
 
 impl Inodes {
     /// A table holding only the root entry (inode 1), generation 0.
     pub fn new(root: Entry) -> Inodes {
         let inodes = Inodes {
-            table: RwLock::new(Table {
-                next: ROOT_INODE,
-                ..Table::default()
-            }),
+            table: RwLock::new(Table::default()),
+            recent: Mutex::new(LruCache::new(
+                NonZeroUsize::new(RECENT).unwrap_or(NonZeroUsize::MIN),
+            )),
+            unique: AtomicU64::new(1),
         };
+        {
+            let mut table = inodes.write();
+            let placeholder = Record {
+                parent: 0,
+                fingerprint: 0,
+                generation: u32::MAX,
+                name_off: 0,
+                name_len: 0,
+            };
+            table.records.push(placeholder, "");
+        }
         inodes.intern("", "", root);
         inodes
     }
 
-    /// The node of `ino`, if it was handed out (possibly stale).
-    pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
-        self.read().nodes.get(&ino).cloned()
+    /// The full node of `ino` if it is among the recently used ones (possibly stale).
+    pub fn cached(&self, ino: u64) -> Option<Arc<Node>> {
+        self.recent().get(&ino).cloned()
     }
 
-    /// The inode number last handed out for `path` (any generation).
-    pub fn last_ino_of(&self, path: &str) -> Option<u64> {
-        self.read().last_ino.get(path).copied()
+    /// The repository path of `ino` (rebuilt from the parent chain), if it was handed out.
+    pub fn path_of(&self, ino: u64) -> Option<String> {
+        let table = self.read();
+        let mut names = Vec::new();
+        let mut at = ino;
+        while at != ROOT_INODE {
+            let record = table.records.get(at as usize)?;
+            names.push(table.records.name(record));
+            at = record.parent;
+            if names.len() > 4096 {
+                return None;
+            }
+        }
+        let mut path = String::new();
+        for name in names.iter().rev() {
+            path.push('/');
+            path.push_str(name);
+        }
+        Some(path)
     }
 
     /// The current generation.
     pub fn generation(&self) -> u64 {
-        self.read().generation
+        u64::from(self.read().generation)
     }
 
     /// Whether `node` belongs to the current generation.
@@ -94,82 +203,199 @@ impl Inodes {
         node.generation == self.generation()
     }
 
-    /// The node for the entry at `path` in the catalog mounted at `catalog`, allocating an
-    /// inode on first sight in this generation (reusing the path's previous number when the
-    /// entry is compatible, see the module docs). A hard-link group member (group ≠ 0) maps
-    /// to its group's inode.
+    /// Number of inode numbers handed out so far.
+    pub fn len(&self) -> usize {
+        self.read().records.len - 1
+    }
+
+    /// Whether only the root has a number (never true after [`Inodes::new`]).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The node for the entry at `path` in the catalog mounted at `catalog`; see
+    /// [`Inodes::intern_child`]. The parent's number is found by walking `path` from the
+    /// root; an unknown parent gets a number as a placeholder directory.
     pub fn intern(&self, path: &str, catalog: &str, entry: Entry) -> Arc<Node> {
-        let key = if entry.hardlink_group != 0 {
-            Key::HardLink {
-                catalog: catalog.to_string(),
-                group: entry.hardlink_group,
-            }
-        } else {
-            Key::Path(path.to_string())
-        };
-        {
-            let table = self.read();
-            if let Some(ino) = table.by_key.get(&key)
-                && let Some(node) = table.nodes.get(ino)
-            {
-                return node.clone();
-            }
+        if path.is_empty() {
+            return self.intern_child(0, "", path, catalog, entry);
         }
+        let parent = self.ino_of_path(catalog::parent_path(path));
+        self.intern_child(
+            parent,
+            catalog::path_hash::file_name(path),
+            path,
+            catalog,
+            entry,
+        )
+    }
+
+    /// The node for entry `name` in directory `parent` (repository path `path`), allocating
+    /// an inode on first sight in this generation and reusing the previous number when the
+    /// entry is compatible (see the module docs). A hard-link group member (group ≠ 0) maps
+    /// to its group's inode.
+    pub fn intern_child(
+        &self,
+        parent: u64,
+        name: &str,
+        path: &str,
+        catalog: &str,
+        entry: Entry,
+    ) -> Arc<Node> {
+        let name_key = name_hash(parent, name);
+        let link_key =
+            (entry.hardlink_group != 0).then(|| (Box::from(catalog), entry.hardlink_group));
+        let known = {
+            let table = self.read();
+            table.current_for(link_key.as_ref(), name_key, parent, name)
+        };
+        if let Some(ino) = known {
+            if let Some(node) = self.cached(ino) {
+                return node;
+            }
+            return self.remember(ino, path, catalog, entry);
+        }
+        let fingerprint = self.fingerprint(&entry);
         let mut table = self
             .table
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(ino) = table.by_key.get(&key) {
-            return table.nodes[ino].clone();
-        }
         let generation = table.generation;
-        let reuse = table.last_ino.get(path).copied().filter(|ino| {
-            table.nodes.get(ino).is_some_and(|old| {
-                old.generation < generation && old.path == path && compatible(&old.entry, &entry)
-            })
-        });
-        let ino = match reuse {
-            Some(ino) => ino,
-            None => {
-                let ino = table.next;
-                table.next += 1;
-                ino
+        let ino = if let Some(ino) = table.current_for(link_key.as_ref(), name_key, parent, name) {
+            ino
+        } else if let Some(ino) = table.by_name.get(&name_key).copied().filter(|i| {
+            table.is_named(*i, parent, name)
+                && table
+                    .records
+                    .get(*i as usize)
+                    .is_some_and(|r| r.fingerprint == fingerprint)
+        }) {
+            // Unchanged since an earlier revision: keep the number.
+            if let Some(r) = table.records.get_mut(ino as usize) {
+                r.generation = generation;
             }
+            ino
+        } else {
+            let record = Record {
+                parent,
+                fingerprint,
+                generation,
+                name_off: 0,
+                name_len: 0,
+            };
+            table.records.push(record, name) as u64
         };
-        let node = Arc::new(Node {
-            ino,
-            path: path.to_string(),
-            catalog: catalog.to_string(),
-            entry,
-            generation,
-        });
-        table.by_key.insert(key, ino);
-        table.nodes.insert(ino, node.clone());
-        table.last_ino.insert(path.to_string(), ino);
-        node
+        table.by_name.insert(name_key, ino);
+        if let Some(k) = link_key {
+            table.hardlinks.insert(k, ino);
+        }
+        drop(table);
+        self.remember(ino, path, catalog, entry)
     }
 
-    /// Starts a new generation (a revision switch): every node becomes stale, the root is
-    /// re-interned as inode 1 with `root`. Returns the nodes of the previous generation, whose
-    /// kernel caches the caller should invalidate.
-    pub fn new_generation(&self, root: Entry) -> Vec<Arc<Node>> {
-        let old: Vec<Arc<Node>> = {
+    /// Starts a new generation (a revision switch): every record becomes stale and the
+    /// root is re-interned as inode 1 with `root`. Returns the inodes of the previous
+    /// generation, whose kernel caches the caller should invalidate.
+    pub fn new_generation(&self, root: Entry) -> Vec<StaleInode> {
+        let old = {
             let mut table = self
                 .table
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let previous = table.generation;
             table.generation += 1;
-            table.by_key.clear();
             table
-                .nodes
-                .values()
-                .filter(|n| n.generation == previous)
-                .cloned()
+                .records
+                .iter()
+                .filter(|(_, r)| r.generation == previous)
+                .map(|(ino, r)| StaleInode {
+                    ino: ino as u64,
+                    parent: r.parent,
+                    name: table.records.name(r).to_string(),
+                })
                 .collect()
         };
         self.intern("", "", root);
         old
+    }
+
+    /// The number of directory `path`, walking from the root; unknown components get
+    /// placeholder numbers (refreshed when really looked up).
+    fn ino_of_path(&self, path: &str) -> u64 {
+        let mut ino = ROOT_INODE;
+        if path.is_empty() {
+            return ino;
+        }
+        let mut sofar = String::new();
+        for name in path.split('/').filter(|s| !s.is_empty()) {
+            sofar.push('/');
+            sofar.push_str(name);
+            let key = name_hash(ino, name);
+            let found = {
+                let table = self.read();
+                table
+                    .by_name
+                    .get(&key)
+                    .copied()
+                    .filter(|i| table.is_named(*i, ino, name))
+            };
+            ino = match found {
+                Some(i) => i,
+                None => {
+                    let placeholder = Entry::directory(name, 0o755, 0, 0, 0);
+                    let i = self.intern_child(ino, name, &sofar, "", placeholder).ino;
+                    // Not a real row: keep it out of the LRU.
+                    self.recent().pop(&i);
+                    i
+                }
+            };
+        }
+        ino
+    }
+
+    /// Builds the full node and puts it into the LRU.
+    fn remember(&self, ino: u64, path: &str, catalog: &str, entry: Entry) -> Arc<Node> {
+        let node = Arc::new(Node {
+            ino,
+            path: path.to_string(),
+            catalog: catalog.to_string(),
+            entry,
+            generation: self.generation(),
+        });
+        self.recent().put(ino, node.clone());
+        node
+    }
+
+    /// Directories all share one fingerprint (they keep their number); regular files
+    /// without a whole-file hash (chunked) get a unique one (never reused).
+    fn fingerprint(&self, e: &Entry) -> u64 {
+        if e.kind == EntryKind::Directory {
+            return 0;
+        }
+        if e.kind == EntryKind::Regular && e.hash.is_none() {
+            return u64::MAX - self.unique.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            e.kind as u8,
+            e.mode,
+            e.size,
+            e.rdev,
+            e.uid,
+            e.gid,
+            e.mtime,
+            e.mtime_ns,
+        )
+            .hash(&mut h);
+        e.hash.map(|c| c.digest).hash(&mut h);
+        (e.compressed, &e.symlink, e.linkcount, &e.xattrs, e.flags).hash(&mut h);
+        h.finish() | 1
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.table
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
@@ -177,34 +403,54 @@ impl Inodes {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, LruCache<u64, Arc<Node>>> {
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
-/// Whether `new` may keep the inode number of `old` across a revision switch: directories
-/// stay directories; anything else must be unchanged.
-fn compatible(old: &Entry, new: &Entry) -> bool {
-    if old.kind != new.kind {
-        return false;
+impl Table {
+    fn is_current(&self, ino: u64) -> bool {
+        self.records
+            .get(ino as usize)
+            .is_some_and(|r| r.generation == self.generation)
     }
-    if old.kind == EntryKind::Directory {
-        return true;
+
+    /// The current-generation inode of a hard-link group or of `name` in `parent`.
+    fn current_for(
+        &self,
+        link_key: Option<&(Box<str>, u32)>,
+        name_key: u64,
+        parent: u64,
+        name: &str,
+    ) -> Option<u64> {
+        link_key
+            .and_then(|k| self.hardlinks.get(k))
+            .copied()
+            .filter(|i| self.is_current(*i))
+            .or_else(|| {
+                self.by_name
+                    .get(&name_key)
+                    .copied()
+                    .filter(|i| self.is_current(*i) && self.is_named(*i, parent, name))
+            })
     }
-    // Chunked files carry no whole-file hash: renumber them to be safe.
-    if old.kind == EntryKind::Regular && (old.hash.is_none() || new.hash.is_none()) {
-        return false;
+
+    /// Whether `ino` is entry `name` of directory `parent` (guards hash collisions).
+    fn is_named(&self, ino: u64, parent: u64, name: &str) -> bool {
+        self.records
+            .get(ino as usize)
+            .is_some_and(|r| r.parent == parent && self.records.name(r) == name)
     }
-    old.mode == new.mode
-        && old.size == new.size
-        && old.rdev == new.rdev
-        && old.uid == new.uid
-        && old.gid == new.gid
-        && old.mtime == new.mtime
-        && old.mtime_ns == new.mtime_ns
-        && old.hash == new.hash
-        && old.compressed == new.compressed
-        && old.symlink == new.symlink
-        && old.linkcount == new.linkcount
-        && old.xattrs == new.xattrs
-        && old.flags == new.flags
+}
+
+/// Hash of an entry's key: parent inode and name.
+fn name_hash(parent: u64, name: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (parent, name).hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]
@@ -233,13 +479,16 @@ mod tests {
     #[test]
     fn root_is_one_and_numbers_are_stable() {
         let t = Inodes::new(root());
-        assert_eq!(t.get(ROOT_INODE).unwrap().path, "");
+        assert_eq!(t.cached(ROOT_INODE).unwrap().path, "");
         let a = t.intern("/a", "", file("a", 0));
         let b = t.intern("/b", "", file("b", 0));
         assert_eq!((a.ino, b.ino), (2, 3));
         assert_eq!(t.intern("/a", "", file("a", 0)).ino, 2);
-        assert_eq!(t.get(3).unwrap().path, "/b");
-        assert!(t.get(4).is_none());
+        assert_eq!(t.path_of(3).unwrap(), "/b");
+        assert!(t.path_of(4).is_none());
+        let deep = t.intern("/x/y/z", "", file("z", 0));
+        assert_eq!(t.path_of(deep.ino).unwrap(), "/x/y/z");
+        assert_eq!(t.path_of(ROOT_INODE).unwrap(), "");
     }
 
     #[test]
@@ -250,7 +499,7 @@ mod tests {
         let z = t.intern("/n/z", "/n", file("z", 7));
         assert_eq!(x.ino, y.ino);
         assert_ne!(x.ino, z.ino);
-        assert_eq!(t.get(x.ino).unwrap().path, "/d/x");
+        assert_eq!(t.path_of(x.ino).unwrap(), "/d/x");
     }
 
     #[test]
@@ -262,6 +511,19 @@ mod tests {
     }
 
     #[test]
+    fn nodes_outside_the_lru_are_rebuilt_by_path() {
+        let t = Inodes::new(root());
+        let first = t.intern("/f0", "", file("f0", 0));
+        for i in 1..(RECENT as u64 + 10) {
+            t.intern(&format!("/f{i}"), "", file("f", 0));
+        }
+        assert!(t.cached(first.ino).is_none());
+        assert_eq!(t.path_of(first.ino).unwrap(), "/f0");
+        assert_eq!(t.intern("/f0", "", file("f0", 0)).ino, first.ino);
+        assert_eq!(t.len(), RECENT + 11, "files and the root");
+    }
+
+    #[test]
     fn a_switch_keeps_numbers_of_unchanged_paths_and_renumbers_changed_files() {
         let t = Inodes::new(root());
         let d = t.intern("/d", "", Entry::directory("d", 0o755, 0, 0, 0));
@@ -269,8 +531,13 @@ mod tests {
         let changed = t.intern("/d/changed", "", file("changed", 0));
         let old = t.new_generation(Entry::directory("", 0o700, 0, 0, 5));
         assert_eq!(old.len(), 4);
+        assert!(old.contains(&StaleInode {
+            ino: changed.ino,
+            parent: d.ino,
+            name: "changed".into()
+        }));
         assert_eq!(t.generation(), 1);
-        assert_eq!(t.get(ROOT_INODE).unwrap().entry.mode & 0o777, 0o700);
+        assert_eq!(t.cached(ROOT_INODE).unwrap().entry.mode & 0o777, 0o700);
         assert!(!t.is_current(&same));
 
         let mut d2 = Entry::directory("d", 0o755, 0, 0, 99);
@@ -282,10 +549,11 @@ mod tests {
         let c2 = t.intern("/d/changed", "", c2);
         assert_ne!(c2.ino, changed.ino);
         assert!(t.is_current(&c2));
-        // The stale node still answers for open files.
-        assert_eq!(t.get(changed.ino).unwrap().entry.size, 1);
-        // A path that became a directory gets a new number too.
-        let e = t.intern("/d/new", "", file("new", 0));
-        assert!(e.ino > c2.ino);
+        // The stale node is still in the LRU for open files of the old revision.
+        assert_eq!(t.cached(changed.ino).unwrap().entry.size, 1);
+        // A file that became a directory gets a new number too.
+        t.new_generation(root());
+        let e = t.intern("/d/same", "", Entry::directory("same", 0o755, 0, 0, 0));
+        assert_ne!(e.ino, same.ino);
     }
 }

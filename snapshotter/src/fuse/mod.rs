@@ -59,6 +59,9 @@ enum OpenFile {
     },
 }
 
+/// An open file with the node it was opened as.
+type OpenHandle = (Arc<Node>, Arc<OpenFile>);
+
 /// One listed directory: `(inode, type, name)` including `.` and `..`.
 type DirListing = Vec<(u64, FileType, String)>;
 
@@ -85,7 +88,8 @@ struct Shared {
 /// The FUSE file system of one mounted repository (one revision at a time).
 pub struct StrataFs {
     shared: Arc<Shared>,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Open files by handle, with the node they were opened as.
+    files: Mutex<HashMap<u64, OpenHandle>>,
     dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
     next_handle: AtomicU64,
 }
@@ -130,20 +134,12 @@ impl Switcher {
                 tracing::debug!(what, error = %e, "kernel cache invalidation");
             }
         };
-        for node in &old {
-            quiet("inode", notifier.inval_inode(INodeNo(node.ino), 0, 0));
-            if node.path.is_empty() {
-                continue;
-            }
-            let parent = self
-                .shared
-                .inodes
-                .last_ino_of(catalog::parent_path(&node.path));
-            if let Some(parent) = parent {
-                let name = catalog::path_hash::file_name(&node.path);
+        for stale in &old {
+            quiet("inode", notifier.inval_inode(INodeNo(stale.ino), 0, 0));
+            if stale.parent != 0 {
                 quiet(
                     "entry",
-                    notifier.inval_entry(INodeNo(parent), OsStr::new(name)),
+                    notifier.inval_entry(INodeNo(stale.parent), OsStr::new(&stale.name)),
                 );
             }
         }
@@ -225,19 +221,26 @@ impl StrataFs {
     /// when its path still resolves to the same inode number; otherwise the stale node is
     /// returned (an open file of the old revision).
     fn node(&self, ino: INodeNo) -> std::result::Result<Arc<Node>, Errno> {
-        let node = self.inodes().get(ino.0).ok_or(Errno::ENOENT)?;
-        if self.inodes().is_current(&node) {
+        let inodes = self.inodes();
+        if let Some(node) = inodes.cached(ino.0)
+            && inodes.is_current(&node)
+        {
             return Ok(node);
         }
-        match self.repo().lookup(&node.path) {
+        let path = inodes.path_of(ino.0).ok_or(Errno::ENOENT)?;
+        match self.repo().lookup(&path) {
             Ok(Some(found)) => {
-                let fresh =
-                    self.inodes()
-                        .intern(&node.path, &found.catalog.mountpoint, found.entry);
-                Ok(if fresh.ino == node.ino { fresh } else { node })
+                let fresh = inodes.intern(&path, &found.catalog.mountpoint, found.entry);
+                if fresh.ino == ino.0 {
+                    return Ok(fresh);
+                }
             }
-            _ => Ok(node),
+            Ok(None) => {}
+            Err(e) => return Err(report("inode", &path, &e)),
         }
+        // Renumbered or gone in the current revision: the old node, if still known
+        // (an open file of the previous revision).
+        inodes.cached(ino.0).ok_or(Errno::ENOENT)
     }
 
     /// Looks `name` up in directory `parent`; `None` if it does not exist.
@@ -250,8 +253,13 @@ impl StrataFs {
         };
         let path = format!("{}/{}", parent.path, name);
         Ok(self.repo().lookup(&path)?.map(|found| {
-            self.inodes()
-                .intern(&path, &found.catalog.mountpoint, found.entry)
+            self.inodes().intern_child(
+                parent.ino,
+                name,
+                &path,
+                &found.catalog.mountpoint,
+                found.entry,
+            )
         }))
     }
 
@@ -277,9 +285,13 @@ impl StrataFs {
         for found in children {
             let path = format!("{}/{}", node.path, found.entry.name);
             let name = found.entry.name.clone();
-            let child = self
-                .inodes()
-                .intern(&path, &found.catalog.mountpoint, found.entry);
+            let child = self.inodes().intern_child(
+                node.ino,
+                &name,
+                &path,
+                &found.catalog.mountpoint,
+                found.entry,
+            );
             items.push((child.ino, attr::file_type(&child.entry), name));
         }
         Ok(items)
@@ -442,7 +454,12 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        // fstat of an open file answers for the revision it was opened in.
+        let opened = fh.and_then(|fh| lock(&self.files).get(&fh.0).map(|(n, _)| n.clone()));
+        if let Some(node) = opened.filter(|n| n.ino == ino.0) {
+            return reply.attr(&TTL, &file_attr(node.ino, &node.entry));
+        }
         match self.node(ino) {
             Ok(node) => reply.attr(&TTL, &file_attr(node.ino, &node.entry)),
             Err(e) => reply.error(e),
@@ -478,7 +495,7 @@ impl Filesystem for StrataFs {
                 self.files
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(fh, Arc::new(file));
+                    .insert(fh, (node.clone(), Arc::new(file)));
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
             Err(e) => reply.error(report("open", &node.path, &e)),
@@ -501,7 +518,7 @@ impl Filesystem for StrataFs {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&fh.0)
-            .cloned();
+            .map(|(_, f)| f.clone());
         let Some(file) = file else {
             return reply.error(Errno::EBADF);
         };
