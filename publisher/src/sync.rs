@@ -98,6 +98,37 @@ fn registry_options(base: &RegistryOptions, entry: &RecipeEntry) -> RegistryOpti
     o
 }
 
+/// One HTTP client per registry (and plain-HTTP setting) for the whole pass: creating a
+/// client per image costs TLS set-up and a token round trip each.
+#[derive(Default)]
+struct Clients(std::sync::Mutex<HashMap<(String, bool), RegistrySource>>);
+
+impl Clients {
+    /// A source for `name`, sharing the client of earlier sources of its registry.
+    fn source(
+        &self,
+        name: ImageName,
+        entry: &RecipeEntry,
+        options: &SyncOptions,
+    ) -> Result<RegistrySource> {
+        let key = (name.registry.clone(), entry.plain_http);
+        let mut map = self
+            .0
+            .lock()
+            .map_err(|_| Error::Task("registry client cache poisoned".into()))?;
+        if let Some(s) = map.get(&key).and_then(|p| p.sibling(name.clone())) {
+            return Ok(s);
+        }
+        let opts = registry_options(&options.registry, entry);
+        let proto = RegistrySource::new(name.clone(), &opts)?;
+        let source = proto
+            .sibling(name)
+            .ok_or_else(|| Error::Task("registry client for another registry".into()))?;
+        map.insert(key, proto);
+        Ok(source)
+    }
+}
+
 fn failed(image: String, started: Instant, error: &Error) -> ImageEvent {
     ImageEvent {
         event: Outcome::Failed,
@@ -114,6 +145,7 @@ fn failed(image: String, started: Instant, error: &Error) -> ImageEvent {
 async fn expand(
     recipe: &Recipe,
     options: &SyncOptions,
+    clients: &Clients,
 ) -> (Vec<Want>, Vec<ImageEvent>, HashSet<usize>) {
     let listed: Vec<(usize, Instant, Result<Vec<String>>)> = futures::stream::iter(
         recipe
@@ -124,9 +156,9 @@ async fn expand(
     )
     .map(|(i, e)| async move {
         let started = Instant::now();
-        let opts = registry_options(&options.registry, e);
         let r = async {
-            RegistrySource::new(e.with_tag("latest"), &opts)?
+            clients
+                .source(e.with_tag("latest"), e, options)?
                 .list_tags()
                 .await
         }
@@ -246,14 +278,14 @@ async fn check(
     entry: &RecipeEntry,
     published: Option<&PublishedImage>,
     options: &SyncOptions,
+    clients: &Clients,
 ) -> Check {
     if let (Some(d), Some(p)) = (&want.name.digest, published)
         && is_current(p, d, entry)
     {
         return Check::Unchanged(d.clone());
     }
-    let opts = registry_options(&options.registry, entry);
-    let source = match RegistrySource::new(want.name.clone(), &opts) {
+    let source = match clients.source(want.name.clone(), entry, options) {
         Ok(s) => s,
         Err(e) => return Check::Failed(e),
     };
@@ -306,14 +338,16 @@ pub async fn sync_pass(
     .await?;
     let repo = Arc::new(repo);
 
-    let (wants, mut failures, failed_entries) = expand(recipe, options).await;
+    let clients = Clients::default();
+    let (wants, mut failures, failed_entries) = expand(recipe, options, &clients).await;
     let checks: Vec<(Want, Instant, Check)> = futures::stream::iter(wants)
         .map(|w| {
             let entry = &recipe.entries[w.entry];
+            let clients = &clients;
             let published = published.get(&w.name.public_path());
             async move {
                 let t = Instant::now();
-                let c = check(&w, entry, published, options).await;
+                let c = check(&w, entry, published, options, clients).await;
                 (w, t, c)
             }
         })
@@ -704,7 +738,8 @@ mod tests {
             &format!("version: 1\ninput:\n  - 'http://{host}/demo:1.*'\n  - '{host}/demo:2.1'\n"),
             "t",
         ));
-        let (wants, failures, failed_entries) = expand(&recipe, &SyncOptions::default()).await;
+        let (wants, failures, failed_entries) =
+            expand(&recipe, &SyncOptions::default(), &Clients::default()).await;
         assert!(failures.is_empty() && failed_entries.is_empty());
         let got: Vec<String> = wants.iter().map(|w| w.name.public_path()).collect();
         assert_eq!(

@@ -62,6 +62,26 @@ pub fn plain_http_allowed(registry: &str, insecure: &[String]) -> bool {
     is_loopback(registry) || insecure.iter().any(|h| h == registry)
 }
 
+/// The `oci-client` reference for `name` (tag and/or digest; no tag → `latest`).
+fn reference_of(name: &ImageName) -> Reference {
+    match (&name.tag, &name.digest) {
+        (Some(t), Some(d)) => Reference::with_tag_and_digest(
+            name.registry.clone(),
+            name.repository.clone(),
+            t.clone(),
+            d.clone(),
+        ),
+        (None, Some(d)) => {
+            Reference::with_digest(name.registry.clone(), name.repository.clone(), d.clone())
+        }
+        (t, None) => Reference::with_tag(
+            name.registry.clone(),
+            name.repository.clone(),
+            t.clone().unwrap_or_else(|| "latest".into()),
+        ),
+    }
+}
+
 /// One image in a registry.
 pub struct RegistrySource {
     client: Client,
@@ -95,27 +115,24 @@ impl RegistrySource {
             platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
             ..Default::default()
         };
-        let reference = match (&name.tag, &name.digest) {
-            (Some(t), Some(d)) => Reference::with_tag_and_digest(
-                name.registry.clone(),
-                name.repository.clone(),
-                t.clone(),
-                d.clone(),
-            ),
-            (None, Some(d)) => {
-                Reference::with_digest(name.registry.clone(), name.repository.clone(), d.clone())
-            }
-            (t, None) => Reference::with_tag(
-                name.registry.clone(),
-                name.repository.clone(),
-                t.clone().unwrap_or_else(|| "latest".into()),
-            ),
-        };
+        let reference = reference_of(&name);
         Ok(RegistrySource {
             client: Client::new(config),
             reference,
             name,
             auth,
+        })
+    }
+
+    /// A source for another image of the same registry that shares this one's HTTP client
+    /// (connection pool, TLS set-up, cached bearer tokens) and credentials; `None` if `name`
+    /// is on another registry. Used by `sync`, which checks many images of few registries.
+    pub fn sibling(&self, name: ImageName) -> Option<RegistrySource> {
+        (name.registry == self.name.registry).then(|| RegistrySource {
+            client: self.client.clone(),
+            reference: reference_of(&name),
+            auth: self.auth.clone(),
+            name,
         })
     }
 
