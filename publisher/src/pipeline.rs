@@ -70,7 +70,7 @@ impl Pool {
                                 Err(_) => return,
                             };
                             let Ok(job) = job else { return };
-                            let r = store.put_raw(&job.data, job.suffix).map_err(Error::from);
+                            let r = store_piece(&store, &job.data, job.suffix);
                             let _ = job.reply.send((job.id, r));
                         }
                     })
@@ -107,6 +107,27 @@ impl Drop for Pool {
             let _ = w.join();
         }
     }
+}
+
+/// Compresses (zlib level 6, spec §3) and hashes `raw` and stores it as an object with
+/// `suffix` unless it exists. Unlike [`LocalStore::put_raw`] the object is not fsynced one
+/// by one (one fsync per object made the workers wait on the disk instead of compressing);
+/// `ingest` syncs the file system once before it publishes
+/// ([`crate::repo::Repo::sync_objects`]). A killed process loses nothing either way: the
+/// rename happens after the write.
+pub fn store_piece(store: &LocalStore, raw: &[u8], suffix: Suffix) -> Result<ContentHash> {
+    let stored = catalog::compress(raw);
+    let hash = ContentHash::of_bytes(HashAlgorithm::Sha1, &stored);
+    let target = store.object_file(&hash, suffix);
+    if target.is_file() {
+        return Ok(hash);
+    }
+    let mut tmp = store.temp_file()?;
+    std::io::Write::write_all(&mut tmp, &stored)
+        .map_err(|e| Error::io(format!("writing {}", tmp.path().display()), e))?;
+    tmp.persist(&target)
+        .map_err(|e| Error::io(format!("renaming to {}", target.display()), e.error))?;
+    Ok(hash)
 }
 
 /// The placeholder hash standing for job `id` until the job is done.

@@ -219,8 +219,11 @@ pub fn load_catalog_node(repo: &Repo, node: &mut Node) -> Result<()> {
 }
 
 /// Writes a new revision from `ns` (revision + 1) and publishes its manifest, signed with
-/// the certificate key, via an atomic rename (CVMFS spec §9.2). Returns the new manifest.
+/// the certificate key, via an atomic rename (CVMFS spec §9.2), after `syncfs` of the
+/// served tree. Returns the new manifest.
 pub fn publish(repo: &Repo, ns: &mut Namespace) -> Result<Manifest> {
+    // Objects from the worker pool are written without fsync; make them durable first.
+    repo.sync_objects()?;
     let revision = ns.manifest.revision + 1;
     let now = unix_now().max(ns.manifest.timestamp);
     ns.root.fix_linkcounts();

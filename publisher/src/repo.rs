@@ -181,6 +181,16 @@ impl Repo {
         Ok(removed)
     }
 
+    /// Flushes everything written to the file system of `srv/` to disk (`syncfs(2)`): the
+    /// objects the worker pool wrote without fsync become durable before a manifest names
+    /// them.
+    pub fn sync_objects(&self) -> Result<()> {
+        let srv = self.store.root();
+        let dir = File::open(srv).map_err(io_err("open", srv))?;
+        nix::unistd::syncfs(&dir)
+            .map_err(|e| Error::io(format!("syncfs {}", srv.display()), e.into()))
+    }
+
     fn read_key_file(&self, ext: &str) -> Result<String> {
         let p = self.key_path(ext);
         fs::read_to_string(&p).map_err(io_err("read", &p))
