@@ -601,3 +601,60 @@ fn killed_sync_and_gc_leave_a_verifying_repository() {
     assert_eq!(public_paths(&repo), set(&[format!("{a}/big:1")]));
     eprintln!("{killed} of 8 runs were killed before they finished");
 }
+
+#[test]
+fn loop_runs_passes_and_rereads_the_recipe() {
+    if !tools() {
+        return;
+    }
+    let work = ok(tempfile::tempdir());
+    let reg = Registry::start(work.path());
+    let a = reg.addr;
+    reg.push("app", "1", &[1], 1, 1000);
+    reg.push("app", "2", &[2], 1, 1000);
+    let repo = work.path().join("repo");
+    init_repo(&repo);
+    let recipe = work.path().join("recipe.yaml");
+    write_recipe(&recipe, &[format!("{a}/app:1")]);
+    let events = work.path().join("ev.jsonl");
+    let child = ok(Command::new(BIN)
+        .args(["sync", "--loop", "--interval", "300ms", "--repo"])
+        .arg(&repo)
+        .arg("--recipe")
+        .arg(&recipe)
+        .arg("--events")
+        .arg(&events)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn());
+    let passes = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&events).unwrap_or_default();
+            if text
+                .lines()
+                .filter(|l| l.contains("\"event\":\"pass\""))
+                .count()
+                >= n
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no {n} passes: {text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    passes(2);
+    assert_eq!(public_paths(&repo), set(&[format!("{a}/app:1")]));
+    // the recipe changes under the running loop
+    write_recipe(&recipe, &[format!("{a}/app:2")]);
+    let seen = std::fs::read_to_string(&events)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"event\":\"pass\""))
+        .count();
+    passes(seen + 2);
+    kill_after(child, 0);
+    verify_ok(&repo);
+    assert_eq!(public_paths(&repo), set(&[format!("{a}/app:2")]));
+    assert!(!repo.join("events.jsonl").exists(), "--events not honoured");
+}
