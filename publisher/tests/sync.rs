@@ -658,3 +658,58 @@ fn loop_runs_passes_and_rereads_the_recipe() {
     assert_eq!(public_paths(&repo), set(&[format!("{a}/app:2")]));
     assert!(!repo.join("events.jsonl").exists(), "--events not honoured");
 }
+
+#[test]
+fn a_corrupt_layer_keeps_the_previous_image_and_spares_the_others() {
+    if !tools() {
+        return;
+    }
+    let work = ok(tempfile::tempdir());
+    let reg = Registry::start(work.path());
+    let a = reg.addr;
+    let old_cfg = reg.push("app", "1", &[1], 2, 2000);
+    let repo = work.path().join("repo");
+    init_repo(&repo);
+    let recipe = work.path().join("recipe.yaml");
+    write_recipe(&recipe, &[format!("{a}/app:1"), format!("{a}/app:2")]);
+    let out = sync(&repo, &recipe, &[]);
+    assert!(!out.status.success(), "app:2 does not exist yet");
+    assert_eq!(public_paths(&repo), set(&[format!("{a}/app:1")]));
+
+    // app:1 moves to an image whose new layer the registry serves corrupted; app:2 appears.
+    reg.push("app", "1", &[7], 2, 2000);
+    reg.push("app", "2", &[8], 2, 2000);
+    let bad_layer = digest(&gzip(&layer_tar(7, 2, 2000)));
+    let blob = work.path().join(format!(
+        "storage/docker/registry/v2/blobs/sha256/{}/{}/data",
+        &bad_layer[7..9],
+        &bad_layer[7..]
+    ));
+    let len = ok(std::fs::metadata(&blob)).len() as usize;
+    ok(std::fs::write(&blob, noise(99, len)));
+    let seen = events_after(&repo, 0).len();
+    let out = sync(&repo, &recipe, &[]);
+    assert!(!out.status.success());
+    verify_ok(&repo);
+    assert_eq!(
+        public_paths(&repo),
+        set(&[format!("{a}/app:1"), format!("{a}/app:2")])
+    );
+    let published = ok(publisher::sync::published(&repo));
+    let target = published
+        .get(&format!("{a}/app:1"))
+        .and_then(|p| p.public_target.clone())
+        .unwrap_or_default();
+    assert!(target.ends_with(&old_cfg[7..]), "app:1 moved: {target}");
+    let ev = events_after(&repo, seen);
+    let failed: Vec<&serde_json::Value> = ev.iter().filter(|e| e["event"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{ev:?}");
+    assert_eq!(failed[0]["image"], format!("{a}/app:1"));
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&bad_layer)),
+        "{ev:?}"
+    );
+    assert_eq!(count(&ev, "added"), 1, "{ev:?}");
+}
