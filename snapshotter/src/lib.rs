@@ -16,18 +16,18 @@ pub mod error;
 
 pub use error::{Error, Result};
 
-pub mod mount;
-pub mod pull;
-pub mod service;
 pub mod api;
 pub mod cache;
+pub mod cache_cmd;
+pub mod config;
 pub mod fetch;
 pub mod fuse;
-pub mod repository;
-pub mod mounts;
-pub mod snapshots;
-pub mod config;
-pub mod proxy;
-pub mod quota;
-pub mod cache_cmd;
 pub mod metrics;
+pub mod mount;
+pub mod mounts;
+pub mod proxy;
+pub mod pull;
+pub mod quota;
+pub mod repository;
+pub mod service;
+pub mod snapshots;
