@@ -14,8 +14,8 @@
 //!
 //! * An image is `[scheme://]REGISTRY/REPOSITORY[:TAG][@DIGEST]`; the scheme is `https://`
 //!   (default), `docker://` (same as https) or `http://` (the registry is reached over plain
-//!   HTTP). `registry.hub.docker.com`, `index.docker.io` and `registry-1.docker.io` are
-//!   Docker Hub and are published as `docker.io` (so `…/debian` gets `library/`), as in
+//!   HTTP). Docker Hub's aliases (`registry.hub.docker.com`, `index.docker.io`, …, see
+//!   [`crate::reference::DOCKER_HUB_ALIASES`]) are published as `docker.io` (so `…/debian` gets `library/`), as in
 //!   docs/CONTRACTS.md §3.
 //! * A tag containing `*`, `?` or `[` is a glob (shell rules, as DUCC's Go `path.Match`),
 //!   expanded against the registry's tag list at every pass.
@@ -29,16 +29,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::reference::{DEFAULT_REGISTRY, ImageName};
+use crate::reference::ImageName;
 use crate::source::{Platform, PlatformFilter};
-
-/// Host names that mean Docker Hub and are published as `docker.io`.
-pub const DOCKER_HUB_ALIASES: &[&str] = &[
-    "registry.hub.docker.com",
-    "index.docker.io",
-    "registry-1.docker.io",
-    "hub.docker.com",
-];
 
 /// One entry of `input:` after normalisation.
 #[derive(Clone, Debug)]
@@ -201,12 +193,7 @@ fn parse_entry(
     } else {
         (text, false)
     };
-    let rest = match rest.split_once('/') {
-        Some((host, path)) if DOCKER_HUB_ALIASES.contains(&host) => {
-            format!("{DEFAULT_REGISTRY}/{path}")
-        }
-        _ => rest.to_string(),
-    };
+    // Docker Hub aliases are normalised by `ImageName::parse`.
     // A glob tag: validate the rest with a placeholder tag.
     let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
     let tag_start = rest[last_slash..].rfind(':').map(|i| last_slash + i + 1);
@@ -225,7 +212,7 @@ fn parse_entry(
             n.tag = None;
             (n, Some(g))
         }
-        None => (ImageName::parse(&rest).map_err(|e| e.to_string())?, None),
+        None => (ImageName::parse(rest).map_err(|e| e.to_string())?, None),
     };
     let platforms = PlatformFilter {
         wanted: platforms

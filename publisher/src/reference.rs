@@ -3,12 +3,25 @@
 //! appear in the repository (docs/CONTRACTS.md §3 normalisation).
 
 use std::fmt;
+use std::net::Ipv6Addr;
 use std::path::PathBuf;
+
+use oci_spec::distribution::Reference;
 
 use crate::error::{Error, Result};
 
 /// The registry that unqualified names refer to.
 pub const DEFAULT_REGISTRY: &str = "docker.io";
+
+/// Host names that mean Docker Hub and are published as [`DEFAULT_REGISTRY`] (so a
+/// one-component repository there gets `library/`), as DUCC's wishlists and docker's
+/// `config.json` spell it.
+pub const DOCKER_HUB_ALIASES: &[&str] = &[
+    "registry.hub.docker.com",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "hub.docker.com",
+];
 
 /// A normalised image name: registry, repository and tag and/or digest.
 ///
@@ -29,9 +42,14 @@ pub struct ImageName {
 impl ImageName {
     /// Parses and normalises a docker-style name (without the `docker://` prefix).
     ///
-    /// The first component is a registry if it contains `.` or `:` or is `localhost`;
-    /// otherwise the registry is `docker.io`, and a one-component repository there gets the
-    /// `library/` prefix. No tag and no digest → tag `latest`.
+    /// The grammar and normalisation are those of the distribution reference
+    /// (`oci_spec::distribution::Reference`, a port of docker's `reference` package): the
+    /// first component is a registry if it contains `.` or `:` or is `localhost`; otherwise
+    /// the registry is `docker.io`, and a one-component repository there gets the `library/`
+    /// prefix. No tag and no digest → tag `latest`. On top of that (docs/CONTRACTS.md §3):
+    /// [`DOCKER_HUB_ALIASES`] become `docker.io`; a bracketed IPv6 registry
+    /// (`[::1]:5000/x`) is accepted; a digest must be `sha256:<64 hex>` (stored lower-case);
+    /// tags are ASCII `[A-Za-z0-9_.-]`.
     ///
     /// Errors with [`Error::Reference`] on empty parts, upper-case repositories, bad tags or
     /// digests that are not `sha256:<64 hex>`.
@@ -40,71 +58,41 @@ impl ImageName {
             reference: text.to_string(),
             reason: reason.to_string(),
         };
-        let (rest, digest) = match text.split_once('@') {
-            Some((r, d)) => {
+        // The distribution grammar has no IPv6 hosts: parse the rest under a stand-in host.
+        let (ipv6_registry, body) = match text.split_once('/') {
+            Some((host, rest)) if host.starts_with('[') => (
+                Some(bracketed_ipv6_host(host).ok_or_else(|| bad("bad IPv6 registry"))?),
+                format!("localhost/{rest}"),
+            ),
+            _ => (None, text.to_string()),
+        };
+        let parsed = Reference::try_from(body.as_str()).map_err(|e| bad(&e.to_string()))?;
+        let digest = match parsed.digest() {
+            Some(d) => {
                 let hex = d
                     .strip_prefix("sha256:")
-                    .ok_or_else(|| bad("digest must be sha256:<hex>"))?;
-                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(bad("digest must be sha256 followed by 64 hex digits"));
-                }
-                (r, Some(format!("sha256:{}", hex.to_ascii_lowercase())))
+                    .ok_or_else(|| bad("digest must be sha256 followed by 64 hex digits"))?;
+                Some(format!("sha256:{}", hex.to_ascii_lowercase()))
             }
-            None => (text, None),
+            None => None,
         };
-        // A ':' after the last '/' is the tag separator.
-        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
-        let (name, tag) = match rest[last_slash..].rfind(':') {
-            Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
-            None => (rest, None),
-        };
-        if let Some(t) = tag {
-            let valid = !t.is_empty()
-                && t.len() <= 128
-                && t.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
-                && !t.starts_with(['.', '-']);
-            if !valid {
-                return Err(bad("tag must be [A-Za-z0-9_.-], at most 128 characters"));
-            }
+        // The grammar's `\w` is Unicode-aware; registries only accept ASCII tags.
+        if parsed.tag().is_some_and(|t| !t.is_ascii()) {
+            return Err(bad("tag must be [A-Za-z0-9_.-], at most 128 characters"));
         }
-        let parts: Vec<&str> = name.split('/').collect();
-        if parts.iter().any(|p| p.is_empty()) {
-            return Err(bad("empty path component"));
+        // The grammar takes an upper-case first component for a host, then gives it to
+        // docker.io as part of the repository (an oci-spec FIXME): reject it here.
+        if parsed.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(bad("repository name must be lowercase"));
         }
-        let first = parts[0];
-        let (registry, repo_parts) = if parts.len() > 1
-            && (first.contains('.') || first.contains(':') || first == "localhost")
-        {
-            (first.to_string(), &parts[1..])
-        } else {
-            (DEFAULT_REGISTRY.to_string(), &parts[..])
-        };
-        for p in repo_parts {
-            let ok = p.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-            }) && *p != "."
-                && *p != "..";
-            if !ok {
-                return Err(bad("repository components must be [a-z0-9._-]"));
-            }
-        }
-        if registry.starts_with(['.', '-']) {
-            return Err(bad("registry must not start with '.' or '-'"));
-        }
-        let mut repository = repo_parts.join("/");
-        if registry == DEFAULT_REGISTRY && repo_parts.len() == 1 {
-            repository = format!("library/{repository}");
-        }
-        let tag = match (tag, &digest) {
-            (Some(t), _) => Some(t.to_string()),
-            (None, Some(_)) => None,
-            (None, None) => Some("latest".to_string()),
+        let (registry, repository) = match ipv6_registry {
+            Some(host) => (host, parsed.repository().to_string()),
+            None => docker_hub_alias(parsed.registry(), parsed.repository()),
         };
         Ok(ImageName {
             registry,
             repository,
-            tag,
+            tag: parsed.tag().map(str::to_string),
             digest,
         })
     }
@@ -129,6 +117,31 @@ impl fmt::Display for ImageName {
         }
         Ok(())
     }
+}
+
+/// `[addr]` or `[addr]:port` when `addr` is an IPv6 address.
+fn bracketed_ipv6_host(host: &str) -> Option<String> {
+    let (addr, port) = host.strip_prefix('[')?.split_once(']')?;
+    addr.parse::<Ipv6Addr>().ok()?;
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    port_ok.then(|| host.to_string())
+}
+
+/// `(registry, repository)` with a Docker Hub alias replaced by `docker.io` and the
+/// `library/` prefix added to a one-component repository there.
+fn docker_hub_alias(registry: &str, repository: &str) -> (String, String) {
+    if !DOCKER_HUB_ALIASES.contains(&registry) {
+        return (registry.to_string(), repository.to_string());
+    }
+    let repository = if repository.contains('/') {
+        repository.to_string()
+    } else {
+        format!("library/{repository}")
+    };
+    (DEFAULT_REGISTRY.to_string(), repository)
 }
 
 /// Where an image comes from.
@@ -275,6 +288,36 @@ mod tests {
         ] {
             assert!(ImageName::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn docker_hub_aliases_become_docker_io() {
+        for alias in DOCKER_HUB_ALIASES {
+            let n =
+                ImageName::parse(&format!("{alias}/debian:12")).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(n.public_path(), "docker.io/library/debian:12", "{alias}");
+            let n =
+                ImageName::parse(&format!("{alias}/user/app")).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(n.public_path(), "docker.io/user/app:latest", "{alias}");
+        }
+    }
+
+    #[test]
+    fn edge_cases_kept_over_the_library() {
+        // Bracketed IPv6 registries, which the distribution grammar lacks.
+        let n = ImageName::parse("[::1]:5000/demo:1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (n.registry.as_str(), n.repository.as_str()),
+            ("[::1]:5000", "demo")
+        );
+        assert!(ImageName::parse("[zz]:5000/demo").is_err());
+        // Digests: sha256 only, stored lower-case.
+        let n = ImageName::parse(&format!("x@sha256:{}", "AB".repeat(32)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n.digest, Some(format!("sha256:{}", "ab".repeat(32))));
+        assert!(ImageName::parse(&format!("x@sha512:{}", "a".repeat(128))).is_err());
+        // ASCII tags only.
+        assert!(ImageName::parse("x:tag\u{e9}").is_err());
     }
 
     #[test]

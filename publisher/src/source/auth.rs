@@ -10,7 +10,7 @@ use base64::Engine;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::reference::DEFAULT_REGISTRY;
+use crate::reference::{DEFAULT_REGISTRY, DOCKER_HUB_ALIASES};
 
 /// A user name and password (or token) for HTTP basic auth or the bearer-token exchange.
 #[derive(Clone, PartialEq, Eq)]
@@ -44,16 +44,17 @@ struct AuthEntry {
 }
 
 /// The host[:port] an `auths` key names: scheme and path stripped; Docker Hub's aliases
-/// (`index.docker.io`, `registry-1.docker.io`) become `docker.io`.
+/// ([`DOCKER_HUB_ALIASES`], e.g. `https://index.docker.io/v1/`) become `docker.io`.
 fn key_host(key: &str) -> String {
     let rest = key
         .strip_prefix("https://")
         .or_else(|| key.strip_prefix("http://"))
         .unwrap_or(key);
     let host = rest.split('/').next().unwrap_or_default();
-    match host {
-        "index.docker.io" | "registry-1.docker.io" => DEFAULT_REGISTRY.to_string(),
-        h => h.to_string(),
+    if DOCKER_HUB_ALIASES.contains(&host) {
+        DEFAULT_REGISTRY.to_string()
+    } else {
+        host.to_string()
     }
 }
 
