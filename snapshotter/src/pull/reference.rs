@@ -1,12 +1,23 @@
 //! Image reference normalisation for `pull REF` (CONTRACTS §3), the same rules the
 //! publisher applies when it names images: `debian:12` → `docker.io/library/debian:12`;
 //! `127.0.0.1:5000/demo:1` stays; no tag and no digest → `:latest`; an optional
-//! `docker://` prefix is accepted.
+//! `docker://` prefix is accepted. The parsing is `oci_spec::distribution::Reference`'s.
+
+use std::net::Ipv6Addr;
 
 use crate::error::{Error, Result};
 
 /// The registry unqualified names refer to.
 pub const DEFAULT_REGISTRY: &str = "docker.io";
+
+/// Host names that mean Docker Hub and are normalised to [`DEFAULT_REGISTRY`], the same
+/// list as the publisher's (`publisher/src/reference.rs`), so both name an image alike.
+pub const DOCKER_HUB_ALIASES: &[&str] = &[
+    "registry.hub.docker.com",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "hub.docker.com",
+];
 
 /// A normalised reference.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,83 +33,58 @@ pub struct Reference {
 }
 
 impl Reference {
-    /// Parses and normalises `text`. The first path component is a registry if it contains
-    /// `.` or `:` or is `localhost`. Errors with [`Error::ImageMetadata`] on empty parts,
-    /// upper-case repositories, bad tags or digests.
+    /// Parses and normalises `text` with the distribution reference grammar
+    /// (`oci_spec::distribution::Reference`): the first path component is a registry if it
+    /// contains `.` or `:` or is `localhost`, else `docker.io` (one-component repositories
+    /// there get `library/`); no tag and no digest → `latest`. On top of that, as the
+    /// publisher does: an optional `docker://` prefix is stripped, [`DOCKER_HUB_ALIASES`]
+    /// become `docker.io`, bracketed IPv6 registries are accepted, digests must be
+    /// `sha256:<64 hex>` (stored lower-case) and tags ASCII.
+    ///
+    /// Errors with [`Error::ImageMetadata`] on empty parts, upper-case repositories, bad tags
+    /// or digests.
     pub fn parse(text: &str) -> Result<Reference> {
         let bad = |reason: &str| Error::ImageMetadata {
             reference: text.to_string(),
             reason: reason.to_string(),
         };
-        let body = text.strip_prefix("docker://").unwrap_or(text);
-        let (rest, digest) = match body.split_once('@') {
-            Some((r, d)) => {
+        let text = text.strip_prefix("docker://").unwrap_or(text);
+        // The distribution grammar has no IPv6 hosts: parse the rest under a stand-in host.
+        let (ipv6_registry, body) = match text.split_once('/') {
+            Some((host, rest)) if host.starts_with('[') => (
+                Some(bracketed_ipv6_host(host).ok_or_else(|| bad("bad IPv6 registry"))?),
+                format!("localhost/{rest}"),
+            ),
+            _ => (None, text.to_string()),
+        };
+        let parsed = oci_spec::distribution::Reference::try_from(body.as_str())
+            .map_err(|e| bad(&e.to_string()))?;
+        let digest = match parsed.digest() {
+            Some(d) => {
                 let hex = d
                     .strip_prefix("sha256:")
-                    .ok_or_else(|| bad("digest must be sha256:<hex>"))?;
-                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(bad("digest must be sha256 followed by 64 hex digits"));
-                }
-                (r, Some(format!("sha256:{}", hex.to_ascii_lowercase())))
+                    .ok_or_else(|| bad("digest must be sha256 followed by 64 hex digits"))?;
+                Some(format!("sha256:{}", hex.to_ascii_lowercase()))
             }
-            None => (body, None),
+            None => None,
         };
-        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
-        let (name, tag) = match rest[last_slash..].rfind(':') {
-            Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
-            None => (rest, None),
-        };
-        if let Some(t) = tag {
-            let ok = !t.is_empty()
-                && t.len() <= 128
-                && t.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-                && !t.starts_with(['.', '-']);
-            if !ok {
-                return Err(bad("tag must be [A-Za-z0-9_.-], at most 128 characters"));
-            }
+        // The grammar's `\w` is Unicode-aware; registries only accept ASCII tags.
+        if parsed.tag().is_some_and(|t| !t.is_ascii()) {
+            return Err(bad("tag must be [A-Za-z0-9_.-], at most 128 characters"));
         }
-        let parts: Vec<&str> = name.split('/').collect();
-        if parts.iter().any(|p| p.is_empty()) {
-            return Err(bad("empty path component"));
+        // The grammar takes an upper-case first component for a host, then gives it to
+        // docker.io as part of the repository (an oci-spec FIXME): reject it here.
+        if parsed.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(bad("repository name must be lowercase"));
         }
-        let first = parts[0];
-        let (registry, repo_parts) = if parts.len() > 1
-            && (first.contains('.') || first.contains(':') || first == "localhost")
-        {
-            (first.to_string(), &parts[1..])
-        } else {
-            (DEFAULT_REGISTRY.to_string(), &parts[..])
-        };
-        let registry_ok = registry
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
-            && registry.bytes().any(|b| b.is_ascii_alphanumeric());
-        if !registry_ok {
-            return Err(bad("registry must be a host name with optional port"));
-        }
-        for p in repo_parts {
-            let ok = p.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-            }) && *p != "."
-                && *p != "..";
-            if !ok {
-                return Err(bad("repository components must be [a-z0-9._-]"));
-            }
-        }
-        let mut repository = repo_parts.join("/");
-        if registry == DEFAULT_REGISTRY && repo_parts.len() == 1 {
-            repository = format!("library/{repository}");
-        }
-        let tag = match (tag, &digest) {
-            (Some(t), _) => Some(t.to_string()),
-            (None, Some(_)) => None,
-            (None, None) => Some("latest".to_string()),
+        let (registry, repository) = match ipv6_registry {
+            Some(host) => (host, parsed.repository().to_string()),
+            None => docker_hub_alias(parsed.registry(), parsed.repository()),
         };
         Ok(Reference {
             registry,
             repository,
-            tag,
+            tag: parsed.tag().map(str::to_string),
             digest,
         })
     }
@@ -112,6 +98,31 @@ impl Reference {
             (None, None) => format!("{}/{}:latest", self.registry, self.repository),
         }
     }
+}
+
+/// `[addr]` or `[addr]:port` when `addr` is an IPv6 address.
+fn bracketed_ipv6_host(host: &str) -> Option<String> {
+    let (addr, port) = host.strip_prefix('[')?.split_once(']')?;
+    addr.parse::<Ipv6Addr>().ok()?;
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    port_ok.then(|| host.to_string())
+}
+
+/// `(registry, repository)` with a Docker Hub alias replaced by `docker.io` and the
+/// `library/` prefix added to a one-component repository there.
+fn docker_hub_alias(registry: &str, repository: &str) -> (String, String) {
+    if !DOCKER_HUB_ALIASES.contains(&registry) {
+        return (registry.to_string(), repository.to_string());
+    }
+    let repository = if repository.contains('/') {
+        repository.to_string()
+    } else {
+        format!("library/{repository}")
+    };
+    (DEFAULT_REGISTRY.to_string(), repository)
 }
 
 #[cfg(test)]
@@ -144,6 +155,21 @@ mod tests {
     }
 
     #[test]
+    fn aliases_ipv6_and_digest_case_match_the_publisher() {
+        for alias in DOCKER_HUB_ALIASES {
+            assert_eq!(
+                path(&format!("docker://{alias}/debian:12")),
+                "docker.io/library/debian:12"
+            );
+        }
+        assert_eq!(path("[::1]:5000/demo:1"), "[::1]:5000/demo:1");
+        assert_eq!(
+            path(&format!("demo@sha256:{}", "AB".repeat(32))),
+            format!("docker.io/library/demo@sha256:{}", "ab".repeat(32))
+        );
+    }
+
+    #[test]
     fn rejects_bad_references() {
         for bad in [
             "",
@@ -153,6 +179,8 @@ mod tests {
             "demo@md5:00",
             "demo:-x",
             "../x",
+            "[zz]/x",
+            "demo:t\u{e9}",
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }
