@@ -5,222 +5,22 @@
 //!
 //! Needs `docker-registry` and `skopeo` (Debian packages); skipped with a message otherwise.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
+use support::{
+    BIN, Registry, digest, gzip, noise, noise_layer, ok, registry_tools, run, run_ok, verify_ok,
+};
 
-const BIN: &str = env!("CARGO_BIN_EXE_strata-publisher");
 const FQRN: &str = "sync.example.org";
 
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-fn run(args: &[&str]) -> Output {
-    ok(Command::new(BIN).args(args).output())
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "strata-publisher {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn tools() -> bool {
-    let there = have("docker-registry") && have("skopeo");
-    if !there {
-        eprintln!("skipping: docker-registry or skopeo not installed");
-    }
-    there
-}
-
-/// Deterministic pseudo-random bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
-/// A layer tar with `files` files of `size` bytes.
-fn layer_tar(seed: u64, files: usize, size: usize) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for i in 0..files {
-        let data = noise(seed * 1000 + i as u64, size);
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_size(data.len() as u64);
-        ok(b.append_data(&mut h, format!("l{seed}/f{i}"), &data[..]));
-    }
-    ok(b.into_inner())
-}
-
-fn gzip(raw: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    ok(e.write_all(raw));
-    ok(e.finish())
-}
-
-/// Writes an OCI layout (one image, tagged `tag`) of gzip layers; returns the config digest.
-fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) -> String {
-    let blobs = dir.join("blobs/sha256");
-    ok(std::fs::create_dir_all(&blobs));
-    let put = |bytes: &[u8]| {
-        let d = digest(bytes);
-        ok(std::fs::write(blobs.join(&d[7..]), bytes));
-        d
-    };
-    let mut descs = Vec::new();
-    let mut diff_ids = Vec::new();
-    for t in tars {
-        let gz = gzip(t);
-        descs.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": put(&gz), "size": gz.len()}));
-        diff_ids.push(digest(t));
-    }
-    let config = ok(serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids}})));
-    let cd = put(&config);
-    let manifest = ok(serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": cd, "size": config.len()},
-        "layers": descs})));
-    let md = put(&manifest);
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
-        "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": tag}}]});
-    ok(std::fs::write(dir.join("index.json"), index.to_string()));
-    ok(std::fs::write(
-        dir.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    ));
-    cd
-}
-
-/// A `docker-registry` on a free loopback port; killed on drop.
-struct Registry {
-    child: Child,
-    addr: SocketAddr,
-    work: PathBuf,
-}
-
-impl Registry {
-    fn start(dir: &Path) -> Registry {
-        let port = ok(TcpListener::bind("127.0.0.1:0"))
-            .local_addr()
-            .map(|a| a.port());
-        let addr = SocketAddr::from(([127, 0, 0, 1], ok(port)));
-        let config = dir.join("registry.yml");
-        ok(std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: {addr}\n",
-                dir.join("storage").display()
-            ),
-        ));
-        let log = ok(std::fs::File::create(dir.join("registry.log")));
-        let err = ok(log.try_clone());
-        let child = ok(Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(log)
-            .stderr(err)
-            .spawn());
-        let r = Registry {
-            child,
-            addr,
-            work: dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !r.ready() {
-            assert!(Instant::now() < deadline, "registry did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        r
-    }
-
-    fn ready(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(self.addr) else {
-            return false;
-        };
-        let req = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
-        let mut resp = String::new();
-        s.write_all(req.as_bytes()).is_ok()
-            && s.read_to_string(&mut resp).is_ok()
-            && (resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200"))
-    }
-
-    /// Pushes a fresh image of `layers` (seeds) under `repo:tag`; returns its config digest.
-    fn push(&self, repo: &str, tag: &str, seeds: &[u64], files: usize, size: usize) -> String {
-        let layout = self
-            .work
-            .join(format!("layout-{}-{tag}-{seeds:?}", repo.replace('/', "_")));
-        let tars: Vec<Vec<u8>> = seeds.iter().map(|s| layer_tar(*s, files, size)).collect();
-        let config = write_layout(&layout, tag, &tars);
-        let out = ok(Command::new("skopeo")
-            .args(["copy", "--dest-tls-verify=false", "--quiet"])
-            .arg(format!("oci:{}:{tag}", layout.display()))
-            .arg(format!("docker://{}/{repo}:{tag}", self.addr))
-            .output());
-        assert!(
-            out.status.success(),
-            "skopeo: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        config
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn init_repo(dir: &Path) {
-    run_ok(&["init", "--repo", &dir.display().to_string(), "--fqrn", FQRN]);
-}
-
-fn verify_ok(dir: &Path) {
-    run_ok(&["verify", "--repo", &dir.display().to_string()]);
+    support::init_repo(dir, FQRN);
 }
 
 fn write_recipe(file: &Path, entries: &[String]) {
@@ -320,7 +120,7 @@ fn revision(repo: &Path) -> u64 {
 
 #[test]
 fn sync_follows_the_recipe() {
-    if !tools() {
+    if !registry_tools() {
         return;
     }
     let work = ok(tempfile::tempdir());
@@ -438,7 +238,7 @@ fn sync_follows_the_recipe() {
 
 #[test]
 fn failures_do_not_stop_the_others() {
-    if !tools() {
+    if !registry_tools() {
         return;
     }
     let work = ok(tempfile::tempdir());
@@ -525,7 +325,7 @@ fn kill_after(mut child: Child, ms: u64) -> bool {
 
 #[test]
 fn killed_sync_and_gc_leave_a_verifying_repository() {
-    if !tools() {
+    if !registry_tools() {
         return;
     }
     let work = ok(tempfile::tempdir());
@@ -604,7 +404,7 @@ fn killed_sync_and_gc_leave_a_verifying_repository() {
 
 #[test]
 fn loop_runs_passes_and_rereads_the_recipe() {
-    if !tools() {
+    if !registry_tools() {
         return;
     }
     let work = ok(tempfile::tempdir());
@@ -661,7 +461,7 @@ fn loop_runs_passes_and_rereads_the_recipe() {
 
 #[test]
 fn a_corrupt_layer_keeps_the_previous_image_and_spares_the_others() {
-    if !tools() {
+    if !registry_tools() {
         return;
     }
     let work = ok(tempfile::tempdir());
@@ -679,7 +479,7 @@ fn a_corrupt_layer_keeps_the_previous_image_and_spares_the_others() {
     // app:1 moves to an image whose new layer the registry serves corrupted; app:2 appears.
     reg.push("app", "1", &[7], 2, 2000);
     reg.push("app", "2", &[8], 2, 2000);
-    let bad_layer = digest(&gzip(&layer_tar(7, 2, 2000)));
+    let bad_layer = digest(&gzip(&noise_layer(7, 2, 2000)));
     let blob = work.path().join(format!(
         "storage/docker/registry/v2/blobs/sha256/{}/{}/data",
         &bad_layer[7..9],

@@ -1,0 +1,285 @@
+//! Shared helpers of the publisher's command-line tests (`cli.rs`, `sync.rs`): running the
+//! binary, synthetic layers and OCI layouts, and a `docker-registry` filled with `skopeo`.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_strata-publisher");
+
+pub fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+pub fn run(args: &[&str]) -> Output {
+    ok(Command::new(BIN).args(args).output())
+}
+
+/// Runs `strata-publisher args`, panics with its output unless it succeeds; returns stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "strata-publisher {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn init_repo(dir: &Path, fqrn: &str) {
+    run_ok(&["init", "--repo", &dir.display().to_string(), "--fqrn", fqrn]);
+}
+
+/// `verify` must pass; returns its stdout.
+pub fn verify_ok(dir: &Path) -> String {
+    run_ok(&["verify", "--repo", &dir.display().to_string()])
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Whether `docker-registry` and `skopeo` are installed; says so when they are not.
+pub fn registry_tools() -> bool {
+    let there = have("docker-registry") && have("skopeo");
+    if !there {
+        eprintln!("skipping: docker-registry or skopeo not installed");
+    }
+    there
+}
+
+/// Deterministic pseudo-random bytes (incompressible, so zlib has work to do).
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// A layer tar with `files` files `l<seed>/f<i>` of `size` bytes of noise.
+pub fn noise_layer(seed: u64, files: usize, size: usize) -> Vec<u8> {
+    layer_tar(seed, files, |i| noise(seed * 1000 + i as u64, size))
+}
+
+/// A layer tar with `files` files `l<seed>/f<i>` of `size` bytes, half noise, half text.
+pub fn mixed_layer(seed: u64, files: usize, size: usize) -> Vec<u8> {
+    layer_tar(seed, files, |i| {
+        let mut data = noise(seed * 1000 + i as u64, size / 2);
+        data.extend(
+            format!("line {i} of layer {seed}\n")
+                .repeat(size / 40)
+                .bytes()
+                .take(size / 2),
+        );
+        data
+    })
+}
+
+fn layer_tar(seed: u64, files: usize, content: impl Fn(usize) -> Vec<u8>) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..files {
+        let data = content(i);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        ok(b.append_data(&mut h, format!("l{seed}/f{i}"), &data[..]));
+    }
+    ok(b.into_inner())
+}
+
+pub fn gzip(raw: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    ok(e.write_all(raw));
+    ok(e.finish())
+}
+
+/// Stores `bytes` in the layout blob directory `blobs` (`…/blobs/sha256`); returns the digest.
+pub fn put_blob(blobs: &Path, bytes: &[u8]) -> String {
+    let d = digest(bytes);
+    ok(std::fs::write(blobs.join(&d[7..]), bytes));
+    d
+}
+
+/// The digests of an image [`write_layout`] wrote.
+pub struct LayoutImage {
+    /// The config blob.
+    pub config: String,
+    /// The gzip layer blobs, bottom first.
+    pub layers: Vec<String>,
+}
+
+/// Writes an OCI layout (one linux/amd64 image, tagged `tag`) of gzip layers.
+pub fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) -> LayoutImage {
+    let blobs = dir.join("blobs/sha256");
+    ok(std::fs::create_dir_all(&blobs));
+    let mut layers = Vec::new();
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for t in tars {
+        let gz = gzip(t);
+        let d = put_blob(&blobs, &gz);
+        descs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": d, "size": gz.len()}));
+        layers.push(d);
+        diff_ids.push(digest(t));
+    }
+    let config = ok(serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}})));
+    let cd = put_blob(&blobs, &config);
+    let manifest = ok(serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": cd, "size": config.len()},
+        "layers": descs})));
+    let md = put_blob(&blobs, &manifest);
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
+        "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+    ok(std::fs::write(dir.join("index.json"), index.to_string()));
+    ok(std::fs::write(
+        dir.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    ));
+    LayoutImage { config: cd, layers }
+}
+
+/// A `docker-registry` on a free loopback port (access log on, deletes enabled); killed on
+/// drop.
+pub struct Registry {
+    child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+    work: PathBuf,
+}
+
+impl Registry {
+    /// Starts a registry storing below `dir`; waits (up to 30 s) until `/v2/` answers.
+    pub fn start(dir: &Path) -> Registry {
+        let port = ok(TcpListener::bind("127.0.0.1:0"))
+            .local_addr()
+            .map(|a| a.port());
+        let addr = SocketAddr::from(([127, 0, 0, 1], ok(port)));
+        let config = dir.join("registry.yml");
+        ok(std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: {addr}\n",
+                dir.join("storage").display()
+            ),
+        ));
+        let log = dir.join("registry.log");
+        let out = ok(std::fs::File::create(&log));
+        let err = ok(out.try_clone());
+        let child = ok(Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(out)
+            .stderr(err)
+            .spawn());
+        let r = Registry {
+            child,
+            addr,
+            log,
+            work: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !r.ready() {
+            assert!(Instant::now() < deadline, "registry did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        r
+    }
+
+    fn ready(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(self.addr) else {
+            return false;
+        };
+        let req = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
+        let mut resp = String::new();
+        s.write_all(req.as_bytes()).is_ok()
+            && s.read_to_string(&mut resp).is_ok()
+            && (resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200"))
+    }
+
+    /// Copies tag `tag` of the OCI layout `layout` to `<repo>:<tag>` here with skopeo
+    /// (`all`: every image of an index, `skopeo copy --all`).
+    pub fn copy_in(&self, layout: &Path, tag: &str, repo: &str, all: bool) {
+        let mut cmd = Command::new("skopeo");
+        cmd.arg("copy");
+        if all {
+            cmd.arg("--all");
+        }
+        let out = ok(cmd
+            .args(["--dest-tls-verify=false", "--quiet"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{repo}:{tag}", self.addr))
+            .output());
+        assert!(
+            out.status.success(),
+            "skopeo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Pushes a fresh image of noise layers (`seeds`, each `files` files of `size` bytes)
+    /// under `repo:tag`; returns its config digest.
+    pub fn push(&self, repo: &str, tag: &str, seeds: &[u64], files: usize, size: usize) -> String {
+        let layout = self
+            .work
+            .join(format!("layout-{}-{tag}-{seeds:?}", repo.replace('/', "_")));
+        let tars: Vec<Vec<u8>> = seeds.iter().map(|s| noise_layer(*s, files, size)).collect();
+        let image = write_layout(&layout, tag, &tars);
+        self.copy_in(&layout, tag, repo, false);
+        image.config
+    }
+
+    /// Access-log lines `GET /v2/<repo>/blobs/<digest>` for any of `digests`.
+    pub fn blob_gets(&self, repo: &str, digests: &[String]) -> usize {
+        let log = ok(std::fs::read_to_string(&self.log));
+        log.lines()
+            .filter(|l| {
+                digests
+                    .iter()
+                    .any(|d| l.contains(&format!("\"GET /v2/{repo}/blobs/{d} ")))
+            })
+            .count()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
