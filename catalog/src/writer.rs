@@ -187,17 +187,7 @@ impl CatalogWriter {
             entry.gid,
             xattr,
         ])
-        .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, _)
-                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Error::InvalidEntry {
-                    path: path.to_string(),
-                    reason: "added twice".into(),
-                }
-            }
-            e => Error::sqlite(&self.path, e),
-        })?;
+        .map_err(|e| duplicate_or_sqlite(&self.path, e, path, "added twice"))?;
         if !entry.chunks.is_empty() {
             let mut cstmt = self.conn.prepare_cached(INSERT_CHUNK).map_err(sql)?;
             for c in &entry.chunks {
@@ -244,16 +234,8 @@ impl CatalogWriter {
         self.conn
             .prepare_cached("INSERT INTO nested_catalogs (path, sha1, size) VALUES (?1, ?2, ?3)")
             .and_then(|mut s| s.execute(params![mountpoint, hash.to_hex(), size as i64]))
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    Error::InvalidEntry {
-                        path: mountpoint.to_string(),
-                        reason: "nested catalog registered twice".into(),
-                    }
-                }
-                e => Error::sqlite(&self.path, e),
+            .map_err(|e| {
+                duplicate_or_sqlite(&self.path, e, mountpoint, "nested catalog registered twice")
             })?;
         self.subtree += child.total();
         Ok(())
@@ -382,6 +364,22 @@ fn journal_path(file: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// A primary-key violation (the row for `path` exists already) as [`Error::InvalidEntry`]
+/// with `reason`; any other SQLite error as [`Error::Sqlite`] of the catalog file `db`.
+fn duplicate_or_sqlite(db: &Path, e: rusqlite::Error, path: &str, reason: &str) -> Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Error::InvalidEntry {
+                path: path.to_string(),
+                reason: reason.to_string(),
+            }
+        }
+        e => Error::sqlite(db, e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -397,6 +395,28 @@ mod tests {
     }
 
     const MTIME: i64 = 1_700_000_000;
+
+    /// Adds a 0755 directory named after the last component of `path`.
+    fn add_dir(w: &mut CatalogWriter, path: &str, transition: Transition) {
+        let name = path.rsplit('/').next().unwrap_or_default();
+        w.add(
+            path,
+            &Entry::directory(name, 0o755, 0, 0, MTIME),
+            transition,
+        )
+        .unwrap();
+    }
+
+    /// The first column of the one row `sql` selects.
+    fn one<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> T {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// The first two columns of the one row `sql` selects.
+    fn two(conn: &Connection, sql: &str) -> (i64, i64) {
+        conn.query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+    }
 
     /// A child catalog at /software/v1 with one file and a directory with an xattr.
     fn write_child(file: &Path) -> Statistics {
@@ -658,9 +678,7 @@ mod tests {
         assert_eq!((bytes[18], bytes[19]), (1, 1), "rollback journal, not WAL");
 
         let conn = Connection::open(&file).unwrap();
-        let q =
-            |sql: &str| -> String { conn.query_row(sql, [], |r| r.get::<_, String>(0)).unwrap() };
-        assert_eq!(q("PRAGMA journal_mode"), "delete");
+        assert_eq!(one::<String>(&conn, "PRAGMA journal_mode"), "delete");
         let props: BTreeMap<String, String> = conn
             .prepare("SELECT key, value FROM properties")
             .unwrap()
@@ -674,9 +692,7 @@ mod tests {
         assert_eq!(props["TTL"], "240");
         assert_eq!(props["previous_revision"], h(b"previous").to_hex());
         assert!(!props.contains_key("root_prefix"));
-        let n: i64 = conn
-            .query_row("SELECT COUNT(*) FROM statistics", [], |r| r.get(0))
-            .unwrap();
+        let n: i64 = one(&conn, "SELECT COUNT(*) FROM statistics");
         assert_eq!(n, 24);
         // Spec §11.1 / §11.2 row for a file: hash blob, size, flags, mode, hardlinks.
         let row: (i64, i64, i64, i64, Vec<u8>, i64, i64, String) = conn
@@ -703,43 +719,21 @@ mod tests {
         assert_eq!((row.2, row.3), (338333539836370388, 9098107892288553193));
         assert_eq!(row.4, h(b"hello").digest.to_vec());
         assert_eq!((row.5, row.6, row.7.as_str()), (4, 1, ""));
-        let root_parent: (i64, i64) = conn
-            .query_row(
-                "SELECT parent_1, parent_2 FROM catalog WHERE name = ''",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
+        let root_parent: (i64, i64) = two(
+            &conn,
+            "SELECT parent_1, parent_2 FROM catalog WHERE name = ''",
+        );
         assert_eq!(root_parent, (0, 0));
-        let nulls: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM catalog WHERE name IS NULL OR symlink IS NULL",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let nulls: i64 = one(
+            &conn,
+            "SELECT COUNT(*) FROM catalog WHERE name IS NULL OR symlink IS NULL",
+        );
         assert_eq!(nulls, 0);
-        let hl: i64 = conn
-            .query_row("SELECT hardlinks FROM catalog WHERE name = 'a'", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
+        let hl: i64 = one(&conn, "SELECT hardlinks FROM catalog WHERE name = 'a'");
         assert_eq!(hl, (1 << 32) | 2);
-        let dev: (i64, i64) = conn
-            .query_row(
-                "SELECT size, flags FROM catalog WHERE name = 'sda'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
+        let dev: (i64, i64) = two(&conn, "SELECT size, flags FROM catalog WHERE name = 'sda'");
         assert_eq!(dev, (0x0800, 20));
-        let no_mtimens: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM catalog WHERE mtimens IS NULL",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let no_mtimens: i64 = one(&conn, "SELECT COUNT(*) FROM catalog WHERE mtimens IS NULL");
         assert_eq!(no_mtimens, 15, "only hello.txt records nanoseconds");
     }
 
@@ -749,12 +743,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("root.db");
         let mut w = CatalogWriter::create(&file, "").unwrap();
-        w.add(
-            "",
-            &Entry::directory("", 0o755, 0, 0, MTIME),
-            Transition::None,
-        )
-        .unwrap();
+        add_dir(&mut w, "", Transition::None);
         w.finish(&CatalogProperties::default()).unwrap();
         let out = match Command::new("sqlite3").arg(&file).arg(".schema").output() {
             Ok(o) => o,
@@ -795,12 +784,10 @@ mod tests {
         };
         assert_eq!(describe(&ours), describe(&spec));
         let idx = |c: &Connection| -> String {
-            c.query_row(
+            one(
+                c,
                 "SELECT sql FROM sqlite_master WHERE name = 'idx_catalog_parent'",
-                [],
-                |r| r.get(0),
             )
-            .unwrap()
         };
         assert_eq!(idx(&ours), idx(&spec));
     }
@@ -880,12 +867,7 @@ CREATE TABLE statistics (counter TEXT, value INTEGER,
         let file = dir.path().join("big.db");
         let start = std::time::Instant::now();
         let mut w = CatalogWriter::create(&file, "").unwrap();
-        w.add(
-            "",
-            &Entry::directory("", 0o755, 0, 0, MTIME),
-            Transition::None,
-        )
-        .unwrap();
+        add_dir(&mut w, "", Transition::None);
         for i in 0..20_000 {
             let name = format!("f{i}");
             let e = Entry::regular(&name, 0o644, 0, 0, MTIME, i, h(name.as_bytes()));
@@ -970,12 +952,7 @@ CREATE TABLE statistics (counter TEXT, value INTEGER,
         // Grandchild /a/b.
         let fb = dir.path().join("b.db");
         let mut w = CatalogWriter::create(&fb, "/a/b").unwrap();
-        w.add(
-            "/a/b",
-            &Entry::directory("b", 0o755, 0, 0, MTIME),
-            Transition::NestedRoot,
-        )
-        .unwrap();
+        add_dir(&mut w, "/a/b", Transition::NestedRoot);
         w.add("/a/b/big", &chunked("big"), Transition::None)
             .unwrap();
         w.add(
@@ -989,18 +966,8 @@ CREATE TABLE statistics (counter TEXT, value INTEGER,
         // Child /a with the mountpoint /a/b.
         let fa = dir.path().join("a.db");
         let mut w = CatalogWriter::create(&fa, "/a").unwrap();
-        w.add(
-            "/a",
-            &Entry::directory("a", 0o755, 0, 0, MTIME),
-            Transition::NestedRoot,
-        )
-        .unwrap();
-        w.add(
-            "/a/b",
-            &Entry::directory("b", 0o755, 0, 0, MTIME),
-            Transition::NestedMountpoint,
-        )
-        .unwrap();
+        add_dir(&mut w, "/a", Transition::NestedRoot);
+        add_dir(&mut w, "/a/b", Transition::NestedMountpoint);
         let mut fifo = Entry::special("p", EntryKind::Fifo, 0o600, 0, 0, 0, MTIME);
         fifo.xattrs.insert("user.k".into(), b"v".to_vec());
         w.add("/a/p", &fifo, Transition::None).unwrap();
@@ -1015,12 +982,7 @@ CREATE TABLE statistics (counter TEXT, value INTEGER,
         // Sibling /c.
         let fc = dir.path().join("c.db");
         let mut w = CatalogWriter::create(&fc, "/c").unwrap();
-        w.add(
-            "/c",
-            &Entry::directory("c", 0o755, 0, 0, MTIME),
-            Transition::NestedRoot,
-        )
-        .unwrap();
+        add_dir(&mut w, "/c", Transition::NestedRoot);
         w.add(
             "/c/g",
             &Entry::regular("g", 0o644, 0, 0, MTIME, 7, h(b"g")),
@@ -1031,19 +993,9 @@ CREATE TABLE statistics (counter TEXT, value INTEGER,
         // Root.
         let fr = dir.path().join("root.db");
         let mut w = CatalogWriter::create(&fr, "").unwrap();
-        w.add(
-            "",
-            &Entry::directory("", 0o755, 0, 0, MTIME),
-            Transition::None,
-        )
-        .unwrap();
+        add_dir(&mut w, "", Transition::None);
         for m in ["a", "c"] {
-            w.add(
-                &format!("/{m}"),
-                &Entry::directory(m, 0o755, 0, 0, MTIME),
-                Transition::NestedMountpoint,
-            )
-            .unwrap();
+            add_dir(&mut w, &format!("/{m}"), Transition::NestedMountpoint);
         }
         w.add("/top", &chunked("top"), Transition::None).unwrap();
         w.add_nested("/a", &h(b"cat-a"), 8192, &sa).unwrap();
@@ -1085,17 +1037,12 @@ CREATE TABLE statistics (counter TEXT, value INTEGER,
         let r = CatalogReader::open(&fr).unwrap();
         assert_eq!((r.ttl(), r.revision()), (Some(300), 9));
         let conn = Connection::open(&fr).unwrap();
-        let p: String = conn
-            .query_row(
-                "SELECT value FROM properties WHERE key = 'previous_revision'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let p: String = one(
+            &conn,
+            "SELECT value FROM properties WHERE key = 'previous_revision'",
+        );
         assert_eq!(p, prev.to_hex());
-        let n: i64 = conn
-            .query_row("SELECT COUNT(*) FROM statistics", [], |r| r.get(0))
-            .unwrap();
+        let n: i64 = one(&conn, "SELECT COUNT(*) FROM statistics");
         assert_eq!(n, 24);
     }
 }
