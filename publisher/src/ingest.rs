@@ -102,7 +102,9 @@ pub fn sources(
     Ok(out)
 }
 
-async fn blocking<T, F>(f: F) -> Result<T>
+/// Runs `f` (file, zlib or SQLite work) on tokio's blocking pool and returns its result;
+/// a panic in `f` becomes [`Error::Task`]. Shared with `sync`.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
@@ -703,6 +705,36 @@ mod tests {
                 .map(|(_, e)| e)
                 .unwrap_or_else(|| panic!("{path} missing"))
         }
+
+        /// The content of the (unchunked, at most 1 MiB) file at `path`.
+        fn content(&self, path: &str) -> Vec<u8> {
+            let hash = self
+                .entry(path)
+                .hash
+                .unwrap_or_else(|| panic!("{path} has no content hash"));
+            ok(read_object(&self.repo.store, &hash, Suffix::None, 1 << 20))
+        }
+    }
+
+    /// The manifest digest `index.json` of the OCI layout `layout` names first.
+    fn layout_manifest_digest(layout: &Path) -> String {
+        let index: serde_json::Value = ok(serde_json::from_slice(&ok(fs::read(
+            layout.join("index.json"),
+        ))));
+        index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Ingests tag `tag` of the OCI layout `layout` (default name, default options).
+    async fn ingest_layout(dir: &Path, layout: &Path, tag: &str) -> Result<IngestSummary> {
+        let srcs = sources(
+            &[format!("oci:{}:{tag}", layout.display())],
+            None,
+            &RegistryOptions::default(),
+        )?;
+        ingest(dir, srcs, &IngestOptions::default()).await
     }
 
     /// Every row below `path` (through nested catalogs), rowids cleared, by relative path.
@@ -829,14 +861,9 @@ mod tests {
         let bucket = format!("/.layers/{}", &l0[..2]);
         assert!(view.find(&bucket).is_some_and(|(_, e)| e.is_nested_root()));
         assert_eq!(view.entry(&format!("{bucket}/.cvmfscatalog")).size, 0);
-        let facts_entry = view.entry(&format!("/.layers/{}/{l0}/.metadata/layer.json", &l0[..2]));
-        let facts_hash = facts_entry.hash.unwrap_or_else(|| panic!("no hash"));
-        let facts: LayerFacts = ok(serde_json::from_slice(&ok(read_object(
-            &view.repo.store,
-            &facts_hash,
-            Suffix::None,
-            1 << 20,
-        ))));
+        let facts: LayerFacts = ok(serde_json::from_slice(
+            &view.content(&format!("/.layers/{}/{l0}/.metadata/layer.json", &l0[..2])),
+        ));
         assert_eq!(facts.diff_id, diff_ids[0]);
         assert_eq!(facts.chain_ids, vec![diff_ids[0].clone()]);
         // chain ids
@@ -861,19 +888,9 @@ mod tests {
         assert_eq!(view.entry(&format!("{flat}/bin/sh")).hash, bb.hash);
         // metadata and public symlink
         let meta = "/.metadata/localhost/demo/app:v1";
-        let mf = view.entry(&format!("{meta}/manifest.json"));
-        let mbytes = ok(read_object(
-            &view.repo.store,
-            &mf.hash.unwrap_or_else(|| panic!()),
-            Suffix::None,
-            1 << 20,
-        ));
-        let index: serde_json::Value = ok(serde_json::from_slice(&ok(fs::read(
-            layout.join("index.json"),
-        ))));
         assert_eq!(
-            Some(sha256_digest(&mbytes).as_str()),
-            index["manifests"][0]["digest"].as_str()
+            sha256_digest(&view.content(&format!("{meta}/manifest.json"))),
+            layout_manifest_digest(&layout)
         );
         assert!(view.find(&format!("{meta}/config.json")).is_some());
         assert!(view.find(&format!("{meta}/index.json")).is_none());
@@ -1014,14 +1031,10 @@ mod tests {
         for (p, c) in [("linux-amd64", &c_amd), ("linux-arm64-v8", &c_arm)] {
             let dir = format!("{meta}/platforms/{p}");
             assert!(view.find(&format!("{dir}/manifest.json")).is_some(), "{p}");
-            let cfg = view.entry(&format!("{dir}/config.json"));
-            let bytes = ok(read_object(
-                &view.repo.store,
-                &cfg.hash.unwrap_or_else(|| panic!()),
-                Suffix::None,
-                1 << 20,
-            ));
-            assert_eq!(&sha256_digest(&bytes), c);
+            assert_eq!(
+                &sha256_digest(&view.content(&format!("{dir}/config.json"))),
+                c
+            );
             assert_eq!(
                 view.entry(&format!("{dir}/rootfs")).symlink,
                 format!("../../../../../{}", flat(c))
@@ -1034,14 +1047,10 @@ mod tests {
         }
         assert!(view.find(&format!("/{}/arm", flat(&c_arm))).is_some());
         assert!(view.find(&format!("/{}/arm", flat(&c_amd))).is_none());
-        let top_cfg = view.entry(&format!("{meta}/config.json"));
-        let bytes = ok(read_object(
-            &view.repo.store,
-            &top_cfg.hash.unwrap_or_else(|| panic!()),
-            Suffix::None,
-            1 << 20,
-        ));
-        assert_eq!(sha256_digest(&bytes), c_amd);
+        assert_eq!(
+            sha256_digest(&view.content(&format!("{meta}/config.json"))),
+            c_amd
+        );
         // --default-platform picks the public one
         let view = run(vec![], "linux/arm64", work.path().join("arm-default")).await;
         assert_eq!(
@@ -1073,16 +1082,7 @@ mod tests {
         ok(init(&dir, FQRN, 60));
         let good = work.path().join("good");
         write_layout(&good, "1", &test_tars());
-        ok(ingest(
-            &dir,
-            ok(sources(
-                &[format!("oci:{}:1", good.display())],
-                None,
-                &RegistryOptions::default(),
-            )),
-            &IngestOptions::default(),
-        )
-        .await);
+        ok(ingest_layout(&dir, &good, "1").await);
         let before = verify(&dir);
         let escape = TarBuilder::new()
             .link(EntryType::Symlink, "lib", "/")
@@ -1167,31 +1167,13 @@ mod tests {
         let base = TarBuilder::new().file("big.bin", 0o644, &big).finish();
         let a = work.path().join("a");
         write_layout(&a, "1", std::slice::from_ref(&base));
-        ok(ingest(
-            &dir,
-            ok(sources(
-                &[format!("oci:{}:1", a.display())],
-                None,
-                &RegistryOptions::default(),
-            )),
-            &IngestOptions::default(),
-        )
-        .await);
+        ok(ingest_layout(&dir, &a, "1").await);
         // a second image on the same base layer: its flat tree is built from the published
         // layer catalog, chunk lists included
         let b = work.path().join("b");
         let top = TarBuilder::new().file("other", 0o644, b"o").finish();
         let (_, _, cfg_b) = write_layout(&b, "1", &[base, top]);
-        let s = ok(ingest(
-            &dir,
-            ok(sources(
-                &[format!("oci:{}:1", b.display())],
-                None,
-                &RegistryOptions::default(),
-            )),
-            &IngestOptions::default(),
-        )
-        .await);
+        let s = ok(ingest_layout(&dir, &b, "1").await);
         assert_eq!((s.layers_converted, s.layers_reused), (1, 1));
         verify(&dir);
         let view = RepoView::open(&dir);
@@ -1340,19 +1322,9 @@ mod tests {
         assert_eq!(s.images, vec!["docker.io/demo/app:v25".to_string()]);
         verify(&dir);
         let view = RepoView::open(&dir);
-        let mf = view.entry("/.metadata/docker.io/demo/app:v25/manifest.json");
-        let bytes = ok(read_object(
-            &view.repo.store,
-            &mf.hash.unwrap_or_else(|| panic!()),
-            Suffix::None,
-            1 << 20,
-        ));
-        let index: serde_json::Value = ok(serde_json::from_slice(&ok(fs::read(
-            layout.join("index.json"),
-        ))));
         assert_eq!(
-            Some(sha256_digest(&bytes).as_str()),
-            index["manifests"][0]["digest"].as_str(),
+            sha256_digest(&view.content("/.metadata/docker.io/demo/app:v25/manifest.json")),
+            layout_manifest_digest(&layout),
             "the real manifest, not a synthesised one"
         );
         let c = &config[7..];

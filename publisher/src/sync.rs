@@ -29,7 +29,7 @@ use futures::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::events::{EventLog, ImageEvent, Outcome, PassSummary};
-use crate::ingest::{IngestOptions, IngestSummary, ingest_batch};
+use crate::ingest::{IngestOptions, IngestSummary, blocking, ingest_batch};
 use crate::layer::Limits;
 use crate::pipeline::Pool;
 use crate::progress::Progress;
@@ -72,14 +72,6 @@ impl PassReport {
     pub fn failures(&self) -> impl Iterator<Item = &ImageEvent> {
         self.events.iter().filter(|e| e.event == Outcome::Failed)
     }
-}
-
-async fn blocking<T, F>(f: F) -> Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f).await?
 }
 
 /// One concrete wanted image.
