@@ -319,56 +319,43 @@ fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").expect("sha256 digest")
 }
 
-/// A published image in the fake mount: per layer a `layerfs` with one file, `.chainids`
-/// links, and `.metadata/<ref>/{manifest,config}.json`. Returns (layer digests, chain ids).
-fn publish(
-    mount: &Path,
-    reference: &str,
-    files: &[&str],
-    publish_layers: bool,
-) -> (Vec<String>, Vec<String>) {
-    let mut layer_digests = Vec::new();
-    let mut diff_ids = Vec::new();
-    for (i, file) in files.iter().enumerate() {
-        // Stand-ins for compressed/uncompressed digests: any distinct sha256 values do.
-        let digest = sha256(format!("{reference} layer {i} compressed").as_bytes());
-        let diff = sha256(format!("{reference} layer {i} tar").as_bytes());
-        if publish_layers {
-            let hex = hex_of(&digest);
-            let layerfs = mount
-                .join(".layers")
-                .join(&hex[..2])
-                .join(hex)
-                .join("layerfs");
-            std::fs::create_dir_all(layerfs.join("etc")).expect("mkdir layerfs");
-            std::fs::write(layerfs.join("etc").join(file), format!("layer{i}\n")).expect("write");
-            if i == 0 {
-                install_shell(&layerfs);
-            }
-        }
-        layer_digests.push(digest);
-        diff_ids.push(diff);
-    }
-    let mut chain_ids: Vec<String> = Vec::new();
-    for diff in &diff_ids {
-        let next = match chain_ids.last() {
+/// `M/.layers/<hh>/<hex>/layerfs` of the layer `digest` (CONTRACTS §3).
+fn layerfs_of(mount: &Path, digest: &str) -> PathBuf {
+    let hex = hex_of(digest);
+    mount
+        .join(".layers")
+        .join(&hex[..2])
+        .join(hex)
+        .join("layerfs")
+}
+
+/// The ChainIDs of `diff_ids` (OCI image spec: `sha256(prev + " " + diff)`).
+fn chain_ids_of(diff_ids: &[String]) -> Vec<String> {
+    let mut chains: Vec<String> = Vec::new();
+    for diff in diff_ids {
+        let next = match chains.last() {
             None => diff.clone(),
             Some(prev) => sha256(format!("{prev} {diff}").as_bytes()),
         };
-        chain_ids.push(next);
+        chains.push(next);
     }
-    if publish_layers {
-        for (chain, digest) in chain_ids.iter().zip(&layer_digests) {
-            let (c, l) = (hex_of(chain), hex_of(digest));
-            let dir = mount.join(".chainids").join(&c[..2]);
-            std::fs::create_dir_all(&dir).expect("mkdir chainids");
-            std::os::unix::fs::symlink(
-                format!("../../.layers/{}/{l}/layerfs", &l[..2]),
-                dir.join(c),
-            )
-            .expect("symlink");
-        }
-    }
+    chains
+}
+
+/// `M/.chainids/<hh>/<chain hex>` → the layerfs of `layer_digest`.
+fn link_chain(mount: &Path, chain: &str, layer_digest: &str) {
+    let (c, l) = (hex_of(chain), hex_of(layer_digest));
+    let dir = mount.join(".chainids").join(&c[..2]);
+    std::fs::create_dir_all(&dir).expect("mkdir chainids");
+    std::os::unix::fs::symlink(
+        format!("../../.layers/{}/{l}/layerfs", &l[..2]),
+        dir.join(c),
+    )
+    .expect("symlink");
+}
+
+/// (config, manifest) bytes of a linux/amd64 image of gzip layers `(digest, size)`.
+fn image_documents(diff_ids: &[String], layers: &[(String, usize)]) -> (Vec<u8>, Vec<u8>) {
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
@@ -377,13 +364,13 @@ fn publish(
     })
     .to_string()
     .into_bytes();
-    let layers: Vec<serde_json::Value> = layer_digests
+    let layers: Vec<serde_json::Value> = layers
         .iter()
-        .map(|d| {
+        .map(|(d, size)| {
             serde_json::json!({
                 "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                 "digest": d,
-                "size": 1234,
+                "size": size,
             })
         })
         .collect();
@@ -399,10 +386,52 @@ fn publish(
     })
     .to_string()
     .into_bytes();
+    (config, manifest)
+}
+
+/// `M/.metadata/<reference>/{manifest,config}.json`.
+fn write_metadata(mount: &Path, reference: &str, manifest: &[u8], config: &[u8]) {
     let meta = mount.join(".metadata").join(reference);
     std::fs::create_dir_all(&meta).expect("mkdir metadata");
-    std::fs::write(meta.join("manifest.json"), &manifest).expect("write manifest");
-    std::fs::write(meta.join("config.json"), &config).expect("write config");
+    std::fs::write(meta.join("manifest.json"), manifest).expect("write manifest");
+    std::fs::write(meta.join("config.json"), config).expect("write config");
+}
+
+/// A published image in the fake mount: per layer a `layerfs` with one file, `.chainids`
+/// links, and `.metadata/<ref>/{manifest,config}.json`. Returns (layer digests, chain ids).
+fn publish(
+    mount: &Path,
+    reference: &str,
+    files: &[&str],
+    publish_layers: bool,
+) -> (Vec<String>, Vec<String>) {
+    let mut layer_digests = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        // Stand-ins for compressed/uncompressed digests: any distinct sha256 values do.
+        let digest = sha256(format!("{reference} layer {i} compressed").as_bytes());
+        let diff = sha256(format!("{reference} layer {i} tar").as_bytes());
+        if publish_layers {
+            let layerfs = layerfs_of(mount, &digest);
+            std::fs::create_dir_all(layerfs.join("etc")).expect("mkdir layerfs");
+            std::fs::write(layerfs.join("etc").join(file), format!("layer{i}\n")).expect("write");
+            if i == 0 {
+                install_shell(&layerfs);
+            }
+        }
+        layer_digests.push(digest);
+        diff_ids.push(diff);
+    }
+    let chain_ids = chain_ids_of(&diff_ids);
+    if publish_layers {
+        for (chain, digest) in chain_ids.iter().zip(&layer_digests) {
+            link_chain(mount, chain, digest);
+        }
+    }
+    // Sizes are stand-ins too: nothing reads these blobs.
+    let sized: Vec<(String, usize)> = layer_digests.iter().map(|d| (d.clone(), 1234)).collect();
+    let (config, manifest) = image_documents(&diff_ids, &sized);
+    write_metadata(mount, reference, &manifest, &config);
     (layer_digests, chain_ids)
 }
 
@@ -696,6 +725,12 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A free loopback `host:port` for a registry that can only be filled once its address is
+/// known (the image's reference names it).
+fn free_registry_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
 #[test]
 fn killing_and_restarting_run_never_disturbs_running_containers() {
     let port = free_port();
@@ -908,19 +943,14 @@ fn require_remote_refuses_fallbacks_with_failed_precondition() {
     assert!(!ls.contains("extract-"), "{ls}");
 }
 
-/// A test registry (distribution API subset) served by axum on 127.0.0.1: blobs and
-/// manifests by path, counting blob GETs per digest.
+/// A test registry (distribution API subset) served by axum at the address it was started
+/// at: blobs and manifests by path, counting blob GETs per digest.
 struct TestRegistry {
-    addr: String,
     blob_gets: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
 type Contents = std::collections::HashMap<String, (Vec<u8>, String)>;
-
-fn start_registry(contents: Contents) -> TestRegistry {
-    start_registry_at("127.0.0.1:0", contents)
-}
 
 fn start_registry_at(addr: &str, contents: Contents) -> TestRegistry {
     use axum::extract::{Path as AxPath, State};
@@ -965,7 +995,6 @@ fn start_registry_at(addr: &str, contents: Contents) -> TestRegistry {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(addr.to_string()))
         .expect("bind registry");
-    let addr = listener.local_addr().expect("addr").to_string();
     let app = axum::Router::new()
         .route("/v2/{*rest}", axum::routing::get(handler))
         .with_state(state);
@@ -973,7 +1002,6 @@ fn start_registry_at(addr: &str, contents: Contents) -> TestRegistry {
         let _ = axum::serve(listener, app).await;
     });
     TestRegistry {
-        addr,
         blob_gets: gets,
         _runtime: runtime,
     }
@@ -1034,12 +1062,7 @@ fn real_image(
             (gz.stdout, "application/octet-stream".to_string()),
         );
         if published[i] {
-            let hex = hex_of(&digest);
-            let layerfs = mount
-                .join(".layers")
-                .join(&hex[..2])
-                .join(hex)
-                .join("layerfs");
+            let layerfs = layerfs_of(mount, &digest);
             std::fs::create_dir_all(layerfs.parent().expect("parent")).expect("mkdir");
             let ok = Command::new("cp")
                 .arg("-a")
@@ -1051,39 +1074,12 @@ fn real_image(
         }
         layer_digests.push(digest);
     }
-    let mut chains: Vec<String> = Vec::new();
-    for diff in &diff_ids {
-        let next = match chains.last() {
-            None => diff.clone(),
-            Some(prev) => sha256(format!("{prev} {diff}").as_bytes()),
-        };
-        chains.push(next);
-    }
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    })
-    .to_string()
-    .into_bytes();
-    let layers: Vec<serde_json::Value> = layer_digests
+    let chains = chain_ids_of(&diff_ids);
+    let sized: Vec<(String, usize)> = layer_digests
         .iter()
-        .map(|d| {
-            serde_json::json!({
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": d, "size": blobs[d].0.len(),
-            })
-        })
+        .map(|d| (d.clone(), blobs[d].0.len()))
         .collect();
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": sha256(&config), "size": config.len()},
-        "layers": layers,
-    })
-    .to_string()
-    .into_bytes();
+    let (config, manifest) = image_documents(&diff_ids, &sized);
     blobs.insert(
         sha256(&config),
         (config.clone(), "application/octet-stream".into()),
@@ -1104,21 +1100,11 @@ fn real_image(
     );
     for (i, chain) in chains.iter().enumerate() {
         if published[i] {
-            let (c, l) = (hex_of(chain), hex_of(&layer_digests[i]));
-            let dir = mount.join(".chainids").join(&c[..2]);
-            std::fs::create_dir_all(&dir).expect("mkdir chainids");
-            std::os::unix::fs::symlink(
-                format!("../../.layers/{}/{l}/layerfs", &l[..2]),
-                dir.join(c),
-            )
-            .expect("symlink");
+            link_chain(mount, chain, &layer_digests[i]);
         }
     }
     if publish_metadata {
-        let meta = mount.join(".metadata").join(reference);
-        std::fs::create_dir_all(&meta).expect("mkdir metadata");
-        std::fs::write(meta.join("manifest.json"), &manifest).expect("write manifest");
-        std::fs::write(meta.join("config.json"), &config).expect("write config");
+        write_metadata(mount, reference, &manifest, &config);
     }
     RealImage {
         reference: reference.to_string(),
@@ -1137,13 +1123,7 @@ fn partly_published_image_mixes_remote_and_fetched_layers_and_ten_containers_run
     let work = env.dir.path().join("work");
     // A registry whose address is only known once it listens: build the image after.
     let mut contents = Contents::new();
-    let registry = {
-        // Reserve the port by starting with empty contents, then rebuild with the image.
-        let probe = start_registry(Contents::new());
-        let addr = probe.addr.clone();
-        drop(probe);
-        addr
-    };
+    let registry = free_registry_addr();
     let reference = format!("{registry}/mixed:1");
     let image = real_image(
         &work,
@@ -1222,12 +1202,7 @@ fn image_not_in_the_repository_pulls_and_runs_through_the_registry() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let env = Env::start();
     let work = env.dir.path().join("work");
-    let registry = {
-        let probe = start_registry(Contents::new());
-        let addr = probe.addr.clone();
-        drop(probe);
-        addr
-    };
+    let registry = free_registry_addr();
     let reference = format!("{registry}/plain:2");
     let image = real_image(
         &work,
