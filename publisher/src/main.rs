@@ -167,10 +167,28 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("strata-publisher: {e:#}");
+            eprintln!("strata-publisher: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, `: `-separated, skipping a cause whose text an outer message
+/// already includes (most of our errors and the registry client's print their source in
+/// their own message, so `{:#}` would repeat it).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -289,7 +307,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     return r;
                 }
                 if let Err(e) = r {
-                    eprintln!("strata-publisher: sync pass: {e:#}");
+                    eprintln!("strata-publisher: sync pass: {}", error_chain(&e));
                 }
                 std::thread::sleep(interval.saturating_sub(started.elapsed()));
             }
