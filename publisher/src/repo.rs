@@ -128,7 +128,8 @@ impl Repo {
         })
     }
 
-    /// Takes the exclusive lock on `DIR/lock` (blocking until it is free).
+    /// Takes the exclusive lock on `DIR/lock`, blocking until it is free (and saying so at
+    /// `info` when it has to wait).
     pub fn lock(dir: &Path) -> Result<RepoLock> {
         fs::create_dir_all(dir).map_err(io_err("create", dir))?;
         let path = dir.join("lock");
@@ -138,7 +139,19 @@ impl Repo {
             .write(true)
             .open(&path)
             .map_err(io_err("open", &path))?;
-        file.lock().map_err(io_err("flock", &path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                // Without a word, a second ingest/sync/gc looks hung for as long as the
+                // first one runs.
+                tracing::info!(
+                    lock = %path.display(),
+                    "waiting for the repository lock (another ingest, sync, gc or resign holds it)"
+                );
+                file.lock().map_err(io_err("flock", &path))?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err("flock", &path)(e)),
+        }
         Ok(RepoLock { _file: file })
     }
 
@@ -274,5 +287,27 @@ mod tests {
         let _l = Repo::lock(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let f = File::open(dir.path().join("lock")).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)));
+    }
+
+    #[test]
+    fn lock_waits_for_the_holder() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let held = Repo::lock(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let l = Repo::lock(&path);
+            let _ = tx.send(());
+            l.map(drop)
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "second lock taken while the first is held"
+        );
+        drop(held);
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+        let joined = waiter.join().unwrap_or_else(|_| panic!("waiter panicked"));
+        joined.unwrap_or_else(|e| panic!("{e}"));
     }
 }
