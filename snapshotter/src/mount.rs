@@ -82,6 +82,7 @@ pub fn main(args: MountArgs) -> Result<()> {
     config.n_threads = Some(usize::from(args.threads));
     config.clone_fd = true;
 
+    detach_stale_mount(&args.mountpoint);
     let mut session =
         fuser::Session::new(fs, &args.mountpoint, &config).map_err(|source| Error::Io {
             context: format!("mounting {}", args.mountpoint.display()),
@@ -246,6 +247,26 @@ async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: P
             tracing::error!(error = %e, "lazy unmount failed");
         }
         std::process::exit(0);
+    }
+}
+
+/// Detaches (`MNT_DETACH`) a dead FUSE mount left at `mountpoint` by a mount process that
+/// was killed (SIGKILL, OOM): every access to it fails with `ENOTCONN`, so mounting over it
+/// would fail with "Transport endpoint is not connected" and a supervisor restarting this
+/// process would loop on that error. A live mount point, or any other error, is left alone.
+fn detach_stale_mount(mountpoint: &Path) {
+    let Err(e) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    if e.raw_os_error() != Some(nix::libc::ENOTCONN) {
+        return;
+    }
+    tracing::warn!(
+        mountpoint = %mountpoint.display(),
+        "stale FUSE mount (its process is gone); detaching it"
+    );
+    if let Err(e) = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+        tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "detaching the stale mount failed");
     }
 }
 
