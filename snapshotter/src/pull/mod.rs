@@ -519,6 +519,26 @@ pub async fn image_from_registry(
     Ok(image)
 }
 
+/// Fails unless `mountpoint` is a directory (the repository's mount point).
+///
+/// # Errors
+/// [`Error::Io`] naming the mount point when it does not exist, cannot be reached (a dead
+/// FUSE mount: `ENOTCONN`) or is not a directory.
+fn check_mountpoint(mountpoint: &std::path::Path) -> Result<()> {
+    let context = format!(
+        "mount point {} (is the repository mounted there?)",
+        mountpoint.display()
+    );
+    match std::fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::Io {
+            context,
+            source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
+        }),
+        Err(source) => Err(Error::Io { context, source }),
+    }
+}
+
 /// Runs `strata-snapshotter pull`.
 pub fn main(args: PullArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -537,6 +557,9 @@ pub fn main(args: PullArgs) -> Result<()> {
         };
         let name = reference.public_path();
         let registry = Registry::new(&reference)?;
+        // A mistyped or missing --mountpoint must not look like "image not published" and
+        // send the pull to the registry.
+        check_mountpoint(&args.mountpoint)?;
         let (mountpoint, path, p) = (args.mountpoint.clone(), name.clone(), platform.clone());
         let published =
             tokio::task::spawn_blocking(move || Image::read_platform(&mountpoint, &path, &p))
@@ -593,6 +616,29 @@ pub fn main(args: PullArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountpoint_must_be_an_existing_directory() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|source| Error::Io {
+            context: "tempdir".into(),
+            source,
+        })?;
+        check_mountpoint(dir.path())?;
+        let missing = dir.path().join("cvmfs-typo");
+        let err = check_mountpoint(&missing).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("cvmfs-typo") && e.contains("No such file")),
+            "{err:?}"
+        );
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").map_err(|source| Error::Io {
+            context: "write".into(),
+            source,
+        })?;
+        assert!(check_mountpoint(&file).is_err());
+        Ok(())
+    }
 
     #[test]
     fn extraction_labels_name_chain_layer_image_and_manifest() -> Result<()> {
