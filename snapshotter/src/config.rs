@@ -17,6 +17,9 @@
 //! proxy_reset_after = 300   # seconds until failed proxies are probed again
 //! host_reset_after = 1800   # seconds until failed hosts are probed again
 //! max_ttl = 15              # minutes (CVMFS_MAX_TTL); caps the catalog TTL
+//! # Mount a fixed revision instead of the current one (no live updates), at most one of:
+//! repository_tag = "trunk-previous"   # a tag of the history database (CVMFS_REPOSITORY_TAG)
+//! root_hash = "5798f7f4…"              # a root catalog hash (CVMFS_ROOT_HASH)
 //! ```
 //!
 //! Every duration may also be a string in `humantime` form (`"250ms"`, `"2m"`), in which
@@ -28,6 +31,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::proxy::ProxyChain;
+use crate::repository::Pin;
 use crate::{Error, Result};
 
 /// Command-line arguments of `strata-snapshotter mount`. Every option except the mount
@@ -84,6 +88,15 @@ pub struct MountArgs {
     /// FUSE worker threads (each blocks only itself while waiting on the network).
     #[arg(long, value_parser = clap::value_parser!(u16).range(4..))]
     pub threads: Option<u16>,
+    /// Mount the revision that history tag NAME names (spec §9.5: `trunk-previous`,
+    /// `generic-YYYY-MM-DDTHH:MM:SSZ`, …) instead of the current one; no live updates.
+    /// The manifest chain is verified all the same (CVMFS_REPOSITORY_TAG).
+    #[arg(long = "tag", value_name = "NAME", conflicts_with = "root_hash")]
+    pub tag: Option<String>,
+    /// Mount the root catalog with this hash instead of the current revision; no live
+    /// updates. The manifest chain is verified all the same (CVMFS_ROOT_HASH).
+    #[arg(long, value_name = "HEX")]
+    pub root_hash: Option<String>,
     /// Tests only: accept a whitelist past its expiry date (signature, name and fingerprint
     /// are still checked). Fixture repositories carry whitelists that expire after 30 days.
     #[arg(long, hide = true)]
@@ -140,6 +153,8 @@ struct FileConfig {
     host_reset_after: Option<FileDuration>,
     max_ttl: Option<FileDuration>,
     threads: Option<u16>,
+    repository_tag: Option<String>,
+    root_hash: Option<String>,
 }
 
 /// HTTP behaviour (CVMFS spec §8.8.4, §8.8.5).
@@ -196,6 +211,8 @@ pub struct MountConfig {
     pub max_ttl: Option<Duration>,
     /// FUSE worker threads.
     pub threads: u16,
+    /// A fixed revision to mount (no live updates), if any.
+    pub pin: Option<Pin>,
     /// See [`MountArgs::accept_expired_whitelist`].
     pub accept_expired_whitelist: bool,
     /// Where to mount.
@@ -318,6 +335,10 @@ impl MountArgs {
             .or(file.cache_base)
             .ok_or_else(|| missing("a cache directory", "--cache", "cache_base"))?;
         let quota_mb = self.quota_limit.or(file.quota_limit).unwrap_or(0);
+        let pin = resolve_pin(
+            self.tag.clone().or(file.repository_tag),
+            self.root_hash.clone().or(file.root_hash),
+        )?;
         Ok(MountConfig {
             fqrn,
             servers,
@@ -328,6 +349,7 @@ impl MountArgs {
             network,
             max_ttl,
             threads: self.threads.or(file.threads).unwrap_or(8).max(4),
+            pin,
             accept_expired_whitelist: self.accept_expired_whitelist,
             mountpoint: self.mountpoint.clone(),
         })
@@ -340,6 +362,24 @@ fn read_file(path: &Path) -> Result<FileConfig> {
         source,
     })?;
     toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// The pinned revision from a tag and/or a root hash (at most one of them).
+///
+/// # Errors
+/// [`Error::Config`] if both are given or the hash does not parse (spec §2.3 forms).
+fn resolve_pin(tag: Option<String>, root_hash: Option<String>) -> Result<Option<Pin>> {
+    match (tag, root_hash) {
+        (Some(_), Some(_)) => Err(Error::Config(
+            "a tag and a root hash both pin the revision; give one of them".into(),
+        )),
+        (Some(t), None) if t.trim().is_empty() => Err(Error::Config("empty tag".into())),
+        (Some(t), None) => Ok(Some(Pin::Tag(t.trim().to_string()))),
+        (None, Some(h)) => catalog::ContentHash::parse_hex(h.trim())
+            .map(|h| Some(Pin::RootHash(h)))
+            .map_err(|e| Error::Config(format!("root hash {h:?}: {e}"))),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Splits a `CVMFS_SERVER_URL` value at `;`, substitutes `@fqrn@` and `@org@` (the first
@@ -424,6 +464,7 @@ mod tests {
         assert_eq!(c.max_ttl, None);
         assert_eq!(c.threads, 8);
         assert!(!c.accept_expired_whitelist);
+        assert_eq!(c.pin, None);
         let err = parse(&["--fqrn", "a", "--server", "http://s", "--cache", "c", "m"])
             .unwrap()
             .resolve()
@@ -498,6 +539,49 @@ max_ttl = 2
             .resolve()
             .unwrap_err();
         assert!(err.to_string().contains("server"), "{err}");
+    }
+
+    #[test]
+    fn a_revision_is_pinned_by_tag_or_root_hash_not_both() {
+        let base = [
+            "--fqrn", "a.b", "--server", "http://h", "--pubkey", "/k", "--cache", "/c",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args: Vec<&str> = base.to_vec();
+            args.extend_from_slice(extra);
+            args.push("/mnt");
+            parse(&args)
+        };
+        let c = with(&["--tag", "trunk-previous"])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(c.pin, Some(Pin::Tag("trunk-previous".into())));
+        let hex = "5798f7f4ca7585d850eea64610a1f73d8f8de7a3";
+        let c = with(&["--root-hash", hex]).unwrap().resolve().unwrap();
+        assert_eq!(
+            c.pin,
+            Some(Pin::RootHash(catalog::ContentHash::parse_hex(hex).unwrap()))
+        );
+        assert!(with(&["--tag", "x", "--root-hash", hex]).is_err());
+        let err = with(&["--root-hash", "xyz"])
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("root hash \"xyz\""), "{err}");
+
+        // From the file, with stock option names; a flag still wins over the file.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("m.toml");
+        std::fs::write(&cfg, "repository_tag = \"generic-2025\"\n").unwrap();
+        let cfg = cfg.to_str().unwrap();
+        let c = with(&["--config", cfg]).unwrap().resolve().unwrap();
+        assert_eq!(c.pin, Some(Pin::Tag("generic-2025".into())));
+        let err = with(&["--config", cfg, "--root-hash", hex])
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("give one of them"), "{err}");
     }
 
     #[test]

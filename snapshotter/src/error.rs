@@ -58,6 +58,30 @@ pub enum Error {
         #[source]
         source: catalog::Error,
     },
+    /// The manifest is older than what this node already saw: its `T` is below the
+    /// breadcrumb's timestamp or the mounted root catalog's `last_modified` (spec §7.5 step
+    /// 5, §8.6). A rollback by a stale mirror or proxy, or a replay.
+    #[error(
+        "repository {fqrn} failed verification: manifest timestamp check: T={timestamp} is \
+         older than the minimum {minimum} (breadcrumb or mounted root catalog); outdated \
+         manifest refused"
+    )]
+    Outdated {
+        /// The repository name.
+        fqrn: String,
+        /// The manifest's `T`, Unix seconds.
+        timestamp: u64,
+        /// The minimum it had to reach, Unix seconds.
+        minimum: u64,
+    },
+    /// The revision asked for (`mount --tag`, `--root-hash`) cannot be mounted.
+    #[error("repository {fqrn}: cannot mount the requested revision: {reason}")]
+    Revision {
+        /// The repository name.
+        fqrn: String,
+        /// Why (unknown tag, no history database, …).
+        reason: String,
+    },
     /// A path does not exist in the repository.
     #[error("{0:?}: no such file or directory")]
     NotFound(String),

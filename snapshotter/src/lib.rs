@@ -17,6 +17,7 @@ pub mod error;
 pub use error::{Error, Result};
 
 pub mod api;
+pub mod breadcrumb;
 pub mod cache;
 pub mod cache_cmd;
 pub mod config;

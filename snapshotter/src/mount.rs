@@ -2,15 +2,20 @@
 //! foreground, until it is unmounted or the process gets SIGINT/SIGTERM (then it unmounts).
 //!
 //! Boot order (CVMFS spec §8.2): keys → tokio runtime and HTTP [`Fetcher`] → local
-//! [`ObjectCache`] → [`Repository::boot`] (manifest, certificate, whitelist verification,
-//! root catalog) → FUSE session. Verification failures refuse the mount with an error naming
-//! the failed check. Nothing is printed on stdout; logs go to stderr.
+//! [`ObjectCache`] → [`Repository::boot`] (breadcrumb, manifest, certificate, whitelist
+//! verification, the choice between the server's and the cached revision, root catalog) →
+//! FUSE session. Verification failures refuse the mount with an error naming the failed
+//! check. When the server is unreachable and the breadcrumb's root catalog is cached, the
+//! mount serves that revision (offline mode, logged at `warn`) and checks the server again
+//! after the short-term TTL. Nothing is printed on stdout; logs go to stderr.
 //!
 //! Live updates (spec §8.6): an updater thread re-checks the manifest every effective TTL
-//! (the root catalog's TTL, capped by `max_ttl`). A strictly newer revision is verified in
-//! full, opened, and swapped in through [`Switcher`] without unmounting; a failed check
-//! keeps serving the current revision and retries after half the short-term TTL
-//! ([`SHORT_TTL`], capped by the effective TTL).
+//! (the root catalog's TTL, capped by `max_ttl`), refusing a manifest whose `T` is older
+//! than the breadcrumb's or the mounted root catalog's `last_modified`. A strictly newer
+//! revision is verified in full, opened, swapped in through [`Switcher`] without
+//! unmounting, and recorded in the breadcrumb; a failed check keeps serving the current
+//! revision and retries after half the short-term TTL ([`SHORT_TTL`], capped by the
+//! effective TTL). A pinned mount (`--tag`, `--root-hash`) has no updater.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,12 +23,13 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
 
+use crate::breadcrumb::Breadcrumb;
 use crate::cache::ObjectCache;
 pub use crate::config::MountArgs;
 use crate::config::MountConfig;
 use crate::fetch::Fetcher;
 use crate::fuse::{StrataFs, Switcher};
-use crate::repository::{Repository, Trust};
+use crate::repository::{Booted, Origin, Repository, Revision, Trust};
 use crate::{Error, Result};
 
 /// Runs the command: boots the repository, mounts it and serves until unmounted.
@@ -67,7 +73,9 @@ pub fn main(args: MountArgs) -> Result<()> {
         master_keys,
         accept_expired_whitelist: args.accept_expired_whitelist,
     };
-    let repo = Arc::new(Repository::boot(&fetcher, cache.clone(), &trust)?);
+    let Booted { repo, origin } =
+        Repository::boot(&fetcher, cache.clone(), &trust, args.pin.as_ref())?;
+    let repo = Arc::new(repo);
     let fs = StrataFs::new(repo.clone())?;
     let switcher = fs.switcher();
 
@@ -88,39 +96,73 @@ pub fn main(args: MountArgs) -> Result<()> {
             context: format!("mounting {}", args.mountpoint.display()),
             source,
         })?;
-    tracing::info!(
-        fqrn = %args.fqrn,
-        revision = repo.manifest().revision,
-        mountpoint = %args.mountpoint.display(),
-        "mounted"
-    );
+    let revision = repo.revision().revision;
+    let root = repo.revision().root_hash;
+    let mountpoint = args.mountpoint.display();
+    match &origin {
+        Origin::Server => {
+            tracing::info!(fqrn = %args.fqrn, revision, %root, %mountpoint, "mounted");
+        }
+        Origin::Cached { server_revision } => tracing::info!(
+            fqrn = %args.fqrn,
+            revision,
+            server_revision,
+            %root,
+            %mountpoint,
+            "mounted the cached revision (the server publishes no newer one)"
+        ),
+        Origin::Offline { reason } => tracing::warn!(
+            fqrn = %args.fqrn,
+            revision,
+            %root,
+            %mountpoint,
+            reason = %reason,
+            "mounted in OFFLINE MODE from the cache; the server is checked again after the \
+             short-term TTL"
+        ),
+        Origin::Pinned => tracing::info!(
+            fqrn = %args.fqrn,
+            revision,
+            %root,
+            %mountpoint,
+            "mounted a pinned revision; live updates are off"
+        ),
+    }
     let unmounter = session.unmount_callable();
     let mountpoint = args.mountpoint.clone();
     runtime.spawn(unmount_on_signal(unmounter, mountpoint));
 
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    let updater = Updater {
-        fetcher,
-        cache,
-        trust,
-        switcher,
-        notifier: session.notifier(),
-        max_ttl: args.max_ttl,
+    let update_thread = if origin == Origin::Pinned {
+        None
+    } else {
+        let updater = Updater {
+            fetcher,
+            cache,
+            trust,
+            switcher,
+            notifier: session.notifier(),
+            max_ttl: args.max_ttl,
+            offline: matches!(origin, Origin::Offline { .. }),
+        };
+        let thread = std::thread::Builder::new()
+            .name("strata-update".into())
+            .spawn(move || updater.run(&stopped))
+            .map_err(|source| Error::Io {
+                context: "starting the update thread".into(),
+                source,
+            })?;
+        Some(thread)
     };
-    let update_thread = std::thread::Builder::new()
-        .name("strata-update".into())
-        .spawn(move || updater.run(&stopped))
-        .map_err(|source| Error::Io {
-            context: "starting the update thread".into(),
-            source,
-        })?;
 
     let served = session.run().map_err(|source| Error::Io {
         context: format!("serving {}", args.mountpoint.display()),
         source,
     });
     drop(stop);
-    let _ = update_thread.join();
+    if let Some(thread) = update_thread {
+        let _ = thread.join();
+    }
     served?;
     tracing::info!(mountpoint = %args.mountpoint.display(), "unmounted");
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -158,6 +200,12 @@ pub fn retry_after_failure(ttl: Duration) -> Duration {
     (ttl.min(SHORT_TTL) / 2).max(Duration::from_secs(1))
 }
 
+/// How long an offline mount waits before checking the server again: the short-term TTL,
+/// or the effective TTL if that is shorter (spec §8.2 step 4, §8.6), at least one second.
+pub fn offline_retry(ttl: Duration) -> Duration {
+    ttl.min(SHORT_TTL).max(Duration::from_secs(1))
+}
+
 /// The live-update loop of one mount (spec §8.6).
 struct Updater {
     fetcher: Arc<Fetcher>,
@@ -166,12 +214,19 @@ struct Updater {
     switcher: Switcher,
     notifier: fuser::Notifier,
     max_ttl: Option<Duration>,
+    /// Serving the cache because the server's manifest was unavailable (spec §8.2 step 4).
+    offline: bool,
 }
 
 impl Updater {
     /// Checks after every TTL until `stop` is dropped.
-    fn run(self, stop: &std::sync::mpsc::Receiver<()>) {
-        let mut wait = effective_ttl(self.switcher.current().ttl(), self.max_ttl);
+    fn run(mut self, stop: &std::sync::mpsc::Receiver<()>) {
+        let ttl = effective_ttl(self.switcher.current().ttl(), self.max_ttl);
+        let mut wait = if self.offline {
+            offline_retry(ttl)
+        } else {
+            ttl
+        };
         loop {
             match stop.recv_timeout(wait) {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -180,13 +235,25 @@ impl Updater {
             let current = self.switcher.current();
             match self.check(&current) {
                 Ok(()) => {
+                    if self.offline {
+                        self.offline = false;
+                        tracing::info!(
+                            revision = self.switcher.current().revision().revision,
+                            "the server answers again; leaving offline mode"
+                        );
+                    }
                     wait = effective_ttl(self.switcher.current().ttl(), self.max_ttl);
                 }
                 Err(e) => {
                     let ttl = effective_ttl(current.ttl(), self.max_ttl);
-                    wait = retry_after_failure(ttl);
+                    wait = if self.offline {
+                        offline_retry(ttl)
+                    } else {
+                        retry_after_failure(ttl)
+                    };
                     tracing::warn!(
-                        revision = current.manifest().revision,
+                        revision = current.revision().revision,
+                        offline = self.offline,
                         retry_in = ?wait,
                         error = %e,
                         "revision check failed; still serving the current revision"
@@ -196,25 +263,31 @@ impl Updater {
         }
     }
 
-    /// One check: switch if the server publishes a strictly newer, verified revision.
+    /// One check: switch if the server publishes a strictly newer, verified revision whose
+    /// `T` is not older than the breadcrumb's or the mounted root catalog's (spec §8.6).
     fn check(&self, current: &Repository) -> Result<()> {
-        let mounted = current.manifest().revision;
+        let mounted = current.revision().revision;
         let published = Repository::published_revision(&self.fetcher, &self.trust)?;
         if published <= mounted {
             tracing::debug!(mounted, published, "no newer revision");
             return Ok(());
         }
-        let manifest = Repository::verified_manifest(&self.fetcher, &self.cache, &self.trust)?;
+        let fqrn = &self.trust.fqrn;
+        let minimum = Breadcrumb::read(self.cache.root(), fqrn)
+            .map_or(0, |b| b.timestamp)
+            .max(current.minimum_timestamp());
+        let manifest =
+            Repository::verified_manifest(&self.fetcher, &self.cache, &self.trust, minimum)?;
         if manifest.revision <= mounted {
             return Ok(());
         }
-        let revision = manifest.revision;
-        let repo = Arc::new(Repository::open(
-            &self.trust.fqrn,
-            manifest,
-            self.cache.clone(),
-        )?);
+        let next = Revision::of_manifest(&manifest);
+        let revision = next.revision;
+        let repo = Arc::new(Repository::open(fqrn, next, self.cache.clone())?);
         let invalidated = self.switcher.switch(repo, Some(&self.notifier))?;
+        if let Err(e) = next.breadcrumb().write(self.cache.root(), fqrn) {
+            tracing::warn!(error = %e, "cannot write the breadcrumb");
+        }
         tracing::info!(
             from = mounted,
             to = revision,
@@ -301,6 +374,9 @@ mod tests {
         assert_eq!(retry_after_failure(s(240)), s(90));
         assert_eq!(retry_after_failure(s(10)), s(5));
         assert_eq!(retry_after_failure(s(1)), s(1));
+        assert_eq!(offline_retry(s(240)), SHORT_TTL);
+        assert_eq!(offline_retry(s(2)), s(2));
+        assert_eq!(offline_retry(s(0)), s(1));
     }
 
     #[test]

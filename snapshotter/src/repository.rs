@@ -1,22 +1,30 @@
 //! The client's view of one repository revision: the verified manifest and the tree of
 //! catalogs, loaded lazily.
 //!
-//! Boot (CVMFS spec §8.2, §7.5): fetch `.cvmfspublished`, the certificate object (`X`) and
-//! `.cvmfswhitelist`, run [`catalog::verify_repository`] (a failure refuses the mount and
-//! names the failed check), then fetch and open the root catalog (`C`). Nested catalogs are
+//! Boot (CVMFS spec §8.2, §7.5): fetch `.cvmfspublished`, refuse it if its `T` is older than
+//! the breadcrumb's ([`crate::breadcrumb`], §7.5 step 5), fetch the certificate object (`X`)
+//! and `.cvmfswhitelist`, run [`catalog::verify_repository`] (a failure refuses the mount and
+//! names the failed check), then decide which root catalog to mount (§8.2 step 4, see
+//! [`Repository::boot`]): the server's if it is newer than the one of the breadcrumb, else
+//! the cached one; the cached one also when the server is unreachable (offline mode). A
+//! pinned mount ([`Pin`]: a history tag, §9.5, or a root hash, `CVMFS_ROOT_HASH`) verifies
+//! the manifest chain all the same and then mounts the named root catalog. Nested catalogs are
 //! loaded on demand by the walk of spec §6.14: start at the deepest loaded catalog whose
 //! mountpoint is a path prefix (by whole components), look the path up, and on a miss
 //! descend into the direct child catalog that covers the path.
 //!
-//! Loaded catalogs stay in a map keyed by mountpoint (`""` = root) for the life of the mount
-//! (one revision; revision switching comes later). Each [`catalog::CatalogReader`] is `Send`
+//! Loaded catalogs stay in a map keyed by mountpoint (`""` = root) for the life of the
+//! revision (a live update opens a new [`Repository`]). Each [`catalog::CatalogReader`] is `Send`
 //! but not `Sync`, so each sits behind its own `Mutex`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use catalog::{CatalogReader, Chunk, ContentHash, Entry, Manifest, NestedCatalogRef, Suffix};
+use catalog::{
+    CatalogReader, Chunk, ContentHash, Entry, HistoryReader, Manifest, NestedCatalogRef, Suffix,
+};
 
+use crate::breadcrumb::Breadcrumb;
 use crate::cache::{ObjectCache, ObjectRequest, PinnedFile};
 use crate::fetch::Fetcher;
 use crate::{Error, Result};
@@ -30,6 +38,85 @@ pub struct Trust {
     /// Testing aid: verify an expired whitelist as if it were still valid (the signature,
     /// name and fingerprint checks still apply). Never set this in production.
     pub accept_expired_whitelist: bool,
+}
+
+/// The TTL of a revision whose root catalog has no `TTL` property and that did not come
+/// with a manifest (spec §8.6: 240 s).
+pub const DEFAULT_TTL: u64 = 240;
+
+/// The revision a [`Repository`] serves: its root catalog and the facts the client tracks
+/// about it (spec §8.2, §8.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Revision {
+    /// Hash of the root catalog (manifest `C`).
+    pub root_hash: ContentHash,
+    /// Revision number (manifest `S`; the root catalog's `revision` for pinned mounts).
+    pub revision: u64,
+    /// Publish time, Unix seconds (manifest `T`; the root catalog's `last_modified` for
+    /// pinned mounts).
+    pub timestamp: u64,
+    /// TTL in seconds used when the root catalog has no `TTL` property (manifest `D`).
+    pub ttl: u64,
+}
+
+impl Revision {
+    /// The revision a verified manifest publishes.
+    pub fn of_manifest(m: &Manifest) -> Revision {
+        Revision {
+            root_hash: m.catalog_hash,
+            revision: m.revision,
+            timestamp: m.timestamp,
+            ttl: m.ttl,
+        }
+    }
+
+    /// The breadcrumb that records this revision (spec §8.2 step 6).
+    pub fn breadcrumb(&self) -> Breadcrumb {
+        Breadcrumb {
+            catalog_hash: self.root_hash,
+            timestamp: self.timestamp,
+            revision: self.revision,
+        }
+    }
+}
+
+/// A fixed revision to mount instead of the current one; such a mount has no live updates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pin {
+    /// A tag of the history database the manifest's `H` names (spec §9.5): `trunk`,
+    /// `trunk-previous`, `generic-YYYY-MM-DDTHH:MM:SSZ`, …
+    Tag(String),
+    /// A root catalog hash (stock `CVMFS_ROOT_HASH`, spec §8.1).
+    RootHash(ContentHash),
+}
+
+/// How [`Repository::boot`] chose the mounted revision (spec §8.2 step 4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The server's current revision; the breadcrumb now records it.
+    Server,
+    /// The breadcrumb's cached revision: the server publishes no newer one.
+    Cached {
+        /// The revision the server publishes.
+        server_revision: u64,
+    },
+    /// Offline mode: the server's manifest could not be fetched (or was refused as
+    /// outdated), so the breadcrumb's cached revision is served; the next check comes after
+    /// the short-term TTL (spec §8.6).
+    Offline {
+        /// Why the server's manifest was not used.
+        reason: String,
+    },
+    /// A pinned revision ([`Pin`]); no live updates.
+    Pinned,
+}
+
+/// A booted repository and how its revision was chosen.
+pub struct Booted {
+    /// The repository, ready to serve.
+    pub repo: Repository,
+    /// Where its revision came from.
+    pub origin: Origin,
 }
 
 /// One loaded catalog.
@@ -69,24 +156,87 @@ pub struct Found {
     pub entry: Entry,
 }
 
-/// The mounted revision: manifest plus lazily loaded catalogs.
+/// The mounted revision: its root catalog plus lazily loaded nested catalogs.
 pub struct Repository {
     fqrn: String,
-    manifest: Manifest,
+    revision: Revision,
     cache: Arc<ObjectCache>,
     catalogs: RwLock<BTreeMap<String, Arc<LoadedCatalog>>>,
 }
 
 impl Repository {
-    /// Boots from the server: fetches and verifies manifest, certificate and whitelist
-    /// (spec §7.5), then opens the root catalog.
+    /// Boots (spec §8.2): reads the breadcrumb, fetches and verifies the manifest chain
+    /// (refusing a manifest older than the breadcrumb, §7.5 step 5) and opens a root
+    /// catalog:
+    ///
+    /// * with `pin`: the tagged revision or the given root hash ([`Origin::Pinned`]); the
+    ///   manifest chain must verify, there is no offline fallback;
+    /// * the server's revision if its `S` is greater than the breadcrumb's, or there is no
+    ///   breadcrumb whose root catalog is still cached, or both revisions are 0 (the
+    ///   breadcrumb is then rewritten) ([`Origin::Server`]);
+    /// * else the breadcrumb's cached revision ([`Origin::Cached`]);
+    /// * the cached revision also when the manifest cannot be downloaded or is outdated
+    ///   ([`Origin::Offline`]).
     ///
     /// # Errors
-    /// Download errors naming the URL; [`Error::Verification`] naming the failed check;
+    /// Download errors naming the URL (when nothing is cached); [`Error::Verification`] and
+    /// [`Error::Outdated`] naming the failed check; [`Error::Revision`] for an unknown tag;
     /// catalog errors for an unreadable root catalog.
-    pub fn boot(fetcher: &Fetcher, cache: Arc<ObjectCache>, trust: &Trust) -> Result<Repository> {
-        let manifest = Repository::verified_manifest(fetcher, &cache, trust)?;
-        Repository::open(&trust.fqrn, manifest, cache)
+    pub fn boot(
+        fetcher: &Fetcher,
+        cache: Arc<ObjectCache>,
+        trust: &Trust,
+        pin: Option<&Pin>,
+    ) -> Result<Booted> {
+        let fqrn = &trust.fqrn;
+        let crumb = Breadcrumb::read(cache.root(), fqrn);
+        let minimum = crumb.map_or(0, |c| c.timestamp);
+        if let Some(pin) = pin {
+            let manifest = Repository::verified_manifest(fetcher, &cache, trust, minimum)?;
+            let root = match pin {
+                Pin::RootHash(hash) => *hash,
+                Pin::Tag(name) => {
+                    let tag = resolve_tag(&cache, fqrn, &manifest, name)?;
+                    tracing::info!(
+                        tag = %tag.name,
+                        revision = tag.revision,
+                        root = %tag.root_hash,
+                        "tag resolved through the history database"
+                    );
+                    tag.root_hash
+                }
+            };
+            let repo = Repository::open_root(fqrn, root, cache)?;
+            return Ok(Booted {
+                repo,
+                origin: Origin::Pinned,
+            });
+        }
+        let local = crumb.filter(|c| cache.path_of(&c.catalog_hash).is_file());
+        let server = Repository::verified_manifest(fetcher, &cache, trust, minimum);
+        match choose(server, local)? {
+            Choice::Server(manifest) => {
+                let revision = Revision::of_manifest(&manifest);
+                let repo = Repository::open(fqrn, revision, cache.clone())?;
+                if let Err(e) = revision.breadcrumb().write(cache.root(), fqrn) {
+                    tracing::warn!(error = %e, "cannot write the breadcrumb");
+                }
+                Ok(Booted {
+                    repo,
+                    origin: Origin::Server,
+                })
+            }
+            Choice::Local(crumb, origin) => {
+                let revision = Revision {
+                    root_hash: crumb.catalog_hash,
+                    revision: crumb.revision,
+                    timestamp: crumb.timestamp,
+                    ttl: DEFAULT_TTL,
+                };
+                let repo = Repository::open(fqrn, revision, cache)?;
+                Ok(Booted { repo, origin })
+            }
+        }
     }
 
     /// The revision the server publishes, without verifying it: a cheap check for live
@@ -104,15 +254,19 @@ impl Repository {
             })
     }
 
-    /// Fetches `.cvmfspublished`, the certificate and `.cvmfswhitelist` and verifies the
-    /// chain (spec §7.5).
+    /// Fetches `.cvmfspublished`, refuses it if its `T` is below `minimum_timestamp` (Unix
+    /// seconds; spec §7.5 step 5: the breadcrumb's timestamp, and while mounted also the
+    /// root catalog's `last_modified`), then fetches the certificate and `.cvmfswhitelist`
+    /// and verifies the chain (spec §7.5).
     ///
     /// # Errors
-    /// Download errors naming the URL; [`Error::Verification`] naming the failed check.
+    /// Download errors naming the URL; [`Error::Outdated`] for an old manifest;
+    /// [`Error::Verification`] naming the failed check.
     pub fn verified_manifest(
         fetcher: &Fetcher,
         cache: &ObjectCache,
         trust: &Trust,
+        minimum_timestamp: u64,
     ) -> Result<Manifest> {
         let published = fetcher.blocking_get_bytes(".cvmfspublished")?;
         let verification = |source| Error::Verification {
@@ -121,6 +275,13 @@ impl Repository {
         };
         // Parse first only to learn the certificate's hash; verify_repository re-checks all.
         let signed = Manifest::parse(&published).map_err(verification)?;
+        if signed.manifest.timestamp < minimum_timestamp {
+            return Err(Error::Outdated {
+                fqrn: trust.fqrn.clone(),
+                timestamp: signed.manifest.timestamp,
+                minimum: minimum_timestamp,
+            });
+        }
         let mut certificate = Vec::new();
         std::io::Read::read_to_end(
             &mut *cache.get(&ObjectRequest {
@@ -169,29 +330,59 @@ impl Repository {
         Ok(manifest)
     }
 
-    /// Opens the revision described by an already verified `manifest`: fetches and opens
-    /// its root catalog.
+    /// Opens `revision` (from a verified manifest or a breadcrumb): fetches and opens its
+    /// root catalog.
     ///
     /// # Errors
     /// Download/verification errors of the catalog object, catalog open errors.
-    pub fn open(fqrn: &str, manifest: Manifest, cache: Arc<ObjectCache>) -> Result<Repository> {
-        let root = load_catalog(&cache, &manifest.catalog_hash, "")?;
-        let revision = root.with(|r| r.revision());
-        if revision != manifest.revision {
+    pub fn open(fqrn: &str, revision: Revision, cache: Arc<ObjectCache>) -> Result<Repository> {
+        let root = load_catalog(&cache, &revision.root_hash, "")?;
+        let in_catalog = root.with(|r| r.revision());
+        if in_catalog != revision.revision {
             tracing::warn!(
-                manifest = manifest.revision,
-                catalog = revision,
+                manifest = revision.revision,
+                catalog = in_catalog,
                 "root catalog revision differs from the manifest (spec §7.1 S)"
             );
         }
+        Ok(Repository::with_root(fqrn, revision, root, cache))
+    }
+
+    /// Opens the root catalog `root_hash` of a pinned revision; revision number, timestamp
+    /// and TTL come from the catalog's properties (spec §6.4).
+    ///
+    /// # Errors
+    /// Download/verification errors of the catalog object (e.g. HTTP 404 when garbage
+    /// collection removed it), catalog open errors.
+    pub fn open_root(
+        fqrn: &str,
+        root_hash: ContentHash,
+        cache: Arc<ObjectCache>,
+    ) -> Result<Repository> {
+        let root = load_catalog(&cache, &root_hash, "")?;
+        let revision = root.with(|r| Revision {
+            root_hash,
+            revision: r.revision(),
+            timestamp: r.last_modified(),
+            ttl: r.ttl().unwrap_or(DEFAULT_TTL),
+        });
+        Ok(Repository::with_root(fqrn, revision, root, cache))
+    }
+
+    fn with_root(
+        fqrn: &str,
+        revision: Revision,
+        root: LoadedCatalog,
+        cache: Arc<ObjectCache>,
+    ) -> Repository {
         let mut catalogs = BTreeMap::new();
         catalogs.insert(String::new(), Arc::new(root));
-        Ok(Repository {
+        Repository {
             fqrn: fqrn.to_string(),
-            manifest,
+            revision,
             cache,
             catalogs: RwLock::new(catalogs),
-        })
+        }
     }
 
     /// The repository name.
@@ -199,9 +390,16 @@ impl Repository {
         &self.fqrn
     }
 
-    /// The verified manifest of the mounted revision.
-    pub fn manifest(&self) -> &Manifest {
-        &self.manifest
+    /// The mounted revision.
+    pub fn revision(&self) -> &Revision {
+        &self.revision
+    }
+
+    /// The smallest manifest `T` a live update may accept (spec §8.6): the larger of this
+    /// revision's timestamp and its root catalog's `last_modified`, Unix seconds.
+    pub fn minimum_timestamp(&self) -> u64 {
+        let last_modified = self.root_catalog().with(|r| r.last_modified());
+        self.revision.timestamp.max(last_modified)
     }
 
     /// How long this revision is valid before the manifest is checked again: the root
@@ -210,7 +408,7 @@ impl Repository {
         let ttl = self
             .root_catalog()
             .with(|r| r.ttl())
-            .unwrap_or(self.manifest.ttl);
+            .unwrap_or(self.revision.ttl);
         std::time::Duration::from_secs(ttl)
     }
 
@@ -369,6 +567,111 @@ impl Repository {
     }
 }
 
+/// What [`Repository::boot`] mounts when nothing is pinned.
+#[derive(Debug)]
+enum Choice {
+    /// The server's verified manifest.
+    Server(Manifest),
+    /// The breadcrumb's cached revision.
+    Local(Breadcrumb, Origin),
+}
+
+/// The decision of spec §8.2 step 4 between the server's manifest (or the error fetching
+/// it) and the breadcrumb of a cached root catalog.
+fn choose(server: Result<Manifest>, local: Option<Breadcrumb>) -> Result<Choice> {
+    match (server, local) {
+        (Ok(m), None) => Ok(Choice::Server(m)),
+        (Ok(m), Some(l))
+            if m.catalog_hash == l.catalog_hash
+                || m.revision > l.revision
+                || (m.revision == 0 && l.revision == 0) =>
+        {
+            Ok(Choice::Server(m))
+        }
+        (Ok(m), Some(l)) => {
+            tracing::info!(
+                cached = l.revision,
+                server = m.revision,
+                "the cached revision is not older than the server's; mounting the cached one \
+                 (spec §8.2 step 4)"
+            );
+            Ok(Choice::Local(
+                l,
+                Origin::Cached {
+                    server_revision: m.revision,
+                },
+            ))
+        }
+        (Err(e), Some(l)) if falls_back_to_cache(&e) => {
+            tracing::warn!(
+                cached = l.revision,
+                root = %l.catalog_hash,
+                error = %e,
+                "OFFLINE MODE: the server's manifest is unavailable; mounting the cached \
+                 revision of the breadcrumb (spec §8.2 step 4)"
+            );
+            Ok(Choice::Local(
+                l,
+                Origin::Offline {
+                    reason: e.to_string(),
+                },
+            ))
+        }
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// Whether a failure to obtain the server's manifest lets the client serve its cached
+/// revision: download failures and an outdated manifest do; a manifest or whitelist that
+/// fails its signature, name or expiry check refuses the mount.
+fn falls_back_to_cache(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Http { .. }
+            | Error::HttpStatus { .. }
+            | Error::ObjectUnavailable { .. }
+            | Error::Outdated { .. }
+    )
+}
+
+/// Finds tag `name` in the history database that verified `manifest` names (`H`, spec
+/// §9.5), fetching the object through the cache.
+///
+/// # Errors
+/// [`Error::Revision`] if the manifest has no `H` or the tag does not exist (listing the
+/// tags that do); download and SQLite errors of the history object.
+pub fn resolve_tag(
+    cache: &ObjectCache,
+    fqrn: &str,
+    manifest: &Manifest,
+    name: &str,
+) -> Result<catalog::Tag> {
+    let revision_error = |reason: String| Error::Revision {
+        fqrn: fqrn.to_string(),
+        reason,
+    };
+    let history = manifest.history.ok_or_else(|| {
+        revision_error(format!(
+            "tag {name:?}: the manifest names no history database (no H line)"
+        ))
+    })?;
+    let _pin = cache.get(&ObjectRequest {
+        hash: history,
+        suffix: Suffix::History,
+        compressed: true,
+        size: None,
+    })?;
+    let reader = HistoryReader::open(&cache.path_of(&history))?;
+    if let Some(tag) = reader.tag(name)? {
+        return Ok(tag);
+    }
+    let tags: Vec<String> = reader.tags()?.into_iter().map(|t| t.name).collect();
+    Err(revision_error(format!(
+        "tag {name:?} is not in the history database (tags: {})",
+        tags.join(", ")
+    )))
+}
+
 /// Fetches catalog object `hash` through the cache and opens it; if the cached file cannot
 /// be opened it is evicted and fetched once more.
 fn load_catalog(
@@ -508,7 +811,7 @@ mod tests {
         let src = Arc::new(MemorySource::default());
         let manifest = build_tree(&src, tmp.path());
         let cache = Arc::new(ObjectCache::open(&tmp.path().join("cache"), src.clone()).unwrap());
-        let repo = Repository::open("t.example", manifest, cache).unwrap();
+        let repo = Repository::open("t.example", Revision::of_manifest(&manifest), cache).unwrap();
         (repo, src, tmp)
     }
 
@@ -518,11 +821,145 @@ mod tests {
         let src = Arc::new(MemorySource::default());
         let manifest = build_tree(&src, tmp.path());
         let cache = Arc::new(ObjectCache::open(&tmp.path().join("cache"), src.clone()).unwrap());
-        drop(Repository::open("t.example", manifest.clone(), cache.clone()).unwrap());
+        let revision = Revision::of_manifest(&manifest);
+        drop(Repository::open("t.example", revision, cache.clone()).unwrap());
         std::fs::write(cache.path_of(&manifest.catalog_hash), b"not a database").unwrap();
-        let repo = Repository::open("t.example", manifest, cache).unwrap();
+        let repo = Repository::open("t.example", revision, cache).unwrap();
         assert_eq!(repo.lookup("/a/f").unwrap().unwrap().entry.size, 4);
         assert_eq!(src.fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    fn crumb(seed: &[u8], revision: u64) -> Breadcrumb {
+        Breadcrumb {
+            catalog_hash: ContentHash::of_bytes(HashAlgorithm::Sha1, seed),
+            timestamp: 1_700_000_000 + revision,
+            revision,
+        }
+    }
+
+    fn manifest_at(seed: &[u8], revision: u64) -> Manifest {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut m = build_tree(&MemorySource::default(), tmp.path());
+        m.catalog_hash = ContentHash::of_bytes(HashAlgorithm::Sha1, seed);
+        m.revision = revision;
+        m
+    }
+
+    #[test]
+    fn boot_prefers_the_newer_of_server_and_cache() {
+        let chosen =
+            |server: Result<Manifest>, local: Option<Breadcrumb>| match choose(server, local) {
+                Ok(Choice::Server(m)) => format!("server {}", m.revision),
+                Ok(Choice::Local(l, Origin::Cached { server_revision })) => {
+                    format!("cached {} (server {server_revision})", l.revision)
+                }
+                Ok(Choice::Local(l, Origin::Offline { .. })) => format!("offline {}", l.revision),
+                Ok(Choice::Local(..)) => "other".into(),
+                Err(e) => format!("error {e}"),
+            };
+        // No cached revision: the server's.
+        assert_eq!(chosen(Ok(manifest_at(b"b", 5)), None), "server 5");
+        // A strictly newer server revision wins; an older or equal one does not.
+        assert_eq!(
+            chosen(Ok(manifest_at(b"b", 5)), Some(crumb(b"a", 4))),
+            "server 5"
+        );
+        assert_eq!(
+            chosen(Ok(manifest_at(b"b", 4)), Some(crumb(b"a", 5))),
+            "cached 5 (server 4)"
+        );
+        assert_eq!(
+            chosen(Ok(manifest_at(b"b", 5)), Some(crumb(b"a", 5))),
+            "cached 5 (server 5)"
+        );
+        // The same root catalog, or both at revision 0: the server's.
+        assert_eq!(
+            chosen(Ok(manifest_at(b"a", 5)), Some(crumb(b"a", 5))),
+            "server 5"
+        );
+        assert_eq!(
+            chosen(Ok(manifest_at(b"b", 0)), Some(crumb(b"a", 0))),
+            "server 0"
+        );
+        // Unreachable or outdated server: offline mode if something is cached.
+        let unreachable = || Error::Http {
+            url: "http://x/.cvmfspublished".into(),
+            reason: "connection refused".into(),
+        };
+        assert_eq!(
+            chosen(Err(unreachable()), Some(crumb(b"a", 3))),
+            "offline 3"
+        );
+        let outdated = || Error::Outdated {
+            fqrn: "t".into(),
+            timestamp: 1,
+            minimum: 2,
+        };
+        assert_eq!(chosen(Err(outdated()), Some(crumb(b"a", 3))), "offline 3");
+        let text = chosen(Err(outdated()), None);
+        assert!(text.contains("manifest timestamp check"), "{text}");
+        assert!(chosen(Err(unreachable()), None).contains("connection refused"));
+        // A bad signature refuses the mount even with a cached revision.
+        let forged = Error::Verification {
+            fqrn: "t".into(),
+            source: catalog::Error::FingerprintNotListed("AA:BB".into()),
+        };
+        assert!(chosen(Err(forged), Some(crumb(b"a", 3))).starts_with("error"));
+    }
+
+    #[test]
+    fn a_pinned_root_takes_revision_and_timestamp_from_its_catalog() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource::default());
+        let manifest = build_tree(&src, tmp.path());
+        let cache = Arc::new(ObjectCache::open(&tmp.path().join("cache"), src).unwrap());
+        let repo = Repository::open_root("t.example", manifest.catalog_hash, cache).unwrap();
+        assert_eq!(
+            *repo.revision(),
+            Revision {
+                root_hash: manifest.catalog_hash,
+                revision: 3,
+                timestamp: 1_700_000_000,
+                ttl: 240,
+            }
+        );
+        assert_eq!(repo.minimum_timestamp(), 1_700_000_000);
+        assert_eq!(repo.lookup("/n/g").unwrap().unwrap().entry.size, 2);
+    }
+
+    #[test]
+    fn tags_resolve_through_the_history_object() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource::default());
+        let mut manifest = build_tree(&src, tmp.path());
+        let cache = ObjectCache::open(&tmp.path().join("cache"), src.clone()).unwrap();
+        let err = resolve_tag(&cache, "t.example", &manifest, "trunk").unwrap_err();
+        assert!(err.to_string().contains("no history database"), "{err}");
+
+        let db = tmp.path().join("history.db");
+        let mut w = catalog::HistoryWriter::create(&db, "t.example").unwrap();
+        let old = ContentHash::of_bytes(HashAlgorithm::Sha1, b"old root");
+        for (revision, root) in [(2, old), (3, manifest.catalog_hash)] {
+            w.record_publish(&catalog::Publication {
+                root_catalog: root,
+                catalog_size: 1,
+                revision,
+                timestamp: 1_700_000_000 + revision * 3600,
+            })
+            .unwrap();
+        }
+        w.finish().unwrap();
+        manifest.history = Some(src.add(&std::fs::read(&db).unwrap()));
+        let previous = resolve_tag(&cache, "t.example", &manifest, "trunk-previous").unwrap();
+        assert_eq!((previous.revision, previous.root_hash), (2, old));
+        let trunk = resolve_tag(&cache, "t.example", &manifest, "trunk").unwrap();
+        assert_eq!(trunk.root_hash, manifest.catalog_hash);
+        let err = resolve_tag(&cache, "t.example", &manifest, "nope").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("\"nope\" is not in the history") && text.contains("trunk-previous"),
+            "{text}"
+        );
     }
 
     #[test]
