@@ -99,8 +99,10 @@ struct RawRecipe {
     version: u32,
     #[serde(default)]
     cvmfs_repo: Option<String>,
+    /// `None` when the key is missing or empty (`input:`): refused, because syncing such a
+    /// recipe (a truncated file, a template) would remove every published image.
     #[serde(default)]
-    input: Vec<RawEntry>,
+    input: Option<Vec<RawEntry>>,
 }
 
 #[derive(Deserialize)]
@@ -141,8 +143,11 @@ impl Recipe {
                 raw.version
             )));
         }
-        let mut entries = Vec::with_capacity(raw.input.len());
-        for (i, e) in raw.input.into_iter().enumerate() {
+        let input = raw.input.ok_or_else(|| {
+            bad("no `input:` list (write `input: []` to remove every published image)".into())
+        })?;
+        let mut entries = Vec::with_capacity(input.len());
+        for (i, e) in input.into_iter().enumerate() {
             let (image, platforms, default_platform) = match e {
                 RawEntry::Plain(s) => (s, Vec::new(), None),
                 RawEntry::Detailed {
@@ -315,11 +320,13 @@ input:
             "version: 1\ninput:\n  - image: 'x.org/a:1'\n    platforms: [linux]\n",
             "version: 1\ninput:\n  - 'good.org/a:1'\n  - 'bad.org/a:b c'\n",
             "not: [valid",
+            "version: 1\n",
+            "version: 1\ninput:\n",
         ] {
             let e = Recipe::parse(bad, "r");
             assert!(matches!(e, Err(Error::Recipe { .. })), "{bad}: {e:?}");
         }
-        let empty = ok(Recipe::parse("version: 1\n", "r"));
+        let empty = ok(Recipe::parse("version: 1\ninput: []\n", "r"));
         assert!(empty.entries.is_empty());
     }
 }

@@ -128,8 +128,25 @@ fn failed(image: String, started: Instant, error: &Error) -> ImageEvent {
         digest: None,
         previous_digest: None,
         seconds: started.elapsed().as_secs_f64(),
-        error: Some(error.to_string()),
+        error: Some(error_text(error)),
     }
+}
+
+/// `error` and its sources, `: `-separated, skipping a source whose text is already there
+/// (the registry client's errors repeat their source; the root cause, e.g. "Connection
+/// refused", is often only in the last one).
+fn error_text(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Expands the recipe into concrete images. Failed glob entries come back as events and as
