@@ -96,7 +96,8 @@ fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { context, source }
 }
 
-/// Binds `socket`, replacing a stale socket file; refuses to replace anything else.
+/// Binds `socket`, replacing a stale socket file (one nobody listens on); refuses to replace
+/// a live socket or anything else.
 pub fn bind(socket: &Path) -> Result<UnixListener> {
     match std::fs::symlink_metadata(socket) {
         Ok(meta) => {
@@ -107,6 +108,17 @@ pub fn bind(socket: &Path) -> Result<UnixListener> {
                     source: std::io::Error::new(
                         std::io::ErrorKind::AlreadyExists,
                         "the path exists and is not a socket",
+                    ),
+                });
+            }
+            // Only a dead socket is stale: a second `run` on the socket of a live one would
+            // take containerd's future connections from it, and remove the file on exit.
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                return Err(Error::Io {
+                    context: format!("bind {}", socket.display()),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "another process is listening on this socket (is a snapshotter already running?)",
                     ),
                 });
             }
@@ -228,6 +240,11 @@ mod tests {
         // A stale socket file is replaced.
         drop(std::os::unix::net::UnixListener::bind(&socket)?);
         let listener = bind(&socket)?;
+        // A live one is not.
+        assert!(
+            bind(&socket).is_err(),
+            "replaced a socket that has a listener"
+        );
         let sn = Snapshotter::open(&dir.path().join("root"), &dir.path().join("mnt"))?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, sn, Arc::new(Metrics::default()), async {
