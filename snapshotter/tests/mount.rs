@@ -608,3 +608,254 @@ fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
     drop(f);
     m.stop();
 }
+
+/// `(path, content)` pairs of a [`FlatRepo`] revision.
+fn tree(files: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    files
+        .iter()
+        .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
+        .collect()
+}
+
+/// The breadcrumb's text, `<hex>T<ts>R<revision>` (spec §8.7).
+fn breadcrumb(cache: &Path) -> String {
+    std::fs::read_to_string(cache.join(format!("cvmfschecksum.{FQRN}"))).unwrap_or_default()
+}
+
+/// Waits until the mount's log contains `text`.
+fn wait_for_log(m: &Mounted, text: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !m.log_text().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "log never said {text:?}:\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_breadcrumb_keeps_a_node_from_going_back_to_an_older_revision() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let repo = FlatRepo::build(work.path(), &tree(&[("/a", "one\n")]), 240);
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let mnt = work.path().join("mnt");
+    let cache = work.path().join("cache");
+    let mount = || mount_command(&server, FQRN, &repo.keys.pubkey, &cache, &mnt);
+    let log = |n: &str| work.path().join(format!("{n}.log"));
+
+    let mut m = Mounted::start(mount(), &mnt, &log("1"));
+    assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
+    m.stop();
+    let rev2 = repo.publish(&tree(&[("/a", "two\n")]), 2, 240);
+    let mut m = Mounted::start(mount(), &mnt, &log("2"));
+    assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"two\n");
+    m.stop();
+    let crumb = format!("{}T{}R2", rev2.catalog_hash, rev2.timestamp);
+    assert_eq!(breadcrumb(&cache), crumb);
+
+    // The server goes back to revision 1 (newly signed): the cached revision 2 is newer
+    // and stays mounted (spec §8.2 step 4).
+    repo.publish_at(&tree(&[("/a", "one\n")]), 1, 240, rev2.timestamp + 1);
+    let mut m = Mounted::start(mount(), &mnt, &log("3"));
+    assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"two\n");
+    m.stop();
+    assert!(
+        m.log_text().contains("mounted the cached revision"),
+        "{}",
+        m.log_text()
+    );
+    assert_eq!(breadcrumb(&cache), crumb);
+
+    // A higher revision signed with an older timestamp than the breadcrumb's is refused by
+    // the timestamp check; the cached revision is served instead.
+    repo.publish_at(&tree(&[("/a", "replayed\n")]), 3, 240, rev2.timestamp - 100);
+    let mut m = Mounted::start(mount(), &mnt, &log("4"));
+    assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"two\n");
+    m.stop();
+    let text = m.log_text();
+    assert!(
+        text.contains("manifest timestamp check") && text.contains("OFFLINE MODE"),
+        "{text}"
+    );
+    assert_eq!(breadcrumb(&cache), crumb);
+
+    // Without the cached root catalog there is nothing to fall back to: the mount is refused
+    // with a message naming the check.
+    let hex = rev2.catalog_hash.to_hex();
+    std::fs::remove_file(cache.join(&hex[..2]).join(&hex[2..])).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let out = mount().output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "mounted an outdated manifest:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("manifest timestamp check") && stderr.contains("outdated"),
+        "{stderr}"
+    );
+    assert!(!fuse_mounted(&mnt));
+}
+
+#[test]
+fn offline_mode_serves_the_cache_and_recovers_when_the_server_returns() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let repo = FlatRepo::build(
+        work.path(),
+        &tree(&[
+            ("/a", "one\n"),
+            ("/d/seen", "seen\n"),
+            ("/unseen", "never read\n"),
+        ]),
+        240,
+    );
+    let addr = free_addr();
+    let server = Server::start_at(&[(FQRN, &repo.srv)], &addr);
+    let mnt = work.path().join("mnt");
+    let cache = work.path().join("cache");
+    let mount = || {
+        let mut cmd = mount_command(&server, FQRN, &repo.keys.pubkey, &cache, &mnt);
+        cmd.args([
+            "--max-ttl",
+            "1s",
+            "--backoff-init",
+            "10ms",
+            "--timeout",
+            "2s",
+        ]);
+        cmd
+    };
+    let mut m = Mounted::start(mount(), &mnt, &work.path().join("1.log"));
+    assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
+    assert_eq!(std::fs::read(mnt.join("d/seen")).unwrap(), b"seen\n");
+    m.stop();
+
+    // The server goes away: the mount comes up from the cache and says so.
+    let url = server.url.clone();
+    drop(server);
+    let down = Server {
+        url,
+        ..Server::start(&[])
+    };
+    let mut cmd = mount_command(&down, FQRN, &repo.keys.pubkey, &cache, &mnt);
+    cmd.args([
+        "--max-ttl",
+        "1s",
+        "--backoff-init",
+        "10ms",
+        "--timeout",
+        "2s",
+    ]);
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("2.log"));
+    assert!(m.log_text().contains("OFFLINE MODE"), "{}", m.log_text());
+    assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
+    assert_eq!(std::fs::read(mnt.join("d/seen")).unwrap(), b"seen\n");
+    assert_eq!(names(&mnt), vec!["a", "d", "unseen"]);
+    // What was never cached cannot be read, and fails cleanly.
+    let err = std::fs::read(mnt.join("unseen")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // Checks keep failing while the server is down (short-term TTL, capped to 1 s here).
+    wait_for_log(&m, "revision check failed", Duration::from_secs(15));
+
+    // The server returns with revision 2: the mount leaves offline mode and switches.
+    repo.publish(
+        &tree(&[("/a", "two\n"), ("/unseen", "never read\n")]),
+        2,
+        240,
+    );
+    let _server = Server::start_at(&[(FQRN, &repo.srv)], &addr);
+    wait_for_log(&m, "leaving offline mode", Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mnt.join("d").exists() {
+        assert!(Instant::now() < deadline, "no switch:\n{}", m.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"two\n");
+    assert_eq!(std::fs::read(mnt.join("unseen")).unwrap(), b"never read\n");
+    assert!(breadcrumb(&cache).ends_with("R2"), "{}", breadcrumb(&cache));
+
+    // A live update whose manifest is older than the mounted revision is refused (spec
+    // §8.6) and revision 2 stays.
+    let rev2_time = unix_now();
+    repo.publish_at(&tree(&[("/a", "three\n")]), 3, 240, rev2_time - 1000);
+    wait_for_log(&m, "manifest timestamp check", Duration::from_secs(15));
+    assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"two\n");
+    m.stop();
+}
+
+#[test]
+fn mounts_a_pinned_revision_by_tag_and_by_root_hash() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let rev1 = tree(&[("/a", "one\n"), ("/old/f", "old file\n")]);
+    let repo = FlatRepo::build(work.path(), &rev1, 240);
+    let first = repo.tags();
+    repo.publish(&tree(&[("/a", "two\n"), ("/new", "new file\n")]), 2, 240);
+    let tags = repo.tags();
+    let generic1 = tags
+        .iter()
+        .find(|t| t.revision == 1 && t.name.starts_with("generic-"))
+        .expect("an automatic tag of revision 1")
+        .name
+        .clone();
+    let root1 = first.iter().find(|t| t.name == "trunk").unwrap().root_hash;
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let mnt = work.path().join("mnt");
+    let cache = work.path().join("cache");
+    let pinned = |flag: &str, value: &str| {
+        let mut cmd = mount_command(&server, FQRN, &repo.keys.pubkey, &cache, &mnt);
+        cmd.args([flag, value, "--max-ttl", "1s"]);
+        cmd
+    };
+    let reads_revision_1 = |mnt: &Path| {
+        assert_eq!(names(mnt), vec!["a", "old"]);
+        assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
+        assert_eq!(std::fs::read(mnt.join("old/f")).unwrap(), b"old file\n");
+    };
+
+    let mut m = Mounted::start(
+        pinned("--tag", "trunk-previous"),
+        &mnt,
+        &work.path().join("1.log"),
+    );
+    reads_revision_1(&mnt);
+    // No live updates: a new revision does not replace the pinned one.
+    repo.publish(&tree(&[("/a", "three\n")]), 3, 240);
+    std::thread::sleep(Duration::from_millis(2500));
+    reads_revision_1(&mnt);
+    m.stop();
+    assert!(m.log_text().contains("pinned revision"), "{}", m.log_text());
+
+    for (i, (flag, value)) in [
+        ("--tag", generic1.as_str()),
+        ("--root-hash", &root1.to_hex()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut m = Mounted::start(
+            pinned(flag, value),
+            &mnt,
+            &work.path().join(format!("p{i}.log")),
+        );
+        reads_revision_1(&mnt);
+        m.stop();
+    }
+    // Pinned mounts leave the breadcrumb of the current revision alone.
+    assert_eq!(breadcrumb(&cache), "");
+
+    // An unknown tag and a root catalog the server does not have refuse the mount.
+    std::fs::create_dir_all(&mnt).unwrap();
+    let err = refused(&mut pinned("--tag", "no-such-tag"), &mnt);
+    assert!(
+        err.contains("\"no-such-tag\" is not in the history database") && err.contains("trunk"),
+        "{err}"
+    );
+    let missing = catalog::ContentHash::of_bytes(catalog::HashAlgorithm::Sha1, b"gone");
+    let err = refused(&mut pinned("--root-hash", &missing.to_hex()), &mnt);
+    assert!(err.contains("HTTP status 404"), "{err}");
+}

@@ -48,8 +48,20 @@ pub struct Server {
     pub _runtime: tokio::runtime::Runtime,
 }
 
+/// A loopback address with a port nothing listens on (bound once, then released), for a
+/// server that is down now and started later with [`Server::start_at`].
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
 impl Server {
     pub fn start(repos: &[(&str, &Path)]) -> Server {
+        Server::start_at(repos, "127.0.0.1:0")
+    }
+
+    /// [`Server::start`] on `addr` (`host:port`); dropping the server stops it.
+    pub fn start_at(repos: &[(&str, &Path)], addr: &str) -> Server {
         use axum::{Router, extract::Request, middleware::Next};
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -109,7 +121,7 @@ impl Server {
             },
         ));
         let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind(addr))
             .unwrap();
         let addr = listener.local_addr().unwrap();
         runtime.spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -506,7 +518,21 @@ pub fn publish(
     root_size: u64,
     revision: u64,
 ) -> Manifest {
-    let manifest = Manifest {
+    publish_manifest(
+        store,
+        keys,
+        manifest_for(keys, root_hash, root_size, revision),
+    )
+}
+
+/// The manifest of root catalog `root_hash` at `revision`, published now, no history.
+pub fn manifest_for(
+    keys: &Keys,
+    root_hash: ContentHash,
+    root_size: u64,
+    revision: u64,
+) -> Manifest {
+    Manifest {
         catalog_hash: root_hash,
         catalog_size: root_size,
         ttl: 240,
@@ -519,7 +545,11 @@ pub fn publish(
         timestamp: unix_now(),
         meta_info: None,
         reflog: None,
-    };
+    }
+}
+
+/// Signs `manifest` with the certificate key and writes it as `.cvmfspublished`.
+pub fn publish_manifest(store: &LocalStore, keys: &Keys, manifest: Manifest) -> Manifest {
     store
         .write_file_atomic(".cvmfspublished", &manifest.sign(&keys.cert_key).unwrap())
         .unwrap();
@@ -572,12 +602,15 @@ pub fn write_flat_catalog(
     store_catalog(store, &db)
 }
 
-/// A repository of `files` only (see [`write_flat_catalog`]), revision 1.
+/// A repository of `files` only (see [`write_flat_catalog`]), revision 1. Every publish
+/// also updates the history database (spec §9.5: `trunk`, `trunk-previous`, `generic-…`).
 pub struct FlatRepo {
     pub srv: PathBuf,
     pub store: LocalStore,
     pub keys: Keys,
     pub scratch: PathBuf,
+    /// The history object of the last publish.
+    pub history: Mutex<Option<ContentHash>>,
 }
 
 impl FlatRepo {
@@ -591,15 +624,63 @@ impl FlatRepo {
             store,
             keys,
             scratch,
+            history: Mutex::new(None),
         };
         repo.publish(files, 1, ttl);
         repo
     }
 
-    /// Publishes `files` as `revision`.
+    /// Publishes `files` as `revision`, now.
     pub fn publish(&self, files: &[(String, Vec<u8>)], revision: u64, ttl: u64) -> Manifest {
+        self.publish_at(files, revision, ttl, unix_now())
+    }
+
+    /// Publishes `files` as `revision` with manifest timestamp `timestamp` (Unix seconds).
+    pub fn publish_at(
+        &self,
+        files: &[(String, Vec<u8>)],
+        revision: u64,
+        ttl: u64,
+        timestamp: u64,
+    ) -> Manifest {
         let (hash, size) = write_flat_catalog(&self.store, &self.scratch, files, revision, ttl);
-        publish(&self.store, &self.keys, hash, size, revision)
+        let mut history = self.history.lock().unwrap();
+        let h = catalog::update_history(
+            &self.store,
+            &self.scratch,
+            FQRN,
+            history.as_ref(),
+            &catalog::Publication {
+                root_catalog: hash,
+                catalog_size: size,
+                revision,
+                timestamp,
+            },
+        )
+        .unwrap();
+        *history = Some(h);
+        publish_manifest(
+            &self.store,
+            &self.keys,
+            Manifest {
+                timestamp,
+                history: Some(h),
+                ..manifest_for(&self.keys, hash, size, revision)
+            },
+        )
+    }
+
+    /// The tags of the current history database (spec §9.5), newest revision first.
+    pub fn tags(&self) -> Vec<catalog::Tag> {
+        let h = self
+            .history
+            .lock()
+            .unwrap()
+            .expect("published with history");
+        let stored = self.store.get(&h, Suffix::History).unwrap();
+        let db = self.scratch.join("history-read.db");
+        std::fs::write(&db, catalog::decompress(&stored, 1 << 30).unwrap()).unwrap();
+        catalog::HistoryReader::open(&db).unwrap().tags().unwrap()
     }
 }
 
