@@ -13,8 +13,11 @@
 //! [`binaries::check_prerequisites`] turns a missing piece into an error, never a skip.
 
 pub mod binaries;
+pub mod catalog_tree;
 pub mod containerd;
 pub mod error;
+pub mod fstree;
+pub mod fswalk;
 pub mod image;
 pub mod mounts;
 pub mod net;
@@ -23,6 +26,7 @@ pub mod registry;
 pub mod scenario;
 pub mod steps;
 pub mod strata;
+pub mod tar_tree;
 pub mod workdir;
 
 pub use error::{Error, Result};

@@ -12,9 +12,11 @@
 pub mod build;
 pub mod layer_tar;
 pub mod layout;
+pub mod rich;
 
 pub use build::{TestImage, build_escaping_layout, test_image};
 pub use layout::{ImageFacts, LayerFacts, chain_ids, read_layout};
+pub use rich::{RICH_KEY, RICH_TAG, rich_image};
 
 /// Cache key of the image recipe; change it whenever the recipe changes.
 pub const IMAGE_KEY: &str = "bookworm-minbase-python3-v1";

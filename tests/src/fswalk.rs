@@ -1,0 +1,254 @@
+//! Reading a directory tree from the file system into a [`Tree`]: the root filesystem
+//! `umoci unpack` makes, or a subtree of the FUSE mount. Only `lstat`, `readlink`,
+//! `llistxattr`/`lgetxattr` and `read` are used, so a FUSE mount is seen exactly as a
+//! container would see it.
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result, io_context};
+use crate::fstree::{Kind, Node, Tree, child_path};
+
+/// What one entry of a walk looked like beyond [`Node`]: its inode and link count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inode {
+    /// `st_ino`
+    pub ino: u64,
+    /// `st_nlink`
+    pub nlink: u64,
+}
+
+/// A walked tree and the inode of every path.
+#[derive(Debug, Clone, Default)]
+pub struct Walked {
+    /// The tree (root = `""`).
+    pub tree: Tree,
+    /// `st_ino` and `st_nlink` per path.
+    pub inodes: BTreeMap<String, Inode>,
+}
+
+/// Walks `root` (not following symlinks; the root itself must be a directory) and reads
+/// every regular file completely.
+///
+/// Errors: any `lstat`, `readdir`, `readlink`, xattr call or read failing
+/// ([`Error::Io`] naming the path), a name that is not UTF-8 ([`Error::Invalid`]).
+pub fn walk(root: &Path) -> Result<Walked> {
+    let mut walked = Walked::default();
+    visit(root, "", &mut walked)?;
+    Ok(walked)
+}
+
+fn visit(path: &Path, relative: &str, walked: &mut Walked) -> Result<()> {
+    let (node, inode) = read_node(path)?;
+    let is_dir = node.kind == Kind::Dir;
+    walked.tree.insert(relative.to_owned(), node);
+    walked.inodes.insert(relative.to_owned(), inode);
+    if !is_dir {
+        return Ok(());
+    }
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io_context(format!("list {}", path.display())))? {
+        let entry = entry.map_err(io_context(format!("list {}", path.display())))?;
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|n| Error::Invalid(format!("{}: non-UTF-8 name {n:?}", path.display())))?;
+        names.push(name);
+    }
+    names.sort();
+    for name in names {
+        visit(&path.join(&name), &child_path(relative, &name), walked)?;
+    }
+    Ok(())
+}
+
+/// The [`Node`] and [`Inode`] of one path (not following a final symlink).
+///
+/// Errors: as [`walk`].
+pub fn read_node(path: &Path) -> Result<(Node, Inode)> {
+    let meta =
+        std::fs::symlink_metadata(path).map_err(io_context(format!("lstat {}", path.display())))?;
+    let kind = Kind::from_mode(meta.mode()).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{}: unknown file type {:o}",
+            path.display(),
+            meta.mode()
+        ))
+    })?;
+    let mut node = Node::new(kind, meta.mode());
+    node.mode = meta.mode();
+    node.uid = meta.uid();
+    node.gid = meta.gid();
+    node.mtime = meta.mtime();
+    node.mtime_ns = u32::try_from(meta.mtime_nsec()).unwrap_or(0);
+    node.size = meta.size();
+    node.xattrs = xattrs(path)?;
+    match kind {
+        Kind::Symlink => {
+            let target = std::fs::read_link(path)
+                .map_err(io_context(format!("readlink {}", path.display())))?;
+            node.target = Some(target.to_str().map(str::to_owned).ok_or_else(|| {
+                Error::Invalid(format!("{}: non-UTF-8 link target", path.display()))
+            })?);
+        }
+        Kind::Char | Kind::Block => {
+            node.device = Some((libc::major(meta.rdev()), libc::minor(meta.rdev())));
+        }
+        Kind::File => node.content = Some(file_sha256(path)?),
+        _ => {}
+    }
+    let inode = Inode {
+        ino: meta.ino(),
+        nlink: meta.nlink(),
+    };
+    Ok((node, inode))
+}
+
+/// Lowercase hex SHA-256 of a file's content, read to the end.
+///
+/// Errors: open or read failing ([`Error::Io`]).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut file =
+        std::fs::File::open(path).map_err(io_context(format!("open {}", path.display())))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(io_context(format!("read {}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Every extended attribute of `path` (not following a final symlink): `llistxattr` then
+/// `lgetxattr` of each name.
+///
+/// Errors: a call failing other than with `ENOTSUP` (no xattrs at all) ([`Error::Io`]).
+pub fn xattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+    let c_path = c_string(path.as_os_str())?;
+    let context = |what: &str| format!("{what} {}", path.display());
+    let names = sized_call(&context("llistxattr"), |buf, len| {
+        // SAFETY: `c_path` is a NUL-terminated path; `buf` is valid for `len` bytes (or
+        // null with `len` 0, which asks for the size).
+        unsafe { libc::llistxattr(c_path.as_ptr(), buf.cast(), len) }
+    })?;
+    let Some(names) = names else {
+        return Ok(BTreeMap::new());
+    };
+    let mut out = BTreeMap::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let c_name = c_string(OsStr::from_bytes(name))?;
+        let text = String::from_utf8_lossy(name).into_owned();
+        let value = sized_call(&context(&format!("lgetxattr {text}")), |buf, len| {
+            // SAFETY: as above; `c_name` is NUL-terminated.
+            unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.cast(), len) }
+        })?;
+        out.insert(text, value.unwrap_or_default());
+    }
+    Ok(out)
+}
+
+/// Runs a size-then-fill xattr call, retrying if the value grew in between; `None` if the
+/// file system does not support xattrs.
+fn sized_call(
+    context: &str,
+    call: impl Fn(*mut u8, usize) -> libc::ssize_t,
+) -> Result<Option<Vec<u8>>> {
+    for _ in 0..8 {
+        let size = call(std::ptr::null_mut(), 0);
+        if size < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::ENOTSUP) {
+                return Ok(None);
+            }
+            return Err(io_context(context)(error));
+        }
+        let mut buf = vec![0u8; size as usize];
+        let got = call(buf.as_mut_ptr(), buf.len());
+        if got >= 0 {
+            buf.truncate(got as usize);
+            return Ok(Some(buf));
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ERANGE) {
+            return Err(io_context(context)(error));
+        }
+    }
+    Err(Error::Invalid(format!(
+        "{context}: the value keeps growing"
+    )))
+}
+
+fn c_string(s: &OsStr) -> Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| Error::Invalid(format!("{s:?} contains NUL")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn walks_files_links_fifos_and_xattrs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::write(root.join("d/f"), b"hello").unwrap();
+        std::fs::hard_link(root.join("d/f"), root.join("d/g")).unwrap();
+        symlink("d/f", root.join("l")).unwrap();
+        nix::unistd::mkfifo(
+            &root.join("p"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let c_path = c_string(root.join("d/f").as_os_str()).unwrap();
+        let c_name = c_string(OsStr::new("user.strata")).unwrap();
+        // SAFETY: valid NUL-terminated strings and a 2-byte value.
+        let rc = unsafe {
+            libc::lsetxattr(
+                c_path.as_ptr(),
+                c_name.as_ptr(),
+                b"v1".as_ptr().cast(),
+                2,
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+
+        let walked = walk(root).unwrap();
+        let keys: Vec<&str> = walked.tree.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["", "d", "d/f", "d/g", "l", "p"]);
+        let f = &walked.tree["d/f"];
+        assert_eq!(f.kind, Kind::File);
+        assert_eq!(f.size, 5);
+        assert_eq!(
+            f.content.as_deref(),
+            Some(hex::encode(Sha256::digest(b"hello")).as_str())
+        );
+        assert_eq!(
+            f.xattrs.get("user.strata").map(Vec::as_slice),
+            Some(&b"v1"[..])
+        );
+        assert_eq!(
+            walked.tree["d/g"].xattrs, f.xattrs,
+            "a hard link shares xattrs"
+        );
+        assert_eq!(walked.inodes["d/f"].ino, walked.inodes["d/g"].ino);
+        assert_eq!(walked.inodes["d/f"].nlink, 2);
+        assert_eq!(walked.tree["l"].target.as_deref(), Some("d/f"));
+        assert_eq!(walked.tree["l"].size, 3);
+        assert_eq!(walked.tree["p"].kind, Kind::Fifo);
+        assert_eq!(walked.tree["p"].mode, libc::S_IFIFO | 0o600);
+    }
+}
