@@ -1,0 +1,288 @@
+//! Issue 7 acceptance "a retained older revision still mounts and reads after `gc`": the
+//! publisher syncs revision A, then B (the image's tag moves, so A's files are referenced
+//! by A alone), runs `gc`, serves the repository with `strata-publisher serve`, and the real
+//! FUSE client `strata-snapshotter mount --tag/--root-hash` mounts revision A and reads
+//! every file of it. With `--keep-revisions 1` revision A's objects are gone and the same
+//! mounts are refused cleanly.
+//!
+//! Needs `docker-registry` and `skopeo` (skipped with a message otherwise, like `sync.rs`),
+//! root and `/dev/fuse` (the mount), and `strata-snapshotter` built beside this test's
+//! binary (`cargo build -p snapshotter`; `scripts/test` builds the whole workspace first).
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{BIN, Registry, noise, ok, registry_tools, run_ok, verify_ok};
+
+const FQRN: &str = "gc.example.org";
+
+/// `strata-snapshotter` of the same build profile as this test (`target/<profile>/`).
+fn snapshotter_binary() -> PathBuf {
+    let exe = ok(std::env::current_exe());
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    let bin = dir.join("strata-snapshotter");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it first (`cargo build -p snapshotter`)",
+        bin.display()
+    );
+    bin
+}
+
+fn free_addr() -> String {
+    ok(ok(TcpListener::bind("127.0.0.1:0")).local_addr()).to_string()
+}
+
+/// `strata-publisher serve` on a free loopback port; killed on drop.
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+impl Serve {
+    fn start(repo: &Path) -> Serve {
+        let addr = free_addr();
+        let child = ok(Command::new(BIN)
+            .args(["serve", "--repo"])
+            .arg(repo)
+            .args(["--listen", &addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "serve did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Serve {
+            child,
+            url: format!("http://{addr}/cvmfs/@fqrn@"),
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fuse_mounted(mountpoint: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = mountpoint.to_string_lossy();
+    info.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let fstype = line.split(" - ").nth(1).and_then(|r| r.split(' ').next());
+        fields.get(4) == Some(&want.as_ref()) && fstype.is_some_and(|t| t.starts_with("fuse"))
+    })
+}
+
+/// The `mount` command for revision `pin` (`["--tag", NAME]` or `["--root-hash", HEX]`)
+/// with a fresh cache under `work`.
+fn mount_command(work: &Path, serve: &Serve, repo: &Path, mnt: &Path, pin: [&str; 2]) -> Command {
+    let cache = ok(tempfile::tempdir_in(work)).keep();
+    let mut cmd = Command::new(snapshotter_binary());
+    cmd.args(["mount", "--fqrn", FQRN, "--server", &serve.url, "--pubkey"])
+        .arg(repo.join(format!("keys/{FQRN}.pub")))
+        .arg("--cache")
+        .arg(cache)
+        .args(pin)
+        .arg(mnt)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Mounts, runs `f` on the mount point, unmounts and waits for a clean exit.
+fn with_mount(mut cmd: Command, mnt: &Path, log: &Path, f: impl FnOnce(&Path)) {
+    ok(std::fs::create_dir_all(mnt));
+    let mut child = ok(cmd.stderr(ok(std::fs::File::create(log))).spawn());
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fuse_mounted(mnt) {
+        if let Some(status) = ok(child.try_wait()) {
+            panic!("mount exited with {status}:\n{}", log_text());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mount timed out:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mnt)));
+    let unmounted = Command::new("umount").arg(mnt).status();
+    let status = ok(child.wait());
+    if let Err(panic) = result {
+        eprintln!("mount log:\n{}", log_text());
+        std::panic::resume_unwind(panic);
+    }
+    assert!(ok(unmounted).success(), "umount failed");
+    assert!(
+        status.success(),
+        "mount exited with {status}:\n{}",
+        log_text()
+    );
+}
+
+/// Reads every regular file below `dir` (symlinks are not followed); returns how many.
+fn read_everything(dir: &Path) -> usize {
+    let mut files = 0;
+    for entry in ok(std::fs::read_dir(dir)) {
+        let path = ok(entry).path();
+        let meta = ok(std::fs::symlink_metadata(&path));
+        if meta.is_dir() {
+            files += read_everything(&path);
+        } else if meta.is_file() {
+            let data =
+                std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+            assert_eq!(data.len() as u64, meta.len(), "{}", path.display());
+            files += 1;
+        }
+    }
+    files
+}
+
+fn manifest(repo: &Path) -> catalog::Manifest {
+    ok(ok(publisher::repo::Repo::open(repo)).current_manifest()).manifest
+}
+
+fn gc(repo: &Path, keep: &str) -> String {
+    let r = repo.display().to_string();
+    run_ok(&[
+        "gc",
+        "--repo",
+        &r,
+        "--keep-revisions",
+        keep,
+        "--grace",
+        "0s",
+    ])
+}
+
+#[test]
+fn a_retained_older_revision_mounts_and_reads_after_gc() {
+    if !registry_tools() {
+        return;
+    }
+    assert!(
+        nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists(),
+        "this test mounts through FUSE: it needs root and /dev/fuse"
+    );
+    snapshotter_binary();
+    let work = ok(tempfile::tempdir());
+    let reg = Registry::start(work.path());
+    let a = reg.addr;
+    const FILES: usize = 3;
+    const SIZE: usize = 6000;
+    reg.push("demo", "1", &[1], FILES, SIZE);
+    let repo = work.path().join("repo");
+    support::init_repo(&repo, FQRN);
+    let recipe = work.path().join("recipe.yaml");
+    ok(std::fs::write(
+        &recipe,
+        format!("version: 1\ncvmfs_repo: '{FQRN}'\ninput:\n  - 'docker://{a}/demo:1'\n"),
+    ));
+    let r = repo.display().to_string();
+    let f = recipe.display().to_string();
+    run_ok(&["sync", "--repo", &r, "--recipe", &f]);
+    let rev_a = manifest(&repo);
+
+    // Revision B: the tag moves to an image with other layers; A's flat tree and layers
+    // leave the namespace, so their objects are referenced by revision A only.
+    reg.push("demo", "1", &[2], FILES, SIZE);
+    run_ok(&["sync", "--repo", &r, "--recipe", &f]);
+    verify_ok(&repo);
+    let rev_b = manifest(&repo);
+    assert!(rev_b.revision > rev_a.revision);
+    assert_ne!(rev_b.catalog_hash, rev_a.catalog_hash);
+
+    let report = gc(&repo, "2");
+    verify_ok(&repo);
+    let root_a = rev_a.catalog_hash.to_hex();
+    let root_a_object = repo
+        .join("srv")
+        .join(rev_a.catalog_hash.object_path(catalog::Suffix::Catalog));
+    assert!(
+        root_a_object.is_file(),
+        "gc removed a retained root:\n{report}"
+    );
+
+    let serve = Serve::start(&repo);
+    let mnt = work.path().join("mnt");
+    let image_a = format!("{a}/demo:1");
+    let reads_revision_a = |m: &Path| {
+        for i in 0..FILES {
+            let path = m.join(&image_a).join(format!("l1/f{i}"));
+            let data =
+                std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+            assert!(
+                data == noise(1000 + i as u64, SIZE),
+                "{} differs",
+                path.display()
+            );
+        }
+        assert!(
+            !m.join(&image_a).join("l2").exists(),
+            "revision B leaked in"
+        );
+        let files = read_everything(m);
+        assert!(files > FILES, "only {files} files in revision A");
+    };
+    with_mount(
+        mount_command(
+            work.path(),
+            &serve,
+            &repo,
+            &mnt,
+            ["--tag", "trunk-previous"],
+        ),
+        &mnt,
+        &work.path().join("tag.log"),
+        reads_revision_a,
+    );
+    with_mount(
+        mount_command(work.path(), &serve, &repo, &mnt, ["--root-hash", &root_a]),
+        &mnt,
+        &work.path().join("root-hash.log"),
+        reads_revision_a,
+    );
+
+    // Keep only B: revision A's root catalog and its own objects are deleted, and mounting
+    // A is refused cleanly instead of serving anything.
+    gc(&repo, "1");
+    verify_ok(&repo);
+    assert!(
+        !root_a_object.exists(),
+        "gc --keep-revisions 1 kept revision A"
+    );
+    for pin in [
+        ["--tag", "trunk-previous"],
+        ["--root-hash", root_a.as_str()],
+    ] {
+        let out = ok(mount_command(work.path(), &serve, &repo, &mnt, pin).output());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{pin:?} mounted after gc:\n{stderr}");
+        assert!(stderr.contains("HTTP status 404"), "{pin:?}: {stderr}");
+        assert!(!fuse_mounted(&mnt));
+    }
+    // The current revision still mounts and reads completely.
+    with_mount(
+        mount_command(work.path(), &serve, &repo, &mnt, ["--tag", "trunk"]),
+        &mnt,
+        &work.path().join("trunk.log"),
+        |m| {
+            let path = m.join(&image_a).join("l2/f0");
+            assert!(std::fs::read(path).unwrap() == noise(2000, SIZE));
+            read_everything(m);
+        },
+    );
+}
