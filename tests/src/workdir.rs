@@ -53,6 +53,11 @@ impl WorkDir {
         self.path.join("logs").join(format!("{name}.log"))
     }
 
+    /// Whether the directory stays after drop (`STRATA_KEEP_WORKDIR=1` or [`WorkDir::keep`]).
+    pub fn kept(&self) -> bool {
+        self.keep
+    }
+
     /// Keep the directory after drop (mounts below it are still undone).
     pub fn keep(&mut self) {
         self.keep = true;

@@ -37,8 +37,13 @@ fn main() -> ExitCode {
 fn demo(work: &WorkDir) -> Result<()> {
     println!("Strata demo: publish a container image into CernVM-FS and run it lazily.");
     println!(
-        "work directory: {} (removed at the end)\n",
-        work.path().display()
+        "work directory: {} ({})\n",
+        work.path().display(),
+        if work.kept() {
+            "kept: STRATA_KEEP_WORKDIR=1"
+        } else {
+            "removed at the end; STRATA_KEEP_WORKDIR=1 keeps it"
+        }
     );
     let start = Instant::now();
     let mut steps = Steps::new();
