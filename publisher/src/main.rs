@@ -92,8 +92,8 @@ enum Command {
         /// Repository directory.
         #[arg(long)]
         repo: PathBuf,
-        /// Validity in days.
-        #[arg(long, default_value_t = 30)]
+        /// Validity in days (1 to 36500; 0 would sign a whitelist that has already expired).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=36500))]
         days: u64,
     },
     /// Make the repository equal to a recipe (DUCC wishlist YAML): add, update, remove
