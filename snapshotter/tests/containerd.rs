@@ -3,6 +3,10 @@
 //! CONTRACTS §3 describes (`.layers`, `.chainids`, `.metadata`), so no FUSE is involved;
 //! running a container is covered by the workspace end-to-end test.
 //!
+//! The tests of the kubelet's CRI pull, non-root users, setuid and file-capability
+//! binaries, other runtimes and `--flat-lowerdir` run on the real stack instead
+//! ([`stack`]: registry, `strata-publisher`, FUSE mount).
+//!
 //! Needs root (containerd) and the `containerd` and `ctr` binaries; fails without them.
 
 use std::os::unix::net::UnixStream;
@@ -11,6 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+
+mod stack;
 
 const NAMESPACE: &str = "strata-it";
 const SNAPSHOTTER: &str = "strata";
@@ -102,21 +108,63 @@ struct Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        // Containers outlive containerd (shims); never leave them behind.
-        let (_, tasks) = self.ctr_raw(&["tasks", "ls", "-q"]);
-        for task in tasks.split_whitespace() {
-            let _ = self.ctr_raw(&["tasks", "kill", "-s", "SIGKILL", task]);
+        // Containers outlive containerd (shims); never leave them behind, in any namespace.
+        let (_, namespaces) = self.ctr_raw(&["namespaces", "ls", "-q"]);
+        let mut all: Vec<&str> = namespaces.split_whitespace().collect();
+        if !all.contains(&NAMESPACE) {
+            all.push(NAMESPACE);
         }
-        for task in tasks.split_whitespace() {
-            for _ in 0..50 {
-                if self.ctr_raw(&["tasks", "rm", "-f", task]).0 {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
+        for ns in all {
+            let (_, tasks) = self.ctr_raw_in(ns, &["tasks", "ls", "-q"]);
+            for task in tasks.split_whitespace() {
+                let _ = self.ctr_raw_in(ns, &["tasks", "kill", "-s", "SIGKILL", task]);
             }
-            let _ = self.ctr_raw(&["containers", "rm", task]);
+            for task in tasks.split_whitespace() {
+                for _ in 0..50 {
+                    if self.ctr_raw_in(ns, &["tasks", "rm", "-f", task]).0 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = self.ctr_raw_in(ns, &["containers", "rm", task]);
+            }
         }
     }
+}
+
+/// How [`Env::start_opts`] sets containerd and the snapshotter up.
+#[derive(Clone, Debug, Default)]
+struct Options {
+    /// Extra flags of `strata-snapshotter run`.
+    run_args: Vec<String>,
+    /// The repository mount point; default a plain directory `<tmp>/mnt` (fake mount).
+    mountpoint: Option<PathBuf>,
+    /// Enable containerd's CRI plugin (kubelet's path) with our snapshotter, snapshot
+    /// annotations on, and a plain-HTTP mirror for this registry `host:port`; `None`
+    /// disables the plugin.
+    cri_registry: Option<String>,
+}
+
+/// The CRI part of containerd's config for `opts` (module doc of [`Options`]): without a
+/// registry, the plugin is disabled; with one, CNI points at empty directories (pulls need
+/// no network plugin) and the registry is reached over plain HTTP.
+fn cri_config(opts: &Options, dir: &Path) -> String {
+    let Some(registry) = &opts.cri_registry else {
+        return "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string();
+    };
+    format!(
+        "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+         \x20 stream_server_port = \"0\"\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
+         \x20 snapshotter = \"{SNAPSHOTTER}\"\n\
+         \x20 disable_snapshot_annotations = false\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+         \x20 bin_dir = \"{cni}/bin\"\n\
+         \x20 conf_dir = \"{cni}/net.d\"\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{registry}\"]\n\
+         \x20 endpoint = [\"http://{registry}\"]\n",
+        cni = dir.join("cni").display(),
+    )
 }
 
 /// Starts `strata-snapshotter run` for `env`-like paths with extra flags.
@@ -181,6 +229,13 @@ impl Env {
     }
 
     fn start_with(extra: &[&str]) -> Env {
+        Env::start_opts(Options {
+            run_args: extra.iter().map(|s| s.to_string()).collect(),
+            ..Options::default()
+        })
+    }
+
+    fn start_opts(opts: Options) -> Env {
         assert!(
             nix::unistd::geteuid().is_root(),
             "this test needs root to run containerd"
@@ -192,11 +247,11 @@ impl Env {
         let d = dir.path();
         let address = d.join("containerd.sock");
         let snap_socket = d.join("strata.sock");
-        let mountpoint = d.join("mnt");
+        let mountpoint = opts.mountpoint.clone().unwrap_or_else(|| d.join("mnt"));
         let root = d.join("strata-root");
         std::fs::create_dir_all(&mountpoint).expect("mkdir mnt");
 
-        let run_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let run_args = opts.run_args.clone();
         let snapshotter = spawn_snapshotter(
             &snap_socket,
             &root,
@@ -212,7 +267,7 @@ impl Env {
                 "version = 2\n\
                  root = \"{root}\"\n\
                  state = \"{state}\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 {cri}\
                  [grpc]\n  address = \"{sock}\"\n\
                  [ttrpc]\n  address = \"{sock}.ttrpc\"\n\
                  [debug]\n  address = \"\"\n\
@@ -224,6 +279,7 @@ impl Env {
                 opt = d.join("opt").display(),
                 name = SNAPSHOTTER,
                 snap = snap_socket.display(),
+                cri = cri_config(&opts, d),
             ),
         )
         .expect("write config");
@@ -255,11 +311,16 @@ impl Env {
     }
 
     fn ctr_raw(&self, args: &[&str]) -> (bool, String) {
+        self.ctr_raw_in(NAMESPACE, args)
+    }
+
+    /// `ctr -n namespace args…`: (success, stdout+stderr).
+    fn ctr_raw_in(&self, namespace: &str, args: &[&str]) -> (bool, String) {
         let out = Command::new("ctr")
             .arg("--address")
             .arg(&self.address)
             .arg("-n")
-            .arg(NAMESPACE)
+            .arg(namespace)
             .args(args)
             .output()
             .expect("run ctr");
@@ -273,7 +334,12 @@ impl Env {
 
     /// Runs `ctr -n NAMESPACE args…`, panics (with both logs) on failure; returns stdout+err.
     fn ctr(&self, args: &[&str]) -> String {
-        let (ok, text) = self.ctr_raw(args);
+        self.ctr_in(NAMESPACE, args)
+    }
+
+    /// As [`Env::ctr`] in `namespace`.
+    fn ctr_in(&self, namespace: &str, args: &[&str]) -> String {
+        let (ok, text) = self.ctr_raw_in(namespace, args);
         assert!(
             ok,
             "ctr {args:?} failed:\n{text}\n--- snapshotter log:\n{}\n--- containerd log (tail):\n{}",
@@ -1256,4 +1322,189 @@ fn image_not_in_the_repository_pulls_and_runs_through_the_registry() {
         .expect("pull");
     assert!(!out.status.success());
     let _ = image.chains;
+}
+
+/// The command of the non-root comparison: `ctr` 1.6 has no `--user` (it came with 1.7),
+/// so the container starts as root and `setpriv` switches to uid/gid 1000 without
+/// supplementary groups, which drops every capability (as runc does for a non-root
+/// process user without capabilities) before running [`USER_SCRIPT`] (`/bin/check` in the
+/// image: `ctr containers create` 1.6 takes a `-c` among the command's arguments for its
+/// own `--config`).
+const AS_USER: [&str; 5] = [
+    "/bin/setpriv",
+    "--reuid=1000",
+    "--regid=1000",
+    "--clear-groups",
+    "/bin/check",
+];
+
+/// The script the non-root comparison runs as uid 1000: who am I, a setuid-root `id`, a `cat` with
+/// `cap_dac_override` on a root-only file, the plain `cat` on it, a file owned by the
+/// user, files of both layers, a `#!` script.
+const USER_SCRIPT: &str = "/bin/id; /bin/suid-id; /bin/cap-cat /etc/secret; \
+     /bin/cat /etc/secret 2>/dev/null || echo cat-denied; read n < /home/user/note; echo $n; \
+     read a < /etc/a; read b < /etc/b; echo $a $b; /bin/hello";
+
+/// The two-layer image of the CRI test (see [`USER_SCRIPT`]).
+fn caps_image(work: &Path) -> stack::Built {
+    let l0 = work.join("caps0");
+    stack::install_tools(
+        &l0,
+        &[
+            ("/bin/dash", "bin/sh"),
+            ("/usr/bin/id", "bin/id"),
+            ("/bin/cat", "bin/cat"),
+            ("/usr/bin/id", "bin/suid-id"),
+            ("/bin/cat", "bin/cap-cat"),
+            ("/usr/bin/setpriv", "bin/setpriv"),
+        ],
+    );
+    stack::set_mode_owner(&l0.join("bin/suid-id"), 0o4755, 0, 0);
+    stack::setcap(&l0.join("bin/cap-cat"), "cap_dac_override+ep");
+    std::fs::create_dir_all(l0.join("etc")).expect("mkdir");
+    std::fs::write(l0.join("etc/secret"), "secret\n").expect("write");
+    stack::set_mode_owner(&l0.join("etc/secret"), 0o600, 0, 0);
+    std::fs::write(l0.join("etc/a"), "layer0\n").expect("write");
+    std::fs::write(l0.join("bin/hello"), "#!/bin/sh\necho hello from $0\n").expect("write");
+    stack::set_mode_owner(&l0.join("bin/hello"), 0o755, 0, 0);
+    std::fs::write(l0.join("bin/check"), format!("#!/bin/sh\n{USER_SCRIPT}\n")).expect("write");
+    stack::set_mode_owner(&l0.join("bin/check"), 0o755, 0, 0);
+    let l1 = work.join("caps1");
+    std::fs::create_dir_all(l1.join("etc")).expect("mkdir");
+    std::fs::write(l1.join("etc/b"), "layer1\n").expect("write");
+    std::fs::create_dir_all(l1.join("home/user")).expect("mkdir");
+    std::fs::write(l1.join("home/user/note"), "mine\n").expect("write");
+    stack::set_mode_owner(&l1.join("home/user/note"), 0o600, 1000, 1000);
+    stack::set_mode_owner(&l1.join("home/user"), 0o700, 1000, 1000);
+    stack::oci_image(work, "1", &[l0, l1])
+}
+
+#[test]
+fn cri_pull_is_remote_and_user_setuid_caps_and_runtimes_match_overlayfs() {
+    let dir = tempfile::Builder::new()
+        .prefix("strata-cri")
+        .tempdir()
+        .expect("tempdir");
+    let work = dir.path().join("image");
+    let image = caps_image(&work);
+    let stack = stack::Stack::start(&dir.path().join("stack"), &[(&image, "caps:1")]);
+    let reference = format!("{}/caps:1", stack.registry_host);
+    let env = Env::start_opts(Options {
+        mountpoint: Some(stack.mountpoint.clone()),
+        cri_registry: Some(stack.registry_host.clone()),
+        ..Options::default()
+    });
+
+    // The kubelet's pull: every layer remote, no layer blob fetched.
+    let mark = stack.registry_mark();
+    let image_ref = stack::cri::pull_image(&env.address, &reference).unwrap_or_else(|e| {
+        panic!(
+            "{e}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
+            env.snapshotter.log(),
+            tail(&env.containerd.log(), 60)
+        )
+    });
+    assert_eq!(image_ref, image.config_digest);
+    let status = stack::cri::image_status(&env.address, &reference)
+        .expect("ImageStatus")
+        .expect("image known after the pull");
+    assert_eq!(status.id, image.config_digest);
+    assert!(status.size > 0, "{status:?}");
+    assert!(status.repo_tags.contains(&reference), "{status:?}");
+    for chain in &image.chains {
+        let info = env.ctr_in(
+            "k8s.io",
+            &["snapshots", "--snapshotter", SNAPSHOTTER, "info", chain],
+        );
+        assert!(info.contains("containerd.io/snapshot/remote"), "{info}");
+    }
+    let log = env.snapshotter.log();
+    assert_eq!(
+        log.matches("remote: layer published").count(),
+        image.chains.len(),
+        "{log}"
+    );
+    assert!(log.contains("cri.layer-digest"), "{log}");
+    assert_eq!(
+        stack.blob_gets_since(mark, &image.layer_digests),
+        0,
+        "layer blobs were fetched"
+    );
+    // The registry did serve this pull (manifest, config), so the log is the right one.
+    let served = stack.registry_mark() - mark;
+    assert!(served > 0, "no registry requests during the CRI pull");
+
+    // A non-root user through the real FUSE mount, against containerd's own overlayfs
+    // snapshotter on the same image; with ctr's default NoNewPrivileges (setuid and file
+    // capabilities do not elevate) and without it (they do).
+    let run_as_user = |ns: &str, snapshotter: &[&str], id: &str, new_privs: bool| {
+        let mut args = vec!["run", "--rm"];
+        if new_privs {
+            args.push("--allow-new-privs");
+        }
+        args.extend_from_slice(snapshotter);
+        args.extend_from_slice(&[&reference, id]);
+        args.extend_from_slice(&AS_USER);
+        env.ctr_in(ns, &args)
+    };
+    let strata = run_as_user(
+        "k8s.io",
+        &["--snapshotter", SNAPSHOTTER],
+        "user-strata",
+        true,
+    );
+    let strata_nnp = run_as_user("k8s.io", &["--snapshotter", SNAPSHOTTER], "user-nnp", false);
+    env.ctr_in("native", &["images", "pull", "--plain-http", &reference]);
+    let native = run_as_user("native", &[], "user-native", true);
+    let native_nnp = run_as_user("native", &[], "user-native-nnp", false);
+    assert_eq!(strata, native, "strata vs overlayfs, --allow-new-privs");
+    assert_eq!(
+        strata_nnp, native_nnp,
+        "strata vs overlayfs, NoNewPrivileges"
+    );
+    for expected in [
+        "uid=1000 gid=1000",
+        "euid=0",
+        "secret",
+        "cat-denied",
+        "mine",
+        "layer0 layer1",
+        "hello from /bin/hello",
+    ] {
+        assert!(
+            strata.contains(expected),
+            "{expected:?} in:\n{strata}\nFUSE mount: {}",
+            stack.mount_options()
+        );
+    }
+    assert!(!strata_nnp.contains("euid=0"), "{strata_nnp}");
+    assert!(!strata_nnp.lines().any(|l| l == "secret"), "{strata_nnp}");
+
+    // Other create paths on the remote image: the v1 shim runtime and runc v1, through
+    // `container create` + `task start`.
+    for (n, runtime) in ["io.containerd.runtime.v1.linux", "io.containerd.runc.v1"]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("other-runtime-{n}");
+        let mut args = vec![
+            "containers",
+            "create",
+            "--allow-new-privs",
+            "--snapshotter",
+            SNAPSHOTTER,
+            "--runtime",
+            runtime,
+            &reference,
+            &id,
+        ];
+        args.extend_from_slice(&AS_USER);
+        env.ctr_in("k8s.io", &args);
+        let out = env.ctr_in("k8s.io", &["tasks", "start", &id]);
+        assert_eq!(out, native, "{runtime}");
+        env.ctr_in("k8s.io", &["containers", "rm", &id]);
+    }
+    // Nothing was fetched from the registry for the strata side.
+    let log = env.snapshotter.log();
+    assert!(!log.contains("fallback to local snapshot"), "{log}");
 }

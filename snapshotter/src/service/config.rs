@@ -19,6 +19,10 @@
 //! # The FUSE client's cache directory, for the cache hit/miss/bytes metrics and nothing
 //! # else. Unset = those series are omitted.
 //! cache_dir = "/var/lib/strata/cache"
+//! # Give a container whose layers are all remote the image's flat tree
+//! # (`.flat/<hh>/<config hex>`) as its single overlay lowerdir, when one is published,
+//! # instead of one lowerdir per layer (deploy/README.md has the measurements).
+//! flat_lowerdir = false                               # default
 //! ```
 
 use std::net::SocketAddr;
@@ -34,6 +38,8 @@ pub const DEFAULT_SOCKET: &str = "/run/strata/snapshotter.sock";
 pub const DEFAULT_ROOT: &str = "/var/lib/containerd/io.containerd.snapshotter.v1.strata";
 /// Default `name`.
 pub const DEFAULT_NAME: &str = "strata";
+/// Default `flat_lowerdir` (chosen by measurement, deploy/README.md "Flat lowerdir").
+pub const DEFAULT_FLAT_LOWERDIR: bool = false;
 
 /// The file's keys (module doc).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -53,6 +59,8 @@ pub struct FileConfig {
     pub metrics: Option<SocketAddr>,
     /// FUSE client cache directory.
     pub cache_dir: Option<PathBuf>,
+    /// One flat lowerdir for all-remote images.
+    pub flat_lowerdir: Option<bool>,
 }
 
 /// The effective settings of `run`.
@@ -72,6 +80,8 @@ pub struct RunConfig {
     pub metrics: Option<SocketAddr>,
     /// FUSE client cache directory, if known.
     pub cache_dir: Option<PathBuf>,
+    /// Give all-remote containers the image's flat tree as their only lowerdir.
+    pub flat_lowerdir: bool,
 }
 
 impl FileConfig {
@@ -118,6 +128,10 @@ pub fn merge(flags: FileConfig, file: FileConfig) -> Result<RunConfig> {
             .unwrap_or(false),
         metrics: flags.metrics.or(file.metrics),
         cache_dir: flags.cache_dir.or(file.cache_dir),
+        flat_lowerdir: flags
+            .flat_lowerdir
+            .or(file.flat_lowerdir)
+            .unwrap_or(DEFAULT_FLAT_LOWERDIR),
     })
 }
 
@@ -140,6 +154,7 @@ mod tests {
         assert_eq!(file.socket.as_deref(), Some(Path::new(DEFAULT_SOCKET)));
         assert_eq!(file.root.as_deref(), Some(Path::new(DEFAULT_ROOT)));
         assert_eq!(file.require_remote, Some(false));
+        assert_eq!(file.flat_lowerdir, Some(DEFAULT_FLAT_LOWERDIR));
         assert_eq!(
             file.metrics,
             Some(
@@ -161,6 +176,14 @@ mod tests {
             ..FileConfig::default()
         };
         let c = merge(flags, file)?;
+        assert_eq!(c.flat_lowerdir, DEFAULT_FLAT_LOWERDIR);
+        let on = FileConfig::parse("mountpoint = \"/m\"\nflat_lowerdir = true\n")?;
+        let off = FileConfig {
+            flat_lowerdir: Some(false),
+            ..FileConfig::default()
+        };
+        assert!(merge(FileConfig::default(), on.clone())?.flat_lowerdir);
+        assert!(!merge(off, on)?.flat_lowerdir);
         assert_eq!(c.root, PathBuf::from("/flag-root"));
         assert_eq!(c.mountpoint, PathBuf::from("/m"));
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));

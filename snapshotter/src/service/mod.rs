@@ -67,6 +67,11 @@ pub struct RunArgs {
     /// The FUSE client's cache directory (cache hit/miss/bytes metrics only).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Give a container whose layers are all remote the image's published flat tree as its
+    /// only overlay lowerdir (`--flat-lowerdir` = `--flat-lowerdir=true`)
+    /// [default: false; see deploy/README.md].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub flat_lowerdir: Option<bool>,
     /// TOML configuration file (see deploy/README.md).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -87,6 +92,7 @@ impl RunArgs {
             require_remote: self.require_remote.then_some(true),
             metrics: self.metrics,
             cache_dir: self.cache_dir.clone(),
+            flat_lowerdir: self.flat_lowerdir,
         };
         config::merge(flags, file)
     }
@@ -211,10 +217,12 @@ pub fn main(args: RunArgs) -> Result<()> {
                     source: std::io::Error::other(e),
                 })??;
         snapshotter.set_require_remote(cfg.require_remote);
+        snapshotter.set_flat_lowerdir(cfg.flat_lowerdir);
         info!(
             root = %cfg.root.display(),
             mountpoint = %cfg.mountpoint.display(),
             require_remote = cfg.require_remote,
+            flat_lowerdir = cfg.flat_lowerdir,
             "snapshotter ready"
         );
         let result = serve(listener, snapshotter, metrics, signalled()).await;

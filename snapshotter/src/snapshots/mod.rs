@@ -15,6 +15,7 @@
 //! gRPC layer calls it from blocking threads.
 
 pub mod filter;
+pub mod flat;
 pub mod remote;
 pub mod store;
 
@@ -29,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::mounts::{Layout, Mount, OverlayOptions, snapshot_mounts};
 use filter::Filter;
+use flat::FlatIndex;
 use remote::{
     FallbackReason, LABEL_REMOTE, LABEL_SNAPSHOT_REF, Repository, Resolution, inherited_labels,
     key_chain_id,
@@ -105,6 +107,8 @@ pub struct Snapshotter {
     require_remote: bool,
     /// Remote snapshots found unreachable by the last check: key → reason.
     unavailable: BTreeMap<String, String>,
+    /// With `--flat-lowerdir`: the flat trees of published images ([`flat`]).
+    flat: Option<FlatIndex>,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -256,7 +260,15 @@ impl Snapshotter {
             metrics: Arc::new(Metrics::default()),
             require_remote: false,
             unavailable: BTreeMap::new(),
+            flat: None,
         })
+    }
+
+    /// With `true`, an active snapshot whose parents are all remote gets the image's flat
+    /// tree (`M/.flat/<hh>/<config hex>`) as its single `lowerdir` when one is published
+    /// for its top ChainID ([`flat`]); otherwise, and for views, one `lowerdir` per layer.
+    pub fn set_flat_lowerdir(&mut self, enabled: bool) {
+        self.flat = enabled.then(|| FlatIndex::new(self.repository.mountpoint()));
     }
 
     /// Counts remote/fallback decisions into `metrics`.
@@ -408,8 +420,36 @@ impl Snapshotter {
                 )));
             }
         };
-        let lowers = self.lower_dirs(record)?;
+        let lowers = match self.flat_lower(record)? {
+            Some(flat) => vec![flat],
+            None => self.lower_dirs(record)?,
+        };
         Ok(snapshot_mounts(&layout, &lowers, self.overlay))
+    }
+
+    /// The flat tree to use as the only lower directory of `record`: with
+    /// [`Snapshotter::set_flat_lowerdir`], for an active snapshot with at least two
+    /// parents, all remote, whose top parent's ChainID (its `containerd.io/snapshot.ref`)
+    /// has a published flat tree. `None` = one lower directory per layer.
+    fn flat_lower(&self, record: &Record) -> Result<Option<PathBuf>> {
+        let Some(index) = &self.flat else {
+            return Ok(None);
+        };
+        if record.kind != Kind::Active {
+            return Ok(None);
+        }
+        let chain = self.chain(record)?;
+        if chain.len() < 2 || chain.iter().any(|p| p.remote.is_none()) {
+            return Ok(None);
+        }
+        let Some(top) = chain[0].labels.get(LABEL_SNAPSHOT_REF) else {
+            return Ok(None);
+        };
+        let flat = index.lookup(top);
+        if let Some(dir) = &flat {
+            tracing::debug!(key = %record.key, chain = %top, flat = %dir.display(), "flat lowerdir");
+        }
+        Ok(flat)
     }
 
     /// containerd `Prepare(key, parent, labels)` (module doc). An *extraction* Prepare (label
@@ -1012,6 +1052,68 @@ mod tests {
         f.sn.remove(&chain2)?;
         assert!(l2.join("etc/hostname").is_file());
         Ok(())
+    }
+
+    #[test]
+    fn flat_lowerdir_replaces_an_all_remote_chain_with_the_flat_tree() -> Result<()> {
+        let mut f = fixture();
+        let (d1, d2) = (
+            format!("sha256:{}", "d1".repeat(32)),
+            format!("sha256:{}", "d2".repeat(32)),
+        );
+        let chain1 = d1.clone();
+        let chain2 = flat::chain_id(&[d1.clone(), d2.clone()]).expect("chain");
+        f.sn.prepare("x1", "", &extract_labels(&chain1, Some(LAYER1)))?;
+        f.sn.prepare("x2", &chain1, &extract_labels(&chain2, Some(LAYER2)))?;
+        // The image's config and flat tree, as the publisher lays them out.
+        let config =
+            serde_json::json!({"rootfs": {"type": "layers", "diff_ids": [d1, d2]}}).to_string();
+        let meta = f.mount.join(".metadata/127.0.0.1:5000/demo:1");
+        std::fs::create_dir_all(&meta).expect("mkdir");
+        std::fs::write(meta.join("config.json"), &config).expect("write");
+        let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(config.as_bytes()));
+        let flat_dir = f.mount.join(".flat").join(&hex[..2]).join(&hex);
+        std::fs::create_dir_all(&flat_dir).expect("mkdir");
+
+        let per_layer = |f: &mut Fixture, key: &str| -> Result<String> {
+            let m = mounts(f.sn.prepare(key, &chain2, &Labels::new())?);
+            Ok(m[0].options.last().cloned().unwrap_or_default())
+        };
+        // Off (the default): one lowerdir per layer.
+        let lower = per_layer(&mut f, "c0")?;
+        assert_eq!(lower.matches(':').count(), 1, "{lower}");
+        // On: the flat tree alone, for active snapshots; views keep the layers.
+        f.sn.set_flat_lowerdir(true);
+        assert_eq!(
+            per_layer(&mut f, "c1")?,
+            format!("lowerdir={}", flat_dir.display())
+        );
+        assert_eq!(
+            f.sn.mounts("c0")?[0].options.last(),
+            Some(&format!("lowerdir={}", flat_dir.display()))
+        );
+        let v = f.sn.view("v", &chain2, &Labels::new())?;
+        assert_eq!(v[0].options[0].matches(':').count(), 1, "{v:?}");
+        // One parent: nothing to gain, the layer itself.
+        let m = mounts(f.sn.prepare("c2", &chain1, &Labels::new())?);
+        assert_eq!(
+            m[0].options.last(),
+            Some(&format!(
+                "lowerdir={}",
+                Repository::new(&f.mount).layer_path(LAYER1).display()
+            ))
+        );
+        // A local layer in the chain: per layer.
+        f.sn.prepare("local-active", &chain2, &Labels::new())?;
+        f.sn.commit("local", "local-active", &Labels::new(), "")?;
+        let lower = per_layer_of(&mut f, "c3", "local")?;
+        assert_eq!(lower.matches(':').count(), 2, "{lower}");
+        Ok(())
+    }
+
+    fn per_layer_of(f: &mut Fixture, key: &str, parent: &str) -> Result<String> {
+        let m = mounts(f.sn.prepare(key, parent, &Labels::new())?);
+        Ok(m[0].options.last().cloned().unwrap_or_default())
     }
 
     #[test]
