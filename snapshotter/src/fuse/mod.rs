@@ -31,9 +31,9 @@ use std::time::Duration;
 
 use catalog::{Chunk, Entry, EntryKind, Suffix};
 use fuser::{
-    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags,
+    LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::cache::{ObjectRequest, PinnedFile};
@@ -543,6 +543,35 @@ impl Filesystem for StrataFs {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&fh.0);
         reply.ok();
+    }
+
+    /// Nothing to write back on `close(2)` of a read-only file. fuser's default answers
+    /// `ENOSYS` with a warning on every mount's first close.
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    /// No ioctls: `ENOTTY`, what a regular file answers (e.g. the `TCGETS` of `isatty(3)`,
+    /// which every Python start issues). fuser's default logs a warning each time.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
