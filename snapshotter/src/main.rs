@@ -29,7 +29,12 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // fuser logs "Failed to send FUSE reply: No such file or directory" at
+                // error level for every reply to a request the kernel already dropped
+                // (interrupted, or the overlay above was unmounted): dozens per container
+                // exit. libfuse ignores that ENOENT as harmless; so do we, unless RUST_LOG
+                // asks for fuser::reply.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser::reply=off")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
