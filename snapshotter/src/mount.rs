@@ -321,6 +321,13 @@ async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: P
         }
         std::process::exit(0);
     }
+    // fuser detaches lazily: the kernel keeps the file system, and this process keeps
+    // answering, while anything still uses it (open files, overlay mounts of running
+    // containers). Say so, or the process looks like it ignored the signal.
+    tracing::info!(
+        mountpoint = %mountpoint.display(),
+        "detached; exiting once nothing uses the file system any more (open files, running containers)"
+    );
 }
 
 /// Detaches (`MNT_DETACH`) a dead FUSE mount left at `mountpoint` by a mount process that
