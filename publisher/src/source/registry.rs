@@ -230,7 +230,15 @@ impl RegistrySource {
                     out.last().map(String::as_str),
                 )
                 .await
-                .map_err(|e| self.registry_error(e))?;
+                // Name the repository, not the placeholder tag of the reference (`:latest`).
+                .map_err(|source| Error::Registry {
+                    image: format!(
+                        "{}/{} (tag list)",
+                        self.reference.registry(),
+                        self.reference.repository()
+                    ),
+                    source,
+                })?;
             let before = out.len();
             for t in page.tags {
                 if seen.insert(t.clone()) {
