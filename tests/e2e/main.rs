@@ -7,6 +7,8 @@
 //! prerequisite is a failure, never a skip. On failure every log's tail is printed and the
 //! work directory is kept.
 
+mod tree_equality;
+
 use std::process::{Command, Output};
 use std::sync::Mutex;
 use tests::process::run_checked;

@@ -10,7 +10,7 @@
 //! | `modes/*` | setuid, setgid, all twelve bits, no bits, a sticky directory |
 //! | `xattrs/*` | PAX `SCHILY.xattr.*`: `security.capability` (v2, `cap_net_bind_service`), `user.*`, `trusted.*`, on files and a directory |
 //! | `names/…` | a name of 150 bytes and a path of > 250 bytes (GNU `L`) |
-//! | `times/*` | mtimes before 1970 (GNU base-256, PAX with a fraction), after 2038 (octal; PAX beyond 2242), with nanoseconds |
+//! | `times/*` | mtimes before 1970 (GNU base-256, PAX with a fraction), after 2038 (octal, and PAX with a fraction; not after 2262, which umoci cannot represent), with nanoseconds |
 //! | `owners/big-ids` | uid/gid 3000000/3000001 (PAX, beyond octal's range) |
 //! | `empty`, `big.bin` | an empty file and an 18 MiB pseudo-random file (chunked: more than the 16 MiB chunk maximum) |
 //! | `replaced`, `swap` | a path written twice (the later entry wins) and a directory replaced by a file |
@@ -29,7 +29,7 @@ use crate::error::{Result, io_context};
 use crate::process::run_checked;
 
 /// Cache key of this image's recipe; change it whenever the recipe changes.
-pub const RICH_KEY: &str = "rich-entries-v1";
+pub const RICH_KEY: &str = "rich-entries-v2";
 /// Tag of the finished image in the cached layout.
 pub const RICH_TAG: &str = "rich";
 /// Size of `big.bin`: beyond the 16 MiB chunk maximum, so it is always chunked.
@@ -255,7 +255,8 @@ pub fn layer_tar() -> Result<Vec<u8>> {
         Spec::file("times/before-1970-gnu", 0o644, b"1969\n").mtime(-31_536_000),
         Spec::file("times/before-1970-pax", 0o644, b"1969 pax\n").pax("mtime", b"-1000000.25"),
         Spec::file("times/after-2038", 0o644, b"2100\n").mtime(4_102_444_800),
-        Spec::file("times/after-2242-pax", 0o644, b"2286\n").pax("mtime", b"10000000000.5"),
+        // 2200-01-01T00:00:00.5Z; not later: umoci keeps times as Go nanoseconds, which end in 2262.
+        Spec::file("times/after-2038-pax", 0o644, b"2200\n").pax("mtime", b"7258118400.5"),
         Spec::file("times/nanoseconds", 0o644, b"ns\n").pax("mtime", b"1700000000.123456789"),
         Spec::dir("owners", 0o755),
         Spec::file("owners/big-ids", 0o644, b"ids\n")
@@ -361,7 +362,13 @@ mod tests {
             ),
             (-1_000_001, 750_000_000)
         );
-        assert_eq!(node("times/after-2242-pax").mtime, 10_000_000_000);
+        assert_eq!(
+            (
+                node("times/after-2038-pax").mtime,
+                node("times/after-2038-pax").mtime_ns
+            ),
+            (7_258_118_400, 500_000_000)
+        );
         assert_eq!(node("times/nanoseconds").mtime_ns, 123_456_789);
         assert_eq!(
             (node("owners/big-ids").uid, node("owners/big-ids").gid),
