@@ -102,6 +102,33 @@ fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { context, source }
 }
 
+/// Takes an exclusive `flock` on `<root>/lock` (creating `root`), without waiting.
+///
+/// # Errors
+/// [`Error::Io`] naming the lock file when another process holds it (another `run` with the
+/// same `--root`) or it cannot be created.
+pub fn lock_root(root: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(root).map_err(io_err(format!("create {}", root.display())))?;
+    let path = root.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(format!("open {}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Io {
+            context: format!("lock {}", path.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "another strata-snapshotter run uses this --root",
+            ),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err(format!("lock {}", path.display()))(e)),
+    }
+}
+
 /// Binds `socket`, replacing a stale socket file (one nobody listens on); refuses to replace
 /// a live socket or anything else.
 pub fn bind(socket: &Path) -> Result<UnixListener> {
@@ -188,6 +215,9 @@ pub fn main(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .map_err(io_err("start tokio runtime".into()))?;
+    // Held until the process exits: two `run`s on one root would share metadata.db and
+    // each one's Cleanup would delete the other's new snapshot directories.
+    let _root_lock = lock_root(&cfg.root)?;
     runtime.block_on(async move {
         let listener = bind(&cfg.socket)?;
         info!(socket = %cfg.socket.display(), name = %cfg.name, "listening");
@@ -238,6 +268,23 @@ mod tests {
     use crate::api::containerd::services::snapshots::v1 as pb;
     use pb::snapshots_client::SnapshotsClient;
     use std::collections::HashMap;
+
+    #[test]
+    fn root_lock_is_exclusive() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().join("root");
+        let held = lock_root(&root)?;
+        let second = lock_root(&root).err().map(|e| e.to_string());
+        assert!(
+            second
+                .as_deref()
+                .is_some_and(|e| e.contains("root/lock") && e.contains("another")),
+            "{second:?}"
+        );
+        drop(held);
+        lock_root(&root)?;
+        Ok(())
+    }
 
     #[tokio::test]
     async fn serves_prepare_stat_list_over_unix_socket()
