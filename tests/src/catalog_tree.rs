@@ -307,3 +307,143 @@ impl Published {
         Ok(hex::encode(hasher.finalize()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use catalog::{CatalogProperties, CatalogWriter, Chunk, HashAlgorithm, LocalStore, Transition};
+
+    use super::*;
+
+    const PROPS: CatalogProperties = CatalogProperties {
+        revision: 1,
+        last_modified: 1,
+        ttl: Some(60),
+        previous_revision: None,
+    };
+
+    /// A repository with a root catalog (`/a`, `/l`) and a nested catalog at `/n` holding
+    /// a chunked file and a device; returns the hash of `/a`'s object.
+    fn repository(srv: &Path, scratch: &Path) -> ContentHash {
+        let store = LocalStore::open(srv).unwrap();
+        let a = store.put_raw(b"hello", Suffix::None).unwrap();
+        let c1 = store.put_raw(b"abc", Suffix::Partial).unwrap();
+        let c2 = store.put_raw(b"defg", Suffix::Partial).unwrap();
+
+        let nested_db = scratch.join("n.db");
+        let mut w = CatalogWriter::create(&nested_db, "/n").unwrap();
+        w.add(
+            "/n",
+            &Entry::directory("n", 0o700, 3, 4, 5),
+            Transition::NestedRoot,
+        )
+        .unwrap();
+        let mut big = Entry::regular("big", 0o644, 0, 0, 7, 7, a);
+        big.hash = None;
+        big.chunks = vec![
+            Chunk {
+                offset: 0,
+                size: 3,
+                hash: c1,
+            },
+            Chunk {
+                offset: 3,
+                size: 4,
+                hash: c2,
+            },
+        ];
+        w.add("/n/big", &big, Transition::None).unwrap();
+        let dev = Entry::special(
+            "dev",
+            EntryKind::CharDevice,
+            0o600,
+            libc::makedev(1, 3),
+            0,
+            0,
+            9,
+        );
+        w.add("/n/dev", &dev, Transition::None).unwrap();
+        let stats = w.finish(&PROPS).unwrap();
+        let nested_bytes = std::fs::read(&nested_db).unwrap();
+        let nested = store.put_raw(&nested_bytes, Suffix::Catalog).unwrap();
+
+        let root_db = scratch.join("root.db");
+        let mut w = CatalogWriter::create(&root_db, "").unwrap();
+        w.add("", &Entry::directory("", 0o755, 0, 0, 1), Transition::None)
+            .unwrap();
+        w.add(
+            "/a",
+            &Entry::regular("a", 0o640, 1, 2, 3, 5, a),
+            Transition::None,
+        )
+        .unwrap();
+        w.add("/l", &Entry::symlink("l", "a", 0, 0, 4), Transition::None)
+            .unwrap();
+        w.add(
+            "/n",
+            &Entry::directory("n", 0o700, 3, 4, 5),
+            Transition::NestedMountpoint,
+        )
+        .unwrap();
+        w.add_nested("/n", &nested, nested_bytes.len() as u64, &stats)
+            .unwrap();
+        w.finish(&PROPS).unwrap();
+        let root_bytes = std::fs::read(&root_db).unwrap();
+        let root = store.put_raw(&root_bytes, Suffix::Catalog).unwrap();
+
+        let manifest = Manifest {
+            catalog_hash: root,
+            catalog_size: root_bytes.len() as u64,
+            ttl: 60,
+            revision: 1,
+            garbage_collectable: false,
+            alternative_paths: false,
+            fqrn: "unit.example".into(),
+            certificate: ContentHash::of_bytes(HashAlgorithm::Sha1, b"certificate"),
+            history: None,
+            timestamp: 1,
+            meta_info: None,
+            reflog: None,
+        };
+        let key = catalog::keys::generate_key().unwrap();
+        std::fs::write(srv.join(".cvmfspublished"), manifest.sign(&key).unwrap()).unwrap();
+        a
+    }
+
+    #[test]
+    fn reads_nested_catalogs_chunks_devices_and_checks_object_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let srv = dir.path().join("srv");
+        let a = repository(&srv, dir.path());
+        let mut published = Published::open(&srv).unwrap();
+        let (tree, facts) = published.tree("").unwrap();
+        let keys: Vec<&str> = tree.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["", "a", "l", "n", "n/big", "n/dev"]);
+        assert_eq!(facts.catalogs, ["", "/n"]);
+        assert_eq!(facts.chunked.get("n/big"), Some(&2));
+        let sha = |b: &[u8]| Some(hex::encode(Sha256::digest(b)));
+        assert_eq!(tree["a"].content, sha(b"hello"));
+        assert_eq!(
+            (tree["a"].mode, tree["a"].uid, tree["a"].gid),
+            (libc::S_IFREG | 0o640, 1, 2)
+        );
+        assert_eq!(tree["n/big"].content, sha(b"abcdefg"));
+        assert_eq!(tree["n"].mode, libc::S_IFDIR | 0o700);
+        assert_eq!(tree["n/dev"].device, Some((1, 3)));
+        assert_eq!(tree["l"].target.as_deref(), Some("a"));
+        let (sub, _) = published.tree("/n").unwrap();
+        assert_eq!(sub.len(), 3);
+
+        // A stored object that does not match its name is an error, never content.
+        std::fs::write(
+            srv.join(a.object_path(Suffix::None)),
+            catalog::compress(b"evil"),
+        )
+        .unwrap();
+        let error = Published::open(&srv)
+            .unwrap()
+            .tree("")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(&a.to_hex()), "{error}");
+    }
+}
