@@ -91,6 +91,7 @@ pub fn main(args: MountArgs) -> Result<()> {
     config.clone_fd = true;
 
     detach_stale_mount(&args.mountpoint);
+    refuse_live_fuse_mount(&args.mountpoint)?;
     let mut session =
         fuser::Session::new(fs, &args.mountpoint, &config).map_err(|source| Error::Io {
             context: format!("mounting {}", args.mountpoint.display()),
@@ -350,6 +351,32 @@ fn detach_stale_mount(mountpoint: &Path) {
     }
 }
 
+/// Fails if a live FUSE file system is mounted exactly at `mountpoint` (a second `mount`
+/// of the same repository would stack on the first, as stock `cvmfs2` refuses to).
+///
+/// # Errors
+/// [`Error::Io`] (`AlreadyExists`) naming the mount point.
+fn refuse_live_fuse_mount(mountpoint: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(here) = std::fs::metadata(mountpoint) else {
+        return Ok(()); // mounting reports a missing mount point
+    };
+    let parent = mountpoint.join("..");
+    let is_mount_point = std::fs::metadata(&parent).is_ok_and(|p| p.dev() != here.dev());
+    let is_fuse = nix::sys::statfs::statfs(mountpoint)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC);
+    if is_mount_point && is_fuse {
+        return Err(Error::Io {
+            context: format!("mounting {}", mountpoint.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a FUSE file system is already mounted there (another strata-snapshotter mount?); unmount it first",
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Reads master public keys (PEM, SPKI or PKCS#1 as stock CVMFS writes them, spec §7.3).
 fn read_keys(paths: &[PathBuf]) -> Result<Vec<catalog::RsaPublicKey>> {
     paths
@@ -371,6 +398,13 @@ fn read_key(path: &Path) -> Result<catalog::RsaPublicKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_or_missing_mount_point_is_not_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        assert!(refuse_live_fuse_mount(dir.path()).is_ok());
+        assert!(refuse_live_fuse_mount(&dir.path().join("missing")).is_ok());
+    }
 
     #[test]
     fn ttl_is_capped_and_failures_retry_sooner() {
