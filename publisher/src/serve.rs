@@ -148,7 +148,10 @@ mod tests {
         let mut listener = no_delay(listener);
         let client = tokio::spawn(tokio::net::TcpStream::connect(addr));
         let (stream, _) = listener.accept().await;
-        assert!(ok(stream.nodelay()), "TCP_NODELAY not set on the accepted stream");
+        assert!(
+            ok(stream.nodelay()),
+            "TCP_NODELAY not set on the accepted stream"
+        );
         drop(ok(ok(client.await)));
     }
 
