@@ -336,10 +336,13 @@ async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: P
 /// would fail with "Transport endpoint is not connected" and a supervisor restarting this
 /// process would loop on that error. A live mount point, or any other error, is left alone.
 fn detach_stale_mount(mountpoint: &Path) {
-    let Err(e) = std::fs::metadata(mountpoint) else {
-        return;
-    };
-    if e.raw_os_error() != Some(nix::libc::ENOTCONN) {
+    // `stat` may still be answered from the kernel's attribute cache of the dead mount's
+    // root; opening the directory always reaches the (missing) daemon.
+    let dead =
+        |r: std::io::Result<()>| r.is_err_and(|e| e.raw_os_error() == Some(nix::libc::ENOTCONN));
+    if !dead(std::fs::metadata(mountpoint).map(drop))
+        && !dead(std::fs::read_dir(mountpoint).map(drop))
+    {
         return;
     }
     tracing::warn!(
