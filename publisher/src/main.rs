@@ -71,7 +71,8 @@ enum Command {
     },
     /// Check the published revision: signatures, every catalog, every object hash.
     Verify {
-        /// Repository directory, or the URL it is served at (http://HOST/cvmfs/<fqrn>).
+        /// Repository directory, or the URL it is served at (http://HOST/cvmfs/<fqrn>, or
+        /// http://HOST/cvmfs/@fqrn@ with --fqrn).
         #[arg(long)]
         repo: String,
         /// Master public key (required for a URL; default DIR/keys/<fqrn>.pub).
@@ -426,7 +427,13 @@ async fn verify_command(
     let is_url = repo.starts_with("http://") || repo.starts_with("https://");
     let (fetcher, fqrn, key_file, scratch): (Box<dyn Fetcher>, String, PathBuf, PathBuf) = if is_url
     {
-        let base = repo.trim_end_matches('/').to_string();
+        // The URL as stock clients write it (CVMFS_SERVER_URL) may carry @fqrn@.
+        let base = match (&fqrn, repo.contains("@fqrn@")) {
+            (Some(f), true) => repo.replace("@fqrn@", f),
+            (None, true) => anyhow::bail!("{repo}: give --fqrn to fill in @fqrn@"),
+            (_, false) => repo.to_string(),
+        };
+        let base = base.trim_end_matches('/').to_string();
         let fqrn = match fqrn {
             Some(f) => f,
             None => base.rsplit('/').next().unwrap_or_default().to_string(),
