@@ -23,6 +23,11 @@ pub enum Error {
     /// `init` was pointed at a directory that already holds a repository.
     #[error("{0} is already a repository")]
     AlreadyRepository(PathBuf),
+    /// A repository name (fqrn) that CVMFS does not accept.
+    #[error(
+        "invalid repository name {0:?}: it must be dot-separated labels of [a-z0-9-], e.g. images.example.org"
+    )]
+    InvalidFqrn(String),
     /// The directory is not a repository made by `init`, or its layout is damaged.
     #[error("{path} is not a usable repository: {reason}")]
     NotRepository {

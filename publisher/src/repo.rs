@@ -51,10 +51,7 @@ pub fn validate_fqrn(fqrn: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::NotRepository {
-            path: PathBuf::from(fqrn),
-            reason: "fqrn must be dot-separated labels of [a-z0-9-]".into(),
-        })
+        Err(Error::InvalidFqrn(fqrn.to_string()))
     }
 }
 
