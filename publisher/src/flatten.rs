@@ -12,21 +12,88 @@ use crate::tree::{CATALOG_MARKER, Node, OPAQUE_XATTR, is_whiteout};
 /// metadata comes from the topmost layer. Hard-link groups are renumbered so groups of
 /// different layers stay apart, then normalised (CVMFS spec §6.8).
 pub fn flatten(layers: &[&Node]) -> Node {
-    let mut root = Node::dir("", 0o755, 0);
-    let mut group_offset = 0u32;
+    let mut flat = Flattener::new();
     for layer in layers {
+        flat.push(layer);
+    }
+    flat.finish()
+}
+
+/// Flattening one layer at a time: [`Flattener::root`] is the image as seen from above the
+/// layers pushed so far (hard-link groups not yet normalised).
+pub struct Flattener {
+    root: Node,
+    group_offset: u32,
+}
+
+impl Flattener {
+    /// An empty root filesystem.
+    pub fn new() -> Flattener {
+        Flattener {
+            root: Node::dir("", 0o755, 0),
+            group_offset: 0,
+        }
+    }
+
+    /// Applies the layer root `layer` on top.
+    pub fn push(&mut self, layer: &Node) {
         let max = layer.max_hardlink_group();
         let mut entry = layer.entry.clone();
         entry.xattrs.remove(OPAQUE_XATTR);
         entry.name = String::new();
-        root.entry = entry;
-        apply_dir(&mut root, layer, group_offset, true);
-        group_offset += max;
+        self.root.entry = entry;
+        apply_dir(&mut self.root, layer, self.group_offset, true);
+        self.group_offset += max;
     }
-    root.catalog = None;
-    root.normalize_hardlinks();
-    root.fix_linkcounts();
-    root
+
+    /// The tree so far.
+    pub fn root(&self) -> &Node {
+        &self.root
+    }
+
+    /// The flattened root directory, hard-link groups normalised and link counts set.
+    pub fn finish(mut self) -> Node {
+        self.root.catalog = None;
+        self.root.normalize_hardlinks();
+        self.root.fix_linkcounts();
+        self.root
+    }
+}
+
+impl Default for Flattener {
+    fn default() -> Self {
+        Flattener::new()
+    }
+}
+
+/// Gives each directory in `implicit` (paths below `layer`, see
+/// [`crate::layer::LayerTree::implicit_dirs`]) the mode, owner, mtime and xattrs the same
+/// directory has in `lower` (the image below this layer), as overlayfs's copy-up does when
+/// containerd applies such a layer natively; the layer's own opaque mark is kept. Without
+/// this, a layer that only implies `/tmp` would turn the image's sticky `1777` `/tmp` into
+/// `0755` in every container. Directories absent from `lower` keep `0755 root:root`.
+pub fn inherit_implicit_dirs(layer: &mut Node, implicit: &[Vec<String>], lower: &Node) {
+    for path in implicit {
+        let comps: Vec<&str> = path.iter().map(String::as_str).collect();
+        let Some(below) = lower.get(&comps).filter(|n| n.is_dir()) else {
+            continue;
+        };
+        let Some(node) = layer.get_mut(&comps) else {
+            continue;
+        };
+        let opaque = node.entry.xattrs.get(OPAQUE_XATTR).cloned();
+        let e = &mut node.entry;
+        e.mode = below.entry.mode;
+        e.uid = below.entry.uid;
+        e.gid = below.entry.gid;
+        e.mtime = below.entry.mtime;
+        e.mtime_ns = below.entry.mtime_ns;
+        e.xattrs = below.entry.xattrs.clone();
+        e.xattrs.remove(OPAQUE_XATTR);
+        if let Some(v) = opaque {
+            e.xattrs.insert(OPAQUE_XATTR.to_string(), v);
+        }
+    }
 }
 
 /// Applies the children of the layer directory `src` onto `dst`.
@@ -203,5 +270,61 @@ mod tests {
         assert!(flat.get(&["a", "passwd"]).is_some());
         let passwd = flat.get(&["etc", "passwd"]).map(|n| n.entry.hash);
         assert_eq!(passwd, Some(Some(h(b"root"))), "target untouched");
+    }
+
+    #[test]
+    fn implicit_directories_inherit_lower_metadata() {
+        let mut lower = Node::dir("", 0o755, 0);
+        let mut tmp = dir_entry("tmp", 0o1777, 0, 0, 100);
+        tmp.xattrs.insert("user.k".into(), b"v".to_vec());
+        lower.insert(&[], Node::leaf(tmp), 0);
+        lower.insert(
+            &["home"],
+            Node::leaf(dir_entry("u", 0o700, 1000, 1000, 200)),
+            0,
+        );
+        let mut layer = Node::dir("", 0o755, 0);
+        layer.insert(
+            &["tmp"],
+            Node::leaf(file_entry("x", 0o644, 0, 0, 1, 1, h(b"x"))),
+            0,
+        );
+        layer.insert(
+            &["home", "u"],
+            Node::leaf(file_entry("f", 0o600, 0, 0, 1, 1, h(b"f"))),
+            0,
+        );
+        layer.insert(
+            &["new"],
+            Node::leaf(file_entry("g", 0o644, 0, 0, 1, 1, h(b"g"))),
+            0,
+        );
+        if let Some(u) = layer.get_mut(&["home", "u"]) {
+            u.entry.xattrs.insert(OPAQUE_XATTR.into(), b"y".to_vec());
+        }
+        let implicit: Vec<Vec<String>> = [&["tmp"][..], &["home"], &["home", "u"], &["new"]]
+            .iter()
+            .map(|p| p.iter().map(|c| c.to_string()).collect())
+            .collect();
+        inherit_implicit_dirs(&mut layer, &implicit, &lower);
+        let e = |p: &[&str]| {
+            layer
+                .get(p)
+                .map(|n| n.entry.clone())
+                .unwrap_or_else(|| panic!("{p:?}"))
+        };
+        let t = e(&["tmp"]);
+        assert_eq!(
+            (t.mode, t.mtime, t.xattrs.get("user.k")),
+            (0o041777, 100, Some(&b"v".to_vec()))
+        );
+        let u = e(&["home", "u"]);
+        assert_eq!((u.mode, u.uid, u.gid, u.mtime), (0o040700, 1000, 1000, 200));
+        assert_eq!(
+            u.xattrs.get(OPAQUE_XATTR),
+            Some(&b"y".to_vec()),
+            "own opaque mark kept"
+        );
+        assert_eq!(e(&["new"]).mode, 0o040755, "absent below: placeholder kept");
     }
 }

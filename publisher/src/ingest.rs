@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{chain_ids, sha256_hex};
 use crate::error::{Error, Result};
-use crate::flatten::flatten;
+use crate::flatten::{Flattener, inherit_implicit_dirs};
 use crate::layer::{LayerId, Limits, read_layer};
 use crate::objects::read_object;
 use crate::pipeline::Pool;
@@ -297,6 +297,26 @@ fn add_image(
     let empty = store.put_raw(b"", Suffix::None)?;
     let chains = chain_ids(&image.diff_ids);
 
+    // Directories that new layers only imply take their metadata from the layers below. A
+    // layer shared by images of one batch is fixed against the first image's lower layers.
+    let implied = |l: &BlobDescriptor| {
+        converted
+            .get(&l.digest)
+            .is_some_and(|t| !t.implicit_dirs.is_empty())
+    };
+    if image.layers.iter().any(implied) {
+        let mut lower = Flattener::new();
+        for l in &image.layers {
+            if let Some(tree) = converted.get_mut(&l.digest) {
+                inherit_implicit_dirs(&mut tree.root, &tree.implicit_dirs, lower.root());
+                tree.implicit_dirs.clear();
+                lower.push(&tree.root);
+            } else {
+                lower.push(&layer_tree(repo, ns, &l.digest)?);
+            }
+        }
+    }
+
     // New layers: .layers/<hh>/<hex>/layerfs + .metadata/layer.json
     for blob in &image.layers {
         let Some(tree) = converted.remove(&blob.digest) else {
@@ -343,24 +363,11 @@ fn add_image(
         .get(&[".flat", &chh])
         .is_some_and(|b| b.children.contains_key(&chex));
     if !flat_exists {
-        let mut trees = Vec::with_capacity(image.layers.len());
+        let mut flat = Flattener::new();
         for l in &image.layers {
-            let (hh, hex) = split_digest(&l.digest)?;
-            let node = ns
-                .root
-                .get(&[".layers", &hh, &hex, "layerfs"])
-                .ok_or_else(|| Error::Task(format!("layer {} vanished", l.digest)))?;
-            let tree = match node.catalog.as_ref() {
-                Some(m) if !m.loaded => match &m.published {
-                    Some(p) => read_catalog_tree(repo, &p.hash)?,
-                    None => node.clone(),
-                },
-                _ => node.clone(),
-            };
-            trees.push(tree);
+            flat.push(&layer_tree(repo, ns, &l.digest)?);
         }
-        let refs: Vec<&Node> = trees.iter().collect();
-        let mut flat = flatten(&refs);
+        let mut flat = flat.finish();
         flat.entry.name = chex.clone();
         let root_mtime = flat.entry.mtime;
         crate::singularity::add_to_flat(store, &mut flat, &image.config, root_mtime)?;
@@ -369,6 +376,23 @@ fn add_image(
         ns.root.insert(&[".flat", &chh], flat, now);
     }
     Ok(())
+}
+
+/// The tree of the layer `digest` as published in `ns` (read from its catalog if that is not
+/// loaded).
+fn layer_tree(repo: &Repo, ns: &Namespace, digest: &str) -> Result<Node> {
+    let (hh, hex) = split_digest(digest)?;
+    let node = ns
+        .root
+        .get(&[".layers", &hh, &hex, "layerfs"])
+        .ok_or_else(|| Error::Task(format!("layer {digest} vanished")))?;
+    match node.catalog.as_ref() {
+        Some(m) if !m.loaded => match &m.published {
+            Some(p) => read_catalog_tree(repo, &p.hash),
+            None => Ok(node.clone()),
+        },
+        _ => Ok(node.clone()),
+    }
 }
 
 /// Writes `.metadata/<public>/` (docs/CONTRACTS.md §3): `manifest.json`/`config.json` of
@@ -1192,6 +1216,46 @@ mod tests {
             )));
         }
         assert!(joined == big, "chunks do not reassemble the file");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn implicit_directories_keep_the_lower_layers_metadata() {
+        let work = ok(tempfile::tempdir());
+        let dir = work.path().join("repo");
+        ok(init(&dir, FQRN, 60));
+        let base = TarBuilder::new()
+            .dir("tmp", 0o1777)
+            .dir("home/", 0o755)
+            .dir("home/u", 0o700)
+            .finish();
+        // upper layers with no entries for tmp/ and home/u/ (as `umoci repack` writes them)
+        let top = TarBuilder::new()
+            .file("tmp/x", 0o644, b"x")
+            .file("home/u/f", 0o600, b"f")
+            .file("new/dir/g", 0o644, b"g")
+            .finish();
+        let a = work.path().join("a");
+        let (layers_a, _, cfg_a) = write_layout(&a, "1", &[base.clone(), top]);
+        ok(ingest_layout(&dir, &a, "1").await);
+        // a second image on the published base layer: the lower tree comes from its catalog
+        let top2 = TarBuilder::new().file("tmp/y", 0o644, b"y").finish();
+        let b = work.path().join("b");
+        let (layers_b, _, cfg_b) = write_layout(&b, "1", &[base, top2]);
+        ok(ingest_layout(&dir, &b, "1").await);
+        verify(&dir);
+        let view = RepoView::open(&dir);
+        let layerfs = |d: &str| format!("/.layers/{}/{}/layerfs", &d[7..9], &d[7..]);
+        let flat = |c: &str| format!("/.flat/{}/{}", &c[7..9], &c[7..]);
+        let mode = |p: String| view.entry(&p).mode;
+        for root in [layerfs(&layers_a[1]), flat(&cfg_a)] {
+            assert_eq!(mode(format!("{root}/tmp")), 0o041777, "{root}/tmp");
+            assert_eq!(mode(format!("{root}/home/u")), 0o040700, "{root}/home/u");
+            // absent below: the placeholder
+            assert_eq!(mode(format!("{root}/new/dir")), 0o040755, "{root}/new/dir");
+        }
+        for root in [layerfs(&layers_b[1]), flat(&cfg_b)] {
+            assert_eq!(mode(format!("{root}/tmp")), 0o041777, "{root}/tmp");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

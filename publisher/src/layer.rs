@@ -108,6 +108,12 @@ pub struct LayerTree {
     pub digests: BlobDigests,
     /// Number of regular files stored.
     pub files: u64,
+    /// Directories the layer implies without a tar entry of their own (a parent of some
+    /// entry, or the root without `./`; `umoci repack` writes such layers), as path
+    /// components below the root (the root is the empty path). Their
+    /// metadata is a placeholder (`0755 root:root`, mtime 0) until
+    /// [`crate::flatten::inherit_implicit_dirs`] gives them the lower layers' metadata.
+    pub implicit_dirs: Vec<Vec<String>>,
 }
 
 /// Reads the compressed layer `blob`, verifies its digest and diffID, stores every regular
@@ -136,6 +142,7 @@ pub fn read_layer<R: Read>(
         content_bytes: 0,
         limits: limits.clone(),
         last_entry: String::new(),
+        explicit_dirs: std::collections::HashSet::new(),
     };
     let entries = archive
         .entries()
@@ -176,11 +183,44 @@ pub fn read_layer<R: Read>(
         .map_err(|e| id.error("", e.to_string()))?;
     builder.root.normalize_hardlinks();
     builder.root.fix_linkcounts();
+    // The root too, when the layer has no `./` entry.
+    let mut implicit_dirs = Vec::new();
+    if !builder.explicit_dirs.contains(&Vec::new()) {
+        implicit_dirs.push(Vec::new());
+    }
+    collect_implicit_dirs(
+        &builder.root,
+        &mut Vec::new(),
+        &builder.explicit_dirs,
+        &mut implicit_dirs,
+    );
     Ok(LayerTree {
         root: builder.root,
         digests,
         files: builder.files,
+        implicit_dirs,
     })
+}
+
+/// Appends to `out` the paths of directories below `dir` (at `path`) that are not in
+/// `explicit`.
+fn collect_implicit_dirs(
+    dir: &Node,
+    path: &mut Vec<String>,
+    explicit: &std::collections::HashSet<Vec<String>>,
+    out: &mut Vec<Vec<String>>,
+) {
+    for (name, child) in &dir.children {
+        if !child.is_dir() {
+            continue;
+        }
+        path.push(name.clone());
+        if !explicit.contains(path) {
+            out.push(path.clone());
+        }
+        collect_implicit_dirs(child, path, explicit, out);
+        path.pop();
+    }
 }
 
 /// Normalises a tar path: strips leading `/` and `./`, drops `.` and empty components,
@@ -208,6 +248,8 @@ struct Builder {
     limits: Limits,
     /// The last entry path seen, for errors between entries.
     last_entry: String,
+    /// Paths of directories that had a tar entry of their own.
+    explicit_dirs: std::collections::HashSet<Vec<String>>,
 }
 
 /// Metadata common to all entry kinds, read from the header and PAX records.
@@ -270,6 +312,7 @@ impl Builder {
                 let mut e = dir_entry("", meta.perm, meta.uid, meta.gid, meta.mtime);
                 e.xattrs = meta.xattrs;
                 self.root.entry = e;
+                self.explicit_dirs.insert(Vec::new());
                 return Ok(());
             }
             return Err(id.error(&raw_path, "non-directory entry at the layer root"));
@@ -295,6 +338,7 @@ impl Builder {
 
         let mut new_entry = match kind {
             EntryType::Directory => {
+                self.explicit_dirs.insert(path.clone());
                 let mut e = dir_entry(name, meta.perm, meta.uid, meta.gid, meta.mtime);
                 e.xattrs = meta.xattrs;
                 e.mtime_ns = meta.mtime_ns;
@@ -692,6 +736,30 @@ pub(crate) mod tests {
             .get(&crate::tree::components(p))
             .unwrap_or_else(|| panic!("{p} missing"))
             .entry
+    }
+
+    #[test]
+    fn directories_without_entries_are_listed_as_implicit() {
+        let tar = TarBuilder::new()
+            .dir("etc/", 0o755)
+            .file("etc/passwd", 0o644, b"root")
+            .file("usr/bin/x", 0o755, b"x")
+            .dir("usr/", 0o755) // a later entry makes usr explicit
+            .finish();
+        let mut implicit = ok(&tar).implicit_dirs;
+        implicit.sort();
+        let usr_bin = vec!["usr".to_string(), "bin".to_string()];
+        assert_eq!(
+            implicit,
+            vec![vec![], usr_bin.clone()],
+            "no ./ entry: the root too"
+        );
+        let with_root = TarBuilder::new()
+            .dir("./", 0o755)
+            .file("usr/bin/x", 0o755, b"x");
+        let mut implicit = ok(&with_root.finish()).implicit_dirs;
+        implicit.sort();
+        assert_eq!(implicit, vec![vec!["usr".to_string()], usr_bin]);
     }
 
     #[test]

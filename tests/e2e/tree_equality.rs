@@ -21,13 +21,12 @@
 //!
 //! * `.singularity.d/` of a flat tree is not part of any layer: the publisher adds it from
 //!   the image config (docs/CONTRACTS.md §3). It is left out of the flat comparison.
-//! * A directory of a flat tree takes its metadata from the topmost layer that has it as a
-//!   directory (publisher/src/flatten.rs). When that layer has no entry of its own for it
-//!   (a parent only implied by deeper paths, like `var/` and `var/log/` in layer 2 of the
-//!   Debian image, which `umoci repack` wrote without them, or a root without `./`), the
-//!   publisher's implicit directory (0755 root:root, mtime 0) wins, while `umoci unpack`
-//!   keeps the lower layer's. So the mtime of such directories is not compared; their
-//!   type, mode, owner and xattrs are.
+//! * A directory that a layer only implies (a parent without an entry of its own, like
+//!   `var/` and `var/log/` in layer 2 of the Debian image, which `umoci repack` wrote
+//!   without them) takes the metadata it has in the lower layers, as `umoci unpack` and an
+//!   overlay copy-up keep it (publisher/src/flatten.rs, `inherit_implicit_dirs`). Only
+//!   when no lower layer has that directory does the publisher's placeholder (0755
+//!   root:root, mtime 0) stand; the mtime of those directories alone is not compared.
 //! * A directory a layer tar only implies (a parent without an entry of its own) has no
 //!   metadata in the tar: `layerfs` must have a directory there, nothing more is compared.
 
@@ -67,21 +66,22 @@ struct Source {
 }
 
 impl Source {
-    /// The flat-tree rules: `.singularity.d` out; the mtime of a directory whose
-    /// metadata comes from an implicit directory is not compared (see the module
+    /// The flat-tree rules: `.singularity.d` out; the mtime of a directory that only
+    /// implicit directories (placeholders) define is not compared (see the module
     /// documentation).
     fn flat_rules(&self) -> Rules {
         let mut rules = Rules {
             excluded: vec![".singularity.d".to_owned()],
             ..Rules::default()
         };
-        // The flat tree takes a directory's metadata from the topmost layer that has it as
-        // a directory (publisher/src/flatten.rs).
+        // A directory's metadata comes from the topmost layer with an entry for it; an
+        // implied directory inherits what the layers below have (publisher/src/flatten.rs).
         let mut from: std::collections::BTreeMap<&str, bool> = std::collections::BTreeMap::new();
         for (_, tree) in &self.layers {
             for (path, node) in tree {
                 if node.kind == Kind::Dir {
-                    from.insert(path, node.implicit);
+                    let placeholder = node.implicit && from.get(path.as_str()).is_none_or(|p| *p);
+                    from.insert(path, placeholder);
                 }
             }
         }
