@@ -413,7 +413,7 @@ pub fn chunk_range(chunks: &[Chunk], offset: u64, len: u64) -> Range<usize> {
         return 0..0;
     }
     let end = offset.saturating_add(len);
-    let first = chunks.partition_point(|c| c.offset + c.size <= offset);
+    let first = chunks.partition_point(|c| c.offset.saturating_add(c.size) <= offset);
     let last = chunks.partition_point(|c| c.offset < end);
     if first >= last { 0..0 } else { first..last }
 }
@@ -438,7 +438,7 @@ pub fn chunk_spans(chunks: &[Chunk], offset: u64, len: u64) -> Vec<ChunkSpan> {
         .map(|index| {
             let c = &chunks[index];
             let start = offset.max(c.offset);
-            let stop = end.min(c.offset + c.size);
+            let stop = end.min(c.offset.saturating_add(c.size));
             ChunkSpan {
                 index,
                 within: start - c.offset,

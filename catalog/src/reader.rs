@@ -243,7 +243,8 @@ impl CatalogReader {
     /// The chunks of the file at `path`, ordered by offset (spec §6.11); empty if the file
     /// is not chunked or not in this catalog. The hash algorithm comes from the file's flags.
     ///
-    /// Errors: [`Error::Sqlite`], [`Error::InvalidCatalog`].
+    /// Errors: [`Error::Sqlite`], [`Error::InvalidCatalog`] (also when the rows do not tile
+    /// the file from offset 0 with non-empty chunks).
     pub fn chunks(&self, path: &str) -> Result<Vec<Chunk>> {
         let key = path_hash(path);
         let flags: Option<i64> = self
@@ -272,15 +273,29 @@ impl CatalogReader {
             })
             .map_err(|e| self.sql(e))?;
         let mut out = Vec::new();
+        // Chunks MUST tile the file from offset 0 (spec §6.11); anything else (negative,
+        // overlapping, gapped or overflowing rows) is refused here, so readers can do
+        // offset arithmetic on the result without checks.
+        let mut next: u64 = 0;
         for r in rows {
             let (offset, size, digest) = r.map_err(|e| self.sql(e))?;
             let hash = ContentHash::from_digest(algorithm, &digest)
                 .map_err(|_| self.invalid(format!("chunk of {path:?} has a bad hash")))?;
+            let tiles = u64::try_from(offset).is_ok_and(|o| o == next)
+                && u64::try_from(size).is_ok_and(|s| s > 0);
+            let end = next.checked_add(size as u64).filter(|_| tiles);
+            let Some(end) = end else {
+                return Err(self.invalid(format!(
+                    "chunks of {path:?} do not tile the file: chunk at offset {offset} with \
+                     size {size}, expected offset {next}"
+                )));
+            };
             out.push(Chunk {
-                offset: offset as u64,
+                offset: next,
                 size: size as u64,
                 hash,
             });
+            next = end;
         }
         Ok(out)
     }
@@ -868,6 +883,32 @@ mod tests {
         let r = CatalogReader::open(&file).unwrap();
         assert_eq!(r.statistics().unwrap(), Statistics::default());
         assert!(r.nested_catalogs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn chunks_that_do_not_tile_the_file_are_errors() {
+        // The stock fixture's chunked /sw/v1/big.bin, with its chunk rows tampered.
+        let published = std::fs::read(fixture().join(".cvmfspublished")).unwrap();
+        let manifest = Manifest::parse(&published).unwrap().manifest;
+        let dir = tempfile::tempdir().unwrap();
+        let root = open_stock(dir.path(), &manifest.catalog_hash);
+        let v1 = root.nested_catalogs().unwrap()[1].hash;
+        drop(open_stock(dir.path(), &v1));
+        let file = dir.path().join(format!("{v1}.db"));
+        let big = "/sw/v1/big.bin";
+        assert_eq!(CatalogReader::open(&file).unwrap().chunks(big).unwrap().len(), 6);
+        for tamper in [
+            "UPDATE chunks SET offset = -9223372036854775807 WHERE offset = 0", // found by fuzzing
+            "UPDATE chunks SET size = 9223372036854775807 WHERE offset = 0",
+            "UPDATE chunks SET size = 0 WHERE offset = 0",
+            "DELETE FROM chunks WHERE offset = 0",
+        ] {
+            let copy = dir.path().join("tampered.db");
+            std::fs::copy(&file, &copy).unwrap();
+            Connection::open(&copy).unwrap().execute(tamper, []).unwrap();
+            let err = CatalogReader::open(&copy).unwrap().chunks(big).unwrap_err();
+            assert!(err.to_string().contains("do not tile"), "{tamper}: {err}");
+        }
     }
 
     #[test]
