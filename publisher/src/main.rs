@@ -268,7 +268,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ls { repo } => {
             let r = publisher::repo::Repo::open(&repo)?;
-            for image in publisher::listing::list_images(&r)? {
+            let images = publisher::listing::list_images(&r)?;
+            if images.is_empty() {
+                // Say so on stderr; stdout stays empty for scripts.
+                eprintln!("no images published in {}", repo.display());
+            }
+            for image in images {
                 print!("{image}");
             }
         }
