@@ -13,11 +13,13 @@
 //! Layers 1, 3 and 4 hold what the workload needs (the dynamic loader, libc, Python and its
 //! standard library) and are taken whole. The rest of the requested size is split between
 //! layers 2 and 5 in proportion to their full sizes; each takes its files in sorted path
-//! order until its share is used.
+//! order until its share is used. Sizes count a hard-linked file once per layer, as tar
+//! stores it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -31,7 +33,7 @@ use sha2::{Digest, Sha256};
 /// Tag of the image inside the cached layout.
 pub const TAG: &str = "1";
 /// Bump whenever the recipe changes: the cache key includes it.
-const RECIPE: &str = "v1";
+const RECIPE: &str = "v2";
 /// Longest one `tar`/`pigz` of a layer may take.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
@@ -263,6 +265,7 @@ fn load(dir: &Path) -> Result<BenchImage> {
 fn list_layer(dirs: &[&str]) -> Result<Vec<Entry>> {
     let mut entries = Vec::new();
     let mut parents = BTreeSet::new();
+    let mut seen = HashSet::new();
     for dir in dirs {
         let path = Path::new(dir);
         let meta = path
@@ -275,7 +278,7 @@ fn list_layer(dirs: &[&str]) -> Result<Vec<Entry>> {
             parent = p.parent();
         }
         if meta.is_dir() {
-            walk(path, &mut entries)?;
+            walk(path, &mut entries, &mut seen)?;
         } else {
             entries.push(Entry {
                 path: rel.to_owned(),
@@ -294,7 +297,9 @@ fn list_layer(dirs: &[&str]) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
-fn walk(dir: &Path, out: &mut Vec<Entry>) -> Result<()> {
+/// Appends `dir` and everything below it. A regular file whose inode was already listed
+/// (a hard link; `seen` holds (device, inode) pairs) counts 0 bytes: tar stores it as a link.
+fn walk(dir: &Path, out: &mut Vec<Entry>, seen: &mut HashSet<(u64, u64)>) -> Result<()> {
     out.push(Entry {
         path: dir.to_string_lossy().trim_start_matches('/').to_owned(),
         size: 0,
@@ -308,11 +313,16 @@ fn walk(dir: &Path, out: &mut Vec<Entry>) -> Result<()> {
             .symlink_metadata()
             .map_err(io_context(format!("stat {}", path.display())))?;
         if meta.is_dir() {
-            walk(&path, out)?;
+            walk(&path, out, seen)?;
         } else if meta.is_file() || meta.file_type().is_symlink() {
+            let first_link = meta.nlink() < 2 || seen.insert((meta.dev(), meta.ino()));
             out.push(Entry {
                 path: path.to_string_lossy().trim_start_matches('/').to_owned(),
-                size: if meta.is_file() { meta.len() } else { 0 },
+                size: if meta.is_file() && first_link {
+                    meta.len()
+                } else {
+                    0
+                },
                 regular: meta.is_file(),
             });
         }
@@ -522,5 +532,13 @@ mod tests {
         assert_eq!((f.size, f.regular), (3, true));
         let l = entries.iter().find(|e| e.path.ends_with("y/l")).unwrap();
         assert!(!l.regular);
+        std::fs::hard_link(root.join("y/f"), root.join("y/g")).unwrap();
+        let entries = list_layer(&[leaked]).unwrap();
+        let sizes: Vec<u64> = entries
+            .iter()
+            .filter(|e| e.path.ends_with("y/f") || e.path.ends_with("y/g"))
+            .map(|e| e.size)
+            .collect();
+        assert_eq!(sizes, [3, 0], "a hard link counts once");
     }
 }
