@@ -5,7 +5,7 @@
 //! Content objects are shared with the layers (entries keep their hashes), so a flat image
 //! costs catalog space only (DESIGN.md, "Repository namespace").
 
-use crate::tree::{CATALOG_MARKER, Node, OPAQUE_XATTR, is_whiteout};
+use crate::tree::{Node, OPAQUE_XATTR, is_whiteout};
 
 /// Applies `layers` (lowest first, each a layer root as produced by
 /// [`crate::layer::read_layer`]) and returns the flattened root directory. The root's
@@ -42,7 +42,7 @@ impl Flattener {
         entry.xattrs.remove(OPAQUE_XATTR);
         entry.name = String::new();
         self.root.entry = entry;
-        apply_dir(&mut self.root, layer, self.group_offset, true);
+        apply_dir(&mut self.root, layer, self.group_offset);
         self.group_offset += max;
     }
 
@@ -97,7 +97,7 @@ pub fn inherit_implicit_dirs(layer: &mut Node, implicit: &[Vec<String>], lower: 
 }
 
 /// Applies the children of the layer directory `src` onto `dst`.
-fn apply_dir(dst: &mut Node, src: &Node, group_offset: u32, at_root: bool) {
+fn apply_dir(dst: &mut Node, src: &Node, group_offset: u32) {
     if src
         .entry
         .xattrs
@@ -107,9 +107,6 @@ fn apply_dir(dst: &mut Node, src: &Node, group_offset: u32, at_root: bool) {
         dst.children.clear();
     }
     for (name, child) in &src.children {
-        if at_root && name == CATALOG_MARKER {
-            continue; // the marker of a layer catalog is not image content
-        }
         if is_whiteout(&child.entry) {
             dst.children.remove(name);
             continue;
@@ -124,7 +121,7 @@ fn apply_dir(dst: &mut Node, src: &Node, group_offset: u32, at_root: bool) {
                 }
             }
             if let Some(d) = dst.children.get_mut(name) {
-                apply_dir(d, child, group_offset, false);
+                apply_dir(d, child, group_offset);
             }
         } else {
             let mut entry = child.entry.clone();
@@ -141,7 +138,9 @@ mod tests {
     use catalog::{ContentHash, HashAlgorithm};
 
     use super::*;
-    use crate::tree::{components, dir_entry, file_entry, marker_entry, whiteout_entry};
+    use crate::tree::{
+        CATALOG_MARKER, components, dir_entry, file_entry, marker_entry, whiteout_entry,
+    };
 
     fn h(b: &[u8]) -> ContentHash {
         ContentHash::of_bytes(HashAlgorithm::Sha1, b)
@@ -199,7 +198,8 @@ mod tests {
         );
         assert!(flat.get(&["opt"]).is_some_and(|n| !n.is_dir()));
         assert!(flat.get(&["never"]).is_some_and(|n| n.children.is_empty()));
-        assert!(flat.get(&[CATALOG_MARKER]).is_none());
+        // layer catalogs carry no marker: a `.cvmfscatalog` in a layer is image content
+        assert!(flat.get(&[CATALOG_MARKER]).is_some());
         let mut whiteouts = 0;
         flat.visit_catalog(&mut |n| whiteouts += usize::from(is_whiteout(&n.entry)));
         assert_eq!(whiteouts, 0);
