@@ -12,8 +12,9 @@
 //!    containerd, `strata-snapshotter run`, `strata-snapshotter pull`, the same workload.
 //! 4. **Strata, warm cache**: a new mount process on the same cache directory, again a
 //!    fresh containerd and snapshotter root, pull, workload.
-//! 5. `BENCH_REPS` (default 5) more workload runs each on the native and the warm Strata
-//!    containerd, alternated, for the warm comparison (medians).
+//! 5. `BENCH_REPS` (default 10) more runs each on the native and the warm Strata
+//!    containerd, alternated, for the warm comparison (medians): the workload, and an
+//!    empty container (`true`) that shows container set-up and teardown alone.
 //!
 //! The workload runs `python3` (layer 3) importing a few standard modules (layer 4, its
 //! C libraries from layer 1) and hashes six files of layers 2 and 5. Every run must print
@@ -90,10 +91,14 @@ impl Settings {
                 Err(_) => Ok(default),
             }
         };
-        Ok(Settings {
+        let settings = Settings {
             size_mb: var("BENCH_SIZE_MB", 2000)?,
-            reps: var("BENCH_REPS", 5)? as usize,
-        })
+            reps: var("BENCH_REPS", 10)? as usize,
+        };
+        if settings.reps == 0 {
+            bail!("BENCH_REPS must be at least 1 (the warm comparison takes medians)");
+        }
+        Ok(settings)
     }
 }
 
@@ -120,6 +125,16 @@ struct StrataFacts {
     registry_bytes: u64,
     /// Layer blobs in containerd's content store after the pull.
     layer_blobs: usize,
+}
+
+/// Warm repetitions, alternated between the native and the warm Strata containerd: the
+/// workload, and an empty container (`true`: container set-up and teardown only).
+#[derive(Default)]
+struct Reps {
+    native: Vec<Duration>,
+    strata: Vec<Duration>,
+    native_empty: Vec<Duration>,
+    strata_empty: Vec<Duration>,
 }
 
 /// A running Strata node: kept alive for the warm repetitions.
@@ -247,8 +262,8 @@ fn bench(work: &WorkDir) -> Result<()> {
         "warm repetitions: {} runs each, alternated",
         settings.reps
     ));
-    let mut native_reps = Vec::new();
-    let mut warm_reps = Vec::new();
+    let mut reps = Reps::default();
+    let empty = ["true".to_owned()];
     for i in 0..settings.reps {
         let n = run_workload(
             &native_cd,
@@ -259,7 +274,7 @@ fn bench(work: &WorkDir) -> Result<()> {
             work,
         )?;
         check_output(&n, &expected, "native repetition")?;
-        native_reps.push(n.wall);
+        reps.native.push(n.wall);
         let s = run_workload(
             &warm_node.containerd,
             SNAPSHOTTER_NAME,
@@ -269,7 +284,25 @@ fn bench(work: &WorkDir) -> Result<()> {
             work,
         )?;
         check_output(&s, &expected, "Strata warm repetition")?;
-        warm_reps.push(s.wall);
+        reps.strata.push(s.wall);
+        let n = run_workload(
+            &native_cd,
+            "overlayfs",
+            &reference,
+            &format!("native-e{i}"),
+            &empty,
+            work,
+        )?;
+        reps.native_empty.push(n.wall);
+        let s = run_workload(
+            &warm_node.containerd,
+            SNAPSHOTTER_NAME,
+            &reference,
+            &format!("strata-e{i}"),
+            &empty,
+            work,
+        )?;
+        reps.strata_empty.push(s.wall);
     }
     let load_end = load_average();
     drop(warm_node);
@@ -289,8 +322,7 @@ fn bench(work: &WorkDir) -> Result<()> {
             cold: &cold,
             warm: &warm,
             cache_bytes,
-            native_reps,
-            warm_reps,
+            reps,
             output: expected.trim().to_owned(),
         })
     );
@@ -550,8 +582,7 @@ struct Report<'a> {
     cold: &'a Phase,
     warm: &'a Phase,
     cache_bytes: u64,
-    native_reps: Vec<Duration>,
-    warm_reps: Vec<Duration>,
+    reps: Reps,
     output: String,
 }
 
@@ -582,8 +613,8 @@ fn render(r: &Report<'_>) -> String {
     let total = |p: &Phase| p.pull.wall + p.first.wall;
     let speedup = |p: &Phase| total(n).as_secs_f64() / total(p).as_secs_f64();
     let strata_sum = |s: &StrataFacts| s.mount.0 + s.run.0;
-    let nat_med = median(&r.native_reps);
-    let warm_med = median(&r.warm_reps);
+    let nat_med = median(&r.reps.native);
+    let warm_med = median(&r.reps.strata);
     let warm_diff = 100.0 * (warm_med.as_secs_f64() / nat_med.as_secs_f64() - 1.0);
     let range = |v: &[Duration]| {
         let lo = v.iter().min().copied().unwrap_or_default();
@@ -665,8 +696,14 @@ fn render(r: &Report<'_>) -> String {
     ));
     s.push_str(&format!(
         "| warm workload runs, median of {} (min–max) | {} ({}) | — | {} ({}); {:+.1} % | within 3 %: {} |\n",
-        r.warm_reps.len(), secs(nat_med), range(&r.native_reps), secs(warm_med), range(&r.warm_reps),
+        r.reps.strata.len(), secs(nat_med), range(&r.reps.native), secs(warm_med), range(&r.reps.strata),
         warm_diff, met(warm_diff.abs() <= 3.0 || warm_med <= nat_med)
+    ));
+    let (ne, se) = (median(&r.reps.native_empty), median(&r.reps.strata_empty));
+    s.push_str(&format!(
+        "| same, empty container (`ctr run --rm … true`), median of {} (min–max) | {} ({}) | — | {} ({}); {:+.1} % | |\n",
+        r.reps.strata_empty.len(), secs(ne), range(&r.reps.native_empty), secs(se), range(&r.reps.strata_empty),
+        100.0 * (se.as_secs_f64() / ne.as_secs_f64() - 1.0)
     ));
     s.push_str(&format!(
         "\nAlso measured: mount start (until the FUSE mount is listed, 100 ms polling) {} cold / {} warm; \
