@@ -12,18 +12,27 @@
 //! file (or get the downloader's error).
 //!
 //! Every returned file is a [`PinnedFile`]: it holds a shared `flock(2)` for as long as it
-//! is open, which is what "in use" means to eviction ([`crate::quota`]). With a quota,
+//! is open, which is what "in use" means to eviction ([`crate::quota`]). Requests for an
+//! object this process already holds pinned share that descriptor and its lock (a
+//! reference count in memory) instead of opening and locking the file again. With a quota,
 //! least recently used objects nobody holds are deleted before a new object is committed so
-//! that the indexed total stays at or below the quota. A cached file whose size differs from
+//! that the indexed total stays at or below the quota. A cache hit moves the object to the
+//! recent end of the index at most once per [`TOUCH_INTERVAL`] per object (and process), so
+//! that warm opens do not write the shared SQLite index: the eviction order is LRU to
+//! within that interval, and hits are added to the index's counter with the next write
+//! (or when the cache is dropped). A cached file whose size differs from
 //! the catalog's, or whose mtime differs from the one indexed at commit (something wrote to
 //! it), is deleted and fetched again. Hits, misses and downloaded bytes are counted in the
 //! index and survive restarts.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use catalog::{ContentHash, Suffix};
 use nix::fcntl::{Flock, FlockArg};
@@ -31,9 +40,49 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::quota::{CacheIndex, ObjectKind, Touch, mtime_ns};
 use crate::{Error, Result};
 
-/// An open cache file holding a shared `flock(2)`: while it lives, no process evicts the
-/// object. Dereferences to [`File`].
-pub type PinnedFile = Flock<File>;
+/// How often a cache hit of one object is written to the LRU index at most (the eviction
+/// order is least recently used to within this interval).
+pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Beyond this many remembered recent touches the stale ones are dropped (memory bound).
+const MAX_RECENT: usize = 1 << 16;
+
+/// An open cache file holding a shared `flock(2)`: while any clone lives, no process evicts
+/// the object. Clones share one descriptor and lock; each has its own read position for
+/// [`Read`]. Dereferences to [`File`] (use positional reads, `FileExt::read_at`, on it).
+#[derive(Clone, Debug)]
+pub struct PinnedFile {
+    file: Arc<Flock<File>>,
+    pos: u64,
+}
+
+impl std::ops::Deref for PinnedFile {
+    type Target = File;
+    fn deref(&self) -> &File {
+        &self.file
+    }
+}
+
+impl Read for PinnedFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// A pin this process holds: the shared lock and the file's length.
+struct LivePin {
+    file: Weak<Flock<File>>,
+    len: u64,
+}
+
+/// The last time an object's access was written to the index, and its mtime then.
+#[derive(Clone, Copy)]
+struct RecentTouch {
+    mtime: i64,
+    at: Instant,
+}
 
 /// Where a download writes: a [`Write`] that can be emptied and rewound before another
 /// attempt (fail-over to another proxy or server must not append to a partial body).
@@ -108,6 +157,23 @@ pub struct ObjectCache {
     in_flight: Mutex<HashMap<ContentHash, Arc<InFlight>>>,
     index: CacheIndex,
     quota: Option<u64>,
+    /// Objects this process holds pinned, by hash (dead entries are pruned on insert).
+    pins: Mutex<HashMap<ContentHash, LivePin>>,
+    /// Objects whose access was written to the index within [`TOUCH_INTERVAL`].
+    recent: Mutex<HashMap<ContentHash, RecentTouch>>,
+    /// Hits not yet added to the index's counter.
+    pending_hits: AtomicU64,
+}
+
+impl Drop for ObjectCache {
+    fn drop(&mut self) {
+        let hits = self.pending_hits.swap(0, Ordering::Relaxed);
+        if hits > 0
+            && let Err(e) = self.index.record_hits(hits)
+        {
+            tracing::debug!(error = %e, "cache index: hit counter");
+        }
+    }
 }
 
 impl ObjectCache {
@@ -154,6 +220,9 @@ impl ObjectCache {
             in_flight: Mutex::new(HashMap::new()),
             index,
             quota,
+            pins: Mutex::new(HashMap::new()),
+            recent: Mutex::new(HashMap::new()),
+            pending_hits: AtomicU64::new(0),
         })
     }
 
@@ -177,6 +246,7 @@ impl ObjectCache {
     /// Removes the committed file of `hash`, if any (used when a cached catalog turns out
     /// unreadable).
     pub fn evict(&self, hash: &ContentHash) {
+        self.unremember(hash);
         let path = self.path_of(hash);
         if let Err(e) = self.index.forget(&hash.to_hex()) {
             tracing::warn!(error = %e, "cache index");
@@ -249,9 +319,89 @@ impl ObjectCache {
         }
     }
 
+    /// Forgets the in-memory pin and recent touch of `hash` (its file is going away).
+    fn unremember(&self, hash: &ContentHash) {
+        lock(&self.pins).remove(hash);
+        lock(&self.recent).remove(hash);
+    }
+
+    /// A clone of the pin this process already holds on `req`'s object, if any and of the
+    /// requested size.
+    fn live_pin(&self, req: &ObjectRequest) -> Option<PinnedFile> {
+        let pins = lock(&self.pins);
+        let pin = pins.get(&req.hash)?;
+        if req.size.is_some_and(|size| size != pin.len) {
+            return None;
+        }
+        pin.file.upgrade().map(|file| PinnedFile { file, pos: 0 })
+    }
+
+    /// Remembers `file` (of length `len`) as this process's pin on `hash`.
+    fn remember_pin(&self, hash: ContentHash, file: &Arc<Flock<File>>, len: u64) {
+        let mut pins = lock(&self.pins);
+        if pins.len() >= 1024 && pins.len().is_power_of_two() {
+            pins.retain(|_, p| p.file.strong_count() > 0);
+        }
+        pins.insert(
+            hash,
+            LivePin {
+                file: Arc::downgrade(file),
+                len,
+            },
+        );
+    }
+
+    /// Whether a hit of `hash` with file mtime `mtime` was written to the index recently
+    /// enough (and with the same mtime) that this one need not be.
+    fn touched_recently(&self, hash: &ContentHash, mtime: i64) -> bool {
+        lock(&self.recent)
+            .get(hash)
+            .is_some_and(|t| t.mtime == mtime && t.at.elapsed() < TOUCH_INTERVAL)
+    }
+
+    fn note_touch(&self, hash: ContentHash, mtime: i64) {
+        let mut recent = lock(&self.recent);
+        if recent.len() >= MAX_RECENT {
+            recent.retain(|_, t| t.at.elapsed() < TOUCH_INTERVAL);
+            if recent.len() >= MAX_RECENT {
+                recent.clear();
+            }
+        }
+        recent.insert(
+            hash,
+            RecentTouch {
+                mtime,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// Writes an access of `sha` to the index, with the hits counted since the last write.
+    fn touch(
+        &self,
+        sha: &str,
+        meta: &std::fs::Metadata,
+        suffix: Suffix,
+        hit: bool,
+    ) -> Result<Touch> {
+        let hits = self.pending_hits.swap(0, Ordering::Relaxed) + u64::from(hit);
+        let touched = self
+            .index
+            .touch(sha, meta.len(), kind_of(suffix), mtime_ns(meta), hits);
+        if touched.is_err() {
+            self.pending_hits.fetch_add(hits, Ordering::Relaxed);
+        }
+        touched
+    }
+
     /// Opens and pins the committed file if present and plausible, and records the access
-    /// in the index; deletes it if its length or mtime is wrong.
+    /// in the index (at most once per [`TOUCH_INTERVAL`]); deletes it if its length or mtime
+    /// is wrong. An object this process already pins is shared without any system call.
     fn open_committed(&self, req: &ObjectRequest) -> Result<Option<PinnedFile>> {
+        if let Some(pinned) = self.live_pin(req) {
+            self.pending_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(pinned));
+        }
         let path = self.path_of(&req.hash);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -295,25 +445,27 @@ impl ObjectCache {
             _ => return Ok(None),
         }
         let mtime = mtime_ns(&meta);
-        match self.index.touch(
-            &req.hash.to_hex(),
-            meta.len(),
-            kind_of(req.suffix),
-            mtime,
-            true,
-        )? {
-            Touch::Known(indexed) if indexed != mtime => {
-                tracing::warn!(path = %path.display(), "cached object was modified after commit; refetching");
-                drop(file);
-                self.forget(req);
-                Ok(None)
+        if self.touched_recently(&req.hash, mtime) {
+            self.pending_hits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            match self.touch(&req.hash.to_hex(), &meta, req.suffix, true)? {
+                Touch::Known(indexed) if indexed != mtime => {
+                    tracing::warn!(path = %path.display(), "cached object was modified after commit; refetching");
+                    drop(file);
+                    self.forget(req);
+                    return Ok(None);
+                }
+                _ => self.note_touch(req.hash, mtime),
             }
-            _ => Ok(Some(file)),
         }
+        let file = Arc::new(file);
+        self.remember_pin(req.hash, &file, meta.len());
+        Ok(Some(PinnedFile { file, pos: 0 }))
     }
 
     /// Drops `req`'s cache file and index row.
     fn forget(&self, req: &ObjectRequest) {
+        self.unremember(&req.hash);
         if let Err(e) = self.index.forget(&req.hash.to_hex()) {
             tracing::warn!(error = %e, "cache index");
         }
@@ -386,13 +538,8 @@ impl ObjectCache {
                     let meta = committed
                         .metadata()
                         .map_err(io("stat of the committed file"))?;
-                    self.index.touch(
-                        &object,
-                        meta.len(),
-                        kind_of(req.suffix),
-                        mtime_ns(&meta),
-                        false,
-                    )?;
+                    self.touch(&object, &meta, req.suffix, false)?;
+                    self.note_touch(req.hash, mtime_ns(&meta));
                     return Ok(());
                 }
                 Err(e) if attempt == 0 => {
@@ -428,9 +575,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::quota::CacheIndex;
     use catalog::HashAlgorithm;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
+    use rusqlite::Connection;
+    use std::sync::atomic::AtomicUsize;
 
     /// In-memory [`ObjectSource`]: stored bytes by hash; counts fetches; can serve corrupt
     /// bytes to requests without no-cache, and can be slow.
@@ -491,7 +639,7 @@ pub(crate) mod tests {
 
     fn read_all(mut f: PinnedFile) -> Vec<u8> {
         let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut *f, &mut v).unwrap();
+        std::io::Read::read_to_end(&mut f, &mut v).unwrap();
         v
     }
 
@@ -677,6 +825,41 @@ pub(crate) mod tests {
         assert!(s.bytes_fetched > 0);
         assert_eq!(cache.index().evict_all().unwrap(), s.size);
         assert_eq!(usage(dir.path()), 0);
+    }
+
+    #[test]
+    fn warm_hits_share_pins_and_do_not_write_the_index_each_time() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource::default());
+        let hash = src.add(b"shared");
+        let cache = ObjectCache::open(dir.path(), src.clone()).unwrap();
+        let first = cache.get(&req(hash, Some(6))).unwrap();
+        // Held by this process: the same descriptor and lock, each with its own position.
+        let second = cache.get(&req(hash, Some(6))).unwrap();
+        assert_eq!(first.as_raw_fd(), second.as_raw_fd());
+        assert_eq!(read_all(second), b"shared");
+        assert_eq!(read_all(first), b"shared");
+        // Not held, but touched within the interval: no index write, the hit is pending.
+        let acseq = || -> i64 {
+            let conn = Connection::open(dir.path().join("cachedb")).unwrap();
+            conn.query_row(
+                "SELECT acseq FROM cache_catalog WHERE sha = ?1",
+                [hash.to_hex()],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let before = acseq();
+        assert_eq!(read_all(cache.get(&req(hash, Some(6))).unwrap()), b"shared");
+        assert_eq!(acseq(), before);
+        assert_eq!(cache.index().stats().unwrap().hits, 0);
+        drop(cache);
+        // Pending hits reach the counter when the cache is dropped (three: the open that
+        // follows the download counts as one, as it always did).
+        let reopened = CacheIndex::open(dir.path()).unwrap();
+        assert_eq!(reopened.stats().unwrap().hits, 3);
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
     }
 
     #[test]

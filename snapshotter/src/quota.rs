@@ -188,9 +188,9 @@ impl CacheIndex {
         Ok(())
     }
 
-    /// Records an access to object `sha` (a cache hit when `hit`): moves it to the most
-    /// recent end of the LRU list, inserting it with `size`, `kind` and `mtime` if it was not
-    /// indexed. Returns what was known before.
+    /// Records an access to object `sha` and adds `hits` cache hits to the counter: moves
+    /// the object to the most recent end of the LRU list, inserting it with `size`, `kind`
+    /// and `mtime` if it was not indexed. Returns what was known before.
     ///
     /// # Errors
     /// [`Error::Io`] on database errors.
@@ -200,14 +200,14 @@ impl CacheIndex {
         size: u64,
         kind: ObjectKind,
         mtime: i64,
-        hit: bool,
+        hits: u64,
     ) -> Result<Touch> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| db_error("touch", e))?;
         let seq = get_prop(&tx, "seq")? + 1;
         set_prop(&tx, "seq", seq)?;
-        if hit {
-            add_prop(&tx, "hits", 1)?;
+        if hits > 0 {
+            add_prop(&tx, "hits", hits as i64)?;
         }
         let known: Option<i64> = tx
             .query_row(
@@ -239,6 +239,15 @@ impl CacheIndex {
         };
         tx.commit().map_err(|e| db_error("touch", e))?;
         Ok(result)
+    }
+
+    /// Adds `hits` cache hits (answered without writing the index) to the counter.
+    ///
+    /// # Errors
+    /// [`Error::Io`] on database errors.
+    pub fn record_hits(&self, hits: u64) -> Result<()> {
+        let conn = self.lock();
+        add_prop(&conn, "hits", hits as i64)
     }
 
     /// Records a download of `bytes` stored bytes (a cache miss).
@@ -463,15 +472,14 @@ mod tests {
         for (i, sha) in ["aa01", "bb02", "cc03", "dd04"].iter().enumerate() {
             let m = put(dir.path(), sha, 100);
             assert_eq!(
-                idx.touch(sha, 100, ObjectKind::Regular, m, false).unwrap(),
+                idx.touch(sha, 100, ObjectKind::Regular, m, 0).unwrap(),
                 Touch::New
             );
             assert_eq!(idx.stats().unwrap().size, 100 * (i as u64 + 1));
         }
         // aa01 becomes the most recent; bb02 is held open (shared lock) by someone.
         assert!(matches!(
-            idx.touch("aa01", 100, ObjectKind::Regular, 0, true)
-                .unwrap(),
+            idx.touch("aa01", 100, ObjectKind::Regular, 0, 1).unwrap(),
             Touch::Known(_)
         ));
         let held = nix::fcntl::Flock::lock(
@@ -513,8 +521,7 @@ mod tests {
         {
             let idx = CacheIndex::open(dir.path()).unwrap();
             let m = put(dir.path(), "ab12", 10);
-            idx.touch("ab12", 10, ObjectKind::Catalog, m, false)
-                .unwrap();
+            idx.touch("ab12", 10, ObjectKind::Catalog, m, 0).unwrap();
             idx.record_download(7).unwrap();
         }
         let idx = CacheIndex::open(dir.path()).unwrap();

@@ -284,7 +284,7 @@ impl Repository {
         }
         let mut certificate = Vec::new();
         std::io::Read::read_to_end(
-            &mut *cache.get(&ObjectRequest {
+            &mut cache.get(&ObjectRequest {
                 hash: signed.manifest.certificate,
                 suffix: Suffix::Certificate,
                 compressed: true,

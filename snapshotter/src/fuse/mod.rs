@@ -9,13 +9,17 @@
 //! `fuser` runs several event-loop threads (see [`crate::mount`]); a request that waits on
 //! the network (a nested catalog or a file object) blocks only its own thread. Entries,
 //! attributes and negative lookups are cached by the kernel for [`TTL`], since a revision
-//! never changes.
+//! never changes; so are symlink targets (`FUSE_CACHE_SYMLINKS`, in the page cache of the
+//! link's inode) and file pages (`FOPEN_KEEP_CACHE`). Files are opened with
+//! `FOPEN_NOFLUSH`: a read-only file has nothing to write back on `close(2)`, so the kernel
+//! sends no `FLUSH`.
 //!
 //! Live updates (spec §8.6): a [`Switcher`] (taken before the session starts) swaps in a
 //! new [`Repository`] without unmounting. The inode table starts a new generation (numbers
 //! of unchanged paths are kept, see [`inodes`]) and the kernel's caches of every entry,
 //! inode and negative lookup of the old revision are invalidated through the FUSE notify
-//! channel. Open files keep their pinned cache file and so read the revision they opened to
+//! channel (an inode invalidation with offset 0 also drops its page cache, which holds a
+//! cached symlink target). Open files keep their pinned cache file and so read the revision they opened to
 //! the end.
 
 mod attr;
@@ -31,9 +35,10 @@ use std::time::Duration;
 
 use catalog::{Chunk, Entry, EntryKind, Suffix};
 use fuser::{
-    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags,
-    LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
 };
 
 use crate::cache::{ObjectRequest, PinnedFile};
@@ -430,7 +435,27 @@ fn report(op: &str, path: &str, e: &Error) -> Errno {
     code
 }
 
+/// Capabilities asked of the kernel at `INIT` beyond fuser's defaults.
+const WANTED_CAPABILITIES: InitFlags = InitFlags::FUSE_CACHE_SYMLINKS;
+
+/// Open flags of regular files: keep the page cache across opens (a revision never
+/// changes; a switch invalidates it) and skip `FLUSH` on close (nothing to write back).
+const FILE_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
+
 impl Filesystem for StrataFs {
+    /// Asks for [`WANTED_CAPABILITIES`]; a kernel without them just keeps asking (readlink
+    /// per resolution), so that is logged, not fatal.
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(missing) = config.add_capabilities(WANTED_CAPABILITIES) {
+            tracing::info!(
+                ?missing,
+                "kernel lacks FUSE capabilities; continuing without"
+            );
+            let _ = config.add_capabilities(WANTED_CAPABILITIES & !missing);
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = match self.node(parent) {
             Ok(n) => n,
@@ -496,7 +521,7 @@ impl Filesystem for StrataFs {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(fh, (node.clone(), Arc::new(file)));
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                reply.opened(FileHandle(fh), FILE_OPEN_FLAGS);
             }
             Err(e) => reply.error(report("open", &node.path, &e)),
         }
