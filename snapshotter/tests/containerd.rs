@@ -1508,3 +1508,175 @@ fn cri_pull_is_remote_and_user_setuid_caps_and_runtimes_match_overlayfs() {
     let log = env.snapshotter.log();
     assert!(!log.contains("fallback to local snapshot"), "{log}");
 }
+
+/// Files per `data/l<i>/d<j>` directory and directories per layer of [`walk_image`].
+const WALK_FILES: usize = 100;
+const WALK_DIRS: usize = 10;
+/// Layers of [`walk_image`] (the first holds the tools).
+const WALK_LAYERS: usize = 5;
+
+/// A five-layer image for the flat-lowerdir test: layer 0 the tools, `etc/a` and
+/// `data/common/f0..49`; layers 1–4 `data/l<i>/d<j>/f<k>` (1 000 files each) and a new
+/// version of every `data/common` file; layer 3 deletes `etc/a` (whiteout).
+fn walk_image(work: &Path) -> stack::Built {
+    let mut layers = Vec::new();
+    for i in 0..WALK_LAYERS {
+        let dir = work.join(format!("walk{i}"));
+        let common = dir.join("data/common");
+        std::fs::create_dir_all(&common).expect("mkdir");
+        for k in 0..50 {
+            std::fs::write(common.join(format!("f{k}")), format!("layer{i}\n")).expect("write");
+        }
+        if i == 0 {
+            stack::install_tools(
+                &dir,
+                &[("/bin/dash", "bin/sh"), ("/usr/bin/find", "bin/find")],
+            );
+            std::fs::create_dir_all(dir.join("etc")).expect("mkdir");
+            std::fs::write(dir.join("etc/a"), "layer0\n").expect("write");
+        } else {
+            for j in 0..WALK_DIRS {
+                let d = dir.join(format!("data/l{i}/d{j}"));
+                std::fs::create_dir_all(&d).expect("mkdir");
+                for k in 0..WALK_FILES {
+                    std::fs::write(d.join(format!("f{k}")), format!("l{i} d{j} f{k}\n"))
+                        .expect("write");
+                }
+            }
+        }
+        if i == 3 {
+            std::fs::create_dir_all(dir.join("etc")).expect("mkdir");
+            std::fs::write(dir.join("etc/.wh.a"), "").expect("whiteout");
+        }
+        layers.push(dir);
+    }
+    stack::oci_image(work, "1", &layers)
+}
+
+/// What the flat-lowerdir containers print: a file of the top layer that every layer
+/// has, whether the deleted file is gone, and the number of files under `/data`.
+const WALK_CHECK: &str = "read c < /data/common/f7; echo $c; \
+     if [ -e /etc/a ]; then echo a-present; else echo a-gone; fi";
+
+/// The workload whose time is measured: a walk of every file under `/data`.
+const WALK: &str = "/bin/find /data -type f";
+
+#[test]
+fn flat_lowerdir_gives_one_lowerdir_with_the_same_files_and_timings() {
+    let dir = tempfile::Builder::new()
+        .prefix("strata-flat")
+        .tempdir()
+        .expect("tempdir");
+    let image = walk_image(&dir.path().join("image"));
+    let stack = stack::Stack::start(&dir.path().join("stack"), &[(&image, "walk:1")]);
+    let reference = format!("{}/walk:1", stack.registry_host);
+    let mut env = Env::start_opts(Options {
+        mountpoint: Some(stack.mountpoint.clone()),
+        run_args: vec!["--flat-lowerdir".into()],
+        ..Options::default()
+    });
+    env.pull_ok(&reference);
+    let top = image.chains.last().expect("layers").clone();
+    let config_hex = hex_of(&image.config_digest).to_string();
+    let flat_dir = stack
+        .mountpoint
+        .join(".flat")
+        .join(&config_hex[..2])
+        .join(&config_hex);
+
+    // One lowerdir, the flat tree, for a container snapshot on the top layer.
+    let mounts_of = |env: &Env, key: &str| {
+        env.snap(&["prepare", key, &top]);
+        let m = env.snap(&["mounts", "/tmp/target", key]);
+        env.snap(&["rm", key]);
+        m
+    };
+    let m = mounts_of(&env, "flat-probe");
+    assert!(
+        m.contains(&format!("lowerdir={}", flat_dir.display()))
+            && !m.contains(&format!("lowerdir={}:", flat_dir.display())),
+        "{m}"
+    );
+
+    let run = |env: &Env, id: &str, script: &str| -> (String, Duration) {
+        let started = Instant::now();
+        let out = env.ctr(&[
+            "run",
+            "--rm",
+            "--snapshotter",
+            SNAPSHOTTER,
+            &reference,
+            id,
+            "/bin/sh",
+            "-c",
+            script,
+        ]);
+        (out, started.elapsed())
+    };
+    let (flat_check, _) = run(&env, "flat-check", WALK_CHECK);
+    let (flat_walk, _) = run(&env, "flat-walk", WALK);
+
+    // The same without the option: one lowerdir per layer, same files.
+    env.run_args.clear();
+    env.restart_snapshotter(false);
+    let m = mounts_of(&env, "layers-probe");
+    assert_eq!(
+        m.split("lowerdir=").nth(1).map(|l| l.matches(':').count()),
+        Some(WALK_LAYERS - 1),
+        "{m}"
+    );
+    let (layers_check, _) = run(&env, "layers-check", WALK_CHECK);
+    let (layers_walk, _) = run(&env, "layers-walk", WALK);
+    assert_eq!(flat_check.trim(), "layer4\na-gone");
+    assert_eq!(layers_check, flat_check);
+    let sorted = |s: &str| {
+        let mut v: Vec<String> = s.lines().map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(&flat_walk), sorted(&layers_walk));
+    assert_eq!(
+        flat_walk.lines().count(),
+        50 + (WALK_LAYERS - 1) * WALK_DIRS * WALK_FILES
+    );
+
+    // Timings, alternating the modes (STRATA_FLAT_REPS repetitions, default 3): container
+    // start (`true`) and the walk, wall time of `ctr run --rm`.
+    let reps: usize = std::env::var("STRATA_FLAT_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut times: [(Vec<Duration>, Vec<Duration>); 2] = Default::default();
+    for rep in 0..reps {
+        for (mode, flat) in [(0usize, false), (1, true)] {
+            env.run_args = if flat {
+                vec!["--flat-lowerdir".into()]
+            } else {
+                Vec::new()
+            };
+            env.restart_snapshotter(false);
+            let (_, start) = run(&env, &format!("start-{rep}-{mode}"), "true");
+            let (_, walk) = run(&env, &format!("walk-{rep}-{mode}"), WALK);
+            times[mode].0.push(start);
+            times[mode].1.push(walk);
+        }
+    }
+    let median = |v: &[Duration]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1000.0
+    };
+    println!(
+        "flat-lowerdir figures ({WALK_LAYERS} layers, {} files, {reps} repetitions, median ms):",
+        50 + (WALK_LAYERS - 1) * WALK_DIRS * WALK_FILES
+    );
+    for (mode, name) in [(0, "one lowerdir per layer"), (1, "flat lowerdir")] {
+        println!(
+            "  {name:24} start {:7.1}  walk {:7.1}  (start {:?}, walk {:?})",
+            median(&times[mode].0),
+            median(&times[mode].1),
+            times[mode].0,
+            times[mode].1
+        );
+    }
+}
