@@ -462,6 +462,8 @@ fn a_new_revision_appears_while_open_files_keep_their_revision() {
 
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
     assert!(!mnt.join("new").exists());
+    // Listed (and cached by the kernel, FOPEN_CACHE_DIR) before the switch.
+    assert_eq!(names(&mnt), vec!["a", "d", "keep"]);
     let keep_ino = std::fs::metadata(mnt.join("keep")).unwrap().ino();
     let d_ino = std::fs::metadata(mnt.join("d")).unwrap().ino();
     let held = std::fs::File::open(mnt.join("d/big")).unwrap();

@@ -10,7 +10,8 @@
 //! the network (a nested catalog or a file object) blocks only its own thread. Entries,
 //! attributes and negative lookups are cached by the kernel for [`TTL`], since a revision
 //! never changes; so are symlink targets (`FUSE_CACHE_SYMLINKS`, in the page cache of the
-//! link's inode) and file pages (`FOPEN_KEEP_CACHE`). Files are opened with
+//! link's inode), file pages (`FOPEN_KEEP_CACHE`) and directory listings
+//! (`FOPEN_CACHE_DIR`). Files are opened with
 //! `FOPEN_NOFLUSH`: a read-only file has nothing to write back on `close(2)`, so the kernel
 //! sends no `FLUSH`.
 //!
@@ -442,6 +443,11 @@ const WANTED_CAPABILITIES: InitFlags = InitFlags::FUSE_CACHE_SYMLINKS;
 /// changes; a switch invalidates it) and skip `FLUSH` on close (nothing to write back).
 const FILE_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
 
+/// Open flags of directories: the kernel caches listings in the directory's page cache
+/// (`FOPEN_CACHE_DIR`) and keeps them across opens, so a warm `readdir` sends no `READDIR`
+/// (a switch's inode invalidation drops them).
+const DIR_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_CACHE_DIR);
+
 impl Filesystem for StrataFs {
     /// Asks for [`WANTED_CAPABILITIES`]; a kernel without them just keeps asking (readlink
     /// per resolution), so that is logged, not fatal.
@@ -611,7 +617,7 @@ impl Filesystem for StrataFs {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(fh, Arc::new(items));
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                reply.opened(FileHandle(fh), DIR_OPEN_FLAGS);
             }
             Err(e) => reply.error(report("opendir", &node.path, &e)),
         }
