@@ -896,7 +896,14 @@ mod tests {
         drop(open_stock(dir.path(), &v1));
         let file = dir.path().join(format!("{v1}.db"));
         let big = "/sw/v1/big.bin";
-        assert_eq!(CatalogReader::open(&file).unwrap().chunks(big).unwrap().len(), 6);
+        assert_eq!(
+            CatalogReader::open(&file)
+                .unwrap()
+                .chunks(big)
+                .unwrap()
+                .len(),
+            6
+        );
         for tamper in [
             "UPDATE chunks SET offset = -9223372036854775807 WHERE offset = 0", // found by fuzzing
             "UPDATE chunks SET size = 9223372036854775807 WHERE offset = 0",
@@ -905,7 +912,10 @@ mod tests {
         ] {
             let copy = dir.path().join("tampered.db");
             std::fs::copy(&file, &copy).unwrap();
-            Connection::open(&copy).unwrap().execute(tamper, []).unwrap();
+            Connection::open(&copy)
+                .unwrap()
+                .execute(tamper, [])
+                .unwrap();
             let err = CatalogReader::open(&copy).unwrap().chunks(big).unwrap_err();
             assert!(err.to_string().contains("do not tile"), "{tamper}: {err}");
         }
