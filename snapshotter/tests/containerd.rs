@@ -355,6 +355,14 @@ impl Env {
         self.ctr(&all)
     }
 
+    /// `ctr snapshots prepare|view KEY PARENT`, then a `containerd.io/gc.root` label: ctr
+    /// holds a lease only while the command runs, and containerd's garbage collector (run
+    /// after any later deletion) may otherwise remove the snapshot before the test uses it.
+    fn snap_rooted(&self, verb: &str, key: &str, parent: &str) {
+        self.snap(&[verb, key, parent]);
+        self.snap(&["label", key, "containerd.io/gc.root=2026-01-01T00:00:00Z"]);
+    }
+
     fn pull(&self, reference: &str) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"))
             .arg("pull")
@@ -564,7 +572,7 @@ fn local_snapshots_through_containerd() {
     assert_eq!(kind_of(&ls, "base").as_deref(), Some("Committed"), "{ls}");
     assert_eq!(kind_of(&ls, "base-active"), None, "{ls}");
 
-    env.snap(&["prepare", "child", "base"]);
+    env.snap_rooted("prepare", "child", "base");
     let m = env.snap(&["mounts", "/tmp/target", "child"]);
     assert!(m.contains("overlay"), "{m}");
     assert!(
@@ -572,7 +580,7 @@ fn local_snapshots_through_containerd() {
         "{m}"
     );
 
-    env.snap(&["view", "ro", "base"]);
+    env.snap_rooted("view", "ro", "base");
     let m = env.snap(&["mounts", "/tmp/target", "ro"]);
     assert!(m.contains("bind") && m.contains("ro"), "{m}");
 
@@ -625,7 +633,7 @@ fn pull_commits_remote_layers_and_creates_image() {
     assert_eq!(log.matches("remote: layer published").count(), 3, "{log}");
 
     // A container snapshot on top stacks the three layerfs dirs, top first.
-    env.snap(&["prepare", "ctr-rootfs", &chains[2]]);
+    env.snap_rooted("prepare", "ctr-rootfs", &chains[2]);
     let m = env.snap(&["mounts", "/tmp/target", "ctr-rootfs"]);
     let lower: Vec<String> = layers
         .iter()
@@ -1586,7 +1594,7 @@ fn flat_lowerdir_gives_one_lowerdir_with_the_same_files_and_timings() {
 
     // One lowerdir, the flat tree, for a container snapshot on the top layer.
     let mounts_of = |env: &Env, key: &str| {
-        env.snap(&["prepare", key, &top]);
+        env.snap_rooted("prepare", key, &top);
         let m = env.snap(&["mounts", "/tmp/target", key]);
         env.snap(&["rm", key]);
         m
