@@ -53,9 +53,24 @@ impl TestImage {
 /// Errors: debootstrap, apt, umoci failing (with the log tail), or the built image not
 /// having the files the whiteout layer is about.
 pub fn test_image(cache_root: &Path) -> Result<TestImage> {
+    cached_image(cache_root, IMAGE_KEY, IMAGE_TAG, build_image)
+}
+
+/// The image `<cache_root>/<key>/oci:<tag>`, made by `build(<cache_root>/<key>)` unless a
+/// `complete` marker says an earlier build finished. Concurrent callers serialise on
+/// `<cache_root>/<key>.lock` (an exclusive `flock`): the first builds, the others wait and
+/// reuse. A half-built image (no marker) is deleted and rebuilt.
+///
+/// Errors: what `build` returns; I/O on the cache directory; an unreadable layout.
+pub(crate) fn cached_image(
+    cache_root: &Path,
+    key: &str,
+    tag: &str,
+    build: impl FnOnce(&Path) -> Result<()>,
+) -> Result<TestImage> {
     std::fs::create_dir_all(cache_root)
         .map_err(io_context(format!("create {}", cache_root.display())))?;
-    let lock_path = cache_root.join(format!("{IMAGE_KEY}.lock"));
+    let lock_path = cache_root.join(format!("{key}.lock"));
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -65,7 +80,7 @@ pub fn test_image(cache_root: &Path) -> Result<TestImage> {
     lock.lock()
         .map_err(io_context(format!("lock {}", lock_path.display())))?;
 
-    let dir = cache_root.join(IMAGE_KEY);
+    let dir = cache_root.join(key);
     let layout = dir.join("oci");
     if !dir.join("complete").is_file() {
         if dir.exists() {
@@ -73,14 +88,14 @@ pub fn test_image(cache_root: &Path) -> Result<TestImage> {
                 .map_err(io_context(format!("remove half-built {}", dir.display())))?;
         }
         std::fs::create_dir_all(&dir).map_err(io_context(format!("create {}", dir.display())))?;
-        build_image(&dir)?;
+        build(&dir)?;
         File::create(dir.join("complete")).map_err(io_context("write the complete marker"))?;
     }
-    let facts = read_layout(&layout, IMAGE_TAG)?;
+    let facts = read_layout(&layout, tag)?;
     drop(lock);
     Ok(TestImage {
         layout,
-        tag: IMAGE_TAG.to_owned(),
+        tag: tag.to_owned(),
         facts,
     })
 }

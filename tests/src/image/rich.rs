@@ -16,15 +16,13 @@
 //! | `replaced`, `swap` | a path written twice (the later entry wins) and a directory replaced by a file |
 //! | `opq/` with `.wh..wh..opq`, `.wh.never-existed` | an opaque directory and a whiteout, overlay-converted in `layerfs` |
 
-use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use tar::{Builder, EntryType, Header};
 
-use super::build::TestImage;
-use super::layout::read_layout;
+use super::build::{TestImage, cached_image};
 use crate::error::{Result, io_context};
 use crate::process::run_checked;
 
@@ -52,35 +50,7 @@ pub const CAPABILITY_V2: [u8; 20] = [
 ///
 /// Errors: umoci failing (with the log tail), I/O.
 pub fn rich_image(cache_root: &Path) -> Result<TestImage> {
-    std::fs::create_dir_all(cache_root)
-        .map_err(io_context(format!("create {}", cache_root.display())))?;
-    let lock_path = cache_root.join(format!("{RICH_KEY}.lock"));
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_context(format!("open {}", lock_path.display())))?;
-    lock.lock()
-        .map_err(io_context(format!("lock {}", lock_path.display())))?;
-    let dir = cache_root.join(RICH_KEY);
-    let layout = dir.join("oci");
-    if !dir.join("complete").is_file() {
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(io_context(format!("remove half-built {}", dir.display())))?;
-        }
-        std::fs::create_dir_all(&dir).map_err(io_context(format!("create {}", dir.display())))?;
-        build(&dir)?;
-        File::create(dir.join("complete")).map_err(io_context("write the complete marker"))?;
-    }
-    let facts = read_layout(&layout, RICH_TAG)?;
-    drop(lock);
-    Ok(TestImage {
-        layout,
-        tag: RICH_TAG.to_owned(),
-        facts,
-    })
+    cached_image(cache_root, RICH_KEY, RICH_TAG, build)
 }
 
 fn build(dir: &Path) -> Result<()> {
