@@ -451,16 +451,23 @@ fn tampered_objects_give_eio_are_not_cached_and_recover() {
         .map(|d| d.count() == 0)
         .unwrap_or(true);
     assert!(txn_empty, "temporaries left in txn/");
-    // Two attempts: the normal one and one retry with no-cache headers.
+    // Every fetch of the object is two attempts: the normal one and one retry with
+    // no-cache headers. (The kernel may send a read-ahead and then the read itself, each
+    // reaching the mount process, so there may be two fetches.)
     let heads: Vec<String> = proxy.requests.lock().unwrap()[before..].to_vec();
     let for_hello: Vec<&String> = heads
         .iter()
         .filter(|h| h.contains(&repo.hello_object))
         .collect();
-    assert_eq!(for_hello.len(), 2, "{heads:?}");
-    let retry = for_hello[1].to_ascii_lowercase();
-    assert!(retry.contains("pragma: no-cache") && retry.contains("cache-control: no-cache"));
-    assert!(!for_hello[0].to_ascii_lowercase().contains("no-cache"));
+    assert!(
+        !for_hello.is_empty() && for_hello.len() % 2 == 0,
+        "{heads:?}"
+    );
+    for pair in for_hello.chunks(2) {
+        let retry = pair[1].to_ascii_lowercase();
+        assert!(retry.contains("pragma: no-cache") && retry.contains("cache-control: no-cache"));
+        assert!(!pair[0].to_ascii_lowercase().contains("no-cache"));
+    }
 
     // A good path again: the same read succeeds and is cached.
     proxy.set(FORWARD);

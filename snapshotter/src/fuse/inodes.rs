@@ -193,6 +193,15 @@ impl Inodes {
         Some(path)
     }
 
+    /// The generation `ino` was last seen in (its revision), if it was handed out.
+    pub fn generation_of(&self, ino: u64) -> Option<u64> {
+        let table = self.read();
+        table
+            .records
+            .get(ino as usize)
+            .map(|r| u64::from(r.generation))
+    }
+
     /// The current generation.
     pub fn generation(&self) -> u64 {
         u64::from(self.read().generation)

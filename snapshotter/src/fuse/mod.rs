@@ -2,7 +2,19 @@
 //!
 //! Operations: lookup, getattr, readlink, open/read/release, opendir/readdir/releasedir,
 //! getxattr/listxattr (the stored xattrs of spec §6.9 only; `trusted.overlay.opaque` must be
-//! readable because overlayfs reads it from lower layers), statfs. Crate errors become errno
+//! readable because overlayfs reads it from lower layers), statfs.
+//!
+//! **No-open mode.** When the kernel offers `FUSE_NO_OPEN_SUPPORT` (Linux ≥ 4.18) and
+//! `FUSE_NO_OPENDIR_SUPPORT` (≥ 5.1), `open` and `opendir` answer `ENOSYS`: the kernel then
+//! opens files and directories itself for the rest of the session, with `FOPEN_KEEP_CACHE`
+//! (and `FOPEN_CACHE_DIR` for directories), and never sends `OPEN`, `RELEASE`, `OPENDIR` or
+//! `RELEASEDIR` again; the first `FLUSH` answers `ENOSYS` too, so no `FLUSH` follows. Each
+//! container start through overlayfs opens dozens of files, each an `OPEN` and a
+//! `RELEASE` round trip otherwise. A `READ` then names only the inode: the object is found
+//! from the inode's node and pinned for that read only (a pin held between reads would
+//! stop the cache's eviction, see [`crate::cache`]); listings are kept per directory inode
+//! in a small LRU (tagged with the generation). Kernels without these capabilities get
+//! file and directory handles as before. Crate errors become errno
 //! values here and nowhere else: a missing path is `ENOENT`, a non-directory parent
 //! `ENOTDIR`, and download or verification failures `EIO` (spec §8.5).
 //!
@@ -20,15 +32,18 @@
 //! of unchanged paths are kept, see [`inodes`]) and the kernel's caches of every entry,
 //! inode and negative lookup of the old revision are invalidated through the FUSE notify
 //! channel (an inode invalidation with offset 0 also drops its page cache, which holds a
-//! cached symlink target). Open files keep their pinned cache file and so read the revision they opened to
-//! the end.
+//! cached symlink target). Open files read the revision they opened to the end: with
+//! handles, through their pinned cache file; in no-open mode, through their inode, which a
+//! changed file does not share with its new version (see [`inodes`]) and whose node is kept
+//! in the inode LRU or rebuilt from one of the last [`RETIRED_REVISIONS`] revisions.
 
 mod attr;
 mod inodes;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::fs::File;
+use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -41,6 +56,8 @@ use fuser::{
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr,
     Request,
 };
+
+use lru::LruCache;
 
 use crate::cache::{ObjectRequest, PinnedFile};
 use crate::repository::{LoadedCatalog, Repository};
@@ -82,6 +99,13 @@ struct FsTotals {
 /// kernel's copies simply expire after [`TTL`].
 const MAX_NEGATIVES: usize = 1 << 20;
 
+/// Earlier revisions kept after switches, so that a file opened in one of them still
+/// reads its content in no-open mode once its node has left the inode LRU.
+const RETIRED_REVISIONS: usize = 4;
+
+/// Directory listings kept in no-open mode (by inode), for `readdir` without a handle.
+const LISTINGS: usize = 256;
+
 /// The state shared by the file system and its [`Switcher`].
 struct Shared {
     repo: RwLock<Arc<Repository>>,
@@ -89,6 +113,11 @@ struct Shared {
     totals: Mutex<FsTotals>,
     /// `(parent inode, name)` of negative lookups answered in the current revision.
     negatives: Mutex<HashSet<(u64, String)>>,
+    /// `(generation, repository)` of the last [`RETIRED_REVISIONS`] revisions switched
+    /// away from, oldest first.
+    retired: Mutex<VecDeque<(u64, Arc<Repository>)>>,
+    /// No-open mode: listings by directory inode, with the generation they were made in.
+    listings: Mutex<LruCache<u64, (u64, Arc<DirListing>)>>,
 }
 
 /// The FUSE file system of one mounted repository (one revision at a time).
@@ -98,6 +127,10 @@ pub struct StrataFs {
     files: Mutex<HashMap<u64, OpenHandle>>,
     dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
     next_handle: AtomicU64,
+    /// The kernel opens files without `OPEN` (see the module docs); set at `INIT`.
+    no_open: bool,
+    /// The kernel opens directories without `OPENDIR`; set at `INIT`.
+    no_opendir: bool,
 }
 
 /// Swaps the revision a running [`StrataFs`] serves (spec §8.6).
@@ -124,13 +157,25 @@ impl Switcher {
         notifier: Option<&fuser::Notifier>,
     ) -> Result<usize> {
         let (root, totals) = root_and_totals(&repo)?;
-        *self
-            .shared
-            .repo
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = repo;
+        let generation = self.shared.inodes.generation();
+        let previous = std::mem::replace(
+            &mut *self
+                .shared
+                .repo
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            repo,
+        );
         *lock(&self.shared.totals) = totals;
         let old = self.shared.inodes.new_generation(root);
+        {
+            let mut retired = lock(&self.shared.retired);
+            retired.push_back((generation, previous));
+            while retired.len() > RETIRED_REVISIONS {
+                retired.pop_front();
+            }
+        }
+        lock(&self.shared.listings).clear();
         let negatives = std::mem::take(&mut *lock(&self.shared.negatives));
         let Some(notifier) = notifier else {
             return Ok(old.len());
@@ -201,10 +246,16 @@ impl StrataFs {
                 inodes: Inodes::new(root),
                 totals: Mutex::new(totals),
                 negatives: Mutex::new(HashSet::new()),
+                retired: Mutex::new(VecDeque::new()),
+                listings: Mutex::new(LruCache::new(
+                    NonZeroUsize::new(LISTINGS).unwrap_or(NonZeroUsize::MIN),
+                )),
             }),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            no_open: false,
+            no_opendir: false,
         })
     }
 
@@ -245,8 +296,63 @@ impl StrataFs {
             Err(e) => return Err(report("inode", &path, &e)),
         }
         // Renumbered or gone in the current revision: the old node, if still known
-        // (an open file of the previous revision).
-        inodes.cached(ino.0).ok_or(Errno::ENOENT)
+        // (an open file of the previous revision), else rebuilt from the retired revision
+        // it belongs to.
+        if let Some(node) = inodes.cached(ino.0) {
+            return Ok(node);
+        }
+        self.retired_node(ino.0, &path).ok_or(Errno::ENOENT)
+    }
+
+    /// The node of `ino` (path `path`) in the retired revision of its generation, if that
+    /// revision is still kept and has the path.
+    fn retired_node(&self, ino: u64, path: &str) -> Option<Arc<Node>> {
+        let generation = self.inodes().generation_of(ino)?;
+        let repo = lock(&self.shared.retired)
+            .iter()
+            .find(|(g, _)| *g == generation)
+            .map(|(_, r)| r.clone())?;
+        let found = repo.lookup(path).ok()??;
+        Some(Arc::new(Node {
+            ino,
+            path: path.to_owned(),
+            catalog: found.catalog.mountpoint.clone(),
+            entry: found.entry,
+            generation,
+        }))
+    }
+
+    /// No-open mode: the file of `ino` for one read (its object pinned until dropped).
+    fn file_of_inode(&self, ino: INodeNo) -> std::result::Result<OpenFile, Errno> {
+        let node = self.node(ino)?;
+        match node.entry.kind {
+            EntryKind::Regular => {}
+            EntryKind::Directory => return Err(Errno::EISDIR),
+            _ => return Err(Errno::EINVAL),
+        }
+        self.open_file(&node)
+            .map_err(|e| report("read", &node.path, &e))
+    }
+
+    /// No-open mode: the listing of directory `ino`, from the LRU when made in the current
+    /// generation.
+    fn listing_of_inode(&self, ino: INodeNo) -> std::result::Result<Arc<DirListing>, Errno> {
+        let generation = self.inodes().generation();
+        if let Some((g, items)) = lock(&self.shared.listings).get(&ino.0)
+            && *g == generation
+        {
+            return Ok(items.clone());
+        }
+        let node = self.node(ino)?;
+        if node.entry.kind != EntryKind::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        let items = Arc::new(
+            self.listing(&node)
+                .map_err(|e| report("readdir", &node.path, &e))?,
+        );
+        lock(&self.shared.listings).put(ino.0, (generation, items.clone()));
+        Ok(items)
     }
 
     /// Looks `name` up in directory `parent`; `None` if it does not exist.
@@ -452,6 +558,14 @@ impl Filesystem for StrataFs {
     /// Asks for [`WANTED_CAPABILITIES`]; a kernel without them just keeps asking (readlink
     /// per resolution), so that is logged, not fatal.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let offered = config.capabilities();
+        self.no_open = offered.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.no_opendir = offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        tracing::debug!(
+            no_open = self.no_open,
+            no_opendir = self.no_opendir,
+            "kernel opens files / directories without asking"
+        );
         if let Err(missing) = config.add_capabilities(WANTED_CAPABILITIES) {
             tracing::info!(
                 ?missing,
@@ -508,6 +622,10 @@ impl Filesystem for StrataFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_open {
+            // The kernel takes this as success and opens every file itself from now on.
+            return reply.error(Errno::ENOSYS);
+        }
         let node = match self.node(ino) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -536,7 +654,7 @@ impl Filesystem for StrataFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -550,8 +668,13 @@ impl Filesystem for StrataFs {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&fh.0)
             .map(|(_, f)| f.clone());
-        let Some(file) = file else {
-            return reply.error(Errno::EBADF);
+        let file = match file {
+            Some(file) => file,
+            None if self.no_open => match self.file_of_inode(ino) {
+                Ok(file) => Arc::new(file),
+                Err(e) => return reply.error(e),
+            },
+            None => return reply.error(Errno::EBADF),
         };
         match self.read_file(&file, offset, size) {
             Ok(bytes) => reply.data(&bytes),
@@ -576,8 +699,9 @@ impl Filesystem for StrataFs {
         reply.ok();
     }
 
-    /// Nothing to write back on `close(2)` of a read-only file. fuser's default answers
-    /// `ENOSYS` with a warning on every mount's first close.
+    /// Nothing to write back on `close(2)` of a read-only file. In no-open mode (no
+    /// `FOPEN_NOFLUSH` from an `OPEN`) this answers `ENOSYS`, and the kernel sends no
+    /// `FLUSH` again; otherwise `ok`. (fuser's default answers `ENOSYS` with a warning.)
     fn flush(
         &self,
         _req: &Request,
@@ -586,7 +710,11 @@ impl Filesystem for StrataFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        if self.no_open {
+            reply.error(Errno::ENOSYS);
+        } else {
+            reply.ok();
+        }
     }
 
     /// No ioctls: `ENOTTY`, what a regular file answers (e.g. the `TCGETS` of `isatty(3)`,
@@ -606,6 +734,10 @@ impl Filesystem for StrataFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            // Success for the kernel, which opens directories itself from now on.
+            return reply.error(Errno::ENOSYS);
+        }
         let node = match self.node(ino) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -626,7 +758,7 @@ impl Filesystem for StrataFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
@@ -637,8 +769,13 @@ impl Filesystem for StrataFs {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&fh.0)
             .cloned();
-        let Some(items) = items else {
-            return reply.error(Errno::EBADF);
+        let items = match items {
+            Some(items) => items,
+            None if self.no_opendir => match self.listing_of_inode(ino) {
+                Ok(items) => items,
+                Err(e) => return reply.error(e),
+            },
+            None => return reply.error(Errno::EBADF),
         };
         for (i, (ino, kind, name)) in items.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {

@@ -20,6 +20,9 @@
 //! C libraries from layer 1) and hashes six files of layers 2 and 5. Every run must print
 //! the same line.
 //!
+//! `BENCH_HOLD=1` keeps both containerd instances, the mount and the snapshotter running
+//! after the repetitions (see [`hold`]), for measuring by hand.
+//!
 //! Measured: wall time of each command (blocking `wait4`), bytes received by the node (the
 //! registry's access log for native, `strata-publisher serve`'s for Strata), peak RSS
 //! (`VmHWM`) of containerd and of the Strata mount and run processes after pull + first
@@ -305,6 +308,9 @@ fn bench(work: &WorkDir) -> Result<()> {
         reps.strata_empty.push(s.wall);
     }
     let load_end = load_average();
+    if std::env::var_os("BENCH_HOLD").is_some() {
+        hold(work, &native_cd, &warm_node.containerd, &reference, &args)?;
+    }
     drop(warm_node);
     drop(native_cd);
 
@@ -326,6 +332,38 @@ fn bench(work: &WorkDir) -> Result<()> {
             output: expected.trim().to_owned(),
         })
     );
+    Ok(())
+}
+
+/// `BENCH_HOLD` set: writes `<work>/hold.sh` (shell variables for both containerd
+/// instances, the reference and the workload) and keeps everything running until the file
+/// `<work>/hold` is deleted, for measuring by hand in the same warm environment.
+fn hold(
+    work: &WorkDir,
+    native: &Containerd,
+    strata: &Containerd,
+    reference: &str,
+    args: &[String],
+) -> Result<()> {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let script = format!(
+        "NATIVE_CTR=\"ctr --address {} -n {NAMESPACE}\"\nSTRATA_CTR=\"ctr --address {} -n {NAMESPACE}\"\nSTRATA_SNAPSHOTTER={SNAPSHOTTER_NAME}\nREF={}\nWORKLOAD=({})\n",
+        native.socket().display(),
+        strata.socket().display(),
+        quote(reference),
+        args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+    );
+    let flag = work.path().join("hold");
+    std::fs::write(work.path().join("hold.sh"), script)?;
+    std::fs::write(&flag, b"")?;
+    say(&format!(
+        "holding: source {}/hold.sh; rm {} to finish",
+        work.path().display(),
+        flag.display()
+    ));
+    while flag.exists() {
+        std::thread::sleep(Duration::from_millis(500));
+    }
     Ok(())
 }
 
