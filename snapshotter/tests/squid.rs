@@ -460,7 +460,7 @@ fn tampered_objects_give_eio_are_not_cached_and_recover() {
         .filter(|h| h.contains(&repo.hello_object))
         .collect();
     assert!(
-        !for_hello.is_empty() && for_hello.len() % 2 == 0,
+        !for_hello.is_empty() && for_hello.len().is_multiple_of(2),
         "{heads:?}"
     );
     for pair in for_hello.chunks(2) {
