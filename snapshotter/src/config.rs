@@ -20,6 +20,9 @@
 //! # Mount a fixed revision instead of the current one (no live updates), at most one of:
 //! repository_tag = "trunk-previous"   # a tag of the history database (CVMFS_REPOSITORY_TAG)
 //! root_hash = "5798f7f4…"              # a root catalog hash (CVMFS_ROOT_HASH)
+//! # Strata only: also mount the repository here with extended attributes switched off
+//! # (for `strata-snapshotter run --plain-mountpoint`; see the `fuse` module docs).
+//! plain_mountpoint = "/var/lib/containerd/io.containerd.snapshotter.v1.strata/plain"
 //! ```
 //!
 //! Every duration may also be a string in `humantime` form (`"250ms"`, `"2m"`), in which
@@ -101,6 +104,13 @@ pub struct MountArgs {
     /// are still checked). Fixture repositories carry whitelists that expire after 30 days.
     #[arg(long, hide = true)]
     pub accept_expired_whitelist: bool,
+    /// Also mount the repository at DIR, from the same process (same revision, inodes and
+    /// cache), with extended attributes switched off: the kernel then answers every
+    /// getxattr there with EOPNOTSUPP without asking the process. `strata-snapshotter run
+    /// --plain-mountpoint` gives overlayfs such paths for layers without xattrs, whose
+    /// `trusted.overlay.*` probes would otherwise each cost a FUSE round trip.
+    #[arg(long, value_name = "DIR")]
+    pub plain_mountpoint: Option<PathBuf>,
     /// Where to mount.
     pub mountpoint: PathBuf,
 }
@@ -155,6 +165,7 @@ struct FileConfig {
     threads: Option<u16>,
     repository_tag: Option<String>,
     root_hash: Option<String>,
+    plain_mountpoint: Option<PathBuf>,
 }
 
 /// HTTP behaviour (CVMFS spec §8.8.4, §8.8.5).
@@ -217,6 +228,9 @@ pub struct MountConfig {
     pub accept_expired_whitelist: bool,
     /// Where to mount.
     pub mountpoint: PathBuf,
+    /// The second mount without extended attributes, if any
+    /// ([`MountArgs::plain_mountpoint`]).
+    pub plain_mountpoint: Option<PathBuf>,
 }
 
 impl MountArgs {
@@ -339,6 +353,13 @@ impl MountArgs {
             self.tag.clone().or(file.repository_tag),
             self.root_hash.clone().or(file.root_hash),
         )?;
+        let plain_mountpoint = self.plain_mountpoint.clone().or(file.plain_mountpoint);
+        if plain_mountpoint.as_deref() == Some(self.mountpoint.as_path()) {
+            return Err(Error::Config(format!(
+                "plain_mountpoint {} is the mount point itself; give another directory",
+                self.mountpoint.display()
+            )));
+        }
         Ok(MountConfig {
             fqrn,
             servers,
@@ -352,6 +373,7 @@ impl MountArgs {
             pin,
             accept_expired_whitelist: self.accept_expired_whitelist,
             mountpoint: self.mountpoint.clone(),
+            plain_mountpoint,
         })
     }
 }

@@ -78,6 +78,7 @@ pub fn main(args: MountArgs) -> Result<()> {
     let repo = Arc::new(repo);
     let fs = StrataFs::new(repo.clone())?;
     let switcher = fs.switcher();
+    let twin = args.plain_mountpoint.as_ref().map(|_| fs.plain_twin());
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -129,9 +130,21 @@ pub fn main(args: MountArgs) -> Result<()> {
             "mounted a pinned revision; live updates are off"
         ),
     }
-    let unmounter = session.unmount_callable();
-    let mountpoint = args.mountpoint.clone();
-    runtime.spawn(unmount_on_signal(unmounter, mountpoint));
+    let mut notifiers = vec![session.notifier()];
+    let mut unmounters = vec![(session.unmount_callable(), args.mountpoint.clone())];
+    let plain = match (twin, &args.plain_mountpoint) {
+        (Some(twin), Some(dir)) => {
+            let mut plain = PlainSession::start(twin, dir, &config)?;
+            notifiers.push(plain.notifier.clone());
+            if let Some(unmounter) = plain.signal_unmounter.take() {
+                unmounters.push((unmounter, dir.clone()));
+            }
+            tracing::info!(plain_mountpoint = %dir.display(), "also mounted without extended attributes");
+            Some(plain)
+        }
+        _ => None,
+    };
+    runtime.spawn(unmount_on_signal(unmounters));
 
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let update_thread = if origin == Origin::Pinned {
@@ -142,7 +155,7 @@ pub fn main(args: MountArgs) -> Result<()> {
             cache,
             trust,
             switcher,
-            notifier: session.notifier(),
+            notifiers,
             max_ttl: args.max_ttl,
             offline: matches!(origin, Origin::Offline { .. }),
         };
@@ -163,6 +176,10 @@ pub fn main(args: MountArgs) -> Result<()> {
     drop(stop);
     if let Some(thread) = update_thread {
         let _ = thread.join();
+    }
+    // The main mount is gone: the plain one goes with it.
+    if let Some(plain) = plain {
+        plain.unmount_and_join();
     }
     served?;
     tracing::info!(mountpoint = %args.mountpoint.display(), "unmounted");
@@ -213,7 +230,8 @@ struct Updater {
     cache: Arc<ObjectCache>,
     trust: Trust,
     switcher: Switcher,
-    notifier: fuser::Notifier,
+    /// One per session (the main mount and the plain one).
+    notifiers: Vec<fuser::Notifier>,
     max_ttl: Option<Duration>,
     /// Serving the cache because the server's manifest was unavailable (spec §8.2 step 4).
     offline: bool,
@@ -285,7 +303,7 @@ impl Updater {
         let next = Revision::of_manifest(&manifest);
         let revision = next.revision;
         let repo = Arc::new(Repository::open(fqrn, next, self.cache.clone())?);
-        let invalidated = self.switcher.switch(repo, Some(&self.notifier))?;
+        let invalidated = self.switcher.switch(repo, &self.notifiers)?;
         if let Err(e) = next.breadcrumb().write(self.cache.root(), fqrn) {
             tracing::warn!(error = %e, "cannot write the breadcrumb");
         }
@@ -301,7 +319,7 @@ impl Updater {
 
 /// Waits for SIGINT or SIGTERM, then unmounts. If the mount is busy it is detached
 /// (`MNT_DETACH`) and the process exits, which ends the FUSE connection.
-async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: PathBuf) {
+async fn unmount_on_signal(unmounters: Vec<(fuser::SessionUnmounter, PathBuf)>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -314,21 +332,95 @@ async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: P
         _ = int.recv() => {}
         _ = term.recv() => {}
     }
-    tracing::info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
-    if let Err(e) = unmounter.unmount() {
-        tracing::warn!(error = %e, "unmount failed; detaching lazily");
-        if let Err(e) = nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH) {
-            tracing::error!(error = %e, "lazy unmount failed");
+    // The plain mount (if any) first: the process ends with the main session.
+    for (mut unmounter, mountpoint) in unmounters.into_iter().rev() {
+        tracing::info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!(error = %e, "unmount failed; detaching lazily");
+            if let Err(e) = nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::error!(error = %e, "lazy unmount failed");
+            }
+            continue;
         }
-        std::process::exit(0);
+        // fuser detaches lazily: the kernel keeps the file system, and this process keeps
+        // answering, while anything still uses it (open files, overlay mounts of running
+        // containers). Say so, or the process looks like it ignored the signal.
+        tracing::info!(
+            mountpoint = %mountpoint.display(),
+            "detached; exiting once nothing uses the file system any more (open files, running containers)"
+        );
     }
-    // fuser detaches lazily: the kernel keeps the file system, and this process keeps
-    // answering, while anything still uses it (open files, overlay mounts of running
-    // containers). Say so, or the process looks like it ignored the signal.
-    tracing::info!(
-        mountpoint = %mountpoint.display(),
-        "detached; exiting once nothing uses the file system any more (open files, running containers)"
-    );
+}
+
+/// The second FUSE session of `--plain-mountpoint` (extended attributes off; see the
+/// `fuse` module docs), served on its own threads.
+struct PlainSession {
+    notifier: fuser::Notifier,
+    /// For the signal handler (taken once).
+    signal_unmounter: Option<fuser::SessionUnmounter>,
+    /// For the end of the main session.
+    exit_unmounter: fuser::SessionUnmounter,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+    mountpoint: PathBuf,
+}
+
+impl PlainSession {
+    /// Mounts `twin` at `dir` (created if missing) with `config` and serves it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the directory cannot be created, is a live FUSE mount already, or
+    /// the mount or the serving thread fails to start.
+    fn start(twin: StrataFs, dir: &Path, config: &Config) -> Result<PlainSession> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            context: format!("creating the plain mount point {}", dir.display()),
+            source,
+        })?;
+        detach_stale_mount(dir);
+        refuse_live_fuse_mount(dir)?;
+        let mut session = fuser::Session::new(twin, dir, config).map_err(|source| Error::Io {
+            context: format!("mounting {}", dir.display()),
+            source,
+        })?;
+        let notifier = session.notifier();
+        let signal_unmounter = Some(session.unmount_callable());
+        let exit_unmounter = session.unmount_callable();
+        let mountpoint = dir.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("strata-plain".into())
+            .spawn(move || session.run())
+            .map_err(|source| Error::Io {
+                context: "starting the plain mount's thread".into(),
+                source,
+            })?;
+        Ok(PlainSession {
+            notifier,
+            signal_unmounter,
+            exit_unmounter,
+            thread,
+            mountpoint,
+        })
+    }
+
+    /// Unmounts (if still mounted; lazily, as fuser does) and waits for the session's
+    /// end, logging how it ended.
+    fn unmount_and_join(mut self) {
+        if let Err(e) = self.exit_unmounter.unmount() {
+            tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed; detaching lazily");
+            if let Err(e) = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
+            {
+                tracing::error!(error = %e, "lazy unmount failed");
+            }
+        }
+        match self.thread.join() {
+            Ok(Ok(())) => {
+                tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "plain mount ended with an error");
+            }
+            Err(_) => tracing::error!("the plain mount's thread panicked"),
+        }
+    }
 }
 
 /// Detaches (`MNT_DETACH`) a dead FUSE mount left at `mountpoint` by a mount process that

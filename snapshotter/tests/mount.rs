@@ -137,6 +137,114 @@ fn mounts_a_catalog_crate_repository() {
 }
 
 #[test]
+fn a_plain_mount_point_serves_the_same_tree_without_xattrs_and_counters_are_magic() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let repo = build_repo(work.path());
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let mnt = work.path().join("mnt");
+    let plain = work.path().join("plain");
+    let cache = work.path().join("cache");
+    let mut cmd = mount_command(&server, FQRN, &repo.pubkey, &cache, &mnt);
+    cmd.arg("--plain-mountpoint").arg(&plain);
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("mount.log"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fuse_mounted(&plain) {
+        assert!(
+            Instant::now() < deadline,
+            "plain mount missing:\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The same tree, the same inodes, the same content.
+    assert_eq!(names(&plain), names(&mnt));
+    assert_eq!(
+        names(&plain.join("layers/upper")),
+        names(&mnt.join("layers/upper"))
+    );
+    for p in ["hello.txt", "hard1", "layers/upper/od/new"] {
+        assert_eq!(
+            std::fs::read(plain.join(p)).unwrap(),
+            std::fs::read(mnt.join(p)).unwrap()
+        );
+        assert_eq!(
+            std::fs::metadata(plain.join(p)).unwrap().ino(),
+            std::fs::metadata(mnt.join(p)).unwrap().ino()
+        );
+    }
+    // No extended attributes there (the kernel answers, twice in a row), while the main
+    // mount still has them.
+    let od = "layers/upper/od";
+    for _ in 0..2 {
+        let err = getxattr(&plain.join(od), "trusted.overlay.opaque").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP), "{err}");
+    }
+    let err = xattr::list(plain.join(od)).map(|l| l.count()).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP), "{err}");
+    assert_eq!(
+        getxattr(&mnt.join(od), "trusted.overlay.opaque").unwrap(),
+        b"y"
+    );
+
+    // user.catalog_counters: by name only, the hosting catalog's statistics (spec §6.13).
+    let counters = |path: &Path| -> String {
+        let value = xattr::get(path, "user.catalog_counters")
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .unwrap_or_else(|| panic!("{}: no counters", path.display()));
+        String::from_utf8(value).unwrap()
+    };
+    let nested = counters(&mnt.join("layers/upper"));
+    assert!(
+        nested.contains("\ncatalog_mountpoint: /layers/upper\n"),
+        "{nested}"
+    );
+    assert!(nested.starts_with("catalog_hash: "), "{nested}");
+    assert!(nested.lines().any(|l| l == "self_xattr,1"), "{nested}");
+    let root = counters(&mnt);
+    assert!(root.contains("\ncatalog_mountpoint: \n"), "{root}");
+    assert!(root.lines().any(|l| l == "self_xattr,0"), "{root}");
+    assert_eq!(counters(&mnt.join("hello.txt")), root);
+    assert_eq!(counters(&mnt.join("layers/lower")), root);
+    assert!(counters(&mnt.join(od)).contains("catalog_mountpoint: /layers/upper\n"));
+    assert!(listxattr(&mnt.join("layers/upper")).is_empty());
+    assert_eq!(listxattr(&mnt.join(od)), b"trusted.overlay.opaque\0");
+    assert!(xattr::get(&plain, "user.catalog_counters").is_err());
+
+    // overlayfs over a plain lower (no xattrs) and a main-mount upper (opaque dir).
+    let merged = work.path().join("merged");
+    std::fs::create_dir_all(&merged).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={}:{}",
+            mnt.join("layers/upper").display(),
+            plain.join("layers/lower").display()
+        ))
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let merged_names = names(&merged);
+    let merged_od = names(&merged.join("od"));
+    let _ = Command::new("umount").arg(&merged).status();
+    assert_eq!(merged_names, vec![".cvmfscatalog", "kept", "od"]);
+    assert_eq!(merged_od, vec!["new"]);
+
+    // SIGTERM unmounts both.
+    m.stop();
+    assert!(
+        !fuse_mounted(&plain),
+        "the plain mount outlived the process"
+    );
+}
+
+#[test]
 fn a_slow_download_blocks_only_its_own_request() {
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();

@@ -1,8 +1,18 @@
 //! The read-only FUSE file system over a [`Repository`]; the only module that sees `fuser`.
 //!
 //! Operations: lookup, getattr, readlink, open/read/release, opendir/readdir/releasedir,
-//! getxattr/listxattr (the stored xattrs of spec §6.9 only; `trusted.overlay.opaque` must be
-//! readable because overlayfs reads it from lower layers), statfs.
+//! getxattr/listxattr (the stored xattrs of spec §6.9, plus one magic attribute below;
+//! `trusted.overlay.opaque` must be readable because overlayfs reads it from lower layers),
+//! statfs. Crate errors become errno values here and nowhere else: a missing path is
+//! `ENOENT`, a non-directory parent `ENOTDIR`, and download or verification failures `EIO`
+//! (spec §8.5).
+//!
+//! `fuser` runs several event-loop threads (see [`crate::mount`]); a request that waits on
+//! the network (a nested catalog or a file object) blocks only its own thread. Entries,
+//! attributes and negative lookups are cached by the kernel for [`TTL`], since a revision
+//! never changes; so are symlink targets (`FUSE_CACHE_SYMLINKS`, in the page cache of the
+//! link's inode), file pages (`FOPEN_KEEP_CACHE`) and directory listings
+//! (`FOPEN_CACHE_DIR`).
 //!
 //! **No-open mode.** When the kernel offers `FUSE_NO_OPEN_SUPPORT` (Linux ≥ 4.18) and
 //! `FUSE_NO_OPENDIR_SUPPORT` (≥ 5.1), `open` and `opendir` answer `ENOSYS`: the kernel then
@@ -14,28 +24,34 @@
 //! from the inode's node and pinned for that read only (a pin held between reads would
 //! stop the cache's eviction, see [`crate::cache`]); listings are kept per directory inode
 //! in a small LRU (tagged with the generation). Kernels without these capabilities get
-//! file and directory handles as before. Crate errors become errno
-//! values here and nowhere else: a missing path is `ENOENT`, a non-directory parent
-//! `ENOTDIR`, and download or verification failures `EIO` (spec §8.5).
+//! file and directory handles as before, files opened with `FOPEN_NOFLUSH` (a read-only
+//! file has nothing to write back on `close(2)`).
 //!
-//! `fuser` runs several event-loop threads (see [`crate::mount`]); a request that waits on
-//! the network (a nested catalog or a file object) blocks only its own thread. Entries,
-//! attributes and negative lookups are cached by the kernel for [`TTL`], since a revision
-//! never changes; so are symlink targets (`FUSE_CACHE_SYMLINKS`, in the page cache of the
-//! link's inode), file pages (`FOPEN_KEEP_CACHE`) and directory listings
-//! (`FOPEN_CACHE_DIR`). Files are opened with
-//! `FOPEN_NOFLUSH`: a read-only file has nothing to write back on `close(2)`, so the kernel
-//! sends no `FLUSH`.
+//! **Plain twin.** [`StrataFs::plain_twin`] is a second file system over the same state
+//! (revision, inodes, cache) for a second mount point, with extended attributes switched
+//! off: its `getxattr` and `listxattr` answer `ENOSYS`, after which the kernel fails them
+//! with `EOPNOTSUPP` for that session without asking. overlayfs probes
+//! `trusted.overlay.{metacopy,opaque,redirect,origin}` on every lower dentry it looks up,
+//! and the kernel caches no xattrs of FUSE files, so a lower layer in the main mount costs
+//! one round trip per probe; in the twin none. Only layers and flat trees without any
+//! xattr may be used from the twin (`strata-snapshotter run --plain-mountpoint` checks
+//! [`CATALOG_COUNTERS_XATTR`]).
+//!
+//! **Magic xattr.** `user.catalog_counters` (CVMFS's name and format), answered by name on
+//! any path of the main mount and never listed (as stock CVMFS with
+//! `CVMFS_HIDE_MAGIC_XATTRS=yes`): the statistics (spec §6.13) of the catalog that hosts
+//! the path — for a nested catalog's mountpoint directory, that nested catalog.
 //!
 //! Live updates (spec §8.6): a [`Switcher`] (taken before the session starts) swaps in a
 //! new [`Repository`] without unmounting. The inode table starts a new generation (numbers
 //! of unchanged paths are kept, see [`inodes`]) and the kernel's caches of every entry,
 //! inode and negative lookup of the old revision are invalidated through the FUSE notify
-//! channel (an inode invalidation with offset 0 also drops its page cache, which holds a
-//! cached symlink target). Open files read the revision they opened to the end: with
-//! handles, through their pinned cache file; in no-open mode, through their inode, which a
-//! changed file does not share with its new version (see [`inodes`]) and whose node is kept
-//! in the inode LRU or rebuilt from one of the last [`RETIRED_REVISIONS`] revisions.
+//! channel of every session (an inode invalidation with offset 0 also drops its page
+//! cache, which holds a cached symlink target). Open files read the revision they opened to
+//! the end: with handles, through their pinned cache file; in no-open mode, through their
+//! inode, which a changed file does not share with its new version (see [`inodes`]) and
+//! whose node is kept in the inode LRU or rebuilt from one of the last
+//! [`RETIRED_REVISIONS`] revisions.
 
 mod attr;
 mod inodes;
@@ -68,6 +84,12 @@ pub use inodes::{Inodes, Node, ROOT_INODE};
 
 /// How long the kernel may cache entries, attributes and negative lookups.
 pub const TTL: Duration = Duration::from_secs(300);
+
+/// The CVMFS magic extended attribute with the hosting catalog's statistics; value
+/// `catalog_hash: <hex>\ncatalog_mountpoint: <path>\n` then `self_<counter>,<n>\n` and
+/// `subtree_<counter>,<n>\n` lines sorted by key (stock CVMFS `magic_xattr.cc`; counters of
+/// spec §6.13, e.g. `self_xattr`).
+pub const CATALOG_COUNTERS_XATTR: &str = "user.catalog_counters";
 
 /// An open regular file.
 enum OpenFile {
@@ -131,6 +153,8 @@ pub struct StrataFs {
     no_open: bool,
     /// The kernel opens directories without `OPENDIR`; set at `INIT`.
     no_opendir: bool,
+    /// Whether extended attributes are served (false in the plain twin).
+    xattrs: bool,
 }
 
 /// Swaps the revision a running [`StrataFs`] serves (spec §8.6).
@@ -151,11 +175,7 @@ impl Switcher {
     /// # Errors
     /// Catalog errors reading the new root entry or statistics; [`Error::NotFound`] if the
     /// new root catalog has no root entry. The old revision stays in place on error.
-    pub fn switch(
-        &self,
-        repo: Arc<Repository>,
-        notifier: Option<&fuser::Notifier>,
-    ) -> Result<usize> {
+    pub fn switch(&self, repo: Arc<Repository>, notifiers: &[fuser::Notifier]) -> Result<usize> {
         let (root, totals) = root_and_totals(&repo)?;
         let generation = self.shared.inodes.generation();
         let previous = std::mem::replace(
@@ -177,30 +197,38 @@ impl Switcher {
         }
         lock(&self.shared.listings).clear();
         let negatives = std::mem::take(&mut *lock(&self.shared.negatives));
-        let Some(notifier) = notifier else {
-            return Ok(old.len());
-        };
-        let quiet = |what: &str, r: std::io::Result<()>| {
-            if let Err(e) = r {
-                tracing::debug!(what, error = %e, "kernel cache invalidation");
-            }
-        };
-        for stale in &old {
-            quiet("inode", notifier.inval_inode(INodeNo(stale.ino), 0, 0));
-            if stale.parent != 0 {
-                quiet(
-                    "entry",
-                    notifier.inval_entry(INodeNo(stale.parent), OsStr::new(&stale.name)),
-                );
-            }
-        }
-        for (parent, name) in &negatives {
-            quiet(
-                "negative entry",
-                notifier.inval_entry(INodeNo(*parent), OsStr::new(name)),
-            );
+        for notifier in notifiers {
+            invalidate(notifier, &old, &negatives);
         }
         Ok(old.len())
+    }
+}
+
+/// Drops one session's kernel caches of the `old` inodes and of the `negatives`.
+fn invalidate(
+    notifier: &fuser::Notifier,
+    old: &[inodes::StaleInode],
+    negatives: &HashSet<(u64, String)>,
+) {
+    let quiet = |what: &str, r: std::io::Result<()>| {
+        if let Err(e) = r {
+            tracing::debug!(what, error = %e, "kernel cache invalidation");
+        }
+    };
+    for stale in old {
+        quiet("inode", notifier.inval_inode(INodeNo(stale.ino), 0, 0));
+        if stale.parent != 0 {
+            quiet(
+                "entry",
+                notifier.inval_entry(INodeNo(stale.parent), OsStr::new(&stale.name)),
+            );
+        }
+    }
+    for (parent, name) in negatives {
+        quiet(
+            "negative entry",
+            notifier.inval_entry(INodeNo(*parent), OsStr::new(name)),
+        );
     }
 }
 
@@ -256,7 +284,35 @@ impl StrataFs {
             next_handle: AtomicU64::new(1),
             no_open: false,
             no_opendir: false,
+            xattrs: true,
         })
+    }
+
+    /// A second file system over the same revision, inodes and cache, for a second mount
+    /// point, with extended attributes switched off (module docs, "Plain twin"). A
+    /// [`Switcher`] of either switches both; the caller passes both sessions' notifiers.
+    pub fn plain_twin(&self) -> StrataFs {
+        StrataFs {
+            shared: self.shared.clone(),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            no_open: false,
+            no_opendir: false,
+            xattrs: false,
+        }
+    }
+
+    /// The [`CATALOG_COUNTERS_XATTR`] value for `node`.
+    fn catalog_counters(&self, node: &Node) -> Result<Vec<u8>> {
+        let repo = self.repo();
+        let catalog = if node.entry.kind == EntryKind::Directory {
+            repo.directory(&node.path)?.catalog
+        } else {
+            self.catalog_of(node)?
+        };
+        let stats = catalog.with(|r| r.statistics())?;
+        Ok(counters_text(&catalog.hash.to_hex(), &catalog.mountpoint, &stats).into_bytes())
     }
 
     /// A handle that switches the served revision while the session runs.
@@ -816,10 +872,20 @@ impl Filesystem for StrataFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            // The kernel answers EOPNOTSUPP itself from now on (plain twin).
+            return reply.error(Errno::ENOSYS);
+        }
         let node = match self.node(ino) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
+        if name == CATALOG_COUNTERS_XATTR {
+            return match self.catalog_counters(&node) {
+                Ok(text) => reply_sized(reply, size, &text),
+                Err(e) => reply.error(report("getxattr", &node.path, &e)),
+            };
+        }
         let value = name.to_str().and_then(|n| node.entry.xattrs.get(n));
         match value {
             None => reply.error(Errno::ENODATA),
@@ -828,12 +894,35 @@ impl Filesystem for StrataFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         let node = match self.node(ino) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         reply_sized(reply, size, &xattr_names(&node.entry));
     }
+}
+
+/// The [`CATALOG_COUNTERS_XATTR`] text of the catalog with hash `hash` (hex) mounted at
+/// `mountpoint`: stock CVMFS's `catalog_hash`/`catalog_mountpoint` lines, then every
+/// `self_`/`subtree_` counter as `name,value`, sorted by name.
+fn counters_text(hash: &str, mountpoint: &str, stats: &catalog::Statistics) -> String {
+    let mut lines = std::collections::BTreeMap::new();
+    for (prefix, counters) in [("self", &stats.self_), ("subtree", &stats.subtree)] {
+        for (name, value) in catalog::statistics::COUNTER_NAMES
+            .iter()
+            .zip(counters.values())
+        {
+            lines.insert(format!("{prefix}_{name}"), value);
+        }
+    }
+    let mut text = format!("catalog_hash: {hash}\ncatalog_mountpoint: {mountpoint}\n");
+    for (key, value) in lines {
+        text.push_str(&format!("{key},{value}\n"));
+    }
+    text
 }
 
 /// The `listxattr` buffer: each stored name followed by NUL.
@@ -886,6 +975,30 @@ mod tests {
             }),
             Errno::ENOSPC
         );
+    }
+
+    #[test]
+    fn catalog_counters_have_the_cvmfs_format() {
+        let mut stats = catalog::Statistics::default();
+        stats.self_.regular = 3;
+        stats.self_.xattr = 2;
+        stats.subtree.xattr = 5;
+        let text = counters_text("abc123", "/.layers/ab/abcd/layerfs", &stats);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "catalog_hash: abc123");
+        assert_eq!(lines[1], "catalog_mountpoint: /.layers/ab/abcd/layerfs");
+        assert_eq!(lines.len(), 2 + 24);
+        assert!(lines.contains(&"self_regular,3"));
+        assert!(lines.contains(&"self_xattr,2"));
+        assert!(lines.contains(&"subtree_xattr,5"));
+        assert!(lines.contains(&"subtree_external_file_size,0"));
+        let keys: Vec<&str> = lines[2..]
+            .iter()
+            .map(|l| l.split(',').next().unwrap())
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
     }
 
     #[test]
