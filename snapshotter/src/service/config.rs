@@ -23,6 +23,12 @@
 //! # (`.flat/<hh>/<config hex>`) as its single overlay lowerdir, when one is published,
 //! # instead of one lowerdir per layer (deploy/README.md has the measurements).
 //! flat_lowerdir = false                               # default
+//! # The repository's second, xattr-less mount (`strata-snapshotter mount
+//! # --plain-mountpoint`). Lower directories whose trees carry no extended attribute
+//! # (catalog counters `self_xattr + subtree_xattr == 0`) are handed to containerd from
+//! # here, so overlayfs's trusted.overlay.* probes cost no FUSE round trip. Unset = the
+//! # main mount only.
+//! plain_mountpoint = "/var/lib/containerd/io.containerd.snapshotter.v1.strata/plain/strata.example.org"
 //! ```
 
 use std::net::SocketAddr;
@@ -61,6 +67,8 @@ pub struct FileConfig {
     pub cache_dir: Option<PathBuf>,
     /// One flat lowerdir for all-remote images.
     pub flat_lowerdir: Option<bool>,
+    /// The xattr-less second mount of the repository.
+    pub plain_mountpoint: Option<PathBuf>,
 }
 
 /// The effective settings of `run`.
@@ -82,6 +90,9 @@ pub struct RunConfig {
     pub cache_dir: Option<PathBuf>,
     /// Give all-remote containers the image's flat tree as their only lowerdir.
     pub flat_lowerdir: bool,
+    /// The repository's xattr-less second mount (`mount --plain-mountpoint`), if any:
+    /// lower directories without extended attributes come from there.
+    pub plain_mountpoint: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -101,13 +112,22 @@ impl FileConfig {
 }
 
 /// Merges flags (`flags`, same shape as the file) over the file over the defaults.
-/// [`Error::Config`] if no mount point is given anywhere.
+/// [`Error::Config`] if no mount point is given anywhere, or the plain mount point is the
+/// mount point.
 pub fn merge(flags: FileConfig, file: FileConfig) -> Result<RunConfig> {
     let mountpoint = flags.mountpoint.or(file.mountpoint).ok_or_else(|| {
         Error::Config(
             "no repository mount point: give --mountpoint or `mountpoint` in --config".into(),
         )
     })?;
+    let plain_mountpoint = flags.plain_mountpoint.or(file.plain_mountpoint);
+    if plain_mountpoint.as_deref() == Some(mountpoint.as_path()) {
+        return Err(Error::Config(format!(
+            "plain_mountpoint {} is the repository mount point itself; give the directory \
+             `strata-snapshotter mount --plain-mountpoint` mounts",
+            mountpoint.display()
+        )));
+    }
     Ok(RunConfig {
         socket: flags
             .socket
@@ -132,6 +152,7 @@ pub fn merge(flags: FileConfig, file: FileConfig) -> Result<RunConfig> {
             .flat_lowerdir
             .or(file.flat_lowerdir)
             .unwrap_or(DEFAULT_FLAT_LOWERDIR),
+        plain_mountpoint,
     })
 }
 
@@ -155,6 +176,12 @@ mod tests {
         assert_eq!(file.root.as_deref(), Some(Path::new(DEFAULT_ROOT)));
         assert_eq!(file.require_remote, Some(false));
         assert_eq!(file.flat_lowerdir, Some(DEFAULT_FLAT_LOWERDIR));
+        assert_eq!(
+            file.plain_mountpoint.as_deref(),
+            Some(Path::new(
+                "/var/lib/containerd/io.containerd.snapshotter.v1.strata/plain/strata.example.org"
+            ))
+        );
         assert_eq!(
             file.metrics,
             Some(
@@ -190,6 +217,27 @@ mod tests {
         assert!(c.require_remote);
         assert_eq!(c.name, "x");
         assert_eq!(c.metrics, None);
+        assert_eq!(c.plain_mountpoint, None);
+        let plain = FileConfig::parse("mountpoint = \"/m\"\nplain_mountpoint = \"/p\"\n")?;
+        assert_eq!(
+            merge(FileConfig::default(), plain.clone())?.plain_mountpoint,
+            Some(PathBuf::from("/p"))
+        );
+        let flag = FileConfig {
+            plain_mountpoint: Some("/q".into()),
+            ..FileConfig::default()
+        };
+        assert_eq!(
+            merge(flag, plain)?.plain_mountpoint,
+            Some(PathBuf::from("/q"))
+        );
+        assert!(matches!(
+            merge(
+                FileConfig::default(),
+                FileConfig::parse("mountpoint = \"/m\"\nplain_mountpoint = \"/m\"\n")?
+            ),
+            Err(Error::Config(_))
+        ));
         assert!(matches!(
             merge(FileConfig::default(), FileConfig::default()),
             Err(Error::Config(_))

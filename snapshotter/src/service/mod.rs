@@ -72,6 +72,12 @@ pub struct RunArgs {
     /// [default: false; see deploy/README.md].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub flat_lowerdir: Option<bool>,
+    /// The repository's second mount without extended attributes (`strata-snapshotter
+    /// mount --plain-mountpoint DIR`): lower directories whose trees carry no xattrs are
+    /// handed to containerd from there, so overlayfs's xattr probes cost no FUSE round
+    /// trip [default: unset = the main mount only; see deploy/README.md].
+    #[arg(long, value_name = "DIR")]
+    pub plain_mountpoint: Option<PathBuf>,
     /// TOML configuration file (see deploy/README.md).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -93,6 +99,7 @@ impl RunArgs {
             metrics: self.metrics,
             cache_dir: self.cache_dir.clone(),
             flat_lowerdir: self.flat_lowerdir,
+            plain_mountpoint: self.plain_mountpoint.clone(),
         };
         config::merge(flags, file)
     }
@@ -248,9 +255,15 @@ pub fn main(args: RunArgs) -> Result<()> {
                 })??;
         snapshotter.set_require_remote(cfg.require_remote);
         snapshotter.set_flat_lowerdir(cfg.flat_lowerdir);
+        snapshotter.set_plain_mountpoint(cfg.plain_mountpoint.as_deref());
         info!(
             root = %cfg.root.display(),
             mountpoint = %cfg.mountpoint.display(),
+            plain_mountpoint = %cfg
+                .plain_mountpoint
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             require_remote = cfg.require_remote,
             flat_lowerdir = cfg.flat_lowerdir,
             "snapshotter ready"

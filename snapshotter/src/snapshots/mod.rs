@@ -16,6 +16,7 @@
 
 pub mod filter;
 pub mod flat;
+pub mod plain;
 pub mod remote;
 pub mod store;
 
@@ -31,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::mounts::{Layout, Mount, OverlayOptions, snapshot_mounts};
 use filter::Filter;
 use flat::FlatIndex;
+use plain::PlainLowers;
 use remote::{
     FallbackReason, LABEL_REMOTE, LABEL_SNAPSHOT_REF, Repository, Resolution, inherited_labels,
     key_chain_id,
@@ -109,6 +111,9 @@ pub struct Snapshotter {
     unavailable: BTreeMap<String, String>,
     /// With `--flat-lowerdir`: the flat trees of published images ([`flat`]).
     flat: Option<FlatIndex>,
+    /// With `--plain-mountpoint`: lower directories without xattrs from the plain mount
+    /// ([`plain`]).
+    plain: Option<PlainLowers>,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -261,6 +266,7 @@ impl Snapshotter {
             require_remote: false,
             unavailable: BTreeMap::new(),
             flat: None,
+            plain: None,
         })
     }
 
@@ -269,6 +275,15 @@ impl Snapshotter {
     /// for its top ChainID ([`flat`]); otherwise, and for views, one `lowerdir` per layer.
     pub fn set_flat_lowerdir(&mut self, enabled: bool) {
         self.flat = enabled.then(|| FlatIndex::new(self.repository.mountpoint()));
+    }
+
+    /// With `Some(dir)` (`--plain-mountpoint`): every lower directory inside the
+    /// repository mount (`<mountpoint>/<rel>`, a layer's `layerfs` or a flat tree) whose
+    /// tree carries no extended attribute is handed to containerd as `<dir>/<rel>`, the
+    /// same tree in the mount's xattr-less second session ([`plain`]); `None` = always the
+    /// main mount. Applies to overlay lowerdirs and to the bind mount of a one-layer view.
+    pub fn set_plain_mountpoint(&mut self, dir: Option<&Path>) {
+        self.plain = dir.map(|d| PlainLowers::new(self.repository.mountpoint(), d));
     }
 
     /// Counts remote/fallback decisions into `metrics`.
@@ -420,10 +435,15 @@ impl Snapshotter {
                 )));
             }
         };
-        let lowers = match self.flat_lower(record)? {
+        let mut lowers = match self.flat_lower(record)? {
             Some(flat) => vec![flat],
             None => self.lower_dirs(record)?,
         };
+        if let Some(plain) = &self.plain {
+            for dir in &mut lowers {
+                *dir = plain.lower(dir);
+            }
+        }
         Ok(snapshot_mounts(&layout, &lowers, self.overlay))
     }
 
@@ -1108,6 +1128,98 @@ mod tests {
         f.sn.commit("local", "local-active", &Labels::new(), "")?;
         let lower = per_layer_of(&mut f, "c3", "local")?;
         assert_eq!(lower.matches(':').count(), 2, "{lower}");
+        Ok(())
+    }
+
+    #[test]
+    fn plain_mountpoint_serves_layers_without_xattrs_from_the_plain_mount() -> Result<()> {
+        let mut f = fixture();
+        let repo = Repository::new(&f.mount);
+        let mount = f.mount.clone();
+        let plain_root = f.mount.with_file_name("plain");
+        let plain_layer = |hex: &str| {
+            plain_root.join(repo.layer_path(hex).strip_prefix(&mount).expect("in mount"))
+        };
+        for hex in [LAYER1, LAYER2] {
+            std::fs::create_dir_all(plain_layer(hex)).expect("mkdir plain");
+        }
+        // LAYER1 carries no xattrs, LAYER2 two (an opaque dir and a file capability, say).
+        let counters = |hex: &str, n: u32| {
+            format!(
+                "catalog_hash: abcdef\ncatalog_mountpoint: /.layers/{}/{hex}/layerfs\n\
+                 self_dir,2\nself_regular,1\nself_xattr,{n}\nsubtree_xattr,0\n",
+                &hex[..2]
+            )
+        };
+        xattr::set(
+            repo.layer_path(LAYER1),
+            plain::XATTR_CATALOG_COUNTERS,
+            counters(LAYER1, 0).as_bytes(),
+        )
+        .expect("setxattr");
+        xattr::set(
+            repo.layer_path(LAYER2),
+            plain::XATTR_CATALOG_COUNTERS,
+            counters(LAYER2, 2).as_bytes(),
+        )
+        .expect("setxattr");
+        f.sn.set_plain_mountpoint(Some(&plain_root));
+
+        let chain1 = format!("sha256:{}", "a1".repeat(32));
+        let chain2 = format!("sha256:{}", "a2".repeat(32));
+        f.sn.prepare("x1", "", &extract_labels(&chain1, Some(LAYER1)))?;
+        f.sn.prepare("x2", &chain1, &extract_labels(&chain2, Some(LAYER2)))?;
+        // Active snapshot: nearest parent first, LAYER2 from the main mount, LAYER1 plain.
+        let m = mounts(f.sn.prepare("ctr", &chain2, &Labels::new())?);
+        assert_eq!(m[0].kind, "overlay");
+        assert_eq!(
+            m[0].options.last(),
+            Some(&format!(
+                "lowerdir={}:{}",
+                repo.layer_path(LAYER2).display(),
+                plain_layer(LAYER1).display()
+            ))
+        );
+        assert_eq!(f.sn.mounts("ctr")?, m);
+        // A one-layer view binds the plain layer; a two-layer view mixes as above.
+        let v = f.sn.view("v1", &chain1, &Labels::new())?;
+        assert_eq!(
+            (v[0].kind.as_str(), v[0].source.clone()),
+            ("bind", plain_layer(LAYER1).display().to_string())
+        );
+        let v = f.sn.view("v2", &chain2, &Labels::new())?;
+        assert_eq!(
+            v[0].options,
+            vec![format!(
+                "lowerdir={}:{}",
+                repo.layer_path(LAYER2).display(),
+                plain_layer(LAYER1).display()
+            )]
+        );
+        // Local layers are never in the plain mount.
+        f.sn.prepare("local-active", &chain2, &Labels::new())?;
+        f.sn.commit("local", "local-active", &Labels::new(), "")?;
+        let local = f.sn.files_dir(&f.sn.store.require("local")?);
+        let lower = per_layer_of(&mut f, "c3", "local")?;
+        assert_eq!(
+            lower,
+            format!(
+                "lowerdir={}:{}:{}",
+                local.display(),
+                repo.layer_path(LAYER2).display(),
+                plain_layer(LAYER1).display()
+            )
+        );
+        // Off again: the main mount only.
+        f.sn.set_plain_mountpoint(None);
+        assert_eq!(
+            f.sn.mounts("ctr")?[0].options.last(),
+            Some(&format!(
+                "lowerdir={}:{}",
+                repo.layer_path(LAYER2).display(),
+                repo.layer_path(LAYER1).display()
+            ))
+        );
         Ok(())
     }
 
