@@ -4,8 +4,9 @@
 //! running a container is covered by the workspace end-to-end test.
 //!
 //! The tests of the kubelet's CRI pull, non-root users, setuid and file-capability
-//! binaries, other runtimes and `--flat-lowerdir` run on the real stack instead
-//! ([`stack`]: registry, `strata-publisher`, FUSE mount).
+//! binaries, other runtimes, `--flat-lowerdir` and `--plain-mountpoint` run on the real
+//! stack instead ([`stack`]: registry, `strata-publisher`, FUSE mount and its plain
+//! mount; `run --plain-mountpoint` as deployed).
 //!
 //! Needs root (containerd) and the `containerd` and `ctr` binaries; fails without them.
 
@@ -103,6 +104,8 @@ struct Env {
     mountpoint: PathBuf,
     root: PathBuf,
     run_args: Vec<String>,
+    /// `--plain-mountpoint` of `run`, if any.
+    plain_mountpoint: Option<PathBuf>,
     dir: tempfile::TempDir,
 }
 
@@ -139,6 +142,8 @@ struct Options {
     run_args: Vec<String>,
     /// The repository mount point; default a plain directory `<tmp>/mnt` (fake mount).
     mountpoint: Option<PathBuf>,
+    /// `run --plain-mountpoint` (the mount's xattr-less second session); default none.
+    plain_mountpoint: Option<PathBuf>,
     /// Enable containerd's CRI plugin (kubelet's path) with our snapshotter, snapshot
     /// annotations on, and a plain-HTTP mirror for this registry `host:port`; `None`
     /// disables the plugin.
@@ -167,11 +172,13 @@ fn cri_config(opts: &Options, dir: &Path) -> String {
     )
 }
 
-/// Starts `strata-snapshotter run` for `env`-like paths with extra flags.
+/// Starts `strata-snapshotter run` for `env`-like paths with extra flags (and
+/// `--plain-mountpoint plain` when given).
 fn spawn_snapshotter(
     socket: &Path,
     root: &Path,
     mountpoint: &Path,
+    plain: Option<&Path>,
     extra: &[String],
     log: &Path,
 ) -> Process {
@@ -187,6 +194,9 @@ fn spawn_snapshotter(
         .arg(SNAPSHOTTER)
         .args(extra)
         .env("RUST_LOG", "info,snapshotter=debug");
+    if let Some(plain) = plain {
+        run.arg("--plain-mountpoint").arg(plain);
+    }
     let mut p = Process::spawn("strata-snapshotter run", run, log);
     p.wait_socket(socket);
     p
@@ -217,6 +227,7 @@ impl Env {
             &self.snap_socket,
             &self.root,
             &self.mountpoint,
+            self.plain_mountpoint.as_deref(),
             &self.run_args,
             &log,
         );
@@ -252,10 +263,12 @@ impl Env {
         std::fs::create_dir_all(&mountpoint).expect("mkdir mnt");
 
         let run_args = opts.run_args.clone();
+        let plain_mountpoint = opts.plain_mountpoint.clone();
         let snapshotter = spawn_snapshotter(
             &snap_socket,
             &root,
             &mountpoint,
+            plain_mountpoint.as_deref(),
             &run_args,
             &d.join("run.log"),
         );
@@ -295,6 +308,7 @@ impl Env {
             mountpoint,
             root,
             run_args,
+            plain_mountpoint,
             dir,
         };
         // containerd answers only once its plugins are loaded.
@@ -1399,6 +1413,7 @@ fn cri_pull_is_remote_and_user_setuid_caps_and_runtimes_match_overlayfs() {
     let reference = format!("{}/caps:1", stack.registry_host);
     let env = Env::start_opts(Options {
         mountpoint: Some(stack.mountpoint.clone()),
+        plain_mountpoint: Some(stack.plain_mountpoint.clone()),
         cri_registry: Some(stack.registry_host.clone()),
         ..Options::default()
     });
@@ -1441,6 +1456,64 @@ fn cri_pull_is_remote_and_user_setuid_caps_and_runtimes_match_overlayfs() {
     // The registry did serve this pull (manifest, config), so the log is the right one.
     let served = stack.registry_mark() - mark;
     assert!(served > 0, "no registry requests during the CRI pull");
+
+    check_plain_mount(&stack, &image);
+    // The container's root overlay: layer 1 (no xattrs) from the plain mount, layer 0
+    // (`security.capability` on cap-cat) from the main mount, nearest first.
+    let proc_mounts = env.ctr_in(
+        "k8s.io",
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            SNAPSHOTTER,
+            &reference,
+            "proc-mounts",
+            "/bin/cat",
+            "/proc/mounts",
+        ],
+    );
+    let (layer0, layer1) = (
+        layerfs_of(&stack.mountpoint, &image.layer_digests[0]),
+        layerfs_of(&stack.mountpoint, &image.layer_digests[1]),
+    );
+    let expected_lower = format!(
+        "{}:{}",
+        plain_of(&stack, &layer1).display(),
+        layer0.display()
+    );
+    assert_eq!(
+        root_lowerdir(&proc_mounts).as_deref(),
+        Some(expected_lower.as_str()),
+        "{proc_mounts}"
+    );
+    // The same through `ctr snapshots prepare --target` (prints the mounts at once, so
+    // no garbage collection can come between) of a container snapshot.
+    let top = image.chains.last().expect("layers");
+    let m = env.ctr_in(
+        "k8s.io",
+        &[
+            "snapshots",
+            "--snapshotter",
+            SNAPSHOTTER,
+            "prepare",
+            "--target",
+            "/tmp/target",
+            "plain-probe",
+            top,
+        ],
+    );
+    assert!(m.contains(&format!("lowerdir={expected_lower}")), "{m}");
+    env.ctr_in(
+        "k8s.io",
+        &[
+            "snapshots",
+            "--snapshotter",
+            SNAPSHOTTER,
+            "rm",
+            "plain-probe",
+        ],
+    );
 
     // A non-root user through the real FUSE mount, against containerd's own overlayfs
     // snapshotter on the same image; with ctr's default NoNewPrivileges (setuid and file
@@ -1517,6 +1590,107 @@ fn cri_pull_is_remote_and_user_setuid_caps_and_runtimes_match_overlayfs() {
     assert!(!log.contains("fallback to local snapshot"), "{log}");
 }
 
+/// `<plain>/<rel>` for `path` = `<mountpoint>/<rel>` of `stack`.
+fn plain_of(stack: &stack::Stack, path: &Path) -> PathBuf {
+    stack.plain_mountpoint.join(
+        path.strip_prefix(&stack.mountpoint)
+            .expect("path in the mount"),
+    )
+}
+
+/// The `lowerdir=` option of the overlay mounted at `/` in a `/proc/mounts` listing.
+fn root_lowerdir(proc_mounts: &str) -> Option<String> {
+    let line = proc_mounts.lines().find(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.get(1) == Some(&"/") && f.get(2) == Some(&"overlay")
+    })?;
+    let options = line.split(' ').nth(3)?;
+    options
+        .split(',')
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .map(str::to_string)
+}
+
+/// The two mounts of [`caps_image`] (contract §4): the plain mount is the same tree with
+/// every extended attribute refused (`EOPNOTSUPP`), the main mount keeps
+/// `security.capability` and answers `user.catalog_counters` (hidden from listxattr):
+/// layer 0 counts its xattr, layer 1 none; each layer is its own catalog.
+fn check_plain_mount(stack: &stack::Stack, image: &stack::Built) {
+    use snapshotter::snapshots::plain::{CatalogCounters, XATTR_CATALOG_COUNTERS};
+    let layers: Vec<PathBuf> = image
+        .layer_digests
+        .iter()
+        .map(|d| layerfs_of(&stack.mountpoint, d))
+        .collect();
+    let cap_cat = layers[0].join("bin/cap-cat");
+    let cap = xattr::get(&cap_cat, "security.capability")
+        .expect("getxattr on the main mount")
+        .expect("cap-cat has security.capability on the main mount");
+    assert!(cap.len() >= 20, "{cap:?}");
+    let listed: Vec<String> = xattr::list(&cap_cat)
+        .expect("listxattr on the main mount")
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        listed.iter().any(|n| n == "security.capability")
+            && !listed.iter().any(|n| n == XATTR_CATALOG_COUNTERS),
+        "{listed:?}"
+    );
+    let plain_cap_cat = plain_of(stack, &cap_cat);
+    let refused = |r: std::io::Result<()>, what: &str| {
+        let err = r.expect_err(what);
+        assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP), "{what}: {err}");
+    };
+    refused(
+        xattr::get(&plain_cap_cat, "security.capability").map(drop),
+        "getxattr security.capability on the plain mount",
+    );
+    refused(
+        xattr::list(&plain_cap_cat).map(drop),
+        "listxattr on the plain mount",
+    );
+    refused(
+        xattr::get(plain_of(stack, &layers[0]), XATTR_CATALOG_COUNTERS).map(drop),
+        "getxattr user.catalog_counters on the plain mount",
+    );
+    assert_eq!(
+        std::fs::read(&plain_cap_cat).expect("read plain cap-cat"),
+        std::fs::read(&cap_cat).expect("read cap-cat"),
+        "the plain mount is the same tree"
+    );
+    for (i, (layer, xattrs)) in layers.iter().zip([1, 0]).enumerate() {
+        let value = xattr::get(layer, XATTR_CATALOG_COUNTERS)
+            .expect("getxattr user.catalog_counters")
+            .unwrap_or_else(|| panic!("layer {i}: no {XATTR_CATALOG_COUNTERS}"));
+        let counters = CatalogCounters::parse(&value)
+            .unwrap_or_else(|e| panic!("layer {i}: {e}: {:?}", String::from_utf8_lossy(&value)));
+        assert_eq!(
+            Path::new("/").join(&counters.catalog_mountpoint.trim_start_matches('/')),
+            Path::new("/").join(layer.strip_prefix(&stack.mountpoint).expect("in mount")),
+            "layer {i} is its own catalog"
+        );
+        assert_eq!(counters.xattrs(), xattrs, "layer {i}: {counters:?}");
+        assert_eq!(
+            counters.counters.get("subtree_nested"),
+            Some(&0),
+            "layer {i}"
+        );
+        let names: Vec<String> = xattr::list(layer)
+            .expect("listxattr layer")
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n == XATTR_CATALOG_COUNTERS),
+            "magic xattr listed: {names:?}"
+        );
+    }
+    // Any path answers: its catalog's counters.
+    let value = xattr::get(layers[0].join("bin"), XATTR_CATALOG_COUNTERS)
+        .expect("getxattr")
+        .expect("user.catalog_counters on a subdirectory");
+    assert_eq!(CatalogCounters::parse(&value).map(|c| c.xattrs()), Ok(1));
+}
+
 /// Files per `data/l<i>/d<j>` directory and directories per layer of [`walk_image`].
 const WALK_FILES: usize = 100;
 const WALK_DIRS: usize = 10;
@@ -1580,6 +1754,7 @@ fn flat_lowerdir_gives_one_lowerdir_with_the_same_files_and_timings() {
     let reference = format!("{}/walk:1", stack.registry_host);
     let mut env = Env::start_opts(Options {
         mountpoint: Some(stack.mountpoint.clone()),
+        plain_mountpoint: Some(stack.plain_mountpoint.clone()),
         run_args: vec!["--flat-lowerdir".into()],
         ..Options::default()
     });
@@ -1599,10 +1774,12 @@ fn flat_lowerdir_gives_one_lowerdir_with_the_same_files_and_timings() {
         env.snap(&["rm", key]);
         m
     };
+    // No layer has xattrs: the flat tree comes from the plain mount.
+    let flat_lower = plain_of(&stack, &flat_dir);
     let m = mounts_of(&env, "flat-probe");
     assert!(
-        m.contains(&format!("lowerdir={}", flat_dir.display()))
-            && !m.contains(&format!("lowerdir={}:", flat_dir.display())),
+        m.contains(&format!("lowerdir={}", flat_lower.display()))
+            && !m.contains(&format!("lowerdir={}:", flat_lower.display())),
         "{m}"
     );
 
@@ -1632,6 +1809,17 @@ fn flat_lowerdir_gives_one_lowerdir_with_the_same_files_and_timings() {
         m.split("lowerdir=").nth(1).map(|l| l.matches(':').count()),
         Some(WALK_LAYERS - 1),
         "{m}"
+    );
+    let lowers = m
+        .split("lowerdir=")
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default();
+    assert!(
+        lowers
+            .split(':')
+            .all(|l| Path::new(l).starts_with(&stack.plain_mountpoint)),
+        "every layer from the plain mount: {m}"
     );
     let (layers_check, _) = run(&env, "layers-check", WALK_CHECK);
     let (layers_walk, _) = run(&env, "layers-walk", WALK);

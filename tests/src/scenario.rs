@@ -141,8 +141,10 @@ impl Stack {
         let cache = work.path().join("cache");
         let server_url = published.server.server_url();
         let pubkey = published.repo.public_key();
-        let mount = steps.run("strata-snapshotter mount (FUSE)", || {
-            FuseMount::start(
+        // With the xattr-less second mount, as deployed (deploy/README.md).
+        let plain = strata::plain_mountpoint_of(&mountpoint);
+        let mount = steps.run("strata-snapshotter mount (FUSE, plain mount too)", || {
+            FuseMount::start_with_plain(
                 &MountArgs {
                     fqrn: FQRN,
                     server: &server_url,
@@ -150,6 +152,7 @@ impl Stack {
                     cache: &cache,
                     mountpoint: &mountpoint,
                 },
+                Some(&plain),
                 &work.log("snapshotter-mount"),
             )
         })?;
@@ -165,10 +168,11 @@ impl Stack {
         let snapshotter = steps.run(
             "strata-snapshotter run (containerd proxy snapshotter)",
             || {
-                SnapshotterDaemon::start(
+                SnapshotterDaemon::start_with_plain(
                     &snapshotter_socket,
                     &work.path().join("snapshotter-root"),
                     &mountpoint,
+                    Some(&plain),
                     &work.log("snapshotter-run"),
                 )
             },
@@ -268,7 +272,7 @@ impl Stack {
     }
 
     /// Through the FUSE mount: `.metadata/<registry>/<repo>:<tag>/config.json` has the
-    /// config digest, and the public path `<registry>/<repo>:<tag>` (the flattened image)
+    /// config digest (the same bytes through the plain mount, if any), and the public path `<registry>/<repo>:<tag>` (the flattened image)
     /// has the whiteouts resolved (contract §3).
     pub fn check_namespace(&self) -> Result<()> {
         let mount = self.mount.mountpoint();
@@ -285,6 +289,21 @@ impl Stack {
                 config_path.display(),
                 self.published.image.facts.config_digest
             )));
+        }
+        if let Some(plain) = self.mount.plain_mountpoint() {
+            // The plain mount is the same tree (contract §4).
+            let plain_config = plain.join(".metadata").join(reference).join("config.json");
+            let same = std::fs::read(&plain_config).map_err(crate::error::io_context(format!(
+                "read {}",
+                plain_config.display()
+            )))?;
+            if same != config {
+                return Err(Error::Invalid(format!(
+                    "{} differs from {}",
+                    plain_config.display(),
+                    config_path.display()
+                )));
+            }
         }
         let flat = mount.join(reference);
         let relative = |p: &str| flat.join(p.trim_start_matches('/'));

@@ -260,12 +260,21 @@ pub fn strip_ansi(text: &str) -> String {
     out
 }
 
-/// A running `strata-snapshotter mount`; on drop the mount point is unmounted and the
-/// process stopped.
+/// A running `strata-snapshotter mount`; on drop the mount point (and the plain mount
+/// point, if any) is unmounted and the process stopped.
 #[derive(Debug)]
 pub struct FuseMount {
     service: Service,
     mountpoint: PathBuf,
+    plain: Option<PathBuf>,
+}
+
+/// Where the tests put the xattr-less second mount of `mountpoint`
+/// (`--plain-mountpoint`, contract §4): the sibling `<mountpoint>-plain`.
+pub fn plain_mountpoint_of(mountpoint: &Path) -> PathBuf {
+    let mut name = mountpoint.file_name().unwrap_or_default().to_os_string();
+    name.push("-plain");
+    mountpoint.with_file_name(name)
 }
 
 /// Arguments of `strata-snapshotter mount`.
@@ -286,9 +295,19 @@ pub struct MountArgs<'a> {
 impl MountArgs<'_> {
     /// The full `strata-snapshotter mount …` command.
     pub fn command(&self) -> Result<Command> {
+        self.command_with_plain(None)
+    }
+
+    /// The `strata-snapshotter mount …` command, with `--plain-mountpoint plain` when
+    /// given (the same repository also mounted there without extended attributes).
+    pub fn command_with_plain(&self, plain: Option<&Path>) -> Result<Command> {
         let mut command = strata_command(SNAPSHOTTER)?;
+        if let Some(plain) = plain {
+            command.arg("mount").arg("--plain-mountpoint").arg(plain);
+        } else {
+            command.arg("mount");
+        }
         command
-            .arg("mount")
             .arg("--fqrn")
             .arg(self.fqrn)
             .arg("--server")
@@ -304,28 +323,62 @@ impl MountArgs<'_> {
 
 impl FuseMount {
     /// Starts the mount and waits until `/proc/self/mountinfo` lists the mount point as
-    /// FUSE (60 s at most; contract §4).
+    /// FUSE (60 s at most; contract §4). No plain mount.
     pub fn start(args: &MountArgs<'_>, log: &Path) -> Result<FuseMount> {
-        for dir in [args.cache, args.mountpoint] {
+        FuseMount::start_with_plain(args, None, log)
+    }
+
+    /// As [`FuseMount::start`], with `--plain-mountpoint plain` when given (created if
+    /// needed); then both mount points must be listed as FUSE.
+    pub fn start_with_plain(
+        args: &MountArgs<'_>,
+        plain: Option<&Path>,
+        log: &Path,
+    ) -> Result<FuseMount> {
+        for dir in [Some(args.cache), Some(args.mountpoint), plain]
+            .into_iter()
+            .flatten()
+        {
             std::fs::create_dir_all(dir)
                 .map_err(io_context(format!("create {}", dir.display())))?;
         }
-        let mut service = Service::spawn("strata-snapshotter mount", args.command()?, log)?;
-        let mountpoint = args.mountpoint.to_owned();
-        service.wait_ready(
-            &format!("FUSE mount at {}", mountpoint.display()),
-            Duration::from_secs(60),
-            || mounts::is_fuse_mounted(&mountpoint),
+        let mut service = Service::spawn(
+            "strata-snapshotter mount",
+            args.command_with_plain(plain)?,
+            log,
         )?;
+        let mountpoint = args.mountpoint.to_owned();
+        let plain = plain.map(Path::to_owned);
+        let what = match &plain {
+            Some(p) => format!(
+                "FUSE mounts at {} and {} (plain)",
+                mountpoint.display(),
+                p.display()
+            ),
+            None => format!("FUSE mount at {}", mountpoint.display()),
+        };
+        service.wait_ready(&what, Duration::from_secs(60), || {
+            Ok(mounts::is_fuse_mounted(&mountpoint)?
+                && match &plain {
+                    Some(p) => mounts::is_fuse_mounted(p)?,
+                    None => true,
+                })
+        })?;
         Ok(FuseMount {
             service,
             mountpoint,
+            plain,
         })
     }
 
     /// The mount point.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// The plain (xattr-less) mount point, if the mount was started with one.
+    pub fn plain_mountpoint(&self) -> Option<&Path> {
+        self.plain.as_deref()
     }
 
     /// Fails if the mount process died.
@@ -336,9 +389,16 @@ impl FuseMount {
     /// Unmounts and stops the process (also done on drop).
     pub fn stop(&mut self) {
         if self.service.pid().is_some() {
-            mounts::unmount(&self.mountpoint);
+            let all: Vec<PathBuf> = std::iter::once(self.mountpoint.clone())
+                .chain(self.plain.clone())
+                .collect();
+            for m in &all {
+                mounts::unmount(m);
+            }
             self.service.stop(Duration::from_secs(10));
-            mounts::unmount(&self.mountpoint);
+            for m in &all {
+                mounts::unmount(m);
+            }
         }
     }
 }
@@ -365,6 +425,18 @@ impl SnapshotterDaemon {
         mountpoint: &Path,
         log: &Path,
     ) -> Result<SnapshotterDaemon> {
+        SnapshotterDaemon::start_with_plain(socket, root, mountpoint, None, log)
+    }
+
+    /// As [`SnapshotterDaemon::start`], with `--plain-mountpoint plain` when given (the
+    /// mount's xattr-less second session, [`FuseMount::plain_mountpoint`]).
+    pub fn start_with_plain(
+        socket: &Path,
+        root: &Path,
+        mountpoint: &Path,
+        plain: Option<&Path>,
+        log: &Path,
+    ) -> Result<SnapshotterDaemon> {
         std::fs::create_dir_all(root).map_err(io_context(format!("create {}", root.display())))?;
         let mut command = strata_command(SNAPSHOTTER)?;
         command
@@ -375,6 +447,9 @@ impl SnapshotterDaemon {
             .arg(root)
             .arg("--mountpoint")
             .arg(mountpoint);
+        if let Some(plain) = plain {
+            command.arg("--plain-mountpoint").arg(plain);
+        }
         let mut service = Service::spawn("strata-snapshotter run", command, log)?;
         let probe = socket.to_owned();
         service.wait_ready(
@@ -474,6 +549,34 @@ mod tests {
             })
         );
         assert_eq!(parse_served("starting\nlistening on 127.0.0.1:1\n"), None);
+    }
+
+    #[test]
+    fn plain_mountpoint_is_the_dash_plain_sibling() {
+        assert_eq!(
+            plain_mountpoint_of(Path::new("/w/mnt")),
+            PathBuf::from("/w/mnt-plain")
+        );
+        let args = MountArgs {
+            fqrn: "f",
+            server: "http://s/cvmfs/@fqrn@",
+            pubkey: Path::new("/k.pub"),
+            cache: Path::new("/c"),
+            mountpoint: Path::new("/w/mnt"),
+        };
+        let words = |c: Command| -> Vec<String> {
+            c.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let plain = Path::new("/w/mnt-plain");
+        let with = words(args.command_with_plain(Some(plain)).expect("command"));
+        assert_eq!(&with[..3], ["mount", "--plain-mountpoint", "/w/mnt-plain"]);
+        assert_eq!(with.last().map(String::as_str), Some("/w/mnt"));
+        let without = words(args.command().expect("command"));
+        assert_eq!(without[0], "mount");
+        assert!(!without.iter().any(|w| w == "--plain-mountpoint"));
+        assert_eq!(with.len(), without.len() + 2);
     }
 
     #[test]

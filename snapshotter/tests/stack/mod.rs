@@ -1,7 +1,7 @@
 //! The real repository stack for the containerd tests that need more than a fake mount
 //! directory: Debian's `docker-registry` holding images pushed with `skopeo`,
 //! `strata-publisher init/ingest/serve`, and `strata-snapshotter mount` (FUSE) of the
-//! published repository. Images are built here from directories on local disk (OCI
+//! published repository, with its xattr-less plain mount beside it (as deployed). Images are built here from directories on local disk (OCI
 //! layout, gzip layers, `security.capability` kept as `SCHILY.xattr`).
 //!
 //! `strata-publisher` must be built (`cargo build -p publisher`; CI builds the workspace
@@ -191,13 +191,16 @@ pub struct Stack {
     pub registry_host: String,
     /// Where the repository is mounted.
     pub mountpoint: PathBuf,
+    /// Where the same mount process mounts it again without extended attributes
+    /// (`mount --plain-mountpoint`, as deployed): `<dir>/cvmfs-plain`.
+    pub plain_mountpoint: PathBuf,
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
         // The mount process unmounts on SIGTERM (its Process drop); a lazy unmount
         // covers a mount still busy or a process that did not get there.
-        let mountpoint = self.mountpoint.clone();
+        let mountpoints = [self.mountpoint.clone(), self.plain_mountpoint.clone()];
         let pid = self.mount.child.id();
         if let Ok(pid) = i32::try_from(pid) {
             let _ = nix::sys::signal::kill(
@@ -206,11 +209,13 @@ impl Drop for Stack {
             );
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while fuse_mounted(&mountpoint) && Instant::now() < deadline {
+        while mountpoints.iter().any(|m| fuse_mounted(m)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        if fuse_mounted(&mountpoint) {
-            let _ = Command::new("umount").arg("-l").arg(&mountpoint).status();
+        for m in &mountpoints {
+            if fuse_mounted(m) {
+                let _ = Command::new("umount").arg("-l").arg(m).status();
+            }
         }
     }
 }
@@ -229,7 +234,7 @@ fn publisher() -> PathBuf {
 impl Stack {
     /// Starts the registry, pushes `images` (`(built image, "repo:tag")`) with skopeo,
     /// publishes them all with `strata-publisher ingest`, serves the repository and
-    /// mounts it with `strata-snapshotter mount`.
+    /// mounts it with `strata-snapshotter mount --plain-mountpoint` (both mounts).
     pub fn start(dir: &Path, images: &[(&Built, &str)]) -> Stack {
         assert!(Path::new("/dev/fuse").exists(), "this test needs /dev/fuse");
         std::fs::create_dir_all(dir).expect("mkdir stack");
@@ -295,9 +300,14 @@ impl Stack {
         });
 
         let mountpoint = dir.join("cvmfs");
-        std::fs::create_dir_all(&mountpoint).expect("mkdir mountpoint");
+        let plain_mountpoint = dir.join("cvmfs-plain");
+        for m in [&mountpoint, &plain_mountpoint] {
+            std::fs::create_dir_all(m).expect("mkdir mountpoint");
+        }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"));
-        cmd.args(["mount", "--fqrn", FQRN, "--server"])
+        cmd.args(["mount", "--plain-mountpoint"])
+            .arg(&plain_mountpoint)
+            .args(["--fqrn", FQRN, "--server"])
             .arg(format!("http://{listen}/cvmfs/@fqrn@"))
             .arg("--pubkey")
             .arg(repo.join("keys").join(format!("{FQRN}.pub")))
@@ -306,13 +316,16 @@ impl Stack {
             .arg(&mountpoint)
             .env("RUST_LOG", "info");
         let mount = Process::spawn("strata-snapshotter mount", cmd, &dir.join("mount.log"));
-        wait_until("the FUSE mount", &mount, || fuse_mounted(&mountpoint));
+        wait_until("the FUSE mounts", &mount, || {
+            fuse_mounted(&mountpoint) && fuse_mounted(&plain_mountpoint)
+        });
         Stack {
             mount,
             _serve: serve,
             registry,
             registry_host: host,
             mountpoint,
+            plain_mountpoint,
         }
     }
 
