@@ -28,7 +28,7 @@
 //! # (catalog counters `self_xattr + subtree_xattr == 0`) are handed to containerd from
 //! # here, so overlayfs's trusted.overlay.* probes cost no FUSE round trip. Unset = the
 //! # main mount only.
-//! plain_mountpoint = "/var/lib/containerd/io.containerd.snapshotter.v1.strata/plain/strata.example.org"
+//! plain_mountpoint = "/cvmfs/strata.example.org-plain"
 //! ```
 
 use std::net::SocketAddr;
@@ -178,9 +178,7 @@ mod tests {
         assert_eq!(file.flat_lowerdir, Some(DEFAULT_FLAT_LOWERDIR));
         assert_eq!(
             file.plain_mountpoint.as_deref(),
-            Some(Path::new(
-                "/var/lib/containerd/io.containerd.snapshotter.v1.strata/plain/strata.example.org"
-            ))
+            Some(Path::new("/cvmfs/strata.example.org-plain"))
         );
         assert_eq!(
             file.metrics,
@@ -253,6 +251,10 @@ mod tests {
     fn shipped_deploy_files_parse() -> Result<()> {
         let file = FileConfig::parse(include_str!("../../../deploy/snapshotter.toml"))?;
         let c = merge(FileConfig::default(), file)?;
+        assert_eq!(
+            c.plain_mountpoint,
+            Some(PathBuf::from(format!("{}-plain", c.mountpoint.display())))
+        );
         assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
         for (name, text) in [
