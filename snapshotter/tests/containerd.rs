@@ -1665,7 +1665,7 @@ fn check_plain_mount(stack: &stack::Stack, image: &stack::Built) {
         let counters = CatalogCounters::parse(&value)
             .unwrap_or_else(|e| panic!("layer {i}: {e}: {:?}", String::from_utf8_lossy(&value)));
         assert_eq!(
-            Path::new("/").join(&counters.catalog_mountpoint.trim_start_matches('/')),
+            Path::new("/").join(counters.catalog_mountpoint.trim_start_matches('/')),
             Path::new("/").join(layer.strip_prefix(&stack.mountpoint).expect("in mount")),
             "layer {i} is its own catalog"
         );
