@@ -157,7 +157,10 @@ impl PlainLowers {
         }
         let plain = self.plain.join(&rel);
         match std::fs::metadata(&plain) {
-            Ok(m) if m.is_dir() => plain,
+            Ok(m) if m.is_dir() => {
+                debug!(path = %dir.display(), plain = %plain.display(), "plain mount: the tree has no extended attributes");
+                plain
+            }
             Ok(_) => {
                 debug!(plain = %plain.display(), "main mount: the plain path is not a directory");
                 dir.to_path_buf()
