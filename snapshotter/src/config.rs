@@ -22,7 +22,7 @@
 //! root_hash = "5798f7f4…"              # a root catalog hash (CVMFS_ROOT_HASH)
 //! # Strata only: also mount the repository here with extended attributes switched off
 //! # (for `strata-snapshotter run --plain-mountpoint`; see the `fuse` module docs).
-//! plain_mountpoint = "/var/lib/containerd/io.containerd.snapshotter.v1.strata/plain"
+//! plain_mountpoint = "/cvmfs/software.example.org-plain"
 //! ```
 //!
 //! Every duration may also be a string in `humantime` form (`"250ms"`, `"2m"`), in which
