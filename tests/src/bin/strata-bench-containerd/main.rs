@@ -20,6 +20,9 @@
 //! C libraries from layer 1) and hashes six files of layers 2 and 5. Every run must print
 //! the same line.
 //!
+//! Strata's mount and `run` use the plain mount (`--plain-mountpoint <mnt>-plain`, as
+//! deployed) unless `BENCH_PLAIN=0`.
+//!
 //! `BENCH_HOLD=1` keeps both containerd instances, the mount and the snapshotter running
 //! after the repetitions (see [`hold`]), for measuring by hand.
 //!
@@ -40,7 +43,9 @@ use std::time::{Duration, Instant};
 use ::tests::binaries::{SNAPSHOTTER, check_prerequisites, target_dir};
 use ::tests::containerd::{Containerd, NAMESPACE, SNAPSHOTTER_NAME};
 use ::tests::registry::Registry;
-use ::tests::strata::{FuseMount, HttpServer, MountArgs, Repo, SnapshotterDaemon, strata_command};
+use ::tests::strata::{
+    FuseMount, HttpServer, MountArgs, Repo, SnapshotterDaemon, plain_mountpoint_of, strata_command,
+};
 use ::tests::workdir::WorkDir;
 use anyhow::{Context, Result, bail};
 
@@ -367,6 +372,12 @@ fn hold(
     Ok(())
 }
 
+/// Whether Strata runs with the plain mount (`--plain-mountpoint`, as deployed):
+/// `BENCH_PLAIN=0` turns it off.
+fn plain_on() -> bool {
+    std::env::var("BENCH_PLAIN").map_or(true, |v| v != "0")
+}
+
 /// `python3 -c WORKLOAD <files>`.
 fn workload_args(image: &BenchImage) -> Vec<String> {
     let mut args = vec!["python3".to_owned(), "-c".to_owned(), WORKLOAD.to_owned()];
@@ -423,7 +434,9 @@ fn strata_phase(
     let server_url = server.server_url();
     let pubkey = repo.public_key();
     let t = Instant::now();
-    let mount = FuseMount::start(
+    let plain = plain_mountpoint_of(&mountpoint);
+    let plain = plain_on().then_some(plain.as_path());
+    let mount = FuseMount::start_with_plain(
         &MountArgs {
             fqrn: FQRN,
             server: &server_url,
@@ -431,6 +444,7 @@ fn strata_phase(
             cache,
             mountpoint: &mountpoint,
         },
+        plain,
         &work.log(&format!("mount-{label}")),
     )?;
     let mount_start = t.elapsed();
@@ -442,10 +456,11 @@ fn strata_phase(
         &socket,
     )?;
     let t = Instant::now();
-    let snapshotter = SnapshotterDaemon::start(
+    let snapshotter = SnapshotterDaemon::start_with_plain(
         &socket,
         &work.path().join(format!("snapshotter-root-{label}")),
         &mountpoint,
+        plain,
         &work.log(&format!("snapshotter-run-{label}")),
     )?;
     let run_start = t.elapsed();
@@ -663,9 +678,10 @@ fn render(r: &Report<'_>) -> String {
     let mut s = String::new();
     s.push_str(&format!(
         "Run of {}: {} × {}, {:.0} GB RAM, kernel {}, containerd {}, release build, all on 127.0.0.1.\n\
-         1-minute load average {} at the start, {} at the end.\n\n",
+         1-minute load average {} at the start, {} at the end. Strata plain mount (`--plain-mountpoint`): {}.\n\n",
         r.started, m.cpus, m.cpu_model, m.mem_gb, m.kernel, m.containerd,
-        load(r.load.0), load(r.load.1)
+        load(r.load.0), load(r.load.1),
+        if plain_on() { "on" } else { "off (BENCH_PLAIN=0)" }
     ));
     s.push_str(&format!(
         "Image: 5 layers built from this machine's Debian files, {} uncompressed ({} regular \
