@@ -24,10 +24,9 @@ use std::sync::Mutex;
 
 use tracing::debug;
 
-/// The CVMFS magic extended attribute with a catalog's statistics counters (CVMFS
-/// `cvmfs.cc`, `MagicXattrManager` `user.catalog_counters`; format in
-/// [`CatalogCounters::parse`]).
-pub const XATTR_CATALOG_COUNTERS: &str = "user.catalog_counters";
+/// The CVMFS magic extended attribute with a catalog's statistics counters, as the
+/// mount serves it (format in [`CatalogCounters::parse`]).
+pub use crate::fuse::CATALOG_COUNTERS_XATTR as XATTR_CATALOG_COUNTERS;
 
 /// The value of [`XATTR_CATALOG_COUNTERS`]: the catalog whose statistics these are and
 /// its counters (CVMFS spec §6.13, table `statistics`).
