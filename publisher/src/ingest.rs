@@ -150,7 +150,7 @@ pub async fn ingest(
     })
     .await?;
     let repo = Arc::new(repo);
-    let pool = Arc::new(Pool::per_cpu(&repo.store));
+    let pool = Arc::new(Pool::per_cpu(&repo.store, None));
     let progress = Arc::new(Progress::new());
     let mut summary = IngestSummary::default();
     let converted =
@@ -312,7 +312,7 @@ fn add_image(
                 tree.implicit_dirs.clear();
                 lower.push(&tree.root);
             } else {
-                lower.push(&layer_tree(repo, ns, &l.digest)?);
+                lower.push(&*layer_tree(repo, ns, &l.digest)?);
             }
         }
     }
@@ -329,7 +329,7 @@ fn add_image(
         layerfs.entry.name = "layerfs".into();
         // No `.cvmfscatalog` marker here (spec §9.4 makes it optional): the layer's
         // content must be exactly the layer, since it becomes a container's lowerdir.
-        layerfs.catalog = Some(CatalogMark::new_catalog());
+        layerfs.catalog = Some(Box::new(CatalogMark::new_catalog()));
         bucket.insert(&[&hex], layerfs, now);
         let facts = LayerFacts {
             digest: digest.clone(),
@@ -365,22 +365,26 @@ fn add_image(
     if !flat_exists {
         let mut flat = Flattener::new();
         for l in &image.layers {
-            flat.push(&layer_tree(repo, ns, &l.digest)?);
+            flat.push(&*layer_tree(repo, ns, &l.digest)?);
         }
         let mut flat = flat.finish();
         flat.entry.name = chex.clone();
         let root_mtime = flat.entry.mtime;
         crate::singularity::add_to_flat(store, &mut flat, &image.config, root_mtime)?;
         // No marker either: the flat tree is the image's root file system as is.
-        flat.catalog = Some(CatalogMark::new_catalog());
+        flat.catalog = Some(Box::new(CatalogMark::new_catalog()));
         ns.root.insert(&[".flat", &chh], flat, now);
     }
     Ok(())
 }
 
-/// The tree of the layer `digest` as published in `ns` (read from its catalog if that is not
-/// loaded).
-fn layer_tree(repo: &Repo, ns: &Namespace, digest: &str) -> Result<Node> {
+/// The tree of the layer `digest` as published in `ns`: borrowed when it is in memory, read
+/// from its catalog if that is not loaded (no copy of a loaded tree is made).
+fn layer_tree<'n>(
+    repo: &Repo,
+    ns: &'n Namespace,
+    digest: &str,
+) -> Result<std::borrow::Cow<'n, Node>> {
     let (hh, hex) = split_digest(digest)?;
     let node = ns
         .root
@@ -388,10 +392,10 @@ fn layer_tree(repo: &Repo, ns: &Namespace, digest: &str) -> Result<Node> {
         .ok_or_else(|| Error::Task(format!("layer {digest} vanished")))?;
     match node.catalog.as_ref() {
         Some(m) if !m.loaded => match &m.published {
-            Some(p) => read_catalog_tree(repo, &p.hash),
-            None => Ok(node.clone()),
+            Some(p) => Ok(std::borrow::Cow::Owned(read_catalog_tree(repo, &p.hash)?)),
+            None => Ok(std::borrow::Cow::Borrowed(node)),
         },
-        _ => Ok(node.clone()),
+        _ => Ok(std::borrow::Cow::Borrowed(node)),
     }
 }
 
@@ -460,7 +464,7 @@ fn bucket_mut<'a>(ns: &'a mut Namespace, hh: &str, empty: ContentHash, now: i64)
     let layers = ns.root.ensure_dir(&[".layers"], now);
     layers.children.entry(hh.to_string()).or_insert_with(|| {
         let mut b = Node::dir(hh, 0o755, now);
-        b.catalog = Some(CatalogMark::new_catalog());
+        b.catalog = Some(Box::new(CatalogMark::new_catalog()));
         b.children.insert(
             crate::tree::CATALOG_MARKER.into(),
             Node::leaf(marker_entry(empty, now)),

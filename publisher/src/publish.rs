@@ -75,7 +75,7 @@ pub fn init(dir: &Path, fqrn: &str, ttl: u64) -> Result<Manifest> {
         .write_file_atomic(".cvmfswhitelist", &whitelist.sign(&master)?)?;
 
     let mut root = Node::leaf(dir_entry("", 0o755, 0, 0, now as i64));
-    root.catalog = Some(CatalogMark::new_catalog());
+    root.catalog = Some(Box::new(CatalogMark::new_catalog()));
     let ctx = WriteCtx {
         repo: &repo,
         revision: 0,
@@ -122,7 +122,7 @@ pub fn load_namespace(repo: &Repo) -> Result<Namespace> {
     let signed = repo.current_manifest()?;
     let manifest = signed.manifest;
     let mut root = read_catalog_tree(repo, &manifest.catalog_hash)?;
-    root.catalog = Some(CatalogMark {
+    root.catalog = Some(Box::new(CatalogMark {
         published: Some(PublishedCatalog {
             hash: manifest.catalog_hash,
             size: manifest.catalog_size,
@@ -130,7 +130,7 @@ pub fn load_namespace(repo: &Repo) -> Result<Namespace> {
         }),
         loaded: true,
         dirty: true,
-    });
+    }));
     Ok(Namespace { root, manifest })
 }
 
@@ -182,7 +182,7 @@ fn fill_children(
                     reason: "nested mountpoint without a nested_catalogs row".into(),
                 })
             })?;
-            child.catalog = Some(CatalogMark {
+            child.catalog = Some(Box::new(CatalogMark {
                 published: Some(PublishedCatalog {
                     hash,
                     size,
@@ -190,7 +190,7 @@ fn fill_children(
                 }),
                 loaded: false,
                 dirty: false,
-            });
+            }));
         } else if child.is_dir() {
             fill_children(reader, &child_path, &mut child, nested)?;
         }
@@ -408,7 +408,7 @@ impl WriteCtx<'_> {
             size,
             statistics: Some((stats.self_, stats.subtree)),
         };
-        let mark = node.catalog.get_or_insert_with(CatalogMark::default);
+        let mark = node.catalog.get_or_insert_with(Box::default);
         mark.published = Some(published.clone());
         mark.dirty = false;
         Ok(published)

@@ -88,8 +88,9 @@ pub struct Node {
     pub entry: Entry,
     /// Children by name (directories only).
     pub children: BTreeMap<String, Node>,
-    /// Set when this node is a nested catalog root.
-    pub catalog: Option<CatalogMark>,
+    /// Set when this node is a nested catalog root (boxed: few nodes are, and an inline
+    /// mark would more than double every node's size).
+    pub catalog: Option<Box<CatalogMark>>,
 }
 
 /// A template for catalog rows; every constructor below fills it in.
