@@ -600,10 +600,10 @@ pub fn main(args: PullArgs) -> Result<()> {
         .await?;
         let total = timer.start.elapsed();
         println!(
-            "pulled {} ({}, {platform}): {} layers from the repository, {} fetched from the registry, {} already present, top snapshot {}; total {:.1} ms",
+            "pulled {} ({}, {platform}): {} from the repository, {} fetched from the registry, {} already present, top snapshot {}; total {:.1} ms",
             pulled.name,
             pulled.manifest_digest,
-            pulled.remote_layers,
+            count_layers(pulled.remote_layers),
             pulled.fetched_layers,
             pulled.existing_layers,
             pulled.top_chain_id,
@@ -613,9 +613,25 @@ pub fn main(args: PullArgs) -> Result<()> {
     })
 }
 
+/// `"1 layer"`, `"3 layers"`.
+fn count_layers(n: usize) -> String {
+    if n == 1 {
+        "1 layer".to_string()
+    } else {
+        format!("{n} layers")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_counts_read_as_english() {
+        assert_eq!(count_layers(0), "0 layers");
+        assert_eq!(count_layers(1), "1 layer");
+        assert_eq!(count_layers(3), "3 layers");
+    }
 
     #[test]
     fn mountpoint_must_be_an_existing_directory() -> Result<()> {
