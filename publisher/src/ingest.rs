@@ -22,6 +22,7 @@ use crate::pipeline::Pool;
 use crate::progress::Progress;
 use crate::publish::{
     Namespace, load_catalog_node, load_namespace, publish, read_catalog_tree, unix_now,
+    write_and_unload,
 };
 use crate::reference::{ImageName, ImageRef};
 use crate::repo::Repo;
@@ -297,33 +298,36 @@ fn add_image(
     let empty = store.put_raw(b"", Suffix::None)?;
     let chains = chain_ids(&image.diff_ids);
 
-    // Directories that new layers only imply take their metadata from the layers below. A
-    // layer shared by images of one batch is fixed against the first image's lower layers.
+    // The flattened image, built while the layers are added: directories that new layers
+    // only imply take their metadata from the layers below (a layer shared by images of one
+    // batch is fixed against the first image's lower layers), and each new layer's catalog is
+    // written and dropped from memory as soon as it is on the flat tree, so a batch never
+    // holds all its layer trees and its flat trees at once.
+    let (chh, chex) = split_digest(&image.config_descriptor.digest)?;
+    let flat_exists = ns
+        .root
+        .get(&[".flat", &chh])
+        .is_some_and(|b| b.children.contains_key(&chex));
     let implied = |l: &BlobDescriptor| {
         converted
             .get(&l.digest)
             .is_some_and(|t| !t.implicit_dirs.is_empty())
     };
-    if image.layers.iter().any(implied) {
-        let mut lower = Flattener::new();
-        for l in &image.layers {
-            if let Some(tree) = converted.get_mut(&l.digest) {
-                inherit_implicit_dirs(&mut tree.root, &tree.implicit_dirs, lower.root());
-                tree.implicit_dirs.clear();
-                lower.push(&tree.root);
-            } else {
-                lower.push(&*layer_tree(repo, ns, &l.digest)?);
-            }
-        }
-    }
-
-    // New layers: .layers/<hh>/<hex>/layerfs + .metadata/layer.json
+    let mut flat = (!flat_exists || image.layers.iter().any(implied)).then(Flattener::new);
     for blob in &image.layers {
-        let Some(tree) = converted.remove(&blob.digest) else {
-            continue;
-        };
         let digest = &blob.digest;
         let (hh, hex) = split_digest(digest)?;
+        let Some(mut tree) = converted.remove(digest) else {
+            if let Some(flat) = flat.as_mut() {
+                flat.push(&*layer_tree(repo, ns, digest)?);
+            }
+            continue;
+        };
+        if let Some(flat) = flat.as_mut() {
+            inherit_implicit_dirs(&mut tree.root, &tree.implicit_dirs, flat.root());
+            flat.push(&tree.root);
+        }
+        // New layer: .layers/<hh>/<hex>/layerfs + .metadata/layer.json
         let bucket = bucket_mut(ns, &hh, empty, now);
         let mut layerfs = tree.root;
         layerfs.entry.name = "layerfs".into();
@@ -339,6 +343,7 @@ fn add_image(
             chain_ids: Vec::new(),
         };
         write_layer_facts(store, bucket, &hex, &facts, now)?;
+        unload(repo, ns, &[".layers", &hh, &hex, "layerfs"])?;
     }
 
     // Chain IDs: record them in layer.json and as .chainids symlinks.
@@ -357,16 +362,7 @@ fn add_image(
     }
 
     // The flattened image.
-    let (chh, chex) = split_digest(&image.config_descriptor.digest)?;
-    let flat_exists = ns
-        .root
-        .get(&[".flat", &chh])
-        .is_some_and(|b| b.children.contains_key(&chex));
-    if !flat_exists {
-        let mut flat = Flattener::new();
-        for l in &image.layers {
-            flat.push(&*layer_tree(repo, ns, &l.digest)?);
-        }
+    if !flat_exists && let Some(flat) = flat {
         let mut flat = flat.finish();
         flat.entry.name = chex.clone();
         let root_mtime = flat.entry.mtime;
@@ -374,8 +370,20 @@ fn add_image(
         // No marker either: the flat tree is the image's root file system as is.
         flat.catalog = Some(Box::new(CatalogMark::new_catalog()));
         ns.root.insert(&[".flat", &chh], flat, now);
+        unload(repo, ns, &[".flat", &chh, &chex])?;
     }
     Ok(())
+}
+
+/// Writes the new catalog at `path` (components below the root) now and drops its tree from
+/// memory ([`write_and_unload`]).
+fn unload(repo: &Repo, ns: &mut Namespace, path: &[&str]) -> Result<()> {
+    let manifest = ns.manifest.clone();
+    let node = ns
+        .root
+        .get_mut(path)
+        .ok_or_else(|| Error::Task(format!("/{} vanished", path.join("/"))))?;
+    write_and_unload(repo, &manifest, node, &format!("/{}", path.join("/")))
 }
 
 /// The tree of the layer `digest` as published in `ns`: borrowed when it is in memory, read

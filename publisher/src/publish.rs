@@ -273,6 +273,43 @@ pub fn publish(repo: &Repo, ns: &mut Namespace) -> Result<Manifest> {
     Ok(manifest)
 }
 
+/// Writes the nested catalog rooted at `node` (at `path`, e.g. `/.layers/ab/<hex>/layerfs`;
+/// `node` must carry a [`CatalogMark`]) now, as [`publish`] would write it in the revision
+/// after `manifest` (same revision number; `last_modified` is the time of this call), then
+/// drops its children from memory: the mark becomes published, clean and unloaded, so
+/// `publish` re-uses the catalog by hash and [`read_catalog_tree`] reads it back if it is
+/// needed again. This is what keeps `ingest`'s memory from holding every layer and flat
+/// tree of a batch until the end (publisher/README.md, "Memory").
+///
+/// Errors: those of writing a catalog ([`Error::Catalog`], [`Error::Io`]); a `node`
+/// without a mark is [`Error::Task`].
+pub fn write_and_unload(
+    repo: &Repo,
+    manifest: &Manifest,
+    node: &mut Node,
+    path: &str,
+) -> Result<()> {
+    if node.catalog.is_none() {
+        return Err(Error::Task(format!("{path} is not a catalog root")));
+    }
+    node.fix_linkcounts();
+    let mut stats_cache = load_stats_cache(repo);
+    let published = WriteCtx {
+        repo,
+        revision: manifest.revision + 1,
+        now: unix_now().max(manifest.timestamp),
+        stats_cache: StatsCache::new(),
+    }
+    .write_collecting(node, path, &mut stats_cache)?;
+    save_stats_cache(repo, &stats_cache)?;
+    let mark = node.catalog.get_or_insert_with(Box::default);
+    mark.published = Some(published);
+    mark.loaded = false;
+    mark.dirty = false;
+    node.children = std::collections::BTreeMap::new();
+    Ok(())
+}
+
 /// `resign`: signs a fresh `.cvmfswhitelist` valid for `days` days from now with the master
 /// key (spec §7.4, as `cvmfs_server resign`), under the repository lock. Returns the new
 /// expiry (Unix seconds).
@@ -367,6 +404,18 @@ impl WriteCtx<'_> {
     /// nested catalog below it that is new or dirty; re-uses the others by hash.
     fn write(mut self, node: &mut Node, path: &str) -> Result<PublishedCatalog> {
         self.write_mut(node, path)
+    }
+
+    /// As [`WriteCtx::write`], adding the statistics of every catalog written to `cache`.
+    fn write_collecting(
+        mut self,
+        node: &mut Node,
+        path: &str,
+        cache: &mut StatsCache,
+    ) -> Result<PublishedCatalog> {
+        let published = self.write_mut(node, path)?;
+        cache.extend(self.stats_cache);
+        Ok(published)
     }
 
     fn write_mut(&mut self, node: &mut Node, path: &str) -> Result<PublishedCatalog> {
