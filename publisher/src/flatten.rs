@@ -46,6 +46,24 @@ impl Flattener {
         self.group_offset += max;
     }
 
+    /// As [`Flattener::push`], consuming `layer`: its nodes are moved onto the image instead
+    /// of copied, so the layer's memory is handed over as it is applied (the same result as
+    /// `push(&layer)`).
+    pub fn push_owned(&mut self, layer: Node) {
+        let max = layer.max_hardlink_group();
+        let Node {
+            mut entry,
+            children,
+            ..
+        } = layer;
+        let opaque = is_opaque(&entry);
+        entry.xattrs.remove(OPAQUE_XATTR);
+        entry.name = String::new();
+        self.root.entry = entry;
+        apply_children_owned(&mut self.root, children, opaque, self.group_offset);
+        self.group_offset += max;
+    }
+
     /// The tree so far.
     pub fn root(&self) -> &Node {
         &self.root
@@ -92,6 +110,59 @@ pub fn inherit_implicit_dirs(layer: &mut Node, implicit: &[Vec<String>], lower: 
         e.xattrs.remove(OPAQUE_XATTR);
         if let Some(v) = opaque {
             e.xattrs.insert(OPAQUE_XATTR.to_string(), v);
+        }
+    }
+}
+
+/// Whether a layer directory is opaque (`trusted.overlay.opaque="y"`).
+fn is_opaque(e: &catalog::Entry) -> bool {
+    e.xattrs.get(OPAQUE_XATTR).is_some_and(|v| v == b"y")
+}
+
+/// [`apply_dir`] for a layer directory given by value: its `children`, and whether it was
+/// opaque.
+fn apply_children_owned(
+    dst: &mut Node,
+    children: std::collections::BTreeMap<String, Node>,
+    opaque: bool,
+    group_offset: u32,
+) {
+    use std::collections::btree_map::Entry as Slot;
+    if opaque {
+        dst.children.clear();
+    }
+    for (name, child) in children {
+        if is_whiteout(&child.entry) {
+            dst.children.remove(&name);
+            continue;
+        }
+        let is_dir = child.is_dir();
+        let Node {
+            mut entry,
+            children: grandchildren,
+            ..
+        } = child;
+        if is_dir {
+            let opaque = is_opaque(&entry);
+            entry.xattrs.remove(OPAQUE_XATTR);
+            let d = match dst.children.entry(name) {
+                Slot::Occupied(o) if o.get().is_dir() => {
+                    let d = o.into_mut();
+                    d.entry = entry;
+                    d
+                }
+                Slot::Occupied(mut o) => {
+                    o.insert(Node::leaf(entry));
+                    o.into_mut()
+                }
+                Slot::Vacant(v) => v.insert(Node::leaf(entry)),
+            };
+            apply_children_owned(d, grandchildren, opaque, group_offset);
+        } else {
+            if entry.hardlink_group != 0 {
+                entry.hardlink_group += group_offset;
+            }
+            dst.children.insert(name, Node::leaf(entry));
         }
     }
 }
@@ -187,6 +258,11 @@ mod tests {
         file(&mut l2, "opt", b"now a file");
 
         let flat = flatten(&[&l0, &l1, &l2]);
+        let mut owned = Flattener::new();
+        for l in [l0.clone(), l1.clone(), l2.clone()] {
+            owned.push_owned(l);
+        }
+        assert_eq!(format!("{:?}", owned.finish()), format!("{flat:?}"));
         assert!(flat.get(&["etc", "passwd"]).is_none());
         assert!(flat.get(&["etc", "group"]).is_some());
         assert!(flat.get(&["var", "cache", "a"]).is_none());

@@ -151,7 +151,7 @@ pub async fn ingest(
     })
     .await?;
     let repo = Arc::new(repo);
-    let pool = Arc::new(Pool::per_cpu(&repo.store, None));
+    let pool = Arc::new(Pool::per_cpu(&repo.store, options.limits.memory_budget));
     let progress = Arc::new(Progress::new());
     let mut summary = IngestSummary::default();
     let converted =
@@ -323,9 +323,8 @@ fn add_image(
             }
             continue;
         };
-        if let Some(flat) = flat.as_mut() {
+        if let Some(flat) = flat.as_ref() {
             inherit_implicit_dirs(&mut tree.root, &tree.implicit_dirs, flat.root());
-            flat.push(&tree.root);
         }
         // New layer: .layers/<hh>/<hex>/layerfs + .metadata/layer.json
         let bucket = bucket_mut(ns, &hh, empty, now);
@@ -343,7 +342,11 @@ fn add_image(
             chain_ids: Vec::new(),
         };
         write_layer_facts(store, bucket, &hex, &facts, now)?;
-        unload(repo, ns, &[".layers", &hh, &hex, "layerfs"])?;
+        // Written: its nodes now move onto the flat tree (or are freed).
+        let layer = unload(repo, ns, &[".layers", &hh, &hex, "layerfs"])?;
+        if let Some(flat) = flat.as_mut() {
+            flat.push_owned(layer);
+        }
     }
 
     // Chain IDs: record them in layer.json and as .chainids symlinks.
@@ -370,14 +373,14 @@ fn add_image(
         // No marker either: the flat tree is the image's root file system as is.
         flat.catalog = Some(Box::new(CatalogMark::new_catalog()));
         ns.root.insert(&[".flat", &chh], flat, now);
-        unload(repo, ns, &[".flat", &chh, &chex])?;
+        drop(unload(repo, ns, &[".flat", &chh, &chex])?);
     }
     Ok(())
 }
 
-/// Writes the new catalog at `path` (components below the root) now and drops its tree from
-/// memory ([`write_and_unload`]).
-fn unload(repo: &Repo, ns: &mut Namespace, path: &[&str]) -> Result<()> {
+/// Writes the new catalog at `path` (components below the root) now and takes its tree out of
+/// `ns`, returning it ([`write_and_unload`]).
+fn unload(repo: &Repo, ns: &mut Namespace, path: &[&str]) -> Result<Node> {
     let manifest = ns.manifest.clone();
     let node = ns
         .root
@@ -1162,6 +1165,7 @@ mod tests {
             let options = IngestOptions {
                 limits: Limits {
                     max_layer_size: 1 << 20,
+                    ..Limits::default()
                 },
                 ..IngestOptions::default()
             };

@@ -68,12 +68,17 @@ pub struct Limits {
     /// Largest uncompressed tar stream of one layer, and largest total of file contents
     /// (sparse files count at their full size), in bytes.
     pub max_layer_size: u64,
+    /// Bytes of file contents held in memory at once, across every layer converted at the
+    /// same time (`--memory-budget`; see [`crate::pipeline::Budget`]); `None` =
+    /// [`crate::pipeline::default_budget`].
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_layer_size: DEFAULT_MAX_LAYER_SIZE,
+            memory_budget: None,
         }
     }
 }
@@ -970,6 +975,7 @@ pub(crate) mod tests {
     fn decompression_bomb_and_absurd_sizes_are_capped() {
         let limits = Limits {
             max_layer_size: 1 << 20,
+            ..Limits::default()
         };
         let big = vec![0u8; 4 << 20];
         let tar = TarBuilder::new().file("zeros", 0o644, &big).finish();

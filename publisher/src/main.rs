@@ -65,6 +65,11 @@ enum Command {
         /// Largest uncompressed layer (and total file contents of one layer), in bytes.
         #[arg(long, default_value_t = publisher::layer::DEFAULT_MAX_LAYER_SIZE)]
         max_layer_size: u64,
+        /// File contents held in memory at once, in bytes, shared by all layers converted at
+        /// the same time (pieces being read, queued and compressed). Default: (CPUs + 2) ×
+        /// 16 MiB, at least 64 MiB. Smaller values save memory and may slow large files.
+        #[arg(long, value_name = "BYTES")]
+        memory_budget: Option<u64>,
         /// docker://HOST[:PORT]/REPO[:TAG|@DIGEST], oci:DIR[:TAG] or docker-archive:FILE.
         #[arg(required = true)]
         refs: Vec<String>,
@@ -127,6 +132,11 @@ enum Command {
         /// Largest uncompressed layer, in bytes.
         #[arg(long, default_value_t = publisher::layer::DEFAULT_MAX_LAYER_SIZE)]
         max_layer_size: u64,
+        /// File contents held in memory at once, in bytes, shared by all layers converted at
+        /// the same time (pieces being read, queued and compressed). Default: (CPUs + 2) ×
+        /// 16 MiB, at least 64 MiB. Smaller values save memory and may slow large files.
+        #[arg(long, value_name = "BYTES")]
+        memory_budget: Option<u64>,
     },
     /// Delete objects no retained revision references.
     Gc {
@@ -214,6 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             authfile,
             insecure,
             max_layer_size,
+            memory_budget,
             refs,
         } => {
             use publisher::source::{Platform, PlatformFilter};
@@ -232,7 +243,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .collect::<Result<_, _>>()?,
                 },
                 default_platform: Platform::parse(&default_platform)?,
-                limits: publisher::layer::Limits { max_layer_size },
+                limits: publisher::layer::Limits {
+                    max_layer_size,
+                    memory_budget,
+                },
             };
             let sources = publisher::ingest::sources(&refs, name.as_deref(), &registry)?;
             let s = rt
@@ -295,6 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             authfile,
             insecure,
             max_layer_size,
+            memory_budget,
         } => {
             let options = publisher::sync::SyncOptions {
                 registry: publisher::source::registry::RegistryOptions {
@@ -302,7 +317,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     authfile,
                     insecure,
                 },
-                limits: publisher::layer::Limits { max_layer_size },
+                limits: publisher::layer::Limits {
+                    max_layer_size,
+                    memory_budget,
+                },
                 dry_run,
             };
             let events = events.unwrap_or_else(|| repo.join("events.jsonl"));

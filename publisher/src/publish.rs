@@ -276,7 +276,8 @@ pub fn publish(repo: &Repo, ns: &mut Namespace) -> Result<Manifest> {
 /// Writes the nested catalog rooted at `node` (at `path`, e.g. `/.layers/ab/<hex>/layerfs`;
 /// `node` must carry a [`CatalogMark`]) now, as [`publish`] would write it in the revision
 /// after `manifest` (same revision number; `last_modified` is the time of this call), then
-/// drops its children from memory: the mark becomes published, clean and unloaded, so
+/// takes its children out of the tree and returns them under a copy of `node`'s entry (the
+/// caller may move them elsewhere or drop them): the mark becomes published, clean and unloaded, so
 /// `publish` re-uses the catalog by hash and [`read_catalog_tree`] reads it back if it is
 /// needed again. This is what keeps `ingest`'s memory from holding every layer and flat
 /// tree of a batch until the end (publisher/README.md, "Memory").
@@ -288,7 +289,7 @@ pub fn write_and_unload(
     manifest: &Manifest,
     node: &mut Node,
     path: &str,
-) -> Result<()> {
+) -> Result<Node> {
     if node.catalog.is_none() {
         return Err(Error::Task(format!("{path} is not a catalog root")));
     }
@@ -306,8 +307,11 @@ pub fn write_and_unload(
     mark.published = Some(published);
     mark.loaded = false;
     mark.dirty = false;
-    node.children = std::collections::BTreeMap::new();
-    Ok(())
+    Ok(Node {
+        entry: node.entry.clone(),
+        children: std::mem::take(&mut node.children),
+        catalog: None,
+    })
 }
 
 /// `resign`: signs a fresh `.cvmfswhitelist` valid for `days` days from now with the master

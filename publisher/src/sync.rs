@@ -423,7 +423,7 @@ pub async fn sync_pass(
     }
 
     // Ingest, one image at a time; a failure restores the namespace before it.
-    let pool = Arc::new(Pool::per_cpu(&repo.store, None));
+    let pool = Arc::new(Pool::per_cpu(&repo.store, options.limits.memory_budget));
     let progress = Arc::new(Progress::new());
     let mut ns = ns;
     let mut changed = false;
