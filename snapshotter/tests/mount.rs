@@ -578,13 +578,29 @@ fn a_new_revision_appears_while_open_files_keep_their_revision() {
         &work.path().join("cache"),
         &mnt,
     );
-    cmd.args(["--max-ttl", "1s", "--backoff-init", "10ms"]);
+    // The plain mount (a second session) must switch with the main one.
+    let plain = work.path().join("plain");
+    cmd.args(["--max-ttl", "1s", "--backoff-init", "10ms"])
+        .arg("--plain-mountpoint")
+        .arg(&plain);
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fuse_mounted(&plain) {
+        assert!(
+            Instant::now() < deadline,
+            "no plain mount:\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
+    assert_eq!(std::fs::read(plain.join("a")).unwrap(), b"one\n");
     assert!(!mnt.join("new").exists());
+    assert!(!plain.join("new").exists());
     // Listed (and cached by the kernel, FOPEN_CACHE_DIR) before the switch.
     assert_eq!(names(&mnt), vec!["a", "d", "keep"]);
+    assert_eq!(names(&plain), vec!["a", "d", "keep"]);
     let keep_ino = std::fs::metadata(mnt.join("keep")).unwrap().ino();
     let d_ino = std::fs::metadata(mnt.join("d")).unwrap().ino();
     let held = std::fs::File::open(mnt.join("d/big")).unwrap();
@@ -629,6 +645,10 @@ fn a_new_revision_appears_while_open_files_keep_their_revision() {
     assert_eq!(std::fs::read(mnt.join("new")).unwrap(), b"new file\n");
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"two!\n");
     assert_eq!(names(&mnt), vec!["a", "d", "keep", "new"]);
+    // The plain session's kernel caches were invalidated too.
+    assert_eq!(std::fs::read(plain.join("new")).unwrap(), b"new file\n");
+    assert_eq!(std::fs::read(plain.join("a")).unwrap(), b"two!\n");
+    assert_eq!(names(&plain), vec!["a", "d", "keep", "new"]);
     // Unchanged paths keep their inode numbers.
     assert_eq!(std::fs::metadata(mnt.join("keep")).unwrap().ino(), keep_ino);
     assert_eq!(std::fs::metadata(mnt.join("d")).unwrap().ino(), d_ino);
