@@ -752,6 +752,100 @@ fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
     m.stop();
 }
 
+/// A chunked file held open across a live update reads its own revision's chunks to the end
+/// (no-open mode reads by inode: the old inode must not get the new revision's chunk list
+/// of the same path), and a new open reads the new revision.
+#[test]
+fn a_chunked_file_held_open_keeps_its_revision_across_a_switch() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let srv = work.path().join("srv");
+    let store = catalog::LocalStore::open(&srv).unwrap();
+    let keys = make_keys(&store, work.path());
+    const CHUNK: usize = 1 << 20;
+    // Revision `revision`: `/big` chunked (same size in both), `/mark` names the revision.
+    let publish_chunked = |body: &[u8], revision: u64| {
+        let mut chunks = Vec::new();
+        for (i, piece) in body.chunks(CHUNK).enumerate() {
+            let hash = store.put_raw(piece, catalog::Suffix::Partial).unwrap();
+            chunks.push(catalog::Chunk {
+                offset: (i * CHUNK) as u64,
+                size: piece.len() as u64,
+                hash,
+            });
+        }
+        let mut big =
+            catalog::Entry::regular("big", 0o644, 0, 0, MTIME, body.len() as u64, chunks[0].hash);
+        big.hash = None;
+        big.chunks = chunks;
+        let mark = file(
+            &store,
+            "mark",
+            0o644,
+            0,
+            0,
+            format!("{revision}\n").as_bytes(),
+        );
+        let db = work.path().join(format!("root-{revision}.db"));
+        let mut w = catalog::CatalogWriter::create(&db, "").unwrap();
+        w.add("", &dir(""), catalog::Transition::None).unwrap();
+        w.add("/big", &big, catalog::Transition::None).unwrap();
+        w.add("/mark", &mark, catalog::Transition::None).unwrap();
+        w.finish(&catalog::CatalogProperties {
+            revision,
+            last_modified: unix_now(),
+            ttl: Some(240),
+            previous_revision: None,
+        })
+        .unwrap();
+        let (hash, size) = store_catalog(&store, &db);
+        publish(&store, &keys, hash, size, revision);
+    };
+    let old = noise(4 * CHUNK, 21);
+    publish_chunked(&old, 1);
+    let server = Server::start(&[(FQRN, &srv)]);
+    let mnt = work.path().join("mnt");
+    let mut cmd = mount_command(
+        &server,
+        FQRN,
+        &keys.pubkey,
+        &work.path().join("cache"),
+        &mnt,
+    );
+    cmd.args(["--max-ttl", "1s", "--backoff-init", "10ms"]);
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    assert_eq!(std::fs::read(mnt.join("mark")).unwrap(), b"1\n");
+    let held = std::fs::File::open(mnt.join("big")).unwrap();
+    let mut head = vec![0u8; CHUNK];
+    std::os::unix::fs::FileExt::read_exact_at(&held, &mut head, 0).unwrap();
+    assert!(head == old[..CHUNK]);
+
+    let new = noise(4 * CHUNK, 22);
+    publish_chunked(&new, 2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read(mnt.join("mark")).unwrap() != b"2\n" {
+        assert!(
+            Instant::now() < deadline,
+            "revision 2 never appeared:\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The switch dropped the old inode's page cache: these reads reach the mount.
+    let mut rest = vec![0u8; old.len() - CHUNK];
+    std::os::unix::fs::FileExt::read_exact_at(&held, &mut rest, CHUNK as u64).unwrap();
+    assert!(
+        rest == old[CHUNK..],
+        "the open chunked file changed revision"
+    );
+    drop(held);
+    assert!(
+        std::fs::read(mnt.join("big")).unwrap() == new,
+        "a new open reads revision 2"
+    );
+    m.stop();
+}
+
 /// `(path, content)` pairs of a [`FlatRepo`] revision.
 fn tree(files: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
     files

@@ -51,7 +51,8 @@
 //! the end: with handles, through their pinned cache file; in no-open mode, through their
 //! inode, which a changed file does not share with its new version (see [`inodes`]) and
 //! whose node is kept in the inode LRU or rebuilt from one of the last
-//! [`RETIRED_REVISIONS`] revisions.
+//! [`RETIRED_REVISIONS`] revisions (a chunked file's chunk list also comes from the
+//! node's revision while it is kept).
 
 mod attr;
 mod inodes;
@@ -364,10 +365,7 @@ impl StrataFs {
     /// revision is still kept and has the path.
     fn retired_node(&self, ino: u64, path: &str) -> Option<Arc<Node>> {
         let generation = self.inodes().generation_of(ino)?;
-        let repo = lock(&self.shared.retired)
-            .iter()
-            .find(|(g, _)| *g == generation)
-            .map(|(_, r)| r.clone())?;
+        let repo = self.retired_repo(generation)?;
         let found = repo.lookup(path).ok()??;
         Some(Arc::new(Node {
             ino,
@@ -376,6 +374,25 @@ impl StrataFs {
             entry: found.entry,
             generation,
         }))
+    }
+
+    /// The retired revision that was current in `generation`, if still kept.
+    fn retired_repo(&self, generation: u64) -> Option<Arc<Repository>> {
+        lock(&self.shared.retired)
+            .iter()
+            .find(|(g, _)| *g == generation)
+            .map(|(_, r)| r.clone())
+    }
+
+    /// The revision `node` was found in: its retired revision when it belongs to an
+    /// earlier generation and that revision is still kept, else the current one.
+    fn repo_of(&self, node: &Node) -> Arc<Repository> {
+        if !self.inodes().is_current(node)
+            && let Some(repo) = self.retired_repo(node.generation)
+        {
+            return repo;
+        }
+        self.repo()
     }
 
     /// No-open mode: the file of `ino` for one read (its object pinned until dropped).
@@ -475,8 +492,14 @@ impl StrataFs {
             });
         }
         if entry.is_chunked() {
-            let catalog = self.catalog_of(node)?;
-            let chunks = self.repo().chunks(&catalog, &node.path, entry.size)?;
+            // The chunk list of the node's own revision: an old-revision inode (a file
+            // open across a switch, read by inode in no-open mode) must not get the chunks
+            // of whatever the path holds now.
+            let repo = self.repo_of(node);
+            let catalog = repo
+                .loaded_catalog(&node.catalog)
+                .ok_or_else(|| Error::NotFound(node.path.clone()))?;
+            let chunks = repo.chunks(&catalog, &node.path, entry.size)?;
             return Ok(OpenFile::Chunked {
                 path: node.path.clone(),
                 chunks,
