@@ -379,11 +379,12 @@ impl PlainSession {
     /// [`Error::Io`] if the directory cannot be created, is a live FUSE mount already, or
     /// the mount or the serving thread fails to start.
     fn start(twin: StrataFs, dir: &Path, config: &Config) -> Result<PlainSession> {
+        // A dead mount first: `create_dir_all` fails on it (EEXIST, then ENOTCONN).
+        detach_stale_mount(dir);
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             context: format!("creating the plain mount point {}", dir.display()),
             source,
         })?;
-        detach_stale_mount(dir);
         refuse_live_fuse_mount(dir)?;
         let mut session = fuser::Session::new(twin, dir, config).map_err(|source| Error::Io {
             context: format!("mounting {}", dir.display()),
@@ -437,12 +438,15 @@ impl PlainSession {
 /// process would loop on that error. A live mount point, or any other error, is left alone.
 fn detach_stale_mount(mountpoint: &Path) {
     // `stat` may still be answered from the kernel's attribute cache of the dead mount's
-    // root; opening the directory always reaches the (missing) daemon.
+    // root, and so may opening it once the dead session ran in no-open mode (the kernel
+    // then opens directories without asking); `statfs` is never cached by FUSE and always
+    // reaches the (missing) daemon.
     let dead =
         |r: std::io::Result<()>| r.is_err_and(|e| e.raw_os_error() == Some(nix::libc::ENOTCONN));
-    if !dead(std::fs::metadata(mountpoint).map(drop))
-        && !dead(std::fs::read_dir(mountpoint).map(drop))
-    {
+    let statfs = nix::sys::statfs::statfs(mountpoint)
+        .map(drop)
+        .map_err(std::io::Error::from);
+    if !dead(statfs) && !dead(std::fs::metadata(mountpoint).map(drop)) {
         return;
     }
     tracing::warn!(

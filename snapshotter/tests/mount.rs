@@ -244,6 +244,92 @@ fn a_plain_mount_point_serves_the_same_tree_without_xattrs_and_counters_are_magi
     );
 }
 
+/// A mount process killed with SIGKILL leaves dead FUSE mounts (every request fails with
+/// `ENOTCONN`) at both mount points; the next process detaches them and mounts cleanly. The
+/// main one was used (in no-open mode its root opens without a request); the plain one
+/// never was (its `stat` fails, so `create_dir_all` and `mkdir -p` fail on it).
+#[test]
+fn a_killed_mount_leaves_dead_mounts_that_the_next_one_replaces() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let repo = build_repo(work.path());
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let mnt = work.path().join("mnt");
+    let plain = work.path().join("plain");
+    let cache = work.path().join("cache");
+    std::fs::create_dir_all(&mnt).unwrap();
+    // Whatever happens, no dead mount is left behind in the temporary directory.
+    struct Detach(Vec<PathBuf>);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            for dir in &self.0 {
+                let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+    let _detach = Detach(vec![mnt.clone(), plain.clone()]);
+    // Not `Mounted::start`: the mount points may hold the dead mounts (mountinfo lists
+    // them, `create_dir_all` fails on them); the log says when this process is up.
+    let start = |log: &str| {
+        let mut cmd = mount_command(&server, FQRN, &repo.pubkey, &cache, &mnt);
+        cmd.arg("--plain-mountpoint").arg(&plain);
+        let log = work.path().join(log);
+        let child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let m = Mounted {
+            child: Some(child),
+            mountpoint: mnt.clone(),
+            log,
+        };
+        wait_for_log(
+            &m,
+            "also mounted without extended attributes",
+            Duration::from_secs(20),
+        );
+        m
+    };
+    let mut first = start("first.log");
+    for _ in 0..2 {
+        assert_eq!(names(&mnt).len(), 5);
+    }
+    let mut child = first.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let err = nix::sys::statfs::statfs(&mnt).unwrap_err();
+    assert_eq!(err, nix::errno::Errno::ENOTCONN);
+    // No-open mode: the dead root still opens (and lists, from the kernel's cache); the
+    // never used one cannot even be created with `create_dir_all` (EEXIST, then ENOTCONN).
+    assert!(std::fs::read_dir(&mnt).is_ok(), "the dead root opens");
+    assert!(std::fs::create_dir_all(&plain).is_err());
+
+    let mut second = start("second.log");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("hello.txt")).unwrap(),
+        "hello strata\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(plain.join("hello.txt")).unwrap(),
+        "hello strata\n"
+    );
+    let log = second.log_text();
+    assert_eq!(log.matches("stale FUSE mount").count(), 2, "{log}");
+    // Nothing left underneath either mount point once it is stopped.
+    second.stop();
+    assert!(
+        !fuse_mounted(&mnt),
+        "a dead mount is still at {}",
+        mnt.display()
+    );
+    assert!(
+        !fuse_mounted(&plain),
+        "a dead mount is still at {}",
+        plain.display()
+    );
+}
+
 #[test]
 fn a_slow_download_blocks_only_its_own_request() {
     require_root_and_fuse();
