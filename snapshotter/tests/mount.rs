@@ -148,15 +148,7 @@ fn a_plain_mount_point_serves_the_same_tree_without_xattrs_and_counters_are_magi
     let mut cmd = mount_command(&server, FQRN, &repo.pubkey, &cache, &mnt);
     cmd.arg("--plain-mountpoint").arg(&plain);
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("mount.log"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !fuse_mounted(&plain) {
-        assert!(
-            Instant::now() < deadline,
-            "plain mount missing:\n{}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    m.wait_mounted(&plain, Duration::from_secs(10));
 
     // The same tree, the same inodes, the same content.
     assert_eq!(names(&plain), names(&mnt));
@@ -670,15 +662,7 @@ fn a_new_revision_appears_while_open_files_keep_their_revision() {
         .arg("--plain-mountpoint")
         .arg(&plain);
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !fuse_mounted(&plain) {
-        assert!(
-            Instant::now() < deadline,
-            "no plain mount:\n{}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    m.wait_mounted(&plain, Duration::from_secs(10));
 
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
     assert_eq!(std::fs::read(plain.join("a")).unwrap(), b"one\n");

@@ -187,19 +187,26 @@ impl Mounted {
             mountpoint: mountpoint.to_path_buf(),
             log: log.to_path_buf(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !fuse_mounted(mountpoint) {
-            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("mount exited with {status}:\n{}", m.log_text());
+        m.wait_mounted(mountpoint, Duration::from_secs(30));
+        m
+    }
+
+    /// Waits until a FUSE mount is listed at `path` (the main or the plain mount point);
+    /// panics with the log if the process exits first or `within` passes.
+    pub fn wait_mounted(&mut self, path: &Path, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !fuse_mounted(path) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("mount exited with {status}:\n{}", self.log_text());
             }
             assert!(
                 Instant::now() < deadline,
-                "mount timed out:\n{}",
-                m.log_text()
+                "no mount at {} in time:\n{}",
+                path.display(),
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        m
     }
 
     pub fn log_text(&self) -> String {
