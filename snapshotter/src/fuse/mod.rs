@@ -398,11 +398,7 @@ impl StrataFs {
     /// No-open mode: the file of `ino` for one read (its object pinned until dropped).
     fn file_of_inode(&self, ino: INodeNo) -> std::result::Result<OpenFile, Errno> {
         let node = self.node(ino)?;
-        match node.entry.kind {
-            EntryKind::Regular => {}
-            EntryKind::Directory => return Err(Errno::EISDIR),
-            _ => return Err(Errno::EINVAL),
-        }
+        require_regular(&node)?;
         self.open_file(&node)
             .map_err(|e| report("read", &node.path, &e))
     }
@@ -576,6 +572,15 @@ impl StrataFs {
     }
 }
 
+/// Only regular files are opened or read: `EISDIR` for a directory, `EINVAL` otherwise.
+fn require_regular(node: &Node) -> std::result::Result<(), Errno> {
+    match node.entry.kind {
+        EntryKind::Regular => Ok(()),
+        EntryKind::Directory => Err(Errno::EISDIR),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
 /// `pread` until `len` bytes or end of file.
 fn read_at(file: &File, offset: u64, len: usize, what: &str) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
@@ -712,10 +717,8 @@ impl Filesystem for StrataFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        match node.entry.kind {
-            EntryKind::Regular => {}
-            EntryKind::Directory => return reply.error(Errno::EISDIR),
-            _ => return reply.error(Errno::EINVAL),
+        if let Err(e) = require_regular(&node) {
+            return reply.error(e);
         }
         match self.open_file(&node) {
             Ok(file) => {
