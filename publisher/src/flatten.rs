@@ -120,14 +120,13 @@ fn is_opaque(e: &catalog::Entry) -> bool {
 }
 
 /// [`apply_dir`] for a layer directory given by value: its `children`, and whether it was
-/// opaque.
+/// opaque. The same rules, with the layer's nodes moved instead of copied.
 fn apply_children_owned(
     dst: &mut Node,
     children: std::collections::BTreeMap<String, Node>,
     opaque: bool,
     group_offset: u32,
 ) {
-    use std::collections::btree_map::Entry as Slot;
     if opaque {
         dst.children.clear();
     }
@@ -138,43 +137,23 @@ fn apply_children_owned(
         }
         let is_dir = child.is_dir();
         let Node {
-            mut entry,
+            entry,
             children: grandchildren,
             ..
         } = child;
         if is_dir {
             let opaque = is_opaque(&entry);
-            entry.xattrs.remove(OPAQUE_XATTR);
-            let d = match dst.children.entry(name) {
-                Slot::Occupied(o) if o.get().is_dir() => {
-                    let d = o.into_mut();
-                    d.entry = entry;
-                    d
-                }
-                Slot::Occupied(mut o) => {
-                    o.insert(Node::leaf(entry));
-                    o.into_mut()
-                }
-                Slot::Vacant(v) => v.insert(Node::leaf(entry)),
-            };
+            let d = place_dir(dst, name, entry);
             apply_children_owned(d, grandchildren, opaque, group_offset);
         } else {
-            if entry.hardlink_group != 0 {
-                entry.hardlink_group += group_offset;
-            }
-            dst.children.insert(name, Node::leaf(entry));
+            place_leaf(dst, name, entry, group_offset);
         }
     }
 }
 
 /// Applies the children of the layer directory `src` onto `dst`.
 fn apply_dir(dst: &mut Node, src: &Node, group_offset: u32) {
-    if src
-        .entry
-        .xattrs
-        .get(OPAQUE_XATTR)
-        .is_some_and(|v| v == b"y")
-    {
+    if is_opaque(&src.entry) {
         dst.children.clear();
     }
     for (name, child) in &src.children {
@@ -183,25 +162,41 @@ fn apply_dir(dst: &mut Node, src: &Node, group_offset: u32) {
             continue;
         }
         if child.is_dir() {
-            let mut entry = child.entry.clone();
-            entry.xattrs.remove(OPAQUE_XATTR);
-            match dst.children.get_mut(name) {
-                Some(existing) if existing.is_dir() => existing.entry = entry,
-                _ => {
-                    dst.children.insert(name.clone(), Node::leaf(entry));
-                }
-            }
-            if let Some(d) = dst.children.get_mut(name) {
-                apply_dir(d, child, group_offset);
-            }
+            let d = place_dir(dst, name.clone(), child.entry.clone());
+            apply_dir(d, child, group_offset);
         } else {
-            let mut entry = child.entry.clone();
-            if entry.hardlink_group != 0 {
-                entry.hardlink_group += group_offset;
-            }
-            dst.children.insert(name.clone(), Node::leaf(entry));
+            place_leaf(dst, name.clone(), child.entry.clone(), group_offset);
         }
     }
+}
+
+/// The image directory `name` in `dst` for a layer directory with `entry` (its opaque mark
+/// dropped): an existing directory takes the layer's metadata and keeps its children;
+/// anything else there is replaced by an empty directory.
+fn place_dir(dst: &mut Node, name: String, mut entry: catalog::Entry) -> &mut Node {
+    use std::collections::btree_map::Entry as Slot;
+    entry.xattrs.remove(OPAQUE_XATTR);
+    match dst.children.entry(name) {
+        Slot::Occupied(o) if o.get().is_dir() => {
+            let d = o.into_mut();
+            d.entry = entry;
+            d
+        }
+        Slot::Occupied(mut o) => {
+            o.insert(Node::leaf(entry));
+            o.into_mut()
+        }
+        Slot::Vacant(v) => v.insert(Node::leaf(entry)),
+    }
+}
+
+/// Puts the layer's non-directory `entry` at `name` in `dst`, replacing whatever is there;
+/// its hard-link group is moved past the groups of the layers below (`group_offset`).
+fn place_leaf(dst: &mut Node, name: String, mut entry: catalog::Entry, group_offset: u32) {
+    if entry.hardlink_group != 0 {
+        entry.hardlink_group += group_offset;
+    }
+    dst.children.insert(name, Node::leaf(entry));
 }
 
 #[cfg(test)]
