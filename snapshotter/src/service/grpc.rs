@@ -174,7 +174,15 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         request: Request<pb::RemoveSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
         let key = request.into_inner().key;
-        self.with(move |s| s.remove(&key)).await?;
+        let k = key.clone();
+        let trash = self.with(move |s| s.remove_detached(&k)).await?;
+        if let Some(trash) = trash {
+            // Outside the snapshotter's lock: Prepares go on while a large upper
+            // directory is deleted.
+            tokio::task::spawn_blocking(move || crate::snapshots::delete_trash(&key, &trash))
+                .await
+                .map_err(|e| Status::internal(format!("snapshot removal task failed: {e}")))?;
+        }
         Ok(Response::new(()))
     }
 

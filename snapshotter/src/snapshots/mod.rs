@@ -707,6 +707,19 @@ impl Snapshotter {
     /// containerd `Remove(key)`: forgets the snapshot and deletes its directory (never the
     /// remote layer). `SnapshotNotFound`, or `SnapshotPrecondition` if it has children.
     pub fn remove(&mut self, key: &str) -> Result<()> {
+        if let Some(trash) = self.remove_detached(key)? {
+            delete_trash(key, &trash);
+        }
+        Ok(())
+    }
+
+    /// containerd `Remove(key)` without the slow part: the record is deleted and the
+    /// snapshot's directory renamed to `<root>/snapshots/rm-<id>` (ids are never reused),
+    /// whose path is returned for the caller to delete with [`delete_trash`] once it no
+    /// longer holds the snapshotter, so that a garbage collection deleting a large upper
+    /// directory does not stall the next container's Prepare. A trash directory left by a
+    /// crash is deleted by `Cleanup`. Errors as [`Snapshotter::remove`].
+    pub fn remove_detached(&mut self, key: &str) -> Result<Option<PathBuf>> {
         let record = self.store.require(key)?;
         let children = self.store.children(&record.key)?;
         if children > 0 {
@@ -717,21 +730,15 @@ impl Snapshotter {
         self.store.delete(key)?;
         self.forget_unavailable(key);
         let dir = self.snapshot_dir(record.id);
-        if dir.exists() {
-            let trash = self
-                .root
-                .join("snapshots")
-                .join(format!("rm-{}", record.id));
-            std::fs::rename(&dir, &trash).map_err(io_err(format!("rename {}", dir.display())))?;
-            if let Err(e) = std::fs::remove_dir_all(&trash) {
-                warn!(
-                    key,
-                    "cannot delete {} (Cleanup will retry): {e}",
-                    trash.display()
-                );
-            }
+        if !dir.exists() {
+            return Ok(None);
         }
-        Ok(())
+        let trash = self
+            .root
+            .join("snapshots")
+            .join(format!("rm-{}", record.id));
+        std::fs::rename(&dir, &trash).map_err(io_err(format!("rename {}", dir.display())))?;
+        Ok(Some(trash))
     }
 
     /// containerd `Stat(key)`.
@@ -839,11 +846,30 @@ impl Snapshotter {
                 continue;
             }
             let path = entry.path();
-            std::fs::remove_dir_all(&path).map_err(io_err(format!("remove {}", path.display())))?;
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {}
+                // A trash directory that a Remove is deleting at the same time.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(format!("remove {}", path.display()))(e)),
+            }
             info!(path = %path.display(), "cleanup: removed orphan snapshot directory");
             removed.push(path);
         }
         Ok(removed)
+    }
+}
+
+/// Deletes the directory `trash` of the removed snapshot `key` (from
+/// [`Snapshotter::remove_detached`]); a failure is logged, and `Cleanup` retries. Blocking.
+pub fn delete_trash(key: &str, trash: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(trash)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(
+            key,
+            "cannot delete {} (Cleanup will retry): {e}",
+            trash.display()
+        );
     }
 }
 
@@ -975,6 +1001,29 @@ mod tests {
         f.sn.remove("base")?;
         assert!(!dir1.exists());
         assert!(f.sn.list(&[])?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn remove_detached_leaves_the_directory_as_trash_for_the_caller() -> Result<()> {
+        let mut f = fixture();
+        f.sn.prepare("k", "", &Labels::new())?;
+        let dir = f.root.join("snapshots/1");
+        std::fs::write(dir.join("fs/file"), b"upper data")
+            .map_err(io_err("write test file"))?;
+        let trash = f.sn.remove_detached("k")?.expect("k has a directory");
+        assert_eq!(trash, f.root.join("snapshots/rm-1"));
+        assert!(!dir.exists());
+        assert!(trash.join("fs/file").is_file());
+        assert!(matches!(f.sn.stat("k"), Err(Error::SnapshotNotFound(_))));
+        // A new snapshot never takes the removed id, so its trash cannot collide.
+        f.sn.prepare("k", "", &Labels::new())?;
+        assert!(f.root.join("snapshots/2").is_dir());
+        // Cleanup racing the caller's deletion: whoever comes second finds nothing.
+        assert_eq!(f.sn.cleanup()?, vec![trash.clone()]);
+        delete_trash("k", &trash);
+        assert!(f.sn.cleanup()?.is_empty());
+        assert!(f.root.join("snapshots/2").is_dir());
         Ok(())
     }
 

@@ -190,7 +190,8 @@ impl Store {
         let sql = format!("SELECT {COLUMNS} FROM snapshots WHERE key = ?1");
         Ok(self
             .conn
-            .query_row(&sql, params![key], row_to_record)
+            .prepare_cached(&sql)?
+            .query_row(params![key], row_to_record)
             .optional()?)
     }
 
@@ -203,7 +204,7 @@ impl Store {
     /// All records, in id order.
     pub fn all(&self) -> Result<Vec<Record>> {
         let sql = format!("SELECT {COLUMNS} FROM snapshots ORDER BY id");
-        let mut stmt = self.conn.prepare(&sql)?;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map([], row_to_record)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
@@ -212,18 +213,20 @@ impl Store {
     pub fn insert(&mut self, new: &NewRecord<'_>) -> Result<Record> {
         let now = now_ns();
         let remote = new.remote.map(|p| p.display().to_string());
-        let result = self.conn.execute(
-            "INSERT INTO snapshots (key, parent, kind, labels, created_ns, updated_ns, remote)
+        let result = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO snapshots (key, parent, kind, labels, created_ns, updated_ns, remote)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
-            params![
+            )?
+            .execute(params![
                 new.key,
                 new.parent,
                 new.kind.as_str(),
                 labels_to_json(new.labels),
                 now,
                 remote
-            ],
-        );
+            ]);
         match result {
             Ok(_) => self.require(new.key),
             Err(e) if is_unique_violation(&e) => Err(Error::SnapshotExists(new.key.to_string())),
@@ -245,13 +248,23 @@ impl Store {
         parent: Option<&str>,
     ) -> Result<Record> {
         let now = now_ns();
-        let result = self.conn.execute(
-            "UPDATE snapshots SET key = ?2, kind = 'committed', labels = ?3, created_ns = ?4,
+        let result = self
+            .conn
+            .prepare_cached(
+                "UPDATE snapshots SET key = ?2, kind = 'committed', labels = ?3, created_ns = ?4,
                                   updated_ns = ?4, size = ?5, inodes = ?6,
                                   parent = COALESCE(?7, parent)
              WHERE key = ?1",
-            params![key, name, labels_to_json(labels), now, size, inodes, parent],
-        );
+            )?
+            .execute(params![
+                key,
+                name,
+                labels_to_json(labels),
+                now,
+                size,
+                inodes,
+                parent
+            ]);
         match result {
             Ok(0) => Err(Error::SnapshotNotFound(key.to_string())),
             Ok(_) => self.require(name),
@@ -263,10 +276,10 @@ impl Store {
     /// Records the usage of `key` (the walk of a remote layer), without touching its
     /// update time.
     pub fn set_usage(&mut self, key: &str, size: i64, inodes: i64) -> Result<()> {
-        let n = self.conn.execute(
-            "UPDATE snapshots SET size = ?2, inodes = ?3 WHERE key = ?1",
-            params![key, size, inodes],
-        )?;
+        let n = self
+            .conn
+            .prepare_cached("UPDATE snapshots SET size = ?2, inodes = ?3 WHERE key = ?1")?
+            .execute(params![key, size, inodes])?;
         if n == 0 {
             return Err(Error::SnapshotNotFound(key.to_string()));
         }
@@ -275,10 +288,10 @@ impl Store {
 
     /// Replaces the labels of `key` and bumps its update time.
     pub fn set_labels(&mut self, key: &str, labels: &Labels) -> Result<Record> {
-        let n = self.conn.execute(
-            "UPDATE snapshots SET labels = ?2, updated_ns = ?3 WHERE key = ?1",
-            params![key, labels_to_json(labels), now_ns()],
-        )?;
+        let n = self
+            .conn
+            .prepare_cached("UPDATE snapshots SET labels = ?2, updated_ns = ?3 WHERE key = ?1")?
+            .execute(params![key, labels_to_json(labels), now_ns()])?;
         if n == 0 {
             return Err(Error::SnapshotNotFound(key.to_string()));
         }
@@ -287,18 +300,18 @@ impl Store {
 
     /// Number of snapshots whose parent is `name`.
     pub fn children(&self, name: &str) -> Result<i64> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*) FROM snapshots WHERE parent = ?1",
-            params![name],
-            |r| r.get(0),
-        )?)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM snapshots WHERE parent = ?1")?
+            .query_row(params![name], |r| r.get(0))?)
     }
 
     /// Deletes `key`; [`Error::SnapshotNotFound`] if absent.
     pub fn delete(&mut self, key: &str) -> Result<()> {
         let n = self
             .conn
-            .execute("DELETE FROM snapshots WHERE key = ?1", params![key])?;
+            .prepare_cached("DELETE FROM snapshots WHERE key = ?1")?
+            .execute(params![key])?;
         if n == 0 {
             return Err(Error::SnapshotNotFound(key.to_string()));
         }
