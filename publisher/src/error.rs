@@ -106,6 +106,16 @@ pub enum Error {
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),
+    /// SQLite on a database the publisher opens itself: the scratch database a layer is
+    /// staged in ([`crate::staging`]), or a catalog file read directly
+    /// ([`crate::catalog_view`]).
+    #[error("SQLite database {}: {source}", file.display())]
+    Sqlite {
+        /// The database file.
+        file: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
 }
 
 impl Error {

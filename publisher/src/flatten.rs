@@ -1,202 +1,388 @@
-//! Flattening: applying layer trees in order into one root filesystem, resolving overlayfs
+//! Flattening: applying layers in order into one root filesystem, resolving overlayfs
 //! whiteouts (a character device 0:0 deletes the name below; a directory with
 //! `trusted.overlay.opaque="y"` hides all lower content of that directory).
+//!
+//! The image is never built in memory: [`Image::emit`] merges the layers directory by
+//! directory — for each directory it lists that directory in every layer that still
+//! contributes to it, applies the overlay rules to the listings and hands the resulting
+//! rows to a sink (a [`catalog::CatalogWriter`] in `ingest`), then descends. Memory is one
+//! merged listing per directory level (depth × widest directory), whatever the number of
+//! files (publisher/README.md, "Memory"). Layers are read through [`LayerView`]: a written
+//! layer catalog ([`crate::catalog_view::CatalogView`]) or an in-memory [`Node`] tree.
 //!
 //! Content objects are shared with the layers (entries keep their hashes), so a flat image
 //! costs catalog space only (DESIGN.md, "Repository namespace").
 
-use crate::tree::{Node, OPAQUE_XATTR, is_whiteout};
+use std::collections::{BTreeMap, HashMap};
 
-/// Applies `layers` (lowest first, each a layer root as produced by
-/// [`crate::layer::read_layer`]) and returns the flattened root directory. The root's
-/// metadata comes from the topmost layer. Hard-link groups are renumbered so groups of
-/// different layers stay apart, then normalised (CVMFS spec §6.8).
-pub fn flatten(layers: &[&Node]) -> Node {
-    let mut flat = Flattener::new();
-    for layer in layers {
-        flat.push(layer);
-    }
-    flat.finish()
+use catalog::{Entry, EntryKind};
+
+use crate::error::Result;
+use crate::staging::join;
+use crate::tree::{DIR_SIZE, Node, OPAQUE_XATTR, components, is_whiteout};
+
+/// A layer as the merge reads it, one directory at a time. Paths are relative to the layer
+/// root, components joined by `/` (`""` is the root).
+pub trait LayerView {
+    /// The layer root's row.
+    fn root(&self) -> Result<Entry>;
+    /// The rows of directory `dir`, sorted by name, chunk lists filled in; empty if `dir`
+    /// is not a directory of the layer.
+    fn list(&self, dir: &str) -> Result<Vec<Entry>>;
+    /// The row at `path` (not the root).
+    fn lookup(&self, path: &str) -> Result<Option<Entry>>;
+    /// The largest hard-link group id of the layer (0 if none).
+    fn max_hardlink_group(&self) -> Result<u32>;
 }
 
-/// Flattening one layer at a time: [`Flattener::root`] is the image as seen from above the
-/// layers pushed so far (hard-link groups not yet normalised).
-pub struct Flattener {
-    root: Node,
-    group_offset: u32,
-}
-
-impl Flattener {
-    /// An empty root filesystem.
-    pub fn new() -> Flattener {
-        Flattener {
-            root: Node::dir("", 0o755, 0),
-            group_offset: 0,
-        }
+impl LayerView for Node {
+    fn root(&self) -> Result<Entry> {
+        Ok(self.entry.clone())
     }
-
-    /// Applies the layer root `layer` on top.
-    pub fn push(&mut self, layer: &Node) {
-        let max = layer.max_hardlink_group();
-        let mut entry = layer.entry.clone();
-        entry.xattrs.remove(OPAQUE_XATTR);
-        entry.name = String::new();
-        self.root.entry = entry;
-        apply_dir(&mut self.root, layer, self.group_offset);
-        self.group_offset += max;
+    fn list(&self, dir: &str) -> Result<Vec<Entry>> {
+        Ok(self
+            .get(&components(dir))
+            .map(|n| n.children.values().map(|c| c.entry.clone()).collect())
+            .unwrap_or_default())
     }
-
-    /// As [`Flattener::push`], consuming `layer`: its nodes are moved onto the image instead
-    /// of copied, so the layer's memory is handed over as it is applied (the same result as
-    /// `push(&layer)`).
-    pub fn push_owned(&mut self, layer: Node) {
-        let max = layer.max_hardlink_group();
-        let Node {
-            mut entry,
-            children,
-            ..
-        } = layer;
-        let opaque = is_opaque(&entry);
-        entry.xattrs.remove(OPAQUE_XATTR);
-        entry.name = String::new();
-        self.root.entry = entry;
-        apply_children_owned(&mut self.root, children, opaque, self.group_offset);
-        self.group_offset += max;
+    fn lookup(&self, path: &str) -> Result<Option<Entry>> {
+        Ok(self.get(&components(path)).map(|n| n.entry.clone()))
     }
-
-    /// The tree so far.
-    pub fn root(&self) -> &Node {
-        &self.root
-    }
-
-    /// The flattened root directory, hard-link groups normalised and link counts set.
-    pub fn finish(mut self) -> Node {
-        self.root.catalog = None;
-        self.root.normalize_hardlinks();
-        self.root.fix_linkcounts();
-        self.root
-    }
-}
-
-impl Default for Flattener {
-    fn default() -> Self {
-        Flattener::new()
-    }
-}
-
-/// Gives each directory in `implicit` (paths below `layer`, see
-/// [`crate::layer::LayerTree::implicit_dirs`]) the mode, owner, mtime and xattrs the same
-/// directory has in `lower` (the image below this layer), as overlayfs's copy-up does when
-/// containerd applies such a layer natively; the layer's own opaque mark is kept. Without
-/// this, a layer that only implies `/tmp` would turn the image's sticky `1777` `/tmp` into
-/// `0755` in every container. Directories absent from `lower` keep `0755 root:root`.
-pub fn inherit_implicit_dirs(layer: &mut Node, implicit: &[Vec<String>], lower: &Node) {
-    for path in implicit {
-        let comps: Vec<&str> = path.iter().map(String::as_str).collect();
-        let Some(below) = lower.get(&comps).filter(|n| n.is_dir()) else {
-            continue;
-        };
-        let Some(node) = layer.get_mut(&comps) else {
-            continue;
-        };
-        let opaque = node.entry.xattrs.get(OPAQUE_XATTR).cloned();
-        let e = &mut node.entry;
-        e.mode = below.entry.mode;
-        e.uid = below.entry.uid;
-        e.gid = below.entry.gid;
-        e.mtime = below.entry.mtime;
-        e.mtime_ns = below.entry.mtime_ns;
-        e.xattrs = below.entry.xattrs.clone();
-        e.xattrs.remove(OPAQUE_XATTR);
-        if let Some(v) = opaque {
-            e.xattrs.insert(OPAQUE_XATTR.to_string(), v);
-        }
+    fn max_hardlink_group(&self) -> Result<u32> {
+        Ok(Node::max_hardlink_group(self))
     }
 }
 
 /// Whether a layer directory is opaque (`trusted.overlay.opaque="y"`).
-fn is_opaque(e: &catalog::Entry) -> bool {
+pub fn is_opaque(e: &Entry) -> bool {
     e.xattrs.get(OPAQUE_XATTR).is_some_and(|v| v == b"y")
 }
 
-/// [`apply_dir`] for a layer directory given by value: its `children`, and whether it was
-/// opaque. The same rules, with the layer's nodes moved instead of copied.
-fn apply_children_owned(
-    dst: &mut Node,
-    children: std::collections::BTreeMap<String, Node>,
-    opaque: bool,
-    group_offset: u32,
-) {
-    if opaque {
-        dst.children.clear();
-    }
-    for (name, child) in children {
-        if is_whiteout(&child.entry) {
-            dst.children.remove(&name);
-            continue;
+/// Makes the hard-link groups of one directory's rows consistent (CVMFS spec §6.8; groups
+/// never span directories, [`crate::layer`]): every member gets `linkcount` = number of
+/// members, a group of one is dissolved, other non-directories get linkcount 1.
+pub fn normalize_hardlinks<'e>(entries: impl IntoIterator<Item = &'e mut Entry>) {
+    let mut entries: Vec<&mut Entry> = entries
+        .into_iter()
+        .filter(|e| e.kind != EntryKind::Directory)
+        .collect();
+    let mut counts: HashMap<u32, u32> = HashMap::new();
+    for e in &entries {
+        if e.hardlink_group != 0 {
+            *counts.entry(e.hardlink_group).or_default() += 1;
         }
-        let is_dir = child.is_dir();
-        let Node {
-            entry,
-            children: grandchildren,
-            ..
-        } = child;
-        if is_dir {
-            let opaque = is_opaque(&entry);
-            let d = place_dir(dst, name, entry);
-            apply_children_owned(d, grandchildren, opaque, group_offset);
+    }
+    for e in &mut entries {
+        let g = e.hardlink_group;
+        let count = if g == 0 {
+            1
         } else {
-            place_leaf(dst, name, entry, group_offset);
+            counts.get(&g).copied().unwrap_or(1)
+        };
+        if count <= 1 {
+            e.hardlink_group = 0;
+            e.linkcount = 1;
+        } else {
+            e.linkcount = count;
         }
     }
 }
 
-/// Applies the children of the layer directory `src` onto `dst`.
-fn apply_dir(dst: &mut Node, src: &Node, group_offset: u32) {
-    if is_opaque(&src.entry) {
-        dst.children.clear();
+/// Where the merge sends rows: `(path relative to the image root, row)`, each directory
+/// before its contents, directories with final link counts.
+pub type Sink<'s> = dyn FnMut(&str, &Entry) -> Result<()> + 's;
+
+/// A name in a directory being merged: its row so far, and for a directory the layers
+/// whose same directory contributes to it (index, opaque there).
+struct Slot {
+    entry: Entry,
+    layers: Vec<(usize, bool)>,
+}
+
+/// The layers of one image, lowest first, with what the merge needs about each.
+pub struct Image<'a> {
+    layers: Vec<&'a dyn LayerView>,
+    roots: Vec<Entry>,
+    /// Added to a layer's hard-link groups so groups of different layers stay apart.
+    offsets: Vec<u32>,
+}
+
+impl<'a> Image<'a> {
+    /// The image made of `layers` (lowest first). Reads each root row and the largest
+    /// hard-link group of each layer.
+    pub fn new(layers: Vec<&'a dyn LayerView>) -> Result<Image<'a>> {
+        let mut roots = Vec::with_capacity(layers.len());
+        let mut offsets = Vec::with_capacity(layers.len());
+        let mut offset = 0u32;
+        for l in &layers {
+            roots.push(l.root()?);
+            offsets.push(offset);
+            offset = offset.saturating_add(l.max_hardlink_group()?);
+        }
+        Ok(Image {
+            layers,
+            roots,
+            offsets,
+        })
     }
-    for (name, child) in &src.children {
-        if is_whiteout(&child.entry) {
-            dst.children.remove(name);
-            continue;
+
+    /// As [`Image::new`] for [`Image::resolve_dir`] only: hard-link groups are not read
+    /// (no full scan of each layer), so [`Image::emit`] would not keep groups apart.
+    pub fn for_lookup(layers: Vec<&'a dyn LayerView>) -> Result<Image<'a>> {
+        let roots = layers
+            .iter()
+            .map(|l| l.root())
+            .collect::<Result<Vec<_>>>()?;
+        let offsets = vec![0; layers.len()];
+        Ok(Image {
+            layers,
+            roots,
+            offsets,
+        })
+    }
+
+    /// Whether the image has no layers.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// The image's root row: the top layer's root, opaque mark dropped (an empty
+    /// directory `0755 root:root` for an image without layers).
+    pub fn root_entry(&self) -> Entry {
+        let mut e = self
+            .roots
+            .last()
+            .cloned()
+            .unwrap_or_else(|| crate::tree::dir_entry("", 0o755, 0, 0, 0));
+        e.xattrs.remove(OPAQUE_XATTR);
+        e.name = String::new();
+        e
+    }
+
+    /// Merges the layers into `out`, adding `extra` (small trees, e.g. `/.singularity.d`)
+    /// at the root where the image has nothing of that name. Returns the root row as sent.
+    pub fn emit(&self, extra: Vec<Node>, out: &mut Sink<'_>) -> Result<Entry> {
+        let active: Vec<(usize, bool)> = self
+            .roots
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i, is_opaque(r)))
+            .collect();
+        self.merge_dir("", self.root_entry(), &active, extra, out)
+    }
+
+    fn merge_dir(
+        &self,
+        rel: &str,
+        mut entry: Entry,
+        active: &[(usize, bool)],
+        extra: Vec<Node>,
+        out: &mut Sink<'_>,
+    ) -> Result<Entry> {
+        let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
+        for &(i, opaque) in active {
+            if opaque {
+                slots.clear();
+            }
+            for child in self.layers[i].list(rel)? {
+                self.apply(&mut slots, i, child);
+            }
         }
-        if child.is_dir() {
-            let d = place_dir(dst, name.clone(), child.entry.clone());
-            apply_dir(d, child, group_offset);
-        } else {
-            place_leaf(dst, name.clone(), child.entry.clone(), group_offset);
+        let extra: Vec<Node> = extra
+            .into_iter()
+            .filter(|n| !slots.contains_key(&n.entry.name))
+            .map(|mut n| {
+                n.fix_linkcounts();
+                n
+            })
+            .collect();
+        normalize_hardlinks(slots.values_mut().map(|s| &mut s.entry));
+        let subdirs = slots
+            .values()
+            .filter(|s| s.entry.kind == EntryKind::Directory)
+            .count()
+            + extra.iter().filter(|n| n.is_dir()).count();
+        entry.linkcount = 2 + subdirs as u32;
+        entry.size = DIR_SIZE;
+        out(rel, &entry)?;
+        for (name, slot) in slots {
+            let path = join(rel, &name);
+            if slot.entry.kind == EntryKind::Directory {
+                self.merge_dir(&path, slot.entry, &slot.layers, Vec::new(), out)?;
+            } else {
+                out(&path, &slot.entry)?;
+            }
         }
+        for n in extra {
+            emit_node(rel, &n, out)?;
+        }
+        Ok(entry)
+    }
+
+    /// Applies one row of layer `i` to the names of a directory (the rules of overlayfs).
+    fn apply(&self, slots: &mut BTreeMap<String, Slot>, i: usize, mut child: Entry) {
+        if is_whiteout(&child) {
+            slots.remove(&child.name);
+            return;
+        }
+        if child.kind == EntryKind::Directory {
+            // An existing directory takes the layer's metadata and keeps its contents;
+            // anything else there is replaced by this directory.
+            let opaque = is_opaque(&child);
+            child.xattrs.remove(OPAQUE_XATTR);
+            match slots.get_mut(&child.name) {
+                Some(s) if s.entry.kind == EntryKind::Directory => {
+                    s.entry = child;
+                    s.layers.push((i, opaque));
+                }
+                _ => {
+                    slots.insert(
+                        child.name.clone(),
+                        Slot {
+                            entry: child,
+                            layers: vec![(i, opaque)],
+                        },
+                    );
+                }
+            }
+            return;
+        }
+        if child.hardlink_group != 0 {
+            child.hardlink_group += self.offsets[i];
+        }
+        slots.insert(
+            child.name.clone(),
+            Slot {
+                entry: child,
+                layers: Vec::new(),
+            },
+        );
+    }
+
+    /// The directory at `path` (relative, `""` = root) as the image shows it, opaque mark
+    /// dropped; `None` if the image has no directory there. Looks up one name per level in
+    /// the layers that contribute to it.
+    pub fn resolve_dir(&self, path: &str) -> Result<Option<Entry>> {
+        if self.layers.is_empty() {
+            return Ok(None);
+        }
+        if path.is_empty() {
+            return Ok(Some(self.root_entry()));
+        }
+        let mut active: Vec<(usize, bool)> = self
+            .roots
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i, is_opaque(r)))
+            .collect();
+        let comps = components(path);
+        let mut prefix = String::new();
+        for (k, c) in comps.iter().copied().enumerate() {
+            let here = join(&prefix, c);
+            let mut slot: Option<Slot> = None;
+            for &(i, opaque) in &active {
+                if opaque {
+                    slot = None;
+                }
+                let Some(e) = self.layers[i].lookup(&here)? else {
+                    continue;
+                };
+                let mut one = BTreeMap::new();
+                if let Some(s) = slot.take() {
+                    one.insert(c.to_string(), s);
+                }
+                self.apply(&mut one, i, e);
+                slot = one.remove(c);
+            }
+            match slot {
+                Some(s) if s.entry.kind == EntryKind::Directory => {
+                    if k + 1 == comps.len() {
+                        return Ok(Some(s.entry));
+                    }
+                    active = s.layers;
+                }
+                _ => return Ok(None),
+            }
+            prefix = here;
+        }
+        Ok(None)
     }
 }
 
-/// The image directory `name` in `dst` for a layer directory with `entry` (its opaque mark
-/// dropped): an existing directory takes the layer's metadata and keeps its children;
-/// anything else there is replaced by an empty directory.
-fn place_dir(dst: &mut Node, name: String, mut entry: catalog::Entry) -> &mut Node {
-    use std::collections::btree_map::Entry as Slot;
+/// Sends the in-memory tree `node` (a child of the directory `parent`) to `out`.
+fn emit_node(parent: &str, node: &Node, out: &mut Sink<'_>) -> Result<()> {
+    let path = join(parent, &node.entry.name);
+    out(&path, &node.entry)?;
+    for c in node.children.values() {
+        emit_node(&path, c, out)?;
+    }
+    Ok(())
+}
+
+/// Collects what a merge sends into a tree (tests, and small images).
+pub fn collect(image: &Image<'_>, extra: Vec<Node>) -> Result<Node> {
+    let mut root = Node::dir("", 0o755, 0);
+    image.emit(extra, &mut |path: &str, e: &Entry| {
+        if path.is_empty() {
+            root.entry = e.clone();
+        } else {
+            let c = components(path);
+            if let Some((_, parent)) = c.split_last() {
+                root.insert(parent, Node::leaf(e.clone()), 0);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(root)
+}
+
+/// Applies `layers` (lowest first, each a layer root) and returns the flattened root
+/// directory (in memory; `ingest` streams instead, [`Image::emit`]). The root's metadata
+/// comes from the topmost layer. Hard-link groups are renumbered so groups of different
+/// layers stay apart, then normalised (CVMFS spec §6.8).
+pub fn flatten(layers: &[&Node]) -> Node {
+    let views: Vec<&dyn LayerView> = layers.iter().map(|l| *l as &dyn LayerView).collect();
+    // Node views never fail.
+    Image::new(views)
+        .and_then(|image| collect(&image, Vec::new()))
+        .unwrap_or_else(|_| Node::dir("", 0o755, 0))
+}
+
+/// Gives each directory in `implicit` (paths below `layer`, directories the layer only
+/// implies) the mode, owner, mtime and xattrs the same directory has in `lower` (the image
+/// below this layer), as overlayfs's copy-up does when containerd applies such a layer
+/// natively; the layer's own opaque mark is kept. Without this, a layer that only implies
+/// `/tmp` would turn the image's sticky `1777` `/tmp` into `0755` in every container.
+/// Directories absent from `lower` keep `0755 root:root`.
+pub fn inherit(entry: &mut Entry, below: &Entry) {
+    let opaque = entry.xattrs.get(OPAQUE_XATTR).cloned();
+    entry.mode = below.mode;
+    entry.uid = below.uid;
+    entry.gid = below.gid;
+    entry.mtime = below.mtime;
+    entry.mtime_ns = below.mtime_ns;
+    entry.xattrs = below.xattrs.clone();
     entry.xattrs.remove(OPAQUE_XATTR);
-    match dst.children.entry(name) {
-        Slot::Occupied(o) if o.get().is_dir() => {
-            let d = o.into_mut();
-            d.entry = entry;
-            d
-        }
-        Slot::Occupied(mut o) => {
-            o.insert(Node::leaf(entry));
-            o.into_mut()
-        }
-        Slot::Vacant(v) => v.insert(Node::leaf(entry)),
+    if let Some(v) = opaque {
+        entry.xattrs.insert(OPAQUE_XATTR.to_string(), v);
     }
 }
 
-/// Puts the layer's non-directory `entry` at `name` in `dst`, replacing whatever is there;
-/// its hard-link group is moved past the groups of the layers below (`group_offset`).
-fn place_leaf(dst: &mut Node, name: String, mut entry: catalog::Entry, group_offset: u32) {
-    if entry.hardlink_group != 0 {
-        entry.hardlink_group += group_offset;
+/// [`inherit`] for in-memory trees: each directory of `layer` at a path in `implicit`
+/// takes the metadata of the same directory in the image `lower`.
+pub fn inherit_implicit_dirs(layer: &mut Node, implicit: &[Vec<String>], lower: &Node) {
+    let Ok(image) = Image::new(vec![lower as &dyn LayerView]) else {
+        return;
+    };
+    for path in implicit {
+        let Ok(Some(below)) = image.resolve_dir(&path.join("/")) else {
+            continue;
+        };
+        let comps: Vec<&str> = path.iter().map(String::as_str).collect();
+        if let Some(node) = layer.get_mut(&comps) {
+            inherit(&mut node.entry, &below);
+        }
     }
-    dst.children.insert(name, Node::leaf(entry));
 }
 
 #[cfg(test)]
@@ -253,11 +439,6 @@ mod tests {
         file(&mut l2, "opt", b"now a file");
 
         let flat = flatten(&[&l0, &l1, &l2]);
-        let mut owned = Flattener::new();
-        for l in [l0.clone(), l1.clone(), l2.clone()] {
-            owned.push_owned(l);
-        }
-        assert_eq!(format!("{:?}", owned.finish()), format!("{flat:?}"));
         assert!(flat.get(&["etc", "passwd"]).is_none());
         assert!(flat.get(&["etc", "group"]).is_some());
         assert!(flat.get(&["var", "cache", "a"]).is_none());

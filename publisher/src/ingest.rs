@@ -13,16 +13,17 @@ use catalog::{ContentHash, LocalStore, Suffix};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::catalog_view::CatalogView;
 use crate::digest::{chain_ids, sha256_hex};
 use crate::error::{Error, Result};
-use crate::flatten::{Flattener, inherit_implicit_dirs};
-use crate::layer::{LayerId, Limits, read_layer};
+use crate::flatten::{Image, LayerView};
+use crate::layer::{LayerId, Limits, StagedLayer, read_layer};
 use crate::objects::read_object;
 use crate::pipeline::Pool;
 use crate::progress::Progress;
 use crate::publish::{
-    Namespace, load_catalog_node, load_namespace, publish, read_catalog_tree, unix_now,
-    write_and_unload,
+    Namespace, StreamedCatalog, load_catalog_node, load_namespace, publish, unix_now,
+    write_streamed,
 };
 use crate::reference::{ImageName, ImageRef};
 use crate::repo::Repo;
@@ -236,13 +237,15 @@ pub(crate) async fn ingest_batch(
         .cloned()
         .collect();
     progress.add_layers(to_fetch.len() as u64);
-    let converted: Vec<(String, crate::layer::LayerTree)> = futures::stream::iter(to_fetch)
+    let scratch = repo.tmp_dir()?;
+    let converted: Vec<(String, StagedLayer)> = futures::stream::iter(to_fetch)
         .map(|(i, blob, diff_id)| {
             let pool = pool.clone();
             let progress = progress.clone();
             let label = sets[i].name.to_string();
             let limits = options.limits.clone();
             let source = &sources[i];
+            let scratch = scratch.clone();
             async move {
                 let bar = progress.layer(&blob.digest, blob.size);
                 let reader = bar.reader(source.open_blob(&blob).await?);
@@ -252,7 +255,8 @@ pub(crate) async fn ingest_batch(
                     diff_id,
                     media_type: blob.media_type.clone(),
                 };
-                let tree = blocking(move || read_layer(reader, &id, &pool, &limits)).await?;
+                let tree =
+                    blocking(move || read_layer(reader, &id, &pool, &limits, &scratch)).await?;
                 bar.finish(
                     tree.digests.compressed_size,
                     tree.digests.uncompressed_size,
@@ -287,65 +291,68 @@ pub(crate) async fn ingest_batch(
 }
 
 /// Adds one platform image's layers, chain IDs and flat tree to `ns` (blocking thread).
+///
+/// Nothing of the size of a layer is held in memory: each new layer's catalog is written
+/// straight from its staging database ([`StagedLayer::emit`]), and the flat tree is merged
+/// from the layer catalogs directory by directory into its own catalog
+/// ([`Image::emit`]); only their root rows join `ns` (publisher/README.md, "Memory").
 fn add_image(
     repo: &Repo,
     ns: &mut Namespace,
     image: &FetchedImage,
-    converted: &mut std::collections::HashMap<String, crate::layer::LayerTree>,
+    converted: &mut std::collections::HashMap<String, StagedLayer>,
 ) -> Result<()> {
     let store = &repo.store;
     let now = unix_now() as i64;
     let empty = store.put_raw(b"", Suffix::None)?;
     let chains = chain_ids(&image.diff_ids);
 
-    // The flattened image, built while the layers are added: directories that new layers
-    // only imply take their metadata from the layers below (a layer shared by images of one
-    // batch is fixed against the first image's lower layers), and each new layer's catalog is
-    // written and dropped from memory as soon as it is on the flat tree, so a batch never
-    // holds all its layer trees and its flat trees at once.
     let (chh, chex) = split_digest(&image.config_descriptor.digest)?;
     let flat_exists = ns
         .root
         .get(&[".flat", &chh])
         .is_some_and(|b| b.children.contains_key(&chex));
-    let implied = |l: &BlobDescriptor| {
-        converted
-            .get(&l.digest)
-            .is_some_and(|t| !t.implicit_dirs.is_empty())
-    };
-    let mut flat = (!flat_exists || image.layers.iter().any(implied)).then(Flattener::new);
+    // The layer catalogs are read back when the flat tree is built, or when a new layer
+    // implies directories, which take their metadata from the layers below (a layer shared
+    // by images of one batch is fixed against the first image's lower layers).
+    let implied = |l: &BlobDescriptor| converted.get(&l.digest).is_some_and(|t| t.may_imply);
+    let need_views = !flat_exists || image.layers.iter().any(implied);
+    // Written catalogs stay on disk (for the views) until the image is done.
+    let mut written: Vec<StreamedCatalog> = Vec::new();
+    let mut views: Vec<CatalogView> = Vec::new();
     for blob in &image.layers {
         let digest = &blob.digest;
         let (hh, hex) = split_digest(digest)?;
-        let Some(mut tree) = converted.remove(digest) else {
-            if let Some(flat) = flat.as_mut() {
-                flat.push(&*layer_tree(repo, ns, digest)?);
+        let Some(staged) = converted.remove(digest) else {
+            if need_views {
+                views.push(published_layer_view(repo, ns, digest)?);
             }
             continue;
         };
-        if let Some(flat) = flat.as_ref() {
-            inherit_implicit_dirs(&mut tree.root, &tree.implicit_dirs, flat.root());
-        }
         // New layer: .layers/<hh>/<hex>/layerfs + .metadata/layer.json
-        let bucket = bucket_mut(ns, &hh, empty, now);
-        let mut layerfs = tree.root;
-        layerfs.entry.name = "layerfs".into();
+        let lower = Image::for_lookup(views.iter().map(|v| v as &dyn LayerView).collect())?;
+        let path = format!("/.layers/{hh}/{hex}/layerfs");
         // No `.cvmfscatalog` marker here (spec §9.4 makes it optional): the layer's
         // content must be exactly the layer, since it becomes a container's lowerdir.
-        layerfs.catalog = Some(Box::new(CatalogMark::new_catalog()));
-        bucket.insert(&[&hex], layerfs, now);
+        let layerfs = write_streamed(repo, &ns.manifest, &path, |out| {
+            staged.emit((!lower.is_empty()).then_some(&lower), out)?;
+            Ok(())
+        })?;
+        drop(lower);
+        let bucket = bucket_mut(ns, &hh, empty, now);
+        bucket.insert(&[&hex], layerfs.mountpoint(), now);
         let facts = LayerFacts {
             digest: digest.clone(),
-            diff_id: tree.digests.uncompressed.clone(),
+            diff_id: staged.digests.uncompressed.clone(),
             media_type: blob.media_type.clone(),
-            size: tree.digests.compressed_size,
+            size: staged.digests.compressed_size,
             chain_ids: Vec::new(),
         };
         write_layer_facts(store, bucket, &hex, &facts, now)?;
-        // Written: its nodes now move onto the flat tree (or are freed).
-        let layer = unload(repo, ns, &[".layers", &hh, &hex, "layerfs"])?;
-        if let Some(flat) = flat.as_mut() {
-            flat.push_owned(layer);
+        drop(staged);
+        if need_views {
+            views.push(CatalogView::open(&layerfs.file)?);
+            written.push(layerfs);
         }
     }
 
@@ -364,50 +371,35 @@ fn add_image(
         ns.root.insert(&[".chainids", &chh], link, now);
     }
 
-    // The flattened image.
-    if !flat_exists && let Some(flat) = flat {
-        let mut flat = flat.finish();
-        flat.entry.name = chex.clone();
-        let root_mtime = flat.entry.mtime;
-        crate::singularity::add_to_flat(store, &mut flat, &image.config, root_mtime)?;
-        // No marker either: the flat tree is the image's root file system as is.
-        flat.catalog = Some(Box::new(CatalogMark::new_catalog()));
-        ns.root.insert(&[".flat", &chh], flat, now);
-        drop(unload(repo, ns, &[".flat", &chh, &chex])?);
+    // The flattened image, merged from the layer catalogs into its own catalog. No marker
+    // either: the flat tree is the image's root file system as is.
+    if !flat_exists {
+        let flat = Image::new(views.iter().map(|v| v as &dyn LayerView).collect())?;
+        let root_mtime = flat.root_entry().mtime;
+        let singularity = crate::singularity::dir_node(store, &image.config, root_mtime)?;
+        let path = format!("/.flat/{chh}/{chex}");
+        let catalog = write_streamed(repo, &ns.manifest, &path, |out| {
+            flat.emit(vec![singularity], out)?;
+            Ok(())
+        })?;
+        ns.root.insert(&[".flat", &chh], catalog.mountpoint(), now);
     }
+    drop(views);
+    drop(written);
     Ok(())
 }
 
-/// Writes the new catalog at `path` (components below the root) now and takes its tree out of
-/// `ns`, returning it ([`write_and_unload`]).
-fn unload(repo: &Repo, ns: &mut Namespace, path: &[&str]) -> Result<Node> {
-    let manifest = ns.manifest.clone();
-    let node = ns
-        .root
-        .get_mut(path)
-        .ok_or_else(|| Error::Task(format!("/{} vanished", path.join("/"))))?;
-    write_and_unload(repo, &manifest, node, &format!("/{}", path.join("/")))
-}
-
-/// The tree of the layer `digest` as published in `ns`: borrowed when it is in memory, read
-/// from its catalog if that is not loaded (no copy of a loaded tree is made).
-fn layer_tree<'n>(
-    repo: &Repo,
-    ns: &'n Namespace,
-    digest: &str,
-) -> Result<std::borrow::Cow<'n, Node>> {
+/// The published catalog of the layer `digest` in `ns`, inflated into `DIR/tmp` and opened.
+fn published_layer_view(repo: &Repo, ns: &Namespace, digest: &str) -> Result<CatalogView> {
     let (hh, hex) = split_digest(digest)?;
-    let node = ns
+    let hash = ns
         .root
         .get(&[".layers", &hh, &hex, "layerfs"])
+        .and_then(|n| n.catalog.as_ref())
+        .and_then(|m| m.published.as_ref())
+        .map(|p| p.hash)
         .ok_or_else(|| Error::Task(format!("layer {digest} vanished")))?;
-    match node.catalog.as_ref() {
-        Some(m) if !m.loaded => match &m.published {
-            Some(p) => Ok(std::borrow::Cow::Owned(read_catalog_tree(repo, &p.hash)?)),
-            None => Ok(std::borrow::Cow::Borrowed(node)),
-        },
-        _ => Ok(std::borrow::Cow::Borrowed(node)),
-    }
+    CatalogView::open_published(repo, &hash)
 }
 
 /// Writes `.metadata/<public>/` (docs/CONTRACTS.md §3): `manifest.json`/`config.json` of

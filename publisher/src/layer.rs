@@ -1,5 +1,6 @@
-//! One image layer: tar stream → in-memory tree of catalog rows, with every regular file
-//! compressed into the object store on the way.
+//! One image layer: tar stream → rows staged in a scratch database ([`crate::staging`]),
+//! with every regular file compressed into the object store on the way; then the rows in
+//! directory order for the layer's catalog ([`StagedLayer::emit`]).
 //!
 //! Whiteouts are stored the way overlayfs reads them (DESIGN.md, CONTRACTS.md §3):
 //! `.wh.NAME` becomes a character device 0:0 named `NAME`, `.wh..wh..opq` becomes the xattr
@@ -9,15 +10,18 @@
 //! earlier one, as when unpacking.
 
 use std::io::Read;
+use std::path::Path;
 
-use catalog::{ContentHash, EntryKind, HashAlgorithm};
+use catalog::{ContentHash, Entry, EntryKind, HashAlgorithm};
 use tar::EntryType;
 
 use crate::decompress::{BlobDigests, LayerStream};
 use crate::error::{Error, Result};
-use crate::pipeline::{FileSink, Pool};
+use crate::flatten::{Image, Sink, inherit, normalize_hardlinks};
+use crate::pipeline::{FileSink, Pool, placeholder_id};
+use crate::staging::{Staging, join};
 use crate::tree::{
-    Node, OPAQUE_XATTR, dir_entry, file_entry, special_entry, symlink_entry, whiteout_entry,
+    DIR_SIZE, OPAQUE_XATTR, dir_entry, file_entry, special_entry, symlink_entry, whiteout_entry,
 };
 
 /// Prefix of whiteout names (OCI image spec, "Whiteouts").
@@ -104,35 +108,137 @@ impl<R: Read> Read for CappedReader<R> {
     }
 }
 
-/// A layer read into memory (metadata only; contents are in the store).
-#[derive(Debug)]
-pub struct LayerTree {
-    /// The layer's root directory; children are the layer's entries.
-    pub root: Node,
+/// A layer read into its scratch database (metadata only; contents are in the store). The
+/// database is removed when this is dropped.
+pub struct StagedLayer {
+    /// Holds `layer.db` (in the repository's `DIR/tmp` in `ingest`).
+    dir: tempfile::TempDir,
+    /// The layer root's row (`./` of the tar, or `0755 root:root` mtime 0 if it has none).
+    pub root: Entry,
+    /// Whether the tar had a `./` entry (otherwise the root is implied, see
+    /// [`StagedLayer::emit`]).
+    pub root_explicit: bool,
     /// Digests and sizes that were verified.
     pub digests: BlobDigests,
     /// Number of regular files stored.
     pub files: u64,
-    /// Directories the layer implies without a tar entry of their own (a parent of some
-    /// entry, or the root without `./`; `umoci repack` writes such layers), as path
-    /// components below the root (the root is the empty path). Their
-    /// metadata is a placeholder (`0755 root:root`, mtime 0) until
-    /// [`crate::flatten::inherit_implicit_dirs`] gives them the lower layers' metadata.
-    pub implicit_dirs: Vec<Vec<String>>,
+    /// Whether the layer implies directories (the root or another directory without a tar
+    /// entry of its own), which [`StagedLayer::emit`] fills from the layers below.
+    pub may_imply: bool,
+}
+
+impl std::fmt::Debug for StagedLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedLayer")
+            .field("dir", &self.dir.path())
+            .field("files", &self.files)
+            .field("digests", &self.digests)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Name of the staging database in a [`StagedLayer`]'s directory.
+const STAGING_FILE: &str = "layer.db";
+
+impl StagedLayer {
+    /// Sends the layer's rows to `out` in directory order (each directory before its
+    /// contents, `""` = the root), as its catalog holds them: placeholder hashes resolved,
+    /// hard-link groups normalised and directory link counts set (CVMFS spec §6.7, §6.8).
+    /// Directories the layer only implies (no tar entry of their own; `umoci repack`
+    /// writes such layers) take the metadata the same directory has in `lower`, the image
+    /// below this layer ([`crate::flatten::inherit`]); without `lower`, or where `lower`
+    /// has no such directory, they stay `0755 root:root` mtime 0. Memory: one directory
+    /// listing per level. Returns the root row as sent.
+    ///
+    /// Errors: [`Error::Sqlite`], [`Error::Task`] for a job without a result.
+    pub fn emit(&self, lower: Option<&Image<'_>>, out: &mut Sink<'_>) -> Result<Entry> {
+        let staging = Staging::open(&self.dir.path().join(STAGING_FILE))?;
+        let mut root = self.root.clone();
+        root.name = String::new();
+        self.walk(&staging, "", root, self.root_explicit, lower, out)
+    }
+
+    fn walk(
+        &self,
+        staging: &Staging,
+        rel: &str,
+        mut entry: Entry,
+        explicit: bool,
+        lower: Option<&Image<'_>>,
+        out: &mut Sink<'_>,
+    ) -> Result<Entry> {
+        let mut rows = staging.list(rel)?;
+        for r in &mut rows {
+            resolve_placeholders(staging, &mut r.entry)?;
+        }
+        normalize_hardlinks(rows.iter_mut().map(|r| &mut r.entry));
+        let subdirs = rows
+            .iter()
+            .filter(|r| r.entry.kind == EntryKind::Directory)
+            .count();
+        if !explicit && let Some(below) = lower.map(|l| l.resolve_dir(rel)).transpose()?.flatten() {
+            inherit(&mut entry, &below);
+        }
+        entry.linkcount = 2 + subdirs as u32;
+        entry.size = DIR_SIZE;
+        out(rel, &entry)?;
+        for r in rows {
+            let path = join(rel, &r.entry.name);
+            if r.entry.kind == EntryKind::Directory {
+                self.walk(staging, &path, r.entry, r.explicit, lower, out)?;
+            } else {
+                out(&path, &r.entry)?;
+            }
+        }
+        Ok(entry)
+    }
+}
+
+/// Replaces the pool's placeholder hashes in `e` by the hashes recorded in `staging`.
+fn resolve_placeholders(staging: &Staging, e: &mut Entry) -> Result<()> {
+    let real = |h: &mut ContentHash| -> Result<()> {
+        if let Some(id) = placeholder_id(h) {
+            *h = staging
+                .job(id)?
+                .ok_or_else(|| Error::Task(format!("object job {id} has no result")))?;
+        }
+        Ok(())
+    };
+    if let Some(h) = e.hash.as_mut() {
+        real(h)?;
+    }
+    for c in &mut e.chunks {
+        real(&mut c.hash)?;
+    }
+    Ok(())
 }
 
 /// Reads the compressed layer `blob`, verifies its digest and diffID, stores every regular
-/// file in `store` and returns the tree. Runs on a blocking thread.
+/// file in `store` and stages the layer's rows in a new scratch database in `scratch` (the
+/// repository's `DIR/tmp` in `ingest`). Runs on a blocking thread. Memory does not grow
+/// with the number of entries: rows, and the object hashes of finished files, go to the
+/// database as they come.
 ///
 /// Errors: [`Error::DigestMismatch`] if the blob or tar digests differ from `id`,
 /// [`Error::Layer`] for hostile or unsupported entries (path escaping the root, dangling or
-/// directory hard link, non-UTF-8 names, PAX sparse files), store errors.
+/// directory hard link, non-UTF-8 names, PAX sparse files), store errors,
+/// [`Error::Sqlite`] / [`Error::Io`] for the scratch database.
 pub fn read_layer<R: Read>(
     blob: R,
     id: &LayerId,
     pool: &Pool,
     limits: &Limits,
-) -> Result<LayerTree> {
+    scratch: &Path,
+) -> Result<StagedLayer> {
+    let dir = tempfile::Builder::new()
+        .prefix("layer-")
+        .tempdir_in(scratch)
+        .map_err(|e| {
+            Error::io(
+                format!("creating a staging dir in {}", scratch.display()),
+                e,
+            )
+        })?;
     let mut sink = FileSink::new(pool);
     let stream = LayerStream::new(blob, &id.media_type).map_err(|e| id.error("", e.to_string()))?;
     let mut archive = tar::Archive::new(CappedReader {
@@ -141,13 +247,16 @@ pub fn read_layer<R: Read>(
         limit: limits.max_layer_size,
     });
     let mut builder = Builder {
-        root: Node::dir("", 0o755, 0),
+        staging: Staging::create(&dir.path().join(STAGING_FILE))?,
+        root: dir_entry("", 0o755, 0, 0, 0),
+        root_explicit: false,
         next_group: 1,
         files: 0,
         content_bytes: 0,
         limits: limits.clone(),
         last_entry: String::new(),
-        explicit_dirs: std::collections::HashSet::new(),
+        known_dirs: Vec::new(),
+        implied: false,
     };
     let entries = archive
         .entries()
@@ -162,6 +271,9 @@ pub fn read_layer<R: Read>(
             id.error("", format!("reading tar {after}: {e}"))
         })?;
         builder.add(entry, id, &mut sink)?;
+        for (job, hash) in sink.take_ready() {
+            builder.staging.put_job(job, &hash)?;
+        }
     }
     let digests = archive
         .into_inner()
@@ -184,48 +296,18 @@ pub fn read_layer<R: Read>(
             actual: digests.uncompressed,
         });
     }
-    sink.finish(&mut builder.root)
-        .map_err(|e| id.error("", e.to_string()))?;
-    builder.root.normalize_hardlinks();
-    builder.root.fix_linkcounts();
-    // The root too, when the layer has no `./` entry.
-    let mut implicit_dirs = Vec::new();
-    if !builder.explicit_dirs.contains(&Vec::new()) {
-        implicit_dirs.push(Vec::new());
+    for (job, hash) in sink.finish_all().map_err(|e| id.error("", e.to_string()))? {
+        builder.staging.put_job(job, &hash)?;
     }
-    collect_implicit_dirs(
-        &builder.root,
-        &mut Vec::new(),
-        &builder.explicit_dirs,
-        &mut implicit_dirs,
-    );
-    Ok(LayerTree {
+    builder.staging.commit()?;
+    Ok(StagedLayer {
+        dir,
         root: builder.root,
+        root_explicit: builder.root_explicit,
         digests,
         files: builder.files,
-        implicit_dirs,
+        may_imply: builder.implied || !builder.root_explicit,
     })
-}
-
-/// Appends to `out` the paths of directories below `dir` (at `path`) that are not in
-/// `explicit`.
-fn collect_implicit_dirs(
-    dir: &Node,
-    path: &mut Vec<String>,
-    explicit: &std::collections::HashSet<Vec<String>>,
-    out: &mut Vec<Vec<String>>,
-) {
-    for (name, child) in &dir.children {
-        if !child.is_dir() {
-            continue;
-        }
-        path.push(name.clone());
-        if !explicit.contains(path) {
-            out.push(path.clone());
-        }
-        collect_implicit_dirs(child, path, explicit, out);
-        path.pop();
-    }
 }
 
 /// Normalises a tar path: strips leading `/` and `./`, drops `.` and empty components,
@@ -245,7 +327,10 @@ pub fn normalize_path(raw: &str) -> Option<Vec<String>> {
 }
 
 struct Builder {
-    root: Node,
+    staging: Staging,
+    /// The root row (kept here: `./` has no parent row).
+    root: Entry,
+    root_explicit: bool,
     next_group: u32,
     files: u64,
     /// Sum of regular file sizes so far (bounded by `limits.max_layer_size`).
@@ -253,8 +338,12 @@ struct Builder {
     limits: Limits,
     /// The last entry path seen, for errors between entries.
     last_entry: String,
-    /// Paths of directories that had a tar entry of their own.
-    explicit_dirs: std::collections::HashSet<Vec<String>>,
+    /// Components of the deepest directory known to be staged as a directory with every
+    /// parent a directory too: a cache of the parent checks, since tar entries mostly come
+    /// in directory order (one path, not a set: memory stays O(depth)).
+    known_dirs: Vec<String>,
+    /// Whether an implicit directory was staged.
+    implied: bool,
 }
 
 /// Metadata common to all entry kinds, read from the header and PAX records.
@@ -268,6 +357,70 @@ struct Meta {
 }
 
 impl Builder {
+    /// Makes every component of `parent` a staged directory, as unpacking does: a missing
+    /// one becomes an implicit directory `0755 root:root` mtime 0, a file or other
+    /// non-directory in the way is replaced by one. Never writes through a symlink: a
+    /// parent that is a symlink earlier in this layer would let the entry land outside the
+    /// directory it names, so that is an error.
+    fn ensure_parent(&mut self, parent: &[String], id: &LayerId, raw_path: &str) -> Result<()> {
+        let common = self
+            .known_dirs
+            .iter()
+            .zip(parent)
+            .take_while(|(a, b)| a == b)
+            .count();
+        self.known_dirs.truncate(common);
+        let mut missing = false;
+        for k in common..parent.len() {
+            let dir = parent[..k].join("/");
+            let name = &parent[k];
+            if !missing {
+                match self.staging.get(&dir, name)? {
+                    Some(r) if r.entry.kind == EntryKind::Directory => {
+                        self.known_dirs.push(name.clone());
+                        continue;
+                    }
+                    Some(r) if r.entry.kind == EntryKind::Symlink => {
+                        return Err(id.error(
+                            raw_path,
+                            format!(
+                                "parent {:?} is a symlink in this layer; refusing to write through it",
+                                parent[..=k].join("/")
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => missing = true,
+                }
+            }
+            self.staging
+                .put(&dir, &dir_entry(name, 0o755, 0, 0, 0), false)?;
+            self.implied = true;
+            self.known_dirs.push(name.clone());
+        }
+        Ok(())
+    }
+
+    /// Stages the non-directory `entry` at `parent/<entry.name>`, replacing whatever was
+    /// there (a directory with its contents).
+    fn put_leaf(&mut self, parent: &[String], entry: &Entry) -> Result<()> {
+        let dir = parent.join("/");
+        if let Some(r) = self.staging.get(&dir, &entry.name)? {
+            if r.entry.kind == EntryKind::Directory {
+                self.staging.remove_below(&join(&dir, &entry.name))?;
+            }
+            // The cached directory chain may run through what is replaced now.
+            let depth = parent.len();
+            if self.known_dirs.len() > depth
+                && self.known_dirs[..depth] == *parent
+                && self.known_dirs[depth] == entry.name
+            {
+                self.known_dirs.truncate(depth);
+            }
+        }
+        self.staging.put(&dir, entry, false)
+    }
+
     fn add<R: Read>(
         &mut self,
         mut entry: tar::Entry<'_, R>,
@@ -290,77 +443,59 @@ impl Builder {
         let path = normalize_path(&raw_path)
             .ok_or_else(|| id.error(&raw_path, "path escapes the layer root"))?;
         let meta = self.meta(&mut entry, id, &raw_path)?;
-        // Never write through a symlink: a parent that is a symlink earlier in this layer
-        // would let the entry land outside the directory it names.
-        if let Some(parent) = path.split_last().map(|(_, p)| p) {
-            let mut node = &self.root;
-            for (i, c) in parent.iter().enumerate() {
-                let Some(next) = node.children.get(c) else {
-                    break;
-                };
-                if next.entry.kind == EntryKind::Symlink {
-                    return Err(id.error(
-                        &raw_path,
-                        format!(
-                            "parent {:?} is a symlink in this layer; refusing to write through it",
-                            parent[..=i].join("/")
-                        ),
-                    ));
-                }
-                node = next;
-            }
-        }
 
         let Some((name, parent)) = path.split_last() else {
             // "./" itself: the layer root directory's metadata.
             if kind == EntryType::Directory {
                 let mut e = dir_entry("", meta.perm, meta.uid, meta.gid, meta.mtime);
                 e.xattrs = meta.xattrs;
-                self.root.entry = e;
-                self.explicit_dirs.insert(Vec::new());
+                self.root = e;
+                self.root_explicit = true;
                 return Ok(());
             }
             return Err(id.error(&raw_path, "non-directory entry at the layer root"));
         };
-        let parent: Vec<&str> = parent.iter().map(String::as_str).collect();
+        self.ensure_parent(parent, id, &raw_path)?;
+        let parent_path = parent.join("/");
 
         // Whiteouts (OCI image spec): never stored under their own names.
         if name == OPAQUE_MARKER {
-            let dir = self.root.ensure_dir(&parent, 0);
-            dir.entry
-                .xattrs
-                .insert(OPAQUE_XATTR.to_string(), b"y".to_vec());
+            let y = b"y".to_vec();
+            match parent.split_last() {
+                None => {
+                    self.root.xattrs.insert(OPAQUE_XATTR.to_string(), y);
+                }
+                Some((dname, dparent)) => {
+                    let dparent = dparent.join("/");
+                    if let Some(mut r) = self.staging.get(&dparent, dname)? {
+                        r.entry.xattrs.insert(OPAQUE_XATTR.to_string(), y);
+                        self.staging.put(&dparent, &r.entry, r.explicit)?;
+                    }
+                }
+            }
             return Ok(());
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
             if hidden.is_empty() || hidden == "." || hidden == ".." {
                 return Err(id.error(&raw_path, "invalid whiteout name"));
             }
-            let node = Node::leaf(whiteout_entry(hidden, meta.mtime));
-            self.root.insert(&parent, node, 0);
-            return Ok(());
+            return self.put_leaf(parent, &whiteout_entry(hidden, meta.mtime));
         }
 
         let mut new_entry = match kind {
             EntryType::Directory => {
-                self.explicit_dirs.insert(path.clone());
                 let mut e = dir_entry(name, meta.perm, meta.uid, meta.gid, meta.mtime);
                 e.xattrs = meta.xattrs;
                 e.mtime_ns = meta.mtime_ns;
-                let dir = self.root.ensure_dir(&parent, 0);
-                match dir.children.get_mut(name.as_str()) {
-                    Some(existing) if existing.is_dir() => {
-                        // Keep the children, take the new metadata (and opaque mark).
-                        let opaque = existing.entry.xattrs.get(OPAQUE_XATTR).cloned();
-                        existing.entry = e;
-                        if let Some(v) = opaque {
-                            existing.entry.xattrs.insert(OPAQUE_XATTR.to_string(), v);
-                        }
-                    }
-                    _ => {
-                        dir.children.insert(name.clone(), Node::leaf(e));
-                    }
+                // An existing directory keeps its contents (and opaque mark) and takes the
+                // new metadata; anything else there is replaced.
+                if let Some(existing) = self.staging.get(&parent_path, name)?
+                    && existing.entry.kind == EntryKind::Directory
+                    && let Some(v) = existing.entry.xattrs.get(OPAQUE_XATTR)
+                {
+                    e.xattrs.insert(OPAQUE_XATTR.to_string(), v.clone());
                 }
+                self.staging.put(&parent_path, &e, true)?;
                 return Ok(());
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
@@ -439,8 +574,7 @@ impl Builder {
         };
         new_entry.xattrs = meta.xattrs;
         new_entry.mtime_ns = meta.mtime_ns;
-        self.root.insert(&parent, Node::leaf(new_entry), 0);
-        Ok(())
+        self.put_leaf(parent, &new_entry)
     }
 
     fn hardlink(
@@ -451,39 +585,39 @@ impl Builder {
         raw_path: &str,
         raw_target: &str,
     ) -> Result<()> {
-        let tcomps: Vec<&str> = target.iter().map(String::as_str).collect();
         let Some((name, parent)) = path.split_last() else {
             return Err(id.error(raw_path, "hard link at the layer root"));
         };
-        let same_dir = target.len() == path.len() && target[..target.len() - 1] == *parent;
-        let next_group = self.next_group;
-        let tnode = self
-            .root
-            .get_mut(&tcomps)
-            .filter(|n| !n.is_dir())
-            .ok_or_else(|| {
-                id.error(
-                    raw_path,
-                    format!("hard link target {raw_target:?} does not exist earlier in the layer"),
-                )
-            })?;
+        let dangling = || {
+            id.error(
+                raw_path,
+                format!("hard link target {raw_target:?} does not exist earlier in the layer"),
+            )
+        };
+        let (tname, tparent) = target.split_last().ok_or_else(dangling)?;
+        let tparent = tparent.join("/");
+        let mut t = self
+            .staging
+            .get(&tparent, tname)?
+            .filter(|r| r.entry.kind != EntryKind::Directory)
+            .ok_or_else(dangling)?;
         if target == path {
             return Ok(());
         }
-        let mut e = tnode.entry.clone();
+        let same_dir = target.len() == path.len() && target[..target.len() - 1] == *parent;
+        let mut e = t.entry.clone();
         if same_dir {
-            if tnode.entry.hardlink_group == 0 {
-                tnode.entry.hardlink_group = next_group;
+            if t.entry.hardlink_group == 0 {
+                t.entry.hardlink_group = self.next_group;
                 self.next_group += 1;
+                self.staging.put(&tparent, &t.entry, t.explicit)?;
             }
-            e.hardlink_group = tnode.entry.hardlink_group;
+            e.hardlink_group = t.entry.hardlink_group;
         } else {
             e.hardlink_group = 0;
         }
         e.name = name.clone();
-        let parent: Vec<&str> = parent.iter().map(String::as_str).collect();
-        self.root.insert(&parent, Node::leaf(e), 0);
-        Ok(())
+        self.put_leaf(parent, &e)
     }
 
     fn meta<R: Read>(
@@ -617,8 +751,63 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::digest::sha256_digest;
-    use crate::tree::{S_IFCHR, is_whiteout};
+    use crate::tree::{Node, S_IFCHR, is_whiteout};
     use catalog::{LocalStore, Suffix};
+
+    /// What the tests look at: a staged layer's rows as [`StagedLayer::emit`] sends them
+    /// (no lower image), collected into a tree, and the directories it only implies.
+    #[derive(Debug)]
+    pub struct LayerTree {
+        pub root: Node,
+        pub files: u64,
+        pub implicit_dirs: Vec<Vec<String>>,
+    }
+
+    /// [`super::read_layer`] with a scratch directory, read back.
+    fn read_layer<R: Read>(
+        blob: R,
+        id: &LayerId,
+        pool: &Pool,
+        limits: &Limits,
+    ) -> Result<LayerTree> {
+        let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let staged = super::read_layer(blob, id, pool, limits, scratch.path())?;
+        let mut root = Node::dir("", 0o755, 0);
+        staged.emit(None, &mut |path: &str, e: &Entry| {
+            if path.is_empty() {
+                root.entry = e.clone();
+            } else {
+                let c = crate::tree::components(path);
+                if let Some((_, parent)) = c.split_last() {
+                    root.insert(parent, Node::leaf(e.clone()), 0);
+                }
+            }
+            Ok(())
+        })?;
+        let staging = Staging::open(&staged.dir.path().join(STAGING_FILE))?;
+        let mut implicit_dirs = Vec::new();
+        if !staged.root_explicit {
+            implicit_dirs.push(Vec::new());
+        }
+        let mut todo = vec![String::new()];
+        while let Some(dir) = todo.pop() {
+            for r in staging.list(&dir)? {
+                if r.entry.kind == EntryKind::Directory {
+                    let path = join(&dir, &r.entry.name);
+                    if !r.explicit {
+                        implicit_dirs.push(path.split('/').map(str::to_string).collect());
+                    }
+                    todo.push(path);
+                }
+            }
+        }
+        assert!(staged.may_imply || implicit_dirs.is_empty());
+        Ok(LayerTree {
+            root,
+            files: staged.files,
+            implicit_dirs,
+        })
+    }
 
     /// Builds tars in memory.
     pub struct TarBuilder {

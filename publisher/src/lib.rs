@@ -9,8 +9,10 @@
 //! The in-memory namespace is a [`tree::Node`] tree of catalog rows; the CVMFS format itself
 //! (objects, catalogs, manifest, signatures) is the `catalog` crate's.
 
+pub mod catalog_view;
 pub mod decompress;
 pub mod digest;
+pub mod entry_codec;
 pub mod error;
 pub mod events;
 pub mod flatten;
@@ -29,6 +31,7 @@ pub mod repo;
 pub mod serve;
 pub mod singularity;
 pub mod source;
+pub mod staging;
 pub mod sync;
 pub mod tree;
 pub mod verify;

@@ -264,7 +264,9 @@ fn placeholder(id: u64) -> ContentHash {
     }
 }
 
-fn placeholder_id(h: &ContentHash) -> Option<u64> {
+/// The job number in a placeholder hash made by [`FileSink::store_file`], or `None` for a
+/// real hash.
+pub fn placeholder_id(h: &ContentHash) -> Option<u64> {
     (h.digest[..12] == PLACEHOLDER_MAGIC).then(|| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&h.digest[12..]);
@@ -294,9 +296,9 @@ pub struct FileSink<'p> {
     next_id: u64,
     /// Job → tar path, for error messages; only jobs not finished yet.
     paths: HashMap<u64, String>,
-    /// Result of job `i` at index `i` (job ids are 0, 1, 2, … in this sink).
-    done: Vec<Option<ContentHash>>,
-    /// Number of `Some` in `done`.
+    /// Results not yet taken by [`FileSink::take_ready`] (or [`FileSink::finish`]).
+    ready: Vec<(u64, ContentHash)>,
+    /// Number of jobs finished.
     finished: u64,
 }
 
@@ -311,7 +313,7 @@ impl<'p> FileSink<'p> {
             reply_rx,
             next_id: 0,
             paths: HashMap::new(),
-            done: Vec::new(),
+            ready: Vec::new(),
             finished: 0,
         }
     }
@@ -327,7 +329,6 @@ impl<'p> FileSink<'p> {
     ) -> Result<ContentHash> {
         let id = self.next_id;
         self.next_id += 1;
-        self.done.push(None);
         self.paths.insert(id, path.to_string());
         let queued = self.pool.submit(Job {
             data,
@@ -350,11 +351,8 @@ impl<'p> FileSink<'p> {
     fn record(&mut self, id: u64, r: Result<ContentHash>) -> Result<()> {
         let path = self.paths.remove(&id).unwrap_or_default();
         let hash = r.map_err(|e| Error::Task(format!("storing contents of {path:?}: {e}")))?;
-        if let Some(slot) = self.done.get_mut(id as usize)
-            && slot.replace(hash).is_none()
-        {
-            self.finished += 1;
-        }
+        self.ready.push((id, hash));
+        self.finished += 1;
         Ok(())
     }
 
@@ -464,9 +462,16 @@ impl<'p> FileSink<'p> {
         })
     }
 
-    /// Waits for every queued piece of this layer and puts the real hashes into `root`'s
-    /// entries (the whole loaded subtree). Errors with the first failed job.
-    pub fn finish(mut self, root: &mut Node) -> Result<()> {
+    /// The results of jobs finished since the last call: `(job id, object hash)`, the job
+    /// ids being those in the placeholders [`FileSink::store_file`] returned. Lets the caller
+    /// move results to disk as they come instead of holding one per file.
+    pub fn take_ready(&mut self) -> Vec<(u64, ContentHash)> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Waits for every queued piece of this layer and returns the results not yet taken
+    /// by [`FileSink::take_ready`]. Errors with the first failed job.
+    pub fn finish_all(mut self) -> Result<Vec<(u64, ContentHash)>> {
         drop(std::mem::replace(&mut self.reply_tx, channel().0));
         while self.finished < self.next_id {
             match self.reply_rx.recv() {
@@ -478,12 +483,19 @@ impl<'p> FileSink<'p> {
                 }
             }
         }
-        let done = &self.done;
+        Ok(std::mem::take(&mut self.ready))
+    }
+
+    /// Waits for every queued piece of this layer and puts the real hashes into `root`'s
+    /// entries (the whole loaded subtree). Errors with the first failed job. (Nothing must
+    /// have been taken with [`FileSink::take_ready`].)
+    pub fn finish(self, root: &mut Node) -> Result<()> {
+        let done: HashMap<u64, ContentHash> = self.finish_all()?.into_iter().collect();
         let mut missing = None;
         resolve(root, &mut |h: &mut ContentHash| {
             if let Some(id) = placeholder_id(h) {
-                match done.get(id as usize).copied().flatten() {
-                    Some(real) => *h = real,
+                match done.get(&id) {
+                    Some(real) => *h = *real,
                     None => missing = Some(id),
                 }
             }

@@ -314,6 +314,87 @@ pub fn write_and_unload(
     })
 }
 
+/// A nested catalog written row by row ([`write_streamed`]): what the parent needs, and the
+/// uncompressed file, kept until this is dropped so it can be read again (the flat tree is
+/// merged from the layer catalogs just written).
+pub struct StreamedCatalog {
+    /// The stored catalog.
+    pub published: PublishedCatalog,
+    /// The catalog's root row (also the mountpoint row in the parent).
+    pub root: catalog::Entry,
+    /// The uncompressed catalog file.
+    pub file: std::path::PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl StreamedCatalog {
+    /// The node for the parent's tree: the root row, marked as a published, unloaded
+    /// catalog, so [`publish`] re-uses it by hash.
+    pub fn mountpoint(&self) -> Node {
+        let mut node = Node::leaf(self.root.clone());
+        node.catalog = Some(Box::new(CatalogMark {
+            published: Some(self.published.clone()),
+            loaded: false,
+            dirty: false,
+        }));
+        node
+    }
+}
+
+/// Writes the nested catalog at `path` (absolute, e.g. `/.layers/ab/<hex>/layerfs`) without
+/// a tree in memory: `fill` sends its rows — `(path relative to the catalog root, row)`,
+/// `""` for the root, whose name is set to the last component of `path` — straight into a
+/// [`CatalogWriter`]. Properties as [`write_and_unload`] writes them (revision after
+/// `manifest`). The catalog must hold no nested catalogs. Returns the stored catalog.
+///
+/// Errors: those of `fill`, of writing ([`Error::Catalog`], [`Error::Io`]); a `fill` that
+/// sends no root row is [`Error::Task`].
+pub fn write_streamed(
+    repo: &Repo,
+    manifest: &Manifest,
+    path: &str,
+    fill: impl FnOnce(&mut crate::flatten::Sink<'_>) -> Result<()>,
+) -> Result<StreamedCatalog> {
+    let tmp = tempfile::tempdir_in(repo.tmp_dir()?)
+        .map_err(|e| Error::io("creating temp dir in DIR/tmp", e))?;
+    let file = tmp.path().join("catalog.db");
+    let mut w = CatalogWriter::create(&file, path)?;
+    let name = path.rsplit('/').next().unwrap_or_default().to_string();
+    let mut root = None;
+    fill(&mut |rel: &str, e: &catalog::Entry| {
+        if rel.is_empty() {
+            let mut e = e.clone();
+            e.name.clone_from(&name);
+            w.add(path, &e, Transition::NestedRoot)?;
+            root = Some(e);
+        } else {
+            w.add(&format!("{path}/{rel}"), e, Transition::None)?;
+        }
+        Ok(())
+    })?;
+    let root = root.ok_or_else(|| Error::Task(format!("{path}: no root row written")))?;
+    let stats = w.finish(&CatalogProperties {
+        revision: manifest.revision + 1,
+        last_modified: unix_now().max(manifest.timestamp),
+        ttl: None,
+        previous_revision: None,
+    })?;
+    let (hash, size) = store_catalog(&repo.store, &file)?;
+    let mut cache = load_stats_cache(repo);
+    cache.insert(hash, (stats.self_, stats.subtree));
+    save_stats_cache(repo, &cache)?;
+    Ok(StreamedCatalog {
+        published: PublishedCatalog {
+            hash,
+            size,
+            statistics: Some((stats.self_, stats.subtree)),
+        },
+        root,
+        file,
+        _tmp: tmp,
+    })
+}
+
 /// `resign`: signs a fresh `.cvmfswhitelist` valid for `days` days from now with the master
 /// key (spec §7.4, as `cvmfs_server resign`), under the repository lock. Returns the new
 /// expiry (Unix seconds).

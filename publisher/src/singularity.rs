@@ -173,6 +173,18 @@ pub fn add_to_flat(store: &LocalStore, flat: &mut Node, config: &[u8], mtime: i6
     if flat.children.contains_key(SINGULARITY_DIR) {
         return Ok(());
     }
+    let dir = dir_node(store, config, mtime)?;
+    flat.children.insert(SINGULARITY_DIR.to_string(), dir);
+    flat.fix_linkcounts();
+    Ok(())
+}
+
+/// The `/.singularity.d` directory for the image config `config` (files stored in
+/// `store`, everything owned by root with mtime `mtime`), as [`add_to_flat`] adds it; link
+/// counts are not set yet.
+///
+/// Errors: [`Error::Json`] for a config that is not JSON, store errors.
+pub fn dir_node(store: &LocalStore, config: &[u8], mtime: i64) -> Result<Node> {
     let cfg = RunConfig::from_image_config(config)?;
     let mut dir = Node::leaf(dir_entry(SINGULARITY_DIR, 0o755, 0, 0, mtime));
     for sub in ["env", "libs"] {
@@ -185,9 +197,7 @@ pub fn add_to_flat(store: &LocalStore, flat: &mut Node, config: &[u8], mtime: i6
         let e = file_entry(name, mode, 0, 0, mtime, bytes.len() as u64, hash);
         dir.insert(&parents, Node::leaf(e), mtime);
     }
-    flat.children.insert(SINGULARITY_DIR.to_string(), dir);
-    flat.fix_linkcounts();
-    Ok(())
+    Ok(dir)
 }
 
 #[cfg(test)]

@@ -1,0 +1,116 @@
+//! A layer catalog (`.layers/<hh>/<hex>/layerfs`) read as a [`LayerView`] for the streaming
+//! flattener: either the uncompressed file `ingest` has just written, or a published catalog
+//! inflated into `DIR/tmp`.
+
+use std::path::{Path, PathBuf};
+
+use catalog::{CatalogReader, ContentHash, Entry};
+
+use crate::error::{Error, Result};
+use crate::flatten::LayerView;
+use crate::objects::inflate_catalog;
+use crate::repo::Repo;
+
+/// An open layer catalog. Paths given to [`LayerView`] are relative to the catalog's root
+/// prefix.
+pub struct CatalogView {
+    reader: CatalogReader,
+    file: PathBuf,
+    prefix: String,
+    /// Keeps an inflated copy alive (removed on drop).
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl CatalogView {
+    /// Opens the uncompressed catalog `file`.
+    ///
+    /// Errors: [`Error::Catalog`] if it is not a catalog.
+    pub fn open(file: &Path) -> Result<CatalogView> {
+        let reader = CatalogReader::open(file)?;
+        let prefix = reader.root_prefix().to_string();
+        Ok(CatalogView {
+            reader,
+            file: file.to_path_buf(),
+            prefix,
+            _tmp: None,
+        })
+    }
+
+    /// Inflates the published catalog `hash` into `DIR/tmp` and opens it.
+    ///
+    /// Errors: store and catalog errors.
+    pub fn open_published(repo: &Repo, hash: &ContentHash) -> Result<CatalogView> {
+        let tmp = tempfile::tempdir_in(repo.tmp_dir()?)
+            .map_err(|e| Error::io("creating temp dir in DIR/tmp", e))?;
+        let file = tmp.path().join("layer.db");
+        inflate_catalog(&repo.store, hash, &file)?;
+        let mut view = CatalogView::open(&file)?;
+        view._tmp = Some(tmp);
+        Ok(view)
+    }
+
+    fn full(&self, rel: &str) -> String {
+        if rel.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}/{rel}", self.prefix)
+        }
+    }
+}
+
+impl LayerView for CatalogView {
+    fn root(&self) -> Result<Entry> {
+        self.reader.lookup(&self.prefix)?.ok_or_else(|| {
+            Error::Task(format!(
+                "catalog {} has no root entry {:?}",
+                self.file.display(),
+                self.prefix
+            ))
+        })
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<Entry>> {
+        let full = self.full(dir);
+        let mut out = self.reader.list(&full)?;
+        for e in &mut out {
+            if e.is_chunked() {
+                // The reader leaves `chunks` empty; the writer needs them (spec §6.10).
+                e.chunks = self.reader.chunks(&format!("{full}/{}", e.name))?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn lookup(&self, path: &str) -> Result<Option<Entry>> {
+        let full = self.full(path);
+        let mut e = self.reader.lookup(&full)?;
+        if let Some(e) = e.as_mut()
+            && e.is_chunked()
+        {
+            e.chunks = self.reader.chunks(&full)?;
+        }
+        Ok(e)
+    }
+
+    /// `max(hardlinks >> 32)` over the catalog table (the group id is the high half of
+    /// the `hardlinks` column, CVMFS spec §6.8).
+    fn max_hardlink_group(&self) -> Result<u32> {
+        let sql = |source| Error::Sqlite {
+            file: self.file.clone(),
+            source,
+        };
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.file,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql)?;
+        let max: i64 = conn
+            .query_row(
+                "SELECT COALESCE(MAX(hardlinks >> 32), 0) FROM catalog",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        Ok(u32::try_from(max.max(0)).unwrap_or(u32::MAX))
+    }
+}
