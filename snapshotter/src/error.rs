@@ -74,6 +74,10 @@ pub enum Error {
         /// The minimum it had to reach, Unix seconds.
         minimum: u64,
     },
+    /// The repository switched revisions during every attempt of one FUSE lookup or
+    /// listing (see `fuse::SWITCH_RETRIES`); names the path. FUSE errno `EAGAIN`.
+    #[error("{0}")]
+    Busy(String),
     /// The revision asked for (`mount --tag`, `--root-hash`) cannot be mounted.
     #[error("repository {fqrn}: cannot mount the requested revision: {reason}")]
     Revision {

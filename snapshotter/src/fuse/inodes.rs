@@ -132,6 +132,9 @@ struct Table {
     by_name: HashMap<u64, u64>,
     /// `(catalog mountpoint, group)` → latest ino (current or stale).
     hardlinks: HashMap<(Box<str>, u32), u64>,
+    /// `(parent, name)` of hard-link group members seen in the current generation under a
+    /// name other than their record's.
+    link_names: HashMap<(u64, Box<str>), u64>,
     generation: u32,
 }
 
@@ -222,15 +225,33 @@ impl Inodes {
         self.len() == 0
     }
 
-    /// The node for the entry at `path` in the catalog mounted at `catalog`; see
-    /// [`Inodes::intern_child`]. The parent's number is found by walking `path` from the
-    /// root; an unknown parent gets a number as a placeholder directory.
+    /// The node for the entry at `path` in the catalog mounted at `catalog`, read in the
+    /// current generation; see [`Inodes::intern_at`].
     pub fn intern(&self, path: &str, catalog: &str, entry: Entry) -> Arc<Node> {
+        loop {
+            if let Some(node) = self.intern_at(self.generation(), path, catalog, entry.clone()) {
+                return node;
+            }
+        }
+    }
+
+    /// The node for the entry at `path` in the catalog mounted at `catalog`, read from the
+    /// revision of `generation`; see [`Inodes::intern_child_at`]. The parent's number is
+    /// found by walking `path` from the root; an unknown parent gets a number as a
+    /// placeholder directory.
+    pub fn intern_at(
+        &self,
+        generation: u64,
+        path: &str,
+        catalog: &str,
+        entry: Entry,
+    ) -> Option<Arc<Node>> {
         if path.is_empty() {
-            return self.intern_child(0, "", path, catalog, entry);
+            return self.intern_child_at(generation, 0, "", path, catalog, entry);
         }
         let parent = self.ino_of_path(catalog::parent_path(path));
-        self.intern_child(
+        self.intern_child_at(
+            generation,
             parent,
             catalog::path_hash::file_name(path),
             path,
@@ -239,10 +260,7 @@ impl Inodes {
         )
     }
 
-    /// The node for entry `name` in directory `parent` (repository path `path`), allocating
-    /// an inode on first sight in this generation and reusing the previous number when the
-    /// entry is compatible (see the module docs). A hard-link group member (group ≠ 0) maps
-    /// to its group's inode.
+    /// [`Inodes::intern_child_at`] for an entry read in the current generation.
     pub fn intern_child(
         &self,
         parent: u64,
@@ -251,25 +269,61 @@ impl Inodes {
         catalog: &str,
         entry: Entry,
     ) -> Arc<Node> {
+        loop {
+            let generation = self.generation();
+            if let Some(node) =
+                self.intern_child_at(generation, parent, name, path, catalog, entry.clone())
+            {
+                return node;
+            }
+        }
+    }
+
+    /// The node for entry `name` in directory `parent` (repository path `path`), allocating
+    /// an inode on first sight in this generation and reusing the previous number when the
+    /// entry is compatible (see the module docs). A hard-link group member (group ≠ 0) maps
+    /// to its group's inode; its other names are remembered for invalidation.
+    ///
+    /// `generation` is the generation whose revision `entry` was read from. `None` when a
+    /// switch has started a newer one since: the entry may be out of date, nothing is
+    /// recorded, and the caller reads the new revision and tries again. (Recording it would
+    /// make an old row current in the new generation, where no invalidation reaches it.)
+    pub fn intern_child_at(
+        &self,
+        generation: u64,
+        parent: u64,
+        name: &str,
+        path: &str,
+        catalog: &str,
+        entry: Entry,
+    ) -> Option<Arc<Node>> {
         let name_key = name_hash(parent, name);
         let link_key =
             (entry.hardlink_group != 0).then(|| (Box::from(catalog), entry.hardlink_group));
         let known = {
             let table = self.read();
+            if u64::from(table.generation) != generation {
+                return None;
+            }
             table.current_for(link_key.as_ref(), name_key, parent, name)
         };
-        if let Some(ino) = known {
-            if let Some(node) = self.cached(ino) {
-                return node;
+        if let Some(ino) = known
+            && link_key.is_none()
+        {
+            if let Some(node) = self.cached(ino).filter(|n| n.generation == generation) {
+                return Some(node);
             }
-            return self.remember(ino, path, catalog, entry);
+            return Some(self.remember(ino, path, catalog, entry, generation));
         }
         let fingerprint = self.fingerprint(&entry);
         let mut table = self
             .table
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let generation = table.generation;
+        if u64::from(table.generation) != generation {
+            return None;
+        }
+        let generation32 = table.generation;
         let ino = if let Some(ino) = table.current_for(link_key.as_ref(), name_key, parent, name) {
             ino
         } else if let Some(ino) = table.by_name.get(&name_key).copied().filter(|i| {
@@ -281,14 +335,14 @@ impl Inodes {
         }) {
             // Unchanged since an earlier revision: keep the number.
             if let Some(r) = table.records.get_mut(ino as usize) {
-                r.generation = generation;
+                r.generation = generation32;
             }
             ino
         } else {
             let record = Record {
                 parent,
                 fingerprint,
-                generation,
+                generation: generation32,
                 name_off: 0,
                 name_len: 0,
             };
@@ -297,9 +351,17 @@ impl Inodes {
         table.by_name.insert(name_key, ino);
         if let Some(k) = link_key {
             table.hardlinks.insert(k, ino);
+            if !table.is_named(ino, parent, name) {
+                // Another name of the group: its dentry must be invalidated at the next
+                // switch too, not just the name the inode was first seen as.
+                table.link_names.insert((parent, Box::from(name)), ino);
+            }
         }
         drop(table);
-        self.remember(ino, path, catalog, entry)
+        if let Some(node) = self.cached(ino).filter(|n| n.generation == generation) {
+            return Some(node);
+        }
+        Some(self.remember(ino, path, catalog, entry, generation))
     }
 
     /// Starts a new generation (a revision switch): every record becomes stale and the
@@ -313,7 +375,7 @@ impl Inodes {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let previous = table.generation;
             table.generation += 1;
-            table
+            let mut old: Vec<StaleInode> = table
                 .records
                 .iter()
                 .filter(|(_, r)| r.generation == previous)
@@ -322,7 +384,15 @@ impl Inodes {
                     parent: r.parent,
                     name: table.records.name(r).to_string(),
                 })
-                .collect()
+                .collect();
+            old.extend(std::mem::take(&mut table.link_names).into_iter().map(
+                |((parent, name), ino)| StaleInode {
+                    ino,
+                    parent,
+                    name: name.into(),
+                },
+            ));
+            old
         };
         self.intern("", "", root);
         old
@@ -363,13 +433,20 @@ impl Inodes {
     }
 
     /// Builds the full node and puts it into the LRU.
-    fn remember(&self, ino: u64, path: &str, catalog: &str, entry: Entry) -> Arc<Node> {
+    fn remember(
+        &self,
+        ino: u64,
+        path: &str,
+        catalog: &str,
+        entry: Entry,
+        generation: u64,
+    ) -> Arc<Node> {
         let node = Arc::new(Node {
             ino,
             path: path.to_string(),
             catalog: catalog.to_string(),
             entry,
-            generation: self.generation(),
+            generation,
         });
         self.recent().put(ino, node.clone());
         node
@@ -498,6 +575,45 @@ mod tests {
         let deep = t.intern("/x/y/z", "", file("z", 0));
         assert_eq!(t.path_of(deep.ino).unwrap(), "/x/y/z");
         assert_eq!(t.path_of(ROOT_INODE).unwrap(), "");
+    }
+
+    #[test]
+    fn an_entry_read_before_a_switch_is_not_recorded_in_the_new_generation() {
+        let t = Inodes::new(root());
+        let before = t.generation();
+        let a = t.intern("/a", "", file("a", 0));
+        t.new_generation(root());
+        // A lookup that read the old revision and interns after the switch: refused.
+        assert!(t.intern_at(before, "/a", "", file("a", 0)).is_none());
+        assert!(t.intern_at(before, "/new", "", file("new", 0)).is_none());
+        assert_eq!(t.generation_of(a.ino), Some(before));
+        // Read again in the new revision, it is recorded there.
+        let again = t.intern_at(t.generation(), "/a", "", file("a", 0)).unwrap();
+        assert_eq!(again.ino, a.ino);
+        assert_eq!(again.generation, t.generation());
+        assert!(t.is_current(&again));
+    }
+
+    #[test]
+    fn every_name_of_a_hard_link_group_is_invalidated_at_a_switch() {
+        let t = Inodes::new(root());
+        let x = t.intern("/d/x", "", file("x", 7));
+        let y = t.intern("/e/y", "", file("y", 7));
+        assert_eq!(x.ino, y.ino);
+        let e = t.intern("/e", "", Entry::directory("e", 0o755, 0, 0, 0));
+        let stale = t.new_generation(root());
+        let names: Vec<(u64, u64, &str)> = stale
+            .iter()
+            .map(|s| (s.ino, s.parent, s.name.as_str()))
+            .collect();
+        assert!(names.contains(&(x.ino, e.ino, "y")), "{names:?}");
+        assert!(names.iter().any(|&(i, _, n)| i == x.ino && n == "x"));
+        // Only once per generation: the next switch has nothing of them.
+        assert!(
+            t.new_generation(root())
+                .iter()
+                .all(|s| s.name != "y" && s.name != "x")
+        );
     }
 
     #[test]

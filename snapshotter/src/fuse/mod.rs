@@ -126,6 +126,10 @@ const MAX_NEGATIVES: usize = 1 << 20;
 /// reads its content in no-open mode once its node has left the inode LRU.
 const RETIRED_REVISIONS: usize = 4;
 
+/// How often a lookup or listing is made again when a revision switch comes in between
+/// (switches are minutes apart; this bounds the work, not a wait).
+const SWITCH_RETRIES: usize = 4;
+
 /// Directory listings kept in no-open mode (by inode), for `readdir` without a handle.
 const LISTINGS: usize = 256;
 
@@ -178,17 +182,20 @@ impl Switcher {
     /// new root catalog has no root entry. The old revision stays in place on error.
     pub fn switch(&self, repo: Arc<Repository>, notifiers: &[fuser::Notifier]) -> Result<usize> {
         let (root, totals) = root_and_totals(&repo)?;
-        let generation = self.shared.inodes.generation();
-        let previous = std::mem::replace(
-            &mut *self
+        // The revision and the generation change together, under the revision's write
+        // lock: a reader's `Shared::snapshot` sees both old or both new.
+        let (generation, previous, old) = {
+            let mut current = self
                 .shared
                 .repo
                 .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-            repo,
-        );
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let generation = self.shared.inodes.generation();
+            let previous = std::mem::replace(&mut *current, repo);
+            let old = self.shared.inodes.new_generation(root);
+            (generation, previous, old)
+        };
         *lock(&self.shared.totals) = totals;
-        let old = self.shared.inodes.new_generation(root);
         {
             let mut retired = lock(&self.shared.retired);
             retired.push_back((generation, previous));
@@ -239,6 +246,17 @@ impl Shared {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// The current revision and its generation, read together (see [`Switcher::switch`]).
+    /// What is read from the revision is interned with this generation, and re-read if a
+    /// switch came in between ([`Inodes::intern_child_at`]).
+    fn snapshot(&self) -> (Arc<Repository>, u64) {
+        let current = self
+            .repo
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (current.clone(), self.inodes.generation())
     }
 }
 
@@ -342,15 +360,25 @@ impl StrataFs {
             return Ok(node);
         }
         let path = inodes.path_of(ino.0).ok_or(Errno::ENOENT)?;
-        match self.repo().lookup(&path) {
-            Ok(Some(found)) => {
-                let fresh = inodes.intern(&path, &found.catalog.mountpoint, found.entry);
-                if fresh.ino == ino.0 {
-                    return Ok(fresh);
+        for _ in 0..SWITCH_RETRIES {
+            let (repo, generation) = self.shared.snapshot();
+            match repo.lookup(&path) {
+                Ok(Some(found)) => {
+                    match inodes.intern_at(
+                        generation,
+                        &path,
+                        &found.catalog.mountpoint,
+                        found.entry,
+                    ) {
+                        Some(fresh) if fresh.ino == ino.0 => return Ok(fresh),
+                        Some(_) => break,
+                        // A switch came in between: read the new revision.
+                        None => continue,
+                    }
                 }
+                Ok(None) => break,
+                Err(e) => return Err(report("inode", &path, &e)),
             }
-            Ok(None) => {}
-            Err(e) => return Err(report("inode", &path, &e)),
         }
         // Renumbered or gone in the current revision: the old node, if still known
         // (an open file of the previous revision), else rebuilt from the retired revision
@@ -406,9 +434,8 @@ impl StrataFs {
     /// No-open mode: the listing of directory `ino`, from the LRU when made in the current
     /// generation.
     fn listing_of_inode(&self, ino: INodeNo) -> std::result::Result<Arc<DirListing>, Errno> {
-        let generation = self.inodes().generation();
         if let Some((g, items)) = lock(&self.shared.listings).get(&ino.0)
-            && *g == generation
+            && *g == self.inodes().generation()
         {
             return Ok(items.clone());
         }
@@ -416,15 +443,22 @@ impl StrataFs {
         if node.entry.kind != EntryKind::Directory {
             return Err(Errno::ENOTDIR);
         }
-        let items = Arc::new(
-            self.listing(&node)
-                .map_err(|e| report("readdir", &node.path, &e))?,
-        );
+        let (items, generation) = self
+            .listing(&node)
+            .map_err(|e| report("readdir", &node.path, &e))?;
+        let items = Arc::new(items);
         lock(&self.shared.listings).put(ino.0, (generation, items.clone()));
         Ok(items)
     }
 
-    /// Looks `name` up in directory `parent`; `None` if it does not exist.
+    /// Looks `name` up in directory `parent`; `None` if it does not exist (then remembered
+    /// as a negative entry of the generation it was answered in, for invalidation at the
+    /// next switch).
+    ///
+    /// The lookup is made in one revision and interned with that revision's generation; if
+    /// a switch came in between (a lookup can wait seconds for a catalog download), it is
+    /// made again in the new revision, so that no row of an old revision is recorded as
+    /// current in a new generation, which no invalidation would reach.
     fn lookup_child(&self, parent: &Node, name: &OsStr) -> Result<Option<Arc<Node>>> {
         if parent.entry.kind != EntryKind::Directory {
             return Err(Error::NotADirectory(parent.path.clone()));
@@ -433,32 +467,80 @@ impl StrataFs {
             return Ok(None);
         };
         let path = format!("{}/{}", parent.path, name);
-        Ok(self.repo().lookup(&path)?.map(|found| {
-            self.inodes().intern_child(
-                parent.ino,
-                name,
-                &path,
-                &found.catalog.mountpoint,
-                found.entry,
-            )
-        }))
+        for _ in 0..SWITCH_RETRIES {
+            let (repo, generation) = self.shared.snapshot();
+            match repo.lookup(&path)? {
+                Some(found) => {
+                    if let Some(node) = self.inodes().intern_child_at(
+                        generation,
+                        parent.ino,
+                        name,
+                        &path,
+                        &found.catalog.mountpoint,
+                        found.entry,
+                    ) {
+                        return Ok(Some(node));
+                    }
+                }
+                None => {
+                    // Checked under the lock the switch takes the set with, after it has
+                    // started the new generation: recorded here = invalidated there.
+                    let mut negatives = lock(&self.shared.negatives);
+                    if self.inodes().generation() == generation {
+                        if negatives.len() < MAX_NEGATIVES {
+                            negatives.insert((parent.ino, name.to_string()));
+                        }
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Err(Error::Busy(format!(
+            "{path}: the repository switched revisions {SWITCH_RETRIES} times during one lookup"
+        )))
     }
 
-    /// The listing of directory `node`, allocating inodes for its children.
-    fn listing(&self, node: &Node) -> Result<DirListing> {
-        let repo = self.repo();
+    /// The listing of directory `node`, allocating inodes for its children, with the
+    /// generation it was made in (made again if a switch comes in between, as in
+    /// [`StrataFs::lookup_child`]).
+    fn listing(&self, node: &Node) -> Result<(DirListing, u64)> {
+        for _ in 0..SWITCH_RETRIES {
+            let (repo, generation) = self.shared.snapshot();
+            if let Some(items) = self.listing_in(&repo, generation, node)? {
+                return Ok((items, generation));
+            }
+        }
+        Err(Error::Busy(format!(
+            "{}: the repository switched revisions {SWITCH_RETRIES} times during one listing",
+            node.path
+        )))
+    }
+
+    /// The listing of `node` in `repo`, the revision of `generation`; `None` if a switch
+    /// came in between.
+    fn listing_in(
+        &self,
+        repo: &Repository,
+        generation: u64,
+        node: &Node,
+    ) -> Result<Option<DirListing>> {
         let children = repo.list(&node.path)?;
         let parent_ino = if node.path.is_empty() {
             ROOT_INODE
         } else {
             let parent = catalog::parent_path(&node.path);
-            repo.lookup(parent)?
-                .map(|f| {
-                    self.inodes()
-                        .intern(parent, &f.catalog.mountpoint, f.entry)
-                        .ino
-                })
-                .unwrap_or(ROOT_INODE)
+            match repo.lookup(parent)? {
+                Some(f) => {
+                    let Some(p) =
+                        self.inodes()
+                            .intern_at(generation, parent, &f.catalog.mountpoint, f.entry)
+                    else {
+                        return Ok(None);
+                    };
+                    p.ino
+                }
+                None => ROOT_INODE,
+            }
         };
         let mut items = Vec::with_capacity(children.len() + 2);
         items.push((node.ino, FileType::Directory, ".".to_string()));
@@ -466,16 +548,19 @@ impl StrataFs {
         for found in children {
             let path = format!("{}/{}", node.path, found.entry.name);
             let name = found.entry.name.clone();
-            let child = self.inodes().intern_child(
+            let Some(child) = self.inodes().intern_child_at(
+                generation,
                 node.ino,
                 &name,
                 &path,
                 &found.catalog.mountpoint,
                 found.entry,
-            );
+            ) else {
+                return Ok(None);
+            };
             items.push((child.ino, attr::file_type(&child.entry), name));
         }
-        Ok(items)
+        Ok(Some(items))
     }
 
     /// Fetches what a read of `node` needs first: the whole object, or the chunk list.
@@ -607,6 +692,7 @@ fn errno(e: &Error) -> Errno {
     match e {
         Error::NotFound(_) => Errno::ENOENT,
         Error::NotADirectory(_) => Errno::ENOTDIR,
+        Error::Busy(_) => Errno::EAGAIN,
         Error::Io { source, .. } => source
             .raw_os_error()
             .map(Errno::from_i32)
@@ -669,12 +755,6 @@ impl Filesystem for StrataFs {
             Ok(Some(node)) => reply.entry(&TTL, &file_attr(node.ino, &node.entry), Generation(0)),
             // Inode 0 with a TTL is a cached negative entry (FUSE protocol).
             Ok(None) => {
-                if let Some(name) = name.to_str() {
-                    let mut negatives = lock(&self.shared.negatives);
-                    if negatives.len() < MAX_NEGATIVES {
-                        negatives.insert((parent.ino, name.to_string()));
-                    }
-                }
                 let mut attr = file_attr(0, &parent.entry);
                 attr.ino = INodeNo(0);
                 reply.entry(&TTL, &attr, Generation(0));
@@ -825,7 +905,7 @@ impl Filesystem for StrataFs {
             Err(e) => return reply.error(e),
         };
         match self.listing(&node) {
-            Ok(items) => {
+            Ok((items, _)) => {
                 let fh = self.new_handle();
                 self.dirs
                     .lock()
@@ -980,6 +1060,7 @@ mod tests {
     fn errors_map_to_errno_at_the_edge() {
         assert_eq!(errno(&Error::NotFound("/x".into())), Errno::ENOENT);
         assert_eq!(errno(&Error::NotADirectory("/x".into())), Errno::ENOTDIR);
+        assert_eq!(errno(&Error::Busy("/x".into())), Errno::EAGAIN);
         assert_eq!(
             errno(&Error::HttpStatus {
                 url: "u".into(),

@@ -1009,8 +1009,7 @@ mod tests {
         let mut f = fixture();
         f.sn.prepare("k", "", &Labels::new())?;
         let dir = f.root.join("snapshots/1");
-        std::fs::write(dir.join("fs/file"), b"upper data")
-            .map_err(io_err("write test file"))?;
+        std::fs::write(dir.join("fs/file"), b"upper data").map_err(io_err("write test file"))?;
         let trash = f.sn.remove_detached("k")?.expect("k has a directory");
         assert_eq!(trash, f.root.join("snapshots/rm-1"));
         assert!(!dir.exists());
