@@ -29,6 +29,7 @@ pub mod mounts;
 pub mod proxy;
 pub mod pull;
 pub mod quota;
+pub mod readiness;
 pub mod repository;
 pub mod service;
 pub mod snapshots;

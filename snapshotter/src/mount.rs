@@ -145,6 +145,8 @@ pub fn main(args: MountArgs) -> Result<()> {
         _ => None,
     };
     runtime.spawn(unmount_on_signal(unmounters));
+    // Both mounts are live: a Type=notify unit now lets containerd and the snapshotter start.
+    crate::readiness::notify_ready("mount");
 
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let update_thread = if origin == Origin::Pinned {

@@ -1166,3 +1166,89 @@ fn mounts_a_pinned_revision_by_tag_and_by_root_hash() {
     let err = refused(&mut pinned("--root-hash", &missing.to_hex()), &mnt);
     assert!(err.contains("HTTP status 404"), "{err}");
 }
+
+/// Waits up to `within` for one datagram on `socket` (a systemd notify socket).
+fn notification(socket: &std::os::unix::net::UnixDatagram, within: Duration) -> String {
+    socket.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 256];
+    let n = socket
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no sd_notify message within {within:?}: {e}"));
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn mount_and_run_tell_systemd_they_are_ready_only_once_they_serve() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let repo = build_repo(work.path());
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let mnt = work.path().join("mnt");
+    let plain = work.path().join("plain");
+    std::fs::create_dir_all(&mnt).unwrap();
+
+    // mount (Type=notify in deploy/systemd/strata-mount@.service): READY=1 comes when both
+    // the main and the plain mount are live.
+    let notify = work.path().join("notify-mount");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    let mut cmd = mount_command(
+        &server,
+        FQRN,
+        &repo.pubkey,
+        &work.path().join("cache"),
+        &mnt,
+    );
+    cmd.arg("--plain-mountpoint")
+        .arg(&plain)
+        .env("NOTIFY_SOCKET", &notify);
+    let log = work.path().join("mount.log");
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut m = Mounted {
+        child: Some(child),
+        mountpoint: mnt.clone(),
+        log,
+    };
+    assert_eq!(notification(&socket, Duration::from_secs(30)), "READY=1\n");
+    assert!(
+        fuse_mounted(&mnt),
+        "READY=1 before the mount:\n{}",
+        m.log_text()
+    );
+    assert!(fuse_mounted(&plain), "READY=1 before the plain mount");
+    assert_eq!(
+        std::fs::read_to_string(plain.join("hello.txt")).unwrap(),
+        "hello strata\n"
+    );
+
+    // run (strata-snapshotter.service): READY=1 once the gRPC socket accepts connections.
+    let notify = work.path().join("notify-run");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    let grpc = work.path().join("snapshotter.sock");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"))
+        .arg("run")
+        .arg("--socket")
+        .arg(&grpc)
+        .arg("--root")
+        .arg(work.path().join("root"))
+        .arg("--mountpoint")
+        .arg(&mnt)
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(work.path().join("run.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let ready = notification(&socket, Duration::from_secs(30));
+    let connected = std::os::unix::net::UnixStream::connect(&grpc);
+    let _ = run.kill();
+    let _ = run.wait();
+    assert_eq!(ready, "READY=1\n");
+    assert!(
+        connected.is_ok(),
+        "READY=1 before the socket: {connected:?}"
+    );
+    m.stop();
+}

@@ -228,6 +228,8 @@ pub fn main(args: RunArgs) -> Result<()> {
     runtime.block_on(async move {
         let listener = bind(&cfg.socket)?;
         info!(socket = %cfg.socket.display(), name = %cfg.name, "listening");
+        // containerd may connect from now on (requests wait for the start-up below).
+        crate::readiness::notify_ready("run");
         let metrics = Arc::new(Metrics::new(cfg.cache_dir.clone()));
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         if let Some(addr) = cfg.metrics {
