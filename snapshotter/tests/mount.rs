@@ -1252,3 +1252,98 @@ fn mount_and_run_tell_systemd_they_are_ready_only_once_they_serve() {
     );
     m.stop();
 }
+
+/// Publishes `revision` of `repo`: a root catalog with `/rev<revision>` and a nested
+/// catalog at `/n` holding `/n/f` = `body`. Returns the nested catalog's object path
+/// (`data/xx/…C`).
+fn publish_nested(repo: &FlatRepo, body: &[u8], revision: u64) -> String {
+    use catalog::{CatalogProperties, CatalogWriter, Suffix, Transition};
+    let props = CatalogProperties {
+        revision,
+        last_modified: unix_now(),
+        ttl: Some(240),
+        previous_revision: None,
+    };
+    std::fs::create_dir_all(&repo.scratch).unwrap();
+    let nested_db = repo.scratch.join(format!("n-{revision}.db"));
+    let mut w = CatalogWriter::create(&nested_db, "/n").unwrap();
+    w.add("/n", &dir("n"), Transition::NestedRoot).unwrap();
+    let marker = file(&repo.store, ".cvmfscatalog", 0o644, 0, 0, b"");
+    w.add("/n/.cvmfscatalog", &marker, Transition::None)
+        .unwrap();
+    let f = file(&repo.store, "f", 0o644, 0, 0, body);
+    w.add("/n/f", &f, Transition::None).unwrap();
+    let stats = w.finish(&props).unwrap();
+    let (nested, nested_size) = store_catalog(&repo.store, &nested_db);
+
+    let root_db = repo.scratch.join(format!("root-n-{revision}.db"));
+    let mut w = CatalogWriter::create(&root_db, "").unwrap();
+    w.add("", &dir(""), Transition::None).unwrap();
+    let name = format!("rev{revision}");
+    let rev = file(&repo.store, &name, 0o644, 0, 0, b"x");
+    w.add(&format!("/{name}"), &rev, Transition::None).unwrap();
+    w.add("/n", &dir("n"), Transition::NestedMountpoint)
+        .unwrap();
+    w.add_nested("/n", &nested, nested_size, &stats).unwrap();
+    w.finish(&props).unwrap();
+    let (root, root_size) = store_catalog(&repo.store, &root_db);
+    repo.publish_root(root, root_size, revision, unix_now());
+    nested.object_path(Suffix::Catalog)
+}
+
+#[test]
+fn a_lookup_that_spans_a_revision_switch_answers_from_the_new_revision() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let repo = FlatRepo::build(work.path(), &[("/a".into(), b"a\n".to_vec())], 240);
+    let old_nested = publish_nested(&repo, b"one\n", 2);
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let mnt = work.path().join("mnt");
+    let mut cmd = mount_command(
+        &server,
+        FQRN,
+        &repo.keys.pubkey,
+        &work.path().join("cache"),
+        &mnt,
+    );
+    cmd.args(["--max-ttl", "1s", "--backoff-init", "10ms"]);
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    assert!(mnt.join("rev2").exists());
+
+    // The lookup of /n/f needs revision 2's nested catalog, whose download is held.
+    server.held.lock().unwrap().push(old_nested.clone());
+    let f = mnt.join("n/f");
+    let reader = std::thread::spawn(move || std::fs::read(f));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.held_requests.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the nested catalog was never requested"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Revision 3 changes /n/f and is switched to while that lookup waits.
+    publish_nested(&repo, b"two\n", 3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mnt.join("rev3").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "revision 3 never appeared:\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !reader.is_finished(),
+        "the lookup did not wait for the held download"
+    );
+    server.held.lock().unwrap().clear();
+
+    // The waiting lookup is answered from revision 3, and so is every later one (the
+    // kernel caches the entry for 300 s, and an old entry recorded as current in the new
+    // generation would never be invalidated).
+    assert_eq!(reader.join().unwrap().unwrap(), b"two\n");
+    assert_eq!(std::fs::read(mnt.join("n/f")).unwrap(), b"two\n");
+    m.stop();
+}

@@ -41,6 +41,10 @@ pub struct Server {
     pub paths: Arc<Mutex<Vec<String>>>,
     /// Requests whose path ends with one of these are answered after 2 s.
     pub slow: Arc<Mutex<Vec<String>>>,
+    /// Requests whose path ends with one of these wait until it is taken off the list.
+    pub held: Arc<Mutex<Vec<String>>>,
+    /// Requests that have waited (or are waiting) on `held`.
+    pub held_requests: Arc<AtomicUsize>,
     /// Requests that carried a `Range` header (there must be none, spec §8.8.1).
     pub range_requests: Arc<AtomicUsize>,
     /// `host:port` the server listens on.
@@ -78,6 +82,8 @@ impl Server {
             );
         }
         let slow = Arc::new(Mutex::new(Vec::<String>::new()));
+        let held = Arc::new(Mutex::new(Vec::<String>::new()));
+        let held_requests = Arc::new(AtomicUsize::new(0));
         let range_requests = Arc::new(AtomicUsize::new(0));
         let (counter, seen, slow2, ranges) = (
             data_requests.clone(),
@@ -85,10 +91,12 @@ impl Server {
             slow.clone(),
             range_requests.clone(),
         );
+        let (held2, held_requests2) = (held.clone(), held_requests.clone());
         let router = router.layer(axum::middleware::from_fn(
             move |req: Request, next: Next| {
                 let (counter, seen, slow, ranges) =
                     (counter.clone(), seen.clone(), slow2.clone(), ranges.clone());
+                let (held, held_requests) = (held2.clone(), held_requests2.clone());
                 async move {
                     let path = req.uri().path().to_string();
                     if req.headers().contains_key("range") {
@@ -100,6 +108,14 @@ impl Server {
                     let delay = slow.lock().unwrap().iter().any(|s| path.ends_with(s));
                     if delay {
                         tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    let is_held =
+                        |path: &str| held.lock().unwrap().iter().any(|s| path.ends_with(s));
+                    if is_held(&path) {
+                        held_requests.fetch_add(1, Ordering::SeqCst);
+                        while is_held(&path) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
                     }
                     seen.lock().unwrap().push(path.clone());
                     let mut response = next.run(req).await;
@@ -130,6 +146,8 @@ impl Server {
             data_requests,
             paths,
             slow,
+            held,
+            held_requests,
             range_requests,
             addr: addr.to_string(),
             _runtime: runtime,
@@ -651,6 +669,18 @@ impl FlatRepo {
         timestamp: u64,
     ) -> Manifest {
         let (hash, size) = write_flat_catalog(&self.store, &self.scratch, files, revision, ttl);
+        self.publish_root(hash, size, revision, timestamp)
+    }
+
+    /// Publishes the stored root catalog `hash` (`size` bytes uncompressed) as `revision`
+    /// with manifest timestamp `timestamp`, updating the history database.
+    pub fn publish_root(
+        &self,
+        hash: ContentHash,
+        size: u64,
+        revision: u64,
+        timestamp: u64,
+    ) -> Manifest {
         let mut history = self.history.lock().unwrap();
         let h = catalog::update_history(
             &self.store,
