@@ -183,8 +183,14 @@ impl Switcher {
     pub fn switch(&self, repo: Arc<Repository>, notifiers: &[fuser::Notifier]) -> Result<usize> {
         let (root, totals) = root_and_totals(&repo)?;
         // The revision and the generation change together, under the revision's write
-        // lock: a reader's `Shared::snapshot` sees both old or both new.
-        let (generation, previous, old) = {
+        // lock: a reader's `Shared::snapshot` sees both old or both new. The old revision
+        // is retired and its negative entries taken under that lock too, so that no reader
+        // of the new one finds its generation without a retired revision (an old inode's
+        // chunk list would come from the new revision) or records a negative entry of the
+        // new revision into the old set (invalidated now, then forgotten at the next
+        // switch). Lock order: revision → inode table (released) → retired, negatives.
+        // The kernel is notified after all locks are released.
+        let (old, negatives) = {
             let mut current = self
                 .shared
                 .repo
@@ -193,18 +199,18 @@ impl Switcher {
             let generation = self.shared.inodes.generation();
             let previous = std::mem::replace(&mut *current, repo);
             let old = self.shared.inodes.new_generation(root);
-            (generation, previous, old)
+            {
+                let mut retired = lock(&self.shared.retired);
+                retired.push_back((generation, previous));
+                while retired.len() > RETIRED_REVISIONS {
+                    retired.pop_front();
+                }
+            }
+            let negatives = std::mem::take(&mut *lock(&self.shared.negatives));
+            (old, negatives)
         };
         *lock(&self.shared.totals) = totals;
-        {
-            let mut retired = lock(&self.shared.retired);
-            retired.push_back((generation, previous));
-            while retired.len() > RETIRED_REVISIONS {
-                retired.pop_front();
-            }
-        }
         lock(&self.shared.listings).clear();
-        let negatives = std::mem::take(&mut *lock(&self.shared.negatives));
         for notifier in notifiers {
             invalidate(notifier, &old, &negatives);
         }
@@ -1115,6 +1121,116 @@ mod tests {
             .insert("trusted.overlay.opaque".into(), b"y".to_vec());
         e.xattrs.insert("user.a".into(), b"1".to_vec());
         assert_eq!(xattr_names(&e), b"trusted.overlay.opaque\0user.a\0");
+    }
+
+    /// A one-catalog repository at `revision` holding the files `names` (`/<name>`), on a
+    /// memory source; the directory keeps the cache.
+    fn memory_repo(revision: u64, names: &[&str]) -> (Arc<Repository>, tempfile::TempDir) {
+        use crate::cache::{ObjectCache, tests::MemorySource};
+        use crate::repository::Revision;
+        use catalog::{CatalogProperties, CatalogWriter, ContentHash, HashAlgorithm, Transition};
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource::default());
+        let props = CatalogProperties {
+            revision,
+            last_modified: 1_700_000_000,
+            ttl: Some(240),
+            previous_revision: None,
+        };
+        let db = tmp.path().join("root.db");
+        let mut w = CatalogWriter::create(&db, "").unwrap();
+        w.add("", &Entry::directory("", 0o755, 0, 0, 0), Transition::None)
+            .unwrap();
+        for name in names {
+            let hash = src.add(name.as_bytes());
+            let e = Entry::regular(name, 0o644, 0, 0, 0, name.len() as u64, hash);
+            w.add(&format!("/{name}"), &e, Transition::None).unwrap();
+        }
+        w.finish(&props).unwrap();
+        let raw = std::fs::read(&db).unwrap();
+        let manifest = catalog::Manifest {
+            catalog_hash: src.add(&raw),
+            catalog_size: raw.len() as u64,
+            ttl: 240,
+            revision,
+            garbage_collectable: false,
+            alternative_paths: false,
+            fqrn: "t.example".into(),
+            certificate: ContentHash::of_bytes(HashAlgorithm::Sha1, b"unused"),
+            history: None,
+            timestamp: 1_700_000_000,
+            meta_info: None,
+            reflog: None,
+        };
+        let cache = Arc::new(ObjectCache::open(&tmp.path().join("cache"), src).unwrap());
+        let repo = Repository::open("t.example", Revision::of_manifest(&manifest), cache).unwrap();
+        (Arc::new(repo), tmp)
+    }
+
+    /// Runs a switch of `fs` to `next` while the test holds `guard` (a lock the switch
+    /// takes); true if `next` became visible to readers before the guard was released.
+    fn visible_while_held<G>(fs: &StrataFs, next: &Arc<Repository>, guard: G) -> bool {
+        let switcher = fs.switcher();
+        let to = next.clone();
+        let switch = std::thread::spawn(move || switcher.switch(to, &[]).unwrap());
+        let deadline = std::time::Instant::now() + Duration::from_millis(300);
+        let mut visible = false;
+        while std::time::Instant::now() < deadline && !visible {
+            visible = fs
+                .shared
+                .repo
+                .try_read()
+                .is_ok_and(|current| Arc::ptr_eq(&current, next));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(guard);
+        switch.join().unwrap();
+        visible
+    }
+
+    #[test]
+    fn a_new_revision_is_visible_only_once_the_old_one_is_retired() {
+        let (one, _t1) = memory_repo(1, &["a"]);
+        let (two, _t2) = memory_repo(2, &["b"]);
+        let fs = StrataFs::new(one.clone()).unwrap();
+        // Otherwise an old-revision inode read in between (no-open mode) finds no retired
+        // revision of its generation and takes its chunk list from the new one.
+        let retired = lock(&fs.shared.retired);
+        assert!(!visible_while_held(&fs, &two, retired));
+        let retired = lock(&fs.shared.retired);
+        assert_eq!(retired.len(), 1);
+        assert_eq!(retired[0].0, 0);
+        assert!(Arc::ptr_eq(&retired[0].1, &one));
+    }
+
+    #[test]
+    fn a_negative_lookup_of_the_new_revision_is_kept_for_the_next_switch() {
+        let (one, _t1) = memory_repo(1, &["a"]);
+        let (two, _t2) = memory_repo(2, &["b"]);
+        let fs = StrataFs::new(one).unwrap();
+        let root = fs.node(INodeNo(ROOT_INODE)).unwrap();
+        assert!(
+            fs.lookup_child(&root, OsStr::new("gone"))
+                .unwrap()
+                .is_none()
+        );
+        // A negative answered from the new revision before the switch has taken the set
+        // of the old one would be invalidated by this switch and then forgotten: the
+        // kernel would keep it past the next switch.
+        let negatives = lock(&fs.shared.negatives);
+        assert!(
+            !visible_while_held(&fs, &two, negatives),
+            "revision 2 was served before the negatives of revision 1 were taken"
+        );
+        let root = fs.node(INodeNo(ROOT_INODE)).unwrap();
+        assert!(
+            fs.lookup_child(&root, OsStr::new("later"))
+                .unwrap()
+                .is_none()
+        );
+        let negatives = lock(&fs.shared.negatives);
+        assert!(negatives.contains(&(ROOT_INODE, "later".to_string())));
+        assert!(!negatives.contains(&(ROOT_INODE, "gone".to_string())));
     }
 
     #[test]
