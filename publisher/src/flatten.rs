@@ -348,12 +348,12 @@ pub fn flatten(layers: &[&Node]) -> Node {
         .unwrap_or_else(|_| Node::dir("", 0o755, 0))
 }
 
-/// Gives each directory in `implicit` (paths below `layer`, directories the layer only
-/// implies) the mode, owner, mtime and xattrs the same directory has in `lower` (the image
-/// below this layer), as overlayfs's copy-up does when containerd applies such a layer
-/// natively; the layer's own opaque mark is kept. Without this, a layer that only implies
-/// `/tmp` would turn the image's sticky `1777` `/tmp` into `0755` in every container.
-/// Directories absent from `lower` keep `0755 root:root`.
+/// Gives a directory the layer only implies (`entry`) the mode, owner, mtime and xattrs the
+/// same directory has in the image below the layer (`below`), as overlayfs's copy-up does
+/// when containerd applies such a layer natively; the layer's own opaque mark is kept.
+/// Without this, a layer that only implies `/tmp` would turn the image's sticky `1777`
+/// `/tmp` into `0755` in every container. (Directories absent below keep `0755
+/// root:root`: the caller does not call this for them.)
 pub fn inherit(entry: &mut Entry, below: &Entry) {
     let opaque = entry.xattrs.get(OPAQUE_XATTR).cloned();
     entry.mode = below.mode;

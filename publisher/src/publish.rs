@@ -273,47 +273,6 @@ pub fn publish(repo: &Repo, ns: &mut Namespace) -> Result<Manifest> {
     Ok(manifest)
 }
 
-/// Writes the nested catalog rooted at `node` (at `path`, e.g. `/.layers/ab/<hex>/layerfs`;
-/// `node` must carry a [`CatalogMark`]) now, as [`publish`] would write it in the revision
-/// after `manifest` (same revision number; `last_modified` is the time of this call), then
-/// takes its children out of the tree and returns them under a copy of `node`'s entry (the
-/// caller may move them elsewhere or drop them): the mark becomes published, clean and unloaded, so
-/// `publish` re-uses the catalog by hash and [`read_catalog_tree`] reads it back if it is
-/// needed again. This is what keeps `ingest`'s memory from holding every layer and flat
-/// tree of a batch until the end (publisher/README.md, "Memory").
-///
-/// Errors: those of writing a catalog ([`Error::Catalog`], [`Error::Io`]); a `node`
-/// without a mark is [`Error::Task`].
-pub fn write_and_unload(
-    repo: &Repo,
-    manifest: &Manifest,
-    node: &mut Node,
-    path: &str,
-) -> Result<Node> {
-    if node.catalog.is_none() {
-        return Err(Error::Task(format!("{path} is not a catalog root")));
-    }
-    node.fix_linkcounts();
-    let mut stats_cache = load_stats_cache(repo);
-    let published = WriteCtx {
-        repo,
-        revision: manifest.revision + 1,
-        now: unix_now().max(manifest.timestamp),
-        stats_cache: StatsCache::new(),
-    }
-    .write_collecting(node, path, &mut stats_cache)?;
-    save_stats_cache(repo, &stats_cache)?;
-    let mark = node.catalog.get_or_insert_with(Box::default);
-    mark.published = Some(published);
-    mark.loaded = false;
-    mark.dirty = false;
-    Ok(Node {
-        entry: node.entry.clone(),
-        children: std::mem::take(&mut node.children),
-        catalog: None,
-    })
-}
-
 /// A nested catalog written row by row ([`write_streamed`]): what the parent needs, and the
 /// uncompressed file, kept until this is dropped so it can be read again (the flat tree is
 /// merged from the layer catalogs just written).
@@ -344,8 +303,10 @@ impl StreamedCatalog {
 /// Writes the nested catalog at `path` (absolute, e.g. `/.layers/ab/<hex>/layerfs`) without
 /// a tree in memory: `fill` sends its rows — `(path relative to the catalog root, row)`,
 /// `""` for the root, whose name is set to the last component of `path` — straight into a
-/// [`CatalogWriter`]. Properties as [`write_and_unload`] writes them (revision after
-/// `manifest`). The catalog must hold no nested catalogs. Returns the stored catalog.
+/// [`CatalogWriter`]. Properties as [`publish`] would write them in the revision after
+/// `manifest` (same revision number; `last_modified` is the time of this call). This is
+/// what keeps `ingest`'s memory independent of the number of files (publisher/README.md,
+/// "Memory"). The catalog must hold no nested catalogs. Returns the stored catalog.
 ///
 /// Errors: those of `fill`, of writing ([`Error::Catalog`], [`Error::Io`]); a `fill` that
 /// sends no root row is [`Error::Task`].
@@ -492,17 +453,6 @@ impl WriteCtx<'_> {
     }
 
     /// As [`WriteCtx::write`], adding the statistics of every catalog written to `cache`.
-    fn write_collecting(
-        mut self,
-        node: &mut Node,
-        path: &str,
-        cache: &mut StatsCache,
-    ) -> Result<PublishedCatalog> {
-        let published = self.write_mut(node, path)?;
-        cache.extend(self.stats_cache);
-        Ok(published)
-    }
-
     fn write_mut(&mut self, node: &mut Node, path: &str) -> Result<PublishedCatalog> {
         let mut nested: Vec<(String, PublishedCatalog)> = Vec::new();
         self.children_catalogs(node, path, &mut nested)?;
