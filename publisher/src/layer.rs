@@ -1046,6 +1046,43 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn replaced_directories_lose_their_contents_and_come_back_implied() {
+        // The parent-directory cache must forget a directory replaced by a file or a
+        // whiteout, and a file replacing a directory removes the whole staged subtree.
+        let tar = TarBuilder::new()
+            .dir("a", 0o700)
+            .file("a/b/f1", 0o644, b"1")
+            .file("a", 0o600, b"now a file")
+            .file("a/c/f2", 0o644, b"2")
+            .file("w/x/y", 0o644, b"y")
+            .file(".wh.w", 0o644, b"")
+            .file("w/z", 0o644, b"z")
+            .file("k/l/m", 0o644, b"m")
+            .link(EntryType::Symlink, "k", "/etc")
+            .finish();
+        let t = ok(&tar);
+        assert!(t.root.get(&["a", "b"]).is_none(), "old subtree removed");
+        assert_eq!(get(&t, "a").mode, 0o040755, "implied again");
+        assert_eq!(get(&t, "a/c/f2").size, 1);
+        assert!(t.root.get(&["w", "x"]).is_none());
+        assert_eq!(get(&t, "w/z").size, 1);
+        assert_eq!(get(&t, "k").symlink, "/etc");
+        assert!(t.root.get(&["k", "l"]).is_none());
+        let mut implicit = t.implicit_dirs.clone();
+        implicit.sort();
+        let p = |s: &[&str]| s.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        assert_eq!(implicit, vec![p(&[]), p(&["a"]), p(&["a", "c"]), p(&["w"])]);
+        // a symlink replacing a cached directory is refused as a parent afterwards
+        let tar = TarBuilder::new()
+            .file("k/l/m", 0o644, b"m")
+            .link(EntryType::Symlink, "k", "/etc")
+            .file("k/l/n", 0o644, b"n")
+            .finish();
+        let (_, reason) = layer_error(read(&tar).0);
+        assert!(reason.contains("symlink"), "{reason}");
+    }
+
+    #[test]
     fn hostile_paths_are_rejected() {
         for name in [&b"../etc/passwd"[..], b"a/../../x", b"/../../root"] {
             let tar = TarBuilder::new().raw_file(name).finish();
