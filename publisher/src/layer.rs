@@ -389,7 +389,16 @@ impl Builder {
                             ),
                         ));
                     }
-                    Some(_) => {}
+                    // A file or whiteout of this layer deleted the lower one: the
+                    // directory made in its place is a new one.
+                    Some(_) => {
+                        let mut e = dir_entry(name, 0o755, 0, 0, 0);
+                        e.xattrs.insert(OPAQUE_XATTR.to_string(), b"y".to_vec());
+                        self.staging.put(&dir, &e, false)?;
+                        self.implied = true;
+                        self.known_dirs.push(name.clone());
+                        continue;
+                    }
                     None => missing = true,
                 }
             }
@@ -449,6 +458,10 @@ impl Builder {
             if kind == EntryType::Directory {
                 let mut e = dir_entry("", meta.perm, meta.uid, meta.gid, meta.mtime);
                 e.xattrs = meta.xattrs;
+                // An opaque marker may come before `./` itself.
+                if let Some(v) = self.root.xattrs.get(OPAQUE_XATTR) {
+                    e.xattrs.insert(OPAQUE_XATTR.to_string(), v.clone());
+                }
                 self.root = e;
                 self.root_explicit = true;
                 return Ok(());
@@ -488,12 +501,19 @@ impl Builder {
                 e.xattrs = meta.xattrs;
                 e.mtime_ns = meta.mtime_ns;
                 // An existing directory keeps its contents (and opaque mark) and takes the
-                // new metadata; anything else there is replaced.
-                if let Some(existing) = self.staging.get(&parent_path, name)?
-                    && existing.entry.kind == EntryKind::Directory
-                    && let Some(v) = existing.entry.xattrs.get(OPAQUE_XATTR)
-                {
-                    e.xattrs.insert(OPAQUE_XATTR.to_string(), v.clone());
+                // new metadata; anything else there is replaced, and as that file or
+                // whiteout of this layer deleted the lower directory (umoci unpack applies
+                // entries in order), the new one is opaque.
+                match self.staging.get(&parent_path, name)? {
+                    Some(existing) if existing.entry.kind == EntryKind::Directory => {
+                        if let Some(v) = existing.entry.xattrs.get(OPAQUE_XATTR) {
+                            e.xattrs.insert(OPAQUE_XATTR.to_string(), v.clone());
+                        }
+                    }
+                    Some(_) => {
+                        e.xattrs.insert(OPAQUE_XATTR.to_string(), b"y".to_vec());
+                    }
+                    None => {}
                 }
                 self.staging.put(&parent_path, &e, true)?;
                 return Ok(());
@@ -751,6 +771,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::digest::sha256_digest;
+    use crate::flatten::is_opaque;
     use crate::tree::{Node, S_IFCHR, is_whiteout};
     use catalog::{LocalStore, Suffix};
 
@@ -1080,6 +1101,102 @@ pub(crate) mod tests {
             .finish();
         let (_, reason) = layer_error(read(&tar).0);
         assert!(reason.contains("symlink"), "{reason}");
+    }
+
+    /// Names of the flat tree's directory `path` (lower layer `lower`, then `upper`).
+    fn flat_names(lower: &[u8], upper: &[u8], path: &[&str]) -> Vec<String> {
+        let (l, u) = (ok(lower), ok(upper));
+        let flat = crate::flatten::flatten(&[&l.root, &u.root]);
+        flat.get(path)
+            .unwrap_or_else(|| panic!("{path:?} missing"))
+            .children
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn a_directory_recreated_after_its_whiteout_hides_the_lower_one() {
+        // `.wh.d` then `d/...` in one layer: the lower `d` is deleted and a new one made
+        // (umoci unpack: RemoveAll, then the new entries), so `d` is opaque.
+        let lower = TarBuilder::new()
+            .dir("d", 0o755)
+            .file("d/old", 0o644, b"o")
+            .dir("e", 0o755)
+            .file("e/old", 0o644, b"o")
+            .finish();
+        let upper = TarBuilder::new()
+            .file(".wh.d", 0o644, b"")
+            .file("d/new", 0o644, b"n")
+            .file(".wh.e", 0o644, b"")
+            .dir("e", 0o700)
+            .file("e/new", 0o644, b"n")
+            .finish();
+        assert_eq!(flat_names(&lower, &upper, &["d"]), vec!["new"]);
+        assert_eq!(flat_names(&lower, &upper, &["e"]), vec!["new"]);
+        let t = ok(&upper);
+        assert!(is_opaque(get(&t, "d")) && is_opaque(get(&t, "e")));
+        // Without a whiteout before, a directory entry merges with the lower one.
+        let merge = TarBuilder::new().file("d/new", 0o644, b"n").finish();
+        assert_eq!(flat_names(&lower, &merge, &["d"]), vec!["new", "old"]);
+    }
+
+    #[test]
+    fn opaque_marker_before_the_root_entry_is_kept() {
+        let lower = TarBuilder::new().file("old", 0o644, b"o").finish();
+        let upper = TarBuilder::new()
+            .file(".wh..wh..opq", 0o644, b"")
+            .dir("./", 0o700)
+            .file("new", 0o644, b"n")
+            .finish();
+        assert_eq!(flat_names(&lower, &upper, &[]), vec!["new"]);
+    }
+
+    #[test]
+    fn hard_links_survive_replacement_and_whiteout_of_their_target() {
+        let lower = TarBuilder::new().file("keep", 0o644, b"k").finish();
+        let upper = TarBuilder::new()
+            .file("a/f", 0o644, b"first")
+            .link(EntryType::Link, "a/g", "a/f")
+            .link(EntryType::Link, "b/h", "a/f")
+            .file("a/f", 0o600, b"second!")
+            .file("a/x", 0o644, b"x")
+            .link(EntryType::Link, "a/y", "a/x")
+            .file("a/.wh.x", 0o644, b"")
+            .finish();
+        let t = ok(&upper);
+        let (f, g, h) = (get(&t, "a/f"), get(&t, "a/g"), get(&t, "b/h"));
+        assert_eq!((f.size, g.size, h.size), (7, 5, 5));
+        assert_eq!(g.hash, h.hash);
+        assert_eq!((g.hardlink_group, g.linkcount), (0, 1), "group of one");
+        assert!(is_whiteout(get(&t, "a/x")));
+        assert_eq!((get(&t, "a/y").size, get(&t, "a/y").linkcount), (1, 1));
+        assert_eq!(flat_names(&lower, &upper, &["a"]), vec!["f", "g", "y"]);
+    }
+
+    #[test]
+    fn odd_names_and_directory_entries_after_their_children() {
+        let long = "n".repeat(200);
+        let tar = TarBuilder::new()
+            .file("./d/sub/f", 0o644, b"f")
+            .dir("./d/sub/", 0o700)
+            .dir("./d", 0o750)
+            .file("line\nbreak", 0o644, b"")
+            .file(&format!("x/{long}"), 0o644, b"l")
+            .file("sp ace/t\tab", 0o644, b"")
+            .finish();
+        let t = ok(&tar);
+        assert_eq!(get(&t, "d").mode, 0o040750);
+        assert_eq!(get(&t, "d/sub").mode, 0o040700);
+        assert_eq!(get(&t, "d/sub/f").size, 1);
+        assert!(t.root.get(&["line\nbreak"]).is_some());
+        assert_eq!(get(&t, &format!("x/{long}")).size, 1);
+        assert!(t.root.get(&["sp ace", "t\tab"]).is_some());
+        assert!(
+            !t.implicit_dirs
+                .iter()
+                .any(|d| d.first().is_some_and(|c| c == "d"))
+        );
     }
 
     #[test]
