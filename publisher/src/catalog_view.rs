@@ -93,7 +93,8 @@ impl LayerView for CatalogView {
     }
 
     /// `max(hardlinks >> 32)` over the catalog table (the group id is the high half of
-    /// the `hardlinks` column, CVMFS spec §6.8).
+    /// the `hardlinks` column, CVMFS spec §6.8; masked to 32 bits as the reader takes it,
+    /// since SQLite shifts the signed column arithmetically).
     fn max_hardlink_group(&self) -> Result<u32> {
         let sql = |source| Error::Sqlite {
             file: self.file.clone(),
@@ -106,7 +107,7 @@ impl LayerView for CatalogView {
         .map_err(sql)?;
         let max: i64 = conn
             .query_row(
-                "SELECT COALESCE(MAX(hardlinks >> 32), 0) FROM catalog",
+                "SELECT COALESCE(MAX((hardlinks >> 32) & 4294967295), 0) FROM catalog",
                 [],
                 |r| r.get(0),
             )

@@ -67,12 +67,21 @@ pub fn encode(e: &Entry) -> Vec<u8> {
     out
 }
 
+/// An undecodable row (the staging database fills in its file and path).
+fn bad(reason: impl Into<String>) -> Error {
+    Error::Staging {
+        file: std::path::PathBuf::new(),
+        path: String::new(),
+        reason: reason.into(),
+    }
+}
+
 struct Cursor<'a>(&'a [u8]);
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.0.len() < n {
-            return Err(Error::Task("staged row is truncated".into()));
+            return Err(bad("staged row is truncated"));
         }
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
@@ -95,7 +104,7 @@ impl<'a> Cursor<'a> {
     }
     fn string(&mut self) -> Result<String> {
         String::from_utf8(self.bytes()?.to_vec())
-            .map_err(|_| Error::Task("staged row holds a non-UTF-8 string".into()))
+            .map_err(|_| bad("staged row holds a non-UTF-8 string"))
     }
     fn hash(&mut self) -> Result<Option<ContentHash>> {
         let tag = self.array::<1>()?[0];
@@ -104,7 +113,7 @@ impl<'a> Cursor<'a> {
             1 => HashAlgorithm::Sha1,
             2 => HashAlgorithm::Rmd160,
             3 => HashAlgorithm::Shake128,
-            t => return Err(Error::Task(format!("staged row has hash tag {t}"))),
+            t => return Err(bad(format!("staged row has hash tag {t}"))),
         };
         Ok(Some(ContentHash {
             algorithm,
@@ -115,12 +124,13 @@ impl<'a> Cursor<'a> {
 
 /// Decodes what [`encode`] wrote, naming the entry `name`.
 ///
-/// Errors: [`Error::Task`] if the bytes are not such an encoding.
+/// Errors: [`Error::Staging`] (without file and path) if the bytes are not such an
+/// encoding.
 pub fn decode(name: &str, bytes: &[u8]) -> Result<Entry> {
     let mut c = Cursor(bytes);
     let mode = c.u32()?;
     let kind = EntryKind::from_mode(mode)
-        .ok_or_else(|| Error::Task(format!("staged row {name:?} has mode {mode:o}")))?;
+        .ok_or_else(|| bad(format!("staged row {name:?} has mode {mode:o}")))?;
     let size = c.u64()?;
     let rdev = c.u64()?;
     let uid = c.u32()?;
@@ -145,7 +155,7 @@ pub fn decode(name: &str, bytes: &[u8]) -> Result<Entry> {
         let size = c.u64()?;
         let hash = c
             .hash()?
-            .ok_or_else(|| Error::Task(format!("staged chunk of {name:?} has no hash")))?;
+            .ok_or_else(|| bad(format!("staged chunk of {name:?} has no hash")))?;
         chunks.push(Chunk { offset, size, hash });
     }
     Ok(Entry {

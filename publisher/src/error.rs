@@ -116,6 +116,17 @@ pub enum Error {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// A row of a layer's scratch database ([`crate::staging`]) could not be decoded (the
+    /// file was damaged while the layer was being converted).
+    #[error("staging database {}: row {path:?}: {reason}", file.display())]
+    Staging {
+        /// The database file.
+        file: PathBuf,
+        /// The row's path below the layer root.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use catalog::{Entry, EntryKind};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::staging::join;
 use crate::tree::{DIR_SIZE, Node, OPAQUE_XATTR, components, is_whiteout};
 
@@ -110,6 +110,9 @@ pub struct Image<'a> {
 impl<'a> Image<'a> {
     /// The image made of `layers` (lowest first). Reads each root row and the largest
     /// hard-link group of each layer.
+    ///
+    /// Errors: those of the views; [`Error::Task`] if the layers' hard-link groups do not
+    /// fit in one `u32` numbering (CVMFS spec §6.8: 32-bit group ids).
     pub fn new(layers: Vec<&'a dyn LayerView>) -> Result<Image<'a>> {
         let mut roots = Vec::with_capacity(layers.len());
         let mut offsets = Vec::with_capacity(layers.len());
@@ -117,7 +120,15 @@ impl<'a> Image<'a> {
         for l in &layers {
             roots.push(l.root()?);
             offsets.push(offset);
-            offset = offset.saturating_add(l.max_hardlink_group()?);
+            let max = l.max_hardlink_group()?;
+            // Saturating here would let `apply` overflow a group id (a panic, or groups
+            // of different layers merged).
+            offset = offset.checked_add(max).ok_or_else(|| {
+                Error::Task(format!(
+                    "the layers hold more than {} hard-link groups together",
+                    u32::MAX
+                ))
+            })?;
         }
         Ok(Image {
             layers,
@@ -504,6 +515,29 @@ mod tests {
         assert_eq!(g("oney"), (0, 1), "group of one dissolved");
         assert_eq!(g("twox"), (2, 2));
         assert_eq!(g("twoy"), (2, 2));
+    }
+
+    #[test]
+    fn hard_link_groups_that_do_not_fit_are_an_error() {
+        let grouped = |name: &str, group: u32| {
+            let mut root = Node::dir("", 0o755, 0);
+            for n in ["x", "y"] {
+                let mut e = file_entry(&format!("{name}{n}"), 0o644, 0, 0, 0, 1, h(b"x"));
+                e.hardlink_group = group;
+                root.insert(&[], Node::leaf(e), 0);
+            }
+            root
+        };
+        let (l0, l1) = (grouped("a", u32::MAX), grouped("b", 1));
+        let r = Image::new(vec![&l0 as &dyn LayerView, &l1]);
+        assert!(matches!(r, Err(Error::Task(m)) if m.contains("hard-link groups")));
+        let l0 = grouped("a", u32::MAX - 1);
+        let image = Image::new(vec![&l0 as &dyn LayerView, &l1]);
+        let flat = image
+            .and_then(|i| collect(&i, Vec::new()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let g = |n: &str| flat.get(&[n]).map(|n| n.entry.hardlink_group);
+        assert_eq!((g("ax"), g("bx")), (Some(u32::MAX - 1), Some(u32::MAX)));
     }
 
     #[test]

@@ -281,7 +281,8 @@ pub(crate) async fn ingest_batch(
         let mut converted: std::collections::HashMap<_, _> = converted.into_iter().collect();
         for set in &sets {
             for img in &set.images {
-                add_image(&repo2, &mut ns, img, &mut converted)?;
+                let label = format!("{} ({})", set.name, img.platform);
+                add_image(&repo2, &mut ns, &label, img, &mut converted)?;
             }
             add_metadata(&repo2, &mut ns, set, &default_platform)?;
         }
@@ -299,6 +300,7 @@ pub(crate) async fn ingest_batch(
 fn add_image(
     repo: &Repo,
     ns: &mut Namespace,
+    label: &str,
     image: &FetchedImage,
     converted: &mut std::collections::HashMap<String, StagedLayer>,
 ) -> Result<()> {
@@ -325,7 +327,12 @@ fn add_image(
         let (hh, hex) = split_digest(digest)?;
         let Some(staged) = converted.remove(digest) else {
             if need_views {
-                views.push(published_layer_view(repo, ns, digest)?);
+                let view = published_layer_view(repo, ns, digest).map_err(in_layer(
+                    label,
+                    digest,
+                    "opening its published catalog",
+                ))?;
+                views.push(view);
             }
             continue;
         };
@@ -337,7 +344,8 @@ fn add_image(
         let layerfs = write_streamed(repo, &ns.manifest, &path, |out| {
             staged.emit((!lower.is_empty()).then_some(&lower), out)?;
             Ok(())
-        })?;
+        })
+        .map_err(in_layer(label, digest, "writing its catalog"))?;
         drop(lower);
         let bucket = bucket_mut(ns, &hh, empty, now);
         bucket.insert(&[&hex], layerfs.mountpoint(), now);
@@ -374,19 +382,42 @@ fn add_image(
     // The flattened image, merged from the layer catalogs into its own catalog. No marker
     // either: the flat tree is the image's root file system as is.
     if !flat_exists {
-        let flat = Image::new(views.iter().map(|v| v as &dyn LayerView).collect())?;
+        let flat_error = |e: Error| Error::Image {
+            image: label.to_string(),
+            reason: format!("building the flat tree from the layer catalogs: {e}"),
+        };
+        let flat =
+            Image::new(views.iter().map(|v| v as &dyn LayerView).collect()).map_err(flat_error)?;
         let root_mtime = flat.root_entry().mtime;
         let singularity = crate::singularity::dir_node(store, &image.config, root_mtime)?;
         let path = format!("/.flat/{chh}/{chex}");
         let catalog = write_streamed(repo, &ns.manifest, &path, |out| {
             flat.emit(vec![singularity], out)?;
             Ok(())
-        })?;
+        })
+        .map_err(flat_error)?;
         ns.root.insert(&[".flat", &chh], catalog.mountpoint(), now);
     }
     drop(views);
     drop(written);
     Ok(())
+}
+
+/// Names `image` and `layer` in an error met while `doing` something with the layer (an
+/// [`Error::Layer`] is kept; a damaged staged row names its path as the entry).
+fn in_layer<'a>(image: &'a str, layer: &'a str, doing: &'a str) -> impl Fn(Error) -> Error + 'a {
+    move |e| match e {
+        Error::Layer { .. } => e,
+        other => Error::Layer {
+            image: image.to_string(),
+            layer: layer.to_string(),
+            entry: match &other {
+                Error::Staging { path, .. } => path.clone(),
+                _ => String::new(),
+            },
+            reason: format!("{doing}: {other}"),
+        },
+    }
 }
 
 /// The published catalog of the layer `digest` in `ns`, inflated into `DIR/tmp` and opened.

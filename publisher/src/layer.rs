@@ -1200,6 +1200,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_damaged_staged_row_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = LocalStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let tar = TarBuilder::new()
+            .file("etc/passwd", 0o644, b"root")
+            .finish();
+        let blob = gzip(&tar);
+        let staged = super::read_layer(
+            &blob[..],
+            &id_for(&blob, &tar),
+            &Pool::new(&store, 2),
+            &Limits::default(),
+            dir.path(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let db = staged.dir.path().join(STAGING_FILE);
+        let conn = rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
+        conn.execute("UPDATE rows SET entry = x'0102' WHERE name = 'passwd'", [])
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(conn);
+        let r = staged.emit(None, &mut |_: &str, _: &Entry| Ok(()));
+        match r {
+            Err(Error::Staging { file, path, reason }) => {
+                assert_eq!((file, path.as_str()), (db, "etc/passwd"));
+                assert!(reason.contains("truncated"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn hostile_paths_are_rejected() {
         for name in [&b"../etc/passwd"[..], b"a/../../x", b"/../../root"] {
             let tar = TarBuilder::new().raw_file(name).finish();

@@ -99,6 +99,19 @@ impl Staging {
         }
     }
 
+    /// Decodes the row `parent/name`; an undecodable one is an [`Error::Staging`] naming
+    /// the database and the path.
+    fn decode(&self, parent: &str, name: &str, bytes: &[u8]) -> Result<Entry> {
+        entry_codec::decode(name, bytes).map_err(|e| Error::Staging {
+            file: self.file.clone(),
+            path: join(parent, name),
+            reason: match e {
+                Error::Staging { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        })
+    }
+
     /// Ends the write transaction (further writes run one statement at a time).
     pub fn commit(&mut self) -> Result<()> {
         if self.in_txn {
@@ -122,7 +135,7 @@ impl Staging {
             .map_err(|e| self.sql(e))?;
         row.map(|(explicit, bytes)| {
             Ok(Row {
-                entry: entry_codec::decode(name, &bytes)?,
+                entry: self.decode(parent, name, &bytes)?,
                 explicit,
             })
         })
@@ -184,7 +197,7 @@ impl Staging {
         for r in rows {
             let (name, explicit, bytes) = r.map_err(|e| self.sql(e))?;
             out.push(Row {
-                entry: entry_codec::decode(&name, &bytes)?,
+                entry: self.decode(dir, &name, &bytes)?,
                 explicit,
             });
         }
