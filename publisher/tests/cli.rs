@@ -202,6 +202,9 @@ fn sigkill_during_ingest_leaves_a_servable_revision() {
     // the rerun removed the killed runs' leftovers
     let txn: Vec<_> = ok(std::fs::read_dir(repo.join("srv/data/txn"))).collect();
     assert!(txn.is_empty(), "temp objects left: {txn:?}");
+    // and the staging databases and catalogs of the killed runs in DIR/tmp
+    let tmp: Vec<_> = ok(std::fs::read_dir(repo.join("tmp"))).collect();
+    assert!(tmp.is_empty(), "scratch left in DIR/tmp: {tmp:?}");
     let ls = run_ok(&["ls", "--repo", &r]);
     assert!(ls.contains("localhost/layout:1"), "{ls}");
 }
