@@ -475,7 +475,14 @@ async fn verify_command(
         let fqrn = fqrn.unwrap_or_else(|| r.settings.fqrn.clone());
         let key = pubkey.unwrap_or_else(|| r.key_path("pub"));
         let srv = dir.join("srv");
-        (Box::new(DirFetcher { srv }), fqrn, key, r.tmp_dir()?)
+        // Not DIR/tmp: verify takes no repository lock, and an ingest or sync starting
+        // meanwhile clears DIR/tmp of a killed run's leftovers (TMPDIR chooses the place).
+        (
+            Box::new(DirFetcher { srv }),
+            fqrn,
+            key,
+            std::env::temp_dir(),
+        )
     };
     let pem = std::fs::read_to_string(&key_file)
         .with_context(|| format!("reading {}", key_file.display()))?;
