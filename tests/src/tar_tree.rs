@@ -4,7 +4,9 @@
 //!
 //! * `DIR/.wh.NAME` → a character device 0:0 named `NAME`, mode `S_IFCHR|0`, owned by
 //!   root, with the whiteout entry's mtime;
-//! * `DIR/.wh..wh..opq` → xattr `trusted.overlay.opaque` = `y` on `DIR`.
+//! * `DIR/.wh..wh..opq` → xattr `trusted.overlay.opaque` = `y` on `DIR`;
+//! * a directory the layer makes where it had a whiteout or a non-directory (`.wh.d` then
+//!   `d/x`) is opaque too: unpacking deletes the lower `d` before making the new one.
 //!
 //! Tar semantics as unpacking applies them (OCI image spec `layer.md`): PAX records
 //! (`path`, `linkpath`, `mtime` with nanoseconds, `uid`, `gid`, `SCHILY.xattr.*`) override
@@ -143,7 +145,13 @@ fn add_entry<R: Read>(tree: &mut Tree, mut entry: tar::Entry<'_, R>, what: &str)
                     }
                     tree.insert(path, node);
                 }
-                _ => replace(tree, &path, node),
+                Some(_) => {
+                    // The layer removed what was here (a whiteout or a file): unpacking
+                    // deletes the lower directory first, so this one hides it.
+                    node.xattrs.insert(OPAQUE_XATTR.to_owned(), b"y".to_vec());
+                    replace(tree, &path, node);
+                }
+                None => replace(tree, &path, node),
             }
             return Ok(());
         }
@@ -221,9 +229,14 @@ fn ensure_dirs(tree: &mut Tree, dir: &str, implicit: bool) {
     let mut path = String::new();
     for c in dir.split('/') {
         path = crate::fstree::child_path(&path, c);
-        if tree.get(&path).is_none_or(|n| n.kind != Kind::Dir) {
+        let existing = tree.get(&path).map(|n| n.kind);
+        if existing != Some(Kind::Dir) {
             let mut node = Node::new(Kind::Dir, 0o755);
             node.implicit = implicit;
+            if existing.is_some() {
+                // Replaces a whiteout or a file of this layer: opaque, as above.
+                node.xattrs.insert(OPAQUE_XATTR.to_owned(), b"y".to_vec());
+            }
             replace(tree, &path, node);
         }
     }
@@ -403,6 +416,30 @@ mod tests {
         raw[4..].copy_from_slice(&10_000_000_000i64.to_be_bytes());
         h.as_old_mut().mtime = raw;
         assert_eq!(header_mtime(&h), Ok(10_000_000_000));
+    }
+
+    #[test]
+    fn a_directory_made_where_the_layer_had_a_whiteout_or_a_file_is_opaque() {
+        let mut b = Builder::new(Vec::new());
+        let mut add = |h: &mut Header, path: &str, data: &[u8]| {
+            b.append_data(h, path, data).unwrap();
+        };
+        add(&mut header(EntryType::Regular, 0o644, 0), ".wh.w", b"");
+        add(&mut header(EntryType::Regular, 0o644, 1), "w/n", b"n");
+        add(&mut header(EntryType::Regular, 0o644, 1), "f", b"f");
+        add(&mut header(EntryType::Directory, 0o755, 0), "f", b"");
+        add(&mut header(EntryType::Directory, 0o755, 0), "plain", b"");
+        add(&mut header(EntryType::Regular, 0o644, 1), "implied/x", b"x");
+        let bytes = b.into_inner().unwrap();
+        let tree = tar_tree(&bytes[..], "test").unwrap();
+        let opaque = |p: &str| tree[p].xattrs.get(OPAQUE_XATTR).map(Vec::as_slice);
+        assert_eq!(tree["w"].kind, Kind::Dir);
+        assert_eq!(opaque("w"), Some(&b"y"[..]));
+        assert_eq!(tree["f"].kind, Kind::Dir);
+        assert_eq!(opaque("f"), Some(&b"y"[..]));
+        assert_eq!(opaque("plain"), None);
+        assert_eq!(opaque("implied"), None);
+        assert!(tree.contains_key("w/n"));
     }
 
     #[test]
