@@ -45,6 +45,7 @@ const S_IFIFO: u32 = 0o010000;
 
 /// File type of an entry; must agree with the type bits of [`Entry::mode`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum EntryKind {
     /// `S_IFDIR`.
     Directory,
@@ -107,6 +108,7 @@ impl EntryKind {
 /// One chunk of a chunked regular file (spec §6.11): uncompressed `offset` and `size` in
 /// bytes, `hash` of the stored chunk object (suffix `P`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Chunk {
     /// Uncompressed start offset in bytes.
     pub offset: u64,
@@ -118,6 +120,7 @@ pub struct Chunk {
 
 /// One catalog row (spec §6.3, §6.7).
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Entry {
     /// Last path component; `""` for the repository root.
     pub name: String,

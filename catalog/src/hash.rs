@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 
 /// A content hash algorithm (spec §2.1). All produce 20-byte digests.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum HashAlgorithm {
     /// SHA-1, text identifier `""`, flag code 0. The only one this crate writes by default.
     #[default]
@@ -102,6 +103,7 @@ impl Suffix {
 ///
 /// For objects the digest is computed over the **stored** (normally zlib-compressed) bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ContentHash {
     /// The algorithm that produced `digest`.
     pub algorithm: HashAlgorithm,

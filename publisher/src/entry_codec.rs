@@ -1,71 +1,13 @@
-//! A compact binary form of one catalog row ([`catalog::Entry`], without its name), for the
-//! scratch databases that layers are staged in while they are read ([`crate::staging`]).
+//! A compact binary form of one catalog row ([`catalog::Entry`]), for the scratch
+//! databases that layers are staged in while they are read ([`crate::staging`]).
 //!
-//! Layout (little endian): `mode u32, size u64, rdev u64, uid u32, gid u32, mtime i64,
-//! mtime_ns u32 (u32::MAX = none), linkcount u32, hardlink_group u32, flags u32,
-//! compressed u8, hash (u8 tag: 0 none, 1 + algorithm code; then 20 bytes), symlink
-//! (u32 length + bytes), xattrs (u32 count; each u32 key length + key, u32 value length +
-//! value), chunks (u32 count; each offset u64, size u64, hash tag + 20 bytes)`. The kind
-//! is taken from the type bits of `mode` (they agree, [`catalog::Entry::validate`]).
+//! The row's serde form (the `catalog` crate's `serde` feature) in postcard: integers as
+//! varints, strings and byte strings length-prefixed. Scratch data only: it is written
+//! and read by the same build, so the layout needs no versioning.
 
-use std::collections::BTreeMap;
-
-use catalog::{Chunk, ContentHash, Entry, EntryKind, HashAlgorithm};
+use catalog::Entry;
 
 use crate::error::{Error, Result};
-
-fn algorithm_code(a: HashAlgorithm) -> u8 {
-    match a {
-        HashAlgorithm::Sha1 => 0,
-        HashAlgorithm::Rmd160 => 1,
-        HashAlgorithm::Shake128 => 2,
-    }
-}
-
-fn put_hash(out: &mut Vec<u8>, h: Option<&ContentHash>) {
-    match h {
-        None => out.push(0),
-        Some(h) => {
-            out.push(1 + algorithm_code(h.algorithm));
-            out.extend_from_slice(&h.digest);
-        }
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
-}
-
-/// Encodes `e` (its name is not stored).
-pub fn encode(e: &Entry) -> Vec<u8> {
-    let mut out = Vec::with_capacity(80 + e.symlink.len() + 48 * e.chunks.len());
-    out.extend_from_slice(&e.mode.to_le_bytes());
-    out.extend_from_slice(&e.size.to_le_bytes());
-    out.extend_from_slice(&e.rdev.to_le_bytes());
-    out.extend_from_slice(&e.uid.to_le_bytes());
-    out.extend_from_slice(&e.gid.to_le_bytes());
-    out.extend_from_slice(&e.mtime.to_le_bytes());
-    out.extend_from_slice(&e.mtime_ns.unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(&e.linkcount.to_le_bytes());
-    out.extend_from_slice(&e.hardlink_group.to_le_bytes());
-    out.extend_from_slice(&e.flags.to_le_bytes());
-    out.push(u8::from(e.compressed));
-    put_hash(&mut out, e.hash.as_ref());
-    put_bytes(&mut out, e.symlink.as_bytes());
-    out.extend_from_slice(&(e.xattrs.len() as u32).to_le_bytes());
-    for (k, v) in &e.xattrs {
-        put_bytes(&mut out, k.as_bytes());
-        put_bytes(&mut out, v);
-    }
-    out.extend_from_slice(&(e.chunks.len() as u32).to_le_bytes());
-    for c in &e.chunks {
-        out.extend_from_slice(&c.offset.to_le_bytes());
-        out.extend_from_slice(&c.size.to_le_bytes());
-        put_hash(&mut out, Some(&c.hash));
-    }
-    out
-}
 
 /// An undecodable row (the staging database fills in its file and path).
 fn bad(reason: impl Into<String>) -> Error {
@@ -76,114 +18,37 @@ fn bad(reason: impl Into<String>) -> Error {
     }
 }
 
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.0.len() < n {
-            return Err(bad("staged row is truncated"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-    fn bytes(&mut self) -> Result<&'a [u8]> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-    fn string(&mut self) -> Result<String> {
-        String::from_utf8(self.bytes()?.to_vec())
-            .map_err(|_| bad("staged row holds a non-UTF-8 string"))
-    }
-    fn hash(&mut self) -> Result<Option<ContentHash>> {
-        let tag = self.array::<1>()?[0];
-        let algorithm = match tag {
-            0 => return Ok(None),
-            1 => HashAlgorithm::Sha1,
-            2 => HashAlgorithm::Rmd160,
-            3 => HashAlgorithm::Shake128,
-            t => return Err(bad(format!("staged row has hash tag {t}"))),
-        };
-        Ok(Some(ContentHash {
-            algorithm,
-            digest: self.array()?,
-        }))
-    }
+/// Encodes `e`.
+///
+/// Errors: [`Error::Staging`] (without file and path) if postcard cannot encode it, which
+/// an in-memory row does not cause.
+pub fn encode(e: &Entry) -> Result<Vec<u8>> {
+    postcard::to_allocvec(e).map_err(|err| bad(format!("cannot encode the row: {err}")))
 }
 
-/// Decodes what [`encode`] wrote, naming the entry `name`.
+/// Decodes what [`encode`] wrote for the entry named `name`.
 ///
 /// Errors: [`Error::Staging`] (without file and path) if the bytes are not such an
-/// encoding.
+/// encoding, or are the row of another name.
 pub fn decode(name: &str, bytes: &[u8]) -> Result<Entry> {
-    let mut c = Cursor(bytes);
-    let mode = c.u32()?;
-    let kind = EntryKind::from_mode(mode)
-        .ok_or_else(|| bad(format!("staged row {name:?} has mode {mode:o}")))?;
-    let size = c.u64()?;
-    let rdev = c.u64()?;
-    let uid = c.u32()?;
-    let gid = c.u32()?;
-    let mtime = c.u64()? as i64;
-    let mtime_ns = Some(c.u32()?).filter(|n| *n != u32::MAX);
-    let linkcount = c.u32()?;
-    let hardlink_group = c.u32()?;
-    let flags = c.u32()?;
-    let compressed = c.array::<1>()?[0] != 0;
-    let hash = c.hash()?;
-    let symlink = c.string()?;
-    let mut xattrs = BTreeMap::new();
-    for _ in 0..c.u32()? {
-        let k = c.string()?;
-        xattrs.insert(k, c.bytes()?.to_vec());
+    let entry: Entry = postcard::from_bytes(bytes).map_err(|err| match err {
+        postcard::Error::DeserializeUnexpectedEnd => bad("staged row is truncated"),
+        err => bad(format!("staged row is not a row: {err}")),
+    })?;
+    if entry.name != name {
+        return Err(bad(format!(
+            "staged row under {name:?} holds the entry {:?}",
+            entry.name
+        )));
     }
-    let n = c.u32()?;
-    let mut chunks = Vec::with_capacity(n.min(1 << 16) as usize);
-    for _ in 0..n {
-        let offset = c.u64()?;
-        let size = c.u64()?;
-        let hash = c
-            .hash()?
-            .ok_or_else(|| bad(format!("staged chunk of {name:?} has no hash")))?;
-        chunks.push(Chunk { offset, size, hash });
-    }
-    Ok(Entry {
-        name: name.to_string(),
-        kind,
-        mode,
-        size,
-        rdev,
-        uid,
-        gid,
-        mtime,
-        mtime_ns,
-        hash,
-        compressed,
-        symlink,
-        linkcount,
-        hardlink_group,
-        xattrs,
-        chunks,
-        flags,
-        rowid: 0,
-    })
+    Ok(entry)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tree::{dir_entry, file_entry, special_entry, symlink_entry};
+    use catalog::{Chunk, ContentHash, EntryKind, HashAlgorithm};
 
     #[test]
     fn every_field_survives() {
@@ -214,8 +79,13 @@ mod tests {
             symlink_entry("l", "../t", 0, 0, 0),
             special_entry("tty", EntryKind::CharDevice, 0o600, 0x501),
         ] {
-            assert_eq!(decode(&e.name, &encode(&e)).ok(), Some(e));
+            let bytes = encode(&e).unwrap_or_else(|err| panic!("{err}"));
+            assert_eq!(decode(&e.name, &bytes).ok(), Some(e));
         }
         assert!(decode("x", &[1, 2, 3]).is_err());
+        let d = dir_entry("d", 0o755, 0, 0, 0);
+        let bytes = encode(&d).unwrap_or_else(|err| panic!("{err}"));
+        assert!(decode("other", &bytes).is_err());
+        assert!(decode("d", &bytes[..bytes.len() - 1]).is_err());
     }
 }

@@ -102,14 +102,19 @@ impl Staging {
     /// Decodes the row `parent/name`; an undecodable one is an [`Error::Staging`] naming
     /// the database and the path.
     fn decode(&self, parent: &str, name: &str, bytes: &[u8]) -> Result<Entry> {
-        entry_codec::decode(name, bytes).map_err(|e| Error::Staging {
+        entry_codec::decode(name, bytes).map_err(|e| self.at(parent, name, e))
+    }
+
+    /// `e` as an [`Error::Staging`] naming the database and the row `parent/name`.
+    fn at(&self, parent: &str, name: &str, e: Error) -> Error {
+        Error::Staging {
             file: self.file.clone(),
             path: join(parent, name),
             reason: match e {
                 Error::Staging { reason, .. } => reason,
                 other => other.to_string(),
             },
-        })
+        }
     }
 
     /// Ends the write transaction (further writes run one statement at a time).
@@ -145,6 +150,7 @@ impl Staging {
     /// Stores `entry` as `parent/<entry.name>`, replacing the row there (not its children:
     /// see [`Staging::remove_below`]).
     pub fn put(&self, parent: &str, entry: &Entry, explicit: bool) -> Result<()> {
+        let bytes = entry_codec::encode(entry).map_err(|e| self.at(parent, &entry.name, e))?;
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -157,7 +163,7 @@ impl Staging {
             entry.name,
             entry.kind == catalog::EntryKind::Directory,
             explicit,
-            entry_codec::encode(entry)
+            bytes
         ])
         .map_err(|e| self.sql(e))?;
         Ok(())
