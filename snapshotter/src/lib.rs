@@ -20,6 +20,7 @@ pub mod api;
 pub mod breadcrumb;
 pub mod cache;
 pub mod cache_cmd;
+pub mod catalog_counters;
 pub mod config;
 pub mod fetch;
 pub mod fuse;

@@ -1616,7 +1616,7 @@ fn root_lowerdir(proc_mounts: &str) -> Option<String> {
 /// `security.capability` and answers `user.catalog_counters` (hidden from listxattr):
 /// layer 0 counts its xattr, layer 1 none; each layer is its own catalog.
 fn check_plain_mount(stack: &stack::Stack, image: &stack::Built) {
-    use snapshotter::snapshots::plain::{CatalogCounters, XATTR_CATALOG_COUNTERS};
+    use snapshotter::catalog_counters::{CATALOG_COUNTERS_XATTR, CatalogCounters};
     let layers: Vec<PathBuf> = image
         .layer_digests
         .iter()
@@ -1633,7 +1633,7 @@ fn check_plain_mount(stack: &stack::Stack, image: &stack::Built) {
         .collect();
     assert!(
         listed.iter().any(|n| n == "security.capability")
-            && !listed.iter().any(|n| n == XATTR_CATALOG_COUNTERS),
+            && !listed.iter().any(|n| n == CATALOG_COUNTERS_XATTR),
         "{listed:?}"
     );
     let plain_cap_cat = plain_of(stack, &cap_cat);
@@ -1650,7 +1650,7 @@ fn check_plain_mount(stack: &stack::Stack, image: &stack::Built) {
         "listxattr on the plain mount",
     );
     refused(
-        xattr::get(plain_of(stack, &layers[0]), XATTR_CATALOG_COUNTERS).map(drop),
+        xattr::get(plain_of(stack, &layers[0]), CATALOG_COUNTERS_XATTR).map(drop),
         "getxattr user.catalog_counters on the plain mount",
     );
     assert_eq!(
@@ -1659,9 +1659,9 @@ fn check_plain_mount(stack: &stack::Stack, image: &stack::Built) {
         "the plain mount is the same tree"
     );
     for (i, (layer, xattrs)) in layers.iter().zip([1, 0]).enumerate() {
-        let value = xattr::get(layer, XATTR_CATALOG_COUNTERS)
+        let value = xattr::get(layer, CATALOG_COUNTERS_XATTR)
             .expect("getxattr user.catalog_counters")
-            .unwrap_or_else(|| panic!("layer {i}: no {XATTR_CATALOG_COUNTERS}"));
+            .unwrap_or_else(|| panic!("layer {i}: no {CATALOG_COUNTERS_XATTR}"));
         let counters = CatalogCounters::parse(&value)
             .unwrap_or_else(|e| panic!("layer {i}: {e}: {:?}", String::from_utf8_lossy(&value)));
         assert_eq!(
@@ -1680,12 +1680,12 @@ fn check_plain_mount(stack: &stack::Stack, image: &stack::Built) {
             .map(|n| n.to_string_lossy().into_owned())
             .collect();
         assert!(
-            !names.iter().any(|n| n == XATTR_CATALOG_COUNTERS),
+            !names.iter().any(|n| n == CATALOG_COUNTERS_XATTR),
             "magic xattr listed: {names:?}"
         );
     }
     // Any path answers: its catalog's counters.
-    let value = xattr::get(layers[0].join("bin"), XATTR_CATALOG_COUNTERS)
+    let value = xattr::get(layers[0].join("bin"), CATALOG_COUNTERS_XATTR)
         .expect("getxattr")
         .expect("user.catalog_counters on a subdirectory");
     assert_eq!(CatalogCounters::parse(&value).map(|c| c.xattrs()), Ok(1));

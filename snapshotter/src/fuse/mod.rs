@@ -86,11 +86,7 @@ pub use inodes::{Inodes, Node, ROOT_INODE};
 /// How long the kernel may cache entries, attributes and negative lookups.
 pub const TTL: Duration = Duration::from_secs(300);
 
-/// The CVMFS magic extended attribute with the hosting catalog's statistics; value
-/// `catalog_hash: <hex>\ncatalog_mountpoint: <path>\n` then `self_<counter>,<n>\n` and
-/// `subtree_<counter>,<n>\n` lines sorted by key (stock CVMFS `magic_xattr.cc`; counters of
-/// spec §6.13, e.g. `self_xattr`).
-pub const CATALOG_COUNTERS_XATTR: &str = "user.catalog_counters";
+pub use crate::catalog_counters::CATALOG_COUNTERS_XATTR;
 
 /// An open regular file.
 enum OpenFile {
@@ -337,7 +333,10 @@ impl StrataFs {
             self.catalog_of(node)?
         };
         let stats = catalog.with(|r| r.statistics())?;
-        Ok(counters_text(&catalog.hash.to_hex(), &catalog.mountpoint, &stats).into_bytes())
+        Ok(
+            crate::catalog_counters::to_text(&catalog.hash.to_hex(), &catalog.mountpoint, &stats)
+                .into_bytes(),
+        )
     }
 
     /// A handle that switches the served revision while the session runs.
@@ -1017,26 +1016,6 @@ impl Filesystem for StrataFs {
     }
 }
 
-/// The [`CATALOG_COUNTERS_XATTR`] text of the catalog with hash `hash` (hex) mounted at
-/// `mountpoint`: stock CVMFS's `catalog_hash`/`catalog_mountpoint` lines, then every
-/// `self_`/`subtree_` counter as `name,value`, sorted by name.
-fn counters_text(hash: &str, mountpoint: &str, stats: &catalog::Statistics) -> String {
-    let mut lines = std::collections::BTreeMap::new();
-    for (prefix, counters) in [("self", &stats.self_), ("subtree", &stats.subtree)] {
-        for (name, value) in catalog::statistics::COUNTER_NAMES
-            .iter()
-            .zip(counters.values())
-        {
-            lines.insert(format!("{prefix}_{name}"), value);
-        }
-    }
-    let mut text = format!("catalog_hash: {hash}\ncatalog_mountpoint: {mountpoint}\n");
-    for (key, value) in lines {
-        text.push_str(&format!("{key},{value}\n"));
-    }
-    text
-}
-
 /// The `listxattr` buffer: each stored name followed by NUL.
 fn xattr_names(entry: &Entry) -> Vec<u8> {
     let mut names = Vec::new();
@@ -1088,30 +1067,6 @@ mod tests {
             }),
             Errno::ENOSPC
         );
-    }
-
-    #[test]
-    fn catalog_counters_have_the_cvmfs_format() {
-        let mut stats = catalog::Statistics::default();
-        stats.self_.regular = 3;
-        stats.self_.xattr = 2;
-        stats.subtree.xattr = 5;
-        let text = counters_text("abc123", "/.layers/ab/abcd/layerfs", &stats);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "catalog_hash: abc123");
-        assert_eq!(lines[1], "catalog_mountpoint: /.layers/ab/abcd/layerfs");
-        assert_eq!(lines.len(), 2 + 24);
-        assert!(lines.contains(&"self_regular,3"));
-        assert!(lines.contains(&"self_xattr,2"));
-        assert!(lines.contains(&"subtree_xattr,5"));
-        assert!(lines.contains(&"subtree_external_file_size,0"));
-        let keys: Vec<&str> = lines[2..]
-            .iter()
-            .map(|l| l.split(',').next().unwrap())
-            .collect();
-        let mut sorted = keys.clone();
-        sorted.sort();
-        assert_eq!(keys, sorted);
     }
 
     #[test]

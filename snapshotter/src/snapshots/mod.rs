@@ -1201,13 +1201,13 @@ mod tests {
         };
         xattr::set(
             repo.layer_path(LAYER1),
-            plain::XATTR_CATALOG_COUNTERS,
+            crate::catalog_counters::CATALOG_COUNTERS_XATTR,
             counters(LAYER1, 0).as_bytes(),
         )
         .expect("setxattr");
         xattr::set(
             repo.layer_path(LAYER2),
-            plain::XATTR_CATALOG_COUNTERS,
+            crate::catalog_counters::CATALOG_COUNTERS_XATTR,
             counters(LAYER2, 2).as_bytes(),
         )
         .expect("setxattr");

@@ -10,7 +10,7 @@
 //! A layer (or flat tree) may use the plain mount only if it carries no extended
 //! attribute at all — opaque directories (`trusted.overlay.opaque`), file capabilities
 //! (`security.capability`) and user xattrs must stay visible. The main mount says so in
-//! the CVMFS magic attribute [`XATTR_CATALOG_COUNTERS`] of the directory: a layer's
+//! the CVMFS magic attribute [`CATALOG_COUNTERS_XATTR`] of the directory: a layer's
 //! `layerfs` and a flat tree are each exactly one nested catalog, so the tree has no
 //! xattrs iff `self_xattr + subtree_xattr == 0` ([`CatalogCounters`]).
 //!
@@ -18,85 +18,13 @@
 //! and `<plain>/<rel>` is a directory, and leaves every other path alone. Blocking:
 //! getxattr and stat in the FUSE mounts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use tracing::debug;
 
-/// The CVMFS magic extended attribute with a catalog's statistics counters, as the
-/// mount serves it (format in [`CatalogCounters::parse`]).
-pub use crate::fuse::CATALOG_COUNTERS_XATTR as XATTR_CATALOG_COUNTERS;
-
-/// The value of [`XATTR_CATALOG_COUNTERS`]: the catalog whose statistics these are and
-/// its counters (CVMFS spec §6.13, table `statistics`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CatalogCounters {
-    /// Content hash of the catalog, lowercase hex.
-    pub catalog_hash: String,
-    /// Repository path of the catalog's root: `""` for the root catalog, else `/a/b`.
-    pub catalog_mountpoint: String,
-    /// `<self|subtree>_<counter>` → value, e.g. `self_xattr` → 0.
-    pub counters: BTreeMap<String, i64>,
-}
-
-impl CatalogCounters {
-    /// Parses the attribute value
-    ///
-    /// ```text
-    /// catalog_hash: <hex>
-    /// catalog_mountpoint: <"" or /a/b>
-    /// <prefix>_<counter>,<value>        (one per line, any number)
-    /// ```
-    ///
-    /// as CVMFS writes it (`catalog_counters` magic xattr). Errors (a human-readable
-    /// reason) for anything else, and when `self_xattr` or `subtree_xattr` is missing.
-    pub fn parse(value: &[u8]) -> std::result::Result<CatalogCounters, String> {
-        let text = std::str::from_utf8(value).map_err(|_| "not UTF-8".to_string())?;
-        let mut lines = text.lines();
-        let catalog_hash = lines
-            .next()
-            .and_then(|l| l.strip_prefix("catalog_hash: "))
-            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or("first line is not `catalog_hash: <hex>`")?
-            .to_string();
-        let catalog_mountpoint = lines
-            .next()
-            .and_then(|l| l.strip_prefix("catalog_mountpoint:"))
-            .map(str::trim_start)
-            .filter(|m| m.is_empty() || m.starts_with('/'))
-            .ok_or("second line is not `catalog_mountpoint: <path>`")?
-            .to_string();
-        let mut counters = BTreeMap::new();
-        for line in lines.filter(|l| !l.is_empty()) {
-            let (key, value) = line
-                .split_once(',')
-                .ok_or_else(|| format!("counter line {line:?} is not `<name>,<value>`"))?;
-            let value: i64 = value
-                .parse()
-                .map_err(|_| format!("counter {key:?} has a non-integer value {value:?}"))?;
-            counters.insert(key.to_string(), value);
-        }
-        for key in ["self_xattr", "subtree_xattr"] {
-            if !counters.contains_key(key) {
-                return Err(format!("no {key} counter"));
-            }
-        }
-        Ok(CatalogCounters {
-            catalog_hash,
-            catalog_mountpoint,
-            counters,
-        })
-    }
-
-    /// Entries with extended attributes in the catalog and every catalog nested below it:
-    /// `self_xattr + subtree_xattr` (0 if either is missing, which [`Self::parse`]
-    /// refuses).
-    pub fn xattrs(&self) -> i64 {
-        let get = |k: &str| self.counters.get(k).copied().unwrap_or(0);
-        get("self_xattr").saturating_add(get("subtree_xattr"))
-    }
-}
+use crate::catalog_counters::{CATALOG_COUNTERS_XATTR, CatalogCounters};
 
 /// Whether the tree at a repository path may be served from the plain mount.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,7 +63,7 @@ impl PlainLowers {
     }
 
     /// `<plain>/<rel>` for `dir` = `<mountpoint>/<rel>` whose tree carries no extended
-    /// attribute (its [`XATTR_CATALOG_COUNTERS`] parse and say so) when `<plain>/<rel>`
+    /// attribute (its [`CATALOG_COUNTERS_XATTR`] parse and say so) when `<plain>/<rel>`
     /// is a directory; `dir` itself otherwise (paths outside the mount, the mount root,
     /// trees with xattrs, a missing/garbled attribute, a missing plain directory — the
     /// reason is logged at debug level). Blocking.
@@ -196,17 +124,17 @@ impl PlainLowers {
         if let Some(v) = self.cached(rel) {
             return Ok(v);
         }
-        let value = xattr::get_deref(dir, XATTR_CATALOG_COUNTERS)
-            .map_err(|e| format!("getxattr {XATTR_CATALOG_COUNTERS}: {e}"))?
-            .ok_or_else(|| format!("no {XATTR_CATALOG_COUNTERS} attribute"))?;
+        let value = xattr::get_deref(dir, CATALOG_COUNTERS_XATTR)
+            .map_err(|e| format!("getxattr {CATALOG_COUNTERS_XATTR}: {e}"))?
+            .ok_or_else(|| format!("no {CATALOG_COUNTERS_XATTR} attribute"))?;
         let counters =
-            CatalogCounters::parse(&value).map_err(|e| format!("{XATTR_CATALOG_COUNTERS}: {e}"))?;
+            CatalogCounters::parse(&value).map_err(|e| format!("{CATALOG_COUNTERS_XATTR}: {e}"))?;
         let repo_path = Path::new("/").join(rel);
         if !counters.catalog_mountpoint.is_empty()
             && !repo_path.starts_with(&counters.catalog_mountpoint)
         {
             return Err(format!(
-                "{XATTR_CATALOG_COUNTERS} names catalog {:?}, which does not contain {}",
+                "{CATALOG_COUNTERS_XATTR} names catalog {:?}, which does not contain {}",
                 counters.catalog_mountpoint,
                 repo_path.display()
             ));
@@ -232,32 +160,12 @@ mod tests {
 
     const LAYER: &str = ".layers/ab/abcd/layerfs";
 
-    /// A value as CVMFS formats it, with `xattr` entries in the catalog itself.
+    /// A value as the mount serves it, with `xattr` entries in the catalog itself.
     fn counters(mountpoint: &str, self_xattr: i64, subtree_xattr: i64) -> String {
-        let mut keys = BTreeMap::new();
-        for c in [
-            "regular",
-            "symlink",
-            "special",
-            "dir",
-            "nested",
-            "chunked",
-            "chunks",
-            "file_size",
-            "chunked_size",
-            "external",
-            "external_file_size",
-        ] {
-            keys.insert(format!("self_{c}"), 1);
-            keys.insert(format!("subtree_{c}"), 0);
-        }
-        keys.insert("self_xattr".into(), self_xattr);
-        keys.insert("subtree_xattr".into(), subtree_xattr);
-        let mut out = format!("catalog_hash: 0123abcd\ncatalog_mountpoint: {mountpoint}\n");
-        for (k, v) in keys {
-            out.push_str(&format!("{k},{v}\n"));
-        }
-        out
+        let mut stats = catalog::Statistics::default();
+        stats.self_.xattr = self_xattr;
+        stats.subtree.xattr = subtree_xattr;
+        crate::catalog_counters::to_text("0123abcd", mountpoint, &stats)
     }
 
     struct Fake {
@@ -285,32 +193,7 @@ mod tests {
     }
 
     fn set(path: &Path, value: &str) {
-        xattr::set(path, XATTR_CATALOG_COUNTERS, value.as_bytes()).expect("setxattr user.*");
-    }
-
-    #[test]
-    fn parses_the_cvmfs_format() {
-        let c = CatalogCounters::parse(counters("/.layers/ab/abcd/layerfs", 2, 3).as_bytes())
-            .expect("parse");
-        assert_eq!(c.catalog_hash, "0123abcd");
-        assert_eq!(c.catalog_mountpoint, "/.layers/ab/abcd/layerfs");
-        assert_eq!(c.counters.get("self_regular"), Some(&1));
-        assert_eq!(c.counters.len(), 24);
-        assert_eq!(c.xattrs(), 5);
-        let root = CatalogCounters::parse(counters("", 0, 0).as_bytes()).expect("parse root");
-        assert_eq!(root.catalog_mountpoint, "");
-        assert_eq!(root.xattrs(), 0);
-        for bad in [
-            "",
-            "catalog_hash: xyz\ncatalog_mountpoint: \nself_xattr,0\nsubtree_xattr,0\n",
-            "catalog_hash: ab\ncatalog_mountpoint: rel\nself_xattr,0\nsubtree_xattr,0\n",
-            "catalog_hash: ab\ncatalog_mountpoint: \nself_xattr,0\n",
-            "catalog_hash: ab\ncatalog_mountpoint: \nself_xattr,zero\nsubtree_xattr,0\n",
-            "catalog_hash: ab\ncatalog_mountpoint: \nself_xattr 0\nsubtree_xattr,0\n",
-        ] {
-            assert!(CatalogCounters::parse(bad.as_bytes()).is_err(), "{bad:?}");
-        }
-        assert!(CatalogCounters::parse(&[0xff, 0xfe]).is_err());
+        xattr::set(path, CATALOG_COUNTERS_XATTR, value.as_bytes()).expect("setxattr user.*");
     }
 
     #[test]
@@ -371,7 +254,7 @@ mod tests {
         set(&dir, &counters("/.layers/ab/abcd/layerfs", 0, 0));
         assert_eq!(f.lowers.lower(&dir), f.plain.join(LAYER));
         // The attribute is not read again: removing it changes nothing.
-        xattr::remove(&dir, XATTR_CATALOG_COUNTERS).expect("removexattr");
+        xattr::remove(&dir, CATALOG_COUNTERS_XATTR).expect("removexattr");
         assert_eq!(f.lowers.lower(&dir), f.plain.join(LAYER));
         assert_eq!(f.lowers.cached(Path::new(LAYER)), Some(Xattrs::None));
     }
