@@ -91,19 +91,7 @@ fn mounts_a_catalog_crate_repository() {
 
     // overlayfs with two lowerdirs inside the FUSE mount honours whiteout and opaque dir.
     let merged = work.path().join("merged");
-    std::fs::create_dir_all(&merged).unwrap();
-    let lower = mnt.join("layers/lower");
-    let out = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o"])
-        .arg(format!("lowerdir={}:{}", upper.display(), lower.display()))
-        .arg(&merged)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "overlay mount failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mount_overlay(&[&upper, &mnt.join("layers/lower")], &merged);
     let merged_names = names(&merged);
     let merged_od = names(&merged.join("od"));
     let kept = std::fs::read_to_string(merged.join("kept"));
@@ -206,21 +194,9 @@ fn a_plain_mount_point_serves_the_same_tree_without_xattrs_and_counters_are_magi
 
     // overlayfs over a plain lower (no xattrs) and a main-mount upper (opaque dir).
     let merged = work.path().join("merged");
-    std::fs::create_dir_all(&merged).unwrap();
-    let out = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o"])
-        .arg(format!(
-            "lowerdir={}:{}",
-            mnt.join("layers/upper").display(),
-            plain.join("layers/lower").display()
-        ))
-        .arg(&merged)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    mount_overlay(
+        &[&mnt.join("layers/upper"), &plain.join("layers/lower")],
+        &merged,
     );
     let merged_names = names(&merged);
     let merged_od = names(&merged.join("od"));
@@ -1346,4 +1322,22 @@ fn a_lookup_that_spans_a_revision_switch_answers_from_the_new_revision() {
     assert_eq!(reader.join().unwrap().unwrap(), b"two\n");
     assert_eq!(std::fs::read(mnt.join("n/f")).unwrap(), b"two\n");
     m.stop();
+}
+
+/// Mounts a read-only overlayfs of `lowers` (uppermost first) at `merged`, creating it;
+/// panics with mount's stderr on failure.
+fn mount_overlay(lowers: &[&Path], merged: &Path) {
+    std::fs::create_dir_all(merged).unwrap();
+    let lowerdir: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    let out = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!("lowerdir={}", lowerdir.join(":")))
+        .arg(merged)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "overlay mount failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
