@@ -727,7 +727,7 @@ fn unix_now() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cache::tests::MemorySource;
     use catalog::{CatalogProperties, CatalogWriter, HashAlgorithm, Transition};
@@ -790,11 +790,18 @@ mod tests {
         w.finish(&props()).unwrap();
         let root_hash = src.add(&std::fs::read(&p).unwrap());
 
+        manifest(root_hash, std::fs::metadata(&p).unwrap().len(), 3)
+    }
+
+    /// A manifest of repository `t.example` at `revision` whose root catalog is `catalog`
+    /// (`size` bytes uncompressed), with a placeholder certificate (tests that do not
+    /// verify signatures).
+    pub(crate) fn manifest(catalog: ContentHash, size: u64, revision: u64) -> Manifest {
         Manifest {
-            catalog_hash: root_hash,
-            catalog_size: std::fs::metadata(&p).unwrap().len(),
+            catalog_hash: catalog,
+            catalog_size: size,
             ttl: 240,
-            revision: 3,
+            revision,
             garbage_collectable: false,
             alternative_paths: false,
             fqrn: "t.example".into(),

@@ -1083,7 +1083,7 @@ mod tests {
     fn memory_repo(revision: u64, names: &[&str]) -> (Arc<Repository>, tempfile::TempDir) {
         use crate::cache::{ObjectCache, tests::MemorySource};
         use crate::repository::Revision;
-        use catalog::{CatalogProperties, CatalogWriter, ContentHash, HashAlgorithm, Transition};
+        use catalog::{CatalogProperties, CatalogWriter, Transition};
         let tmp = tempfile::tempdir().unwrap();
         let src = Arc::new(MemorySource::default());
         let props = CatalogProperties {
@@ -1103,20 +1103,8 @@ mod tests {
         }
         w.finish(&props).unwrap();
         let raw = std::fs::read(&db).unwrap();
-        let manifest = catalog::Manifest {
-            catalog_hash: src.add(&raw),
-            catalog_size: raw.len() as u64,
-            ttl: 240,
-            revision,
-            garbage_collectable: false,
-            alternative_paths: false,
-            fqrn: "t.example".into(),
-            certificate: ContentHash::of_bytes(HashAlgorithm::Sha1, b"unused"),
-            history: None,
-            timestamp: 1_700_000_000,
-            meta_info: None,
-            reflog: None,
-        };
+        let manifest =
+            crate::repository::tests::manifest(src.add(&raw), raw.len() as u64, revision);
         let cache = Arc::new(ObjectCache::open(&tmp.path().join("cache"), src).unwrap());
         let repo = Repository::open("t.example", Revision::of_manifest(&manifest), cache).unwrap();
         (Arc::new(repo), tmp)
