@@ -845,11 +845,11 @@ pub(crate) mod tests {
     }
 
     fn manifest_at(seed: &[u8], revision: u64) -> Manifest {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut m = build_tree(&MemorySource::default(), tmp.path());
-        m.catalog_hash = ContentHash::of_bytes(HashAlgorithm::Sha1, seed);
-        m.revision = revision;
-        m
+        manifest(
+            ContentHash::of_bytes(HashAlgorithm::Sha1, seed),
+            1,
+            revision,
+        )
     }
 
     #[test]
