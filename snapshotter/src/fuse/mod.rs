@@ -472,36 +472,53 @@ impl StrataFs {
             return Ok(None);
         };
         let path = format!("{}/{}", parent.path, name);
-        for _ in 0..SWITCH_RETRIES {
-            let (repo, generation) = self.shared.snapshot();
+        self.in_one_revision("lookup", &path, |repo, generation| {
             match repo.lookup(&path)? {
-                Some(found) => {
-                    if let Some(node) = self.inodes().intern_child_at(
+                Some(found) => Ok(self
+                    .inodes()
+                    .intern_child_at(
                         generation,
                         parent.ino,
                         name,
                         &path,
                         &found.catalog.mountpoint,
                         found.entry,
-                    ) {
-                        return Ok(Some(node));
-                    }
-                }
+                    )
+                    .map(Some)),
                 None => {
                     // Checked under the lock the switch takes the set with, after it has
                     // started the new generation: recorded here = invalidated there.
                     let mut negatives = lock(&self.shared.negatives);
-                    if self.inodes().generation() == generation {
-                        if negatives.len() < MAX_NEGATIVES {
-                            negatives.insert((parent.ino, name.to_string()));
-                        }
+                    if self.inodes().generation() != generation {
                         return Ok(None);
                     }
+                    if negatives.len() < MAX_NEGATIVES {
+                        negatives.insert((parent.ino, name.to_string()));
+                    }
+                    Ok(Some(None))
                 }
+            }
+        })
+    }
+
+    /// Runs `attempt` on the current revision and its generation until it answers
+    /// (`Some`); `None` means a switch came in between and it is run again on the new
+    /// revision, at most [`SWITCH_RETRIES`] times, then [`Error::Busy`] naming `what` of
+    /// `path`.
+    fn in_one_revision<T>(
+        &self,
+        what: &str,
+        path: &str,
+        mut attempt: impl FnMut(&Repository, u64) -> Result<Option<T>>,
+    ) -> Result<T> {
+        for _ in 0..SWITCH_RETRIES {
+            let (repo, generation) = self.shared.snapshot();
+            if let Some(answer) = attempt(&repo, generation)? {
+                return Ok(answer);
             }
         }
         Err(Error::Busy(format!(
-            "{path}: the repository switched revisions {SWITCH_RETRIES} times during one lookup"
+            "{path}: the repository switched revisions {SWITCH_RETRIES} times during one {what}"
         )))
     }
 
@@ -509,16 +526,11 @@ impl StrataFs {
     /// generation it was made in (made again if a switch comes in between, as in
     /// [`StrataFs::lookup_child`]).
     fn listing(&self, node: &Node) -> Result<(DirListing, u64)> {
-        for _ in 0..SWITCH_RETRIES {
-            let (repo, generation) = self.shared.snapshot();
-            if let Some(items) = self.listing_in(&repo, generation, node)? {
-                return Ok((items, generation));
-            }
-        }
-        Err(Error::Busy(format!(
-            "{}: the repository switched revisions {SWITCH_RETRIES} times during one listing",
-            node.path
-        )))
+        self.in_one_revision("listing", &node.path, |repo, generation| {
+            Ok(self
+                .listing_in(repo, generation, node)?
+                .map(|items| (items, generation)))
+        })
     }
 
     /// The listing of `node` in `repo`, the revision of `generation`; `None` if a switch
