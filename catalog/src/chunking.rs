@@ -1,4 +1,4 @@
-//! Content-defined chunking of regular files, bit-identical to stock CVMFS (spec §4).
+//! Content-defined chunking of regular files, bit-identical to stock CVMFS (docs/format.md §4).
 //!
 //! * [`Chunker`] finds the cut points in a byte stream fed in pieces of any size: the xor32
 //!   rolling checksum (§4.2) and the boundary algorithm of §4.3, including the
@@ -25,26 +25,26 @@ use crate::error::{Error, Result};
 use crate::hash::{ContentHash, HashAlgorithm, Suffix};
 use crate::store::LocalStore;
 
-/// Default minimum chunk size, 4 MiB (spec §4.1).
+/// Default minimum chunk size, 4 MiB (docs/format.md §4.1).
 pub const DEFAULT_MIN: u64 = 4 * 1024 * 1024;
-/// Default average chunk size, 8 MiB (spec §4.1).
+/// Default average chunk size, 8 MiB (docs/format.md §4.1).
 pub const DEFAULT_AVG: u64 = 8 * 1024 * 1024;
-/// Default maximum chunk size, 16 MiB (spec §4.1).
+/// Default maximum chunk size, 16 MiB (docs/format.md §4.1).
 pub const DEFAULT_MAX: u64 = 16 * 1024 * 1024;
 
-/// The centre of the cut window, `u32::MAX / 2` (spec §4.2).
+/// The centre of the cut window, `u32::MAX / 2` (docs/format.md §4.2).
 const MAGIC: u32 = 0x7FFF_FFFF;
-/// Bytes fed into the checksum before the first cut test (spec §4.3).
+/// Bytes fed into the checksum before the first cut test (docs/format.md §4.3).
 const WINDOW: u64 = 32;
 
 /// One step of the xor32 rolling checksum: `(state << 1) ^ byte`, 32-bit wrap-around
-/// (spec §4.2).
+/// (docs/format.md §4.2).
 #[inline]
 pub fn xor32(state: u32, byte: u8) -> u32 {
     (state << 1) ^ u32::from(byte)
 }
 
-/// Chunk size parameters in bytes (spec §4.1): `min ≥ 32`, `min < avg < max`.
+/// Chunk size parameters in bytes (docs/format.md §4.1): `min ≥ 32`, `min < avg < max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkParams {
     /// Minimum chunk size; files of at most this size are never chunked.
@@ -76,7 +76,7 @@ impl ChunkParams {
         Ok(p)
     }
 
-    /// Checks `32 ≤ min < avg < max` and `avg < 2^32` (spec §4.1).
+    /// Checks `32 ≤ min < avg < max` and `avg < 2^32` (docs/format.md §4.1).
     ///
     /// Errors: [`Error::ChunkParams`].
     pub fn validate(&self) -> Result<()> {
@@ -92,13 +92,13 @@ impl ChunkParams {
         Ok(())
     }
 
-    /// The cut threshold `T = u32::MAX / avg` (spec §4.2); 511 for the defaults.
+    /// The cut threshold `T = u32::MAX / avg` (docs/format.md §4.2); 511 for the defaults.
     pub fn threshold(&self) -> u32 {
         (u64::from(u32::MAX) / self.avg.max(1)) as u32
     }
 }
 
-/// Streaming cut-point detector (spec §4.3).
+/// Streaming cut-point detector (docs/format.md §4.3).
 ///
 /// Feed the file's bytes in order with [`Chunker::scan`] (or [`Chunker::push`]); each cut
 /// is reported as the absolute offset where the next chunk starts. The last chunk ends at
@@ -162,7 +162,7 @@ impl Chunker {
         while i < data.len() {
             let rel = self.pos - self.last;
             if rel == self.max {
-                // A byte exists past `last + max`: hard cut (spec §4.3).
+                // A byte exists past `last + max`: hard cut (docs/format.md §4.3).
                 self.cut();
                 return Some(i);
             }
@@ -213,7 +213,7 @@ impl Chunker {
     }
 }
 
-/// The cut offsets of a whole in-memory file (spec §4.3): the start offsets of every chunk
+/// The cut offsets of a whole in-memory file (docs/format.md §4.3): the start offsets of every chunk
 /// but the first. Empty when the file stays in one piece.
 ///
 /// Errors: [`Error::ChunkParams`].
@@ -239,7 +239,7 @@ pub struct StoredFile {
 }
 
 impl StoredFile {
-    /// Whether the file was stored as chunks (catalog flag 64, spec §4.4).
+    /// Whether the file was stored as chunks (catalog flag 64, docs/format.md §4.4).
     pub fn is_chunked(&self) -> bool {
         !self.chunks.is_empty()
     }
@@ -254,7 +254,7 @@ impl StoredFile {
 }
 
 /// Stores a regular file's content in a [`LocalStore`] while it is being written, chunked
-/// as stock CVMFS does (spec §4.3, §4.4).
+/// as stock CVMFS does (docs/format.md §4.3, §4.4).
 ///
 /// Write the uncompressed bytes with [`Write`]; each piece streams through an
 /// [`ObjectWriter`] into a temporary file in `data/txn` and is committed (suffix `P`) as
@@ -301,12 +301,7 @@ impl ChunkingWriter {
     }
 
     fn start_piece(&self) -> Result<ObjectWriter<NamedTempFile>> {
-        let tmp = self.store.temp_file()?;
-        Ok(ObjectWriter::with_compression(
-            tmp,
-            self.algorithm,
-            self.compressed,
-        ))
+        self.store.new_object(self.algorithm, self.compressed)
     }
 
     /// Ends the current piece and commits it under `suffix`; returns its hash and raw size.
@@ -315,8 +310,8 @@ impl ChunkingWriter {
             .current
             .take()
             .ok_or_else(|| Error::io("chunking writer", std::io::ErrorKind::Other.into()))?;
-        let (tmp, info) = ow.finish()?;
-        if self.store.commit(tmp, &info.hash, suffix)? {
+        let (info, new) = self.store.commit_object(ow, suffix)?;
+        if new {
             self.new_objects += 1;
         }
         self.stored_size += info.stored_size;
@@ -402,7 +397,7 @@ impl Write for ChunkingWriter {
     }
 }
 
-/// Indices of the chunks that overlap the byte range `[offset, offset + len)` (spec §4.6).
+/// Indices of the chunks that overlap the byte range `[offset, offset + len)` (docs/format.md §4.6).
 ///
 /// `chunks` must be ordered by offset and tile the file (as [`crate::CatalogReader::chunks`]
 /// returns them for a valid catalog). Binary search, O(log n). Empty for `len == 0` or a
@@ -429,7 +424,7 @@ pub struct ChunkSpan {
     pub len: u64,
 }
 
-/// The pieces of a read of `[offset, offset + len)` from a chunked file, in order (spec
+/// The pieces of a read of `[offset, offset + len)` from a chunked file, in order (docs/format.md
 /// §4.6): concatenating `chunk[index][within..within + len]` of each gives the requested
 /// bytes (clipped at the end of the file). Same preconditions as [`chunk_range`].
 pub fn chunk_spans(chunks: &[Chunk], offset: u64, len: u64) -> Vec<ChunkSpan> {
@@ -454,7 +449,7 @@ mod tests {
     use crate::compression::decompress;
     use sha2::{Digest, Sha256};
 
-    /// `S(n)` of spec §11.6: SHA256(u64_le(0)) || SHA256(u64_le(1)) || … truncated to n.
+    /// `S(n)` of docs/format.md §11.6: SHA256(u64_le(0)) || SHA256(u64_le(1)) || … truncated to n.
     fn stream(n: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(n + 32);
         let mut i = 0u64;
@@ -470,7 +465,7 @@ mod tests {
         ContentHash::of_bytes(HashAlgorithm::Sha1, b).to_hex()
     }
 
-    /// The boundary algorithm of spec §4.3 transcribed literally, as an oracle.
+    /// The boundary algorithm of docs/format.md §4.3 transcribed literally, as an oracle.
     fn reference_cuts(data: &[u8], p: ChunkParams) -> Vec<u64> {
         let n = data.len() as u64;
         let t = p.threshold();
@@ -507,7 +502,7 @@ mod tests {
 
     #[test]
     fn xor32_state_sequence() {
-        // Spec §11.6: the upstream unit test's table (input byte, state after it), from 0.
+        // docs/format.md §11.6: the upstream unit test's table (input byte, state after it), from 0.
         const TABLE: [(u8, u32); 48] = [
             (5, 5),
             (255, 245),
@@ -749,7 +744,7 @@ mod tests {
     #[test]
     fn writer_whole_file_cases() {
         let p = ChunkParams::new(64, 128, 256).unwrap();
-        // Empty file: the well-known empty object (spec §11.3 is C zlib; zlib-rs may
+        // Empty file: the well-known empty object (docs/format.md §11.3 is C zlib; zlib-rs may
         // differ, so check content only).
         let (_d, store, f) = store_file(b"", &[1], p, true);
         assert_eq!((f.size, f.is_chunked()), (0, false));
@@ -760,7 +755,7 @@ mod tests {
         let h = f.hash.unwrap();
         assert!(store.contains(&h, Suffix::None) && !store.contains(&h, Suffix::Partial));
         assert_eq!(reassemble(&store, &f), s);
-        // Uncompressed: the object is the bytes themselves (spec §3.2 code 1).
+        // Uncompressed: the object is the bytes themselves (docs/format.md §3.2 code 1).
         let (_d, store, f) = store_file(b"hello\n", &[3], p, false);
         let h = f.hash.unwrap();
         assert_eq!(h, ContentHash::of_bytes(HashAlgorithm::Sha1, b"hello\n"));
@@ -787,8 +782,7 @@ mod tests {
     /// (`zlib-compat`) the chunk objects must be byte-identical too.
     #[test]
     fn matches_stock_cvmfs_chunks() {
-        let srv = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/stock-repo/srv");
+        let srv = std::path::Path::new(crate::test_support::STOCK_REPO).join("srv");
         let stock: [(u64, &str); 6] = [
             (0, "90207e08580f001130d87aab09b75e09da461033"),
             (23491, "0a764ec4b4f81e772a26e54c9230e99939d6c1e0"),

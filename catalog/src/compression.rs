@@ -1,12 +1,12 @@
 //! zlib objects: compression, bounded decompression and hash verification.
 //!
-//! CVMFS spec §3: every compressed object is one complete zlib stream (RFC 1950) written at
+//! docs/format.md §3: every compressed object is one complete zlib stream (RFC 1950) written at
 //! level 6; the content hash is taken over the stored (compressed) bytes (§2.2).
 //! The default backend is zlib-rs, whose output differs from C zlib's byte for byte, so
 //! object hashes differ from `cvmfs_server`'s for the same content (clients only check
 //! against the catalog, so this is compatible). With the cargo feature `zlib-compat`
-//! flate2 uses the C zlib, and objects are byte-identical to stock CVMFS (spec §3.1,
-//! §11.2). Objects of regular files may also be stored uncompressed (code 1, spec §3.2):
+//! flate2 uses the C zlib, and objects are byte-identical to stock CVMFS (docs/format.md §3.1,
+//! §11.2). Objects of regular files may also be stored uncompressed (code 1, docs/format.md §3.2):
 //! [`ObjectWriter::uncompressed`], [`decode`].
 
 use std::io::{Read, Write};
@@ -17,18 +17,34 @@ use flate2::{Compression, Decompress, FlushDecompress, Status};
 use crate::error::{Error, Result};
 use crate::hash::{ContentHash, HashAlgorithm, Hasher};
 
-/// The zlib level CVMFS uses (`Z_DEFAULT_COMPRESSION`, spec §3.1).
+/// The zlib level CVMFS uses (`Z_DEFAULT_COMPRESSION`, docs/format.md §3.1).
 pub const LEVEL: u32 = 6;
 
-/// Compresses `raw` into one zlib stream at level 6 (spec §3.1).
+/// Compresses `raw` into one zlib stream at level 6 (docs/format.md §3.1), as [`compress_into`].
 pub fn compress(raw: &[u8]) -> Vec<u8> {
-    let mut enc = ZlibEncoder::new(
-        Vec::with_capacity(raw.len() / 2 + 64),
-        Compression::new(LEVEL),
-    );
+    let mut out = Vec::new();
     // Writing into a Vec cannot fail.
-    let _ = enc.write_all(raw);
-    enc.finish().unwrap_or_default()
+    let _ = compress_into(raw, &mut out, HashAlgorithm::Sha1);
+    out
+}
+
+/// Compresses `raw` into `out` (cleared first; its allocation is re-used) as one object —
+/// one zlib stream at level 6 (docs/format.md §3.1), through an [`ObjectWriter`] — and returns the
+/// hash of the stored bytes with `algorithm`, taken in the same pass.
+///
+/// Errors: none in practice ([`Error::Io`] from the `Vec` it writes to).
+pub fn compress_into(
+    raw: &[u8],
+    out: &mut Vec<u8>,
+    algorithm: HashAlgorithm,
+) -> Result<ContentHash> {
+    out.clear();
+    out.reserve(raw.len() / 2 + 64);
+    let mut w = ObjectWriter::new(out, algorithm);
+    w.write_all(raw)
+        .map_err(|e| Error::io("compressing an object in memory", e))?;
+    let (_, info) = w.finish()?;
+    Ok(info.hash)
 }
 
 /// Inflates one complete zlib stream.
@@ -59,7 +75,7 @@ pub const BACKEND: &str = if cfg!(feature = "zlib-compat") {
 };
 
 /// The raw bytes of a stored object: inflated if `compressed` (code 0), else returned as
-/// they are (code 1, spec §3.2). Does not check the hash (see [`verify`]).
+/// they are (code 1, docs/format.md §3.2). Does not check the hash (see [`verify`]).
 ///
 /// Errors: as [`decompress`]; for raw objects [`Error::TooLarge`] if longer than `max_size`.
 pub fn decode(stored: &[u8], compressed: bool, max_size: u64) -> Result<Vec<u8>> {
@@ -103,9 +119,9 @@ pub struct ObjectInfo {
 }
 
 /// Streaming compress + hash in one pass: write uncompressed bytes into it, the zlib stream
-/// goes to `inner` and is hashed on the way (spec §2.2, §3.1). Made with
+/// goes to `inner` and is hashed on the way (docs/format.md §2.2, §3.1). Made with
 /// [`ObjectWriter::uncompressed`], it stores the bytes as they are (compression code 1,
-/// spec §3.2) and only hashes them.
+/// docs/format.md §3.2) and only hashes them.
 pub struct ObjectWriter<W: Write> {
     encoder: Encoder<W>,
     raw_size: u64,
@@ -141,10 +157,10 @@ impl<W: Write> ObjectWriter<W> {
         Self::with_compression(inner, algorithm, true)
     }
 
-    /// Starts a new object stored without compression (code 1, "none", spec §3.2): the
+    /// Starts a new object stored without compression (code 1, "none", docs/format.md §3.2): the
     /// bytes written go to `inner` unchanged and are hashed with `algorithm`. Only for
     /// regular files and chunks whose catalog entry says so (`Entry::compressed == false`);
-    /// catalogs, certificates, history and meta-info are always zlib (spec §3.3).
+    /// catalogs, certificates, history and meta-info are always zlib (docs/format.md §3.3).
     pub fn uncompressed(inner: W, algorithm: HashAlgorithm) -> Self {
         Self::with_compression(inner, algorithm, false)
     }
@@ -225,20 +241,12 @@ impl<W: Write> Write for ObjectWriter<W> {
 /// or truncated stream), [`Error::Io`].
 pub fn verify_and_inflate<R: Read, W: Write>(
     mut r: R,
-    mut w: W,
+    w: W,
     expected: &ContentHash,
     compressed: bool,
 ) -> Result<u64> {
-    let mut hasher = Hasher::new(expected.algorithm);
-    let mut inflater = Inflater::new();
+    let mut writer = InflatingWriter::new(w, *expected, compressed, None);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut raw = 0u64;
-    let mut sink = |chunk: &[u8]| -> Result<()> {
-        w.write_all(chunk)
-            .map_err(|e| Error::io("writing inflated object", e))?;
-        raw += chunk.len() as u64;
-        Ok(())
-    };
     loop {
         let n = match r.read(&mut buf) {
             Ok(0) => break,
@@ -246,20 +254,117 @@ pub fn verify_and_inflate<R: Read, W: Write>(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::io("reading stored object", e)),
         };
-        hasher.update(&buf[..n]);
-        if compressed {
-            inflater.feed(&buf[..n], &mut sink)?;
-        } else {
-            sink(&buf[..n])?;
+        writer
+            .write_all(&buf[..n])
+            .map_err(|e| Error::io("writing inflated object", e))?;
+    }
+    writer.finish().map(|(_, raw)| raw)
+}
+
+/// Streaming verify + inflate, pushed: write the stored (as served) bytes of one object into
+/// it, and it hashes them and writes the raw content to `inner`; [`InflatingWriter::finish`]
+/// then checks the hash and that the zlib stream was complete, and returns `inner` and the
+/// raw size. A client can so write a download straight into its cache file, in one pass
+/// and without a second temporary copy.
+///
+/// Bad data never fails a write: after a zlib error or past `limit` raw bytes, the writer
+/// stops inflating but keeps hashing, so that the whole body is still consumed (a
+/// downloader treats write errors as local failures) and `finish` reports the error.
+/// Only errors of `inner` fail a write.
+pub struct InflatingWriter<W: Write> {
+    inner: W,
+    expected: ContentHash,
+    hasher: Hasher,
+    /// `None` for an object stored uncompressed (docs/format.md §3.2 code 1).
+    inflater: Option<Inflater>,
+    limit: Option<u64>,
+    raw: u64,
+    bad: Option<Error>,
+}
+
+impl<W: Write> InflatingWriter<W> {
+    /// A writer for the object `expected`, zlib (`compressed`) or stored raw, whose raw
+    /// content may not exceed `limit` bytes (the size the catalog records, when known).
+    pub fn new(inner: W, expected: ContentHash, compressed: bool, limit: Option<u64>) -> Self {
+        InflatingWriter {
+            inner,
+            expected,
+            hasher: Hasher::new(expected.algorithm),
+            inflater: compressed.then(Inflater::new),
+            limit,
+            raw: 0,
+            bad: None,
         }
     }
-    check(&hasher.finish(), expected)?;
-    if compressed {
-        inflater.finish()?;
+
+    /// Raw bytes written to `inner` so far.
+    pub fn raw_size(&self) -> u64 {
+        self.raw
     }
-    w.flush()
-        .map_err(|e| Error::io("flushing inflated object", e))?;
-    Ok(raw)
+
+    /// Checks the object and flushes `inner`; returns it with the raw size.
+    ///
+    /// # Errors
+    /// [`Error::HashMismatch`] if the stored bytes do not hash to the expected name (checked
+    /// first: it names the object), [`Error::Decompress`] for a broken or truncated zlib
+    /// stream or raw content beyond the limit, [`Error::Io`] if `inner` fails.
+    pub fn finish(mut self) -> Result<(W, u64)> {
+        check(&self.hasher.finish(), &self.expected)?;
+        if let Some(bad) = self.bad {
+            return Err(bad);
+        }
+        if let Some(inflater) = self.inflater {
+            inflater.finish()?;
+        }
+        self.inner
+            .flush()
+            .map_err(|e| Error::io("flushing inflated object", e))?;
+        Ok((self.inner, self.raw))
+    }
+}
+
+impl<W: Write> Write for InflatingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(buf);
+        if self.bad.is_some() {
+            return Ok(buf.len());
+        }
+        let (inner, raw, limit) = (&mut self.inner, &mut self.raw, self.limit);
+        let mut io_error = None;
+        let mut sink = |chunk: &[u8]| -> Result<()> {
+            if limit.is_some_and(|l| *raw + chunk.len() as u64 > l) {
+                return Err(Error::Decompress(format!(
+                    "the object inflates to more than the {} bytes expected",
+                    limit.unwrap_or(0)
+                )));
+            }
+            if let Err(e) = inner.write_all(chunk) {
+                let kind = e.kind();
+                io_error = Some(e);
+                return Err(Error::io(
+                    "writing inflated object",
+                    std::io::Error::from(kind),
+                ));
+            }
+            *raw += chunk.len() as u64;
+            Ok(())
+        };
+        let fed = match &mut self.inflater {
+            Some(inflater) => inflater.feed(buf, &mut sink),
+            None => sink(buf),
+        };
+        if let Some(e) = io_error {
+            return Err(e);
+        }
+        if let Err(e) = fed {
+            self.bad = Some(e);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Incremental zlib inflater that insists on a complete stream.
@@ -332,6 +437,29 @@ mod tests {
     const HELLO_Z: [u8; 14] = [
         0x78, 0x9c, 0xcb, 0x48, 0xcd, 0xc9, 0xc9, 0xe7, 0x02, 0x00, 0x08, 0x4b, 0x02, 0x1f,
     ];
+
+    #[test]
+    fn compress_into_is_one_zlib_stream_at_level_6() {
+        // Every object's bytes: those of one zlib encoder at LEVEL fed the whole input (the
+        // allocation of `out` is re-used and must not matter).
+        let mut out = vec![1, 2, 3];
+        let mut x: u32 = 7;
+        let noise: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8
+            })
+            .collect();
+        for raw in [Vec::new(), b"hello".to_vec(), vec![0u8; 300_000], noise] {
+            let mut enc = ZlibEncoder::new(Vec::new(), Compression::new(LEVEL));
+            enc.write_all(&raw).unwrap();
+            let expect = enc.finish().unwrap();
+            let h = compress_into(&raw, &mut out, HashAlgorithm::Sha1).unwrap();
+            assert_eq!(out, expect);
+            assert_eq!(h, ContentHash::of_bytes(HashAlgorithm::Sha1, &expect));
+            assert_eq!(compress(&raw), expect);
+        }
+    }
 
     #[test]
     fn inflates_c_zlib_vectors() {
@@ -453,6 +581,47 @@ mod tests {
     }
 
     #[test]
+    fn inflating_writer_takes_the_body_in_any_pieces() {
+        let raw: Vec<u8> = (0..200_000u32).map(|i| (i % 97) as u8).collect();
+        let stored = compress(&raw);
+        let hash = ContentHash::of_bytes(HashAlgorithm::Sha1, &stored);
+        for piece in [1, 7, 4096, stored.len()] {
+            let mut w = InflatingWriter::new(Vec::new(), hash, true, Some(raw.len() as u64));
+            for part in stored.chunks(piece) {
+                w.write_all(part).unwrap();
+            }
+            let (out, n) = w.finish().unwrap();
+            assert_eq!(n, raw.len() as u64);
+            assert!(out == raw, "pieces of {piece}");
+        }
+    }
+
+    #[test]
+    fn inflating_writer_reports_bad_data_at_finish_not_while_writing() {
+        let stored = compress(b"hello\n");
+        let hash = ContentHash::of_bytes(HashAlgorithm::Sha1, &stored);
+        // Garbage instead of a zlib stream: every write succeeds, finish names the hash.
+        let mut w = InflatingWriter::new(Vec::new(), hash, true, None);
+        w.write_all(b"not zlib at all").unwrap();
+        assert!(matches!(w.finish(), Err(Error::HashMismatch { .. })));
+        // The right bytes, but more content than the catalog says: a decompression error.
+        let mut w = InflatingWriter::new(Vec::new(), hash, true, Some(3));
+        w.write_all(&stored).unwrap();
+        assert!(matches!(w.finish(), Err(Error::Decompress(_))));
+        // A truncated stream whose hash is right (a broken object under its own name).
+        let cut = &stored[..stored.len() - 2];
+        let cut_hash = ContentHash::of_bytes(HashAlgorithm::Sha1, cut);
+        let mut w = InflatingWriter::new(Vec::new(), cut_hash, true, None);
+        w.write_all(cut).unwrap();
+        assert!(matches!(w.finish(), Err(Error::Decompress(_))));
+        // Stored raw (uncompressed): hashed and passed through.
+        let raw_hash = ContentHash::of_bytes(HashAlgorithm::Sha1, b"raw");
+        let mut w = InflatingWriter::new(Vec::new(), raw_hash, false, Some(3));
+        w.write_all(b"raw").unwrap();
+        assert_eq!(w.finish().unwrap(), (b"raw".to_vec(), 3));
+    }
+
+    #[test]
     fn uncompressed_objects() {
         let mut ow = ObjectWriter::uncompressed(Vec::new(), HashAlgorithm::Sha1);
         assert!(!ow.is_compressed());
@@ -464,7 +633,7 @@ mod tests {
         assert_eq!(
             info.hash.to_hex(),
             "f572d396fae9206628714fb2ce00f72e94f2258f",
-            "SHA-1 of the raw bytes (spec §11.2 contrast line)"
+            "SHA-1 of the raw bytes (docs/format.md §11.2 contrast line)"
         );
         assert_eq!((info.stored_size, info.raw_size), (6, 6));
         assert_eq!(decode(&stored, false, 6).unwrap(), b"hello\n");
@@ -479,7 +648,7 @@ mod tests {
         assert!(ObjectWriter::new(Vec::new(), HashAlgorithm::Sha1).is_compressed());
     }
 
-    /// Under `zlib-compat` the objects are byte-identical to stock CVMFS (spec §11.2, §11.3).
+    /// Under `zlib-compat` the objects are byte-identical to stock CVMFS (docs/format.md §11.2, §11.3).
     #[cfg(feature = "zlib-compat")]
     #[test]
     fn c_zlib_matches_stock_bytes() {

@@ -1,4 +1,4 @@
-//! One catalog row: a directory, file, symlink or special file (CVMFS spec §6.6–§6.8).
+//! One catalog row: a directory, file, symlink or special file (docs/format.md §6.6–§6.8).
 
 use std::collections::BTreeMap;
 
@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::hash::ContentHash;
 use crate::writer::Transition;
 
-/// `kFlagDir`: directory (spec §6.6).
+/// `kFlagDir`: directory (docs/format.md §6.6).
 pub const FLAG_DIR: u32 = 1;
 /// `kFlagDirNestedMountpoint`: nested-catalog mountpoint, the copy in the parent.
 pub const FLAG_NESTED_MOUNTPOINT: u32 = 2;
@@ -91,7 +91,7 @@ impl EntryKind {
         }
     }
 
-    /// FIFO, socket or device: counted as "special" (spec §6.13).
+    /// FIFO, socket or device: counted as "special" (docs/format.md §6.13).
     pub fn is_special(self) -> bool {
         matches!(
             self,
@@ -99,13 +99,13 @@ impl EntryKind {
         )
     }
 
-    /// Char or block device: `rdev` is stored in the `size` column (spec §6.7).
+    /// Char or block device: `rdev` is stored in the `size` column (docs/format.md §6.7).
     pub fn is_device(self) -> bool {
         matches!(self, EntryKind::CharDevice | EntryKind::BlockDevice)
     }
 }
 
-/// One chunk of a chunked regular file (spec §6.11): uncompressed `offset` and `size` in
+/// One chunk of a chunked regular file (docs/format.md §6.11): uncompressed `offset` and `size` in
 /// bytes, `hash` of the stored chunk object (suffix `P`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -118,7 +118,7 @@ pub struct Chunk {
     pub hash: ContentHash,
 }
 
-/// One catalog row (spec §6.3, §6.7).
+/// One catalog row (docs/format.md §6.3, §6.7).
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Entry {
@@ -148,14 +148,14 @@ pub struct Entry {
     pub symlink: String,
     /// Directories: 2 + subdirectories; files: 1 or the hard-link group size.
     pub linkcount: u32,
-    /// Hard-link group id within the catalog; 0 = none (spec §6.8).
+    /// Hard-link group id within the catalog; 0 = none (docs/format.md §6.8).
     pub hardlink_group: u32,
-    /// Extended attributes (spec §6.9); empty = NULL column.
+    /// Extended attributes (docs/format.md §6.9); empty = NULL column.
     pub xattrs: BTreeMap<String, Vec<u8>>,
     /// Chunks of a chunked file (writer input only; the reader leaves it empty, use
     /// `CatalogReader::chunks`).
     pub chunks: Vec<Chunk>,
-    /// Catalog flags (spec §6.6). Filled by the reader. The writer computes them itself and
+    /// Catalog flags (docs/format.md §6.6). Filled by the reader. The writer computes them itself and
     /// only takes [`FLAG_HIDDEN`] and [`FLAG_DIRECT_IO`] from here.
     pub flags: u32,
     /// SQLite rowid of the row; filled by the reader only.
@@ -257,12 +257,12 @@ impl Entry {
         self.flags & FLAG_CHUNKED != 0 || !self.chunks.is_empty()
     }
 
-    /// The packed `hardlinks` column: `(group << 32) | linkcount` (spec §6.8).
+    /// The packed `hardlinks` column: `(group << 32) | linkcount` (docs/format.md §6.8).
     pub fn hardlinks(&self) -> i64 {
         ((u64::from(self.hardlink_group) << 32) | u64::from(self.linkcount)) as i64
     }
 
-    /// The value of the `size` column: `rdev` for devices, `size` otherwise (spec §6.7).
+    /// The value of the `size` column: `rdev` for devices, `size` otherwise (docs/format.md §6.7).
     pub fn size_column(&self) -> u64 {
         if self.kind.is_device() {
             self.rdev
@@ -271,7 +271,7 @@ impl Entry {
         }
     }
 
-    /// Composes the `flags` column as the stock writer does (spec §6.6): transition bits,
+    /// Composes the `flags` column as the stock writer does (docs/format.md §6.6): transition bits,
     /// then type bits, then hash-algorithm bits (if there is a hash or chunks), then hidden.
     pub fn compose_flags(&self, transition: Transition) -> u32 {
         let mut flags = match transition {
@@ -310,7 +310,7 @@ impl Entry {
     ///
     /// Errors with [`Error::InvalidEntry`] when kind and mode disagree, a non-regular entry
     /// has a hash or chunks, a regular file has neither a hash nor chunks, chunks do not tile
-    /// the file (spec §6.11), a symlink has no target, a non-symlink has one, the name
+    /// the file (docs/format.md §6.11), a symlink has no target, a non-symlink has one, the name
     /// contains `/` or NUL, or linkcount is 0.
     pub fn validate(&self, path: &str) -> Result<()> {
         let bad = |reason: String| {

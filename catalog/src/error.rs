@@ -7,7 +7,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Everything that can go wrong while reading or writing CVMFS repository data.
 ///
-/// Verification failures (spec §7.5) each have their own variant so that callers (and log
+/// Verification failures (docs/format.md §7.5) each have their own variant so that callers (and log
 /// readers) can tell which check failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -29,13 +29,13 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
-    /// A textual hash could not be parsed (spec §2.3).
+    /// A textual hash could not be parsed (docs/format.md §2.3).
     #[error("invalid content hash {0:?}")]
     InvalidHash(String),
     /// The hash algorithm is known but this build cannot compute it.
     #[error("hash algorithm {0} is not supported here")]
     UnsupportedAlgorithm(String),
-    /// Stored bytes do not hash to the expected content hash (spec §2.2).
+    /// Stored bytes do not hash to the expected content hash (docs/format.md §2.2).
     #[error("hash mismatch: expected {expected}, got {actual}")]
     HashMismatch {
         /// The hash the caller expected.
@@ -43,7 +43,7 @@ pub enum Error {
         /// The hash of the bytes actually seen.
         actual: String,
     },
-    /// A zlib stream is corrupt or truncated (spec §3.1).
+    /// A zlib stream is corrupt or truncated (docs/format.md §3.1).
     #[error("zlib stream is corrupt: {0}")]
     Decompress(String),
     /// Decompressed output would exceed the caller's limit.
@@ -52,10 +52,10 @@ pub enum Error {
         /// The limit in bytes.
         limit: u64,
     },
-    /// An extended-attribute map or blob violates spec §6.9.
+    /// An extended-attribute map or blob violates docs/format.md §6.9.
     #[error("invalid xattrs: {0}")]
     Xattr(String),
-    /// A catalog entry is inconsistent (e.g. kind and mode disagree, spec §6.6/§6.7).
+    /// A catalog entry is inconsistent (e.g. kind and mode disagree, docs/format.md §6.6/§6.7).
     #[error("invalid catalog entry {path:?}: {reason}")]
     InvalidEntry {
         /// The entry's path.
@@ -63,7 +63,7 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// A catalog database does not have the expected structure or contents (spec §6).
+    /// A catalog database does not have the expected structure or contents (docs/format.md §6).
     #[error("invalid catalog {path}: {reason}")]
     InvalidCatalog {
         /// The catalog file.
@@ -71,10 +71,10 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// Chunk size parameters violate `32 ≤ min < avg < max` (spec §4.1).
+    /// Chunk size parameters violate `32 ≤ min < avg < max` (docs/format.md §4.1).
     #[error("invalid chunk parameters: {0}")]
     ChunkParams(String),
-    /// A history database is malformed (spec §9.5).
+    /// A history database is malformed (docs/format.md §9.5).
     #[error("invalid history database {path}: {reason}")]
     InvalidHistory {
         /// The database file.
@@ -82,19 +82,19 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// Key generation, encoding or decoding failed (spec §7.3).
+    /// Key generation, encoding or decoding failed (docs/format.md §7.3).
     #[error("key: {0}")]
     Key(String),
-    /// A certificate could not be built or parsed (spec §7.3).
+    /// A certificate could not be built or parsed (docs/format.md §7.3).
     #[error("certificate: {0}")]
     Certificate(String),
     /// Signing failed.
     #[error("signing failed: {0}")]
     Sign(String),
-    /// A manifest is malformed: framing, missing key, bad value (spec §7.1, §7.2).
+    /// A manifest is malformed: framing, missing key, bad value (docs/format.md §7.1, §7.2).
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),
-    /// The manifest's hex line does not match the hash of its body (spec §7.2).
+    /// The manifest's hex line does not match the hash of its body (docs/format.md §7.2).
     #[error("manifest body hash is {actual}, but the file says {stated}")]
     ManifestBodyHash {
         /// The hash line in the file.
@@ -102,13 +102,13 @@ pub enum Error {
         /// The hash computed over the body.
         actual: String,
     },
-    /// The manifest signature does not verify with the certificate's key (spec §7.2).
+    /// The manifest signature does not verify with the certificate's key (docs/format.md §7.2).
     #[error("manifest signature does not verify with certificate {fingerprint}")]
     ManifestSignature {
         /// SHA-1 fingerprint of the certificate tried.
         fingerprint: String,
     },
-    /// The manifest names another repository (spec §7.5 step 3).
+    /// The manifest names another repository (docs/format.md §7.5 step 3).
     #[error("manifest is for fqrn {found}, not {expected}")]
     ManifestFqrn {
         /// The `N` line of the manifest.
@@ -116,10 +116,10 @@ pub enum Error {
         /// The repository being verified.
         expected: String,
     },
-    /// The manifest's `R` line is not MD5("") (spec §7.5 step 4).
+    /// The manifest's `R` line is not MD5("") (docs/format.md §7.5 step 4).
     #[error("manifest root path hash is {0}, not d41d8cd98f00b204e9800998ecf8427e")]
     ManifestRootPathHash(String),
-    /// The manifest's `X` hash does not match the certificate given (spec §7.5 step 7).
+    /// The manifest's `X` hash does not match the certificate given (docs/format.md §7.5 step 7).
     #[error("manifest names certificate {expected}, but the certificate given hashes to {actual}")]
     CertificateMismatch {
         /// The `X` line.
@@ -127,10 +127,10 @@ pub enum Error {
         /// Hash of the compressed PEM given.
         actual: String,
     },
-    /// A whitelist is malformed (spec §7.4).
+    /// A whitelist is malformed (docs/format.md §7.4).
     #[error("invalid whitelist: {0}")]
     InvalidWhitelist(String),
-    /// The whitelist's hex line does not match the hash of its body (spec §7.4).
+    /// The whitelist's hex line does not match the hash of its body (docs/format.md §7.4).
     #[error("whitelist body hash is {actual}, but the file says {stated}")]
     WhitelistBodyHash {
         /// The hash line in the file.
@@ -138,13 +138,13 @@ pub enum Error {
         /// The hash computed over the body.
         actual: String,
     },
-    /// No master key verifies the whitelist signature (spec §7.4).
+    /// No master key verifies the whitelist signature (docs/format.md §7.4).
     #[error("whitelist signature does not verify with any of {keys} master key(s)")]
     WhitelistSignature {
         /// How many keys were tried.
         keys: usize,
     },
-    /// The whitelist has expired (spec §7.4, hour granularity).
+    /// The whitelist has expired (docs/format.md §7.4, hour granularity).
     #[error("whitelist expired at {expired} (now {now})")]
     WhitelistExpired {
         /// Expiry, as `YYYYMMDDHHMMSS` UTC.
@@ -152,7 +152,7 @@ pub enum Error {
         /// The time checked against, as `YYYYMMDDHHMMSS` UTC.
         now: String,
     },
-    /// The whitelist names another repository (spec §7.5 step 9).
+    /// The whitelist names another repository (docs/format.md §7.5 step 9).
     #[error("whitelist is for fqrn {found}, not {expected}")]
     WhitelistFqrn {
         /// The `N` line of the whitelist.
@@ -160,7 +160,7 @@ pub enum Error {
         /// The repository being verified.
         expected: String,
     },
-    /// The certificate's fingerprint is not in the whitelist (spec §7.5 step 10).
+    /// The certificate's fingerprint is not in the whitelist (docs/format.md §7.5 step 10).
     #[error("certificate fingerprint {0} not in whitelist")]
     FingerprintNotListed(String),
 }

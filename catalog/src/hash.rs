@@ -1,6 +1,6 @@
 //! Content hashes: algorithms, textual forms, object paths and fingerprints.
 //!
-//! CVMFS spec §1.3 (object naming), §1.4 (suffix letters), §2 (hashing).
+//! docs/format.md §1.3 (object naming), §1.4 (suffix letters), §2 (hashing).
 
 use std::fmt;
 
@@ -9,7 +9,7 @@ use sha1::digest::{ExtendableOutput, Update, XofReader};
 
 use crate::error::{Error, Result};
 
-/// A content hash algorithm (spec §2.1). All produce 20-byte digests.
+/// A content hash algorithm (docs/format.md §2.1). All produce 20-byte digests.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum HashAlgorithm {
@@ -24,7 +24,7 @@ pub enum HashAlgorithm {
 
 impl HashAlgorithm {
     /// The identifier appended to the hex digest: `""`, `"-rmd160"` or `"-shake128"`
-    /// (spec §2.3).
+    /// (docs/format.md §2.3).
     pub fn text_id(self) -> &'static str {
         match self {
             HashAlgorithm::Sha1 => "",
@@ -33,7 +33,7 @@ impl HashAlgorithm {
         }
     }
 
-    /// The code stored in catalog flag bits 8–10 (`algorithm id - 1`, spec §6.6).
+    /// The code stored in catalog flag bits 8–10 (`algorithm id - 1`, docs/format.md §6.6).
     pub fn flag_code(self) -> u32 {
         match self {
             HashAlgorithm::Sha1 => 0,
@@ -52,7 +52,7 @@ impl HashAlgorithm {
         }
     }
 
-    /// Length of the plain textual form: 40, 47 or 49 characters (spec §2.3).
+    /// Length of the plain textual form: 40, 47 or 49 characters (docs/format.md §2.3).
     pub fn hex_len(self) -> usize {
         40 + self.text_id().len()
     }
@@ -68,7 +68,7 @@ impl fmt::Display for HashAlgorithm {
     }
 }
 
-/// Object type suffix letter appended to object names (spec §1.4). Not part of the hash.
+/// Object type suffix letter appended to object names (docs/format.md §1.4). Not part of the hash.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Suffix {
     /// Regular file contents: no letter.
@@ -99,7 +99,7 @@ impl Suffix {
     }
 }
 
-/// A 20-byte content digest together with its algorithm (spec §2).
+/// A 20-byte content digest together with its algorithm (docs/format.md §2).
 ///
 /// For objects the digest is computed over the **stored** (normally zlib-compressed) bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -119,7 +119,7 @@ impl ContentHash {
         h.finish()
     }
 
-    /// Builds a hash from a raw digest as stored in catalog BLOBs (spec §2.5).
+    /// Builds a hash from a raw digest as stored in catalog BLOBs (docs/format.md §2.5).
     ///
     /// Errors with [`Error::InvalidHash`] unless `digest` is exactly 20 bytes.
     pub fn from_digest(algorithm: HashAlgorithm, digest: &[u8]) -> Result<ContentHash> {
@@ -129,7 +129,7 @@ impl ContentHash {
         Ok(ContentHash { algorithm, digest })
     }
 
-    /// Parses the plain textual form (spec §2.3): 40 hex digits (SHA-1), or 40 hex digits
+    /// Parses the plain textual form (docs/format.md §2.3): 40 hex digits (SHA-1), or 40 hex digits
     /// followed by `-rmd160` / `-shake128`. No type suffix letter is accepted.
     ///
     /// Errors with [`Error::InvalidHash`] on any other input.
@@ -147,7 +147,7 @@ impl ContentHash {
     }
 
     /// Plain textual form: lowercase hex plus the algorithm identifier, no suffix letter
-    /// (spec §2.3 (1)).
+    /// (docs/format.md §2.3 (1)).
     pub fn to_hex(&self) -> String {
         let mut s = hex::encode(self.digest);
         s.push_str(self.algorithm.text_id());
@@ -155,7 +155,7 @@ impl ContentHash {
     }
 
     /// Relative object path `data/<2 hex>/<rest><algo id><suffix>` with `/` separators
-    /// (spec §1.3, §2.4).
+    /// (docs/format.md §1.3, §2.4).
     pub fn object_path(&self, suffix: Suffix) -> String {
         let hex = self.to_hex();
         let mut p = format!("data/{}/{}", &hex[..2], &hex[2..]);
@@ -166,7 +166,7 @@ impl ContentHash {
     }
 
     /// Whitelist fingerprint form: uppercase hex bytes joined by `:`, then the algorithm
-    /// identifier in uppercase (spec §2.3 (3)), e.g. `DA:39:…:09` or `AB:…:EF-RMD160`.
+    /// identifier in uppercase (docs/format.md §2.3 (3)), e.g. `DA:39:…:09` or `AB:…:EF-RMD160`.
     pub fn fingerprint(&self) -> String {
         let mut s = self
             .digest
@@ -204,7 +204,7 @@ impl ContentHash {
         Ok(ContentHash { algorithm, digest })
     }
 
-    /// True for the all-zero "null hash", which means "no hash" (spec §2.3).
+    /// True for the all-zero "null hash", which means "no hash" (docs/format.md §2.3).
     pub fn is_null(&self) -> bool {
         self.digest.iter().all(|b| *b == 0)
     }
@@ -216,7 +216,7 @@ impl fmt::Display for ContentHash {
     }
 }
 
-/// Streaming hasher for any [`HashAlgorithm`] (spec §2.1).
+/// Streaming hasher for any [`HashAlgorithm`] (docs/format.md §2.1).
 #[derive(Clone)]
 pub struct Hasher {
     algorithm: HashAlgorithm,
@@ -277,7 +277,7 @@ impl fmt::Debug for Hasher {
 mod tests {
     use super::*;
 
-    /// `zlib.compress(b"hello\n", 6)`, spec §11.2.
+    /// `zlib.compress(b"hello\n", 6)`, docs/format.md §11.2.
     const HELLO_Z: [u8; 14] = [
         0x78, 0x9c, 0xcb, 0x48, 0xcd, 0xc9, 0xc9, 0xe7, 0x02, 0x00, 0x08, 0x4b, 0x02, 0x1f,
     ];
@@ -321,7 +321,7 @@ mod tests {
             ContentHash::of_bytes(HashAlgorithm::Shake128, b"").to_hex(),
             "7f9c2ba4e88f827d616045507605853ed73b8093-shake128"
         );
-        // Spec §11.3: the empty-file object.
+        // docs/format.md §11.3: the empty-file object.
         let z = [0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01];
         assert_eq!(
             ContentHash::of_bytes(HashAlgorithm::Sha1, &z).to_hex(),

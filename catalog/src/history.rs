@@ -1,5 +1,5 @@
 //! The history (tag) database, so that stock tools (`cvmfs_server tag -l`, rollback) can
-//! list a repository's revisions (CVMFS spec §9.5).
+//! list a repository's revisions (docs/format.md §9.5).
 //!
 //! An SQLite file with schema `1.0` revision `3` (tables `properties`, `branches`, `tags`,
 //! `recycle_bin`), stored zlib-compressed as an object with suffix `H` and named by the
@@ -23,9 +23,9 @@ use crate::hash::{ContentHash, Suffix};
 use crate::store::LocalStore;
 use crate::whitelist::format_utc;
 
-/// `schema` property of the history database (spec §9.5).
+/// `schema` property of the history database (docs/format.md §9.5).
 pub const SCHEMA_VERSION: &str = "1.0";
-/// `schema_revision` property of the history database (spec §9.5).
+/// `schema_revision` property of the history database (docs/format.md §9.5).
 pub const SCHEMA_REVISION: u32 = 3;
 /// The tag that names the current revision.
 pub const HEAD_TAG: &str = "trunk";
@@ -34,7 +34,7 @@ pub const PREVIOUS_HEAD_TAG: &str = "trunk-previous";
 /// Largest history database [`update_history`] will inflate, bytes.
 pub const MAX_HISTORY_SIZE: u64 = 1 << 30;
 
-/// The DDL of history schema 1.0 revision 3, statement by statement (spec §9.5).
+/// The DDL of history schema 1.0 revision 3, statement by statement (docs/format.md §9.5).
 pub const HISTORY_DDL: [&str; 4] = [
     "CREATE TABLE properties (key TEXT, value TEXT, CONSTRAINT pk_properties PRIMARY KEY (key));",
     "CREATE TABLE branches (branch TEXT, parent TEXT, initial_revision INTEGER, CONSTRAINT pk_branch PRIMARY KEY (branch), FOREIGN KEY (parent) REFERENCES branches (branch), CHECK ((branch <> '') OR (parent IS NULL)), CHECK ((branch = '') OR (parent IS NOT NULL)));",
@@ -42,7 +42,7 @@ pub const HISTORY_DDL: [&str; 4] = [
     "CREATE TABLE recycle_bin (hash TEXT, flags INTEGER, CONSTRAINT pk_hash PRIMARY KEY (hash));",
 ];
 
-/// One row of the `tags` table (spec §9.5). `channel` is always 0 and not represented.
+/// One row of the `tags` table (docs/format.md §9.5). `channel` is always 0 and not represented.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tag {
     /// Tag name, unique.
@@ -353,7 +353,7 @@ impl HistoryReader {
 }
 
 /// Stores the history of a new publish as an `H` object and returns its hash, for the
-/// manifest's `H` line (spec §7.1, §9.5).
+/// manifest's `H` line (docs/format.md §7.1, §9.5).
 ///
 /// `previous` is the manifest `H` of the revision being replaced (`None` for the first
 /// publish with history: a new database for `fqrn` is created). The previous object is read
@@ -565,7 +565,7 @@ mod tests {
         );
         assert_eq!(r.tag("nope").unwrap(), None);
 
-        // The exact schema of spec §9.5, as the sqlite3 CLI (and stock tools) see it.
+        // The exact schema of docs/format.md §9.5, as the sqlite3 CLI (and stock tools) see it.
         let conn = Connection::open(&file).unwrap();
         let ddl: Vec<String> = conn
             .prepare("SELECT sql FROM sqlite_master WHERE type = 'table' ORDER BY rowid")

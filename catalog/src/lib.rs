@@ -1,6 +1,6 @@
 //! The CernVM-FS (CVMFS) repository format, without any networking.
 //!
-//! Everything here follows `shared/spec/cvmfs-format.md`; section numbers in the docs point
+//! Everything here follows `docs/format.md`; section numbers in the docs point
 //! there. Main pieces:
 //!
 //! * [`hash`]: [`ContentHash`] (SHA-1, RIPEMD-160, SHAKE128), object names
@@ -18,11 +18,13 @@
 //!   (§7).
 //! * [`history`]: the tag database (`H` object) stock tools use to list revisions (§9.5).
 //! * [`store`]: [`LocalStore`], the served tree with atomic writes (§1.2).
+//! * [`stock_zlib`]: C zlib for the objects stock tools re-create from their content
+//!   (certificate, meta-info), so their names survive a Stratum-1 replication (§3.1, §7.3).
 //!
 //! Catalogs and objects are plain files: all of this is blocking code, to be run on
 //! blocking threads by async callers.
 
-#![forbid(unsafe_code)]
+// Unsafe code only in `stock_zlib` (one C zlib call, through libz-sys).
 #![warn(missing_docs)]
 
 pub mod chunking;
@@ -37,14 +39,20 @@ pub mod path_hash;
 pub mod reader;
 mod signed;
 pub mod statistics;
+pub mod stock_zlib;
 pub mod store;
+#[cfg(test)]
+mod test_support;
 pub mod verify;
 pub mod whitelist;
 pub mod writer;
 pub mod xattr;
 
 pub use chunking::{ChunkParams, Chunker, ChunkingWriter, StoredFile, chunk_range, chunk_spans};
-pub use compression::{ObjectInfo, ObjectWriter, compress, decode, decompress, verify_and_inflate};
+pub use compression::{
+    InflatingWriter, ObjectInfo, ObjectWriter, compress, compress_into, decode, decompress,
+    verify_and_inflate,
+};
 pub use entry::{Chunk, Entry, EntryKind};
 pub use error::{Error, Result};
 pub use hash::{ContentHash, HashAlgorithm, Hasher, Suffix};
@@ -54,7 +62,7 @@ pub use manifest::{Manifest, SignedManifest};
 pub use path_hash::{PathHash, parent_hash, parent_path, path_hash};
 pub use reader::{CatalogReader, NestedCatalogRef};
 pub use statistics::{Counters, Statistics};
-pub use store::LocalStore;
+pub use store::{Durability, LocalStore};
 pub use verify::verify_repository;
 pub use whitelist::{SignedWhitelist, Whitelist};
 pub use writer::{CatalogProperties, CatalogWriter, Transition};

@@ -1,5 +1,5 @@
 //! Catalog path keys: MD5 of the absolute repository path split into two little-endian
-//! signed 64-bit halves (CVMFS spec §6.5).
+//! signed 64-bit halves (docs/format.md §6.5).
 
 use md5::{Digest, Md5};
 
@@ -27,13 +27,13 @@ impl PathHash {
 }
 
 /// Path key of `path`: MD5 of its bytes. `""` is the repository root; paths are absolute,
-/// `/`-separated, without trailing slash (spec §6.5).
+/// `/`-separated, without trailing slash (docs/format.md §6.5).
 pub fn path_hash(path: &str) -> PathHash {
     PathHash::from_md5(Md5::digest(path.as_bytes()).into())
 }
 
 /// Parent key of `path`: the path hash of [`parent_path`], except for the root, whose parent
-/// is the all-zero `PathHash(0, 0)` (spec §6.5).
+/// is the all-zero `PathHash(0, 0)` (docs/format.md §6.5).
 pub fn parent_hash(path: &str) -> PathHash {
     if path.is_empty() {
         PathHash(0, 0)

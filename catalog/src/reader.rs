@@ -1,4 +1,4 @@
-//! Reading a catalog read-only (CVMFS spec §6), including stock catalogs of older schema
+//! Reading a catalog read-only (docs/format.md §6), including stock catalogs of older schema
 //! revisions where that is cheap (no `mtimens` before rev 7, no `xattr` before rev 2, no
 //! `nested_catalogs.size` before rev 1).
 
@@ -13,7 +13,7 @@ use crate::path_hash::{file_name, path_hash};
 use crate::statistics::Statistics;
 use crate::xattr::decode_xattrs;
 
-/// A child catalog listed in `nested_catalogs` (spec §6.12).
+/// A child catalog listed in `nested_catalogs` (docs/format.md §6.12).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NestedCatalogRef {
     /// Absolute mountpoint path, e.g. `/software/v1`.
@@ -240,7 +240,7 @@ impl CatalogReader {
         Ok(out)
     }
 
-    /// The chunks of the file at `path`, ordered by offset (spec §6.11); empty if the file
+    /// The chunks of the file at `path`, ordered by offset (docs/format.md §6.11); empty if the file
     /// is not chunked or not in this catalog. The hash algorithm comes from the file's flags.
     ///
     /// Errors: [`Error::Sqlite`], [`Error::InvalidCatalog`] (also when the rows do not tile
@@ -273,7 +273,7 @@ impl CatalogReader {
             })
             .map_err(|e| self.sql(e))?;
         let mut out = Vec::new();
-        // Chunks MUST tile the file from offset 0 (spec §6.11); anything else (negative,
+        // Chunks MUST tile the file from offset 0 (docs/format.md §6.11); anything else (negative,
         // overlapping, gapped or overflowing rows) is refused here, so readers can do
         // offset arithmetic on the result without checks.
         let mut next: u64 = 0;
@@ -300,7 +300,7 @@ impl CatalogReader {
         Ok(out)
     }
 
-    /// The direct child catalogs (spec §6.12), sorted by path.
+    /// The direct child catalogs (docs/format.md §6.12), sorted by path.
     ///
     /// Errors: [`Error::Sqlite`], [`Error::InvalidCatalog`] for a row without a valid hash.
     pub fn nested_catalogs(&self) -> Result<Vec<NestedCatalogRef>> {
@@ -344,7 +344,7 @@ impl CatalogReader {
         Ok(out)
     }
 
-    /// Bind mountpoints (spec §6.12; flag 0x4000 entries), sorted by path; empty for
+    /// Bind mountpoints (docs/format.md §6.12; flag 0x4000 entries), sorted by path; empty for
     /// catalogs older than schema revision 4, which lack the table.
     ///
     /// Errors: [`Error::Sqlite`], [`Error::InvalidCatalog`] for a row without a valid hash.
@@ -523,7 +523,7 @@ mod tests {
     use crate::manifest::Manifest;
 
     fn fixture() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/stock-repo/srv")
+        Path::new(crate::test_support::STOCK_REPO).join("srv")
     }
 
     /// Fetches, verifies and inflates a catalog object of the stock fixture into `dir`.
@@ -683,7 +683,7 @@ mod tests {
         assert_eq!(r.statistics().unwrap(), Statistics::default());
     }
 
-    /// A catalog as stock CVMFS wrote it at 2.5 revision `rev` (spec §6.15): columns and
+    /// A catalog as stock CVMFS wrote it at 2.5 revision `rev` (docs/format.md §6.15): columns and
     /// tables added later are left out, and only the counters of that revision exist.
     fn old_catalog(file: &Path, rev: u32) {
         let conn = Connection::open(file).unwrap();

@@ -1,4 +1,4 @@
-//! The framing shared by `.cvmfspublished` and `.cvmfswhitelist` (CVMFS spec §7.2, §7.4):
+//! The framing shared by `.cvmfspublished` and `.cvmfswhitelist` (docs/format.md §7.2, §7.4):
 //! body lines, a `--` line, the hex hash of the body, then a binary signature.
 
 use crate::hash::{ContentHash, HashAlgorithm};
@@ -44,7 +44,7 @@ pub(crate) fn split(bytes: &[u8]) -> Result<Framed<'_>, String> {
     })
 }
 
-/// The algorithm implied by a hex hash line's length (spec §2.3), `None` if unknown.
+/// The algorithm implied by a hex hash line's length (docs/format.md §2.3), `None` if unknown.
 pub(crate) fn algorithm_of_hex(hex: &str) -> Option<HashAlgorithm> {
     ContentHash::parse_hex(hex).ok().map(|h| h.algorithm)
 }

@@ -1,4 +1,4 @@
-//! The 24 `statistics` counters of a catalog (CVMFS spec §6.13).
+//! The 24 `statistics` counters of a catalog (docs/format.md §6.13).
 
 use std::ops::{Add, AddAssign};
 

@@ -1,18 +1,37 @@
 //! The served tree of a repository on local disk: `data/00..ff`, `data/txn`, and the files
-//! at the root (`.cvmfspublished`, `.cvmfswhitelist`, …) (CVMFS spec §1.2, §1.3).
+//! at the root (`.cvmfspublished`, `.cvmfswhitelist`, …) (docs/format.md §1.2, §1.3).
 //!
-//! Every write goes to a temporary file in `data/txn`, is fsynced and then renamed into
-//! place, so readers (the HTTP server, Stratum-1s) never see partial objects.
+//! Every write goes to a temporary file in `data/txn`, is fsynced (unless the caller syncs
+//! later, [`Durability::Deferred`]) and then renamed into place, so readers (the HTTP
+//! server, Stratum-1s) never see partial objects.
+//!
+//! Objects are made in one way: compressed and hashed by an [`ObjectWriter`], in memory
+//! ([`LocalStore::store_object`], [`LocalStore::put_raw`]) or streamed through a temporary
+//! file ([`LocalStore::new_object`], [`LocalStore::commit_object`],
+//! [`LocalStore::store_stream`]).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use std::os::unix::fs::PermissionsExt;
 use tempfile::NamedTempFile;
 
-use crate::compression::compress;
+use crate::compression::{ObjectInfo, ObjectWriter, compress_into};
 use crate::error::{Error, Result};
 use crate::hash::{ContentHash, HashAlgorithm, Suffix};
+use crate::stock_zlib;
+
+/// Whether a new object is fsynced before it is renamed into place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Fsync each object: once it has its name it survives a crash.
+    Synced,
+    /// No fsync per object (one per object made the publisher's workers wait on the disk
+    /// instead of compressing): the caller syncs the file system once before anything
+    /// refers to the objects. A killed process loses nothing either way: the rename
+    /// happens after the write.
+    Deferred,
+}
 
 /// A repository's served tree rooted at a directory.
 #[derive(Clone, Debug)]
@@ -56,33 +75,110 @@ impl LocalStore {
     }
 
     /// Stores `stored` (already compressed as appropriate) as object `hash`+`suffix`, unless
-    /// it exists. Returns false if it already existed. The caller vouches that `stored`
-    /// hashes to `hash`.
+    /// it exists; fsynced. Returns false if it already existed. The caller vouches that
+    /// `stored` hashes to `hash`.
     ///
     /// Errors: [`Error::Io`].
     pub fn put(&self, hash: &ContentHash, suffix: Suffix, stored: &[u8]) -> Result<bool> {
+        self.put_with(hash, suffix, stored, Durability::Synced)
+    }
+
+    fn put_with(
+        &self,
+        hash: &ContentHash,
+        suffix: Suffix,
+        stored: &[u8],
+        durability: Durability,
+    ) -> Result<bool> {
         if self.contains(hash, suffix) {
             return Ok(false);
         }
         let mut tmp = self.temp_file()?;
         tmp.write_all(stored)
             .map_err(|e| Error::io(format!("writing {}", tmp.path().display()), e))?;
-        self.commit(tmp, hash, suffix)
+        self.commit_with(tmp, hash, suffix, durability)
     }
 
-    /// Compresses `raw` (zlib level 6), hashes the result with SHA-1 and stores it; returns
-    /// the hash. For catalogs, certificates, meta-info (always compressed, spec §3.3).
+    /// Compresses `raw` (zlib level 6), hashes the result with SHA-1 and stores it, fsynced;
+    /// returns the hash. For catalogs, certificates, meta-info (always compressed, docs/format.md
+    /// §3.3). As [`LocalStore::store_object`].
     ///
     /// Errors: [`Error::Io`].
     pub fn put_raw(&self, raw: &[u8], suffix: Suffix) -> Result<ContentHash> {
-        let stored = compress(raw);
-        let hash = ContentHash::of_bytes(HashAlgorithm::Sha1, &stored);
-        self.put(&hash, suffix, &stored)?;
+        self.store_object(raw, suffix, Durability::Synced, &mut Vec::new())
+    }
+
+    /// Compresses `raw` into `buf` ([`compress_into`]: zlib level 6; `buf` is cleared first
+    /// and its allocation re-used), hashes the stored bytes with SHA-1 and stores them as
+    /// object `hash`+`suffix` unless it exists; returns the hash. Objects that stock tools
+    /// re-create from their content (certificate, meta-info) are compressed with C zlib
+    /// exactly as stock does ([`stock_zlib`]), so that a Stratum-1 replica keeps their names.
+    ///
+    /// Errors: [`Error::Io`].
+    pub fn store_object(
+        &self,
+        raw: &[u8],
+        suffix: Suffix,
+        durability: Durability,
+        buf: &mut Vec<u8>,
+    ) -> Result<ContentHash> {
+        let hash = if stock_zlib::recreated_by_stock(suffix) {
+            *buf = stock_zlib::compress(raw);
+            ContentHash::of_bytes(HashAlgorithm::Sha1, buf)
+        } else {
+            compress_into(raw, buf, HashAlgorithm::Sha1)?
+        };
+        self.put_with(&hash, suffix, buf, durability)?;
         Ok(hash)
     }
 
+    /// A new object to stream into: an [`ObjectWriter`] (zlib if `compressed`, else the
+    /// bytes as they are, docs/format.md §3.2; hashed with `algorithm`) over a temporary file in
+    /// `data/txn`. End it with [`LocalStore::commit_object`]; dropping it deletes the file.
+    ///
+    /// Errors: [`Error::Io`].
+    pub fn new_object(
+        &self,
+        algorithm: HashAlgorithm,
+        compressed: bool,
+    ) -> Result<ObjectWriter<NamedTempFile>> {
+        Ok(ObjectWriter::with_compression(
+            self.temp_file()?,
+            algorithm,
+            compressed,
+        ))
+    }
+
+    /// Ends an object from [`LocalStore::new_object`] and stores it, fsynced, as object
+    /// `<its hash>`+`suffix` unless that exists; returns what was written and whether the
+    /// object is new.
+    ///
+    /// Errors: [`Error::Io`].
+    pub fn commit_object(
+        &self,
+        w: ObjectWriter<NamedTempFile>,
+        suffix: Suffix,
+    ) -> Result<(ObjectInfo, bool)> {
+        let (tmp, info) = w.finish()?;
+        let new = self.commit(tmp, &info.hash, suffix)?;
+        Ok((info, new))
+    }
+
+    /// Compresses (zlib level 6) and hashes (SHA-1) everything `r` yields into a new object
+    /// with `suffix`, streaming through a temporary file; an object that already exists is
+    /// not written again.
+    ///
+    /// Errors: [`Error::Io`], also when reading `r` fails.
+    pub fn store_stream<R: Read>(&self, mut r: R, suffix: Suffix) -> Result<ObjectInfo> {
+        let mut w = self.new_object(HashAlgorithm::Sha1, true)?;
+        std::io::copy(&mut r, &mut w).map_err(|e| Error::io("compressing object", e))?;
+        let (info, _) = self.commit_object(w, suffix)?;
+        Ok(info)
+    }
+
     /// A new temporary file in `data/txn`, to be filled and then passed to
-    /// [`LocalStore::commit`] (dropping it deletes it).
+    /// [`LocalStore::commit`] (dropping it deletes it). For objects, use
+    /// [`LocalStore::new_object`], which compresses and hashes on the way.
     ///
     /// Errors: [`Error::Io`].
     pub fn temp_file(&self) -> Result<NamedTempFile> {
@@ -99,13 +195,25 @@ impl LocalStore {
     ///
     /// Errors: [`Error::Io`].
     pub fn commit(&self, tmp: NamedTempFile, hash: &ContentHash, suffix: Suffix) -> Result<bool> {
+        self.commit_with(tmp, hash, suffix, Durability::Synced)
+    }
+
+    fn commit_with(
+        &self,
+        tmp: NamedTempFile,
+        hash: &ContentHash,
+        suffix: Suffix,
+        durability: Durability,
+    ) -> Result<bool> {
         let target = self.object_file(hash, suffix);
         if target.is_file() {
             return Ok(false);
         }
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| Error::io(format!("syncing {}", tmp.path().display()), e))?;
+        if durability == Durability::Synced {
+            tmp.as_file()
+                .sync_all()
+                .map_err(|e| Error::io(format!("syncing {}", tmp.path().display()), e))?;
+        }
         tmp.persist(&target)
             .map_err(|e| Error::io(format!("renaming to {}", target.display()), e.error))?;
         Ok(true)
@@ -188,6 +296,21 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn recreated_objects_are_stored_as_stock_writes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let pem: Vec<u8> = (0..3000u32)
+            .map(|i| b"MIIC+/=AZaz09\n"[i as usize % 14])
+            .collect();
+        for suffix in [Suffix::Certificate, Suffix::MetaInfo] {
+            let h = store.put_raw(&pem, suffix).unwrap();
+            let stored = store.get(&h, suffix).unwrap();
+            assert_eq!(stored, stock_zlib::compress(&pem), "{suffix:?}");
+            assert_eq!(ContentHash::of_bytes(HashAlgorithm::Sha1, &stored), h);
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The client's verification of a repository's entry point (CVMFS spec §7.5), in order:
+//! The client's verification of a repository's entry point (docs/format.md §7.5), in order:
 //! manifest framing and required keys, `N`, `R`, certificate and manifest signature,
 //! whitelist name, expiry and signature, certificate fingerprint in the whitelist.
 
@@ -240,8 +240,7 @@ mod tests {
 
     #[test]
     fn stock_fixture_verifies() {
-        let srv = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/stock-repo/srv");
+        let srv = std::path::Path::new(crate::test_support::STOCK_REPO).join("srv");
         let manifest = std::fs::read(srv.join(".cvmfspublished")).unwrap();
         let whitelist = std::fs::read(srv.join(".cvmfswhitelist")).unwrap();
         let cert =

@@ -1,9 +1,9 @@
-//! Writing a catalog: SQLite schema 2.5 revision 7 (CVMFS spec §6).
+//! Writing a catalog: SQLite schema 2.5 revision 7 (docs/format.md §6).
 //!
 //! All rows go in through one transaction with cached prepared statements, so a layer of
 //! 100 000 entries is written quickly; [`CatalogWriter::finish`] computes the `self_`
 //! counters from the rows, writes properties and statistics, commits and closes the file.
-//! The database stays in rollback-journal mode (never WAL) with rowid tables (spec §6.1).
+//! The database stays in rollback-journal mode (never WAL) with rowid tables (docs/format.md §6.1).
 
 use std::path::{Path, PathBuf};
 
@@ -15,12 +15,12 @@ use crate::hash::ContentHash;
 use crate::path_hash::{file_name, parent_hash, path_hash};
 use crate::statistics::{Counters, Statistics};
 
-/// `schema` property written (spec §6.2).
+/// `schema` property written (docs/format.md §6.2).
 pub const SCHEMA_VERSION: &str = "2.5";
-/// `schema_revision` property written (spec §6.2).
+/// `schema_revision` property written (docs/format.md §6.2).
 pub const SCHEMA_REVISION: u32 = 7;
 
-/// The DDL, statement by statement, as stock CVMFS 2.12 creates it (spec §6.3).
+/// The DDL, statement by statement, as stock CVMFS 2.12 creates it (docs/format.md §6.3).
 pub const SCHEMA_DDL: [&str; 7] = [
     "CREATE TABLE properties (key TEXT, value TEXT, CONSTRAINT pk_properties PRIMARY KEY (key));",
     "CREATE TABLE catalog (md5path_1 INTEGER, md5path_2 INTEGER, parent_1 INTEGER, parent_2 INTEGER, hardlinks INTEGER, hash BLOB, size INTEGER, mode INTEGER, mtime INTEGER, mtimens INTEGER, flags INTEGER, name TEXT, symlink TEXT, uid INTEGER, gid INTEGER, xattr BLOB, CONSTRAINT pk_catalog PRIMARY KEY (md5path_1, md5path_2));",
@@ -37,7 +37,7 @@ const INSERT_ENTRY: &str = "INSERT INTO catalog (md5path_1, md5path_2, parent_1,
 const INSERT_CHUNK: &str =
     "INSERT INTO chunks (md5path_1, md5path_2, offset, size, hash) VALUES (?1, ?2, ?3, ?4, ?5)";
 
-/// How an entry relates to nested catalogs (spec §6.14).
+/// How an entry relates to nested catalogs (docs/format.md §6.14).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Transition {
     /// An ordinary entry.
@@ -49,7 +49,7 @@ pub enum Transition {
 }
 
 /// Properties written by [`CatalogWriter::finish`] besides `schema`, `schema_revision` and
-/// `root_prefix` (spec §6.4).
+/// `root_prefix` (docs/format.md §6.4).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct CatalogProperties {
     /// `revision`: root catalog's must equal the manifest `S`.
@@ -111,7 +111,7 @@ impl CatalogWriter {
     /// `entry.name` must be the last component of `path`; the path must be the catalog's
     /// root prefix or lie below it; [`Transition::NestedRoot`] only for the root prefix of a
     /// nested catalog, [`Transition::NestedMountpoint`] only for directories below it. Flags
-    /// are composed as in spec §6.6.
+    /// are composed as in docs/format.md §6.6.
     ///
     /// Errors: [`Error::InvalidEntry`] for the violations above or those of
     /// [`Entry::validate`], [`Error::Sqlite`] (e.g. the path was already added).
@@ -205,7 +205,7 @@ impl CatalogWriter {
         Ok(())
     }
 
-    /// Registers a direct child catalog mounted at `mountpoint` (spec §6.12): writes the
+    /// Registers a direct child catalog mounted at `mountpoint` (docs/format.md §6.12): writes the
     /// `nested_catalogs` row (plain hex hash, uncompressed `size` in bytes) and adds
     /// `child.self_ + child.subtree` to this catalog's `subtree_` counters. The mountpoint
     /// directory itself must be added with [`Transition::NestedMountpoint`].
@@ -244,7 +244,7 @@ impl CatalogWriter {
     /// Computes the `self_` counters from the rows, writes properties (`schema`,
     /// `schema_revision`, `revision`, `last_modified`, `root_prefix` for nested catalogs,
     /// `TTL` and `previous_revision` when given) and all 24 statistics, commits and closes
-    /// the file (spec §6.4, §6.13). Returns the statistics written.
+    /// the file (docs/format.md §6.4, §6.13). Returns the statistics written.
     ///
     /// Errors: [`Error::InvalidCatalog`] if the root entry (the root prefix) was never added,
     /// [`Error::Sqlite`].
@@ -382,13 +382,11 @@ fn duplicate_or_sqlite(db: &Path, e: rusqlite::Error, path: &str, reason: &str) 
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::process::Command;
-
     use super::*;
     use crate::entry::{Chunk, FLAG_HIDDEN};
     use crate::hash::HashAlgorithm;
     use crate::reader::CatalogReader;
+    use std::collections::BTreeMap;
 
     fn h(text: &[u8]) -> ContentHash {
         ContentHash::of_bytes(HashAlgorithm::Sha1, text)
@@ -694,7 +692,7 @@ mod tests {
         assert!(!props.contains_key("root_prefix"));
         let n: i64 = one(&conn, "SELECT COUNT(*) FROM statistics");
         assert_eq!(n, 24);
-        // Spec §11.1 / §11.2 row for a file: hash blob, size, flags, mode, hardlinks.
+        // docs/format.md §11.1 / §11.2 row for a file: hash blob, size, flags, mode, hardlinks.
         let row: (i64, i64, i64, i64, Vec<u8>, i64, i64, String) = conn
             .query_row(
                 "SELECT md5path_1, md5path_2, parent_1, parent_2, hash, flags, hardlinks, symlink \
@@ -737,7 +735,7 @@ mod tests {
         assert_eq!(no_mtimens, 15, "only hello.txt records nanoseconds");
     }
 
-    /// `sqlite3 .schema` of a written catalog shows exactly the tables of spec §6.3.
+    /// `sqlite3 .schema` of a written catalog shows exactly the tables of docs/format.md §6.3.
     #[test]
     fn sqlite3_cli_schema_matches_spec() {
         let dir = tempfile::tempdir().unwrap();
@@ -745,13 +743,10 @@ mod tests {
         let mut w = CatalogWriter::create(&file, "").unwrap();
         add_dir(&mut w, "", Transition::None);
         w.finish(&CatalogProperties::default()).unwrap();
-        let out = match Command::new("sqlite3").arg(&file).arg(".schema").output() {
-            Ok(o) => o,
-            Err(e) => {
-                eprintln!("skipping: sqlite3 CLI not runnable: {e}");
-                return;
-            }
-        };
+        let out = crate::test_support::run_tool(
+            "sqlite3",
+            &[file.as_os_str(), std::ffi::OsStr::new(".schema")],
+        );
         assert!(out.status.success());
         let text = String::from_utf8(out.stdout).unwrap();
         let got: Vec<&str> = text
@@ -792,7 +787,7 @@ mod tests {
         assert_eq!(idx(&ours), idx(&spec));
     }
 
-    /// The DDL as printed in spec §6.3, comments included.
+    /// The DDL as printed in docs/format.md §6.3, comments included.
     const SPEC_6_3_DDL: &str = "
 CREATE TABLE properties (key TEXT, value TEXT,
   CONSTRAINT pk_properties PRIMARY KEY (key));
@@ -882,7 +877,7 @@ CREATE TABLE statistics (counter TEXT, value INTEGER,
     }
 
     /// Counts a catalog's own rows by walking it with the reader (independent of the
-    /// writer's SQL), as spec §6.13 defines `self_*`.
+    /// writer's SQL), as docs/format.md §6.13 defines `self_*`.
     fn count_by_walking(r: &CatalogReader) -> Counters {
         fn walk(r: &CatalogReader, path: &str, c: &mut Counters) {
             for e in r.list(path).unwrap() {
@@ -924,7 +919,7 @@ CREATE TABLE statistics (counter TEXT, value INTEGER,
 
     #[test]
     fn statistics_add_up_across_nesting_levels() {
-        // root "" → /a (nested) → /a/b (nested), and root → /c (nested); spec §6.13.
+        // root "" → /a (nested) → /a/b (nested), and root → /c (nested); docs/format.md §6.13.
         let dir = tempfile::tempdir().unwrap();
         let props = |revision| CatalogProperties {
             revision,
@@ -1033,7 +1028,7 @@ CREATE TABLE statistics (counter TEXT, value INTEGER,
         assert_eq!((total.regular, total.file_size), (4, 30 + 30 + 5 + 7));
         assert_eq!((total.symlink, total.special, total.xattr), (1, 1, 1));
         assert_eq!(total.nested, 3);
-        // TTL and previous_revision properties (spec §6.4).
+        // TTL and previous_revision properties (docs/format.md §6.4).
         let r = CatalogReader::open(&fr).unwrap();
         assert_eq!((r.ttl(), r.revision()), (Some(300), 9));
         let conn = Connection::open(&fr).unwrap();

@@ -1,4 +1,4 @@
-//! The packed extended-attribute blob of `catalog.xattr` (CVMFS spec §6.9).
+//! The packed extended-attribute blob of `catalog.xattr` (docs/format.md §6.9).
 //!
 //! Layout: `u8 version = 1`, `u8 count`, then per attribute `u8 key_len`, `u8 value_len`,
 //! key bytes, value bytes, in ascending byte-wise key order.
@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 /// The only blob version CVMFS knows.
 const VERSION: u8 = 1;
 
-/// Packs `x` (spec §6.9). An empty map still encodes (to `01 00`); callers store SQL NULL
+/// Packs `x` (docs/format.md §6.9). An empty map still encodes (to `01 00`); callers store SQL NULL
 /// for "no xattrs" instead.
 ///
 /// Errors with [`Error::Xattr`] for more than 255 attributes, empty keys, keys containing
@@ -35,7 +35,7 @@ pub fn encode_xattrs(x: &BTreeMap<String, Vec<u8>>) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Unpacks a blob (spec §6.9). A repeated key keeps the later value.
+/// Unpacks a blob (docs/format.md §6.9). A repeated key keeps the later value.
 ///
 /// Errors with [`Error::Xattr`] for a version other than 1, truncated data, trailing bytes,
 /// empty keys or keys that are not UTF-8.

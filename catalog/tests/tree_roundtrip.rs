@@ -1,6 +1,6 @@
-//! Property test (issue 3): random trees with every entry kind → one catalog → read back
+//! Property test: random trees with every entry kind → one catalog → read back
 //! identical, entry by entry, listing by listing and chunk list by chunk list (CVMFS catalog
-//! schema 2.5, spec §6).
+//! schema 2.5, docs/format.md §6).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Ingest benchmark (issue 4): builds a multi-layer image from files of installed Debian
+# Ingest benchmark: builds a multi-layer image from files of installed Debian
 # packages, pushes it to a local docker-registry, ingests it with strata-publisher and
 # prints, from the same run on the same machine:
 #   * ingest: uncompressed MB/s, CPU use (user+sys / wall, in cores), peak RSS;

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Sync benchmark (issue 7): a `strata-publisher sync` pass with nothing to change over a
+# Sync benchmark: a `strata-publisher sync` pass with nothing to change over a
 # recipe of 100 entries (100 tags of one tiny image in a local docker-registry). Prints the
 # wall time of the first pass (ingests the 100 tags, one layer) and of five passes that
 # change nothing (one manifest HEAD per entry, no revision). Target: < 2 s per idle pass.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Synthetic images for the memory runs of publisher/README.md (issue 4).
+"""Synthetic images for the memory runs of publisher/README.md.
 
 Usage: synthetic_image.py WORK KIND...   (one layer per KIND)
   files:N      N files of 100-3000 random bytes, 1000 per directory (no directory entry for

@@ -12,7 +12,8 @@ use crate::objects::inflate_catalog;
 use crate::repo::Repo;
 
 /// An open layer catalog. Paths given to [`LayerView`] are relative to the catalog's root
-/// prefix.
+/// prefix. Hidden rows (the `.cvmfscatalog` marker, `tree::hidden_marker_entry`) are not
+/// layer content: an image has no hidden files, so the view leaves them out.
 pub struct CatalogView {
     reader: CatalogReader,
     file: PathBuf,
@@ -72,9 +73,10 @@ impl LayerView for CatalogView {
     fn list(&self, dir: &str) -> Result<Vec<Entry>> {
         let full = self.full(dir);
         let mut out = self.reader.list(&full)?;
+        out.retain(|e| !e.is_hidden());
         for e in &mut out {
             if e.is_chunked() {
-                // The reader leaves `chunks` empty; the writer needs them (spec §6.10).
+                // The reader leaves `chunks` empty; the writer needs them (docs/format.md §6.10).
                 e.chunks = self.reader.chunks(&format!("{full}/{}", e.name))?;
             }
         }
@@ -83,7 +85,7 @@ impl LayerView for CatalogView {
 
     fn lookup(&self, path: &str) -> Result<Option<Entry>> {
         let full = self.full(path);
-        let mut e = self.reader.lookup(&full)?;
+        let mut e = self.reader.lookup(&full)?.filter(|e| !e.is_hidden());
         if let Some(e) = e.as_mut()
             && e.is_chunked()
         {
@@ -93,7 +95,7 @@ impl LayerView for CatalogView {
     }
 
     /// `max(hardlinks >> 32)` over the catalog table (the group id is the high half of
-    /// the `hardlinks` column, CVMFS spec §6.8; masked to 32 bits as the reader takes it,
+    /// the `hardlinks` column, docs/format.md §6.8; masked to 32 bits as the reader takes it,
     /// since SQLite shifts the signed column arithmetically).
     fn max_hardlink_group(&self) -> Result<u32> {
         let sql = |source| Error::Sqlite {

@@ -3,7 +3,8 @@
 //!
 //! The format is taken from the magic bytes (gzip `1f 8b`, zstd `28 b5 2f fd`); the media
 //! type only decides when the blob is too short to tell. gzip uses `MultiGzDecoder` because
-//! some tools write several members (crates.md §1.5).
+//! some tools (pigz, parallel writers) write several members, and a plain `GzDecoder` would
+//! stop after the first.
 
 use std::io::{self, BufRead, BufReader, Read};
 

@@ -44,6 +44,10 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A digest (in a manifest, config, index or layer record) is not `sha256:<64 lowercase
+    /// hex>`, so it cannot name anything in the namespace.
+    #[error("{0}")]
+    Digest(namespace::Error),
     /// The registry client failed (HTTP, auth, registry error document).
     #[error("registry error for {image}: {source}")]
     Registry {
@@ -127,9 +131,43 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// What a command was doing when `source` happened (the command line's outermost
+    /// message, e.g. `ingesting into DIR`).
+    #[error("{context}")]
+    Context {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The command line asks for something it does not give enough to do.
+    #[error("{0}")]
+    Usage(String),
+    /// `verify` found faults (each one is printed as it is found).
+    #[error("revision {revision} of {repo}: {count} fault(s)")]
+    Faults {
+        /// The repository directory or URL, as given.
+        repo: String,
+        /// The revision checked.
+        revision: u64,
+        /// Number of faults.
+        count: usize,
+    },
+    /// A `sync` pass in which images or recipe entries failed (each one is reported).
+    #[error("{0} image(s) or recipe entries failed")]
+    SyncFailed(usize),
 }
 
 impl Error {
+    /// `self` as the source of an [`Error::Context`] saying what was being done.
+    pub fn context(self, context: impl Into<String>) -> Error {
+        Error::Context {
+            context: context.into(),
+            source: Box::new(self),
+        }
+    }
+
     /// Wraps an I/O error with a description of what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io {
@@ -143,6 +181,23 @@ impl Error {
         Error::Json {
             context: context.into(),
             source,
+        }
+    }
+}
+
+/// Bad references and platforms keep the publisher's [`Error::Reference`] (`--platform`,
+/// `--name`, recipes); a bad digest is an [`Error::Digest`].
+impl From<namespace::Error> for Error {
+    fn from(e: namespace::Error) -> Error {
+        match e {
+            namespace::Error::Reference { reference, reason } => {
+                Error::Reference { reference, reason }
+            }
+            namespace::Error::Platform { platform, reason } => Error::Reference {
+                reference: platform,
+                reason,
+            },
+            digest @ namespace::Error::Digest { .. } => Error::Digest(digest),
         }
     }
 }

@@ -11,7 +11,7 @@
 //! layer catalog ([`crate::catalog_view::CatalogView`]) or an in-memory [`Node`] tree.
 //!
 //! Content objects are shared with the layers (entries keep their hashes), so a flat image
-//! costs catalog space only (DESIGN.md, "Repository namespace").
+//! costs catalog space only (docs/namespace.md §5).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -58,7 +58,7 @@ pub fn is_opaque(e: &Entry) -> bool {
     e.xattrs.get(OPAQUE_XATTR).is_some_and(|v| v == b"y")
 }
 
-/// Makes the hard-link groups of one directory's rows consistent (CVMFS spec §6.8; groups
+/// Makes the hard-link groups of one directory's rows consistent (docs/format.md §6.8; groups
 /// never span directories, [`crate::layer`]): every member gets `linkcount` = number of
 /// members, a group of one is dissolved, other non-directories get linkcount 1.
 pub fn normalize_hardlinks<'e>(entries: impl IntoIterator<Item = &'e mut Entry>) {
@@ -112,7 +112,7 @@ impl<'a> Image<'a> {
     /// hard-link group of each layer.
     ///
     /// Errors: those of the views; [`Error::Task`] if the layers' hard-link groups do not
-    /// fit in one `u32` numbering (CVMFS spec §6.8: 32-bit group ids).
+    /// fit in one `u32` numbering (docs/format.md §6.8: 32-bit group ids).
     pub fn new(layers: Vec<&'a dyn LayerView>) -> Result<Image<'a>> {
         let mut roots = Vec::with_capacity(layers.len());
         let mut offsets = Vec::with_capacity(layers.len());
@@ -350,7 +350,7 @@ pub fn collect(image: &Image<'_>, extra: Vec<Node>) -> Result<Node> {
 /// Applies `layers` (lowest first, each a layer root) and returns the flattened root
 /// directory (in memory; `ingest` streams instead, [`Image::emit`]). The root's metadata
 /// comes from the topmost layer. Hard-link groups are renumbered so groups of different
-/// layers stay apart, then normalised (CVMFS spec §6.8).
+/// layers stay apart, then normalised (docs/format.md §6.8).
 pub fn flatten(layers: &[&Node]) -> Node {
     let views: Vec<&dyn LayerView> = layers.iter().map(|l| *l as &dyn LayerView).collect();
     // Node views never fail.

@@ -1,8 +1,8 @@
 //! `gc`: deletes objects of `DIR/srv/data` that no retained revision references (CVMFS
-//! spec §1.3 object names; the idea of `cvmfs_server gc`, mark and sweep).
+//! docs/format.md §1.3 object names; the idea of `cvmfs_server gc`, mark and sweep).
 //!
 //! * Retained revisions: the current one and the `keep - 1` newest before it, found through
-//!   the tag history the manifest's `H` names (spec §9.5; every publish adds a tag with the
+//!   the tag history the manifest's `H` names (docs/format.md §9.5; every publish adds a tag with the
 //!   root catalog hash). A repository without history retains only the current revision.
 //! * Mark: every catalog reachable from a retained root catalog (`C`), every whole-file
 //!   object (no suffix) and chunk (`P`) their rows name, and the current manifest's
@@ -152,7 +152,7 @@ pub fn referenced_objects(repo: &Repo, roots: &[ContentHash]) -> Result<(HashSet
 }
 
 /// Whether a file name in `data/<hh>/` is an object name: 38 lowercase hex digits, then an
-/// optional algorithm tag (`-rmd160`, `-shake128`) and suffix letter (spec §1.3).
+/// optional algorithm tag (`-rmd160`, `-shake128`) and suffix letter (docs/format.md §1.3).
 fn is_object_name(name: &str) -> bool {
     name.len() >= 38
         && name

@@ -1,4 +1,4 @@
-//! `ingest`: one repository transaction for a batch of images (DESIGN.md, "Publisher").
+//! `ingest`: one repository transaction for a batch of images (docs/architecture.md §2).
 //!
 //! For each image: fetch manifest and config, download and convert only the layers that are
 //! not yet in the repository (a few at a time, each streamed on a blocking thread), then add
@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use catalog::{ContentHash, LocalStore, Suffix};
 use futures::{StreamExt, TryStreamExt};
+use namespace::{Digest, chain_ids, paths};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog_view::CatalogView;
-use crate::digest::{chain_ids, sha256_hex};
 use crate::error::{Error, Result};
 use crate::flatten::{Image, LayerView};
 use crate::layer::{LayerId, Limits, StagedLayer, read_layer};
@@ -176,15 +176,6 @@ pub async fn ingest(
     Ok(summary)
 }
 
-/// `<hh>` and `<hex>` of a `sha256:<hex>` digest.
-fn split_digest(digest: &str) -> Result<(String, String)> {
-    let hex = sha256_hex(digest).ok_or_else(|| Error::Image {
-        image: String::new(),
-        reason: format!("unsupported digest {digest:?}"),
-    })?;
-    Ok((hex[..2].to_string(), hex.to_string()))
-}
-
 /// Fetches every image of the batch, converts the layers the repository lacks (a few at a
 /// a time, from all images at once), then adds every image to `ns`. Also used by `sync`
 /// (one image per call, so that one failure leaves the others).
@@ -200,7 +191,7 @@ pub(crate) async fn ingest_batch(
     let sets: Vec<FetchedSet> =
         futures::future::try_join_all(sources.iter().map(|s| s.fetch(&options.platforms))).await?;
     // Every layer of every platform of every image, once: (source index, blob, diffID).
-    let mut layers: Vec<(usize, BlobDescriptor, String)> = Vec::new();
+    let mut layers: Vec<(usize, BlobDescriptor, Digest)> = Vec::new();
     for (i, set) in sets.iter().enumerate() {
         let platforms: Vec<String> = set.images.iter().map(|i| i.platform.to_string()).collect();
         tracing::info!(image = %set.name, platforms = %platforms.join(","), "fetched manifests and configs");
@@ -213,17 +204,16 @@ pub(crate) async fn ingest_batch(
         }
     }
     // Which layers are missing (loading the .layers/<hh> catalogs that may hold them)?
-    let digests: Vec<String> = layers.iter().map(|(_, l, _)| l.digest.clone()).collect();
+    let digests: Vec<Digest> = layers.iter().map(|(_, l, _)| l.digest.clone()).collect();
     let repo2 = repo.clone();
     let (ns, missing) = blocking(move || {
         let mut ns = ns;
         let mut missing = Vec::new();
         for d in &digests {
-            let (hh, hex) = split_digest(d)?;
-            if let Some(bucket) = ns.root.get_mut(&[".layers", &hh]) {
+            if let Some(bucket) = ns.root.get_mut(&paths::layer_bucket(d)) {
                 load_catalog_node(&repo2, bucket)?;
             }
-            if ns.root.get(&[".layers", &hh, &hex, "layerfs"]).is_none() {
+            if ns.root.get(&paths::layerfs(d)).is_none() {
                 missing.push(d.clone());
             }
         }
@@ -231,14 +221,14 @@ pub(crate) async fn ingest_batch(
     })
     .await?;
 
-    let to_fetch: Vec<(usize, BlobDescriptor, String)> = layers
+    let to_fetch: Vec<(usize, BlobDescriptor, Digest)> = layers
         .iter()
         .filter(|(_, l, _)| missing.contains(&l.digest))
         .cloned()
         .collect();
     progress.add_layers(to_fetch.len() as u64);
     let scratch = repo.tmp_dir()?;
-    let converted: Vec<(String, StagedLayer)> = futures::stream::iter(to_fetch)
+    let converted: Vec<(Digest, StagedLayer)> = futures::stream::iter(to_fetch)
         .map(|(i, blob, diff_id)| {
             let pool = pool.clone();
             let progress = progress.clone();
@@ -247,12 +237,12 @@ pub(crate) async fn ingest_batch(
             let source = &sources[i];
             let scratch = scratch.clone();
             async move {
-                let bar = progress.layer(&blob.digest, blob.size);
+                let bar = progress.layer(&blob.digest.to_string(), blob.size);
                 let reader = bar.reader(source.open_blob(&blob).await?);
                 let id = LayerId {
                     image: label,
-                    digest: blob.digest.clone(),
-                    diff_id,
+                    digest: blob.digest.to_string(),
+                    diff_id: diff_id.to_string(),
                     media_type: blob.media_type.clone(),
                 };
                 let tree =
@@ -302,18 +292,15 @@ fn add_image(
     ns: &mut Namespace,
     label: &str,
     image: &FetchedImage,
-    converted: &mut std::collections::HashMap<String, StagedLayer>,
+    converted: &mut std::collections::HashMap<Digest, StagedLayer>,
 ) -> Result<()> {
     let store = &repo.store;
     let now = unix_now() as i64;
     let empty = store.put_raw(b"", Suffix::None)?;
     let chains = chain_ids(&image.diff_ids);
 
-    let (chh, chex) = split_digest(&image.config_descriptor.digest)?;
-    let flat_exists = ns
-        .root
-        .get(&[".flat", &chh])
-        .is_some_and(|b| b.children.contains_key(&chex));
+    let config = &image.config_descriptor.digest;
+    let flat_exists = ns.root.get(&paths::flat_dir(config)).is_some();
     // The layer catalogs are read back when the flat tree is built, or when a new layer
     // implies directories, which take their metadata from the layers below (a layer shared
     // by images of one batch is fixed against the first image's lower layers).
@@ -324,12 +311,12 @@ fn add_image(
     let mut views: Vec<CatalogView> = Vec::new();
     for blob in &image.layers {
         let digest = &blob.digest;
-        let (hh, hex) = split_digest(digest)?;
+        let layer = digest.to_string();
         let Some(staged) = converted.remove(digest) else {
             if need_views {
                 let view = published_layer_view(repo, ns, digest).map_err(in_layer(
                     label,
-                    digest,
+                    &layer,
                     "opening its published catalog",
                 ))?;
                 views.push(view);
@@ -338,25 +325,25 @@ fn add_image(
         };
         // New layer: .layers/<hh>/<hex>/layerfs + .metadata/layer.json
         let lower = Image::for_lookup(views.iter().map(|v| v as &dyn LayerView).collect())?;
-        let path = format!("/.layers/{hh}/{hex}/layerfs");
-        // No `.cvmfscatalog` marker here (spec §9.4 makes it optional): the layer's
-        // content must be exactly the layer, since it becomes a container's lowerdir.
+        let path = paths::absolute(&paths::layerfs(digest));
+        // Its `.cvmfscatalog` marker is hidden (write_streamed): the listed content must be
+        // exactly the layer, since it becomes a container's lowerdir.
         let layerfs = write_streamed(repo, &ns.manifest, &path, |out| {
             staged.emit((!lower.is_empty()).then_some(&lower), out)?;
             Ok(())
         })
-        .map_err(in_layer(label, digest, "writing its catalog"))?;
+        .map_err(in_layer(label, &layer, "writing its catalog"))?;
         drop(lower);
-        let bucket = bucket_mut(ns, &hh, empty, now);
-        bucket.insert(&[&hex], layerfs.mountpoint(), now);
+        let bucket = bucket_mut(ns, digest, empty, now);
+        bucket.insert(&[digest.hex().as_str()], layerfs.mountpoint(), now);
         let facts = LayerFacts {
-            digest: digest.clone(),
+            digest: layer,
             diff_id: staged.digests.uncompressed.clone(),
             media_type: blob.media_type.clone(),
             size: staged.digests.compressed_size,
             chain_ids: Vec::new(),
         };
-        write_layer_facts(store, bucket, &hex, &facts, now)?;
+        write_layer_facts(store, bucket, digest, &facts, now)?;
         drop(staged);
         if need_views {
             views.push(CatalogView::open(&layerfs.file)?);
@@ -365,22 +352,22 @@ fn add_image(
     }
 
     // Chain IDs: record them in layer.json and as .chainids symlinks.
-    for (i, chain) in chains.iter().enumerate() {
-        let (hh, hex) = split_digest(&image.layers[i].digest)?;
-        let (chh, chex) = split_digest(chain)?;
-        let bucket = bucket_mut(ns, &hh, empty, now);
-        let mut facts = read_layer_facts(store, bucket, &hex)?;
-        if !facts.chain_ids.contains(chain) {
-            facts.chain_ids.push(chain.clone());
-            write_layer_facts(store, bucket, &hex, &facts, now)?;
+    for (chain, blob) in chains.iter().zip(&image.layers) {
+        let bucket = bucket_mut(ns, &blob.digest, empty, now);
+        let mut facts = read_layer_facts(store, bucket, &blob.digest)?;
+        let chain_text = chain.to_string();
+        if !facts.chain_ids.contains(&chain_text) {
+            facts.chain_ids.push(chain_text);
+            write_layer_facts(store, bucket, &blob.digest, &facts, now)?;
         }
-        let target = format!("../../.layers/{hh}/{hex}/layerfs");
-        let link = Node::leaf(symlink_entry(&chex, &target, 0, 0, now));
-        ns.root.insert(&[".chainids", &chh], link, now);
+        let [top, hh, hex] = paths::chainid_link(chain);
+        let target = paths::chainid_target(&blob.digest);
+        let link = Node::leaf(symlink_entry(hex, &target, 0, 0, now));
+        ns.root.insert(&[top, hh], link, now);
     }
 
-    // The flattened image, merged from the layer catalogs into its own catalog. No marker
-    // either: the flat tree is the image's root file system as is.
+    // The flattened image, merged from the layer catalogs into its own catalog, with a
+    // hidden marker too: the flat tree lists the image's root file system as is.
     if !flat_exists {
         let flat_error = |e: Error| Error::Image {
             image: label.to_string(),
@@ -390,13 +377,14 @@ fn add_image(
             Image::new(views.iter().map(|v| v as &dyn LayerView).collect()).map_err(flat_error)?;
         let root_mtime = flat.root_entry().mtime;
         let singularity = crate::singularity::dir_node(store, &image.config, root_mtime)?;
-        let path = format!("/.flat/{chh}/{chex}");
+        let [top, hh, _] = paths::flat_dir(config);
+        let path = paths::absolute(&paths::flat_dir(config));
         let catalog = write_streamed(repo, &ns.manifest, &path, |out| {
             flat.emit(vec![singularity], out)?;
             Ok(())
         })
         .map_err(flat_error)?;
-        ns.root.insert(&[".flat", &chh], catalog.mountpoint(), now);
+        ns.root.insert(&[top, hh], catalog.mountpoint(), now);
     }
     drop(views);
     drop(written);
@@ -421,11 +409,10 @@ fn in_layer<'a>(image: &'a str, layer: &'a str, doing: &'a str) -> impl Fn(Error
 }
 
 /// The published catalog of the layer `digest` in `ns`, inflated into `DIR/tmp` and opened.
-fn published_layer_view(repo: &Repo, ns: &Namespace, digest: &str) -> Result<CatalogView> {
-    let (hh, hex) = split_digest(digest)?;
+fn published_layer_view(repo: &Repo, ns: &Namespace, digest: &Digest) -> Result<CatalogView> {
     let hash = ns
         .root
-        .get(&[".layers", &hh, &hex, "layerfs"])
+        .get(&paths::layerfs(digest))
         .and_then(|n| n.catalog.as_ref())
         .and_then(|m| m.published.as_ref())
         .map(|p| p.hash)
@@ -447,9 +434,7 @@ fn add_metadata(
     let store = &repo.store;
     let now = unix_now() as i64;
     let public = set.name.public_path();
-    let comps: Vec<&str> = public.split('/').collect();
-    let mut meta_path = vec![".metadata"];
-    meta_path.extend(&comps);
+    let meta_path = paths::metadata_dir(&public);
     ns.root.remove(&meta_path);
     let mut put = |dir: &[&str], name: &str, bytes: &[u8]| -> Result<()> {
         let hash = store.put_raw(bytes, Suffix::None)?;
@@ -459,31 +444,27 @@ fn add_metadata(
     };
     let mut links = Vec::new();
     let default = set.default_image(default_platform);
-    put(&meta_path, "manifest.json", &default.manifest)?;
-    put(&meta_path, "config.json", &default.config)?;
+    put(&meta_path, paths::MANIFEST_JSON, &default.manifest)?;
+    put(&meta_path, paths::CONFIG_JSON, &default.config)?;
     if let Some(index) = &set.index {
-        put(&meta_path, "index.json", index)?;
+        put(&meta_path, paths::INDEX_JSON, index)?;
     }
     let pdirs: Vec<String> = set.images.iter().map(|i| i.platform.dir_name()).collect();
     for (img, pdir) in set.images.iter().zip(&pdirs) {
-        let mut dir = meta_path.clone();
-        dir.extend(["platforms", pdir.as_str()]);
-        put(&dir, "manifest.json", &img.manifest)?;
-        put(&dir, "config.json", &img.config)?;
-        let (hh, hex) = split_digest(&img.config_descriptor.digest)?;
-        let target = format!("{}.flat/{hh}/{hex}", "../".repeat(dir.len()));
-        links.push((dir, symlink_entry("rootfs", &target, 0, 0, now)));
+        let dir = paths::platform_metadata_dir(&public, pdir);
+        put(&dir, paths::MANIFEST_JSON, &img.manifest)?;
+        put(&dir, paths::CONFIG_JSON, &img.config)?;
+        let target = paths::flat_target(&dir, &img.config_descriptor.digest);
+        links.push((dir, symlink_entry(paths::ROOTFS, &target, 0, 0, now)));
     }
     for (dir, link) in links {
         ns.root.insert(&dir, Node::leaf(link), now);
     }
-    let (chh, chex) = split_digest(&default.config_descriptor.digest)?;
-    let (name, parent) = comps
-        .split_last()
-        .ok_or_else(|| Error::Task("empty public name".into()))?;
-    let target = format!("{}.flat/{chh}/{chex}", "../".repeat(parent.len()));
+    let (parent, name) =
+        paths::public_link(&public).ok_or_else(|| Error::Task("empty public name".into()))?;
+    let target = paths::flat_target(&parent, &default.config_descriptor.digest);
     ns.root.insert(
-        parent,
+        &parent,
         Node::leaf(symlink_entry(name, &target, 0, 0, now)),
         now,
     );
@@ -494,8 +475,14 @@ fn add_metadata(
 }
 
 /// The `.layers/<hh>` catalog node, created (with its marker) if missing; marked dirty.
-fn bucket_mut<'a>(ns: &'a mut Namespace, hh: &str, empty: ContentHash, now: i64) -> &'a mut Node {
-    let layers = ns.root.ensure_dir(&[".layers"], now);
+fn bucket_mut<'a>(
+    ns: &'a mut Namespace,
+    layer: &Digest,
+    empty: ContentHash,
+    now: i64,
+) -> &'a mut Node {
+    let [layers, hh] = paths::layer_bucket(layer);
+    let layers = ns.root.ensure_dir(&[layers], now);
     layers.children.entry(hh.to_string()).or_insert_with(|| {
         let mut b = Node::dir(hh, 0o755, now);
         b.catalog = Some(Box::new(CatalogMark::new_catalog()));
@@ -510,24 +497,26 @@ fn bucket_mut<'a>(ns: &'a mut Namespace, hh: &str, empty: ContentHash, now: i64)
 fn write_layer_facts(
     store: &LocalStore,
     bucket: &mut Node,
-    hex: &str,
+    layer: &Digest,
     facts: &LayerFacts,
     now: i64,
 ) -> Result<()> {
     let json =
         serde_json::to_vec_pretty(facts).map_err(|e| Error::json("encoding layer.json", e))?;
     let hash = store.put_raw(&json, Suffix::None)?;
-    let e = file_entry("layer.json", 0o644, 0, 0, now, json.len() as u64, hash);
-    bucket.insert(&[hex, ".metadata"], Node::leaf(e), now);
+    let e = file_entry(paths::LAYER_JSON, 0o644, 0, 0, now, json.len() as u64, hash);
+    let [.., hex, metadata, _] = paths::layer_json(layer);
+    bucket.insert(&[hex, metadata], Node::leaf(e), now);
     if let Some(m) = bucket.catalog.as_mut() {
         m.dirty = true;
     }
     Ok(())
 }
 
-fn read_layer_facts(store: &LocalStore, bucket: &Node, hex: &str) -> Result<LayerFacts> {
+fn read_layer_facts(store: &LocalStore, bucket: &Node, layer: &Digest) -> Result<LayerFacts> {
+    let [.., hex, metadata, json] = paths::layer_json(layer);
     let node = bucket
-        .get(&[hex, ".metadata", "layer.json"])
+        .get(&[hex, metadata, json])
         .ok_or_else(|| Error::Task(format!("layer {hex} has no .metadata/layer.json")))?;
     let hash = node
         .entry
@@ -902,8 +891,9 @@ mod tests {
             .unwrap_or_else(|| panic!("layerfs missing"));
         assert!(e.is_nested_root());
         assert_eq!(cat.root_prefix(), lfs0);
-        // the layer holds exactly the layer: no catalog marker
-        assert!(view.find(&format!("{lfs0}/.cvmfscatalog")).is_none());
+        // the layer lists exactly the layer: its catalog marker is hidden (CVMFS §6.6)
+        let marker = view.entry(&format!("{lfs0}/.cvmfscatalog"));
+        assert!(marker.is_hidden() && marker.kind == EntryKind::Regular && marker.size == 0);
         let sh = view.entry(&format!("{lfs0}/bin/sh"));
         let bb = view.entry(&format!("{lfs0}/bin/busybox"));
         assert_eq!((sh.hash, sh.linkcount), (bb.hash, 2));
@@ -929,7 +919,8 @@ mod tests {
         assert_eq!(facts.diff_id, diff_ids[0]);
         assert_eq!(facts.chain_ids, vec![diff_ids[0].clone()]);
         // chain ids
-        let chains = chain_ids(&diff_ids);
+        let typed: Vec<Digest> = diff_ids.iter().map(|d| ok(d.parse())).collect();
+        let chains: Vec<String> = chain_ids(&typed).iter().map(Digest::to_string).collect();
         let top = view.entry(&format!(
             "/.chainids/{}/{}",
             &chains[1][7..9],
@@ -942,6 +933,7 @@ mod tests {
         // flat image
         let flat = format!("/.flat/{}/{c}", &c[..2]);
         assert!(view.find(&flat).is_some_and(|(_, e)| e.is_nested_root()));
+        assert!(view.entry(&format!("{flat}/.cvmfscatalog")).is_hidden());
         assert!(view.find(&format!("{flat}/etc/motd")).is_none());
         assert!(view.find(&format!("{flat}/etc/passwd")).is_some());
         assert!(view.find(&format!("{flat}/var/cache/old")).is_none());

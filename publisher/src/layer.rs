@@ -2,26 +2,27 @@
 //! with every regular file compressed into the object store on the way; then the rows in
 //! directory order for the layer's catalog ([`StagedLayer::emit`]).
 //!
-//! Whiteouts are stored the way overlayfs reads them (DESIGN.md, CONTRACTS.md §3):
+//! Whiteouts are stored the way overlayfs reads them (docs/namespace.md §6, CONTRACTS.md §3):
 //! `.wh.NAME` becomes a character device 0:0 named `NAME`, `.wh..wh..opq` becomes the xattr
 //! `trusted.overlay.opaque="y"` on its directory; no `.wh.*` name is ever stored. Hard links
-//! inside one directory become a CVMFS hard-link group (spec §6.8); across directories they
+//! inside one directory become a CVMFS hard-link group (docs/format.md §6.8); across directories they
 //! become separate entries sharing one content object. A later entry for a path replaces the
 //! earlier one, as when unpacking.
 
 use std::io::Read;
 use std::path::Path;
 
-use catalog::{ContentHash, Entry, EntryKind, HashAlgorithm};
+use catalog::{Entry, EntryKind};
 use tar::EntryType;
 
 use crate::decompress::{BlobDigests, LayerStream};
 use crate::error::{Error, Result};
 use crate::flatten::{Image, Sink, inherit, normalize_hardlinks};
-use crate::pipeline::{FileSink, Pool, placeholder_id};
-use crate::staging::{Staging, join};
+use crate::pipeline::{FileSink, PendingContent, Pool};
+use crate::staging::{StagedEntry, Staging, join};
 use crate::tree::{
-    DIR_SIZE, OPAQUE_XATTR, dir_entry, file_entry, special_entry, symlink_entry, whiteout_entry,
+    DIR_SIZE, OPAQUE_XATTR, dir_entry, file_entry_without_content, special_entry, symlink_entry,
+    whiteout_entry,
 };
 
 /// Prefix of whiteout names (OCI image spec, "Whiteouts").
@@ -30,7 +31,7 @@ pub const WHITEOUT_PREFIX: &str = ".wh.";
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// PAX key prefix of extended attributes.
 const PAX_XATTR: &str = "SCHILY.xattr.";
-/// Largest xattr key or value the catalog format can hold (spec §6.9).
+/// Largest xattr key or value the catalog format can hold (docs/format.md §6.9).
 const XATTR_MAX: usize = 255;
 
 /// What identifies a layer in error messages and checks.
@@ -56,12 +57,6 @@ impl LayerId {
         }
     }
 }
-
-/// Stand-in for `file_entry`'s hash argument; replaced right away.
-const NO_HASH: ContentHash = ContentHash {
-    algorithm: HashAlgorithm::Sha1,
-    digest: [0; 20],
-};
 
 /// Default `--max-layer-size`: 64 GiB of uncompressed tar per layer.
 pub const DEFAULT_MAX_LAYER_SIZE: u64 = 64 << 30;
@@ -142,8 +137,8 @@ const STAGING_FILE: &str = "layer.db";
 
 impl StagedLayer {
     /// Sends the layer's rows to `out` in directory order (each directory before its
-    /// contents, `""` = the root), as its catalog holds them: placeholder hashes resolved,
-    /// hard-link groups normalised and directory link counts set (CVMFS spec §6.7, §6.8).
+    /// contents, `""` = the root), as its catalog holds them: pending contents resolved,
+    /// hard-link groups normalised and directory link counts set (docs/format.md §6.7, §6.8).
     /// Directories the layer only implies (no tar entry of their own; `umoci repack`
     /// writes such layers) take the metadata the same directory has in `lower`, the image
     /// below this layer ([`crate::flatten::inherit`]); without `lower`, or where `lower`
@@ -167,14 +162,15 @@ impl StagedLayer {
         lower: Option<&Image<'_>>,
         out: &mut Sink<'_>,
     ) -> Result<Entry> {
-        let mut rows = staging.list(rel)?;
-        for r in &mut rows {
-            resolve_placeholders(staging, &mut r.entry)?;
-        }
-        normalize_hardlinks(rows.iter_mut().map(|r| &mut r.entry));
+        let mut rows = staging
+            .list(rel)?
+            .into_iter()
+            .map(|r| Ok((staging.resolve(r.staged)?, r.explicit)))
+            .collect::<Result<Vec<(Entry, bool)>>>()?;
+        normalize_hardlinks(rows.iter_mut().map(|(e, _)| e));
         let subdirs = rows
             .iter()
-            .filter(|r| r.entry.kind == EntryKind::Directory)
+            .filter(|(e, _)| e.kind == EntryKind::Directory)
             .count();
         if !explicit && let Some(below) = lower.map(|l| l.resolve_dir(rel)).transpose()?.flatten() {
             inherit(&mut entry, &below);
@@ -182,35 +178,16 @@ impl StagedLayer {
         entry.linkcount = 2 + subdirs as u32;
         entry.size = DIR_SIZE;
         out(rel, &entry)?;
-        for r in rows {
-            let path = join(rel, &r.entry.name);
-            if r.entry.kind == EntryKind::Directory {
-                self.walk(staging, &path, r.entry, r.explicit, lower, out)?;
+        for (e, explicit) in rows {
+            let path = join(rel, &e.name);
+            if e.kind == EntryKind::Directory {
+                self.walk(staging, &path, e, explicit, lower, out)?;
             } else {
-                out(&path, &r.entry)?;
+                out(&path, &e)?;
             }
         }
         Ok(entry)
     }
-}
-
-/// Replaces the pool's placeholder hashes in `e` by the hashes recorded in `staging`.
-fn resolve_placeholders(staging: &Staging, e: &mut Entry) -> Result<()> {
-    let real = |h: &mut ContentHash| -> Result<()> {
-        if let Some(id) = placeholder_id(h) {
-            *h = staging
-                .job(id)?
-                .ok_or_else(|| Error::Task(format!("object job {id} has no result")))?;
-        }
-        Ok(())
-    };
-    if let Some(h) = e.hash.as_mut() {
-        real(h)?;
-    }
-    for c in &mut e.chunks {
-        real(&mut c.hash)?;
-    }
-    Ok(())
 }
 
 /// Reads the compressed layer `blob`, verifies its digest and diffID, stores every regular
@@ -346,6 +323,19 @@ struct Builder {
     implied: bool,
 }
 
+/// The tar entry being added, as named in error messages.
+struct At<'a> {
+    layer: &'a LayerId,
+    /// The entry's path as found in the archive.
+    path: &'a str,
+}
+
+impl At<'_> {
+    fn error(&self, reason: impl Into<String>) -> Error {
+        self.layer.error(self.path, reason)
+    }
+}
+
 /// Metadata common to all entry kinds, read from the header and PAX records.
 struct Meta {
     perm: u32,
@@ -362,7 +352,7 @@ impl Builder {
     /// non-directory in the way is replaced by one. Never writes through a symlink: a
     /// parent that is a symlink earlier in this layer would let the entry land outside the
     /// directory it names, so that is an error.
-    fn ensure_parent(&mut self, parent: &[String], id: &LayerId, raw_path: &str) -> Result<()> {
+    fn ensure_parent(&mut self, parent: &[String], at: &At<'_>) -> Result<()> {
         let common = self
             .known_dirs
             .iter()
@@ -376,25 +366,22 @@ impl Builder {
             let name = &parent[k];
             if !missing {
                 match self.staging.get(&dir, name)? {
-                    Some(r) if r.entry.kind == EntryKind::Directory => {
+                    Some(r) if r.staged.entry().kind == EntryKind::Directory => {
                         self.known_dirs.push(name.clone());
                         continue;
                     }
-                    Some(r) if r.entry.kind == EntryKind::Symlink => {
-                        return Err(id.error(
-                            raw_path,
-                            format!(
-                                "parent {:?} is a symlink in this layer; refusing to write through it",
-                                parent[..=k].join("/")
-                            ),
-                        ));
+                    Some(r) if r.staged.entry().kind == EntryKind::Symlink => {
+                        return Err(at.error(format!(
+                            "parent {:?} is a symlink in this layer; refusing to write through it",
+                            parent[..=k].join("/")
+                        )));
                     }
                     // A file or whiteout of this layer deleted the lower one: the
                     // directory made in its place is a new one.
                     Some(_) => {
                         let mut e = dir_entry(name, 0o755, 0, 0, 0);
                         e.xattrs.insert(OPAQUE_XATTR.to_string(), b"y".to_vec());
-                        self.staging.put(&dir, &e, false)?;
+                        self.staging.put(&dir, &StagedEntry::new(e), false)?;
                         self.implied = true;
                         self.known_dirs.push(name.clone());
                         continue;
@@ -402,20 +389,21 @@ impl Builder {
                     None => missing = true,
                 }
             }
-            self.staging
-                .put(&dir, &dir_entry(name, 0o755, 0, 0, 0), false)?;
+            let e = dir_entry(name, 0o755, 0, 0, 0);
+            self.staging.put(&dir, &StagedEntry::new(e), false)?;
             self.implied = true;
             self.known_dirs.push(name.clone());
         }
         Ok(())
     }
 
-    /// Stages the non-directory `entry` at `parent/<entry.name>`, replacing whatever was
-    /// there (a directory with its contents).
-    fn put_leaf(&mut self, parent: &[String], entry: &Entry) -> Result<()> {
+    /// Stages the non-directory `staged` at `parent/<name>`, replacing whatever was there
+    /// (a directory with its contents).
+    fn put_leaf(&mut self, parent: &[String], staged: &StagedEntry) -> Result<()> {
         let dir = parent.join("/");
+        let entry = staged.entry();
         if let Some(r) = self.staging.get(&dir, &entry.name)? {
-            if r.entry.kind == EntryKind::Directory {
+            if r.staged.entry().kind == EntryKind::Directory {
                 self.staging.remove_below(&join(&dir, &entry.name))?;
             }
             // The cached directory chain may run through what is replaced now.
@@ -427,9 +415,12 @@ impl Builder {
                 self.known_dirs.truncate(depth);
             }
         }
-        self.staging.put(&dir, entry, false)
+        self.staging.put(&dir, staged, false)
     }
 
+    /// Stages one tar entry: skips extension headers, normalises the path, reads the
+    /// metadata, makes the parent directories, then hands the entry to the function for its
+    /// kind. Whiteouts and opaque markers are recognised by name whatever their tar type.
     fn add<R: Read>(
         &mut self,
         mut entry: tar::Entry<'_, R>,
@@ -449,236 +440,288 @@ impl Builder {
             return Ok(());
         }
         self.last_entry.clone_from(&raw_path);
-        let path = normalize_path(&raw_path)
-            .ok_or_else(|| id.error(&raw_path, "path escapes the layer root"))?;
-        let meta = self.meta(&mut entry, id, &raw_path)?;
-
-        let Some((name, parent)) = path.split_last() else {
-            // "./" itself: the layer root directory's metadata.
-            if kind == EntryType::Directory {
-                let mut e = dir_entry("", meta.perm, meta.uid, meta.gid, meta.mtime);
-                e.xattrs = meta.xattrs;
-                // An opaque marker may come before `./` itself.
-                if let Some(v) = self.root.xattrs.get(OPAQUE_XATTR) {
-                    e.xattrs.insert(OPAQUE_XATTR.to_string(), v.clone());
-                }
-                self.root = e;
-                self.root_explicit = true;
-                return Ok(());
-            }
-            return Err(id.error(&raw_path, "non-directory entry at the layer root"));
+        let at = At {
+            layer: id,
+            path: &raw_path,
         };
-        self.ensure_parent(parent, id, &raw_path)?;
-        let parent_path = parent.join("/");
-
+        let path =
+            normalize_path(&raw_path).ok_or_else(|| at.error("path escapes the layer root"))?;
+        let meta = self.meta(&mut entry, &at)?;
+        let Some((name, parent)) = path.split_last() else {
+            return self.add_root(kind, meta, &at);
+        };
+        self.ensure_parent(parent, &at)?;
         // Whiteouts (OCI image spec): never stored under their own names.
         if name == OPAQUE_MARKER {
-            let y = b"y".to_vec();
-            match parent.split_last() {
-                None => {
-                    self.root.xattrs.insert(OPAQUE_XATTR.to_string(), y);
-                }
-                Some((dname, dparent)) => {
-                    let dparent = dparent.join("/");
-                    if let Some(mut r) = self.staging.get(&dparent, dname)? {
-                        r.entry.xattrs.insert(OPAQUE_XATTR.to_string(), y);
-                        self.staging.put(&dparent, &r.entry, r.explicit)?;
-                    }
-                }
-            }
-            return Ok(());
+            return self.add_opaque_marker(parent);
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-            if hidden.is_empty() || hidden == "." || hidden == ".." {
-                return Err(id.error(&raw_path, "invalid whiteout name"));
-            }
-            return self.put_leaf(parent, &whiteout_entry(hidden, meta.mtime));
+            return self.add_whiteout(parent, hidden, &meta, &at);
         }
-
-        let mut new_entry = match kind {
-            EntryType::Directory => {
-                let mut e = dir_entry(name, meta.perm, meta.uid, meta.gid, meta.mtime);
-                e.xattrs = meta.xattrs;
-                e.mtime_ns = meta.mtime_ns;
-                // An existing directory keeps its contents (and opaque mark) and takes the
-                // new metadata; anything else there is replaced, and as that file or
-                // whiteout of this layer deleted the lower directory (umoci unpack applies
-                // entries in order), the new one is opaque.
-                match self.staging.get(&parent_path, name)? {
-                    Some(existing) if existing.entry.kind == EntryKind::Directory => {
-                        if let Some(v) = existing.entry.xattrs.get(OPAQUE_XATTR) {
-                            e.xattrs.insert(OPAQUE_XATTR.to_string(), v.clone());
-                        }
-                    }
-                    Some(_) => {
-                        e.xattrs.insert(OPAQUE_XATTR.to_string(), b"y".to_vec());
-                    }
-                    None => {}
-                }
-                self.staging.put(&parent_path, &e, true)?;
-                return Ok(());
-            }
+        match kind {
+            EntryType::Directory => self.add_dir(parent, name, meta),
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let size = entry.size();
-                self.content_bytes = self.content_bytes.saturating_add(size);
-                if size > self.limits.max_layer_size
-                    || self.content_bytes > self.limits.max_layer_size
-                {
-                    return Err(id.error(
-                        &raw_path,
-                        format!(
-                            "file size {size} (layer total {}) exceeds the limit of {} bytes \
-                             (--max-layer-size)",
-                            self.content_bytes, self.limits.max_layer_size
-                        ),
-                    ));
+                self.add_file(parent, name, meta, &mut entry, &at, sink)
+            }
+            EntryType::Symlink => self.add_symlink(parent, name, meta, &entry, &at),
+            EntryType::Link => self.add_hardlink(&path, &entry, &at),
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                self.add_special(parent, name, meta, &entry)
+            }
+            other => Err(at.error(format!("unsupported tar entry type {other:?}"))),
+        }
+    }
+
+    /// `./` itself: the layer root directory's metadata (kept in the builder: the root has
+    /// no parent row).
+    fn add_root(&mut self, kind: EntryType, meta: Meta, at: &At<'_>) -> Result<()> {
+        if kind != EntryType::Directory {
+            return Err(at.error("non-directory entry at the layer root"));
+        }
+        let mut e = dir_entry("", meta.perm, meta.uid, meta.gid, meta.mtime);
+        e.xattrs = meta.xattrs;
+        // An opaque marker may come before `./` itself.
+        if let Some(v) = self.root.xattrs.get(OPAQUE_XATTR) {
+            e.xattrs.insert(OPAQUE_XATTR.to_string(), v.clone());
+        }
+        self.root = e;
+        self.root_explicit = true;
+        Ok(())
+    }
+
+    /// `.wh..wh..opq` in `parent`: marks that directory opaque (the root's mark is kept in
+    /// the builder). A marker whose directory is not staged is dropped.
+    fn add_opaque_marker(&mut self, parent: &[String]) -> Result<()> {
+        let y = b"y".to_vec();
+        match parent.split_last() {
+            None => {
+                self.root.xattrs.insert(OPAQUE_XATTR.to_string(), y);
+            }
+            Some((dname, dparent)) => {
+                let dparent = dparent.join("/");
+                if let Some(mut r) = self.staging.get(&dparent, dname)? {
+                    r.staged
+                        .entry_mut()
+                        .xattrs
+                        .insert(OPAQUE_XATTR.to_string(), y);
+                    self.staging.put(&dparent, &r.staged, r.explicit)?;
                 }
-                let content = sink
-                    .store_file(&mut entry, size, &raw_path)
-                    .map_err(|e| id.error(&raw_path, e.to_string()))?;
-                self.files += 1;
-                let mut e = file_entry(
-                    name, meta.perm, meta.uid, meta.gid, meta.mtime, size, NO_HASH,
-                );
-                e.hash = content.hash;
-                e.chunks = content.chunks;
-                e.mtime_ns = meta.mtime_ns;
-                e
             }
-            EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| id.error(&raw_path, "symlink without target"))?;
-                let target = String::from_utf8(target.into_owned())
-                    .map_err(|_| id.error(&raw_path, "symlink target is not UTF-8"))?;
-                symlink_entry(name, &target, meta.uid, meta.gid, meta.mtime)
+        }
+        Ok(())
+    }
+
+    /// `.wh.NAME` in `parent`: the overlayfs whiteout of `hidden`, replacing whatever this
+    /// layer staged there.
+    fn add_whiteout(
+        &mut self,
+        parent: &[String],
+        hidden: &str,
+        meta: &Meta,
+        at: &At<'_>,
+    ) -> Result<()> {
+        if hidden.is_empty() || hidden == "." || hidden == ".." {
+            return Err(at.error("invalid whiteout name"));
+        }
+        self.put_leaf(
+            parent,
+            &StagedEntry::new(whiteout_entry(hidden, meta.mtime)),
+        )
+    }
+
+    /// A directory entry. An existing directory keeps its contents (and opaque mark) and
+    /// takes the new metadata; anything else there is replaced, and as that file or
+    /// whiteout of this layer deleted the lower directory (umoci unpack applies entries in
+    /// order), the new one is opaque.
+    fn add_dir(&mut self, parent: &[String], name: &str, meta: Meta) -> Result<()> {
+        let parent_path = parent.join("/");
+        let mut e = dir_entry(name, meta.perm, meta.uid, meta.gid, meta.mtime);
+        e.xattrs = meta.xattrs;
+        e.mtime_ns = meta.mtime_ns;
+        match self.staging.get(&parent_path, name)? {
+            Some(existing) if existing.staged.entry().kind == EntryKind::Directory => {
+                if let Some(v) = existing.staged.entry().xattrs.get(OPAQUE_XATTR) {
+                    e.xattrs.insert(OPAQUE_XATTR.to_string(), v.clone());
+                }
             }
-            EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| id.error(&raw_path, "hard link without target"))?;
-                let target = String::from_utf8(target.into_owned())
-                    .map_err(|_| id.error(&raw_path, "hard link target is not UTF-8"))?;
-                let tpath = normalize_path(&target).ok_or_else(|| {
-                    id.error(
-                        &raw_path,
-                        format!("hard link target {target:?} escapes the root"),
-                    )
-                })?;
-                return self.hardlink(&path, &tpath, id, &raw_path, &target);
+            Some(_) => {
+                e.xattrs.insert(OPAQUE_XATTR.to_string(), b"y".to_vec());
             }
-            EntryType::Char | EntryType::Block => {
-                let major = entry.header().device_major().ok().flatten().unwrap_or(0);
-                let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
+            None => {}
+        }
+        self.staging.put(&parent_path, &StagedEntry::new(e), true)
+    }
+
+    /// A regular file (also GNU sparse and contiguous): its contents go to the pool,
+    /// within `--max-layer-size`.
+    fn add_file<R: Read>(
+        &mut self,
+        parent: &[String],
+        name: &str,
+        meta: Meta,
+        entry: &mut tar::Entry<'_, R>,
+        at: &At<'_>,
+        sink: &mut FileSink<'_>,
+    ) -> Result<()> {
+        let size = entry.size();
+        self.content_bytes = self.content_bytes.saturating_add(size);
+        if size > self.limits.max_layer_size || self.content_bytes > self.limits.max_layer_size {
+            return Err(at.error(format!(
+                "file size {size} (layer total {}) exceeds the limit of {} bytes \
+                 (--max-layer-size)",
+                self.content_bytes, self.limits.max_layer_size
+            )));
+        }
+        let content = sink
+            .store_file(entry, size, at.path)
+            .map_err(|e| at.error(e.to_string()))?;
+        self.files += 1;
+        let e = file_entry_without_content(name, meta.perm, meta.uid, meta.gid, meta.mtime, size);
+        self.put_leaf_with(parent, e, meta, Some(content))
+    }
+
+    /// A symbolic link (its target is kept as written, relative or absolute).
+    fn add_symlink<R: Read>(
+        &mut self,
+        parent: &[String],
+        name: &str,
+        meta: Meta,
+        entry: &tar::Entry<'_, R>,
+        at: &At<'_>,
+    ) -> Result<()> {
+        let target = entry
+            .link_name_bytes()
+            .ok_or_else(|| at.error("symlink without target"))?;
+        let target = String::from_utf8(target.into_owned())
+            .map_err(|_| at.error("symlink target is not UTF-8"))?;
+        let e = symlink_entry(name, &target, meta.uid, meta.gid, meta.mtime);
+        self.put_leaf_with(parent, e, meta, None)
+    }
+
+    /// A character or block device, or a FIFO.
+    fn add_special<R: Read>(
+        &mut self,
+        parent: &[String],
+        name: &str,
+        meta: Meta,
+        entry: &tar::Entry<'_, R>,
+    ) -> Result<()> {
+        let header = entry.header();
+        let mut e = match header.entry_type() {
+            EntryType::Fifo => special_entry(name, EntryKind::Fifo, meta.perm, 0),
+            kind => {
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 let ek = if kind == EntryType::Char {
                     EntryKind::CharDevice
                 } else {
                     EntryKind::BlockDevice
                 };
-                let mut e = special_entry(name, ek, meta.perm, libc::makedev(major, minor));
-                e.uid = meta.uid;
-                e.gid = meta.gid;
-                e.mtime = meta.mtime;
-                e
-            }
-            EntryType::Fifo => {
-                let mut e = special_entry(name, EntryKind::Fifo, meta.perm, 0);
-                e.uid = meta.uid;
-                e.gid = meta.gid;
-                e.mtime = meta.mtime;
-                e
-            }
-            other => {
-                return Err(id.error(&raw_path, format!("unsupported tar entry type {other:?}")));
+                special_entry(name, ek, meta.perm, libc::makedev(major, minor))
             }
         };
-        new_entry.xattrs = meta.xattrs;
-        new_entry.mtime_ns = meta.mtime_ns;
-        self.put_leaf(parent, &new_entry)
+        e.uid = meta.uid;
+        e.gid = meta.gid;
+        e.mtime = meta.mtime;
+        self.put_leaf_with(parent, e, meta, None)
     }
 
-    fn hardlink(
+    /// A hard link at `path` to an earlier non-directory entry of this layer: a copy of
+    /// the target's row (its content included), in the target's hard-link group when both
+    /// are in one directory (docs/format.md §6.8), else a separate entry sharing the content. The
+    /// copy is made now, so it survives a later replacement or whiteout of the target.
+    fn add_hardlink<R: Read>(
         &mut self,
         path: &[String],
-        target: &[String],
-        id: &LayerId,
-        raw_path: &str,
-        raw_target: &str,
+        entry: &tar::Entry<'_, R>,
+        at: &At<'_>,
     ) -> Result<()> {
+        let raw_target = entry
+            .link_name_bytes()
+            .ok_or_else(|| at.error("hard link without target"))?;
+        let raw_target = String::from_utf8(raw_target.into_owned())
+            .map_err(|_| at.error("hard link target is not UTF-8"))?;
+        let target = normalize_path(&raw_target)
+            .ok_or_else(|| at.error(format!("hard link target {raw_target:?} escapes the root")))?;
         let Some((name, parent)) = path.split_last() else {
-            return Err(id.error(raw_path, "hard link at the layer root"));
+            return Err(at.error("hard link at the layer root"));
         };
         let dangling = || {
-            id.error(
-                raw_path,
-                format!("hard link target {raw_target:?} does not exist earlier in the layer"),
-            )
+            at.error(format!(
+                "hard link target {raw_target:?} does not exist earlier in the layer"
+            ))
         };
         let (tname, tparent) = target.split_last().ok_or_else(dangling)?;
         let tparent = tparent.join("/");
         let mut t = self
             .staging
             .get(&tparent, tname)?
-            .filter(|r| r.entry.kind != EntryKind::Directory)
+            .filter(|r| r.staged.entry().kind != EntryKind::Directory)
             .ok_or_else(dangling)?;
         if target == path {
             return Ok(());
         }
         let same_dir = target.len() == path.len() && target[..target.len() - 1] == *parent;
-        let mut e = t.entry.clone();
+        let mut link = t.staged.clone();
         if same_dir {
-            if t.entry.hardlink_group == 0 {
-                t.entry.hardlink_group = self.next_group;
+            let group = &mut t.staged.entry_mut().hardlink_group;
+            if *group == 0 {
+                *group = self.next_group;
                 self.next_group += 1;
-                self.staging.put(&tparent, &t.entry, t.explicit)?;
+                self.staging.put(&tparent, &t.staged, t.explicit)?;
             }
-            e.hardlink_group = t.entry.hardlink_group;
+            link.entry_mut().hardlink_group = t.staged.entry().hardlink_group;
         } else {
-            e.hardlink_group = 0;
+            link.entry_mut().hardlink_group = 0;
         }
-        e.name = name.clone();
-        self.put_leaf(parent, &e)
+        link.entry_mut().name = name.clone();
+        self.put_leaf(parent, &link)
     }
 
-    fn meta<R: Read>(
-        &self,
-        entry: &mut tar::Entry<'_, R>,
-        id: &LayerId,
-        raw_path: &str,
-    ) -> Result<Meta> {
+    /// [`Builder::put_leaf`] of `e` with the xattrs and mtime nanoseconds of `meta`, and the
+    /// content being stored by the jobs of `pending` for a regular file.
+    fn put_leaf_with(
+        &mut self,
+        parent: &[String],
+        mut e: Entry,
+        meta: Meta,
+        pending: Option<PendingContent>,
+    ) -> Result<()> {
+        e.xattrs = meta.xattrs;
+        e.mtime_ns = meta.mtime_ns;
+        let staged = match pending {
+            Some(content) => StagedEntry::pending(e, content),
+            None => StagedEntry::new(e),
+        };
+        self.put_leaf(parent, &staged)
+    }
+
+    fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, at: &At<'_>) -> Result<Meta> {
         let h = entry.header();
-        let perm = h
-            .mode()
-            .map_err(|e| id.error(raw_path, format!("bad mode: {e}")))?
-            & 0o7777;
-        let uid = h
-            .uid()
-            .map_err(|e| id.error(raw_path, format!("bad uid: {e}")))?;
-        let gid = h
-            .gid()
-            .map_err(|e| id.error(raw_path, format!("bad gid: {e}")))?;
+        let perm = h.mode().map_err(|e| at.error(format!("bad mode: {e}")))? & 0o7777;
+        let uid = h.uid().map_err(|e| at.error(format!("bad uid: {e}")))?;
+        let gid = h.gid().map_err(|e| at.error(format!("bad gid: {e}")))?;
         let mut uid = uid;
         let mut gid = gid;
-        let mut mtime =
-            header_mtime(h).map_err(|e| id.error(raw_path, format!("bad mtime: {e}")))?;
+        let mut mtime = header_mtime(h).map_err(|e| at.error(format!("bad mtime: {e}")))?;
         let mut mtime_ns = None;
         let mut xattrs = std::collections::BTreeMap::new();
         if let Some(pax) = entry
             .pax_extensions()
-            .map_err(|e| id.error(raw_path, format!("bad PAX header: {e}")))?
+            .map_err(|e| at.error(format!("bad PAX header: {e}")))?
         {
             for ext in pax {
-                let ext = ext.map_err(|e| id.error(raw_path, format!("bad PAX record: {e}")))?;
+                let ext = ext.map_err(|e| at.error(format!("bad PAX record: {e}")))?;
                 let Ok(key) = ext.key() else { continue };
                 if key.starts_with("GNU.sparse.") {
-                    return Err(id.error(raw_path, "PAX sparse files are not supported"));
+                    return Err(at.error("PAX sparse files are not supported"));
                 }
                 if key == "mtime" {
                     let (secs, ns) = ext
                         .value()
                         .ok()
                         .and_then(parse_pax_time)
-                        .ok_or_else(|| id.error(raw_path, "bad PAX mtime"))?;
+                        .ok_or_else(|| at.error("bad PAX mtime"))?;
                     mtime = secs;
                     mtime_ns = (ns != 0).then_some(ns);
                 } else if key == "uid" || key == "gid" {
@@ -686,7 +729,7 @@ impl Builder {
                         .value()
                         .ok()
                         .and_then(|v| v.parse::<u64>().ok())
-                        .ok_or_else(|| id.error(raw_path, format!("bad PAX {key}")))?;
+                        .ok_or_else(|| at.error(format!("bad PAX {key}")))?;
                     if key == "uid" {
                         uid = v;
                     } else {
@@ -696,8 +739,8 @@ impl Builder {
                     let value = ext.value_bytes();
                     if name.is_empty() || name.len() > XATTR_MAX || value.len() > XATTR_MAX {
                         tracing::warn!(
-                            image = %id.image, layer = %id.digest, entry = raw_path,
-                            "dropping xattr {name:?}: longer than 255 bytes (CVMFS spec §6.9)"
+                            image = %at.layer.image, layer = %at.layer.digest, entry = at.path,
+                            "dropping xattr {name:?}: longer than 255 bytes (docs/format.md §6.9)"
                         );
                         continue;
                     }
@@ -707,8 +750,8 @@ impl Builder {
         }
         Ok(Meta {
             perm,
-            uid: u32::try_from(uid).map_err(|_| id.error(raw_path, "uid out of range"))?,
-            gid: u32::try_from(gid).map_err(|_| id.error(raw_path, "gid out of range"))?,
+            uid: u32::try_from(uid).map_err(|_| at.error("uid out of range"))?,
+            gid: u32::try_from(gid).map_err(|_| at.error("gid out of range"))?,
             mtime,
             mtime_ns,
             xattrs,
@@ -813,8 +856,8 @@ pub(crate) mod tests {
         let mut todo = vec![String::new()];
         while let Some(dir) = todo.pop() {
             for r in staging.list(&dir)? {
-                if r.entry.kind == EntryKind::Directory {
-                    let path = join(&dir, &r.entry.name);
+                if r.staged.entry().kind == EntryKind::Directory {
+                    let path = join(&dir, &r.staged.entry().name);
                     if !r.explicit {
                         implicit_dirs.push(path.split('/').map(str::to_string).collect());
                     }

@@ -4,12 +4,14 @@
 //! * [`ingest::ingest`] converts images from [`source`]s — registries or OCI layouts — into
 //!   layer catalogs ([`layer`]), flattened images ([`flatten`]) and the namespace of
 //!   docs/CONTRACTS.md §3, then publishes one new revision ([`publish`]);
-//! * [`serve::serve`] serves the result as static files with CVMFS cache headers.
+//! * [`serve::serve`] serves the result as static files with CVMFS cache headers;
+//! * [`cli`] is the `strata-publisher` command line over these.
 //!
 //! The in-memory namespace is a [`tree::Node`] tree of catalog rows; the CVMFS format itself
 //! (objects, catalogs, manifest, signatures) is the `catalog` crate's.
 
 pub mod catalog_view;
+pub mod cli;
 pub mod decompress;
 pub mod digest;
 pub mod entry_codec;

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use catalog::Suffix;
+use namespace::paths;
 use serde::Deserialize;
 
 use crate::error::Result;
@@ -34,18 +35,20 @@ pub struct ImageListing {
     pub platforms: Vec<PlatformListing>,
 }
 
+/// The fields of a stored `manifest.json` that listing and pruning read.
 #[derive(Deserialize)]
-struct RawManifest {
-    config: RawDescriptor,
+pub(crate) struct RawManifest {
+    pub(crate) config: RawDescriptor,
     #[serde(default)]
-    layers: Vec<RawDescriptor>,
+    pub(crate) layers: Vec<RawDescriptor>,
 }
 
+/// A descriptor of a stored manifest: digest (as stored) and size.
 #[derive(Deserialize)]
-struct RawDescriptor {
-    digest: String,
+pub(crate) struct RawDescriptor {
+    pub(crate) digest: String,
     #[serde(default)]
-    size: u64,
+    pub(crate) size: u64,
 }
 
 #[derive(Deserialize)]
@@ -63,11 +66,11 @@ fn read_json<T: for<'de> Deserialize<'de>>(repo: &Repo, node: Option<&Node>) -> 
 }
 
 fn platform_of(repo: &Repo, dir: &Node, name: Option<&str>) -> Option<PlatformListing> {
-    let m: RawManifest = read_json(repo, dir.children.get("manifest.json"))?;
+    let m: RawManifest = read_json(repo, dir.children.get(paths::MANIFEST_JSON))?;
     let platform = match name {
         Some(n) => n.replacen('-', "/", 2),
         None => {
-            let c: RawConfig = read_json(repo, dir.children.get("config.json"))?;
+            let c: RawConfig = read_json(repo, dir.children.get(paths::CONFIG_JSON))?;
             format!("{}/{}", c.os, c.architecture)
         }
     };
@@ -79,8 +82,8 @@ fn platform_of(repo: &Repo, dir: &Node, name: Option<&str>) -> Option<PlatformLi
 }
 
 fn collect(repo: &Repo, root: &Node, node: &Node, path: &str, out: &mut Vec<ImageListing>) {
-    if node.children.contains_key("manifest.json") {
-        let platforms = match node.children.get("platforms") {
+    if node.children.contains_key(paths::MANIFEST_JSON) {
+        let platforms = match node.children.get(paths::PLATFORMS) {
             Some(p) => p
                 .children
                 .iter()
@@ -116,7 +119,7 @@ fn collect(repo: &Repo, root: &Node, node: &Node, path: &str, out: &mut Vec<Imag
 pub fn list_images(repo: &Repo) -> Result<Vec<ImageListing>> {
     let ns = load_namespace(repo)?;
     let mut out = Vec::new();
-    if let Some(meta) = ns.root.get(&[".metadata"]) {
+    if let Some(meta) = ns.root.get(&[paths::METADATA]) {
         collect(repo, &ns.root, meta, "", &mut out);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));

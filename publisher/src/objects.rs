@@ -1,30 +1,19 @@
-//! Writing and reading content objects of the [`LocalStore`] (CVMFS spec §1.3, §3): file
+//! Writing and reading content objects of the [`LocalStore`] (docs/format.md §1.3, §3): file
 //! contents and catalogs are zlib-compressed and named by the SHA-1 of the stored bytes.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
-use catalog::{ContentHash, HashAlgorithm, LocalStore, ObjectInfo, ObjectWriter, Suffix};
+use catalog::{ContentHash, LocalStore, Suffix};
 
 use crate::error::{Error, Result};
 
-/// Compresses and hashes everything `r` yields into a new object with `suffix`, streaming
-/// through a temp file in `data/txn`; an object that already exists is not written again.
-pub fn store_reader<R: Read>(store: &LocalStore, mut r: R, suffix: Suffix) -> Result<ObjectInfo> {
-    let tmp = store.temp_file()?;
-    let mut w = ObjectWriter::new(tmp, HashAlgorithm::Sha1);
-    io::copy(&mut r, &mut w).map_err(|e| Error::io("compressing object", e))?;
-    let (tmp, info) = w.finish()?;
-    store.commit(tmp, &info.hash, suffix)?;
-    Ok(info)
-}
-
-/// Stores a finished catalog file (suffix `C`, always zlib, spec §1.4); returns its hash and
-/// uncompressed size.
+/// Stores a finished catalog file (suffix `C`, always zlib, docs/format.md §1.4), streaming it
+/// through [`LocalStore::store_stream`]; returns its hash and uncompressed size.
 pub fn store_catalog(store: &LocalStore, file: &Path) -> Result<(ContentHash, u64)> {
     let f = File::open(file).map_err(|e| Error::io(format!("open {}", file.display()), e))?;
-    let info = store_reader(store, f, Suffix::Catalog)?;
+    let info = store.store_stream(f, Suffix::Catalog)?;
     Ok((info.hash, info.raw_size))
 }
 

@@ -1,8 +1,8 @@
-//! The compress-and-hash worker pool (DESIGN.md, "Publisher": download → decompress → tar →
+//! The compress-and-hash worker pool (docs/architecture.md §2: download → decompress → tar →
 //! chunk, compress and hash on a worker pool → object store).
 //!
 //! Layer readers (one blocking thread per layer) cut file contents into pieces — whole files
-//! up to the minimum chunk size, content-defined chunks above it (CVMFS spec §4, through
+//! up to the minimum chunk size, content-defined chunks above it (docs/format.md §4, through
 //! [`catalog::chunking::Chunker`]) — and hand them to a fixed set of worker threads. Every
 //! byte of a piece, from the moment a reader starts filling it until a worker has stored
 //! it, is counted against one byte budget shared by all readers of the pool
@@ -10,12 +10,15 @@
 //! size) before reading it and waits while the budget is spent, so file contents in memory
 //! never exceed the budget whatever the number of layers converted at once or their size.
 //! A worker compresses (zlib level 6) into a buffer it keeps for its lifetime, hashes the
-//! result and stores it unless the object exists already.
+//! result and stores it unless the object exists already ([`LocalStore::store_object`],
+//! not fsynced one by one).
 //!
-//! Readers do not wait for their pieces: an entry gets a *placeholder* hash naming the job,
-//! and [`FileSink::finish`] replaces every placeholder in the layer tree once all jobs of the
-//! layer are done. Hard-link copies of an entry carry the same placeholder and are resolved
-//! with it.
+//! Readers do not wait for their pieces: [`FileSink::store_file`] returns the file's
+//! [`PendingContent`], naming the jobs ([`JobId`]) that store its objects, and the jobs'
+//! hashes come back later ([`FileSink::take_ready`], [`FileSink::finish_all`]).
+//! [`PendingContent::resolve`] turns the one into the other. A job number is not a
+//! [`ContentHash`], so it cannot end up in a catalog in place of one. Hard-link copies of
+//! an entry carry the same pending content and are resolved with it.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -24,23 +27,82 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use catalog::chunking::{ChunkParams, Chunker};
-use catalog::{Chunk, ContentHash, HashAlgorithm, LocalStore, Suffix};
+use catalog::{Chunk, ContentHash, Durability, LocalStore, Suffix};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::tree::Node;
 
 /// Bytes read from a tar entry at a time.
 const READ_BLOCK: usize = 1 << 20;
-/// First 12 bytes of a placeholder digest; the last 8 are the job number.
-const PLACEHOLDER_MAGIC: [u8; 12] = *b"strata-job\xff\xfe";
+
+/// The number of one job of a [`FileSink`]: one object being compressed and stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobId(pub u64);
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A regular file's content whose objects are still being stored: the jobs storing them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PendingContent {
+    /// One whole-file object (files up to the minimum chunk size, or without a cut).
+    Whole(JobId),
+    /// The chunks (≥ 2), in file order.
+    Chunked(Vec<PendingChunk>),
+}
+
+/// One chunk of a [`PendingContent::Chunked`] file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingChunk {
+    /// Offset of the chunk in the file.
+    pub offset: u64,
+    /// Uncompressed size of the chunk.
+    pub size: u64,
+    /// The job storing the chunk's object.
+    pub job: JobId,
+}
+
+impl PendingContent {
+    /// The content as a catalog row holds it — the whole-file object, or the chunks — with
+    /// the object hash of every job from `hash_of`.
+    ///
+    /// Errors: whatever `hash_of` returns (a job without a result).
+    pub fn resolve(
+        &self,
+        mut hash_of: impl FnMut(JobId) -> Result<ContentHash>,
+    ) -> Result<(Option<ContentHash>, Vec<Chunk>)> {
+        match self {
+            PendingContent::Whole(job) => Ok((Some(hash_of(*job)?), Vec::new())),
+            PendingContent::Chunked(chunks) => {
+                let chunks = chunks
+                    .iter()
+                    .map(|c| {
+                        Ok(Chunk {
+                            offset: c.offset,
+                            size: c.size,
+                            hash: hash_of(c.job)?,
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                Ok((None, chunks))
+            }
+        }
+    }
+}
+
+/// What a worker sends back: the job and the hash of the object it stored.
+type Reply = (JobId, Result<ContentHash>);
 
 struct Job {
     data: Vec<u8>,
     /// Bytes of the budget this piece holds (released once the worker is done with it).
     reserved: u64,
     suffix: Suffix,
-    id: u64,
-    reply: Sender<(u64, Result<ContentHash>)>,
+    id: JobId,
+    reply: Sender<Reply>,
 }
 
 /// A counting semaphore over bytes: the file contents that readers and workers hold.
@@ -151,7 +213,11 @@ impl Pool {
                                 Err(_) => return,
                             };
                             let Ok(job) = job else { return };
-                            let r = store_piece_with(&store, &job.data, job.suffix, &mut out);
+                            // Not fsynced one by one: `ingest` syncs the file system once
+                            // before it publishes ([`crate::repo::Repo::sync_objects`]).
+                            let r = store
+                                .store_object(&job.data, job.suffix, Durability::Deferred, &mut out)
+                                .map_err(Error::from);
                             drop(job.data);
                             budget.release(job.reserved);
                             // Keep the output buffer for the next piece, unless one
@@ -206,98 +272,18 @@ impl Drop for Pool {
     }
 }
 
-/// Compresses (zlib level 6, spec §3) and hashes `raw` and stores it as an object with
-/// `suffix` unless it exists. Unlike [`LocalStore::put_raw`] the object is not fsynced one
-/// by one (one fsync per object made the workers wait on the disk instead of compressing);
-/// `ingest` syncs the file system once before it publishes
-/// ([`crate::repo::Repo::sync_objects`]). A killed process loses nothing either way: the
-/// rename happens after the write.
-pub fn store_piece(store: &LocalStore, raw: &[u8], suffix: Suffix) -> Result<ContentHash> {
-    store_piece_with(store, raw, suffix, &mut Vec::new())
-}
-
-/// As [`store_piece`], compressing into `out` (cleared first; its capacity is re-used, so a
-/// worker does not allocate a new output buffer per piece).
-pub fn store_piece_with(
-    store: &LocalStore,
-    raw: &[u8],
-    suffix: Suffix,
-    out: &mut Vec<u8>,
-) -> Result<ContentHash> {
-    compress_into(raw, out);
-    let stored = &out[..];
-    let hash = ContentHash::of_bytes(HashAlgorithm::Sha1, stored);
-    let target = store.object_file(&hash, suffix);
-    if target.is_file() {
-        return Ok(hash);
-    }
-    let mut tmp = store.temp_file()?;
-    std::io::Write::write_all(&mut tmp, stored)
-        .map_err(|e| Error::io(format!("writing {}", tmp.path().display()), e))?;
-    tmp.persist(&target)
-        .map_err(|e| Error::io(format!("renaming to {}", target.display()), e.error))?;
-    Ok(hash)
-}
-
-/// Compresses `raw` into `out` exactly as [`catalog::compress`] does (one zlib stream at
-/// level [`catalog::compression::LEVEL`], CVMFS spec §3.1 — the same encoder, so the same bytes), re-using
-/// `out`'s allocation.
-pub fn compress_into(raw: &[u8], out: &mut Vec<u8>) {
-    let mut buf = std::mem::take(out);
-    buf.clear();
-    buf.reserve(raw.len() / 2 + 64);
-    let mut enc =
-        flate2::write::ZlibEncoder::new(buf, flate2::Compression::new(catalog::compression::LEVEL));
-    // Writing into a Vec cannot fail.
-    let _ = std::io::Write::write_all(&mut enc, raw);
-    *out = enc.finish().unwrap_or_default();
-}
-
-/// The placeholder hash standing for job `id` until the job is done.
-fn placeholder(id: u64) -> ContentHash {
-    let mut digest = [0u8; 20];
-    digest[..12].copy_from_slice(&PLACEHOLDER_MAGIC);
-    digest[12..].copy_from_slice(&id.to_be_bytes());
-    ContentHash {
-        algorithm: HashAlgorithm::Sha1,
-        digest,
-    }
-}
-
-/// The job number in a placeholder hash made by [`FileSink::store_file`], or `None` for a
-/// real hash.
-pub fn placeholder_id(h: &ContentHash) -> Option<u64> {
-    (h.digest[..12] == PLACEHOLDER_MAGIC).then(|| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&h.digest[12..]);
-        u64::from_be_bytes(b)
-    })
-}
-
-/// How a file's content will be stored (hashes may be placeholders until
-/// [`FileSink::finish`]).
-#[derive(Debug)]
-pub struct StoredContent {
-    /// Uncompressed size in bytes.
-    pub size: u64,
-    /// The whole-file object, when not chunked.
-    pub hash: Option<ContentHash>,
-    /// The chunks (≥ 2), when chunked.
-    pub chunks: Vec<Chunk>,
-}
-
 /// The per-layer side of the pool: submits the pieces of one layer's files and collects
 /// their hashes.
 pub struct FileSink<'p> {
     pool: &'p Pool,
     params: ChunkParams,
-    reply_tx: Sender<(u64, Result<ContentHash>)>,
-    reply_rx: Receiver<(u64, Result<ContentHash>)>,
+    reply_tx: Sender<Reply>,
+    reply_rx: Receiver<Reply>,
     next_id: u64,
     /// Job → tar path, for error messages; only jobs not finished yet.
-    paths: HashMap<u64, String>,
-    /// Results not yet taken by [`FileSink::take_ready`] (or [`FileSink::finish`]).
-    ready: Vec<(u64, ContentHash)>,
+    paths: HashMap<JobId, String>,
+    /// Results not yet taken by [`FileSink::take_ready`] (or [`FileSink::finish_all`]).
+    ready: Vec<(JobId, ContentHash)>,
     /// Number of jobs finished.
     finished: u64,
 }
@@ -326,8 +312,8 @@ impl<'p> FileSink<'p> {
         reserved: u64,
         suffix: Suffix,
         path: &str,
-    ) -> Result<ContentHash> {
-        let id = self.next_id;
+    ) -> Result<JobId> {
+        let id = JobId(self.next_id);
         self.next_id += 1;
         self.paths.insert(id, path.to_string());
         let queued = self.pool.submit(Job {
@@ -345,10 +331,10 @@ impl<'p> FileSink<'p> {
         while let Ok((id, r)) = self.reply_rx.try_recv() {
             self.record(id, r)?;
         }
-        Ok(placeholder(id))
+        Ok(id)
     }
 
-    fn record(&mut self, id: u64, r: Result<ContentHash>) -> Result<()> {
+    fn record(&mut self, id: JobId, r: Result<ContentHash>) -> Result<()> {
         let path = self.paths.remove(&id).unwrap_or_default();
         let hash = r.map_err(|e| Error::Task(format!("storing contents of {path:?}: {e}")))?;
         self.ready.push((id, hash));
@@ -356,14 +342,14 @@ impl<'p> FileSink<'p> {
         Ok(())
     }
 
-    /// Reads exactly `size` bytes of one file from `r` and queues its pieces. Errors with
-    /// [`Error::Io`] if `r` ends early or fails.
+    /// Reads exactly `size` bytes of one file from `r` and queues its pieces; returns the
+    /// jobs storing them. Errors with [`Error::Io`] if `r` ends early or fails.
     pub fn store_file<R: Read>(
         &mut self,
         r: &mut R,
         size: u64,
         path: &str,
-    ) -> Result<StoredContent> {
+    ) -> Result<PendingContent> {
         let short = |got: u64| {
             Error::io(
                 format!("reading {path:?}"),
@@ -388,12 +374,8 @@ impl<'p> FileSink<'p> {
                 budget.release(reserved);
                 return Err(short(data.len() as u64));
             }
-            let hash = self.submit(data, reserved, Suffix::None, path)?;
-            return Ok(StoredContent {
-                size,
-                hash: Some(hash),
-                chunks: Vec::new(),
-            });
+            let job = self.submit(data, reserved, Suffix::None, path)?;
+            return Ok(PendingContent::Whole(job));
         }
         let mut chunker = Chunker::new(params).map_err(Error::from)?;
         // A piece never exceeds the maximum chunk size nor what is left of the file, so
@@ -428,11 +410,11 @@ impl<'p> FileSink<'p> {
                 let len = piece.len() as u64;
                 let full = std::mem::take(&mut piece);
                 let held = std::mem::take(&mut reserved);
-                let hash = self.submit(full, held, Suffix::Partial, path)?;
-                chunks.push(Chunk {
+                let job = self.submit(full, held, Suffix::Partial, path)?;
+                chunks.push(PendingChunk {
                     offset: piece_start,
                     size: len,
-                    hash,
+                    job,
                 });
                 piece_start += len;
                 reserved = reserve(size - piece_start);
@@ -441,37 +423,29 @@ impl<'p> FileSink<'p> {
             piece.extend_from_slice(data);
         }
         if chunks.is_empty() {
-            let hash = self.submit(piece, reserved, Suffix::None, path)?;
-            return Ok(StoredContent {
-                size,
-                hash: Some(hash),
-                chunks,
-            });
+            let job = self.submit(piece, reserved, Suffix::None, path)?;
+            return Ok(PendingContent::Whole(job));
         }
         let len = piece.len() as u64;
-        let hash = self.submit(piece, reserved, Suffix::Partial, path)?;
-        chunks.push(Chunk {
+        let job = self.submit(piece, reserved, Suffix::Partial, path)?;
+        chunks.push(PendingChunk {
             offset: piece_start,
             size: len,
-            hash,
+            job,
         });
-        Ok(StoredContent {
-            size,
-            hash: None,
-            chunks,
-        })
+        Ok(PendingContent::Chunked(chunks))
     }
 
-    /// The results of jobs finished since the last call: `(job id, object hash)`, the job
-    /// ids being those in the placeholders [`FileSink::store_file`] returned. Lets the caller
-    /// move results to disk as they come instead of holding one per file.
-    pub fn take_ready(&mut self) -> Vec<(u64, ContentHash)> {
+    /// The results of jobs finished since the last call: `(job, object hash)`, the jobs
+    /// being those in the [`PendingContent`] [`FileSink::store_file`] returned. Lets the
+    /// caller move results to disk as they come instead of holding one per file.
+    pub fn take_ready(&mut self) -> Vec<(JobId, ContentHash)> {
         std::mem::take(&mut self.ready)
     }
 
     /// Waits for every queued piece of this layer and returns the results not yet taken
     /// by [`FileSink::take_ready`]. Errors with the first failed job.
-    pub fn finish_all(mut self) -> Result<Vec<(u64, ContentHash)>> {
+    pub fn finish_all(mut self) -> Result<Vec<(JobId, ContentHash)>> {
         drop(std::mem::replace(&mut self.reply_tx, channel().0));
         while self.finished < self.next_id {
             match self.reply_rx.recv() {
@@ -486,51 +460,32 @@ impl<'p> FileSink<'p> {
         Ok(std::mem::take(&mut self.ready))
     }
 
-    /// Waits for every queued piece of this layer and puts the real hashes into `root`'s
-    /// entries (the whole loaded subtree). Errors with the first failed job. (Nothing must
-    /// have been taken with [`FileSink::take_ready`].)
-    pub fn finish(self, root: &mut Node) -> Result<()> {
-        let done: HashMap<u64, ContentHash> = self.finish_all()?.into_iter().collect();
-        let mut missing = None;
-        resolve(root, &mut |h: &mut ContentHash| {
-            if let Some(id) = placeholder_id(h) {
-                match done.get(&id) {
-                    Some(real) => *h = *real,
-                    None => missing = Some(id),
-                }
-            }
-        });
-        match missing {
-            Some(id) => Err(Error::Task(format!("object job {id} has no result"))),
-            None => Ok(()),
-        }
-    }
-
     /// The store the pool writes to.
     pub fn store(&self) -> &LocalStore {
         &self.pool.store
     }
 }
 
-fn resolve(node: &mut Node, f: &mut dyn FnMut(&mut ContentHash)) {
-    if let Some(h) = node.entry.hash.as_mut() {
-        f(h);
-    }
-    for c in &mut node.entry.chunks {
-        f(&mut c.hash);
-    }
-    for child in node.children.values_mut() {
-        resolve(child, f);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::file_entry;
 
     fn small_params() -> ChunkParams {
         ChunkParams::new(64, 256, 1024).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `content` with the hashes of `done` (every job of it must be there).
+    fn resolved(
+        done: &HashMap<JobId, ContentHash>,
+        content: &PendingContent,
+    ) -> (Option<ContentHash>, Vec<Chunk>) {
+        content
+            .resolve(|job| {
+                done.get(&job)
+                    .copied()
+                    .ok_or_else(|| Error::Task(format!("object job {job} has no result")))
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -552,38 +507,35 @@ mod tests {
         let b = sink
             .store_file(&mut &big[..], big.len() as u64, "big")
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(b.chunks.len() >= 2);
+        let PendingContent::Chunked(pending_chunks) = &b else {
+            panic!("not chunked: {b:?}")
+        };
+        assert!(pending_chunks.len() >= 2);
         let expect_cuts =
             catalog::chunking::cut_points(&big, small_params()).unwrap_or_else(|e| panic!("{e}"));
-        let got_cuts: Vec<u64> = b.chunks.iter().skip(1).map(|c| c.offset).collect();
+        let got_cuts: Vec<u64> = pending_chunks.iter().skip(1).map(|c| c.offset).collect();
         assert_eq!(got_cuts, expect_cuts);
         assert_eq!(
-            b.chunks.iter().map(|c| c.size).sum::<u64>(),
+            pending_chunks.iter().map(|c| c.size).sum::<u64>(),
             big.len() as u64
         );
-        let mut root = Node::dir("", 0o755, 0);
-        let sh = s.hash.unwrap_or_else(|| panic!("hash"));
-        root.insert(&[], Node::leaf(file_entry("s", 0o644, 0, 0, 0, 5, sh)), 0);
-        root.insert(
-            &[],
-            Node::leaf(file_entry("hardlink", 0o644, 0, 0, 0, 5, sh)),
-            0,
-        );
-        let mut e = file_entry("b", 0o644, 0, 0, 0, big.len() as u64, sh);
-        e.hash = None;
-        e.chunks = b.chunks;
-        root.insert(&[], Node::leaf(e), 0);
-        sink.finish(&mut root).unwrap_or_else(|e| panic!("{e}"));
+        // A hard-link copy carries the same pending content and resolves with it.
+        let hardlink = s.clone();
+        let done: HashMap<JobId, ContentHash> = sink
+            .finish_all()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .collect();
         let real = store
             .put_raw(b"hello", Suffix::None)
             .unwrap_or_else(|e| panic!("{e}"));
-        for n in ["s", "hardlink"] {
-            assert_eq!(root.get(&[n]).and_then(|n| n.entry.hash), Some(real));
+        for c in [&s, &hardlink] {
+            assert_eq!(resolved(&done, c), (Some(real), Vec::new()));
         }
-        let chunks = &root.get(&["b"]).unwrap_or_else(|| panic!("b")).entry.chunks;
+        let (whole, chunks) = resolved(&done, &b);
+        assert_eq!((whole, chunks.len()), (None, pending_chunks.len()));
         let mut joined = Vec::new();
-        for c in chunks {
-            assert!(placeholder_id(&c.hash).is_none());
+        for c in &chunks {
             let stored = store
                 .get(&c.hash, Suffix::Partial)
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -600,20 +552,6 @@ mod tests {
                 (x >> 16) as u8
             })
             .collect()
-    }
-
-    #[test]
-    fn compress_into_matches_catalog_compress() {
-        let mut out = vec![1, 2, 3];
-        for raw in [
-            Vec::new(),
-            b"hello".to_vec(),
-            vec![0u8; 300_000],
-            pseudo_random(200_000, 7),
-        ] {
-            compress_into(&raw, &mut out);
-            assert_eq!(out, catalog::compress(&raw));
-        }
     }
 
     #[test]
@@ -651,32 +589,27 @@ mod tests {
                     let files: Vec<Vec<u8>> = (0..20)
                         .map(|i| pseudo_random(1 + (i * 997) % 5000, seed * 100 + i as u32))
                         .collect();
-                    let mut root = Node::dir("", 0o755, 0);
+                    let mut pending = Vec::new();
                     for (i, f) in files.iter().enumerate() {
                         let name = format!("f{i}");
                         let c = sink
                             .store_file(&mut &f[..], f.len() as u64, &name)
                             .unwrap_or_else(|e| panic!("{e}"));
                         assert!(pool.budget().used() <= 300);
-                        let mut e = file_entry(&name, 0o644, 0, 0, 0, c.size, placeholder(0));
-                        e.hash = c.hash;
-                        e.chunks = c.chunks;
-                        root.insert(&[], Node::leaf(e), 0);
+                        pending.push(c);
                     }
-                    sink.finish(&mut root).unwrap_or_else(|e| panic!("{e}"));
-                    for (i, f) in files.iter().enumerate() {
-                        let n = root
-                            .get(&[format!("f{i}").as_str()])
-                            .unwrap_or_else(|| panic!("f{i}"));
+                    let done: HashMap<JobId, ContentHash> = sink
+                        .finish_all()
+                        .unwrap_or_else(|e| panic!("{e}"))
+                        .into_iter()
+                        .collect();
+                    for (f, c) in files.iter().zip(&pending) {
                         let mut got = Vec::new();
-                        let parts: Vec<(ContentHash, Suffix)> = match n.entry.hash {
-                            Some(h) => vec![(h, Suffix::None)],
-                            None => n
-                                .entry
-                                .chunks
-                                .iter()
-                                .map(|c| (c.hash, Suffix::Partial))
-                                .collect(),
+                        let parts: Vec<(ContentHash, Suffix)> = match resolved(&done, c) {
+                            (Some(h), _) => vec![(h, Suffix::None)],
+                            (None, chunks) => {
+                                chunks.iter().map(|c| (c.hash, Suffix::Partial)).collect()
+                            }
                         };
                         for (h, suffix) in parts {
                             let stored = store.get(&h, suffix).unwrap_or_else(|e| panic!("{e}"));

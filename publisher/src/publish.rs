@@ -1,5 +1,5 @@
-//! Revisions: creating revision 0 (CVMFS spec §9.1), reading the current revision back into
-//! a [`Node`] tree, and writing a new revision bottom-up (spec §9.2): nested catalogs first,
+//! Revisions: creating revision 0 (docs/format.md §9.1), reading the current revision back into
+//! a [`Node`] tree, and writing a new revision bottom-up (docs/format.md §9.2): nested catalogs first,
 //! then the root catalog, then the signed manifest, last and atomically.
 
 use std::collections::HashMap;
@@ -14,9 +14,11 @@ use catalog::{
 use crate::error::{Error, Result};
 use crate::objects::{inflate_catalog, store_catalog};
 use crate::repo::{Repo, Settings, write_file_mode};
-use crate::tree::{CatalogMark, Node, PublishedCatalog, dir_entry};
+use crate::tree::{
+    CATALOG_MARKER, CatalogMark, Node, PublishedCatalog, dir_entry, hidden_marker_entry,
+};
 
-/// Validity of a freshly signed whitelist: 30 days (stock default, spec §7.4).
+/// Validity of a freshly signed whitelist: 30 days (stock default, docs/format.md §7.4).
 pub const WHITELIST_VALIDITY: u64 = 30 * 24 * 3600;
 
 /// Seconds since the Unix epoch.
@@ -27,7 +29,7 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Creates a repository in `dir` (docs/CONTRACTS.md §2, CVMFS spec §9.1): keys and
+/// Creates a repository in `dir` (docs/CONTRACTS.md §2, docs/format.md §9.1): keys and
 /// certificate, the certificate and empty-file objects, a signed whitelist, an empty root
 /// catalog at revision 0, the manifest `S0`, `.cvmfs_master_replica`, and `strata.json`
 /// last. Errors with [`Error::AlreadyRepository`] if `dir` already is one.
@@ -171,7 +173,7 @@ fn fill_children(
         let name = entry.name.clone();
         let mut entry = entry;
         if entry.is_chunked() {
-            // The reader leaves `chunks` empty; the writer needs them (spec §6.10).
+            // The reader leaves `chunks` empty; the writer needs them (docs/format.md §6.10).
             entry.chunks = reader.chunks(&child_path)?;
         }
         let mut child = Node::leaf(entry);
@@ -219,7 +221,7 @@ pub fn load_catalog_node(repo: &Repo, node: &mut Node) -> Result<()> {
 }
 
 /// Writes a new revision from `ns` (revision + 1) and publishes its manifest, signed with
-/// the certificate key, via an atomic rename (CVMFS spec §9.2), after `syncfs` of the
+/// the certificate key, via an atomic rename (docs/format.md §9.2), after `syncfs` of the
 /// served tree. Returns the new manifest.
 pub fn publish(repo: &Repo, ns: &mut Namespace) -> Result<Manifest> {
     // Objects from the worker pool are written without fsync; make them durable first.
@@ -239,7 +241,12 @@ pub fn publish(repo: &Repo, ns: &mut Namespace) -> Result<Manifest> {
     let root = ctx.write_mut(&mut ns.root, "")?;
     save_stats_cache(repo, &ctx.stats_cache)?;
     let key = repo.certificate_key()?;
-    // The tag history (spec §9.5): trunk → this revision, an automatic generic tag.
+    // Stored again (a no-op unless missing) so that a repository whose certificate object
+    // predates `catalog::stock_zlib` gets one a Stratum-1 replication keeps intact.
+    let certificate = repo
+        .store
+        .put_raw(repo.certificate()?.to_pem().as_bytes(), Suffix::Certificate)?;
+    // The tag history (docs/format.md §9.5): trunk → this revision, an automatic generic tag.
     let history = catalog::update_history(
         &repo.store,
         &repo.tmp_dir()?,
@@ -260,7 +267,7 @@ pub fn publish(repo: &Repo, ns: &mut Namespace) -> Result<Manifest> {
         garbage_collectable: false,
         alternative_paths: false,
         fqrn: repo.settings.fqrn.clone(),
-        certificate: ns.manifest.certificate,
+        certificate,
         history: Some(history),
         timestamp: now,
         meta_info: None,
@@ -308,6 +315,12 @@ impl StreamedCatalog {
 /// what keeps `ingest`'s memory independent of the number of files (publisher/README.md,
 /// "Memory"). The catalog must hold no nested catalogs. Returns the stored catalog.
 ///
+/// Unless `fill` sends a root-level `.cvmfscatalog` itself (then image content that also
+/// serves as the marker), a hidden marker is added ([`hidden_marker_entry`]): stock
+/// `cvmfs_server check` wants a `.cvmfscatalog` in every nested catalog root (docs/format.md
+/// §6.14), and the hidden flag (§6.6) keeps it out of the listings clients serve, so the
+/// layer or image root a container sees stays the image's.
+///
 /// Errors: those of `fill`, of writing ([`Error::Catalog`], [`Error::Io`]); a `fill` that
 /// sends no root row is [`Error::Task`].
 pub fn write_streamed(
@@ -322,7 +335,9 @@ pub fn write_streamed(
     let mut w = CatalogWriter::create(&file, path)?;
     let name = path.rsplit('/').next().unwrap_or_default().to_string();
     let mut root = None;
+    let mut has_marker = false;
     fill(&mut |rel: &str, e: &catalog::Entry| {
+        has_marker |= rel == CATALOG_MARKER;
         if rel.is_empty() {
             let mut e = e.clone();
             e.name.clone_from(&name);
@@ -334,6 +349,14 @@ pub fn write_streamed(
         Ok(())
     })?;
     let root = root.ok_or_else(|| Error::Task(format!("{path}: no root row written")))?;
+    if !has_marker {
+        let empty = repo.store.put_raw(b"", Suffix::None)?;
+        w.add(
+            &format!("{path}/{CATALOG_MARKER}"),
+            &hidden_marker_entry(empty, root.mtime),
+            Transition::None,
+        )?;
+    }
     let stats = w.finish(&CatalogProperties {
         revision: manifest.revision + 1,
         last_modified: unix_now().max(manifest.timestamp),
@@ -357,7 +380,7 @@ pub fn write_streamed(
 }
 
 /// `resign`: signs a fresh `.cvmfswhitelist` valid for `days` days from now with the master
-/// key (spec §7.4, as `cvmfs_server resign`), under the repository lock. Returns the new
+/// key (docs/format.md §7.4, as `cvmfs_server resign`), under the repository lock. Returns the new
 /// expiry (Unix seconds).
 pub fn resign(dir: &Path, days: u64) -> Result<u64> {
     let _lock = Repo::lock(dir)?;
@@ -374,7 +397,7 @@ pub fn resign(dir: &Path, days: u64) -> Result<u64> {
     Ok(wl.expires)
 }
 
-/// Re-signs `.cvmfswhitelist` when it expires within 7 days (spec §9.2 step 6).
+/// Re-signs `.cvmfswhitelist` when it expires within 7 days (docs/format.md §9.2 step 6).
 fn refresh_whitelist(repo: &Repo, now: u64) -> Result<()> {
     let current = repo.store.read_file(".cvmfswhitelist")?;
     let fresh = current

@@ -17,11 +17,13 @@
 use std::collections::{BTreeMap, HashSet};
 
 use catalog::Suffix;
+use namespace::{Digest, chain_ids, paths};
 use serde::Deserialize;
 
-use crate::digest::{chain_ids, sha256_digest, sha256_hex};
+use crate::digest::sha256_digest;
 use crate::error::{Error, Result};
 use crate::ingest::LayerFacts;
+use crate::listing::RawManifest;
 use crate::objects::read_object;
 use crate::publish::{Namespace, load_catalog_node, unix_now};
 use crate::reference::ImageName;
@@ -68,7 +70,7 @@ fn read_file_node(repo: &Repo, node: Option<&Node>, what: &str) -> Result<Option
 /// Calls `f(path, dir)` for every image directory below `/.metadata` (a directory with a
 /// `manifest.json`), not descending into image directories.
 fn visit_images<'a>(node: &'a Node, path: &str, f: &mut dyn FnMut(&str, &'a Node)) {
-    if node.children.contains_key("manifest.json") && !path.is_empty() {
+    if node.children.contains_key(paths::MANIFEST_JSON) && !path.is_empty() {
         f(path, node);
         return;
     }
@@ -88,30 +90,30 @@ fn visit_images<'a>(node: &'a Node, path: &str, f: &mut dyn FnMut(&str, &'a Node
 /// stored document cannot be read (missing or damaged object).
 pub fn published_images(repo: &Repo, ns: &Namespace) -> Result<BTreeMap<String, PublishedImage>> {
     let mut dirs: Vec<(String, &Node)> = Vec::new();
-    if let Some(meta) = ns.root.get(&[".metadata"]) {
+    if let Some(meta) = ns.root.get(&[paths::METADATA]) {
         visit_images(meta, "", &mut |p, n| dirs.push((p.to_string(), n)));
     }
     let mut out = BTreeMap::new();
     for (path, dir) in dirs {
-        let what = format!("/.metadata/{path}");
-        let index = read_file_node(repo, dir.children.get("index.json"), &what)?;
+        let what = paths::absolute(&paths::metadata_dir(&path));
+        let index = read_file_node(repo, dir.children.get(paths::INDEX_JSON), &what)?;
         let top = match &index {
             Some(i) => sha256_digest(i),
             None => {
-                let m = read_file_node(repo, dir.children.get("manifest.json"), &what)?;
+                let m = read_file_node(repo, dir.children.get(paths::MANIFEST_JSON), &what)?;
                 sha256_digest(&m.unwrap_or_default())
             }
         };
         let platforms = dir
             .children
-            .get("platforms")
+            .get(paths::PLATFORMS)
             .map(|p| {
                 p.children
                     .iter()
                     .map(|(name, d)| {
                         let target = d
                             .children
-                            .get("rootfs")
+                            .get(paths::ROOTFS)
                             .map(|r| r.entry.symlink.clone())
                             .unwrap_or_default();
                         (name.clone(), target)
@@ -119,7 +121,7 @@ pub fn published_images(repo: &Repo, ns: &Namespace) -> Result<BTreeMap<String, 
                     .collect()
             })
             .unwrap_or_default();
-        let comps: Vec<&str> = path.split('/').collect();
+        let comps = paths::public_components(&path);
         let public_target = ns
             .root
             .get(&comps)
@@ -171,7 +173,7 @@ pub fn remove_image(ns: &mut Namespace, public: &str) -> bool {
         .get(&comps)
         .is_some_and(|n| !n.is_dir() && n.catalog.is_none());
     let mut removed = link && remove_and_trim(&mut ns.root, &comps, 0);
-    let mut meta = vec![".metadata"];
+    let mut meta = vec![paths::METADATA];
     meta.extend(&comps);
     removed |= remove_and_trim(&mut ns.root, &meta, 1);
     removed
@@ -189,18 +191,6 @@ pub struct References {
 }
 
 #[derive(Deserialize)]
-struct RawManifest {
-    config: RawDescriptor,
-    #[serde(default)]
-    layers: Vec<RawDescriptor>,
-}
-
-#[derive(Deserialize)]
-struct RawDescriptor {
-    digest: String,
-}
-
-#[derive(Deserialize)]
 struct RawConfig {
     rootfs: RawRootfs,
 }
@@ -211,18 +201,20 @@ struct RawRootfs {
     diff_ids: Vec<String>,
 }
 
+fn digest_of(digest: &str, what: &str) -> Result<Digest> {
+    digest.parse().map_err(|_| Error::Image {
+        image: what.to_string(),
+        reason: format!("unsupported digest {digest:?}"),
+    })
+}
+
 fn hex_of(digest: &str, what: &str) -> Result<String> {
-    sha256_hex(digest)
-        .map(str::to_string)
-        .ok_or_else(|| Error::Image {
-            image: what.to_string(),
-            reason: format!("unsupported digest {digest:?}"),
-        })
+    Ok(digest_of(digest, what)?.hex().to_string())
 }
 
 /// Adds the references of one `manifest.json` + `config.json` pair in `dir`.
 fn add_pair(repo: &Repo, dir: &Node, what: &str, refs: &mut References) -> Result<()> {
-    if let Some(m) = read_file_node(repo, dir.children.get("manifest.json"), what)? {
+    if let Some(m) = read_file_node(repo, dir.children.get(paths::MANIFEST_JSON), what)? {
         let m: RawManifest = serde_json::from_slice(&m)
             .map_err(|e| Error::json(format!("parsing {what}/manifest.json"), e))?;
         refs.flats.insert(hex_of(&m.config.digest, what)?);
@@ -230,11 +222,17 @@ fn add_pair(repo: &Repo, dir: &Node, what: &str, refs: &mut References) -> Resul
             refs.layers.insert(hex_of(&l.digest, what)?);
         }
     }
-    if let Some(c) = read_file_node(repo, dir.children.get("config.json"), what)? {
+    if let Some(c) = read_file_node(repo, dir.children.get(paths::CONFIG_JSON), what)? {
         let c: RawConfig = serde_json::from_slice(&c)
             .map_err(|e| Error::json(format!("parsing {what}/config.json"), e))?;
-        for chain in chain_ids(&c.rootfs.diff_ids) {
-            refs.chains.insert(hex_of(&chain, what)?);
+        let diff_ids = c
+            .rootfs
+            .diff_ids
+            .iter()
+            .map(|d| digest_of(d, what))
+            .collect::<Result<Vec<Digest>>>()?;
+        for chain in chain_ids(&diff_ids) {
+            refs.chains.insert(chain.hex().to_string());
         }
     }
     Ok(())
@@ -244,14 +242,14 @@ fn add_pair(repo: &Repo, dir: &Node, what: &str, refs: &mut References) -> Resul
 /// stored document cannot be read or parsed — then nothing may be pruned.
 pub fn references(repo: &Repo, ns: &Namespace) -> Result<References> {
     let mut dirs: Vec<(String, &Node)> = Vec::new();
-    if let Some(meta) = ns.root.get(&[".metadata"]) {
+    if let Some(meta) = ns.root.get(&[paths::METADATA]) {
         visit_images(meta, "", &mut |p, n| dirs.push((p.to_string(), n)));
     }
     let mut refs = References::default();
     for (path, dir) in dirs {
-        let what = format!("/.metadata/{path}");
+        let what = paths::absolute(&paths::metadata_dir(&path));
         add_pair(repo, dir, &what, &mut refs)?;
-        if let Some(platforms) = dir.children.get("platforms") {
+        if let Some(platforms) = dir.children.get(paths::PLATFORMS) {
             for (p, d) in &platforms.children {
                 add_pair(repo, d, &format!("{what}/platforms/{p}"), &mut refs)?;
             }
@@ -317,15 +315,15 @@ pub fn prune(
     scan_layers: bool,
 ) -> Result<PruneReport> {
     let mut report = PruneReport {
-        flats: prune_plain(ns, ".flat", &refs.flats),
-        chains: prune_plain(ns, ".chainids", &refs.chains),
+        flats: prune_plain(ns, paths::FLAT, &refs.flats),
+        chains: prune_plain(ns, paths::CHAINIDS, &refs.chains),
         ..PruneReport::default()
     };
     if !scan_layers && report.flats.is_empty() && report.chains.is_empty() {
         return Ok(report);
     }
     let now = unix_now() as i64;
-    let Some(layers) = ns.root.get_mut(&[".layers"]) else {
+    let Some(layers) = ns.root.get_mut(&[paths::LAYERS]) else {
         return Ok(report);
     };
     for (hh, bucket) in layers.children.iter_mut() {
@@ -344,25 +342,28 @@ pub fn prune(
         // ChainIDs of removed images leave the remaining layers' layer.json.
         if !report.chains.is_empty() {
             for (hex, layer) in bucket.children.iter_mut() {
-                let Some(node) = layer.get(&[".metadata", "layer.json"]) else {
+                let Some(node) = layer.get(&[paths::METADATA, paths::LAYER_JSON]) else {
                     continue;
                 };
-                let what = format!("/.layers/{hh}/{hex}/.metadata/layer.json");
+                let what =
+                    paths::absolute(&[paths::LAYERS, hh, hex, paths::METADATA, paths::LAYER_JSON]);
                 let Some(bytes) = read_file_node(repo, Some(node), &what)? else {
                     continue;
                 };
                 let mut facts: LayerFacts = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::json(format!("parsing {what}"), e))?;
                 let before = facts.chain_ids.len();
-                facts
-                    .chain_ids
-                    .retain(|c| sha256_hex(c).is_some_and(|h| refs.chains.contains(h)));
+                facts.chain_ids.retain(|c| {
+                    c.parse::<Digest>()
+                        .is_ok_and(|d| refs.chains.contains(d.hex().as_str()))
+                });
                 if facts.chain_ids.len() != before {
                     let json = serde_json::to_vec_pretty(&facts)
                         .map_err(|e| Error::json("encoding layer.json", e))?;
                     let hash = repo.store.put_raw(&json, Suffix::None)?;
-                    let e = file_entry("layer.json", 0o644, 0, 0, now, json.len() as u64, hash);
-                    layer.insert(&[".metadata"], Node::leaf(e), now);
+                    let e =
+                        file_entry(paths::LAYER_JSON, 0o644, 0, 0, now, json.len() as u64, hash);
+                    layer.insert(&[paths::METADATA], Node::leaf(e), now);
                     report.facts_rewritten += 1;
                     dirty = true;
                 }

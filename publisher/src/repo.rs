@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Default TTL of the root catalog in seconds (CVMFS default, spec §8.6).
+/// Default TTL of the root catalog in seconds (CVMFS default, docs/format.md §8.6).
 pub const DEFAULT_TTL: u64 = 240;
 
 /// `DIR/strata.json`: publisher settings.

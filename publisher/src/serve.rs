@@ -1,5 +1,5 @@
 //! `serve`: the served tree `DIR/srv` over HTTP at `/cvmfs/<fqrn>/` with the headers a CVMFS
-//! web server must send (CVMFS spec §8.9): `data/**` `Cache-Control: max-age=259200` and
+//! web server must send (docs/format.md §8.9): `data/**` `Cache-Control: max-age=259200` and
 //! `application/octet-stream`; `.cvmfs*` `max-age=61` and `application/x-cvmfs`; no
 //! `Last-Modified`, no `ETag`, no `Content-Encoding`; conditional request headers ignored.
 //!
@@ -187,7 +187,7 @@ mod tests {
             &ok(std::fs::read(dir.join("srv/.cvmfspublished")))[..]
         );
 
-        // the empty-file object (CVMFS spec §11.3)
+        // the empty-file object (docs/format.md §11.3)
         let empty = format!("{base}/data/e8/ec3d88b62ebf526e4e5a4ff6162a3aa48a6b78");
         let r = ok(client.get(&empty).send().await);
         assert_eq!(r.status(), 200);

@@ -1,5 +1,5 @@
-//! `sync`: keeps the repository equal to a [`Recipe`] (DESIGN.md "Publisher"; DUCC's
-//! `convert`/`loop`, anchors §2.4), one pass = at most one new revision.
+//! `sync`: keeps the repository equal to a [`Recipe`] (docs/architecture.md §2; DUCC's
+//! `convert`/`loop`, docs/lazy-snapshotters.md §7), one pass = at most one new revision.
 //!
 //! A pass, under the repository lock (`DIR/lock`, the one `ingest` and `gc` take):
 //!
@@ -290,9 +290,9 @@ async fn check(
     clients: &Clients,
 ) -> Check {
     if let (Some(d), Some(p)) = (&want.name.digest, published)
-        && is_current(p, d, entry)
+        && is_current(p, &d.to_string(), entry)
     {
-        return Check::Unchanged(d.clone());
+        return Check::Unchanged(d.to_string());
     }
     let source = match clients.source(want.name.clone(), entry, options) {
         Ok(s) => s,

@@ -25,13 +25,13 @@ pub const S_IFBLK: u32 = 0o060000;
 /// FIFO type bits.
 pub const S_IFIFO: u32 = 0o010000;
 
-/// Size recorded for directories (stock `st_size`, CVMFS spec §6.7).
+/// Size recorded for directories (stock `st_size`, docs/format.md §6.7).
 pub const DIR_SIZE: u64 = 4096;
 
 /// The xattr overlayfs reads to treat a directory as opaque.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
-/// Name of the marker file in every nested catalog root (CVMFS spec §6.14).
+/// Name of the marker file in every nested catalog root (docs/format.md §6.14).
 pub const CATALOG_MARKER: &str = ".cvmfscatalog";
 
 /// A catalog that exists in the store: its hash, uncompressed size and (once read) its
@@ -138,16 +138,30 @@ pub fn file_entry(
     size: u64,
     hash: ContentHash,
 ) -> Entry {
+    let mut e = file_entry_without_content(name, perm, uid, gid, mtime, size);
+    e.hash = Some(hash);
+    e
+}
+
+/// A regular file row of `size` bytes whose content (`hash` or `chunks`) is not known yet
+/// (see [`crate::staging::StagedEntry::pending`]).
+pub fn file_entry_without_content(
+    name: &str,
+    perm: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    size: u64,
+) -> Entry {
     let mut e = blank_entry(name, EntryKind::Regular, S_IFREG | (perm & 0o7777));
     e.size = size;
-    e.hash = Some(hash);
     e.uid = uid;
     e.gid = gid;
     e.mtime = mtime;
     e
 }
 
-/// A symlink row (mode `0o120777`, size = target length, CVMFS spec §6.7).
+/// A symlink row (mode `0o120777`, size = target length, docs/format.md §6.7).
 pub fn symlink_entry(name: &str, target: &str, uid: u32, gid: u32, mtime: i64) -> Entry {
     let mut e = blank_entry(name, EntryKind::Symlink, S_IFLNK | 0o777);
     e.size = target.len() as u64;
@@ -183,9 +197,19 @@ pub fn is_whiteout(e: &Entry) -> bool {
     e.kind == EntryKind::CharDevice && e.rdev == 0
 }
 
-/// A regular empty file pointing at the empty-file object (CVMFS spec §6.14 marker).
+/// A regular empty file pointing at the empty-file object (docs/format.md §6.14 marker).
 pub fn marker_entry(empty: ContentHash, mtime: i64) -> Entry {
     file_entry(CATALOG_MARKER, 0o644, 0, 0, mtime, 0, empty)
+}
+
+/// The marker [`marker_entry`] with the hidden flag (`kFlagHidden`, docs/format.md §6.6): stock
+/// `cvmfs_server check` finds it in the catalog, while clients (stock `cvmfs2`, Strata's)
+/// leave it out of directory listings. For catalog roots that are image content (layer
+/// trees, flat trees), which must list exactly the image's files.
+pub fn hidden_marker_entry(empty: ContentHash, mtime: i64) -> Entry {
+    let mut e = marker_entry(empty, mtime);
+    e.flags |= catalog::entry::FLAG_HIDDEN;
+    e
 }
 
 impl Node {
@@ -257,7 +281,7 @@ impl Node {
         self.get_mut(parent)?.children.remove(*last)
     }
 
-    /// Sets directory link counts to `2 + number of child directories` (CVMFS spec §6.7),
+    /// Sets directory link counts to `2 + number of child directories` (docs/format.md §6.7),
     /// recursively over loaded subtrees. Unloaded catalogs keep their recorded count.
     pub fn fix_linkcounts(&mut self) {
         if !self.is_dir() || self.catalog.as_ref().is_some_and(|c| !c.loaded) {
@@ -271,7 +295,7 @@ impl Node {
         }
     }
 
-    /// Makes hard-link groups of this catalog consistent (CVMFS spec §6.8): every member of
+    /// Makes hard-link groups of this catalog consistent (docs/format.md §6.8): every member of
     /// a group gets `linkcount` = number of members; a group left with one member is
     /// dissolved. Does not descend into nested catalogs.
     pub fn normalize_hardlinks(&mut self) {

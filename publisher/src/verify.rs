@@ -1,6 +1,6 @@
 //! `verify`: checks a published revision end to end, from a repository directory or over
 //! HTTP, as a client would see it: manifest, certificate and whitelist signatures (CVMFS
-//! spec §7.5), then every catalog reachable from the root catalog (spec §6) and every
+//! docs/format.md §7.5), then every catalog reachable from the root catalog (docs/format.md §6) and every
 //! content object its rows name — whole files and chunks — by hash. Every fault is
 //! collected (the walk goes on), so one run names all of them.
 

@@ -3,23 +3,21 @@
 //! revision stays complete, a rerun finishes), `verify`/`ls`/`resign` exit codes.
 //!
 //! Needs `docker-registry` and `skopeo` (Debian packages of the same names) for the registry
-//! test; it is skipped with a message when they are missing.
-
-mod support;
+//! test; a missing tool fails it (scripts/install-deps installs both).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{
-    BIN, Registry, digest, gzip, mixed_layer, ok, put_blob, registry_tools, run, run_ok, verify_ok,
-    write_layout,
+use crate::support::{
+    BIN, Registry, digest, gzip, mixed_layer, ok, put_blob, require_registry_tools, run, run_ok,
+    verify_ok, write_layout,
 };
 
 const FQRN: &str = "cli.example.org";
 
 fn init_repo(dir: &Path) {
-    support::init_repo(dir, FQRN);
+    crate::support::init_repo(dir, FQRN);
 }
 
 /// Rewrites `dir/index.json` so that tag `tag` names an OCI index of the image already in
@@ -78,9 +76,7 @@ fn make_multi_platform(dir: &Path, tag: &str) {
 
 #[test]
 fn reingest_from_registry_downloads_no_layer() {
-    if !registry_tools() {
-        return;
-    }
+    require_registry_tools();
     let work = ok(tempfile::tempdir());
     let registry = Registry::start(work.path());
     let layout = work.path().join("layout");
@@ -121,9 +117,7 @@ fn reingest_from_registry_downloads_no_layer() {
 
 #[test]
 fn multi_platform_index_from_registry() {
-    if !registry_tools() {
-        return;
-    }
+    require_registry_tools();
     let work = ok(tempfile::tempdir());
     let registry = Registry::start(work.path());
     let layout = work.path().join("layout");

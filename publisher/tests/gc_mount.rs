@@ -1,22 +1,20 @@
-//! Issue 7 acceptance "a retained older revision still mounts and reads after `gc`": the
+//! "A retained older revision still mounts and reads after `gc`": the
 //! publisher syncs revision A, then B (the image's tag moves, so A's files are referenced
 //! by A alone), runs `gc`, serves the repository with `strata-publisher serve`, and the real
 //! FUSE client `strata-snapshotter mount --tag/--root-hash` mounts revision A and reads
 //! every file of it. With `--keep-revisions 1` revision A's objects are gone and the same
 //! mounts are refused cleanly.
 //!
-//! Needs `docker-registry` and `skopeo` (skipped with a message otherwise, like `sync.rs`),
+//! Needs `docker-registry` and `skopeo` (a missing tool fails the test),
 //! root and `/dev/fuse` (the mount), and `strata-snapshotter` built beside this test's
 //! binary (`cargo build -p snapshotter`; `scripts/test` builds the whole workspace first).
-
-mod support;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{BIN, Registry, noise, ok, registry_tools, run_ok, verify_ok};
+use crate::support::{BIN, Registry, noise, ok, require_registry_tools, run_ok, verify_ok};
 
 const FQRN: &str = "gc.example.org";
 
@@ -170,9 +168,7 @@ fn gc(repo: &Path, keep: &str) -> String {
 
 #[test]
 fn a_retained_older_revision_mounts_and_reads_after_gc() {
-    if !registry_tools() {
-        return;
-    }
+    require_registry_tools();
     assert!(
         nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists(),
         "this test mounts through FUSE: it needs root and /dev/fuse"
@@ -185,7 +181,7 @@ fn a_retained_older_revision_mounts_and_reads_after_gc() {
     const SIZE: usize = 6000;
     reg.push("demo", "1", &[1], FILES, SIZE);
     let repo = work.path().join("repo");
-    support::init_repo(&repo, FQRN);
+    crate::support::init_repo(&repo, FQRN);
     let recipe = work.path().join("recipe.yaml");
     ok(std::fs::write(
         &recipe,

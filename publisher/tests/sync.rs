@@ -3,9 +3,7 @@
 //! down or an image that does not exist, SIGKILL of `sync` and `gc` at random points. After
 //! every pass `verify` passes and the public paths are exactly what the recipe names.
 //!
-//! Needs `docker-registry` and `skopeo` (Debian packages); skipped with a message otherwise.
-
-mod support;
+//! Needs `docker-registry` and `skopeo` (Debian packages); a missing tool fails the test.
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
@@ -13,14 +11,15 @@ use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use support::{
-    BIN, Registry, digest, gzip, noise, noise_layer, ok, registry_tools, run, run_ok, verify_ok,
+use crate::support::{
+    BIN, Registry, digest, gzip, noise, noise_layer, ok, require_registry_tools, run, run_ok,
+    verify_ok,
 };
 
 const FQRN: &str = "sync.example.org";
 
 fn init_repo(dir: &Path) {
-    support::init_repo(dir, FQRN);
+    crate::support::init_repo(dir, FQRN);
 }
 
 fn write_recipe(file: &Path, entries: &[String]) {
@@ -120,9 +119,7 @@ fn revision(repo: &Path) -> u64 {
 
 #[test]
 fn sync_follows_the_recipe() {
-    if !registry_tools() {
-        return;
-    }
+    require_registry_tools();
     let work = ok(tempfile::tempdir());
     let reg = Registry::start(work.path());
     let a = reg.addr;
@@ -238,9 +235,7 @@ fn sync_follows_the_recipe() {
 
 #[test]
 fn failures_do_not_stop_the_others() {
-    if !registry_tools() {
-        return;
-    }
+    require_registry_tools();
     let work = ok(tempfile::tempdir());
     let reg = Registry::start(work.path());
     let a = reg.addr;
@@ -325,9 +320,7 @@ fn kill_after(mut child: Child, ms: u64) -> bool {
 
 #[test]
 fn killed_sync_and_gc_leave_a_verifying_repository() {
-    if !registry_tools() {
-        return;
-    }
+    require_registry_tools();
     let work = ok(tempfile::tempdir());
     let reg = Registry::start(work.path());
     let a = reg.addr;
@@ -404,9 +397,7 @@ fn killed_sync_and_gc_leave_a_verifying_repository() {
 
 #[test]
 fn loop_runs_passes_and_rereads_the_recipe() {
-    if !registry_tools() {
-        return;
-    }
+    require_registry_tools();
     let work = ok(tempfile::tempdir());
     let reg = Registry::start(work.path());
     let a = reg.addr;
@@ -461,9 +452,7 @@ fn loop_runs_passes_and_rereads_the_recipe() {
 
 #[test]
 fn a_corrupt_layer_keeps_the_previous_image_and_spares_the_others() {
-    if !registry_tools() {
-        return;
-    }
+    require_registry_tools();
     let work = ok(tempfile::tempdir());
     let reg = Registry::start(work.path());
     let a = reg.addr;

@@ -1,7 +1,7 @@
-//! The CVMFS magic extended attribute `user.catalog_counters`: the statistics (spec
+//! The CVMFS magic extended attribute `user.catalog_counters`: the statistics (docs/format.md
 //! §6.13) of the catalog that hosts a path, as `strata-snapshotter mount` serves it
 //! ([`to_text`], in [`crate::fuse`]) and as `run` reads it to choose the plain mount for a
-//! lower directory ([`CatalogCounters::parse`], in [`crate::snapshots`]). The format is
+//! lower directory ([`CatalogCounters::parse`], in [`crate::containerd::snapshots`]). The format is
 //! stock CVMFS's (`magic_xattr.cc`).
 
 use std::collections::BTreeMap;
@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 /// The CVMFS magic extended attribute with the hosting catalog's statistics; value
 /// `catalog_hash: <hex>\ncatalog_mountpoint: <path>\n` then `self_<counter>,<n>\n` and
 /// `subtree_<counter>,<n>\n` lines sorted by key (stock CVMFS `magic_xattr.cc`; counters of
-/// spec §6.13, e.g. `self_xattr`).
+/// docs/format.md §6.13, e.g. `self_xattr`).
 pub const CATALOG_COUNTERS_XATTR: &str = "user.catalog_counters";
 
 /// The value of [`CATALOG_COUNTERS_XATTR`]: the catalog whose statistics these are and
-/// its counters (CVMFS spec §6.13, table `statistics`).
+/// its counters (docs/format.md §6.13, table `statistics`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CatalogCounters {
     /// Content hash of the catalog, lowercase hex.

@@ -1,5 +1,5 @@
-//! The crate's one error type. It becomes a FUSE errno in [`crate::fuse`] and a gRPC
-//! `Status` in [`crate::service`], and nowhere else.
+//! The crate's one error type. It becomes a FUSE errno in `crate::fuse` (`fuse/errno.rs`)
+//! and a gRPC `Status` in [`crate::containerd::service`], and nowhere else.
 
 /// Everything that can go wrong in the snapshotter crate.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +22,7 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
-    /// The server answered with a non-success HTTP status (spec §8.8.5); names the URL.
+    /// The server answered with a non-success HTTP status (docs/format.md §8.8.5); names the URL.
     #[error("GET {url}: HTTP status {status}")]
     HttpStatus {
         /// The full URL requested.
@@ -30,7 +30,7 @@ pub enum Error {
         /// The HTTP status code.
         status: u16,
     },
-    /// An object's decompressed size differs from the size the catalog records (spec §8.5).
+    /// An object's decompressed size differs from the size the catalog records (docs/format.md §8.5).
     #[error("object {object}: decompressed size {actual} bytes, catalog says {expected}")]
     SizeMismatch {
         /// Hex hash of the object.
@@ -48,7 +48,7 @@ pub enum Error {
         /// Why the other download failed.
         reason: String,
     },
-    /// The repository failed the signature / whitelist chain check (spec §7.5); the source
+    /// The repository failed the signature / whitelist chain check (docs/format.md §7.5); the source
     /// names the failed step.
     #[error("repository {fqrn} failed verification: {source}")]
     Verification {
@@ -59,7 +59,7 @@ pub enum Error {
         source: catalog::Error,
     },
     /// The manifest is older than what this node already saw: its `T` is below the
-    /// breadcrumb's timestamp or the mounted root catalog's `last_modified` (spec §7.5 step
+    /// breadcrumb's timestamp or the mounted root catalog's `last_modified` (docs/format.md §7.5 step
     /// 5, §8.6). A rollback by a stale mirror or proxy, or a replay.
     #[error(
         "repository {fqrn} failed verification: manifest timestamp check: T={timestamp} is \
@@ -75,7 +75,7 @@ pub enum Error {
         minimum: u64,
     },
     /// The repository switched revisions during every attempt of one FUSE lookup or
-    /// listing (see `fuse::SWITCH_RETRIES`); names the path. FUSE errno `EAGAIN`.
+    /// listing (see `fuse::switch::SWITCH_RETRIES`); names the path. FUSE errno `EAGAIN`.
     #[error("{0}")]
     Busy(String),
     /// The revision asked for (`mount --tag`, `--root-hash`) cannot be mounted.
@@ -92,7 +92,7 @@ pub enum Error {
     /// A path used as a directory is not one.
     #[error("{0:?}: not a directory")]
     NotADirectory(String),
-    /// A catalog entry cannot be served by this client (e.g. external data, spec §6.6 flag 128).
+    /// A catalog entry cannot be served by this client (e.g. external data, docs/format.md §6.6 flag 128).
     #[error("{path:?}: {reason}")]
     Unsupported {
         /// Repository path of the entry.
@@ -106,10 +106,10 @@ pub enum Error {
     /// The snapshot metadata database (`<root>/metadata.db`, SQLite) failed.
     #[error("snapshot metadata database: {0}")]
     SnapshotDb(#[from] rusqlite::Error),
-    /// A snapshot key or name is unknown (gRPC `NotFound`, anchors §3.1).
+    /// A snapshot key or name is unknown (gRPC `NotFound`, docs/lazy-snapshotters.md §1).
     #[error("snapshot {0:?} does not exist")]
     SnapshotNotFound(String),
-    /// A snapshot key or name is taken (gRPC `AlreadyExists`, anchors §3.1). Also the
+    /// A snapshot key or name is taken (gRPC `AlreadyExists`, docs/lazy-snapshotters.md §1). Also the
     /// answer to a remote Prepare: the target was committed from the repository.
     #[error("snapshot {0:?} already exists")]
     SnapshotExists(String),
@@ -147,6 +147,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A digest (in a manifest, config or label) is not `sha256:<64 lowercase hex>`.
+    #[error("{0}")]
+    Digest(namespace::Error),
     /// `pull` found a layer that the snapshotter did not resolve from the repository.
     #[error(
         "layer {index} ({digest}, chain {chain_id}) is not published in the repository; \
@@ -181,6 +184,22 @@ pub enum Error {
         /// What failed (HTTP, content store, diff service, digest mismatch, …).
         reason: String,
     },
+}
+
+/// A bad reference is an [`Error::ImageMetadata`] naming it, a bad `--platform` an
+/// [`Error::Config`], a bad digest an [`Error::Digest`].
+impl From<namespace::Error> for Error {
+    fn from(e: namespace::Error) -> Error {
+        match e {
+            namespace::Error::Reference { reference, reason } => {
+                Error::ImageMetadata { reference, reason }
+            }
+            namespace::Error::Platform { platform, .. } => Error::Config(format!(
+                "platform {platform:?} is not OS/ARCH[/VARIANT] (lower case, e.g. linux/arm64/v8)"
+            )),
+            digest @ namespace::Error::Digest { .. } => Error::Digest(digest),
+        }
+    }
 }
 
 /// Result with [`Error`].

@@ -1,36 +1,28 @@
 //! `strata-snapshotter`: the node side of Strata.
 //!
-//! Two long-lived processes share this crate:
+//! One binary, four commands ([`cmd`]); the folders follow the processes they run in:
 //!
-//! * `strata-snapshotter mount` — the FUSE client of a CernVM-FS repository
-//!   ([`fetch`] over HTTP, a verified content-addressed [`cache`], the [`repository`]
-//!   view of manifest and catalogs, and the [`fuse`] file system);
-//! * `strata-snapshotter run` — the containerd proxy snapshotter ([`api`] is the
-//!   generated gRPC code, [`snapshots`] the metadata store, [`service`] the
-//!   `containerd.services.snapshots.v1.Snapshots` implementation);
+//! * `strata-snapshotter mount` ([`cmd::mount`]) — the CernVM-FS client: [`client`] fetches
+//!   over HTTP through a proxy chain, keeps a verified content-addressed cache with a
+//!   quota, verifies the manifest chain and opens one revision's catalogs; [`fuse`] serves
+//!   that revision read-only to the kernel and switches revisions on live updates;
+//! * `strata-snapshotter run` ([`cmd::run`]) — the containerd proxy snapshotter
+//!   ([`containerd`]): the `Snapshots` gRPC service, the snapshot store, the overlay mounts
+//!   of remote layers from the repository mount, metrics;
+//! * `strata-snapshotter pull` ([`cmd::pull`]) — [`pull`] puts a published image into
+//!   containerd without downloading its layers;
+//! * `strata-snapshotter cache` ([`cmd::cache`]) — inspects a cache directory.
 //!
-//! and `strata-snapshotter pull` ([`pull`]) puts a published image into containerd
-//! without downloading its layers.
+//! [`catalog_counters`] is the one contract between the two processes (the magic xattr
+//! `mount` serves and `run` reads); [`error`] is the crate's one error type.
 
 pub mod error;
 
 pub use error::{Error, Result};
 
-pub mod api;
-pub mod breadcrumb;
-pub mod cache;
-pub mod cache_cmd;
 pub mod catalog_counters;
-pub mod config;
-pub mod fetch;
+pub mod client;
+pub mod cmd;
+pub mod containerd;
 pub mod fuse;
-pub mod metrics;
-pub mod mount;
-pub mod mounts;
-pub mod proxy;
 pub mod pull;
-pub mod quota;
-pub mod readiness;
-pub mod repository;
-pub mod service;
-pub mod snapshots;

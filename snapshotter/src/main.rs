@@ -14,14 +14,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Mount a repository read-only through FUSE (foreground until unmounted or signalled).
-    Mount(snapshotter::mount::MountArgs),
+    Mount(snapshotter::cmd::mount::MountArgs),
     /// Serve the containerd Snapshots gRPC API on a unix socket.
-    Run(snapshotter::service::RunArgs),
+    Run(snapshotter::cmd::run::RunArgs),
     /// Put a published image into containerd without downloading its layers.
-    Pull(snapshotter::pull::PullArgs),
+    Pull(snapshotter::cmd::pull::PullArgs),
     /// Show a cache directory's size, entries, hits/misses and bytes fetched; optionally
     /// evict everything not in use.
-    Cache(snapshotter::cache_cmd::CacheArgs),
+    Cache(snapshotter::cmd::cache::CacheArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,10 +41,10 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
-        Command::Mount(args) => snapshotter::mount::main(args).map_err(Into::into),
-        Command::Run(args) => snapshotter::service::main(args).map_err(Into::into),
-        Command::Pull(args) => snapshotter::pull::main(args).map_err(Into::into),
-        Command::Cache(args) => snapshotter::cache_cmd::main(args).map_err(Into::into),
+        Command::Mount(args) => snapshotter::cmd::mount::main(args).map_err(Into::into),
+        Command::Run(args) => snapshotter::cmd::run::main(args).map_err(Into::into),
+        Command::Pull(args) => snapshotter::cmd::pull::main(args).map_err(Into::into),
+        Command::Cache(args) => snapshotter::cmd::cache::main(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
+use namespace::paths;
 
 mod stack;
 
@@ -400,46 +400,34 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    namespace::Digest::of_bytes(bytes).to_string()
 }
 
-fn hex_of(digest: &str) -> &str {
-    digest.strip_prefix("sha256:").expect("sha256 digest")
+fn typed(digest: &str) -> namespace::Digest {
+    digest
+        .parse()
+        .unwrap_or_else(|e| panic!("test digest: {e}"))
 }
 
 /// `M/.layers/<hh>/<hex>/layerfs` of the layer `digest` (CONTRACTS §3).
 fn layerfs_of(mount: &Path, digest: &str) -> PathBuf {
-    let hex = hex_of(digest);
-    mount
-        .join(".layers")
-        .join(&hex[..2])
-        .join(hex)
-        .join("layerfs")
+    mount.join(paths::join(&paths::layerfs(&typed(digest))))
 }
 
-/// The ChainIDs of `diff_ids` (OCI image spec: `sha256(prev + " " + diff)`).
+/// The ChainIDs of `diff_ids` (OCI image spec), as text.
 fn chain_ids_of(diff_ids: &[String]) -> Vec<String> {
-    let mut chains: Vec<String> = Vec::new();
-    for diff in diff_ids {
-        let next = match chains.last() {
-            None => diff.clone(),
-            Some(prev) => sha256(format!("{prev} {diff}").as_bytes()),
-        };
-        chains.push(next);
-    }
-    chains
+    let diff_ids: Vec<namespace::Digest> = diff_ids.iter().map(|d| typed(d)).collect();
+    namespace::chain_ids(&diff_ids)
+        .iter()
+        .map(|c| c.to_string())
+        .collect()
 }
 
 /// `M/.chainids/<hh>/<chain hex>` → the layerfs of `layer_digest`.
 fn link_chain(mount: &Path, chain: &str, layer_digest: &str) {
-    let (c, l) = (hex_of(chain), hex_of(layer_digest));
-    let dir = mount.join(".chainids").join(&c[..2]);
-    std::fs::create_dir_all(&dir).expect("mkdir chainids");
-    std::os::unix::fs::symlink(
-        format!("../../.layers/{}/{l}/layerfs", &l[..2]),
-        dir.join(c),
-    )
-    .expect("symlink");
+    let link = mount.join(paths::join(&paths::chainid_link(&typed(chain))));
+    std::fs::create_dir_all(link.parent().expect("parent")).expect("mkdir chainids");
+    std::os::unix::fs::symlink(paths::chainid_target(&typed(layer_digest)), link).expect("symlink");
 }
 
 /// (config, manifest) bytes of a linux/amd64 image of gzip layers `(digest, size)`.
@@ -652,16 +640,7 @@ fn pull_commits_remote_layers_and_creates_image() {
     let lower: Vec<String> = layers
         .iter()
         .rev()
-        .map(|d| {
-            let hex = hex_of(d);
-            env.mountpoint
-                .join(".layers")
-                .join(&hex[..2])
-                .join(hex)
-                .join("layerfs")
-                .display()
-                .to_string()
-        })
+        .map(|d| layerfs_of(&env.mountpoint, d).display().to_string())
         .collect();
     assert!(
         m.contains(&format!("lowerdir={}", lower.join(":"))),
@@ -1760,12 +1739,9 @@ fn flat_lowerdir_gives_one_lowerdir_with_the_same_files_and_timings() {
     });
     env.pull_ok(&reference);
     let top = image.chains.last().expect("layers").clone();
-    let config_hex = hex_of(&image.config_digest).to_string();
     let flat_dir = stack
         .mountpoint
-        .join(".flat")
-        .join(&config_hex[..2])
-        .join(&config_hex);
+        .join(paths::join(&paths::flat_dir(&typed(&image.config_digest))));
 
     // One lowerdir, the flat tree, for a container snapshot on the top layer.
     let mounts_of = |env: &Env, key: &str| {

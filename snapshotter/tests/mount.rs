@@ -4,15 +4,13 @@
 //!
 //! These tests need root and `/dev/fuse`; they fail (not skip) without them.
 
-mod support;
-
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 // ---------------------------------------------------------------------------------------
 // Tests
@@ -168,7 +166,7 @@ fn a_plain_mount_point_serves_the_same_tree_without_xattrs_and_counters_are_magi
         b"y"
     );
 
-    // user.catalog_counters: by name only, the hosting catalog's statistics (spec §6.13).
+    // user.catalog_counters: by name only, the hosting catalog's statistics (docs/format.md §6.13).
     let counters = |path: &Path| -> String {
         let value = xattr::get(path, "user.catalog_counters")
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -396,7 +394,7 @@ fn mounts_the_stock_fixture_repository() {
         object("5798f7f4ca7585d850eea64610a1f73d8f8de7a3", "")
     );
 
-    // A chunked file: the concatenation of its chunk objects (spec §4.6).
+    // A chunked file: the concatenation of its chunk objects (docs/format.md §4.6).
     let v1 = mnt.join("sw/v1");
     let mut expected = Vec::new();
     for hex in [
@@ -529,11 +527,14 @@ fn bad_signature_expired_whitelist_and_wrong_fqrn_refuse_the_mount() {
 /// Reads `path` after dropping its pages from the kernel's page cache, so that the read
 /// reaches the mount process (which then finds the object in its cache or downloads it).
 fn read_past_page_cache(path: &Path) -> Vec<u8> {
-    use std::os::fd::AsRawFd;
     let file = std::fs::File::open(path).unwrap();
-    // SAFETY: a valid descriptor; POSIX_FADV_DONTNEED only drops clean cached pages.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(rc, 0, "posix_fadvise on {}", path.display());
+    nix::fcntl::posix_fadvise(
+        &file,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap_or_else(|e| panic!("posix_fadvise on {}: {e}", path.display()));
     drop(file);
     std::fs::read(path).unwrap()
 }
@@ -743,26 +744,17 @@ fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
 
     let server = Server::start(&[(FQRN, &srv)]);
     let mnt = work.path().join("mnt");
-    let mut m = Mounted::start(
-        mount_command(
-            &server,
-            FQRN,
-            &keys.pubkey,
-            &work.path().join("cache"),
-            &mnt,
-        ),
+    // Without read-ahead: what a read fetches is exactly what it touches.
+    let mut cmd = mount_command(
+        &server,
+        FQRN,
+        &keys.pubkey,
+        &work.path().join("cache"),
         &mnt,
-        &work.path().join("m.log"),
     );
-    let requested = |object: &str| {
-        server
-            .paths
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|p| p.ends_with(object))
-            .count()
-    };
+    cmd.arg("--no-read-ahead");
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    let requested = |object: &str| server.requests_for(object);
     let f = std::fs::File::open(mnt.join("big")).unwrap();
     let mut buf = vec![0u8; 4096];
     let at = 5 * CHUNK + 1000;
@@ -801,6 +793,138 @@ fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
 /// A chunked file held open across a live update reads its own revision's chunks to the end
 /// (no-open mode reads by inode: the old inode must not get the new revision's chunk list
 /// of the same path), and a new open reads the new revision.
+/// The object path (`data/xx/…`) of a file body as [`file`] stores it.
+fn object_of(store: &catalog::LocalStore, body: &[u8]) -> String {
+    store
+        .put_raw(body, catalog::Suffix::None)
+        .unwrap()
+        .object_path(catalog::Suffix::None)
+}
+
+#[test]
+fn read_ahead_fetches_a_directory_s_small_files_once_and_they_are_then_read_from_the_cache() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let mut files: Vec<(String, Vec<u8>)> = (0..10u64)
+        .map(|i| (format!("/lib/f{i:02}"), noise(3000 + i as usize, i + 100)))
+        .collect();
+    // Larger than the read-ahead size limit (1 MiB by default): only fetched when read.
+    files.push(("/lib/huge".into(), noise(1_500_000, 7)));
+    files.push(("/elsewhere/x".into(), noise(2000, 8)));
+    let repo = FlatRepo::build(work.path(), &files, 240);
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let mnt = work.path().join("mnt");
+    let cmd = mount_command(
+        &server,
+        FQRN,
+        &repo.keys.pubkey,
+        &work.path().join("cache"),
+        &mnt,
+    );
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    let objects: Vec<String> = files
+        .iter()
+        .map(|(_, body)| object_of(&repo.store, body))
+        .collect();
+    let requested = |object: &str| server.requests_for(object);
+    assert_eq!(std::fs::read(mnt.join("lib/f00")).unwrap(), files[0].1);
+    // The rest of the directory's small files arrive in the background.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (1..10).any(|i| requested(&objects[i]) == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "read-ahead did not fetch the directory: {:?}",
+            server.paths.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        requested(&objects[10]),
+        0,
+        "a file over the size limit was read ahead"
+    );
+    assert_eq!(
+        requested(&objects[11]),
+        0,
+        "another directory was read ahead"
+    );
+    for (i, (path, body)) in files.iter().enumerate().take(10) {
+        assert_eq!(
+            &std::fs::read(mnt.join(&path[1..])).unwrap(),
+            body,
+            "{path}"
+        );
+        assert_eq!(requested(&objects[i]), 1, "{path} fetched more than once");
+    }
+    assert_eq!(server.range_requests.load(Ordering::SeqCst), 0);
+    m.stop();
+    let out = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"))
+        .args(["cache", "--cache"])
+        .arg(work.path().join("cache"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let read_ahead: u64 = (3001..3010).sum();
+    assert!(
+        text.contains(&format!("read-ahead bytes later read: {read_ahead}\n"))
+            || text.contains(&format!(
+                "read-ahead bytes later read: {}\n",
+                read_ahead + 3000
+            )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_demand_read_is_not_queued_behind_read_ahead() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    // More files than read-ahead threads, all held by the server but the first.
+    let mut files: Vec<(String, Vec<u8>)> = (0..40u64)
+        .map(|i| (format!("/slow/s{i:02}"), noise(2000, i + 200)))
+        .collect();
+    files.push(("/fast/x".into(), noise(2000, 999)));
+    let repo = FlatRepo::build(work.path(), &files, 240);
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let held: Vec<String> = files[1..40]
+        .iter()
+        .map(|(_, body)| object_of(&repo.store, body))
+        .collect();
+    server.held.lock().unwrap().extend(held);
+    let mnt = work.path().join("mnt");
+    let cmd = mount_command(
+        &server,
+        FQRN,
+        &repo.keys.pubkey,
+        &work.path().join("cache"),
+        &mnt,
+    );
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    assert_eq!(std::fs::read(mnt.join("slow/s00")).unwrap(), files[0].1);
+    // Every read-ahead thread waits on a held download now.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.held_requests.load(Ordering::SeqCst) < 16 {
+        assert!(Instant::now() < deadline, "read-ahead did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let fast = mnt.join("fast/x");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let _ = tx.send((std::fs::read(fast), start.elapsed()));
+    });
+    let got = rx.recv_timeout(Duration::from_secs(5));
+    // Release the held downloads before asserting, so that the mount can stop.
+    server.held.lock().unwrap().clear();
+    let (body, took) = got.expect("a demand read waited behind read-ahead");
+    assert_eq!(body.unwrap(), files[40].1);
+    assert!(
+        took < Duration::from_secs(3),
+        "the demand read took {took:?}"
+    );
+    m.stop();
+}
+
 #[test]
 fn a_chunked_file_held_open_keeps_its_revision_across_a_switch() {
     require_root_and_fuse();
@@ -900,7 +1024,7 @@ fn tree(files: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// The breadcrumb's text, `<hex>T<ts>R<revision>` (spec §8.7).
+/// The breadcrumb's text, `<hex>T<ts>R<revision>` (docs/format.md §8.7).
 fn breadcrumb(cache: &Path) -> String {
     std::fs::read_to_string(cache.join(format!("cvmfschecksum.{FQRN}"))).unwrap_or_default()
 }
@@ -940,7 +1064,7 @@ fn the_breadcrumb_keeps_a_node_from_going_back_to_an_older_revision() {
     assert_eq!(breadcrumb(&cache), crumb);
 
     // The server goes back to revision 1 (newly signed): the cached revision 2 is newer
-    // and stays mounted (spec §8.2 step 4).
+    // and stays mounted (docs/format.md §8.2 step 4).
     repo.publish_at(&tree(&[("/a", "one\n")]), 1, 240, rev2.timestamp + 1);
     let mut m = Mounted::start(mount(), &mnt, &log("3"));
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"two\n");
@@ -1012,7 +1136,10 @@ fn offline_mode_serves_the_cache_and_recovers_when_the_server_returns() {
         ]);
         cmd
     };
-    let mut m = Mounted::start(mount(), &mnt, &work.path().join("1.log"));
+    // Without read-ahead, so that `unseen` (beside `a`) stays out of the cache.
+    let mut first = mount();
+    first.arg("--no-read-ahead");
+    let mut m = Mounted::start(first, &mnt, &work.path().join("1.log"));
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
     assert_eq!(std::fs::read(mnt.join("d/seen")).unwrap(), b"seen\n");
     m.stop();
@@ -1061,7 +1188,7 @@ fn offline_mode_serves_the_cache_and_recovers_when_the_server_returns() {
     assert_eq!(std::fs::read(mnt.join("unseen")).unwrap(), b"never read\n");
     assert!(breadcrumb(&cache).ends_with("R2"), "{}", breadcrumb(&cache));
 
-    // A live update whose manifest is older than the mounted revision is refused (spec
+    // A live update whose manifest is older than the mounted revision is refused (docs/format.md
     // §8.6) and revision 2 stays.
     let rev2_time = unix_now();
     repo.publish_at(&tree(&[("/a", "three\n")]), 3, 240, rev2_time - 1000);

@@ -1,11 +1,9 @@
-//! `strata-snapshotter mount` through HTTP proxies (CVMFS spec §8.8): a real Squid (Debian's
+//! `strata-snapshotter mount` through HTTP proxies (docs/format.md §8.8): a real Squid (Debian's
 //! `squid`, started here on 127.0.0.1 with its own configuration, cache and logs in a temp
 //! dir), and a tiny forwarding proxy written here that can fail (502, garbage) or tamper
 //! with object bytes.
 //!
 //! These tests need root, `/dev/fuse` and `/usr/sbin/squid`; they fail (not skip) without.
-
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,7 +11,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// Files of the test repository and their contents.
 const FILES: &[(&str, &[u8])] = &[
@@ -433,7 +431,9 @@ fn tampered_objects_give_eio_are_not_cached_and_recover() {
     let proxy = TestProxy::start(FORWARD);
     let mnt = work.path().join("mnt");
     let cache = work.path().join("cache");
-    let cmd = mount_command(&server, FQRN, &repo.pubkey, &cache, &mnt);
+    let mut cmd = mount_command(&server, FQRN, &repo.pubkey, &cache, &mnt);
+    // Demand reads only: read-ahead would fetch hello.txt before the tampering starts.
+    cmd.arg("--no-read-ahead");
     let mut m = Mounted::start(
         with_proxy(cmd, &proxy.url()),
         &mnt,

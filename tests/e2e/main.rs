@@ -1,4 +1,4 @@
-//! The acceptance test of issue 2: the real parts together on 127.0.0.1, started by the
+//! The main job's end-to-end test: the real parts together on 127.0.0.1, started by the
 //! test itself — Debian's `docker-registry`, a three-layer image built from Debian packages
 //! and pushed with `skopeo`, `strata-publisher init/ingest/serve`,
 //! `strata-snapshotter mount/run/pull`, a private containerd 1.6 and `runc`.
@@ -7,6 +7,8 @@
 //! prerequisite is a failure, never a skip. On failure every log's tail is printed and the
 //! work directory is kept.
 
+mod apptainer;
+mod containerd_matrix;
 mod tree_equality;
 
 use std::process::{Command, Output};
@@ -132,7 +134,7 @@ fn reference_image_behaves_under_containerd_overlayfs() {
     });
 }
 
-/// Issue 2's acceptance: publish → HTTP → FUSE → containerd runs it.
+/// The main job: publish → HTTP → FUSE → containerd runs it.
 #[test]
 fn main_job_end_to_end() {
     in_workdir("e2e", |work| {

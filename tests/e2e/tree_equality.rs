@@ -35,6 +35,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use namespace::{Digest, paths};
 use tests::binaries::check_prerequisites;
 use tests::catalog_tree;
 use tests::fstree::{self, Kind, Rules, Tree};
@@ -101,12 +102,11 @@ struct Published {
     sources: Vec<Source>,
 }
 
-/// `/<prefix>/<hh>/<hex>` of a `sha256:<hex>` digest.
-fn digest_path(prefix: &str, digest: &str) -> Result<String> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .with_context(|| format!("not a sha256 digest: {digest}"))?;
-    Ok(format!("/{prefix}/{}/{hex}", &hex[..2]))
+/// `digest` as a typed digest, naming it in the error.
+fn typed(digest: &str) -> Result<Digest> {
+    digest
+        .parse()
+        .with_context(|| format!("not a sha256 digest: {digest}"))
 }
 
 /// Builds (or reuses) both images, pushes them to a fresh registry, ingests both from it
@@ -168,13 +168,13 @@ fn publish(work: &WorkDir, steps: &mut Steps) -> Result<Published> {
             let tree = tar_tree::layer_tree(&blob)
                 .with_context(|| format!("read layer {} of {name}", layer.digest))?;
             layers.push((
-                format!("{}/layerfs", digest_path(".layers", &layer.digest)?),
+                paths::absolute(&paths::layerfs(&typed(&layer.digest)?)),
                 tree,
             ));
         }
         sources.push(Source {
             name,
-            flat: digest_path(".flat", &image.facts.config_digest)?,
+            flat: paths::absolute(&paths::flat_dir(&typed(&image.facts.config_digest)?)),
             rootfs: bundle.join("rootfs"),
             layers,
         });
@@ -276,7 +276,7 @@ fn flat_tree_equals_umoci_unpack() {
 }
 
 /// The rich image's catalog: `big.bin` is chunked, and the two names of `d/file` in `d`
-/// form one hard-link group (spec §6.8) while `other/file-hardlink` does not join it.
+/// form one hard-link group (docs/format.md §6.8) while `other/file-hardlink` does not join it.
 fn check_rich_catalog_facts(facts: &catalog_tree::WalkFacts) -> Result<()> {
     let chunks = facts.chunked.get("big.bin").copied().unwrap_or(0);
     ensure!(

@@ -1,7 +1,8 @@
 //! Reading a published subtree back through the `catalog` crate, the way a CVMFS client
-//! does (spec §7.1, §6.12): `.cvmfspublished` → root catalog → nested catalogs, every
+//! does (docs/format.md §7.1, §6.12): `.cvmfspublished` → root catalog → nested catalogs, every
 //! object read from the served tree `DIR/srv/data/`, checked against its hash and
-//! inflated; chunked files are put together from [`CatalogReader::chunks`].
+//! inflated; chunked files are put together from [`CatalogReader::chunks`]. Hidden rows are
+//! not listed, as a client does not list them.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -179,7 +180,9 @@ impl Published {
             .catalog(prefix)?
             .list(dir)
             .map_err(|e| Error::Invalid(format!("list {dir}: {e}")))?;
-        for child in children {
+        // Hidden rows (the `.cvmfscatalog` markers of layer and flat roots) are left out of
+        // listings, as clients do (docs/format.md §6.6, §8.3).
+        for child in children.into_iter().filter(|c| !c.is_hidden()) {
             let path = format!("{dir}/{}", child.name);
             let rel = child_path(relative, &child.name);
             if child.hardlink_group != 0 {
@@ -254,7 +257,7 @@ impl Published {
     }
 
     /// SHA-256 hex of a regular file's content: its one object, or its chunks in order
-    /// (each suffix `P`, spec §4), which must tile `[0, size)`.
+    /// (each suffix `P`, docs/format.md §4), which must tile `[0, size)`.
     fn content(&self, prefix: &str, path: &str, e: &Entry) -> Result<String> {
         let mut hasher = Sha256::new();
         let mut total = 0u64;

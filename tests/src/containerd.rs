@@ -1,5 +1,8 @@
-//! A private containerd (Debian's 1.6) for one test: own root, state, sockets and config,
-//! with the Strata snapshotter registered as a proxy plugin.
+//! A private containerd for one test: own root, state, sockets and config, with the Strata
+//! snapshotter registered as a proxy plugin. Debian 12's 1.6 with a minimal config by
+//! default; or a [`Release`] (1.6, or 1.7 and 2.x from `scripts/install-runtimes`) configured
+//! with its deploy snippet, `deploy/containerd/config-<release>.toml`, as the deploy guide
+//! tells operators to.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -23,6 +26,35 @@ pub struct Containerd {
     service: Service,
     socket: PathBuf,
     log: PathBuf,
+    /// The `ctr` of the same release.
+    ctr: PathBuf,
+}
+
+/// A containerd release and its documented config snippet.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// The snippet's name: `deploy/containerd/config-<name>.toml` (`1.6`, `1.7`, `2.x`).
+    pub name: String,
+    /// Where `containerd`, `ctr` and `containerd-shim-runc-v2` are; `None`: the system's
+    /// (`PATH`).
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl Release {
+    /// `path` of a program of this release: in [`Release::bin_dir`], or looked up on `PATH`.
+    fn program(&self, name: &str) -> PathBuf {
+        match &self.bin_dir {
+            Some(dir) => dir.join(name),
+            None => PathBuf::from(name),
+        }
+    }
+
+    /// The deploy snippet, `deploy/containerd/config-<name>.toml` of this repository.
+    pub fn snippet_path(&self) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/containerd")
+            .join(format!("config-{}.toml", self.name))
+    }
 }
 
 impl Containerd {
@@ -37,19 +69,67 @@ impl Containerd {
         snapshotter_socket: &Path,
     ) -> Result<Containerd> {
         let socket = dir.join("containerd.sock");
-        let config = dir.join("config.toml");
-        std::fs::write(&config, config_toml(dir, &socket, snapshotter_socket))
-            .map_err(io_context(format!("write {}", config.display())))?;
-        let mut command = Command::new("containerd");
-        command.arg("--config").arg(&config);
+        let config = config_toml(dir, &socket, snapshotter_socket);
+        let system = Release {
+            name: "1.6".into(),
+            bin_dir: None,
+        };
+        Containerd::start_with_config(dir, log, ctr_log, &system, &config)
+    }
+
+    /// As [`Containerd::start`], for `release` and configured with its deploy snippet
+    /// ([`Release::snippet_path`]): the snippet's proxy socket and containerd root become
+    /// the test's, and the private root, state and sockets are added. The CRI plugin runs
+    /// with the snippet's settings (it must accept them; no pod is started).
+    pub fn start_release(
+        dir: &Path,
+        log: &Path,
+        ctr_log: &Path,
+        snapshotter_socket: &Path,
+        release: &Release,
+    ) -> Result<Containerd> {
+        let path = release.snippet_path();
+        let snippet = std::fs::read_to_string(&path)
+            .map_err(io_context(format!("read {}", path.display())))?;
+        let socket = dir.join("containerd.sock");
+        let config = release_config_toml(dir, &socket, snapshotter_socket, &snippet);
+        Containerd::start_with_config(dir, log, ctr_log, release, &config)
+    }
+
+    /// Writes `config` to `dir/config.toml`, starts `release`'s containerd with it (its
+    /// directory first on `PATH`, for the shim) and waits until `ctr version` answers.
+    fn start_with_config(
+        dir: &Path,
+        log: &Path,
+        ctr_log: &Path,
+        release: &Release,
+        config: &str,
+    ) -> Result<Containerd> {
+        let socket = dir.join("containerd.sock");
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, config)
+            .map_err(io_context(format!("write {}", config_path.display())))?;
+        let mut command = Command::new(release.program("containerd"));
+        command.arg("--config").arg(&config_path);
+        if let Some(bin) = &release.bin_dir {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let joined = std::env::join_paths(
+                std::iter::once(bin.clone()).chain(std::env::split_paths(&path)),
+            )
+            .map_err(|e| {
+                crate::error::Error::Invalid(format!("PATH with {}: {e}", bin.display()))
+            })?;
+            command.env("PATH", joined);
+        }
         let mut service = Service::spawn("containerd", command, log)?;
+        let ctr_program = release.program("ctr");
         let probe_socket = socket.clone();
         let probe_log = ctr_log.to_owned();
         service.wait_ready("containerd (ctr version)", Duration::from_secs(60), || {
             if !probe_socket.exists() {
                 return Ok(false);
             }
-            let mut ctr = Command::new("ctr");
+            let mut ctr = Command::new(&ctr_program);
             ctr.arg("--address").arg(&probe_socket).arg("version");
             Ok(run_capture(&mut ctr, &probe_log, CTR_TIMEOUT)?
                 .status
@@ -59,6 +139,7 @@ impl Containerd {
             service,
             socket,
             log: ctr_log.to_owned(),
+            ctr: ctr_program,
         })
     }
 
@@ -69,7 +150,7 @@ impl Containerd {
 
     /// `ctr --address <socket> -n <NAMESPACE>` ready for a subcommand.
     pub fn ctr(&self) -> Command {
-        let mut command = Command::new("ctr");
+        let mut command = Command::new(&self.ctr);
         command
             .arg("--address")
             .arg(&self.socket)
@@ -90,7 +171,7 @@ impl Containerd {
     /// The server version line of `ctr version`.
     pub fn version(&self) -> Result<String> {
         let output = run_checked(
-            Command::new("ctr")
+            Command::new(&self.ctr)
                 .arg("--address")
                 .arg(&self.socket)
                 .arg("version"),
@@ -188,6 +269,36 @@ fn config_toml(dir: &Path, socket: &Path, snapshotter_socket: &Path) -> String {
     )
 }
 
+/// A deploy snippet made private: its proxy socket (`/run/strata/snapshotter.sock`) and
+/// containerd root (`/var/lib/containerd`, the snapshotter's exported root) become the test's,
+/// and the test's root, state and sockets are added (top-level keys before the snippet, whose
+/// own top-level keys, `version`, come before its tables; `[grpc]` etc. after it).
+fn release_config_toml(
+    dir: &Path,
+    socket: &Path,
+    snapshotter_socket: &Path,
+    snippet: &str,
+) -> String {
+    let root = dir.join("root");
+    let snippet = snippet
+        .replace(
+            "/run/strata/snapshotter.sock",
+            &snapshotter_socket.display().to_string(),
+        )
+        .replace("/var/lib/containerd", &root.display().to_string());
+    format!(
+        "root = \"{root}\"\n\
+         state = \"{state}\"\n\
+         \n{snippet}\n\
+         \n[grpc]\n  address = \"{socket}\"\n\
+         \n[ttrpc]\n  address = \"{socket}.ttrpc\"\n\
+         \n[debug]\n  address = \"\"\n",
+        root = root.display(),
+        state = dir.join("state").display(),
+        socket = socket.display(),
+    )
+}
+
 fn parse_snapshots(text: &str) -> Vec<(String, String)> {
     text.lines()
         .skip(1)
@@ -215,6 +326,32 @@ mod tests {
             "[proxy_plugins.strata]\n  type = \"snapshot\"\n  address = \"/s/snap.sock\""
         ));
         assert!(text.contains("address = \"/w/c.sock.ttrpc\""));
+    }
+
+    #[test]
+    fn release_config_makes_the_deploy_snippet_private() {
+        let snippet = "# c\nversion = 3\n\n[proxy_plugins]\n  [proxy_plugins.strata]\n    \
+                       address = \"/run/strata/snapshotter.sock\"\n    \
+                       [proxy_plugins.strata.exports]\n      \
+                       root = \"/var/lib/containerd/io.containerd.snapshotter.v1.strata\"\n";
+        let text = release_config_toml(
+            Path::new("/w"),
+            Path::new("/w/c.sock"),
+            Path::new("/s/snap.sock"),
+            snippet,
+        );
+        assert!(
+            text.starts_with("root = \"/w/root\"\nstate = \"/w/state\"\n"),
+            "{text}"
+        );
+        assert!(text.contains("version = 3\n"));
+        assert!(text.contains("address = \"/s/snap.sock\""));
+        assert!(text.contains("root = \"/w/root/io.containerd.snapshotter.v1.strata\""));
+        assert!(!text.contains("/run/strata") && !text.contains("/var/lib/containerd"));
+        // top-level keys before the first table, [grpc] after the snippet's tables
+        let first_table = text.find('[').unwrap_or(0);
+        assert!(text.find("version = 3").unwrap_or(usize::MAX) < first_table);
+        assert!(text.contains("[grpc]\n  address = \"/w/c.sock\""));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! gid, mtime seconds and nanoseconds, size (not for directories: a directory's size is
 //! the file system's business, 4096 in a catalog, anything on ext4), xattrs, symlink
 //! target, device major/minor and the SHA-256 of regular files' content. Not compared:
-//! link counts and inode numbers (a CVMFS hard-link group only spans one directory, spec
+//! link counts and inode numbers (a CVMFS hard-link group only spans one directory, docs/format.md
 //! §6.8, so counts legitimately differ from a local unpack).
 
 use std::collections::{BTreeMap, BTreeSet};

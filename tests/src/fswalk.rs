@@ -4,9 +4,7 @@
 //! container would see it.
 
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsStr};
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -131,66 +129,24 @@ pub fn file_sha256(path: &Path) -> Result<String> {
 }
 
 /// Every extended attribute of `path` (not following a final symlink): `llistxattr` then
-/// `lgetxattr` of each name.
+/// `lgetxattr` of each name (the `xattr` crate's non-dereferencing calls).
 ///
 /// Errors: a call failing other than with `ENOTSUP` (no xattrs at all) ([`Error::Io`]).
 pub fn xattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
-    let c_path = c_string(path.as_os_str())?;
-    let context = |what: &str| format!("{what} {}", path.display());
-    let names = sized_call(&context("llistxattr"), |buf, len| {
-        // SAFETY: `c_path` is a NUL-terminated path; `buf` is valid for `len` bytes (or
-        // null with `len` 0, which asks for the size).
-        unsafe { libc::llistxattr(c_path.as_ptr(), buf.cast(), len) }
-    })?;
-    let Some(names) = names else {
-        return Ok(BTreeMap::new());
+    let unsupported = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTSUP);
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if unsupported(&e) => return Ok(BTreeMap::new()),
+        Err(e) => return Err(io_context(format!("llistxattr {}", path.display()))(e)),
     };
     let mut out = BTreeMap::new();
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let c_name = c_string(OsStr::from_bytes(name))?;
-        let text = String::from_utf8_lossy(name).into_owned();
-        let value = sized_call(&context(&format!("lgetxattr {text}")), |buf, len| {
-            // SAFETY: as above; `c_name` is NUL-terminated.
-            unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.cast(), len) }
-        })?;
+    for name in names {
+        let text = name.to_string_lossy().into_owned();
+        let value = xattr::get(path, &name)
+            .map_err(io_context(format!("lgetxattr {text} {}", path.display())))?;
         out.insert(text, value.unwrap_or_default());
     }
     Ok(out)
-}
-
-/// Runs a size-then-fill xattr call, retrying if the value grew in between; `None` if the
-/// file system does not support xattrs.
-fn sized_call(
-    context: &str,
-    call: impl Fn(*mut u8, usize) -> libc::ssize_t,
-) -> Result<Option<Vec<u8>>> {
-    for _ in 0..8 {
-        let size = call(std::ptr::null_mut(), 0);
-        if size < 0 {
-            let error = std::io::Error::last_os_error();
-            if error.raw_os_error() == Some(libc::ENOTSUP) {
-                return Ok(None);
-            }
-            return Err(io_context(context)(error));
-        }
-        let mut buf = vec![0u8; size as usize];
-        let got = call(buf.as_mut_ptr(), buf.len());
-        if got >= 0 {
-            buf.truncate(got as usize);
-            return Ok(Some(buf));
-        }
-        let error = std::io::Error::last_os_error();
-        if error.raw_os_error() != Some(libc::ERANGE) {
-            return Err(io_context(context)(error));
-        }
-    }
-    Err(Error::Invalid(format!(
-        "{context}: the value keeps growing"
-    )))
-}
-
-fn c_string(s: &OsStr) -> Result<CString> {
-    CString::new(s.as_bytes()).map_err(|_| Error::Invalid(format!("{s:?} contains NUL")))
 }
 
 #[cfg(test)]
@@ -212,19 +168,7 @@ mod tests {
             nix::sys::stat::Mode::from_bits_truncate(0o600),
         )
         .unwrap();
-        let c_path = c_string(root.join("d/f").as_os_str()).unwrap();
-        let c_name = c_string(OsStr::new("user.strata")).unwrap();
-        // SAFETY: valid NUL-terminated strings and a 2-byte value.
-        let rc = unsafe {
-            libc::lsetxattr(
-                c_path.as_ptr(),
-                c_name.as_ptr(),
-                b"v1".as_ptr().cast(),
-                2,
-                0,
-            )
-        };
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        xattr::set(root.join("d/f"), "user.strata", b"v1").unwrap();
 
         let walked = walk(root).unwrap();
         let keys: Vec<&str> = walked.tree.keys().map(String::as_str).collect();

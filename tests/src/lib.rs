@@ -7,7 +7,11 @@
 //! * [`workdir`]: the per-test directory (logs, sockets, mounts), torn down on drop;
 //! * [`registry`], [`containerd`], [`strata`]: one type per running component;
 //! * [`image`]: the cached three-layer test image (debootstrap, apt, whiteouts);
-//! * [`scenario`]: the main job of issue 2, shared by the e2e test and `strata-demo`.
+//! * [`scenario`]: the main job (publish, mount, pull, run), shared by the e2e test and `strata-demo`;
+//! * [`relay`]: a TCP relay that adds latency (benches at a distance);
+//! * [`measure`]: what the benches measure (wall time, peak RSS, load, the machine);
+//! * [`runtimes`]: containerd 1.7/2.x and the sid root with Apptainer and podman
+//!   (`scripts/install-runtimes`).
 //!
 //! Everything here needs root, `/dev/fuse` and the packages of `scripts/install-deps`;
 //! [`binaries::check_prerequisites`] turns a missing piece into an error, never a skip.
@@ -16,13 +20,17 @@ pub mod binaries;
 pub mod catalog_tree;
 pub mod containerd;
 pub mod error;
+pub mod fixtures;
 pub mod fstree;
 pub mod fswalk;
 pub mod image;
+pub mod measure;
 pub mod mounts;
 pub mod net;
 pub mod process;
 pub mod registry;
+pub mod relay;
+pub mod runtimes;
 pub mod scenario;
 pub mod steps;
 pub mod strata;

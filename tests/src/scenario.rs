@@ -1,4 +1,4 @@
-//! The main job of issue 2, end to end, as both the e2e test and `strata-demo` run it:
+//! The main job, end to end, as both the e2e test and `strata-demo` run it:
 //! registry → push → `strata-publisher init/ingest/serve` → `strata-snapshotter mount` →
 //! private containerd → `strata-snapshotter run` → `strata-snapshotter pull` → `ctr run`.
 
@@ -8,7 +8,7 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 use crate::binaries::{check_prerequisites, target_dir};
-use crate::containerd::{Containerd, NAMESPACE, SNAPSHOTTER_NAME};
+use crate::containerd::{Containerd, NAMESPACE, Release, SNAPSHOTTER_NAME};
 use crate::error::{Error, Result};
 use crate::image::{self, TestImage};
 use crate::process::run_checked;
@@ -137,6 +137,17 @@ impl Stack {
     /// Mounts the repository, starts containerd and the snapshotter and pulls the image
     /// lazily.
     pub fn attach(published: Published, work: &WorkDir, steps: &mut Steps) -> Result<Stack> {
+        Stack::attach_with(published, work, steps, None)
+    }
+
+    /// As [`Stack::attach`], with containerd `release` configured by its deploy snippet
+    /// ([`Containerd::start_release`]) instead of Debian 12's with the minimal config.
+    pub fn attach_with(
+        published: Published,
+        work: &WorkDir,
+        steps: &mut Steps,
+        release: Option<&Release>,
+    ) -> Result<Stack> {
         let mountpoint = work.path().join("mnt");
         let cache = work.path().join("cache");
         let server_url = published.server.server_url();
@@ -158,12 +169,14 @@ impl Stack {
         })?;
         let snapshotter_socket = work.path().join("snapshotter.sock");
         let containerd = steps.run("start a private containerd with the proxy plugin", || {
-            Containerd::start(
-                &work.subdir("containerd")?,
-                &work.log("containerd"),
-                &work.log("ctr"),
-                &snapshotter_socket,
-            )
+            let dir = work.subdir("containerd")?;
+            let (log, ctr_log) = (work.log("containerd"), work.log("ctr"));
+            match release {
+                None => Containerd::start(&dir, &log, &ctr_log, &snapshotter_socket),
+                Some(release) => {
+                    Containerd::start_release(&dir, &log, &ctr_log, &snapshotter_socket, release)
+                }
+            }
         })?;
         let snapshotter = steps.run(
             "strata-snapshotter run (containerd proxy snapshotter)",

@@ -1,4 +1,4 @@
-//! Arbitrary bytes as `.cvmfspublished` and `.cvmfswhitelist` (spec §7): parse, verify
+//! Arbitrary bytes as `.cvmfspublished` and `.cvmfswhitelist` (docs/format.md §7): parse, verify
 //! against a fixed certificate/master key, and run the whole verification chain with the
 //! bytes in each position. Any outcome but a panic is fine.
 #![no_main]

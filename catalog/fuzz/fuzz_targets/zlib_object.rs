@@ -1,4 +1,4 @@
-//! Arbitrary bytes as a stored object (spec §3): bounded inflate, streaming verify+inflate
+//! Arbitrary bytes as a stored object (docs/format.md §3): bounded inflate, streaming verify+inflate
 //! (compressed and raw), and a round trip of the bytes through compress and the chunker.
 //! Any outcome but a panic is fine; round trips must be exact.
 #![no_main]

@@ -16,12 +16,13 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use namespace::{Digest, Sha256Hex};
 use serde::Deserialize;
 
 use super::oci_layout::{LayoutRoot, MAX_DOCUMENT, blob_path};
 use super::{BlobDescriptor, Document, FetchedSet, PlatformFilter, parse_document, resolve};
 use crate::decompress::Compression;
-use crate::digest::{HashingReader, sha256_digest, sha256_hex};
+use crate::digest::HashingReader;
 use crate::error::{Error, Result};
 use crate::layer::normalize_path;
 use crate::reference::ImageName;
@@ -142,7 +143,7 @@ pub struct ArchiveSource {
     entry_config: String,
     entry_layers: Vec<String>,
     /// Layer digest → member path, filled by `fetch`.
-    blobs: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    blobs: Arc<std::sync::Mutex<HashMap<Digest, String>>>,
 }
 
 impl ArchiveSource {
@@ -212,7 +213,7 @@ impl ArchiveSource {
 
     /// The OCI manifest or index in `index.json` (Docker 25+) that describes the image with
     /// config digest `config`, if there is one.
-    fn oci_top(&self, config: &str) -> Result<Option<Vec<u8>>> {
+    fn oci_top(&self, config: &Digest) -> Result<Option<Vec<u8>>> {
         if !self.root.exists("index.json") {
             return Ok(None);
         }
@@ -222,22 +223,21 @@ impl ArchiveSource {
             return Ok(None);
         };
         for e in entries {
-            let rel = blob_path(&label, &e.descriptor.digest)?;
+            let rel = blob_path(&e.descriptor.digest);
             if !self.root.exists(&rel) {
                 continue;
             }
             let bytes = self.root.read_small(&rel)?;
             let names_config = |b: &[u8]| match parse_document(&label, b) {
-                Ok(Document::Manifest { config: c, .. }) => c.digest == config,
+                Ok(Document::Manifest { config: c, .. }) => c.digest == *config,
                 _ => false,
             };
             let found = match parse_document(&label, &bytes)? {
-                Document::Manifest { config: c, .. } => c.digest == config,
+                Document::Manifest { config: c, .. } => c.digest == *config,
                 Document::Index(inner) => inner.iter().any(|i| {
-                    blob_path(&label, &i.descriptor.digest)
-                        .ok()
-                        .and_then(|r| self.root.read_small(&r).ok())
-                        .is_some_and(|b| names_config(&b))
+                    self.root
+                        .read_small(&blob_path(&i.descriptor.digest))
+                        .is_ok_and(|b| names_config(&b))
                 }),
             };
             if found {
@@ -251,9 +251,9 @@ impl ArchiveSource {
     pub fn fetch(&self, filter: &PlatformFilter) -> Result<FetchedSet> {
         let label = self.label();
         let config = self.root.read_small(&self.entry_config)?;
-        let config_digest = sha256_digest(&config);
+        let config_digest = Digest::of_bytes(&config);
         let read_blob = |d: &BlobDescriptor, what: &str| -> Result<Vec<u8>> {
-            let bytes = self.root.read_small(&blob_path(&label, &d.digest)?)?;
+            let bytes = self.root.read_small(&blob_path(&d.digest))?;
             super::verify_digest(&label, what, &bytes, &d.digest)?;
             Ok(bytes)
         };
@@ -271,7 +271,7 @@ impl ArchiveSource {
     }
 
     /// A Docker v2 schema 2 manifest for the old format; records where each layer is.
-    fn synthesise_manifest(&self, config: &[u8], config_digest: &str) -> Result<Vec<u8>> {
+    fn synthesise_manifest(&self, config: &[u8], config_digest: &Digest) -> Result<Vec<u8>> {
         let label = self.label();
         let mut layers = Vec::new();
         let mut blobs = HashMap::new();
@@ -292,10 +292,9 @@ impl ArchiveSource {
             // hash the member once.
             let digest = match rel
                 .strip_prefix("blobs/sha256/")
-                .map(|h| format!("sha256:{h}"))
-                .filter(|d| sha256_hex(d).is_some())
+                .and_then(|h| h.parse::<Sha256Hex>().ok())
             {
-                Some(d) => d,
+                Some(hex) => Digest::from_hex(hex),
                 None => {
                     let mut r = HashingReader::new(self.root.open(rel)?);
                     std::io::copy(&mut r, &mut std::io::sink())
@@ -303,10 +302,11 @@ impl ArchiveSource {
                     r.finish()
                         .map_err(|e| Error::io(format!("read {rel} in {label}"), e))?
                         .1
+                        .parse::<Digest>()?
                 }
             };
             layers.push(serde_json::json!({
-                "mediaType": media_type, "size": size, "digest": digest,
+                "mediaType": media_type, "size": size, "digest": digest.to_string(),
             }));
             blobs.insert(digest, rel.clone());
         }
@@ -319,7 +319,7 @@ impl ArchiveSource {
             "config": {
                 "mediaType": DOCKER_CONFIG_MEDIA_TYPE,
                 "size": config.len(),
-                "digest": config_digest,
+                "digest": config_digest.to_string(),
             },
             "layers": layers,
         });
@@ -343,7 +343,7 @@ impl ArchiveSource {
             .and_then(|b| b.get(&blob.digest).cloned());
         match rel {
             Some(rel) => self.root.open(&rel),
-            None => self.root.open(&blob_path(&self.label(), &blob.digest)?),
+            None => self.root.open(&blob_path(&blob.digest)),
         }
     }
 }

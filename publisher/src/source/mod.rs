@@ -8,7 +8,6 @@
 pub mod auth;
 pub mod docker_archive;
 pub mod oci_layout;
-pub mod platform;
 pub mod registry;
 
 use std::collections::HashMap;
@@ -16,17 +15,18 @@ use std::io::Read;
 
 use serde::Deserialize;
 
-pub use platform::{Platform, PlatformFilter};
+pub use namespace::{Platform, PlatformFilter};
 
-use crate::digest::{sha256_digest, sha256_hex};
+use namespace::Digest;
+
 use crate::error::{Error, Result};
 use crate::reference::ImageName;
 
 /// A blob a manifest points at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobDescriptor {
-    /// `sha256:<hex>`.
-    pub digest: String,
+    /// The blob's digest, validated when the manifest was parsed.
+    pub digest: Digest,
     /// Media type from the manifest.
     pub media_type: String,
     /// Size in bytes as the manifest states it.
@@ -47,7 +47,7 @@ pub struct FetchedImage {
     /// Layers, lowest first.
     pub layers: Vec<BlobDescriptor>,
     /// diffIDs from the config's `rootfs.diff_ids`, one per layer.
-    pub diff_ids: Vec<String>,
+    pub diff_ids: Vec<Digest>,
 }
 
 /// Everything one reference names: the index (if it named one) and one image per selected
@@ -186,14 +186,12 @@ pub(crate) struct IndexEntry {
 }
 
 fn descriptor(image: &str, d: RawDescriptor) -> Result<BlobDescriptor> {
-    if sha256_hex(&d.digest).is_none() {
-        return Err(Error::Image {
-            image: image.to_string(),
-            reason: format!("unsupported digest {:?} (only sha256)", d.digest),
-        });
-    }
+    let digest = d.digest.parse::<Digest>().map_err(|_| Error::Image {
+        image: image.to_string(),
+        reason: format!("unsupported digest {:?} (only sha256)", d.digest),
+    })?;
     Ok(BlobDescriptor {
-        digest: d.digest,
+        digest,
         media_type: d.media_type,
         size: d.size,
     })
@@ -273,16 +271,16 @@ pub(crate) fn select_platforms<'a>(
 }
 
 /// Checks that `bytes` hash to `digest`.
-pub(crate) fn verify_digest(image: &str, what: &str, bytes: &[u8], digest: &str) -> Result<()> {
-    let actual = sha256_digest(bytes);
-    if actual == digest {
+pub(crate) fn verify_digest(image: &str, what: &str, bytes: &[u8], digest: &Digest) -> Result<()> {
+    let actual = Digest::of_bytes(bytes);
+    if actual == *digest {
         Ok(())
     } else {
         Err(Error::DigestMismatch {
             image: image.to_string(),
             what: what.to_string(),
             expected: digest.to_string(),
-            actual,
+            actual: actual.to_string(),
         })
     }
 }
@@ -314,12 +312,15 @@ pub(crate) fn assemble(
             ),
         });
     }
-    if let Some(bad) = diff_ids.iter().find(|d| sha256_hex(d).is_none()) {
-        return Err(Error::Image {
-            image: image.to_string(),
-            reason: format!("unsupported diffID {bad:?}"),
-        });
-    }
+    let diff_ids = diff_ids
+        .iter()
+        .map(|d| {
+            d.parse::<Digest>().map_err(|_| Error::Image {
+                image: image.to_string(),
+                reason: format!("unsupported diffID {d:?}"),
+            })
+        })
+        .collect::<Result<Vec<Digest>>>()?;
     let platform = platform.unwrap_or_else(|| {
         Platform::new(
             parsed.os.as_deref().unwrap_or("linux"),
@@ -425,7 +426,7 @@ mod tests {
         };
         let e = select_platforms("x", &entries, &amd).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(e.len(), 1);
-        assert_eq!(e[0].0.descriptor.digest, d('b'));
+        assert_eq!(e[0].0.descriptor.digest.to_string(), d('b'));
         let s390 = PlatformFilter {
             wanted: vec![Platform::new("linux", "s390x", None)],
         };
@@ -438,7 +439,7 @@ mod tests {
     #[test]
     fn manifest_and_config_checks() {
         let cfg = br#"{"architecture":"arm64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]}}"#;
-        let cfg_digest = sha256_digest(cfg);
+        let cfg_digest = crate::digest::sha256_digest(cfg);
         let manifest = format!(
             r#"{{"schemaVersion":2,"config":{{"mediaType":"c","digest":"{cfg_digest}","size":{}}},
             "layers":[{{"mediaType":"l","digest":"{cfg_digest}","size":3}}]}}"#,

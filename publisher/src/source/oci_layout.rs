@@ -8,11 +8,12 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use namespace::Digest;
+
 use super::docker_archive::ArchiveIndex;
 use super::{
     BlobDescriptor, Document, FetchedSet, PlatformFilter, parse_document, resolve, verify_digest,
 };
-use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
 use crate::reference::ImageName;
 
@@ -87,12 +88,8 @@ pub struct LayoutSource {
 }
 
 /// `blobs/sha256/<hex>` of a digest.
-pub fn blob_path(image: &str, digest: &str) -> Result<String> {
-    let hex = sha256_hex(digest).ok_or_else(|| Error::Image {
-        image: image.to_string(),
-        reason: format!("unsupported digest {digest:?}"),
-    })?;
-    Ok(format!("blobs/sha256/{hex}"))
+pub fn blob_path(digest: &Digest) -> String {
+    format!("blobs/sha256/{}", digest.hex())
 }
 
 impl LayoutSource {
@@ -107,7 +104,7 @@ impl LayoutSource {
 
     fn read_blob(&self, blob: &BlobDescriptor, what: &str) -> Result<Vec<u8>> {
         let image = self.root.label();
-        let bytes = self.root.read_small(&blob_path(&image, &blob.digest)?)?;
+        let bytes = self.root.read_small(&blob_path(&blob.digest))?;
         verify_digest(&image, what, &bytes, &blob.digest)?;
         Ok(bytes)
     }
@@ -144,7 +141,6 @@ impl LayoutSource {
 
     /// Opens a layer blob.
     pub fn open_blob(&self, blob: &BlobDescriptor) -> Result<Box<dyn Read + Send>> {
-        self.root
-            .open(&blob_path(&self.root.label(), &blob.digest)?)
+        self.root.open(&blob_path(&blob.digest))
     }
 }

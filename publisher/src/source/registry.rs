@@ -8,6 +8,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use futures::TryStreamExt;
+use namespace::Digest;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
@@ -69,11 +70,13 @@ fn reference_of(name: &ImageName) -> Reference {
             name.registry.clone(),
             name.repository.clone(),
             t.clone(),
-            d.clone(),
+            d.to_string(),
         ),
-        (None, Some(d)) => {
-            Reference::with_digest(name.registry.clone(), name.repository.clone(), d.clone())
-        }
+        (None, Some(d)) => Reference::with_digest(
+            name.registry.clone(),
+            name.repository.clone(),
+            d.to_string(),
+        ),
         (t, None) => Reference::with_tag(
             name.registry.clone(),
             name.repository.clone(),
@@ -152,10 +155,10 @@ impl RegistrySource {
         Ok(bytes.to_vec())
     }
 
-    async fn config_raw(&self, digest: &str) -> Result<Vec<u8>> {
+    async fn config_raw(&self, digest: &Digest) -> Result<Vec<u8>> {
         let mut bytes: Vec<u8> = Vec::new();
         self.client
-            .pull_blob(&self.reference, digest, &mut bytes)
+            .pull_blob(&self.reference, digest.to_string().as_str(), &mut bytes)
             .await
             .map_err(|e| self.registry_error(e))?;
         Ok(bytes)
@@ -170,7 +173,7 @@ impl RegistrySource {
             verify_digest(&image, "manifest", &top, d)?;
         }
         // Fetch everything resolve() will ask for, then resolve synchronously.
-        let mut blobs: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut blobs: HashMap<Digest, Vec<u8>> = HashMap::new();
         let manifests: Vec<Vec<u8>> = match parse_document(&image, &top)? {
             Document::Manifest { .. } => vec![top.clone()],
             Document::Index(entries) => {
@@ -178,7 +181,7 @@ impl RegistrySource {
                 for (e, _) in select_platforms(&image, &entries, filter)? {
                     let r = self
                         .reference
-                        .clone_with_digest(e.descriptor.digest.clone());
+                        .clone_with_digest(e.descriptor.digest.to_string());
                     let m = self.manifest_raw(&r).await?;
                     verify_digest(&image, "platform manifest", &m, &e.descriptor.digest)?;
                     blobs.insert(e.descriptor.digest.clone(), m.clone());
@@ -256,7 +259,7 @@ impl RegistrySource {
     pub async fn open_blob(&self, blob: &BlobDescriptor) -> Result<Box<dyn Read + Send>> {
         let stream = self
             .client
-            .pull_blob_stream(&self.reference, blob.digest.as_str())
+            .pull_blob_stream(&self.reference, blob.digest.to_string().as_str())
             .await
             .map_err(|e| self.registry_error(e))?;
         let reader = StreamReader::new(stream.map_err(std::io::Error::other));
@@ -445,7 +448,10 @@ mod tests {
             .fetch(&PlatformFilter::default())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(set.images[0].config_descriptor.digest, config_digest);
+        assert_eq!(
+            set.images[0].config_descriptor.digest.to_string(),
+            config_digest
+        );
         let blob = set.images[0].layers[0].clone();
         let mut reader = src.open_blob(&blob).await.unwrap_or_else(|e| panic!("{e}"));
         let got = tokio::task::spawn_blocking(move || {

@@ -1,14 +1,11 @@
 //! Shared helpers of the publisher's command-line tests (`cli.rs`, `sync.rs`): running the
 //! binary, synthetic layers and OCI layouts, and a `docker-registry` filled with `skopeo`.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
-
-use sha2::{Digest, Sha256};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_strata-publisher");
 
@@ -18,7 +15,7 @@ pub fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
 
 /// `sha256:<hex>` of `bytes`.
 pub fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    namespace::Digest::of_bytes(bytes).to_string()
 }
 
 pub fn run(args: &[&str]) -> Output {
@@ -54,13 +51,15 @@ pub fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Whether `docker-registry` and `skopeo` are installed; says so when they are not.
-pub fn registry_tools() -> bool {
-    let there = have("docker-registry") && have("skopeo");
-    if !there {
-        eprintln!("skipping: docker-registry or skopeo not installed");
+/// Fails the test, naming the missing tool, unless `docker-registry` and `skopeo` are
+/// installed: a missing tool is a failure, never a silent pass.
+pub fn require_registry_tools() {
+    for tool in ["docker-registry", "skopeo"] {
+        assert!(
+            have(tool),
+            "{tool} is not installed (Debian package {tool}); run scripts/install-deps as root"
+        );
     }
-    there
 }
 
 /// Deterministic pseudo-random bytes (incompressible, so zlib has work to do).

@@ -1,4 +1,4 @@
-//! Catalog entry → `struct stat` as FUSE wants it (CVMFS spec §6.7 "Client → struct stat").
+//! Catalog entry → `struct stat` as FUSE wants it (docs/format.md §6.7 "Client → struct stat").
 //!
 //! Mode, uid and gid are reported exactly as stored (no `CVMFS_CLAIM_OWNERSHIP`): container
 //! layers must keep their owners. Char and block devices report their device number, so a
@@ -13,7 +13,7 @@ use fuser::{FileAttr, FileType, INodeNo};
 const BLOCK_SIZE: u32 = 4096;
 
 /// The FUSE file type of `entry`, from the type bits of its mode (the stock client decides
-/// by mode, spec §6.6), falling back to its kind.
+/// by mode, docs/format.md §6.6), falling back to its kind.
 pub fn file_type(entry: &Entry) -> FileType {
     match EntryKind::from_mode(entry.mode).unwrap_or(entry.kind) {
         EntryKind::Directory => FileType::Directory,
@@ -68,7 +68,7 @@ fn mtime(entry: &Entry) -> SystemTime {
     }
 }
 
-/// Converts a glibc `makedev` device number (as catalogs store it, spec §6.7) into the
+/// Converts a glibc `makedev` device number (as catalogs store it, docs/format.md §6.7) into the
 /// 32-bit encoding the FUSE protocol carries (the kernel's `new_encode_dev`:
 /// `minor & 0xff | major << 8 | (minor & !0xff) << 12`).
 pub fn fuse_rdev(glibc: u64) -> u32 {

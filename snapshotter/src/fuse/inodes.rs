@@ -1,11 +1,11 @@
 //! Inode numbers for catalog entries, stable within a revision and, where practical, across
-//! revision switches (CVMFS spec §8.4 allows any scheme stable within a mount generation).
+//! revision switches (docs/format.md §8.4 allows any scheme stable within a mount generation).
 //!
 //! Numbers are allocated on first sight: the root is 1 (`FUSE_ROOT_ID`), then 2, 3, … in
 //! the order entries are looked up or listed. An entry is identified by its parent's inode
 //! and its name, so the two copies of a nested-catalog transition directory (the parent's
-//! mountpoint row and the child's root row, spec §6.14) get one inode. Members of a
-//! hard-link group share one inode within their catalog (spec §6.8, §8.4).
+//! mountpoint row and the child's root row, docs/format.md §6.14) get one inode. Members of a
+//! hard-link group share one inode within their catalog (docs/format.md §6.8, §8.4).
 //!
 //! **Memory.** Every number handed out keeps a compact record — parent inode, name, a
 //! fingerprint of the entry and its generation, about 60 bytes — so that walking a tree of

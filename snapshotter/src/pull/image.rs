@@ -7,11 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
+use namespace::{Digest, Platform, chain_ids, paths};
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
-use crate::pull::platform::{Platform, platform_dir};
+use crate::pull::platform::platform_dir;
 
 /// OCI image manifest media type (used when the manifest does not name its own type and
 /// its config is not a Docker config).
@@ -67,33 +67,14 @@ pub struct Image {
     /// Layer descriptors, bottom first.
     pub layers: Vec<Descriptor>,
     /// Uncompressed layer digests from the config, bottom first.
-    pub diff_ids: Vec<String>,
+    pub diff_ids: Vec<Digest>,
     /// OCI ChainIDs, bottom first (`chain_ids[i]` names the snapshot of layers `0..=i`).
-    pub chain_ids: Vec<String>,
-}
-
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// OCI ChainIDs (image-spec `config.md`): `ChainID(L0) = DiffID(L0)`,
-/// `ChainID(L0..Ln) = sha256(ChainID(L0..Ln-1) + " " + DiffID(Ln))`.
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for diff in diff_ids {
-        let next = match out.last() {
-            None => diff.clone(),
-            Some(prev) => sha256_digest(format!("{prev} {diff}").as_bytes()),
-        };
-        out.push(next);
-    }
-    out
+    pub chain_ids: Vec<Digest>,
 }
 
 /// `<mountpoint>/.metadata/<public path>`.
 pub fn metadata_dir(mountpoint: &Path, public_path: &str) -> PathBuf {
-    mountpoint.join(".metadata").join(public_path)
+    mountpoint.join(paths::join(&paths::metadata_dir(public_path)))
 }
 
 impl Image {
@@ -108,7 +89,7 @@ impl Image {
             serde_json::from_slice(&manifest).map_err(|e| bad(format!("manifest.json: {e}")))?;
         let c: ConfigJson =
             serde_json::from_slice(&config).map_err(|e| bad(format!("config.json: {e}")))?;
-        let config_digest = sha256_digest(&config);
+        let config_digest = Digest::of_bytes(&config).to_string();
         if config_digest != m.config.digest {
             return Err(bad(format!(
                 "config.json has digest {config_digest}, the manifest says {}",
@@ -122,6 +103,15 @@ impl Image {
                 c.rootfs.diff_ids.len()
             )));
         }
+        let diff_ids = c
+            .rootfs
+            .diff_ids
+            .iter()
+            .map(|d| {
+                d.parse::<Digest>()
+                    .map_err(|e| bad(format!("config.json: rootfs.diff_ids: {e}")))
+            })
+            .collect::<Result<Vec<Digest>>>()?;
         let media_type = m.media_type.clone().unwrap_or_else(|| {
             if m.config.media_type == DOCKER_CONFIG {
                 DOCKER_MANIFEST.to_string()
@@ -131,17 +121,17 @@ impl Image {
         });
         let manifest_descriptor = Descriptor {
             media_type,
-            digest: sha256_digest(&manifest),
+            digest: Digest::of_bytes(&manifest).to_string(),
             size: i64::try_from(manifest.len()).unwrap_or(i64::MAX),
         };
-        let chain_ids = chain_ids(&c.rootfs.diff_ids);
+        let chain_ids = chain_ids(&diff_ids);
         Ok(Image {
             manifest,
             manifest_descriptor,
             config,
             config_descriptor: m.config,
             layers: m.layers,
-            diff_ids: c.rootfs.diff_ids,
+            diff_ids,
             chain_ids,
         })
     }
@@ -164,7 +154,11 @@ impl Image {
                 ),
             })
         };
-        Image::parse(public_path, read("manifest.json")?, read("config.json")?)
+        Image::parse(
+            public_path,
+            read(paths::MANIFEST_JSON)?,
+            read(paths::CONFIG_JSON)?,
+        )
     }
 
     /// Reads `platform`'s image from the repository (CONTRACTS §3): from
@@ -200,7 +194,7 @@ impl Image {
     /// [`Error::ImageMetadata`] unless the config's `os`/`architecture`/`variant` fit.
     pub fn check_platform(&self, reference: &str, platform: &Platform) -> Result<()> {
         let c: ConfigPlatform = serde_json::from_slice(&self.config).unwrap_or_default();
-        if platform.matches(
+        if platform.fits(
             c.os.as_deref(),
             c.architecture.as_deref(),
             c.variant.as_deref(),
@@ -266,7 +260,7 @@ pub fn select_from_index(reference: &str, index: &[u8], platform: &Platform) -> 
             p.and_then(|p| p.architecture.as_deref()),
             p.and_then(|p| p.variant.as_deref()),
         );
-        if os.is_some() && arch.is_some() && platform.matches(os, arch, var) {
+        if os.is_some() && arch.is_some() && platform.fits(os, arch, var) {
             return Ok(m.digest.clone());
         }
         seen.push(format!(
@@ -293,29 +287,8 @@ mod tests {
         format!("sha256:{}", hex::encode([n; 32]))
     }
 
-    #[test]
-    fn chain_ids_follow_the_oci_definition() {
-        let diffs = vec![d(1), d(2), d(3)];
-        let chains = chain_ids(&diffs);
-        assert_eq!(chains[0], d(1));
-        let c1 = sha256_digest(format!("{} {}", d(1), d(2)).as_bytes());
-        assert_eq!(chains[1], c1);
-        assert_eq!(
-            chains[2],
-            sha256_digest(format!("{c1} {}", d(3)).as_bytes())
-        );
-        assert!(chain_ids(&[]).is_empty());
-    }
-
-    #[test]
-    fn known_chain_id_vector() {
-        // printf 'sha256:aaa…a sha256:bbb…b' | sha256sum (coreutils), 64 of each letter.
-        let a = format!("sha256:{}", "a".repeat(64));
-        let b = format!("sha256:{}", "b".repeat(64));
-        assert_eq!(
-            chain_ids(&[a, b])[1],
-            "sha256:ccd722928bd92476ba1745586fed6e45a102504185ad88cd89e01ff116fd146c"
-        );
+    fn sha256_digest(bytes: &[u8]) -> String {
+        Digest::of_bytes(bytes).to_string()
     }
 
     fn image_bytes(config_media: &str, with_media_type: bool) -> (Vec<u8>, Vec<u8>) {
@@ -350,8 +323,9 @@ mod tests {
         assert_eq!(img.manifest_descriptor.media_type, DOCKER_MANIFEST);
         assert_eq!(img.layers.len(), 2);
         assert_eq!(img.layers[1].digest, d(12));
-        assert_eq!(img.diff_ids, vec![d(1), d(2)]);
-        assert_eq!(img.chain_ids.len(), 2);
+        let diff_ids: Vec<String> = img.diff_ids.iter().map(Digest::to_string).collect();
+        assert_eq!(diff_ids, vec![d(1), d(2)]);
+        assert_eq!(img.chain_ids, chain_ids(&img.diff_ids));
         Ok(())
     }
 

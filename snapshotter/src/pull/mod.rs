@@ -1,7 +1,8 @@
-//! `strata-snapshotter pull REF`: puts an image into containerd, taking every layer that is
-//! published in the repository remotely, without downloading it (anchors §3.3: containerd
-//! 1.6's `ctr image pull` never passes the remote-snapshot labels, so we run the unpacker's
-//! handshake ourselves), and fetching the others from the image's registry.
+//! Lazy pull (`strata-snapshotter pull REF`, entry point [`crate::cmd::pull`]): puts an
+//! image into containerd, taking every layer that is published in the repository remotely,
+//! without downloading it (docs/lazy-snapshotters.md §3: containerd 1.6's `ctr image pull` never passes the
+//! remote-snapshot labels, so we run the unpacker's handshake ourselves), and fetching the
+//! others from the image's registry.
 //!
 //! Steps (each timed on stdout; a progress bar per downloaded layer on a terminal):
 //!
@@ -16,7 +17,7 @@
 //!    the content store;
 //! 4. per layer, unless `Stat(ChainID)` already succeeds: `Prepare("extract-… <ChainID>",
 //!    parent = previous ChainID)` with labels `containerd.io/snapshot.ref`, `cri.layer-digest`,
-//!    `cri.image-ref` and `cri.manifest-digest`, expecting `AlreadyExists` (anchors §3.2).
+//!    `cri.image-ref` and `cri.manifest-digest`, expecting `AlreadyExists` (docs/lazy-snapshotters.md §2).
 //!    A Prepare that succeeds means the layer is not published: its blob is fetched from the
 //!    registry into the content store (label `containerd.io/uncompressed=<diffID>`), applied
 //!    onto the prepared snapshot by containerd's diff service (`Diff.Apply`, which returns
@@ -30,28 +31,26 @@
 //! Afterwards `ctr run --snapshotter <name> <ref> …` finds the image unpacked (it Stats the
 //! top ChainID) and prepares the container's snapshot on top of the remote layers.
 
-pub mod containerd;
+pub mod containerd_client;
 pub mod image;
 pub mod platform;
-pub mod reference;
 pub mod registry;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::Code;
 
-use crate::api::containerd::services::content::v1 as content;
-use crate::api::containerd::services::diff::v1 as diff;
-use crate::api::containerd::services::snapshots::v1 as snapshots;
-use crate::api::containerd::types::Descriptor;
+use crate::containerd::api::containerd::services::content::v1 as content;
+use crate::containerd::api::containerd::services::diff::v1 as diff;
+use crate::containerd::api::containerd::services::snapshots::v1 as snapshots;
+use crate::containerd::api::containerd::types::Descriptor;
 use crate::error::{Error, Result};
-use containerd::{Containerd, call_error};
+use containerd_client::{Containerd, call_error};
 use image::Image;
-use platform::Platform;
-use reference::Reference;
+use namespace::{Digest, ImageName, Platform};
 use registry::Registry;
 
 /// Command-line arguments of `pull` (CONTRACTS §4).
@@ -133,7 +132,10 @@ fn unique_part() -> String {
 /// Extraction labels for layer `i` (module doc, step 4).
 pub fn layer_labels(image: &Image, i: usize, image_ref: &str) -> HashMap<String, String> {
     HashMap::from([
-        (LABEL_SNAPSHOT_REF.to_string(), image.chain_ids[i].clone()),
+        (
+            LABEL_SNAPSHOT_REF.to_string(),
+            image.chain_ids[i].to_string(),
+        ),
         (
             LABEL_LAYER_DIGEST.to_string(),
             image.layers[i].digest.clone(),
@@ -144,27 +146,6 @@ pub fn layer_labels(image: &Image, i: usize, image_ref: &str) -> HashMap<String,
             image.manifest_descriptor.digest.clone(),
         ),
     ])
-}
-
-struct Timer {
-    start: Instant,
-    step: Instant,
-}
-
-impl Timer {
-    fn new() -> Timer {
-        let now = Instant::now();
-        Timer {
-            start: now,
-            step: now,
-        }
-    }
-
-    fn step(&mut self, what: &str) {
-        let now = Instant::now();
-        println!("{what}: {:.1} ms", (now - self.step).as_secs_f64() * 1e3);
-        self.step = now;
-    }
 }
 
 /// Runs the pull (module doc, steps 2–6) against a connected containerd; `step` is
@@ -180,7 +161,7 @@ pub async fn pull(
     let top = image
         .chain_ids
         .last()
-        .cloned()
+        .map(Digest::to_string)
         .ok_or_else(|| Error::ImageMetadata {
             reference: name.to_string(),
             reason: "the image has no layers".into(),
@@ -242,7 +223,7 @@ async fn pull_in_lease(
         let stat = snapshots_client
             .stat(snapshots::StatSnapshotRequest {
                 snapshotter: args.snapshotter.clone(),
-                key: chain_id.clone(),
+                key: chain_id.to_string(),
             })
             .await;
         match stat {
@@ -257,7 +238,7 @@ async fn pull_in_lease(
         let parent = if i == 0 {
             String::new()
         } else {
-            image.chain_ids[i - 1].clone()
+            image.chain_ids[i - 1].to_string()
         };
         let prepared = snapshots_client
             .prepare(snapshots::PrepareSnapshotRequest {
@@ -286,7 +267,7 @@ async fn pull_in_lease(
                     return Err(Error::LayerNotPublished {
                         index: i,
                         digest: image.layers[i].digest.clone(),
-                        chain_id: chain_id.clone(),
+                        chain_id: chain_id.to_string(),
                     });
                 };
                 let mounts = response.into_inner().mounts;
@@ -337,11 +318,11 @@ async fn fetch_and_apply(
     image: &Image,
     i: usize,
     key: &str,
-    mounts: Vec<crate::api::containerd::types::Mount>,
+    mounts: Vec<crate::containerd::api::containerd::types::Mount>,
     registry: &Registry,
 ) -> Result<()> {
     let layer = &image.layers[i];
-    let diff_id = &image.diff_ids[i];
+    let diff_id = &image.diff_ids[i].to_string();
     let present = client
         .content()
         .info(content::InfoRequest {
@@ -375,7 +356,7 @@ async fn fetch_and_apply(
             reason: format!("applied layer has diffID {applied}, the config says {diff_id}"),
         });
     }
-    let chain_id = &image.chain_ids[i];
+    let chain_id = &image.chain_ids[i].to_string();
     client
         .snapshots()
         .commit(snapshots::CommitSnapshotRequest {
@@ -490,15 +471,11 @@ async fn write_blob_stream(
 /// digest, `platform`'s manifest if that is an index, and the config.
 pub async fn image_from_registry(
     registry: &Registry,
-    reference: &Reference,
+    reference: &ImageName,
     name: &str,
     platform: &Platform,
 ) -> Result<Image> {
-    let tag = reference
-        .digest
-        .clone()
-        .or_else(|| reference.tag.clone())
-        .unwrap_or_else(|| "latest".to_string());
+    let tag = reference.manifest_reference();
     let (mut manifest, media_type) = registry.manifest(&tag).await?;
     if image::is_index(&manifest, &media_type) {
         let digest = image::select_from_index(name, &manifest, platform)?;
@@ -519,154 +496,21 @@ pub async fn image_from_registry(
     Ok(image)
 }
 
-/// Fails unless `mountpoint` is a directory (the repository's mount point).
-///
-/// # Errors
-/// [`Error::Io`] naming the mount point when it does not exist, cannot be reached (a dead
-/// FUSE mount: `ENOTCONN`) or is not a directory.
-fn check_mountpoint(mountpoint: &std::path::Path) -> Result<()> {
-    let context = format!(
-        "mount point {} (is the repository mounted there?)",
-        mountpoint.display()
-    );
-    match std::fs::metadata(mountpoint) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(Error::Io {
-            context,
-            source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
-        }),
-        Err(source) => Err(Error::Io { context, source }),
-    }
-}
-
-/// Runs `strata-snapshotter pull`.
-pub fn main(args: PullArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            context: "start tokio runtime".into(),
-            source,
-        })?;
-    runtime.block_on(async move {
-        let mut timer = Timer::new();
-        let reference = Reference::parse(&args.reference)?;
-        let platform = match &args.platform {
-            Some(p) => Platform::parse(p)?,
-            None => Platform::node(),
-        };
-        let name = reference.public_path();
-        let registry = Registry::new(&reference)?;
-        // A mistyped or missing --mountpoint must not look like "image not published" and
-        // send the pull to the registry.
-        check_mountpoint(&args.mountpoint)?;
-        let (mountpoint, path, p) = (args.mountpoint.clone(), name.clone(), platform.clone());
-        let published =
-            tokio::task::spawn_blocking(move || Image::read_platform(&mountpoint, &path, &p))
-                .await
-                .map_err(|e| Error::Io {
-                    context: "read image metadata".into(),
-                    source: std::io::Error::other(e),
-                })??;
-        let image = match published {
-            Some(image) => image,
-            None if args.remote_only => {
-                return Err(Error::ImageMetadata {
-                    reference: name.clone(),
-                    reason: format!(
-                        "{}: not published in the repository (and --remote-only)",
-                        image::metadata_dir(&args.mountpoint, &name)
-                            .join("manifest.json")
-                            .display()
-                    ),
-                });
-            }
-            None => {
-                println!("{name} is not in the repository: reading it from {}", registry.base());
-                image_from_registry(&registry, &reference, &name, &platform).await?
-            }
-        };
-        timer.step("metadata");
-        let mut client = Containerd::connect(&args.address, &args.namespace).await?;
-        timer.step("connect");
-        let pulled = pull(
-            &mut client,
-            &args,
-            &image,
-            &name,
-            Some(&registry),
-            &mut |w| timer.step(w),
-        )
-        .await?;
-        let total = timer.start.elapsed();
-        println!(
-            "pulled {} ({}, {platform}): {} from the repository, {} fetched from the registry, {} already present, top snapshot {}; total {:.1} ms",
-            pulled.name,
-            pulled.manifest_digest,
-            count_layers(pulled.remote_layers),
-            pulled.fetched_layers,
-            pulled.existing_layers,
-            pulled.top_chain_id,
-            total.as_secs_f64() * 1e3
-        );
-        Ok(())
-    })
-}
-
-/// `"1 layer"`, `"3 layers"`.
-fn count_layers(n: usize) -> String {
-    if n == 1 {
-        "1 layer".to_string()
-    } else {
-        format!("{n} layers")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn layer_counts_read_as_english() {
-        assert_eq!(count_layers(0), "0 layers");
-        assert_eq!(count_layers(1), "1 layer");
-        assert_eq!(count_layers(3), "3 layers");
-    }
-
-    #[test]
-    fn mountpoint_must_be_an_existing_directory() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|source| Error::Io {
-            context: "tempdir".into(),
-            source,
-        })?;
-        check_mountpoint(dir.path())?;
-        let missing = dir.path().join("cvmfs-typo");
-        let err = check_mountpoint(&missing).err().map(|e| e.to_string());
-        assert!(
-            err.as_deref()
-                .is_some_and(|e| e.contains("cvmfs-typo") && e.contains("No such file")),
-            "{err:?}"
-        );
-        let file = dir.path().join("file");
-        std::fs::write(&file, b"x").map_err(|source| Error::Io {
-            context: "write".into(),
-            source,
-        })?;
-        assert!(check_mountpoint(&file).is_err());
-        Ok(())
-    }
 
     #[test]
     fn extraction_labels_name_chain_layer_image_and_manifest() -> Result<()> {
         let config = br#"{"rootfs":{"type":"layers","diff_ids":["sha256:1111111111111111111111111111111111111111111111111111111111111111"]}}"#.to_vec();
         let manifest = format!(
             r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","size":5}}]}}"#,
-            image::sha256_digest(&config),
+            Digest::of_bytes(&config),
             config.len()
         );
         let img = Image::parse("r", manifest.into_bytes(), config)?;
         let labels = layer_labels(&img, 0, "127.0.0.1:5000/demo:1");
-        assert_eq!(labels[LABEL_SNAPSHOT_REF], img.diff_ids[0]);
+        assert_eq!(labels[LABEL_SNAPSHOT_REF], img.diff_ids[0].to_string());
         assert_eq!(labels[LABEL_LAYER_DIGEST], img.layers[0].digest);
         assert_eq!(labels[LABEL_IMAGE_REF], "127.0.0.1:5000/demo:1");
         assert_eq!(

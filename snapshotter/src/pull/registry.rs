@@ -13,7 +13,7 @@
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::pull::reference::Reference;
+use namespace::ImageName;
 
 /// Media types `pull` accepts for manifests, most specific first.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
@@ -86,7 +86,7 @@ fn parse_bearer(header: &str) -> Option<(String, Vec<(String, String)>)> {
 
 impl Registry {
     /// The registry of `reference`.
-    pub fn new(reference: &Reference) -> Result<Registry> {
+    pub fn new(reference: &ImageName) -> Result<Registry> {
         let host = if reference.registry == "docker.io" {
             "registry-1.docker.io".to_string()
         } else {
@@ -213,7 +213,7 @@ impl Registry {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
-        let got = crate::pull::image::sha256_digest(&bytes);
+        let got = namespace::Digest::of_bytes(&bytes).to_string();
         if got != digest {
             return Err(Error::Http {
                 url,

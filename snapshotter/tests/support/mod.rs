@@ -16,7 +16,11 @@ use catalog::{
 
 pub const FQRN: &str = "test.strata.example";
 pub const STOCK_FQRN: &str = "stock.strata.example";
-pub const STOCK_REPO: &str = "/work/shared/fixtures/stock-repo";
+/// The stock-written fixture (catalog/tests/data/stock-repo/README.md), inside the repository.
+pub const STOCK_REPO: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../catalog/tests/data/stock-repo"
+);
 pub const MTIME: i64 = 1_760_000_000;
 
 // ---------------------------------------------------------------------------------------
@@ -45,7 +49,7 @@ pub struct Server {
     pub held: Arc<Mutex<Vec<String>>>,
     /// Requests that have waited (or are waiting) on `held`.
     pub held_requests: Arc<AtomicUsize>,
-    /// Requests that carried a `Range` header (there must be none, spec §8.8.1).
+    /// Requests that carried a `Range` header (there must be none, docs/format.md §8.8.1).
     pub range_requests: Arc<AtomicUsize>,
     /// `host:port` the server listens on.
     pub addr: String,
@@ -54,6 +58,18 @@ pub struct Server {
 
 /// A loopback address with a port nothing listens on (bound once, then released), for a
 /// server that is down now and started later with [`Server::start_at`].
+impl Server {
+    /// How many requests so far asked for a path ending in `object` (`data/xx/…`).
+    pub fn requests_for(&self, object: &str) -> usize {
+        self.paths
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.ends_with(object))
+            .count()
+    }
+}
+
 pub fn free_addr() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().to_string()
@@ -119,7 +135,7 @@ impl Server {
                     }
                     seen.lock().unwrap().push(path.clone());
                     let mut response = next.run(req).await;
-                    // What a CVMFS web server sends (spec §8.9), so that Squid caches.
+                    // What a CVMFS web server sends (docs/format.md §8.9), so that Squid caches.
                     let h = response.headers_mut();
                     h.remove("last-modified");
                     h.remove("etag");
@@ -287,6 +303,8 @@ impl Drop for Mounted {
     }
 }
 
+/// getxattr(2) itself (the tests check its exact errno), following symlinks.
+#[allow(unsafe_code)]
 pub fn getxattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let n = CString::new(name).unwrap();
@@ -300,6 +318,8 @@ pub fn getxattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// listxattr(2) itself: the NUL-separated names.
+#[allow(unsafe_code)]
 pub fn listxattr(path: &Path) -> Vec<u8> {
     let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let mut buf = vec![0u8; 1024];
@@ -628,7 +648,7 @@ pub fn write_flat_catalog(
 }
 
 /// A repository of `files` only (see [`write_flat_catalog`]), revision 1. Every publish
-/// also updates the history database (spec §9.5: `trunk`, `trunk-previous`, `generic-…`).
+/// also updates the history database (docs/format.md §9.5: `trunk`, `trunk-previous`, `generic-…`).
 pub struct FlatRepo {
     pub srv: PathBuf,
     pub store: LocalStore,
@@ -707,7 +727,7 @@ impl FlatRepo {
         )
     }
 
-    /// The tags of the current history database (spec §9.5), newest revision first.
+    /// The tags of the current history database (docs/format.md §9.5), newest revision first.
     pub fn tags(&self) -> Vec<catalog::Tag> {
         let h = self
             .history

@@ -18,7 +18,7 @@ use crate::process::run_checked;
 const STEP_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// Runs one build command, logged; error with the log tail if it fails.
-fn step(command: &mut Command, log: &Path) -> Result<()> {
+pub(crate) fn step(command: &mut Command, log: &Path) -> Result<()> {
     run_checked(command, log, STEP_TIMEOUT).map(drop)
 }
 
@@ -108,31 +108,7 @@ fn build_image(dir: &Path) -> Result<()> {
     let image = |tag: &str| format!("{}:{tag}", layout.display());
 
     // Layer 1: Debian minbase.
-    step(
-        Command::new("umoci")
-            .args(["init", "--layout"])
-            .arg(&layout),
-        &log,
-    )?;
-    step(
-        Command::new("umoci").args(["new", "--image", &image("base")]),
-        &log,
-    )?;
-    step(
-        Command::new("umoci")
-            .args(["unpack", "--image", &image("base")])
-            .arg(&bundle),
-        &log,
-    )?;
-    let mirror = debian_mirror();
-    step(
-        Command::new("debootstrap")
-            .args(["--variant=minbase", "bookworm"])
-            .arg(&rootfs)
-            .arg(&mirror),
-        &log,
-    )?;
-    clean_apt(&rootfs)?;
+    minbase_bundle(&layout, &bundle, &log)?;
     let opaque = rootfs.join(OPAQUE_DIR.trim_start_matches('/'));
     std::fs::create_dir_all(&opaque).map_err(io_context(format!("create {}", opaque.display())))?;
     for name in OPAQUE_LOWER_FILES {
@@ -142,21 +118,7 @@ fn build_image(dir: &Path) -> Result<()> {
     repack(&image("layer1"), &bundle, &log)?;
 
     // Layer 2: python3 from the same mirror, installed in a chroot.
-    {
-        let _mounts = ChrootMounts::new(&rootfs, &log)?;
-        step(
-            Command::new("chroot").arg(&rootfs).args([
-                "/usr/bin/env",
-                "DEBIAN_FRONTEND=noninteractive",
-                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-                "sh",
-                "-c",
-                "apt-get update -q && apt-get install -y -q --no-install-recommends python3",
-            ]),
-            &log,
-        )?;
-    }
-    clean_apt(&rootfs)?;
+    apt_install(&rootfs, &["python3"], &log)?;
     check_lower_layers(&rootfs)?;
     repack(&image("layer2"), &bundle, &log)?;
 
@@ -214,6 +176,57 @@ fn build_image(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Starts the OCI layout `layout` (an empty image tagged `base`) and its bundle `bundle`
+/// with `debootstrap --variant=minbase bookworm` in `bundle/rootfs`, apt's downloads and
+/// lists removed: layer 1 of every test image, ready for `umoci repack`.
+pub(crate) fn minbase_bundle(layout: &Path, bundle: &Path, log: &Path) -> Result<()> {
+    let base = format!("{}:base", layout.display());
+    step(
+        Command::new("umoci").args(["init", "--layout"]).arg(layout),
+        log,
+    )?;
+    step(Command::new("umoci").args(["new", "--image", &base]), log)?;
+    step(
+        Command::new("umoci")
+            .args(["unpack", "--image", &base])
+            .arg(bundle),
+        log,
+    )?;
+    let rootfs = bundle.join("rootfs");
+    step(
+        Command::new("debootstrap")
+            .args(["--variant=minbase", "bookworm"])
+            .arg(&rootfs)
+            .arg(debian_mirror()),
+        log,
+    )?;
+    clean_apt(&rootfs)
+}
+
+/// `apt-get install --no-install-recommends packages` in a chroot of `rootfs` (with `/proc`
+/// and `/dev` mounted for the time), then apt's downloads and lists removed.
+pub(crate) fn apt_install(rootfs: &Path, packages: &[&str], log: &Path) -> Result<()> {
+    {
+        let _mounts = ChrootMounts::new(rootfs, log)?;
+        let install = format!(
+            "apt-get update -q && apt-get install -y -q --no-install-recommends {}",
+            packages.join(" ")
+        );
+        step(
+            Command::new("chroot").arg(rootfs).args([
+                "/usr/bin/env",
+                "DEBIAN_FRONTEND=noninteractive",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                "sh",
+                "-c",
+                &install,
+            ]),
+            log,
+        )?;
+    }
+    clean_apt(rootfs)
+}
+
 /// Builds an OCI layout at `layout` whose image (tag `evil`) has one layer with a regular
 /// file named `../evil`: ingesting it must fail.
 pub fn build_escaping_layout(layout: &Path, log: &Path) -> Result<()> {
@@ -240,7 +253,7 @@ fn split_parent(path: &str) -> (&str, &str) {
     relative.rsplit_once('/').unwrap_or(("", relative))
 }
 
-fn repack(image: &str, bundle: &Path, log: &Path) -> Result<()> {
+pub(crate) fn repack(image: &str, bundle: &Path, log: &Path) -> Result<()> {
     step(
         Command::new("umoci")
             .args(["repack", "--refresh-bundle", "--image", image])
@@ -250,7 +263,7 @@ fn repack(image: &str, bundle: &Path, log: &Path) -> Result<()> {
 }
 
 /// Removes apt's downloaded packages and package lists (as Debian's own images do).
-fn clean_apt(rootfs: &Path) -> Result<()> {
+pub(crate) fn clean_apt(rootfs: &Path) -> Result<()> {
     for dir in ["var/cache/apt", "var/lib/apt/lists"] {
         let path = rootfs.join(dir);
         let Ok(entries) = std::fs::read_dir(&path) else {

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result, io_context};
 
@@ -30,7 +29,7 @@ pub struct ImageFacts {
     /// Layers, bottom first.
     pub layers: Vec<LayerFacts>,
     /// `rootfs.diff_ids` of the config, bottom first (`sha256:<hex>` of uncompressed tars).
-    pub diff_ids: Vec<String>,
+    pub diff_ids: Vec<namespace::Digest>,
 }
 
 impl ImageFacts {
@@ -41,26 +40,11 @@ impl ImageFacts {
 
     /// ChainIDs of the layer stack, bottom first (image-spec `config.md`, "Layer ChainID").
     pub fn chain_ids(&self) -> Vec<String> {
-        chain_ids(&self.diff_ids)
+        namespace::chain_ids(&self.diff_ids)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
-}
-
-/// ChainID(L0) = DiffID(L0); ChainID(L0…Ln) = sha256(ChainID(L0…Ln-1) + " " + DiffID(Ln)).
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for diff_id in diff_ids {
-        let next = match out.last() {
-            None => diff_id.clone(),
-            Some(previous) => {
-                format!(
-                    "sha256:{}",
-                    hex::encode(Sha256::digest(format!("{previous} {diff_id}")))
-                )
-            }
-        };
-        out.push(next);
-    }
-    out
 }
 
 /// Reads the manifest tagged `tag` (annotation `org.opencontainers.image.ref.name`) from
@@ -99,8 +83,9 @@ pub fn read_layout(layout: &Path, tag: &str) -> Result<ImageFacts> {
         .iter()
         .map(|d| {
             d.as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| Error::Invalid(format!("{config_digest}: non-string diff_id")))
+                .ok_or_else(|| Error::Invalid(format!("{config_digest}: non-string diff_id")))?
+                .parse()
+                .map_err(|e| Error::Invalid(format!("{config_digest}: rootfs.diff_ids: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(ImageFacts {
@@ -136,18 +121,9 @@ fn string_field(value: &Value, field: &str, layout: &Path) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use sha2::{Digest, Sha256};
 
-    #[test]
-    fn chain_ids_follow_the_image_spec() {
-        let a = format!("sha256:{}", "a".repeat(64));
-        let b = format!("sha256:{}", "b".repeat(64));
-        let ids = chain_ids(&[a.clone(), b.clone()]);
-        assert_eq!(ids[0], a);
-        let expected = hex::encode(Sha256::digest(format!("{a} {b}").as_bytes()));
-        assert_eq!(ids[1], format!("sha256:{expected}"));
-        assert!(chain_ids(&[]).is_empty());
-    }
+    use super::*;
 
     #[test]
     fn reads_a_handmade_layout() {
@@ -159,7 +135,9 @@ mod tests {
             std::fs::write(blobs.join(&hex), bytes).unwrap();
             format!("sha256:{hex}")
         };
-        let config = put(br#"{"rootfs":{"type":"layers","diff_ids":["sha256:11"]}}"#);
+        let diff_id = format!("sha256:{}", "1".repeat(64));
+        let config =
+            put(format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#).as_bytes());
         let manifest = put(format!(
             r#"{{"schemaVersion":2,"config":{{"digest":"{config}","size":1}},
                    "layers":[{{"mediaType":"m","digest":"sha256:22","size":700}}]}}"#
@@ -176,7 +154,8 @@ mod tests {
         let facts = read_layout(dir.path(), "t").unwrap();
         assert_eq!(facts.config_digest, config);
         assert_eq!(facts.compressed_size(), 700);
-        assert_eq!(facts.diff_ids, ["sha256:11"]);
+        let diff_ids: Vec<String> = facts.diff_ids.iter().map(ToString::to_string).collect();
+        assert_eq!(diff_ids, [diff_id]);
         let err = read_layout(dir.path(), "nope").unwrap_err().to_string();
         assert!(err.contains("no manifest tagged nope"), "{err}");
     }

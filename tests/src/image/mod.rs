@@ -9,13 +9,15 @@
 //! The OCI layout is cached in `<target>/strata-test-images/<IMAGE_KEY>/oci` (tag
 //! [`IMAGE_TAG`]); a lock file serialises concurrent builders (parallel tests, the demo).
 
+pub mod apt;
 pub mod build;
 pub mod layer_tar;
 pub mod layout;
 pub mod rich;
 
+pub use apt::{AptRecipe, PYANA, apt_image};
 pub use build::{TestImage, build_escaping_layout, test_image};
-pub use layout::{ImageFacts, LayerFacts, chain_ids, read_layout};
+pub use layout::{ImageFacts, LayerFacts, read_layout};
 pub use rich::{RICH_KEY, RICH_TAG, rich_image};
 
 /// Cache key of the image recipe; change it whenever the recipe changes.

@@ -1,5 +1,5 @@
 //! The fourth test image: one hand-made layer with every entry kind a layer can hold
-//! (issue 4, "Tar"), built once per machine and cached like the main test image.
+//! (the publisher must carry each through exactly), built once per machine and cached like the main test image.
 //!
 //! | path | what |
 //! |---|---|

@@ -1,4 +1,4 @@
-//! `strata-bench-containerd`: the seed talk's table (issue 6, Bench), on one machine in one
+//! `strata-bench-containerd`: the seed talk's table (native containerd against Strata, cold and warm), on one machine in one
 //! run: containerd's own overlayfs snapshotter against Strata with a cold and a warm cache,
 //! on a multi-GB five-layer image built from this machine's Debian files.
 //!
@@ -34,9 +34,8 @@
 //! release build: `cargo build --release -p publisher -p snapshotter -p tests`.
 
 mod image;
-mod measure;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
@@ -49,8 +48,11 @@ use ::tests::strata::{
 use ::tests::workdir::WorkDir;
 use anyhow::{Context, Result, bail};
 
+use ::tests::measure::{
+    Machine, Timed, du_bytes, find_pid, load_average, median, memory_kib, registry_served,
+    run_timed, sync, utc_now,
+};
 use image::BenchImage;
-use measure::{Timed, find_pid, load_average, median, memory_kib, registry_served, run_timed};
 
 const FQRN: &str = "bench.strata.example";
 const REPOSITORY: &str = "bench/debian";
@@ -547,81 +549,6 @@ fn containerd_pid(containerd: &Containerd) -> Result<u32> {
         argv.first().is_some_and(|a| a.ends_with("containerd")) && argv.contains(&config)
     })
     .with_context(|| format!("no containerd process with --config {config}"))
-}
-
-fn sync() {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-}
-
-/// Apparent size of the regular files below `dir` (the object cache), in bytes.
-fn du_bytes(dir: &Path) -> Result<u64> {
-    let mut total = 0;
-    let mut stack: Vec<PathBuf> = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).with_context(|| format!("list {}", d.display()))? {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.is_file() {
-                total += meta.len();
-            }
-        }
-    }
-    Ok(total)
-}
-
-fn utc_now() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown date".into())
-}
-
-/// The machine line of the report.
-struct Machine {
-    cpus: usize,
-    cpu_model: String,
-    kernel: String,
-    mem_gb: f64,
-    containerd: String,
-}
-
-impl Machine {
-    fn read() -> Machine {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let containerd = Command::new("containerd")
-            .arg("--version")
-            .output()
-            .ok()
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .nth(2)
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| "?".into());
-        Machine {
-            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            cpu_model: cpuinfo
-                .lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map_or("?".into(), |(_, m)| m.trim().to_owned()),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map_or("?".into(), |k| k.trim().to_owned()),
-            mem_gb: meminfo
-                .lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
-                .map_or(0.0, |kib| kib / 1024.0 / 1024.0),
-            containerd,
-        }
-    }
 }
 
 struct Report<'a> {

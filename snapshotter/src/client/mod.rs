@@ -1,0 +1,22 @@
+//! The CernVM-FS client behind `strata-snapshotter mount` (no FUSE here: [`crate::fuse`]
+//! serves what this module loads).
+//!
+//! * [`mount_config`] — the mount's flags and TOML file (stock `CVMFS_*` option names);
+//! * [`fetch`] — HTTP downloads of manifest, whitelist and objects, with server and proxy
+//!   fail-over through the HTTP [`proxy_chain`] (`CVMFS_HTTP_PROXY`);
+//! * [`cache`] — the verified, decompressed, content-addressed object cache, with its
+//!   SQLite LRU index and [`quota`];
+//! * [`readahead`] — fetching a directory's small files and a file's next chunks before
+//!   they are read (read-ahead threads, behind demand reads);
+//! * [`breadcrumb`] — which revision this node mounted last (rollback protection);
+//! * [`repository`] — boot (manifest chain verification, choice of revision) and the
+//!   [`repository::MountedRevision`]: one revision's catalog tree, loaded lazily.
+
+pub mod breadcrumb;
+pub mod cache;
+pub mod fetch;
+pub mod mount_config;
+pub mod proxy_chain;
+pub mod quota;
+pub mod readahead;
+pub mod repository;

@@ -1,0 +1,328 @@
+//! Read-ahead: fetching what a container is about to read before it asks, so that a start
+//! that reads hundreds of files in dependency order pays far fewer sequential round trips.
+//!
+//! Containers read the way programs load: an interpreter or a dynamic loader looks a
+//! directory up, then opens files in it one after another (Python's `import` walks
+//! `__pycache__` directories, `ld.so` a library directory). Each miss costs one HTTP round
+//! trip, so at 20–50 ms from the server a start is dominated by them. Two patterns are
+//! fetched ahead, in the background:
+//!
+//! * **Directories.** The first time a directory is listed, or a regular file in it is
+//!   looked up, its small regular files ([`ReadAheadSettings::max_file_size`]) are queued,
+//!   unless there are more than [`ReadAheadSettings::max_files`] of them or they add up to
+//!   more than [`ReadAheadSettings::max_dir_bytes`]: a big directory (a system library
+//!   directory, an interpreter's standard library) is used a few files at a time, and
+//!   reading it ahead would mostly be waste. Listing the directory reads its catalog, which
+//!   a lookup inside it has loaded anyway.
+//! * **Chunked files.** A read of chunk `i` queues the next
+//!   [`ReadAheadSettings::chunks_ahead`] chunks (a sequential reader then finds them
+//!   cached).
+//!
+//! [`ReadAheadSettings::threads`] worker threads take queued objects and fetch them into the
+//! cache ([`ObjectCache::prefetch`](crate::client::cache::ObjectCache::prefetch)) with the same fetcher, proxy chain and verification as
+//! demand reads; a demand read of an object being read ahead shares that download. Read-ahead
+//! never delays a demand read: demand reads never wait on the queue (they fetch on their own
+//! FUSE thread), and while at least [`ReadAheadSettings::pause_when_demand`] demand
+//! downloads are in flight the workers start nothing new (so bandwidth goes to what a
+//! container waits for). The queue is bounded ([`MAX_QUEUED`]); past it, new read-ahead is
+//! dropped. Read-ahead never evicts: an object that does not fit under the quota is
+//! skipped. What it fetched, and how much of that was later read, is counted by the cache
+//! ([`crate::client::quota::CacheStats`]): the difference is the waste.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use catalog::{Chunk, EntryKind, Suffix};
+
+use crate::client::cache::ObjectRequest;
+use crate::client::repository::MountedRevision;
+
+/// Queued objects and directories at most; past it, new read-ahead is dropped.
+pub const MAX_QUEUED: usize = 16 * 1024;
+
+/// Directories remembered as already read ahead (per mount process); past it, the set is
+/// cleared and a directory may be read ahead once more (its files are cached by then).
+const MAX_SEEN_DIRS: usize = 64 * 1024;
+
+/// How read-ahead behaves (`mount` options and `[readahead]` of the mount's config file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadAheadSettings {
+    /// Whether read-ahead runs at all.
+    pub enabled: bool,
+    /// Regular files larger than this are not read ahead with their directory.
+    pub max_file_size: u64,
+    /// Directories with more small files than this are not read ahead.
+    pub max_files: usize,
+    /// Directories whose small files add up to more than this are not read ahead.
+    pub max_dir_bytes: u64,
+    /// Chunks fetched ahead of a read of a chunked file.
+    pub chunks_ahead: usize,
+    /// Worker threads fetching read-ahead objects concurrently.
+    pub threads: usize,
+    /// Workers start nothing new while this many demand downloads are in flight.
+    pub pause_when_demand: usize,
+}
+
+impl Default for ReadAheadSettings {
+    fn default() -> Self {
+        ReadAheadSettings {
+            enabled: true,
+            max_file_size: 1024 * 1024,
+            max_files: 128,
+            max_dir_bytes: 16 * 1024 * 1024,
+            chunks_ahead: 2,
+            threads: 16,
+            pause_when_demand: 4,
+        }
+    }
+}
+
+/// One piece of queued work.
+enum Job {
+    /// List the directory and queue its small regular files.
+    Directory(Arc<MountedRevision>, String),
+    /// Fetch one object into the cache.
+    Object(Arc<MountedRevision>, ObjectRequest),
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Directories already read ahead, by (root catalog hash, path).
+    seen: HashSet<(String, String)>,
+    stopping: bool,
+}
+
+struct Inner {
+    settings: ReadAheadSettings,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+/// The read-ahead of one mount process: a bounded queue and its worker threads, stopped
+/// (queue dropped, workers joined) on drop.
+pub struct ReadAhead {
+    inner: Arc<Inner>,
+    workers: Vec<JoinHandle<()>>,
+    stopped: AtomicBool,
+}
+
+impl ReadAhead {
+    /// Starts the workers (none if read-ahead is disabled).
+    ///
+    /// # Errors
+    /// A worker thread cannot be spawned.
+    pub fn start(settings: ReadAheadSettings) -> std::io::Result<ReadAhead> {
+        let threads = if settings.enabled {
+            settings.threads
+        } else {
+            0
+        };
+        let inner = Arc::new(Inner {
+            settings,
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                seen: HashSet::new(),
+                stopping: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let mut workers = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let inner = inner.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("read-ahead-{i}"))
+                    .spawn(move || inner.work())?,
+            );
+        }
+        Ok(ReadAhead {
+            inner,
+            workers,
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &ReadAheadSettings {
+        &self.inner.settings
+    }
+
+    /// Queues the small regular files of directory `dir` (a repository path, `""` for the
+    /// root) of revision `repo`, unless this directory was read ahead before.
+    pub fn directory(&self, repo: &Arc<MountedRevision>, dir: &str) {
+        if !self.inner.settings.enabled {
+            return;
+        }
+        let key = (repo.revision().root_hash.to_hex(), dir.to_string());
+        let mut queue = self.inner.lock();
+        if queue.seen.contains(&key) {
+            return;
+        }
+        if queue.seen.len() >= MAX_SEEN_DIRS {
+            queue.seen.clear();
+        }
+        queue.seen.insert(key);
+        self.inner
+            .push(&mut queue, Job::Directory(repo.clone(), dir.to_string()));
+    }
+
+    /// Queues the chunks after chunk `index` of a chunked file being read (`compressed`
+    /// as its catalog row says).
+    pub fn chunks_after(
+        &self,
+        repo: &Arc<MountedRevision>,
+        chunks: &[Chunk],
+        index: usize,
+        compressed: bool,
+    ) {
+        if !self.inner.settings.enabled {
+            return;
+        }
+        let ahead = chunks
+            .iter()
+            .skip(index + 1)
+            .take(self.inner.settings.chunks_ahead);
+        let mut queue = self.inner.lock();
+        for chunk in ahead {
+            let req = ObjectRequest {
+                hash: chunk.hash,
+                suffix: Suffix::Partial,
+                compressed,
+                size: Some(chunk.size),
+            };
+            if repo.cache().is_cached(&req) {
+                continue;
+            }
+            // Chunks of a file being read sequentially go before directory read-ahead.
+            if queue.jobs.len() < MAX_QUEUED {
+                queue.jobs.push_front(Job::Object(repo.clone(), req));
+            }
+        }
+        drop(queue);
+        self.inner.wake.notify_all();
+    }
+
+    /// Jobs waiting (for tests and metrics).
+    pub fn queued(&self) -> usize {
+        self.inner.lock().jobs.len()
+    }
+
+    /// Stops the workers: queued jobs are dropped, fetches in progress finish.
+    pub fn stop(&mut self) {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        {
+            let mut queue = self.inner.lock();
+            queue.stopping = true;
+            queue.jobs.clear();
+        }
+        self.inner.wake.notify_all();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, queue: &mut Queue, job: Job) {
+        if queue.jobs.len() < MAX_QUEUED {
+            queue.jobs.push_back(job);
+            self.wake.notify_one();
+        }
+    }
+
+    /// A worker: takes jobs until stopped.
+    fn work(&self) {
+        loop {
+            let job = {
+                let mut queue = self.lock();
+                loop {
+                    if queue.stopping {
+                        return;
+                    }
+                    if let Some(job) = queue.jobs.pop_front() {
+                        break job;
+                    }
+                    queue = self
+                        .wake
+                        .wait(queue)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            };
+            match job {
+                Job::Directory(repo, dir) => self.expand(&repo, &dir),
+                Job::Object(repo, req) => {
+                    let cache = repo.cache();
+                    // Demand first: wait while enough demand downloads are in flight.
+                    while cache.demand_in_flight() >= self.settings.pause_when_demand {
+                        if self.lock().stopping {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    if let Err(e) = cache.prefetch(&req) {
+                        tracing::debug!(object = %req.hash, error = %e, "read-ahead failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues the small regular files of `dir`.
+    fn expand(&self, repo: &Arc<MountedRevision>, dir: &str) {
+        let children = match repo.list(dir) {
+            Ok(children) => children,
+            Err(e) => {
+                tracing::debug!(dir, error = %e, "read-ahead: listing failed");
+                return;
+            }
+        };
+        let small: Vec<ObjectRequest> = children
+            .iter()
+            .map(|found| &found.entry)
+            .filter(|e| {
+                e.kind == EntryKind::Regular && e.size > 0 && e.size <= self.settings.max_file_size
+            })
+            .filter_map(|e| {
+                // Chunked files have no hash of their own: their chunks are read ahead
+                // when they are read.
+                Some(ObjectRequest {
+                    hash: e.hash?,
+                    suffix: Suffix::None,
+                    compressed: e.compressed,
+                    size: Some(e.size),
+                })
+            })
+            .collect();
+        let bytes: u64 = small.iter().filter_map(|r| r.size).sum();
+        if small.len() > self.settings.max_files || bytes > self.settings.max_dir_bytes {
+            tracing::debug!(
+                dir,
+                files = small.len(),
+                bytes,
+                "read-ahead: directory too big"
+            );
+            return;
+        }
+        let mut queue = self.lock();
+        for req in small {
+            self.push(&mut queue, Job::Object(repo.clone(), req));
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The `strata-snapshotter` commands, one module each: what a command parses, boots and
+//! serves until it is stopped; the work itself is in [`crate::client`], [`crate::fuse`],
+//! [`crate::containerd`] and [`crate::pull`].
+//!
+//! * [`mount`] — boot a repository with the [`crate::client`] and serve it through
+//!   [`crate::fuse`] (plus live updates);
+//! * [`run`] — serve the [`crate::containerd`] proxy snapshotter on a unix socket;
+//! * [`pull`] — put an image into containerd with [`crate::pull`];
+//! * [`cache`] — show or empty a cache directory ([`crate::client::quota`]);
+//! * [`readiness`] — the systemd notification `mount` and `run` send once they serve.
+
+pub mod cache;
+pub mod mount;
+pub mod pull;
+pub mod readiness;
+pub mod run;

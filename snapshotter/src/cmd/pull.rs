@@ -1,0 +1,176 @@
+//! `strata-snapshotter pull REF`: reads the image's metadata from the repository mount (or,
+//! for an image not published there, from its registry), connects to containerd and runs
+//! [`crate::pull::pull`], timing each step on stdout.
+
+use std::time::Instant;
+
+use namespace::{ImageName, Platform};
+
+use crate::error::{Error, Result};
+pub use crate::pull::PullArgs;
+use crate::pull::containerd_client::Containerd;
+use crate::pull::image::{self, Image};
+use crate::pull::registry::Registry;
+use crate::pull::{image_from_registry, pull};
+
+/// Runs `strata-snapshotter pull`.
+pub fn main(args: PullArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            context: "start tokio runtime".into(),
+            source,
+        })?;
+    runtime.block_on(async move {
+        let mut timer = Timer::new();
+        // `pull` takes the publisher's names, also with its `docker://` prefix.
+        let text = args.reference.as_str();
+        let reference = ImageName::parse(text.strip_prefix("docker://").unwrap_or(text))?;
+        let platform = match &args.platform {
+            Some(p) => Platform::parse(p)?,
+            None => Platform::node(),
+        };
+        let name = reference.public_path();
+        let registry = Registry::new(&reference)?;
+        // A mistyped or missing --mountpoint must not look like "image not published" and
+        // send the pull to the registry.
+        check_mountpoint(&args.mountpoint)?;
+        let (mountpoint, path, p) = (args.mountpoint.clone(), name.clone(), platform.clone());
+        let published =
+            tokio::task::spawn_blocking(move || Image::read_platform(&mountpoint, &path, &p))
+                .await
+                .map_err(|e| Error::Io {
+                    context: "read image metadata".into(),
+                    source: std::io::Error::other(e),
+                })??;
+        let image = match published {
+            Some(image) => image,
+            None if args.remote_only => {
+                return Err(Error::ImageMetadata {
+                    reference: name.clone(),
+                    reason: format!(
+                        "{}: not published in the repository (and --remote-only)",
+                        image::metadata_dir(&args.mountpoint, &name)
+                            .join("manifest.json")
+                            .display()
+                    ),
+                });
+            }
+            None => {
+                println!("{name} is not in the repository: reading it from {}", registry.base());
+                image_from_registry(&registry, &reference, &name, &platform).await?
+            }
+        };
+        timer.step("metadata");
+        let mut client = Containerd::connect(&args.address, &args.namespace).await?;
+        timer.step("connect");
+        let pulled = pull(
+            &mut client,
+            &args,
+            &image,
+            &name,
+            Some(&registry),
+            &mut |w| timer.step(w),
+        )
+        .await?;
+        let total = timer.start.elapsed();
+        println!(
+            "pulled {} ({}, {platform}): {} from the repository, {} fetched from the registry, {} already present, top snapshot {}; total {:.1} ms",
+            pulled.name,
+            pulled.manifest_digest,
+            count_layers(pulled.remote_layers),
+            pulled.fetched_layers,
+            pulled.existing_layers,
+            pulled.top_chain_id,
+            total.as_secs_f64() * 1e3
+        );
+        Ok(())
+    })
+}
+
+/// `"1 layer"`, `"3 layers"`.
+fn count_layers(n: usize) -> String {
+    if n == 1 {
+        "1 layer".to_string()
+    } else {
+        format!("{n} layers")
+    }
+}
+
+/// Times the steps of a pull on stdout.
+struct Timer {
+    start: Instant,
+    step: Instant,
+}
+
+impl Timer {
+    fn new() -> Timer {
+        let now = Instant::now();
+        Timer {
+            start: now,
+            step: now,
+        }
+    }
+
+    fn step(&mut self, what: &str) {
+        let now = Instant::now();
+        println!("{what}: {:.1} ms", (now - self.step).as_secs_f64() * 1e3);
+        self.step = now;
+    }
+}
+
+/// Fails unless `mountpoint` is a directory (the repository's mount point).
+///
+/// # Errors
+/// [`Error::Io`] naming the mount point when it does not exist, cannot be reached (a dead
+/// FUSE mount: `ENOTCONN`) or is not a directory.
+fn check_mountpoint(mountpoint: &std::path::Path) -> Result<()> {
+    let context = format!(
+        "mount point {} (is the repository mounted there?)",
+        mountpoint.display()
+    );
+    match std::fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::Io {
+            context,
+            source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
+        }),
+        Err(source) => Err(Error::Io { context, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_counts_read_as_english() {
+        assert_eq!(count_layers(0), "0 layers");
+        assert_eq!(count_layers(1), "1 layer");
+        assert_eq!(count_layers(3), "3 layers");
+    }
+
+    #[test]
+    fn mountpoint_must_be_an_existing_directory() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|source| Error::Io {
+            context: "tempdir".into(),
+            source,
+        })?;
+        check_mountpoint(dir.path())?;
+        let missing = dir.path().join("cvmfs-typo");
+        let err = check_mountpoint(&missing).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("cvmfs-typo") && e.contains("No such file")),
+            "{err:?}"
+        );
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").map_err(|source| Error::Io {
+            context: "write".into(),
+            source,
+        })?;
+        assert!(check_mountpoint(&file).is_err());
+        Ok(())
+    }
+}

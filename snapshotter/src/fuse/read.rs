@@ -1,0 +1,178 @@
+//! The data path: what a read of a regular file needs (the whole decompressed object from
+//! the cache, or the chunk list of a chunked file, whose chunks are fetched when a read
+//! first touches them, docs/format.md §4.6), and the reads themselves.
+//!
+//! With a handle (`OPEN`) the object stays pinned in the cache while the file is open; in
+//! no-open mode a `READ` names only the inode: the object is found from the inode's node
+//! and pinned for that read only (a pin held between reads would stop the cache's
+//! eviction, see [`crate::client::cache`]).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use catalog::{Chunk, EntryKind, Suffix};
+use fuser::{Errno, INodeNo};
+
+use super::errno::report;
+use super::{Node, StrataFs, lock};
+use crate::client::cache::{ObjectRequest, PinnedFile};
+use crate::{Error, Result};
+
+/// An open regular file.
+pub(super) enum OpenFile {
+    /// Unchunked: the cached, decompressed object (pinned while open).
+    Whole(PinnedFile),
+    /// Chunked (docs/format.md §4.6): chunk objects are fetched when a read first touches them.
+    Chunked {
+        path: String,
+        chunks: Vec<Chunk>,
+        compressed: bool,
+        files: Mutex<HashMap<usize, Arc<PinnedFile>>>,
+    },
+}
+
+/// An open file with the node it was opened as.
+pub(super) type OpenHandle = (Arc<Node>, Arc<OpenFile>);
+
+impl StrataFs {
+    /// No-open mode: the file of `ino` for one read (its object pinned until dropped).
+    pub(super) fn file_of_inode(&self, ino: INodeNo) -> std::result::Result<OpenFile, Errno> {
+        let node = self.node(ino)?;
+        require_regular(&node)?;
+        self.open_file(&node)
+            .map_err(|e| report("read", &node.path, &e))
+    }
+
+    /// Fetches what a read of `node` needs first: the whole object, or the chunk list.
+    pub(super) fn open_file(&self, node: &Node) -> Result<OpenFile> {
+        let entry = &node.entry;
+        if entry.flags & catalog::entry::FLAG_EXTERNAL != 0 {
+            return Err(Error::Unsupported {
+                path: node.path.clone(),
+                reason: "external data (docs/format.md §6.6 flag 128) is not supported".into(),
+            });
+        }
+        if entry.is_chunked() {
+            // The chunk list of the node's own revision: an old-revision inode (a file
+            // open across a switch, read by inode in no-open mode) must not get the chunks
+            // of whatever the path holds now.
+            let repo = self.repo_of(node);
+            let catalog = repo
+                .loaded_catalog(&node.catalog)
+                .ok_or_else(|| Error::NotFound(node.path.clone()))?;
+            let chunks = repo.chunks(&catalog, &node.path, entry.size)?;
+            return Ok(OpenFile::Chunked {
+                path: node.path.clone(),
+                chunks,
+                compressed: entry.compressed,
+                files: Mutex::new(HashMap::new()),
+            });
+        }
+        let Some(hash) = entry.hash else {
+            return Err(Error::Unsupported {
+                path: node.path.clone(),
+                reason: "regular file without content hash or chunks".into(),
+            });
+        };
+        let file = self.repo().cache().get(&ObjectRequest {
+            hash,
+            suffix: Suffix::None,
+            compressed: entry.compressed,
+            size: Some(entry.size),
+        })?;
+        Ok(OpenFile::Whole(file))
+    }
+
+    /// Reads up to `size` bytes at `offset` of an open file.
+    pub(super) fn read_file(&self, file: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>> {
+        match file {
+            OpenFile::Whole(f) => read_at(f, offset, size as usize, "cached object"),
+            OpenFile::Chunked {
+                path,
+                chunks,
+                compressed,
+                files,
+            } => {
+                // Only the chunks this read touches are fetched (docs/format.md §4.6).
+                let spans = catalog::chunking::chunk_spans(chunks, offset, u64::from(size));
+                let mut out = Vec::with_capacity(spans.iter().map(|s| s.len as usize).sum());
+                for span in spans {
+                    let Some(chunk) = chunks.get(span.index) else {
+                        break;
+                    };
+                    let cached = lock(files).get(&span.index).cloned();
+                    let chunk_file = match cached {
+                        Some(f) => f,
+                        None => {
+                            let repo = self.repo();
+                            if let Some(read_ahead) = self.shared.read_ahead.get() {
+                                read_ahead.chunks_after(&repo, chunks, span.index, *compressed);
+                            }
+                            let f = Arc::new(repo.cache().get(&ObjectRequest {
+                                hash: chunk.hash,
+                                suffix: Suffix::Partial,
+                                compressed: *compressed,
+                                size: Some(chunk.size),
+                            })?);
+                            lock(files).insert(span.index, f.clone());
+                            f
+                        }
+                    };
+                    let bytes = read_at(&chunk_file, span.within, span.len as usize, path)?;
+                    let short = bytes.len() < span.len as usize;
+                    out.extend_from_slice(&bytes);
+                    if short {
+                        break;
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Only regular files are opened or read: `EISDIR` for a directory, `EINVAL` otherwise.
+pub(super) fn require_regular(node: &Node) -> std::result::Result<(), Errno> {
+    match node.entry.kind {
+        EntryKind::Regular => Ok(()),
+        EntryKind::Directory => Err(Errno::EISDIR),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// `pread` until `len` bytes or end of file.
+fn read_at(file: &File, offset: u64, len: usize, what: &str) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("reading {what}"),
+                    source,
+                });
+            }
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pread_stops_at_end_of_file() {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, b"0123456789").unwrap();
+        assert_eq!(read_at(&f, 3, 4, "t").unwrap(), b"3456");
+        assert_eq!(read_at(&f, 8, 100, "t").unwrap(), b"89");
+        assert!(read_at(&f, 20, 5, "t").unwrap().is_empty());
+    }
+}

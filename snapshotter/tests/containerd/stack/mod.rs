@@ -1,0 +1,403 @@
+//! The real repository stack for the containerd tests that need more than a fake mount
+//! directory: Debian's `docker-registry` holding images pushed with `skopeo`,
+//! `strata-publisher init/ingest/serve`, and `strata-snapshotter mount` (FUSE) of the
+//! published repository, with its xattr-less plain mount beside it (as deployed). Images are built here from directories on local disk (OCI
+//! layout, gzip layers, `security.capability` kept as `SCHILY.xattr`).
+//!
+//! `strata-publisher` must be built (`cargo build -p publisher`; CI builds the workspace
+//! first): it is looked up beside this package's binary.
+
+pub mod cri;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::{Process, chain_ids_of, sha256};
+
+/// The repository name the stack publishes under.
+pub const FQRN: &str = "ctd.strata.test";
+
+/// An OCI image built by [`oci_image`].
+#[derive(Clone, Debug)]
+pub struct Built {
+    /// The OCI layout directory (`oci:DIR:TAG` for skopeo).
+    pub layout: PathBuf,
+    /// The tag inside the layout.
+    pub tag: String,
+    /// Compressed layer digests, bottom first.
+    pub layer_digests: Vec<String>,
+    /// ChainIDs, bottom first.
+    pub chains: Vec<String>,
+    /// The config digest (the image ID).
+    pub config_digest: String,
+}
+
+fn run_ok(what: &str, cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn put_blob(layout: &Path, bytes: &[u8]) -> String {
+    let digest = sha256(bytes);
+    let hex = digest.trim_start_matches("sha256:");
+    std::fs::write(layout.join("blobs/sha256").join(hex), bytes).expect("write blob");
+    digest
+}
+
+/// Builds an OCI layout at `work/<tag>-oci` whose layers are the directories `layers`
+/// (bottom first): `tar --xattrs` (numeric owners, `security.capability` kept) then
+/// `gzip -n`. The config runs `/bin/sh` on linux/amd64.
+pub fn oci_image(work: &Path, tag: &str, layers: &[PathBuf]) -> Built {
+    let layout = work.join(format!("{tag}-oci"));
+    std::fs::create_dir_all(layout.join("blobs/sha256")).expect("mkdir layout");
+    let mut descriptors = Vec::new();
+    let mut diff_ids = Vec::new();
+    let mut layer_digests = Vec::new();
+    for dir in layers {
+        let tar = run_ok(
+            "tar",
+            Command::new("tar")
+                .args([
+                    "--xattrs",
+                    "--xattrs-include=security.capability",
+                    "--numeric-owner",
+                    "--sort=name",
+                    "-C",
+                ])
+                .arg(dir)
+                .args(["-cf", "-", "."]),
+        );
+        let gz = {
+            use std::io::Write;
+            let mut child = Command::new("gzip")
+                .args(["-n", "-c"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("gzip");
+            let mut stdin = child.stdin.take().expect("stdin");
+            let writer = std::thread::spawn(move || stdin.write_all(&tar).map(|_| tar));
+            let out = child.wait_with_output().expect("gzip output");
+            let tar = writer.join().expect("join").expect("write tar");
+            assert!(out.status.success());
+            diff_ids.push(sha256(&tar));
+            out.stdout
+        };
+        let digest = put_blob(&layout, &gz);
+        descriptors.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest,
+            "size": gz.len(),
+        }));
+        layer_digests.push(digest);
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    })
+    .to_string()
+    .into_bytes();
+    let config_digest = put_blob(&layout, &config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config.len(),
+        },
+        "layers": descriptors,
+    })
+    .to_string()
+    .into_bytes();
+    let manifest_digest = put_blob(&layout, &manifest);
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("oci-layout");
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), index.to_string()).expect("index.json");
+    Built {
+        layout,
+        tag: tag.to_string(),
+        chains: chain_ids_of(&diff_ids),
+        layer_digests,
+        config_digest,
+    }
+}
+
+/// GET `path` from `addr`: the status code, if anything answered.
+fn http_status(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    // The body may be binary (a signed manifest): only the status line is text.
+    let mut bytes = Vec::new();
+    let _ = s.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn wait_until(what: &str, log: &Process, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            log.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether `/proc/self/mountinfo` lists `mountpoint` as a FUSE mount.
+fn fuse_mounted(mountpoint: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = mountpoint.to_string_lossy();
+    info.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let fstype = line.split(" - ").nth(1).and_then(|r| r.split(' ').next());
+        fields.get(4) == Some(&want.as_ref()) && fstype.is_some_and(|t| t.starts_with("fuse"))
+    })
+}
+
+/// Registry, publisher HTTP server and FUSE mount, in `dir`. Field order = drop order: the
+/// mount goes first (drop the containerd [`super::Env`] before this), then the server,
+/// then the registry.
+pub struct Stack {
+    mount: Process,
+    _serve: Process,
+    registry: Process,
+    /// `127.0.0.1:PORT` of the registry.
+    pub registry_host: String,
+    /// Where the repository is mounted.
+    pub mountpoint: PathBuf,
+    /// Where the same mount process mounts it again without extended attributes
+    /// (`mount --plain-mountpoint`, as deployed): `<dir>/cvmfs-plain`.
+    pub plain_mountpoint: PathBuf,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // The mount process unmounts on SIGTERM (its Process drop); a lazy unmount
+        // covers a mount still busy or a process that did not get there.
+        let mountpoints = [self.mountpoint.clone(), self.plain_mountpoint.clone()];
+        let pid = self.mount.child.id();
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mountpoints.iter().any(|m| fuse_mounted(m)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for m in &mountpoints {
+            if fuse_mounted(m) {
+                let _ = Command::new("umount").arg("-l").arg(m).status();
+            }
+        }
+    }
+}
+
+fn publisher() -> PathBuf {
+    let path =
+        Path::new(env!("CARGO_BIN_EXE_strata-snapshotter")).with_file_name("strata-publisher");
+    assert!(
+        path.is_file(),
+        "{} not found: build it first (`cargo build -p publisher`)",
+        path.display()
+    );
+    path
+}
+
+impl Stack {
+    /// Starts the registry, pushes `images` (`(built image, "repo:tag")`) with skopeo,
+    /// publishes them all with `strata-publisher ingest`, serves the repository and
+    /// mounts it with `strata-snapshotter mount --plain-mountpoint` (both mounts).
+    pub fn start(dir: &Path, images: &[(&Built, &str)]) -> Stack {
+        assert!(Path::new("/dev/fuse").exists(), "this test needs /dev/fuse");
+        std::fs::create_dir_all(dir).expect("mkdir stack");
+        let host = super::free_registry_addr();
+        let storage = dir.join("registry");
+        std::fs::create_dir_all(&storage).expect("mkdir registry");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {host}\n",
+                storage.display()
+            ),
+        )
+        .expect("registry config");
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(&config);
+        let registry = Process::spawn("docker-registry", cmd, &dir.join("registry.log"));
+        wait_until("the registry", &registry, || {
+            http_status(&host, "/v2/") == Some(200)
+        });
+        for (image, name) in images {
+            run_ok(
+                "skopeo copy",
+                Command::new("skopeo")
+                    .args(["copy", "--quiet", "--dest-tls-verify=false"])
+                    .arg(format!("oci:{}:{}", image.layout.display(), image.tag))
+                    .arg(format!("docker://{host}/{name}")),
+            );
+        }
+        let repo = dir.join("repo");
+        run_ok(
+            "strata-publisher init",
+            Command::new(publisher())
+                .arg("init")
+                .arg("--repo")
+                .arg(&repo)
+                .args(["--fqrn", FQRN]),
+        );
+        let mut ingest = Command::new(publisher());
+        ingest
+            .arg("ingest")
+            .arg("--repo")
+            .arg(&repo)
+            .args(["--insecure-registry", &host]);
+        for (_, name) in images {
+            ingest.arg(format!("docker://{host}/{name}"));
+        }
+        run_ok("strata-publisher ingest", &mut ingest);
+
+        let listen = super::free_registry_addr();
+        let mut cmd = Command::new(publisher());
+        cmd.arg("serve")
+            .arg("--repo")
+            .arg(&repo)
+            .args(["--listen", &listen]);
+        let serve = Process::spawn("strata-publisher serve", cmd, &dir.join("serve.log"));
+        let published = format!("/cvmfs/{FQRN}/.cvmfspublished");
+        wait_until("the repository server", &serve, || {
+            http_status(&listen, &published) == Some(200)
+        });
+
+        let mountpoint = dir.join("cvmfs");
+        let plain_mountpoint = dir.join("cvmfs-plain");
+        for m in [&mountpoint, &plain_mountpoint] {
+            std::fs::create_dir_all(m).expect("mkdir mountpoint");
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"));
+        cmd.args(["mount", "--plain-mountpoint"])
+            .arg(&plain_mountpoint)
+            .args(["--fqrn", FQRN, "--server"])
+            .arg(format!("http://{listen}/cvmfs/@fqrn@"))
+            .arg("--pubkey")
+            .arg(repo.join("keys").join(format!("{FQRN}.pub")))
+            .arg("--cache")
+            .arg(dir.join("cache"))
+            .arg(&mountpoint)
+            .env("RUST_LOG", "info");
+        let mount = Process::spawn("strata-snapshotter mount", cmd, &dir.join("mount.log"));
+        wait_until("the FUSE mounts", &mount, || {
+            fuse_mounted(&mountpoint) && fuse_mounted(&plain_mountpoint)
+        });
+        Stack {
+            mount,
+            _serve: serve,
+            registry,
+            registry_host: host,
+            mountpoint,
+            plain_mountpoint,
+        }
+    }
+
+    /// How many lines the registry's log has now (for [`Stack::blob_gets_since`]); the
+    /// publisher's own ingest fetched every layer once before this.
+    pub fn registry_mark(&self) -> usize {
+        self.registry.log().lines().count()
+    }
+
+    /// `GET /v2/<repository>/blobs/<digest>` requests for any of `digests` in the
+    /// registry's access log after line `mark`.
+    pub fn blob_gets_since(&self, mark: usize, digests: &[String]) -> usize {
+        self.registry
+            .log()
+            .lines()
+            .skip(mark)
+            .filter(|l| {
+                l.contains("\"GET /v2/")
+                    && digests.iter().any(|d| l.contains(&format!("/blobs/{d}")))
+            })
+            .count()
+    }
+
+    /// The FUSE mount's `/proc/self/mountinfo` line (options), for diagnostics.
+    pub fn mount_options(&self) -> String {
+        let want = self.mountpoint.to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(want.as_str()))
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// Copies each `(host binary, path in dir)` and the shared libraries `ldd` lists for them
+/// into `dir` (libraries at their host paths).
+pub fn install_tools(dir: &Path, tools: &[(&str, &str)]) {
+    let copy = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    };
+    let mut ldd = Command::new("ldd");
+    for (from, to) in tools {
+        copy(Path::new(from), &dir.join(to));
+        ldd.arg(from);
+    }
+    let out = run_ok("ldd", &mut ldd);
+    for line in String::from_utf8_lossy(&out)
+        .lines()
+        .filter(|l| !l.trim_end().ends_with(':'))
+    {
+        if let Some(lib) = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(PathBuf::from)
+        {
+            let real = lib.canonicalize().expect("canonicalize library");
+            copy(&real, &dir.join(lib.strip_prefix("/").expect("absolute")));
+        }
+    }
+}
+
+/// Sets mode bits (`chmod`) and owner of `path`.
+pub fn set_mode_owner(path: &Path, mode: u32, uid: u32, gid: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+    // chown clears setuid: set the mode afterwards.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Gives `path` the file capabilities `caps` (`setcap`, libcap2-bin).
+pub fn setcap(path: &Path, caps: &str) {
+    run_ok("setcap", Command::new("setcap").arg(caps).arg(path));
+}
