@@ -19,6 +19,7 @@ use crate::decompress::{BlobDigests, LayerStream};
 use crate::error::{Error, Result};
 use crate::flatten::{Image, Sink, inherit, normalize_hardlinks};
 use crate::pipeline::{FileSink, PendingContent, Pool};
+use crate::sparse::{self, Expanded, MapLocation, SparseHeader, SparseRecords};
 use crate::staging::{StagedEntry, Staging, join};
 use crate::tree::{
     DIR_SIZE, OPAQUE_XATTR, dir_entry, file_entry_without_content, special_entry, symlink_entry,
@@ -198,7 +199,7 @@ impl StagedLayer {
 ///
 /// Errors: [`Error::DigestMismatch`] if the blob or tar digests differ from `id`,
 /// [`Error::Layer`] for hostile or unsupported entries (path escaping the root, dangling or
-/// directory hard link, non-UTF-8 names, PAX sparse files), store errors,
+/// directory hard link, non-UTF-8 names, malformed sparse maps), store errors,
 /// [`Error::Sqlite`] / [`Error::Io`] for the scratch database.
 pub fn read_layer<R: Read>(
     blob: R,
@@ -344,6 +345,8 @@ struct Meta {
     mtime: i64,
     mtime_ns: Option<u32>,
     xattrs: std::collections::BTreeMap<String, Vec<u8>>,
+    /// A GNU sparse file's real name, size and map, from its PAX records.
+    sparse: Option<SparseHeader>,
 }
 
 impl Builder {
@@ -444,9 +447,21 @@ impl Builder {
             layer: id,
             path: &raw_path,
         };
-        let path =
-            normalize_path(&raw_path).ok_or_else(|| at.error("path escapes the layer root"))?;
         let meta = self.meta(&mut entry, &at)?;
+        // A sparse file's real name replaces GNU tar's `GNUSparseFile.<pid>/` placeholder.
+        let real_path = match meta.sparse.as_ref().and_then(|s| s.name.clone()) {
+            Some(name) if matches!(kind, EntryType::Regular | EntryType::Continuous) => {
+                self.last_entry.clone_from(&name);
+                name
+            }
+            _ => raw_path.clone(),
+        };
+        let at = At {
+            layer: id,
+            path: &real_path,
+        };
+        let path =
+            normalize_path(&real_path).ok_or_else(|| at.error("path escapes the layer root"))?;
         let Some((name, parent)) = path.split_last() else {
             return self.add_root(kind, meta, &at);
         };
@@ -552,8 +567,9 @@ impl Builder {
         self.staging.put(&parent_path, &StagedEntry::new(e), true)
     }
 
-    /// A regular file (also GNU sparse and contiguous): its contents go to the pool,
-    /// within `--max-layer-size`.
+    /// A regular file (also sparse and contiguous): its contents go to the pool, within
+    /// `--max-layer-size`. A PAX sparse file is expanded to its real size, holes as zeros
+    /// ([`crate::sparse`]); old-GNU sparse entries are expanded by the `tar` crate.
     fn add_file<R: Read>(
         &mut self,
         parent: &[String],
@@ -563,7 +579,13 @@ impl Builder {
         at: &At<'_>,
         sink: &mut FileSink<'_>,
     ) -> Result<()> {
-        let size = entry.size();
+        let sparse = match &meta.sparse {
+            Some(header) if entry.header().entry_type() != EntryType::GNUSparse => {
+                Some(header.clone())
+            }
+            _ => None,
+        };
+        let size = sparse.as_ref().map_or_else(|| entry.size(), |h| h.size);
         self.content_bytes = self.content_bytes.saturating_add(size);
         if size > self.limits.max_layer_size || self.content_bytes > self.limits.max_layer_size {
             return Err(at.error(format!(
@@ -572,9 +594,19 @@ impl Builder {
                 self.content_bytes, self.limits.max_layer_size
             )));
         }
-        let content = sink
-            .store_file(entry, size, at.path)
-            .map_err(|e| at.error(e.to_string()))?;
+        let content = match sparse {
+            None => sink.store_file(entry, size, at.path),
+            Some(header) => {
+                let segments = match header.map {
+                    MapLocation::Records(segments) => segments,
+                    MapLocation::Data => {
+                        sparse::read_map_1x0(entry, size).map_err(|e| at.error(e))?
+                    }
+                };
+                sink.store_file(&mut Expanded::new(entry, segments, size), size, at.path)
+            }
+        }
+        .map_err(|e| at.error(e.to_string()))?;
         self.files += 1;
         let e = file_entry_without_content(name, meta.perm, meta.uid, meta.gid, meta.mtime, size);
         self.put_leaf_with(parent, e, meta, Some(content))
@@ -706,6 +738,7 @@ impl Builder {
         let mut mtime = header_mtime(h).map_err(|e| at.error(format!("bad mtime: {e}")))?;
         let mut mtime_ns = None;
         let mut xattrs = std::collections::BTreeMap::new();
+        let mut sparse = SparseRecords::default();
         if let Some(pax) = entry
             .pax_extensions()
             .map_err(|e| at.error(format!("bad PAX header: {e}")))?
@@ -713,10 +746,12 @@ impl Builder {
             for ext in pax {
                 let ext = ext.map_err(|e| at.error(format!("bad PAX record: {e}")))?;
                 let Ok(key) = ext.key() else { continue };
-                if key.starts_with("GNU.sparse.") {
-                    return Err(at.error("PAX sparse files are not supported"));
-                }
-                if key == "mtime" {
+                if key.starts_with(sparse::PAX_PREFIX) {
+                    let value = ext
+                        .value()
+                        .map_err(|_| at.error(format!("PAX record {key} is not UTF-8")))?;
+                    sparse.take(key, value);
+                } else if key == "mtime" {
                     let (secs, ns) = ext
                         .value()
                         .ok()
@@ -755,6 +790,7 @@ impl Builder {
             mtime,
             mtime_ns,
             xattrs,
+            sparse: sparse.header().map_err(|e| at.error(e))?,
         })
     }
 }
@@ -1453,7 +1489,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn gnu_sparse_files_are_expanded_and_pax_sparse_refused() {
+    fn gnu_and_pax_sparse_files_are_expanded_under_their_real_names() {
         // GNU old sparse: data "A"*512 at 0, "xyz" at 4096, real size 8192.
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(EntryType::GNUSparse);
@@ -1508,16 +1544,129 @@ pub(crate) mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(stored, expect);
-        // PAX 1.0 sparse: a clear error
+        // PAX sparse 1.0 (map in the data) and 0.1 (map in a record), as GNU tar writes
+        // them: the real name replaces the GNUSparseFile placeholder, holes read as zeros.
         let mut b = tar::Builder::new(Vec::new());
-        b.append_pax_extensions([("GNU.sparse.major", &b"1"[..]), ("GNU.sparse.minor", b"0")])
-            .unwrap_or_else(|e| panic!("{e}"));
+        b.append_pax_extensions([
+            ("GNU.sparse.major", &b"1"[..]),
+            ("GNU.sparse.minor", b"0"),
+            ("GNU.sparse.name", b"opt/one"),
+            ("GNU.sparse.realsize", b"8192"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut data = b"2\n0\n512\n4096\n3\n".to_vec();
+        data.resize(512, 0);
+        data.extend([b'A'; 512]);
+        data.extend(b"xyz");
         let mut h = TarBuilder::header(EntryType::Regular, 0o644);
-        b.append_data(&mut h, "p", &[][..])
+        b.append_data(&mut h, "opt/GNUSparseFile.7/one", &data[..])
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.append_pax_extensions([
+            ("GNU.sparse.major", &b"0"[..]),
+            ("GNU.sparse.minor", b"1"),
+            ("GNU.sparse.name", b"opt/two"),
+            ("GNU.sparse.size", b"8192"),
+            ("GNU.sparse.numblocks", b"2"),
+            ("GNU.sparse.map", b"0,512,4096,3"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut data = vec![b'A'; 512];
+        data.extend(b"xyz");
+        let mut h = TarBuilder::header(EntryType::Regular, 0o644);
+        b.append_data(&mut h, "opt/GNUSparseFile.7/two", &data[..])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (t, dir) = read(&b.into_inner().unwrap_or_default());
+        let t = t.unwrap_or_else(|e| panic!("{e}"));
+        let store = LocalStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        for name in ["opt/one", "opt/two"] {
+            let e = get(&t, name);
+            assert_eq!(e.size, 8192, "{name}");
+            let stored = crate::objects::read_object(
+                &store,
+                &e.hash.unwrap_or_else(|| panic!("hash")),
+                Suffix::None,
+                1 << 20,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(stored, expect, "{name}");
+        }
+        assert!(
+            t.root
+                .get(&crate::tree::components("opt/GNUSparseFile.7"))
+                .is_none(),
+            "the placeholder directory was published"
+        );
+        // A map that does not fit the real size: a clear error naming the entry.
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([
+            ("GNU.sparse.major", &b"0"[..]),
+            ("GNU.sparse.minor", b"1"),
+            ("GNU.sparse.name", b"bad"),
+            ("GNU.sparse.size", b"100"),
+            ("GNU.sparse.map", b"90,20"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut h = TarBuilder::header(EntryType::Regular, 0o644);
+        b.append_data(&mut h, "GNUSparseFile.1/bad", &[0u8; 20][..])
             .unwrap_or_else(|e| panic!("{e}"));
         let (entry, reason) = layer_error(read(&b.into_inner().unwrap_or_default()).0);
-        assert_eq!(entry, "p");
-        assert!(reason.contains("PAX sparse"), "{reason}");
+        assert_eq!(entry, "GNUSparseFile.1/bad");
+        assert!(reason.contains("past the real size"), "{reason}");
+    }
+
+    /// Every sparse form GNU tar writes, made by GNU tar itself (Debian's `tar`, part of
+    /// every Debian system): PAX 0.0, 0.1, 1.0 and old-GNU type `S`.
+    #[test]
+    fn gnu_tar_sparse_archives_of_every_format_are_expanded() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap_or_else(|e| panic!("{e}"));
+        let size = 3 * 1024 * 1024 + 5;
+        let f = std::fs::File::create(src.join("holes")).unwrap_or_else(|e| panic!("{e}"));
+        f.set_len(size).unwrap_or_else(|e| panic!("{e}"));
+        let middle: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8 + 1).collect();
+        for (at, bytes) in [(0, &b"head"[..]), (1_048_581, &middle), (size - 4, b"tail")] {
+            f.write_all_at(bytes, at).unwrap_or_else(|e| panic!("{e}"));
+        }
+        drop(f);
+        let expect = std::fs::read(src.join("holes")).unwrap_or_else(|e| panic!("{e}"));
+        for (label, args) in [
+            ("pax 0.0", &["--format=posix", "--sparse-version=0.0"][..]),
+            ("pax 0.1", &["--format=posix", "--sparse-version=0.1"]),
+            ("pax 1.0", &["--format=posix", "--sparse-version=1.0"]),
+            ("old gnu", &["--format=gnu"]),
+        ] {
+            let out = std::process::Command::new("tar")
+                .args(args)
+                .args(["--sparse", "-cf", "-", "-C"])
+                .arg(&src)
+                .arg("holes")
+                .output()
+                .unwrap_or_else(|e| panic!("running GNU tar: {e}"));
+            assert!(out.status.success(), "tar {label}: {out:?}");
+            let tar = out.stdout;
+            assert!(
+                (tar.len() as u64) < size / 4,
+                "{label}: tar did not write a sparse entry ({} bytes)",
+                tar.len()
+            );
+            let (t, store_dir) = read(&tar);
+            let t = t.unwrap_or_else(|e| panic!("{label}: {e}"));
+            let names: Vec<&String> = t.root.children.keys().collect();
+            assert_eq!(names, ["holes"], "{label}");
+            let e = get(&t, "holes");
+            assert_eq!(e.size, size, "{label}");
+            let store = LocalStore::open(store_dir.path()).unwrap_or_else(|e| panic!("{e}"));
+            let got = crate::objects::read_object(
+                &store,
+                &e.hash.unwrap_or_else(|| panic!("{label}: chunked")),
+                Suffix::None,
+                1 << 30,
+            )
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert!(got == expect, "{label}: contents differ");
+        }
     }
 
     #[test]

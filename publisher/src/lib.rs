@@ -33,6 +33,7 @@ pub mod repo;
 pub mod serve;
 pub mod singularity;
 pub mod source;
+pub mod sparse;
 pub mod staging;
 pub mod sync;
 pub mod tree;
