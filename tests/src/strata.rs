@@ -381,6 +381,11 @@ impl FuseMount {
         self.plain.as_deref()
     }
 
+    /// The mount process's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.service.pid()
+    }
+
     /// Fails if the mount process died.
     pub fn check_running(&mut self) -> Result<()> {
         self.service.check_running()

@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 use ::tests::binaries::{check_prerequisites, target_dir, which};
 use ::tests::containerd::Containerd;
 use ::tests::image::{PYANA, TestImage, apt_image};
-use ::tests::measure::{Machine, Timed, load_average, registry_served, run_timed, sync, utc_now};
+use ::tests::measure::{
+    Machine, Timed, load_average, memory_kib, registry_served, run_timed, sync, utc_now,
+};
 use ::tests::mounts;
 use ::tests::process::Service;
 use ::tests::registry::Registry;
@@ -118,6 +120,8 @@ struct Row {
     strata_mount: Duration,
     strata_cold: Duration,
     strata_warm: Duration,
+    /// Peak resident set of the mount process after the cold and warm runs, in KiB.
+    strata_peak_rss_kib: u64,
     strata_received: Received,
     /// Strata with `--no-read-ahead`: demand fetches only.
     nora_cold: Duration,
@@ -292,14 +296,18 @@ fn measure_at(
     let strata_received = served_since(server, before_serve)?;
     let warm = chroot_workload(&root, &work.log(&format!("workload-{tag}")))?;
     check_output(&warm, expected, "Strata warm")?;
+    let pid = mount.pid().context("the mount process is gone")?;
+    let (strata_peak_rss_kib, _) = memory_kib(pid)?;
     mount.stop();
     say(&format!(
-        "  Strata: mount {:.2} s, cold run {:.2} s ({} GETs, {:.1} MB), warm run {:.2} s",
+        "  Strata: mount {:.2} s, cold run {:.2} s ({} GETs, {:.1} MB), warm run {:.2} s, \
+         mount peak RSS {:.1} MB",
         strata_mount.as_secs_f64(),
         cold.wall.as_secs_f64(),
         strata_received.requests,
         strata_received.bytes as f64 / 1e6,
-        warm.wall.as_secs_f64()
+        warm.wall.as_secs_f64(),
+        strata_peak_rss_kib as f64 / 1024.0
     ));
 
     // Strata without read-ahead (demand fetches only), an empty cache again.
@@ -385,6 +393,7 @@ fn measure_at(
         strata_mount,
         strata_cold: cold.wall,
         strata_warm: warm.wall,
+        strata_peak_rss_kib,
         strata_received,
         nora_cold: nora_cold.wall,
         nora_received,
@@ -535,9 +544,9 @@ fn render(
     out.push_str(
         "| round trip | native pull | native run | native pull + run | native received \
          | Strata mount | Strata cold run | Strata warm run | Strata received \
-         | Strata cold, no read-ahead | received, no read-ahead \
+         | Strata mount peak RSS | Strata cold, no read-ahead | received, no read-ahead \
          | stock cvmfs2 mount | stock cold run | stock received |\n\
-         |---:|---:|---:|---:|---|---:|---:|---:|---|---:|---|---:|---:|---|\n",
+         |---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---|---:|---:|---|\n",
     );
     for r in rows {
         let (stock_mount, stock_cold, stock_received) = match &r.stock {
@@ -545,7 +554,7 @@ fn render(
             None => ("—".into(), "—".into(), "—".into()),
         };
         out.push_str(&format!(
-            "| {} ms | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} ms | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} MB | {} | {} | {} | {} | {} |\n",
             r.rtt_ms,
             secs(r.native_pull),
             secs(r.native_run),
@@ -555,6 +564,7 @@ fn render(
             secs(r.strata_cold),
             secs(r.strata_warm),
             received(r.strata_received),
+            r.strata_peak_rss_kib as f64 / 1024.0,
             secs(r.nora_cold),
             received(r.nora_received),
             stock_mount,
