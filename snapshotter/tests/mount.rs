@@ -788,17 +788,39 @@ fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
     assert_eq!(requested(&chunk_path(7)), 0);
     drop(f);
     m.stop();
-}
 
-/// A chunked file held open across a live update reads its own revision's chunks to the end
-/// (no-open mode reads by inode: the old inode must not get the new revision's chunk list
-/// of the same path), and a new open reads the new revision.
-/// The object path (`data/xx/…`) of a file body as [`file`] stores it.
-fn object_of(store: &catalog::LocalStore, body: &[u8]) -> String {
-    store
-        .put_raw(body, catalog::Suffix::None)
-        .unwrap()
-        .object_path(catalog::Suffix::None)
+    // With read-ahead (the default), the first read of a chunked file this small fetches
+    // all its chunks, each once, and the whole file is then read from the cache.
+    let cmd = mount_command(
+        &server,
+        FQRN,
+        &keys.pubkey,
+        &work.path().join("cache-read-ahead"),
+        &mnt,
+    );
+    let before: Vec<usize> = (0..8).map(|i| requested(&chunk_path(i))).collect();
+    let fetched = |i: usize| requested(&chunk_path(i)) - before[i];
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m2.log"));
+    let f = std::fs::File::open(mnt.join("big")).unwrap();
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, (3 * CHUNK) as u64).unwrap();
+    assert_eq!(buf, body[3 * CHUNK..3 * CHUNK + 4096]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (0..8).any(|i| fetched(i) == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the chunks were not read ahead: {:?}",
+            (0..8).map(fetched).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drop(f);
+    assert!(std::fs::read(mnt.join("big")).unwrap() == body);
+    for i in 0..8 {
+        assert_eq!(fetched(i), 1, "chunk {i}");
+    }
+    assert_eq!(server.range_requests.load(Ordering::SeqCst), 0);
+    m.stop();
 }
 
 #[test]
@@ -876,6 +898,50 @@ fn read_ahead_fetches_a_directory_s_small_files_once_and_they_are_then_read_from
 }
 
 #[test]
+fn concurrent_readers_of_one_object_cause_one_get() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    // Over the read-ahead size limit: only the readers fetch it.
+    let files = vec![("/data/big".to_string(), noise(3_000_000, 41))];
+    let repo = FlatRepo::build(work.path(), &files, 240);
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let object = object_of(&repo.store, &files[0].1);
+    server.held.lock().unwrap().push(object.clone());
+    let mnt = work.path().join("mnt");
+    let cmd = mount_command(
+        &server,
+        FQRN,
+        &repo.keys.pubkey,
+        &work.path().join("cache"),
+        &mnt,
+    );
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let path = mnt.join("data/big");
+            std::thread::spawn(move || std::fs::read(path))
+        })
+        .collect();
+    // The first reader's download waits on the server; give the others time to ask too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.held_requests.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no reader asked for the object");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = server.held_requests.load(Ordering::SeqCst);
+    server.held.lock().unwrap().clear();
+    for reader in readers {
+        let body = reader.join().unwrap().unwrap();
+        assert!(body == files[0].1, "a reader got other bytes");
+    }
+    assert_eq!(asked, 1, "concurrent readers made {asked} requests");
+    assert_eq!(server.requests_for(&object), 1);
+    assert_eq!(server.range_requests.load(Ordering::SeqCst), 0);
+    m.stop();
+}
+
+#[test]
 fn a_demand_read_is_not_queued_behind_read_ahead() {
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();
@@ -925,6 +991,9 @@ fn a_demand_read_is_not_queued_behind_read_ahead() {
     m.stop();
 }
 
+/// A chunked file held open across a live update reads its own revision's chunks to the end
+/// (no-open mode reads by inode: the old inode must not get the new revision's chunk list
+/// of the same path), and a new open reads the new revision.
 #[test]
 fn a_chunked_file_held_open_keeps_its_revision_across_a_switch() {
     require_root_and_fuse();

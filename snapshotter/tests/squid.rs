@@ -176,7 +176,7 @@ struct TestProxy {
     mode: Arc<AtomicU8>,
     /// Request heads received.
     requests: Arc<Mutex<Vec<String>>>,
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl TestProxy {
@@ -205,7 +205,7 @@ impl TestProxy {
             addr,
             mode,
             requests,
-            _runtime: runtime,
+            runtime,
         }
     }
 
@@ -215,6 +215,12 @@ impl TestProxy {
 
     fn set(&self, mode: u8) {
         self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    /// The proxy dies: its connections, in-flight requests included, are dropped and its
+    /// port refuses new ones.
+    fn kill(self) {
+        self.runtime.shutdown_background();
     }
 }
 
@@ -420,6 +426,82 @@ fn reads_fail_over_from_a_dead_502_or_garbage_proxy() {
         }
     }
     assert!(!good.requests.lock().unwrap().is_empty());
+}
+
+#[test]
+fn read_ahead_fails_over_from_a_proxy_that_dies_under_it() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..30u64)
+        .map(|i| (format!("/lib/f{i:02}"), noise(3000, i + 300)))
+        .collect();
+    let repo = FlatRepo::build(work.path(), &files, 240);
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    // Every file but the first waits on the server until released: read-ahead of them is
+    // in flight through the first proxy when it dies.
+    let ahead: Vec<String> = files[1..]
+        .iter()
+        .map(|(_, body)| object_of(&repo.store, body))
+        .collect();
+    server.held.lock().unwrap().extend(ahead.iter().cloned());
+    let first = TestProxy::start(FORWARD);
+    let second = TestProxy::start(FORWARD);
+    let first_url = first.url();
+    let mnt = work.path().join("mnt");
+    let cache = work.path().join("cache");
+    let cmd = mount_command(&server, FQRN, &repo.keys.pubkey, &cache, &mnt);
+    let chain = format!("{first_url};{}", second.url());
+    let log = work.path().join("m.log");
+    let mut m = Mounted::start(with_proxy(cmd, &chain), &mnt, &log);
+    assert_eq!(std::fs::read(mnt.join("lib/f00")).unwrap(), files[0].1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.held_requests.load(Ordering::SeqCst) < 8 {
+        assert!(Instant::now() < deadline, "read-ahead did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        second.requests.lock().unwrap().is_empty(),
+        "the second proxy was used while the first worked"
+    );
+    first.kill();
+    server.held.lock().unwrap().clear();
+    // Every object read ahead arrives through the second proxy.
+    let through_second = |object: &str| {
+        second
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|head| head.contains(object))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ahead.iter().all(|o| through_second(o)) {
+        assert!(
+            Instant::now() < deadline,
+            "read-ahead did not fail over:\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Give the last downloads time to be committed, then read everything: from the cache.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = second.requests.lock().unwrap().len();
+    for (path, body) in &files {
+        assert_eq!(&std::fs::read(mnt.join(&path[1..])).unwrap(), body, "{path}");
+    }
+    assert_eq!(
+        second.requests.lock().unwrap().len(),
+        before,
+        "files read ahead were fetched again"
+    );
+    let text = m.log_text();
+    m.stop();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("proxy failed") && l.contains(&first_url)),
+        "the log does not name the dead proxy {first_url}:\n{text}"
+    );
+    assert_eq!(server.range_requests.load(Ordering::SeqCst), 0);
 }
 
 #[test]

@@ -23,7 +23,8 @@
 //! read_ahead_max_files = 128           # directories with more small files are not read ahead
 //! read_ahead_max_dir_bytes = 16777216  # nor those whose small files add up to more
 //! read_ahead_threads = 16
-//! read_ahead_chunks = 2                # chunks ahead of a reader of a chunked file
+//! read_ahead_whole_chunked_size = 67108864  # chunked files up to this are read ahead whole
+//! read_ahead_chunks = 2                # chunks ahead of a reader of a larger chunked file
 //! # Mount a fixed revision instead of the current one (no live updates), at most one of:
 //! repository_tag = "trunk-previous"   # a tag of the history database (CVMFS_REPOSITORY_TAG)
 //! root_hash = "5798f7f4…"              # a root catalog hash (CVMFS_ROOT_HASH)
@@ -186,6 +187,7 @@ struct FileConfig {
     read_ahead_max_files: Option<usize>,
     read_ahead_max_dir_bytes: Option<u64>,
     read_ahead_threads: Option<u16>,
+    read_ahead_whole_chunked_size: Option<u64>,
     read_ahead_chunks: Option<usize>,
     repository_tag: Option<String>,
     root_hash: Option<String>,
@@ -406,6 +408,9 @@ impl MountArgs {
                         .unwrap_or(d.max_file_size),
                     max_files: file.read_ahead_max_files.unwrap_or(d.max_files),
                     max_dir_bytes: file.read_ahead_max_dir_bytes.unwrap_or(d.max_dir_bytes),
+                    whole_chunked_size: file
+                        .read_ahead_whole_chunked_size
+                        .unwrap_or(d.whole_chunked_size),
                     chunks_ahead: file.read_ahead_chunks.unwrap_or(d.chunks_ahead),
                     threads: self
                         .read_ahead_threads

@@ -14,7 +14,11 @@
 //!   directory, an interpreter's standard library) is used a few files at a time, and
 //!   reading it ahead would mostly be waste. Listing the directory reads its catalog, which
 //!   a lookup inside it has loaded anyway.
-//! * **Chunked files.** A read of chunk `i` queues the next
+//! * **Chunked files.** The first read of a chunked file of at most
+//!   [`ReadAheadSettings::whole_chunked_size`] queues all its other chunks, those after the
+//!   read first: a program or library is mapped and then faulted in all over the file, not
+//!   front to back, so its chunks are wanted soon and in no order a reader could predict.
+//!   In a larger chunked file, a read of chunk `i` queues the next
 //!   [`ReadAheadSettings::chunks_ahead`] chunks (a sequential reader then finds them
 //!   cached).
 //!
@@ -58,7 +62,9 @@ pub struct ReadAheadSettings {
     pub max_files: usize,
     /// Directories whose small files add up to more than this are not read ahead.
     pub max_dir_bytes: u64,
-    /// Chunks fetched ahead of a read of a chunked file.
+    /// Chunked files up to this size are read ahead whole when first read.
+    pub whole_chunked_size: u64,
+    /// Chunks fetched ahead of a read of a larger chunked file.
     pub chunks_ahead: usize,
     /// Worker threads fetching read-ahead objects concurrently.
     pub threads: usize,
@@ -73,6 +79,7 @@ impl Default for ReadAheadSettings {
             max_file_size: 1024 * 1024,
             max_files: 128,
             max_dir_bytes: 16 * 1024 * 1024,
+            whole_chunked_size: 64 * 1024 * 1024,
             chunks_ahead: 2,
             threads: 16,
             pause_when_demand: 4,
@@ -90,7 +97,8 @@ enum Job {
 
 struct Queue {
     jobs: VecDeque<Job>,
-    /// Directories already read ahead, by (root catalog hash, path).
+    /// Directories already read ahead, by (root catalog hash, path), and chunked files
+    /// read ahead whole, by ("", hash of their first chunk).
     seen: HashSet<(String, String)>,
     stopping: bool,
 }
@@ -169,8 +177,9 @@ impl ReadAhead {
             .push(&mut queue, Job::Directory(repo.clone(), dir.to_string()));
     }
 
-    /// Queues the chunks after chunk `index` of a chunked file being read (`compressed`
-    /// as its catalog row says).
+    /// A read of chunk `index` of a chunked file (`compressed` as its catalog row says):
+    /// queues the file's other chunks the first time if the file is small enough to be
+    /// read ahead whole, else the next [`ReadAheadSettings::chunks_ahead`] chunks.
     pub fn chunks_after(
         &self,
         repo: &Arc<MountedRevision>,
@@ -178,25 +187,42 @@ impl ReadAhead {
         index: usize,
         compressed: bool,
     ) {
-        if !self.inner.settings.enabled {
+        if !self.inner.settings.enabled || chunks.is_empty() {
             return;
         }
-        let ahead = chunks
-            .iter()
-            .skip(index + 1)
-            .take(self.inner.settings.chunks_ahead);
-        let mut queue = self.inner.lock();
-        for chunk in ahead {
-            let req = ObjectRequest {
+        let total: u64 = chunks.iter().map(|c| c.size).sum();
+        let ahead: Vec<&Chunk> = if total <= self.inner.settings.whole_chunked_size {
+            let key = (String::new(), chunks[0].hash.to_hex());
+            let mut queue = self.inner.lock();
+            if !queue.seen.insert(key) {
+                return;
+            }
+            // After the read first, then the ones before it.
+            chunks
+                .iter()
+                .skip(index + 1)
+                .chain(chunks.iter().take(index))
+                .collect()
+        } else {
+            chunks
+                .iter()
+                .skip(index + 1)
+                .take(self.inner.settings.chunks_ahead)
+                .collect()
+        };
+        let reqs: Vec<ObjectRequest> = ahead
+            .into_iter()
+            .map(|chunk| ObjectRequest {
                 hash: chunk.hash,
                 suffix: Suffix::Partial,
                 compressed,
                 size: Some(chunk.size),
-            };
-            if repo.cache().is_cached(&req) {
-                continue;
-            }
-            // Chunks of a file being read sequentially go before directory read-ahead.
+            })
+            .filter(|req| !repo.cache().is_cached(req))
+            .collect();
+        let mut queue = self.inner.lock();
+        // Chunks of a file being read go before directory read-ahead, in file order.
+        for req in reqs.into_iter().rev() {
             if queue.jobs.len() < MAX_QUEUED {
                 queue.jobs.push_front(Job::Object(repo.clone(), req));
             }

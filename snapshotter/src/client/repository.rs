@@ -550,6 +550,7 @@ impl MountedRevision {
         if let Some(c) = self.loaded().get(&child.path) {
             return Ok(c.clone());
         }
+        let started = std::time::Instant::now();
         let catalog = load_catalog(&self.cache, &child.hash, &child.path)?;
         let prefix = catalog.with(|r| r.root_prefix().to_string());
         if prefix != child.path {
@@ -559,7 +560,12 @@ impl MountedRevision {
                 "nested catalog's root_prefix differs from its mountpoint"
             );
         }
-        tracing::debug!(mountpoint = %child.path, hash = %child.hash, "loaded nested catalog");
+        tracing::debug!(
+            mountpoint = %child.path,
+            hash = %child.hash,
+            ms = started.elapsed().as_millis() as u64,
+            "loaded nested catalog"
+        );
         let mut map = self
             .catalogs
             .write()

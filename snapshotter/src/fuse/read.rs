@@ -76,12 +76,14 @@ impl StrataFs {
                 reason: "regular file without content hash or chunks".into(),
             });
         };
+        let started = std::time::Instant::now();
         let file = self.repo().cache().get(&ObjectRequest {
             hash,
             suffix: Suffix::None,
             compressed: entry.compressed,
             size: Some(entry.size),
         })?;
+        log_wait(&node.path, None, started);
         Ok(OpenFile::Whole(file))
     }
 
@@ -110,12 +112,14 @@ impl StrataFs {
                             if let Some(read_ahead) = self.shared.read_ahead.get() {
                                 read_ahead.chunks_after(&repo, chunks, span.index, *compressed);
                             }
+                            let started = std::time::Instant::now();
                             let f = Arc::new(repo.cache().get(&ObjectRequest {
                                 hash: chunk.hash,
                                 suffix: Suffix::Partial,
                                 compressed: *compressed,
                                 size: Some(chunk.size),
                             })?);
+                            log_wait(path, Some(span.index), started);
                             lock(files).insert(span.index, f.clone());
                             f
                         }
@@ -139,6 +143,15 @@ pub(super) fn require_regular(node: &Node) -> std::result::Result<(), Errno> {
         EntryKind::Regular => Ok(()),
         EntryKind::Directory => Err(Errno::EISDIR),
         _ => Err(Errno::EINVAL),
+    }
+}
+
+/// Logs (at debug) a read that waited for its object: what a cold start pays for, one line
+/// per wait, to see which reads were not fetched ahead.
+fn log_wait(path: &str, chunk: Option<usize>, started: std::time::Instant) {
+    let waited = started.elapsed();
+    if waited >= std::time::Duration::from_millis(1) {
+        tracing::debug!(path, ?chunk, ms = waited.as_millis() as u64, "read waited for its object");
     }
 }
 
