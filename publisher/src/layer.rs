@@ -1559,6 +1559,7 @@ pub(crate) mod tests {
         data.extend([b'A'; 512]);
         data.extend(b"xyz");
         let mut h = TarBuilder::header(EntryType::Regular, 0o644);
+        h.set_size(data.len() as u64);
         b.append_data(&mut h, "opt/GNUSparseFile.7/one", &data[..])
             .unwrap_or_else(|e| panic!("{e}"));
         b.append_pax_extensions([
@@ -1573,6 +1574,7 @@ pub(crate) mod tests {
         let mut data = vec![b'A'; 512];
         data.extend(b"xyz");
         let mut h = TarBuilder::header(EntryType::Regular, 0o644);
+        h.set_size(data.len() as u64);
         b.append_data(&mut h, "opt/GNUSparseFile.7/two", &data[..])
             .unwrap_or_else(|e| panic!("{e}"));
         let (t, dir) = read(&b.into_inner().unwrap_or_default());
@@ -1607,6 +1609,7 @@ pub(crate) mod tests {
         ])
         .unwrap_or_else(|e| panic!("{e}"));
         let mut h = TarBuilder::header(EntryType::Regular, 0o644);
+        h.set_size(20);
         b.append_data(&mut h, "GNUSparseFile.1/bad", &[0u8; 20][..])
             .unwrap_or_else(|e| panic!("{e}"));
         let (entry, reason) = layer_error(read(&b.into_inner().unwrap_or_default()).0);

@@ -192,7 +192,7 @@ fn parse_number(text: &str, what: &str) -> Result<u64, String> {
 }
 
 fn segments_of(numbers: &[&str]) -> Result<Vec<Segment>, String> {
-    if numbers.len() % 2 != 0 {
+    if !numbers.len().is_multiple_of(2) {
         return Err("sparse map has an odd number of entries".into());
     }
     numbers

@@ -487,7 +487,11 @@ fn read_ahead_fails_over_from_a_proxy_that_dies_under_it() {
     std::thread::sleep(Duration::from_millis(500));
     let before = second.requests.lock().unwrap().len();
     for (path, body) in &files {
-        assert_eq!(&std::fs::read(mnt.join(&path[1..])).unwrap(), body, "{path}");
+        assert_eq!(
+            &std::fs::read(mnt.join(&path[1..])).unwrap(),
+            body,
+            "{path}"
+        );
     }
     assert_eq!(
         second.requests.lock().unwrap().len(),

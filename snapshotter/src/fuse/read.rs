@@ -151,7 +151,12 @@ pub(super) fn require_regular(node: &Node) -> std::result::Result<(), Errno> {
 fn log_wait(path: &str, chunk: Option<usize>, started: std::time::Instant) {
     let waited = started.elapsed();
     if waited >= std::time::Duration::from_millis(1) {
-        tracing::debug!(path, ?chunk, ms = waited.as_millis() as u64, "read waited for its object");
+        tracing::debug!(
+            path,
+            ?chunk,
+            ms = waited.as_millis() as u64,
+            "read waited for its object"
+        );
     }
 }
 
