@@ -407,8 +407,8 @@ impl ObjectCache {
         let Some(size) = result? else {
             return Ok(false);
         };
+        // Counted as read ahead by the download's index transaction.
         lock(&self.read_ahead).insert(req.hash, size);
-        self.index.record_read_ahead(size, 0)?;
         Ok(true)
     }
 
@@ -618,12 +618,12 @@ impl ObjectCache {
             let fetched = self
                 .source
                 .fetch(&req.hash, req.suffix, no_cache, &mut sink)?;
-            self.index.record_download(fetched)?;
             match sink.finish() {
                 Ok(actual) => {
                     if let Some(expected) = req.size
                         && actual != expected
                     {
+                        self.index.record_download(fetched)?;
                         return Err(Error::SizeMismatch {
                             object,
                             expected,
@@ -631,6 +631,7 @@ impl ObjectCache {
                         });
                     }
                     if !may_evict && !self.fits_without_evicting(actual)? {
+                        self.index.record_download(fetched)?;
                         return Ok(None);
                     }
                     if let Some(quota) = self.quota {
@@ -647,15 +648,33 @@ impl ObjectCache {
                     let meta = committed
                         .metadata()
                         .map_err(io("stat of the committed file"))?;
-                    self.touch(&object, &meta, req.suffix, false)?;
+                    // One index transaction per download: row, miss and read-ahead.
+                    let hits = self.pending_hits.swap(0, Ordering::Relaxed);
+                    let written = self.index.commit_download(
+                        &object,
+                        meta.len(),
+                        kind_of(req.suffix),
+                        mtime_ns(&meta),
+                        hits,
+                        fetched,
+                        !may_evict,
+                    );
+                    if written.is_err() {
+                        self.pending_hits.fetch_add(hits, Ordering::Relaxed);
+                    }
+                    written?;
                     self.note_touch(req.hash, mtime_ns(&meta));
                     return Ok(Some(actual));
                 }
                 Err(e) if attempt == 0 => {
+                    self.index.record_download(fetched)?;
                     tracing::warn!(%object, error = %e, "object failed verification; retrying with no-cache");
                     attempt += 1;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    self.index.record_download(fetched)?;
+                    return Err(e.into());
+                }
             }
         }
     }

@@ -209,40 +209,37 @@ impl CacheIndex {
     ) -> Result<Touch> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| db_error("touch", e))?;
-        let seq = get_prop(&tx, "seq")? + 1;
-        set_prop(&tx, "seq", seq)?;
-        if hits > 0 {
-            add_prop(&tx, "hits", hits as i64)?;
-        }
-        let known: Option<i64> = tx
-            .query_row(
-                "SELECT mtime FROM cache_catalog WHERE sha = ?1",
-                [sha],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| db_error("touch", e))?;
-        let result = match known {
-            Some(m) => {
-                tx.execute(
-                    "UPDATE cache_catalog SET acseq = ?2 WHERE sha = ?1",
-                    params![sha, seq],
-                )
-                .map_err(|e| db_error("touch", e))?;
-                Touch::Known(m)
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO cache_catalog (sha, size, acseq, type, pinned, mtime) \
-                     VALUES (?1, ?2, ?3, ?4, 0, ?5)",
-                    params![sha, size as i64, seq, kind as i64, mtime],
-                )
-                .map_err(|e| db_error("touch", e))?;
-                add_prop(&tx, "total_size", size as i64)?;
-                Touch::New
-            }
-        };
+        let result = touch_in(&tx, sha, size, kind, mtime, hits)?;
         tx.commit().map_err(|e| db_error("touch", e))?;
+        Ok(result)
+    }
+
+    /// A download committed to the cache, in one transaction: the object's row as
+    /// [`CacheIndex::touch`] writes it, a miss of `fetched` stored bytes, and, for
+    /// read-ahead, `size` more bytes read ahead.
+    ///
+    /// # Errors
+    /// [`Error::Io`] on database errors.
+    #[allow(clippy::too_many_arguments)]
+    pub fn commit_download(
+        &self,
+        sha: &str,
+        size: u64,
+        kind: ObjectKind,
+        mtime: i64,
+        hits: u64,
+        fetched: u64,
+        read_ahead: bool,
+    ) -> Result<Touch> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| db_error("download", e))?;
+        let result = touch_in(&tx, sha, size, kind, mtime, hits)?;
+        add_prop(&tx, "misses", 1)?;
+        add_prop(&tx, "bytes_fetched", fetched as i64)?;
+        if read_ahead {
+            add_prop(&tx, "readahead_bytes", size as i64)?;
+        }
+        tx.commit().map_err(|e| db_error("download", e))?;
         Ok(result)
     }
 
@@ -437,6 +434,51 @@ pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
     meta.mtime()
         .saturating_mul(1_000_000_000)
         .saturating_add(meta.mtime_nsec())
+}
+
+/// The row and counters of [`CacheIndex::touch`], inside transaction `tx`.
+fn touch_in(
+    tx: &rusqlite::Transaction<'_>,
+    sha: &str,
+    size: u64,
+    kind: ObjectKind,
+    mtime: i64,
+    hits: u64,
+) -> Result<Touch> {
+    let seq = get_prop(tx, "seq")? + 1;
+    set_prop(tx, "seq", seq)?;
+    if hits > 0 {
+        add_prop(tx, "hits", hits as i64)?;
+    }
+    let known: Option<i64> = tx
+        .query_row(
+            "SELECT mtime FROM cache_catalog WHERE sha = ?1",
+            [sha],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| db_error("touch", e))?;
+    let result = match known {
+        Some(m) => {
+            tx.execute(
+                "UPDATE cache_catalog SET acseq = ?2 WHERE sha = ?1",
+                params![sha, seq],
+            )
+            .map_err(|e| db_error("touch", e))?;
+            Touch::Known(m)
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO cache_catalog (sha, size, acseq, type, pinned, mtime) \
+                     VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+                params![sha, size as i64, seq, kind as i64, mtime],
+            )
+            .map_err(|e| db_error("touch", e))?;
+            add_prop(tx, "total_size", size as i64)?;
+            Touch::New
+        }
+    };
+    Ok(result)
 }
 
 fn remove_row(tx: &rusqlite::Transaction<'_>, sha: &str) -> Result<()> {
