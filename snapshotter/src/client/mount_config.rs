@@ -20,7 +20,7 @@
 //! # Strata only: read-ahead (see the `readahead` module docs); these are the defaults.
 //! read_ahead = true
 //! read_ahead_max_file_size = 1048576   # bytes; larger files are not read with their directory
-//! read_ahead_max_files = 128           # directories with more small files are not read ahead
+//! read_ahead_max_files = 256           # directories with more small files are not read ahead
 //! read_ahead_max_dir_bytes = 16777216  # nor those whose small files add up to more
 //! read_ahead_threads = 16
 //! read_ahead_whole_chunked_size = 67108864  # chunked files up to this are read ahead whole

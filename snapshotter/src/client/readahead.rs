@@ -7,13 +7,15 @@
 //! trip, so at 20–50 ms from the server a start is dominated by them. Two patterns are
 //! fetched ahead, in the background:
 //!
-//! * **Directories.** The first time a directory is listed, or a regular file in it is
-//!   looked up, its small regular files ([`ReadAheadSettings::max_file_size`]) are queued,
-//!   unless there are more than [`ReadAheadSettings::max_files`] of them or they add up to
-//!   more than [`ReadAheadSettings::max_dir_bytes`]: a big directory (a system library
-//!   directory, an interpreter's standard library) is used a few files at a time, and
-//!   reading it ahead would mostly be waste. Listing the directory reads its catalog, which
-//!   a lookup inside it has loaded anyway.
+//! * **Directories.** The first time a regular file in a directory is opened (or, without
+//!   `OPEN` calls, first read), the directory's other small regular files
+//!   ([`ReadAheadSettings::max_file_size`]) are queued, unless there are more than
+//!   [`ReadAheadSettings::max_files`] of them or they add up to more than
+//!   [`ReadAheadSettings::max_dir_bytes`]: a huge directory (a system library directory)
+//!   is used a few files at a time, and reading it ahead would mostly be waste. A lookup
+//!   or a listing alone starts nothing: Python lists every directory on its path and
+//!   `stat`s each module's source, but reads only the compiled `__pycache__/*.pyc`; read
+//!   ahead on a listing or lookup, a start fetched every source file it never read.
 //! * **Chunked files.** The first read of a chunked file of at most
 //!   [`ReadAheadSettings::whole_chunked_size`] queues all its other chunks, those after the
 //!   read first: a program or library is mapped and then faulted in all over the file, not
@@ -21,6 +23,9 @@
 //!   In a larger chunked file, a read of chunk `i` queues the next
 //!   [`ReadAheadSettings::chunks_ahead`] chunks (a sequential reader then finds them
 //!   cached).
+//!
+//! The queue is last in, first out by directory: the directory a program has just entered
+//! is the one it reads now, so its files go ahead of what earlier directories left queued.
 //!
 //! [`ReadAheadSettings::threads`] worker threads take queued objects and fetch them into the
 //! cache ([`ObjectCache::prefetch`](crate::client::cache::ObjectCache::prefetch)) with the same fetcher, proxy chain and verification as
@@ -77,7 +82,7 @@ impl Default for ReadAheadSettings {
         ReadAheadSettings {
             enabled: true,
             max_file_size: 1024 * 1024,
-            max_files: 128,
+            max_files: 256,
             max_dir_bytes: 16 * 1024 * 1024,
             whole_chunked_size: 64 * 1024 * 1024,
             chunks_ahead: 2,
@@ -174,7 +179,7 @@ impl ReadAhead {
         }
         queue.seen.insert(key);
         self.inner
-            .push(&mut queue, Job::Directory(repo.clone(), dir.to_string()));
+            .push_front(&mut queue, Job::Directory(repo.clone(), dir.to_string()));
     }
 
     /// A read of chunk `index` of a chunked file (`compressed` as its catalog row says):
@@ -266,9 +271,11 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn push(&self, queue: &mut Queue, job: Job) {
+    /// Queues `job` to be taken next: the directory a program has just entered is the
+    /// one it reads now, before what earlier directories left queued.
+    fn push_front(&self, queue: &mut Queue, job: Job) {
         if queue.jobs.len() < MAX_QUEUED {
-            queue.jobs.push_back(job);
+            queue.jobs.push_front(job);
             self.wake.notify_one();
         }
     }
@@ -346,9 +353,16 @@ impl Inner {
             );
             return;
         }
+        tracing::debug!(
+            dir,
+            files = small.len(),
+            bytes,
+            "read-ahead: directory queued"
+        );
         let mut queue = self.lock();
-        for req in small {
-            self.push(&mut queue, Job::Object(repo.clone(), req));
+        // In the directory's order, ahead of older work.
+        for req in small.into_iter().rev() {
+            self.push_front(&mut queue, Job::Object(repo.clone(), req));
         }
     }
 }

@@ -52,7 +52,6 @@ impl StrataFs {
                 .listing_in(repo, generation, node)?
                 .map(|items| (items, generation)))
         })?;
-        self.read_ahead_directory(&node.path);
         Ok(listing)
     }
 

@@ -103,13 +103,6 @@ impl StrataFs {
                 }
             }
         })?;
-        // A file looked up is about to be read, and so, likely, are its neighbours.
-        if found
-            .as_ref()
-            .is_some_and(|n| n.entry.kind == EntryKind::Regular)
-        {
-            self.read_ahead_directory(&parent.path);
-        }
         Ok(found)
     }
 }

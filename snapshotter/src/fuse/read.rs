@@ -45,9 +45,12 @@ impl StrataFs {
             .map_err(|e| report("read", &node.path, &e))
     }
 
-    /// Fetches what a read of `node` needs first: the whole object, or the chunk list.
+    /// Fetches what a read of `node` needs first: the whole object, or the chunk list; and
+    /// starts the read-ahead of its directory (a file opened is read, and so, likely, are
+    /// its neighbours).
     pub(super) fn open_file(&self, node: &Node) -> Result<OpenFile> {
         let entry = &node.entry;
+        self.read_ahead_directory(node.path.rsplit_once('/').map_or("", |(dir, _)| dir));
         if entry.flags & catalog::entry::FLAG_EXTERNAL != 0 {
             return Err(Error::Unsupported {
                 path: node.path.clone(),
