@@ -10,6 +10,7 @@
 //! * [`scenario`]: the main job (publish, mount, pull, run), shared by the e2e test and `strata-demo`;
 //! * [`relay`]: a TCP relay that adds latency (benches at a distance);
 //! * [`measure`]: what the benches measure (wall time, peak RSS, load, the machine);
+//! * [`stock`]: a stock `cvmfs2` mount beside Strata's (benches);
 //! * [`runtimes`]: containerd 1.7/2.x and the sid root with Apptainer and podman
 //!   (`scripts/install-runtimes`).
 //!
@@ -33,6 +34,7 @@ pub mod relay;
 pub mod runtimes;
 pub mod scenario;
 pub mod steps;
+pub mod stock;
 pub mod strata;
 pub mod tar_tree;
 pub mod workdir;

@@ -335,6 +335,17 @@ impl FuseMount {
         plain: Option<&Path>,
         log: &Path,
     ) -> Result<FuseMount> {
+        FuseMount::start_with_options(args, plain, &[], log)
+    }
+
+    /// As [`FuseMount::start_with_plain`], with `options` added to the command line (e.g.
+    /// `--no-read-ahead`).
+    pub fn start_with_options(
+        args: &MountArgs<'_>,
+        plain: Option<&Path>,
+        options: &[&str],
+        log: &Path,
+    ) -> Result<FuseMount> {
         for dir in [Some(args.cache), Some(args.mountpoint), plain]
             .into_iter()
             .flatten()
@@ -342,11 +353,9 @@ impl FuseMount {
             std::fs::create_dir_all(dir)
                 .map_err(io_context(format!("create {}", dir.display())))?;
         }
-        let mut service = Service::spawn(
-            "strata-snapshotter mount",
-            args.command_with_plain(plain)?,
-            log,
-        )?;
+        let mut command = args.command_with_plain(plain)?;
+        command.args(options);
+        let mut service = Service::spawn("strata-snapshotter mount", command, log)?;
         let mountpoint = args.mountpoint.to_owned();
         let plain = plain.map(Path::to_owned);
         let what = match &plain {

@@ -92,6 +92,32 @@ impl Drop for WorkDir {
     }
 }
 
+/// The `main` of a harness program (the demo, the benches): runs `body` in a fresh
+/// [`WorkDir`] labelled `label`; on failure prints `<program>: FAILED: <error>` with the
+/// tails of every log and keeps the directory.
+pub fn run_program(
+    program: &str,
+    label: &str,
+    body: impl FnOnce(&WorkDir) -> anyhow::Result<()>,
+) -> std::process::ExitCode {
+    let mut work = match WorkDir::new(label) {
+        Ok(work) => work,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match body(&work) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            work.dump_logs();
+            work.keep();
+            eprintln!("{program}: FAILED: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

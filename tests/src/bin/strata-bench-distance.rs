@@ -27,7 +27,7 @@
 //! `scripts/install-deps` and a release build: `cargo build --release -p publisher -p
 //! snapshotter -p tests`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
@@ -37,12 +37,11 @@ use ::tests::image::{PYANA, TestImage, apt_image};
 use ::tests::measure::{
     Machine, Timed, load_average, memory_kib, registry_served, run_timed, sync, utc_now,
 };
-use ::tests::mounts;
-use ::tests::process::Service;
 use ::tests::registry::Registry;
 use ::tests::relay::LatencyRelay;
+use ::tests::stock::StockMount;
 use ::tests::strata::{FuseMount, HttpServer, MountArgs, Repo, Served};
-use ::tests::workdir::WorkDir;
+use ::tests::workdir::{WorkDir, run_program};
 use anyhow::{Context, Result, bail};
 
 const FQRN: &str = "distance.strata.example";
@@ -55,22 +54,7 @@ a = numpy.arange(1.0, 17.0).reshape(4, 4) + 10 * numpy.eye(4)\n\
 print(numpy.__version__, scipy.__version__, round(float(scipy.linalg.det(a)), 3))";
 
 fn main() -> ExitCode {
-    let mut work = match WorkDir::new("bench-distance") {
-        Ok(work) => work,
-        Err(e) => {
-            eprintln!("strata-bench-distance: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match bench(&work) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            work.dump_logs();
-            work.keep();
-            eprintln!("strata-bench-distance: FAILED: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_program("strata-bench-distance", "bench-distance", bench)
 }
 
 /// Settings from the environment.
@@ -315,35 +299,25 @@ fn measure_at(
     let before_serve = server.served()?;
     let dir = work.subdir(&format!("no-read-ahead-{tag}"))?;
     let (nora_cache, nora_mnt) = (dir.join("cache"), dir.join("mnt"));
-    for d in [&nora_cache, &nora_mnt] {
-        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
-    }
-    let mut cmd = MountArgs {
-        fqrn: FQRN,
-        server: &server_url,
-        pubkey: &repo.public_key(),
-        cache: &nora_cache,
-        mountpoint: &nora_mnt,
-    }
-    .command()?;
-    cmd.arg("--no-read-ahead");
-    let mut nora = Service::spawn(
-        "strata-snapshotter mount --no-read-ahead",
-        cmd,
+    let mut nora = FuseMount::start_with_options(
+        &MountArgs {
+            fqrn: FQRN,
+            server: &server_url,
+            pubkey: &repo.public_key(),
+            cache: &nora_cache,
+            mountpoint: &nora_mnt,
+        },
+        None,
+        &["--no-read-ahead"],
         &work.log(&format!("mount-no-read-ahead-{tag}")),
     )?;
-    nora.wait_ready("mount without read-ahead", Duration::from_secs(60), || {
-        mounts::is_fuse_mounted(&nora_mnt)
-    })?;
     let nora_cold = chroot_workload(
         &nora_mnt.join(reference),
         &work.log(&format!("workload-no-read-ahead-{tag}")),
     )?;
     check_output(&nora_cold, expected, "Strata cold without read-ahead")?;
     let nora_received = served_since(server, before_serve)?;
-    mounts::unmount(&nora_mnt);
-    nora.stop(Duration::from_secs(10));
-    mounts::unmount(&nora_mnt);
+    nora.stop();
     say(&format!(
         "  Strata without read-ahead: cold run {:.2} s ({} GETs, {:.1} MB)",
         nora_cold.wall.as_secs_f64(),
@@ -357,7 +331,13 @@ fn measure_at(
         let before_serve = server.served()?;
         let dir = work.subdir(&format!("stock-{tag}"))?;
         let t = Instant::now();
-        let mut stock = StockMount::start(&dir, &server_url, &repo.public_key(), work)?;
+        let mut stock = StockMount::start(
+            &dir,
+            FQRN,
+            &server_url,
+            &repo.public_key(),
+            &work.log("stock-cvmfs2"),
+        )?;
         let mount = t.elapsed();
         let cold = chroot_workload(
             &stock.mountpoint.join(reference),
@@ -441,70 +421,6 @@ fn check_output(run: &Timed, expected: &mut Option<String>, what: &str) -> Resul
         Some(_) => {}
     }
     Ok(())
-}
-
-/// A stock `cvmfs2` mount with a private configuration and an empty cache (no
-/// `/etc/cvmfs` chain, no autofs), in the foreground as a [`Service`].
-struct StockMount {
-    service: Service,
-    mountpoint: PathBuf,
-}
-
-impl StockMount {
-    fn start(dir: &Path, server_url: &str, pubkey: &Path, work: &WorkDir) -> Result<StockMount> {
-        let cache = dir.join("cache");
-        let sockets = dir.join("run");
-        let mountpoint = dir.join("mnt");
-        for d in [&cache, &sockets, &mountpoint] {
-            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
-        }
-        let config = dir.join("cvmfs.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "CVMFS_SERVER_URL={server_url}\nCVMFS_HTTP_PROXY=DIRECT\n\
-                 CVMFS_PUBLIC_KEY={}\nCVMFS_CACHE_BASE={}\nCVMFS_SHARED_CACHE=no\n\
-                 CVMFS_RELOAD_SOCKETS={}\nCVMFS_USER=root\nCVMFS_CLAIM_OWNERSHIP=no\n\
-                 CVMFS_QUOTA_LIMIT=20000\n",
-                pubkey.display(),
-                cache.display(),
-                sockets.display()
-            ),
-        )
-        .with_context(|| format!("write {}", config.display()))?;
-        let mut command = Command::new("cvmfs2");
-        command
-            .env_remove("CVMFS_KEYS_DIR")
-            .arg("-f")
-            .arg("-o")
-            .arg(format!(
-                "config={},allow_other,fsname=cvmfs2",
-                config.display()
-            ))
-            .arg(FQRN)
-            .arg(&mountpoint);
-        let mut service = Service::spawn("cvmfs2", command, &work.log("stock-cvmfs2"))?;
-        let mp = mountpoint.clone();
-        service.wait_ready("stock cvmfs2 mount", Duration::from_secs(120), || {
-            mounts::is_fuse_mounted(&mp)
-        })?;
-        Ok(StockMount {
-            service,
-            mountpoint,
-        })
-    }
-
-    fn stop(&mut self) {
-        mounts::unmount(&self.mountpoint);
-        self.service.stop(Duration::from_secs(10));
-        mounts::unmount(&self.mountpoint);
-    }
-}
-
-impl Drop for StockMount {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 fn secs(d: Duration) -> String {

@@ -45,7 +45,7 @@ use ::tests::registry::Registry;
 use ::tests::strata::{
     FuseMount, HttpServer, MountArgs, Repo, SnapshotterDaemon, plain_mountpoint_of, strata_command,
 };
-use ::tests::workdir::WorkDir;
+use ::tests::workdir::{WorkDir, run_program};
 use anyhow::{Context, Result, bail};
 
 use ::tests::measure::{
@@ -65,22 +65,7 @@ for p in sys.argv[1:]:\n    h.update(open(p, 'rb').read())\n\
 print(json.dumps({'files': len(sys.argv) - 1, 'sha256': h.hexdigest(), 'sqlite': sqlite3.sqlite_version}))";
 
 fn main() -> ExitCode {
-    let mut work = match WorkDir::new("bench-containerd") {
-        Ok(work) => work,
-        Err(e) => {
-            eprintln!("strata-bench-containerd: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match bench(&work) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            work.dump_logs();
-            work.keep();
-            eprintln!("strata-bench-containerd: FAILED: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_program("strata-bench-containerd", "bench-containerd", bench)
 }
 
 /// Settings from the environment.

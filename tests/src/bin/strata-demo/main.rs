@@ -13,25 +13,10 @@ use std::time::Instant;
 use anyhow::Result;
 use tests::scenario::{FQRN, Published, Stack, WORKLOAD, check_workload};
 use tests::steps::{Steps, format_bytes, format_duration};
-use tests::workdir::WorkDir;
+use tests::workdir::{WorkDir, run_program};
 
 fn main() -> ExitCode {
-    let mut work = match WorkDir::new("demo") {
-        Ok(work) => work,
-        Err(e) => {
-            eprintln!("strata-demo: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match demo(&work) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            work.dump_logs();
-            work.keep();
-            eprintln!("strata-demo: FAILED: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_program("strata-demo", "demo", demo)
 }
 
 fn demo(work: &WorkDir) -> Result<()> {
