@@ -898,6 +898,44 @@ fn read_ahead_fetches_a_directory_s_small_files_once_and_they_are_then_read_from
 }
 
 #[test]
+fn a_trace_lists_the_files_read_once_each_in_first_read_order() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let files: Vec<(String, Vec<u8>)> = ["/lib/a", "/lib/b", "/bin/c", "/bin/never-read"]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.to_string(), noise(1000 + i, i as u64 + 500)))
+        .collect();
+    let repo = FlatRepo::build(work.path(), &files, 240);
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let mnt = work.path().join("mnt");
+    let trace = work.path().join("start.trace");
+    let mut cmd = mount_command(
+        &server,
+        FQRN,
+        &repo.keys.pubkey,
+        &work.path().join("cache"),
+        &mnt,
+    );
+    cmd.arg("--trace").arg(&trace);
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    for p in ["bin/c", "lib/a", "bin/c", "lib/b", "lib/a"] {
+        std::fs::read(mnt.join(p)).unwrap();
+    }
+    // Looked up, listed, stat'ed: not read, so not in the trace.
+    std::fs::metadata(mnt.join("bin/never-read")).unwrap();
+    std::fs::read_dir(mnt.join("bin")).unwrap().for_each(drop);
+    // Written as reads happen: complete while the mount runs.
+    let text = std::fs::read_to_string(&trace).unwrap();
+    m.stop();
+    assert_eq!(
+        text,
+        "# strata access trace v1\n/bin/c\n/lib/a\n/lib/b\n",
+        "trace file"
+    );
+}
+
+#[test]
 fn concurrent_readers_of_one_object_cause_one_get() {
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();

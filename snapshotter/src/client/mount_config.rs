@@ -31,6 +31,9 @@
 //! # Strata only: also mount the repository here with extended attributes switched off
 //! # (for `strata-snapshotter run --plain-mountpoint`; see the `fuse` module docs).
 //! plain_mountpoint = "/cvmfs/software.example.org-plain"
+//! # Strata only: write every regular file read, once, in first-read order, to this file
+//! # (the `fuse::trace` module docs).
+//! trace = "/var/tmp/start.trace"
 //! ```
 //!
 //! Every duration may also be a string in `humantime` form (`"250ms"`, `"2m"`), in which
@@ -130,6 +133,10 @@ pub struct MountArgs {
     /// `trusted.overlay.*` probes would otherwise each cost a FUSE round trip.
     #[arg(long, value_name = "DIR")]
     pub plain_mountpoint: Option<PathBuf>,
+    /// Write the repository path of every regular file read, once, in the order of first
+    /// reads, to FILE (created or truncated): the access trace of what ran meanwhile.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
     /// Where to mount.
     pub mountpoint: PathBuf,
 }
@@ -192,6 +199,7 @@ struct FileConfig {
     repository_tag: Option<String>,
     root_hash: Option<String>,
     plain_mountpoint: Option<PathBuf>,
+    trace: Option<PathBuf>,
 }
 
 /// HTTP behaviour (docs/format.md §8.8.4, §8.8.5).
@@ -259,6 +267,8 @@ pub struct MountConfig {
     /// The second mount without extended attributes, if any
     /// ([`MountArgs::plain_mountpoint`]).
     pub plain_mountpoint: Option<PathBuf>,
+    /// Where to write the access trace, if anywhere ([`MountArgs::trace`]).
+    pub trace: Option<PathBuf>,
 }
 
 impl MountArgs {
@@ -423,6 +433,7 @@ impl MountArgs {
             accept_expired_whitelist: self.accept_expired_whitelist,
             mountpoint: self.mountpoint.clone(),
             plain_mountpoint,
+            trace: self.trace.clone().or(file.trace),
         })
     }
 }

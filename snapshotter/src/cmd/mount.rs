@@ -29,6 +29,7 @@ use crate::client::fetch::Fetcher;
 pub use crate::client::mount_config::MountArgs;
 use crate::client::mount_config::MountConfig;
 use crate::client::readahead::ReadAhead;
+use crate::fuse::trace::AccessTrace;
 use crate::client::repository::{Booted, MountedRevision, Origin, Revision, Trust};
 use crate::fuse::{StrataFs, Switcher};
 use crate::{Error, Result};
@@ -86,6 +87,10 @@ pub fn main(args: MountArgs) -> Result<()> {
             })?,
         );
     fs.set_read_ahead(read_ahead);
+    if let Some(path) = &args.trace {
+        fs.set_trace(Arc::new(AccessTrace::create(path)?));
+        tracing::info!(trace = %path.display(), "recording first reads");
+    }
     let switcher = fs.switcher();
     let twin = args.plain_mountpoint.as_ref().map(|_| fs.plain_twin());
 

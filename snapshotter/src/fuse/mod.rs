@@ -36,6 +36,7 @@ mod listing;
 mod lookup;
 mod read;
 mod switch;
+pub mod trace;
 mod xattr;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -83,6 +84,8 @@ struct Shared {
     listings: Mutex<LruCache<u64, (u64, Arc<DirListing>)>>,
     /// Fetches ahead of reads (see [`crate::client::readahead`]), once the mount sets it.
     read_ahead: OnceLock<Arc<ReadAhead>>,
+    /// Records first reads ([`trace`]), if the mount sets it.
+    trace: OnceLock<Arc<trace::AccessTrace>>,
 }
 
 /// The FUSE file system of one mounted repository (one revision at a time).
@@ -147,6 +150,7 @@ impl StrataFs {
                     NonZeroUsize::new(LISTINGS).unwrap_or(NonZeroUsize::MIN),
                 )),
                 read_ahead: OnceLock::new(),
+                trace: OnceLock::new(),
             }),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
@@ -176,6 +180,11 @@ impl StrataFs {
     /// only what is read is fetched. Set once, before mounting.
     pub fn set_read_ahead(&self, read_ahead: Arc<ReadAhead>) {
         let _ = self.shared.read_ahead.set(read_ahead);
+    }
+
+    /// Record every regular file read, once, in `trace` (shared with the plain twin).
+    pub fn set_trace(&self, trace: Arc<trace::AccessTrace>) {
+        let _ = self.shared.trace.set(trace);
     }
 
     /// Read-ahead of directory `dir` (a repository path) of the current revision.

@@ -50,6 +50,9 @@ impl StrataFs {
     /// its neighbours).
     pub(super) fn open_file(&self, node: &Node) -> Result<OpenFile> {
         let entry = &node.entry;
+        if let Some(trace) = self.shared.trace.get() {
+            trace.record(&node.path);
+        }
         self.read_ahead_directory(node.path.rsplit_once('/').map_or("", |(dir, _)| dir));
         if entry.flags & catalog::entry::FLAG_EXTERNAL != 0 {
             return Err(Error::Unsupported {
