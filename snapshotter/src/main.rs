@@ -14,7 +14,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Mount a repository read-only through FUSE (foreground until unmounted or signalled).
-    Mount(snapshotter::cmd::mount::MountArgs),
+    Mount(Box<snapshotter::cmd::mount::MountArgs>),
     /// Serve the containerd Snapshots gRPC API on a unix socket.
     Run(snapshotter::cmd::run::RunArgs),
     /// Put a published image into containerd without downloading its layers.
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
-        Command::Mount(args) => snapshotter::cmd::mount::main(args).map_err(Into::into),
+        Command::Mount(args) => snapshotter::cmd::mount::main(*args).map_err(Into::into),
         Command::Run(args) => snapshotter::cmd::run::main(args).map_err(Into::into),
         Command::Pull(args) => snapshotter::cmd::pull::main(args).map_err(Into::into),
         Command::Cache(args) => snapshotter::cmd::cache::main(args).map_err(Into::into),

@@ -929,8 +929,7 @@ fn a_trace_lists_the_files_read_once_each_in_first_read_order() {
     let text = std::fs::read_to_string(&trace).unwrap();
     m.stop();
     assert_eq!(
-        text,
-        "# strata access trace v1\n/bin/c\n/lib/a\n/lib/b\n",
+        text, "# strata access trace v1\n/bin/c\n/lib/a\n/lib/b\n",
         "trace file"
     );
 }

@@ -29,8 +29,8 @@ use crate::client::fetch::Fetcher;
 pub use crate::client::mount_config::MountArgs;
 use crate::client::mount_config::MountConfig;
 use crate::client::readahead::ReadAhead;
-use crate::fuse::trace::AccessTrace;
 use crate::client::repository::{Booted, MountedRevision, Origin, Revision, Trust};
+use crate::fuse::trace::AccessTrace;
 use crate::fuse::{StrataFs, Switcher};
 use crate::{Error, Result};
 

@@ -116,10 +116,7 @@ pub fn read(path: &Path) -> Result<Vec<String>> {
             path.display()
         )));
     }
-    Ok(lines
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect())
+    Ok(lines.filter(|l| !l.is_empty()).map(str::to_owned).collect())
 }
 
 #[cfg(test)]
