@@ -152,6 +152,11 @@ fn main_job_end_to_end() {
             stack.check_workload()
         })?;
         print!("    workload printed {out}");
+        let traced = steps.run(
+            "mount --trace: the container's reads, in first-read order",
+            || stack.check_trace(work),
+        )?;
+        println!("    {traced} files traced");
         steps.run(
             "whiteouts and opaque directory inside the container",
             || stack.check_whiteouts(),

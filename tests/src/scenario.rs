@@ -152,10 +152,13 @@ impl Stack {
         let cache = work.path().join("cache");
         let server_url = published.server.server_url();
         let pubkey = published.repo.public_key();
-        // With the xattr-less second mount, as deployed (deploy/README.md).
+        // With the xattr-less second mount, as deployed (deploy/README.md), and an access
+        // trace of everything the containers read ([`Stack::check_trace`]).
         let plain = strata::plain_mountpoint_of(&mountpoint);
+        let trace = work.path().join("mount.trace");
+        let trace_arg = trace.to_string_lossy().into_owned();
         let mount = steps.run("strata-snapshotter mount (FUSE, plain mount too)", || {
-            FuseMount::start_with_plain(
+            FuseMount::start_with_options(
                 &MountArgs {
                     fqrn: FQRN,
                     server: &server_url,
@@ -164,6 +167,7 @@ impl Stack {
                     mountpoint: &mountpoint,
                 },
                 Some(&plain),
+                &["--trace", &trace_arg],
                 &work.log("snapshotter-mount"),
             )
         })?;
@@ -221,6 +225,52 @@ impl Stack {
             SNAPSHOTTER_NAME,
             &self.published.reference,
         )
+    }
+
+    /// The mount's access trace after the workload ran in a container: the Python binary
+    /// and the `json` package it imports, read through a layer's `layerfs` (the paths
+    /// overlayfs reads for the container), each once, the binary before the package.
+    /// Returns the number of files traced.
+    pub fn check_trace(&self, work: &WorkDir) -> Result<usize> {
+        let path = work.path().join("mount.trace");
+        let text = std::fs::read_to_string(&path)
+            .map_err(crate::error::io_context(format!("read {}", path.display())))?;
+        let mut lines = text.lines();
+        if lines.next() != Some("# strata access trace v1") {
+            return Err(Error::Invalid(format!(
+                "{}: no trace header",
+                path.display()
+            )));
+        }
+        let paths: Vec<&str> = lines.collect();
+        let unique: std::collections::HashSet<&&str> = paths.iter().collect();
+        if unique.len() != paths.len() {
+            return Err(Error::Invalid(format!(
+                "{}: a path is listed twice",
+                path.display()
+            )));
+        }
+        let position = |what: &str, wanted: &dyn Fn(&str) -> bool| {
+            paths
+                .iter()
+                .position(|p| p.contains("/layerfs/") && wanted(p))
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{}: no {what} read through a layerfs among {} paths",
+                        path.display(),
+                        paths.len()
+                    ))
+                })
+        };
+        let python = position("python3 binary", &|p| p.ends_with("/usr/bin/python3.11"))?;
+        let json = position("json package", &|p| p.contains("/usr/lib/python3.11/json/"))?;
+        if python > json {
+            return Err(Error::Invalid(format!(
+                "{}: the json package is listed before the python3 binary",
+                path.display()
+            )));
+        }
+        Ok(paths.len())
     }
 
     /// Whiteouts through the Strata snapshotter; see [`check_whiteouts`].
