@@ -14,7 +14,10 @@
 //! path replaces the earlier one (and a non-directory replacing a directory drops its
 //! children); a hard link is a second name for its target (same metadata, same content);
 //! a symlink's mode is always `0777` (Linux ignores the header's). A parent directory
-//! without an entry of its own is [`Node::implicit`].
+//! without an entry of its own is [`Node::implicit`]. A GNU PAX sparse file of format 1.0
+//! (`GNU.sparse.major`/`minor` = 1/0, the map at the start of its data) is the file
+//! `GNU.sparse.name` of `GNU.sparse.realsize` bytes, holes read as zeros; other sparse
+//! formats are an error here (the corpus this model checks uses 1.0, GNU tar's default).
 
 use std::io::Read;
 use std::path::Path;
@@ -103,8 +106,10 @@ fn add_entry<R: Read>(tree: &mut Tree, mut entry: tar::Entry<'_, R>, what: &str)
     let raw = String::from_utf8(entry.path_bytes().into_owned())
         .map_err(|_| Error::Invalid(format!("{what}: non-UTF-8 entry name")))?;
     let invalid = |reason: String| Error::Invalid(format!("{what}: entry {raw:?}: {reason}"));
-    let path = normalize(&raw).ok_or_else(|| invalid("escapes the root".into()))?;
-    let meta = read_meta(&mut entry).map_err(invalid)?;
+    let mut meta = read_meta(&mut entry).map_err(invalid)?;
+    let sparse = meta.sparse.take();
+    let real = sparse.as_ref().map_or(raw.as_str(), |s| s.name.as_str());
+    let path = normalize(real).ok_or_else(|| invalid("escapes the root".into()))?;
     let (parent, name) = match path.rsplit_once('/') {
         Some((p, n)) => (p.to_owned(), n.to_owned()),
         None => (String::new(), path.clone()),
@@ -157,6 +162,18 @@ fn add_entry<R: Read>(tree: &mut Tree, mut entry: tar::Entry<'_, R>, what: &str)
         }
         EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
             let mut node = meta.apply(Node::new(Kind::File, 0));
+            if let Some(sparse) = sparse {
+                let mut data = Vec::new();
+                entry
+                    .read_to_end(&mut data)
+                    .map_err(|e| invalid(format!("reading content: {e}")))?;
+                let content = expand_sparse_1_0(&data, sparse.size).map_err(invalid)?;
+                node.size = content.len() as u64;
+                node.content = Some(hex::encode(Sha256::digest(&content)));
+                ensure_dirs(tree, &parent, true);
+                replace(tree, &path, node);
+                return Ok(());
+            }
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
             let mut size = 0u64;
@@ -264,6 +281,50 @@ struct Meta {
     mtime: i64,
     mtime_ns: u32,
     xattrs: std::collections::BTreeMap<String, Vec<u8>>,
+    sparse: Option<Sparse>,
+}
+
+/// A GNU PAX sparse file of format 1.0: its real name and size.
+struct Sparse {
+    name: String,
+    size: u64,
+}
+
+/// The real content of a format-1.0 sparse entry whose stored data is `data`: decimal
+/// numbers each ended by a newline (segment count, then offset and size of each), padded
+/// to a 512-byte block, then the segments back to back.
+fn expand_sparse_1_0(data: &[u8], size: u64) -> std::result::Result<Vec<u8>, String> {
+    let mut numbers = Vec::new();
+    let mut at = 0;
+    loop {
+        let end = data[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("sparse map without its numbers")?;
+        let text = std::str::from_utf8(&data[at..at + end]).map_err(|_| "sparse map not text")?;
+        numbers.push(
+            text.parse::<u64>()
+                .map_err(|_| format!("sparse map {text:?}"))?,
+        );
+        at += end + 1;
+        if numbers.len() as u64 == 1 + 2 * numbers[0] {
+            break;
+        }
+    }
+    let mut stored = &data[at.div_ceil(512) * 512..];
+    let mut content = vec![0u8; usize::try_from(size).map_err(|_| "sparse size")?];
+    for pair in numbers[1..].chunks(2) {
+        let (offset, len) = (pair[0] as usize, pair[1] as usize);
+        let target = content
+            .get_mut(offset..offset + len)
+            .ok_or("sparse segment past the real size")?;
+        if stored.len() < len {
+            return Err("sparse data shorter than its map".into());
+        }
+        target.copy_from_slice(&stored[..len]);
+        stored = &stored[len..];
+    }
+    Ok(content)
 }
 
 impl Meta {
@@ -286,6 +347,7 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::result::Result<Meta
     let mut mtime = header_mtime(h)?;
     let mut mtime_ns = 0;
     let mut xattrs = std::collections::BTreeMap::new();
+    let mut sparse: std::collections::BTreeMap<String, String> = Default::default();
     if let Some(pax) = entry
         .pax_extensions()
         .map_err(|e| format!("PAX header: {e}"))?
@@ -313,6 +375,8 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::result::Result<Meta
                 _ => {
                     if let Some(name) = key.strip_prefix(PAX_XATTR) {
                         xattrs.insert(name.to_owned(), ext.value_bytes().to_vec());
+                    } else if let Some(field) = key.strip_prefix("GNU.sparse.") {
+                        sparse.insert(field.to_owned(), value.unwrap_or_default().to_owned());
                     }
                 }
             }
@@ -325,7 +389,29 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::result::Result<Meta
         mtime,
         mtime_ns,
         xattrs,
+        sparse: sparse_of(&sparse)?,
     })
+}
+
+/// The sparse file the `GNU.sparse.*` records describe, if any.
+fn sparse_of(
+    records: &std::collections::BTreeMap<String, String>,
+) -> std::result::Result<Option<Sparse>, String> {
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let field = |k: &str| records.get(k).map(String::as_str);
+    if (field("major"), field("minor")) != (Some("1"), Some("0")) {
+        return Err(format!("sparse format other than 1.0: {records:?}"));
+    }
+    let name = field("name").ok_or("sparse 1.0 without GNU.sparse.name")?;
+    let size = field("realsize")
+        .and_then(|v| v.parse().ok())
+        .ok_or("sparse 1.0 without GNU.sparse.realsize")?;
+    Ok(Some(Sparse {
+        name: name.to_owned(),
+        size,
+    }))
 }
 
 /// The header's mtime: octal, or GNU base-256 (first byte `0x80` positive, `0xff`

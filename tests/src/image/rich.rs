@@ -13,6 +13,7 @@
 //! | `times/*` | mtimes before 1970 (GNU base-256, PAX with a fraction), after 2038 (octal, and PAX with a fraction; not after 2262, which umoci cannot represent), with nanoseconds |
 //! | `owners/big-ids` | uid/gid 3000000/3000001 (PAX, beyond octal's range) |
 //! | `empty`, `big.bin` | an empty file and an 18 MiB pseudo-random file (chunked: more than the 16 MiB chunk maximum) |
+//! | `sparse/holes` | a GNU PAX sparse file, format 1.0 (what `tar --sparse --format=posix` writes): stored as `sparse/GNUSparseFile.0/holes` with its map, 3 MiB with three data segments and holes |
 //! | `replaced`, `swap` | a path written twice (the later entry wins) and a directory replaced by a file |
 //! | `opq/` with `.wh..wh..opq`, `.wh.never-existed` | an opaque directory and a whiteout, overlay-converted in `layerfs` |
 
@@ -27,9 +28,30 @@ use crate::error::{Result, io_context};
 use crate::process::run_checked;
 
 /// Cache key of this image's recipe; change it whenever the recipe changes.
-pub const RICH_KEY: &str = "rich-entries-v2";
+pub const RICH_KEY: &str = "rich-entries-v3";
 /// Tag of the finished image in the cached layout.
 pub const RICH_TAG: &str = "rich";
+/// Real size of `sparse/holes`.
+const SPARSE_SIZE: u64 = 3 * 1024 * 1024;
+/// Its data segments (offset, length): block multiples, as GNU tar writes them.
+const SPARSE_SEGMENTS: [(u64, u64); 3] = [(0, 4096), (1024 * 1024, 512), (SPARSE_SIZE - 512, 512)];
+
+/// The stored data of `sparse/holes` in sparse format 1.0: the map (segment count, then
+/// offset and length of each, one decimal number per line) padded to a 512-byte block,
+/// then the segments back to back.
+fn sparse_1_0_data() -> Vec<u8> {
+    let mut map = format!("{}\n", SPARSE_SEGMENTS.len());
+    for (offset, len) in SPARSE_SEGMENTS {
+        map.push_str(&format!("{offset}\n{len}\n"));
+    }
+    let mut data = map.into_bytes();
+    data.resize(data.len().div_ceil(512) * 512, 0);
+    for (i, (_, len)) in SPARSE_SEGMENTS.iter().enumerate() {
+        data.extend(pseudo_random(*len as usize, 0x5350_0000 + i as u64));
+    }
+    data
+}
+
 /// Size of `big.bin`: beyond the 16 MiB chunk maximum, so it is always chunked.
 pub const BIG_FILE_SIZE: usize = 18 << 20;
 /// Default mtime of the entries (2023-11-14T22:13:20Z).
@@ -166,6 +188,7 @@ impl<'a> Spec<'a> {
 /// Errors: the `tar` crate refusing an entry.
 pub fn layer_tar() -> Result<Vec<u8>> {
     let big = pseudo_random(BIG_FILE_SIZE, 0x5354_5241_5441);
+    let sparse_data = sparse_1_0_data();
     let long_name = format!("names/{}", "n".repeat(150));
     let long_path = format!("names/{}/{}", "d".repeat(120), "f".repeat(120));
     let long_dir = format!("names/{}", "d".repeat(120));
@@ -234,6 +257,12 @@ pub fn layer_tar() -> Result<Vec<u8>> {
             .pax("gid", b"3000001"),
         Spec::file("empty", 0o644, b""),
         Spec::file("big.bin", 0o644, &big),
+        Spec::dir("sparse", 0o755),
+        Spec::file("sparse/GNUSparseFile.0/holes", 0o644, &sparse_data)
+            .pax("GNU.sparse.major", b"1")
+            .pax("GNU.sparse.minor", b"0")
+            .pax("GNU.sparse.name", b"sparse/holes")
+            .pax("GNU.sparse.realsize", SPARSE_SIZE.to_string().as_bytes()),
         Spec::file("replaced", 0o600, b"first version\n"),
         Spec::file("replaced", 0o644, b"second version wins\n").mtime(MTIME + 5),
         Spec::dir("swap", 0o755),
@@ -345,6 +374,8 @@ mod tests {
             (3_000_000, 3_000_001)
         );
         assert_eq!(node("big.bin").size, BIG_FILE_SIZE as u64);
+        assert_eq!(node("sparse/holes").size, SPARSE_SIZE);
+        assert!(!tree.contains_key("sparse/GNUSparseFile.0"));
         assert_eq!(node("replaced").size, 20);
         assert_eq!(node("swap").kind, Kind::File);
         assert!(!tree.contains_key("swap/child"));
