@@ -29,7 +29,7 @@ pub fn runtimes_dir() -> PathBuf {
 /// `<runtimes>/<name>`, which `scripts/install-runtimes` must have finished (its stamp file
 /// is there).
 ///
-/// Errors: [`Error::Missing`] naming the directory and the script.
+/// Errors: [`Error::Prerequisite`] naming the directory and the script.
 pub fn installed(name: &str) -> Result<PathBuf> {
     let dir = runtimes_dir().join(name);
     if !dir.join(STAMP).is_file() {
@@ -57,7 +57,7 @@ pub const SID_ROOT: &str = "sid-root";
 impl SidSandbox {
     /// The installed sid root, with no bind yet.
     ///
-    /// Errors: [`Error::Missing`] if the root or `bwrap` is not installed.
+    /// Errors: [`Error::Prerequisite`] if the root or `bwrap` is not installed.
     pub fn new() -> Result<SidSandbox> {
         let root = installed(SID_ROOT)?;
         if which("bwrap").is_none() {
