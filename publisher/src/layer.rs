@@ -448,6 +448,16 @@ impl Builder {
             path: &raw_path,
         };
         let meta = self.meta(&mut entry, &at)?;
+        if meta.sparse.is_some()
+            && !matches!(
+                kind,
+                EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
+            )
+        {
+            return Err(at.error(format!(
+                "GNU sparse records on a {kind:?} entry (only regular files can be sparse)"
+            )));
+        }
         // A sparse file's real name replaces GNU tar's `GNUSparseFile.<pid>/` placeholder.
         let real_path = match meta.sparse.as_ref().and_then(|s| s.name.clone()) {
             Some(name) if matches!(kind, EntryType::Regular | EntryType::Continuous) => {
@@ -585,7 +595,8 @@ impl Builder {
             }
             _ => None,
         };
-        let size = sparse.as_ref().map_or_else(|| entry.size(), |h| h.size);
+        let stored = entry.size();
+        let size = sparse.as_ref().and_then(|h| h.size).unwrap_or(stored);
         self.content_bytes = self.content_bytes.saturating_add(size);
         if size > self.limits.max_layer_size || self.content_bytes > self.limits.max_layer_size {
             return Err(at.error(format!(
@@ -597,12 +608,12 @@ impl Builder {
         let content = match sparse {
             None => sink.store_file(entry, size, at.path),
             Some(header) => {
-                let segments = match header.map {
-                    MapLocation::Records(segments) => segments,
-                    MapLocation::Data => {
-                        sparse::read_map_1x0(entry, size).map_err(|e| at.error(e))?
-                    }
+                let (segments, map_bytes) = match header.map {
+                    MapLocation::Records(segments) => (segments, 0),
+                    MapLocation::Data => sparse::read_map_1x0(entry).map_err(|e| at.error(e))?,
                 };
+                sparse::check(&segments, size, stored.saturating_sub(map_bytes))
+                    .map_err(|e| at.error(e))?;
                 sink.store_file(&mut Expanded::new(entry, segments, size), size, at.path)
             }
         }
@@ -1613,8 +1624,46 @@ pub(crate) mod tests {
         b.append_data(&mut h, "GNUSparseFile.1/bad", &[0u8; 20][..])
             .unwrap_or_else(|e| panic!("{e}"));
         let (entry, reason) = layer_error(read(&b.into_inner().unwrap_or_default()).0);
-        assert_eq!(entry, "GNUSparseFile.1/bad");
+        assert_eq!(entry, "bad");
         assert!(reason.contains("past the real size"), "{reason}");
+        // Stored data that no segment takes: refused, as containerd's unpack refuses it.
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([
+            ("GNU.sparse.major", &b"0"[..]),
+            ("GNU.sparse.minor", b"1"),
+            ("GNU.sparse.name", b"extra"),
+            ("GNU.sparse.size", b"100"),
+            ("GNU.sparse.map", b"0,10"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut h = TarBuilder::header(EntryType::Regular, 0o644);
+        h.set_size(30);
+        b.append_data(&mut h, "GNUSparseFile.1/extra", &[1u8; 30][..])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (entry, reason) = layer_error(read(&b.into_inner().unwrap_or_default()).0);
+        assert_eq!(entry, "extra");
+        assert!(
+            reason.contains("covers 10 bytes but the entry stores 30"),
+            "{reason}"
+        );
+        // Sparse records on a directory: refused (Go's reader: ErrHeader).
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([
+            ("GNU.sparse.major", &b"0"[..]),
+            ("GNU.sparse.minor", b"1"),
+            ("GNU.sparse.size", b"0"),
+            ("GNU.sparse.map", b""),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut h = TarBuilder::header(EntryType::Directory, 0o755);
+        b.append_data(&mut h, "dir/", &[][..])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (entry, reason) = layer_error(read(&b.into_inner().unwrap_or_default()).0);
+        assert_eq!(entry, "dir/");
+        assert!(
+            reason.contains("only regular files can be sparse"),
+            "{reason}"
+        );
     }
 
     /// Every sparse form GNU tar writes, made by GNU tar itself (Debian's `tar`, part of

@@ -28,8 +28,8 @@ pub const PAX_PREFIX: &str = "GNU.sparse.";
 /// Size of a tar block; the 1.0 map is padded to it.
 const BLOCK: usize = 512;
 
-/// Segments a 1.0 map may list at most (a bound on what a corrupt map can make us read).
-const MAX_SEGMENTS: u64 = 1 << 20;
+/// Bytes a 1.0 map may take at most (Go's reader refuses longer ones, `errSparseTooLong`).
+const MAX_MAP_BYTES: usize = 1024 * 1024;
 
 /// The GNU sparse PAX records of one entry, gathered while its records are read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -58,8 +58,9 @@ pub enum MapLocation {
 pub struct SparseHeader {
     /// The real name, when the records give one.
     pub name: Option<String>,
-    /// The real size.
-    pub size: u64,
+    /// The real size; `None` when no record gives it (the entry's header size stands, as
+    /// in Go's reader).
+    pub size: Option<u64>,
     /// The map, or where to find it.
     pub map: MapLocation,
 }
@@ -101,7 +102,9 @@ impl SparseRecords {
     /// # Errors
     /// A number that does not parse, or a map that is malformed or does not fit the size.
     pub fn header(&self) -> Result<Option<SparseHeader>, String> {
-        let map_in_records = self.map.is_some() || !self.pairs.is_empty();
+        // An empty map record alone does not make a sparse file (Go's reader).
+        let map_in_records =
+            self.map.as_deref().is_some_and(|m| !m.is_empty()) || !self.pairs.is_empty();
         let is_1x0 = match (self.major.as_deref(), self.minor.as_deref()) {
             (Some("0"), Some("0" | "1")) => false,
             (Some("1"), Some("0")) => true,
@@ -114,53 +117,57 @@ impl SparseRecords {
             .as_deref()
             .filter(|s| !s.is_empty())
             .or(self.realsize.as_deref())
-            .ok_or("sparse file without GNU.sparse.size or GNU.sparse.realsize")?;
-        let size = parse_number(size, "sparse file size")?;
+            .map(|s| parse_number(s, "sparse file size"))
+            .transpose()?;
         let name = self.name.clone().filter(|n| !n.is_empty());
         let map = if is_1x0 {
             MapLocation::Data
         } else {
-            let numbers: Vec<&str> = match &self.map {
-                Some(map) if !map.is_empty() => map.split(',').collect(),
-                Some(_) => Vec::new(),
-                None => self.pairs.iter().map(String::as_str).collect(),
+            // 0.0's repeated records first, as Go's reader takes them.
+            let numbers: Vec<&str> = if self.pairs.is_empty() {
+                match &self.map {
+                    Some(map) if !map.is_empty() => map.split(',').collect(),
+                    _ => Vec::new(),
+                }
+            } else {
+                self.pairs.iter().map(String::as_str).collect()
             };
-            let segments = segments_of(&numbers)?;
-            validate(&segments, size)?;
-            MapLocation::Records(segments)
+            MapLocation::Records(segments_of(&numbers)?)
         };
         Ok(Some(SparseHeader { name, size, map }))
     }
 }
 
-/// Reads the 1.0 map at the start of `data` (consuming its padded blocks) and checks it
-/// against the real `size`.
+/// Reads the 1.0 map at the start of `data`, consuming its padded blocks: the segments
+/// and the bytes the map took.
 ///
 /// # Errors
-/// An I/O error, or a malformed map.
-pub fn read_map_1x0<R: Read>(data: &mut R, size: u64) -> Result<Vec<Segment>, String> {
+/// An I/O error, or a malformed map (longer than 1 MiB, as Go's reader refuses too).
+pub fn read_map_1x0<R: Read>(data: &mut R) -> Result<(Vec<Segment>, u64), String> {
     let mut block = vec![0u8; BLOCK];
     let mut pending: Vec<u8> = Vec::new();
     let mut numbers: Vec<u64> = Vec::new();
-    let mut wanted: Option<u64> = None;
-    loop {
+    let mut consumed = 0usize;
+    let done = |numbers: &Vec<u64>| {
+        numbers
+            .first()
+            .is_some_and(|&n| numbers.len() as u64 == 1 + 2 * n)
+    };
+    while !done(&numbers) {
+        if consumed >= MAX_MAP_BYTES {
+            return Err("sparse map longer than 1 MiB".into());
+        }
         data.read_exact(&mut block)
             .map_err(|e| format!("reading the sparse map: {e}"))?;
+        consumed += BLOCK;
         for &b in &block {
-            if wanted.is_some_and(|w| numbers.len() as u64 == 1 + 2 * w) {
+            if done(&numbers) {
                 break;
             }
             if b == b'\n' {
                 let text = std::str::from_utf8(&pending).map_err(|_| "sparse map is not text")?;
-                let n = parse_number(text, "sparse map entry")?;
+                numbers.push(parse_number(text, "sparse map entry")?);
                 pending.clear();
-                if wanted.is_none() {
-                    if n > MAX_SEGMENTS {
-                        return Err(format!("sparse map lists {n} segments"));
-                    }
-                    wanted = Some(n);
-                }
-                numbers.push(n);
             } else {
                 if pending.len() > 20 {
                     return Err("sparse map entry is not a number".into());
@@ -168,26 +175,44 @@ pub fn read_map_1x0<R: Read>(data: &mut R, size: u64) -> Result<Vec<Segment>, St
                 pending.push(b);
             }
         }
-        if let Some(w) = wanted
-            && numbers.len() as u64 == 1 + 2 * w
-        {
-            break;
-        }
     }
-    let segments: Vec<Segment> = numbers[1..]
+    let segments = numbers[1..]
         .chunks(2)
         .map(|p| Segment {
             offset: p[0],
             len: p[1],
         })
         .collect();
-    validate(&segments, size)?;
-    Ok(segments)
+    Ok((segments, consumed as u64))
+}
+
+/// Checks `segments` against the real `size` and the `stored` bytes that hold them: in
+/// order, not overlapping, inside the real size, and covering exactly the stored data
+/// (Go's reader refuses a map past the size and stored data no segment takes,
+/// `errUnrefData`).
+///
+/// # Errors
+/// The first fault, in words.
+pub fn check(segments: &[Segment], size: u64, stored: u64) -> Result<(), String> {
+    validate(segments, size)?;
+    let mapped = segments
+        .iter()
+        .try_fold(0u64, |sum, s| sum.checked_add(s.len))
+        .ok_or("sparse map segments overflow")?;
+    if mapped != stored {
+        return Err(format!(
+            "sparse map covers {mapped} bytes but the entry stores {stored}"
+        ));
+    }
+    Ok(())
 }
 
 fn parse_number(text: &str, what: &str) -> Result<u64, String> {
-    text.trim()
-        .parse::<u64>()
+    // Digits only, as Go's strconv.ParseInt takes them (no sign, no blanks).
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{what} {text:?} is not a number"));
+    }
+    text.parse::<u64>()
         .map_err(|_| format!("{what} {text:?} is not a number"))
 }
 
@@ -338,7 +363,7 @@ mod tests {
         .unwrap();
         assert_eq!(h0.map, MapLocation::Records(vec![seg(0, 3), seg(8000, 5)]));
         assert_eq!(h0.map, h1.map);
-        assert_eq!((h0.size, h0.name), (10000, None));
+        assert_eq!((h0.size, h0.name), (Some(10000), None));
         assert_eq!(h1.name.as_deref(), Some("dir/real"));
     }
 
@@ -358,9 +383,12 @@ mod tests {
         data.resize(512, 0);
         data.extend_from_slice(b"abcdEFGHIJ");
         let mut r = &data[..];
-        let segments = read_map_1x0(&mut r, h.size).unwrap();
+        let (segments, map_bytes) = read_map_1x0(&mut r).unwrap();
         assert_eq!(segments, vec![seg(0, 4), seg(1048570, 6)]);
-        let out = expand(r, segments, h.size);
+        assert_eq!(map_bytes, 512);
+        let size = h.size.unwrap();
+        check(&segments, size, data.len() as u64 - map_bytes).unwrap();
+        let out = expand(r, segments, size);
         assert_eq!(out.len(), 1048576);
         assert_eq!(&out[..4], b"abcd");
         assert!(out[4..1048570].iter().all(|&b| b == 0));
@@ -378,8 +406,9 @@ mod tests {
         data.resize(data.len().div_ceil(512) * 512, 0);
         data.extend(std::iter::repeat_n(b'x', 100));
         let mut r = &data[..];
-        let segments = read_map_1x0(&mut r, 100_000).unwrap();
+        let (segments, map_bytes) = read_map_1x0(&mut r).unwrap();
         assert_eq!(segments.len(), 100);
+        assert_eq!(map_bytes, 1024);
         let out = expand(r, segments, 100_000);
         assert_eq!(out.iter().filter(|&&b| b == b'x').count(), 100);
         assert_eq!(out[99_000], b'x');
@@ -399,16 +428,46 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(h.map, MapLocation::Records(vec![]));
+        // Without a version, an empty map is no sparse file (Go's reader).
+        let plain = records(&[("GNU.sparse.size", "5"), ("GNU.sparse.map", "")]);
+        assert_eq!(plain.header().unwrap(), None);
     }
 
     #[test]
     fn bad_maps_are_errors_and_unknown_versions_are_plain_files() {
-        let bad = |pairs: &[(&str, &str)]| records(pairs).header().unwrap_err();
-        assert!(bad(&[("GNU.sparse.size", "10"), ("GNU.sparse.map", "0,5,3,2")]).contains("order"));
-        assert!(bad(&[("GNU.sparse.size", "10"), ("GNU.sparse.map", "8,5")]).contains("past"));
-        assert!(bad(&[("GNU.sparse.size", "10"), ("GNU.sparse.map", "0,1,2")]).contains("odd"));
-        assert!(bad(&[("GNU.sparse.size", "x"), ("GNU.sparse.map", "0,1")]).contains("number"));
-        assert!(bad(&[("GNU.sparse.map", "0,1")]).contains("size"));
+        let map = |m: &str| {
+            let h = records(&[("GNU.sparse.size", "10"), ("GNU.sparse.map", m)])
+                .header()
+                .unwrap()
+                .unwrap();
+            match h.map {
+                MapLocation::Records(segments) => segments,
+                MapLocation::Data => panic!("0.x map in the data"),
+            }
+        };
+        let bad = |m: &str, stored: u64| check(&map(m), 10, stored).unwrap_err();
+        assert!(bad("0,5,3,2", 7).contains("order"));
+        assert!(bad("8,5", 5).contains("past"));
+        // Stored data no segment takes (Go: "sparse file contains unreferenced data").
+        assert!(bad("0,3", 20).contains("covers 3 bytes but the entry stores 20"));
+        check(&map("0,3,8,2"), 10, 5).unwrap();
+        let header_error = |pairs: &[(&str, &str)]| records(pairs).header().unwrap_err();
+        assert!(
+            header_error(&[("GNU.sparse.size", "10"), ("GNU.sparse.map", "0,1,2")]).contains("odd")
+        );
+        assert!(
+            header_error(&[("GNU.sparse.size", "x"), ("GNU.sparse.map", "0,1")]).contains("number")
+        );
+        assert!(
+            header_error(&[("GNU.sparse.size", "10"), ("GNU.sparse.map", " 0,1")])
+                .contains("number")
+        );
+        // No size record: the header's size stands.
+        let h = records(&[("GNU.sparse.map", "0,1")])
+            .header()
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.size, None);
         let unknown = records(&[("GNU.sparse.major", "2"), ("GNU.sparse.minor", "0")]);
         assert_eq!(unknown.header().unwrap(), None);
         assert_eq!(SparseRecords::default().header().unwrap(), None);
@@ -419,6 +478,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
         let mut short = &b"1\n0\n"[..];
-        assert!(read_map_1x0(&mut short, 10).is_err());
+        assert!(read_map_1x0(&mut short).is_err());
+        // A map that goes on and on is refused at 1 MiB.
+        let mut long = b"1000000000\n".to_vec();
+        long.extend(b"1\n".repeat(1 << 20));
+        let e = read_map_1x0(&mut &long[..]).unwrap_err();
+        assert!(e.contains("1 MiB"), "{e}");
     }
 }

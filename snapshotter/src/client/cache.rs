@@ -403,13 +403,13 @@ impl ObjectCache {
         } else {
             self.download(req, false)
         };
+        // Remembered as read ahead (counted so by the download's index transaction) before
+        // the flight ends: a demand reader waiting on it then finds it used, not wasted.
+        if let Ok(Some(size)) = &result {
+            lock(&self.read_ahead).insert(req.hash, *size);
+        }
         self.end_flight(req.hash, &flight, &result);
-        let Some(size) = result? else {
-            return Ok(false);
-        };
-        // Counted as read ahead by the download's index transaction.
-        lock(&self.read_ahead).insert(req.hash, size);
-        Ok(true)
+        Ok(result?.is_some())
     }
 
     /// Whether `incoming` more bytes stay under the quota (always, without one).

@@ -33,8 +33,8 @@
 //! never delays a demand read: demand reads never wait on the queue (they fetch on their own
 //! FUSE thread), and while at least [`ReadAheadSettings::pause_when_demand`] demand
 //! downloads are in flight the workers start nothing new (so bandwidth goes to what a
-//! container waits for). The queue is bounded ([`MAX_QUEUED`]); past it, new read-ahead is
-//! dropped. Read-ahead never evicts: an object that does not fit under the quota is
+//! container waits for). The queue is bounded ([`MAX_QUEUED`]); past it, the oldest queued
+//! work is dropped for the newest. Read-ahead never evicts: an object that does not fit under the quota is
 //! skipped. What it fetched, and how much of that was later read, is counted by the cache
 //! ([`crate::client::quota::CacheStats`]): the difference is the waste.
 
@@ -49,7 +49,7 @@ use catalog::{Chunk, EntryKind, Suffix};
 use crate::client::cache::ObjectRequest;
 use crate::client::repository::MountedRevision;
 
-/// Queued objects and directories at most; past it, new read-ahead is dropped.
+/// Queued objects and directories at most; past it, the oldest are dropped for new ones.
 pub const MAX_QUEUED: usize = 16 * 1024;
 
 /// Directories remembered as already read ahead (per mount process); past it, the set is
@@ -184,7 +184,8 @@ impl ReadAhead {
 
     /// A read of chunk `index` of a chunked file (`compressed` as its catalog row says):
     /// queues the file's other chunks the first time if the file is small enough to be
-    /// read ahead whole, else the next [`ReadAheadSettings::chunks_ahead`] chunks.
+    /// read ahead whole, else (a larger file, or a later read) the next
+    /// [`ReadAheadSettings::chunks_ahead`] chunks.
     pub fn chunks_after(
         &self,
         repo: &Arc<MountedRevision>,
@@ -196,12 +197,19 @@ impl ReadAhead {
             return;
         }
         let total: u64 = chunks.iter().map(|c| c.size).sum();
-        let ahead: Vec<&Chunk> = if total <= self.inner.settings.whole_chunked_size {
-            let key = (String::new(), chunks[0].hash.to_hex());
-            let mut queue = self.inner.lock();
-            if !queue.seen.insert(key) {
-                return;
-            }
+        // A file is known by its whole chunk list (first and last chunk, count, size).
+        let key = (
+            String::new(),
+            format!(
+                "{}-{}-{}-{total}",
+                chunks[0].hash.to_hex(),
+                chunks[chunks.len() - 1].hash.to_hex(),
+                chunks.len()
+            ),
+        );
+        let whole =
+            total <= self.inner.settings.whole_chunked_size && self.inner.lock().seen.insert(key);
+        let ahead: Vec<&Chunk> = if whole {
             // After the read first, then the ones before it.
             chunks
                 .iter()
@@ -228,12 +236,9 @@ impl ReadAhead {
         let mut queue = self.inner.lock();
         // Chunks of a file being read go before directory read-ahead, in file order.
         for req in reqs.into_iter().rev() {
-            if queue.jobs.len() < MAX_QUEUED {
-                queue.jobs.push_front(Job::Object(repo.clone(), req));
-            }
+            self.inner
+                .push_front(&mut queue, Job::Object(repo.clone(), req));
         }
-        drop(queue);
-        self.inner.wake.notify_all();
     }
 
     /// Jobs waiting (for tests and metrics).
@@ -273,11 +278,13 @@ impl Inner {
 
     /// Queues `job` to be taken next: the directory a program has just entered is the
     /// one it reads now, before what earlier directories left queued.
+    /// When the queue is full, the oldest job is dropped for it.
     fn push_front(&self, queue: &mut Queue, job: Job) {
-        if queue.jobs.len() < MAX_QUEUED {
-            queue.jobs.push_front(job);
-            self.wake.notify_one();
+        if queue.jobs.len() >= MAX_QUEUED {
+            queue.jobs.pop_back();
         }
+        queue.jobs.push_front(job);
+        self.wake.notify_one();
     }
 
     /// A worker: takes jobs until stopped.

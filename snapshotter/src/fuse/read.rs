@@ -49,11 +49,17 @@ impl StrataFs {
     /// starts the read-ahead of its directory (a file opened is read, and so, likely, are
     /// its neighbours).
     pub(super) fn open_file(&self, node: &Node) -> Result<OpenFile> {
-        let entry = &node.entry;
+        self.read_ahead_directory(node.path.rsplit_once('/').map_or("", |(dir, _)| dir));
+        let file = self.fetch_for_read(node)?;
         if let Some(trace) = self.shared.trace.get() {
             trace.record(&node.path);
         }
-        self.read_ahead_directory(node.path.rsplit_once('/').map_or("", |(dir, _)| dir));
+        Ok(file)
+    }
+
+    /// What [`StrataFs::open_file`] fetches.
+    fn fetch_for_read(&self, node: &Node) -> Result<OpenFile> {
+        let entry = &node.entry;
         if entry.flags & catalog::entry::FLAG_EXTERNAL != 0 {
             return Err(Error::Unsupported {
                 path: node.path.clone(),

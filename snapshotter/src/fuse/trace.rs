@@ -9,7 +9,8 @@
 //! as its repository path (`/.flat/<hh>/<hex>/usr/bin/python3.11`, or a path below a
 //! layer's `layerfs`), one per line, after a `# strata access trace v1` header line. Lines
 //! are written as they happen (each flushed), so a trace taken while the mount keeps
-//! running is complete up to its last line. Paths of every image read through the mount go
+//! running is complete up to its last line. An open that fails (a download error) is not
+//! recorded. Paths of every image read through the mount go
 //! to the one file, in the order they were read; whoever uses it keeps the ones under the
 //! image root it is about.
 
