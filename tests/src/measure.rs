@@ -196,6 +196,15 @@ fn combined_get_bytes(line: &str) -> Option<u64> {
     (200..300).contains(&status).then_some(bytes)
 }
 
+/// A bench's progress line on stderr, prefixed with the current load average (the machine
+/// is shared: a figure taken under load says so next to it).
+pub fn say(text: &str) {
+    eprintln!(
+        "[bench {:>5}] {text}",
+        load_average().map_or("?".into(), |l| format!("{l:.2}"))
+    );
+}
+
 /// The 1-minute load average of `/proc/loadavg` (proc(5)).
 pub fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")

@@ -35,7 +35,7 @@ use ::tests::binaries::{check_prerequisites, target_dir, which};
 use ::tests::containerd::Containerd;
 use ::tests::image::{PYANA, TestImage, apt_image};
 use ::tests::measure::{
-    Machine, Timed, load_average, memory_kib, registry_served, run_timed, sync, utc_now,
+    Machine, Timed, load_average, memory_kib, registry_served, run_timed, say, sync, utc_now,
 };
 use ::tests::registry::Registry;
 use ::tests::relay::LatencyRelay;
@@ -117,13 +117,6 @@ struct StockFigures {
     mount: Duration,
     cold: Duration,
     received: Received,
-}
-
-fn say(text: &str) {
-    eprintln!(
-        "[bench {:>5}] {text}",
-        load_average().map_or("?".into(), |l| format!("{l:.2}"))
-    );
 }
 
 fn bench(work: &WorkDir) -> Result<()> {

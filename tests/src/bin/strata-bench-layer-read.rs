@@ -27,7 +27,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use ::tests::binaries::{check_prerequisites, target_dir, which};
-use ::tests::measure::{Machine, load_average, memory_kib, sync, utc_now};
+use ::tests::measure::{Machine, load_average, memory_kib, say, sync, utc_now};
 use ::tests::stock::StockMount;
 use ::tests::strata::{FuseMount, HttpServer, MountArgs, Repo, Served};
 use ::tests::workdir::{WorkDir, run_program};
@@ -42,13 +42,6 @@ const RECIPE: &str = "layer-read-v1";
 
 fn main() -> ExitCode {
     run_program("strata-bench-layer-read", "bench-layer-read", bench)
-}
-
-fn say(text: &str) {
-    eprintln!(
-        "[bench {:>5}] {text}",
-        load_average().map_or("?".into(), |l| format!("{l:.2}"))
-    );
 }
 
 /// The cached layout: where it is and its one layer's digest.

@@ -50,7 +50,7 @@ use anyhow::{Context, Result, bail};
 
 use ::tests::measure::{
     Machine, Timed, du_bytes, find_pid, load_average, median, memory_kib, registry_served,
-    run_timed, sync, utc_now,
+    run_timed, say, sync, utc_now,
 };
 use image::BenchImage;
 
@@ -137,13 +137,6 @@ struct StrataNode {
     containerd: Containerd,
     _snapshotter: SnapshotterDaemon,
     _mount: FuseMount,
-}
-
-fn say(text: &str) {
-    eprintln!(
-        "[bench {:>5}] {text}",
-        load_average().map_or("?".into(), |l| format!("{l:.2}"))
-    );
 }
 
 fn bench(work: &WorkDir) -> Result<()> {
