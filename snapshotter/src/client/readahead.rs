@@ -197,18 +197,20 @@ impl ReadAhead {
             return;
         }
         let total: u64 = chunks.iter().map(|c| c.size).sum();
-        // A file is known by its whole chunk list (first and last chunk, count, size).
-        let key = (
-            String::new(),
-            format!(
-                "{}-{}-{}-{total}",
-                chunks[0].hash.to_hex(),
-                chunks[chunks.len() - 1].hash.to_hex(),
-                chunks.len()
-            ),
-        );
-        let whole =
-            total <= self.inner.settings.whole_chunked_size && self.inner.lock().seen.insert(key);
+        // A file is known by its whole chunk list (first and last chunk, count, size); the
+        // key is only made for a file small enough to be read ahead whole.
+        let whole = total <= self.inner.settings.whole_chunked_size && {
+            let key = (
+                String::new(),
+                format!(
+                    "{}-{}-{}-{total}",
+                    chunks[0].hash.to_hex(),
+                    chunks[chunks.len() - 1].hash.to_hex(),
+                    chunks.len()
+                ),
+            );
+            self.inner.lock().seen.insert(key)
+        };
         let ahead: Vec<&Chunk> = if whole {
             // After the read first, then the ones before it.
             chunks
