@@ -620,63 +620,83 @@ impl ObjectCache {
                 .fetch(&req.hash, req.suffix, no_cache, &mut sink)?;
             match sink.finish() {
                 Ok(actual) => {
-                    if let Some(expected) = req.size
-                        && actual != expected
-                    {
+                    let committed = self.commit(req, raw, actual, fetched, may_evict);
+                    // A committed download counts its miss in its own index transaction;
+                    // any other outcome counts it here.
+                    if !matches!(committed, Ok(Some(_))) {
                         self.index.record_download(fetched)?;
-                        return Err(Error::SizeMismatch {
-                            object,
-                            expected,
-                            actual,
-                        });
                     }
-                    if !may_evict && !self.fits_without_evicting(actual)? {
-                        self.index.record_download(fetched)?;
-                        return Ok(None);
-                    }
-                    if let Some(quota) = self.quota {
-                        let freed = self.index.make_room(actual, quota)?;
-                        if freed > 0 {
-                            tracing::debug!(freed, quota, "evicted to stay under the quota");
-                        }
-                    }
-                    let path = self.path_of(&req.hash);
-                    let committed = raw.persist(&path).map_err(|e| Error::Io {
-                        context: format!("committing {}", path.display()),
-                        source: e.error,
-                    })?;
-                    let meta = committed
-                        .metadata()
-                        .map_err(io("stat of the committed file"))?;
-                    // One index transaction per download: row, miss and read-ahead.
-                    let hits = self.pending_hits.swap(0, Ordering::Relaxed);
-                    let written = self.index.commit_download(
-                        &object,
-                        meta.len(),
-                        kind_of(req.suffix),
-                        mtime_ns(&meta),
-                        hits,
-                        fetched,
-                        !may_evict,
-                    );
-                    if written.is_err() {
-                        self.pending_hits.fetch_add(hits, Ordering::Relaxed);
-                    }
-                    written?;
-                    self.note_touch(req.hash, mtime_ns(&meta));
-                    return Ok(Some(actual));
-                }
-                Err(e) if attempt == 0 => {
-                    self.index.record_download(fetched)?;
-                    tracing::warn!(%object, error = %e, "object failed verification; retrying with no-cache");
-                    attempt += 1;
+                    return committed;
                 }
                 Err(e) => {
                     self.index.record_download(fetched)?;
-                    return Err(e.into());
+                    if attempt > 0 {
+                        return Err(e.into());
+                    }
+                    tracing::warn!(%object, error = %e, "object failed verification; retrying with no-cache");
+                    attempt += 1;
                 }
             }
         }
+    }
+
+    /// Commits the verified download of `req` in `raw` (`actual` raw bytes, `fetched`
+    /// stored bytes): renamed into place and indexed in one transaction with its miss.
+    /// `Ok(None)` for read-ahead (`may_evict` false) that does not fit under the quota;
+    /// neither that nor an error writes the index.
+    fn commit(
+        &self,
+        req: &ObjectRequest,
+        raw: tempfile::NamedTempFile,
+        actual: u64,
+        fetched: u64,
+        may_evict: bool,
+    ) -> Result<Option<u64>> {
+        let object = req.hash.to_hex();
+        if let Some(expected) = req.size
+            && actual != expected
+        {
+            return Err(Error::SizeMismatch {
+                object,
+                expected,
+                actual,
+            });
+        }
+        if !may_evict && !self.fits_without_evicting(actual)? {
+            return Ok(None);
+        }
+        if let Some(quota) = self.quota {
+            let freed = self.index.make_room(actual, quota)?;
+            if freed > 0 {
+                tracing::debug!(freed, quota, "evicted to stay under the quota");
+            }
+        }
+        let path = self.path_of(&req.hash);
+        let committed = raw.persist(&path).map_err(|e| Error::Io {
+            context: format!("committing {}", path.display()),
+            source: e.error,
+        })?;
+        let meta = committed.metadata().map_err(|source| Error::Io {
+            context: format!("stat of the committed file for object {object}"),
+            source,
+        })?;
+        // One index transaction per download: row, miss and read-ahead.
+        let hits = self.pending_hits.swap(0, Ordering::Relaxed);
+        let written = self.index.commit_download(
+            &object,
+            meta.len(),
+            kind_of(req.suffix),
+            mtime_ns(&meta),
+            hits,
+            fetched,
+            !may_evict,
+        );
+        if written.is_err() {
+            self.pending_hits.fetch_add(hits, Ordering::Relaxed);
+        }
+        written?;
+        self.note_touch(req.hash, mtime_ns(&meta));
+        Ok(Some(actual))
     }
 }
 
