@@ -27,12 +27,12 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use ::tests::binaries::{check_prerequisites, target_dir, which};
+use ::tests::image::{put_blob, sha256_file};
 use ::tests::measure::{Machine, load_average, memory_kib, say, sync, utc_now};
 use ::tests::stock::StockMount;
 use ::tests::strata::{FuseMount, HttpServer, MountArgs, Repo, Served};
 use ::tests::workdir::{WorkDir, run_program};
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
 
 const FQRN: &str = "layer-read.strata.example";
 /// What the layer holds, relative to `/`.
@@ -293,7 +293,7 @@ fn layout(dir: &Path, work: &WorkDir) -> Result<Layout> {
         .output()
         .context("run tar -t")?;
     let entries = count.stdout.iter().filter(|&&b| b == b'\n').count() as u64;
-    let (diff_hex, tar_bytes) = sha256_file(&tar_path)?;
+    let (diff_id, tar_bytes) = sha256_file(&tar_path)?;
     let blob_tmp = scratch.join("layer.tar.gz");
     let status = Command::new("pigz")
         .args(["-1", "-c"])
@@ -305,38 +305,39 @@ fn layout(dir: &Path, work: &WorkDir) -> Result<Layout> {
         bail!("pigz failed ({status})");
     }
     std::fs::remove_file(&tar_path)?;
-    let (layer_hex, blob_bytes) = sha256_file(&blob_tmp)?;
-    std::fs::rename(&blob_tmp, blobs.join(&layer_hex))?;
+    let (layer_digest, blob_bytes) = sha256_file(&blob_tmp)?;
+    let layer_hex = layer_digest.trim_start_matches("sha256:");
+    std::fs::rename(&blob_tmp, blobs.join(layer_hex))?;
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "config": {"Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_hex}")]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     })
     .to_string();
-    let config_hex = put_blob(&blobs, config.as_bytes())?;
+    let (config_digest, config_size) = put_blob(&blobs, config.as_bytes())?;
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {
             "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": format!("sha256:{config_hex}"),
-            "size": config.len(),
+            "digest": config_digest,
+            "size": config_size,
         },
         "layers": [{
             "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": format!("sha256:{layer_hex}"),
+            "digest": layer_digest,
             "size": blob_bytes,
         }],
     })
     .to_string();
-    let manifest_hex = put_blob(&blobs, manifest.as_bytes())?;
+    let (manifest_digest, manifest_size) = put_blob(&blobs, manifest.as_bytes())?;
     let index = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": format!("sha256:{manifest_hex}"),
-            "size": manifest.len(),
+            "digest": manifest_digest,
+            "size": manifest_size,
             "annotations": {"org.opencontainers.image.ref.name": "1"},
         }],
     });
@@ -357,28 +358,6 @@ fn layout(dir: &Path, work: &WorkDir) -> Result<Layout> {
     std::fs::rename(&scratch, dir)
         .with_context(|| format!("rename {} to {}", scratch.display(), dir.display()))?;
     layout(dir, work)
-}
-
-fn put_blob(blobs: &Path, data: &[u8]) -> Result<String> {
-    let hex = hex::encode(Sha256::digest(data));
-    std::fs::write(blobs.join(&hex), data)?;
-    Ok(hex)
-}
-
-fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((hex::encode(hasher.finalize()), total))
 }
 
 fn render(

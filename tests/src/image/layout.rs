@@ -1,8 +1,12 @@
 //! Reading facts back from an OCI image layout (image-spec `image-layout.md`): the manifest
 //! of a tag, its layers' compressed digests and sizes, the config's diff IDs and the
-//! ChainIDs containerd names committed snapshots by.
+//! ChainIDs containerd names committed snapshots by; and the digests and blobs of layouts
+//! the benches write themselves.
 
+use std::io::Read;
 use std::path::Path;
+
+use sha2::{Digest, Sha256};
 
 use serde_json::Value;
 
@@ -102,6 +106,39 @@ pub fn blob_path(layout: &Path, digest: &str) -> Result<std::path::PathBuf> {
         .split_once(':')
         .ok_or_else(|| Error::Invalid(format!("malformed digest {digest}")))?;
     Ok(layout.join("blobs").join(algorithm).join(hex))
+}
+
+/// Writes `data` as a blob under `blobs` (a layout's `blobs/sha256`): its `sha256:<hex>`
+/// digest and size.
+///
+/// Errors: the file cannot be written.
+pub fn put_blob(blobs: &Path, data: &[u8]) -> Result<(String, u64)> {
+    let hex = hex::encode(Sha256::digest(data));
+    let path = blobs.join(&hex);
+    std::fs::write(&path, data).map_err(io_context(format!("write {}", path.display())))?;
+    Ok((format!("sha256:{hex}"), data.len() as u64))
+}
+
+/// `sha256:<hex>` and size of a file, read in 1 MiB pieces.
+///
+/// Errors: the file cannot be read.
+pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let mut file =
+        std::fs::File::open(path).map_err(io_context(format!("open {}", path.display())))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(io_context(format!("read {}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((format!("sha256:{}", hex::encode(hasher.finalize())), total))
 }
 
 fn read_json(path: &Path) -> Result<Value> {

@@ -18,17 +18,16 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ::tests::image::{ImageFacts, read_layout};
+use ::tests::image::{ImageFacts, put_blob, read_layout, sha256_file};
 use ::tests::process::run_capture;
 use ::tests::{Error, Result, error::io_context};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 /// Tag of the image inside the cached layout.
 pub const TAG: &str = "1";
@@ -417,31 +416,6 @@ fn write(path: &Path, data: &[u8]) -> Result<()> {
     let mut file = File::create(path).map_err(io_context(format!("create {}", path.display())))?;
     file.write_all(data)
         .map_err(io_context(format!("write {}", path.display())))
-}
-
-fn put_blob(blobs: &Path, data: &[u8]) -> Result<(String, u64)> {
-    let hex = hex::encode(Sha256::digest(data));
-    write(&blobs.join(&hex), data)?;
-    Ok((format!("sha256:{hex}"), data.len() as u64))
-}
-
-/// `sha256:<hex>` and size of a file.
-fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    let mut file = File::open(path).map_err(io_context(format!("open {}", path.display())))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(io_context(format!("read {}", path.display())))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((format!("sha256:{}", hex::encode(hasher.finalize())), total))
 }
 
 #[cfg(test)]
