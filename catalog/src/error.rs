@@ -29,6 +29,9 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    /// A startup pack is malformed (docs/format.md §13).
+    #[error("invalid startup pack: {0}")]
+    InvalidPack(String),
     /// A textual hash could not be parsed (docs/format.md §2.3).
     #[error("invalid content hash {0:?}")]
     InvalidHash(String),

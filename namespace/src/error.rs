@@ -27,6 +27,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// An access trace that does not parse.
+    #[error("access trace {trace}: {reason}")]
+    Trace {
+        /// The trace file (or a label for trace text given in memory).
+        trace: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// `Result` with [`Error`].

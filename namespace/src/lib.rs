@@ -6,7 +6,8 @@
 //! * [`chain_id`]: OCI ChainIDs of a layer stack;
 //! * [`reference`]: image references and their normalisation to public names;
 //! * [`platform`]: OCI platforms and how they are matched;
-//! * [`paths`]: where layers, ChainIDs, flattened images and metadata live.
+//! * [`paths`]: where layers, ChainIDs, flattened images and metadata live;
+//! * [`trace`]: the text of an access trace (what a start reads, in order).
 //!
 //! No network and no file system access: only names.
 
@@ -19,6 +20,7 @@ mod error;
 pub mod paths;
 pub mod platform;
 pub mod reference;
+pub mod trace;
 
 pub use chain_id::{chain_ids, top_chain_id};
 pub use digest::{Digest, Sha256Hex};

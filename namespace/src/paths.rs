@@ -8,6 +8,7 @@
 //! .flat/<hh>/<config hex>                        the flattened image (nested catalog)
 //! .metadata/<public>/{manifest,config,index}.json
 //! .metadata/<public>/platforms/<os>-<arch>[-<variant>]/{manifest.json,config.json,rootfs}
+//! .metadata/<public>/platforms/<os>-<arch>[-<variant>]/startup/{trace,objects,pack-NNN.strata-pack}
 //! <public>                                       → ../…/.flat/<hh>/<config hex>
 //! ```
 //!
@@ -42,6 +43,27 @@ pub const MANIFEST_JSON: &str = "manifest.json";
 pub const CONFIG_JSON: &str = "config.json";
 /// The image index inside `.metadata/<public>/`, when the reference named one.
 pub const INDEX_JSON: &str = "index.json";
+
+/// The startup working set of one platform's image, inside its platform directory
+/// (docs/namespace.md §9).
+pub const STARTUP: &str = "startup";
+/// The access trace the startup working set was made from, inside `startup/`.
+pub const STARTUP_TRACE: &str = "trace";
+/// The ordered object list of the working set, inside `startup/`.
+pub const STARTUP_OBJECTS: &str = "objects";
+/// The name ending of a startup pack (docs/format.md §13) inside `startup/`.
+pub const PACK_SUFFIX: &str = ".strata-pack";
+
+/// `pack-<NNN>.strata-pack`: the `index`th startup pack (zero-based), named so that the
+/// names sort in pack order.
+pub fn pack_name(index: usize) -> String {
+    format!("pack-{index:03}{PACK_SUFFIX}")
+}
+
+/// Whether `name` is the file name of a startup pack.
+pub fn is_pack_name(name: &str) -> bool {
+    name.starts_with("pack-") && name.ends_with(PACK_SUFFIX)
+}
 
 /// `a/b/c`.
 pub fn join(components: &[&str]) -> String {
@@ -125,6 +147,13 @@ pub fn platform_metadata_dir<'a>(public: &'a str, platform_dir: &'a str) -> Vec<
     dir
 }
 
+/// `.metadata/<public>/platforms/<platform dir>/startup`.
+pub fn startup_dir<'a>(public: &'a str, platform_dir: &'a str) -> Vec<&'a str> {
+    let mut dir = platform_metadata_dir(public, platform_dir);
+    dir.push(STARTUP);
+    dir
+}
+
 /// The target of a symlink in `from_dir` to the flat tree of `config`:
 /// `../…/.flat/<hh>/<config hex>` (the `rootfs` link of a platform directory, and the public
 /// symlink from its parent directory).
@@ -198,6 +227,20 @@ mod tests {
             format!(".metadata/localhost/x@{d}")
         );
         assert_eq!(public_link(""), Some((vec![], "")));
+        Ok(())
+    }
+
+    #[test]
+    fn startup_paths_and_pack_names() -> crate::Result<()> {
+        let public = ImageName::parse("debian:12")?.public_path();
+        assert_eq!(
+            join(&startup_dir(&public, "linux-amd64")),
+            ".metadata/docker.io/library/debian:12/platforms/linux-amd64/startup"
+        );
+        assert_eq!(pack_name(0), "pack-000.strata-pack");
+        assert_eq!(pack_name(1234), "pack-1234.strata-pack");
+        assert!(is_pack_name(&pack_name(7)));
+        assert!(!is_pack_name("objects") && !is_pack_name("pack-000.json"));
         Ok(())
     }
 }

@@ -50,6 +50,18 @@ impl CatalogView {
         Ok(view)
     }
 
+    /// The nested catalogs this catalog references (mountpoint and hash).
+    ///
+    /// Errors: [`Error::Catalog`].
+    pub fn nested_catalogs(&self) -> Result<Vec<catalog::NestedCatalogRef>> {
+        Ok(self.reader.nested_catalogs()?)
+    }
+
+    /// The catalog's root path as catalogs spell it (`/.layers/ab/<hex>/layerfs`).
+    pub fn root_path(&self) -> &str {
+        &self.prefix
+    }
+
     fn full(&self, rel: &str) -> String {
         if rel.is_empty() {
             self.prefix.clone()

@@ -186,7 +186,8 @@ impl Error {
 }
 
 /// Bad references and platforms keep the publisher's [`Error::Reference`] (`--platform`,
-/// `--name`, recipes); a bad digest is an [`Error::Digest`].
+/// `--name`, recipes); a bad digest is an [`Error::Digest`]; a bad access trace an
+/// [`Error::Usage`] naming the file.
 impl From<namespace::Error> for Error {
     fn from(e: namespace::Error) -> Error {
         match e {
@@ -198,6 +199,9 @@ impl From<namespace::Error> for Error {
                 reason,
             },
             digest @ namespace::Error::Digest { .. } => Error::Digest(digest),
+            namespace::Error::Trace { trace, reason } => {
+                Error::Usage(format!("access trace {trace}: {reason}"))
+            }
         }
     }
 }

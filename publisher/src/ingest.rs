@@ -435,7 +435,8 @@ fn add_metadata(
     let now = unix_now() as i64;
     let public = set.name.public_path();
     let meta_path = paths::metadata_dir(&public);
-    ns.root.remove(&meta_path);
+    // The startup working sets of platforms whose config is unchanged stay (below).
+    let old_meta = ns.root.remove(&meta_path);
     let mut put = |dir: &[&str], name: &str, bytes: &[u8]| -> Result<()> {
         let hash = store.put_raw(bytes, Suffix::None)?;
         let e = file_entry(name, 0o644, 0, 0, now, bytes.len() as u64, hash);
@@ -457,8 +458,22 @@ fn add_metadata(
         let target = paths::flat_target(&dir, &img.config_descriptor.digest);
         links.push((dir, symlink_entry(paths::ROOTFS, &target, 0, 0, now)));
     }
+    let mut configs = Vec::new();
     for (dir, link) in links {
+        let config = ns
+            .root
+            .get(&[dir.as_slice(), &[paths::CONFIG_JSON]].concat())
+            .and_then(|n| n.entry.hash);
+        if let (Some(config), Some(pdir)) = (config, dir.last()) {
+            configs.push((pdir.to_string(), config));
+        }
         ns.root.insert(&dir, Node::leaf(link), now);
+    }
+    if let Some(old) = &old_meta {
+        for (pdir, startup) in crate::startup::kept_startup_dirs(old, &configs) {
+            ns.root
+                .insert(&paths::platform_metadata_dir(&public, &pdir), startup, now);
+        }
     }
     let (parent, name) =
         paths::public_link(&public).ok_or_else(|| Error::Task("empty public name".into()))?;

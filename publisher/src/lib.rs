@@ -35,6 +35,7 @@ pub mod singularity;
 pub mod source;
 pub mod sparse;
 pub mod staging;
+pub mod startup;
 pub mod sync;
 pub mod tree;
 pub mod verify;

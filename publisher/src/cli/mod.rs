@@ -13,6 +13,7 @@ pub mod init;
 pub mod ls;
 pub mod resign;
 pub mod serve;
+pub mod startup;
 pub mod sync;
 pub mod verify;
 
@@ -41,6 +42,9 @@ pub enum Command {
     /// Make the repository equal to a recipe (DUCC wishlist YAML): add, update, remove
     /// images, in one revision per pass. Exits non-zero if any image failed.
     Sync(sync::SyncArgs),
+    /// Publish an image's startup working set (the objects an access trace of its start
+    /// read) as startup packs under its metadata, in one new revision.
+    Startup(startup::StartupArgs),
     /// Delete objects no retained revision references.
     Gc(gc::GcArgs),
     /// Serve DIR/srv at http://ADDR/cvmfs/<fqrn>/.

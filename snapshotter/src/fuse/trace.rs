@@ -22,8 +22,8 @@ use std::sync::Mutex;
 
 use crate::{Error, Result};
 
-/// First line of a trace file.
-pub const HEADER: &str = "# strata access trace v1";
+/// First line of a trace file ([`namespace::trace`] is the format's home).
+pub use namespace::trace::HEADER;
 
 /// Paths remembered as traced; past it, recording stops (a trace is a start's working
 /// set, not a walk of the whole repository) and a warning says so.
@@ -103,21 +103,15 @@ impl AccessTrace {
 /// The paths of a trace file, in order (header and blank lines skipped).
 ///
 /// # Errors
-/// [`Error::Io`] if it cannot be read, [`Error::Config`] if its first line is not
-/// [`HEADER`].
+/// [`Error::Io`] if it cannot be read, [`Error::Config`] if it is not a trace
+/// ([`namespace::trace::parse`]).
 pub fn read(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         context: format!("reading the trace file {}", path.display()),
         source,
     })?;
-    let mut lines = text.lines();
-    if lines.next() != Some(HEADER) {
-        return Err(Error::Config(format!(
-            "{}: not a Strata access trace (first line is not {HEADER:?})",
-            path.display()
-        )));
-    }
-    Ok(lines.filter(|l| !l.is_empty()).map(str::to_owned).collect())
+    namespace::trace::parse(&text, &path.display().to_string())
+        .map_err(|e| Error::Config(e.to_string()))
 }
 
 #[cfg(test)]

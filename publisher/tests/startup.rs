@@ -1,0 +1,182 @@
+//! `strata-publisher startup`: an access trace becomes startup packs under the image's
+//! platform metadata, holding exactly the traced files' objects in first-read order,
+//! content-addressed (the same trace publishes the same packs), kept by a re-ingest of the
+//! unchanged image, and a repository that still verifies.
+
+use std::path::Path;
+
+use catalog::{StartupPack, Suffix};
+use publisher::publish::load_namespace;
+use publisher::repo::Repo;
+
+use crate::support::{init_repo, noise, noise_layer, ok, run, run_ok, verify_ok, write_layout};
+
+/// `(name, content hash, compressed)` of the files in the published `startup/` directory
+/// of `localhost/layout:1`.
+fn startup_files(repo: &Path) -> Vec<(String, catalog::ContentHash, bool)> {
+    let repo = ok(Repo::open(repo));
+    let ns = ok(load_namespace(&repo));
+    let dir = namespace::paths::startup_dir("localhost/layout:1", "linux-amd64");
+    let node = ns
+        .root
+        .get(&dir)
+        .unwrap_or_else(|| panic!("no {}", namespace::paths::join(&dir)));
+    node.children
+        .iter()
+        .map(|(name, n)| {
+            let hash = n.entry.hash.unwrap_or_else(|| panic!("{name} has no hash"));
+            (name.clone(), hash, n.entry.compressed)
+        })
+        .collect()
+}
+
+#[test]
+fn a_trace_becomes_packs_of_its_objects_in_first_read_order() {
+    let work = ok(tempfile::tempdir());
+    let layout = work.path().join("layout");
+    // Layer 1: three small files; layer 2: one 20 MiB file (chunked: above the maximum chunk).
+    let big = noise(2000, 20 << 20);
+    let image = write_layout(
+        &layout,
+        "1",
+        &[noise_layer(1, 3, 10_000), noise_layer(2, 1, 20 << 20)],
+    );
+    let repo = work.path().join("repo");
+    init_repo(&repo, "startup.test");
+    let r = repo.display().to_string();
+    let src = format!("oci:{}:1", layout.display());
+    run_ok(&["ingest", "--repo", &r, &src]);
+
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+    let layerfs = |d: &str| format!("/.layers/{}/{}/layerfs", &hex(d)[..2], hex(d));
+    let flat = format!("/.flat/{}/{}", &hex(&image.config)[..2], hex(&image.config));
+    let l1 = layerfs(&image.layers[0]);
+    let l2 = layerfs(&image.layers[1]);
+    let trace = work.path().join("start.trace");
+    ok(std::fs::write(
+        &trace,
+        format!(
+            "# strata access trace v1\n{l1}/l1/f2\n{flat}/l1/f0\n/no/such/file\n{l2}/l2/f0\n\
+             {flat}/l1/f2\n{l1}/l1\n"
+        ),
+    ));
+    let t = trace.display().to_string();
+    let out = run_ok(&[
+        "startup",
+        "--repo",
+        &r,
+        "--trace",
+        &t,
+        "--pack-size",
+        "4000000",
+        "localhost/layout:1",
+    ]);
+    // f2 twice (layer and flat path: one object), a missing path, a directory.
+    assert!(
+        out.contains("6 path(s), 4 resolved, 2 not in this revision"),
+        "{out}"
+    );
+    verify_ok(&repo);
+
+    let files = startup_files(&repo);
+    let names: Vec<&str> = files.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names[..2], ["objects", "pack-000.strata-pack"], "{names:?}");
+    assert!(names.contains(&"trace") && names.len() >= 4, "{names:?}");
+    let store = ok(catalog::LocalStore::open(&repo.join("srv")));
+    let mut contents: Vec<Vec<u8>> = Vec::new();
+    let mut chunks = Vec::new();
+    for (name, hash, compressed) in &files {
+        if !namespace::paths::is_pack_name(name) {
+            continue;
+        }
+        // Stored as is (its members are compressed already).
+        assert!(!compressed, "{name} is stored compressed");
+        let bytes = ok(store.get(hash, Suffix::None));
+        ok(catalog::compression::verify(&bytes, hash));
+        let pack = ok(StartupPack::parse(&bytes));
+        for (i, m) in pack.members().iter().enumerate() {
+            let stored = pack.stored(i).unwrap_or_else(|| panic!("member {i}"));
+            ok(catalog::compression::verify(stored, &m.hash));
+            let raw = ok(catalog::decode(stored, m.compressed, m.raw_size));
+            assert_eq!(raw.len() as u64, m.raw_size);
+            if m.suffix == Suffix::Partial {
+                chunks.extend(raw);
+            } else {
+                contents.push(raw);
+            }
+        }
+    }
+    // First-read order: f2, f0, then the big file's chunks; each object once.
+    assert_eq!(contents.len(), 2, "whole-file members");
+    assert_eq!(contents[0], noise(1002, 10_000), "first member is l1/f2");
+    assert_eq!(contents[1], noise(1000, 10_000), "second member is l1/f0");
+    assert!(chunks == big, "the chunks add up to l2/f0");
+    let trace_kept = ok(store.get(
+        &files
+            .iter()
+            .find(|(n, _, _)| n == "trace")
+            .map(|(_, h, _)| *h)
+            .unwrap_or_else(|| panic!("no trace")),
+        Suffix::None,
+    ));
+    let trace_kept =
+        String::from_utf8(ok(catalog::decompress(&trace_kept, 1 << 20))).unwrap_or_default();
+    assert_eq!(
+        trace_kept,
+        format!("# strata access trace v1\n{l1}/l1/f2\n{flat}/l1/f0\n{l2}/l2/f0\n{flat}/l1/f2\n")
+    );
+
+    // The same trace again: the same packs (content-addressed).
+    let packs = |files: &[(String, catalog::ContentHash, bool)]| {
+        files
+            .iter()
+            .filter(|(n, _, _)| namespace::paths::is_pack_name(n))
+            .map(|(_, h, _)| *h)
+            .collect::<Vec<_>>()
+    };
+    let before = packs(&files);
+    run_ok(&[
+        "startup",
+        "--repo",
+        &r,
+        "--trace",
+        &t,
+        "--pack-size",
+        "4000000",
+        "localhost/layout:1",
+    ]);
+    assert_eq!(
+        packs(&startup_files(&repo)),
+        before,
+        "same trace, same packs"
+    );
+    // A re-ingest of the unchanged image keeps them.
+    run_ok(&["ingest", "--repo", &r, &src]);
+    assert_eq!(packs(&startup_files(&repo)), before, "kept by a re-ingest");
+    verify_ok(&repo);
+
+    // Nothing of the trace in the image, or an image not published: a clear error.
+    ok(std::fs::write(
+        &trace,
+        "# strata access trace v1\n/no/such\n",
+    ));
+    let out = run(&["startup", "--repo", &r, "--trace", &t, "localhost/layout:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("nothing to publish"),
+        "{err}"
+    );
+    let out = run(&["startup", "--repo", &r, "--trace", &t, "localhost/other:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is not published"),
+        "{err}"
+    );
+    ok(std::fs::write(&trace, "/a\n"));
+    let out = run(&["startup", "--repo", &r, "--trace", &t, "localhost/layout:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a Strata access trace") && err.contains(&t),
+        "{err}"
+    );
+}
