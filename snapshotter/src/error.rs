@@ -187,7 +187,7 @@ pub enum Error {
 }
 
 /// A bad reference is an [`Error::ImageMetadata`] naming it, a bad `--platform` an
-/// [`Error::Config`], a bad digest an [`Error::Digest`].
+/// [`Error::Config`], a bad digest an [`Error::Digest`], a bad trace an [`Error::Config`].
 impl From<namespace::Error> for Error {
     fn from(e: namespace::Error) -> Error {
         match e {
@@ -198,6 +198,7 @@ impl From<namespace::Error> for Error {
                 "platform {platform:?} is not OS/ARCH[/VARIANT] (lower case, e.g. linux/arm64/v8)"
             )),
             digest @ namespace::Error::Digest { .. } => Error::Digest(digest),
+            trace @ namespace::Error::Trace { .. } => Error::Config(trace.to_string()),
         }
     }
 }

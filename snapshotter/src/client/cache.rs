@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use catalog::{ContentHash, InflatingWriter, Suffix};
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::client::quota::{CacheIndex, ObjectKind, Touch, mtime_ns};
+use crate::client::quota::{Arrival, CacheIndex, ObjectKind, PrefetchCounts, Touch, mtime_ns};
 use crate::{Error, Result};
 
 /// How often a cache hit of one object is written to the LRU index at most (the eviction
@@ -171,10 +171,13 @@ pub struct ObjectCache {
     pending_hits: AtomicU64,
     /// Demand requests (not read-ahead) waiting for a download right now.
     demand: AtomicUsize,
-    /// Objects read ahead by this process and not read since, with their raw size.
-    read_ahead: Mutex<HashMap<ContentHash, u64>>,
+    /// Objects read ahead or prefetched from a pack by this process and not read since,
+    /// with their raw size and how they came.
+    unread: Mutex<HashMap<ContentHash, (u64, Arrival)>>,
     /// Raw bytes of read-ahead objects read whose index write failed (retried with the next).
     pending_read_ahead_used: AtomicU64,
+    /// Raw bytes of prefetched objects read whose index write failed (retried with the next).
+    pending_prefetch_used: AtomicU64,
 }
 
 impl Drop for ObjectCache {
@@ -190,6 +193,15 @@ impl Drop for ObjectCache {
             && let Err(e) = self.index.record_read_ahead(0, used)
         {
             tracing::debug!(error = %e, "cache index: read-ahead counter");
+        }
+        let used = self.pending_prefetch_used.swap(0, Ordering::Relaxed);
+        if used > 0
+            && let Err(e) = self.index.record_prefetch(&PrefetchCounts {
+                used_bytes: used,
+                ..PrefetchCounts::default()
+            })
+        {
+            tracing::debug!(error = %e, "cache index: prefetch counter");
         }
     }
 }
@@ -258,8 +270,9 @@ impl ObjectCache {
             recent: Mutex::new(HashMap::new()),
             pending_hits: AtomicU64::new(0),
             demand: AtomicUsize::new(0),
-            read_ahead: Mutex::new(HashMap::new()),
+            unread: Mutex::new(HashMap::new()),
             pending_read_ahead_used: AtomicU64::new(0),
+            pending_prefetch_used: AtomicU64::new(0),
         })
     }
 
@@ -326,7 +339,7 @@ impl ObjectCache {
                 // Re-check: a download may have committed between our check and our insert.
                 let result = match self.open_committed(req) {
                     Ok(Some(file)) => Ok(Some(file)),
-                    Ok(None) => self.download(req, true).map(|_| None),
+                    Ok(None) => self.download(req, Arrival::Demand).map(|_| None),
                     Err(e) => Err(e),
                 };
                 self.end_flight(req.hash, &flight, &result);
@@ -401,15 +414,109 @@ impl ObjectCache {
         let result = if self.is_cached(req) {
             Ok(None)
         } else {
-            self.download(req, false)
+            self.download(req, Arrival::ReadAhead)
         };
         // Remembered as read ahead (counted so by the download's index transaction) before
         // the flight ends: a demand reader waiting on it then finds it used, not wasted.
         if let Ok(Some(size)) = &result {
-            lock(&self.read_ahead).insert(req.hash, *size);
+            lock(&self.unread).insert(req.hash, (*size, Arrival::ReadAhead));
         }
         self.end_flight(req.hash, &flight, &result);
         Ok(result?.is_some())
+    }
+
+    /// Downloads the stored bytes of `req` (at most `limit` of them) into memory, verified
+    /// against its hash (one retry asking proxies for a fresh copy); not cached. Counted as
+    /// a miss. Used for startup packs, whose members are cached one by one
+    /// ([`ObjectCache::commit_stored`]).
+    ///
+    /// # Errors
+    /// The source's error; [`catalog::Error::HashMismatch`] (via [`Error::Catalog`]) if the
+    /// bytes fail verification twice; [`Error::SizeMismatch`] past `limit`.
+    pub fn fetch_stored(&self, req: &ObjectRequest, limit: u64) -> Result<Vec<u8>> {
+        let mut attempt = 0;
+        loop {
+            let mut sink = BoundedVec {
+                bytes: Vec::new(),
+                limit,
+            };
+            let fetched = self
+                .source
+                .fetch(&req.hash, req.suffix, attempt > 0, &mut sink);
+            let fetched = match fetched {
+                Err(e) if sink.bytes.len() as u64 > limit => {
+                    tracing::debug!(error = %e, "download cut at its limit");
+                    return Err(Error::SizeMismatch {
+                        object: req.hash.to_hex(),
+                        expected: limit,
+                        actual: sink.bytes.len() as u64,
+                    });
+                }
+                other => other?,
+            };
+            self.index.record_download(fetched)?;
+            match catalog::compression::verify(&sink.bytes, &req.hash) {
+                Ok(()) => return Ok(sink.bytes),
+                Err(e) if attempt > 0 => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(object = %req.hash, error = %e, "object failed verification; retrying with no-cache");
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Caches the object `req` from its stored bytes `stored` (a member of a startup pack):
+    /// verified against its own hash and size, inflated, committed and counted as
+    /// prefetched. Skipped (`Ok(false)`) if it is cached, being downloaded, or would not fit
+    /// under the quota without evicting (prefetching never evicts). A demand read waiting
+    /// for it meanwhile gets it, or, if it fails, fetches it on its own.
+    ///
+    /// # Errors
+    /// [`catalog::Error::HashMismatch`] or a zlib error (via [`Error::Catalog`]) if the
+    /// bytes are not the object; [`Error::SizeMismatch`]; local file errors.
+    pub fn commit_stored(&self, req: &ObjectRequest, stored: &[u8]) -> Result<bool> {
+        if self.is_cached(req) || !self.fits_without_evicting(req.size.unwrap_or(0))? {
+            return Ok(false);
+        }
+        let (flight, leader) = self.join_flight(req.hash);
+        if !leader {
+            return Ok(false);
+        }
+        let result = if self.is_cached(req) {
+            Ok(None)
+        } else {
+            self.commit_bytes(req, stored)
+        };
+        if let Ok(Some(size)) = &result {
+            lock(&self.unread).insert(req.hash, (*size, Arrival::Pack));
+        }
+        // Waiters look again either way: the committed file, or a download of their own.
+        self.end_flight(req.hash, &flight, &Ok::<(), Error>(()));
+        Ok(result?.is_some())
+    }
+
+    /// Verifies, inflates and commits the stored bytes `stored` of `req` (from a pack).
+    fn commit_bytes(&self, req: &ObjectRequest, stored: &[u8]) -> Result<Option<u64>> {
+        let object = req.hash.to_hex();
+        let io = |context: &str| {
+            let context = format!("{context} for object {object}");
+            move |source| Error::Io { context, source }
+        };
+        let raw =
+            tempfile::NamedTempFile::new_in(&self.txn).map_err(io("creating a temporary file"))?;
+        let _raw_lock = lock_temp(&raw).map_err(io("locking a temporary file"))?;
+        let mut sink = InflatingSink::new(
+            raw.as_file()
+                .try_clone()
+                .map_err(io("opening a temporary file"))?,
+            req,
+        )
+        .map_err(io("opening a temporary file"))?;
+        sink.write_all(stored)
+            .map_err(io("writing a temporary file"))?;
+        let actual = sink.finish()?;
+        self.commit(req, raw, actual, 0, Arrival::Pack)
     }
 
     /// Whether `incoming` more bytes stay under the quota (always, without one).
@@ -423,9 +530,22 @@ impl ObjectCache {
     /// A demand request read `hash`: if read-ahead fetched it, that was no waste (written to
     /// the index at once: once per object read ahead, like its download).
     fn note_read(&self, hash: &ContentHash) {
-        let Some(size) = lock(&self.read_ahead).remove(hash) else {
+        let Some((size, arrival)) = lock(&self.unread).remove(hash) else {
             return;
         };
+        if arrival == Arrival::Pack {
+            let used = self.pending_prefetch_used.swap(0, Ordering::Relaxed) + size;
+            let counts = PrefetchCounts {
+                used_bytes: used,
+                ..PrefetchCounts::default()
+            };
+            if let Err(e) = self.index.record_prefetch(&counts) {
+                tracing::debug!(error = %e, "cache index: prefetch counter");
+                self.pending_prefetch_used
+                    .fetch_add(used, Ordering::Relaxed);
+            }
+            return;
+        }
         let used = self.pending_read_ahead_used.swap(0, Ordering::Relaxed) + size;
         if let Err(e) = self.index.record_read_ahead(0, used) {
             tracing::debug!(error = %e, "cache index: read-ahead counter");
@@ -593,10 +713,10 @@ impl ObjectCache {
     /// once verified; nothing is synced (a cache file is checked against its size and
     /// indexed mtime when opened, so a torn one after a power loss is fetched again).
     ///
-    /// With `may_evict` false (read-ahead), an object that does not fit under the quota
-    /// without evicting is dropped instead of committed: `Ok(None)`. Otherwise the raw
-    /// size of the committed object.
-    fn download(&self, req: &ObjectRequest, may_evict: bool) -> Result<Option<u64>> {
+    /// Read-ahead ([`Arrival::ReadAhead`]) never evicts: an object that does not fit under
+    /// the quota without evicting is dropped instead of committed: `Ok(None)`. Otherwise
+    /// the raw size of the committed object.
+    fn download(&self, req: &ObjectRequest, arrival: Arrival) -> Result<Option<u64>> {
         let object = req.hash.to_hex();
         let io = |context: &str| {
             let context = format!("{context} for object {object}");
@@ -620,7 +740,7 @@ impl ObjectCache {
                 .fetch(&req.hash, req.suffix, no_cache, &mut sink)?;
             match sink.finish() {
                 Ok(actual) => {
-                    let committed = self.commit(req, raw, actual, fetched, may_evict);
+                    let committed = self.commit(req, raw, actual, fetched, arrival);
                     // A committed download counts its miss in its own index transaction;
                     // any other outcome counts it here.
                     if !matches!(committed, Ok(Some(_))) {
@@ -642,16 +762,17 @@ impl ObjectCache {
 
     /// Commits the verified download of `req` in `raw` (`actual` raw bytes, `fetched`
     /// stored bytes): renamed into place and indexed in one transaction with its miss.
-    /// `Ok(None)` for read-ahead (`may_evict` false) that does not fit under the quota;
-    /// neither that nor an error writes the index.
+    /// `Ok(None)` for read-ahead or a pack member (only a demand read evicts) that does
+    /// not fit under the quota; neither that nor an error writes the index.
     fn commit(
         &self,
         req: &ObjectRequest,
         raw: tempfile::NamedTempFile,
         actual: u64,
         fetched: u64,
-        may_evict: bool,
+        arrival: Arrival,
     ) -> Result<Option<u64>> {
+        let may_evict = arrival == Arrival::Demand;
         let object = req.hash.to_hex();
         if let Some(expected) = req.size
             && actual != expected
@@ -689,7 +810,7 @@ impl ObjectCache {
             mtime_ns(&meta),
             hits,
             fetched,
-            !may_evict,
+            arrival,
         );
         if written.is_err() {
             self.pending_hits.fetch_add(hits, Ordering::Relaxed);
@@ -772,6 +893,38 @@ impl Sink for InflatingSink {
     }
 }
 
+/// A download into memory that stops at `limit` bytes (a pack larger than its catalog
+/// row says is not read on forever).
+struct BoundedVec {
+    bytes: Vec<u8>,
+    limit: u64,
+}
+
+impl Write for BoundedVec {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() as u64 + buf.len() as u64 > self.limit {
+            self.bytes.extend_from_slice(buf);
+            return Err(std::io::Error::other(format!(
+                "more than the expected {} bytes",
+                self.limit
+            )));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Sink for BoundedVec {
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.bytes.clear();
+        Ok(())
+    }
+}
+
 /// Holds an exclusive lock on another descriptor of temporary `tmp` while it is in use, so
 /// that a starting process does not delete it from `txn/`.
 fn lock_temp(tmp: &tempfile::NamedTempFile) -> std::io::Result<Flock<File>> {
@@ -843,7 +996,10 @@ pub(crate) mod tests {
             if self.corrupt_unless_no_cache && !no_cache {
                 bytes[0] ^= 0xff;
             }
-            sink.write_all(&bytes).unwrap();
+            sink.write_all(&bytes).map_err(|source| Error::Io {
+                context: format!("writing mem://{hash}"),
+                source,
+            })?;
             Ok(bytes.len() as u64)
         }
     }
@@ -1118,6 +1274,88 @@ pub(crate) mod tests {
         let stats = CacheIndex::open(dir.path()).unwrap().stats().unwrap();
         assert_eq!(stats.readahead_bytes, 8000);
         assert_eq!(stats.readahead_used_bytes, 3000, "waste is the unread 5000");
+    }
+
+    #[test]
+    fn pack_members_are_verified_committed_and_counted_as_prefetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource::default());
+        let cache = ObjectCache::open(dir.path(), src.clone()).unwrap();
+        let good = catalog::compress(&[3u8; 4000]);
+        let good_hash = ContentHash::of_bytes(HashAlgorithm::Sha1, &good);
+        let other = catalog::compress(&[4u8; 1000]);
+        let other_hash = ContentHash::of_bytes(HashAlgorithm::Sha1, &other);
+        // A flipped byte: refused, nothing cached.
+        let mut bad = other.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let e = cache
+            .commit_stored(&req(other_hash, Some(1000)), &bad)
+            .unwrap_err();
+        assert!(e.to_string().contains("mismatch"), "{e}");
+        assert!(!cache.is_cached(&req(other_hash, Some(1000))));
+        // The right size matters too.
+        assert!(
+            cache
+                .commit_stored(&req(good_hash, Some(3999)), &good)
+                .is_err()
+        );
+        assert!(
+            cache
+                .commit_stored(&req(good_hash, Some(4000)), &good)
+                .unwrap()
+        );
+        assert!(
+            !cache
+                .commit_stored(&req(good_hash, Some(4000)), &good)
+                .unwrap(),
+            "cached already"
+        );
+        assert!(txn_is_empty(&cache));
+        // Read from the cache: no download.
+        assert_eq!(
+            read_all(cache.get(&req(good_hash, Some(4000))).unwrap()),
+            vec![3u8; 4000]
+        );
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 0);
+        // The rejected member is fetched on its own when read.
+        lock(&src.objects).insert(other_hash, other.clone());
+        assert_eq!(
+            read_all(cache.get(&req(other_hash, Some(1000))).unwrap()),
+            vec![4u8; 1000]
+        );
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
+        drop(cache);
+        let stats = CacheIndex::open(dir.path()).unwrap().stats().unwrap();
+        assert_eq!(
+            (stats.prefetch_bytes, stats.prefetch_used_bytes),
+            (4000, 4000)
+        );
+        assert_eq!(
+            stats.misses, 1,
+            "a pack member is not a miss; the rejected one's fetch is"
+        );
+    }
+
+    #[test]
+    fn fetch_stored_verifies_and_stops_at_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource {
+            corrupt_unless_no_cache: true,
+            ..MemorySource::default()
+        });
+        let hash = src.add(&[5u8; 100_000]);
+        let stored_len = lock(&src.objects)[&hash].len() as u64;
+        let cache = ObjectCache::open(dir.path(), src.clone()).unwrap();
+        // Corrupt through the proxy: the no-cache retry gets the right bytes.
+        let bytes = cache.fetch_stored(&req(hash, None), stored_len).unwrap();
+        assert_eq!(bytes, lock(&src.objects)[&hash]);
+        assert_eq!(src.no_cache_fetches.load(Ordering::SeqCst), 1);
+        assert!(!cache.is_cached(&req(hash, None)), "not cached itself");
+        let e = cache
+            .fetch_stored(&req(hash, None), stored_len - 1)
+            .unwrap_err();
+        assert!(matches!(e, Error::SizeMismatch { .. }), "{e}");
     }
 
     #[test]

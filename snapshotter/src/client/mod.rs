@@ -8,6 +8,8 @@
 //!   SQLite LRU index and [`quota`];
 //! * [`readahead`] — fetching a directory's small files and a file's next chunks before
 //!   they are read (read-ahead threads, behind demand reads);
+//! * [`startup`] — prefetching an image's startup packs (its published working set) when
+//!   a pull or a start asks for it;
 //! * [`breadcrumb`] — which revision this node mounted last (rollback protection);
 //! * [`repository`] — boot (manifest chain verification, choice of revision) and the
 //!   [`repository::MountedRevision`]: one revision's catalog tree, loaded lazily.
@@ -20,3 +22,4 @@ pub mod proxy_chain;
 pub mod quota;
 pub mod readahead;
 pub mod repository;
+pub mod startup;

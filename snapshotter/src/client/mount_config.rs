@@ -25,6 +25,11 @@
 //! read_ahead_threads = 16
 //! read_ahead_whole_chunked_size = 67108864  # chunked files up to this are read ahead whole
 //! read_ahead_chunks = 2                # chunks ahead of a reader of a larger chunked file
+//! # Strata only: startup packs prefetched when a pull or start asks (the `startup` module
+//! # docs); these are the defaults.
+//! prefetch = true
+//! prefetch_threads = 4                 # packs fetched at the same time
+//! prefetch_max_bytes = 1073741824      # bytes of packs per request at most
 //! # Mount a fixed revision instead of the current one (no live updates), at most one of:
 //! repository_tag = "trunk-previous"   # a tag of the history database (CVMFS_REPOSITORY_TAG)
 //! root_hash = "5798f7f4…"              # a root catalog hash (CVMFS_ROOT_HASH)
@@ -47,6 +52,7 @@ use serde::Deserialize;
 use crate::client::proxy_chain::ProxyChain;
 use crate::client::readahead::ReadAheadSettings;
 use crate::client::repository::Pin;
+use crate::client::startup::PrefetchSettings;
 use crate::{Error, Result};
 
 /// Command-line arguments of `strata-snapshotter mount`. Every option except the mount
@@ -113,6 +119,9 @@ pub struct MountArgs {
     /// Threads fetching read-ahead objects concurrently (default 16).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub read_ahead_threads: Option<u16>,
+    /// Ignore requests to prefetch startup packs (`user.strata.prefetch`; on by default).
+    #[arg(long)]
+    pub no_prefetch: bool,
     /// Mount the revision that history tag NAME names (docs/format.md §9.5: `trunk-previous`,
     /// `generic-YYYY-MM-DDTHH:MM:SSZ`, …) instead of the current one; no live updates.
     /// The manifest chain is verified all the same (CVMFS_REPOSITORY_TAG).
@@ -196,6 +205,9 @@ struct FileConfig {
     read_ahead_threads: Option<u16>,
     read_ahead_whole_chunked_size: Option<u64>,
     read_ahead_chunks: Option<usize>,
+    prefetch: Option<bool>,
+    prefetch_threads: Option<u16>,
+    prefetch_max_bytes: Option<u64>,
     repository_tag: Option<String>,
     root_hash: Option<String>,
     plain_mountpoint: Option<PathBuf>,
@@ -258,6 +270,8 @@ pub struct MountConfig {
     pub threads: u16,
     /// What is fetched ahead of reads.
     pub read_ahead: ReadAheadSettings,
+    /// How startup packs are prefetched.
+    pub prefetch: PrefetchSettings,
     /// A fixed revision to mount (no live updates), if any.
     pub pin: Option<Pin>,
     /// See [`MountArgs::accept_expired_whitelist`].
@@ -427,6 +441,16 @@ impl MountArgs {
                         .or(file.read_ahead_threads)
                         .map_or(d.threads, |t| usize::from(t).max(1)),
                     pause_when_demand: d.pause_when_demand,
+                }
+            },
+            prefetch: {
+                let d = PrefetchSettings::default();
+                PrefetchSettings {
+                    enabled: !self.no_prefetch && file.prefetch.unwrap_or(d.enabled),
+                    threads: file
+                        .prefetch_threads
+                        .map_or(d.threads, |t| usize::from(t).max(1)),
+                    max_bytes: file.prefetch_max_bytes.unwrap_or(d.max_bytes),
                 }
             },
             pin,

@@ -41,6 +41,18 @@ pub enum ObjectKind {
     Other = 2,
 }
 
+/// How a downloaded object arrived, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// A read asked for it (a miss).
+    Demand,
+    /// Read-ahead fetched it on its own ([`crate::client::readahead`]).
+    ReadAhead,
+    /// It came in a startup pack ([`crate::client::startup`]); the pack's download is the
+    /// miss, not each member.
+    Pack,
+}
+
 /// Counters and totals of a cache directory, as `strata-snapshotter cache` prints them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
@@ -58,6 +70,33 @@ pub struct CacheStats {
     pub readahead_bytes: u64,
     /// Raw bytes of read-ahead objects that were later read; the rest is waste.
     pub readahead_used_bytes: u64,
+    /// Startup packs prefetched whole ([`crate::client::startup`]).
+    pub prefetch_packs: u64,
+    /// Startup packs that could not be used (download, hash or format error).
+    pub prefetch_failed_packs: u64,
+    /// Pack members that failed their own hash or size and were not cached.
+    pub prefetch_rejected_objects: u64,
+    /// Raw bytes of the objects startup packs put into the cache.
+    pub prefetch_bytes: u64,
+    /// Raw bytes of prefetched objects that were later read.
+    pub prefetch_used_bytes: u64,
+    /// Milliseconds spent prefetching packs (download and commit, summed over packs).
+    pub prefetch_ms: u64,
+}
+
+/// Increments of the startup-pack counters ([`CacheIndex::record_prefetch`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefetchCounts {
+    /// Packs used.
+    pub packs: u64,
+    /// Packs that could not be used.
+    pub failed_packs: u64,
+    /// Members rejected.
+    pub rejected_objects: u64,
+    /// Raw bytes of prefetched objects read.
+    pub used_bytes: u64,
+    /// Milliseconds spent.
+    pub ms: u64,
 }
 
 /// Result of one touch: whether the object was indexed, and its recorded mtime.
@@ -84,7 +123,9 @@ CREATE INDEX IF NOT EXISTS cache_catalog_acseq ON cache_catalog(acseq);
 CREATE TABLE IF NOT EXISTS properties (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO properties VALUES ('schema', 1), ('total_size', 0), ('seq', 0),
     ('hits', 0), ('misses', 0), ('bytes_fetched', 0), ('readahead_bytes', 0),
-    ('readahead_used_bytes', 0);
+    ('readahead_used_bytes', 0), ('prefetch_packs', 0), ('prefetch_failed_packs', 0),
+    ('prefetch_rejected_objects', 0), ('prefetch_bytes', 0), ('prefetch_used_bytes', 0),
+    ('prefetch_ms', 0);
 ";
 
 fn db_error(context: &str, e: rusqlite::Error) -> Error {
@@ -229,15 +270,19 @@ impl CacheIndex {
         mtime: i64,
         hits: u64,
         fetched: u64,
-        read_ahead: bool,
+        arrival: Arrival,
     ) -> Result<Touch> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| db_error("download", e))?;
         let result = touch_in(&tx, sha, size, kind, mtime, hits)?;
-        add_prop(&tx, "misses", 1)?;
-        add_prop(&tx, "bytes_fetched", fetched as i64)?;
-        if read_ahead {
-            add_prop(&tx, "readahead_bytes", size as i64)?;
+        if arrival != Arrival::Pack {
+            add_prop(&tx, "misses", 1)?;
+            add_prop(&tx, "bytes_fetched", fetched as i64)?;
+        }
+        match arrival {
+            Arrival::Demand => {}
+            Arrival::ReadAhead => add_prop(&tx, "readahead_bytes", size as i64)?,
+            Arrival::Pack => add_prop(&tx, "prefetch_bytes", size as i64)?,
         }
         tx.commit().map_err(|e| db_error("download", e))?;
         Ok(result)
@@ -274,6 +319,25 @@ impl CacheIndex {
         let tx = conn.transaction().map_err(|e| db_error("counters", e))?;
         add_prop(&tx, "readahead_bytes", fetched as i64)?;
         add_prop(&tx, "readahead_used_bytes", used as i64)?;
+        tx.commit().map_err(|e| db_error("counters", e))
+    }
+
+    /// Adds to the startup-pack counters ([`CacheStats`]'s `prefetch_*`).
+    ///
+    /// # Errors
+    /// [`Error::Io`] on database errors.
+    pub fn record_prefetch(&self, counts: &PrefetchCounts) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| db_error("counters", e))?;
+        add_prop(&tx, "prefetch_packs", counts.packs as i64)?;
+        add_prop(&tx, "prefetch_failed_packs", counts.failed_packs as i64)?;
+        add_prop(
+            &tx,
+            "prefetch_rejected_objects",
+            counts.rejected_objects as i64,
+        )?;
+        add_prop(&tx, "prefetch_used_bytes", counts.used_bytes as i64)?;
+        add_prop(&tx, "prefetch_ms", counts.ms as i64)?;
         tx.commit().map_err(|e| db_error("counters", e))
     }
 
@@ -379,6 +443,12 @@ impl CacheIndex {
             bytes_fetched: p("bytes_fetched")?,
             readahead_bytes: p("readahead_bytes")?,
             readahead_used_bytes: p("readahead_used_bytes")?,
+            prefetch_packs: p("prefetch_packs")?,
+            prefetch_failed_packs: p("prefetch_failed_packs")?,
+            prefetch_rejected_objects: p("prefetch_rejected_objects")?,
+            prefetch_bytes: p("prefetch_bytes")?,
+            prefetch_used_bytes: p("prefetch_used_bytes")?,
+            prefetch_ms: p("prefetch_ms")?,
         })
     }
 

@@ -49,7 +49,9 @@ pub fn render(dir: &std::path::Path, s: &CacheStats) -> String {
     };
     format!(
         "cache: {}\nsize: {} bytes ({:.1} MB)\nentries: {}\nhits: {}\nmisses: {}\nhit ratio: {:.1}%\nbytes fetched: {}\n\
-         read-ahead bytes: {}\nread-ahead bytes later read: {}\nread-ahead waste: {} bytes\n",
+         read-ahead bytes: {}\nread-ahead bytes later read: {}\nread-ahead waste: {} bytes\n\
+         startup packs prefetched: {}\nstartup packs failed: {}\nstartup pack members rejected: {}\n\
+         prefetched bytes: {}\nprefetched bytes later read: {}\nprefetch time: {} ms\n",
         dir.display(),
         s.size,
         s.size as f64 / 1048576.0,
@@ -60,7 +62,13 @@ pub fn render(dir: &std::path::Path, s: &CacheStats) -> String {
         s.bytes_fetched,
         s.readahead_bytes,
         s.readahead_used_bytes,
-        s.readahead_bytes.saturating_sub(s.readahead_used_bytes)
+        s.readahead_bytes.saturating_sub(s.readahead_used_bytes),
+        s.prefetch_packs,
+        s.prefetch_failed_packs,
+        s.prefetch_rejected_objects,
+        s.prefetch_bytes,
+        s.prefetch_used_bytes,
+        s.prefetch_ms
     )
 }
 
@@ -78,6 +86,12 @@ mod tests {
             bytes_fetched: 1000,
             readahead_bytes: 500,
             readahead_used_bytes: 200,
+            prefetch_packs: 2,
+            prefetch_failed_packs: 1,
+            prefetch_rejected_objects: 4,
+            prefetch_bytes: 900,
+            prefetch_used_bytes: 800,
+            prefetch_ms: 12,
         };
         let text = render(std::path::Path::new("/c"), &s);
         assert!(text.contains("size: 2097152 bytes (2.0 MB)"), "{text}");
@@ -86,6 +100,9 @@ mod tests {
         assert!(text.contains("bytes fetched: 1000"));
         assert!(text.contains("read-ahead bytes: 500\nread-ahead bytes later read: 200"));
         assert!(text.contains("read-ahead waste: 300 bytes"));
+        assert!(text.contains("startup packs prefetched: 2\nstartup packs failed: 1"));
+        assert!(text.contains("members rejected: 4\nprefetched bytes: 900"));
+        assert!(text.contains("prefetched bytes later read: 800\nprefetch time: 12 ms"));
     }
 
     #[test]

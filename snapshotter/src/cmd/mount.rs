@@ -30,6 +30,7 @@ pub use crate::client::mount_config::MountArgs;
 use crate::client::mount_config::MountConfig;
 use crate::client::readahead::ReadAhead;
 use crate::client::repository::{Booted, MountedRevision, Origin, Revision, Trust};
+use crate::client::startup::StartupPrefetch;
 use crate::fuse::trace::AccessTrace;
 use crate::fuse::{StrataFs, Switcher};
 use crate::{Error, Result};
@@ -87,6 +88,12 @@ pub fn main(args: MountArgs) -> Result<()> {
             })?,
         );
     fs.set_read_ahead(read_ahead);
+    fs.set_startup_prefetch(Arc::new(
+        StartupPrefetch::start(args.prefetch.clone()).map_err(|source| Error::Io {
+            context: "starting the prefetch threads".into(),
+            source,
+        })?,
+    ));
     if let Some(path) = &args.trace {
         fs.set_trace(Arc::new(AccessTrace::create(path)?));
         tracing::info!(trace = %path.display(), "recording first reads");

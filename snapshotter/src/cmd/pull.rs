@@ -1,11 +1,13 @@
 //! `strata-snapshotter pull REF`: reads the image's metadata from the repository mount (or,
 //! for an image not published there, from its registry), connects to containerd and runs
-//! [`crate::pull::pull`], timing each step on stdout.
+//! [`crate::pull::pull`], timing each step on stdout. An image with startup packs has them prefetched by the mount
+//! in the background ([`crate::client::startup`]); the pull does not wait for them.
 
 use std::time::Instant;
 
 use namespace::{ImageName, Platform};
 
+use crate::client::startup::ask_mount;
 use crate::error::{Error, Result};
 pub use crate::pull::PullArgs;
 use crate::pull::containerd_client::Containerd;
@@ -63,6 +65,21 @@ pub fn main(args: PullArgs) -> Result<()> {
             }
         };
         timer.step("metadata");
+        // The startup packs, if the image has them, come in the background while the
+        // layers are handed to containerd and the container starts.
+        if let Some(dir) = image.startup_dir.clone() {
+            let asked = tokio::task::spawn_blocking(move || ask_mount(&dir))
+                .await
+                .map_err(|e| Error::Io {
+                    context: "ask for the startup prefetch".into(),
+                    source: std::io::Error::other(e),
+                })?;
+            match asked {
+                Ok(Some(answer)) => println!("prefetching the startup working set: {answer}"),
+                Ok(None) => {}
+                Err(e) => eprintln!("warning: {e}; the image's files are fetched as read"),
+            }
+        }
         let mut client = Containerd::connect(&args.address, &args.namespace).await?;
         timer.step("connect");
         let pulled = pull(

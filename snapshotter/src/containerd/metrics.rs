@@ -58,6 +58,16 @@ pub struct CacheCounters {
     pub readahead_bytes: u64,
     /// Raw bytes fetched by read-ahead and later read.
     pub readahead_used_bytes: u64,
+    /// Startup packs prefetched.
+    pub prefetch_packs: u64,
+    /// Startup packs that could not be used.
+    pub prefetch_failed_packs: u64,
+    /// Raw bytes startup packs put into the cache.
+    pub prefetch_bytes: u64,
+    /// Raw bytes of prefetched objects later read.
+    pub prefetch_used_bytes: u64,
+    /// Milliseconds spent prefetching.
+    pub prefetch_ms: u64,
 }
 
 /// Reads the `properties` table of `<cache>/cachedb` read-only; `None` if there is no
@@ -85,6 +95,11 @@ pub fn read_cache_counters(cache_dir: &Path) -> Option<CacheCounters> {
             "total_size" => c.size = v,
             "readahead_bytes" => c.readahead_bytes = v,
             "readahead_used_bytes" => c.readahead_used_bytes = v,
+            "prefetch_packs" => c.prefetch_packs = v,
+            "prefetch_failed_packs" => c.prefetch_failed_packs = v,
+            "prefetch_bytes" => c.prefetch_bytes = v,
+            "prefetch_used_bytes" => c.prefetch_used_bytes = v,
+            "prefetch_ms" => c.prefetch_ms = v,
             _ => {}
         }
     }
@@ -229,6 +244,36 @@ impl Metrics {
                     c.readahead_used_bytes,
                 ),
                 (
+                    "strata_prefetch_packs_total",
+                    "counter",
+                    "Startup packs the FUSE clients prefetched.",
+                    c.prefetch_packs,
+                ),
+                (
+                    "strata_prefetch_failed_packs_total",
+                    "counter",
+                    "Startup packs that could not be used (their objects are fetched one by one).",
+                    c.prefetch_failed_packs,
+                ),
+                (
+                    "strata_prefetch_bytes_total",
+                    "counter",
+                    "Raw bytes startup packs put into the cache.",
+                    c.prefetch_bytes,
+                ),
+                (
+                    "strata_prefetch_used_bytes_total",
+                    "counter",
+                    "Raw bytes from startup packs that were later read.",
+                    c.prefetch_used_bytes,
+                ),
+                (
+                    "strata_prefetch_milliseconds_total",
+                    "counter",
+                    "Time spent prefetching startup packs, summed over packs.",
+                    c.prefetch_ms,
+                ),
+                (
                     "strata_cache_size_bytes",
                     "gauge",
                     "Bytes held by the shared cache.",
@@ -318,7 +363,9 @@ mod tests {
             "CREATE TABLE properties (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              INSERT INTO properties VALUES ('hits', 7), ('misses', 3),
                  ('bytes_fetched', 4096), ('total_size', 9000), ('seq', 11),
-                 ('readahead_bytes', 2048), ('readahead_used_bytes', 512);",
+                 ('readahead_bytes', 2048), ('readahead_used_bytes', 512),
+                 ('prefetch_packs', 2), ('prefetch_failed_packs', 1), ('prefetch_bytes', 700),
+                 ('prefetch_used_bytes', 600), ('prefetch_ms', 45);",
         )?;
         drop(conn);
         let c = read_cache_counters(dir.path());
@@ -331,6 +378,11 @@ mod tests {
                 size: 9000,
                 readahead_bytes: 2048,
                 readahead_used_bytes: 512,
+                prefetch_packs: 2,
+                prefetch_failed_packs: 1,
+                prefetch_bytes: 700,
+                prefetch_used_bytes: 600,
+                prefetch_ms: 45,
             })
         );
         let text = Metrics::new(Some(dir.path().to_path_buf())).render();
@@ -342,6 +394,14 @@ mod tests {
         assert!(
             text.contains("strata_readahead_fetched_bytes_total 2048\n")
                 && text.contains("strata_readahead_used_bytes_total 512\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("strata_prefetch_packs_total 2\n")
+                && text.contains("strata_prefetch_failed_packs_total 1\n")
+                && text.contains("strata_prefetch_bytes_total 700\n")
+                && text.contains("strata_prefetch_used_bytes_total 600\n")
+                && text.contains("strata_prefetch_milliseconds_total 45\n"),
             "{text}"
         );
         Ok(())

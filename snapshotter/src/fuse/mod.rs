@@ -50,6 +50,7 @@ use lru::LruCache;
 
 use crate::client::readahead::ReadAhead;
 use crate::client::repository::MountedRevision;
+use crate::client::startup::StartupPrefetch;
 use crate::{Error, Result};
 use listing::{DirListing, LISTINGS};
 use read::OpenHandle;
@@ -86,6 +87,8 @@ struct Shared {
     read_ahead: OnceLock<Arc<ReadAhead>>,
     /// Records first reads ([`trace`]), if the mount sets it.
     trace: OnceLock<Arc<trace::AccessTrace>>,
+    /// Prefetches startup packs on request ([`crate::client::startup`]), once set.
+    startup: OnceLock<Arc<StartupPrefetch>>,
 }
 
 /// The FUSE file system of one mounted repository (one revision at a time).
@@ -151,6 +154,7 @@ impl StrataFs {
                 )),
                 read_ahead: OnceLock::new(),
                 trace: OnceLock::new(),
+                startup: OnceLock::new(),
             }),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
@@ -180,6 +184,12 @@ impl StrataFs {
     /// only what is read is fetched. Set once, before mounting.
     pub fn set_read_ahead(&self, read_ahead: Arc<ReadAhead>) {
         let _ = self.shared.read_ahead.set(read_ahead);
+    }
+
+    /// Prefetch startup packs with `prefetch` when asked ([`xattr`]); without it, the
+    /// request attribute does not exist. Set once, before mounting.
+    pub fn set_startup_prefetch(&self, prefetch: Arc<StartupPrefetch>) {
+        let _ = self.shared.startup.set(prefetch);
     }
 
     /// Record every regular file read, once, in `trace` (shared with the plain twin).

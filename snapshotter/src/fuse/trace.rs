@@ -110,8 +110,7 @@ pub fn read(path: &Path) -> Result<Vec<String>> {
         context: format!("reading the trace file {}", path.display()),
         source,
     })?;
-    namespace::trace::parse(&text, &path.display().to_string())
-        .map_err(|e| Error::Config(e.to_string()))
+    Ok(namespace::trace::parse(&text, &path.display().to_string())?)
 }
 
 #[cfg(test)]

@@ -1,11 +1,15 @@
 //! Extended attributes: the stored xattrs of an entry (docs/format.md §6.9; `trusted.overlay.opaque`
 //! must be readable because overlayfs reads it from lower layers), plus one magic
-//! attribute.
+//! attributes.
 //!
-//! **Magic xattr.** `user.catalog_counters` ([`CATALOG_COUNTERS_XATTR`], CVMFS's name and
+//! **Magic xattrs.** `user.catalog_counters` ([`CATALOG_COUNTERS_XATTR`], CVMFS's name and
 //! format), answered by name on any path of the main mount and never listed (as stock
 //! CVMFS with `CVMFS_HIDE_MAGIC_XATTRS=yes`): the statistics (docs/format.md §6.13) of the catalog
 //! that hosts the path — for a nested catalog's mountpoint directory, that nested catalog.
+//! `user.strata.prefetch` ([`PREFETCH_XATTR`]) on an image's `startup` directory or on
+//! one of its packs starts the prefetch of its packs in the background and answers how
+//! many packs and bytes that is ([`crate::client::startup`]); never listed, `ENODATA`
+//! elsewhere or when prefetching is off.
 //!
 //! **Plain twin.** In [`StrataFs::plain_twin`] `getxattr` and `listxattr` answer `ENOSYS`,
 //! after which the kernel fails them with `EOPNOTSUPP` for that session without asking.
@@ -22,6 +26,7 @@ use fuser::{Errno, ReplyXattr};
 
 use super::{CATALOG_COUNTERS_XATTR, Node, StrataFs};
 use crate::client::repository::LoadedCatalog;
+use crate::client::startup::PREFETCH_XATTR;
 use crate::{Error, Result};
 
 impl StrataFs {
@@ -32,6 +37,16 @@ impl StrataFs {
             return self
                 .catalog_counters(node)
                 .map(|text| Some(Cow::Owned(text)));
+        }
+        if name == PREFETCH_XATTR {
+            let Some(prefetch) = self.shared.startup.get() else {
+                return Ok(None);
+            };
+            return match prefetch.request(&self.repo(), &node.path) {
+                Ok(text) => Ok(Some(Cow::Owned(text.into_bytes()))),
+                Err(Error::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            };
         }
         let value = name.to_str().and_then(|n| node.entry.xattrs.get(n));
         Ok(value.map(|v| Cow::Borrowed(v.as_slice())))

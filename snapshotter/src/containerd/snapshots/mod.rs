@@ -557,6 +557,9 @@ impl Snapshotter {
                 })?;
                 self.metrics.layer_remote(via);
                 info!(key, target, via, path = %path.display(), "remote: layer published, committed from the repository");
+                if let Some(image_ref) = labels.get(crate::pull::LABEL_IMAGE_REF) {
+                    self.repository.prefetch_startup(image_ref);
+                }
                 Ok(Ok(Prepared::Remote {
                     name: target.to_string(),
                 }))

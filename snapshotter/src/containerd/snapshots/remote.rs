@@ -20,10 +20,13 @@
 //! (FUSE process gone), `EIO` (repository not reachable over HTTP), `ESTALE`,
 //! `ECONNABORTED` and a mount point without `.layers` (not mounted) are "unreachable".
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use namespace::{Digest, paths};
 
+use crate::client::startup::ask_mount;
 use crate::containerd::snapshots::store::Labels;
 
 /// Label naming the snapshot (ChainID) an extraction Prepare wants to produce.
@@ -98,7 +101,12 @@ pub enum Resolution {
 #[derive(Clone, Debug)]
 pub struct RepositoryMount {
     mountpoint: PathBuf,
+    /// Images whose startup prefetch was asked for (once per image and process).
+    prefetched: Arc<Mutex<HashSet<String>>>,
 }
+
+/// Images remembered as prefetched; past it, the set is cleared (asking again is cheap).
+const MAX_PREFETCHED: usize = 10_000;
 
 /// The ChainID of an extraction key `[<ns>/<seq>/]extract-<x> sha256:<hex>` (containerd
 /// `snapshots.UnpackKeyFormat` = `"extract-%s %s"`), or `None`.
@@ -165,6 +173,7 @@ impl RepositoryMount {
     pub fn new(mountpoint: &Path) -> RepositoryMount {
         RepositoryMount {
             mountpoint: mountpoint.to_path_buf(),
+            prefetched: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -182,6 +191,43 @@ impl RepositoryMount {
     pub fn chainid_path(&self, chain: &Digest) -> PathBuf {
         self.mountpoint
             .join(paths::join(&paths::chainid_link(chain)))
+    }
+
+    /// A remote layer of image `image_ref` (a Prepare's CRI label
+    /// `containerd.io/snapshot/cri.image-ref`) was handed out: asks the mount, once per
+    /// image, to prefetch the image's startup packs for this node's platform
+    /// ([`crate::client::startup`]). Never fails the Prepare: a problem is logged. Blocking
+    /// (one `getxattr` in the mount, answered at once).
+    pub fn prefetch_startup(&self, image_ref: &str) {
+        {
+            let mut asked = self
+                .prefetched
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if asked.len() >= MAX_PREFETCHED {
+                asked.clear();
+            }
+            if !asked.insert(image_ref.to_string()) {
+                return;
+            }
+        }
+        let name = match namespace::ImageName::parse(image_ref) {
+            Ok(name) => name,
+            Err(e) => {
+                tracing::debug!(image_ref, error = %e, "no startup prefetch");
+                return;
+            }
+        };
+        let public = name.public_path();
+        let platform = namespace::Platform::node().dir_name();
+        let dir = self
+            .mountpoint
+            .join(paths::join(&paths::startup_dir(&public, &platform)));
+        match ask_mount(&dir) {
+            Ok(Some(answer)) => tracing::info!(image = %public, %answer, "startup prefetch asked"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(image = %public, error = %e, "startup prefetch not asked"),
+        }
     }
 
     /// `Ok` if the repository answers (`<mountpoint>/.layers` is a directory), else the

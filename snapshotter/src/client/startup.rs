@@ -1,0 +1,365 @@
+//! Prefetching an image's startup working set: its startup packs (docs/format.md §13),
+//! published by `strata-publisher startup` under
+//! `.metadata/<image>/platforms/<platform>/startup/` (docs/namespace.md §9).
+//!
+//! A start that reads a few hundred files in dependency order pays one round trip per
+//! miss; at 50 ms from the server that is most of its time. A pack holds the objects the
+//! start read, in the order it read them, so a few plain GETs — cached by every Squid on
+//! the way, like any object — bring the whole working set.
+//!
+//! Prefetching starts when someone asks for it: `strata-snapshotter pull`, a Prepare of a
+//! remote snapshot that names its image, or anyone reading the extended attribute
+//! [`PREFETCH_XATTR`] of a `startup` directory (or of one pack) through the mount
+//! (`getfattr -n user.strata.prefetch DIR`). The request returns at once; packs are
+//! fetched in the background by [`PrefetchSettings::threads`] workers, in pack order
+//! (the first pack holds what a start reads first). Each pack is downloaded whole with a
+//! plain GET, verified against its own hash, parsed, and every member is verified against
+//! *its* hash and size before it enters the cache
+//! ([`ObjectCache::commit_stored`](crate::client::cache::ObjectCache::commit_stored)): a
+//! member that fails is dropped (and counted), the rest are kept. Objects already cached
+//! are skipped. Reads never wait for a pack: a read of an object whose pack is still on its
+//! way fetches the object on its own, as without packs. Prefetching never evicts: a member
+//! that does not fit under the quota is skipped; [`PrefetchSettings::max_bytes`] bounds the
+//! packs queued per request. A pack that cannot be used (download, hash, format) is logged
+//! and counted; its objects are then fetched one by one when read, as they would be without
+//! it. Counters (packs, failures, rejected members, bytes prefetched and later read, time)
+//! are kept in the cache index ([`crate::client::quota::CacheStats`]).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use catalog::{ContentHash, EntryKind, StartupPack, Suffix};
+use namespace::paths;
+
+use crate::client::cache::ObjectRequest;
+use crate::client::quota::PrefetchCounts;
+use crate::client::repository::MountedRevision;
+use crate::{Error, Result};
+
+/// The extended attribute whose read starts the prefetch of a `startup` directory or pack.
+pub const PREFETCH_XATTR: &str = "user.strata.prefetch";
+
+/// Asks the mount that serves `startup_dir` (an image's `startup` directory, as a path in
+/// the mount) to prefetch its packs: one `getxattr` of [`PREFETCH_XATTR`], answered at
+/// once. `Ok(None)` if the image has no startup packs or the mount does not prefetch
+/// (another client, `--no-prefetch`); else the mount's answer (`N pack(s), B bytes`).
+/// Blocking.
+///
+/// # Errors
+/// [`Error::Io`] naming the directory for any other failure of the request.
+pub fn ask_mount(startup_dir: &std::path::Path) -> Result<Option<String>> {
+    match xattr::get(startup_dir, PREFETCH_XATTR) {
+        Ok(value) => Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned())),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(nix::libc::ENODATA)
+                || e.raw_os_error() == Some(nix::libc::EOPNOTSUPP) =>
+        {
+            Ok(None)
+        }
+        Err(source) => Err(Error::Io {
+            context: format!("asking for the prefetch of {}", startup_dir.display()),
+            source,
+        }),
+    }
+}
+
+/// Packs queued at most; past it, new requests are refused (logged).
+const MAX_QUEUED: usize = 4096;
+
+/// How startup packs are prefetched (`prefetch*` keys of the mount's config file, and
+/// `mount` flags).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefetchSettings {
+    /// Whether packs are prefetched at all.
+    pub enabled: bool,
+    /// Packs fetched at the same time.
+    pub threads: usize,
+    /// Bytes of packs queued per request at most (packs past it are left out).
+    pub max_bytes: u64,
+}
+
+impl Default for PrefetchSettings {
+    fn default() -> Self {
+        PrefetchSettings {
+            enabled: true,
+            threads: 4,
+            max_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// One queued pack.
+struct Job {
+    repo: Arc<MountedRevision>,
+    path: String,
+    req: ObjectRequest,
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Packs queued, in progress or done (by hash); a failed one is forgotten so that a
+    /// later request tries again.
+    seen: HashSet<ContentHash>,
+    stopping: bool,
+}
+
+struct Inner {
+    settings: PrefetchSettings,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+/// The startup-pack prefetcher of one mount process; stopped (queue dropped, workers
+/// joined) on drop.
+pub struct StartupPrefetch {
+    inner: Arc<Inner>,
+    workers: Vec<JoinHandle<()>>,
+    stopped: AtomicBool,
+}
+
+impl StartupPrefetch {
+    /// Starts the workers (none if prefetching is disabled).
+    ///
+    /// # Errors
+    /// A worker thread cannot be spawned.
+    pub fn start(settings: PrefetchSettings) -> std::io::Result<StartupPrefetch> {
+        let threads = if settings.enabled {
+            settings.threads.max(1)
+        } else {
+            0
+        };
+        let inner = Arc::new(Inner {
+            settings,
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                seen: HashSet::new(),
+                stopping: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let mut workers = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let inner = inner.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("prefetch-{i}"))
+                    .spawn(move || inner.work())?,
+            );
+        }
+        Ok(StartupPrefetch {
+            inner,
+            workers,
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &PrefetchSettings {
+        &self.inner.settings
+    }
+
+    /// Queues the packs of `path` (a repository path: a `startup` directory, whose packs
+    /// are taken in name order, or one pack) of revision `repo`, leaving out packs queued
+    /// before and those past [`PrefetchSettings::max_bytes`]. Returns the answer to the
+    /// request, the same however often it is asked (`getxattr` asks twice: size, then
+    /// value): how many packs and bytes it covers, whether queued now or before. Does not
+    /// wait for any download.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if `path` is neither; catalog errors.
+    pub fn request(&self, repo: &Arc<MountedRevision>, path: &str) -> Result<String> {
+        if !self.inner.settings.enabled {
+            return Ok("disabled".into());
+        }
+        let found = repo
+            .lookup(path)?
+            .ok_or_else(|| Error::NotFound(path.to_string()))?;
+        let name = path.rsplit('/').next().unwrap_or("");
+        let packs: Vec<(String, catalog::Entry)> = match found.entry.kind {
+            EntryKind::Directory => repo
+                .list(path)?
+                .into_iter()
+                .filter(|f| {
+                    f.entry.kind == EntryKind::Regular && paths::is_pack_name(&f.entry.name)
+                })
+                .map(|f| (format!("{path}/{}", f.entry.name), f.entry))
+                .collect(),
+            EntryKind::Regular if paths::is_pack_name(name) => {
+                vec![(path.to_string(), found.entry)]
+            }
+            _ => return Err(Error::NotFound(format!("{path}: no startup pack"))),
+        };
+        let mut admitted = 0usize;
+        let mut queued = 0usize;
+        let mut bytes = 0u64;
+        let mut left_out = 0usize;
+        let mut queue = self.inner.lock();
+        for (pack_path, entry) in packs {
+            let Some(hash) = entry.hash else {
+                continue;
+            };
+            if bytes + entry.size > self.inner.settings.max_bytes || queue.jobs.len() >= MAX_QUEUED
+            {
+                left_out += 1;
+                continue;
+            }
+            bytes += entry.size;
+            admitted += 1;
+            if !queue.seen.insert(hash) {
+                continue;
+            }
+            queued += 1;
+            queue.jobs.push_back(Job {
+                repo: repo.clone(),
+                path: pack_path,
+                req: ObjectRequest {
+                    hash,
+                    suffix: Suffix::None,
+                    compressed: entry.compressed,
+                    size: Some(entry.size),
+                },
+            });
+            self.inner.wake.notify_one();
+        }
+        if left_out > 0 {
+            tracing::warn!(
+                path,
+                left_out,
+                max_bytes = self.inner.settings.max_bytes,
+                "startup packs left out (prefetch size bound)"
+            );
+        }
+        if queued > 0 {
+            tracing::info!(path, packs = queued, "startup prefetch queued");
+        }
+        Ok(format!("{admitted} pack(s), {bytes} bytes"))
+    }
+
+    /// Packs waiting (for tests and metrics).
+    pub fn queued(&self) -> usize {
+        self.inner.lock().jobs.len()
+    }
+
+    /// Stops the workers: queued packs are dropped, those in progress finish.
+    pub fn stop(&mut self) {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        {
+            let mut queue = self.inner.lock();
+            queue.stopping = true;
+            queue.jobs.clear();
+        }
+        self.inner.wake.notify_all();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Drop for StartupPrefetch {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A worker: takes packs until stopped.
+    fn work(&self) {
+        loop {
+            let job = {
+                let mut queue = self.lock();
+                loop {
+                    if queue.stopping {
+                        return;
+                    }
+                    if let Some(job) = queue.jobs.pop_front() {
+                        break job;
+                    }
+                    queue = self
+                        .wake
+                        .wait(queue)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            };
+            let started = Instant::now();
+            let mut counts = PrefetchCounts::default();
+            match prefetch_pack(&job, &mut counts) {
+                Ok(committed) => {
+                    counts.packs = 1;
+                    tracing::info!(
+                        pack = %job.path,
+                        committed,
+                        rejected = counts.rejected_objects,
+                        ms = started.elapsed().as_millis() as u64,
+                        "startup pack prefetched"
+                    );
+                }
+                Err(e) => {
+                    counts.failed_packs = 1;
+                    self.lock().seen.remove(&job.req.hash);
+                    tracing::warn!(
+                        pack = %job.path,
+                        error = %e,
+                        "startup pack unusable; its objects are fetched one by one when read"
+                    );
+                }
+            }
+            counts.ms = started.elapsed().as_millis() as u64;
+            if let Err(e) = job.repo.cache().index().record_prefetch(&counts) {
+                tracing::debug!(error = %e, "cache index: prefetch counters");
+            }
+        }
+    }
+}
+
+/// Downloads, verifies and unpacks one pack into the cache; the number of members
+/// committed (members already cached, being downloaded or over the quota are skipped).
+fn prefetch_pack(job: &Job, counts: &mut PrefetchCounts) -> Result<usize> {
+    let cache = job.repo.cache();
+    let size = job.req.size.unwrap_or(0);
+    // Packs are published uncompressed; a compressed one may be a little larger stored.
+    let limit = if job.req.compressed {
+        size + size / 64 + 4096
+    } else {
+        size
+    };
+    let stored = cache.fetch_stored(&job.req, limit)?;
+    let bytes = if job.req.compressed {
+        catalog::decompress(&stored, size)?
+    } else {
+        stored
+    };
+    let pack = StartupPack::parse(&bytes)?;
+    let mut committed = 0;
+    for (i, m) in pack.members().iter().enumerate() {
+        let Some(stored) = pack.stored(i) else {
+            break;
+        };
+        let req = ObjectRequest {
+            hash: m.hash,
+            suffix: m.suffix,
+            compressed: m.compressed,
+            size: Some(m.raw_size),
+        };
+        match cache.commit_stored(&req, stored) {
+            Ok(true) => committed += 1,
+            Ok(false) => {}
+            Err(e) => {
+                counts.rejected_objects += 1;
+                tracing::warn!(pack = %job.path, object = %m.hash, error = %e, "startup pack member rejected");
+            }
+        }
+    }
+    Ok(committed)
+}
