@@ -1574,3 +1574,129 @@ fn mount_overlay(lowers: &[&Path], merged: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Polls the cache index at `cache` until `done` holds for its counters (10 s at most).
+fn wait_for_stats(
+    cache: &Path,
+    m: &Mounted,
+    done: impl Fn(&snapshotter::client::quota::CacheStats) -> bool,
+) -> snapshotter::client::quota::CacheStats {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = snapshotter::client::quota::CacheIndex::open(cache)
+            .and_then(|i| i.stats())
+            .unwrap();
+        if done(&stats) {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cache counters never got there: {stats:?}\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn startup_packs_are_prefetched_on_request_and_checked_member_by_member() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let bodies: Vec<Vec<u8>> = (0..6).map(|i| noise(5000 + i, 700 + i as u64)).collect();
+    let stored: Vec<Vec<u8>> = bodies.iter().map(|b| catalog::compress(b)).collect();
+    let member = |i: usize| catalog::PackMember {
+        hash: catalog::ContentHash::of_bytes(catalog::HashAlgorithm::Sha1, &stored[i]),
+        suffix: catalog::Suffix::None,
+        compressed: true,
+        stored_size: stored[i].len() as u64,
+        raw_size: bodies[i].len() as u64,
+    };
+    // pack-000: f0, f1, f2; pack-001: f3 and f4 with a flipped byte. f5 in no pack.
+    let mut first = catalog::PackBuilder::new();
+    for (i, bytes) in stored.iter().enumerate().take(3) {
+        first.push(member(i), bytes).unwrap();
+    }
+    let mut second = catalog::PackBuilder::new();
+    second.push(member(3), &stored[3]).unwrap();
+    let mut damaged = stored[4].clone();
+    damaged[10] ^= 0x40;
+    second.push(member(4), &damaged).unwrap();
+    let (first, second) = (first.finish(), second.finish());
+    let mut files: Vec<(String, Vec<u8>)> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (format!("/app/f{i}"), b.clone()))
+        .collect();
+    files.push(("/app/startup/pack-000.strata-pack".into(), first.clone()));
+    files.push(("/app/startup/pack-001.strata-pack".into(), second.clone()));
+    files.push((
+        "/bad/startup/pack-000.strata-pack".into(),
+        b"not a pack\n".to_vec(),
+    ));
+    let repo = FlatRepo::build(work.path(), &files, 240);
+    for (i, b) in bodies.iter().enumerate() {
+        assert_eq!(
+            object_of(&repo.store, b),
+            member(i).hash.object_path(catalog::Suffix::None),
+            "the pack holds the file's own object"
+        );
+    }
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let mnt = work.path().join("mnt");
+    let cache = work.path().join("cache");
+    // Without read-ahead, every GET below is what the packs did or did not save.
+    let mut cmd = mount_command(&server, FQRN, &repo.keys.pubkey, &cache, &mnt);
+    cmd.arg("--no-read-ahead");
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+
+    let answer = getxattr(&mnt.join("app/startup"), "user.strata.prefetch").unwrap();
+    let bytes = first.len() + second.len();
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        format!("2 pack(s), {bytes} bytes")
+    );
+    let stats = wait_for_stats(&cache, &m, |s| s.prefetch_packs == 2);
+    assert_eq!(stats.prefetch_rejected_objects, 1, "the flipped member");
+    assert_eq!(
+        stats.prefetch_bytes,
+        (0..4).map(|i| bodies[i].len() as u64).sum::<u64>()
+    );
+    let pack_objects = [
+        object_of(&repo.store, &first),
+        object_of(&repo.store, &second),
+    ];
+    for p in &pack_objects {
+        assert_eq!(server.requests_for(p), 1, "one plain GET per pack");
+    }
+    // Asked again: the same answer, nothing fetched again.
+    let again = getxattr(&mnt.join("app/startup"), "user.strata.prefetch").unwrap();
+    assert_eq!(again, answer);
+    for (i, b) in bodies.iter().enumerate() {
+        assert_eq!(&std::fs::read(mnt.join(format!("app/f{i}"))).unwrap(), b);
+    }
+    for (i, b) in bodies.iter().enumerate() {
+        let gets = server.requests_for(&object_of(&repo.store, b));
+        // From the pack: no GET; the rejected member and the one in no pack: their own GET.
+        let want = usize::from(i >= 4);
+        assert_eq!(gets, want, "GETs of f{i}");
+    }
+    for p in &pack_objects {
+        assert_eq!(server.requests_for(p), 1);
+    }
+    let stats = wait_for_stats(&cache, &m, |s| s.prefetch_used_bytes == s.prefetch_bytes);
+    assert_eq!(stats.prefetch_failed_packs, 0);
+    // Not a startup directory or pack: no such attribute.
+    let e = getxattr(&mnt.join("app/f0"), "user.strata.prefetch").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "{e}");
+    // A pack that is no pack: counted, logged; nothing else happens.
+    let answer = getxattr(&mnt.join("bad/startup"), "user.strata.prefetch").unwrap();
+    assert_eq!(String::from_utf8_lossy(&answer), "1 pack(s), 11 bytes");
+    wait_for_stats(&cache, &m, |s| s.prefetch_failed_packs == 1);
+    assert_eq!(server.range_requests.load(Ordering::SeqCst), 0);
+    m.stop();
+    let log = m.log_text();
+    assert!(
+        log.contains("startup pack member rejected") && log.contains("startup pack unusable"),
+        "{log}"
+    );
+}
