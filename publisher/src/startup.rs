@@ -6,7 +6,8 @@
 //! start read, recorded by `strata-snapshotter mount --trace`. Each path is resolved in the
 //! revision being extended to its object (a file) or objects (the chunks of a chunked file
 //! of at most [`StartupOptions::max_chunked_file`]); every object goes in once, at its first
-//! place. Paths the revision does not hold (a trace taken on an older revision, or of
+//! place. Paths under `.metadata` are left out (`pull` reads the manifest and config before
+//! it asks for the packs). Paths the revision does not hold (a trace taken on an older revision, or of
 //! another image) are skipped and counted: a trace of `.layers/…/layerfs` paths stays
 //! valid for every image that shares those layers. The objects are copied, stored bytes
 //! unchanged, into packs of about [`StartupOptions::pack_size`] bytes; the whole set is
@@ -76,6 +77,9 @@ pub struct StartupSummary {
     pub resolved: usize,
     /// Paths the revision does not hold (or that are not regular files).
     pub missing: usize,
+    /// Paths under `.metadata`, left out: `pull` reads an image's manifest and config
+    /// before it asks for the packs.
+    pub metadata: usize,
     /// Paths of chunked files left out for their size, or objects left out past
     /// [`StartupOptions::max_bytes`].
     pub left_out: usize,
@@ -94,7 +98,8 @@ impl std::fmt::Display for StartupSummary {
         write!(
             f,
             "revision {}: {} object(s), {} stored bytes ({} content bytes) in {} pack(s) under {}; \
-             trace: {} path(s), {} resolved, {} not in this revision, {} left out for size",
+             trace: {} path(s), {} resolved, {} not in this revision, {} of image metadata, \
+             {} left out for size",
             self.revision,
             self.objects,
             self.stored_bytes,
@@ -104,6 +109,7 @@ impl std::fmt::Display for StartupSummary {
             self.paths,
             self.resolved,
             self.missing,
+            self.metadata,
             self.left_out
         )
     }
@@ -146,7 +152,12 @@ pub fn publish_startup(
     let mut wanted: Vec<WantedObject> = Vec::new();
     let mut kept_lines: Vec<&str> = Vec::new();
     let mut total: u64 = 0;
+    let metadata_prefix = format!("/{}/", paths::METADATA);
     for line in &lines {
+        if line.starts_with(&metadata_prefix) {
+            summary.metadata += 1;
+            continue;
+        }
         let Some(entry) = resolver.regular_file(&ns, line)? else {
             summary.missing += 1;
             continue;

@@ -53,11 +53,13 @@ fn a_trace_becomes_packs_of_its_objects_in_first_read_order() {
     let l1 = layerfs(&image.layers[0]);
     let l2 = layerfs(&image.layers[1]);
     let trace = work.path().join("start.trace");
+    // What `pull` reads before it asks for the packs: not packed.
+    let config = "/.metadata/localhost/layout:1/platforms/linux-amd64/config.json";
     ok(std::fs::write(
         &trace,
         format!(
-            "# strata access trace v1\n{l1}/l1/f2\n{flat}/l1/f0\n/no/such/file\n{l2}/l2/f0\n\
-             {flat}/l1/f2\n{l1}/l1\n"
+            "# strata access trace v1\n{config}\n{l1}/l1/f2\n{flat}/l1/f0\n/no/such/file\n\
+             {l2}/l2/f0\n{flat}/l1/f2\n{l1}/l1\n"
         ),
     ));
     let t = trace.display().to_string();
@@ -73,7 +75,7 @@ fn a_trace_becomes_packs_of_its_objects_in_first_read_order() {
     ]);
     // f2 twice (layer and flat path: one object), a missing path, a directory.
     assert!(
-        out.contains("6 path(s), 4 resolved, 2 not in this revision"),
+        out.contains("7 path(s), 4 resolved, 2 not in this revision, 1 of image metadata"),
         "{out}"
     );
     verify_ok(&repo);

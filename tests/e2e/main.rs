@@ -9,6 +9,7 @@
 
 mod apptainer;
 mod containerd_matrix;
+mod startup;
 mod tree_equality;
 
 use std::process::{Command, Output};

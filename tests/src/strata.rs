@@ -33,6 +33,26 @@ pub fn strata_command(binary: &str) -> Result<Command> {
     Ok(command)
 }
 
+/// `strata-snapshotter cache --cache DIR`: the cache's counters as `(key, value)` lines.
+pub fn cache_report(cache: &Path, log: &Path) -> Result<String> {
+    let mut command = strata_command(SNAPSHOTTER)?;
+    command.arg("cache").arg("--cache").arg(cache);
+    let output = run_checked(&mut command, log, Duration::from_secs(60))?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The number after `key: ` in a [`cache_report`] (`None` if there is no such line).
+pub fn report_value(report: &str, key: &str) -> Option<u64> {
+    report.lines().find_map(|line| {
+        line.strip_prefix(key)?
+            .strip_prefix(": ")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
 /// A publisher repository directory (`--repo DIR`, contract §2).
 #[derive(Debug, Clone)]
 pub struct Repo {
@@ -87,6 +107,21 @@ impl Repo {
     /// Ingests `refs`; error with the log tail if the publisher fails.
     pub fn ingest(&self, refs: &[&str], log: &Path) -> Result<()> {
         run_checked(&mut self.ingest_command(refs)?, log, INGEST_TIMEOUT).map(drop)
+    }
+
+    /// `strata-publisher startup --repo DIR --trace TRACE REFERENCE`: publishes the image's
+    /// startup packs from an access trace; its summary line.
+    pub fn startup(&self, reference: &str, trace: &Path, log: &Path) -> Result<String> {
+        let mut command = strata_command(PUBLISHER)?;
+        command
+            .arg("startup")
+            .arg("--repo")
+            .arg(&self.dir)
+            .arg("--trace")
+            .arg(trace)
+            .arg(reference);
+        let output = run_checked(&mut command, log, INGEST_TIMEOUT)?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
     /// Starts `strata-publisher serve --repo DIR --listen 127.0.0.1:<free port>` and waits
@@ -171,6 +206,27 @@ impl HttpServer {
                 self.log().display()
             ))
         })
+    }
+
+    /// The paths (below `/cvmfs/<fqrn>/`) of every successful GET so far, in order, from
+    /// the access lines of the log.
+    ///
+    /// Errors: the log cannot be read.
+    pub fn get_paths(&self) -> Result<Vec<String>> {
+        let text = std::fs::read_to_string(self.log())
+            .map_err(io_context(format!("read {}", self.log().display())))?;
+        let prefix = format!("/cvmfs/{}/", self.fqrn);
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let line = strip_ansi(line);
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.as_slice() {
+                    ["GET", path, "200", _] => path.strip_prefix(&prefix).map(str::to_owned),
+                    _ => None,
+                }
+            })
+            .collect())
     }
 
     /// Stops the server now (also done on drop).
