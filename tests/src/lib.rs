@@ -28,6 +28,7 @@ pub mod image;
 pub mod measure;
 pub mod mounts;
 pub mod net;
+pub mod node;
 pub mod process;
 pub mod registry;
 pub mod relay;

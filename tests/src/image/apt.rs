@@ -3,7 +3,8 @@
 //! mirror this machine's apt uses), each committed with `umoci repack`.
 //!
 //! [`PYANA`] is the bench image of the cold-read figures: python3, then numpy and scipy in
-//! a layer of their own, the shape of a typical analysis image.
+//! a layer of their own, the shape of a typical analysis image; [`GCC`] a compiler
+//! toolchain.
 
 use std::path::Path;
 use std::process::Command;
@@ -30,6 +31,15 @@ pub const PYANA: AptRecipe = AptRecipe {
     tag: "pyana",
     layers: &[&["python3"], &["python3-numpy", "python3-scipy"]],
     cmd: "python3",
+};
+
+/// A compiler toolchain: binutils (layer 2), gcc and the C library headers (layer 3) on
+/// bookworm minbase.
+pub const GCC: AptRecipe = AptRecipe {
+    key: "bookworm-gcc-v1",
+    tag: "gcc",
+    layers: &[&["binutils"], &["gcc", "libc6-dev"]],
+    cmd: "gcc",
 };
 
 /// The image of `recipe`, cached under `<cache_root>/<key>/` (built first if needed; the

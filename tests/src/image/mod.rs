@@ -15,7 +15,7 @@ pub mod layer_tar;
 pub mod layout;
 pub mod rich;
 
-pub use apt::{AptRecipe, PYANA, apt_image};
+pub use apt::{AptRecipe, GCC, PYANA, apt_image};
 pub use build::{TestImage, build_escaping_layout, test_image};
 pub use layout::{ImageFacts, LayerFacts, put_blob, read_layout, sha256_file};
 pub use rich::{RICH_KEY, RICH_TAG, rich_image};
