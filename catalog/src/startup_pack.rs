@@ -296,6 +296,21 @@ mod tests {
     }
 
     #[test]
+    fn the_format_test_vector() -> Result<()> {
+        // docs/format.md §13.3
+        let (m, stored) = member(b"hello, world\n", Suffix::None);
+        assert_eq!(m.hash.to_hex(), "2605a7c5375c7887e3ea435d1b2a8af15ad0534f");
+        let mut b = PackBuilder::new();
+        b.push(m, &stored)?;
+        let bytes = b.finish();
+        let head = "strata startup pack 1\nobjects 1\n\
+                    2605a7c5375c7887e3ea435d1b2a8af15ad0534f - 1 21 13\n\n";
+        assert_eq!(&bytes[..head.len()], head.as_bytes());
+        assert_eq!(bytes.len(), head.len() + 21);
+        Ok(())
+    }
+
+    #[test]
     fn an_empty_pack_parses() -> Result<()> {
         let bytes = PackBuilder::new().finish();
         assert_eq!(bytes, b"strata startup pack 1\nobjects 0\n\n");
