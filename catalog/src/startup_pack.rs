@@ -10,13 +10,13 @@
 //! ```text
 //! strata startup pack 1\n
 //! objects <N>\n
-//! <hash hex> <P|-> <1|0> <stored size> <raw size>\n      N lines, one per member
+//! <hash hex> <C|P|-> <1|0> <stored size> <raw size>\n    N lines, one per member
 //! \n
 //! <stored bytes of member 1><stored bytes of member 2>…
 //! ```
 //!
 //! A member line names the object (`ContentHash::to_hex`, with its algorithm suffix), its
-//! kind (`P` a chunk, `-` a whole file), whether it is zlib-compressed, the length of its
+//! kind (`C` a catalog the start loads, `P` a chunk, `-` a whole file), whether it is zlib-compressed, the length of its
 //! stored bytes (exactly as under `data/`) and the length of its content. The data area is
 //! exactly the sum of the stored sizes. A reader trusts nothing in a pack: each member is
 //! verified against its own hash (and its size) before use, as if it had been fetched
@@ -36,7 +36,8 @@ pub const MAX_MEMBERS: usize = 1 << 20;
 pub struct PackMember {
     /// The object's content hash (of its stored bytes).
     pub hash: ContentHash,
-    /// [`Suffix::None`] (a whole file) or [`Suffix::Partial`] (a chunk).
+    /// [`Suffix::None`] (a whole file), [`Suffix::Partial`] (a chunk) or
+    /// [`Suffix::Catalog`] (a nested catalog).
     pub suffix: Suffix,
     /// Whether the stored bytes are a zlib stream.
     pub compressed: bool,
@@ -63,7 +64,7 @@ impl PackBuilder {
     ///
     /// # Errors
     /// [`Error::InvalidPack`] if `stored` is not `member.stored_size` bytes long or the
-    /// suffix is neither a file nor a chunk.
+    /// suffix is not a file, chunk or catalog.
     pub fn push(&mut self, member: PackMember, stored: &[u8]) -> Result<()> {
         if stored.len() as u64 != member.stored_size {
             return Err(Error::InvalidPack(format!(
@@ -98,12 +99,8 @@ impl PackBuilder {
     pub fn finish(self) -> Vec<u8> {
         let mut head = format!("{MAGIC}\nobjects {}\n", self.members.len());
         for m in &self.members {
-            // Only file and chunk suffixes get in (checked by `push`).
-            let kind = if m.suffix == Suffix::Partial {
-                'P'
-            } else {
-                '-'
-            };
+            // Only file, chunk and catalog suffixes get in (checked by `push`).
+            let kind = suffix_letter(m.suffix).unwrap_or('-');
             head.push_str(&format!(
                 "{} {kind} {} {} {}\n",
                 m.hash.to_hex(),
@@ -123,8 +120,9 @@ fn suffix_letter(suffix: Suffix) -> Result<char> {
     match suffix {
         Suffix::None => Ok('-'),
         Suffix::Partial => Ok('P'),
+        Suffix::Catalog => Ok('C'),
         other => Err(Error::InvalidPack(format!(
-            "only files and chunks go into a pack, not objects with suffix {:?}",
+            "only files, chunks and catalogs go into a pack, not objects with suffix {:?}",
             other.letter()
         ))),
     }
@@ -224,7 +222,8 @@ fn parse_member(text: &str) -> std::result::Result<PackMember, String> {
     let suffix = match kind {
         "-" => Suffix::None,
         "P" => Suffix::Partial,
-        other => return Err(format!("kind {other:?} is neither `-` nor `P`")),
+        "C" => Suffix::Catalog,
+        other => return Err(format!("kind {other:?} is not `-`, `P` or `C`")),
     };
     let compressed = match compressed {
         "1" => true,
@@ -265,10 +264,11 @@ mod tests {
         )
     }
 
-    fn two_member_pack() -> (Vec<u8>, Vec<(PackMember, Vec<u8>)>) {
+    fn three_member_pack() -> (Vec<u8>, Vec<(PackMember, Vec<u8>)>) {
         let members = vec![
             member(b"hello, world\n", Suffix::None),
             member(&[7u8; 5000], Suffix::Partial),
+            member(b"SQLite format 3\0", Suffix::Catalog),
         ];
         let mut b = PackBuilder::new();
         for (m, s) in &members {
@@ -279,17 +279,17 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_order_and_bytes() -> Result<()> {
-        let (bytes, members) = two_member_pack();
+        let (bytes, members) = three_member_pack();
         let pack = StartupPack::parse(&bytes)?;
-        assert_eq!(pack.members().len(), 2);
+        assert_eq!(pack.members().len(), 3);
         for (i, (m, stored)) in members.iter().enumerate() {
             assert_eq!(&pack.members()[i], m);
             assert_eq!(pack.stored(i), Some(&stored[..]));
         }
-        assert_eq!(pack.stored(2), None);
+        assert_eq!(pack.stored(3), None);
         let text = String::from_utf8_lossy(&bytes[..60]).to_string();
         assert!(
-            text.starts_with("strata startup pack 1\nobjects 2\n"),
+            text.starts_with("strata startup pack 1\nobjects 3\n"),
             "{text}"
         );
         Ok(())
@@ -320,7 +320,7 @@ mod tests {
 
     #[test]
     fn malformed_packs_are_refused_with_the_reason() {
-        let (good, _) = two_member_pack();
+        let (good, _) = three_member_pack();
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (b"not a pack\n".to_vec(), "not a startup pack"),
             (good[..good.len() - 1].to_vec(), "add up to"),
@@ -340,11 +340,11 @@ mod tests {
             (b"strata startup pack 1\nobjects 0".to_vec(), "ends before"),
             (
                 format!(
-                    "strata startup pack 1\nobjects 1\n{} C 1 1 1\n\nx",
+                    "strata startup pack 1\nobjects 1\n{} X 1 1 1\n\nx",
                     "0".repeat(40)
                 )
                 .into_bytes(),
-                "neither `-` nor `P`",
+                "not `-`, `P` or `C`",
             ),
             (
                 format!(
@@ -372,11 +372,11 @@ mod tests {
         let (m, stored) = member(b"x", Suffix::None);
         let mut b = PackBuilder::new();
         assert!(b.push(m, &stored[1..]).is_err());
-        let catalog = PackMember {
-            suffix: Suffix::Catalog,
+        let certificate = PackMember {
+            suffix: Suffix::Certificate,
             ..m
         };
-        assert!(b.push(catalog, &stored).is_err());
+        assert!(b.push(certificate, &stored).is_err());
         assert!(b.is_empty());
     }
 }

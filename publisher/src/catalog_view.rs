@@ -57,6 +57,15 @@ impl CatalogView {
         Ok(self.reader.nested_catalogs()?)
     }
 
+    /// Bytes of the (uncompressed) catalog file.
+    ///
+    /// Errors: [`Error::Io`] if it cannot be stat'ed.
+    pub fn file_size(&self) -> Result<u64> {
+        std::fs::metadata(&self.file)
+            .map(|m| m.len())
+            .map_err(|e| Error::io(format!("stat {}", self.file.display()), e))
+    }
+
     /// The catalog's root path as catalogs spell it (`/.layers/ab/<hex>/layerfs`).
     pub fn root_path(&self) -> &str {
         &self.prefix

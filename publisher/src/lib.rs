@@ -27,6 +27,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod publish;
 pub mod recipe;
+pub mod record;
 pub mod reference;
 pub mod removal;
 pub mod repo;

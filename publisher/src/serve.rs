@@ -25,8 +25,18 @@ pub const DATA_CACHE_CONTROL: &str = "max-age=259200";
 /// `Cache-Control` for `.cvmfs*` files: 61 s, just above Squid's 60 s floor.
 pub const META_CACHE_CONTROL: &str = "max-age=61";
 
-/// The router serving `srv` at `/cvmfs/<fqrn>/` and 404 everywhere else.
+/// The router serving `srv` at `/cvmfs/<fqrn>/` and 404 everywhere else, with one access
+/// line per request on stderr.
 pub fn router(srv: &Path, fqrn: &str) -> Router {
+    router_with(srv, fqrn, true)
+}
+
+/// [`router`] without access lines (the private server of `startup --record`).
+pub fn quiet_router(srv: &Path, fqrn: &str) -> Router {
+    router_with(srv, fqrn, false)
+}
+
+fn router_with(srv: &Path, fqrn: &str, access_log: bool) -> Router {
     let base = format!("/cvmfs/{fqrn}");
     let files = ServeDir::new(srv).append_index_html_on_directories(false);
     let prefix = format!("{base}/");
@@ -35,11 +45,11 @@ pub fn router(srv: &Path, fqrn: &str) -> Router {
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let prefix = prefix.clone();
-            async move { cvmfs_headers(prefix, req, next).await }
+            async move { cvmfs_headers(prefix, access_log, req, next).await }
         }))
 }
 
-async fn cvmfs_headers(prefix: String, mut req: Request, next: Next) -> Response {
+async fn cvmfs_headers(prefix: String, access_log: bool, mut req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let rel = path.strip_prefix(&prefix).map(str::to_string);
@@ -86,6 +96,9 @@ async fn cvmfs_headers(prefix: String, mut req: Request, next: Next) -> Response
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    }
+    if !access_log {
+        return resp;
     }
     let bytes = if method == Method::HEAD {
         0

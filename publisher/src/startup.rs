@@ -9,7 +9,11 @@
 //! place. Paths under `.metadata` are left out (`pull` reads the manifest and config before
 //! it asks for the packs). Paths the revision does not hold (a trace taken on an older revision, or of
 //! another image) are skipped and counted: a trace of `.layers/…/layerfs` paths stays
-//! valid for every image that shares those layers. The objects are copied, stored bytes
+//! valid for every image that shares those layers. The nested catalogs a client loads to
+//! reach those paths (a layer's bucket and `layerfs` catalogs, a flat tree's; not the root
+//! catalog, which every mount has) go in too, first, in the order paths need them, in
+//! packs of their own (a pull resolves every layer before the start reads a file). The
+//! objects are copied, stored bytes
 //! unchanged, into packs of about [`StartupOptions::pack_size`] bytes; the whole set is
 //! bounded by [`StartupOptions::max_bytes`].
 //!
@@ -57,7 +61,7 @@ impl Default for StartupOptions {
     fn default() -> Self {
         StartupOptions {
             platform: None,
-            pack_size: 8 * 1024 * 1024,
+            pack_size: 2 * 1024 * 1024,
             max_bytes: 512 * 1024 * 1024,
             max_chunked_file: 64 * 1024 * 1024,
         }
@@ -158,7 +162,20 @@ pub fn publish_startup(
             summary.metadata += 1;
             continue;
         }
-        let Some(entry) = resolver.regular_file(&ns, line)? else {
+        let found = resolver.regular_file(&ns, line)?;
+        // The catalogs a client loads to reach this path, before its content.
+        let catalogs: Vec<PackMember> = resolver
+            .take_opened()
+            .into_iter()
+            .map(|(hash, size)| PackMember {
+                hash,
+                suffix: Suffix::Catalog,
+                compressed: true,
+                stored_size: 0,
+                raw_size: size,
+            })
+            .collect();
+        let Some(entry) = found else {
             summary.missing += 1;
             continue;
         };
@@ -168,7 +185,7 @@ pub fn publish_startup(
             continue;
         }
         kept_lines.push(line);
-        for member in members_of(&entry) {
+        for member in catalogs.into_iter().chain(members_of(&entry)) {
             if !seen.insert(member.hash) {
                 continue;
             }
@@ -203,10 +220,17 @@ pub fn publish_startup(
     let now = unix_now() as i64;
     let mut objects_text = String::new();
     let mut packs: Vec<(String, Vec<u8>)> = Vec::new();
+    // Catalogs first, in their own pack(s): a pull resolves every layer before the start
+    // reads a file, and a small first pack arrives soonest on a cold connection.
+    let (catalogs, files): (Vec<&WantedObject>, Vec<&WantedObject>) = wanted
+        .iter()
+        .partition(|o| o.member.suffix == Suffix::Catalog);
+    let first_file = catalogs.len();
     let mut builder = PackBuilder::new();
-    for object in &wanted {
-        if !builder.is_empty() && builder.data_len() + object.member.stored_size > options.pack_size
-        {
+    for (i, object) in catalogs.into_iter().chain(files).enumerate() {
+        let full =
+            builder.data_len() + object.member.stored_size > options.pack_size || i == first_file;
+        if !builder.is_empty() && full {
             packs.push((
                 paths::pack_name(packs.len()),
                 std::mem::take(&mut builder).finish(),
@@ -282,20 +306,29 @@ fn choose_platform(ns: &Namespace, public: &str, wanted: Option<&Platform>) -> R
             paths::join(&platforms)
         )));
     };
-    let published: Vec<&String> = dir.children.keys().collect();
+    let published: Vec<String> = dir.children.keys().cloned().collect();
+    pick_platform(public, &published, wanted)
+}
+
+/// Of the platform directories `published` for image `public`: `wanted`'s, else the only
+/// one, else linux/amd64's.
+///
+/// # Errors
+/// [`Error::Usage`] naming the published platforms if that one is not among them.
+pub fn pick_platform(
+    public: &str,
+    published: &[String],
+    wanted: Option<&Platform>,
+) -> Result<String> {
     let name = match wanted {
         Some(p) => p.dir_name(),
         None if published.len() == 1 => published[0].clone(),
         None => Platform::linux_amd64().dir_name(),
     };
-    if !dir.children.contains_key(&name) {
+    if !published.contains(&name) {
         return Err(Error::Usage(format!(
             "{public} has no platform {name} (published: {})",
-            published
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            published.join(", ")
         )));
     }
     Ok(name)
@@ -336,6 +369,9 @@ fn members_of(entry: &Entry) -> Vec<PackMember> {
 struct Resolver<'r> {
     repo: &'r Repo,
     views: HashMap<ContentHash, (CatalogView, Vec<catalog::NestedCatalogRef>)>,
+    /// Nested catalogs opened, with their uncompressed size, in the order paths needed
+    /// them (taken by [`Resolver::take_opened`]).
+    opened: Vec<(ContentHash, u64)>,
 }
 
 impl<'r> Resolver<'r> {
@@ -343,7 +379,14 @@ impl<'r> Resolver<'r> {
         Resolver {
             repo,
             views: HashMap::new(),
+            opened: Vec::new(),
         }
+    }
+
+    /// The nested catalogs opened since the last call: what a client loads to reach the
+    /// paths resolved since.
+    fn take_opened(&mut self) -> Vec<(ContentHash, u64)> {
+        std::mem::take(&mut self.opened)
     }
 
     /// The regular file at absolute repository path `path` with content (a hash or
@@ -385,6 +428,7 @@ impl<'r> Resolver<'r> {
                 std::collections::hash_map::Entry::Vacant(v) => {
                     let view = CatalogView::open_published(self.repo, &hash)?;
                     let nested = view.nested_catalogs()?;
+                    self.opened.push((hash, view.file_size()?));
                     v.insert((view, nested))
                 }
             };

@@ -87,6 +87,7 @@ fn a_trace_becomes_packs_of_its_objects_in_first_read_order() {
     let store = ok(catalog::LocalStore::open(&repo.join("srv")));
     let mut contents: Vec<Vec<u8>> = Vec::new();
     let mut chunks = Vec::new();
+    let mut catalogs = 0;
     for (name, hash, compressed) in &files {
         if !namespace::paths::is_pack_name(name) {
             continue;
@@ -101,13 +102,19 @@ fn a_trace_becomes_packs_of_its_objects_in_first_read_order() {
             ok(catalog::compression::verify(stored, &m.hash));
             let raw = ok(catalog::decode(stored, m.compressed, m.raw_size));
             assert_eq!(raw.len() as u64, m.raw_size);
-            if m.suffix == Suffix::Partial {
-                chunks.extend(raw);
-            } else {
-                contents.push(raw);
+            match m.suffix {
+                Suffix::Partial => chunks.extend(raw),
+                Suffix::Catalog => {
+                    assert!(raw.starts_with(b"SQLite format 3\0"), "a catalog member");
+                    catalogs += 1;
+                }
+                _ => contents.push(raw),
             }
         }
     }
+    // The catalogs a client loads on the way: two layers' buckets and layerfs catalogs,
+    // the flat tree's (and its bucket's, if it has one); never the root catalog.
+    assert!((4..=6).contains(&catalogs), "{catalogs} catalog members");
     // First-read order: f2, f0, then the big file's chunks; each object once.
     assert_eq!(contents.len(), 2, "whole-file members");
     assert_eq!(contents[0], noise(1002, 10_000), "first member is l1/f2");

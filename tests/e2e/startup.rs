@@ -1,4 +1,5 @@
-//! Startup packs with the real parts: a container start traced by the mount, published with
+//! Startup packs with the real parts: a start recorded by the publisher in its sandbox; a
+//! container start traced by the mount, published with
 //! `strata-publisher startup`, then a cold node (fresh cache, fresh containerd) whose
 //! `pull` asks for the packs: the server sees the pack GETs and no GET of any object in
 //! them, and the workload runs. A damaged pack on a third cold node is refused and the
@@ -38,10 +39,12 @@ fn wait_for_packs(work: &WorkDir, cache: &Path, key: &str, packs: u64) -> Result
     }
 }
 
-/// The data paths (`data/XX/…[P]`) of the objects the published `objects` list names.
+/// The data paths (`data/XX/…[P]`) of the file and chunk objects the published `objects`
+/// list names (not its catalogs: `pull` may load one before the first pack arrives).
 fn member_objects(objects: &str) -> Result<Vec<String>> {
     objects
         .lines()
+        .filter(|line| !line.split(' ').next().unwrap_or_default().ends_with('C'))
         .map(|line| {
             let id = line.split(' ').next().unwrap_or_default();
             let (hex, suffix) = match id.strip_suffix('P') {
@@ -77,6 +80,35 @@ fn a_traced_start_is_served_from_its_startup_packs_on_a_cold_node() {
     in_workdir("startup", |work| {
         let mut steps = Steps::new();
         let published = Published::up(work, &mut steps)?;
+        // No node needed: the publisher records a start in its own sandbox.
+        let recorded_trace = work.path().join("recorded.trace");
+        let out = steps.run(
+            "strata-publisher startup --record -- python3 -c …",
+            || {
+                published.repo.record_startup(
+                    &published.reference,
+                    &recorded_trace,
+                    &["python3", "-c", "import json; print(json.dumps([1]))"],
+                    &work.log("startup-record"),
+                )
+            },
+        )?;
+        println!("    {}", out.replace('\n', "\n    "));
+        let text = std::fs::read_to_string(&recorded_trace)?;
+        ensure!(
+            text.starts_with("# strata access trace v1\n")
+                && text
+                    .lines()
+                    .any(|l| l.starts_with("/.flat/") && l.ends_with("/usr/bin/python3.11"))
+                && text
+                    .lines()
+                    .any(|l| l.contains("/usr/lib/python3.11/json/")),
+            "the recorded trace lacks python3.11 or the json package:\n{text}"
+        );
+        ensure!(
+            out.contains("exit status: 0") && out.contains("pack(s) under"),
+            "record: {out}"
+        );
         let stack = Stack::attach(published, work, &mut steps)?;
         steps.run("first start (traced)", || stack.check_workload())?;
         let traced = steps.run("the trace lists what the start read", || {

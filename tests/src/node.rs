@@ -73,7 +73,7 @@ impl StrataNode {
         )?;
         let socket = dir.join("snapshotter.sock");
         let containerd = Containerd::start(
-            &dir.join("containerd"),
+            &work.subdir(&format!("node-{label}/containerd"))?,
             &work.log(&format!("containerd-{label}")),
             &work.log(&format!("ctr-{label}")),
             &socket,

@@ -124,6 +124,29 @@ impl Repo {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
+    /// `strata-publisher startup --repo DIR --record --save-trace TRACE REFERENCE [-- COMMAND]`:
+    /// records the image's start in the publisher's sandbox and publishes it; its stdout.
+    pub fn record_startup(
+        &self,
+        reference: &str,
+        trace: &Path,
+        command: &[&str],
+        log: &Path,
+    ) -> Result<String> {
+        let mut cmd = strata_command(PUBLISHER)?;
+        cmd.arg("startup")
+            .arg("--repo")
+            .arg(&self.dir)
+            .args(["--record", "--timeout", "120s", "--save-trace"])
+            .arg(trace)
+            .arg(reference);
+        if !command.is_empty() {
+            cmd.arg("--").args(command);
+        }
+        let output = run_checked(&mut cmd, log, INGEST_TIMEOUT)?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
     /// Starts `strata-publisher serve --repo DIR --listen 127.0.0.1:<free port>` and waits
     /// until `GET /cvmfs/<fqrn>/.cvmfspublished` answers 200 (30 s at most).
     pub fn serve(&self, log: &Path) -> Result<HttpServer> {

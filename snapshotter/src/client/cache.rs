@@ -178,7 +178,12 @@ pub struct ObjectCache {
     pending_read_ahead_used: AtomicU64,
     /// Raw bytes of prefetched objects read whose index write failed (retried with the next).
     pending_prefetch_used: AtomicU64,
+    /// Objects this process committed from startup packs (cleared past [`MAX_PACKED`]).
+    packed: Mutex<std::collections::HashSet<ContentHash>>,
 }
+
+/// Objects remembered as having come from a startup pack; past it, the set starts again.
+const MAX_PACKED: usize = 1 << 20;
 
 impl Drop for ObjectCache {
     fn drop(&mut self) {
@@ -273,6 +278,7 @@ impl ObjectCache {
             unread: Mutex::new(HashMap::new()),
             pending_read_ahead_used: AtomicU64::new(0),
             pending_prefetch_used: AtomicU64::new(0),
+            packed: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -390,6 +396,13 @@ impl ObjectCache {
             .is_ok_and(|m| m.is_file() && req.size.is_none_or(|size| m.len() == size))
     }
 
+    /// Whether this process put object `hash` into the cache from a startup pack (a
+    /// start's working set is known for the directories it came from: read-ahead need not
+    /// guess there).
+    pub fn came_in_a_pack(&self, hash: &ContentHash) -> bool {
+        lock(&self.packed).contains(hash)
+    }
+
     /// Demand requests waiting for a download right now (read-ahead holds back while there
     /// are several, see [`crate::client::readahead`]).
     pub fn demand_in_flight(&self) -> usize {
@@ -490,6 +503,11 @@ impl ObjectCache {
         };
         if let Ok(Some(size)) = &result {
             lock(&self.unread).insert(req.hash, (*size, Arrival::Pack));
+            let mut packed = lock(&self.packed);
+            if packed.len() >= MAX_PACKED {
+                packed.clear();
+            }
+            packed.insert(req.hash);
         }
         // Waiters look again either way: the committed file, or a download of their own.
         self.end_flight(req.hash, &flight, &Ok::<(), Error>(()));

@@ -28,7 +28,7 @@
 //! # Strata only: startup packs prefetched when a pull or start asks (the `startup` module
 //! # docs); these are the defaults.
 //! prefetch = true
-//! prefetch_threads = 4                 # packs fetched at the same time
+//! prefetch_threads = 8                 # packs fetched at the same time
 //! prefetch_max_bytes = 1073741824      # bytes of packs per request at most
 //! # Mount a fixed revision instead of the current one (no live updates), at most one of:
 //! repository_tag = "trunk-previous"   # a tag of the history database (CVMFS_REPOSITORY_TAG)

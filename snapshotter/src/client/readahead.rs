@@ -24,6 +24,10 @@
 //!   [`ReadAheadSettings::chunks_ahead`] chunks (a sequential reader then finds them
 //!   cached).
 //!
+//! A directory whose first opened file came in a startup pack is not read ahead: the pack
+//! holds what a start reads there ([`crate::client::startup`]), and a guess would only
+//! add bytes nobody reads.
+//!
 //! The queue is last in, first out by directory: the directory a program has just entered
 //! is the one it reads now, so its files go ahead of what earlier directories left queued.
 //!
@@ -180,6 +184,18 @@ impl ReadAhead {
         queue.seen.insert(key);
         self.inner
             .push_front(&mut queue, Job::Directory(repo.clone(), dir.to_string()));
+    }
+
+    /// Marks directory `dir` of `repo` as done without queueing anything: a file of it came
+    /// in a startup pack, which lists what a start reads there better than a guess
+    /// ([`crate::client::startup`]).
+    pub fn known_directory(&self, repo: &Arc<MountedRevision>, dir: &str) {
+        let key = (repo.revision().root_hash.to_hex(), dir.to_string());
+        let mut queue = self.inner.lock();
+        if queue.seen.len() >= MAX_SEEN_DIRS {
+            queue.seen.clear();
+        }
+        queue.seen.insert(key);
     }
 
     /// A read of chunk `index` of a chunked file (`compressed` as its catalog row says):

@@ -86,7 +86,7 @@ impl Default for PrefetchSettings {
     fn default() -> Self {
         PrefetchSettings {
             enabled: true,
-            threads: 4,
+            threads: 8,
             max_bytes: 1024 * 1024 * 1024,
         }
     }

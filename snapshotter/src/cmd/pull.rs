@@ -5,13 +5,14 @@
 
 use std::time::Instant;
 
-use namespace::{ImageName, Platform};
+use namespace::{ImageName, Platform, paths};
 
 use crate::client::startup::ask_mount;
 use crate::error::{Error, Result};
 pub use crate::pull::PullArgs;
 use crate::pull::containerd_client::Containerd;
 use crate::pull::image::{self, Image};
+use crate::pull::platform::platform_dir;
 use crate::pull::registry::Registry;
 use crate::pull::{image_from_registry, pull};
 
@@ -39,13 +40,28 @@ pub fn main(args: PullArgs) -> Result<()> {
         // send the pull to the registry.
         check_mountpoint(&args.mountpoint)?;
         let (mountpoint, path, p) = (args.mountpoint.clone(), name.clone(), platform.clone());
-        let published =
-            tokio::task::spawn_blocking(move || Image::read_platform(&mountpoint, &path, &p))
-                .await
-                .map_err(|e| Error::Io {
-                    context: "read image metadata".into(),
-                    source: std::io::Error::other(e),
-                })??;
+        let (asked, published) = tokio::task::spawn_blocking(move || {
+            // The startup packs first, if the image has them: they come in the background
+            // while the metadata is read, the layers are handed to containerd and the
+            // container starts.
+            let meta = image::metadata_dir(&mountpoint, &path);
+            let asked = platform_dir(&meta, &path, &p)
+                .ok()
+                .flatten()
+                .map(|pdir| ask_mount(&pdir.join(paths::STARTUP)));
+            (asked, Image::read_platform(&mountpoint, &path, &p))
+        })
+        .await
+        .map_err(|e| Error::Io {
+            context: "read image metadata".into(),
+            source: std::io::Error::other(e),
+        })?;
+        match asked {
+            Some(Ok(Some(answer))) => println!("prefetching the startup working set: {answer}"),
+            Some(Err(e)) => eprintln!("warning: {e}; the image's files are fetched as read"),
+            _ => {}
+        }
+        let published = published?;
         let image = match published {
             Some(image) => image,
             None if args.remote_only => {
@@ -65,21 +81,6 @@ pub fn main(args: PullArgs) -> Result<()> {
             }
         };
         timer.step("metadata");
-        // The startup packs, if the image has them, come in the background while the
-        // layers are handed to containerd and the container starts.
-        if let Some(dir) = image.startup_dir.clone() {
-            let asked = tokio::task::spawn_blocking(move || ask_mount(&dir))
-                .await
-                .map_err(|e| Error::Io {
-                    context: "ask for the startup prefetch".into(),
-                    source: std::io::Error::other(e),
-                })?;
-            match asked {
-                Ok(Some(answer)) => println!("prefetching the startup working set: {answer}"),
-                Ok(None) => {}
-                Err(e) => eprintln!("warning: {e}; the image's files are fetched as read"),
-            }
-        }
         let mut client = Containerd::connect(&args.address, &args.namespace).await?;
         timer.step("connect");
         let pulled = pull(

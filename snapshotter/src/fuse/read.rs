@@ -47,9 +47,21 @@ impl StrataFs {
 
     /// Fetches what a read of `node` needs first: the whole object, or the chunk list; and
     /// starts the read-ahead of its directory (a file opened is read, and so, likely, are
-    /// its neighbours).
+    /// its neighbours) unless the file came in a startup pack (the pack knows which of its
+    /// neighbours a start reads).
     pub(super) fn open_file(&self, node: &Node) -> Result<OpenFile> {
-        self.read_ahead_directory(node.path.rsplit_once('/').map_or("", |(dir, _)| dir));
+        let dir = node.path.rsplit_once('/').map_or("", |(dir, _)| dir);
+        if node
+            .entry
+            .hash
+            .is_some_and(|h| self.repo().cache().came_in_a_pack(&h))
+        {
+            if let Some(read_ahead) = self.shared.read_ahead.get() {
+                read_ahead.known_directory(&self.repo(), dir);
+            }
+        } else {
+            self.read_ahead_directory(dir);
+        }
         let file = self.fetch_for_read(node)?;
         if let Some(trace) = self.shared.trace.get() {
             trace.record(&node.path);

@@ -70,9 +70,6 @@ pub struct Image {
     pub diff_ids: Vec<Digest>,
     /// OCI ChainIDs, bottom first (`chain_ids[i]` names the snapshot of layers `0..=i`).
     pub chain_ids: Vec<Digest>,
-    /// The platform's `startup` directory in the mount (its startup packs, if published);
-    /// `None` for an image read from a registry.
-    pub startup_dir: Option<PathBuf>,
 }
 
 /// `<mountpoint>/.metadata/<public path>`.
@@ -136,7 +133,6 @@ impl Image {
             layers: m.layers,
             diff_ids,
             chain_ids,
-            startup_dir: None,
         })
     }
 
@@ -188,10 +184,7 @@ impl Image {
             }
         }
         let image = match platform_dir(&dir, public_path, platform)? {
-            Some(pdir) => Image {
-                startup_dir: Some(pdir.join(paths::STARTUP)),
-                ..Image::read_dir(&pdir, public_path)?
-            },
+            Some(pdir) => Image::read_dir(&pdir, public_path)?,
             None => Image::read_dir(&dir, public_path)?,
         };
         image.check_platform(public_path, platform)?;
