@@ -502,3 +502,88 @@ fn a_corrupt_layer_keeps_the_previous_image_and_spares_the_others() {
     );
     assert_eq!(count(&ev, "added"), 1, "{ev:?}");
 }
+
+/// The object files (`srv/data/XX/…`) of the startup packs of `public`'s linux/amd64.
+fn pack_objects(repo: &Path, public: &str) -> Vec<std::path::PathBuf> {
+    let r = ok(publisher::repo::Repo::open(repo));
+    let ns = ok(publisher::publish::load_namespace(&r));
+    let dir = namespace::paths::startup_dir(public, "linux-amd64");
+    let node = ns
+        .root
+        .get(&dir)
+        .unwrap_or_else(|| panic!("no {}", namespace::paths::join(&dir)));
+    node.children
+        .iter()
+        .filter(|(name, _)| namespace::paths::is_pack_name(name))
+        .filter_map(|(_, n)| n.entry.hash)
+        .map(|h| repo.join("srv").join(h.object_path(catalog::Suffix::None)))
+        .collect()
+}
+
+#[test]
+fn gc_deletes_the_packs_of_a_removed_image_and_keeps_the_others() {
+    require_registry_tools();
+    let work = ok(tempfile::tempdir());
+    let reg = Registry::start(work.path());
+    let a = reg.addr;
+    let cfg_a = reg.push("keep", "1", &[21], 2, 3000);
+    let cfg_b = reg.push("drop", "1", &[22], 2, 3000);
+    let repo = work.path().join("repo");
+    init_repo(&repo);
+    let recipe = work.path().join("recipe.yaml");
+    write_recipe(
+        &recipe,
+        &[
+            format!("docker://{a}/keep:1"),
+            format!("docker://{a}/drop:1"),
+        ],
+    );
+    sync_ok(&repo, &recipe);
+    let r = repo.display().to_string();
+    for (name, cfg, seed) in [("keep", &cfg_a, 21), ("drop", &cfg_b, 22)] {
+        let hex = cfg.trim_start_matches("sha256:");
+        let trace = work.path().join(format!("{name}.trace"));
+        ok(std::fs::write(
+            &trace,
+            format!(
+                "# strata access trace v1\n/.flat/{}/{hex}/l{seed}/f1\n/.flat/{}/{hex}/l{seed}/f0\n",
+                &hex[..2],
+                &hex[..2]
+            ),
+        ));
+        let out = run_ok(&[
+            "startup",
+            "--repo",
+            &r,
+            "--trace",
+            &trace.display().to_string(),
+            &format!("{a}/{name}:1"),
+        ]);
+        assert!(out.contains("2 resolved"), "{out}");
+    }
+    let kept = pack_objects(&repo, &format!("{a}/keep:1"));
+    let dropped = pack_objects(&repo, &format!("{a}/drop:1"));
+    assert!(!kept.is_empty() && !dropped.is_empty());
+    assert!(kept.iter().chain(&dropped).all(|p| p.is_file()));
+
+    // `drop` leaves the recipe: its .metadata (and startup/) goes; gc deletes its packs.
+    write_recipe(&recipe, &[format!("docker://{a}/keep:1")]);
+    sync_ok(&repo, &recipe);
+    run_ok(&["gc", "--repo", &r, "--keep-revisions", "1", "--grace", "0s"]);
+    verify_ok(&repo);
+    for p in &dropped {
+        assert!(
+            !p.exists(),
+            "pack of the removed image kept: {}",
+            p.display()
+        );
+    }
+    for p in &kept {
+        assert!(
+            p.is_file(),
+            "pack of the kept image deleted: {}",
+            p.display()
+        );
+    }
+    assert_eq!(pack_objects(&repo, &format!("{a}/keep:1")), kept);
+}

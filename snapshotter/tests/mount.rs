@@ -1700,3 +1700,60 @@ fn startup_packs_are_prefetched_on_request_and_checked_member_by_member() {
         "{log}"
     );
 }
+
+#[test]
+fn files_read_the_same_with_and_without_fuse_passthrough() {
+    require_root_and_fuse();
+    let work = tempfile::tempdir().unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| (format!("/d/f{i}"), noise(300_000 + i * 7, 900 + i as u64)))
+        .collect();
+    let repo = FlatRepo::build(work.path(), &files, 240);
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    for (label, options) in [
+        ("passthrough", &[][..]),
+        ("no-passthrough", &["--no-passthrough"][..]),
+    ] {
+        let mnt = work.path().join(format!("mnt-{label}"));
+        let mut cmd = mount_command(
+            &server,
+            FQRN,
+            &repo.keys.pubkey,
+            &work.path().join(format!("cache-{label}")),
+            &mnt,
+        );
+        cmd.args(options);
+        let mut m = Mounted::start(cmd, &mnt, &work.path().join(format!("{label}.log")));
+        for (path, body) in &files {
+            let p = mnt.join(path.trim_start_matches('/'));
+            // Whole reads, a positional read in the middle, and two handles at once.
+            assert_eq!(&std::fs::read(&p).unwrap(), body, "{label} {path}");
+            let f = std::fs::File::open(&p).unwrap();
+            let g = std::fs::File::open(&p).unwrap();
+            let mut buf = vec![0u8; 1000];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 150_000).unwrap();
+            assert_eq!(&buf[..], &body[150_000..151_000], "{label} {path}");
+            std::os::unix::fs::FileExt::read_exact_at(&g, &mut buf, 0).unwrap();
+            assert_eq!(&buf[..], &body[..1000], "{label} {path}");
+        }
+        m.stop();
+        let log = m.log_text();
+        // A kernel >= 6.9 offers passthrough: the mount must take it unless told not to.
+        assert_eq!(
+            log.contains("FUSE passthrough: the kernel reads open files"),
+            options.is_empty() && kernel_at_least(6, 9),
+            "{label}:\n{log}"
+        );
+    }
+}
+
+/// Whether the running kernel is at least `major.minor` (`uname -r`).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}

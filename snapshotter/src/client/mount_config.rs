@@ -30,6 +30,9 @@
 //! prefetch = true
 //! prefetch_threads = 8                 # packs fetched at the same time
 //! prefetch_max_bytes = 1073741824      # bytes of packs per request at most
+//! # Strata only: FUSE passthrough where the kernel offers it (Linux >= 6.9; the
+//! # `fuse::passthrough` module docs): open files read from the cache by the kernel.
+//! passthrough = true
 //! # Mount a fixed revision instead of the current one (no live updates), at most one of:
 //! repository_tag = "trunk-previous"   # a tag of the history database (CVMFS_REPOSITORY_TAG)
 //! root_hash = "5798f7f4…"              # a root catalog hash (CVMFS_ROOT_HASH)
@@ -122,6 +125,11 @@ pub struct MountArgs {
     /// Ignore requests to prefetch startup packs (`user.strata.prefetch`; on by default).
     #[arg(long)]
     pub no_prefetch: bool,
+    /// Serve every read through this process, even where the kernel offers FUSE
+    /// passthrough (Linux >= 6.9; by default open files are read from the cache by the
+    /// kernel directly).
+    #[arg(long)]
+    pub no_passthrough: bool,
     /// Mount the revision that history tag NAME names (docs/format.md §9.5: `trunk-previous`,
     /// `generic-YYYY-MM-DDTHH:MM:SSZ`, …) instead of the current one; no live updates.
     /// The manifest chain is verified all the same (CVMFS_REPOSITORY_TAG).
@@ -208,6 +216,7 @@ struct FileConfig {
     prefetch: Option<bool>,
     prefetch_threads: Option<u16>,
     prefetch_max_bytes: Option<u64>,
+    passthrough: Option<bool>,
     repository_tag: Option<String>,
     root_hash: Option<String>,
     plain_mountpoint: Option<PathBuf>,
@@ -272,6 +281,8 @@ pub struct MountConfig {
     pub read_ahead: ReadAheadSettings,
     /// How startup packs are prefetched.
     pub prefetch: PrefetchSettings,
+    /// Whether FUSE passthrough is asked for.
+    pub passthrough: bool,
     /// A fixed revision to mount (no live updates), if any.
     pub pin: Option<Pin>,
     /// See [`MountArgs::accept_expired_whitelist`].
@@ -453,6 +464,7 @@ impl MountArgs {
                     max_bytes: file.prefetch_max_bytes.unwrap_or(d.max_bytes),
                 }
             },
+            passthrough: !self.no_passthrough && file.passthrough.unwrap_or(true),
             pin,
             accept_expired_whitelist: self.accept_expired_whitelist,
             mountpoint: self.mountpoint.clone(),

@@ -79,7 +79,8 @@ pub fn main(args: MountArgs) -> Result<()> {
     let Booted { repo, origin } =
         MountedRevision::boot(&fetcher, cache.clone(), &trust, args.pin.as_ref())?;
     let repo = Arc::new(repo);
-    let fs = StrataFs::new(repo.clone())?;
+    let mut fs = StrataFs::new(repo.clone())?;
+    fs.allow_passthrough(args.passthrough);
     let read_ahead =
         Arc::new(
             ReadAhead::start(args.read_ahead.clone()).map_err(|source| Error::Io {

@@ -12,7 +12,9 @@
 //! `RELEASE` round trip otherwise. A `READ` or `READDIR` then names only the inode (see
 //! [`super::read`], [`super::listing`]). Kernels without these capabilities get file and
 //! directory handles as before, files opened with `FOPEN_NOFLUSH` (a read-only file has
-//! nothing to write back on `close(2)`).
+//! nothing to write back on `close(2)`). A session with FUSE passthrough
+//! ([`super::passthrough`]) keeps `OPEN` for files (directories still open without asking):
+//! each open unchunked file is then read by the kernel from its cache file directly.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use fuser::{
 };
 
 use super::errno::report;
-use super::read::require_regular;
+use super::read::{OpenFile, require_regular};
 use super::xattr::{reply_sized, xattr_names};
 use super::{StrataFs, TTL, file_attr, lock};
 
@@ -48,6 +50,16 @@ impl Filesystem for StrataFs {
         let offered = config.capabilities();
         self.no_open = offered.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         self.no_opendir = offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        if self.allow_passthrough
+            && offered.contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.set_max_stack_depth(1).is_ok()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        {
+            // Passthrough needs OPEN: no no-open mode for files.
+            self.no_open = false;
+            self.passthrough.enable();
+            tracing::info!("FUSE passthrough: the kernel reads open files from the cache directly");
+        }
         tracing::debug!(
             no_open = self.no_open,
             no_opendir = self.no_opendir,
@@ -120,11 +132,24 @@ impl Filesystem for StrataFs {
         match self.open_file(&node) {
             Ok(file) => {
                 let fh = self.new_handle();
+                let backing = match &file {
+                    OpenFile::Whole(pinned) if self.passthrough.is_on() => {
+                        self.passthrough.backing(&reply, ino.0, fh, pinned)
+                    }
+                    _ => None,
+                };
                 self.files
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(fh, (node.clone(), Arc::new(file)));
-                reply.opened(FileHandle(fh), FILE_OPEN_FLAGS);
+                match backing {
+                    // The kernel allows no page-cache flag with passthrough (the backing
+                    // file's page cache serves).
+                    Some(id) => {
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id)
+                    }
+                    None => reply.opened(FileHandle(fh), FILE_OPEN_FLAGS),
+                }
             }
             Err(e) => reply.error(report("open", &node.path, &e)),
         }
@@ -175,6 +200,7 @@ impl Filesystem for StrataFs {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&fh.0);
+        self.passthrough.release(fh.0);
         reply.ok();
     }
 

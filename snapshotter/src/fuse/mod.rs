@@ -34,6 +34,7 @@ mod filesystem;
 mod inodes;
 mod listing;
 mod lookup;
+mod passthrough;
 mod read;
 mod switch;
 pub mod trace;
@@ -104,6 +105,10 @@ pub struct StrataFs {
     no_opendir: bool,
     /// Whether extended attributes are served (false in the plain twin).
     xattrs: bool,
+    /// Whether `INIT` may ask for FUSE passthrough ([`passthrough`]).
+    allow_passthrough: bool,
+    /// This session's passthrough state.
+    passthrough: passthrough::Passthrough,
 }
 
 impl Shared {
@@ -162,6 +167,8 @@ impl StrataFs {
             no_open: false,
             no_opendir: false,
             xattrs: true,
+            allow_passthrough: false,
+            passthrough: passthrough::Passthrough::default(),
         })
     }
 
@@ -177,7 +184,15 @@ impl StrataFs {
             no_open: false,
             no_opendir: false,
             xattrs: false,
+            allow_passthrough: self.allow_passthrough,
+            passthrough: passthrough::Passthrough::default(),
         }
+    }
+
+    /// Lets `INIT` ask the kernel for FUSE passthrough ([`passthrough`]); set before
+    /// mounting (a twin made afterwards inherits it).
+    pub fn allow_passthrough(&mut self, allow: bool) {
+        self.allow_passthrough = allow;
     }
 
     /// Fetch ahead of reads with `read_ahead` (shared with the plain twin); without it,
