@@ -22,6 +22,8 @@ enum Command {
     /// Show a cache directory's size, entries, hits/misses and bytes fetched; optionally
     /// evict everything not in use.
     Cache(snapshotter::cmd::cache::CacheArgs),
+    /// Ask the mount to fetch an image's startup packs in the background (returns at once).
+    Prefetch(snapshotter::cmd::prefetch::PrefetchArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Run(args) => snapshotter::cmd::run::main(args).map_err(Into::into),
         Command::Pull(args) => snapshotter::cmd::pull::main(args).map_err(Into::into),
         Command::Cache(args) => snapshotter::cmd::cache::main(args).map_err(Into::into),
+        Command::Prefetch(args) => snapshotter::cmd::prefetch::main(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -176,6 +176,23 @@ fn cold_start(
     })?;
     let out = steps.run("cold start from the packs", || stack.check_workload())?;
     print!("    workload printed {out}");
+    // What an HPC host runs before its jobs: the same request, answered the same.
+    let mut prefetch = tests::strata::strata_command(tests::binaries::SNAPSHOTTER)?;
+    prefetch
+        .arg("prefetch")
+        .arg("--mountpoint")
+        .arg(&mnt)
+        .arg(reference);
+    let out = tests::process::run_checked(
+        &mut prefetch,
+        &cold.log("prefetch"),
+        std::time::Duration::from_secs(60),
+    )?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        said.contains(&format!("{} pack(s)", packs.len())),
+        "strata-snapshotter prefetch said {said:?}"
+    );
     let objects = std::fs::read_to_string(startup.join("objects"))?;
     let members = member_objects(&objects)?;
     let gets: Vec<String> = stack.published.server.get_paths()?[before..].to_vec();

@@ -20,7 +20,7 @@
 //! are skipped. Reads never wait for a pack: a read of an object whose pack is still on its
 //! way fetches the object on its own, as without packs. Prefetching never evicts: a member
 //! that does not fit under the quota is skipped; [`PrefetchSettings::max_bytes`] bounds the
-//! packs queued per request. A pack that cannot be used (download, hash, format) is logged
+//! packs queued per request, [`MAX_PACK_BYTES`] one pack. A pack that cannot be used (download, hash, format) is logged
 //! and counted; its objects are then fetched one by one when read, as they would be without
 //! it. Counters (packs, failures, rejected members, bytes prefetched and later read, time)
 //! are kept in the cache index ([`crate::client::quota::CacheStats`]).
@@ -66,6 +66,10 @@ pub fn ask_mount(startup_dir: &std::path::Path) -> Result<Option<String>> {
         }),
     }
 }
+
+/// A pack larger than this is not fetched (it is held in memory while it is unpacked; the
+/// publisher makes them about 2 MiB).
+pub const MAX_PACK_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Packs queued at most; past it, new requests are refused (logged).
 const MAX_QUEUED: usize = 4096;
@@ -202,7 +206,9 @@ impl StartupPrefetch {
             let Some(hash) = entry.hash else {
                 continue;
             };
-            if bytes + entry.size > self.inner.settings.max_bytes || queue.jobs.len() >= MAX_QUEUED
+            if bytes + entry.size > self.inner.settings.max_bytes
+                || entry.size > MAX_PACK_BYTES
+                || queue.jobs.len() >= MAX_QUEUED
             {
                 left_out += 1;
                 continue;

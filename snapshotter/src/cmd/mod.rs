@@ -7,10 +7,12 @@
 //! * [`run`] — serve the [`crate::containerd`] proxy snapshotter on a unix socket;
 //! * [`pull`] — put an image into containerd with [`crate::pull`];
 //! * [`cache`] — show or empty a cache directory ([`crate::client::quota`]);
+//! * [`prefetch`] — ask the mount for an image's startup packs ([`crate::client::startup`]);
 //! * [`readiness`] — the systemd notification `mount` and `run` send once they serve.
 
 pub mod cache;
 pub mod mount;
+pub mod prefetch;
 pub mod pull;
 pub mod readiness;
 pub mod run;

@@ -154,11 +154,19 @@ impl Image {
                 ),
             })
         };
-        Image::parse(
-            public_path,
-            read(paths::MANIFEST_JSON)?,
-            read(paths::CONFIG_JSON)?,
-        )
+        // Both at once: each is a round trip to the server on a cold node.
+        let (manifest, config) = std::thread::scope(|scope| {
+            let config = scope.spawn(|| read(paths::CONFIG_JSON));
+            let manifest = read(paths::MANIFEST_JSON);
+            let config = config.join().unwrap_or_else(|_| {
+                Err(Error::ImageMetadata {
+                    reference: public_path.to_string(),
+                    reason: "reading config.json panicked".into(),
+                })
+            });
+            (manifest, config)
+        });
+        Image::parse(public_path, manifest?, config?)
     }
 
     /// Reads `platform`'s image from the repository (CONTRACTS §3): from
