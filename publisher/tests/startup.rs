@@ -6,28 +6,12 @@
 use std::path::Path;
 
 use catalog::{StartupPack, Suffix};
-use publisher::publish::load_namespace;
-use publisher::repo::Repo;
 
 use crate::support::{init_repo, noise, noise_layer, ok, run, run_ok, verify_ok, write_layout};
 
-/// `(name, content hash, compressed)` of the files in the published `startup/` directory
-/// of `localhost/layout:1`.
+/// The files of the published `startup/` directory of `localhost/layout:1`.
 fn startup_files(repo: &Path) -> Vec<(String, catalog::ContentHash, bool)> {
-    let repo = ok(Repo::open(repo));
-    let ns = ok(load_namespace(&repo));
-    let dir = namespace::paths::startup_dir("localhost/layout:1", "linux-amd64");
-    let node = ns
-        .root
-        .get(&dir)
-        .unwrap_or_else(|| panic!("no {}", namespace::paths::join(&dir)));
-    node.children
-        .iter()
-        .map(|(name, n)| {
-            let hash = n.entry.hash.unwrap_or_else(|| panic!("{name} has no hash"));
-            (name.clone(), hash, n.entry.compressed)
-        })
-        .collect()
+    crate::support::startup_files(repo, "localhost/layout:1")
 }
 
 #[test]
@@ -63,16 +47,19 @@ fn a_trace_becomes_packs_of_its_objects_in_first_read_order() {
         ),
     ));
     let t = trace.display().to_string();
-    let out = run_ok(&[
-        "startup",
-        "--repo",
-        &r,
-        "--trace",
-        &t,
-        "--pack-size",
-        "4000000",
-        "localhost/layout:1",
-    ]);
+    let publish = || {
+        run_ok(&[
+            "startup",
+            "--repo",
+            &r,
+            "--trace",
+            &t,
+            "--pack-size",
+            "4000000",
+            "localhost/layout:1",
+        ])
+    };
+    let out = publish();
     // f2 twice (layer and flat path: one object), a missing path, a directory.
     assert!(
         out.contains("7 path(s), 4 resolved, 2 not in this revision, 1 of image metadata"),
@@ -144,16 +131,7 @@ fn a_trace_becomes_packs_of_its_objects_in_first_read_order() {
             .collect::<Vec<_>>()
     };
     let before = packs(&files);
-    run_ok(&[
-        "startup",
-        "--repo",
-        &r,
-        "--trace",
-        &t,
-        "--pack-size",
-        "4000000",
-        "localhost/layout:1",
-    ]);
+    publish();
     assert_eq!(
         packs(&startup_files(&repo)),
         before,

@@ -505,18 +505,10 @@ fn a_corrupt_layer_keeps_the_previous_image_and_spares_the_others() {
 
 /// The object files (`srv/data/XX/…`) of the startup packs of `public`'s linux/amd64.
 fn pack_objects(repo: &Path, public: &str) -> Vec<std::path::PathBuf> {
-    let r = ok(publisher::repo::Repo::open(repo));
-    let ns = ok(publisher::publish::load_namespace(&r));
-    let dir = namespace::paths::startup_dir(public, "linux-amd64");
-    let node = ns
-        .root
-        .get(&dir)
-        .unwrap_or_else(|| panic!("no {}", namespace::paths::join(&dir)));
-    node.children
-        .iter()
-        .filter(|(name, _)| namespace::paths::is_pack_name(name))
-        .filter_map(|(_, n)| n.entry.hash)
-        .map(|h| repo.join("srv").join(h.object_path(catalog::Suffix::None)))
+    crate::support::startup_files(repo, public)
+        .into_iter()
+        .filter(|(name, _, _)| namespace::paths::is_pack_name(name))
+        .map(|(_, h, _)| repo.join("srv").join(h.object_path(catalog::Suffix::None)))
         .collect()
 }
 

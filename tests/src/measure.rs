@@ -196,6 +196,11 @@ fn combined_get_bytes(line: &str) -> Option<u64> {
     (200..300).contains(&status).then_some(bytes)
 }
 
+/// `1.23 s`, as the bench tables print a duration.
+pub fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
 /// A bench's progress line on stderr, prefixed with the current load average (the machine
 /// is shared: a figure taken under load says so next to it).
 pub fn say(text: &str) {

@@ -186,6 +186,28 @@ pub struct Served {
     pub bytes: u64,
 }
 
+impl Served {
+    /// What was served after `before` (an earlier total of the same log).
+    pub fn since(self, before: Served) -> Served {
+        Served {
+            requests: self.requests.saturating_sub(before.requests),
+            bytes: self.bytes.saturating_sub(before.bytes),
+        }
+    }
+}
+
+impl std::fmt::Display for Served {
+    /// `N GETs, X.Y MB`, as the bench tables print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} GETs, {:.1} MB",
+            self.requests,
+            self.bytes as f64 / 1e6
+        )
+    }
+}
+
 /// A running `strata-publisher serve`; stopped on drop.
 #[derive(Debug)]
 pub struct HttpServer {
@@ -250,6 +272,13 @@ impl HttpServer {
                 }
             })
             .collect())
+    }
+
+    /// Successful GETs and bytes served since the total `before` ([`HttpServer::served`]).
+    ///
+    /// Errors: as [`HttpServer::served`].
+    pub fn served_since(&self, before: Served) -> Result<Served> {
+        Ok(self.served()?.since(before))
     }
 
     /// Stops the server now (also done on drop).

@@ -282,3 +282,22 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// `(name, content hash, compressed)` of every file in the published `startup/` directory of
+/// image `public`, platform linux/amd64, in name order.
+pub fn startup_files(repo: &Path, public: &str) -> Vec<(String, catalog::ContentHash, bool)> {
+    let r = ok(publisher::repo::Repo::open(repo));
+    let ns = ok(publisher::publish::load_namespace(&r));
+    let dir = namespace::paths::startup_dir(public, "linux-amd64");
+    let node = ns
+        .root
+        .get(&dir)
+        .unwrap_or_else(|| panic!("no {}", namespace::paths::join(&dir)));
+    node.children
+        .iter()
+        .map(|(name, n)| {
+            let hash = n.entry.hash.unwrap_or_else(|| panic!("{name} has no hash"));
+            (name.clone(), hash, n.entry.compressed)
+        })
+        .collect()
+}

@@ -417,6 +417,23 @@ impl ObjectCache {
     /// # Errors
     /// As [`ObjectCache::get`].
     pub fn prefetch(&self, req: &ObjectRequest) -> Result<bool> {
+        self.ahead_of_reads(req, Arrival::ReadAhead, || {
+            self.download(req, Arrival::ReadAhead)
+        })
+    }
+
+    /// Brings `req` in ahead of any read with `fill` (a download, or a pack member's
+    /// bytes), unless it is cached, being downloaded, or would not fit under the quota
+    /// without evicting. What it brought is remembered as unread (counted as used when a
+    /// demand request reads it) before the flight ends, so that a reader waiting on it
+    /// finds it used. A reader waiting on a read-ahead download gets its outcome; one
+    /// waiting on a pack member looks again either way (the file, or a download of its own).
+    fn ahead_of_reads(
+        &self,
+        req: &ObjectRequest,
+        arrival: Arrival,
+        fill: impl FnOnce() -> Result<Option<u64>>,
+    ) -> Result<bool> {
         if self.is_cached(req) || !self.fits_without_evicting(req.size.unwrap_or(0))? {
             return Ok(false);
         }
@@ -427,14 +444,23 @@ impl ObjectCache {
         let result = if self.is_cached(req) {
             Ok(None)
         } else {
-            self.download(req, Arrival::ReadAhead)
+            fill()
         };
-        // Remembered as read ahead (counted so by the download's index transaction) before
-        // the flight ends: a demand reader waiting on it then finds it used, not wasted.
         if let Ok(Some(size)) = &result {
-            lock(&self.unread).insert(req.hash, (*size, Arrival::ReadAhead));
+            lock(&self.unread).insert(req.hash, (*size, arrival));
+            if arrival == Arrival::Pack {
+                let mut packed = lock(&self.packed);
+                if packed.len() >= MAX_PACKED {
+                    packed.clear();
+                }
+                packed.insert(req.hash);
+            }
         }
-        self.end_flight(req.hash, &flight, &result);
+        if arrival == Arrival::Pack {
+            self.end_flight(req.hash, &flight, &Ok::<(), Error>(()));
+        } else {
+            self.end_flight(req.hash, &flight, &result);
+        }
         Ok(result?.is_some())
     }
 
@@ -489,29 +515,7 @@ impl ObjectCache {
     /// [`catalog::Error::HashMismatch`] or a zlib error (via [`Error::Catalog`]) if the
     /// bytes are not the object; [`Error::SizeMismatch`]; local file errors.
     pub fn commit_stored(&self, req: &ObjectRequest, stored: &[u8]) -> Result<bool> {
-        if self.is_cached(req) || !self.fits_without_evicting(req.size.unwrap_or(0))? {
-            return Ok(false);
-        }
-        let (flight, leader) = self.join_flight(req.hash);
-        if !leader {
-            return Ok(false);
-        }
-        let result = if self.is_cached(req) {
-            Ok(None)
-        } else {
-            self.commit_bytes(req, stored)
-        };
-        if let Ok(Some(size)) = &result {
-            lock(&self.unread).insert(req.hash, (*size, Arrival::Pack));
-            let mut packed = lock(&self.packed);
-            if packed.len() >= MAX_PACKED {
-                packed.clear();
-            }
-            packed.insert(req.hash);
-        }
-        // Waiters look again either way: the committed file, or a download of their own.
-        self.end_flight(req.hash, &flight, &Ok::<(), Error>(()));
-        Ok(result?.is_some())
+        self.ahead_of_reads(req, Arrival::Pack, || self.commit_bytes(req, stored))
     }
 
     /// Verifies, inflates and commits the stored bytes `stored` of `req` (from a pack).

@@ -35,7 +35,7 @@ use ::tests::binaries::{check_prerequisites, target_dir, which};
 use ::tests::containerd::Containerd;
 use ::tests::image::{PYANA, TestImage, apt_image};
 use ::tests::measure::{
-    Machine, Timed, load_average, memory_kib, registry_served, run_timed, say, sync, utc_now,
+    Machine, Timed, load_average, memory_kib, registry_served, run_timed, say, secs, sync, utc_now,
 };
 use ::tests::registry::Registry;
 use ::tests::relay::LatencyRelay;
@@ -88,35 +88,28 @@ impl Settings {
     }
 }
 
-/// What the node received over HTTP in one phase.
-#[derive(Clone, Copy, Default)]
-struct Received {
-    requests: u64,
-    bytes: u64,
-}
-
 /// One row of the table.
 struct Row {
     rtt_ms: u64,
     native_pull: Duration,
     native_run: Duration,
-    native_received: Received,
+    native_received: Served,
     strata_mount: Duration,
     strata_cold: Duration,
     strata_warm: Duration,
     /// Peak resident set of the mount process after the cold and warm runs, in KiB.
     strata_peak_rss_kib: u64,
-    strata_received: Received,
+    strata_received: Served,
     /// Strata with `--no-read-ahead`: demand fetches only.
     nora_cold: Duration,
-    nora_received: Received,
+    nora_received: Served,
     stock: Option<StockFigures>,
 }
 
 struct StockFigures {
     mount: Duration,
     cold: Duration,
-    received: Received,
+    received: Served,
 }
 
 fn bench(work: &WorkDir) -> Result<()> {
@@ -270,7 +263,7 @@ fn measure_at(
     let root = mountpoint.join(reference);
     let cold = chroot_workload(&root, &work.log(&format!("workload-{tag}")))?;
     check_output(&cold, expected, "Strata cold")?;
-    let strata_received = served_since(server, before_serve)?;
+    let strata_received = server.served_since(before_serve)?;
     let warm = chroot_workload(&root, &work.log(&format!("workload-{tag}")))?;
     check_output(&warm, expected, "Strata warm")?;
     let pid = mount.pid().context("the mount process is gone")?;
@@ -309,7 +302,7 @@ fn measure_at(
         &work.log(&format!("workload-no-read-ahead-{tag}")),
     )?;
     check_output(&nora_cold, expected, "Strata cold without read-ahead")?;
-    let nora_received = served_since(server, before_serve)?;
+    let nora_received = server.served_since(before_serve)?;
     nora.stop();
     say(&format!(
         "  Strata without read-ahead: cold run {:.2} s ({} GETs, {:.1} MB)",
@@ -337,7 +330,7 @@ fn measure_at(
             &work.log(&format!("workload-stock-{tag}")),
         )?;
         check_output(&cold, expected, "stock cvmfs2 cold")?;
-        let received = served_since(server, before_serve)?;
+        let received = server.served_since(before_serve)?;
         stock.stop();
         say(&format!(
             "  stock cvmfs2: mount {:.2} s, cold run {:.2} s ({} GETs, {:.1} MB)",
@@ -359,7 +352,7 @@ fn measure_at(
         rtt_ms,
         native_pull: pull.wall,
         native_run: run.wall,
-        native_received: Received {
+        native_received: Served {
             requests: after.0 - before.0,
             bytes: after.1 - before.1,
         },
@@ -371,15 +364,6 @@ fn measure_at(
         nora_cold: nora_cold.wall,
         nora_received,
         stock,
-    })
-}
-
-/// The serve access log's totals since `before`.
-fn served_since(server: &HttpServer, before: Served) -> Result<Received> {
-    let now = server.served()?;
-    Ok(Received {
-        requests: now.requests - before.requests,
-        bytes: now.bytes - before.bytes,
     })
 }
 
@@ -414,14 +398,6 @@ fn check_output(run: &Timed, expected: &mut Option<String>, what: &str) -> Resul
         Some(_) => {}
     }
     Ok(())
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
-}
-
-fn received(r: Received) -> String {
-    format!("{} GETs, {:.1} MB", r.requests, r.bytes as f64 / 1e6)
 }
 
 fn render(
@@ -459,7 +435,7 @@ fn render(
     );
     for r in rows {
         let (stock_mount, stock_cold, stock_received) = match &r.stock {
-            Some(s) => (secs(s.mount), secs(s.cold), received(s.received)),
+            Some(s) => (secs(s.mount), secs(s.cold), s.received.to_string()),
             None => ("—".into(), "—".into(), "—".into()),
         };
         out.push_str(&format!(
@@ -468,14 +444,14 @@ fn render(
             secs(r.native_pull),
             secs(r.native_run),
             secs(r.native_pull + r.native_run),
-            received(r.native_received),
+            r.native_received,
             secs(r.strata_mount),
             secs(r.strata_cold),
             secs(r.strata_warm),
-            received(r.strata_received),
+            r.strata_received,
             r.strata_peak_rss_kib as f64 / 1024.0,
             secs(r.nora_cold),
-            received(r.nora_received),
+            r.nora_received,
             stock_mount,
             stock_cold,
             stock_received,

@@ -34,7 +34,7 @@ use ::tests::binaries::{check_prerequisites, target_dir};
 use ::tests::containerd::Containerd;
 use ::tests::image::{AptRecipe, GCC, PYANA, TestImage, apt_image};
 use ::tests::measure::{
-    Machine, Timed, load_average, registry_served, run_timed, say, sync, utc_now,
+    Machine, Timed, load_average, registry_served, run_timed, say, secs, sync, utc_now,
 };
 use ::tests::node::{STEP_TIMEOUT, Source, StrataNode, ctr_run};
 use ::tests::registry::Registry;
@@ -100,28 +100,21 @@ struct Prepared {
     working_set: u64,
 }
 
-/// What one node received.
-#[derive(Clone, Copy, Default)]
-struct Received {
-    requests: u64,
-    bytes: u64,
-}
-
 struct Row {
     image: usize,
     rtt_ms: u64,
     native_pull: Duration,
     native_run: Duration,
-    native_received: Received,
+    native_received: Served,
     packs_pull: Duration,
     packs_run: Duration,
     packs_warm: Duration,
-    packs_received: Received,
+    packs_received: Served,
     prefetched: u64,
     prefetched_read: u64,
     nopacks_pull: Duration,
     nopacks_run: Duration,
-    nopacks_received: Received,
+    nopacks_received: Served,
 }
 
 fn bench(work: &WorkDir) -> Result<()> {
@@ -334,7 +327,7 @@ fn measure(
     let packs_pull = node.pull(work, &p.reference)?;
     let packs_run = node.run(work, &p.reference, &format!("packs-{tag}"), &p.case.args)?;
     check(&packs_run, p, "Strata cold with packs")?;
-    let packs_received = served_since(server, before_serve)?;
+    let packs_received = server.served_since(before_serve)?;
     let packs_warm = node.run(
         work,
         &p.reference,
@@ -365,7 +358,7 @@ fn measure(
     let nopacks_pull = node.pull(work, &p.reference)?;
     let nopacks_run = node.run(work, &p.reference, &format!("nopacks-{tag}"), &p.case.args)?;
     check(&nopacks_run, p, "Strata cold without packs")?;
-    let nopacks_received = served_since(server, before_serve)?;
+    let nopacks_received = server.served_since(before_serve)?;
     drop(node);
     say(&format!(
         "    Strata, no packs: pull {:.2} s, cold run {:.2} s ({} GETs, {:.1} MB)",
@@ -379,7 +372,7 @@ fn measure(
         rtt_ms,
         native_pull: native_pull.wall,
         native_run: native_run.wall,
-        native_received: Received {
+        native_received: Served {
             requests: after.0 - before.0,
             bytes: after.1 - before.1,
         },
@@ -392,15 +385,6 @@ fn measure(
         nopacks_pull: nopacks_pull.wall,
         nopacks_run: nopacks_run.wall,
         nopacks_received,
-    })
-}
-
-/// The serve access log's totals since `before`.
-fn served_since(server: &HttpServer, before: Served) -> Result<Received> {
-    let now = server.served()?;
-    Ok(Received {
-        requests: now.requests - before.requests,
-        bytes: now.bytes - before.bytes,
     })
 }
 
@@ -417,16 +401,8 @@ fn check(run: &Timed, p: &Prepared, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
-}
-
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
-}
-
-fn received(r: Received) -> String {
-    format!("{} GETs, {}", r.requests, mb(r.bytes))
 }
 
 fn render(
@@ -480,18 +456,18 @@ fn render(
             p.case.recipe.tag,
             r.rtt_ms,
             secs(native),
-            received(r.native_received),
+            r.native_received,
             secs(r.packs_pull),
             secs(r.packs_run),
             secs(strata),
             native.as_secs_f64() / strata.as_secs_f64().max(1e-9),
             secs(r.packs_warm),
-            received(r.packs_received),
+            r.packs_received,
             r.packs_received.bytes as f64 / (p.working_set.max(1) as f64),
             mb(r.prefetched),
             mb(r.prefetched_read),
             secs(r.nopacks_pull + r.nopacks_run),
-            received(r.nopacks_received),
+            r.nopacks_received,
         ));
     }
     out

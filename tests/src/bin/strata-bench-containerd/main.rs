@@ -373,15 +373,13 @@ fn run_workload(
     args: &[String],
     work: &WorkDir,
 ) -> Result<Timed> {
-    let mut command = containerd.ctr();
-    command
-        .args(["run", "--rm", "--snapshotter", snapshotter, reference])
-        .arg(format!("bench-{id}"))
-        .args(args);
-    Ok(run_timed(
-        &mut command,
-        &work.log("ctr-workload"),
-        STEP_TIMEOUT,
+    Ok(::tests::node::ctr_run(
+        containerd,
+        snapshotter,
+        reference,
+        &format!("bench-{id}"),
+        args,
+        work,
     )?)
 }
 
