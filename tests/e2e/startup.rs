@@ -88,6 +88,7 @@ fn a_traced_start_is_served_from_its_startup_packs_on_a_cold_node() {
                 published.repo.record_startup(
                     &published.reference,
                     &recorded_trace,
+                    "120s",
                     &["python3", "-c", "import json; print(json.dumps([1]))"],
                     &work.log("startup-record"),
                 )
@@ -108,6 +109,27 @@ fn a_traced_start_is_served_from_its_startup_packs_on_a_cold_node() {
         ensure!(
             out.contains("exit status: 0") && out.contains("pack(s) under"),
             "record: {out}"
+        );
+        // A start that never ends (a service) is stopped at the timeout; what it read by
+        // then is its start (`/etc/os-release` is a symlink to `/usr/lib/os-release`).
+        let service_trace = work.path().join("service.trace");
+        let out = steps.run(
+            "startup --record of a service, stopped at --timeout",
+            || {
+                published.repo.record_startup(
+                    &published.reference,
+                    &service_trace,
+                    "3s",
+                    &["sh", "-c", "cat /etc/os-release >/dev/null; exec sleep 600"],
+                    &work.log("startup-record-service"),
+                )
+            },
+        )?;
+        let text = std::fs::read_to_string(&service_trace)?;
+        ensure!(
+            out.contains("stopped after 3s")
+                && text.lines().any(|l| l.ends_with("/os-release")),
+            "record of a service: {out}\n{text}"
         );
         let stack = Stack::attach(published, work, &mut steps)?;
         steps.run("first start (traced)", || stack.check_workload())?;

@@ -124,12 +124,14 @@ impl Repo {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
-    /// `strata-publisher startup --repo DIR --record --save-trace TRACE REFERENCE [-- COMMAND]`:
+    /// `strata-publisher startup --repo DIR --record --timeout TIMEOUT --save-trace TRACE
+    /// REFERENCE [-- COMMAND]`:
     /// records the image's start in the publisher's sandbox and publishes it; its stdout.
     pub fn record_startup(
         &self,
         reference: &str,
         trace: &Path,
+        timeout: &str,
         command: &[&str],
         log: &Path,
     ) -> Result<String> {
@@ -137,7 +139,7 @@ impl Repo {
         cmd.arg("startup")
             .arg("--repo")
             .arg(&self.dir)
-            .args(["--record", "--timeout", "120s", "--save-trace"])
+            .args(["--record", "--timeout", timeout, "--save-trace"])
             .arg(trace)
             .arg(reference);
         if !command.is_empty() {
