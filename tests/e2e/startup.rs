@@ -127,8 +127,7 @@ fn a_traced_start_is_served_from_its_startup_packs_on_a_cold_node() {
         )?;
         let text = std::fs::read_to_string(&service_trace)?;
         ensure!(
-            out.contains("stopped after 3s")
-                && text.lines().any(|l| l.ends_with("/os-release")),
+            out.contains("stopped after 3s") && text.lines().any(|l| l.ends_with("/os-release")),
             "record of a service: {out}\n{text}"
         );
         let stack = Stack::attach(published, work, &mut steps)?;
