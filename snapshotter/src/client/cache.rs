@@ -520,25 +520,36 @@ impl ObjectCache {
 
     /// Verifies, inflates and commits the stored bytes `stored` of `req` (from a pack).
     fn commit_bytes(&self, req: &ObjectRequest, stored: &[u8]) -> Result<Option<u64>> {
-        let object = req.hash.to_hex();
+        let (raw, _raw_lock, mut sink) = self.temporary(req)?;
+        sink.write_all(stored).map_err(|source| Error::Io {
+            context: format!("writing a temporary file for object {}", req.hash),
+            source,
+        })?;
+        let actual = sink.finish()?;
+        self.commit(req, raw, actual, 0, Arrival::Pack)
+    }
+
+    /// A temporary file in `txn/` for `req`'s object, locked so that a starting process
+    /// does not delete it, and the sink that hashes and inflates into it.
+    fn temporary(
+        &self,
+        req: &ObjectRequest,
+    ) -> Result<(tempfile::NamedTempFile, Flock<File>, InflatingSink)> {
         let io = |context: &str| {
-            let context = format!("{context} for object {object}");
+            let context = format!("{context} for object {}", req.hash);
             move |source| Error::Io { context, source }
         };
         let raw =
             tempfile::NamedTempFile::new_in(&self.txn).map_err(io("creating a temporary file"))?;
-        let _raw_lock = lock_temp(&raw).map_err(io("locking a temporary file"))?;
-        let mut sink = InflatingSink::new(
+        let lock = lock_temp(&raw).map_err(io("locking a temporary file"))?;
+        let sink = InflatingSink::new(
             raw.as_file()
                 .try_clone()
                 .map_err(io("opening a temporary file"))?,
             req,
         )
         .map_err(io("opening a temporary file"))?;
-        sink.write_all(stored)
-            .map_err(io("writing a temporary file"))?;
-        let actual = sink.finish()?;
-        self.commit(req, raw, actual, 0, Arrival::Pack)
+        Ok((raw, lock, sink))
     }
 
     /// Whether `incoming` more bytes stay under the quota (always, without one).
@@ -739,24 +750,10 @@ impl ObjectCache {
     /// the quota without evicting is dropped instead of committed: `Ok(None)`. Otherwise
     /// the raw size of the committed object.
     fn download(&self, req: &ObjectRequest, arrival: Arrival) -> Result<Option<u64>> {
-        let object = req.hash.to_hex();
-        let io = |context: &str| {
-            let context = format!("{context} for object {object}");
-            move |source| Error::Io { context, source }
-        };
         let mut attempt = 0;
         loop {
             let no_cache = attempt > 0;
-            let raw = tempfile::NamedTempFile::new_in(&self.txn)
-                .map_err(io("creating a temporary file"))?;
-            let _raw_lock = lock_temp(&raw).map_err(io("locking a temporary file"))?;
-            let mut sink = InflatingSink::new(
-                raw.as_file()
-                    .try_clone()
-                    .map_err(io("opening a temporary file"))?,
-                req,
-            )
-            .map_err(io("opening a temporary file"))?;
+            let (raw, _raw_lock, mut sink) = self.temporary(req)?;
             let fetched = self
                 .source
                 .fetch(&req.hash, req.suffix, no_cache, &mut sink)?;
@@ -775,7 +772,7 @@ impl ObjectCache {
                     if attempt > 0 {
                         return Err(e.into());
                     }
-                    tracing::warn!(%object, error = %e, "object failed verification; retrying with no-cache");
+                    tracing::warn!(object = %req.hash, error = %e, "object failed verification; retrying with no-cache");
                     attempt += 1;
                 }
             }
