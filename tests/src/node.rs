@@ -148,3 +148,59 @@ pub fn ctr_run(
         .args(args);
     run_timed(&mut command, &work.log("ctr-run"), STEP_TIMEOUT)
 }
+
+/// What a native start (containerd's own pull into overlayfs, then a run) took.
+#[derive(Debug)]
+pub struct NativeStart {
+    /// `ctr images pull --plain-http`.
+    pub pull: Timed,
+    /// `ctr run --rm` of the workload.
+    pub run: Timed,
+    /// What the registry served meanwhile.
+    pub received: crate::strata::Served,
+}
+
+/// The native path: a fresh private containerd (named `label` in `work`) pulls `reference`
+/// from `registry` through `via` (a relay in front of it, or the registry itself) into its
+/// overlayfs snapshotter and runs `args` in it, timed; the containerd is stopped after.
+///
+/// Errors: containerd failing to start, the pull or the container failing.
+pub fn native_start(
+    work: &WorkDir,
+    label: &str,
+    registry: &crate::registry::Registry,
+    via: std::net::SocketAddr,
+    reference: &str,
+    args: &[String],
+) -> Result<NativeStart> {
+    let relayed = reference.replacen(&registry.host(), &via.to_string(), 1);
+    let containerd = Containerd::start(
+        &work.subdir(&format!("containerd-{label}"))?,
+        &work.log(&format!("containerd-{label}")),
+        &work.log(&format!("ctr-{label}")),
+        &work.path().join("no-proxy-snapshotter.sock"),
+    )?;
+    let before = crate::measure::registry_served(registry.log())?;
+    let pull = run_timed(
+        containerd.ctr().args([
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "overlayfs",
+            &relayed,
+        ]),
+        &work.log(&format!("ctr-{label}")),
+        STEP_TIMEOUT,
+    )?;
+    let run = ctr_run(&containerd, "overlayfs", &relayed, label, args, work)?;
+    let after = crate::measure::registry_served(registry.log())?;
+    Ok(NativeStart {
+        pull,
+        run,
+        received: crate::strata::Served {
+            requests: after.0 - before.0,
+            bytes: after.1 - before.1,
+        },
+    })
+}

@@ -57,6 +57,23 @@ impl Registry {
         Ok(Registry { service, addr })
     }
 
+    /// `skopeo copy --dest-tls-verify=false SOURCE docker://REFERENCE`: pushes the image
+    /// `source` (e.g. `oci:DIR:TAG`) as `reference` (`<this host>/REPO:TAG`), timed.
+    ///
+    /// Errors: skopeo failing (with its log tail) or taking longer than 20 minutes.
+    pub fn push(&self, source: &str, reference: &str, log: &Path) -> Result<crate::measure::Timed> {
+        crate::measure::run_timed(
+            Command::new("skopeo").args([
+                "copy",
+                "--dest-tls-verify=false",
+                source,
+                &format!("docker://{reference}"),
+            ]),
+            log,
+            Duration::from_secs(20 * 60),
+        )
+    }
+
     /// `127.0.0.1:PORT`, the registry part of image references.
     pub fn host(&self) -> String {
         self.addr.to_string()

@@ -32,11 +32,11 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use ::tests::binaries::{check_prerequisites, target_dir, which};
-use ::tests::containerd::Containerd;
 use ::tests::image::{PYANA, TestImage, apt_image};
 use ::tests::measure::{
-    Machine, Timed, load_average, memory_kib, registry_served, run_timed, say, secs, sync, utc_now,
+    Machine, Timed, load_average, memory_kib, run_timed, say, secs, sync, utc_now,
 };
+use ::tests::node::native_start;
 use ::tests::registry::Registry;
 use ::tests::relay::LatencyRelay;
 use ::tests::stock::StockMount;
@@ -127,16 +127,7 @@ fn bench(work: &WorkDir) -> Result<()> {
     let registry = Registry::start(&work.subdir("registry")?, &work.log("registry"))?;
     let reference = format!("{}/{REPOSITORY}:1", registry.host());
     say(&format!("push {reference}"));
-    run_timed(
-        Command::new("skopeo").args([
-            "copy",
-            "--dest-tls-verify=false",
-            &image.oci_reference(),
-            &format!("docker://{reference}"),
-        ]),
-        &work.log("skopeo"),
-        STEP_TIMEOUT,
-    )?;
+    registry.push(&image.oci_reference(), &reference, &work.log("skopeo"))?;
 
     say("publish: strata-publisher init + ingest, serve");
     let repo = Repo::init(&work.path().join("repo"), FQRN, &work.log("publisher-init"))?;
@@ -198,45 +189,17 @@ fn measure_at(
 
     // Native: containerd's overlayfs snapshotter, pulling through the registry relay.
     sync();
-    let relayed_reference =
-        reference.replacen(&registry.host(), &registry_relay.addr().to_string(), 1);
-    let containerd = Containerd::start(
-        &work.subdir(&format!("containerd-{tag}"))?,
-        &work.log(&format!("containerd-{tag}")),
-        &work.log(&format!("ctr-{tag}")),
-        &work.path().join("no-proxy-snapshotter.sock"),
+    let args: Vec<String> = ["python3", "-c", WORKLOAD].map(str::to_owned).to_vec();
+    let native = native_start(
+        work,
+        &format!("native-{tag}"),
+        registry,
+        registry_relay.addr(),
+        reference,
+        &args,
     )?;
-    let before = registry_served(registry.log())?;
-    let pull = run_timed(
-        containerd.ctr().args([
-            "images",
-            "pull",
-            "--plain-http",
-            "--snapshotter",
-            "overlayfs",
-            &relayed_reference,
-        ]),
-        &work.log(&format!("ctr-{tag}")),
-        STEP_TIMEOUT,
-    )?;
-    let run = run_timed(
-        containerd.ctr().args([
-            "run",
-            "--rm",
-            "--snapshotter",
-            "overlayfs",
-            &relayed_reference,
-            &format!("native-{tag}"),
-            "python3",
-            "-c",
-            WORKLOAD,
-        ]),
-        &work.log(&format!("ctr-{tag}")),
-        STEP_TIMEOUT,
-    )?;
-    let after = registry_served(registry.log())?;
-    check_output(&run, expected, "native")?;
-    drop(containerd);
+    let (pull, run) = (&native.pull, &native.run);
+    check_output(run, expected, "native")?;
     say(&format!(
         "  native: pull {:.2} s, run {:.2} s",
         pull.wall.as_secs_f64(),
@@ -352,10 +315,7 @@ fn measure_at(
         rtt_ms,
         native_pull: pull.wall,
         native_run: run.wall,
-        native_received: Served {
-            requests: after.0 - before.0,
-            bytes: after.1 - before.1,
-        },
+        native_received: native.received,
         strata_mount,
         strata_cold: cold.wall,
         strata_warm: warm.wall,

@@ -27,16 +27,13 @@
 //! `scripts/install-deps` and a release build: `cargo build --release -p publisher -p
 //! snapshotter -p tests`.
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use ::tests::binaries::{check_prerequisites, target_dir};
-use ::tests::containerd::Containerd;
 use ::tests::image::{AptRecipe, GCC, PYANA, TestImage, apt_image};
-use ::tests::measure::{
-    Machine, Timed, load_average, registry_served, run_timed, say, secs, sync, utc_now,
-};
-use ::tests::node::{STEP_TIMEOUT, Source, StrataNode, ctr_run};
+use ::tests::measure::{Machine, Timed, load_average, say, secs, sync, utc_now};
+use ::tests::node::{Source, StrataNode, native_start};
 use ::tests::registry::Registry;
 use ::tests::relay::LatencyRelay;
 use ::tests::strata::{HttpServer, Repo, Served, cache_report, report_value};
@@ -189,16 +186,7 @@ fn prepare(
     ));
     let image = apt_image(&target_dir()?.join("strata-bench-images"), &case.recipe)?;
     let reference = format!("{}/{}:1", registry.host(), case.repository);
-    run_timed(
-        Command::new("skopeo").args([
-            "copy",
-            "--dest-tls-verify=false",
-            &image.oci_reference(),
-            &format!("docker://{reference}"),
-        ]),
-        &work.log("skopeo"),
-        STEP_TIMEOUT,
-    )?;
+    registry.push(&image.oci_reference(), &reference, &work.log("skopeo"))?;
     repo.ingest(
         &[&format!("docker://{reference}")],
         &work.log("publisher-ingest"),
@@ -275,39 +263,16 @@ fn measure(
 
     // Native: containerd's overlayfs snapshotter, pulling through the registry relay.
     sync();
-    let relayed = p
-        .reference
-        .replacen(&registry.host(), &registry_relay.addr().to_string(), 1);
-    let containerd = Containerd::start(
-        &work.subdir(&format!("containerd-native-{tag}"))?,
-        &work.log(&format!("containerd-native-{tag}")),
-        &work.log(&format!("ctr-native-{tag}")),
-        &work.path().join("no-proxy-snapshotter.sock"),
-    )?;
-    let before = registry_served(registry.log())?;
-    let native_pull = run_timed(
-        containerd.ctr().args([
-            "images",
-            "pull",
-            "--plain-http",
-            "--snapshotter",
-            "overlayfs",
-            &relayed,
-        ]),
-        &work.log(&format!("ctr-native-{tag}")),
-        STEP_TIMEOUT,
-    )?;
-    let native_run = ctr_run(
-        &containerd,
-        "overlayfs",
-        &relayed,
-        &format!("native-{tag}"),
-        &p.case.args,
+    let native = native_start(
         work,
+        &format!("native-{tag}"),
+        registry,
+        registry_relay.addr(),
+        &p.reference,
+        &p.case.args,
     )?;
-    let after = registry_served(registry.log())?;
-    check(&native_run, p, "native")?;
-    drop(containerd);
+    let (native_pull, native_run) = (&native.pull, &native.run);
+    check(native_run, p, "native")?;
     say(&format!(
         "    native: pull {:.2} s, run {:.2} s",
         native_pull.wall.as_secs_f64(),
@@ -372,10 +337,7 @@ fn measure(
         rtt_ms,
         native_pull: native_pull.wall,
         native_run: native_run.wall,
-        native_received: Served {
-            requests: after.0 - before.0,
-            bytes: after.1 - before.1,
-        },
+        native_received: native.received,
         packs_pull: packs_pull.wall,
         packs_run: packs_run.wall,
         packs_warm: packs_warm.wall,
