@@ -447,20 +447,27 @@ impl Builder {
             layer: id,
             path: &raw_path,
         };
+        if matches!(kind, EntryType::GNUSparse | EntryType::Continuous) {
+            // containerd's unpacker handles regular files of type '0' (and NUL) only: an
+            // old-GNU sparse file ('S', `tar --format=gnu --sparse`) or a contiguous file
+            // ('7') fails its unpack ("unhandled tar header type"), so no runtime would run
+            // this layer.
+            return Err(at.error(format!(
+                "tar entry type {kind:?} ({:?}): containerd refuses it too (\"unhandled tar \
+                 header type\"); GNU tar writes sparse files containerd accepts with \
+                 --format=posix",
+                char::from(kind.as_byte())
+            )));
+        }
         let meta = self.meta(&mut entry, &at)?;
-        if meta.sparse.is_some()
-            && !matches!(
-                kind,
-                EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
-            )
-        {
+        if meta.sparse.is_some() && kind != EntryType::Regular {
             return Err(at.error(format!(
                 "GNU sparse records on a {kind:?} entry (only regular files can be sparse)"
             )));
         }
         // A sparse file's real name replaces GNU tar's `GNUSparseFile.<pid>/` placeholder.
         let real_path = match meta.sparse.as_ref().and_then(|s| s.name.clone()) {
-            Some(name) if matches!(kind, EntryType::Regular | EntryType::Continuous) => {
+            Some(name) if kind == EntryType::Regular => {
                 self.last_entry.clone_from(&name);
                 name
             }
@@ -485,9 +492,7 @@ impl Builder {
         }
         match kind {
             EntryType::Directory => self.add_dir(parent, name, meta),
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.add_file(parent, name, meta, &mut entry, &at, sink)
-            }
+            EntryType::Regular => self.add_file(parent, name, meta, &mut entry, &at, sink),
             EntryType::Symlink => self.add_symlink(parent, name, meta, &entry, &at),
             EntryType::Link => self.add_hardlink(&path, &entry, &at),
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
@@ -589,12 +594,7 @@ impl Builder {
         at: &At<'_>,
         sink: &mut FileSink<'_>,
     ) -> Result<()> {
-        let sparse = match &meta.sparse {
-            Some(header) if entry.header().entry_type() != EntryType::GNUSparse => {
-                Some(header.clone())
-            }
-            _ => None,
-        };
+        let sparse = meta.sparse.clone();
         let stored = entry.size();
         let size = sparse.as_ref().and_then(|h| h.size).unwrap_or(stored);
         self.content_bytes = self.content_bytes.saturating_add(size);
@@ -794,6 +794,7 @@ impl Builder {
                 }
             }
         }
+        let (mtime, mtime_ns) = bound_time(mtime, mtime_ns);
         Ok(Meta {
             perm,
             uid: u32::try_from(uid).map_err(|_| at.error("uid out of range"))?,
@@ -803,6 +804,21 @@ impl Builder {
             xattrs,
             sparse: sparse.header().map_err(|e| at.error(e))?,
         })
+    }
+}
+
+/// The latest time containerd's unpack represents: Go's `time.Unix(0, 0).Add(1<<63 - 1)`,
+/// 2262-04-11T23:47:16.854775807Z, as (seconds, nanoseconds).
+const LATEST_TIME: (i64, u32) = (9_223_372_036, 854_775_807);
+
+/// An entry's mtime as containerd's unpack sets it (`archive.boundTime`): a time before
+/// 1970 or after [`LATEST_TIME`] becomes the epoch, anything else stays. A layer must read
+/// the same under Strata as under containerd's own snapshotters (docs/format.md §6.9).
+fn bound_time(secs: i64, ns: Option<u32>) -> (i64, Option<u32>) {
+    if secs < 0 || (secs, ns.unwrap_or(0)) > LATEST_TIME {
+        (0, None)
+    } else {
+        (secs, ns)
     }
 }
 
@@ -1500,8 +1516,9 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn gnu_and_pax_sparse_files_are_expanded_under_their_real_names() {
-        // GNU old sparse: data "A"*512 at 0, "xyz" at 4096, real size 8192.
+    fn pax_sparse_files_are_expanded_under_their_real_names_and_old_gnu_ones_refused() {
+        // GNU old sparse (type S): data "A"*512 at 0, "xyz" at 4096, real size 8192.
+        // containerd refuses the type, so the publisher does too.
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(EntryType::GNUSparse);
         h.set_mode(0o644);
@@ -1531,30 +1548,22 @@ pub(crate) mod tests {
         tail.resize(512, 0);
         raw.extend(tail);
         raw.extend([0u8; 1024]);
+        let blob = gzip(&raw);
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = LocalStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        let blob = gzip(&raw);
-        let t = read_layer(
+        let err = read_layer(
             &blob[..],
             &id_for(&blob, &raw),
             &Pool::new(&store, 2),
             &Limits::default(),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let e = get(&t, "sparse");
-        assert_eq!(e.size, 8192);
-        let mut expect = vec![b'A'; 512];
-        expect.resize(4096, 0);
-        expect.extend(b"xyz");
-        expect.resize(8192, 0);
-        let stored = crate::objects::read_object(
-            &store,
-            &e.hash.unwrap_or_else(|| panic!("hash")),
-            Suffix::None,
-            1 << 20,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(stored, expect);
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            err.contains("\"sparse\"") && err.contains("containerd refuses"),
+            "old-GNU type S is refused, naming the entry: {err}"
+        );
         // PAX sparse 1.0 (map in the data) and 0.1 (map in a record), as GNU tar writes
         // them: the real name replaces the GNUSparseFile placeholder, holes read as zeros.
         let mut b = tar::Builder::new(Vec::new());
@@ -1591,6 +1600,10 @@ pub(crate) mod tests {
         let (t, dir) = read(&b.into_inner().unwrap_or_default());
         let t = t.unwrap_or_else(|e| panic!("{e}"));
         let store = LocalStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let mut expect = vec![b'A'; 512];
+        expect.resize(4096, 0);
+        expect.extend(b"xyz");
+        expect.resize(8192, 0);
         for name in ["opt/one", "opt/two"] {
             let e = get(&t, name);
             assert_eq!(e.size, 8192, "{name}");
@@ -1667,9 +1680,10 @@ pub(crate) mod tests {
     }
 
     /// Every sparse form GNU tar writes, made by GNU tar itself (Debian's `tar`, part of
-    /// every Debian system): PAX 0.0, 0.1, 1.0 and old-GNU type `S`.
+    /// every Debian system): PAX 0.0, 0.1, 1.0 are expanded; old-GNU type `S` is refused
+    /// with the entry named (containerd refuses it).
     #[test]
-    fn gnu_tar_sparse_archives_of_every_format_are_expanded() {
+    fn gnu_tar_sparse_archives_of_every_format_are_expanded_or_refused_as_containerd_does() {
         use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let src = dir.path().join("src");
@@ -1704,6 +1718,12 @@ pub(crate) mod tests {
                 tar.len()
             );
             let (t, store_dir) = read(&tar);
+            if label == "old gnu" {
+                let (entry, reason) = layer_error(t);
+                assert_eq!(entry, "holes", "{label}");
+                assert!(reason.contains("containerd refuses"), "{label}: {reason}");
+                continue;
+            }
             let t = t.unwrap_or_else(|e| panic!("{label}: {e}"));
             let names: Vec<&String> = t.root.children.keys().collect();
             assert_eq!(names, ["holes"], "{label}");
@@ -1745,8 +1765,9 @@ pub(crate) mod tests {
         b.append_data(&mut h, "neg", &[][..])
             .unwrap_or_else(|e| panic!("{e}"));
         let t = ok(&b.into_inner().unwrap_or_default());
+        // Before 1970: the epoch, as containerd's unpack sets it.
         let old = get(&t, "old");
-        assert_eq!((old.mtime, old.mtime_ns), (-86401, Some(750_000_000)));
+        assert_eq!((old.mtime, old.mtime_ns), (0, None));
         assert_eq!((old.uid, old.mode), (4294967294, 0o102755));
         let future = get(&t, "future");
         assert_eq!(
@@ -1755,7 +1776,14 @@ pub(crate) mod tests {
         );
         assert_eq!(future.mode, 0o041777);
         let neg = get(&t, "neg");
-        assert_eq!((neg.mtime, neg.mode), (-2, 0o104711));
+        assert_eq!((neg.mtime, neg.mode), (0, 0o104711));
+        assert_eq!(
+            bound_time(9_223_372_036, Some(854_775_807)),
+            (9_223_372_036, Some(854_775_807))
+        );
+        assert_eq!(bound_time(9_223_372_036, Some(854_775_808)), (0, None));
+        assert_eq!(bound_time(9_300_000_000, None), (0, None));
+        assert_eq!(bound_time(-1, Some(500_000_000)), (0, None));
         assert_eq!(parse_pax_time("12"), Some((12, 0)));
         assert_eq!(parse_pax_time("-1.5"), Some((-2, 500_000_000)));
         assert_eq!(parse_pax_time("x"), None);

@@ -10,6 +10,7 @@
 mod apptainer;
 mod containerd_matrix;
 mod startup;
+mod tar_corpus;
 mod tree_equality;
 
 use std::process::{Command, Output};

@@ -28,6 +28,10 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("fusermount3", "fuse3"),
     ("chroot", "coreutils"),
     ("mount", "mount"),
+    ("tar", "tar"),
+    ("bsdtar", "libarchive-tools"),
+    ("busybox", "busybox"),
+    ("python3", "python3"),
 ];
 
 /// The directory holding the workspace's binaries for the profile this executable was

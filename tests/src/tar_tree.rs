@@ -10,7 +10,8 @@
 //!
 //! Tar semantics as unpacking applies them (OCI image spec `layer.md`): PAX records
 //! (`path`, `linkpath`, `mtime` with nanoseconds, `uid`, `gid`, `SCHILY.xattr.*`) override
-//! the header; GNU base-256 numbers (negative mtimes) are decoded; a later entry for a
+//! the header; GNU base-256 numbers (negative mtimes) are decoded, and an mtime before 1970
+//! or after 2262-04-11 is the epoch (containerd's `archive.boundTime`); a later entry for a
 //! path replaces the earlier one (and a non-directory replacing a directory drops its
 //! children); a hard link is a second name for its target (same metadata, same content);
 //! a symlink's mode is always `0777` (Linux ignores the header's). A parent directory
@@ -131,6 +132,7 @@ fn add_entry<R: Read>(tree: &mut Tree, mut entry: tar::Entry<'_, R>, what: &str)
         return Ok(());
     }
     if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+        ensure_dirs(tree, &parent, true);
         let mut node = Node::new(Kind::Char, 0);
         node.device = Some((0, 0));
         node.mtime = meta.mtime;
@@ -160,7 +162,7 @@ fn add_entry<R: Read>(tree: &mut Tree, mut entry: tar::Entry<'_, R>, what: &str)
             }
             return Ok(());
         }
-        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+        EntryType::Regular => {
             let mut node = meta.apply(Node::new(Kind::File, 0));
             if let Some(sparse) = sparse {
                 let mut data = Vec::new();
@@ -382,6 +384,11 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::result::Result<Meta
             }
         }
     }
+    // containerd's unpack (`archive.boundTime`): before 1970 or after Go's
+    // `time.Unix(0, 0).Add(1<<63 - 1)` (2262-04-11T23:47:16.854775807Z) is the epoch.
+    if mtime < 0 || (mtime, mtime_ns) > (9_223_372_036, 854_775_807) {
+        (mtime, mtime_ns) = (0, 0);
+    }
     Ok(Meta {
         perm,
         uid: u32::try_from(uid).map_err(|_| format!("uid {uid} out of range"))?,
@@ -575,7 +582,8 @@ mod tests {
             (s.mode, s.size, s.target.as_deref()),
             (libc::S_IFLNK | 0o777, 3, Some("d/f"))
         );
-        assert_eq!((s.mtime, s.mtime_ns), (-3, 500_000_000));
+        // PAX mtime -2.5: before 1970, so the epoch (containerd's `archive.boundTime`).
+        assert_eq!((s.mtime, s.mtime_ns), (0, 0));
         assert_eq!(s.xattrs.get("user.a").map(Vec::as_slice), Some(&b"1"[..]));
         assert_eq!(tree["x"].kind, Kind::File);
         assert_eq!(

@@ -11,6 +11,7 @@
 
 pub mod apt;
 pub mod build;
+pub mod corpus;
 pub mod layer_tar;
 pub mod layout;
 pub mod rich;

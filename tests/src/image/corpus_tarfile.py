@@ -1,0 +1,63 @@
+"""The corpus's Python tarfile writer (tests/src/image/corpus.rs).
+
+Usage: python3 corpus_tarfile.py FORMAT SOURCE OUT CASE
+  FORMAT  pax | gnu
+  SOURCE  the staged corpus directory, archived as "." (tarfile.add, recursive)
+  CASE    full:         SOURCE, then PAX xattrs on one more file (pax only), then a hard
+                        link to a file that a later entry replaces
+          missing-link: SOURCE, then a hard link to a path no entry has
+          non-utf8:     SOURCE, then a file whose name is not UTF-8
+"""
+
+import io
+import sys
+import tarfile
+
+MTIME = 1_700_000_000
+
+
+def regular(name, data, **pax):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = MTIME
+    info.mode = 0o644
+    if pax:
+        info.pax_headers = pax
+    return info, io.BytesIO(data)
+
+
+def main():
+    fmt, source, out, case = sys.argv[1:5]
+    format_ = {"pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT}[fmt]
+    # surrogateescape keeps non-UTF-8 bytes as they are.
+    with tarfile.open(out, "w", format=format_, encoding="utf-8", errors="surrogateescape") as tar:
+        tar.add(source, arcname=".", recursive=True)
+        if case == "full":
+            if fmt == "pax":
+                tar.addfile(*regular("xattrs/python", b"pax xattr\n", **{"SCHILY.xattr.user.python": "yes"}))
+            dir_ = tarfile.TarInfo("later")
+            dir_.type = tarfile.DIRTYPE
+            dir_.mode = 0o755
+            dir_.mtime = MTIME
+            tar.addfile(dir_)
+            tar.addfile(*regular("later/target", b"first version\n"))
+            link = tarfile.TarInfo("later/link")
+            link.type = tarfile.LNKTYPE
+            link.linkname = "later/target"
+            link.mtime = MTIME
+            link.mode = 0o644
+            tar.addfile(link)
+            tar.addfile(*regular("later/target", b"second version, written after the link\n"))
+        elif case == "missing-link":
+            link = tarfile.TarInfo("missing/link")
+            link.type = tarfile.LNKTYPE
+            link.linkname = "missing/nothing-here"
+            link.mtime = MTIME
+            tar.addfile(link)
+        elif case == "non-utf8":
+            tar.addfile(*regular(b"caf\xe9".decode("utf-8", "surrogateescape"), b"latin-1 name\n"))
+        else:
+            raise SystemExit(f"unknown case {case}")
+
+
+main()
