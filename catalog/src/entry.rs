@@ -211,10 +211,11 @@ impl Entry {
         e
     }
 
-    /// A symbolic link, mode `0o120777`, size = target length.
+    /// A symbolic link, mode `0o120777`, size = target length in bytes (of the bytes the
+    /// target stands for, [`crate::names`]).
     pub fn symlink(name: &str, target: &str, uid: u32, gid: u32, mtime: i64) -> Entry {
         let mut e = Entry::base(name, EntryKind::Symlink, 0o777, uid, gid, mtime);
-        e.size = target.len() as u64;
+        e.size = crate::names::to_bytes(target).len() as u64;
         e.symlink = target.to_string();
         e
     }

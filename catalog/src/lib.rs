@@ -35,6 +35,7 @@ pub mod hash;
 pub mod history;
 pub mod keys;
 pub mod manifest;
+pub mod names;
 pub mod path_hash;
 pub mod reader;
 mod signed;

@@ -26,10 +26,11 @@ impl PathHash {
     }
 }
 
-/// Path key of `path`: MD5 of its bytes. `""` is the repository root; paths are absolute,
-/// `/`-separated, without trailing slash (docs/format.md §6.5).
+/// Path key of `path`: MD5 of its bytes (the bytes it stands for, [`crate::names`]). `""`
+/// is the repository root; paths are absolute, `/`-separated, without trailing slash
+/// (docs/format.md §6.5).
 pub fn path_hash(path: &str) -> PathHash {
-    PathHash::from_md5(Md5::digest(path.as_bytes()).into())
+    PathHash::from_md5(Md5::digest(crate::names::to_bytes(path)).into())
 }
 
 /// Parent key of `path`: the path hash of [`parent_path`], except for the root, whose parent

@@ -463,7 +463,7 @@ struct RawRow {
 
 fn raw_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
     Ok(RawRow {
-        name: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+        name: raw_text(r, 0)?,
         mode: r.get(1)?,
         size: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
         flags: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
@@ -473,9 +473,23 @@ fn raw_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
         gid: r.get::<_, Option<i64>>(7)?.unwrap_or(0),
         mtime: r.get::<_, Option<i64>>(8)?.unwrap_or(0),
         mtimens: r.get(9)?,
-        symlink: r.get::<_, Option<String>>(10)?.unwrap_or_default(),
+        symlink: raw_text(r, 10)?,
         xattr: r.get(11)?,
         rowid: r.get(12)?,
+    })
+}
+
+/// A `TEXT` column as a Strata name ([`crate::names`]): stock CVMFS stores names and
+/// symlink targets as raw bytes, which need not be UTF-8. NULL is `""`.
+fn raw_text(r: &Row<'_>, column: usize) -> rusqlite::Result<String> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(column)? {
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+            crate::names::from_bytes(bytes).into_owned()
+        }
+        ValueRef::Null => String::new(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => f.to_string(),
     })
 }
 

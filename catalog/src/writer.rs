@@ -181,8 +181,8 @@ impl CatalogWriter {
             entry.mtime,
             entry.mtime_ns,
             entry.compose_flags(transition),
-            entry.name,
-            entry.symlink,
+            RawText::of(&entry.name),
+            RawText::of(&entry.symlink),
             entry.uid,
             entry.gid,
             xattr,
@@ -377,6 +377,24 @@ fn duplicate_or_sqlite(db: &Path, e: rusqlite::Error, path: &str, reason: &str) 
             }
         }
         e => Error::sqlite(db, e),
+    }
+}
+
+/// A name or symlink target bound as `TEXT` with the bytes it stands for
+/// ([`crate::names`]): stock CVMFS stores them raw, UTF-8 or not.
+struct RawText<'a>(std::borrow::Cow<'a, [u8]>);
+
+impl<'a> RawText<'a> {
+    fn of(text: &'a str) -> RawText<'a> {
+        RawText(crate::names::to_bytes(text))
+    }
+}
+
+impl rusqlite::ToSql for RawText<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(
+            rusqlite::types::ValueRef::Text(&self.0),
+        ))
     }
 }
 
@@ -854,6 +872,60 @@ CREATE TABLE statistics (counter TEXT, value INTEGER,
             w.finish(&CatalogProperties::default()),
             Err(Error::InvalidCatalog { .. })
         ));
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_stored_as_their_bytes() {
+        use crate::names::from_bytes;
+        use crate::path_hash::PathHash;
+        use md5::Digest;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("latin1.db");
+        let mut w = CatalogWriter::create(&file, "").unwrap();
+        add_dir(&mut w, "", Transition::None);
+        let name = from_bytes(b"caf\xe9").into_owned();
+        let target = from_bytes(b"r\xe9f").into_owned();
+        let e = Entry::regular(&name, 0o644, 0, 0, MTIME, 1, h(b"x"));
+        w.add(&format!("/{name}"), &e, Transition::None).unwrap();
+        let link = Entry::symlink("l", &target, 0, 0, MTIME);
+        w.add("/l", &link, Transition::None).unwrap();
+        w.finish(&CatalogProperties::default()).unwrap();
+        // As stock CVMFS stores them: raw bytes in the TEXT columns, the path key over the
+        // raw path, the symlink size in bytes.
+        let conn = Connection::open(&file).unwrap();
+        let raw: Vec<u8> = conn
+            .query_row(
+                "SELECT CAST(name AS BLOB), typeof(name), md5path_1, md5path_2 FROM catalog \
+                 WHERE size = 1",
+                [],
+                |r| {
+                    let key = PathHash(r.get(2)?, r.get(3)?);
+                    assert_eq!(r.get::<_, String>(1)?, "text");
+                    assert_eq!(
+                        key,
+                        PathHash::from_md5(md5::Md5::digest(b"/caf\xe9").into())
+                    );
+                    r.get(0)
+                },
+            )
+            .unwrap();
+        assert_eq!(raw, b"caf\xe9");
+        let (size, target_bytes): (i64, Vec<u8>) = conn
+            .query_row(
+                "SELECT size, CAST(symlink AS BLOB) FROM catalog WHERE name = 'l'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((size, target_bytes.as_slice()), (3, &b"r\xe9f"[..]));
+        // And back.
+        let r = CatalogReader::open(&file).unwrap();
+        let found = r.lookup(&format!("/{name}")).unwrap().unwrap();
+        assert_eq!(found.name, name);
+        assert_eq!(r.lookup("/l").unwrap().unwrap().symlink, target);
+        let mut listed: Vec<String> = r.list("").unwrap().into_iter().map(|e| e.name).collect();
+        listed.sort();
+        assert_eq!(listed, vec![name, "l".to_owned()]);
     }
 
     #[test]

@@ -199,7 +199,7 @@ impl StagedLayer {
 ///
 /// Errors: [`Error::DigestMismatch`] if the blob or tar digests differ from `id`,
 /// [`Error::Layer`] for hostile or unsupported entries (path escaping the root, dangling or
-/// directory hard link, non-UTF-8 names, malformed sparse maps), store errors,
+/// directory hard link, malformed sparse maps), store errors,
 /// [`Error::Sqlite`] / [`Error::Io`] for the scratch database.
 pub fn read_layer<R: Read>(
     blob: R,
@@ -430,8 +430,8 @@ impl Builder {
         id: &LayerId,
         sink: &mut FileSink<'_>,
     ) -> Result<()> {
-        let raw_path = String::from_utf8(entry.path_bytes().into_owned())
-            .map_err(|e| id.error(&String::from_utf8_lossy(e.as_bytes()), "name is not UTF-8"))?;
+        // Names need not be UTF-8: bytes that are not stay bytes (catalog::names).
+        let raw_path = catalog::names::from_bytes(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
         if matches!(
             kind,
@@ -635,8 +635,7 @@ impl Builder {
         let target = entry
             .link_name_bytes()
             .ok_or_else(|| at.error("symlink without target"))?;
-        let target = String::from_utf8(target.into_owned())
-            .map_err(|_| at.error("symlink target is not UTF-8"))?;
+        let target = catalog::names::from_bytes(&target).into_owned();
         let e = symlink_entry(name, &target, meta.uid, meta.gid, meta.mtime);
         self.put_leaf_with(parent, e, meta, None)
     }
@@ -682,8 +681,7 @@ impl Builder {
         let raw_target = entry
             .link_name_bytes()
             .ok_or_else(|| at.error("hard link without target"))?;
-        let raw_target = String::from_utf8(raw_target.into_owned())
-            .map_err(|_| at.error("hard link target is not UTF-8"))?;
+        let raw_target = catalog::names::from_bytes(&raw_target).into_owned();
         let target = normalize_path(&raw_target)
             .ok_or_else(|| at.error(format!("hard link target {raw_target:?} escapes the root")))?;
         let Some((name, parent)) = path.split_last() else {

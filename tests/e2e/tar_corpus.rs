@@ -9,8 +9,8 @@
 //! container sees). Then:
 //!
 //! * every image containerd unpacked is ingested by `strata-publisher` (one run, one
-//!   revision), and its `layerfs` and flat tree (read through the catalogs) must equal
-//!   containerd's, entry by entry (`tests::fstree`: type, mode, owner, mtime with
+//!   revision), and its `layerfs` and flat tree, read through the catalogs and through
+//!   `strata-snapshotter mount`, must equal containerd's, entry by entry (`tests::fstree`: type, mode, owner, mtime with
 //!   nanoseconds, size, content, symlink target, device numbers, xattrs);
 //! * every image containerd refuses, Strata must refuse too: the ingest fails with an
 //!   error naming the entry, and the repository's revision does not move;
@@ -45,7 +45,7 @@ use tests::process::run_checked;
 use tests::registry::Registry;
 use tests::scenario::{FQRN, image_cache_root};
 use tests::steps::Steps;
-use tests::strata::Repo;
+use tests::strata::{FuseMount, MountArgs, Repo};
 use tests::tar_tree;
 use tests::workdir::WorkDir;
 
@@ -58,9 +58,6 @@ const SHOWN: usize = 40;
 enum Unpacked {
     /// The writer's layer as containerd's lower directory, and the image's merged tree.
     Trees { layer: Tree, flat: Tree },
-    /// Unpacked, but not walked: a tree a Strata gap leaves unpublished (`fswalk` keys
-    /// trees by UTF-8 paths).
-    Unwalked,
     /// `ctr images pull` failed: its message.
     Refused(String),
 }
@@ -155,17 +152,17 @@ fn every_tar_containerd_unpacks_strata_publishes_identically() {
         let mut accepted = Vec::new();
         for (image, truth) in images.iter().zip(&truths) {
             let containerd_verdict = match truth {
-                Unpacked::Trees { .. } | Unpacked::Unwalked => "unpacks",
+                Unpacked::Trees { .. } => "unpacks",
                 Unpacked::Refused(_) => "refuses",
             };
             let stated = match image.writer.verdict {
                 Verdict::Refused(_) => "refuses",
-                Verdict::Accepted | Verdict::StrataRefuses(_) => "unpacks",
+                Verdict::Accepted => "unpacks",
             };
             if containerd_verdict != stated {
                 let why = match truth {
                     Unpacked::Refused(message) => message.clone(),
-                    Unpacked::Trees { .. } | Unpacked::Unwalked => String::new(),
+                    Unpacked::Trees { .. } => String::new(),
                 };
                 failures.push(format!(
                     "{}: containerd {containerd_verdict} it, the corpus table says it {stated} it {why}",
@@ -173,10 +170,8 @@ fn every_tar_containerd_unpacks_strata_publishes_identically() {
                 ));
             }
             match (image.writer.verdict, truth) {
-                (Verdict::Accepted, Unpacked::Trees { .. } | Unpacked::Unwalked) => {
-                    accepted.push(image.source.as_str())
-                }
-                (Verdict::Refused(entry) | Verdict::StrataRefuses(entry), _) => {
+                (Verdict::Accepted, Unpacked::Trees { .. }) => accepted.push(image.source.as_str()),
+                (Verdict::Refused(entry), _) => {
                     let result = steps.run(
                         &format!(
                             "strata-publisher refuses {} (naming {entry})",
@@ -196,7 +191,30 @@ fn every_tar_containerd_unpacks_strata_publishes_identically() {
             ),
             || repo.ingest(&accepted, &work.log("publisher-ingest")),
         )?;
+        // Both readers: the catalogs as published, and the FUSE mount as a container sees
+        // them (lookups, listings and symlink targets of names that are not UTF-8 too).
         let mut published = catalog_tree::Published::open(&srv)?;
+        let server = steps.run("strata-publisher serve", || {
+            repo.serve(&work.log("publisher-serve"))
+        })?;
+        let mountpoint = work.path().join("mnt");
+        let (server_url, pubkey, cache) = (
+            server.server_url(),
+            repo.public_key(),
+            work.path().join("cache"),
+        );
+        let mut mount = steps.run("strata-snapshotter mount", || {
+            FuseMount::start(
+                &MountArgs {
+                    fqrn: FQRN,
+                    server: &server_url,
+                    pubkey: &pubkey,
+                    cache: &cache,
+                    mountpoint: &mountpoint,
+                },
+                &work.log("snapshotter-mount"),
+            )
+        })?;
         for (image, truth) in images.iter().zip(&truths) {
             let (Verdict::Accepted, Unpacked::Trees { layer, flat }) =
                 (image.writer.verdict, truth)
@@ -204,30 +222,43 @@ fn every_tar_containerd_unpacks_strata_publishes_identically() {
                 continue;
             };
             let name = image.writer.name;
-            let result = steps.run(&format!("{name}: layerfs = containerd's layer"), || {
-                let (actual, _) = published.tree(&image.layerfs)?;
-                expect_equal(
-                    &format!("{name} layer"),
+            let trees = [
+                (
+                    "layerfs",
+                    &image.layerfs,
                     layer,
-                    &actual,
-                    &rules(layer, &image.implied, &[]),
-                )
-            });
-            failures.extend(result.err().map(|e| format!("{e:#}")));
-            let result = steps.run(
-                &format!("{name}: flat tree = containerd's snapshot"),
-                || {
-                    let (actual, _) = published.tree(&image.flat)?;
-                    expect_equal(
-                        &format!("{name} flat"),
-                        flat,
-                        &actual,
-                        &rules(flat, &image.implied, &[".singularity.d"]),
-                    )
-                },
-            );
-            failures.extend(result.err().map(|e| format!("{e:#}")));
+                    rules(layer, &image.implied, &[]),
+                ),
+                (
+                    "flat tree",
+                    &image.flat,
+                    flat,
+                    rules(flat, &image.implied, &[".singularity.d"]),
+                ),
+            ];
+            for (what, path, expected, rules) in &trees {
+                let result = steps.run(
+                    &format!("{name}: {what} (catalog, mount) = containerd's"),
+                    || -> Result<()> {
+                        let (actual, _) = published.tree(path)?;
+                        expect_equal(
+                            &format!("{name} {what} (catalog)"),
+                            expected,
+                            &actual,
+                            rules,
+                        )?;
+                        let mounted = mountpoint.join(path.trim_start_matches('/'));
+                        let walked = fswalk::walk(&mounted)?.tree;
+                        expect_equal(&format!("{name} {what} (mount)"), expected, &walked, rules)
+                    },
+                );
+                failures.extend(result.err().map(|e| format!("{e:#}")));
+            }
         }
+        mount
+            .check_running()
+            .context("the FUSE mount died during the walks")?;
+        mount.stop();
         drop(registry);
         println!("steps:\n{}", steps.summary());
         ensure!(failures.is_empty(), "{}", failures.join("\n"));
@@ -254,9 +285,6 @@ fn containerd_unpack(containerd: &Containerd, image: &Image, work: &WorkDir) -> 
             .unwrap_or_default();
         println!("    containerd refuses it: {last}");
         return Ok(Unpacked::Refused(last.to_owned()));
-    }
-    if matches!(image.writer.verdict, Verdict::StrataRefuses(_)) {
-        return Ok(Unpacked::Unwalked);
     }
     let key = format!("corpus-view-{}", image.writer.name);
     let target = work.subdir(&format!("view-{}", image.writer.name))?;

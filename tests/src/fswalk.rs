@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -35,7 +36,7 @@ pub struct Walked {
 /// every regular file completely.
 ///
 /// Errors: any `lstat`, `readdir`, `readlink`, xattr call or read failing
-/// ([`Error::Io`] naming the path), a name that is not UTF-8 ([`Error::Invalid`]).
+/// ([`Error::Io`] naming the path).
 pub fn walk(root: &Path) -> Result<Walked> {
     let mut walked = Walked::default();
     visit(root, "", &mut walked)?;
@@ -53,15 +54,14 @@ fn visit(path: &Path, relative: &str, walked: &mut Walked) -> Result<()> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(path).map_err(io_context(format!("list {}", path.display())))? {
         let entry = entry.map_err(io_context(format!("list {}", path.display())))?;
-        let name = entry
-            .file_name()
-            .into_string()
-            .map_err(|n| Error::Invalid(format!("{}: non-UTF-8 name {n:?}", path.display())))?;
-        names.push(name);
+        // A name that is not UTF-8 is keyed as Strata writes it (catalog::names).
+        let raw = entry.file_name();
+        let name = catalog::names::from_bytes(raw.as_bytes()).into_owned();
+        names.push((name, raw));
     }
     names.sort();
-    for name in names {
-        visit(&path.join(&name), &child_path(relative, &name), walked)?;
+    for (name, raw) in names {
+        visit(&path.join(&raw), &child_path(relative, &name), walked)?;
     }
     Ok(())
 }
@@ -91,9 +91,8 @@ pub fn read_node(path: &Path) -> Result<(Node, Inode)> {
         Kind::Symlink => {
             let target = std::fs::read_link(path)
                 .map_err(io_context(format!("readlink {}", path.display())))?;
-            node.target = Some(target.to_str().map(str::to_owned).ok_or_else(|| {
-                Error::Invalid(format!("{}: non-UTF-8 link target", path.display()))
-            })?);
+            node.target =
+                Some(catalog::names::from_bytes(target.as_os_str().as_bytes()).into_owned());
         }
         Kind::Char | Kind::Block => {
             node.device = Some((libc::major(meta.rdev()), libc::minor(meta.rdev())));

@@ -60,7 +60,9 @@ pub fn layer_tree(path: &Path) -> Result<Tree> {
 /// Reads an uncompressed tar stream into its overlayfs [`Tree`]; `what` names it in
 /// errors.
 ///
-/// Errors: unreadable tar, a path escaping the root, a non-UTF-8 name, a hard link to
+/// Names that are not UTF-8 are written as Strata writes them (`catalog::names`).
+///
+/// Errors: unreadable tar, a path escaping the root, a hard link to
 /// nothing earlier in the tar, an entry type a layer cannot hold ([`Error::Invalid`]).
 pub fn tar_tree<R: Read>(reader: R, what: &str) -> Result<Tree> {
     let mut archive = tar::Archive::new(reader);
@@ -104,8 +106,7 @@ fn add_entry<R: Read>(tree: &mut Tree, mut entry: tar::Entry<'_, R>, what: &str)
     ) {
         return Ok(());
     }
-    let raw = String::from_utf8(entry.path_bytes().into_owned())
-        .map_err(|_| Error::Invalid(format!("{what}: non-UTF-8 entry name")))?;
+    let raw = catalog::names::from_bytes(&entry.path_bytes()).into_owned();
     let invalid = |reason: String| Error::Invalid(format!("{what}: entry {raw:?}: {reason}"));
     let mut meta = read_meta(&mut entry).map_err(invalid)?;
     let sparse = meta.sparse.take();
@@ -197,11 +198,11 @@ fn add_entry<R: Read>(tree: &mut Tree, mut entry: tar::Entry<'_, R>, what: &str)
             let target = entry
                 .link_name_bytes()
                 .ok_or_else(|| invalid("symlink without target".into()))?;
-            let target = String::from_utf8(target.into_owned())
-                .map_err(|_| invalid("non-UTF-8 symlink target".into()))?;
+            let size = target.len() as u64;
+            let target = catalog::names::from_bytes(&target).into_owned();
             let mut node = meta.apply(Node::new(Kind::Symlink, 0));
             node.mode = libc::S_IFLNK | 0o777;
-            node.size = target.len() as u64;
+            node.size = size;
             node.target = Some(target);
             node
         }
@@ -209,8 +210,7 @@ fn add_entry<R: Read>(tree: &mut Tree, mut entry: tar::Entry<'_, R>, what: &str)
             let target = entry
                 .link_name_bytes()
                 .ok_or_else(|| invalid("hard link without target".into()))?;
-            let target = String::from_utf8(target.into_owned())
-                .map_err(|_| invalid("non-UTF-8 hard link target".into()))?;
+            let target = catalog::names::from_bytes(&target).into_owned();
             let target = normalize(&target).ok_or_else(|| invalid("link target escapes".into()))?;
             tree.get(&target)
                 .filter(|n| n.kind != Kind::Dir)

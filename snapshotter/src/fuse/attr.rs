@@ -30,7 +30,7 @@ pub fn file_type(entry: &Entry) -> FileType {
 pub fn file_attr(ino: u64, entry: &Entry) -> FileAttr {
     let kind = file_type(entry);
     let size = match kind {
-        FileType::Symlink => entry.symlink.len() as u64,
+        FileType::Symlink => catalog::names::to_bytes(&entry.symlink).len() as u64,
         FileType::CharDevice | FileType::BlockDevice => 0,
         _ => entry.size,
     };

@@ -17,6 +17,8 @@
 //! each open unchunked file is then read by the kernel from its cache file directly.
 
 use std::ffi::OsStr;
+
+use super::os_name;
 use std::sync::Arc;
 
 use catalog::EntryKind;
@@ -107,7 +109,7 @@ impl Filesystem for StrataFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.node(ino) {
             Ok(node) if node.entry.kind == EntryKind::Symlink => {
-                reply.data(node.entry.symlink.as_bytes())
+                reply.data(&catalog::names::to_bytes(&node.entry.symlink))
             }
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(e),
@@ -283,7 +285,7 @@ impl Filesystem for StrataFs {
             None => return reply.error(Errno::EBADF),
         };
         for (i, (ino, kind, name)) in items.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, os_name(name)) {
                 break;
             }
         }

@@ -5,6 +5,7 @@
 //! generation, so that the next switch invalidates the kernel's copy ([`super::switch`]).
 
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use catalog::EntryKind;
@@ -72,9 +73,8 @@ impl StrataFs {
         if parent.entry.kind != EntryKind::Directory {
             return Err(Error::NotADirectory(parent.path.clone()));
         }
-        let Some(name) = name.to_str() else {
-            return Ok(None);
-        };
+        let name = catalog::names::from_bytes(name.as_bytes());
+        let name = name.as_ref();
         let path = format!("{}/{}", parent.path, name);
         let found = self.in_one_revision("lookup", &path, |repo, generation| {
             match repo.lookup(&path)? {

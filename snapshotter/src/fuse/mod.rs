@@ -60,6 +60,20 @@ pub use attr::{file_attr, fuse_rdev};
 pub use inodes::{Inodes, Node, ROOT_INODE};
 pub use switch::Switcher;
 
+/// `name` (a catalog name, [`catalog::names`]) as the kernel sees it: the bytes it stands
+/// for, which need not be UTF-8.
+fn os_name(name: &str) -> std::borrow::Cow<'_, std::ffi::OsStr> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    match catalog::names::to_bytes(name) {
+        std::borrow::Cow::Borrowed(bytes) => {
+            std::borrow::Cow::Borrowed(std::ffi::OsStr::from_bytes(bytes))
+        }
+        std::borrow::Cow::Owned(bytes) => {
+            std::borrow::Cow::Owned(std::ffi::OsString::from_vec(bytes))
+        }
+    }
+}
+
 /// How long the kernel may cache entries, attributes and negative lookups.
 pub const TTL: Duration = Duration::from_secs(300);
 

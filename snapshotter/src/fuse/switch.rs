@@ -13,8 +13,8 @@
 //! Readers take the revision and its generation together ([`Shared::snapshot`]) and do a
 //! lookup or listing again when a switch comes in between ([`StrataFs::in_one_revision`]).
 
+use super::os_name;
 use std::collections::HashSet;
-use std::ffi::OsStr;
 use std::sync::Arc;
 
 use fuser::INodeNo;
@@ -108,14 +108,14 @@ fn invalidate(
         if stale.parent != 0 {
             quiet(
                 "entry",
-                notifier.inval_entry(INodeNo(stale.parent), OsStr::new(&stale.name)),
+                notifier.inval_entry(INodeNo(stale.parent), &os_name(&stale.name)),
             );
         }
     }
     for (parent, name) in negatives {
         quiet(
             "negative entry",
-            notifier.inval_entry(INodeNo(*parent), OsStr::new(name)),
+            notifier.inval_entry(INodeNo(*parent), &os_name(name)),
         );
     }
 }
@@ -195,6 +195,7 @@ mod tests {
     use super::*;
     use crate::fuse::ROOT_INODE;
     use catalog::Entry;
+    use std::ffi::OsStr;
     use std::time::Duration;
 
     /// A one-catalog repository at `revision` holding the files `names` (`/<name>`), on a

@@ -23,9 +23,9 @@
 //! (every sparse version), bsdtar (libarchive) in `pax` and `gnutar`, Python `tarfile` in
 //! PAX and GNU formats (with a file replaced after a hard link to it was made), busybox
 //! tar. Formats that cannot hold an entry (ustar: long names, big ids, times outside
-//! 1970..2242; busybox likewise) archive the [`Source::Portable`] subset. Two more tars are
-//! built to be refused: a hard link to nothing, and (a known gap of Strata) a name that is
-//! not UTF-8.
+//! 1970..2242; busybox likewise) archive the [`Source::Portable`] subset. Two more tars:
+//! names, a directory and link targets that are not UTF-8 (Latin-1), and a hard link to
+//! nothing, which must be refused.
 
 use std::os::unix::fs::{FileExt, PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
@@ -77,9 +77,6 @@ pub enum Verdict {
     Accepted,
     /// Refused; Strata must refuse it too, with an error naming this entry.
     Refused(&'static str),
-    /// containerd unpacks it but Strata refuses it with an error naming this entry (a
-    /// documented gap).
-    StrataRefuses(&'static str),
 }
 
 /// One tar writer of the corpus.
@@ -183,9 +180,9 @@ pub const WRITERS: &[Writer] = &[
     },
     Writer {
         name: "python-non-utf8",
-        tool: "Python tarfile: a name that is not UTF-8",
+        tool: "Python tarfile: names and link targets that are not UTF-8",
         source: Source::Portable,
-        verdict: Verdict::StrataRefuses("caf"),
+        verdict: Verdict::Accepted,
     },
 ];
 

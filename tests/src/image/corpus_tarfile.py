@@ -6,7 +6,8 @@ Usage: python3 corpus_tarfile.py FORMAT SOURCE OUT CASE
   CASE    full:         SOURCE, then PAX xattrs on one more file (pax only), then a hard
                         link to a file that a later entry replaces
           missing-link: SOURCE, then a hard link to a path no entry has
-          non-utf8:     SOURCE, then a file whose name is not UTF-8
+          non-utf8:     SOURCE, then a file, a directory with a file, a symlink and a hard
+                        link whose names (and link targets) are not UTF-8
 """
 
 import io
@@ -55,7 +56,25 @@ def main():
             link.mtime = MTIME
             tar.addfile(link)
         elif case == "non-utf8":
-            tar.addfile(*regular(b"caf\xe9".decode("utf-8", "surrogateescape"), b"latin-1 name\n"))
+            raw = lambda b: b.decode("utf-8", "surrogateescape")
+            tar.addfile(*regular(raw(b"caf\xe9"), b"latin-1 name\n"))
+            dir_ = tarfile.TarInfo(raw(b"r\xe9pertoire"))
+            dir_.type = tarfile.DIRTYPE
+            dir_.mode = 0o755
+            dir_.mtime = MTIME
+            tar.addfile(dir_)
+            tar.addfile(*regular(raw(b"r\xe9pertoire/\xff\xfe"), b"in a latin-1 directory\n"))
+            link = tarfile.TarInfo(raw(b"lien-\xe9"))
+            link.type = tarfile.SYMTYPE
+            link.linkname = raw(b"caf\xe9")
+            link.mtime = MTIME
+            tar.addfile(link)
+            hard = tarfile.TarInfo(raw(b"dur-\xe9"))
+            hard.type = tarfile.LNKTYPE
+            hard.linkname = raw(b"caf\xe9")
+            hard.mtime = MTIME
+            hard.mode = 0o644
+            tar.addfile(hard)
         else:
             raise SystemExit(f"unknown case {case}")
 
