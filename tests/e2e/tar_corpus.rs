@@ -51,9 +51,6 @@ use tests::workdir::WorkDir;
 
 use super::{expect_clear_failure, in_workdir};
 
-/// Differences printed per comparison (all are counted).
-const SHOWN: usize = 40;
-
 /// What containerd made of one writer's image.
 enum Unpacked {
     /// The writer's layer as containerd's lower directory, and the image's merged tree.
@@ -241,15 +238,23 @@ fn every_tar_containerd_unpacks_strata_publishes_identically() {
                     &format!("{name}: {what} (catalog, mount) = containerd's"),
                     || -> Result<()> {
                         let (actual, _) = published.tree(path)?;
-                        expect_equal(
+                        fstree::expect_equal(
                             &format!("{name} {what} (catalog)"),
+                            "containerd",
                             expected,
                             &actual,
                             rules,
                         )?;
                         let mounted = mountpoint.join(path.trim_start_matches('/'));
                         let walked = fswalk::walk(&mounted)?.tree;
-                        expect_equal(&format!("{name} {what} (mount)"), expected, &walked, rules)
+                        fstree::expect_equal(
+                            &format!("{name} {what} (mount)"),
+                            "containerd",
+                            expected,
+                            &walked,
+                            rules,
+                        )
+                        .map_err(anyhow::Error::from)
                     },
                 );
                 failures.extend(result.err().map(|e| format!("{e:#}")));
@@ -382,25 +387,6 @@ fn expect_refusal(
     }
     println!("    {message}");
     Ok(message)
-}
-
-/// Fails with the first [`SHOWN`] differences, if any.
-fn expect_equal(what: &str, expected: &Tree, actual: &Tree, rules: &Rules) -> Result<()> {
-    let differences = fstree::differences(expected, actual, rules);
-    println!(
-        "    {what}: {} paths ({})",
-        expected.len(),
-        fstree::census(expected)
-    );
-    if differences.is_empty() {
-        return Ok(());
-    }
-    let shown: Vec<&str> = differences.iter().take(SHOWN).map(String::as_str).collect();
-    bail!(
-        "{what}: {} differences (expected = containerd, got = Strata):\n  {}",
-        differences.len(),
-        shown.join("\n  ")
-    )
 }
 
 /// Bytes of every file under `dir` (not following symlinks).

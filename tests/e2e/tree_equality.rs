@@ -55,9 +55,6 @@ use tests::workdir::WorkDir;
 
 use super::in_workdir;
 
-/// Most differences printed per comparison (all are counted).
-const SHOWN_DIFFERENCES: usize = 60;
-
 /// One image as published, with what it must equal.
 struct Source {
     /// Short name (`demo`, `rich`), also the pushed repository name.
@@ -200,30 +197,6 @@ fn epoch_bounded(mut tree: Tree) -> Tree {
     tree
 }
 
-/// Fails with the first [`SHOWN_DIFFERENCES`] differences, if any; prints what was
-/// compared.
-fn expect_equal(what: &str, expected: &Tree, actual: &Tree, rules: &Rules) -> Result<()> {
-    let differences = fstree::differences(expected, actual, rules);
-    println!(
-        "    {what}: {} paths ({})",
-        expected.len(),
-        fstree::census(expected)
-    );
-    if differences.is_empty() {
-        return Ok(());
-    }
-    let shown: Vec<&str> = differences
-        .iter()
-        .take(SHOWN_DIFFERENCES)
-        .map(String::as_str)
-        .collect();
-    anyhow::bail!(
-        "{what}: {} differences (expected = source, got = Strata):\n  {}",
-        differences.len(),
-        shown.join("\n  ")
-    )
-}
-
 /// Issue 4: the catalogs hold the image exactly.
 #[test]
 fn flat_tree_equals_umoci_unpack() {
@@ -242,8 +215,9 @@ fn flat_tree_equals_umoci_unpack() {
                     let expected = epoch_bounded(fswalk::walk(&source.rootfs)?.tree);
                     let (actual, facts) = repo.tree(&source.flat)?;
                     println!("    {} spans catalogs {:?}", source.flat, facts.catalogs);
-                    expect_equal(
+                    fstree::expect_equal(
                         &format!("{name} flat"),
+                        "umoci unpack or the layer tar",
                         &expected,
                         &actual,
                         &source.flat_rules(),
@@ -260,12 +234,14 @@ fn flat_tree_equals_umoci_unpack() {
                     &format!("{name}: layer {} layerfs (catalog) = tar", i + 1),
                     || -> Result<()> {
                         let (actual, _) = repo.tree(path)?;
-                        expect_equal(
+                        fstree::expect_equal(
                             &format!("{name} layer {}", i + 1),
+                            "umoci unpack or the layer tar",
                             tar,
                             &actual,
                             &Rules::default(),
                         )
+                        .map_err(anyhow::Error::from)
                     },
                 );
                 failures.extend(result.err().map(|e| format!("{e:#}")));
@@ -347,8 +323,9 @@ fn mounted_trees_equal_source() {
                         "    walked and read the mounted flat tree in {:.1?}",
                         started.elapsed()
                     );
-                    expect_equal(
+                    fstree::expect_equal(
                         &format!("{name} flat"),
+                        "umoci unpack or the layer tar",
                         &expected,
                         &walked.tree,
                         &source.flat_rules(),
@@ -365,12 +342,14 @@ fn mounted_trees_equal_source() {
                     &format!("{name}: mounted layer {} layerfs = tar", i + 1),
                     || -> Result<()> {
                         let walked = fswalk::walk(&mount_path(&mountpoint, path))?;
-                        expect_equal(
+                        fstree::expect_equal(
                             &format!("{name} layer {}", i + 1),
+                            "umoci unpack or the layer tar",
                             tar,
                             &walked.tree,
                             &Rules::default(),
                         )
+                        .map_err(anyhow::Error::from)
                     },
                 );
                 failures.extend(result.err().map(|e| format!("{e:#}")));

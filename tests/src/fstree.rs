@@ -12,6 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::error::{Error, Result};
+
 /// The kind of a file, from the type bits of its mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
@@ -133,6 +135,42 @@ impl Rules {
                     .is_some_and(|rest| rest.starts_with('/'))
         })
     }
+}
+
+/// Differences a failed [`expect_equal`] shows (all are counted).
+pub const SHOWN_DIFFERENCES: usize = 60;
+
+/// Prints what `what` compared (paths and kinds of `expected`) and fails with the first
+/// [`SHOWN_DIFFERENCES`] [`differences`], if any; `source` names what `expected` was read
+/// from (`umoci`, `containerd`) in the message.
+///
+/// Errors: [`Error::Invalid`] listing the differences.
+pub fn expect_equal(
+    what: &str,
+    source: &str,
+    expected: &Tree,
+    actual: &Tree,
+    rules: &Rules,
+) -> Result<()> {
+    let differences = differences(expected, actual, rules);
+    println!(
+        "    {what}: {} paths ({})",
+        expected.len(),
+        census(expected)
+    );
+    if differences.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = differences
+        .iter()
+        .take(SHOWN_DIFFERENCES)
+        .map(String::as_str)
+        .collect();
+    Err(Error::Invalid(format!(
+        "{what}: {} differences (expected = {source}, got = Strata):\n  {}",
+        differences.len(),
+        shown.join("\n  ")
+    )))
 }
 
 /// Every difference between `expected` and `actual` under `rules`, one line each

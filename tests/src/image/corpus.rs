@@ -37,6 +37,7 @@ use nix::sys::time::TimeSpec;
 
 use super::layer_tar::{self, Item};
 use super::rich::{CAPABILITY_V2, pseudo_random};
+use super::umoci;
 use crate::error::{Error, Result, io_context};
 use crate::process::run_checked;
 
@@ -211,36 +212,11 @@ pub fn build_corpus(dir: &Path) -> Result<PathBuf> {
     let layout = dir.join("oci");
     let tars = dir.join("tars");
     std::fs::create_dir_all(&tars).map_err(io_context(format!("create {}", tars.display())))?;
-    let image = |tag: &str| format!("{}:{tag}", layout.display());
-    run_checked(
-        Command::new("umoci")
-            .args(["init", "--layout"])
-            .arg(&layout),
-        &log,
-        STEP_TIMEOUT,
-    )?;
-    run_checked(
-        Command::new("umoci").args(["new", "--image", &image("empty")]),
-        &log,
-        STEP_TIMEOUT,
-    )?;
+    umoci::new_layout(&layout, &log)?;
     let base = dir.join("base.tar");
     std::fs::write(&base, base_layer()?)
         .map_err(io_context(format!("write {}", base.display())))?;
-    run_checked(
-        Command::new("umoci")
-            .args([
-                "raw",
-                "add-layer",
-                "--image",
-                &image("empty"),
-                "--tag",
-                "base",
-            ])
-            .arg(&base),
-        &log,
-        STEP_TIMEOUT,
-    )?;
+    umoci::add_layer(&layout, umoci::EMPTY, "base", &base, &log)?;
     for source in [Source::Full, Source::Portable] {
         stage(&dir.join(source_dir(source)), source)?;
     }
@@ -252,20 +228,7 @@ pub fn build_corpus(dir: &Path) -> Result<PathBuf> {
         }
         let source = dir.join(source_dir(writer.source));
         write_tar(writer.name, &source, &tar, &log)?;
-        run_checked(
-            Command::new("umoci")
-                .args([
-                    "raw",
-                    "add-layer",
-                    "--image",
-                    &image("base"),
-                    "--tag",
-                    writer.name,
-                ])
-                .arg(&tar),
-            &log,
-            STEP_TIMEOUT,
-        )?;
+        umoci::add_layer(&layout, "base", writer.name, &tar, &log)?;
     }
     Ok(layout)
 }
@@ -598,19 +561,6 @@ pub fn sparse_image(dir: &Path, base: &str) -> Result<(PathBuf, String)> {
         &log,
         STEP_TIMEOUT,
     )?;
-    run_checked(
-        Command::new("umoci")
-            .args([
-                "raw",
-                "add-layer",
-                "--image",
-                &format!("{}:base", layout.display()),
-                "--tag",
-                "sparse",
-            ])
-            .arg(&tar),
-        &log,
-        STEP_TIMEOUT,
-    )?;
+    umoci::add_layer(&layout, "base", "sparse", &tar, &log)?;
     Ok((layout, sha256))
 }

@@ -15,6 +15,7 @@ pub mod corpus;
 pub mod layer_tar;
 pub mod layout;
 pub mod rich;
+pub mod umoci;
 
 pub use apt::{AptRecipe, GCC, PYANA, apt_image};
 pub use build::{TestImage, build_escaping_layout, test_image};

@@ -18,14 +18,12 @@
 //! | `opq/` with `.wh..wh..opq`, `.wh.never-existed` | an opaque directory and a whiteout, overlay-converted in `layerfs` |
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 use tar::{Builder, EntryType, Header};
 
 use super::build::{TestImage, cached_image};
+use super::umoci;
 use crate::error::{Result, io_context};
-use crate::process::run_checked;
 
 /// Cache key of this image's recipe; change it whenever the recipe changes.
 pub const RICH_KEY: &str = "rich-entries-v3";
@@ -78,36 +76,10 @@ pub fn rich_image(cache_root: &Path) -> Result<TestImage> {
 fn build(dir: &Path) -> Result<()> {
     let log = dir.join("build.log");
     let layout = dir.join("oci");
-    let image = |tag: &str| format!("{}:{tag}", layout.display());
-    let timeout = Duration::from_secs(300);
-    run_checked(
-        Command::new("umoci")
-            .args(["init", "--layout"])
-            .arg(&layout),
-        &log,
-        timeout,
-    )?;
-    run_checked(
-        Command::new("umoci").args(["new", "--image", &image("empty")]),
-        &log,
-        timeout,
-    )?;
+    umoci::new_layout(&layout, &log)?;
     let tar = dir.join("layer.tar");
     std::fs::write(&tar, layer_tar()?).map_err(io_context(format!("write {}", tar.display())))?;
-    run_checked(
-        Command::new("umoci")
-            .args([
-                "raw",
-                "add-layer",
-                "--image",
-                &image("empty"),
-                "--tag",
-                RICH_TAG,
-            ])
-            .arg(&tar),
-        &log,
-        timeout,
-    )?;
+    umoci::add_layer(&layout, umoci::EMPTY, RICH_TAG, &tar, &log)?;
     std::fs::remove_file(&tar).map_err(io_context(format!("remove {}", tar.display())))?;
     Ok(())
 }
