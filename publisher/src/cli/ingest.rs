@@ -12,7 +12,9 @@ use crate::source::auth::Credentials;
 use crate::source::registry::RegistryOptions;
 use crate::source::{Platform, PlatformFilter};
 
-// The subcommand's help is the doc comment of `Command::Ingest`.
+/// Command-line options of `strata-publisher ingest`: the repository, the image references
+/// to convert, and registry, platform and layer-limit settings. The subcommand's help text
+/// is the doc comment of `Command::Ingest`, which clap sets after this one.
 #[derive(Args)]
 pub struct IngestArgs {
     /// Repository directory.

@@ -12,7 +12,10 @@ use crate::recipe::Recipe;
 use crate::source::registry::RegistryOptions;
 use crate::sync::SyncOptions;
 
-// The subcommand's help is the doc comment of `Command::Sync`.
+/// Command-line options of `strata-publisher sync`: the repository, the recipe (DUCC
+/// wishlist), whether to loop and how often, the event log, dry run, and registry and
+/// layer-limit settings. The subcommand's help text is the doc comment of `Command::Sync`,
+/// which clap sets after this one.
 #[derive(Args)]
 pub struct SyncArgs {
     /// Repository directory.

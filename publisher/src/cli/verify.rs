@@ -8,7 +8,9 @@ use clap::Args;
 use crate::error::{Error, Result};
 use crate::verify::{DirFetcher, Fetcher, HttpFetcher, VerifyReport};
 
-// The subcommand's help is the doc comment of `Command::Verify`.
+/// Command-line options of `strata-publisher verify`: the repository directory or URL, its
+/// master public key and fqrn. The subcommand's help text is the doc comment of
+/// `Command::Verify`, which clap sets after this one.
 #[derive(Args)]
 pub struct VerifyArgs {
     /// Repository directory, or the URL it is served at (http://HOST/cvmfs/<fqrn>, or
