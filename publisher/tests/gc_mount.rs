@@ -146,10 +146,8 @@ fn gc(repo: &Path, keep: &str) -> String {
 #[test]
 fn a_retained_older_revision_mounts_and_reads_after_gc() {
     require_registry_tools();
-    assert!(
-        nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists(),
-        "this test mounts through FUSE: it needs root and /dev/fuse"
-    );
+    // This test mounts through FUSE.
+    ok(tests::binaries::check_root_and_fuse());
     snapshotter_binary();
     let work = ok(tempfile::tempdir());
     let reg = Registry::start(work.path());

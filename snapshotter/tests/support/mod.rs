@@ -22,15 +22,12 @@ pub const MTIME: i64 = 1_760_000_000;
 // ---------------------------------------------------------------------------------------
 // Environment
 
+/// Fails the test, naming what is missing, unless it runs as root with `/dev/fuse` (FUSE
+/// mount with `allow_other`, overlay mounts).
 pub fn require_root_and_fuse() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests need root (FUSE mount with allow_other, overlay mounts)"
-    );
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "these tests need /dev/fuse"
-    );
+    if let Err(e) = tests::binaries::check_root_and_fuse() {
+        panic!("{e}");
+    }
 }
 
 /// An HTTP server on 127.0.0.1 serving `dir` at `/cvmfs/<fqrn>/` for each pair; counts

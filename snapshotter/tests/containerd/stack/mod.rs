@@ -200,15 +200,10 @@ impl Drop for Stack {
     }
 }
 
+/// `strata-publisher` of this test's build profile; fails the test, saying how to build it,
+/// if it is missing.
 fn publisher() -> PathBuf {
-    let path =
-        Path::new(env!("CARGO_BIN_EXE_strata-snapshotter")).with_file_name("strata-publisher");
-    assert!(
-        path.is_file(),
-        "{} not found: build it first (`cargo build -p publisher`)",
-        path.display()
-    );
-    path
+    tests::binaries::strata_binary(tests::binaries::PUBLISHER).unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl Stack {
@@ -216,7 +211,9 @@ impl Stack {
     /// publishes them all with `strata-publisher ingest`, serves the repository and
     /// mounts it with `strata-snapshotter mount --plain-mountpoint` (both mounts).
     pub fn start(dir: &Path, images: &[(&Built, &str)]) -> Stack {
-        assert!(Path::new("/dev/fuse").exists(), "this test needs /dev/fuse");
+        if let Err(e) = tests::binaries::check_root_and_fuse() {
+            panic!("{e}");
+        }
         std::fs::create_dir_all(dir).expect("mkdir stack");
         let registry_dir = dir.join("registry");
         std::fs::create_dir_all(&registry_dir).expect("mkdir registry");
