@@ -10,12 +10,13 @@
 //! binary (`cargo build -p snapshotter`; `scripts/test` builds the whole workspace first).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tests::mounts::is_fuse_mounted;
+use tests::strata::{HttpServer, Repo};
 
-use crate::support::{BIN, Registry, noise, ok, require_registry_tools, run_ok, verify_ok};
+use crate::support::{Registry, noise, ok, require_registry_tools, run_ok, verify_ok};
 
 const FQRN: &str = "gc.example.org";
 
@@ -25,54 +26,32 @@ fn snapshotter_binary() -> PathBuf {
     ok(tests::binaries::strata_binary(tests::binaries::SNAPSHOTTER))
 }
 
-/// `strata-publisher serve` on a free loopback port; killed on drop.
-struct Serve {
-    child: Child,
-    url: String,
-}
-
-impl Serve {
-    fn start(repo: &Path) -> Serve {
-        let addr = ok(tests::net::free_addr()).to_string();
-        let child = ok(Command::new(BIN)
-            .args(["serve", "--repo"])
-            .arg(repo)
-            .args(["--listen", &addr])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "serve did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Serve {
-            child,
-            url: format!("http://{addr}/cvmfs/@fqrn@"),
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The `mount` command for revision `pin` (`["--tag", NAME]` or `["--root-hash", HEX]`)
 /// with a fresh cache under `work`.
-fn mount_command(work: &Path, serve: &Serve, repo: &Path, mnt: &Path, pin: [&str; 2]) -> Command {
+fn mount_command(
+    work: &Path,
+    serve: &HttpServer,
+    repo: &Path,
+    mnt: &Path,
+    pin: [&str; 2],
+) -> Command {
     let cache = ok(tempfile::tempdir_in(work)).keep();
     let mut cmd = Command::new(snapshotter_binary());
-    cmd.args(["mount", "--fqrn", FQRN, "--server", &serve.url, "--pubkey"])
-        .arg(repo.join(format!("keys/{FQRN}.pub")))
-        .arg("--cache")
-        .arg(cache)
-        .args(pin)
-        .arg(mnt)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null());
+    cmd.args([
+        "mount",
+        "--fqrn",
+        FQRN,
+        "--server",
+        &serve.server_url(),
+        "--pubkey",
+    ])
+    .arg(repo.join(format!("keys/{FQRN}.pub")))
+    .arg("--cache")
+    .arg(cache)
+    .args(pin)
+    .arg(mnt)
+    .env("RUST_LOG", "info")
+    .stdin(Stdio::null());
     cmd
 }
 
@@ -187,7 +166,11 @@ fn a_retained_older_revision_mounts_and_reads_after_gc() {
         "gc removed a retained root:\n{report}"
     );
 
-    let serve = Serve::start(&repo);
+    let serve = ok(Repo {
+        dir: repo.clone(),
+        fqrn: FQRN.into(),
+    }
+    .serve(&work.path().join("serve.log")));
     let mnt = work.path().join("mnt");
     let image_a = format!("{a}/demo:1");
     let reads_revision_a = |m: &Path| {

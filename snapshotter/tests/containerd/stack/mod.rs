@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use tests::image::{put_blob, sha256_digest};
 use tests::mounts::is_fuse_mounted;
-use tests::net::{free_addr, http_get};
 use tests::registry::Registry;
+use tests::strata::{HttpServer, Repo};
 
 use super::{Process, chain_ids_of};
 
@@ -161,7 +161,7 @@ fn wait_until(what: &str, log: &Process, mut ok: impl FnMut() -> bool) {
 /// then the registry.
 pub struct Stack {
     mount: Process,
-    _serve: Process,
+    _serve: HttpServer,
     registry: Registry,
     /// `127.0.0.1:PORT` of the registry.
     pub registry_host: String,
@@ -200,12 +200,6 @@ impl Drop for Stack {
     }
 }
 
-/// `strata-publisher` of this test's build profile; fails the test, saying how to build it,
-/// if it is missing.
-fn publisher() -> PathBuf {
-    tests::binaries::strata_binary(tests::binaries::PUBLISHER).unwrap_or_else(|e| panic!("{e}"))
-}
-
 impl Stack {
     /// Starts the registry, pushes `images` (`(built image, "repo:tag")`) with skopeo,
     /// publishes them all with `strata-publisher ingest`, serves the repository and
@@ -229,37 +223,20 @@ impl Stack {
                 )
                 .unwrap_or_else(|e| panic!("skopeo copy: {e}"));
         }
-        let repo = dir.join("repo");
-        run_ok(
-            "strata-publisher init",
-            Command::new(publisher())
-                .arg("init")
-                .arg("--repo")
-                .arg(&repo)
-                .args(["--fqrn", FQRN]),
+        let repo = Repo::init(&dir.join("repo"), FQRN, &dir.join("publisher.log"))
+            .unwrap_or_else(|e| panic!("strata-publisher init: {e}"));
+        let mut refs = vec!["--insecure-registry".to_string(), host.clone()];
+        refs.extend(
+            images
+                .iter()
+                .map(|(_, name)| format!("docker://{host}/{name}")),
         );
-        let mut ingest = Command::new(publisher());
-        ingest
-            .arg("ingest")
-            .arg("--repo")
-            .arg(&repo)
-            .args(["--insecure-registry", &host]);
-        for (_, name) in images {
-            ingest.arg(format!("docker://{host}/{name}"));
-        }
-        run_ok("strata-publisher ingest", &mut ingest);
-
-        let listen = free_addr().expect("free port");
-        let mut cmd = Command::new(publisher());
-        cmd.arg("serve")
-            .arg("--repo")
-            .arg(&repo)
-            .args(["--listen", &listen.to_string()]);
-        let serve = Process::spawn("strata-publisher serve", cmd, &dir.join("serve.log"));
-        let published = format!("/cvmfs/{FQRN}/.cvmfspublished");
-        wait_until("the repository server", &serve, || {
-            http_get(listen, &published).is_ok_and(|r| r.status == 200)
-        });
+        let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
+        repo.ingest(&refs, &dir.join("publisher.log"))
+            .unwrap_or_else(|e| panic!("strata-publisher ingest: {e}"));
+        let serve = repo
+            .serve(&dir.join("serve.log"))
+            .unwrap_or_else(|e| panic!("strata-publisher serve: {e}"));
 
         let mountpoint = dir.join("cvmfs");
         let plain_mountpoint = dir.join("cvmfs-plain");
@@ -270,9 +247,9 @@ impl Stack {
         cmd.args(["mount", "--plain-mountpoint"])
             .arg(&plain_mountpoint)
             .args(["--fqrn", FQRN, "--server"])
-            .arg(format!("http://{listen}/cvmfs/@fqrn@"))
+            .arg(serve.server_url())
             .arg("--pubkey")
-            .arg(repo.join("keys").join(format!("{FQRN}.pub")))
+            .arg(repo.public_key())
             .arg("--cache")
             .arg(dir.join("cache"))
             .arg(&mountpoint)
