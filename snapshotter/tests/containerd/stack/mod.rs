@@ -11,14 +11,12 @@ pub mod cri;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use tests::image::{put_blob, sha256_digest};
-use tests::mounts::is_fuse_mounted;
 use tests::registry::Registry;
-use tests::strata::{HttpServer, Repo};
+use tests::strata::{FuseMount, HttpServer, MountArgs, Repo};
 
-use super::{Process, chain_ids_of};
+use super::chain_ids_of;
 
 /// The repository name the stack publishes under.
 pub const FQRN: &str = "ctd.strata.test";
@@ -144,23 +142,11 @@ pub fn oci_image(work: &Path, tag: &str, layers: &[PathBuf]) -> Built {
     }
 }
 
-fn wait_until(what: &str, log: &Process, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}:\n{}",
-            log.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Registry, publisher HTTP server and FUSE mount, in `dir`. Field order = drop order: the
 /// mount goes first (drop the containerd [`super::Env`] before this), then the server,
 /// then the registry.
 pub struct Stack {
-    mount: Process,
+    _mount: FuseMount,
     _serve: HttpServer,
     registry: Registry,
     /// `127.0.0.1:PORT` of the registry.
@@ -170,34 +156,6 @@ pub struct Stack {
     /// Where the same mount process mounts it again without extended attributes
     /// (`mount --plain-mountpoint`, as deployed): `<dir>/cvmfs-plain`.
     pub plain_mountpoint: PathBuf,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        // The mount process unmounts on SIGTERM (its Process drop); a lazy unmount
-        // covers a mount still busy or a process that did not get there.
-        let mountpoints = [self.mountpoint.clone(), self.plain_mountpoint.clone()];
-        let pid = self.mount.child.id();
-        if let Ok(pid) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while mountpoints
-            .iter()
-            .any(|m| is_fuse_mounted(m).unwrap_or(false))
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for m in &mountpoints {
-            if is_fuse_mounted(m).unwrap_or(false) {
-                let _ = Command::new("umount").arg("-l").arg(m).status();
-            }
-        }
-    }
 }
 
 impl Stack {
@@ -240,27 +198,20 @@ impl Stack {
 
         let mountpoint = dir.join("cvmfs");
         let plain_mountpoint = dir.join("cvmfs-plain");
-        for m in [&mountpoint, &plain_mountpoint] {
-            std::fs::create_dir_all(m).expect("mkdir mountpoint");
-        }
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"));
-        cmd.args(["mount", "--plain-mountpoint"])
-            .arg(&plain_mountpoint)
-            .args(["--fqrn", FQRN, "--server"])
-            .arg(serve.server_url())
-            .arg("--pubkey")
-            .arg(repo.public_key())
-            .arg("--cache")
-            .arg(dir.join("cache"))
-            .arg(&mountpoint)
-            .env("RUST_LOG", "info");
-        let mount = Process::spawn("strata-snapshotter mount", cmd, &dir.join("mount.log"));
-        wait_until("the FUSE mounts", &mount, || {
-            is_fuse_mounted(&mountpoint).unwrap_or(false)
-                && is_fuse_mounted(&plain_mountpoint).unwrap_or(false)
-        });
+        let mount = FuseMount::start_with_plain(
+            &MountArgs {
+                fqrn: FQRN,
+                server: &serve.server_url(),
+                pubkey: &repo.public_key(),
+                cache: &dir.join("cache"),
+                mountpoint: &mountpoint,
+            },
+            Some(&plain_mountpoint),
+            &dir.join("mount.log"),
+        )
+        .unwrap_or_else(|e| panic!("strata-snapshotter mount: {e}"));
         Stack {
-            mount,
+            _mount: mount,
             _serve: serve,
             registry,
             registry_host: host,
