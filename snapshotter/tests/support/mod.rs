@@ -59,9 +59,7 @@ impl Server {
             .filter(|p| p.ends_with(object))
             .count()
     }
-}
 
-impl Server {
     pub fn start(repos: &[(&str, &Path)]) -> Server {
         Server::start_at(repos, "127.0.0.1:0")
     }
