@@ -4,7 +4,7 @@
 //! * [`digest`]: typed OCI digests (`sha256:<64 lowercase hex>`), validated once where they
 //!   enter, so that a malformed label or digest can never reach a path;
 //! * [`chain_id`]: OCI ChainIDs of a layer stack;
-//! * [`reference`]: image references and their normalisation to public names;
+//! * [`reference`](mod@reference): image references and their normalisation to public names;
 //! * [`platform`]: OCI platforms and how they are matched;
 //! * [`paths`]: where layers, ChainIDs, flattened images and metadata live;
 //! * [`trace`]: the text of an access trace (what a start reads, in order).

@@ -10,6 +10,8 @@
 //! The in-memory namespace is a [`tree::Node`] tree of catalog rows; the CVMFS format itself
 //! (objects, catalogs, manifest, signatures) is the `catalog` crate's.
 
+#![warn(missing_docs)]
+
 pub mod catalog_view;
 pub mod cli;
 pub mod decompress;

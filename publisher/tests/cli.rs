@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    BIN, Registry, digest, gzip, mixed_layer, ok, put_blob, require_registry_tools, run, run_ok,
+    BIN, Registry, gzip, mixed_layer, ok, require_registry_tools, run, run_ok, sha256_digest,
     verify_ok, write_layout,
 };
 
@@ -41,12 +41,12 @@ fn make_multi_platform(dir: &Path, tag: &str) {
     ))));
     let extra = mixed_layer(77, 1, 1000);
     let gz = gzip(&extra);
-    let put = |bytes: &[u8]| put_blob(&blobs, bytes);
+    let put = |bytes: &[u8]| ok(tests::image::put_blob(&blobs, bytes)).0;
     let extra_digest = put(&gz);
     cfg["architecture"] = "arm64".into();
     cfg["variant"] = "v8".into();
     if let Some(ids) = cfg["rootfs"]["diff_ids"].as_array_mut() {
-        ids.push(digest(&extra).into());
+        ids.push(sha256_digest(&extra).into());
     }
     let cfg_bytes = ok(serde_json::to_vec(&cfg));
     let mut arm_manifest = amd_manifest.clone();

@@ -9,93 +9,49 @@
 //! root and `/dev/fuse` (the mount), and `strata-snapshotter` built beside this test's
 //! binary (`cargo build -p snapshotter`; `scripts/test` builds the whole workspace first).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{BIN, Registry, noise, ok, require_registry_tools, run_ok, verify_ok};
+use tests::mounts::is_fuse_mounted;
+use tests::strata::{HttpServer, Repo};
+
+use crate::support::{Registry, noise, ok, require_registry_tools, run_ok, verify_ok};
 
 const FQRN: &str = "gc.example.org";
 
-/// `strata-snapshotter` of the same build profile as this test (`target/<profile>/`).
+/// `strata-snapshotter` of the same build profile as this test (`target/<profile>/`);
+/// fails the test, saying how to build it, if it is missing.
 fn snapshotter_binary() -> PathBuf {
-    let exe = ok(std::env::current_exe());
-    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.pop();
-    }
-    let bin = dir.join("strata-snapshotter");
-    assert!(
-        bin.is_file(),
-        "{} not found: build it first (`cargo build -p snapshotter`)",
-        bin.display()
-    );
-    bin
-}
-
-fn free_addr() -> String {
-    ok(ok(TcpListener::bind("127.0.0.1:0")).local_addr()).to_string()
-}
-
-/// `strata-publisher serve` on a free loopback port; killed on drop.
-struct Serve {
-    child: Child,
-    url: String,
-}
-
-impl Serve {
-    fn start(repo: &Path) -> Serve {
-        let addr = free_addr();
-        let child = ok(Command::new(BIN)
-            .args(["serve", "--repo"])
-            .arg(repo)
-            .args(["--listen", &addr])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "serve did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Serve {
-            child,
-            url: format!("http://{addr}/cvmfs/@fqrn@"),
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn fuse_mounted(mountpoint: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let want = mountpoint.to_string_lossy();
-    info.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let fstype = line.split(" - ").nth(1).and_then(|r| r.split(' ').next());
-        fields.get(4) == Some(&want.as_ref()) && fstype.is_some_and(|t| t.starts_with("fuse"))
-    })
+    ok(tests::binaries::strata_binary(tests::binaries::SNAPSHOTTER))
 }
 
 /// The `mount` command for revision `pin` (`["--tag", NAME]` or `["--root-hash", HEX]`)
 /// with a fresh cache under `work`.
-fn mount_command(work: &Path, serve: &Serve, repo: &Path, mnt: &Path, pin: [&str; 2]) -> Command {
+fn mount_command(
+    work: &Path,
+    serve: &HttpServer,
+    repo: &Path,
+    mnt: &Path,
+    pin: [&str; 2],
+) -> Command {
     let cache = ok(tempfile::tempdir_in(work)).keep();
     let mut cmd = Command::new(snapshotter_binary());
-    cmd.args(["mount", "--fqrn", FQRN, "--server", &serve.url, "--pubkey"])
-        .arg(repo.join(format!("keys/{FQRN}.pub")))
-        .arg("--cache")
-        .arg(cache)
-        .args(pin)
-        .arg(mnt)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null());
+    cmd.args([
+        "mount",
+        "--fqrn",
+        FQRN,
+        "--server",
+        &serve.server_url(),
+        "--pubkey",
+    ])
+    .arg(repo.join(format!("keys/{FQRN}.pub")))
+    .arg("--cache")
+    .arg(cache)
+    .args(pin)
+    .arg(mnt)
+    .env("RUST_LOG", "info")
+    .stdin(Stdio::null());
     cmd
 }
 
@@ -105,7 +61,7 @@ fn with_mount(mut cmd: Command, mnt: &Path, log: &Path, f: impl FnOnce(&Path)) {
     let mut child = ok(cmd.stderr(ok(std::fs::File::create(log))).spawn());
     let log_text = || std::fs::read_to_string(log).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !fuse_mounted(mnt) {
+    while !ok(is_fuse_mounted(mnt)) {
         if let Some(status) = ok(child.try_wait()) {
             panic!("mount exited with {status}:\n{}", log_text());
         }
@@ -169,10 +125,8 @@ fn gc(repo: &Path, keep: &str) -> String {
 #[test]
 fn a_retained_older_revision_mounts_and_reads_after_gc() {
     require_registry_tools();
-    assert!(
-        nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists(),
-        "this test mounts through FUSE: it needs root and /dev/fuse"
-    );
+    // This test mounts through FUSE.
+    ok(tests::binaries::check_root_and_fuse());
     snapshotter_binary();
     let work = ok(tempfile::tempdir());
     let reg = Registry::start(work.path());
@@ -212,7 +166,11 @@ fn a_retained_older_revision_mounts_and_reads_after_gc() {
         "gc removed a retained root:\n{report}"
     );
 
-    let serve = Serve::start(&repo);
+    let serve = ok(Repo {
+        dir: repo.clone(),
+        fqrn: FQRN.into(),
+    }
+    .serve(&work.path().join("serve.log")));
     let mnt = work.path().join("mnt");
     let image_a = format!("{a}/demo:1");
     let reads_revision_a = |m: &Path| {
@@ -268,7 +226,7 @@ fn a_retained_older_revision_mounts_and_reads_after_gc() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{pin:?} mounted after gc:\n{stderr}");
         assert!(stderr.contains("HTTP status 404"), "{pin:?}: {stderr}");
-        assert!(!fuse_mounted(&mnt));
+        assert!(!ok(is_fuse_mounted(&mnt)));
     }
     // The current revision still mounts and reads completely.
     with_mount(

@@ -6,14 +6,13 @@
 //! Needs `docker-registry` and `skopeo` (Debian packages); a missing tool fails the test.
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    BIN, Registry, digest, gzip, noise, noise_layer, ok, require_registry_tools, run, run_ok,
-    verify_ok,
+    BIN, Registry, gzip, noise, noise_layer, ok, require_registry_tools, run, run_ok,
+    sha256_digest, verify_ok,
 };
 
 const FQRN: &str = "sync.example.org";
@@ -241,10 +240,7 @@ fn failures_do_not_stop_the_others() {
     let a = reg.addr;
     reg.push("app", "1", &[1], 2, 2000);
     reg.push("app", "2", &[2], 2, 2000);
-    let dead = {
-        let l = ok(TcpListener::bind("127.0.0.1:0"));
-        ok(l.local_addr())
-    }; // closed again: nothing listens there
+    let dead = ok(tests::net::free_addr()); // nothing listens there
     let repo = work.path().join("repo");
     init_repo(&repo);
     let recipe = work.path().join("recipe.yaml");
@@ -468,7 +464,7 @@ fn a_corrupt_layer_keeps_the_previous_image_and_spares_the_others() {
     // app:1 moves to an image whose new layer the registry serves corrupted; app:2 appears.
     reg.push("app", "1", &[7], 2, 2000);
     reg.push("app", "2", &[8], 2, 2000);
-    let bad_layer = digest(&gzip(&noise_layer(7, 2, 2000)));
+    let bad_layer = sha256_digest(&gzip(&noise_layer(7, 2, 2000)));
     let blob = work.path().join(format!(
         "storage/docker/registry/v2/blobs/sha256/{}/{}/data",
         &bad_layer[7..9],

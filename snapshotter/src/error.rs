@@ -10,7 +10,9 @@ pub enum Error {
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, e.g. `read <path>`; the message prefix.
         context: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },

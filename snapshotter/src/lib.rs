@@ -16,6 +16,8 @@
 //! [`catalog_counters`] is the one contract between the two processes (the magic xattr
 //! `mount` serves and `run` reads); [`error`] is the crate's one error type.
 
+#![warn(missing_docs)]
+
 pub mod error;
 
 pub use error::{Error, Result};

@@ -16,6 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use namespace::paths;
+use tests::image::sha256_digest;
+use tests::net::{free_addr, http_get};
+use tests::process::tail;
 
 mod stack;
 
@@ -358,7 +361,7 @@ impl Env {
             ok,
             "ctr {args:?} failed:\n{text}\n--- snapshotter log:\n{}\n--- containerd log (tail):\n{}",
             self.snapshotter.log(),
-            tail(&self.containerd.log(), 40)
+            tail(&self.containerd.log, 40)
         );
         text
     }
@@ -392,15 +395,6 @@ impl Env {
             .output()
             .expect("run pull")
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    namespace::Digest::of_bytes(bytes).to_string()
 }
 
 fn typed(digest: &str) -> namespace::Digest {
@@ -455,7 +449,7 @@ fn image_documents(diff_ids: &[String], layers: &[(String, usize)]) -> (Vec<u8>,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {
             "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": sha256(&config),
+            "digest": sha256_digest(&config),
             "size": config.len(),
         },
         "layers": layers,
@@ -485,8 +479,8 @@ fn publish(
     let mut diff_ids = Vec::new();
     for (i, file) in files.iter().enumerate() {
         // Stand-ins for compressed/uncompressed digests: any distinct sha256 values do.
-        let digest = sha256(format!("{reference} layer {i} compressed").as_bytes());
-        let diff = sha256(format!("{reference} layer {i} tar").as_bytes());
+        let digest = sha256_digest(format!("{reference} layer {i} compressed").as_bytes());
+        let diff = sha256_digest(format!("{reference} layer {i} tar").as_bytes());
         if publish_layers {
             let layerfs = layerfs_of(mount, &digest);
             std::fs::create_dir_all(layerfs.join("etc")).expect("mkdir layerfs");
@@ -609,7 +603,7 @@ fn pull_commits_remote_layers_and_creates_image() {
         "pull failed:\n{stdout}{}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
         String::from_utf8_lossy(&out.stderr),
         env.snapshotter.log(),
-        tail(&env.containerd.log(), 40)
+        tail(&env.containerd.log, 40)
     );
     for step in ["metadata:", "connect:", "content:", "snapshots:", "image:"] {
         assert!(stdout.contains(step), "no timing for {step}: {stdout}");
@@ -712,7 +706,7 @@ impl Env {
             "pull failed:\n{stdout}{}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
             String::from_utf8_lossy(&out.stderr),
             self.snapshotter.log(),
-            tail(&self.containerd.log(), 40)
+            tail(&self.containerd.log, 40)
         );
         stdout
     }
@@ -750,7 +744,7 @@ impl Env {
                 Instant::now() < deadline,
                 "timed out waiting for {what}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
                 self.snapshotter.log(),
-                tail(&self.containerd.log(), 40)
+                tail(&self.containerd.log, 40)
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -773,40 +767,15 @@ impl Env {
 const READER_LOOP: &str = "i=0; while true; do read a < /etc/a; read c < /etc/c; i=$((i+1)); \
                            echo \"$i $a $c\" > /state; sleep 0.1; done";
 
-/// GET `path` from `addr` over plain HTTP/1.0; the body.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect metrics");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("write");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    text.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or(text)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A free loopback `host:port` for a registry that can only be filled once its address is
-/// known (the image's reference names it).
-fn free_registry_addr() -> String {
-    format!("127.0.0.1:{}", free_port())
-}
-
 #[test]
 fn killing_and_restarting_run_never_disturbs_running_containers() {
-    let port = free_port();
-    let metrics = format!("127.0.0.1:{port}");
-    let mut env = Env::start_with(&["--metrics", &metrics]);
+    let metrics = free_addr().expect("free port");
+    let mut env = Env::start_with(&["--metrics", &metrics.to_string()]);
     let (_layers, chains) = publish(&env.mountpoint, IMAGE, &["a", "b", "c"], true);
     env.pull_ok(IMAGE);
 
-    let text = http_get(&metrics, "/metrics");
+    let text = String::from_utf8_lossy(&http_get(metrics, "/metrics").expect("GET /metrics").body)
+        .into_owned();
     assert!(
         text.contains("strata_layers_remote_total{via=\"cri.layer-digest\"} 3"),
         "{text}"
@@ -1122,8 +1091,8 @@ fn real_image(
             .output()
             .expect("gzip");
         assert!(gz.status.success());
-        let digest = sha256(&gz.stdout);
-        diff_ids.push(sha256(&tar_bytes));
+        let digest = sha256_digest(&gz.stdout);
+        diff_ids.push(sha256_digest(&tar_bytes));
         blobs.insert(
             digest.clone(),
             (gz.stdout, "application/octet-stream".to_string()),
@@ -1148,7 +1117,7 @@ fn real_image(
         .collect();
     let (config, manifest) = image_documents(&diff_ids, &sized);
     blobs.insert(
-        sha256(&config),
+        sha256_digest(&config),
         (config.clone(), "application/octet-stream".into()),
     );
     let (repo_tag, _) = (
@@ -1190,7 +1159,7 @@ fn partly_published_image_mixes_remote_and_fetched_layers_and_ten_containers_run
     let work = env.dir.path().join("work");
     // A registry whose address is only known once it listens: build the image after.
     let mut contents = Contents::new();
-    let registry = free_registry_addr();
+    let registry = free_addr().expect("free port").to_string();
     let reference = format!("{registry}/mixed:1");
     let image = real_image(
         &work,
@@ -1269,7 +1238,8 @@ fn image_not_in_the_repository_pulls_and_runs_through_the_registry() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let env = Env::start();
     let work = env.dir.path().join("work");
-    let registry = free_registry_addr();
+    // The image's reference names the registry: its address is chosen before it listens.
+    let registry = free_addr().expect("free port").to_string();
     let reference = format!("{registry}/plain:2");
     let image = real_image(
         &work,
@@ -1403,7 +1373,7 @@ fn cri_pull_is_remote_and_user_setuid_caps_and_runtimes_match_overlayfs() {
         panic!(
             "{e}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
             env.snapshotter.log(),
-            tail(&env.containerd.log(), 60)
+            tail(&env.containerd.log, 60)
         )
     });
     assert_eq!(image_ref, image.config_digest);

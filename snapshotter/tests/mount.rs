@@ -10,6 +10,10 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use tests::fixtures::{STOCK_FQRN, stock_repo};
+use tests::mounts::is_fuse_mounted;
+use tests::net::free_addr;
+
 use crate::support::*;
 
 // ---------------------------------------------------------------------------------------
@@ -205,7 +209,7 @@ fn a_plain_mount_point_serves_the_same_tree_without_xattrs_and_counters_are_magi
     // SIGTERM unmounts both.
     m.stop();
     assert!(
-        !fuse_mounted(&plain),
+        !is_fuse_mounted(&plain).unwrap(),
         "the plain mount outlived the process"
     );
 }
@@ -285,12 +289,12 @@ fn a_killed_mount_leaves_dead_mounts_that_the_next_one_replaces() {
     // Nothing left underneath either mount point once it is stopped.
     second.stop();
     assert!(
-        !fuse_mounted(&mnt),
+        !is_fuse_mounted(&mnt).unwrap(),
         "a dead mount is still at {}",
         mnt.display()
     );
     assert!(
-        !fuse_mounted(&plain),
+        !is_fuse_mounted(&plain).unwrap(),
         "a dead mount is still at {}",
         plain.display()
     );
@@ -366,15 +370,15 @@ fn wrong_public_key_refuses_the_mount() {
         "error does not name the failed check: {stderr}"
     );
     assert!(out.stdout.is_empty());
-    assert!(!fuse_mounted(&mnt));
+    assert!(!is_fuse_mounted(&mnt).unwrap());
 }
 
 #[test]
 fn mounts_the_stock_fixture_repository() {
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();
-    let srv = Path::new(STOCK_REPO).join("srv");
-    let key = Path::new(STOCK_REPO).join(format!("{STOCK_FQRN}.pub"));
+    let srv = stock_repo().join("srv");
+    let key = stock_repo().join(format!("{STOCK_FQRN}.pub"));
     let server = Server::start(&[(STOCK_FQRN, &srv)]);
     let mnt = work.path().join("mnt");
     let mut cmd = mount_command(&server, STOCK_FQRN, &key, &work.path().join("cache"), &mnt);
@@ -455,7 +459,7 @@ fn refused(cmd: &mut Command, mnt: &Path) -> String {
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "mount succeeded:\n{stderr}");
-    assert!(!fuse_mounted(mnt));
+    assert!(!is_fuse_mounted(mnt).unwrap());
     stderr
 }
 
@@ -1210,7 +1214,7 @@ fn the_breadcrumb_keeps_a_node_from_going_back_to_an_older_revision() {
         stderr.contains("manifest timestamp check") && stderr.contains("outdated"),
         "{stderr}"
     );
-    assert!(!fuse_mounted(&mnt));
+    assert!(!is_fuse_mounted(&mnt).unwrap());
 }
 
 #[test]
@@ -1226,7 +1230,7 @@ fn offline_mode_serves_the_cache_and_recovers_when_the_server_returns() {
         ]),
         240,
     );
-    let addr = free_addr();
+    let addr = free_addr().unwrap().to_string();
     let server = Server::start_at(&[(FQRN, &repo.srv)], &addr);
     let mnt = work.path().join("mnt");
     let cache = work.path().join("cache");
@@ -1423,11 +1427,14 @@ fn mount_and_run_tell_systemd_they_are_ready_only_once_they_serve() {
     };
     assert_eq!(notification(&socket, Duration::from_secs(30)), "READY=1\n");
     assert!(
-        fuse_mounted(&mnt),
+        is_fuse_mounted(&mnt).unwrap(),
         "READY=1 before the mount:\n{}",
         m.log_text()
     );
-    assert!(fuse_mounted(&plain), "READY=1 before the plain mount");
+    assert!(
+        is_fuse_mounted(&plain).unwrap(),
+        "READY=1 before the plain mount"
+    );
     assert_eq!(
         std::fs::read_to_string(plain.join("hello.txt")).unwrap(),
         "hello strata\n"

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tests::net::free_port;
+
 use crate::support::*;
 
 /// Files of the test repository and their contents.
@@ -29,14 +31,6 @@ fn read_all_files(mnt: &Path) {
             .unwrap_or_else(|e| panic!("reading {path} through the mount: {e}"));
         assert_eq!(&got, body, "{path}");
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Quick retries so that failing proxies do not slow the tests down.
@@ -75,7 +69,7 @@ impl Squid {
             .unwrap()
             .expect("user proxy (Debian's squid package creates it)");
         nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
-        let port = free_port();
+        let port = free_port().unwrap();
         let d = dir.path().display();
         let conf = dir.path().join("squid.conf");
         std::fs::write(
@@ -401,7 +395,7 @@ fn reads_fail_over_from_a_dead_502_or_garbage_proxy() {
         let bad = mode.map(TestProxy::start);
         let bad_url = match &bad {
             Some(p) => p.url(),
-            None => format!("http://127.0.0.1:{}", free_port()),
+            None => format!("http://127.0.0.1:{}", free_port().unwrap()),
         };
         let chain = format!("{bad_url};{}", good.url());
         let cmd = mount_command(

@@ -90,16 +90,22 @@ pub fn check_prerequisites() -> Result<()> {
             missing.push(text);
         }
     }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Prerequisite(missing.join("; ")))
-    }
+    prerequisites(missing)
 }
 
 /// [`check_prerequisites`] without the Strata binaries: root, `/dev/fuse` and [`TOOLS`].
 pub fn check_system() -> Result<()> {
-    let missing = system_gaps();
+    prerequisites(system_gaps())
+}
+
+/// Checks that we run as root and `/dev/fuse` exists: what a FUSE mount (with
+/// `allow_other`) and overlay mounts need. Both missing pieces are listed in one
+/// [`Error::Prerequisite`].
+pub fn check_root_and_fuse() -> Result<()> {
+    prerequisites(root_and_fuse_gaps())
+}
+
+fn prerequisites(missing: Vec<String>) -> Result<()> {
     if missing.is_empty() {
         Ok(())
     } else {
@@ -107,7 +113,7 @@ pub fn check_system() -> Result<()> {
     }
 }
 
-fn system_gaps() -> Vec<String> {
+fn root_and_fuse_gaps() -> Vec<String> {
     let mut missing = Vec::new();
     if !nix::unistd::Uid::effective().is_root() {
         missing.push("root (FUSE mounts, containerd and chroot need it); run with sudo".to_owned());
@@ -115,6 +121,11 @@ fn system_gaps() -> Vec<String> {
     if !Path::new("/dev/fuse").exists() {
         missing.push("/dev/fuse (modprobe fuse)".to_owned());
     }
+    missing
+}
+
+fn system_gaps() -> Vec<String> {
+    let mut missing = root_and_fuse_gaps();
     for (program, package) in TOOLS {
         if which(program).is_none() {
             missing.push(format!(

@@ -16,6 +16,12 @@ pub fn free_port() -> Result<u16> {
     Ok(port)
 }
 
+/// `127.0.0.1:PORT` with a port from [`free_port`]: the address of a server started later,
+/// or of one that must be down.
+pub fn free_addr() -> Result<SocketAddr> {
+    Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+}
+
 /// Status code and body of a plain-HTTP GET answer.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
@@ -69,6 +75,9 @@ mod tests {
         let port = free_port().unwrap();
         assert!(port > 0);
         TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let addr = free_addr().unwrap();
+        assert!(addr.ip().is_loopback() && addr.port() > 0);
+        TcpListener::bind(addr).unwrap();
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::error::{Result, io_context};
-use crate::net::{free_port, http_get};
+use crate::net::{free_addr, http_get};
 use crate::process::Service;
 
 /// One request of the registry's access log (Apache combined format, which distribution
@@ -34,8 +34,7 @@ impl Registry {
     /// `dir/storage`, access log on), starts `docker-registry serve` logging to `log`, and
     /// waits until `GET /v2/` answers 200 (30 s at most).
     pub fn start(dir: &Path, log: &Path) -> Result<Registry> {
-        let port = free_port()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = free_addr()?;
         let config = dir.join("config.yml");
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage)

@@ -8,7 +8,9 @@ use clap::Args;
 use crate::error::Result;
 use crate::gc::GcOptions;
 
-// The subcommand's help is the doc comment of `Command::Gc`.
+/// Command-line options of `strata-publisher gc`: the repository, how many revisions stay
+/// readable, the grace period for new objects, and dry run. The subcommand's help text is
+/// the doc comment of `Command::Gc`, which clap sets after this one.
 #[derive(Args)]
 pub struct GcArgs {
     /// Repository directory.

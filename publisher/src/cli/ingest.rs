@@ -12,7 +12,9 @@ use crate::source::auth::Credentials;
 use crate::source::registry::RegistryOptions;
 use crate::source::{Platform, PlatformFilter};
 
-// The subcommand's help is the doc comment of `Command::Ingest`.
+/// Command-line options of `strata-publisher ingest`: the repository, the image references
+/// to convert, and registry, platform and layer-limit settings. The subcommand's help text
+/// is the doc comment of `Command::Ingest`, which clap sets after this one.
 #[derive(Args)]
 pub struct IngestArgs {
     /// Repository directory.
@@ -43,7 +45,7 @@ pub struct IngestArgs {
     /// ~/.docker/config.json).
     #[arg(long)]
     pub authfile: Option<PathBuf>,
-    /// Registry HOST[:PORT] that may be reached over plain HTTP (repeatable; loopback
+    /// Registry `HOST[:PORT]` that may be reached over plain HTTP (repeatable; loopback
     /// hosts always may).
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure: Vec<String>,
@@ -55,7 +57,7 @@ pub struct IngestArgs {
     /// 16 MiB, at least 64 MiB. Smaller values save memory and may slow large files.
     #[arg(long, value_name = "BYTES")]
     pub memory_budget: Option<u64>,
-    /// docker://HOST[:PORT]/REPO[:TAG|@DIGEST], oci:DIR[:TAG] or docker-archive:FILE.
+    /// `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`, `oci:DIR[:TAG]` or `docker-archive:FILE`.
     #[arg(required = true)]
     pub refs: Vec<String>,
 }

@@ -6,7 +6,9 @@ use clap::Args;
 
 use crate::error::Result;
 
-// The subcommand's help is the doc comment of `Command::Init`.
+/// Command-line options of `strata-publisher init`: the repository directory, its fqrn and
+/// the catalog TTL. The subcommand's help text is the doc comment of `Command::Init`, which
+/// clap sets after this one.
 #[derive(Args)]
 pub struct InitArgs {
     /// Repository directory.

@@ -6,7 +6,9 @@ use clap::Args;
 
 use crate::error::Result;
 
-// The subcommand's help is the doc comment of `Command::Ls`.
+/// Command-line options of `strata-publisher ls`: the repository directory. The
+/// subcommand's help text is the doc comment of `Command::Ls`, which clap sets after this
+/// one.
 #[derive(Args)]
 pub struct LsArgs {
     /// Repository directory.

@@ -47,7 +47,7 @@ pub enum Command {
     Startup(startup::StartupArgs),
     /// Delete objects no retained revision references.
     Gc(gc::GcArgs),
-    /// Serve DIR/srv at http://ADDR/cvmfs/<fqrn>/.
+    /// Serve DIR/srv at `http://ADDR/cvmfs/<fqrn>/`.
     Serve(serve::ServeArgs),
 }
 

@@ -6,7 +6,9 @@ use clap::Args;
 
 use crate::error::Result;
 
-// The subcommand's help is the doc comment of `Command::Resign`.
+/// Command-line options of `strata-publisher resign`: the repository and the new
+/// whitelist's validity. The subcommand's help text is the doc comment of
+/// `Command::Resign`, which clap sets after this one.
 #[derive(Args)]
 pub struct ResignArgs {
     /// Repository directory.

@@ -6,7 +6,9 @@ use clap::Args;
 
 use crate::error::{Error, Result};
 
-// The subcommand's help is the doc comment of `Command::Serve`.
+/// Command-line options of `strata-publisher serve`: the repository directory and the
+/// listen address. The subcommand's help text is the doc comment of `Command::Serve`, which
+/// clap sets after this one.
 #[derive(Args)]
 pub struct ServeArgs {
     /// Repository directory.

@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 use crate::record::RecordOptions;
 use crate::startup::StartupOptions;
 
-// The subcommand's help is the doc comment of `Command::Startup`.
+/// Command-line options of `strata-publisher startup`: the repository, the image, and its
+/// access trace or how to record one. The subcommand's help text is the doc comment of
+/// `Command::Startup`, which clap sets after this one.
 #[derive(Args)]
 pub struct StartupArgs {
     /// Repository directory.

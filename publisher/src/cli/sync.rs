@@ -12,7 +12,10 @@ use crate::recipe::Recipe;
 use crate::source::registry::RegistryOptions;
 use crate::sync::SyncOptions;
 
-// The subcommand's help is the doc comment of `Command::Sync`.
+/// Command-line options of `strata-publisher sync`: the repository, the recipe (DUCC
+/// wishlist), whether to loop and how often, the event log, dry run, and registry and
+/// layer-limit settings. The subcommand's help text is the doc comment of `Command::Sync`,
+/// which clap sets after this one.
 #[derive(Args)]
 pub struct SyncArgs {
     /// Repository directory.
@@ -36,7 +39,7 @@ pub struct SyncArgs {
     /// Docker config.json with `auths` (as for ingest).
     #[arg(long)]
     pub authfile: Option<PathBuf>,
-    /// Registry HOST[:PORT] that may be reached over plain HTTP (repeatable).
+    /// Registry `HOST[:PORT]` that may be reached over plain HTTP (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure: Vec<String>,
     /// Largest uncompressed layer, in bytes.
@@ -52,7 +55,7 @@ pub struct SyncArgs {
 /// Runs one pass, or with `--loop` passes forever, `--interval` apart (a failed pass is
 /// reported on stderr and the loop goes on).
 ///
-/// Errors (one pass only): those of [`pass`].
+/// Errors (one pass only): those of `pass`.
 pub fn run(args: SyncArgs) -> Result<()> {
     let rt = super::runtime()?;
     let options = SyncOptions {

@@ -8,14 +8,16 @@ use clap::Args;
 use crate::error::{Error, Result};
 use crate::verify::{DirFetcher, Fetcher, HttpFetcher, VerifyReport};
 
-// The subcommand's help is the doc comment of `Command::Verify`.
+/// Command-line options of `strata-publisher verify`: the repository directory or URL, its
+/// master public key and fqrn. The subcommand's help text is the doc comment of
+/// `Command::Verify`, which clap sets after this one.
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// Repository directory, or the URL it is served at (http://HOST/cvmfs/<fqrn>, or
-    /// http://HOST/cvmfs/@fqrn@ with --fqrn).
+    /// Repository directory, or the URL it is served at (`http://HOST/cvmfs/<fqrn>`, or
+    /// `http://HOST/cvmfs/@fqrn@` with --fqrn).
     #[arg(long)]
     pub repo: String,
-    /// Master public key (required for a URL; default DIR/keys/<fqrn>.pub).
+    /// Master public key (required for a URL; default `DIR/keys/<fqrn>.pub`).
     #[arg(long)]
     pub pubkey: Option<PathBuf>,
     /// Repository name (default: from DIR/strata.json, or the URL's last component).

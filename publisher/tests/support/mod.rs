@@ -1,21 +1,19 @@
 //! Shared helpers of the publisher's command-line tests (`cli.rs`, `sync.rs`): running the
 //! binary, synthetic layers and OCI layouts, and a `docker-registry` filled with `skopeo`.
+//! What the workspace's other tests need too (the registry process, blobs and digests,
+//! tools on `PATH`) is the `tests` crate's.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+
+pub use tests::image::sha256_digest;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_strata-publisher");
 
 pub fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// `sha256:<hex>` of `bytes`.
-pub fn digest(bytes: &[u8]) -> String {
-    namespace::Digest::of_bytes(bytes).to_string()
 }
 
 pub fn run(args: &[&str]) -> Output {
@@ -43,20 +41,12 @@ pub fn verify_ok(dir: &Path) -> String {
     run_ok(&["verify", "--repo", &dir.display().to_string()])
 }
 
-pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Fails the test, naming the missing tool, unless `docker-registry` and `skopeo` are
 /// installed: a missing tool is a failure, never a silent pass.
 pub fn require_registry_tools() {
     for tool in ["docker-registry", "skopeo"] {
         assert!(
-            have(tool),
+            tests::binaries::which(tool).is_some(),
             "{tool} is not installed (Debian package {tool}); run scripts/install-deps as root"
         );
     }
@@ -117,13 +107,6 @@ pub fn gzip(raw: &[u8]) -> Vec<u8> {
     ok(e.finish())
 }
 
-/// Stores `bytes` in the layout blob directory `blobs` (`…/blobs/sha256`); returns the digest.
-pub fn put_blob(blobs: &Path, bytes: &[u8]) -> String {
-    let d = digest(bytes);
-    ok(std::fs::write(blobs.join(&d[7..]), bytes));
-    d
-}
-
 /// The digests of an image [`write_layout`] wrote.
 pub struct LayoutImage {
     /// The config blob.
@@ -136,6 +119,7 @@ pub struct LayoutImage {
 pub fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) -> LayoutImage {
     let blobs = dir.join("blobs/sha256");
     ok(std::fs::create_dir_all(&blobs));
+    let put_blob = |blobs: &Path, bytes: &[u8]| ok(tests::image::put_blob(blobs, bytes)).0;
     let mut layers = Vec::new();
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
@@ -146,7 +130,7 @@ pub fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) -> LayoutImage {
             "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
             "digest": d, "size": gz.len()}));
         layers.push(d);
-        diff_ids.push(digest(t));
+        diff_ids.push(sha256_digest(t));
     }
     let config = ok(serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
@@ -171,64 +155,27 @@ pub fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) -> LayoutImage {
     LayoutImage { config: cd, layers }
 }
 
-/// A `docker-registry` on a free loopback port (access log on, deletes enabled); killed on
-/// drop.
+/// A `docker-registry` on a free loopback port (access log on, deletes enabled; the
+/// `tests` crate's [`tests::registry::Registry`]), with the pushes these tests make; killed
+/// on drop.
 pub struct Registry {
-    child: Child,
+    registry: tests::registry::Registry,
     pub addr: SocketAddr,
-    log: PathBuf,
     work: PathBuf,
 }
 
 impl Registry {
     /// Starts a registry storing below `dir`; waits (up to 30 s) until `/v2/` answers.
     pub fn start(dir: &Path) -> Registry {
-        let port = ok(TcpListener::bind("127.0.0.1:0"))
-            .local_addr()
-            .map(|a| a.port());
-        let addr = SocketAddr::from(([127, 0, 0, 1], ok(port)));
-        let config = dir.join("registry.yml");
-        ok(std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: {addr}\n",
-                dir.join("storage").display()
-            ),
+        let registry = ok(tests::registry::Registry::start(
+            dir,
+            &dir.join("registry.log"),
         ));
-        let log = dir.join("registry.log");
-        let out = ok(std::fs::File::create(&log));
-        let err = ok(out.try_clone());
-        let child = ok(Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(out)
-            .stderr(err)
-            .spawn());
-        let r = Registry {
-            child,
-            addr,
-            log,
+        Registry {
+            addr: registry.addr(),
+            registry,
             work: dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !r.ready() {
-            assert!(Instant::now() < deadline, "registry did not start");
-            std::thread::sleep(Duration::from_millis(100));
         }
-        r
-    }
-
-    fn ready(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(self.addr) else {
-            return false;
-        };
-        let req = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
-        let mut resp = String::new();
-        s.write_all(req.as_bytes()).is_ok()
-            && s.read_to_string(&mut resp).is_ok()
-            && (resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200"))
     }
 
     /// Copies tag `tag` of the OCI layout `layout` to `<repo>:<tag>` here with skopeo
@@ -265,21 +212,15 @@ impl Registry {
 
     /// Access-log lines `GET /v2/<repo>/blobs/<digest>` for any of `digests`.
     pub fn blob_gets(&self, repo: &str, digests: &[String]) -> usize {
-        let log = ok(std::fs::read_to_string(&self.log));
-        log.lines()
+        ok(self.registry.access_log())
+            .iter()
             .filter(|l| {
-                digests
-                    .iter()
-                    .any(|d| l.contains(&format!("\"GET /v2/{repo}/blobs/{d} ")))
+                l.method == "GET"
+                    && digests
+                        .iter()
+                        .any(|d| l.path == format!("/v2/{repo}/blobs/{d}"))
             })
             .count()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

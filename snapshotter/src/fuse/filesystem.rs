@@ -46,7 +46,7 @@ const FILE_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlag
 const DIR_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_CACHE_DIR);
 
 impl Filesystem for StrataFs {
-    /// Asks for [`WANTED_CAPABILITIES`]; a kernel without them just keeps asking (readlink
+    /// Asks for `WANTED_CAPABILITIES`; a kernel without them just keeps asking (readlink
     /// per resolution), so that is logged, not fatal.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let offered = config.capabilities();

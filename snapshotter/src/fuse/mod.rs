@@ -11,21 +11,21 @@
 //!
 //! One concept per file:
 //!
-//! * [`filesystem`] — the `fuser::Filesystem` adapter: kernel requests in, replies out, the
+//! * `filesystem` — the `fuser::Filesystem` adapter: kernel requests in, replies out, the
 //!   kernel capabilities asked at `INIT` and no-open mode;
-//! * [`lookup`] — inode → node and name → node, across revision switches, with negative
+//! * `lookup` — inode → node and name → node, across revision switches, with negative
 //!   entries;
-//! * [`listing`] — directory listings;
-//! * [`read`] — the data path: opening a file's object or chunk list, reads;
-//! * [`xattr`] — extended attributes, stored and magic;
-//! * [`switch`] — live updates: swapping in a new revision, kernel cache invalidation, the
+//! * `listing` — directory listings;
+//! * `read` — the data path: opening a file's object or chunk list, reads;
+//! * `xattr` — extended attributes, stored and magic;
+//! * `switch` — live updates: swapping in a new revision, kernel cache invalidation, the
 //!   retired revisions open files still read;
-//! * [`inodes`] — the inode table; [`attr`] — catalog entry → `struct stat`;
-//! * [`errno`] — crate errors → errno values (here and nowhere else).
+//! * `inodes` — the inode table; `attr` — catalog entry → `struct stat`;
+//! * `errno` — crate errors → errno values (here and nowhere else).
 //!
 //! **Plain twin.** [`StrataFs::plain_twin`] is a second file system over the same state
 //! (revision, inodes, cache) for a second mount point, with extended attributes switched
-//! off (see [`xattr`]). Only layers and flat trees without any xattr may be used from the
+//! off (see `xattr`). Only layers and flat trees without any xattr may be used from the
 //! twin (`strata-snapshotter run --plain-mountpoint` checks [`CATALOG_COUNTERS_XATTR`]).
 
 mod attr;
@@ -187,7 +187,7 @@ impl StrataFs {
     }
 
     /// A second file system over the same revision, inodes and cache, for a second mount
-    /// point, with extended attributes switched off (module docs, "Plain twin"; [`xattr`]). A
+    /// point, with extended attributes switched off (module docs, "Plain twin"; `xattr`). A
     /// [`Switcher`] of either switches both; the caller passes both sessions' notifiers.
     pub fn plain_twin(&self) -> StrataFs {
         StrataFs {
@@ -203,7 +203,7 @@ impl StrataFs {
         }
     }
 
-    /// Lets `INIT` ask the kernel for FUSE passthrough ([`passthrough`]); set before
+    /// Lets `INIT` ask the kernel for FUSE passthrough (`passthrough`); set before
     /// mounting (a twin made afterwards inherits it).
     pub fn allow_passthrough(&mut self, allow: bool) {
         self.allow_passthrough = allow;
@@ -215,7 +215,7 @@ impl StrataFs {
         let _ = self.shared.read_ahead.set(read_ahead);
     }
 
-    /// Prefetch startup packs with `prefetch` when asked ([`xattr`]); without it, the
+    /// Prefetch startup packs with `prefetch` when asked (`xattr`); without it, the
     /// request attribute does not exist. Set once, before mounting.
     pub fn set_startup_prefetch(&self, prefetch: Arc<StartupPrefetch>) {
         let _ = self.shared.startup.set(prefetch);

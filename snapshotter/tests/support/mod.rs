@@ -9,32 +9,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tests::mounts::is_fuse_mounted;
+
 use catalog::{
     CatalogProperties, CatalogWriter, Certificate, ContentHash, Entry, EntryKind, LocalStore,
     Manifest, Statistics, Suffix, Transition, Whitelist,
 };
 
 pub const FQRN: &str = "test.strata.example";
-pub const STOCK_FQRN: &str = "stock.strata.example";
-/// The stock-written fixture (catalog/tests/data/stock-repo/README.md), inside the repository.
-pub const STOCK_REPO: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../catalog/tests/data/stock-repo"
-);
 pub const MTIME: i64 = 1_760_000_000;
 
 // ---------------------------------------------------------------------------------------
 // Environment
 
+/// Fails the test, naming what is missing, unless it runs as root with `/dev/fuse` (FUSE
+/// mount with `allow_other`, overlay mounts).
 pub fn require_root_and_fuse() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests need root (FUSE mount with allow_other, overlay mounts)"
-    );
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "these tests need /dev/fuse"
-    );
+    if let Err(e) = tests::binaries::check_root_and_fuse() {
+        panic!("{e}");
+    }
 }
 
 /// An HTTP server on 127.0.0.1 serving `dir` at `/cvmfs/<fqrn>/` for each pair; counts
@@ -56,8 +49,6 @@ pub struct Server {
     pub _runtime: tokio::runtime::Runtime,
 }
 
-/// A loopback address with a port nothing listens on (bound once, then released), for a
-/// server that is down now and started later with [`Server::start_at`].
 impl Server {
     /// How many requests so far asked for a path ending in `object` (`data/xx/…`).
     pub fn requests_for(&self, object: &str) -> usize {
@@ -68,14 +59,7 @@ impl Server {
             .filter(|p| p.ends_with(object))
             .count()
     }
-}
 
-pub fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
-impl Server {
     pub fn start(repos: &[(&str, &Path)]) -> Server {
         Server::start_at(repos, "127.0.0.1:0")
     }
@@ -171,17 +155,6 @@ impl Server {
     }
 }
 
-/// Whether `/proc/self/mountinfo` lists `mountpoint` with a `fuse` file system type.
-pub fn fuse_mounted(mountpoint: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let want = mountpoint.to_string_lossy();
-    info.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let fstype = line.split(" - ").nth(1).and_then(|r| r.split(' ').next());
-        fields.get(4) == Some(&want.as_ref()) && fstype.is_some_and(|t| t.starts_with("fuse"))
-    })
-}
-
 /// A running `strata-snapshotter mount`; SIGTERM and wait on drop.
 pub struct Mounted {
     pub child: Option<Child>,
@@ -229,7 +202,7 @@ impl Mounted {
     /// panics with the log if the process exits first or `within` passes.
     pub fn wait_mounted(&mut self, path: &Path, within: Duration) {
         let deadline = Instant::now() + within;
-        while !fuse_mounted(path) {
+        while !is_fuse_mounted(path).unwrap() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("mount exited with {status}:\n{}", self.log_text());
             }
@@ -281,7 +254,10 @@ impl Mounted {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(!fuse_mounted(&self.mountpoint), "still mounted after exit");
+        assert!(
+            !is_fuse_mounted(&self.mountpoint).unwrap(),
+            "still mounted after exit"
+        );
     }
 }
 

@@ -113,10 +113,15 @@ pub fn blob_path(layout: &Path, digest: &str) -> Result<std::path::PathBuf> {
 ///
 /// Errors: the file cannot be written.
 pub fn put_blob(blobs: &Path, data: &[u8]) -> Result<(String, u64)> {
-    let hex = hex::encode(Sha256::digest(data));
-    let path = blobs.join(&hex);
+    let digest = sha256_digest(data);
+    let path = blobs.join(&digest["sha256:".len()..]);
     std::fs::write(&path, data).map_err(io_context(format!("write {}", path.display())))?;
-    Ok((format!("sha256:{hex}"), data.len() as u64))
+    Ok((digest, data.len() as u64))
+}
+
+/// `sha256:<hex>` of `data`: the digest of a blob, or the diffID of an uncompressed layer tar.
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
 /// `sha256:<hex>` and size of a file, read in 1 MiB pieces.

@@ -11,9 +11,12 @@ pub mod cri;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use super::{Process, chain_ids_of, sha256};
+use tests::image::{put_blob, sha256_digest};
+use tests::registry::Registry;
+use tests::strata::{FuseMount, HttpServer, MountArgs, Repo};
+
+use super::chain_ids_of;
 
 /// The repository name the stack publishes under.
 pub const FQRN: &str = "ctd.strata.test";
@@ -44,19 +47,14 @@ fn run_ok(what: &str, cmd: &mut Command) -> Vec<u8> {
     out.stdout
 }
 
-fn put_blob(layout: &Path, bytes: &[u8]) -> String {
-    let digest = sha256(bytes);
-    let hex = digest.trim_start_matches("sha256:");
-    std::fs::write(layout.join("blobs/sha256").join(hex), bytes).expect("write blob");
-    digest
-}
-
 /// Builds an OCI layout at `work/<tag>-oci` whose layers are the directories `layers`
 /// (bottom first): `tar --xattrs` (numeric owners, `security.capability` kept) then
 /// `gzip -n`. The config runs `/bin/sh` on linux/amd64.
 pub fn oci_image(work: &Path, tag: &str, layers: &[PathBuf]) -> Built {
     let layout = work.join(format!("{tag}-oci"));
-    std::fs::create_dir_all(layout.join("blobs/sha256")).expect("mkdir layout");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("mkdir layout");
+    let put_blob = |bytes: &[u8]| put_blob(&blobs, bytes).expect("write blob").0;
     let mut descriptors = Vec::new();
     let mut diff_ids = Vec::new();
     let mut layer_digests = Vec::new();
@@ -87,10 +85,10 @@ pub fn oci_image(work: &Path, tag: &str, layers: &[PathBuf]) -> Built {
             let out = child.wait_with_output().expect("gzip output");
             let tar = writer.join().expect("join").expect("write tar");
             assert!(out.status.success());
-            diff_ids.push(sha256(&tar));
+            diff_ids.push(sha256_digest(&tar));
             out.stdout
         };
-        let digest = put_blob(&layout, &gz);
+        let digest = put_blob(&gz);
         descriptors.push(serde_json::json!({
             "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
             "digest": digest,
@@ -106,7 +104,7 @@ pub fn oci_image(work: &Path, tag: &str, layers: &[PathBuf]) -> Built {
     })
     .to_string()
     .into_bytes();
-    let config_digest = put_blob(&layout, &config);
+    let config_digest = put_blob(&config);
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -119,7 +117,7 @@ pub fn oci_image(work: &Path, tag: &str, layers: &[PathBuf]) -> Built {
     })
     .to_string()
     .into_bytes();
-    let manifest_digest = put_blob(&layout, &manifest);
+    let manifest_digest = put_blob(&manifest);
     std::fs::write(
         layout.join("oci-layout"),
         r#"{"imageLayoutVersion":"1.0.0"}"#,
@@ -144,49 +142,13 @@ pub fn oci_image(work: &Path, tag: &str, layers: &[PathBuf]) -> Built {
     }
 }
 
-/// GET `path` from `addr`: the status code, if anything answered.
-fn http_status(addr: &str, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    // The body may be binary (a signed manifest): only the status line is text.
-    let mut bytes = Vec::new();
-    let _ = s.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes);
-    text.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn wait_until(what: &str, log: &Process, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}:\n{}",
-            log.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Whether `/proc/self/mountinfo` lists `mountpoint` as a FUSE mount.
-fn fuse_mounted(mountpoint: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let want = mountpoint.to_string_lossy();
-    info.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let fstype = line.split(" - ").nth(1).and_then(|r| r.split(' ').next());
-        fields.get(4) == Some(&want.as_ref()) && fstype.is_some_and(|t| t.starts_with("fuse"))
-    })
-}
-
 /// Registry, publisher HTTP server and FUSE mount, in `dir`. Field order = drop order: the
 /// mount goes first (drop the containerd [`super::Env`] before this), then the server,
 /// then the registry.
 pub struct Stack {
-    mount: Process,
-    _serve: Process,
-    registry: Process,
+    _mount: FuseMount,
+    _serve: HttpServer,
+    registry: Registry,
     /// `127.0.0.1:PORT` of the registry.
     pub registry_host: String,
     /// Where the repository is mounted.
@@ -196,131 +158,60 @@ pub struct Stack {
     pub plain_mountpoint: PathBuf,
 }
 
-impl Drop for Stack {
-    fn drop(&mut self) {
-        // The mount process unmounts on SIGTERM (its Process drop); a lazy unmount
-        // covers a mount still busy or a process that did not get there.
-        let mountpoints = [self.mountpoint.clone(), self.plain_mountpoint.clone()];
-        let pid = self.mount.child.id();
-        if let Ok(pid) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while mountpoints.iter().any(|m| fuse_mounted(m)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for m in &mountpoints {
-            if fuse_mounted(m) {
-                let _ = Command::new("umount").arg("-l").arg(m).status();
-            }
-        }
-    }
-}
-
-fn publisher() -> PathBuf {
-    let path =
-        Path::new(env!("CARGO_BIN_EXE_strata-snapshotter")).with_file_name("strata-publisher");
-    assert!(
-        path.is_file(),
-        "{} not found: build it first (`cargo build -p publisher`)",
-        path.display()
-    );
-    path
-}
-
 impl Stack {
     /// Starts the registry, pushes `images` (`(built image, "repo:tag")`) with skopeo,
     /// publishes them all with `strata-publisher ingest`, serves the repository and
     /// mounts it with `strata-snapshotter mount --plain-mountpoint` (both mounts).
     pub fn start(dir: &Path, images: &[(&Built, &str)]) -> Stack {
-        assert!(Path::new("/dev/fuse").exists(), "this test needs /dev/fuse");
+        if let Err(e) = tests::binaries::check_root_and_fuse() {
+            panic!("{e}");
+        }
         std::fs::create_dir_all(dir).expect("mkdir stack");
-        let host = super::free_registry_addr();
-        let storage = dir.join("registry");
-        std::fs::create_dir_all(&storage).expect("mkdir registry");
-        let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {host}\n",
-                storage.display()
-            ),
-        )
-        .expect("registry config");
-        let mut cmd = Command::new("docker-registry");
-        cmd.arg("serve").arg(&config);
-        let registry = Process::spawn("docker-registry", cmd, &dir.join("registry.log"));
-        wait_until("the registry", &registry, || {
-            http_status(&host, "/v2/") == Some(200)
-        });
+        let registry_dir = dir.join("registry");
+        std::fs::create_dir_all(&registry_dir).expect("mkdir registry");
+        let registry = Registry::start(&registry_dir, &dir.join("registry.log"))
+            .unwrap_or_else(|e| panic!("start the registry: {e}"));
+        let host = registry.host();
         for (image, name) in images {
-            run_ok(
-                "skopeo copy",
-                Command::new("skopeo")
-                    .args(["copy", "--quiet", "--dest-tls-verify=false"])
-                    .arg(format!("oci:{}:{}", image.layout.display(), image.tag))
-                    .arg(format!("docker://{host}/{name}")),
-            );
+            registry
+                .push(
+                    &format!("oci:{}:{}", image.layout.display(), image.tag),
+                    &format!("{host}/{name}"),
+                    &dir.join("skopeo.log"),
+                )
+                .unwrap_or_else(|e| panic!("skopeo copy: {e}"));
         }
-        let repo = dir.join("repo");
-        run_ok(
-            "strata-publisher init",
-            Command::new(publisher())
-                .arg("init")
-                .arg("--repo")
-                .arg(&repo)
-                .args(["--fqrn", FQRN]),
+        let repo = Repo::init(&dir.join("repo"), FQRN, &dir.join("publisher.log"))
+            .unwrap_or_else(|e| panic!("strata-publisher init: {e}"));
+        let mut refs = vec!["--insecure-registry".to_string(), host.clone()];
+        refs.extend(
+            images
+                .iter()
+                .map(|(_, name)| format!("docker://{host}/{name}")),
         );
-        let mut ingest = Command::new(publisher());
-        ingest
-            .arg("ingest")
-            .arg("--repo")
-            .arg(&repo)
-            .args(["--insecure-registry", &host]);
-        for (_, name) in images {
-            ingest.arg(format!("docker://{host}/{name}"));
-        }
-        run_ok("strata-publisher ingest", &mut ingest);
-
-        let listen = super::free_registry_addr();
-        let mut cmd = Command::new(publisher());
-        cmd.arg("serve")
-            .arg("--repo")
-            .arg(&repo)
-            .args(["--listen", &listen]);
-        let serve = Process::spawn("strata-publisher serve", cmd, &dir.join("serve.log"));
-        let published = format!("/cvmfs/{FQRN}/.cvmfspublished");
-        wait_until("the repository server", &serve, || {
-            http_status(&listen, &published) == Some(200)
-        });
+        let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
+        repo.ingest(&refs, &dir.join("publisher.log"))
+            .unwrap_or_else(|e| panic!("strata-publisher ingest: {e}"));
+        let serve = repo
+            .serve(&dir.join("serve.log"))
+            .unwrap_or_else(|e| panic!("strata-publisher serve: {e}"));
 
         let mountpoint = dir.join("cvmfs");
         let plain_mountpoint = dir.join("cvmfs-plain");
-        for m in [&mountpoint, &plain_mountpoint] {
-            std::fs::create_dir_all(m).expect("mkdir mountpoint");
-        }
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"));
-        cmd.args(["mount", "--plain-mountpoint"])
-            .arg(&plain_mountpoint)
-            .args(["--fqrn", FQRN, "--server"])
-            .arg(format!("http://{listen}/cvmfs/@fqrn@"))
-            .arg("--pubkey")
-            .arg(repo.join("keys").join(format!("{FQRN}.pub")))
-            .arg("--cache")
-            .arg(dir.join("cache"))
-            .arg(&mountpoint)
-            .env("RUST_LOG", "info");
-        let mount = Process::spawn("strata-snapshotter mount", cmd, &dir.join("mount.log"));
-        wait_until("the FUSE mounts", &mount, || {
-            fuse_mounted(&mountpoint) && fuse_mounted(&plain_mountpoint)
-        });
+        let mount = FuseMount::start_with_plain(
+            &MountArgs {
+                fqrn: FQRN,
+                server: &serve.server_url(),
+                pubkey: &repo.public_key(),
+                cache: &dir.join("cache"),
+                mountpoint: &mountpoint,
+            },
+            Some(&plain_mountpoint),
+            &dir.join("mount.log"),
+        )
+        .unwrap_or_else(|e| panic!("strata-snapshotter mount: {e}"));
         Stack {
-            mount,
+            _mount: mount,
             _serve: serve,
             registry,
             registry_host: host,
@@ -329,24 +220,33 @@ impl Stack {
         }
     }
 
-    /// How many lines the registry's log has now (for [`Stack::blob_gets_since`]); the
-    /// publisher's own ingest fetched every layer once before this.
+    /// How many requests the registry's access log has now (for
+    /// [`Stack::blob_gets_since`]); the publisher's own ingest fetched every layer once
+    /// before this.
     pub fn registry_mark(&self) -> usize {
-        self.registry.log().lines().count()
+        self.access_log().len()
     }
 
     /// `GET /v2/<repository>/blobs/<digest>` requests for any of `digests` in the
-    /// registry's access log after line `mark`.
+    /// registry's access log after request `mark`.
     pub fn blob_gets_since(&self, mark: usize, digests: &[String]) -> usize {
-        self.registry
-            .log()
-            .lines()
+        self.access_log()
+            .iter()
             .skip(mark)
             .filter(|l| {
-                l.contains("\"GET /v2/")
-                    && digests.iter().any(|d| l.contains(&format!("/blobs/{d}")))
+                l.method == "GET"
+                    && l.path.starts_with("/v2/")
+                    && digests
+                        .iter()
+                        .any(|d| l.path.contains(&format!("/blobs/{d}")))
             })
             .count()
+    }
+
+    fn access_log(&self) -> Vec<tests::registry::AccessLine> {
+        self.registry
+            .access_log()
+            .unwrap_or_else(|e| panic!("the registry's access log: {e}"))
     }
 
     /// The FUSE mount's `/proc/self/mountinfo` line (options), for diagnostics.
