@@ -333,7 +333,7 @@ fn add_image(
     let mut records = Vec::new();
     for (i, (blob, diff)) in raw.layers.iter().zip(&diff_ids).enumerate() {
         let compressed: Digest = blob.digest.parse().map_err(|e| format!("{e}"))?;
-        if ns.root.get(&paths::layerfs(&compressed)).is_none() {
+        if !layer_published(ns, &compressed) {
             return Err(format!("layer {compressed} is not published"));
         }
         let id = ids[i].to_string();
@@ -430,6 +430,17 @@ fn add_big_data(image: &mut ImageRecord, item: &BigData) {
     image
         .big_data_digests
         .insert(item.key.clone(), item.digest.clone());
+}
+
+/// Whether `.layers/<hh>/<hex>/layerfs` exists. Its bucket is a nested catalog; one that
+/// this publish did not load is trusted as it was published (an image's layers are
+/// published with it and pruned only when no image uses them, namespace.md §11).
+fn layer_published(ns: &Namespace, layer: &Digest) -> bool {
+    match ns.root.get(&paths::layer_bucket(layer)) {
+        None => false,
+        Some(bucket) if bucket.catalog.as_ref().is_some_and(|m| !m.loaded) => true,
+        Some(_) => ns.root.get(&paths::layerfs(layer)).is_some(),
+    }
 }
 
 /// The layer's uncompressed size from its `layer.json`, when its bucket is loaded in `ns`
