@@ -5,8 +5,8 @@
 //! this test and every run says `--pull never`: what podman lists and runs comes from the
 //! mount.
 //!
-//! Checks: `podman images` lists both published names of the image (one image ID, as
-//! podman would make it); `podman run` runs the workload and sees the whiteouts and the
+//! Checks: `podman images` lists both published names of the image, read-only (from the
+//! store), with one image ID (as podman would make it); `podman run` runs the workload and sees the whiteouts and the
 //! opaque directory of the third layer as containerd does; `strata-publisher remove` of one
 //! name, once the mount has switched to the new revision, leaves podman the other name
 //! (still runnable); removing the other leaves podman an empty store.
@@ -90,7 +90,7 @@ fn podman_runs_published_images_from_the_store_in_the_mount() {
         })?;
         println!("    {}", version.trim());
 
-        let listed = steps.run("podman images: both names, one image ID", || {
+        let listed = steps.run("podman images: both names, read-only, one image ID", || {
             let listed = node.images()?;
             let ids: Vec<&str> = listed.iter().map(|(_, id)| id.as_str()).collect();
             for name in NAMES {
@@ -264,20 +264,29 @@ impl<'a> Node<'a> {
         String::from_utf8(output.stdout).context("podman's output is not UTF-8")
     }
 
-    /// `podman images`: (repository:tag, image ID) per line.
+    /// `podman images`: (repository:tag, image ID) per line; every image must be listed
+    /// read-only (it comes from the additional store, not the node's own).
     fn images(&self) -> Result<Vec<(String, String)>> {
         let out = self.podman(&[
             "images",
             "--noheading",
             "--no-trunc",
             "--format",
-            "{{.Repository}}:{{.Tag}} {{.ID}}",
+            "{{.Repository}}:{{.Tag}} {{.ID}} {{.ReadOnly}}",
         ])?;
-        Ok(out
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .map(|(n, id)| (n.to_owned(), id.to_owned()))
-            .collect())
+        let mut images = Vec::new();
+        for line in out.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let [name, id, read_only] = fields[..] else {
+                bail!("unexpected podman images line {line:?}");
+            };
+            ensure!(
+                read_only == "true",
+                "{name} is not a read-only (store) image: {line:?}"
+            );
+            images.push((name.to_owned(), id.to_owned()));
+        }
+        Ok(images)
     }
 
     /// `podman run --rm --pull never --network none IMAGE CMD…`; its stdout.
