@@ -33,7 +33,7 @@ fn json_file<T: serde::de::DeserializeOwned>(repo: &Repo, ns: &Namespace, path: 
 }
 
 /// (layers.json, images.json) of the current revision.
-fn store(dir: &Path) -> (Repo, Namespace, Vec<LayerRecord>, Vec<ImageRecord>) {
+pub(crate) fn store(dir: &Path) -> (Repo, Namespace, Vec<LayerRecord>, Vec<ImageRecord>) {
     let repo = ok(Repo::open(dir));
     let mut ns = ok(load_namespace(&repo));
     if let Some(node) = ns.root.get_mut(&[paths::PODMAN_STORE]) {
@@ -44,6 +44,18 @@ fn store(dir: &Path) -> (Repo, Namespace, Vec<LayerRecord>, Vec<ImageRecord>) {
     let [s, i] = paths::podman_images_dir();
     let images = json_file(&repo, &ns, &[s, i, paths::PODMAN_IMAGES_JSON]);
     (repo, ns, layers, images)
+}
+
+/// Every name `podmanStore/overlay-images/images.json` lists, with its image ID.
+pub(crate) fn podman_names(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let (_, _, _, images) = store(dir);
+    images
+        .into_iter()
+        .flat_map(|i| {
+            let id = i.id.clone();
+            i.names.into_iter().map(move |n| (n, id.clone()))
+        })
+        .collect()
 }
 
 #[test]
