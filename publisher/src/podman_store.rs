@@ -271,14 +271,32 @@ fn previous_layers(repo: &Repo, ns: &mut Namespace) -> Result<BTreeMap<String, u
     else {
         return Ok(BTreeMap::new());
     };
-    let bytes = read_object(&repo.store, &hash, Suffix::None, MAX_METADATA_SIZE)?;
-    let records: Vec<LayerRecord> = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::json("parsing podmanStore/overlay-layers/layers.json", e))?;
+    // Only sizes come from here: a store this publisher cannot read back (damaged, or
+    // beyond the limit) costs the sizes of layers no image of this run brought, not the
+    // publish.
+    let records: Vec<LayerRecord> = match read_object(
+        &repo.store,
+        &hash,
+        Suffix::None,
+        MAX_LAYERS_JSON_SIZE,
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(records) => records,
+        Err(error) => {
+            tracing::warn!(%error, "previous podmanStore layers.json unreadable; its layer sizes are dropped");
+            Vec::new()
+        }
+    };
     Ok(records
         .into_iter()
         .filter_map(|r| r.diff_size.map(|s| (r.id, s)))
         .collect())
 }
+
+/// Largest previous `layers.json` read back (about 400 bytes a layer).
+const MAX_LAYERS_JSON_SIZE: u64 = 1 << 30;
 
 /// The content of file `name` in `dir`: (hash, size, bytes).
 fn stored(
