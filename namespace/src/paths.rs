@@ -10,6 +10,11 @@
 //! .metadata/<public>/platforms/<os>-<arch>[-<variant>]/{manifest.json,config.json,rootfs}
 //! .metadata/<public>/platforms/<os>-<arch>[-<variant>]/startup/{trace,objects,pack-NNN.strata-pack}
 //! <public>                                       → ../…/.flat/<hh>/<config hex>
+//! podmanStore/overlay/<layer id>/{diff → ../../../.layers/<hh>/<hex>/layerfs, link, lower}
+//! podmanStore/overlay/l/<link name>               → ../<layer id>/diff
+//! podmanStore/overlay-layers/{layers.json,layers.lock}
+//! podmanStore/overlay-images/{images.json,images.lock}
+//! podmanStore/overlay-images/<config hex>/{manifest,=<base64 key>…}
 //! ```
 //!
 //! `<public>` is [`ImageName::public_path`](crate::ImageName::public_path):
@@ -63,6 +68,157 @@ pub fn pack_name(index: usize) -> String {
 /// Whether `name` is the file name of a startup pack.
 pub fn is_pack_name(name: &str) -> bool {
     name.starts_with("pack-") && name.ends_with(PACK_SUFFIX)
+}
+
+/// The podman (containers-storage) additional image store at the repository root
+/// (docs/namespace.md §10a), named as DUCC names it in `unpacked.cern.ch`.
+pub const PODMAN_STORE: &str = "podmanStore";
+/// The overlay driver's directory inside the store: one directory per layer, and `l/`.
+pub const PODMAN_OVERLAY: &str = "overlay";
+/// The short-name symlinks inside `overlay/` (containers-storage's `linkDir`).
+pub const PODMAN_LINKS: &str = "l";
+/// The image store inside the store (`<driver>-images`).
+pub const PODMAN_IMAGES: &str = "overlay-images";
+/// The layer store inside the store (`<driver>-layers`).
+pub const PODMAN_LAYERS: &str = "overlay-layers";
+/// The image records inside `overlay-images/`.
+pub const PODMAN_IMAGES_JSON: &str = "images.json";
+/// The image store's lock file inside `overlay-images/` (must exist; opened read-only).
+pub const PODMAN_IMAGES_LOCK: &str = "images.lock";
+/// The layer records inside `overlay-layers/`.
+pub const PODMAN_LAYERS_JSON: &str = "layers.json";
+/// The layer store's lock file inside `overlay-layers/` (must exist; opened read-only).
+pub const PODMAN_LAYERS_LOCK: &str = "layers.lock";
+/// A layer's tree inside `overlay/<layer id>/`: here a symlink to the layer's `layerfs`.
+pub const PODMAN_DIFF: &str = "diff";
+/// A layer's short name inside `overlay/<layer id>/` (the name of its `l/` symlink).
+pub const PODMAN_LINK: &str = "link";
+/// A layer's lower layers inside `overlay/<layer id>/`: `l/<name>:l/<name>…`, nearest first.
+pub const PODMAN_LOWER: &str = "lower";
+/// The big-data key of an image's manifest that podman reads without a digest.
+pub const PODMAN_MANIFEST_KEY: &str = "manifest";
+/// Length of a short layer name (containers-storage's overlay `idLength`).
+pub const PODMAN_LINK_LEN: usize = 26;
+
+/// The containers-storage layer IDs of a layer stack with `diff_ids` (bottom first), as
+/// containers/image gives them when it pulls the image (`storage_dest.go`, `layerID`): the
+/// bottom layer's is its diffID's hex, every other `sha256(<parent id> + "+" + <diffID hex>)`.
+/// A pull of the same image into a node's own store thus names the same layers.
+pub fn podman_layer_ids(diff_ids: &[Digest]) -> Vec<Sha256Hex> {
+    let mut out: Vec<Sha256Hex> = Vec::with_capacity(diff_ids.len());
+    for diff in diff_ids {
+        let next = match out.last() {
+            None => diff.hex().clone(),
+            Some(parent) => Sha256Hex::of_bytes(format!("{parent}+{}", diff.hex()).as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// The short name of layer `id` (what `overlay/<id>/link` holds and `overlay/l/` lists):
+/// [`PODMAN_LINK_LEN`] characters of RFC 4648 base32 (`A-Z2-7`, the alphabet
+/// containers-storage draws its random names from) of `sha256("strata-podman-link:" + id)`,
+/// so that every revision names a layer alike.
+pub fn podman_link_name(id: &Sha256Hex) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let digest = Digest::of_bytes(format!("strata-podman-link:{id}").as_bytes());
+    let bytes: Vec<u8> = (0..32)
+        .filter_map(|i| u8::from_str_radix(&digest.hex().as_str()[2 * i..2 * i + 2], 16).ok())
+        .collect();
+    let mut out = String::with_capacity(PODMAN_LINK_LEN);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for byte in bytes {
+        if out.len() == PODMAN_LINK_LEN {
+            break;
+        }
+        buffer = (buffer << 8) | u32::from(byte);
+        bits += 8;
+        while bits >= 5 && out.len() < PODMAN_LINK_LEN {
+            bits -= 5;
+            out.push(char::from(ALPHABET[((buffer >> bits) & 31) as usize]));
+        }
+        buffer &= (1 << bits) - 1;
+    }
+    out
+}
+
+/// `podmanStore/overlay/<layer id>`.
+pub fn podman_layer_dir(id: &Sha256Hex) -> [&str; 3] {
+    [PODMAN_STORE, PODMAN_OVERLAY, id.as_str()]
+}
+
+/// The target of `podmanStore/overlay/<layer id>/diff`: the layer's `layerfs`, relative
+/// (`../../../.layers/<hh>/<hex>/layerfs`), so it resolves under any mount point.
+pub fn podman_diff_target(id: &Sha256Hex, layer: &Digest) -> String {
+    relative_target(&podman_layer_dir(id), &layerfs(layer))
+}
+
+/// `podmanStore/overlay/l`.
+pub fn podman_links_dir() -> [&'static str; 3] {
+    [PODMAN_STORE, PODMAN_OVERLAY, PODMAN_LINKS]
+}
+
+/// The target of `podmanStore/overlay/l/<link name>`: `../<layer id>/diff`, the form
+/// containers-storage reads back (it takes the layer ID from it).
+pub fn podman_link_target(id: &Sha256Hex) -> String {
+    format!("../{id}/{PODMAN_DIFF}")
+}
+
+/// An entry of a `lower` file: `l/<link name>`.
+pub fn podman_lower_entry(link_name: &str) -> String {
+    format!("{PODMAN_LINKS}/{link_name}")
+}
+
+/// `podmanStore/overlay-layers`.
+pub fn podman_layers_dir() -> [&'static str; 2] {
+    [PODMAN_STORE, PODMAN_LAYERS]
+}
+
+/// `podmanStore/overlay-images`.
+pub fn podman_images_dir() -> [&'static str; 2] {
+    [PODMAN_STORE, PODMAN_IMAGES]
+}
+
+/// `podmanStore/overlay-images/<config hex>`: the image's big-data files (its ID is the
+/// config digest's hex, as containers/image gives it).
+pub fn podman_image_dir(config: &Digest) -> [&str; 3] {
+    [PODMAN_STORE, PODMAN_IMAGES, config.hex().as_str()]
+}
+
+/// The big-data key of the manifest with digest `manifest`: `manifest-sha256:<hex>`.
+pub fn podman_manifest_key(manifest: &Digest) -> String {
+    format!("{PODMAN_MANIFEST_KEY}-{manifest}")
+}
+
+/// The file name of big-data item `key` in an image directory, as containers-storage makes
+/// it (`makeBigDataBaseName`): the key itself if it has only `[.0-9a-z]`, else `=` and its
+/// standard base64.
+pub fn podman_big_data_name(key: &str) -> String {
+    if key
+        .bytes()
+        .all(|b| b == b'.' || b.is_ascii_digit() || b.is_ascii_lowercase())
+    {
+        return key.to_string();
+    }
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::from("=");
+    for chunk in key.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// `a/b/c`.
@@ -227,6 +383,59 @@ mod tests {
             format!(".metadata/localhost/x@{d}")
         );
         assert_eq!(public_link(""), Some((vec![], "")));
+        Ok(())
+    }
+
+    #[test]
+    fn podman_store_names_follow_containers_storage() -> crate::Result<()> {
+        let (d1, d2) = (digest('1'), digest('2'));
+        let ids = podman_layer_ids(&[d1.clone(), d2.clone()]);
+        assert_eq!(ids[0].as_str(), "1".repeat(64));
+        assert_eq!(
+            ids[1],
+            Sha256Hex::of_bytes(format!("{}+{}", "1".repeat(64), "2".repeat(64)).as_bytes())
+        );
+        assert!(podman_layer_ids(&[]).is_empty());
+        let link = podman_link_name(&ids[1]);
+        assert_eq!(link.len(), PODMAN_LINK_LEN);
+        assert!(
+            link.bytes()
+                .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+        );
+        assert_eq!(link, podman_link_name(&ids[1]));
+        assert_ne!(link, podman_link_name(&ids[0]));
+        let a = "a".repeat(64);
+        assert_eq!(
+            podman_diff_target(&ids[0], &digest('a')),
+            format!("../../../.layers/aa/{a}/layerfs")
+        );
+        assert_eq!(
+            join(&podman_layer_dir(&ids[0])),
+            format!("podmanStore/overlay/{}", ids[0])
+        );
+        assert_eq!(podman_link_target(&ids[0]), format!("../{}/diff", ids[0]));
+        assert_eq!(podman_lower_entry("ABC"), "l/ABC");
+        assert_eq!(
+            join(&podman_image_dir(&digest('f'))),
+            format!("podmanStore/overlay-images/{}", "f".repeat(64))
+        );
+        // Names containers-storage wrote (podman 5.8, `podman import`).
+        assert_eq!(podman_big_data_name("manifest"), "manifest");
+        let config: Digest =
+            "sha256:91faf78d33ea6c3a48fa4866f6e8d4b505a282e5974e01e8784f2df25519d6e5".parse()?;
+        assert_eq!(
+            podman_big_data_name(&config.to_string()),
+            "=c2hhMjU2OjkxZmFmNzhkMzNlYTZjM2E0OGZhNDg2NmY2ZThkNGI1MDVhMjgyZTU5NzRlMDFlODc4NGYyZGYyNTUxOWQ2ZTU="
+        );
+        let manifest: Digest =
+            "sha256:0b4b8488e2e821407685b26ee55cba54d98f03f1832b46d406a456d24dfa073a".parse()?;
+        assert_eq!(
+            podman_big_data_name(&podman_manifest_key(&manifest)),
+            "=bWFuaWZlc3Qtc2hhMjU2OjBiNGI4NDg4ZTJlODIxNDA3Njg1YjI2ZWU1NWNiYTU0ZDk4ZjAzZjE4MzJiNDZkNDA2YTQ1NmQyNGRmYTA3M2E="
+        );
+        assert_eq!(podman_big_data_name("ab.1"), "ab.1");
+        assert_eq!(podman_big_data_name("x:"), "=eDo=");
+        assert_eq!(podman_big_data_name("a-b"), "=YS1i");
         Ok(())
     }
 

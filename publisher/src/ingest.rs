@@ -47,6 +47,9 @@ pub struct LayerFacts {
     pub media_type: String,
     /// Compressed size in bytes.
     pub size: u64,
+    /// Uncompressed tar size in bytes (written since the podman store; older layers lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_size: Option<u64>,
     /// Every ChainID whose top layer this is.
     pub chain_ids: Vec<String>,
 }
@@ -167,6 +170,7 @@ pub async fn ingest(
     let mut ns = converted?;
     let repo2 = repo.clone();
     let (manifest, _ns) = blocking(move || {
+        crate::podman_store::refresh(&repo2, &mut ns)?;
         let m = publish(&repo2, &mut ns)?;
         Ok((m, ns))
     })
@@ -341,6 +345,7 @@ fn add_image(
             diff_id: staged.digests.uncompressed.clone(),
             media_type: blob.media_type.clone(),
             size: staged.digests.compressed_size,
+            diff_size: Some(staged.digests.uncompressed_size),
             chain_ids: Vec::new(),
         };
         write_layer_facts(store, bucket, digest, &facts, now)?;
@@ -528,7 +533,11 @@ fn write_layer_facts(
     Ok(())
 }
 
-fn read_layer_facts(store: &LocalStore, bucket: &Node, layer: &Digest) -> Result<LayerFacts> {
+pub(crate) fn read_layer_facts(
+    store: &LocalStore,
+    bucket: &Node,
+    layer: &Digest,
+) -> Result<LayerFacts> {
     let [.., hex, metadata, json] = paths::layer_json(layer);
     let node = bucket
         .get(&[hex, metadata, json])

@@ -26,6 +26,7 @@ pub mod layer;
 pub mod listing;
 pub mod objects;
 pub mod pipeline;
+pub mod podman_store;
 pub mod progress;
 pub mod publish;
 pub mod recipe;

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Resign(args) => cli::resign::run(args),
         Command::Sync(args) => cli::sync::run(args),
         Command::Gc(args) => cli::gc::run(args),
+        Command::Remove(args) => cli::remove::run(args),
         Command::Startup(args) => cli::startup::run(args),
         Command::Serve(args) => cli::serve::run(args),
     };

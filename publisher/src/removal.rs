@@ -12,6 +12,9 @@
 //!   not name (also leftovers of tags that moved), and drops ChainIDs no longer published
 //!   from the remaining layers' `layer.json`.
 //!
+//! * [`remove`] is the `remove` command: named images out, pruned, the podman store
+//!   refreshed, one new revision.
+//!
 //! None of this deletes objects: the objects stay in the store until `gc`.
 
 use std::collections::{BTreeMap, HashSet};
@@ -84,6 +87,15 @@ fn visit_images<'a>(node: &'a Node, path: &str, f: &mut dyn FnMut(&str, &'a Node
             visit_images(child, &p, f);
         }
     }
+}
+
+/// Every image directory of `ns` (`.metadata/<public>`) with its public path, in path order.
+pub(crate) fn image_dirs(ns: &Namespace) -> Vec<(String, &Node)> {
+    let mut dirs: Vec<(String, &Node)> = Vec::new();
+    if let Some(meta) = ns.root.get(&[paths::METADATA]) {
+        visit_images(meta, "", &mut |p, n| dirs.push((p.to_string(), n)));
+    }
+    dirs
 }
 
 /// Every image of `ns`, by public path. Blocking (reads `.metadata` objects). Errors when a
@@ -379,6 +391,61 @@ pub fn prune(
             && b.children.keys().all(|k| k == CATALOG_MARKER))
     });
     Ok(report)
+}
+
+/// What [`remove`] did.
+#[derive(Clone, Debug, Default)]
+pub struct RemoveSummary {
+    /// The revision published.
+    pub revision: u64,
+    /// The public paths removed.
+    pub removed: Vec<String>,
+    /// What was pruned with them.
+    pub pruned: PruneReport,
+    /// The podman store after the removal.
+    pub podman: crate::podman_store::StoreReport,
+}
+
+/// Removes the images `names` (references as published: `REGISTRY/REPO:TAG`,
+/// `REPO@sha256:…`, normalised as `ingest` names them) from the repository in `dir`: their
+/// public symlinks and `.metadata` directories, every `.flat`, `.layers` and `.chainids`
+/// entry no remaining image uses, their podman store entries; then publishes one new
+/// revision. Holds `DIR/lock`. Objects stay until `gc`.
+///
+/// Errors: [`Error::Reference`] for a name that does not parse or is not published (then
+/// nothing is removed), and those of loading, pruning and publishing.
+pub fn remove(dir: &std::path::Path, names: &[String]) -> Result<RemoveSummary> {
+    let _lock = Repo::lock(dir)?;
+    let repo = Repo::open(dir)?;
+    repo.clean_scratch()?;
+    let mut ns = crate::publish::load_namespace(&repo)?;
+    let published = published_images(&repo, &ns)?;
+    let mut paths_to_remove = Vec::new();
+    for name in names {
+        let public = ImageName::parse(name)?.public_path();
+        if !published.contains_key(&public) {
+            return Err(Error::Reference {
+                reference: name.clone(),
+                reason: format!("{public} is not published"),
+            });
+        }
+        if !paths_to_remove.contains(&public) {
+            paths_to_remove.push(public);
+        }
+    }
+    for public in &paths_to_remove {
+        remove_image(&mut ns, public);
+    }
+    let refs = references(&repo, &ns)?;
+    let pruned = prune(&repo, &mut ns, &refs, true)?;
+    let podman = crate::podman_store::refresh(&repo, &mut ns)?;
+    let manifest = crate::publish::publish(&repo, &mut ns)?;
+    Ok(RemoveSummary {
+        revision: manifest.revision,
+        removed: paths_to_remove,
+        pruned,
+        podman,
+    })
 }
 
 #[cfg(test)]

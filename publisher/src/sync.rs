@@ -491,7 +491,7 @@ pub async fn sync_pass(
     }
     let any_updated = events.iter().any(|e| e.event == Outcome::Updated);
     let repo2 = repo.clone();
-    let (ns, pruned, removed_any) = blocking(move || {
+    let (ns, pruned, removed_any, store_changed) = blocking(move || {
         let mut ns = ns;
         let mut removed_any = false;
         for p in &removed_paths {
@@ -499,10 +499,13 @@ pub async fn sync_pass(
         }
         let refs = references(&repo2, &ns)?;
         let report = prune(&repo2, &mut ns, &refs, removed_any || any_updated)?;
-        Ok((ns, report, removed_any))
+        // The podman store follows what is published; a store that differs (also the
+        // first one of a repository published before it existed) is a change of its own.
+        let store = crate::podman_store::refresh(&repo2, &mut ns)?;
+        Ok((ns, report, removed_any, store.changed))
     })
     .await?;
-    changed |= removed_any || !pruned.is_empty();
+    changed |= removed_any || store_changed || !pruned.is_empty();
     let pruned_count = pruned.flats.len() + pruned.layers.len() + pruned.chains.len();
     if pruned_count > 0 {
         tracing::info!(

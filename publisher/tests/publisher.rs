@@ -11,6 +11,7 @@ mod support;
 
 mod cli;
 mod gc_mount;
+mod podman_store;
 mod startup;
 mod stock_replication;
 mod sync;

@@ -145,6 +145,16 @@ fn sync_follows_the_recipe() {
         format!("{a}/tools/base:1"),
     ]);
     assert_eq!(public_paths(&repo), want, "{out}");
+    let in_podman = |repo: &Path| -> BTreeSet<String> {
+        crate::podman_store::podman_names(repo)
+            .into_keys()
+            .collect()
+    };
+    assert_eq!(
+        in_podman(&repo),
+        want,
+        "the podman store follows the namespace"
+    );
     let ev = events_after(&repo, 0);
     assert_eq!(count(&ev, "added"), 3, "{ev:?}");
     assert_eq!(ev.last().map(|e| e["event"].clone()), Some("pass".into()));
@@ -179,6 +189,11 @@ fn sync_follows_the_recipe() {
         .unwrap_or_default();
     assert!(target.ends_with(&new_cfg[7..]), "{target} vs {new_cfg}");
     assert_eq!(
+        crate::podman_store::podman_names(&repo).get(&format!("{a}/app:1.0")),
+        Some(&new_cfg[7..].to_string()),
+        "the moved tag names the new image in the podman store"
+    );
+    assert_eq!(
         flat_count(&repo),
         3,
         "the moved tag's old flat tree is pruned"
@@ -203,6 +218,11 @@ fn sync_follows_the_recipe() {
     let want = set(&[format!("{a}/app:1.0"), format!("{a}/app:1.1")]);
     assert_eq!(public_paths(&repo), want);
     assert_eq!(flat_count(&repo), 2);
+    assert_eq!(
+        in_podman(&repo),
+        want,
+        "the removed image left the podman store"
+    );
     let r = ok(publisher::repo::Repo::open(&repo));
     let ns = ok(publisher::publish::load_namespace(&r));
     assert!(

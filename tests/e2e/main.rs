@@ -9,6 +9,7 @@
 
 mod apptainer;
 mod containerd_matrix;
+mod podman;
 mod startup;
 mod tar_corpus;
 mod tree_equality;

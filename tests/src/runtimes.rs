@@ -48,7 +48,8 @@ pub fn installed(name: &str) -> Result<PathBuf> {
 #[derive(Debug, Clone)]
 pub struct SidSandbox {
     root: PathBuf,
-    binds: Vec<(PathBuf, String)>,
+    /// (host directory, path inside, writable).
+    binds: Vec<(PathBuf, String, bool)>,
 }
 
 /// The sid root's directory name under [`runtimes_dir`].
@@ -80,7 +81,15 @@ impl SidSandbox {
     /// directory exists in the root (`/cvmfs`); the top directory becomes a tmpfs and the
     /// parents below it are made there, mode 0755, so that unprivileged users reach `inside`.
     pub fn bind(mut self, host: &Path, inside: &str) -> SidSandbox {
-        self.binds.push((host.to_owned(), inside.to_owned()));
+        self.binds.push((host.to_owned(), inside.to_owned(), false));
+        self
+    }
+
+    /// As [`SidSandbox::bind`], writable: for a runtime's state that must outlive one
+    /// command (podman's storage under `/tmp/…`, its `/run`). Below `/tmp` (already a tmpfs)
+    /// only the missing parents are made.
+    pub fn bind_rw(mut self, host: &Path, inside: &str) -> SidSandbox {
+        self.binds.push((host.to_owned(), inside.to_owned(), true));
         self
     }
 
@@ -91,8 +100,8 @@ impl SidSandbox {
         command.args(["--dev-bind", "/dev", "/dev", "--proc", "/proc"]);
         command.args(["--bind", "/sys", "/sys"]);
         command.args(["--perms", "1777", "--tmpfs", "/tmp"]);
-        let mut made: Vec<String> = Vec::new();
-        for (host, inside) in &self.binds {
+        let mut made: Vec<String> = vec!["/tmp".to_owned()];
+        for (host, inside, writable) in &self.binds {
             // The parents: the top one (which must exist in the read-only root, as `/cvmfs`
             // does) becomes a tmpfs, the others directories in it.
             let mut parent = String::new();
@@ -111,7 +120,8 @@ impl SidSandbox {
                 command.args(["--perms", "0755", kind, &parent]);
                 made.push(parent.clone());
             }
-            command.arg("--ro-bind").arg(host).arg(inside);
+            let bind = if *writable { "--bind" } else { "--ro-bind" };
+            command.arg(bind).arg(host).arg(inside);
         }
         command.args(["--chdir", "/", "--unshare-pid", "--die-with-parent"]);
         // Only what a login would set: the test's own environment stays outside.

@@ -11,6 +11,7 @@ pub mod gc;
 pub mod ingest;
 pub mod init;
 pub mod ls;
+pub mod remove;
 pub mod resign;
 pub mod serve;
 pub mod startup;
@@ -42,6 +43,9 @@ pub enum Command {
     /// Make the repository equal to a recipe (DUCC wishlist YAML): add, update, remove
     /// images, in one revision per pass. Exits non-zero if any image failed.
     Sync(sync::SyncArgs),
+    /// Remove images (their public paths, metadata, podman store entries and every tree no
+    /// other image uses) and publish one new revision; objects stay until gc.
+    Remove(remove::RemoveArgs),
     /// Publish an image's startup working set (the objects an access trace of its start
     /// read) as startup packs under its metadata, in one new revision.
     Startup(startup::StartupArgs),
