@@ -13,7 +13,7 @@ use publisher::podman_store::{ImageRecord, LayerRecord};
 use publisher::publish::{Namespace, load_namespace};
 use publisher::repo::Repo;
 
-use crate::support::{digest, mixed_layer, ok, run_ok, verify_ok, write_layout};
+use crate::support::{mixed_layer, ok, run_ok, sha256_digest, verify_ok, write_layout};
 
 const FQRN: &str = "podman.example.org";
 
@@ -76,7 +76,7 @@ fn the_store_lists_published_images_and_drops_removed_ones() {
     run_ok(&["ingest", "--repo", &d, "--name", "b.test/z:3", &other_src]);
 
     let (repo, ns, layers, images) = store(&dir);
-    let diff_ids: Vec<Digest> = tars.iter().map(|t| ok(digest(t).parse())).collect();
+    let diff_ids: Vec<Digest> = tars.iter().map(|t| ok(sha256_digest(t).parse())).collect();
     let ids = paths::podman_layer_ids(&diff_ids);
     assert_eq!(layers.len(), 3, "{layers:?}");
     for (i, id) in ids.iter().enumerate() {

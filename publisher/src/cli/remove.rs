@@ -7,7 +7,9 @@ use clap::Args;
 
 use crate::error::Result;
 
-// The subcommand's help is the doc comment of `Command::Remove`.
+/// Command-line options of `strata-publisher remove`: the repository and the published
+/// names to take out. The subcommand's help text is the doc comment of `Command::Remove`,
+/// which clap sets after this one.
 #[derive(Args)]
 pub struct RemoveArgs {
     /// Repository directory.
