@@ -11,9 +11,11 @@
 //!   hex digits (`caf\xe9` → `caf\u{FDD0}e9`);
 //! * [`ESCAPE`] (U+FDD0, a noncharacter no real name uses) becomes [`ESCAPE`] twice.
 //!
-//! The mapping is injective and reversible ([`to_bytes`] ∘ [`from_bytes`] is the
-//! identity), the identity on every UTF-8 name without U+FDD0, and compatible with
+//! Different bytes give different names ([`to_bytes`] ∘ [`from_bytes`] is the identity);
+//! the mapping is the identity on every UTF-8 name without U+FDD0, and compatible with
 //! splitting at `/` (an ASCII byte is never part of a multi-byte sequence or an escape).
+//! [`to_bytes`] reads only what [`from_bytes`] writes (lowercase hex); any other use of
+//! U+FDD0 stands for itself.
 //! The edges that convert: the publisher reading tar names and link targets, the catalog
 //! writer and reader (`TEXT` columns, path hashes), the FUSE mount (lookups, listings,
 //! symlink targets).
@@ -63,7 +65,10 @@ pub fn to_bytes(name: &str) -> Cow<'_, [u8]> {
             rest = tail;
         } else if let Some(byte) = after
             .get(..2)
-            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .filter(|h| {
+                h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
             .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(byte);
@@ -128,6 +133,7 @@ mod tests {
     #[test]
     fn a_lone_escape_stays() {
         assert_eq!(to_bytes("x\u{FDD0}zz"), "x\u{FDD0}zz".as_bytes());
+        assert_eq!(to_bytes("x\u{FDD0}E9"), "x\u{FDD0}E9".as_bytes());
         assert_eq!(to_bytes("x\u{FDD0}"), "x\u{FDD0}".as_bytes());
     }
 }

@@ -8,7 +8,8 @@
 //! /.layers/cd/cd…/layerfs/usr/lib/python3.11/os.py
 //! ```
 //!
-//! One repository path per line (absolute, as catalogs spell it), each once; blank lines
+//! One repository path per line (absolute, as Strata spells it: a name that is not UTF-8
+//! in the escaped form of `catalog::names`), each once; blank lines
 //! and further `#` lines are ignored. A name holding a newline cannot be written and is left
 //! out by the writer.
 

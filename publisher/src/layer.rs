@@ -109,7 +109,7 @@ impl<R: Read> Read for CappedReader<R> {
 pub struct StagedLayer {
     /// Holds `layer.db` (in the repository's `DIR/tmp` in `ingest`).
     dir: tempfile::TempDir,
-    /// The layer root's row (`./` of the tar, or `0755 root:root` mtime 0 if it has none).
+    /// The layer root's row: `0755 root:root`, the mtime of `./` (0 if the tar has none).
     pub root: Entry,
     /// Whether the tar had a `./` entry (otherwise the root is implied, see
     /// [`StagedLayer::emit`]).
@@ -502,14 +502,17 @@ impl Builder {
         }
     }
 
-    /// `./` itself: the layer root directory's metadata (kept in the builder: the root has
-    /// no parent row).
+    /// `./` itself: only its mtime is kept (in the builder: the root has no parent row).
+    /// containerd's unpack skips an entry that resolves to the root ("resolved to root"), so
+    /// a snapshot's root is always as the snapshotter made it, `0755 root:root` (an upper
+    /// snapshot copies its parent's owner, root's): mode, owner and xattrs of `./` are not
+    /// applied, only an opaque marker `./.wh..wh..opq` is. The mtime (containerd's is the
+    /// time of the unpack) is the entry's, so that the tree stays reproducible.
     fn add_root(&mut self, kind: EntryType, meta: Meta, at: &At<'_>) -> Result<()> {
         if kind != EntryType::Directory {
             return Err(at.error("non-directory entry at the layer root"));
         }
-        let mut e = dir_entry("", meta.perm, meta.uid, meta.gid, meta.mtime);
-        e.xattrs = meta.xattrs;
+        let mut e = dir_entry("", 0o755, 0, 0, meta.mtime);
         // An opaque marker may come before `./` itself.
         if let Some(v) = self.root.xattrs.get(OPAQUE_XATTR) {
             e.xattrs.insert(OPAQUE_XATTR.to_string(), v.clone());
@@ -553,10 +556,10 @@ impl Builder {
         if hidden.is_empty() || hidden == "." || hidden == ".." {
             return Err(at.error("invalid whiteout name"));
         }
-        self.put_leaf(
-            parent,
-            &StagedEntry::new(whiteout_entry(hidden, meta.mtime)),
-        )
+        // Owned as its entry says, as containerd's overlay conversion chowns the device.
+        let mut whiteout = whiteout_entry(hidden, meta.mtime);
+        (whiteout.uid, whiteout.gid) = (meta.uid, meta.gid);
+        self.put_leaf(parent, &StagedEntry::new(whiteout))
     }
 
     /// A directory entry. An existing directory keeps its contents (and opaque mark) and
@@ -754,8 +757,18 @@ impl Builder {
         {
             for ext in pax {
                 let ext = ext.map_err(|e| at.error(format!("bad PAX record: {e}")))?;
-                let Ok(key) = ext.key() else { continue };
-                if key.starts_with(sparse::PAX_PREFIX) {
+                let Ok(key) = ext.key() else {
+                    tracing::warn!(
+                        image = %at.layer.image, layer = %at.layer.digest, entry = at.path,
+                        "dropping a PAX record whose key is not UTF-8: {:?}",
+                        String::from_utf8_lossy(ext.key_bytes())
+                    );
+                    continue;
+                };
+                if key == sparse::NAME_KEY {
+                    // A name, which need not be UTF-8 (catalog::names).
+                    sparse.take(key, &catalog::names::from_bytes(ext.value_bytes()));
+                } else if key.starts_with(sparse::PAX_PREFIX) {
                     let value = ext
                         .value()
                         .map_err(|_| at.error(format!("PAX record {key} is not UTF-8")))?;
@@ -1675,6 +1688,30 @@ pub(crate) mod tests {
             reason.contains("only regular files can be sparse"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn a_sparse_file_whose_real_name_is_not_utf8_keeps_its_bytes() {
+        // GNU tar in the C locale writes GNU.sparse.name with the name's raw bytes.
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([
+            ("GNU.sparse.major", &b"1"[..]),
+            ("GNU.sparse.minor", b"0"),
+            ("GNU.sparse.name", b"opt/caf\xe9"),
+            ("GNU.sparse.realsize", b"1024"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut data = b"1\n0\n3\n".to_vec();
+        data.resize(512, 0);
+        data.extend(b"abc");
+        let mut h = TarBuilder::header(EntryType::Regular, 0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, "opt/GNUSparseFile.9/caf", &data[..])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (t, _dir) = read(&b.into_inner().unwrap_or_default());
+        let t = t.unwrap_or_else(|e| panic!("{e}"));
+        let name = catalog::names::from_bytes(b"opt/caf\xe9").into_owned();
+        assert_eq!(get(&t, &name).size, 1024);
     }
 
     /// Every sparse form GNU tar writes, made by GNU tar itself (Debian's `tar`, part of

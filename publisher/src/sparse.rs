@@ -24,6 +24,8 @@ use std::io::Read;
 
 /// A PAX record key prefix of GNU sparse files.
 pub const PAX_PREFIX: &str = "GNU.sparse.";
+/// The record holding a sparse file's real name (formats 0.1 and 1.0).
+pub const NAME_KEY: &str = "GNU.sparse.name";
 
 /// Size of a tar block; the 1.0 map is padded to it.
 const BLOCK: usize = 512;

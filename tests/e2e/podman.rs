@@ -196,6 +196,14 @@ fn podman_runs_published_images_from_the_store_in_the_mount() {
                     !output.status.success(),
                     "podman run of a removed image succeeded"
                 );
+                // Failed because the image is gone, not for another reason.
+                let stderr = String::from_utf8_lossy(&output.stderr).to_lowercase();
+                ensure!(
+                    ["image not known", "no such image", "image not found"]
+                        .iter()
+                        .any(|m| stderr.contains(m)),
+                    "podman run of a removed image failed, but not for want of the image:\n{stderr}"
+                );
                 Ok(())
             },
         )?;

@@ -2,8 +2,8 @@
 //! entries of a (gzip-compressed or plain) layer tar read with the `tar` crate into a
 //! [`Tree`], with the OCI whiteouts turned into overlayfs ones:
 //!
-//! * `DIR/.wh.NAME` → a character device 0:0 named `NAME`, mode `S_IFCHR|0`, owned by
-//!   root, with the whiteout entry's mtime;
+//! * `DIR/.wh.NAME` → a character device 0:0 named `NAME`, mode `S_IFCHR|0`, with the
+//!   whiteout entry's owner (containerd chowns it so) and mtime;
 //! * `DIR/.wh..wh..opq` → xattr `trusted.overlay.opaque` = `y` on `DIR`;
 //! * a directory the layer makes where it had a whiteout or a non-directory (`.wh.d` then
 //!   `d/x`) is opaque too: unpacking deletes the lower `d` before making the new one.
@@ -14,7 +14,8 @@
 //! or after 2262-04-11 is the epoch (containerd's `archive.boundTime`); a later entry for a
 //! path replaces the earlier one (and a non-directory replacing a directory drops its
 //! children); a hard link is a second name for its target (same metadata, same content);
-//! a symlink's mode is always `0777` (Linux ignores the header's). A parent directory
+//! a symlink's mode is always `0777` (Linux ignores the header's); the root entry `./`
+//! gives only its mtime (containerd skips it: the root is `0755 root:root`). A parent directory
 //! without an entry of its own is [`Node::implicit`]. A GNU PAX sparse file of format 1.0
 //! (`GNU.sparse.major`/`minor` = 1/0, the map at the start of its data) is the file
 //! `GNU.sparse.name` of `GNU.sparse.realsize` bytes, holes read as zeros; other sparse
@@ -121,7 +122,13 @@ fn add_entry<R: Read>(tree: &mut Tree, mut entry: tar::Entry<'_, R>, what: &str)
         if kind != EntryType::Directory {
             return Err(invalid("a non-directory at the layer root".into()));
         }
-        let root = meta.apply(Node::new(Kind::Dir, 0));
+        // containerd skips `./` ("resolved to root"): the root stays 0755 root:root, with
+        // its opaque mark; only the mtime is kept (containerd's is the unpack time).
+        let mut root = Node::new(Kind::Dir, 0o755);
+        (root.mtime, root.mtime_ns) = (meta.mtime, meta.mtime_ns);
+        if let Some(v) = tree.get("").and_then(|r| r.xattrs.get(OPAQUE_XATTR)) {
+            root.xattrs.insert(OPAQUE_XATTR.to_owned(), v.clone());
+        }
         tree.insert(String::new(), root);
         return Ok(());
     }
@@ -136,6 +143,7 @@ fn add_entry<R: Read>(tree: &mut Tree, mut entry: tar::Entry<'_, R>, what: &str)
         ensure_dirs(tree, &parent, true);
         let mut node = Node::new(Kind::Char, 0);
         node.device = Some((0, 0));
+        (node.uid, node.gid) = (meta.uid, meta.gid);
         node.mtime = meta.mtime;
         node.mtime_ns = meta.mtime_ns;
         let target = crate::fstree::child_path(&parent, hidden);

@@ -6,6 +6,7 @@
 //!
 //! | path | what |
 //! |---|---|
+//! | `./` | mode 0750, uid/gid 1000, xattr `user.root` (containerd ignores the root entry) |
 //! | `d/file`, `d/hard`, `other/hard` | a file (uid/gid 1000, 0640), a hard link beside it and one across directories |
 //! | `empty`, `data.bin` | an empty file, 300 KiB of pseudo-random bytes |
 //! | `links/*` | relative, absolute and dangling symlinks; one whose target is 150 bytes |
@@ -431,6 +432,11 @@ pub fn stage(root: &Path, source: Source) -> Result<()> {
         write(&p("times/future"), b"2250\n", 0o644)?;
     }
     write(&p("times/nanos"), b"nanoseconds\n", 0o644)?;
+    // The root as a writer archives it (`./`): containerd ignores that entry.
+    set_xattr(root, "user.root", b"ignored")?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o750))
+        .map_err(io_context(format!("chmod {}", root.display())))?;
+    lchown(root, Some(1000), Some(1000)).map_err(io_context("chown the root"))?;
     // Times last, deepest first, so creating children does not move a directory's mtime.
     let mut paths = Vec::new();
     collect(root, &mut paths)?;

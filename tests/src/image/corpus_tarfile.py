@@ -4,7 +4,8 @@ Usage: python3 corpus_tarfile.py FORMAT SOURCE OUT CASE
   FORMAT  pax | gnu
   SOURCE  the staged corpus directory, archived as "." (tarfile.add, recursive)
   CASE    full:         SOURCE, then PAX xattrs on one more file (pax only), then a hard
-                        link to a file that a later entry replaces
+                        link to a file that a later entry replaces, and a whiteout owned
+                        by uid 1000
           missing-link: SOURCE, then a hard link to a path no entry has
           non-utf8:     SOURCE, then a file, a directory with a file, a symlink and a hard
                         link whose names (and link targets) are not UTF-8
@@ -49,6 +50,12 @@ def main():
             link.mode = 0o644
             tar.addfile(link)
             tar.addfile(*regular("later/target", b"second version, written after the link\n"))
+            # A whiteout owned by a user: containerd chowns the overlay device so. (In a
+            # directory the base layer has too: in a directory of one layer only, an
+            # overlay mount lists a whiteout that it then cannot stat.)
+            whiteout, data = regular("gone/.wh.never-there", b"")
+            whiteout.uid, whiteout.gid = 1000, 1000
+            tar.addfile(whiteout, data)
         elif case == "missing-link":
             link = tarfile.TarInfo("missing/link")
             link.type = tarfile.LNKTYPE
