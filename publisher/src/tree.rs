@@ -163,13 +163,7 @@ pub fn file_entry_without_content(
 
 /// A symlink row (mode `0o120777`, size = target length, docs/format.md §6.7).
 pub fn symlink_entry(name: &str, target: &str, uid: u32, gid: u32, mtime: i64) -> Entry {
-    let mut e = blank_entry(name, EntryKind::Symlink, S_IFLNK | 0o777);
-    e.size = catalog::names::to_bytes(target).len() as u64;
-    e.symlink = target.to_string();
-    e.uid = uid;
-    e.gid = gid;
-    e.mtime = mtime;
-    e
+    Entry::symlink(name, target, uid, gid, mtime)
 }
 
 /// A special file row: `kind` is a device, FIFO or socket; `rdev` the glibc device number.

@@ -58,7 +58,7 @@ fn podman_runs_published_images_from_the_store_in_the_mount() {
                 &work.log("publisher-init"),
             )?)
         })?;
-        let layout = format!("oci:{}:{}", test_image.layout.display(), test_image.tag);
+        let layout = test_image.oci_reference();
         for name in NAMES {
             steps.run(&format!("strata-publisher ingest --name {name}"), || {
                 repo.ingest(&["--name", name, &layout], &work.log("publisher-ingest"))

@@ -39,6 +39,7 @@ use tests::fstree::{self, Kind, Rules, Tree};
 use tests::fswalk;
 use tests::image::corpus::{self, Verdict, WRITERS, Writer};
 use tests::image::{self, read_layout};
+use tests::measure::du_bytes;
 use tests::mounts::unmount;
 use tests::node::{Source as NodeSource, StrataNode};
 use tests::process::run_checked;
@@ -389,23 +390,6 @@ fn expect_refusal(
     Ok(message)
 }
 
-/// Bytes of every file under `dir` (not following symlinks).
-fn tree_bytes(dir: &Path) -> Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("list {}", dir.display()))?;
-        let meta = entry
-            .metadata()
-            .with_context(|| format!("stat {}", entry.path().display()))?;
-        total += if meta.is_dir() {
-            tree_bytes(&entry.path())?
-        } else {
-            meta.len()
-        };
-    }
-    Ok(total)
-}
-
 /// A PAX 1.0 sparse file of 64 MiB apparent size with three 4 KiB data extents (GNU tar
 /// `--format=posix --sparse`), in a layer on top of the Debian test image: ingesting it
 /// grows the repository by less than 1 MiB, and it reads back byte-identical through the
@@ -442,11 +426,11 @@ fn a_64_mib_sparse_file_costs_under_1_mib_and_reads_back_under_containerd() {
         steps.run("ingest the base image", || {
             repo.ingest(&[&format!("docker://{base}")], &work.log("ingest"))
         })?;
-        let before = tree_bytes(&srv)?;
+        let before = du_bytes(&srv)?;
         steps.run("ingest the image with the sparse layer", || {
             repo.ingest(&[&format!("docker://{sparse}")], &work.log("ingest"))
         })?;
-        let growth = tree_bytes(&srv)?.saturating_sub(before);
+        let growth = du_bytes(&srv)?.saturating_sub(before);
         println!("    the repository grew by {growth} bytes for the sparse layer");
         ensure!(
             growth < 1 << 20,

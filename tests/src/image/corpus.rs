@@ -389,21 +389,7 @@ pub fn stage(root: &Path, source: Source) -> Result<()> {
         0,
     )
     .map_err(|e| Error::Invalid(format!("mknod dev/fifo: {e}")))?;
-    write(&p("sparse/holes"), b"", 0o644)?;
-    {
-        let path = p("sparse/holes");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io_context(format!("open {}", path.display())))?;
-        file.set_len(SPARSE_SIZE)
-            .map_err(io_context("truncate sparse/holes"))?;
-        for (i, (offset, len)) in SPARSE_EXTENTS.iter().enumerate() {
-            let data = pseudo_random(*len as usize, 0x5EED + i as u64);
-            file.write_all_at(&data, *offset)
-                .map_err(io_context("write sparse/holes"))?;
-        }
-    }
+    write_sparse(&p("sparse/holes"), SPARSE_SIZE, &SPARSE_EXTENTS, 0x5EED)?;
     write(&p("opq/new"), b"the opaque directory's own file\n", 0o644)?;
     write(&p("base-only"), b"replaced by the writer's layer\n", 0o644)?;
     if source != Source::Deletions {
@@ -489,6 +475,23 @@ fn write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .map_err(io_context(format!("chmod {}", path.display())))
 }
 
+/// Writes `path` (mode 0644) as a file of `size` bytes with holes: pseudo-random data
+/// (seed `seed + i`) in each extent `i` (offset, length), nothing elsewhere.
+fn write_sparse(path: &Path, size: u64, extents: &[(u64, u64)], seed: u64) -> Result<()> {
+    write(path, b"", 0o644)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_context(format!("open {}", path.display())))?;
+    file.set_len(size)
+        .map_err(io_context(format!("truncate {}", path.display())))?;
+    for (i, (offset, len)) in extents.iter().enumerate() {
+        file.write_all_at(&pseudo_random(*len as usize, seed + i as u64), *offset)
+            .map_err(io_context(format!("write {}", path.display())))?;
+    }
+    Ok(())
+}
+
 fn link(target: &Path, path: &Path) -> Result<()> {
     std::fs::hard_link(target, path).map_err(io_context(format!("link {}", path.display())))
 }
@@ -519,26 +522,12 @@ pub fn sparse_image(dir: &Path, base: &str) -> Result<(PathBuf, String)> {
     let file = stage_dir.join(LARGE_SPARSE_PATH);
     let parent = file.parent().unwrap_or(&stage_dir).to_owned();
     mkdir(&parent, 0o755)?;
-    write(&file, b"", 0o644)?;
     let extents = [
         (0, 4096),
         (LARGE_SPARSE_SIZE / 2, 4096),
         (LARGE_SPARSE_SIZE - 4096, 4096),
     ];
-    {
-        let handle = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&file)
-            .map_err(io_context(format!("open {}", file.display())))?;
-        handle
-            .set_len(LARGE_SPARSE_SIZE)
-            .map_err(io_context(format!("truncate {}", file.display())))?;
-        for (i, (offset, len)) in extents.iter().enumerate() {
-            handle
-                .write_all_at(&pseudo_random(*len, 0x64_0000 + i as u64), *offset)
-                .map_err(io_context(format!("write {}", file.display())))?;
-        }
-    }
+    write_sparse(&file, LARGE_SPARSE_SIZE, &extents, 0x64_0000)?;
     let sha256 = crate::fswalk::file_sha256(&file)?;
     let tar = dir.join("sparse-layer.tar");
     run_checked(
