@@ -1,8 +1,6 @@
 //! Generates the containerd gRPC server and client code from the vendored protos in
-//! `proto/` (containerd API, Apache-2.0), and a CRI v1 client for the tests. `protox`
-//! parses them in-process, so no `protoc` is needed (Debian's is often older than the protos
-//! expect). The
-//! generated modules are nested as the proto packages (`containerd::types`,
+//! `proto/` (containerd API, Apache-2.0). `protox` parses them in-process, so no `protoc` is
+//! needed (Debian's is often older than the protos expect). The generated modules are nested as the proto packages (`containerd::types`,
 //! `containerd::services::snapshots::v1`, ...) through `include_file`, so cross-package
 //! paths such as `super::super::super::types::Mount` resolve as generated.
 
@@ -28,16 +26,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .include_file("containerd_api.rs")
         .compile_fds(fds)?;
 
-    // The CRI v1 API (k8s.io/cri-api, vendored): client only, for the integration tests'
-    // small CRI client (`snapshotter/tests/containerd/stack/cri.rs` includes `cri_api.rs`); nothing
-    // in the library or the binary includes it, so they do not grow.
-    const CRI: &str = "proto/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto";
-    println!("cargo:rerun-if-changed={CRI}");
-    let fds = protox::compile([CRI], ["proto"])?;
-    tonic_prost_build::configure()
-        .build_server(false)
-        .build_client(true)
-        .include_file("cri_api.rs")
-        .compile_fds(fds)?;
     Ok(())
 }

@@ -1369,7 +1369,7 @@ fn cri_pull_is_remote_and_user_setuid_caps_and_runtimes_match_overlayfs() {
 
     // The kubelet's pull: every layer remote, no layer blob fetched.
     let mark = stack.registry_mark();
-    let image_ref = stack::cri::pull_image(&env.address, &reference).unwrap_or_else(|e| {
+    let image_ref = tests::cri::pull_image(&env.address, &reference).unwrap_or_else(|e| {
         panic!(
             "{e}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
             env.snapshotter.log(),
@@ -1377,7 +1377,7 @@ fn cri_pull_is_remote_and_user_setuid_caps_and_runtimes_match_overlayfs() {
         )
     });
     assert_eq!(image_ref, image.config_digest);
-    let status = stack::cri::image_status(&env.address, &reference)
+    let status = tests::cri::image_status(&env.address, &reference)
         .expect("ImageStatus")
         .expect("image known after the pull");
     assert_eq!(status.id, image.config_digest);

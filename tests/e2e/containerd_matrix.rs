@@ -3,7 +3,11 @@
 //! section included: containerd must start with it): Debian 12's 1.6, and 1.7 and 2.x from
 //! `scripts/install-runtimes`. Publish → mount → `strata-snapshotter pull` (lazy) → `ctr run`
 //! of the Python workload, whiteouts and the opaque directory inside the container,
-//! committed snapshots, no layer blob in the content store.
+//! committed snapshots, no layer blob in the content store; and the CRI path: the kubelet's
+//! `PullImage` through the snippet's CRI settings makes every layer a remote snapshot, and
+//! the workload runs from the CRI-pulled image — on 2.x both ways CRI pulls: the local pull
+//! the snippet's `disable_snapshot_annotations = false` selects, and the Transfer Service
+//! its documented alternative selects.
 
 use anyhow::{Result, ensure};
 use tests::runtimes::containerd_release;
@@ -15,25 +19,57 @@ use super::in_workdir;
 
 #[test]
 fn main_job_containerd_1_6_deploy_snippet() {
-    in_workdir("containerd-1.6", |work| main_job(work, "1.6", "1.6."));
+    in_workdir("containerd-1.6", |work| {
+        main_job(work, "1.6", "1.6.", CriPull::Local)
+    });
 }
 
 #[test]
 fn main_job_containerd_1_7_deploy_snippet() {
-    in_workdir("containerd-1.7", |work| main_job(work, "1.7", "1.7."));
+    in_workdir("containerd-1.7", |work| {
+        main_job(work, "1.7", "1.7.", CriPull::Local)
+    });
 }
 
 #[test]
 fn main_job_containerd_2_x_deploy_snippet() {
-    in_workdir("containerd-2.x", |work| main_job(work, "2.x", "2."));
+    in_workdir("containerd-2.x", |work| {
+        main_job(work, "2.x", "2.", CriPull::LocalFallback)
+    });
 }
 
+/// The 2.x snippet's documented alternative: without `disable_snapshot_annotations`, CRI
+/// pulls go through the Transfer Service (containerd ≥ 2.1) and its `unpack_config`.
+#[test]
+fn main_job_containerd_2_x_transfer_service_cri_pull() {
+    in_workdir("containerd-2.x-transfer", |work| {
+        main_job(work, "2.x", "2.", CriPull::TransferService)
+    });
+}
+
+/// Which way containerd's CRI plugin pulls, as its log shows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CriPull {
+    /// 1.6 and 1.7: CRI has only the local (client) pull.
+    Local,
+    /// 2.1+: the snippet's `disable_snapshot_annotations = false` makes CRI say it falls
+    /// back from the Transfer Service to the local pull.
+    LocalFallback,
+    /// 2.1+ without that setting: the Transfer Service pulls, with no fallback logged.
+    TransferService,
+}
+
+/// What containerd ≥ 2.1 logs when a CRI setting makes it pull without the Transfer Service.
+const LOCAL_PULL_FALLBACK: &str = "Falling back to local image pull mode";
+
 /// The main job with containerd `release`, whose server must report a version starting
-/// with `version_prefix`.
-fn main_job(work: &WorkDir, release: &str, version_prefix: &str) -> Result<()> {
+/// with `version_prefix`, and whose CRI plugin pulls the way `cri_pull` says.
+fn main_job(work: &WorkDir, release: &str, version_prefix: &str, cri_pull: CriPull) -> Result<()> {
     let mut steps = Steps::new();
     let release = steps.run(&format!("containerd {release} installed"), || {
-        containerd_release(release)
+        let mut release = containerd_release(release)?;
+        release.transfer_service_cri = cri_pull == CriPull::TransferService;
+        Ok::<_, tests::error::Error>(release)
     })?;
     let published = Published::up(work, &mut steps)?;
     let stack = Stack::attach_with(published, work, &mut steps, Some(&release))?;
@@ -67,6 +103,18 @@ fn main_job(work: &WorkDir, release: &str, version_prefix: &str) -> Result<()> {
             stack.check_no_layer_content()
         },
     )?;
+    let out = steps.run(
+        "CRI PullImage (the kubelet's pull, k8s.io): layers remote, no blob fetched; ctr run",
+        || stack.check_cri_pull(),
+    )?;
+    print!("    workload in the CRI-pulled image printed {out}");
+    let log = stack.containerd.log_text()?;
+    let fell_back = log.contains(LOCAL_PULL_FALLBACK);
+    ensure!(
+        fell_back == (cri_pull == CriPull::LocalFallback),
+        "CRI pull path {cri_pull:?}, but containerd's log {} {LOCAL_PULL_FALLBACK:?}",
+        if fell_back { "says" } else { "does not say" }
+    );
     println!("steps:\n{}", steps.summary());
     Ok(())
 }

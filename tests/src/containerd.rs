@@ -38,6 +38,11 @@ pub struct Release {
     /// Where `containerd`, `ctr` and `containerd-shim-runc-v2` are; `None`: the system's
     /// (`PATH`).
     pub bin_dir: Option<PathBuf>,
+    /// Configure the snippet's documented alternative for containerd ≥ 2.1's Transfer
+    /// Service: its `disable_snapshot_annotations` line is left out (that setting makes
+    /// CRI fall back to the local pull), so CRI pulls go through the Transfer Service and
+    /// its `unpack_config`.
+    pub transfer_service_cri: bool,
 }
 
 impl Release {
@@ -54,6 +59,29 @@ impl Release {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../deploy/containerd")
             .join(format!("config-{}.toml", self.name))
+    }
+
+    /// The snippet as configured: as documented, or with its `disable_snapshot_annotations`
+    /// setting left out ([`Release::transfer_service_cri`]; an error if it has none).
+    pub fn snippet(&self) -> Result<String> {
+        let path = self.snippet_path();
+        let text = std::fs::read_to_string(&path)
+            .map_err(io_context(format!("read {}", path.display())))?;
+        if !self.transfer_service_cri {
+            return Ok(text);
+        }
+        let setting = |l: &str| l.trim_start().starts_with("disable_snapshot_annotations");
+        if !text.lines().any(setting) {
+            return Err(crate::error::Error::Invalid(format!(
+                "{}: no disable_snapshot_annotations line to leave out for the Transfer Service",
+                path.display()
+            )));
+        }
+        Ok(text
+            .lines()
+            .filter(|l| !setting(l))
+            .map(|l| format!("{l}\n"))
+            .collect())
     }
 }
 
@@ -73,6 +101,7 @@ impl Containerd {
         let system = Release {
             name: "1.6".into(),
             bin_dir: None,
+            transfer_service_cri: false,
         };
         Containerd::start_with_config(dir, log, ctr_log, &system, &config)
     }
@@ -80,19 +109,29 @@ impl Containerd {
     /// As [`Containerd::start`], for `release` and configured with its deploy snippet
     /// ([`Release::snippet_path`]): the snippet's proxy socket and containerd root become
     /// the test's, and the private root, state and sockets are added. The CRI plugin runs
-    /// with the snippet's settings (it must accept them; no pod is started).
+    /// with the snippet's settings (it must accept them; no pod is started); its image
+    /// pulls reach the test registry `registry` (`host:port`) over plain HTTP through a
+    /// `hosts.toml` in `dir/certs.d` (the registry `config_path`, as a site configures a
+    /// mirror).
     pub fn start_release(
         dir: &Path,
         log: &Path,
         ctr_log: &Path,
         snapshotter_socket: &Path,
         release: &Release,
+        registry: &str,
     ) -> Result<Containerd> {
-        let path = release.snippet_path();
-        let snippet = std::fs::read_to_string(&path)
-            .map_err(io_context(format!("read {}", path.display())))?;
+        let snippet = release.snippet()?;
         let socket = dir.join("containerd.sock");
-        let config = release_config_toml(dir, &socket, snapshotter_socket, &snippet);
+        let hosts_dir = dir.join("certs.d");
+        let host_dir = hosts_dir.join(registry);
+        std::fs::create_dir_all(&host_dir)
+            .map_err(io_context(format!("create {}", host_dir.display())))?;
+        let hosts_toml = host_dir.join("hosts.toml");
+        std::fs::write(&hosts_toml, plain_http_hosts_toml(registry))
+            .map_err(io_context(format!("write {}", hosts_toml.display())))?;
+        let mut config = release_config_toml(dir, &socket, snapshotter_socket, &snippet);
+        config.push_str(&cri_registry_toml(&snippet, &hosts_dir));
         Containerd::start_with_config(dir, log, ctr_log, release, &config)
     }
 
@@ -143,6 +182,12 @@ impl Containerd {
         })
     }
 
+    /// containerd's own log (stdout and stderr) so far.
+    pub fn log_text(&self) -> Result<String> {
+        let log = self.service.log();
+        std::fs::read_to_string(log).map_err(io_context(format!("read {}", log.display())))
+    }
+
     /// The gRPC socket (`ctr --address`, `strata-snapshotter pull --address`).
     pub fn socket(&self) -> &Path {
         &self.socket
@@ -156,6 +201,18 @@ impl Containerd {
             .arg(&self.socket)
             .args(["-n", NAMESPACE]);
         command
+    }
+
+    /// Runs `ctr -n namespace … args` (another namespace than [`NAMESPACE`], e.g. the CRI
+    /// plugin's `k8s.io`); error with the log tail if it fails.
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Result<Output> {
+        let mut command = Command::new(&self.ctr);
+        command
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["-n", namespace])
+            .args(args);
+        run_checked(&mut command, &self.log, CTR_TIMEOUT)
     }
 
     /// Runs `ctr … args`; its output whatever the exit status (also logged).
@@ -299,6 +356,24 @@ fn release_config_toml(
     )
 }
 
+/// containerd's `hosts.toml` for a registry served over plain HTTP at `host` (`host:port`).
+fn plain_http_hosts_toml(host: &str) -> String {
+    format!(
+        "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+    )
+}
+
+/// The CRI plugin's registry `config_path` table for a deploy snippet: the images plugin's
+/// in config version 3 (containerd 2.x), the CRI plugin's in version 2 (1.6, 1.7).
+fn cri_registry_toml(snippet: &str, hosts_dir: &Path) -> String {
+    let table = if snippet.lines().any(|l| l.trim() == "version = 3") {
+        "plugins.'io.containerd.cri.v1.images'.registry"
+    } else {
+        "plugins.\"io.containerd.grpc.v1.cri\".registry"
+    };
+    format!("\n[{table}]\n  config_path = \"{}\"\n", hosts_dir.display())
+}
+
 fn parse_snapshots(text: &str) -> Vec<(String, String)> {
     text.lines()
         .skip(1)
@@ -367,6 +442,48 @@ mod tests {
                 ("sha256:bb".into(), "Committed".into()),
                 ("c1".into(), "Active".into()),
             ]
+        );
+    }
+
+    #[test]
+    fn the_transfer_service_variant_leaves_out_only_disable_snapshot_annotations() {
+        let mut release = Release {
+            name: "2.x".into(),
+            bin_dir: None,
+            transfer_service_cri: false,
+        };
+        let documented = release.snippet().expect("2.x snippet");
+        assert!(documented.contains("disable_snapshot_annotations = false"));
+        release.transfer_service_cri = true;
+        let transfer = release.snippet().expect("2.x snippet, Transfer Service");
+        assert!(
+            !transfer.contains("disable_snapshot_annotations"),
+            "{transfer}"
+        );
+        assert!(transfer.contains("unpack_config"), "{transfer}");
+        assert_eq!(
+            documented.lines().count(),
+            transfer.lines().count() + 1,
+            "one line left out"
+        );
+        release.name = "nonexistent".into();
+        assert!(release.snippet().is_err());
+    }
+
+    #[test]
+    fn the_cri_registry_table_follows_the_config_version() {
+        let hosts = Path::new("/w/certs.d");
+        assert_eq!(
+            cri_registry_toml("version = 3\n", hosts),
+            "\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = \"/w/certs.d\"\n"
+        );
+        assert!(
+            cri_registry_toml("version = 2\n", hosts)
+                .contains("[plugins.\"io.containerd.grpc.v1.cri\".registry]")
+        );
+        assert_eq!(
+            plain_http_hosts_toml("127.0.0.1:5000"),
+            "server = \"http://127.0.0.1:5000\"\n\n[host.\"http://127.0.0.1:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
         );
     }
 }

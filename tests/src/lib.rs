@@ -6,6 +6,7 @@
 //! * [`process`]: services killed on drop, commands with timeouts, logs kept in files;
 //! * [`workdir`]: the per-test directory (logs, sockets, mounts), torn down on drop;
 //! * [`registry`], [`containerd`], [`strata`]: one type per running component;
+//! * [`cri`]: the kubelet's image calls (CRI `PullImage`, `ImageStatus`);
 //! * [`image`]: the cached three-layer test image (debootstrap, apt, whiteouts);
 //! * [`scenario`]: the main job (publish, mount, pull, run), shared by the e2e test and `strata-demo`;
 //! * [`relay`]: a TCP relay that adds latency (benches at a distance);
@@ -20,6 +21,7 @@
 pub mod binaries;
 pub mod catalog_tree;
 pub mod containerd;
+pub mod cri;
 pub mod error;
 pub mod fixtures;
 pub mod fstree;

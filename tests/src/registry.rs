@@ -105,6 +105,20 @@ impl Registry {
             .count())
     }
 
+    /// How many `GET /v2/<repository>/blobs/<digest>` requests were logged for the blobs
+    /// `digests` (e.g. an image's layers).
+    pub fn blob_gets_of(&self, repository: &str, digests: &[&str]) -> Result<usize> {
+        let wanted: Vec<String> = digests
+            .iter()
+            .map(|d| format!("/v2/{repository}/blobs/{d}"))
+            .collect();
+        Ok(self
+            .access_log()?
+            .iter()
+            .filter(|l| l.method == "GET" && wanted.contains(&l.path))
+            .count())
+    }
+
     /// Stops the registry now (also done on drop).
     pub fn stop(&mut self) {
         self.service.stop(Duration::from_secs(5));

@@ -168,6 +168,7 @@ pub fn containerd_release(name: &str) -> Result<Release> {
         return Ok(Release {
             name: name.to_owned(),
             bin_dir: None,
+            transfer_service_cri: false,
         });
     }
     let dir = CONTAINERD_RELEASES
@@ -180,5 +181,6 @@ pub fn containerd_release(name: &str) -> Result<Release> {
     Ok(Release {
         name: name.to_owned(),
         bin_dir: Some(installed(dir)?.join("usr/bin")),
+        transfer_service_cri: false,
     })
 }

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::binaries::{check_prerequisites, target_dir};
 use crate::containerd::{Containerd, NAMESPACE, Release, SNAPSHOTTER_NAME};
+use crate::cri;
 use crate::error::{Error, Result};
 use crate::image::{self, TestImage};
 use crate::process::run_checked;
@@ -177,9 +178,14 @@ impl Stack {
             let (log, ctr_log) = (work.log("containerd"), work.log("ctr"));
             match release {
                 None => Containerd::start(&dir, &log, &ctr_log, &snapshotter_socket),
-                Some(release) => {
-                    Containerd::start_release(&dir, &log, &ctr_log, &snapshotter_socket, release)
-                }
+                Some(release) => Containerd::start_release(
+                    &dir,
+                    &log,
+                    &ctr_log,
+                    &snapshotter_socket,
+                    release,
+                    &published.registry.host(),
+                ),
             }
         })?;
         let snapshotter = steps.run(
@@ -303,6 +309,97 @@ impl Stack {
             )));
         }
         Ok(listed)
+    }
+
+    /// The kubelet's path: a CRI `PullImage` of the published image (into containerd's
+    /// `k8s.io` namespace, with the deploy snippet's CRI settings) answers the config
+    /// digest and makes every layer a remote snapshot of the Strata snapshotter (label
+    /// `containerd.io/snapshot/remote`) with no layer blob fetched from the registry or
+    /// kept in the content store; `ImageStatus` knows the tag; the workload then runs from
+    /// the CRI-pulled image. Returns the workload's output.
+    pub fn check_cri_pull(&self) -> Result<String> {
+        let published = &self.published;
+        let facts = &published.image.facts;
+        let layers: Vec<&str> = facts.layers.iter().map(|l| l.digest.as_str()).collect();
+        let gets_before = published.registry.blob_gets_of(PUSHED_NAME.0, &layers)?;
+        let reference = &published.reference;
+        let socket = self.containerd.socket();
+        let image_ref = cri::pull_image(socket, reference)?;
+        if image_ref != facts.config_digest {
+            return Err(Error::Invalid(format!(
+                "CRI PullImage {reference} answered {image_ref}, expected the config digest {}",
+                facts.config_digest
+            )));
+        }
+        let status = cri::image_status(socket, reference)?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "CRI ImageStatus: {reference} unknown after PullImage"
+            ))
+        })?;
+        if status.id != facts.config_digest || !status.repo_tags.contains(reference) {
+            return Err(Error::Invalid(format!(
+                "CRI ImageStatus {reference}: {status:?}"
+            )));
+        }
+        for chain in facts.chain_ids() {
+            let info = self.containerd.ctr_in(
+                cri::CRI_NAMESPACE,
+                &[
+                    "snapshots",
+                    "--snapshotter",
+                    SNAPSHOTTER_NAME,
+                    "info",
+                    &chain,
+                ],
+            )?;
+            let info = String::from_utf8_lossy(&info.stdout);
+            if !info.contains("containerd.io/snapshot/remote") {
+                return Err(Error::Invalid(format!(
+                    "the CRI pull made layer {chain} without the remote label (it was unpacked, not lazy):\n{info}"
+                )));
+            }
+        }
+        let fetched = published.registry.blob_gets_of(PUSHED_NAME.0, &layers)? - gets_before;
+        if fetched != 0 {
+            return Err(Error::Invalid(format!(
+                "the CRI pull fetched {fetched} layer blobs from the registry"
+            )));
+        }
+        let content = self
+            .containerd
+            .ctr_in(cri::CRI_NAMESPACE, &["content", "ls", "-q"])?;
+        let content = String::from_utf8_lossy(&content.stdout);
+        let kept: Vec<&&str> = layers
+            .iter()
+            .filter(|d| content.lines().any(|line| line.trim() == **d))
+            .collect();
+        if !kept.is_empty() {
+            return Err(Error::Invalid(format!(
+                "after the CRI pull the k8s.io content store holds layer blobs {kept:?}"
+            )));
+        }
+        let output = self.containerd.ctr_in(
+            cri::CRI_NAMESPACE,
+            &[
+                "run",
+                "--snapshotter",
+                SNAPSHOTTER_NAME,
+                "--rm",
+                reference,
+                "strata-cri-workload",
+                "python3",
+                "-c",
+                WORKLOAD,
+            ],
+        )?;
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        let expected = expected_workload_output();
+        if out != expected {
+            return Err(Error::Invalid(format!(
+                "workload in the CRI-pulled image printed {out:?}, expected {expected:?}"
+            )));
+        }
+        Ok(out)
     }
 
     /// containerd's content store holds the manifest and config but no layer blob: the pull

@@ -7,8 +7,6 @@
 //! `strata-publisher` must be built (`cargo build -p publisher`; CI builds the workspace
 //! first): it is looked up beside this package's binary.
 
-pub mod cri;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
