@@ -47,11 +47,27 @@ pub struct Release {
 
 impl Release {
     /// `path` of a program of this release: in [`Release::bin_dir`], or looked up on `PATH`.
-    fn program(&self, name: &str) -> PathBuf {
+    pub fn program(&self, name: &str) -> PathBuf {
         match &self.bin_dir {
             Some(dir) => dir.join(name),
             None => PathBuf::from(name),
         }
+    }
+
+    /// `containerd` of this release, with its directory first on `PATH` (for its shim).
+    pub fn containerd_command(&self) -> Result<Command> {
+        let mut command = Command::new(self.program("containerd"));
+        if let Some(bin) = &self.bin_dir {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let joined = std::env::join_paths(
+                std::iter::once(bin.clone()).chain(std::env::split_paths(&path)),
+            )
+            .map_err(|e| {
+                crate::error::Error::Invalid(format!("PATH with {}: {e}", bin.display()))
+            })?;
+            command.env("PATH", joined);
+        }
+        Ok(command)
     }
 
     /// The deploy snippet, `deploy/containerd/config-<name>.toml` of this repository.
@@ -148,18 +164,8 @@ impl Containerd {
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config)
             .map_err(io_context(format!("write {}", config_path.display())))?;
-        let mut command = Command::new(release.program("containerd"));
+        let mut command = release.containerd_command()?;
         command.arg("--config").arg(&config_path);
-        if let Some(bin) = &release.bin_dir {
-            let path = std::env::var_os("PATH").unwrap_or_default();
-            let joined = std::env::join_paths(
-                std::iter::once(bin.clone()).chain(std::env::split_paths(&path)),
-            )
-            .map_err(|e| {
-                crate::error::Error::Invalid(format!("PATH with {}: {e}", bin.display()))
-            })?;
-            command.env("PATH", joined);
-        }
         let mut service = Service::spawn("containerd", command, log)?;
         let ctr_program = release.program("ctr");
         let probe_socket = socket.clone();

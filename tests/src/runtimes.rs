@@ -159,6 +159,19 @@ impl SidSandbox {
 pub const CONTAINERD_RELEASES: &[(&str, &str)] =
     &[("1.7", "containerd-1.7"), ("2.x", "containerd-2")];
 
+/// The variable naming the containerd release the snapshotter's containerd tests run
+/// against (`1.6`, `1.7`, `2.x`; unset: `1.6`, Debian 12's); `scripts/test` runs them once
+/// per release.
+pub const CONTAINERD_RELEASE_VAR: &str = "STRATA_CONTAINERD_RELEASE";
+
+/// The release [`CONTAINERD_RELEASE_VAR`] names, installed.
+///
+/// Errors: as [`containerd_release`].
+pub fn containerd_release_from_env() -> Result<Release> {
+    let name = std::env::var(CONTAINERD_RELEASE_VAR).unwrap_or_else(|_| "1.6".to_owned());
+    containerd_release(&name)
+}
+
 /// The containerd release `name`: `1.6` is Debian 12's (on `PATH`), `1.7` and `2.x` are
 /// `<runtimes>/containerd-…/usr/bin` (`containerd`, `ctr`, `containerd-shim-runc-v2`).
 ///
