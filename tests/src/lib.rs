@@ -11,6 +11,7 @@
 //! * [`relay`]: a TCP relay that adds latency (benches at a distance);
 //! * [`measure`]: what the benches measure (wall time, peak RSS, load, the machine);
 //! * [`stock`]: a stock `cvmfs2` mount beside Strata's (benches);
+//! * [`wait`]: the one poll loop (a condition, a timeout naming what was awaited);
 //! * [`runtimes`]: containerd 1.7/2.x and the sid root with Apptainer and podman
 //!   (`scripts/install-runtimes`).
 //!
@@ -38,6 +39,7 @@ pub mod steps;
 pub mod stock;
 pub mod strata;
 pub mod tar_tree;
+pub mod wait;
 pub mod workdir;
 
 pub use error::{Error, Result};
