@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tests::fixtures::{STOCK_FQRN, stock_repo};
 use tests::mounts::is_fuse_mounted;
 use tests::net::free_addr;
+use tests::wait::{poll, wait_until};
 
 use crate::support::*;
 
@@ -663,15 +664,13 @@ fn a_new_revision_appears_while_open_files_keep_their_revision() {
     let published = repo.srv.join(".cvmfspublished");
     let hidden = repo.srv.join("published.away");
     std::fs::rename(&published, &hidden).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !m.log_text().contains("revision check failed") {
-        assert!(
-            Instant::now() < deadline,
-            "no failed check:\n{}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        "a failed revision check in the log",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || m.log_text().contains("revision check failed"),
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{}", m.log_text()));
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
     std::fs::rename(&hidden, &published).unwrap();
 
@@ -684,15 +683,13 @@ fn a_new_revision_appears_while_open_files_keep_their_revision() {
         ("/new".into(), b"new file\n".to_vec()),
     ];
     repo.publish(&rev2, 2, 240);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !mnt.join("new").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "revision 2 never appeared:\n{}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        "revision 2",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || mnt.join("new").exists(),
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{}", m.log_text()));
     assert_eq!(std::fs::read(mnt.join("new")).unwrap(), b"new file\n");
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"two!\n");
     assert_eq!(names(&mnt), vec!["a", "d", "keep", "new"]);
@@ -808,15 +805,13 @@ fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
     let f = std::fs::File::open(mnt.join("big")).unwrap();
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, (3 * CHUNK) as u64).unwrap();
     assert_eq!(buf, body[3 * CHUNK..3 * CHUNK + 4096]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while (0..8).any(|i| fetched(i) == 0) {
-        assert!(
-            Instant::now() < deadline,
-            "the chunks were not read ahead: {:?}",
-            (0..8).map(fetched).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "the chunks to be read ahead",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || (0..8).all(|i| fetched(i) != 0),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", (0..8).map(fetched).collect::<Vec<_>>()));
     std::thread::sleep(Duration::from_millis(300));
     drop(f);
     assert!(std::fs::read(mnt.join("big")).unwrap() == body);
@@ -855,15 +850,13 @@ fn read_ahead_fetches_a_directory_s_small_files_once_and_they_are_then_read_from
     let requested = |object: &str| server.requests_for(object);
     assert_eq!(std::fs::read(mnt.join("lib/f00")).unwrap(), files[0].1);
     // The rest of the directory's small files arrive in the background.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while (1..10).any(|i| requested(&objects[i]) == 0) {
-        assert!(
-            Instant::now() < deadline,
-            "read-ahead did not fetch the directory: {:?}",
-            server.paths.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "read-ahead to fetch the directory",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || (1..10).all(|i| requested(&objects[i]) != 0),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", server.paths.lock().unwrap()));
     assert_eq!(
         requested(&objects[10]),
         0,
@@ -964,11 +957,13 @@ fn concurrent_readers_of_one_object_cause_one_get() {
         })
         .collect();
     // The first reader's download waits on the server; give the others time to ask too.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server.held_requests.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "no reader asked for the object");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "a reader to ask for the object",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || server.held_requests.load(Ordering::SeqCst) != 0,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     std::thread::sleep(Duration::from_millis(500));
     let asked = server.held_requests.load(Ordering::SeqCst);
     server.held.lock().unwrap().clear();
@@ -1009,11 +1004,13 @@ fn a_demand_read_is_not_queued_behind_read_ahead() {
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
     assert_eq!(std::fs::read(mnt.join("slow/s00")).unwrap(), files[0].1);
     // Every read-ahead thread waits on a held download now.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server.held_requests.load(Ordering::SeqCst) < 16 {
-        assert!(Instant::now() < deadline, "read-ahead did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "read-ahead to start",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || server.held_requests.load(Ordering::SeqCst) >= 16,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let fast = mnt.join("fast/x");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -1102,15 +1099,13 @@ fn a_chunked_file_held_open_keeps_its_revision_across_a_switch() {
 
     let new = noise(4 * CHUNK, 22);
     publish_chunked(&new, 2);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read(mnt.join("mark")).unwrap() != b"2\n" {
-        assert!(
-            Instant::now() < deadline,
-            "revision 2 never appeared:\n{}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        "revision 2",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || std::fs::read(mnt.join("mark")).unwrap() == b"2\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{}", m.log_text()));
     // The switch dropped the old inode's page cache: these reads reach the mount.
     let mut rest = vec![0u8; old.len() - CHUNK];
     std::os::unix::fs::FileExt::read_exact_at(&held, &mut rest, CHUNK as u64).unwrap();
@@ -1141,15 +1136,13 @@ fn breadcrumb(cache: &Path) -> String {
 
 /// Waits until the mount's log contains `text`.
 fn wait_for_log(m: &Mounted, text: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    while !m.log_text().contains(text) {
-        assert!(
-            Instant::now() < deadline,
-            "log never said {text:?}:\n{}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        &format!("the log to say {text:?}"),
+        within,
+        Duration::from_millis(100),
+        || m.log_text().contains(text),
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{}", m.log_text()));
 }
 
 #[test]
@@ -1289,11 +1282,13 @@ fn offline_mode_serves_the_cache_and_recovers_when_the_server_returns() {
     );
     let _server = Server::start_at(&[(FQRN, &repo.srv)], &addr);
     wait_for_log(&m, "leaving offline mode", Duration::from_secs(20));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while mnt.join("d").exists() {
-        assert!(Instant::now() < deadline, "no switch:\n{}", m.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        "the switch to revision 2",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || !mnt.join("d").exists(),
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{}", m.log_text()));
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"two\n");
     assert_eq!(std::fs::read(mnt.join("unseen")).unwrap(), b"never read\n");
     assert!(breadcrumb(&cache).ends_with("R2"), "{}", breadcrumb(&cache));
@@ -1530,26 +1525,23 @@ fn a_lookup_that_spans_a_revision_switch_answers_from_the_new_revision() {
     server.held.lock().unwrap().push(old_nested.clone());
     let f = mnt.join("n/f");
     let reader = std::thread::spawn(move || std::fs::read(f));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.held_requests.load(Ordering::SeqCst) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the nested catalog was never requested"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "the nested catalog's request",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || server.held_requests.load(Ordering::SeqCst) != 0,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 
     // Revision 3 changes /n/f and is switched to while that lookup waits.
     publish_nested(&repo, b"two\n", 3);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !mnt.join("rev3").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "revision 3 never appeared:\n{}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        "revision 3",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || mnt.join("rev3").exists(),
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{}", m.log_text()));
     assert!(
         !reader.is_finished(),
         "the lookup did not wait for the held download"
@@ -1588,21 +1580,23 @@ fn wait_for_stats(
     m: &Mounted,
     done: impl Fn(&snapshotter::client::quota::CacheStats) -> bool,
 ) -> snapshotter::client::quota::CacheStats {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = snapshotter::client::quota::CacheIndex::open(cache)
-            .and_then(|i| i.stats())
-            .unwrap();
-        if done(&stats) {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cache counters never got there: {stats:?}\n{}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut last = None;
+    let counted = poll(
+        "the cache counters",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let stats = snapshotter::client::quota::CacheIndex::open(cache)
+                .and_then(|i| i.stats())
+                .unwrap();
+            if done(&stats) {
+                return Ok(Some(stats));
+            }
+            last = Some(stats);
+            Ok(None)
+        },
+    );
+    counted.unwrap_or_else(|e| panic!("{e}: {last:?}\n{}", m.log_text()))
 }
 
 #[test]

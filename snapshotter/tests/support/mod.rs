@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tests::Error;
 use tests::mounts::is_fuse_mounted;
+use tests::wait::poll;
 
 use catalog::{
     CatalogProperties, CatalogWriter, Certificate, ContentHash, Entry, EntryKind, LocalStore,
@@ -201,18 +203,19 @@ impl Mounted {
     /// Waits until a FUSE mount is listed at `path` (the main or the plain mount point);
     /// panics with the log if the process exits first or `within` passes.
     pub fn wait_mounted(&mut self, path: &Path, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !is_fuse_mounted(path).unwrap() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("mount exited with {status}:\n{}", self.log_text());
+        let child = self.child.as_mut().unwrap();
+        let what = format!("a mount at {}", path.display());
+        let mounted = poll(&what, within, Duration::from_millis(50), || {
+            if is_fuse_mounted(path)? {
+                return Ok(Some(()));
             }
-            assert!(
-                Instant::now() < deadline,
-                "no mount at {} in time:\n{}",
-                path.display(),
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+            match child.try_wait().unwrap() {
+                Some(status) => Err(Error::Invalid(format!("mount exited with {status}"))),
+                None => Ok(None),
+            }
+        });
+        if let Err(e) = mounted {
+            panic!("{e}:\n{}", self.log_text());
         }
     }
 
@@ -234,25 +237,26 @@ impl Mounted {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "mount exited with {status}:\n{}",
-                    self.log_text()
-                );
-                break;
-            }
-            if Instant::now() > deadline {
+        let exited = poll(
+            "the mount to exit after SIGTERM",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || Ok(child.try_wait().unwrap()),
+        );
+        match exited {
+            Ok(status) => assert!(
+                status.success(),
+                "mount exited with {status}:\n{}",
+                self.log_text()
+            ),
+            Err(e) => {
                 let _ = child.kill();
                 let _ = Command::new("umount")
                     .arg("-l")
                     .arg(&self.mountpoint)
                     .status();
-                panic!("mount did not exit after SIGTERM:\n{}", self.log_text());
+                panic!("{e}:\n{}", self.log_text());
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
         assert!(
             !is_fuse_mounted(&self.mountpoint).unwrap(),
