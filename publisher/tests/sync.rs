@@ -10,6 +10,8 @@ use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+use tests::wait::wait_until;
+
 use crate::support::{
     BIN, Registry, gzip, noise, noise_layer, ok, require_registry_tools, run, run_ok,
     sha256_digest, verify_ok,
@@ -435,20 +437,26 @@ fn loop_runs_passes_and_rereads_the_recipe() {
         .stderr(std::process::Stdio::null())
         .spawn());
     let passes = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = std::fs::read_to_string(&events).unwrap_or_default();
-            if text
+        let count = || {
+            std::fs::read_to_string(&events)
+                .unwrap_or_default()
                 .lines()
                 .filter(|l| l.contains("\"event\":\"pass\""))
                 .count()
-                >= n
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "no {n} passes: {text}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        };
+        let what = format!("{n} passes");
+        wait_until(
+            &what,
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || count() >= n,
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}",
+                std::fs::read_to_string(&events).unwrap_or_default()
+            )
+        });
     };
     passes(2);
     assert_eq!(public_paths(&repo), set(&[format!("{a}/app:1")]));

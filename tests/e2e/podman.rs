@@ -23,6 +23,7 @@ use tests::runtimes::SidSandbox;
 use tests::scenario::{WORKLOAD, expected_workload_output, image_cache_root};
 use tests::steps::{Steps, format_duration};
 use tests::strata::{FuseMount, MountArgs, Repo, strata_command};
+use tests::wait::wait_until;
 use tests::workdir::WorkDir;
 
 use super::in_workdir;
@@ -319,12 +320,9 @@ fn remove(repo: &Repo, name: &str, work: &WorkDir) -> Result<()> {
 fn wait_until_gone(mountpoint: &Path, name: &str) -> Result<()> {
     let start = Instant::now();
     let path = mountpoint.join(name);
-    while path.symlink_metadata().is_ok() {
-        if start.elapsed() > SWITCH_TIMEOUT {
-            bail!("{} is still there after {SWITCH_TIMEOUT:?}", path.display());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let what = format!("{} to go", path.display());
+    let gone = || path.symlink_metadata().is_err();
+    wait_until(&what, SWITCH_TIMEOUT, Duration::from_millis(200), gone)?;
     println!("    switched after {}", format_duration(start.elapsed()));
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! Reading `/proc/self/mountinfo` and tearing mounts down.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use crate::error::{Result, io_context};
+use crate::error::{Error, Result, io_context};
+use crate::wait::poll;
 
 /// One line of `/proc/self/mountinfo` (proc(5)): mount point and filesystem type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +75,25 @@ pub fn mount_type(path: &Path) -> Result<Option<String>> {
 /// Whether a FUSE filesystem (`fuse` or `fuse.*`) is mounted at `path`.
 pub fn is_fuse_mounted(path: &Path) -> Result<bool> {
     Ok(mount_type(path)?.is_some_and(|t| t == "fuse" || t.starts_with("fuse.")))
+}
+
+/// Waits until a FUSE file system is mounted at `path` by `mount` (a mount process started
+/// as a plain child, not a [`crate::process::Service`]), polling every 50 ms.
+///
+/// Errors: `mount` exits first ([`Error::Invalid`] with its status), `timeout` passes
+/// ([`Error::Timeout`]), or the mount table cannot be read.
+pub fn wait_fuse_mounted(mount: &mut Child, path: &Path, timeout: Duration) -> Result<()> {
+    let what = format!("a FUSE mount at {}", path.display());
+    poll(&what, timeout, Duration::from_millis(50), || {
+        if is_fuse_mounted(path)? {
+            return Ok(Some(()));
+        }
+        match mount.try_wait() {
+            Ok(None) => Ok(None),
+            Ok(Some(status)) => Err(Error::Invalid(format!("the mount exited with {status}"))),
+            Err(e) => Err(io_context("wait for the mount")(e)),
+        }
+    })
 }
 
 /// Mount points at or below `dir`, deepest first (the order to unmount them in).

@@ -139,17 +139,19 @@ impl Service {
     /// Waits for the process to exit on its own, at most `timeout`; returns its status,
     /// or `None` if it is still running.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
-        let start = Instant::now();
         let Some(child) = self.child.as_mut() else {
             return Ok(None);
         };
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return Ok(Some(status)),
-                Ok(None) if start.elapsed() > timeout => return Ok(None),
-                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-                Err(e) => return Err(io_context(format!("wait for {}", self.name))(e)),
-            }
+        let what = format!("{} to exit", self.name);
+        let exited = poll(&what, timeout, Duration::from_millis(100), || {
+            child
+                .try_wait()
+                .map_err(io_context(format!("wait for {}", self.name)))
+        });
+        match exited {
+            Ok(status) => Ok(Some(status)),
+            Err(Error::Timeout { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tests::Error;
-use tests::mounts::is_fuse_mounted;
+use tests::mounts::{is_fuse_mounted, wait_fuse_mounted};
 use tests::wait::poll;
 
 use catalog::{
@@ -203,17 +202,7 @@ impl Mounted {
     /// Waits until a FUSE mount is listed at `path` (the main or the plain mount point);
     /// panics with the log if the process exits first or `within` passes.
     pub fn wait_mounted(&mut self, path: &Path, within: Duration) {
-        let child = self.child.as_mut().unwrap();
-        let what = format!("a mount at {}", path.display());
-        let mounted = poll(&what, within, Duration::from_millis(50), || {
-            if is_fuse_mounted(path)? {
-                return Ok(Some(()));
-            }
-            match child.try_wait().unwrap() {
-                Some(status) => Err(Error::Invalid(format!("mount exited with {status}"))),
-                None => Ok(None),
-            }
-        });
+        let mounted = wait_fuse_mounted(self.child.as_mut().unwrap(), path, within);
         if let Err(e) = mounted {
             panic!("{e}:\n{}", self.log_text());
         }
