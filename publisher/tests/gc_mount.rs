@@ -14,9 +14,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tests::mounts::{is_fuse_mounted, wait_fuse_mounted};
+use tests::random::pseudo_random;
 use tests::strata::{HttpServer, Repo};
 
-use crate::support::{Registry, noise, ok, require_registry_tools, run_ok, verify_ok};
+use crate::support::{Registry, ok, require_registry_tools, run_ok, verify_ok};
 
 const FQRN: &str = "gc.example.org";
 
@@ -170,7 +171,7 @@ fn a_retained_older_revision_mounts_and_reads_after_gc() {
             let data =
                 std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
             assert!(
-                data == noise(1000 + i as u64, SIZE),
+                data == pseudo_random(SIZE, 1000 + i as u64),
                 "{} differs",
                 path.display()
             );
@@ -226,7 +227,7 @@ fn a_retained_older_revision_mounts_and_reads_after_gc() {
         &work.path().join("trunk.log"),
         |m| {
             let path = m.join(&image_a).join("l2/f0");
-            assert!(std::fs::read(path).unwrap() == noise(2000, SIZE));
+            assert!(std::fs::read(path).unwrap() == pseudo_random(SIZE, 2000));
             read_everything(m);
         },
     );

@@ -10,11 +10,12 @@ use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+use tests::random::pseudo_random;
 use tests::wait::wait_until;
 
 use crate::support::{
-    BIN, Registry, gzip, noise, noise_layer, ok, require_registry_tools, run, run_ok,
-    sha256_digest, verify_ok,
+    BIN, Registry, gzip, noise_layer, ok, require_registry_tools, run, run_ok, sha256_digest,
+    verify_ok,
 };
 
 const FQRN: &str = "sync.example.org";
@@ -499,7 +500,7 @@ fn a_corrupt_layer_keeps_the_previous_image_and_spares_the_others() {
         &bad_layer[7..]
     ));
     let len = ok(std::fs::metadata(&blob)).len() as usize;
-    ok(std::fs::write(&blob, noise(99, len)));
+    ok(std::fs::write(&blob, pseudo_random(len, 99)));
     let seen = events_after(&repo, 0).len();
     let out = sync(&repo, &recipe, &[]);
     assert!(!out.status.success());

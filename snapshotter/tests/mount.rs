@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tests::fixtures::{STOCK_FQRN, stock_repo};
 use tests::mounts::is_fuse_mounted;
 use tests::net::free_addr;
+use tests::random::pseudo_random;
 use tests::wait::{poll, wait_until};
 
 use crate::support::*;
@@ -558,7 +559,7 @@ fn a_quota_smaller_than_the_image_holds_while_everything_is_read() {
     let work = tempfile::tempdir().unwrap();
     const OBJECT: usize = 200 * 1024;
     let files: Vec<(String, Vec<u8>)> = (0..16u64)
-        .map(|i| (format!("/d{}/f{i}", i % 3), noise(OBJECT, i + 1)))
+        .map(|i| (format!("/d{}/f{i}", i % 3), pseudo_random(OBJECT, i + 1)))
         .collect();
     let repo = FlatRepo::build(work.path(), &files, 240);
     let server = Server::start(&[(FQRN, &repo.srv)]);
@@ -621,7 +622,7 @@ fn a_quota_smaller_than_the_image_holds_while_everything_is_read() {
 fn a_new_revision_appears_while_open_files_keep_their_revision() {
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();
-    let old_big = noise(1 << 20, 7);
+    let old_big = pseudo_random(1 << 20, 7);
     let rev1: Vec<(String, Vec<u8>)> = vec![
         ("/a".into(), b"one\n".to_vec()),
         ("/keep".into(), b"same\n".to_vec()),
@@ -675,7 +676,7 @@ fn a_new_revision_appears_while_open_files_keep_their_revision() {
     std::fs::rename(&hidden, &published).unwrap();
 
     // Revision 2: /a changes, /d/big changes, /new appears, /keep stays.
-    let new_big = noise(1 << 20, 8);
+    let new_big = pseudo_random(1 << 20, 8);
     let rev2: Vec<(String, Vec<u8>)> = vec![
         ("/a".into(), b"two!\n".to_vec()),
         ("/keep".into(), b"same\n".to_vec()),
@@ -720,7 +721,7 @@ fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
     let store = catalog::LocalStore::open(&srv).unwrap();
     let keys = make_keys(&store, work.path());
     const CHUNK: usize = 1 << 20;
-    let body = noise(8 * CHUNK, 11);
+    let body = pseudo_random(8 * CHUNK, 11);
     let mut chunks = Vec::new();
     for (i, piece) in body.chunks(CHUNK).enumerate() {
         let hash = store.put_raw(piece, catalog::Suffix::Partial).unwrap();
@@ -827,11 +828,16 @@ fn read_ahead_fetches_a_directory_s_small_files_once_and_they_are_then_read_from
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();
     let mut files: Vec<(String, Vec<u8>)> = (0..10u64)
-        .map(|i| (format!("/lib/f{i:02}"), noise(3000 + i as usize, i + 100)))
+        .map(|i| {
+            (
+                format!("/lib/f{i:02}"),
+                pseudo_random(3000 + i as usize, i + 100),
+            )
+        })
         .collect();
     // Larger than the read-ahead size limit (1 MiB by default): only fetched when read.
-    files.push(("/lib/huge".into(), noise(1_500_000, 7)));
-    files.push(("/elsewhere/x".into(), noise(2000, 8)));
+    files.push(("/lib/huge".into(), pseudo_random(1_500_000, 7)));
+    files.push(("/elsewhere/x".into(), pseudo_random(2000, 8)));
     let repo = FlatRepo::build(work.path(), &files, 240);
     let server = Server::start(&[(FQRN, &repo.srv)]);
     let mnt = work.path().join("mnt");
@@ -901,7 +907,7 @@ fn a_trace_lists_the_files_read_once_each_in_first_read_order() {
     let files: Vec<(String, Vec<u8>)> = ["/lib/a", "/lib/b", "/bin/c", "/bin/never-read"]
         .iter()
         .enumerate()
-        .map(|(i, p)| (p.to_string(), noise(1000 + i, i as u64 + 500)))
+        .map(|(i, p)| (p.to_string(), pseudo_random(1000 + i, i as u64 + 500)))
         .collect();
     let repo = FlatRepo::build(work.path(), &files, 240);
     let server = Server::start(&[(FQRN, &repo.srv)]);
@@ -936,7 +942,7 @@ fn concurrent_readers_of_one_object_cause_one_get() {
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();
     // Over the read-ahead size limit: only the readers fetch it.
-    let files = vec![("/data/big".to_string(), noise(3_000_000, 41))];
+    let files = vec![("/data/big".to_string(), pseudo_random(3_000_000, 41))];
     let repo = FlatRepo::build(work.path(), &files, 240);
     let server = Server::start(&[(FQRN, &repo.srv)]);
     let object = object_of(&repo.store, &files[0].1);
@@ -983,9 +989,9 @@ fn a_demand_read_is_not_queued_behind_read_ahead() {
     let work = tempfile::tempdir().unwrap();
     // More files than read-ahead threads, all held by the server but the first.
     let mut files: Vec<(String, Vec<u8>)> = (0..40u64)
-        .map(|i| (format!("/slow/s{i:02}"), noise(2000, i + 200)))
+        .map(|i| (format!("/slow/s{i:02}"), pseudo_random(2000, i + 200)))
         .collect();
-    files.push(("/fast/x".into(), noise(2000, 999)));
+    files.push(("/fast/x".into(), pseudo_random(2000, 999)));
     let repo = FlatRepo::build(work.path(), &files, 240);
     let server = Server::start(&[(FQRN, &repo.srv)]);
     let held: Vec<String> = files[1..40]
@@ -1078,7 +1084,7 @@ fn a_chunked_file_held_open_keeps_its_revision_across_a_switch() {
         let (hash, size) = store_catalog(&store, &db);
         publish(&store, &keys, hash, size, revision);
     };
-    let old = noise(4 * CHUNK, 21);
+    let old = pseudo_random(4 * CHUNK, 21);
     publish_chunked(&old, 1);
     let server = Server::start(&[(FQRN, &srv)]);
     let mnt = work.path().join("mnt");
@@ -1097,7 +1103,7 @@ fn a_chunked_file_held_open_keeps_its_revision_across_a_switch() {
     std::os::unix::fs::FileExt::read_exact_at(&held, &mut head, 0).unwrap();
     assert!(head == old[..CHUNK]);
 
-    let new = noise(4 * CHUNK, 22);
+    let new = pseudo_random(4 * CHUNK, 22);
     publish_chunked(&new, 2);
     wait_until(
         "revision 2",
@@ -1603,7 +1609,9 @@ fn wait_for_stats(
 fn startup_packs_are_prefetched_on_request_and_checked_member_by_member() {
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();
-    let bodies: Vec<Vec<u8>> = (0..6).map(|i| noise(5000 + i, 700 + i as u64)).collect();
+    let bodies: Vec<Vec<u8>> = (0..6)
+        .map(|i| pseudo_random(5000 + i, 700 + i as u64))
+        .collect();
     let stored: Vec<Vec<u8>> = bodies.iter().map(|b| catalog::compress(b)).collect();
     let member = |i: usize| catalog::PackMember {
         hash: catalog::ContentHash::of_bytes(catalog::HashAlgorithm::Sha1, &stored[i]),
@@ -1707,7 +1715,12 @@ fn files_read_the_same_with_and_without_fuse_passthrough() {
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();
     let files: Vec<(String, Vec<u8>)> = (0..4)
-        .map(|i| (format!("/d/f{i}"), noise(300_000 + i * 7, 900 + i as u64)))
+        .map(|i| {
+            (
+                format!("/d/f{i}"),
+                pseudo_random(300_000 + i * 7, 900 + i as u64),
+            )
+        })
         .collect();
     let repo = FlatRepo::build(work.path(), &files, 240);
     let server = Server::start(&[(FQRN, &repo.srv)]);

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tests::net::free_port;
 use tests::process::{Service, Spawn};
+use tests::random::pseudo_random;
 use tests::wait::wait_until;
 
 use crate::support::*;
@@ -409,7 +410,7 @@ fn read_ahead_fails_over_from_a_proxy_that_dies_under_it() {
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();
     let files: Vec<(String, Vec<u8>)> = (0..30u64)
-        .map(|i| (format!("/lib/f{i:02}"), noise(3000, i + 300)))
+        .map(|i| (format!("/lib/f{i:02}"), pseudo_random(3000, i + 300)))
         .collect();
     let repo = FlatRepo::build(work.path(), &files, 240);
     let server = Server::start(&[(FQRN, &repo.srv)]);

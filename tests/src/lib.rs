@@ -11,6 +11,7 @@
 //! * [`relay`]: a TCP relay that adds latency (benches at a distance);
 //! * [`measure`]: what the benches measure (wall time, peak RSS, load, the machine);
 //! * [`stock`]: a stock `cvmfs2` mount beside Strata's (benches);
+//! * [`random`]: the one generator of pseudo-random test data;
 //! * [`wait`]: the one poll loop (a condition, a timeout naming what was awaited);
 //! * [`runtimes`]: containerd 1.7/2.x and the sid root with Apptainer and podman
 //!   (`scripts/install-runtimes`).
@@ -31,6 +32,7 @@ pub mod mounts;
 pub mod net;
 pub mod node;
 pub mod process;
+pub mod random;
 pub mod registry;
 pub mod relay;
 pub mod runtimes;

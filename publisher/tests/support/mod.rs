@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use tests::random::pseudo_random;
+
 pub use tests::image::sha256_digest;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_strata-publisher");
@@ -52,29 +54,15 @@ pub fn require_registry_tools() {
     }
 }
 
-/// Deterministic pseudo-random bytes (incompressible, so zlib has work to do).
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 /// A layer tar with `files` files `l<seed>/f<i>` of `size` bytes of noise.
 pub fn noise_layer(seed: u64, files: usize, size: usize) -> Vec<u8> {
-    layer_tar(seed, files, |i| noise(seed * 1000 + i as u64, size))
+    layer_tar(seed, files, |i| pseudo_random(size, seed * 1000 + i as u64))
 }
 
 /// A layer tar with `files` files `l<seed>/f<i>` of `size` bytes, half noise, half text.
 pub fn mixed_layer(seed: u64, files: usize, size: usize) -> Vec<u8> {
     layer_tar(seed, files, |i| {
-        let mut data = noise(seed * 1000 + i as u64, size / 2);
+        let mut data = pseudo_random(size / 2, seed * 1000 + i as u64);
         data.extend(
             format!("line {i} of layer {seed}\n")
                 .repeat(size / 40)

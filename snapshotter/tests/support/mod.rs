@@ -710,23 +710,10 @@ impl FlatRepo {
     }
 }
 
-/// `n` bytes that zlib cannot shrink (xorshift), seeded by `seed`.
 /// The repository path (`data/XX/…`) of the unchunked object holding `body`.
 pub fn object_of(store: &catalog::LocalStore, body: &[u8]) -> String {
     store
         .put_raw(body, catalog::Suffix::None)
         .unwrap()
         .object_path(catalog::Suffix::None)
-}
-
-pub fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
