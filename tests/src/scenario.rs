@@ -14,9 +14,7 @@ use crate::image::{self, TestImage};
 use crate::process::run_checked;
 use crate::registry::Registry;
 use crate::steps::Steps;
-use crate::strata::{
-    self, FuseMount, HttpServer, MountArgs, PullArgs, Repo, Served, SnapshotterDaemon,
-};
+use crate::strata::{self, FuseMount, HttpServer, PullArgs, Repo, Served, SnapshotterDaemon};
 use crate::workdir::WorkDir;
 
 /// The repository name used by the scenario.
@@ -148,29 +146,18 @@ impl Stack {
         steps: &mut Steps,
         release: Option<&Release>,
     ) -> Result<Stack> {
-        let mountpoint = work.path().join("mnt");
-        let cache = work.path().join("cache");
-        let server_url = published.server.server_url();
-        let pubkey = published.repo.public_key();
         // With the xattr-less second mount, as deployed (deploy/README.md), and an access
         // trace of everything the containers read ([`Stack::check_trace`]).
-        let plain = strata::plain_mountpoint_of(&mountpoint);
         let trace = work.path().join("mount.trace");
         let trace_arg = trace.to_string_lossy().into_owned();
         let mount = steps.run("strata-snapshotter mount (FUSE, plain mount too)", || {
-            FuseMount::start_with_options(
-                &MountArgs {
-                    fqrn: FQRN,
-                    server: &server_url,
-                    pubkey: &pubkey,
-                    cache: &cache,
-                    mountpoint: &mountpoint,
-                },
-                Some(&plain),
-                &["--trace", &trace_arg],
-                &work.log("snapshotter-mount"),
-            )
+            let options = ["--trace", trace_arg.as_str()];
+            published
+                .repo
+                .mount(&published.server, work, true, &options)
         })?;
+        let mountpoint = mount.mountpoint().to_owned();
+        let plain = strata::plain_mountpoint_of(&mountpoint);
         let snapshotter_socket = work.path().join("snapshotter.sock");
         let containerd = steps.run("start a private containerd with the proxy plugin", || {
             let dir = work.subdir("containerd")?;
