@@ -276,6 +276,16 @@ impl Env {
         env
     }
 
+    /// For failure messages: the snapshotter's whole log and the last `lines` lines of
+    /// containerd's.
+    fn logs(&self, lines: usize) -> String {
+        format!(
+            "--- snapshotter log:\n{}\n--- containerd log (tail):\n{}",
+            self.snapshotter.log_text(),
+            tail(self.containerd.log(), lines)
+        )
+    }
+
     fn ctr_raw(&self, args: &[&str]) -> (bool, String) {
         self.ctr_raw_in(NAMESPACE, args)
     }
@@ -306,12 +316,7 @@ impl Env {
     /// As [`Env::ctr`] in `namespace`.
     fn ctr_in(&self, namespace: &str, args: &[&str]) -> String {
         let (ok, text) = self.ctr_raw_in(namespace, args);
-        assert!(
-            ok,
-            "ctr {args:?} failed:\n{text}\n--- snapshotter log:\n{}\n--- containerd log (tail):\n{}",
-            self.snapshotter.log_text(),
-            tail(self.containerd.log(), 40)
-        );
+        assert!(ok, "ctr {args:?} failed:\n{text}\n{}", self.logs(40));
         text
     }
 
@@ -545,15 +550,7 @@ fn pull_commits_remote_layers_and_creates_image() {
     let env = Env::start();
     let (layers, chains) = publish(&env.mountpoint, IMAGE, &["a", "b", "c"], true);
 
-    let out = env.pull(IMAGE);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "pull failed:\n{stdout}{}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        env.snapshotter.log_text(),
-        tail(env.containerd.log(), 40)
-    );
+    let stdout = env.pull_ok(IMAGE);
     for step in ["metadata:", "connect:", "content:", "snapshots:", "image:"] {
         assert!(stdout.contains(step), "no timing for {step}: {stdout}");
     }
@@ -652,10 +649,9 @@ impl Env {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
-            "pull failed:\n{stdout}{}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
+            "pull failed:\n{stdout}{}\n{}",
             String::from_utf8_lossy(&out.stderr),
-            self.snapshotter.log_text(),
-            tail(self.containerd.log(), 40)
+            self.logs(40)
         );
         stdout
     }
@@ -693,11 +689,7 @@ impl Env {
             Duration::from_millis(200),
             ok,
         ) {
-            panic!(
-                "{e}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
-                self.snapshotter.log_text(),
-                tail(self.containerd.log(), 40)
-            );
+            panic!("{e}\n{}", self.logs(40));
         }
     }
 
@@ -1322,13 +1314,8 @@ fn cri_pull_is_remote_and_user_setuid_caps_and_runtimes_match_overlayfs() {
 
     // The kubelet's pull: every layer remote, no layer blob fetched.
     let mark = stack.registry_mark();
-    let image_ref = stack::cri::pull_image(&env.address, &reference).unwrap_or_else(|e| {
-        panic!(
-            "{e}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
-            env.snapshotter.log_text(),
-            tail(env.containerd.log(), 60)
-        )
-    });
+    let image_ref = stack::cri::pull_image(&env.address, &reference)
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.logs(60)));
     assert_eq!(image_ref, image.config_digest);
     let status = stack::cri::image_status(&env.address, &reference)
         .expect("ImageStatus")
