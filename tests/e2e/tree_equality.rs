@@ -126,15 +126,10 @@ fn publish(work: &WorkDir, steps: &mut Steps) -> Result<Published> {
     for (name, image) in [("demo", &demo), ("rich", &rich)] {
         let reference = format!("{}/{name}:1", registry.host());
         steps.run(&format!("skopeo copy to {reference}"), || {
-            run_checked(
-                Command::new("skopeo").args([
-                    "copy",
-                    "--dest-tls-verify=false",
-                    &image.oci_reference(),
-                    &format!("docker://{reference}"),
-                ]),
+            registry.push(
+                &image.oci_reference(),
+                &reference,
                 &work.log(&format!("skopeo-{name}")),
-                Duration::from_secs(600),
             )
         })?;
         references.push(format!("docker://{reference}"));

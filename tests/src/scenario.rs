@@ -3,7 +3,6 @@
 //! private containerd → `strata-snapshotter run` → `strata-snapshotter pull` → `ctr run`.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
@@ -11,7 +10,6 @@ use crate::binaries::{check_prerequisites, target_dir};
 use crate::containerd::{Containerd, NAMESPACE, Release, SNAPSHOTTER_NAME};
 use crate::error::{Error, Result};
 use crate::image::{self, TestImage};
-use crate::process::run_checked;
 use crate::registry::Registry;
 use crate::steps::Steps;
 use crate::strata::{self, FuseMount, HttpServer, PullArgs, Repo, Served, SnapshotterDaemon};
@@ -76,17 +74,9 @@ impl Published {
         steps.run(
             &format!("push the image with skopeo to {reference}"),
             || {
-                run_checked(
-                    Command::new("skopeo").args([
-                        "copy",
-                        "--dest-tls-verify=false",
-                        &image.oci_reference(),
-                        &format!("docker://{reference}"),
-                    ]),
-                    &work.log("skopeo"),
-                    std::time::Duration::from_secs(600),
-                )
-                .map(drop)
+                registry
+                    .push(&image.oci_reference(), &reference, &work.log("skopeo"))
+                    .map(drop)
             },
         )?;
         let repo_dir = work.path().join("repo");
