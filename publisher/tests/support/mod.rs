@@ -3,14 +3,13 @@
 //! What the workspace's other tests need too (the registry process, blobs and digests,
 //! tools on `PATH`) is the `tests` crate's.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use tests::random::pseudo_random;
 
-pub use tests::image::sha256_digest;
+pub use tests::image::{LayoutImage, sha256_digest};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_strata-publisher");
 
@@ -89,58 +88,15 @@ fn layer_tar(seed: u64, files: usize, content: impl Fn(usize) -> Vec<u8>) -> Vec
     ok(b.into_inner())
 }
 
+/// `raw` gzip-compressed ([`tests::image::gzip`]).
 pub fn gzip(raw: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    ok(e.write_all(raw));
-    ok(e.finish())
+    ok(tests::image::gzip(raw))
 }
 
-/// The digests of an image [`write_layout`] wrote.
-pub struct LayoutImage {
-    /// The config blob.
-    pub config: String,
-    /// The gzip layer blobs, bottom first.
-    pub layers: Vec<String>,
-}
-
-/// Writes an OCI layout (one linux/amd64 image, tagged `tag`) of gzip layers.
+/// Writes an OCI layout (one linux/amd64 image, tagged `tag`) of gzip layers
+/// ([`tests::image::write_layout`]).
 pub fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) -> LayoutImage {
-    let blobs = dir.join("blobs/sha256");
-    ok(std::fs::create_dir_all(&blobs));
-    let put_blob = |blobs: &Path, bytes: &[u8]| ok(tests::image::put_blob(blobs, bytes)).0;
-    let mut layers = Vec::new();
-    let mut descs = Vec::new();
-    let mut diff_ids = Vec::new();
-    for t in tars {
-        let gz = gzip(t);
-        let d = put_blob(&blobs, &gz);
-        descs.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": d, "size": gz.len()}));
-        layers.push(d);
-        diff_ids.push(sha256_digest(t));
-    }
-    let config = ok(serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids}})));
-    let cd = put_blob(&blobs, &config);
-    let manifest = ok(serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": cd, "size": config.len()},
-        "layers": descs})));
-    let md = put_blob(&blobs, &manifest);
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
-        "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": tag}}]});
-    ok(std::fs::write(dir.join("index.json"), index.to_string()));
-    ok(std::fs::write(
-        dir.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    ));
-    LayoutImage { config: cd, layers }
+    ok(tests::image::write_layout(dir, tag, tars))
 }
 
 /// A `docker-registry` on a free loopback port (access log on, deletes enabled; the
