@@ -665,13 +665,12 @@ fn a_new_revision_appears_while_open_files_keep_their_revision() {
     let published = repo.srv.join(".cvmfspublished");
     let hidden = repo.srv.join("published.away");
     std::fs::rename(&published, &hidden).unwrap();
-    wait_until(
+    m.wait_until(
         "a failed revision check in the log",
         Duration::from_secs(15),
         Duration::from_millis(200),
         || m.log_text().contains("revision check failed"),
-    )
-    .unwrap_or_else(|e| panic!("{e}:\n{}", m.log_text()));
+    );
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
     std::fs::rename(&hidden, &published).unwrap();
 
@@ -684,13 +683,12 @@ fn a_new_revision_appears_while_open_files_keep_their_revision() {
         ("/new".into(), b"new file\n".to_vec()),
     ];
     repo.publish(&rev2, 2, 240);
-    wait_until(
+    m.wait_until(
         "revision 2",
         Duration::from_secs(20),
         Duration::from_millis(200),
         || mnt.join("new").exists(),
-    )
-    .unwrap_or_else(|e| panic!("{e}:\n{}", m.log_text()));
+    );
     assert_eq!(std::fs::read(mnt.join("new")).unwrap(), b"new file\n");
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"two!\n");
     assert_eq!(names(&mnt), vec!["a", "d", "keep", "new"]);
@@ -963,13 +961,7 @@ fn concurrent_readers_of_one_object_cause_one_get() {
         })
         .collect();
     // The first reader's download waits on the server; give the others time to ask too.
-    wait_until(
-        "a reader to ask for the object",
-        Duration::from_secs(20),
-        Duration::from_millis(20),
-        || server.held_requests.load(Ordering::SeqCst) != 0,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    server.wait_held(1, "a reader to ask for the object", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
     let asked = server.held_requests.load(Ordering::SeqCst);
     server.held.lock().unwrap().clear();
@@ -1010,13 +1002,7 @@ fn a_demand_read_is_not_queued_behind_read_ahead() {
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
     assert_eq!(std::fs::read(mnt.join("slow/s00")).unwrap(), files[0].1);
     // Every read-ahead thread waits on a held download now.
-    wait_until(
-        "read-ahead to start",
-        Duration::from_secs(20),
-        Duration::from_millis(20),
-        || server.held_requests.load(Ordering::SeqCst) >= 16,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    server.wait_held(16, "read-ahead to start", Duration::from_secs(20));
     let fast = mnt.join("fast/x");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -1105,13 +1091,12 @@ fn a_chunked_file_held_open_keeps_its_revision_across_a_switch() {
 
     let new = pseudo_random(4 * CHUNK, 22);
     publish_chunked(&new, 2);
-    wait_until(
+    m.wait_until(
         "revision 2",
         Duration::from_secs(20),
         Duration::from_millis(200),
         || std::fs::read(mnt.join("mark")).unwrap() == b"2\n",
-    )
-    .unwrap_or_else(|e| panic!("{e}:\n{}", m.log_text()));
+    );
     // The switch dropped the old inode's page cache: these reads reach the mount.
     let mut rest = vec![0u8; old.len() - CHUNK];
     std::os::unix::fs::FileExt::read_exact_at(&held, &mut rest, CHUNK as u64).unwrap();
@@ -1142,13 +1127,12 @@ fn breadcrumb(cache: &Path) -> String {
 
 /// Waits until the mount's log contains `text`.
 fn wait_for_log(m: &Mounted, text: &str, within: Duration) {
-    wait_until(
+    m.wait_until(
         &format!("the log to say {text:?}"),
         within,
         Duration::from_millis(100),
         || m.log_text().contains(text),
-    )
-    .unwrap_or_else(|e| panic!("{e}:\n{}", m.log_text()));
+    );
 }
 
 #[test]
@@ -1288,13 +1272,12 @@ fn offline_mode_serves_the_cache_and_recovers_when_the_server_returns() {
     );
     let _server = Server::start_at(&[(FQRN, &repo.srv)], &addr);
     wait_for_log(&m, "leaving offline mode", Duration::from_secs(20));
-    wait_until(
+    m.wait_until(
         "the switch to revision 2",
         Duration::from_secs(20),
         Duration::from_millis(200),
         || !mnt.join("d").exists(),
-    )
-    .unwrap_or_else(|e| panic!("{e}:\n{}", m.log_text()));
+    );
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"two\n");
     assert_eq!(std::fs::read(mnt.join("unseen")).unwrap(), b"never read\n");
     assert!(breadcrumb(&cache).ends_with("R2"), "{}", breadcrumb(&cache));
@@ -1531,23 +1514,16 @@ fn a_lookup_that_spans_a_revision_switch_answers_from_the_new_revision() {
     server.held.lock().unwrap().push(old_nested.clone());
     let f = mnt.join("n/f");
     let reader = std::thread::spawn(move || std::fs::read(f));
-    wait_until(
-        "the nested catalog's request",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || server.held_requests.load(Ordering::SeqCst) != 0,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    server.wait_held(1, "the nested catalog's request", Duration::from_secs(10));
 
     // Revision 3 changes /n/f and is switched to while that lookup waits.
     publish_nested(&repo, b"two\n", 3);
-    wait_until(
+    m.wait_until(
         "revision 3",
         Duration::from_secs(20),
         Duration::from_millis(100),
         || mnt.join("rev3").exists(),
-    )
-    .unwrap_or_else(|e| panic!("{e}:\n{}", m.log_text()));
+    );
     assert!(
         !reader.is_finished(),
         "the lookup did not wait for the held download"

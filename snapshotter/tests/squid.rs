@@ -431,13 +431,7 @@ fn read_ahead_fails_over_from_a_proxy_that_dies_under_it() {
     let log = work.path().join("m.log");
     let mut m = Mounted::start(with_proxy(cmd, &chain), &mnt, &log);
     assert_eq!(std::fs::read(mnt.join("lib/f00")).unwrap(), files[0].1);
-    wait_until(
-        "read-ahead to start",
-        Duration::from_secs(20),
-        Duration::from_millis(20),
-        || server.held_requests.load(Ordering::SeqCst) >= 8,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    server.wait_held(8, "read-ahead to start", Duration::from_secs(20));
     assert!(
         second.requests.lock().unwrap().is_empty(),
         "the second proxy was used while the first worked"
@@ -453,13 +447,12 @@ fn read_ahead_fails_over_from_a_proxy_that_dies_under_it() {
             .iter()
             .any(|head| head.contains(object))
     };
-    wait_until(
+    m.wait_until(
         "read-ahead to fail over",
         Duration::from_secs(30),
         Duration::from_millis(50),
         || ahead.iter().all(|o| through_second(o)),
-    )
-    .unwrap_or_else(|e| panic!("{e}:\n{}", m.log_text()));
+    );
     // Give the last downloads time to be committed, then read everything: from the cache.
     std::thread::sleep(Duration::from_millis(500));
     let before = second.requests.lock().unwrap().len();

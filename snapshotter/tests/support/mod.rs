@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tests::mounts::{is_fuse_mounted, wait_fuse_mounted};
-use tests::wait::poll;
+use tests::wait::{poll, wait_until};
 
 use catalog::{
     CatalogProperties, CatalogWriter, Certificate, ContentHash, Entry, EntryKind, LocalStore,
@@ -51,6 +51,13 @@ pub struct Server {
 }
 
 impl Server {
+    /// Waits (polling every 20 ms) until at least `n` requests are held; after `within`
+    /// panics naming `what`.
+    pub fn wait_held(&self, n: usize, what: &str, within: Duration) {
+        let held = || self.held_requests.load(Ordering::SeqCst) >= n;
+        wait_until(what, within, Duration::from_millis(20), held).unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// How many requests so far asked for a path ending in `object` (`data/xx/…`).
     pub fn requests_for(&self, object: &str) -> usize {
         self.paths
@@ -182,6 +189,20 @@ pub fn mount_command(
 }
 
 impl Mounted {
+    /// Polls `ready` every `every` until it holds; after `within` panics naming `what`, with
+    /// the mount's log.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        within: Duration,
+        every: Duration,
+        ready: impl FnMut() -> bool,
+    ) {
+        if let Err(e) = wait_until(what, within, every, ready) {
+            panic!("{e}:\n{}", self.log_text());
+        }
+    }
+
     pub fn start(mut cmd: Command, mountpoint: &Path, log: &Path) -> Mounted {
         std::fs::create_dir_all(mountpoint).unwrap();
         let log_file = std::fs::File::create(log).unwrap();
