@@ -179,6 +179,8 @@ pub struct LayoutImage {
     pub config: String,
     /// The gzip layer blobs, bottom first.
     pub layers: Vec<String>,
+    /// The layers' diff IDs (digests of the tars), bottom first.
+    pub diff_ids: Vec<String>,
 }
 
 /// Writes an OCI layout at `dir`: one linux/amd64 image (config `Cmd` `/bin/sh`) of the
@@ -186,6 +188,18 @@ pub struct LayoutImage {
 ///
 /// Errors: a file cannot be written.
 pub fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) -> Result<LayoutImage> {
+    write_layout_with(dir, tag, tars, serde_json::json!({"Cmd": ["/bin/sh"]}))
+}
+
+/// As [`write_layout`], with `config` as the image config's `config` object (`Cmd`, `Env`…).
+///
+/// Errors: a file cannot be written.
+pub fn write_layout_with(
+    dir: &Path,
+    tag: &str,
+    tars: &[Vec<u8>],
+    config: Value,
+) -> Result<LayoutImage> {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(io_context(format!("create {}", blobs.display())))?;
     let mut layers = Vec::new();
@@ -202,7 +216,7 @@ pub fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) -> Result<LayoutIma
     }
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/sh"]},
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids}})
     .to_string();
     let (config_digest, config_size) = put_blob(&blobs, config.as_bytes())?;
@@ -227,6 +241,7 @@ pub fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) -> Result<LayoutIma
     Ok(LayoutImage {
         config: config_digest,
         layers,
+        diff_ids,
     })
 }
 
