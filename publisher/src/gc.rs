@@ -251,10 +251,7 @@ mod tests {
     use crate::removal::{prune, references, remove_image};
     use crate::source::Source;
     use crate::source::oci_layout::LayoutSource;
-
-    fn ok<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> T {
-        r.unwrap_or_else(|e| panic!("{e}"))
-    }
+    use ::tests::ok;
 
     fn big(seed: u8, n: usize) -> Vec<u8> {
         (0..n)

@@ -565,12 +565,9 @@ mod tests {
     use crate::objects::inflate_catalog;
     use crate::publish::init;
     use crate::tree::S_IFCHR;
+    use ::tests::ok;
 
     const FQRN: &str = "test.example.org";
-
-    fn ok<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> T {
-        r.unwrap_or_else(|e| panic!("{e}"))
-    }
 
     /// Writes an OCI layout with the given layer tars (gzip) tagged `tag`; returns
     /// (layer digests, diffIDs, config digest).

@@ -44,4 +44,4 @@ pub mod tar_tree;
 pub mod wait;
 pub mod workdir;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, ok};

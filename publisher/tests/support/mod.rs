@@ -10,12 +10,9 @@ use std::process::{Command, Output};
 use tests::random::pseudo_random;
 
 pub use tests::image::{LayoutImage, sha256_digest};
+pub use tests::ok;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_strata-publisher");
-
-pub fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 pub fn run(args: &[&str]) -> Output {
     ok(Command::new(BIN).args(args).output())
