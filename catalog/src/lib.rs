@@ -18,6 +18,8 @@
 //!   (§7).
 //! * [`history`]: the tag database (`H` object) stock tools use to list revisions (§9.5).
 //! * [`store`]: [`LocalStore`], the served tree with atomic writes (§1.2).
+//! * [`mountinfo`]: which file systems are mounted where (`/proc/self/mountinfo`), for the
+//!   publisher, the client bench and the tests that wait for a repository's FUSE mount.
 //! * [`stock_zlib`]: C zlib for the objects stock tools re-create from their content
 //!   (certificate, meta-info), so their names survive a Stratum-1 replication (§3.1, §7.3).
 //!
@@ -35,6 +37,7 @@ pub mod hash;
 pub mod history;
 pub mod keys;
 pub mod manifest;
+pub mod mountinfo;
 pub mod names;
 pub mod path_hash;
 pub mod reader;

@@ -244,58 +244,14 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::digest::sha256_digest;
     use crate::ingest::{IngestOptions, ingest};
-    use crate::layer::tests::{TarBuilder, gzip};
+    use crate::layer::tests::TarBuilder;
     use crate::publish::{init, load_namespace, publish};
     use crate::reference::ImageName;
     use crate::removal::{prune, references, remove_image};
     use crate::source::Source;
     use crate::source::oci_layout::LayoutSource;
-
-    fn ok<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> T {
-        r.unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// An OCI layout with one image of gzip layers `tars`, tagged `tag`.
-    fn layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) {
-        let blobs = dir.join("blobs/sha256");
-        ok(std::fs::create_dir_all(&blobs));
-        let put = |b: &[u8]| {
-            let d = sha256_digest(b);
-            ok(std::fs::write(blobs.join(&d[7..]), b));
-            d
-        };
-        let mut descs = Vec::new();
-        let mut diff_ids = Vec::new();
-        for t in tars {
-            let gz = gzip(t);
-            descs.push(
-                serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": put(&gz), "size": gz.len()}),
-            );
-            diff_ids.push(sha256_digest(t));
-        }
-        let config =
-            serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": diff_ids}}))
-            .unwrap_or_default();
-        let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": put(&config), "size": config.len()},
-            "layers": descs}))
-        .unwrap_or_default();
-        let md = put(&manifest);
-        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
-            "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": tag}}]});
-        ok(std::fs::write(dir.join("index.json"), index.to_string()));
-        ok(std::fs::write(
-            dir.join("oci-layout"),
-            r#"{"imageLayoutVersion":"1.0.0"}"#,
-        ));
-    }
+    use ::tests::ok;
 
     fn big(seed: u8, n: usize) -> Vec<u8> {
         (0..n)
@@ -305,7 +261,7 @@ mod tests {
 
     async fn ingest_layout(repo: &Path, work: &Path, name: &str, tars: &[Vec<u8>]) -> ContentHash {
         let dir = work.join(name.replace(['/', ':'], "_"));
-        layout(&dir, "1", tars);
+        ok(::tests::image::write_layout(&dir, "1", tars));
         let n = ok(ImageName::parse(name));
         let src = Source::Layout(LayoutSource::new(&dir, Some("1".into()), n));
         ok(ingest(repo, vec![src], &IngestOptions::default()).await);

@@ -565,12 +565,9 @@ mod tests {
     use crate::objects::inflate_catalog;
     use crate::publish::init;
     use crate::tree::S_IFCHR;
+    use ::tests::ok;
 
     const FQRN: &str = "test.example.org";
-
-    fn ok<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> T {
-        r.unwrap_or_else(|e| panic!("{e}"))
-    }
 
     /// Writes an OCI layout with the given layer tars (gzip) tagged `tag`; returns
     /// (layer digests, diffIDs, config digest).
@@ -1235,14 +1232,7 @@ mod tests {
         let work = ok(tempfile::tempdir());
         let dir = work.path().join("repo");
         ok(init(&dir, FQRN, 60));
-        let mut big = Vec::with_capacity(20 << 20);
-        let mut x: u64 = 7;
-        while big.len() < 20 << 20 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            big.extend_from_slice(&x.to_le_bytes()[4..]);
-        }
+        let big = ::tests::random::pseudo_random(20 << 20, 7);
         let base = TarBuilder::new().file("big.bin", 0o644, &big).finish();
         let a = work.path().join("a");
         write_layout(&a, "1", std::slice::from_ref(&base));

@@ -884,8 +884,6 @@ pub fn parse_pax_time(v: &str) -> Option<(i64, u32)> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::io::Write;
-
     use super::*;
     use crate::digest::sha256_digest;
     use crate::flatten::is_opaque;
@@ -1030,10 +1028,9 @@ pub(crate) mod tests {
         }
     }
 
+    /// `raw` gzip-compressed ([`::tests::image::gzip`]).
     pub fn gzip(raw: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(raw).unwrap_or_else(|e| panic!("{e}"));
-        e.finish().unwrap_or_else(|e| panic!("{e}"))
+        ::tests::image::gzip(raw).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn id_for(blob: &[u8], tar: &[u8]) -> LayerId {

@@ -469,6 +469,7 @@ impl<'p> FileSink<'p> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ::tests::random::pseudo_random;
 
     fn small_params() -> ChunkParams {
         ChunkParams::new(64, 256, 1024).unwrap_or_else(|e| panic!("{e}"))
@@ -544,16 +545,6 @@ mod tests {
         assert_eq!(joined, big);
     }
 
-    fn pseudo_random(n: usize, seed: u32) -> Vec<u8> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                (x >> 16) as u8
-            })
-            .collect()
-    }
-
     #[test]
     fn budget_waits_and_releases() {
         let b = Arc::new(Budget::new(100));
@@ -581,13 +572,13 @@ mod tests {
         let store = LocalStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let pool = Pool::with_params(&store, 2, small_params(), 300);
         std::thread::scope(|s| {
-            for seed in 0..3u32 {
+            for seed in 0..3u64 {
                 let pool = &pool;
                 let store = &store;
                 s.spawn(move || {
                     let mut sink = FileSink::new(pool);
                     let files: Vec<Vec<u8>> = (0..20)
-                        .map(|i| pseudo_random(1 + (i * 997) % 5000, seed * 100 + i as u32))
+                        .map(|i| pseudo_random(1 + (i * 997) % 5000, seed * 100 + i as u64))
                         .collect();
                     let mut pending = Vec::new();
                     for (i, f) in files.iter().enumerate() {

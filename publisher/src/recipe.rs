@@ -242,10 +242,7 @@ fn parse_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ok<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> T {
-        r.unwrap_or_else(|e| panic!("{e}"))
-    }
+    use ::tests::ok;
 
     const DUCC: &str = r#"
 version: 1

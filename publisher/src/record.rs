@@ -232,20 +232,9 @@ fn snapshotter_binary(given: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("strata-snapshotter"))
 }
 
-/// Whether `/proc/self/mountinfo` lists a FUSE mount at `mnt`.
+/// Whether a FUSE mount is listed at `mnt` (an unreadable mount table: not mounted).
 fn fuse_mounted(mnt: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = mnt.to_string_lossy();
-    info.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let fstype = fields
-            .iter()
-            .position(|f| *f == "-")
-            .and_then(|i| fields.get(i + 1));
-        fields.get(4).is_some_and(|p| *p == want) && fstype.is_some_and(|t| t.starts_with("fuse"))
-    })
+    catalog::mountinfo::is_fuse_mounted(mnt).unwrap_or(false)
 }
 
 /// Waits (30 s at most) until the mount is up; an error with the mount's log if it exits

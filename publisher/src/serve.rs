@@ -149,10 +149,7 @@ pub fn no_delay(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ok<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> T {
-        r.unwrap_or_else(|e| panic!("{e}"))
-    }
+    use ::tests::ok;
 
     #[tokio::test]
     async fn accepted_connections_have_nodelay() {

@@ -616,10 +616,7 @@ pub fn published(dir: &Path) -> Result<BTreeMap<String, PublishedImage>> {
 mod tests {
     use super::*;
     use crate::recipe::Recipe;
-
-    fn ok<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> T {
-        r.unwrap_or_else(|e| panic!("{e}"))
-    }
+    use ::tests::ok;
 
     const INDEX: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
         {"mediaType":"m","digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","size":1,"platform":{"architecture":"amd64","os":"linux"}},

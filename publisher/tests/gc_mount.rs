@@ -11,12 +11,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tests::mounts::is_fuse_mounted;
+use tests::mounts::{is_fuse_mounted, wait_fuse_mounted};
+use tests::random::pseudo_random;
 use tests::strata::{HttpServer, Repo};
 
-use crate::support::{Registry, noise, ok, require_registry_tools, run_ok, verify_ok};
+use crate::support::{Registry, ok, require_registry_tools, run_ok, verify_ok};
 
 const FQRN: &str = "gc.example.org";
 
@@ -60,17 +61,8 @@ fn with_mount(mut cmd: Command, mnt: &Path, log: &Path, f: impl FnOnce(&Path)) {
     ok(std::fs::create_dir_all(mnt));
     let mut child = ok(cmd.stderr(ok(std::fs::File::create(log))).spawn());
     let log_text = || std::fs::read_to_string(log).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok(is_fuse_mounted(mnt)) {
-        if let Some(status) = ok(child.try_wait()) {
-            panic!("mount exited with {status}:\n{}", log_text());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mount timed out:\n{}",
-            log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    if let Err(e) = wait_fuse_mounted(&mut child, mnt, Duration::from_secs(30)) {
+        panic!("{e}:\n{}", log_text());
     }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mnt)));
     let unmounted = Command::new("umount").arg(mnt).status();
@@ -179,7 +171,7 @@ fn a_retained_older_revision_mounts_and_reads_after_gc() {
             let data =
                 std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
             assert!(
-                data == noise(1000 + i as u64, SIZE),
+                data == pseudo_random(SIZE, 1000 + i as u64),
                 "{} differs",
                 path.display()
             );
@@ -235,7 +227,7 @@ fn a_retained_older_revision_mounts_and_reads_after_gc() {
         &work.path().join("trunk.log"),
         |m| {
             let path = m.join(&image_a).join("l2/f0");
-            assert!(std::fs::read(path).unwrap() == noise(2000, SIZE));
+            assert!(std::fs::read(path).unwrap() == pseudo_random(SIZE, 2000));
             read_everything(m);
         },
     );

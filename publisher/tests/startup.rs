@@ -7,7 +7,9 @@ use std::path::Path;
 
 use catalog::{StartupPack, Suffix};
 
-use crate::support::{init_repo, noise, noise_layer, ok, run, run_ok, verify_ok, write_layout};
+use tests::random::pseudo_random;
+
+use crate::support::{init_repo, noise_layer, ok, run, run_ok, verify_ok, write_layout};
 
 /// The files of the published `startup/` directory of `localhost/layout:1`.
 fn startup_files(repo: &Path) -> Vec<(String, catalog::ContentHash, bool)> {
@@ -19,7 +21,7 @@ fn a_trace_becomes_packs_of_its_objects_in_first_read_order() {
     let work = ok(tempfile::tempdir());
     let layout = work.path().join("layout");
     // Layer 1: three small files; layer 2: one 20 MiB file (chunked: above the maximum chunk).
-    let big = noise(2000, 20 << 20);
+    let big = pseudo_random(20 << 20, 2000);
     let image = write_layout(
         &layout,
         "1",
@@ -104,8 +106,16 @@ fn a_trace_becomes_packs_of_its_objects_in_first_read_order() {
     assert!((4..=6).contains(&catalogs), "{catalogs} catalog members");
     // First-read order: f2, f0, then the big file's chunks; each object once.
     assert_eq!(contents.len(), 2, "whole-file members");
-    assert_eq!(contents[0], noise(1002, 10_000), "first member is l1/f2");
-    assert_eq!(contents[1], noise(1000, 10_000), "second member is l1/f0");
+    assert_eq!(
+        contents[0],
+        pseudo_random(10_000, 1002),
+        "first member is l1/f2"
+    );
+    assert_eq!(
+        contents[1],
+        pseudo_random(10_000, 1000),
+        "second member is l1/f0"
+    );
     assert!(chunks == big, "the chunks add up to l2/f0");
     let trace_kept = ok(store.get(
         &files

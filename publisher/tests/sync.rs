@@ -10,9 +10,12 @@ use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+use tests::random::pseudo_random;
+use tests::wait::wait_until;
+
 use crate::support::{
-    BIN, Registry, gzip, noise, noise_layer, ok, require_registry_tools, run, run_ok,
-    sha256_digest, verify_ok,
+    BIN, Registry, gzip, noise_layer, ok, require_registry_tools, run, run_ok, sha256_digest,
+    verify_ok,
 };
 
 const FQRN: &str = "sync.example.org";
@@ -435,20 +438,26 @@ fn loop_runs_passes_and_rereads_the_recipe() {
         .stderr(std::process::Stdio::null())
         .spawn());
     let passes = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = std::fs::read_to_string(&events).unwrap_or_default();
-            if text
+        let count = || {
+            std::fs::read_to_string(&events)
+                .unwrap_or_default()
                 .lines()
                 .filter(|l| l.contains("\"event\":\"pass\""))
                 .count()
-                >= n
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "no {n} passes: {text}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        };
+        let what = format!("{n} passes");
+        wait_until(
+            &what,
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || count() >= n,
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}",
+                std::fs::read_to_string(&events).unwrap_or_default()
+            )
+        });
     };
     passes(2);
     assert_eq!(public_paths(&repo), set(&[format!("{a}/app:1")]));
@@ -491,7 +500,7 @@ fn a_corrupt_layer_keeps_the_previous_image_and_spares_the_others() {
         &bad_layer[7..]
     ));
     let len = ok(std::fs::metadata(&blob)).len() as usize;
-    ok(std::fs::write(&blob, noise(99, len)));
+    ok(std::fs::write(&blob, pseudo_random(len, 99)));
     let seen = events_after(&repo, 0).len();
     let out = sync(&repo, &recipe, &[]);
     assert!(!out.status.success());

@@ -12,13 +12,14 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use namespace::paths;
 use tests::image::sha256_digest;
 use tests::net::{free_addr, http_get};
-use tests::process::tail;
+use tests::process::{Service, Spawn, tail};
+use tests::wait::wait_until;
 
 mod stack;
 
@@ -33,82 +34,32 @@ fn release() -> tests::containerd::Release {
         .unwrap_or_else(|e| panic!("the containerd release to test: {e}"))
 }
 
-/// A child process killed (by its pid) and reaped on drop.
-struct Process {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
+/// Starts a service as this file's tests always have: a fresh log each start, and signals
+/// to its pid only (containerd's shims are not in its process group anyway).
+fn spawn(name: &str, command: Command, log: &Path) -> Service {
+    let how = Spawn {
+        fresh_log: true,
+        pid_only: true,
+    };
+    Service::spawn_with(name, command, log, how).unwrap_or_else(|e| panic!("{e}"))
 }
 
-impl Process {
-    fn spawn(name: &'static str, mut command: Command, log: &Path) -> Process {
-        let out = std::fs::File::create(log).expect("create log");
-        let err = out.try_clone().expect("clone log");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Process {
-            name,
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until `socket` accepts connections; panics with the log after 30 s or if the
-    /// process exits.
-    fn wait_socket(&mut self, socket: &Path) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if UnixStream::connect(socket).is_ok() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited with {status}:\n{}", self.name, self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not listen on {} within 30 s:\n{}",
-                self.name,
-                socket.display(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Waits (30 s at most) until `service` listens on `socket`; panics with its log if it
+/// exits first or never listens.
+fn wait_socket(service: &mut Service, socket: &Path) {
+    let what = format!("{} to listen on {}", service.name(), socket.display());
+    if let Err(e) = service.wait_ready(&what, Duration::from_secs(30), || {
+        Ok(UnixStream::connect(socket).is_ok())
+    }) {
+        panic!("{e}:\n{}", service.log_text());
     }
 }
 
 /// containerd + our snapshotter in one temp dir. Field order = drop order: containerd
 /// stops before the snapshotter; running tasks are killed first (`Drop for Env`).
 struct Env {
-    containerd: Process,
-    snapshotter: Process,
+    containerd: Service,
+    snapshotter: Service,
     address: PathBuf,
     snap_socket: PathBuf,
     mountpoint: PathBuf,
@@ -191,7 +142,7 @@ fn spawn_snapshotter(
     plain: Option<&Path>,
     extra: &[String],
     log: &Path,
-) -> Process {
+) -> Service {
     let mut run = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"));
     run.arg("run")
         .arg("--socket")
@@ -207,8 +158,8 @@ fn spawn_snapshotter(
     if let Some(plain) = plain {
         run.arg("--plain-mountpoint").arg(plain);
     }
-    let mut p = Process::spawn("strata-snapshotter run", run, log);
-    p.wait_socket(socket);
+    let mut p = spawn("strata-snapshotter run", run, log);
+    wait_socket(&mut p, socket);
     p
 }
 
@@ -220,18 +171,16 @@ impl Env {
     /// Kills `run` (SIGKILL when `kill`, else SIGTERM), waits for it to go and starts it
     /// again with the same flags; its log continues in `run.log`.
     fn restart_snapshotter(&mut self, kill: bool) {
-        let pid =
-            nix::unistd::Pid::from_raw(i32::try_from(self.snapshotter.child.id()).expect("pid"));
+        let pid = self.snapshotter.pid().expect("run is running");
         let signal = if kill {
             nix::sys::signal::Signal::SIGKILL
         } else {
             nix::sys::signal::Signal::SIGTERM
         };
-        nix::sys::signal::kill(pid, signal).expect("signal run");
-        let _ = self.snapshotter.child.wait();
-        let previous = self.snapshotter.log();
+        self.snapshotter.stop_with(signal, Duration::from_secs(60));
+        let previous = self.snapshotter.log_text();
         let log = self.dir.path().join("run.log");
-        let old_log = self.dir.path().join(format!("run-{}.log", pid.as_raw()));
+        let old_log = self.dir.path().join(format!("run-{pid}.log"));
         std::fs::write(&old_log, previous).expect("save log");
         self.snapshotter = spawn_snapshotter(
             &self.snap_socket,
@@ -308,8 +257,8 @@ impl Env {
         .expect("write config");
         let mut cmd = release().containerd_command().expect("containerd command");
         cmd.arg("--config").arg(&config);
-        let mut containerd = Process::spawn("containerd", cmd, &d.join("containerd.log"));
-        containerd.wait_socket(&address);
+        let mut containerd = spawn("containerd", cmd, &d.join("containerd.log"));
+        wait_socket(&mut containerd, &address);
         let env = Env {
             containerd,
             snapshotter,
@@ -322,16 +271,26 @@ impl Env {
             dir,
         };
         // containerd answers only once its plugins are loaded.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !env.ctr_raw(&["version"]).0 {
-            assert!(
-                Instant::now() < deadline,
-                "containerd not ready:\n{}",
-                env.containerd.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        let ready = || env.ctr_raw(&["version"]).0;
+        if let Err(e) = wait_until(
+            "containerd to answer",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            ready,
+        ) {
+            panic!("{e}:\n{}", env.containerd.log_text());
         }
         env
+    }
+
+    /// For failure messages: the snapshotter's whole log and the last `lines` lines of
+    /// containerd's.
+    fn logs(&self, lines: usize) -> String {
+        format!(
+            "--- snapshotter log:\n{}\n--- containerd log (tail):\n{}",
+            self.snapshotter.log_text(),
+            tail(self.containerd.log(), lines)
+        )
     }
 
     fn ctr_raw(&self, args: &[&str]) -> (bool, String) {
@@ -364,12 +323,7 @@ impl Env {
     /// As [`Env::ctr`] in `namespace`.
     fn ctr_in(&self, namespace: &str, args: &[&str]) -> String {
         let (ok, text) = self.ctr_raw_in(namespace, args);
-        assert!(
-            ok,
-            "ctr {args:?} failed:\n{text}\n--- snapshotter log:\n{}\n--- containerd log (tail):\n{}",
-            self.snapshotter.log(),
-            tail(&self.containerd.log, 40)
-        );
+        assert!(ok, "ctr {args:?} failed:\n{text}\n{}", self.logs(40));
         text
     }
 
@@ -603,15 +557,7 @@ fn pull_commits_remote_layers_and_creates_image() {
     let env = Env::start();
     let (layers, chains) = publish(&env.mountpoint, IMAGE, &["a", "b", "c"], true);
 
-    let out = env.pull(IMAGE);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "pull failed:\n{stdout}{}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        env.snapshotter.log(),
-        tail(&env.containerd.log, 40)
-    );
+    let stdout = env.pull_ok(IMAGE);
     for step in ["metadata:", "connect:", "content:", "snapshots:", "image:"] {
         assert!(stdout.contains(step), "no timing for {step}: {stdout}");
     }
@@ -632,7 +578,7 @@ fn pull_commits_remote_layers_and_creates_image() {
     assert!(info.contains(&chains[1]), "parent of the top layer: {info}");
 
     // The snapshotter logged one remote decision per layer.
-    let log = env.snapshotter.log();
+    let log = env.snapshotter.log_text();
     assert_eq!(log.matches("remote: layer published").count(), 3, "{log}");
 
     // A container snapshot on top stacks the three layerfs dirs, top first.
@@ -689,7 +635,7 @@ fn pull_of_unpublished_layer_fails_naming_it() {
     assert!(!out.status.success(), "pull must fail");
     assert!(stderr.contains("not published"), "{stderr}");
     assert!(stderr.contains(&layers[0]), "{stderr}");
-    let log = env.snapshotter.log();
+    let log = env.snapshotter.log_text();
     assert!(log.contains("fallback to local snapshot"), "{log}");
 
     // Nothing half-done stays behind as an image.
@@ -710,10 +656,9 @@ impl Env {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
-            "pull failed:\n{stdout}{}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
+            "pull failed:\n{stdout}{}\n{}",
             String::from_utf8_lossy(&out.stderr),
-            self.snapshotter.log(),
-            tail(&self.containerd.log, 40)
+            self.logs(40)
         );
         stdout
     }
@@ -744,16 +689,14 @@ impl Env {
         panic!("no state from {task}");
     }
 
-    fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ok() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
-                self.snapshotter.log(),
-                tail(&self.containerd.log, 40)
-            );
-            std::thread::sleep(Duration::from_millis(200));
+    fn wait_for(&self, what: &str, ok: impl FnMut() -> bool) {
+        if let Err(e) = wait_until(
+            what,
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            ok,
+        ) {
+            panic!("{e}\n{}", self.logs(40));
         }
     }
 
@@ -804,30 +747,28 @@ fn killing_and_restarting_run_never_disturbs_running_containers() {
         READER_LOOP,
     ]);
     let mut last = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok, text) = env.ctr_raw(&[
-            "tasks",
-            "exec",
-            "--exec-id",
-            "probe",
-            "reader",
-            "/bin/sh",
-            "-c",
-            "read x < /state",
-        ]);
-        if ok {
-            break;
-        }
-        last = text;
-        assert!(
-            Instant::now() < deadline,
-            "reader loop not running: {last}\n{}",
-            env.ctr_raw(&["tasks", "ls"]).1
-        );
-        std::thread::sleep(Duration::from_millis(200));
+    let running = wait_until(
+        "the reader loop",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let (ok, text) = env.ctr_raw(&[
+                "tasks",
+                "exec",
+                "--exec-id",
+                "probe",
+                "reader",
+                "/bin/sh",
+                "-c",
+                "read x < /state",
+            ]);
+            last = text;
+            ok
+        },
+    );
+    if let Err(e) = running {
+        panic!("{e}: {last}\n{}", env.ctr_raw(&["tasks", "ls"]).1);
     }
-    let _ = last;
     let (before, content) = env.reader_state("reader");
     assert_eq!(content, "layer0 layer2");
 
@@ -882,7 +823,7 @@ fn killing_and_restarting_run_never_disturbs_running_containers() {
     env.wait_for("no snapshot directories left", || {
         env.snapshot_dirs().is_empty()
     });
-    let log = env.snapshotter.log();
+    let log = env.snapshotter.log_text();
     assert!(!log.contains("ERROR"), "{log}");
 
     // And the image can be pulled and run again afterwards.
@@ -913,7 +854,9 @@ fn restart_with_repository_unreachable_keeps_state_and_recovers() {
     std::fs::rename(&env.mountpoint, &gone).expect("hide repository");
     env.restart_snapshotter(true);
     env.wait_for("the start-up check", || {
-        env.snapshotter.log().contains("checked remote snapshots")
+        env.snapshotter
+            .log_text()
+            .contains("checked remote snapshots")
     });
 
     // No state lost; the layers are reported unavailable, not deleted.
@@ -921,7 +864,7 @@ fn restart_with_repository_unreachable_keeps_state_and_recovers() {
     assert_eq!(ls, before, "listing changed while the repository is away");
     let info = env.snap(&["info", &chains[2]]);
     assert!(info.contains("strata.io/unavailable"), "{info}");
-    let log = env.snapshotter.log();
+    let log = env.snapshotter.log_text();
     assert_eq!(
         log.matches("remote snapshot unavailable").count(),
         3,
@@ -959,7 +902,9 @@ fn restart_with_repository_unreachable_keeps_state_and_recovers() {
     // A restart clears the label.
     env.restart_snapshotter(false);
     env.wait_for("the start-up check", || {
-        env.snapshotter.log().contains("checked remote snapshots")
+        env.snapshotter
+            .log_text()
+            .contains("checked remote snapshots")
     });
     let info = env.snap(&["info", &chains[2]]);
     assert!(!info.contains("strata.io/unavailable"), "{info}");
@@ -978,7 +923,7 @@ fn require_remote_refuses_fallbacks_with_failed_precondition() {
         stderr.contains("FailedPrecondition") || stderr.contains("--require-remote"),
         "{stderr}"
     );
-    let log = env.snapshotter.log();
+    let log = env.snapshotter.log_text();
     assert!(log.contains("fallback refused (--require-remote)"), "{log}");
     // No half-made snapshot.
     let ls = env.snap(&["ls"]);
@@ -1264,7 +1209,7 @@ fn image_not_in_the_repository_pulls_and_runs_through_the_registry() {
         stdout.contains("0 layers from the repository, 2 fetched from the registry"),
         "{stdout}"
     );
-    let log = env.snapshotter.log();
+    let log = env.snapshotter.log_text();
     assert_eq!(
         log.matches("fallback to local snapshot").count(),
         2,
@@ -1386,13 +1331,8 @@ fn cri_pull_is_remote_and_user_setuid_caps_and_runtimes_match_overlayfs() {
 
     // The kubelet's pull: every layer remote, no layer blob fetched.
     let mark = stack.registry_mark();
-    let image_ref = tests::cri::pull_image(&env.address, &reference).unwrap_or_else(|e| {
-        panic!(
-            "{e}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
-            env.snapshotter.log(),
-            tail(&env.containerd.log, 60)
-        )
-    });
+    let image_ref = tests::cri::pull_image(&env.address, &reference)
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.logs(60)));
     assert_eq!(image_ref, image.config_digest);
     let status = tests::cri::image_status(&env.address, &reference)
         .expect("ImageStatus")
@@ -1407,7 +1347,7 @@ fn cri_pull_is_remote_and_user_setuid_caps_and_runtimes_match_overlayfs() {
         );
         assert!(info.contains("containerd.io/snapshot/remote"), "{info}");
     }
-    let log = env.snapshotter.log();
+    let log = env.snapshotter.log_text();
     assert_eq!(
         log.matches("remote: layer published").count(),
         image.chains.len(),
@@ -1552,7 +1492,7 @@ fn cri_pull_is_remote_and_user_setuid_caps_and_runtimes_match_overlayfs() {
         env.ctr_in("k8s.io", &["containers", "rm", &id]);
     }
     // Nothing was fetched from the registry for the strata side.
-    let log = env.snapshotter.log();
+    let log = env.snapshotter.log_text();
     assert!(!log.contains("fallback to local snapshot"), "{log}");
 }
 

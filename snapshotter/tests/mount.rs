@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use tests::fixtures::{STOCK_FQRN, stock_repo};
 use tests::mounts::is_fuse_mounted;
 use tests::net::free_addr;
+use tests::random::pseudo_random;
+use tests::wait::{poll, wait_until};
 
 use crate::support::*;
 
@@ -557,7 +559,7 @@ fn a_quota_smaller_than_the_image_holds_while_everything_is_read() {
     let work = tempfile::tempdir().unwrap();
     const OBJECT: usize = 200 * 1024;
     let files: Vec<(String, Vec<u8>)> = (0..16u64)
-        .map(|i| (format!("/d{}/f{i}", i % 3), noise(OBJECT, i + 1)))
+        .map(|i| (format!("/d{}/f{i}", i % 3), pseudo_random(OBJECT, i + 1)))
         .collect();
     let repo = FlatRepo::build(work.path(), &files, 240);
     let server = Server::start(&[(FQRN, &repo.srv)]);
@@ -620,7 +622,7 @@ fn a_quota_smaller_than_the_image_holds_while_everything_is_read() {
 fn a_new_revision_appears_while_open_files_keep_their_revision() {
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();
-    let old_big = noise(1 << 20, 7);
+    let old_big = pseudo_random(1 << 20, 7);
     let rev1: Vec<(String, Vec<u8>)> = vec![
         ("/a".into(), b"one\n".to_vec()),
         ("/keep".into(), b"same\n".to_vec()),
@@ -663,20 +665,17 @@ fn a_new_revision_appears_while_open_files_keep_their_revision() {
     let published = repo.srv.join(".cvmfspublished");
     let hidden = repo.srv.join("published.away");
     std::fs::rename(&published, &hidden).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !m.log_text().contains("revision check failed") {
-        assert!(
-            Instant::now() < deadline,
-            "no failed check:\n{}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    m.wait_until(
+        "a failed revision check in the log",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || m.log_text().contains("revision check failed"),
+    );
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
     std::fs::rename(&hidden, &published).unwrap();
 
     // Revision 2: /a changes, /d/big changes, /new appears, /keep stays.
-    let new_big = noise(1 << 20, 8);
+    let new_big = pseudo_random(1 << 20, 8);
     let rev2: Vec<(String, Vec<u8>)> = vec![
         ("/a".into(), b"two!\n".to_vec()),
         ("/keep".into(), b"same\n".to_vec()),
@@ -684,15 +683,12 @@ fn a_new_revision_appears_while_open_files_keep_their_revision() {
         ("/new".into(), b"new file\n".to_vec()),
     ];
     repo.publish(&rev2, 2, 240);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !mnt.join("new").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "revision 2 never appeared:\n{}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    m.wait_until(
+        "revision 2",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || mnt.join("new").exists(),
+    );
     assert_eq!(std::fs::read(mnt.join("new")).unwrap(), b"new file\n");
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"two!\n");
     assert_eq!(names(&mnt), vec!["a", "d", "keep", "new"]);
@@ -723,7 +719,7 @@ fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
     let store = catalog::LocalStore::open(&srv).unwrap();
     let keys = make_keys(&store, work.path());
     const CHUNK: usize = 1 << 20;
-    let body = noise(8 * CHUNK, 11);
+    let body = pseudo_random(8 * CHUNK, 11);
     let mut chunks = Vec::new();
     for (i, piece) in body.chunks(CHUNK).enumerate() {
         let hash = store.put_raw(piece, catalog::Suffix::Partial).unwrap();
@@ -808,15 +804,13 @@ fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
     let f = std::fs::File::open(mnt.join("big")).unwrap();
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, (3 * CHUNK) as u64).unwrap();
     assert_eq!(buf, body[3 * CHUNK..3 * CHUNK + 4096]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while (0..8).any(|i| fetched(i) == 0) {
-        assert!(
-            Instant::now() < deadline,
-            "the chunks were not read ahead: {:?}",
-            (0..8).map(fetched).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "the chunks to be read ahead",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || (0..8).all(|i| fetched(i) != 0),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", (0..8).map(fetched).collect::<Vec<_>>()));
     std::thread::sleep(Duration::from_millis(300));
     drop(f);
     assert!(std::fs::read(mnt.join("big")).unwrap() == body);
@@ -832,11 +826,16 @@ fn read_ahead_fetches_a_directory_s_small_files_once_and_they_are_then_read_from
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();
     let mut files: Vec<(String, Vec<u8>)> = (0..10u64)
-        .map(|i| (format!("/lib/f{i:02}"), noise(3000 + i as usize, i + 100)))
+        .map(|i| {
+            (
+                format!("/lib/f{i:02}"),
+                pseudo_random(3000 + i as usize, i + 100),
+            )
+        })
         .collect();
     // Larger than the read-ahead size limit (1 MiB by default): only fetched when read.
-    files.push(("/lib/huge".into(), noise(1_500_000, 7)));
-    files.push(("/elsewhere/x".into(), noise(2000, 8)));
+    files.push(("/lib/huge".into(), pseudo_random(1_500_000, 7)));
+    files.push(("/elsewhere/x".into(), pseudo_random(2000, 8)));
     let repo = FlatRepo::build(work.path(), &files, 240);
     let server = Server::start(&[(FQRN, &repo.srv)]);
     let mnt = work.path().join("mnt");
@@ -855,15 +854,13 @@ fn read_ahead_fetches_a_directory_s_small_files_once_and_they_are_then_read_from
     let requested = |object: &str| server.requests_for(object);
     assert_eq!(std::fs::read(mnt.join("lib/f00")).unwrap(), files[0].1);
     // The rest of the directory's small files arrive in the background.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while (1..10).any(|i| requested(&objects[i]) == 0) {
-        assert!(
-            Instant::now() < deadline,
-            "read-ahead did not fetch the directory: {:?}",
-            server.paths.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "read-ahead to fetch the directory",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || (1..10).all(|i| requested(&objects[i]) != 0),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", server.paths.lock().unwrap()));
     assert_eq!(
         requested(&objects[10]),
         0,
@@ -908,7 +905,7 @@ fn a_trace_lists_the_files_read_once_each_in_first_read_order() {
     let files: Vec<(String, Vec<u8>)> = ["/lib/a", "/lib/b", "/bin/c", "/bin/never-read"]
         .iter()
         .enumerate()
-        .map(|(i, p)| (p.to_string(), noise(1000 + i, i as u64 + 500)))
+        .map(|(i, p)| (p.to_string(), pseudo_random(1000 + i, i as u64 + 500)))
         .collect();
     let repo = FlatRepo::build(work.path(), &files, 240);
     let server = Server::start(&[(FQRN, &repo.srv)]);
@@ -943,7 +940,7 @@ fn concurrent_readers_of_one_object_cause_one_get() {
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();
     // Over the read-ahead size limit: only the readers fetch it.
-    let files = vec![("/data/big".to_string(), noise(3_000_000, 41))];
+    let files = vec![("/data/big".to_string(), pseudo_random(3_000_000, 41))];
     let repo = FlatRepo::build(work.path(), &files, 240);
     let server = Server::start(&[(FQRN, &repo.srv)]);
     let object = object_of(&repo.store, &files[0].1);
@@ -964,11 +961,7 @@ fn concurrent_readers_of_one_object_cause_one_get() {
         })
         .collect();
     // The first reader's download waits on the server; give the others time to ask too.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server.held_requests.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "no reader asked for the object");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_held(1, "a reader to ask for the object", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
     let asked = server.held_requests.load(Ordering::SeqCst);
     server.held.lock().unwrap().clear();
@@ -988,9 +981,9 @@ fn a_demand_read_is_not_queued_behind_read_ahead() {
     let work = tempfile::tempdir().unwrap();
     // More files than read-ahead threads, all held by the server but the first.
     let mut files: Vec<(String, Vec<u8>)> = (0..40u64)
-        .map(|i| (format!("/slow/s{i:02}"), noise(2000, i + 200)))
+        .map(|i| (format!("/slow/s{i:02}"), pseudo_random(2000, i + 200)))
         .collect();
-    files.push(("/fast/x".into(), noise(2000, 999)));
+    files.push(("/fast/x".into(), pseudo_random(2000, 999)));
     let repo = FlatRepo::build(work.path(), &files, 240);
     let server = Server::start(&[(FQRN, &repo.srv)]);
     let held: Vec<String> = files[1..40]
@@ -1009,11 +1002,7 @@ fn a_demand_read_is_not_queued_behind_read_ahead() {
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
     assert_eq!(std::fs::read(mnt.join("slow/s00")).unwrap(), files[0].1);
     // Every read-ahead thread waits on a held download now.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server.held_requests.load(Ordering::SeqCst) < 16 {
-        assert!(Instant::now() < deadline, "read-ahead did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_held(16, "read-ahead to start", Duration::from_secs(20));
     let fast = mnt.join("fast/x");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -1081,7 +1070,7 @@ fn a_chunked_file_held_open_keeps_its_revision_across_a_switch() {
         let (hash, size) = store_catalog(&store, &db);
         publish(&store, &keys, hash, size, revision);
     };
-    let old = noise(4 * CHUNK, 21);
+    let old = pseudo_random(4 * CHUNK, 21);
     publish_chunked(&old, 1);
     let server = Server::start(&[(FQRN, &srv)]);
     let mnt = work.path().join("mnt");
@@ -1100,17 +1089,14 @@ fn a_chunked_file_held_open_keeps_its_revision_across_a_switch() {
     std::os::unix::fs::FileExt::read_exact_at(&held, &mut head, 0).unwrap();
     assert!(head == old[..CHUNK]);
 
-    let new = noise(4 * CHUNK, 22);
+    let new = pseudo_random(4 * CHUNK, 22);
     publish_chunked(&new, 2);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read(mnt.join("mark")).unwrap() != b"2\n" {
-        assert!(
-            Instant::now() < deadline,
-            "revision 2 never appeared:\n{}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    m.wait_until(
+        "revision 2",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || std::fs::read(mnt.join("mark")).unwrap() == b"2\n",
+    );
     // The switch dropped the old inode's page cache: these reads reach the mount.
     let mut rest = vec![0u8; old.len() - CHUNK];
     std::os::unix::fs::FileExt::read_exact_at(&held, &mut rest, CHUNK as u64).unwrap();
@@ -1141,15 +1127,12 @@ fn breadcrumb(cache: &Path) -> String {
 
 /// Waits until the mount's log contains `text`.
 fn wait_for_log(m: &Mounted, text: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    while !m.log_text().contains(text) {
-        assert!(
-            Instant::now() < deadline,
-            "log never said {text:?}:\n{}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    m.wait_until(
+        &format!("the log to say {text:?}"),
+        within,
+        Duration::from_millis(100),
+        || m.log_text().contains(text),
+    );
 }
 
 #[test]
@@ -1289,11 +1272,12 @@ fn offline_mode_serves_the_cache_and_recovers_when_the_server_returns() {
     );
     let _server = Server::start_at(&[(FQRN, &repo.srv)], &addr);
     wait_for_log(&m, "leaving offline mode", Duration::from_secs(20));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while mnt.join("d").exists() {
-        assert!(Instant::now() < deadline, "no switch:\n{}", m.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    m.wait_until(
+        "the switch to revision 2",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || !mnt.join("d").exists(),
+    );
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"two\n");
     assert_eq!(std::fs::read(mnt.join("unseen")).unwrap(), b"never read\n");
     assert!(breadcrumb(&cache).ends_with("R2"), "{}", breadcrumb(&cache));
@@ -1530,26 +1514,16 @@ fn a_lookup_that_spans_a_revision_switch_answers_from_the_new_revision() {
     server.held.lock().unwrap().push(old_nested.clone());
     let f = mnt.join("n/f");
     let reader = std::thread::spawn(move || std::fs::read(f));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.held_requests.load(Ordering::SeqCst) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the nested catalog was never requested"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_held(1, "the nested catalog's request", Duration::from_secs(10));
 
     // Revision 3 changes /n/f and is switched to while that lookup waits.
     publish_nested(&repo, b"two\n", 3);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !mnt.join("rev3").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "revision 3 never appeared:\n{}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    m.wait_until(
+        "revision 3",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || mnt.join("rev3").exists(),
+    );
     assert!(
         !reader.is_finished(),
         "the lookup did not wait for the held download"
@@ -1588,28 +1562,32 @@ fn wait_for_stats(
     m: &Mounted,
     done: impl Fn(&snapshotter::client::quota::CacheStats) -> bool,
 ) -> snapshotter::client::quota::CacheStats {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = snapshotter::client::quota::CacheIndex::open(cache)
-            .and_then(|i| i.stats())
-            .unwrap();
-        if done(&stats) {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cache counters never got there: {stats:?}\n{}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut last = None;
+    let counted = poll(
+        "the cache counters",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let stats = snapshotter::client::quota::CacheIndex::open(cache)
+                .and_then(|i| i.stats())
+                .unwrap();
+            if done(&stats) {
+                return Ok(Some(stats));
+            }
+            last = Some(stats);
+            Ok(None)
+        },
+    );
+    counted.unwrap_or_else(|e| panic!("{e}: {last:?}\n{}", m.log_text()))
 }
 
 #[test]
 fn startup_packs_are_prefetched_on_request_and_checked_member_by_member() {
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();
-    let bodies: Vec<Vec<u8>> = (0..6).map(|i| noise(5000 + i, 700 + i as u64)).collect();
+    let bodies: Vec<Vec<u8>> = (0..6)
+        .map(|i| pseudo_random(5000 + i, 700 + i as u64))
+        .collect();
     let stored: Vec<Vec<u8>> = bodies.iter().map(|b| catalog::compress(b)).collect();
     let member = |i: usize| catalog::PackMember {
         hash: catalog::ContentHash::of_bytes(catalog::HashAlgorithm::Sha1, &stored[i]),
@@ -1713,7 +1691,12 @@ fn files_read_the_same_with_and_without_fuse_passthrough() {
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();
     let files: Vec<(String, Vec<u8>)> = (0..4)
-        .map(|i| (format!("/d/f{i}"), noise(300_000 + i * 7, 900 + i as u64)))
+        .map(|i| {
+            (
+                format!("/d/f{i}"),
+                pseudo_random(300_000 + i * 7, 900 + i as u64),
+            )
+        })
         .collect();
     let repo = FlatRepo::build(work.path(), &files, 240);
     let server = Server::start(&[(FQRN, &repo.srv)]);

@@ -6,12 +6,15 @@
 //! These tests need root, `/dev/fuse` and `/usr/sbin/squid`; they fail (not skip) without.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tests::net::free_port;
+use tests::process::{Service, Spawn};
+use tests::random::pseudo_random;
+use tests::wait::wait_until;
 
 use crate::support::*;
 
@@ -51,8 +54,9 @@ fn with_proxy(mut cmd: Command, chain: &str) -> Command {
 // ---------------------------------------------------------------------------------------
 // A real Squid
 
+/// Squid in the foreground, stopped (SIGTERM to its pid, SIGKILL after 10 s) on drop.
 struct Squid {
-    child: Option<Child>,
+    service: Service,
     dir: tempfile::TempDir,
     port: u16,
 }
@@ -102,26 +106,22 @@ impl Squid {
             .status()
             .unwrap();
         assert!(status.success(), "squid -z failed");
-        let log = std::fs::File::create(dir.path().join("squid.stderr")).unwrap();
-        let child = Command::new("/usr/sbin/squid")
-            .args(["-N", "-f"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut squid = Squid {
-            child: Some(child),
-            dir,
-            port,
+        let mut command = Command::new("/usr/sbin/squid");
+        command.args(["-N", "-f"]).arg(&conf);
+        let how = Spawn {
+            fresh_log: true,
+            pid_only: true,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = squid.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("squid exited with {status}: {}", squid.cache_log());
-            }
-            assert!(Instant::now() < deadline, "squid did not start");
-            std::thread::sleep(Duration::from_millis(100));
+        let service = Service::spawn_with("squid", command, &dir.path().join("squid.stderr"), how)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut squid = Squid { service, dir, port };
+        let listening = || Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        let what = format!("squid on 127.0.0.1:{port}");
+        if let Err(e) = squid
+            .service
+            .wait_ready(&what, Duration::from_secs(30), listening)
+        {
+            panic!("{e}: {}", squid.cache_log());
         }
         squid
     }
@@ -136,21 +136,6 @@ impl Squid {
 
     fn cache_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("cache.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Squid {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -346,24 +331,22 @@ fn a_second_mount_with_an_empty_cache_is_served_by_squid() {
         server.paths.lock().unwrap()
     );
     // Squid logs each request; the hello object must be a hit the second time.
-    let deadline = Instant::now() + Duration::from_secs(10);
     let hello = repo.hello_object.clone();
-    loop {
-        let log = squid.access_log();
-        let hits: Vec<&str> = log
+    let hit = || {
+        squid
+            .access_log()
             .lines()
             .filter(|l| l.contains(&hello))
-            .filter(|l| l.contains("TCP_HIT/200") || l.contains("TCP_MEM_HIT/200"))
-            .collect();
-        if !hits.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no cache hit for {hello} in Squid's access log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            .any(|l| l.contains("TCP_HIT/200") || l.contains("TCP_MEM_HIT/200"))
+    };
+    let what = format!("a cache hit for {hello} in Squid's access log");
+    wait_until(
+        &what,
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        hit,
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{}", squid.access_log()));
     let log = squid.access_log();
     let data_hits = log
         .lines()
@@ -427,7 +410,7 @@ fn read_ahead_fails_over_from_a_proxy_that_dies_under_it() {
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();
     let files: Vec<(String, Vec<u8>)> = (0..30u64)
-        .map(|i| (format!("/lib/f{i:02}"), noise(3000, i + 300)))
+        .map(|i| (format!("/lib/f{i:02}"), pseudo_random(3000, i + 300)))
         .collect();
     let repo = FlatRepo::build(work.path(), &files, 240);
     let server = Server::start(&[(FQRN, &repo.srv)]);
@@ -448,11 +431,7 @@ fn read_ahead_fails_over_from_a_proxy_that_dies_under_it() {
     let log = work.path().join("m.log");
     let mut m = Mounted::start(with_proxy(cmd, &chain), &mnt, &log);
     assert_eq!(std::fs::read(mnt.join("lib/f00")).unwrap(), files[0].1);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server.held_requests.load(Ordering::SeqCst) < 8 {
-        assert!(Instant::now() < deadline, "read-ahead did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_held(8, "read-ahead to start", Duration::from_secs(20));
     assert!(
         second.requests.lock().unwrap().is_empty(),
         "the second proxy was used while the first worked"
@@ -468,15 +447,12 @@ fn read_ahead_fails_over_from_a_proxy_that_dies_under_it() {
             .iter()
             .any(|head| head.contains(object))
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ahead.iter().all(|o| through_second(o)) {
-        assert!(
-            Instant::now() < deadline,
-            "read-ahead did not fail over:\n{}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    m.wait_until(
+        "read-ahead to fail over",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || ahead.iter().all(|o| through_second(o)),
+    );
     // Give the last downloads time to be committed, then read everything: from the cache.
     std::thread::sleep(Duration::from_millis(500));
     let before = second.requests.lock().unwrap().len();

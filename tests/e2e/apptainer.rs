@@ -16,13 +16,11 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use tests::binaries::check_prerequisites;
 use tests::image::{self, DELETED_FILE, OPAQUE_DIR, OPAQUE_UPPER_FILE};
 use tests::process::{run_capture, run_checked};
-use tests::runtimes::SidSandbox;
+use tests::runtimes::{SidSandbox, publish_and_mount, sid_sandbox};
 use tests::scenario::{WORKLOAD, expected_workload_output, image_cache_root};
 use tests::steps::{Steps, format_duration};
-use tests::strata::{FuseMount, MountArgs, Repo};
 use tests::workdir::WorkDir;
 
 use super::in_workdir;
@@ -54,14 +52,7 @@ const CMD: [&str; 2] = ["default", "it's two"];
 fn apptainer_runs_published_images_from_the_mount() {
     in_workdir("apptainer", |work| {
         let mut steps = Steps::new();
-        steps.run(
-            "check prerequisites (root, /dev/fuse, tools, built binaries)",
-            check_prerequisites,
-        )?;
-        let sandbox = steps.run(
-            "the sid root with apptainer (scripts/install-runtimes)",
-            SidSandbox::new,
-        )?;
+        let sandbox = sid_sandbox(&mut steps, "apptainer")?;
         let version = steps.run("apptainer --version inside the sid root", || {
             stdout_of(run_checked(
                 &mut sandbox.command("apptainer", &["--version"]),
@@ -74,37 +65,10 @@ fn apptainer_runs_published_images_from_the_mount() {
         let layout = steps.run("the test image with two configs (umoci config)", || {
             image_variants(work)
         })?;
-        let repo = steps.run(&format!("strata-publisher init --fqrn {FQRN}"), || {
-            Ok::<_, anyhow::Error>(Repo::init(
-                &work.path().join("repo"),
-                FQRN,
-                &work.log("publisher-init"),
-            )?)
-        })?;
-        for (name, tag) in [(RUN_IMAGE, "run"), (BARE_IMAGE, "bare")] {
-            steps.run(&format!("strata-publisher ingest --name {name}"), || {
-                repo.ingest(
-                    &["--name", name, &format!("oci:{layout}:{tag}")],
-                    &work.log("publisher-ingest"),
-                )
-            })?;
-        }
-        let server = steps.run("strata-publisher serve", || {
-            repo.serve(&work.log("publisher-serve"))
-        })?;
-        let mountpoint = work.path().join("mnt");
-        let mount = steps.run("strata-snapshotter mount (FUSE)", || {
-            FuseMount::start(
-                &MountArgs {
-                    fqrn: FQRN,
-                    server: &server.server_url(),
-                    pubkey: &repo.public_key(),
-                    cache: &work.path().join("cache"),
-                    mountpoint: &mountpoint,
-                },
-                &work.log("snapshotter-mount"),
-            )
-        })?;
+        let images = [(RUN_IMAGE, "run"), (BARE_IMAGE, "bare")]
+            .map(|(name, tag)| (name, format!("oci:{layout}:{tag}")));
+        let published = publish_and_mount(&mut steps, work, FQRN, &images, &[])?;
+        let mountpoint = published.mount.mountpoint().to_owned();
         let host = Host {
             sandbox: sandbox.bind(&mountpoint, &format!("/cvmfs/{FQRN}")),
             work,
@@ -224,7 +188,7 @@ fn apptainer_runs_published_images_from_the_mount() {
                 &format!("{}|0\n", GREETING.1),
             )
         })?;
-        let mut mount = mount;
+        let mut mount = published.mount;
         mount
             .check_running()
             .context("the FUSE mount died during the test")?;

@@ -14,9 +14,8 @@ mod startup;
 mod tar_corpus;
 mod tree_equality;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Mutex;
-use tests::process::run_checked;
 
 use anyhow::{Context, Result, bail, ensure};
 use tests::binaries::check_system;
@@ -101,16 +100,7 @@ fn reference_image_behaves_under_containerd_overlayfs() {
         })?;
         let reference = format!("{}/reference:1", registry.host());
         steps.run("skopeo copy", || {
-            run_checked(
-                Command::new("skopeo").args([
-                    "copy",
-                    "--dest-tls-verify=false",
-                    &image.oci_reference(),
-                    &format!("docker://{reference}"),
-                ]),
-                &work.log("skopeo"),
-                std::time::Duration::from_secs(600),
-            )
+            registry.push(&image.oci_reference(), &reference, &work.log("skopeo"))
         })?;
         let containerd = steps.run("start private containerd", || {
             Containerd::start(

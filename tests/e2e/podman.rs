@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use tests::binaries::PUBLISHER;
-use tests::binaries::check_prerequisites;
 use tests::image::{self, DELETED_DIR, DELETED_FILE, OPAQUE_DIR, OPAQUE_UPPER_FILE};
 use tests::process::run_checked;
-use tests::runtimes::SidSandbox;
+use tests::runtimes::{SidSandbox, publish_and_mount, sid_sandbox};
 use tests::scenario::{WORKLOAD, expected_workload_output, image_cache_root};
 use tests::steps::{Steps, format_duration};
-use tests::strata::{FuseMount, MountArgs, Repo, strata_command};
+use tests::strata::{Repo, strata_command};
+use tests::wait::wait_until;
 use tests::workdir::WorkDir;
 
 use super::in_workdir;
@@ -40,48 +40,15 @@ const SWITCH_TIMEOUT: Duration = Duration::from_secs(60);
 fn podman_runs_published_images_from_the_store_in_the_mount() {
     in_workdir("podman", |work| {
         let mut steps = Steps::new();
-        steps.run(
-            "check prerequisites (root, /dev/fuse, tools, built binaries)",
-            check_prerequisites,
-        )?;
-        let sandbox = steps.run(
-            "the sid root with podman (scripts/install-runtimes)",
-            SidSandbox::new,
-        )?;
+        let sandbox = sid_sandbox(&mut steps, "podman")?;
         let test_image = steps.run("test image (cached)", || {
             image::test_image(&image_cache_root()?)
         })?;
-        let repo = steps.run(&format!("strata-publisher init --fqrn {FQRN}"), || {
-            Ok::<_, anyhow::Error>(Repo::init(
-                &work.path().join("repo"),
-                FQRN,
-                &work.log("publisher-init"),
-            )?)
-        })?;
         let layout = test_image.oci_reference();
-        for name in NAMES {
-            steps.run(&format!("strata-publisher ingest --name {name}"), || {
-                repo.ingest(&["--name", name, &layout], &work.log("publisher-ingest"))
-            })?;
-        }
-        let server = steps.run("strata-publisher serve", || {
-            repo.serve(&work.log("publisher-serve"))
-        })?;
-        let mountpoint = work.path().join("mnt");
-        let mut mount = steps.run("strata-snapshotter mount --max-ttl 1s (FUSE)", || {
-            FuseMount::start_with_options(
-                &MountArgs {
-                    fqrn: FQRN,
-                    server: &server.server_url(),
-                    pubkey: &repo.public_key(),
-                    cache: &work.path().join("cache"),
-                    mountpoint: &mountpoint,
-                },
-                None,
-                &["--max-ttl", "1s"],
-                &work.log("snapshotter-mount"),
-            )
-        })?;
+        let images = NAMES.map(|name| (name, layout.clone()));
+        let mut published =
+            publish_and_mount(&mut steps, work, FQRN, &images, &["--max-ttl", "1s"])?;
+        let mountpoint = published.mount.mountpoint().to_owned();
         let node = steps.run("podman's storage, /run and storage.conf", || {
             Node::new(work, sandbox, &mountpoint)
         })?;
@@ -154,7 +121,7 @@ fn podman_runs_published_images_from_the_store_in_the_mount() {
         })?;
 
         steps.run(&format!("strata-publisher remove {}", NAMES[0]), || {
-            remove(&repo, NAMES[0], work)
+            remove(&published.repo, NAMES[0], work)
         })?;
         steps.run("the mount switches to the next revision", || {
             wait_until_gone(&mountpoint, NAMES[0])
@@ -177,7 +144,7 @@ fn podman_runs_published_images_from_the_store_in_the_mount() {
             },
         )?;
         steps.run(&format!("strata-publisher remove {}", NAMES[1]), || {
-            remove(&repo, NAMES[1], work)
+            remove(&published.repo, NAMES[1], work)
         })?;
         steps.run("the mount switches again", || {
             wait_until_gone(&mountpoint, NAMES[1])
@@ -207,7 +174,8 @@ fn podman_runs_published_images_from_the_store_in_the_mount() {
                 Ok(())
             },
         )?;
-        mount
+        published
+            .mount
             .check_running()
             .context("the FUSE mount died during the test")?;
         println!("steps:\n{}", steps.summary());
@@ -319,12 +287,9 @@ fn remove(repo: &Repo, name: &str, work: &WorkDir) -> Result<()> {
 fn wait_until_gone(mountpoint: &Path, name: &str) -> Result<()> {
     let start = Instant::now();
     let path = mountpoint.join(name);
-    while path.symlink_metadata().is_ok() {
-        if start.elapsed() > SWITCH_TIMEOUT {
-            bail!("{} is still there after {SWITCH_TIMEOUT:?}", path.display());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let what = format!("{} to go", path.display());
+    let gone = || path.symlink_metadata().is_err();
+    wait_until(&what, SWITCH_TIMEOUT, Duration::from_millis(200), gone)?;
     println!("    switched after {}", format_duration(start.elapsed()));
     Ok(())
 }

@@ -6,11 +6,13 @@
 //! start still succeeds through ordinary fetches.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use tests::scenario::{Published, Stack};
 use tests::steps::Steps;
 use tests::strata::{cache_report, report_value};
+use tests::wait::poll;
 use tests::workdir::WorkDir;
 
 use crate::in_workdir;
@@ -25,18 +27,22 @@ fn startup_dir(mnt: &Path, reference: &str) -> std::path::PathBuf {
 
 /// Waits until the counter `key` of the cache at `cache` reaches `packs`; the report.
 fn wait_for_packs(work: &WorkDir, cache: &Path, key: &str, packs: u64) -> Result<String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let report = cache_report(cache, &work.log("cache-report"))?;
-        if report_value(&report, key).is_some_and(|n| n >= packs) {
-            return Ok(report);
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the cache never counted {packs} for {key:?}:\n{report}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let what = format!("the cache to count {packs} for {key:?}");
+    let mut last = String::new();
+    let counted = poll(
+        &what,
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let report = cache_report(cache, &work.log("cache-report"))?;
+            if report_value(&report, key).is_some_and(|n| n >= packs) {
+                return Ok(Some(report));
+            }
+            last = report;
+            Ok(None)
+        },
+    );
+    counted.with_context(|| format!("the last report:\n{last}"))
 }
 
 /// The data paths (`data/XX/…[P]`) of the file and chunk objects the published `objects`

@@ -46,7 +46,7 @@ use tests::process::run_checked;
 use tests::registry::Registry;
 use tests::scenario::{FQRN, image_cache_root};
 use tests::steps::Steps;
-use tests::strata::{FuseMount, MountArgs, Repo};
+use tests::strata::Repo;
 use tests::tar_tree;
 use tests::workdir::WorkDir;
 
@@ -195,24 +195,10 @@ fn every_tar_containerd_unpacks_strata_publishes_identically() {
         let server = steps.run("strata-publisher serve", || {
             repo.serve(&work.log("publisher-serve"))
         })?;
-        let mountpoint = work.path().join("mnt");
-        let (server_url, pubkey, cache) = (
-            server.server_url(),
-            repo.public_key(),
-            work.path().join("cache"),
-        );
         let mut mount = steps.run("strata-snapshotter mount", || {
-            FuseMount::start(
-                &MountArgs {
-                    fqrn: FQRN,
-                    server: &server_url,
-                    pubkey: &pubkey,
-                    cache: &cache,
-                    mountpoint: &mountpoint,
-                },
-                &work.log("snapshotter-mount"),
-            )
+            repo.mount(&server, work, false, &[])
         })?;
+        let mountpoint = mount.mountpoint().to_owned();
         for (image, truth) in images.iter().zip(&truths) {
             let (Verdict::Accepted, Unpacked::Trees { layer, flat }) =
                 (image.writer.verdict, truth)

@@ -49,7 +49,7 @@ use tests::process::run_checked;
 use tests::registry::Registry;
 use tests::scenario::{FQRN, image_cache_root};
 use tests::steps::Steps;
-use tests::strata::{FuseMount, MountArgs, Repo, strata_command};
+use tests::strata::{Repo, strata_command};
 use tests::tar_tree;
 use tests::workdir::WorkDir;
 
@@ -126,15 +126,10 @@ fn publish(work: &WorkDir, steps: &mut Steps) -> Result<Published> {
     for (name, image) in [("demo", &demo), ("rich", &rich)] {
         let reference = format!("{}/{name}:1", registry.host());
         steps.run(&format!("skopeo copy to {reference}"), || {
-            run_checked(
-                Command::new("skopeo").args([
-                    "copy",
-                    "--dest-tls-verify=false",
-                    &image.oci_reference(),
-                    &format!("docker://{reference}"),
-                ]),
+            registry.push(
+                &image.oci_reference(),
+                &reference,
                 &work.log(&format!("skopeo-{name}")),
-                Duration::from_secs(600),
             )
         })?;
         references.push(format!("docker://{reference}"));
@@ -294,22 +289,10 @@ fn mounted_trees_equal_source() {
         let server = steps.run("strata-publisher serve", || {
             published.repo.serve(&work.log("publisher-serve"))
         })?;
-        let mountpoint = work.path().join("mnt");
-        let server_url = server.server_url();
-        let pubkey = published.repo.public_key();
-        let cache = work.path().join("cache");
         let mut mount = steps.run("strata-snapshotter mount", || {
-            FuseMount::start(
-                &MountArgs {
-                    fqrn: FQRN,
-                    server: &server_url,
-                    pubkey: &pubkey,
-                    cache: &cache,
-                    mountpoint: &mountpoint,
-                },
-                &work.log("snapshotter-mount"),
-            )
+            published.repo.mount(&server, work, false, &[])
         })?;
+        let mountpoint = mount.mountpoint().to_owned();
         let mut failures = Vec::new();
         for source in &published.sources {
             let name = source.name;

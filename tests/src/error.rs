@@ -1,4 +1,5 @@
-//! The harness's one error type.
+//! The harness's one error type, and [`ok`], the tests' unwrap that prints an error with
+//! `Display`.
 
 use std::path::PathBuf;
 
@@ -64,4 +65,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub fn io_context(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
     move |source| Error::Io { context, source }
+}
+
+/// The value of `r`; panics with the error's `Display` text (not `Debug`, as `unwrap`
+/// would): the tests' unwrap.
+pub fn ok<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
 }

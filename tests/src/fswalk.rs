@@ -4,12 +4,9 @@
 //! container would see it.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result, io_context};
 use crate::fstree::{Kind, Node, Tree, child_path};
@@ -111,20 +108,8 @@ pub fn read_node(path: &Path) -> Result<(Node, Inode)> {
 ///
 /// Errors: open or read failing ([`Error::Io`]).
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut file =
-        std::fs::File::open(path).map_err(io_context(format!("open {}", path.display())))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(io_context(format!("read {}", path.display())))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    let (digest, _) = crate::image::sha256_file(path)?;
+    Ok(digest["sha256:".len()..].to_owned())
 }
 
 /// Every extended attribute of `path` (not following a final symlink): `llistxattr` then
@@ -151,6 +136,8 @@ pub fn xattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::symlink;
+
+    use sha2::{Digest, Sha256};
 
     use super::*;
 

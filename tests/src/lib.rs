@@ -12,6 +12,8 @@
 //! * [`relay`]: a TCP relay that adds latency (benches at a distance);
 //! * [`measure`]: what the benches measure (wall time, peak RSS, load, the machine);
 //! * [`stock`]: a stock `cvmfs2` mount beside Strata's (benches);
+//! * [`random`]: the one generator of pseudo-random test data;
+//! * [`wait`]: the one poll loop (a condition, a timeout naming what was awaited);
 //! * [`runtimes`]: containerd 1.7/2.x and the sid root with Apptainer and podman
 //!   (`scripts/install-runtimes`).
 //!
@@ -32,6 +34,7 @@ pub mod mounts;
 pub mod net;
 pub mod node;
 pub mod process;
+pub mod random;
 pub mod registry;
 pub mod relay;
 pub mod runtimes;
@@ -40,6 +43,7 @@ pub mod steps;
 pub mod stock;
 pub mod strata;
 pub mod tar_tree;
+pub mod wait;
 pub mod workdir;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, ok};

@@ -1,78 +1,46 @@
 //! Reading `/proc/self/mountinfo` and tearing mounts down.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use crate::error::{Result, io_context};
+use crate::error::{Error, Result, io_context};
+use crate::wait::poll;
 
-/// One line of `/proc/self/mountinfo` (proc(5)): mount point and filesystem type.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    /// Mount point, octal escapes (`\040`) decoded.
-    pub mount_point: PathBuf,
-    /// Filesystem type, e.g. `fuse`, `fuse.strata`, `overlay`.
-    pub fs_type: String,
-}
+pub use catalog::mountinfo::MountEntry;
 
-/// All current mounts of this process's mount namespace.
+/// All current mounts of this process's mount namespace ([`catalog::mountinfo::mounts`]).
 pub fn mounts() -> Result<Vec<MountEntry>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(io_context("read /proc/self/mountinfo"))?;
-    Ok(parse_mountinfo(&text))
-}
-
-fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let separator = fields.iter().position(|f| *f == "-")?;
-            let mount_point = PathBuf::from(unescape(fields.get(4)?));
-            let fs_type = (*fields.get(separator + 1)?).to_owned();
-            Some(MountEntry {
-                mount_point,
-                fs_type,
-            })
-        })
-        .collect()
-}
-
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal {
-            Some(d) if bytes[i] == b'\\' => {
-                out.push(
-                    d.iter()
-                        .fold(0u8, |acc, b| acc.wrapping_mul(8).wrapping_add(b - b'0')),
-                );
-                i += 4;
-            }
-            _ => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    catalog::mountinfo::mounts().map_err(io_context("read /proc/self/mountinfo"))
 }
 
 /// The filesystem type mounted at exactly `path` (the topmost mount), if any.
 pub fn mount_type(path: &Path) -> Result<Option<String>> {
-    Ok(mounts()?
-        .into_iter()
-        .rev()
-        .find(|m| m.mount_point == path)
-        .map(|m| m.fs_type))
+    catalog::mountinfo::mount_type(path).map_err(io_context("read /proc/self/mountinfo"))
 }
 
 /// Whether a FUSE filesystem (`fuse` or `fuse.*`) is mounted at `path`.
 pub fn is_fuse_mounted(path: &Path) -> Result<bool> {
-    Ok(mount_type(path)?.is_some_and(|t| t == "fuse" || t.starts_with("fuse.")))
+    catalog::mountinfo::is_fuse_mounted(path).map_err(io_context("read /proc/self/mountinfo"))
+}
+
+/// Waits until a FUSE file system is mounted at `path` by `mount` (a mount process started
+/// as a plain child, not a [`crate::process::Service`]), polling every 50 ms.
+///
+/// Errors: `mount` exits first ([`Error::Invalid`] with its status), `timeout` passes
+/// ([`Error::Timeout`]), or the mount table cannot be read.
+pub fn wait_fuse_mounted(mount: &mut Child, path: &Path, timeout: Duration) -> Result<()> {
+    let what = format!("a FUSE mount at {}", path.display());
+    poll(&what, timeout, Duration::from_millis(50), || {
+        if is_fuse_mounted(path)? {
+            return Ok(Some(()));
+        }
+        match mount.try_wait() {
+            Ok(None) => Ok(None),
+            Ok(Some(status)) => Err(Error::Invalid(format!("the mount exited with {status}"))),
+            Err(e) => Err(io_context("wait for the mount")(e)),
+        }
+    })
 }
 
 /// Mount points at or below `dir`, deepest first (the order to unmount them in).
@@ -127,31 +95,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_mountinfo_lines_with_escapes_and_optional_fields() {
-        let text = "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw\n\
-                    40 30 0:50 / /tmp/m rw,nosuid - fuse /dev/fuse rw,user_id=0\n";
-        let parsed = parse_mountinfo(text);
-        assert_eq!(
-            parsed,
-            vec![
-                MountEntry {
-                    mount_point: "/mnt/with space".into(),
-                    fs_type: "ext3".into()
-                },
-                MountEntry {
-                    mount_point: "/tmp/m".into(),
-                    fs_type: "fuse".into()
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn root_is_mounted_and_a_temp_dir_is_not() {
+    fn root_is_mounted_and_nothing_is_under_a_temp_dir() {
         assert!(mount_type(Path::new("/")).unwrap().is_some());
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(mount_type(dir.path()).unwrap(), None);
-        assert!(!is_fuse_mounted(dir.path()).unwrap());
         assert!(mounts_under(dir.path()).unwrap().is_empty());
     }
 }

@@ -8,39 +8,66 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use crate::error::{Error, Result, io_context};
+use crate::wait::poll;
 
 /// How many log lines error messages and failure reports quote.
 pub const TAIL_LINES: usize = 40;
 
 /// A long-running child (registry, server, FUSE mount, containerd, snapshotter).
 ///
-/// It runs in its own process group with stdout and stderr appended to one log file.
-/// Dropping it sends SIGTERM to the group, waits up to 10 s, then SIGKILLs the group.
+/// By default it runs in its own process group with stdout and stderr appended to one log
+/// file, and dropping it sends SIGTERM to the group, waits up to 10 s, then SIGKILLs the
+/// group; [`Spawn`] changes both.
 #[derive(Debug)]
 pub struct Service {
     name: String,
     child: Option<Child>,
     log: PathBuf,
+    how: Spawn,
+}
+
+/// How [`Service::spawn_with`] starts a service and what its signals reach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spawn {
+    /// Start the log afresh (truncate it) instead of appending to it, with no command line
+    /// at its top: the log holds only what this process wrote.
+    pub fresh_log: bool,
+    /// Leave the process in the test's process group and signal its pid only, never a group
+    /// (its children, if any, are left alone).
+    pub pid_only: bool,
 }
 
 impl Service {
     /// Starts `command` as service `name`, logging to `log` (created or appended).
     ///
     /// Errors: the log cannot be opened or the program cannot be executed.
-    pub fn spawn(name: &str, mut command: Command, log: &Path) -> Result<Service> {
-        let file = open_log(log, &command)?;
+    pub fn spawn(name: &str, command: Command, log: &Path) -> Result<Service> {
+        Service::spawn_with(name, command, log, Spawn::default())
+    }
+
+    /// [`Service::spawn`], started and signalled as `how` says.
+    ///
+    /// Errors: the log cannot be opened or the program cannot be executed.
+    pub fn spawn_with(name: &str, mut command: Command, log: &Path, how: Spawn) -> Result<Service> {
+        let file = if how.fresh_log {
+            File::create(log).map_err(io_context(format!("create log {}", log.display())))?
+        } else {
+            open_log(log, &command)?
+        };
         let err = file
             .try_clone()
             .map_err(io_context(format!("clone {}", log.display())))?;
         command
             .stdin(Stdio::null())
             .stdout(Stdio::from(file))
-            .stderr(Stdio::from(err))
-            .process_group(0);
+            .stderr(Stdio::from(err));
+        if !how.pid_only {
+            command.process_group(0);
+        }
         let child = command
             .spawn()
             .map_err(io_context(format!("start {name} ({})", describe(&command))))?;
@@ -48,6 +75,7 @@ impl Service {
             name: name.to_owned(),
             child: Some(child),
             log: log.to_owned(),
+            how,
         })
     }
 
@@ -59,6 +87,11 @@ impl Service {
     /// The log file holding its stdout and stderr.
     pub fn log(&self) -> &Path {
         &self.log
+    }
+
+    /// The whole text of its log; empty if it cannot be read.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Process id, while it has not been stopped.
@@ -94,57 +127,67 @@ impl Service {
         timeout: Duration,
         mut ready: impl FnMut() -> Result<bool>,
     ) -> Result<()> {
-        let start = Instant::now();
-        loop {
+        poll(what, timeout, Duration::from_millis(100), || {
             if ready()? {
-                return Ok(());
+                return Ok(Some(()));
             }
             self.check_running()?;
-            if start.elapsed() > timeout {
-                return Err(Error::Timeout {
-                    what: what.to_owned(),
-                    seconds: timeout.as_secs(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            Ok(None)
+        })
     }
 
     /// Waits for the process to exit on its own, at most `timeout`; returns its status,
     /// or `None` if it is still running.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
-        let start = Instant::now();
         let Some(child) = self.child.as_mut() else {
             return Ok(None);
         };
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return Ok(Some(status)),
-                Ok(None) if start.elapsed() > timeout => return Ok(None),
-                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-                Err(e) => return Err(io_context(format!("wait for {}", self.name))(e)),
-            }
+        let what = format!("{} to exit", self.name);
+        let exited = poll(&what, timeout, Duration::from_millis(100), || {
+            child
+                .try_wait()
+                .map_err(io_context(format!("wait for {}", self.name)))
+        });
+        match exited {
+            Ok(status) => Ok(Some(status)),
+            Err(Error::Timeout { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
-    /// Stops the service: SIGTERM to its process group, then SIGKILL after `grace`.
-    /// Returns the exit status (`None` if it had been stopped already).
+    /// Stops the service: SIGTERM to its process group (its pid with
+    /// [`Spawn::pid_only`]), then SIGKILL after `grace`. Returns the exit status (`None` if
+    /// it had been stopped already).
     pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.stop_with(Signal::SIGTERM, grace)
+    }
+
+    /// [`Service::stop`] with `signal` first (SIGKILL for a crash).
+    pub fn stop_with(&mut self, signal: Signal, grace: Duration) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
         if let Ok(Some(status)) = child.try_wait() {
             return Some(status);
         }
-        let pgid = Pid::from_raw(child.id() as i32);
-        let _ = killpg(pgid, Signal::SIGTERM);
+        let pid = Pid::from_raw(child.id() as i32);
+        let send = |signal| {
+            let _ = if self.how.pid_only {
+                kill(pid, signal)
+            } else {
+                killpg(pid, signal)
+            };
+        };
+        send(signal);
         let start = Instant::now();
         while start.elapsed() < grace {
             if let Ok(Some(status)) = child.try_wait() {
-                let _ = killpg(pgid, Signal::SIGKILL); // stragglers in the group
+                if !self.how.pid_only {
+                    send(Signal::SIGKILL); // stragglers in the group
+                }
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = killpg(pgid, Signal::SIGKILL);
+        send(Signal::SIGKILL);
         child.wait().ok()
     }
 }
@@ -319,6 +362,37 @@ mod tests {
             message.contains("dier exited early") && message.contains("dying"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn fresh_log_and_pid_only_services() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("f.log");
+        std::fs::write(&log, "an earlier run\n").unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo started; exec sleep 600"]);
+        let how = Spawn {
+            fresh_log: true,
+            pid_only: true,
+        };
+        let mut service = Service::spawn_with("fresh", cmd, &log, how).unwrap();
+        service
+            .wait_ready("its first line", Duration::from_secs(10), || {
+                Ok(!service_log(&log).is_empty())
+            })
+            .unwrap();
+        assert_eq!(service_log(&log), "started\n");
+        let pid = service.pid().unwrap() as i32;
+        let status = service.stop_with(Signal::SIGKILL, Duration::from_secs(10));
+        assert_eq!(
+            status.map(|s| s.to_string()).as_deref(),
+            Some("signal: 9 (SIGKILL)")
+        );
+        assert!(nix::sys::signal::kill(Pid::from_raw(pid), None).is_err());
+    }
+
+    fn service_log(log: &Path) -> String {
+        std::fs::read_to_string(log).unwrap_or_default()
     }
 
     #[test]

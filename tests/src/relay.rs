@@ -21,10 +21,25 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::error::{Result, io_context};
+use crate::error::{Error, Result, io_context};
 
 /// Bytes one read takes at most.
 const CHUNK: usize = 64 * 1024;
+
+/// The round-trip times a bench runs at: `BENCH_RTT_MS` (comma-separated whole
+/// milliseconds), `default` when it is not set.
+///
+/// Errors: an entry that is not a whole number ([`Error::Invalid`]).
+pub fn rtts_from_env(default: &str) -> Result<Vec<u64>> {
+    let rtts = std::env::var("BENCH_RTT_MS").unwrap_or_else(|_| default.to_owned());
+    rtts.split(',')
+        .map(|v| {
+            v.trim().parse::<u64>().map_err(|_| {
+                Error::Invalid(format!("BENCH_RTT_MS: {v:?} is not a whole number of ms"))
+            })
+        })
+        .collect()
+}
 
 /// A running relay; stopped (listener closed, connections left to finish) on drop.
 #[derive(Debug)]

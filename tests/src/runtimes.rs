@@ -4,13 +4,19 @@
 //! newer glibc), entered with bubblewrap ([`SidSandbox`]).
 //!
 //! A runtime that is not installed is an error naming the script, never a skip.
+//!
+//! The tests of the runtimes in the sid root start alike: [`sid_sandbox`] (prerequisites,
+//! the sandbox), then [`publish_and_mount`] (a repository published, served and mounted).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::binaries::which;
+use crate::binaries::{check_prerequisites, which};
 use crate::containerd::Release;
 use crate::error::{Error, Result};
+use crate::steps::Steps;
+use crate::strata::{FuseMount, HttpServer, Repo};
+use crate::workdir::WorkDir;
 
 /// Where `scripts/install-runtimes` puts the runtimes unless `STRATA_RUNTIMES_DIR` says
 /// otherwise (the script reads the same variable).
@@ -195,5 +201,62 @@ pub fn containerd_release(name: &str) -> Result<Release> {
         name: name.to_owned(),
         bin_dir: Some(installed(dir)?.join("usr/bin")),
         transfer_service_cri: false,
+    })
+}
+
+/// The first steps of a test of `runtime` in the sid root (podman, Apptainer): the
+/// prerequisites ([`check_prerequisites`]), then the sandbox ([`SidSandbox::new`]).
+pub fn sid_sandbox(steps: &mut Steps, runtime: &str) -> Result<SidSandbox> {
+    steps.run(
+        "check prerequisites (root, /dev/fuse, tools, built binaries)",
+        check_prerequisites,
+    )?;
+    steps.run(
+        &format!("the sid root with {runtime} (scripts/install-runtimes)"),
+        SidSandbox::new,
+    )
+}
+
+/// A repository published, served and mounted, for a runtime to read images from. Drop
+/// order (fields top to bottom): the mount, the server, the repository.
+#[derive(Debug)]
+pub struct MountedRepo {
+    /// `strata-snapshotter mount` at `<work>/mnt` ([`Repo::mount`]).
+    pub mount: FuseMount,
+    /// `strata-publisher serve`.
+    pub server: HttpServer,
+    /// The repository under `<work>/repo`.
+    pub repo: Repo,
+}
+
+/// The steps after [`sid_sandbox`]: `strata-publisher init` of `fqrn` under `<work>/repo`,
+/// `ingest --name NAME REFERENCE` of each of `images` (name, OCI reference), `serve`, and
+/// `strata-snapshotter mount` with `options` (e.g. `--max-ttl 1s`) at `<work>/mnt`.
+pub fn publish_and_mount(
+    steps: &mut Steps,
+    work: &WorkDir,
+    fqrn: &str,
+    images: &[(&str, String)],
+    options: &[&str],
+) -> Result<MountedRepo> {
+    let repo = steps.run(&format!("strata-publisher init --fqrn {fqrn}"), || {
+        Repo::init(&work.path().join("repo"), fqrn, &work.log("publisher-init"))
+    })?;
+    for (name, reference) in images {
+        steps.run(&format!("strata-publisher ingest --name {name}"), || {
+            repo.ingest(&["--name", name, reference], &work.log("publisher-ingest"))
+        })?;
+    }
+    let server = steps.run("strata-publisher serve", || {
+        repo.serve(&work.log("publisher-serve"))
+    })?;
+    let flags: String = options.iter().map(|o| format!(" {o}")).collect();
+    let mount = steps.run(&format!("strata-snapshotter mount{flags} (FUSE)"), || {
+        repo.mount(&server, work, false, options)
+    })?;
+    Ok(MountedRepo {
+        mount,
+        server,
+        repo,
     })
 }

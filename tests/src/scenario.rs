@@ -3,7 +3,6 @@
 //! private containerd → `strata-snapshotter run` → `strata-snapshotter pull` → `ctr run`.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
@@ -12,12 +11,9 @@ use crate::containerd::{Containerd, NAMESPACE, Release, SNAPSHOTTER_NAME};
 use crate::cri;
 use crate::error::{Error, Result};
 use crate::image::{self, TestImage};
-use crate::process::run_checked;
 use crate::registry::Registry;
 use crate::steps::Steps;
-use crate::strata::{
-    self, FuseMount, HttpServer, MountArgs, PullArgs, Repo, Served, SnapshotterDaemon,
-};
+use crate::strata::{self, FuseMount, HttpServer, PullArgs, Repo, Served, SnapshotterDaemon};
 use crate::workdir::WorkDir;
 
 /// The repository name used by the scenario.
@@ -79,17 +75,9 @@ impl Published {
         steps.run(
             &format!("push the image with skopeo to {reference}"),
             || {
-                run_checked(
-                    Command::new("skopeo").args([
-                        "copy",
-                        "--dest-tls-verify=false",
-                        &image.oci_reference(),
-                        &format!("docker://{reference}"),
-                    ]),
-                    &work.log("skopeo"),
-                    std::time::Duration::from_secs(600),
-                )
-                .map(drop)
+                registry
+                    .push(&image.oci_reference(), &reference, &work.log("skopeo"))
+                    .map(drop)
             },
         )?;
         let repo_dir = work.path().join("repo");
@@ -149,29 +137,18 @@ impl Stack {
         steps: &mut Steps,
         release: Option<&Release>,
     ) -> Result<Stack> {
-        let mountpoint = work.path().join("mnt");
-        let cache = work.path().join("cache");
-        let server_url = published.server.server_url();
-        let pubkey = published.repo.public_key();
         // With the xattr-less second mount, as deployed (deploy/README.md), and an access
         // trace of everything the containers read ([`Stack::check_trace`]).
-        let plain = strata::plain_mountpoint_of(&mountpoint);
         let trace = work.path().join("mount.trace");
         let trace_arg = trace.to_string_lossy().into_owned();
         let mount = steps.run("strata-snapshotter mount (FUSE, plain mount too)", || {
-            FuseMount::start_with_options(
-                &MountArgs {
-                    fqrn: FQRN,
-                    server: &server_url,
-                    pubkey: &pubkey,
-                    cache: &cache,
-                    mountpoint: &mountpoint,
-                },
-                Some(&plain),
-                &["--trace", &trace_arg],
-                &work.log("snapshotter-mount"),
-            )
+            let options = ["--trace", trace_arg.as_str()];
+            published
+                .repo
+                .mount(&published.server, work, true, &options)
         })?;
+        let mountpoint = mount.mountpoint().to_owned();
+        let plain = strata::plain_mountpoint_of(&mountpoint);
         let snapshotter_socket = work.path().join("snapshotter.sock");
         let containerd = steps.run("start a private containerd with the proxy plugin", || {
             let dir = work.subdir("containerd")?;

@@ -12,6 +12,7 @@ use crate::error::{Error, Result, io_context};
 use crate::mounts;
 use crate::net::{free_port, http_get};
 use crate::process::{Service, run_capture, run_checked};
+use crate::workdir::WorkDir;
 
 /// Longest `init` may take.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -176,6 +177,33 @@ impl Repo {
             addr,
             fqrn: self.fqrn.clone(),
         })
+    }
+
+    /// Starts `strata-snapshotter mount` of this repository as `server` serves it, the way
+    /// the end-to-end tests mount it: at `<work>/mnt` with the cache `<work>/cache`, logged
+    /// to `snapshotter-mount`; with the plain mount at [`plain_mountpoint_of`] too when
+    /// `plain`, and `options` added (as [`FuseMount::start_with_options`]).
+    pub fn mount(
+        &self,
+        server: &HttpServer,
+        work: &WorkDir,
+        plain: bool,
+        options: &[&str],
+    ) -> Result<FuseMount> {
+        let mountpoint = work.path().join("mnt");
+        let plain = plain.then(|| plain_mountpoint_of(&mountpoint));
+        FuseMount::start_with_options(
+            &MountArgs {
+                fqrn: &self.fqrn,
+                server: &server.server_url(),
+                pubkey: &self.public_key(),
+                cache: &work.path().join("cache"),
+                mountpoint: &mountpoint,
+            },
+            plain.as_deref(),
+            options,
+            &work.log("snapshotter-mount"),
+        )
     }
 }
 

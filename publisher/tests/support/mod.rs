@@ -3,18 +3,16 @@
 //! What the workspace's other tests need too (the registry process, blobs and digests,
 //! tools on `PATH`) is the `tests` crate's.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub use tests::image::sha256_digest;
+use tests::random::pseudo_random;
+
+pub use tests::image::{LayoutImage, sha256_digest};
+pub use tests::ok;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_strata-publisher");
-
-pub fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 pub fn run(args: &[&str]) -> Output {
     ok(Command::new(BIN).args(args).output())
@@ -52,29 +50,15 @@ pub fn require_registry_tools() {
     }
 }
 
-/// Deterministic pseudo-random bytes (incompressible, so zlib has work to do).
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 /// A layer tar with `files` files `l<seed>/f<i>` of `size` bytes of noise.
 pub fn noise_layer(seed: u64, files: usize, size: usize) -> Vec<u8> {
-    layer_tar(seed, files, |i| noise(seed * 1000 + i as u64, size))
+    layer_tar(seed, files, |i| pseudo_random(size, seed * 1000 + i as u64))
 }
 
 /// A layer tar with `files` files `l<seed>/f<i>` of `size` bytes, half noise, half text.
 pub fn mixed_layer(seed: u64, files: usize, size: usize) -> Vec<u8> {
     layer_tar(seed, files, |i| {
-        let mut data = noise(seed * 1000 + i as u64, size / 2);
+        let mut data = pseudo_random(size / 2, seed * 1000 + i as u64);
         data.extend(
             format!("line {i} of layer {seed}\n")
                 .repeat(size / 40)
@@ -101,58 +85,15 @@ fn layer_tar(seed: u64, files: usize, content: impl Fn(usize) -> Vec<u8>) -> Vec
     ok(b.into_inner())
 }
 
+/// `raw` gzip-compressed ([`tests::image::gzip`]).
 pub fn gzip(raw: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    ok(e.write_all(raw));
-    ok(e.finish())
+    ok(tests::image::gzip(raw))
 }
 
-/// The digests of an image [`write_layout`] wrote.
-pub struct LayoutImage {
-    /// The config blob.
-    pub config: String,
-    /// The gzip layer blobs, bottom first.
-    pub layers: Vec<String>,
-}
-
-/// Writes an OCI layout (one linux/amd64 image, tagged `tag`) of gzip layers.
+/// Writes an OCI layout (one linux/amd64 image, tagged `tag`) of gzip layers
+/// ([`tests::image::write_layout`]).
 pub fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) -> LayoutImage {
-    let blobs = dir.join("blobs/sha256");
-    ok(std::fs::create_dir_all(&blobs));
-    let put_blob = |blobs: &Path, bytes: &[u8]| ok(tests::image::put_blob(blobs, bytes)).0;
-    let mut layers = Vec::new();
-    let mut descs = Vec::new();
-    let mut diff_ids = Vec::new();
-    for t in tars {
-        let gz = gzip(t);
-        let d = put_blob(&blobs, &gz);
-        descs.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": d, "size": gz.len()}));
-        layers.push(d);
-        diff_ids.push(sha256_digest(t));
-    }
-    let config = ok(serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids}})));
-    let cd = put_blob(&blobs, &config);
-    let manifest = ok(serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": cd, "size": config.len()},
-        "layers": descs})));
-    let md = put_blob(&blobs, &manifest);
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
-        "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": tag}}]});
-    ok(std::fs::write(dir.join("index.json"), index.to_string()));
-    ok(std::fs::write(
-        dir.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    ));
-    LayoutImage { config: cd, layers }
+    ok(tests::image::write_layout(dir, tag, tars))
 }
 
 /// A `docker-registry` on a free loopback port (access log on, deletes enabled; the

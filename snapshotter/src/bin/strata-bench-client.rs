@@ -117,7 +117,7 @@ fn main() -> Result<()> {
             .with_context(|| format!("starting {}", snapshotter.display()))?,
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !fuse_mounted(&mnt) {
+    while !catalog::mountinfo::is_fuse_mounted(&mnt).unwrap_or(false) {
         if Instant::now() > deadline || mount.0.try_wait()?.is_some() {
             bail!("mount did not come up");
         }
@@ -371,18 +371,6 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn fuse_mounted(mountpoint: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let want = mountpoint.to_string_lossy();
-    info.lines().any(|line| {
-        line.split(' ').nth(4) == Some(want.as_ref())
-            && line
-                .split(" - ")
-                .nth(1)
-                .is_some_and(|r| r.starts_with("fuse"))
-    })
 }
 
 fn drop_caches() {

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tests::mounts::is_fuse_mounted;
+use tests::mounts::{is_fuse_mounted, wait_fuse_mounted};
+use tests::wait::{poll, wait_until};
 
 use catalog::{
     CatalogProperties, CatalogWriter, Certificate, ContentHash, Entry, EntryKind, LocalStore,
@@ -50,6 +51,13 @@ pub struct Server {
 }
 
 impl Server {
+    /// Waits (polling every 20 ms) until at least `n` requests are held; after `within`
+    /// panics naming `what`.
+    pub fn wait_held(&self, n: usize, what: &str, within: Duration) {
+        let held = || self.held_requests.load(Ordering::SeqCst) >= n;
+        wait_until(what, within, Duration::from_millis(20), held).unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// How many requests so far asked for a path ending in `object` (`data/xx/…`).
     pub fn requests_for(&self, object: &str) -> usize {
         self.paths
@@ -181,6 +189,20 @@ pub fn mount_command(
 }
 
 impl Mounted {
+    /// Polls `ready` every `every` until it holds; after `within` panics naming `what`, with
+    /// the mount's log.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        within: Duration,
+        every: Duration,
+        ready: impl FnMut() -> bool,
+    ) {
+        if let Err(e) = wait_until(what, within, every, ready) {
+            panic!("{e}:\n{}", self.log_text());
+        }
+    }
+
     pub fn start(mut cmd: Command, mountpoint: &Path, log: &Path) -> Mounted {
         std::fs::create_dir_all(mountpoint).unwrap();
         let log_file = std::fs::File::create(log).unwrap();
@@ -201,18 +223,9 @@ impl Mounted {
     /// Waits until a FUSE mount is listed at `path` (the main or the plain mount point);
     /// panics with the log if the process exits first or `within` passes.
     pub fn wait_mounted(&mut self, path: &Path, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !is_fuse_mounted(path).unwrap() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("mount exited with {status}:\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no mount at {} in time:\n{}",
-                path.display(),
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        let mounted = wait_fuse_mounted(self.child.as_mut().unwrap(), path, within);
+        if let Err(e) = mounted {
+            panic!("{e}:\n{}", self.log_text());
         }
     }
 
@@ -234,25 +247,26 @@ impl Mounted {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "mount exited with {status}:\n{}",
-                    self.log_text()
-                );
-                break;
-            }
-            if Instant::now() > deadline {
+        let exited = poll(
+            "the mount to exit after SIGTERM",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || Ok(child.try_wait().unwrap()),
+        );
+        match exited {
+            Ok(status) => assert!(
+                status.success(),
+                "mount exited with {status}:\n{}",
+                self.log_text()
+            ),
+            Err(e) => {
                 let _ = child.kill();
                 let _ = Command::new("umount")
                     .arg("-l")
                     .arg(&self.mountpoint)
                     .status();
-                panic!("mount did not exit after SIGTERM:\n{}", self.log_text());
+                panic!("{e}:\n{}", self.log_text());
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
         assert!(
             !is_fuse_mounted(&self.mountpoint).unwrap(),
@@ -717,23 +731,10 @@ impl FlatRepo {
     }
 }
 
-/// `n` bytes that zlib cannot shrink (xorshift), seeded by `seed`.
 /// The repository path (`data/XX/…`) of the unchunked object holding `body`.
 pub fn object_of(store: &catalog::LocalStore, body: &[u8]) -> String {
     store
         .put_raw(body, catalog::Suffix::None)
         .unwrap()
         .object_path(catalog::Suffix::None)
-}
-
-pub fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }

@@ -38,7 +38,7 @@ use ::tests::measure::{
 };
 use ::tests::node::native_start;
 use ::tests::registry::Registry;
-use ::tests::relay::LatencyRelay;
+use ::tests::relay::{LatencyRelay, rtts_from_env};
 use ::tests::stock::StockMount;
 use ::tests::strata::{FuseMount, HttpServer, MountArgs, Repo, Served};
 use ::tests::workdir::{WorkDir, run_program};
@@ -67,15 +67,7 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Result<Settings> {
-        let rtts = std::env::var("BENCH_RTT_MS").unwrap_or_else(|_| "0,20,50".into());
-        let rtts = rtts
-            .split(',')
-            .map(|v| {
-                v.trim()
-                    .parse::<u64>()
-                    .with_context(|| format!("BENCH_RTT_MS: {v:?} is not a whole number of ms"))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let rtts = rtts_from_env("0,20,50")?;
         let installed = which("cvmfs2").is_some();
         let stock = match std::env::var("BENCH_STOCK").as_deref() {
             Ok("0") => false,

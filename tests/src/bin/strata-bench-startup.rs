@@ -35,7 +35,7 @@ use ::tests::image::{AptRecipe, GCC, PYANA, TestImage, apt_image};
 use ::tests::measure::{Machine, Timed, load_average, say, secs, sync, utc_now};
 use ::tests::node::{Source, StrataNode, native_start};
 use ::tests::registry::Registry;
-use ::tests::relay::LatencyRelay;
+use ::tests::relay::{LatencyRelay, rtts_from_env};
 use ::tests::strata::{HttpServer, Repo, Served, cache_report, report_value};
 use ::tests::workdir::{WorkDir, run_program};
 use anyhow::{Context, Result, bail};
@@ -115,15 +115,7 @@ struct Row {
 }
 
 fn bench(work: &WorkDir) -> Result<()> {
-    let rtts = std::env::var("BENCH_RTT_MS").unwrap_or_else(|_| "0,50".into());
-    let rtts = rtts
-        .split(',')
-        .map(|v| {
-            v.trim()
-                .parse::<u64>()
-                .with_context(|| format!("BENCH_RTT_MS: {v:?} is not a whole number of ms"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let rtts = rtts_from_env("0,50")?;
     check_prerequisites()?;
     let started = utc_now();
     let load_start = load_average();

@@ -37,10 +37,11 @@ use nix::sys::stat::{Mode, SFlag, UtimensatFlags, makedev, mknod, utimensat};
 use nix::sys::time::TimeSpec;
 
 use super::layer_tar::{self, Item};
-use super::rich::{CAPABILITY_V2, pseudo_random};
+use super::rich::CAPABILITY_V2;
 use super::umoci;
 use crate::error::{Error, Result, io_context};
 use crate::process::run_checked;
+use crate::random::pseudo_random;
 
 /// Longest one writer or umoci command may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);

@@ -1,9 +1,9 @@
 //! Reading facts back from an OCI image layout (image-spec `image-layout.md`): the manifest
 //! of a tag, its layers' compressed digests and sizes, the config's diff IDs and the
 //! ChainIDs containerd names committed snapshots by; and the digests and blobs of layouts
-//! the benches write themselves.
+//! the benches and tests write themselves ([`write_layout`]: one image of gzip layers).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -158,6 +158,90 @@ fn string_field(value: &Value, field: &str, layout: &Path) -> Result<String> {
             "{}: descriptor without string {field}",
             layout.display()
         ))
+    })
+}
+
+/// `raw` gzip-compressed (fast), as layer blobs are.
+///
+/// Errors: none in practice (writing into memory); an I/O error is passed on.
+pub fn gzip(raw: &[u8]) -> Result<Vec<u8>> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder
+        .write_all(raw)
+        .and_then(|()| encoder.finish())
+        .map_err(io_context("gzip a layer"))
+}
+
+/// The digests of an image [`write_layout`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutImage {
+    /// The config blob.
+    pub config: String,
+    /// The gzip layer blobs, bottom first.
+    pub layers: Vec<String>,
+    /// The layers' diff IDs (digests of the tars), bottom first.
+    pub diff_ids: Vec<String>,
+}
+
+/// Writes an OCI layout at `dir`: one linux/amd64 image (config `Cmd` `/bin/sh`) of the
+/// layer tars `tars` (bottom first, stored gzip-compressed), tagged `tag`.
+///
+/// Errors: a file cannot be written.
+pub fn write_layout(dir: &Path, tag: &str, tars: &[Vec<u8>]) -> Result<LayoutImage> {
+    write_layout_with(dir, tag, tars, serde_json::json!({"Cmd": ["/bin/sh"]}))
+}
+
+/// As [`write_layout`], with `config` as the image config's `config` object (`Cmd`, `Env`…).
+///
+/// Errors: a file cannot be written.
+pub fn write_layout_with(
+    dir: &Path,
+    tag: &str,
+    tars: &[Vec<u8>],
+    config: Value,
+) -> Result<LayoutImage> {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).map_err(io_context(format!("create {}", blobs.display())))?;
+    let mut layers = Vec::new();
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for t in tars {
+        let gz = gzip(t)?;
+        let (digest, size) = put_blob(&blobs, &gz)?;
+        descs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest, "size": size}));
+        layers.push(digest);
+        diff_ids.push(sha256_digest(t));
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}})
+    .to_string();
+    let (config_digest, config_size) = put_blob(&blobs, config.as_bytes())?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config_size},
+        "layers": descs})
+    .to_string();
+    let (manifest_digest, manifest_size) = put_blob(&blobs, manifest.as_bytes())?;
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest,
+        "size": manifest_size, "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+    for (name, text) in [
+        ("index.json", index.to_string()),
+        ("oci-layout", r#"{"imageLayoutVersion":"1.0.0"}"#.to_owned()),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(io_context(format!("write {}", path.display())))?;
+    }
+    Ok(LayoutImage {
+        config: config_digest,
+        layers,
+        diff_ids,
     })
 }
 

@@ -19,7 +19,10 @@ pub mod umoci;
 
 pub use apt::{AptRecipe, GCC, PYANA, apt_image};
 pub use build::{TestImage, build_escaping_layout, test_image};
-pub use layout::{ImageFacts, LayerFacts, put_blob, read_layout, sha256_digest, sha256_file};
+pub use layout::{
+    ImageFacts, LayerFacts, LayoutImage, gzip, put_blob, read_layout, sha256_digest, sha256_file,
+    write_layout, write_layout_with,
+};
 pub use rich::{RICH_KEY, RICH_TAG, rich_image};
 
 /// Cache key of the image recipe; change it whenever the recipe changes.

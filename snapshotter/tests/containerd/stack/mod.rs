@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tests::image::{put_blob, sha256_digest};
+use tests::image::write_layout_with;
 use tests::registry::Registry;
 use tests::strata::{FuseMount, HttpServer, MountArgs, Repo};
 
@@ -46,97 +46,38 @@ fn run_ok(what: &str, cmd: &mut Command) -> Vec<u8> {
 }
 
 /// Builds an OCI layout at `work/<tag>-oci` whose layers are the directories `layers`
-/// (bottom first): `tar --xattrs` (numeric owners, `security.capability` kept) then
-/// `gzip -n`. The config runs `/bin/sh` on linux/amd64.
+/// (bottom first): `tar --xattrs` (numeric owners, `security.capability` kept), stored
+/// gzip-compressed ([`tests::image::write_layout_with`]). The config runs `/bin/sh` on
+/// linux/amd64.
 pub fn oci_image(work: &Path, tag: &str, layers: &[PathBuf]) -> Built {
     let layout = work.join(format!("{tag}-oci"));
-    let blobs = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).expect("mkdir layout");
-    let put_blob = |bytes: &[u8]| put_blob(&blobs, bytes).expect("write blob").0;
-    let mut descriptors = Vec::new();
-    let mut diff_ids = Vec::new();
-    let mut layer_digests = Vec::new();
-    for dir in layers {
-        let tar = run_ok(
-            "tar",
-            Command::new("tar")
-                .args([
-                    "--xattrs",
-                    "--xattrs-include=security.capability",
-                    "--numeric-owner",
-                    "--sort=name",
-                    "-C",
-                ])
-                .arg(dir)
-                .args(["-cf", "-", "."]),
-        );
-        let gz = {
-            use std::io::Write;
-            let mut child = Command::new("gzip")
-                .args(["-n", "-c"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .expect("gzip");
-            let mut stdin = child.stdin.take().expect("stdin");
-            let writer = std::thread::spawn(move || stdin.write_all(&tar).map(|_| tar));
-            let out = child.wait_with_output().expect("gzip output");
-            let tar = writer.join().expect("join").expect("write tar");
-            assert!(out.status.success());
-            diff_ids.push(sha256_digest(&tar));
-            out.stdout
-        };
-        let digest = put_blob(&gz);
-        descriptors.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": digest,
-            "size": gz.len(),
-        }));
-        layer_digests.push(digest);
-    }
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    })
-    .to_string()
-    .into_bytes();
-    let config_digest = put_blob(&config);
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config.len(),
-        },
-        "layers": descriptors,
-    })
-    .to_string()
-    .into_bytes();
-    let manifest_digest = put_blob(&manifest);
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .expect("oci-layout");
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest,
-            "size": manifest.len(),
-            "annotations": {"org.opencontainers.image.ref.name": tag},
-        }],
-    });
-    std::fs::write(layout.join("index.json"), index.to_string()).expect("index.json");
+    let tars: Vec<Vec<u8>> = layers
+        .iter()
+        .map(|dir| {
+            run_ok(
+                "tar",
+                Command::new("tar")
+                    .args([
+                        "--xattrs",
+                        "--xattrs-include=security.capability",
+                        "--numeric-owner",
+                        "--sort=name",
+                        "-C",
+                    ])
+                    .arg(dir)
+                    .args(["-cf", "-", "."]),
+            )
+        })
+        .collect();
+    let config = serde_json::json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]});
+    let image = write_layout_with(&layout, tag, &tars, config)
+        .unwrap_or_else(|e| panic!("write {}: {e}", layout.display()));
     Built {
         layout,
         tag: tag.to_string(),
-        chains: chain_ids_of(&diff_ids),
-        layer_digests,
-        config_digest,
+        chains: chain_ids_of(&image.diff_ids),
+        layer_digests: image.layers,
+        config_digest: image.config,
     }
 }
 
