@@ -10,6 +10,8 @@
 //!   they are read (read-ahead threads, behind demand reads);
 //! * [`startup`] — prefetching an image's startup packs (its published working set) when
 //!   a pull or a start asks for it;
+//! * `work_queue` — the job queue and worker threads read-ahead and startup prefetch
+//!   share;
 //! * [`breadcrumb`] — which revision this node mounted last (rollback protection);
 //! * [`repository`] — boot (manifest chain verification, choice of revision) and the
 //!   [`repository::MountedRevision`]: one revision's catalog tree, loaded lazily.
@@ -23,3 +25,4 @@ pub mod quota;
 pub mod readahead;
 pub mod repository;
 pub mod startup;
+mod work_queue;

@@ -42,16 +42,15 @@
 //! skipped. What it fetched, and how much of that was later read, is counted by the cache
 //! ([`crate::client::quota::CacheStats`]): the difference is the waste.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use catalog::{Chunk, EntryKind, Suffix};
 
 use crate::client::cache::ObjectRequest;
 use crate::client::repository::MountedRevision;
+use crate::client::work_queue::{JobQueue, Queue, Workers};
 
 /// Queued objects and directories at most; past it, the oldest are dropped for new ones.
 pub const MAX_QUEUED: usize = 16 * 1024;
@@ -104,26 +103,20 @@ enum Job {
     Object(Arc<MountedRevision>, ObjectRequest),
 }
 
-struct Queue {
-    jobs: VecDeque<Job>,
-    /// Directories already read ahead, by (root catalog hash, path), and chunked files
-    /// read ahead whole, by ("", hash of their first chunk).
-    seen: HashSet<(String, String)>,
-    stopping: bool,
-}
+/// Directories already read ahead, by (root catalog hash, path), and chunked files read
+/// ahead whole, by ("", their chunk list's key): the queue's `seen` state.
+type Seen = HashSet<(String, String)>;
 
 struct Inner {
     settings: ReadAheadSettings,
-    queue: Mutex<Queue>,
-    wake: Condvar,
+    queue: JobQueue<Job, Seen>,
 }
 
 /// The read-ahead of one mount process: a bounded queue and its worker threads, stopped
 /// (queue dropped, workers joined) on drop.
 pub struct ReadAhead {
     inner: Arc<Inner>,
-    workers: Vec<JoinHandle<()>>,
-    stopped: AtomicBool,
+    workers: Workers,
 }
 
 impl ReadAhead {
@@ -139,27 +132,10 @@ impl ReadAhead {
         };
         let inner = Arc::new(Inner {
             settings,
-            queue: Mutex::new(Queue {
-                jobs: VecDeque::new(),
-                seen: HashSet::new(),
-                stopping: false,
-            }),
-            wake: Condvar::new(),
+            queue: JobQueue::new(HashSet::new()),
         });
-        let mut workers = Vec::with_capacity(threads);
-        for i in 0..threads {
-            let inner = inner.clone();
-            workers.push(
-                std::thread::Builder::new()
-                    .name(format!("read-ahead-{i}"))
-                    .spawn(move || inner.work())?,
-            );
-        }
-        Ok(ReadAhead {
-            inner,
-            workers,
-            stopped: AtomicBool::new(false),
-        })
+        let workers = Workers::spawn(threads, "read-ahead", &inner, Inner::work)?;
+        Ok(ReadAhead { inner, workers })
     }
 
     /// The settings it runs with.
@@ -266,18 +242,7 @@ impl ReadAhead {
 
     /// Stops the workers: queued jobs are dropped, fetches in progress finish.
     pub fn stop(&mut self) {
-        if self.stopped.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        {
-            let mut queue = self.inner.lock();
-            queue.stopping = true;
-            queue.jobs.clear();
-        }
-        self.inner.wake.notify_all();
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
+        self.workers.stop(&self.inner.queue);
     }
 }
 
@@ -288,48 +253,31 @@ impl Drop for ReadAhead {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<Job, Seen>> {
+        self.queue.lock()
     }
 
     /// Queues `job` to be taken next: the directory a program has just entered is the
     /// one it reads now, before what earlier directories left queued.
     /// When the queue is full, the oldest job is dropped for it.
-    fn push_front(&self, queue: &mut Queue, job: Job) {
+    fn push_front(&self, queue: &mut Queue<Job, Seen>, job: Job) {
         if queue.jobs.len() >= MAX_QUEUED {
             queue.jobs.pop_back();
         }
         queue.jobs.push_front(job);
-        self.wake.notify_one();
+        self.queue.notify_one();
     }
 
     /// A worker: takes jobs until stopped.
     fn work(&self) {
-        loop {
-            let job = {
-                let mut queue = self.lock();
-                loop {
-                    if queue.stopping {
-                        return;
-                    }
-                    if let Some(job) = queue.jobs.pop_front() {
-                        break job;
-                    }
-                    queue = self
-                        .wake
-                        .wait(queue)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                }
-            };
+        while let Some(job) = self.queue.next() {
             match job {
                 Job::Directory(repo, dir) => self.expand(&repo, &dir),
                 Job::Object(repo, req) => {
                     let cache = repo.cache();
                     // Demand first: wait while enough demand downloads are in flight.
                     while cache.demand_in_flight() >= self.settings.pause_when_demand {
-                        if self.lock().stopping {
+                        if self.lock().stopping() {
                             return;
                         }
                         std::thread::sleep(Duration::from_millis(2));

@@ -25,10 +25,8 @@
 //! it. Counters (packs, failures, rejected members, bytes prefetched and later read, time)
 //! are kept in the cache index ([`crate::client::quota::CacheStats`]).
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use catalog::{ContentHash, EntryKind, StartupPack, Suffix};
@@ -37,6 +35,7 @@ use namespace::paths;
 use crate::client::cache::ObjectRequest;
 use crate::client::quota::PrefetchCounts;
 use crate::client::repository::MountedRevision;
+use crate::client::work_queue::{JobQueue, Queue, Workers};
 use crate::{Error, Result};
 
 /// The extended attribute whose read starts the prefetch of a `startup` directory or pack.
@@ -103,26 +102,20 @@ struct Job {
     req: ObjectRequest,
 }
 
-struct Queue {
-    jobs: VecDeque<Job>,
-    /// Packs queued, in progress or done (by hash); a failed one is forgotten so that a
-    /// later request tries again.
-    seen: HashSet<ContentHash>,
-    stopping: bool,
-}
+/// Packs queued, in progress or done (by hash); a failed one is forgotten so that a later
+/// request tries again: the queue's `seen` state.
+type Seen = HashSet<ContentHash>;
 
 struct Inner {
     settings: PrefetchSettings,
-    queue: Mutex<Queue>,
-    wake: Condvar,
+    queue: JobQueue<Job, Seen>,
 }
 
 /// The startup-pack prefetcher of one mount process; stopped (queue dropped, workers
 /// joined) on drop.
 pub struct StartupPrefetch {
     inner: Arc<Inner>,
-    workers: Vec<JoinHandle<()>>,
-    stopped: AtomicBool,
+    workers: Workers,
 }
 
 impl StartupPrefetch {
@@ -138,27 +131,10 @@ impl StartupPrefetch {
         };
         let inner = Arc::new(Inner {
             settings,
-            queue: Mutex::new(Queue {
-                jobs: VecDeque::new(),
-                seen: HashSet::new(),
-                stopping: false,
-            }),
-            wake: Condvar::new(),
+            queue: JobQueue::new(HashSet::new()),
         });
-        let mut workers = Vec::with_capacity(threads);
-        for i in 0..threads {
-            let inner = inner.clone();
-            workers.push(
-                std::thread::Builder::new()
-                    .name(format!("prefetch-{i}"))
-                    .spawn(move || inner.work())?,
-            );
-        }
-        Ok(StartupPrefetch {
-            inner,
-            workers,
-            stopped: AtomicBool::new(false),
-        })
+        let workers = Workers::spawn(threads, "prefetch", &inner, Inner::work)?;
+        Ok(StartupPrefetch { inner, workers })
     }
 
     /// The settings it runs with.
@@ -229,7 +205,7 @@ impl StartupPrefetch {
                     size: Some(entry.size),
                 },
             });
-            self.inner.wake.notify_one();
+            self.inner.queue.notify_one();
         }
         if left_out > 0 {
             tracing::warn!(
@@ -252,18 +228,7 @@ impl StartupPrefetch {
 
     /// Stops the workers: queued packs are dropped, those in progress finish.
     pub fn stop(&mut self) {
-        if self.stopped.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        {
-            let mut queue = self.inner.lock();
-            queue.stopping = true;
-            queue.jobs.clear();
-        }
-        self.inner.wake.notify_all();
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
+        self.workers.stop(&self.inner.queue);
     }
 }
 
@@ -274,30 +239,13 @@ impl Drop for StartupPrefetch {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<Job, Seen>> {
+        self.queue.lock()
     }
 
     /// A worker: takes packs until stopped.
     fn work(&self) {
-        loop {
-            let job = {
-                let mut queue = self.lock();
-                loop {
-                    if queue.stopping {
-                        return;
-                    }
-                    if let Some(job) = queue.jobs.pop_front() {
-                        break job;
-                    }
-                    queue = self
-                        .wake
-                        .wait(queue)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                }
-            };
+        while let Some(job) = self.queue.next() {
             let started = Instant::now();
             let mut counts = PrefetchCounts::default();
             match prefetch_pack(&job, &mut counts) {
