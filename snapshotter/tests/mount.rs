@@ -24,10 +24,7 @@ use crate::support::*;
 #[test]
 fn mounts_a_catalog_crate_repository() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
-    let repo = build_repo(work.path());
-    let server = Server::start(&[(FQRN, &repo.srv)]);
-    let mnt = work.path().join("mnt");
+    let (work, repo, server, mnt) = serve_test_repo();
     let cache = work.path().join("cache");
     let mut m = Mounted::start(
         mount_command(&server, FQRN, &repo.pubkey, &cache, &mnt),
@@ -131,10 +128,7 @@ fn mounts_a_catalog_crate_repository() {
 #[test]
 fn a_plain_mount_point_serves_the_same_tree_without_xattrs_and_counters_are_magic() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
-    let repo = build_repo(work.path());
-    let server = Server::start(&[(FQRN, &repo.srv)]);
-    let mnt = work.path().join("mnt");
+    let (work, repo, server, mnt) = serve_test_repo();
     let plain = work.path().join("plain");
     let cache = work.path().join("cache");
     let mut cmd = mount_command(&server, FQRN, &repo.pubkey, &cache, &mnt);
@@ -223,10 +217,7 @@ fn a_plain_mount_point_serves_the_same_tree_without_xattrs_and_counters_are_magi
 #[test]
 fn a_killed_mount_leaves_dead_mounts_that_the_next_one_replaces() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
-    let repo = build_repo(work.path());
-    let server = Server::start(&[(FQRN, &repo.srv)]);
-    let mnt = work.path().join("mnt");
+    let (work, repo, server, mnt) = serve_test_repo();
     let plain = work.path().join("plain");
     let cache = work.path().join("cache");
     std::fs::create_dir_all(&mnt).unwrap();
@@ -305,10 +296,7 @@ fn a_killed_mount_leaves_dead_mounts_that_the_next_one_replaces() {
 #[test]
 fn a_slow_download_blocks_only_its_own_request() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
-    let repo = build_repo(work.path());
-    let server = Server::start(&[(FQRN, &repo.srv)]);
-    let mnt = work.path().join("mnt");
+    let (work, repo, server, mnt) = serve_test_repo();
     let mut m = Mounted::start(
         mount_command(
             &server,
@@ -351,10 +339,7 @@ fn a_slow_download_blocks_only_its_own_request() {
 #[test]
 fn wrong_public_key_refuses_the_mount() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
-    let repo = build_repo(work.path());
-    let server = Server::start(&[(FQRN, &repo.srv)]);
-    let mnt = work.path().join("mnt");
+    let (work, repo, server, mnt) = serve_test_repo();
     std::fs::create_dir_all(&mnt).unwrap();
     let out = mount_command(
         &server,
@@ -468,10 +453,7 @@ fn refused(cmd: &mut Command, mnt: &Path) -> String {
 #[test]
 fn bad_signature_expired_whitelist_and_wrong_fqrn_refuse_the_mount() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
-    let repo = build_repo(work.path());
-    let server = Server::start(&[(FQRN, &repo.srv)]);
-    let mnt = work.path().join("mnt");
+    let (work, repo, server, mnt) = serve_test_repo();
     std::fs::create_dir_all(&mnt).unwrap();
     let cache = work.path().join("cache");
     let published = repo.srv.join(".cvmfspublished");
@@ -556,14 +538,11 @@ fn cache_usage(cache: &Path) -> u64 {
 #[test]
 fn a_quota_smaller_than_the_image_holds_while_everything_is_read() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
     const OBJECT: usize = 200 * 1024;
     let files: Vec<(String, Vec<u8>)> = (0..16u64)
         .map(|i| (format!("/d{}/f{i}", i % 3), pseudo_random(OBJECT, i + 1)))
         .collect();
-    let repo = FlatRepo::build(work.path(), &files, 240);
-    let server = Server::start(&[(FQRN, &repo.srv)]);
-    let mnt = work.path().join("mnt");
+    let (work, repo, server, mnt) = serve_flat_repo(&files);
     let cache = work.path().join("cache");
     let mut cmd = mount_command(&server, FQRN, &repo.keys.pubkey, &cache, &mnt);
     cmd.args(["--quota-limit", "1"]);
@@ -621,7 +600,6 @@ fn a_quota_smaller_than_the_image_holds_while_everything_is_read() {
 #[test]
 fn a_new_revision_appears_while_open_files_keep_their_revision() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
     let old_big = pseudo_random(1 << 20, 7);
     let rev1: Vec<(String, Vec<u8>)> = vec![
         ("/a".into(), b"one\n".to_vec()),
@@ -629,16 +607,8 @@ fn a_new_revision_appears_while_open_files_keep_their_revision() {
         ("/d/big".into(), old_big.clone()),
     ];
     // Catalog TTL 240 s, capped to 1 s by --max-ttl.
-    let repo = FlatRepo::build(work.path(), &rev1, 240);
-    let server = Server::start(&[(FQRN, &repo.srv)]);
-    let mnt = work.path().join("mnt");
-    let mut cmd = mount_command(
-        &server,
-        FQRN,
-        &repo.keys.pubkey,
-        &work.path().join("cache"),
-        &mnt,
-    );
+    let (work, repo, server, mnt) = serve_flat_repo(&rev1);
+    let mut cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
     // The plain mount (a second session) must switch with the main one.
     let plain = work.path().join("plain");
     cmd.args(["--max-ttl", "1s", "--backoff-init", "10ms"])
@@ -745,13 +715,7 @@ fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
     let server = Server::start(&[(FQRN, &srv)]);
     let mnt = work.path().join("mnt");
     // Without read-ahead: what a read fetches is exactly what it touches.
-    let mut cmd = mount_command(
-        &server,
-        FQRN,
-        &keys.pubkey,
-        &work.path().join("cache"),
-        &mnt,
-    );
+    let mut cmd = mount_command_in(&server, &keys.pubkey, work.path(), &mnt);
     cmd.arg("--no-read-ahead");
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
     let requested = |object: &str| server.requests_for(object);
@@ -824,7 +788,6 @@ fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
 #[test]
 fn read_ahead_fetches_a_directory_s_small_files_once_and_they_are_then_read_from_the_cache() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
     let mut files: Vec<(String, Vec<u8>)> = (0..10u64)
         .map(|i| {
             (
@@ -836,16 +799,8 @@ fn read_ahead_fetches_a_directory_s_small_files_once_and_they_are_then_read_from
     // Larger than the read-ahead size limit (1 MiB by default): only fetched when read.
     files.push(("/lib/huge".into(), pseudo_random(1_500_000, 7)));
     files.push(("/elsewhere/x".into(), pseudo_random(2000, 8)));
-    let repo = FlatRepo::build(work.path(), &files, 240);
-    let server = Server::start(&[(FQRN, &repo.srv)]);
-    let mnt = work.path().join("mnt");
-    let cmd = mount_command(
-        &server,
-        FQRN,
-        &repo.keys.pubkey,
-        &work.path().join("cache"),
-        &mnt,
-    );
+    let (work, repo, server, mnt) = serve_flat_repo(&files);
+    let cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
     let objects: Vec<String> = files
         .iter()
@@ -901,23 +856,14 @@ fn read_ahead_fetches_a_directory_s_small_files_once_and_they_are_then_read_from
 #[test]
 fn a_trace_lists_the_files_read_once_each_in_first_read_order() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
     let files: Vec<(String, Vec<u8>)> = ["/lib/a", "/lib/b", "/bin/c", "/bin/never-read"]
         .iter()
         .enumerate()
         .map(|(i, p)| (p.to_string(), pseudo_random(1000 + i, i as u64 + 500)))
         .collect();
-    let repo = FlatRepo::build(work.path(), &files, 240);
-    let server = Server::start(&[(FQRN, &repo.srv)]);
-    let mnt = work.path().join("mnt");
+    let (work, repo, server, mnt) = serve_flat_repo(&files);
     let trace = work.path().join("start.trace");
-    let mut cmd = mount_command(
-        &server,
-        FQRN,
-        &repo.keys.pubkey,
-        &work.path().join("cache"),
-        &mnt,
-    );
+    let mut cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
     cmd.arg("--trace").arg(&trace);
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
     for p in ["bin/c", "lib/a", "bin/c", "lib/b", "lib/a"] {
@@ -938,21 +884,12 @@ fn a_trace_lists_the_files_read_once_each_in_first_read_order() {
 #[test]
 fn concurrent_readers_of_one_object_cause_one_get() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
     // Over the read-ahead size limit: only the readers fetch it.
     let files = vec![("/data/big".to_string(), pseudo_random(3_000_000, 41))];
-    let repo = FlatRepo::build(work.path(), &files, 240);
-    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let (work, repo, server, mnt) = serve_flat_repo(&files);
     let object = object_of(&repo.store, &files[0].1);
     server.held.lock().unwrap().push(object.clone());
-    let mnt = work.path().join("mnt");
-    let cmd = mount_command(
-        &server,
-        FQRN,
-        &repo.keys.pubkey,
-        &work.path().join("cache"),
-        &mnt,
-    );
+    let cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
     let readers: Vec<_> = (0..8)
         .map(|_| {
@@ -978,27 +915,18 @@ fn concurrent_readers_of_one_object_cause_one_get() {
 #[test]
 fn a_demand_read_is_not_queued_behind_read_ahead() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
     // More files than read-ahead threads, all held by the server but the first.
     let mut files: Vec<(String, Vec<u8>)> = (0..40u64)
         .map(|i| (format!("/slow/s{i:02}"), pseudo_random(2000, i + 200)))
         .collect();
     files.push(("/fast/x".into(), pseudo_random(2000, 999)));
-    let repo = FlatRepo::build(work.path(), &files, 240);
-    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let (work, repo, server, mnt) = serve_flat_repo(&files);
     let held: Vec<String> = files[1..40]
         .iter()
         .map(|(_, body)| object_of(&repo.store, body))
         .collect();
     server.held.lock().unwrap().extend(held);
-    let mnt = work.path().join("mnt");
-    let cmd = mount_command(
-        &server,
-        FQRN,
-        &repo.keys.pubkey,
-        &work.path().join("cache"),
-        &mnt,
-    );
+    let cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
     assert_eq!(std::fs::read(mnt.join("slow/s00")).unwrap(), files[0].1);
     // Every read-ahead thread waits on a held download now.
@@ -1074,13 +1002,7 @@ fn a_chunked_file_held_open_keeps_its_revision_across_a_switch() {
     publish_chunked(&old, 1);
     let server = Server::start(&[(FQRN, &srv)]);
     let mnt = work.path().join("mnt");
-    let mut cmd = mount_command(
-        &server,
-        FQRN,
-        &keys.pubkey,
-        &work.path().join("cache"),
-        &mnt,
-    );
+    let mut cmd = mount_command_in(&server, &keys.pubkey, work.path(), &mnt);
     cmd.args(["--max-ttl", "1s", "--backoff-init", "10ms"]);
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
     assert_eq!(std::fs::read(mnt.join("mark")).unwrap(), b"1\n");
@@ -1138,10 +1060,7 @@ fn wait_for_log(m: &Mounted, text: &str, within: Duration) {
 #[test]
 fn the_breadcrumb_keeps_a_node_from_going_back_to_an_older_revision() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
-    let repo = FlatRepo::build(work.path(), &tree(&[("/a", "one\n")]), 240);
-    let server = Server::start(&[(FQRN, &repo.srv)]);
-    let mnt = work.path().join("mnt");
+    let (work, repo, server, mnt) = serve_flat_repo(&tree(&[("/a", "one\n")]));
     let cache = work.path().join("cache");
     let mount = || mount_command(&server, FQRN, &repo.keys.pubkey, &cache, &mnt);
     let log = |n: &str| work.path().join(format!("{n}.log"));
@@ -1217,8 +1136,9 @@ fn offline_mode_serves_the_cache_and_recovers_when_the_server_returns() {
     let server = Server::start_at(&[(FQRN, &repo.srv)], &addr);
     let mnt = work.path().join("mnt");
     let cache = work.path().join("cache");
-    let mount = || {
-        let mut cmd = mount_command(&server, FQRN, &repo.keys.pubkey, &cache, &mnt);
+    // Short revision checks and downloads, whichever server it mounts from.
+    let mount = |server: &Server| {
+        let mut cmd = mount_command(server, FQRN, &repo.keys.pubkey, &cache, &mnt);
         cmd.args([
             "--max-ttl",
             "1s",
@@ -1230,7 +1150,7 @@ fn offline_mode_serves_the_cache_and_recovers_when_the_server_returns() {
         cmd
     };
     // Without read-ahead, so that `unseen` (beside `a`) stays out of the cache.
-    let mut first = mount();
+    let mut first = mount(&server);
     first.arg("--no-read-ahead");
     let mut m = Mounted::start(first, &mnt, &work.path().join("1.log"));
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
@@ -1244,16 +1164,7 @@ fn offline_mode_serves_the_cache_and_recovers_when_the_server_returns() {
         url,
         ..Server::start(&[])
     };
-    let mut cmd = mount_command(&down, FQRN, &repo.keys.pubkey, &cache, &mnt);
-    cmd.args([
-        "--max-ttl",
-        "1s",
-        "--backoff-init",
-        "10ms",
-        "--timeout",
-        "2s",
-    ]);
-    let mut m = Mounted::start(cmd, &mnt, &work.path().join("2.log"));
+    let mut m = Mounted::start(mount(&down), &mnt, &work.path().join("2.log"));
     assert!(m.log_text().contains("OFFLINE MODE"), "{}", m.log_text());
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
     assert_eq!(std::fs::read(mnt.join("d/seen")).unwrap(), b"seen\n");
@@ -1377,10 +1288,7 @@ fn notification(socket: &std::os::unix::net::UnixDatagram, within: Duration) -> 
 #[test]
 fn mount_and_run_tell_systemd_they_are_ready_only_once_they_serve() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
-    let repo = build_repo(work.path());
-    let server = Server::start(&[(FQRN, &repo.srv)]);
-    let mnt = work.path().join("mnt");
+    let (work, repo, server, mnt) = serve_test_repo();
     let plain = work.path().join("plain");
     std::fs::create_dir_all(&mnt).unwrap();
 
@@ -1499,13 +1407,7 @@ fn a_lookup_that_spans_a_revision_switch_answers_from_the_new_revision() {
     let old_nested = publish_nested(&repo, b"one\n", 2);
     let server = Server::start(&[(FQRN, &repo.srv)]);
     let mnt = work.path().join("mnt");
-    let mut cmd = mount_command(
-        &server,
-        FQRN,
-        &repo.keys.pubkey,
-        &work.path().join("cache"),
-        &mnt,
-    );
+    let mut cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
     cmd.args(["--max-ttl", "1s", "--backoff-init", "10ms"]);
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
     assert!(mnt.join("rev2").exists());
@@ -1689,7 +1591,6 @@ fn startup_packs_are_prefetched_on_request_and_checked_member_by_member() {
 #[test]
 fn files_read_the_same_with_and_without_fuse_passthrough() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
     let files: Vec<(String, Vec<u8>)> = (0..4)
         .map(|i| {
             (
@@ -1698,8 +1599,7 @@ fn files_read_the_same_with_and_without_fuse_passthrough() {
             )
         })
         .collect();
-    let repo = FlatRepo::build(work.path(), &files, 240);
-    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let (work, repo, server, _) = serve_flat_repo(&files);
     for (label, options) in [
         ("passthrough", &[][..]),
         ("no-passthrough", &["--no-passthrough"][..]),

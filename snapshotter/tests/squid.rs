@@ -291,11 +291,8 @@ fn cache_file(cache: &Path, object_path: &str) -> PathBuf {
 #[test]
 fn a_second_mount_with_an_empty_cache_is_served_by_squid() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
-    let repo = build_repo(work.path());
-    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let (work, repo, server, mnt) = serve_test_repo();
     let squid = Squid::start();
-    let mnt = work.path().join("mnt");
 
     let first = mount_command(&server, FQRN, &repo.pubkey, &work.path().join("c1"), &mnt);
     let mut m = Mounted::start(
@@ -365,11 +362,8 @@ fn a_second_mount_with_an_empty_cache_is_served_by_squid() {
 #[test]
 fn reads_fail_over_from_a_dead_502_or_garbage_proxy() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
-    let repo = build_repo(work.path());
-    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let (work, repo, server, mnt) = serve_test_repo();
     let good = TestProxy::start(FORWARD);
-    let mnt = work.path().join("mnt");
     for (name, mode) in [
         ("dead", None),
         ("502", Some(BAD_GATEWAY)),
@@ -481,11 +475,8 @@ fn read_ahead_fails_over_from_a_proxy_that_dies_under_it() {
 #[test]
 fn tampered_objects_give_eio_are_not_cached_and_recover() {
     require_root_and_fuse();
-    let work = tempfile::tempdir().unwrap();
-    let repo = build_repo(work.path());
-    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let (work, repo, server, mnt) = serve_test_repo();
     let proxy = TestProxy::start(FORWARD);
-    let mnt = work.path().join("mnt");
     let cache = work.path().join("cache");
     let mut cmd = mount_command(&server, FQRN, &repo.pubkey, &cache, &mnt);
     // Demand reads only: read-ahead would fetch hello.txt before the tampering starts.

@@ -330,6 +330,37 @@ pub fn names(dir: &Path) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------------------
+// The usual setup of a mount test
+
+/// What most mount tests start from: a fresh working directory, a repository built in it
+/// and served over HTTP, and the mount point `mnt` in it (not created), in that order.
+pub type Served<R> = (tempfile::TempDir, R, Server, PathBuf);
+
+/// [`build_repo`]'s repository, served.
+pub fn serve_test_repo() -> Served<TestRepo> {
+    let work = tempfile::tempdir().unwrap();
+    let repo = build_repo(work.path());
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let mnt = work.path().join("mnt");
+    (work, repo, server, mnt)
+}
+
+/// [`mount_command`] for [`FQRN`] served by `server`, verified with `pubkey`, with its cache
+/// in `work/cache`.
+pub fn mount_command_in(server: &Server, pubkey: &Path, work: &Path, mnt: &Path) -> Command {
+    mount_command(server, FQRN, pubkey, &work.join("cache"), mnt)
+}
+
+/// A [`FlatRepo`] of `files` (catalog TTL 240 s), served.
+pub fn serve_flat_repo(files: &[(String, Vec<u8>)]) -> Served<FlatRepo> {
+    let work = tempfile::tempdir().unwrap();
+    let repo = FlatRepo::build(work.path(), files, 240);
+    let server = Server::start(&[(FQRN, &repo.srv)]);
+    let mnt = work.path().join("mnt");
+    (work, repo, server, mnt)
+}
+
+// ---------------------------------------------------------------------------------------
 // A repository built with the catalog crate
 
 pub struct TestRepo {
