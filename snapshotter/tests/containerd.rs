@@ -327,6 +327,12 @@ impl Env {
         text
     }
 
+    /// Runs `/bin/sh -c script` in a container `id` of `image` on the snapshotter (as
+    /// [`Env::ctr`], removed when it exits); returns its output.
+    fn run_sh(&self, image: &str, id: &str, script: &str) -> String {
+        self.ctr(&run_args(image, id, &["/bin/sh", "-c", script]))
+    }
+
     fn snap(&self, args: &[&str]) -> String {
         let mut all = vec!["snapshots", "--snapshotter", SNAPSHOTTER];
         all.extend_from_slice(args);
@@ -356,6 +362,13 @@ impl Env {
             .output()
             .expect("run pull")
     }
+}
+
+/// The arguments of `ctr run --rm --snapshotter strata image id command…`.
+fn run_args<'a>(image: &'a str, id: &'a str, command: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--rm", "--snapshotter", SNAPSHOTTER, image, id];
+    args.extend_from_slice(command);
+    args
 }
 
 fn typed(digest: &str) -> namespace::Digest {
@@ -597,17 +610,7 @@ fn pull_commits_remote_layers_and_creates_image() {
 
     // ctr considers the image unpacked (it Stats the top ChainID) and runs a container on
     // an overlay of the three remote layers plus a local upper dir.
-    let out = env.ctr(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        SNAPSHOTTER,
-        IMAGE,
-        "strata-it-run",
-        "/bin/sh",
-        "-c",
-        "read a < /etc/a; read c < /etc/c; echo \"$a-$c\"; echo x > /etc/new; read n < /etc/new; echo $n",
-    ]);
+    let out = env.run_sh(IMAGE, "strata-it-run", "read a < /etc/a; read c < /etc/c; echo \"$a-$c\"; echo x > /etc/new; read n < /etc/new; echo $n");
     assert_eq!(out.trim(), "layer0-layer2\nx", "{out}");
 
     // Pulling again is idempotent: everything is already there.
@@ -795,17 +798,7 @@ fn killing_and_restarting_run_never_disturbs_running_containers() {
         ls.contains("reader"),
         "the running container's snapshot: {ls}"
     );
-    let out = env.ctr(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        SNAPSHOTTER,
-        IMAGE,
-        "second",
-        "/bin/sh",
-        "-c",
-        "read b < /etc/b; echo $b",
-    ]);
+    let out = env.run_sh(IMAGE, "second", "read b < /etc/b; echo $b");
     assert_eq!(out.trim(), "layer1");
 
     // Stop the reader, remove its container and the image: containerd's GC removes our
@@ -828,17 +821,7 @@ fn killing_and_restarting_run_never_disturbs_running_containers() {
 
     // And the image can be pulled and run again afterwards.
     env.pull_ok(IMAGE);
-    let out = env.ctr(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        SNAPSHOTTER,
-        IMAGE,
-        "third",
-        "/bin/sh",
-        "-c",
-        "read c < /etc/c; echo $c",
-    ]);
+    let out = env.run_sh(IMAGE, "third", "read c < /etc/c; echo $c");
     assert_eq!(out.trim(), "layer2");
 }
 
@@ -871,33 +854,13 @@ fn restart_with_repository_unreachable_keeps_state_and_recovers() {
         "{log}"
     );
     // Starting a container fails cleanly (Unavailable), leaving nothing behind.
-    let (ok, text) = env.ctr_raw(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        SNAPSHOTTER,
-        IMAGE,
-        "nope",
-        "/bin/sh",
-        "-c",
-        "true",
-    ]);
+    let (ok, text) = env.ctr_raw(&run_args(IMAGE, "nope", &["/bin/sh", "-c", "true"]));
     assert!(!ok, "{text}");
     assert!(text.contains("unavailable"), "{text}");
 
     // Back: everything works again without a restart.
     std::fs::rename(&gone, &env.mountpoint).expect("restore repository");
-    let out = env.ctr(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        SNAPSHOTTER,
-        IMAGE,
-        "back",
-        "/bin/sh",
-        "-c",
-        "read a < /etc/a; echo $a",
-    ]);
+    let out = env.run_sh(IMAGE, "back", "read a < /etc/a; echo $a");
     assert_eq!(out.trim(), "layer0");
     // A restart clears the label.
     env.restart_snapshotter(false);
@@ -1215,17 +1178,7 @@ fn image_not_in_the_repository_pulls_and_runs_through_the_registry() {
         2,
         "{log}"
     );
-    let out = env.ctr(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        SNAPSHOTTER,
-        &reference,
-        "plain",
-        "/bin/sh",
-        "-c",
-        "read b < /etc/b; echo $b",
-    ]);
+    let out = env.run_sh(&reference, "plain", "read b < /etc/b; echo $b");
     assert_eq!(out.trim(), "layer1");
     // --remote-only refuses such an image.
     let out = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"))
@@ -1368,16 +1321,7 @@ fn cri_pull_is_remote_and_user_setuid_caps_and_runtimes_match_overlayfs() {
     // (`security.capability` on cap-cat) from the main mount, nearest first.
     let proc_mounts = env.ctr_in(
         "k8s.io",
-        &[
-            "run",
-            "--rm",
-            "--snapshotter",
-            SNAPSHOTTER,
-            &reference,
-            "proc-mounts",
-            "/bin/cat",
-            "/proc/mounts",
-        ],
+        &run_args(&reference, "proc-mounts", &["/bin/cat", "/proc/mounts"]),
     );
     let (layer0, layer1) = (
         layerfs_of(&stack.mountpoint, &image.layer_digests[0]),
@@ -1688,17 +1632,7 @@ fn flat_lowerdir_gives_one_lowerdir_with_the_same_files_and_timings() {
 
     let run = |env: &Env, id: &str, script: &str| -> (String, Duration) {
         let started = Instant::now();
-        let out = env.ctr(&[
-            "run",
-            "--rm",
-            "--snapshotter",
-            SNAPSHOTTER,
-            &reference,
-            id,
-            "/bin/sh",
-            "-c",
-            script,
-        ]);
+        let out = env.run_sh(&reference, id, script);
         (out, started.elapsed())
     };
     let (flat_check, _) = run(&env, "flat-check", WALK_CHECK);
