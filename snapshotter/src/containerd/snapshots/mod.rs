@@ -139,6 +139,14 @@ pub fn validate_labels(labels: &Labels) -> Result<()> {
 /// Measures the disk usage of the tree at `dir` (blocks of every entry, hard links once),
 /// as containerd's `fs.DiskUsage`. Blocking.
 pub fn disk_usage(dir: &Path) -> Result<Usage> {
+    walk_usage(dir, |meta| {
+        i64::try_from(meta.blocks() * 512).unwrap_or(i64::MAX)
+    })
+}
+
+/// Walks the tree at `dir` (symlinks not followed), taking every inode once (hard links
+/// once): `inodes` counts them, `size` sums `size_of` over them. Blocking.
+fn walk_usage(dir: &Path, size_of: impl Fn(&std::fs::Metadata) -> i64) -> Result<Usage> {
     let mut seen = HashSet::new();
     let mut usage = Usage::default();
     let mut stack = vec![dir.to_path_buf()];
@@ -146,7 +154,7 @@ pub fn disk_usage(dir: &Path) -> Result<Usage> {
         let meta = std::fs::symlink_metadata(&path).map_err(io_err(path.display().to_string()))?;
         if seen.insert((meta.dev(), meta.ino())) {
             usage.inodes += 1;
-            usage.size += i64::try_from(meta.blocks() * 512).unwrap_or(i64::MAX);
+            usage.size += size_of(&meta);
         }
         if meta.is_dir() {
             let entries =
@@ -193,27 +201,13 @@ fn cached_bytes_xattr(dir: &Path) -> Option<i64> {
 /// Apparent size (sum of regular files' lengths, hard links once) and inode count of the
 /// tree at `dir`. Blocking; through the FUSE mount this reads metadata only.
 pub fn apparent_usage(dir: &Path) -> Result<Usage> {
-    let mut seen = HashSet::new();
-    let mut usage = Usage::default();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta = std::fs::symlink_metadata(&path).map_err(io_err(path.display().to_string()))?;
-        if seen.insert((meta.dev(), meta.ino())) {
-            usage.inodes += 1;
-            if meta.is_file() {
-                usage.size += i64::try_from(meta.len()).unwrap_or(i64::MAX);
-            }
+    walk_usage(dir, |meta| {
+        if meta.is_file() {
+            i64::try_from(meta.len()).unwrap_or(i64::MAX)
+        } else {
+            0
         }
-        if meta.is_dir() {
-            let entries =
-                std::fs::read_dir(&path).map_err(io_err(format!("read {}", path.display())))?;
-            for entry in entries {
-                let entry = entry.map_err(io_err(format!("read {}", path.display())))?;
-                stack.push(entry.path());
-            }
-        }
-    }
-    Ok(usage)
+    })
 }
 
 /// Usage of a remote layer at `dir`: bytes = [`XATTR_CACHED_BYTES`] when the FUSE client
