@@ -248,11 +248,7 @@ impl CacheIndex {
         mtime: i64,
         hits: u64,
     ) -> Result<Touch> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| db_error("touch", e))?;
-        let result = touch_in(&tx, sha, size, kind, mtime, hits)?;
-        tx.commit().map_err(|e| db_error("touch", e))?;
-        Ok(result)
+        self.write("touch", |tx| touch_in(tx, sha, size, kind, mtime, hits))
     }
 
     /// A download committed to the cache, in one transaction: the object's row as
@@ -272,20 +268,19 @@ impl CacheIndex {
         fetched: u64,
         arrival: Arrival,
     ) -> Result<Touch> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| db_error("download", e))?;
-        let result = touch_in(&tx, sha, size, kind, mtime, hits)?;
-        if arrival != Arrival::Pack {
-            add_prop(&tx, "misses", 1)?;
-            add_prop(&tx, "bytes_fetched", fetched as i64)?;
-        }
-        match arrival {
-            Arrival::Demand => {}
-            Arrival::ReadAhead => add_prop(&tx, "readahead_bytes", size as i64)?,
-            Arrival::Pack => add_prop(&tx, "prefetch_bytes", size as i64)?,
-        }
-        tx.commit().map_err(|e| db_error("download", e))?;
-        Ok(result)
+        self.write("download", |tx| {
+            let result = touch_in(tx, sha, size, kind, mtime, hits)?;
+            if arrival != Arrival::Pack {
+                add_prop(tx, "misses", 1)?;
+                add_prop(tx, "bytes_fetched", fetched as i64)?;
+            }
+            match arrival {
+                Arrival::Demand => {}
+                Arrival::ReadAhead => add_prop(tx, "readahead_bytes", size as i64)?,
+                Arrival::Pack => add_prop(tx, "prefetch_bytes", size as i64)?,
+            }
+            Ok(result)
+        })
     }
 
     /// Adds `hits` cache hits (answered without writing the index) to the counter.
@@ -302,11 +297,10 @@ impl CacheIndex {
     /// # Errors
     /// [`Error::Io`] on database errors.
     pub fn record_download(&self, bytes: u64) -> Result<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| db_error("counters", e))?;
-        add_prop(&tx, "misses", 1)?;
-        add_prop(&tx, "bytes_fetched", bytes as i64)?;
-        tx.commit().map_err(|e| db_error("counters", e))
+        self.write("counters", |tx| {
+            add_prop(tx, "misses", 1)?;
+            add_prop(tx, "bytes_fetched", bytes as i64)
+        })
     }
 
     /// Adds to the read-ahead counters: raw bytes read ahead, and raw bytes of read-ahead
@@ -315,11 +309,10 @@ impl CacheIndex {
     /// # Errors
     /// [`Error::Io`] on database errors.
     pub fn record_read_ahead(&self, fetched: u64, used: u64) -> Result<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| db_error("counters", e))?;
-        add_prop(&tx, "readahead_bytes", fetched as i64)?;
-        add_prop(&tx, "readahead_used_bytes", used as i64)?;
-        tx.commit().map_err(|e| db_error("counters", e))
+        self.write("counters", |tx| {
+            add_prop(tx, "readahead_bytes", fetched as i64)?;
+            add_prop(tx, "readahead_used_bytes", used as i64)
+        })
     }
 
     /// Adds to the startup-pack counters ([`CacheStats`]'s `prefetch_*`).
@@ -327,18 +320,17 @@ impl CacheIndex {
     /// # Errors
     /// [`Error::Io`] on database errors.
     pub fn record_prefetch(&self, counts: &PrefetchCounts) -> Result<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| db_error("counters", e))?;
-        add_prop(&tx, "prefetch_packs", counts.packs as i64)?;
-        add_prop(&tx, "prefetch_failed_packs", counts.failed_packs as i64)?;
-        add_prop(
-            &tx,
-            "prefetch_rejected_objects",
-            counts.rejected_objects as i64,
-        )?;
-        add_prop(&tx, "prefetch_used_bytes", counts.used_bytes as i64)?;
-        add_prop(&tx, "prefetch_ms", counts.ms as i64)?;
-        tx.commit().map_err(|e| db_error("counters", e))
+        self.write("counters", |tx| {
+            add_prop(tx, "prefetch_packs", counts.packs as i64)?;
+            add_prop(tx, "prefetch_failed_packs", counts.failed_packs as i64)?;
+            add_prop(
+                tx,
+                "prefetch_rejected_objects",
+                counts.rejected_objects as i64,
+            )?;
+            add_prop(tx, "prefetch_used_bytes", counts.used_bytes as i64)?;
+            add_prop(tx, "prefetch_ms", counts.ms as i64)
+        })
     }
 
     /// Bytes of all indexed objects.
@@ -355,10 +347,7 @@ impl CacheIndex {
     /// # Errors
     /// [`Error::Io`] on database errors.
     pub fn forget(&self, sha: &str) -> Result<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| db_error("forget", e))?;
-        remove_row(&tx, sha)?;
-        tx.commit().map_err(|e| db_error("forget", e))?;
+        self.write("forget", |tx| remove_row(tx, sha))?;
         let _ = std::fs::remove_file(self.file_of(sha));
         Ok(())
     }
@@ -462,6 +451,20 @@ impl CacheIndex {
         self.conn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `body` in one (deferred) transaction, committed if it succeeds and rolled back
+    /// if it fails; database errors name `context`.
+    fn write<T>(
+        &self,
+        context: &str,
+        body: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| db_error(context, e))?;
+        let result = body(&tx)?;
+        tx.commit().map_err(|e| db_error(context, e))?;
+        Ok(result)
     }
 }
 
