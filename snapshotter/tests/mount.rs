@@ -690,20 +690,8 @@ fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
     let keys = make_keys(&store, work.path());
     const CHUNK: usize = 1 << 20;
     let body = pseudo_random(8 * CHUNK, 11);
-    let mut chunks = Vec::new();
-    for (i, piece) in body.chunks(CHUNK).enumerate() {
-        let hash = store.put_raw(piece, catalog::Suffix::Partial).unwrap();
-        chunks.push(catalog::Chunk {
-            offset: (i * CHUNK) as u64,
-            size: piece.len() as u64,
-            hash,
-        });
-    }
-    let chunk_path = |i: usize| chunks[i].hash.object_path(catalog::Suffix::Partial);
-    let mut big =
-        catalog::Entry::regular("big", 0o644, 0, 0, MTIME, body.len() as u64, chunks[0].hash);
-    big.hash = None;
-    big.chunks = chunks.clone();
+    let big = chunked_file(&store, "big", &body, CHUNK);
+    let chunk_path = |i: usize| big.chunks[i].hash.object_path(catalog::Suffix::Partial);
     let db = work.path().join("root.db");
     let mut w = catalog::CatalogWriter::create(&db, "").unwrap();
     w.add("", &dir(""), catalog::Transition::None).unwrap();
@@ -962,19 +950,7 @@ fn a_chunked_file_held_open_keeps_its_revision_across_a_switch() {
     const CHUNK: usize = 1 << 20;
     // Revision `revision`: `/big` chunked (same size in both), `/mark` names the revision.
     let publish_chunked = |body: &[u8], revision: u64| {
-        let mut chunks = Vec::new();
-        for (i, piece) in body.chunks(CHUNK).enumerate() {
-            let hash = store.put_raw(piece, catalog::Suffix::Partial).unwrap();
-            chunks.push(catalog::Chunk {
-                offset: (i * CHUNK) as u64,
-                size: piece.len() as u64,
-                hash,
-            });
-        }
-        let mut big =
-            catalog::Entry::regular("big", 0o644, 0, 0, MTIME, body.len() as u64, chunks[0].hash);
-        big.hash = None;
-        big.chunks = chunks;
+        let big = chunked_file(&store, "big", body, CHUNK);
         let mark = file(
             &store,
             "mark",

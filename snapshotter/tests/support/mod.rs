@@ -392,6 +392,24 @@ pub fn file(store: &LocalStore, name: &str, perm: u32, uid: u32, gid: u32, raw: 
     Entry::regular(name, perm, uid, gid, MTIME, raw.len() as u64, hash)
 }
 
+/// Stores `body` in `store` as chunks of `chunk` bytes; the regular file `name` (0644,
+/// owner 0:0, [`MTIME`]) made of them, as a chunked catalog entry (no hash of its own).
+pub fn chunked_file(store: &LocalStore, name: &str, body: &[u8], chunk: usize) -> Entry {
+    let mut chunks = Vec::new();
+    for (i, piece) in body.chunks(chunk).enumerate() {
+        let hash = store.put_raw(piece, Suffix::Partial).unwrap();
+        chunks.push(catalog::Chunk {
+            offset: (i * chunk) as u64,
+            size: piece.len() as u64,
+            hash,
+        });
+    }
+    let mut entry = Entry::regular(name, 0o644, 0, 0, MTIME, body.len() as u64, chunks[0].hash);
+    entry.hash = None;
+    entry.chunks = chunks;
+    entry
+}
+
 pub fn dir(name: &str) -> Entry {
     Entry::directory(name, 0o755, 0, 0, MTIME)
 }
