@@ -150,7 +150,7 @@ impl ReadAhead {
             return;
         }
         let key = (repo.revision().root_hash.to_hex(), dir.to_string());
-        let mut queue = self.inner.lock();
+        let mut queue = self.inner.queue.lock();
         if queue.seen.contains(&key) {
             return;
         }
@@ -167,7 +167,7 @@ impl ReadAhead {
     /// ([`crate::client::startup`]).
     pub fn known_directory(&self, repo: &Arc<MountedRevision>, dir: &str) {
         let key = (repo.revision().root_hash.to_hex(), dir.to_string());
-        let mut queue = self.inner.lock();
+        let mut queue = self.inner.queue.lock();
         if queue.seen.len() >= MAX_SEEN_DIRS {
             queue.seen.clear();
         }
@@ -201,7 +201,7 @@ impl ReadAhead {
                     chunks.len()
                 ),
             );
-            self.inner.lock().seen.insert(key)
+            self.inner.queue.lock().seen.insert(key)
         };
         let ahead: Vec<&Chunk> = if whole {
             // After the read first, then the ones before it.
@@ -227,7 +227,7 @@ impl ReadAhead {
             })
             .filter(|req| !repo.cache().is_cached(req))
             .collect();
-        let mut queue = self.inner.lock();
+        let mut queue = self.inner.queue.lock();
         // Chunks of a file being read go before directory read-ahead, in file order.
         for req in reqs.into_iter().rev() {
             self.inner
@@ -237,7 +237,7 @@ impl ReadAhead {
 
     /// Jobs waiting (for tests and metrics).
     pub fn queued(&self) -> usize {
-        self.inner.lock().jobs.len()
+        self.inner.queue.lock().jobs.len()
     }
 
     /// Stops the workers: queued jobs are dropped, fetches in progress finish.
@@ -253,10 +253,6 @@ impl Drop for ReadAhead {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<Job, Seen>> {
-        self.queue.lock()
-    }
-
     /// Queues `job` to be taken next: the directory a program has just entered is the
     /// one it reads now, before what earlier directories left queued.
     /// When the queue is full, the oldest job is dropped for it.
@@ -277,7 +273,7 @@ impl Inner {
                     let cache = repo.cache();
                     // Demand first: wait while enough demand downloads are in flight.
                     while cache.demand_in_flight() >= self.settings.pause_when_demand {
-                        if self.lock().stopping() {
+                        if self.queue.lock().stopping() {
                             return;
                         }
                         std::thread::sleep(Duration::from_millis(2));
@@ -332,7 +328,7 @@ impl Inner {
             bytes,
             "read-ahead: directory queued"
         );
-        let mut queue = self.lock();
+        let mut queue = self.queue.lock();
         // In the directory's order, ahead of older work.
         for req in small.into_iter().rev() {
             self.push_front(&mut queue, Job::Object(repo.clone(), req));

@@ -35,7 +35,7 @@ use namespace::paths;
 use crate::client::cache::ObjectRequest;
 use crate::client::quota::PrefetchCounts;
 use crate::client::repository::MountedRevision;
-use crate::client::work_queue::{JobQueue, Queue, Workers};
+use crate::client::work_queue::{JobQueue, Workers};
 use crate::{Error, Result};
 
 /// The extended attribute whose read starts the prefetch of a `startup` directory or pack.
@@ -177,7 +177,7 @@ impl StartupPrefetch {
         let mut queued = 0usize;
         let mut bytes = 0u64;
         let mut left_out = 0usize;
-        let mut queue = self.inner.lock();
+        let mut queue = self.inner.queue.lock();
         for (pack_path, entry) in packs {
             let Some(hash) = entry.hash else {
                 continue;
@@ -223,7 +223,7 @@ impl StartupPrefetch {
 
     /// Packs waiting (for tests and metrics).
     pub fn queued(&self) -> usize {
-        self.inner.lock().jobs.len()
+        self.inner.queue.lock().jobs.len()
     }
 
     /// Stops the workers: queued packs are dropped, those in progress finish.
@@ -239,10 +239,6 @@ impl Drop for StartupPrefetch {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<Job, Seen>> {
-        self.queue.lock()
-    }
-
     /// A worker: takes packs until stopped.
     fn work(&self) {
         while let Some(job) = self.queue.next() {
@@ -261,7 +257,7 @@ impl Inner {
                 }
                 Err(e) => {
                     counts.failed_packs = 1;
-                    self.lock().seen.remove(&job.req.hash);
+                    self.queue.lock().seen.remove(&job.req.hash);
                     tracing::warn!(
                         pack = %job.path,
                         error = %e,
