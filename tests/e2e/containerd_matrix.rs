@@ -72,7 +72,8 @@ fn main_job(work: &WorkDir, release: &str, version_prefix: &str, cri_pull: CriPu
         Ok::<_, tests::error::Error>(release)
     })?;
     let published = Published::up(work, &mut steps)?;
-    let stack = Stack::attach_with(published, work, &mut steps, Some(&release))?;
+    // Nothing pulled yet: the CRI pull below is the image's first.
+    let stack = Stack::attach_unpulled(published, work, &mut steps, Some(&release))?;
     let version = stack.containerd.version()?;
     println!(
         "    containerd {version} with {}",
@@ -88,6 +89,19 @@ fn main_job(work: &WorkDir, release: &str, version_prefix: &str, cri_pull: CriPu
         || snippet_plugins_loaded(&stack),
     )?;
     println!("    {}", loaded.join(", "));
+    let out = steps.run(
+        "CRI PullImage first (the kubelet's pull, k8s.io): layers remote via the CRI labels, no blob fetched; ctr run",
+        || stack.check_cri_pull(),
+    )?;
+    print!("    workload in the CRI-pulled image printed {out}");
+    let log = stack.containerd.log_text()?;
+    let fell_back = log.contains(LOCAL_PULL_FALLBACK);
+    ensure!(
+        fell_back == (cri_pull == CriPull::LocalFallback),
+        "CRI pull path {cri_pull:?}, but containerd's log {} {LOCAL_PULL_FALLBACK:?}",
+        if fell_back { "says" } else { "does not say" }
+    );
+    stack.pull_lazily(work, &mut steps)?;
     let out = steps.run("ctr run: python3 imports hashlib+json", || {
         stack.check_workload()
     })?;
@@ -103,18 +117,6 @@ fn main_job(work: &WorkDir, release: &str, version_prefix: &str, cri_pull: CriPu
             stack.check_no_layer_content()
         },
     )?;
-    let out = steps.run(
-        "CRI PullImage (the kubelet's pull, k8s.io): layers remote, no blob fetched; ctr run",
-        || stack.check_cri_pull(),
-    )?;
-    print!("    workload in the CRI-pulled image printed {out}");
-    let log = stack.containerd.log_text()?;
-    let fell_back = log.contains(LOCAL_PULL_FALLBACK);
-    ensure!(
-        fell_back == (cri_pull == CriPull::LocalFallback),
-        "CRI pull path {cri_pull:?}, but containerd's log {} {LOCAL_PULL_FALLBACK:?}",
-        if fell_back { "says" } else { "does not say" }
-    );
     println!("steps:\n{}", steps.summary());
     Ok(())
 }

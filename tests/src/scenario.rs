@@ -137,6 +137,20 @@ impl Stack {
         steps: &mut Steps,
         release: Option<&Release>,
     ) -> Result<Stack> {
+        let stack = Stack::attach_unpulled(published, work, steps, release)?;
+        stack.pull_lazily(work, steps)?;
+        Ok(stack)
+    }
+
+    /// As [`Stack::attach_with`] without the pull: nothing is in containerd yet, so that a
+    /// first pull (e.g. CRI's, [`Stack::check_cri_pull`]) is the one that makes the layers'
+    /// snapshots.
+    pub fn attach_unpulled(
+        published: Published,
+        work: &WorkDir,
+        steps: &mut Steps,
+        release: Option<&Release>,
+    ) -> Result<Stack> {
         // With the xattr-less second mount, as deployed (deploy/README.md), and an access
         // trace of everything the containers read ([`Stack::check_trace`]).
         let trace = work.path().join("mount.trace");
@@ -177,28 +191,32 @@ impl Stack {
                 )
             },
         )?;
-        let reference = published.reference.clone();
-        steps.run(
-            &format!("strata-snapshotter pull {reference} (lazy)"),
-            || {
-                strata::pull(
-                    &PullArgs {
-                        address: containerd.socket(),
-                        namespace: NAMESPACE,
-                        snapshotter: SNAPSHOTTER_NAME,
-                        mountpoint: &mountpoint,
-                        reference: &reference,
-                    },
-                    &work.log("snapshotter-pull"),
-                )
-            },
-        )?;
         Ok(Stack {
             containerd,
             snapshotter,
             mount,
             published,
         })
+    }
+
+    /// `strata-snapshotter pull` of the published image into [`NAMESPACE`] (lazy).
+    pub fn pull_lazily(&self, work: &WorkDir, steps: &mut Steps) -> Result<()> {
+        let reference = &self.published.reference;
+        steps.run(
+            &format!("strata-snapshotter pull {reference} (lazy)"),
+            || {
+                strata::pull(
+                    &PullArgs {
+                        address: self.containerd.socket(),
+                        namespace: NAMESPACE,
+                        snapshotter: SNAPSHOTTER_NAME,
+                        mountpoint: self.mount.mountpoint(),
+                        reference,
+                    },
+                    &work.log("snapshotter-pull"),
+                )
+            },
+        )
     }
 
     /// Runs [`WORKLOAD`] through the Strata snapshotter; see [`check_workload`].
@@ -288,11 +306,12 @@ impl Stack {
         Ok(listed)
     }
 
-    /// The kubelet's path: a CRI `PullImage` of the published image (into containerd's
-    /// `k8s.io` namespace, with the deploy snippet's CRI settings) answers the config
-    /// digest and makes every layer a remote snapshot of the Strata snapshotter (label
-    /// `containerd.io/snapshot/remote`) with no layer blob fetched from the registry or
-    /// kept in the content store; `ImageStatus` knows the tag; the workload then runs from
+    /// The kubelet's path, as the first pull of the image ([`Stack::attach_unpulled`]): a
+    /// CRI `PullImage` of the published image (into containerd's `k8s.io` namespace, with
+    /// the deploy snippet's CRI settings) answers the config digest and makes every layer
+    /// a remote snapshot of the Strata snapshotter (label `containerd.io/snapshot/remote`,
+    /// and the snapshotter logs each layer published `via` the CRI layer-digest label) with
+    /// no layer blob fetched from the registry or kept in the content store; `ImageStatus` knows the tag; the workload then runs from
     /// the CRI-pulled image. Returns the workload's output.
     pub fn check_cri_pull(&self) -> Result<String> {
         let published = &self.published;
@@ -301,6 +320,15 @@ impl Stack {
         let gets_before = published.registry.blob_gets_of(PUSHED_NAME.0, &layers)?;
         let reference = &published.reference;
         let socket = self.containerd.socket();
+        let published_via_cri = || -> Result<usize> {
+            Ok(self
+                .snapshotter
+                .log_text()?
+                .lines()
+                .filter(|l| l.contains("remote: layer published") && l.contains("cri.layer-digest"))
+                .count())
+        };
+        let published_before = published_via_cri()?;
         let image_ref = cri::pull_image(socket, reference)?;
         if image_ref != facts.config_digest {
             return Err(Error::Invalid(format!(
@@ -335,6 +363,15 @@ impl Stack {
                     "the CRI pull made layer {chain} without the remote label (it was unpacked, not lazy):\n{info}"
                 )));
             }
+        }
+        // The snapshotter itself took each layer remote from the CRI labels (not an earlier
+        // pull's snapshot, not containerd's `snapshot.ref` alone).
+        let published_now = published_via_cri()? - published_before;
+        if published_now != layers.len() {
+            return Err(Error::Invalid(format!(
+                "the snapshotter logged {published_now} layers published via cri.layer-digest for the CRI pull, expected {}",
+                layers.len()
+            )));
         }
         let fetched = published.registry.blob_gets_of(PUSHED_NAME.0, &layers)? - gets_before;
         if fetched != 0 {

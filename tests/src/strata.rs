@@ -569,6 +569,13 @@ pub struct SnapshotterDaemon {
 }
 
 impl SnapshotterDaemon {
+    /// Its log (stdout and stderr) so far.
+    pub fn log_text(&self) -> Result<String> {
+        let log = self.service.log();
+        std::fs::read_to_string(log)
+            .map_err(crate::error::io_context(format!("read {}", log.display())))
+    }
+
     /// Starts `strata-snapshotter run --socket socket --root root --mountpoint mountpoint`
     /// and waits until the socket exists (30 s at most).
     pub fn start(
