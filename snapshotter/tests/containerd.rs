@@ -67,6 +67,8 @@ struct Env {
     run_args: Vec<String>,
     /// `--plain-mountpoint` of `run`, if any.
     plain_mountpoint: Option<PathBuf>,
+    /// The `ctr` of the containerd release under test ([`release`]).
+    ctr: PathBuf,
     dir: tempfile::TempDir,
 }
 
@@ -255,7 +257,8 @@ impl Env {
             ),
         )
         .expect("write config");
-        let mut cmd = release().containerd_command().expect("containerd command");
+        let release = release();
+        let mut cmd = release.containerd_command().expect("containerd command");
         cmd.arg("--config").arg(&config);
         let mut containerd = spawn("containerd", cmd, &d.join("containerd.log"));
         wait_socket(&mut containerd, &address);
@@ -268,6 +271,7 @@ impl Env {
             root,
             run_args,
             plain_mountpoint,
+            ctr: release.program("ctr"),
             dir,
         };
         // containerd answers only once its plugins are loaded.
@@ -299,7 +303,7 @@ impl Env {
 
     /// `ctr -n namespace args…`: (success, stdout+stderr).
     fn ctr_raw_in(&self, namespace: &str, args: &[&str]) -> (bool, String) {
-        let out = Command::new(release().program("ctr"))
+        let out = Command::new(&self.ctr)
             .arg("--address")
             .arg(&self.address)
             .arg("-n")
@@ -1108,7 +1112,7 @@ fn partly_published_image_mixes_remote_and_fetched_layers_and_ten_containers_run
         .map(|n| {
             let address = env.address.clone();
             let reference = reference.clone();
-            let ctr = release().program("ctr");
+            let ctr = env.ctr.clone();
             std::thread::spawn(move || {
                 Command::new(ctr)
                     .arg("--address")

@@ -201,24 +201,27 @@ impl Containerd {
 
     /// `ctr --address <socket> -n <NAMESPACE>` ready for a subcommand.
     pub fn ctr(&self) -> Command {
+        self.ctr_namespace(NAMESPACE)
+    }
+
+    /// `ctr --address <socket> -n <namespace>` ready for a subcommand.
+    fn ctr_namespace(&self, namespace: &str) -> Command {
         let mut command = Command::new(&self.ctr);
         command
             .arg("--address")
             .arg(&self.socket)
-            .args(["-n", NAMESPACE]);
+            .args(["-n", namespace]);
         command
     }
 
     /// Runs `ctr -n namespace … args` (another namespace than [`NAMESPACE`], e.g. the CRI
     /// plugin's `k8s.io`); error with the log tail if it fails.
     pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Result<Output> {
-        let mut command = Command::new(&self.ctr);
-        command
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["-n", namespace])
-            .args(args);
-        run_checked(&mut command, &self.log, CTR_TIMEOUT)
+        run_checked(
+            self.ctr_namespace(namespace).args(args),
+            &self.log,
+            CTR_TIMEOUT,
+        )
     }
 
     /// Runs `ctr … args`; its output whatever the exit status (also logged).
@@ -228,7 +231,7 @@ impl Containerd {
 
     /// Runs `ctr … args`; error with the log tail if it fails.
     pub fn ctr_checked(&self, args: &[&str]) -> Result<Output> {
-        run_checked(self.ctr().args(args), &self.log, CTR_TIMEOUT)
+        self.ctr_in(NAMESPACE, args)
     }
 
     /// The server version line of `ctr version`.

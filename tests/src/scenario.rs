@@ -311,8 +311,9 @@ impl Stack {
     /// the deploy snippet's CRI settings) answers the config digest and makes every layer
     /// a remote snapshot of the Strata snapshotter (label `containerd.io/snapshot/remote`,
     /// and the snapshotter logs each layer published `via` the CRI layer-digest label) with
-    /// no layer blob fetched from the registry or kept in the content store; `ImageStatus` knows the tag; the workload then runs from
-    /// the CRI-pulled image. Returns the workload's output.
+    /// no layer blob fetched from the registry or kept in the content store; `ImageStatus`
+    /// knows the tag; the workload then runs from the CRI-pulled image. Returns the
+    /// workload's output.
     pub fn check_cri_pull(&self) -> Result<String> {
         let published = &self.published;
         let facts = &published.image.facts;
@@ -379,55 +380,43 @@ impl Stack {
                 "the CRI pull fetched {fetched} layer blobs from the registry"
             )));
         }
-        let content = self
-            .containerd
-            .ctr_in(cri::CRI_NAMESPACE, &["content", "ls", "-q"])?;
-        let content = String::from_utf8_lossy(&content.stdout);
-        let kept: Vec<&&str> = layers
-            .iter()
-            .filter(|d| content.lines().any(|line| line.trim() == **d))
-            .collect();
+        let (_, kept) = self.content_listing(cri::CRI_NAMESPACE)?;
         if !kept.is_empty() {
             return Err(Error::Invalid(format!(
                 "after the CRI pull the k8s.io content store holds layer blobs {kept:?}"
             )));
         }
-        let output = self.containerd.ctr_in(
+        check_workload_in(
+            &self.containerd,
             cri::CRI_NAMESPACE,
-            &[
-                "run",
-                "--snapshotter",
-                SNAPSHOTTER_NAME,
-                "--rm",
-                reference,
-                "strata-cri-workload",
-                "python3",
-                "-c",
-                WORKLOAD,
-            ],
-        )?;
-        let out = String::from_utf8_lossy(&output.stdout).into_owned();
-        let expected = expected_workload_output();
-        if out != expected {
-            return Err(Error::Invalid(format!(
-                "workload in the CRI-pulled image printed {out:?}, expected {expected:?}"
-            )));
-        }
-        Ok(out)
+            SNAPSHOTTER_NAME,
+            reference,
+        )
+    }
+
+    /// `ctr -n namespace content ls -q`, and the image's layer blobs it lists.
+    fn content_listing(&self, namespace: &str) -> Result<(String, Vec<String>)> {
+        let output = self
+            .containerd
+            .ctr_in(namespace, &["content", "ls", "-q"])?;
+        let listed = String::from_utf8_lossy(&output.stdout).into_owned();
+        let layers = self
+            .published
+            .image
+            .facts
+            .layers
+            .iter()
+            .map(|l| l.digest.clone())
+            .filter(|d| listed.lines().any(|line| line.trim() == d))
+            .collect();
+        Ok((listed, layers))
     }
 
     /// containerd's content store holds the manifest and config but no layer blob: the pull
     /// was lazy.
     pub fn check_no_layer_content(&self) -> Result<usize> {
-        let output = self.containerd.ctr_checked(&["content", "ls", "-q"])?;
-        let listed = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (listed, downloaded) = self.content_listing(NAMESPACE)?;
         let facts = &self.published.image.facts;
-        let downloaded: Vec<&str> = facts
-            .layers
-            .iter()
-            .map(|l| l.digest.as_str())
-            .filter(|d| listed.lines().any(|line| line.trim() == *d))
-            .collect();
         if !downloaded.is_empty() {
             return Err(Error::Invalid(format!(
                 "containerd's content store holds layer blobs {downloaded:?}: the pull was not lazy"
@@ -556,7 +545,8 @@ impl Stack {
     }
 }
 
-/// `ctr run --snapshotter <snapshotter> --rm <reference> <id> args…`; its stdout.
+/// `ctr run --snapshotter <snapshotter> --rm <reference> <id> args…` in [`NAMESPACE`]; its
+/// stdout.
 pub fn run_container(
     containerd: &Containerd,
     snapshotter: &str,
@@ -564,9 +554,21 @@ pub fn run_container(
     id: &str,
     args: &[&str],
 ) -> Result<String> {
+    run_container_in(containerd, NAMESPACE, snapshotter, reference, id, args)
+}
+
+/// [`run_container`] in containerd namespace `namespace`.
+fn run_container_in(
+    containerd: &Containerd,
+    namespace: &str,
+    snapshotter: &str,
+    reference: &str,
+    id: &str,
+    args: &[&str],
+) -> Result<String> {
     let mut full = vec!["run", "--snapshotter", snapshotter, "--rm", reference, id];
     full.extend_from_slice(args);
-    let output = containerd.ctr_checked(&full)?;
+    let output = containerd.ctr_in(namespace, &full)?;
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
@@ -576,8 +578,19 @@ pub fn check_workload(
     snapshotter: &str,
     reference: &str,
 ) -> Result<String> {
-    let out = run_container(
+    check_workload_in(containerd, NAMESPACE, snapshotter, reference)
+}
+
+/// [`check_workload`] in containerd namespace `namespace`.
+fn check_workload_in(
+    containerd: &Containerd,
+    namespace: &str,
+    snapshotter: &str,
+    reference: &str,
+) -> Result<String> {
+    let out = run_container_in(
         containerd,
+        namespace,
         snapshotter,
         reference,
         "strata-workload",
