@@ -50,6 +50,17 @@ impl Filesystem for StrataFs {
     /// per resolution), so that is logged, not fatal.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let offered = config.capabilities();
+        // The kernel's offer, for a successor that takes the connection over (the first
+        // INIT only: a takeover replays this very offer).
+        let max_readahead = match config.set_max_readahead(u32::MAX) {
+            Err(kernel_max) => kernel_max,
+            Ok(_) => u32::MAX,
+        };
+        let _ = self.shared.kernel_init.set(super::handover::KernelInit {
+            capabilities: offered.bits(),
+            abi_minor: config.kernel_abi().1,
+            max_readahead,
+        });
         self.no_open = offered.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         self.no_opendir = offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         if self.allow_passthrough

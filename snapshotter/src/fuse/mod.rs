@@ -31,6 +31,7 @@
 mod attr;
 mod errno;
 mod filesystem;
+pub mod handover;
 mod inodes;
 mod listing;
 mod lookup;
@@ -104,6 +105,9 @@ struct Shared {
     trace: OnceLock<Arc<trace::AccessTrace>>,
     /// Prefetches startup packs on request ([`crate::client::startup`]), once set.
     startup: OnceLock<Arc<StartupPrefetch>>,
+    /// What the kernel offered at the main mount's `FUSE_INIT`, for a successor that
+    /// takes the connection over ([`handover`]).
+    kernel_init: OnceLock<handover::KernelInit>,
 }
 
 /// The FUSE file system of one mounted repository (one revision at a time).
@@ -174,6 +178,7 @@ impl StrataFs {
                 read_ahead: OnceLock::new(),
                 trace: OnceLock::new(),
                 startup: OnceLock::new(),
+                kernel_init: OnceLock::new(),
             }),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
@@ -246,6 +251,12 @@ impl StrataFs {
 
     fn inodes(&self) -> &Inodes {
         &self.shared.inodes
+    }
+
+    /// What the kernel offered at this file system's (or its twin's) first `FUSE_INIT`;
+    /// `None` before the mount.
+    pub fn kernel_init(&self) -> Option<handover::KernelInit> {
+        self.shared.kernel_init.get().copied()
     }
 
     fn new_handle(&self) -> u64 {
