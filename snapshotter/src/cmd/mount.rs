@@ -16,6 +16,14 @@
 //! unmounting, and recorded in the breadcrumb; a failed check keeps serving the current
 //! revision and retries after half the short-term TTL ([`SHORT_TTL`], capped by the
 //! effective TTL). A pinned mount (`--tag`, `--root-hash`) has no updater.
+//!
+//! Crashes and upgrades ([`crate::keeper`], [`crate::fuse::handover`]): after mounting,
+//! the process hands its `/dev/fuse` descriptors and its handover journal to the
+//! descriptor store behind `$NOTIFY_SOCKET` (systemd, or the keeper of `--keeper`). A
+//! process started with such descriptors does not mount: it reads the journal, opens the
+//! journaled revision from the cache (no network), rebuilds the inode table, takes the
+//! connections over and asks the kernel to resend what its predecessor left unanswered.
+//! SIGHUP re-executes the binary in place with the same descriptors (an upgrade).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
