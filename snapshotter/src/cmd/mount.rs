@@ -132,7 +132,26 @@ pub fn main(args: MountArgs) -> Result<()> {
             } else {
                 Origin::Server
             };
-            let fs = StrataFs::adopt(repo.clone(), &adopted.records, adopted.journal.clone())?;
+            // Open files of earlier generations read their own revisions (from the cache).
+            let retired = adopted
+                .retired
+                .iter()
+                .filter_map(|(generation, revision)| {
+                    match MountedRevision::open(&args.fqrn, *revision, cache.clone()) {
+                        Ok(repo) => Some((u64::from(*generation), Arc::new(repo))),
+                        Err(e) => {
+                            tracing::warn!(revision = revision.revision, error = %e, "cannot reopen a retired revision; its open files read the current one");
+                            None
+                        }
+                    }
+                })
+                .collect();
+            let fs = StrataFs::adopt(
+                repo.clone(),
+                retired,
+                &adopted.records,
+                adopted.journal.clone(),
+            )?;
             (repo, origin, fs, adopted.journal.clone())
         }
     };
@@ -374,6 +393,8 @@ struct Adopted {
     records: Vec<crate::fuse::journal::Record>,
     revision: Revision,
     pinned: bool,
+    /// Revisions of earlier generations, oldest first.
+    retired: Vec<(u32, Revision)>,
 }
 
 impl Adopted {
@@ -395,6 +416,7 @@ impl Adopted {
             records,
             revision,
             pinned,
+            retired: summary.retired,
         })
     }
 }

@@ -396,6 +396,9 @@ pub struct Summary {
     pub revision: Option<(Revision, bool)>,
     /// The last process epoch.
     pub epoch: u32,
+    /// The revisions of the last few earlier generations, oldest first (open files of
+    /// those generations still read them: [`super::Switcher`]).
+    pub retired: Vec<(u32, Revision)>,
 }
 
 /// Reads the non-inode facts of `records`.
@@ -422,6 +425,15 @@ pub fn summarize(records: &[Record]) -> Summary {
         .rev()
         .find(|(g, _, _)| *g <= summary.generation)
         .map(|(_, r, p)| (*r, *p));
+    let current = summary.generation;
+    for (g, r, _) in revisions.iter().filter(|(g, _, _)| *g < current) {
+        match summary.retired.last_mut() {
+            Some((last, revision)) if last == g => *revision = *r,
+            _ => summary.retired.push((*g, *r)),
+        }
+    }
+    let keep = summary.retired.len().min(super::switch::RETIRED_REVISIONS);
+    summary.retired.drain(..summary.retired.len() - keep);
     summary
 }
 
@@ -516,6 +528,7 @@ mod tests {
         assert_eq!(s.generation, 1);
         assert_eq!(s.epoch, 1);
         assert_eq!(s.revision, Some((revision(8), false)));
+        assert_eq!(s.retired, vec![(0, revision(7))]);
         assert_eq!(s.kernel_init.map(|k| k.abi_minor), Some(45));
     }
 

@@ -195,8 +195,11 @@ impl StrataFs {
     /// # Errors
     /// As [`StrataFs::new`]; [`Error::Config`] if the journal's inode records do not
     /// replay.
+    /// `retired`: the revisions of earlier generations that could be opened (oldest
+    /// first), which open files of those generations go on reading.
     pub fn adopt(
         repo: Arc<MountedRevision>,
+        retired: Vec<(u64, Arc<MountedRevision>)>,
         records: &[journal::Record],
         journal: Arc<journal::Journal>,
     ) -> Result<StrataFs> {
@@ -209,6 +212,13 @@ impl StrataFs {
         journal.append(&journal::Record::Epoch(epoch));
         inodes.journal_to(journal.clone(), false);
         let fs = StrataFs::with_inodes(repo, inodes, totals, epoch, true);
+        {
+            let mut kept = lock(&fs.shared.retired);
+            kept.extend(retired);
+            while kept.len() > switch::RETIRED_REVISIONS {
+                kept.pop_front();
+            }
+        }
         if let Some(init) = summary.kernel_init {
             let _ = fs.shared.kernel_init.set(init);
         }
