@@ -207,7 +207,9 @@ pub fn main(args: MountArgs) -> Result<()> {
     config.n_threads = Some(usize::from(args.threads));
     // No cloned descriptors: requests a cloned descriptor had read end with ECONNABORTED
     // when its process dies, where on the one shared descriptor they wait for a successor
-    // (`fuse::handover`).
+    // (`fuse::handover`). Measured on 2026-12-06 (debug build, 2 cores, 20 000 files of
+    // 2–4 KB read cold by 4 parallel `cat`s, no read-ahead): 4.0 s without cloned
+    // descriptors against 11.0 s with them; the warm re-read 3.4 s against 2.9 s.
     config.clone_fd = false;
 
     let (mut session, main_fd) = match &adopted {
