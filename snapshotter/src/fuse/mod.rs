@@ -33,6 +33,7 @@ mod errno;
 mod filesystem;
 pub mod handover;
 mod inodes;
+pub mod journal;
 mod listing;
 mod lookup;
 mod passthrough;
@@ -108,6 +109,13 @@ struct Shared {
     /// What the kernel offered at the main mount's `FUSE_INIT`, for a successor that
     /// takes the connection over ([`handover`]).
     kernel_init: OnceLock<handover::KernelInit>,
+    /// Where state is journaled for a successor ([`journal`]), once attached.
+    journal: OnceLock<Arc<journal::Journal>>,
+    /// This process's epoch ([`journal`]): handles it gives out start at `epoch << 40`.
+    epoch: u32,
+    /// The connection was taken over from a predecessor: a handle this process did not
+    /// give out is the predecessor's, and is served by inode.
+    adopted: bool,
 }
 
 /// The FUSE file system of one mounted repository (one revision at a time).
@@ -153,6 +161,12 @@ fn root_and_totals(repo: &MountedRevision) -> Result<(Entry, FsTotals)> {
     Ok((root.entry, totals))
 }
 
+/// The first file handle of a process of `epoch`: handles of successive processes on one
+/// connection never collide.
+fn first_handle(epoch: u32) -> u64 {
+    (u64::from(epoch) << 40) | 1
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -165,10 +179,78 @@ impl StrataFs {
     /// catalog has no root entry.
     pub fn new(repo: Arc<MountedRevision>) -> Result<StrataFs> {
         let (root, totals) = root_and_totals(&repo)?;
-        Ok(StrataFs {
+        Ok(StrataFs::with_inodes(
+            repo,
+            Inodes::new(root),
+            totals,
+            0,
+            false,
+        ))
+    }
+
+    /// A file system that resumes a predecessor's connection: the revision `repo` and the
+    /// inode table its `journal` recorded (`records`, read by [`journal::Journal::adopt`]),
+    /// journaling on to the same journal. See [`handover`].
+    ///
+    /// # Errors
+    /// As [`StrataFs::new`]; [`Error::Config`] if the journal's inode records do not
+    /// replay.
+    /// `retired`: the revisions of earlier generations that could be opened (oldest
+    /// first), which open files of those generations go on reading.
+    pub fn adopt(
+        repo: Arc<MountedRevision>,
+        retired: Vec<(u64, Arc<MountedRevision>)>,
+        records: &[journal::Record],
+        journal: Arc<journal::Journal>,
+    ) -> Result<StrataFs> {
+        let (root, totals) = root_and_totals(&repo)?;
+        let summary = journal::summarize(records);
+        let inodes = Inodes::replay(records, root)
+            .map_err(|e| Error::Config(format!("the handover journal: {e}")))?;
+        let epoch = summary.epoch + 1;
+        inodes.set_epoch(epoch);
+        journal.append(&journal::Record::Epoch(epoch));
+        inodes.journal_to(journal.clone(), false);
+        let fs = StrataFs::with_inodes(repo, inodes, totals, epoch, true);
+        {
+            let mut kept = lock(&fs.shared.retired);
+            kept.extend(retired);
+            while kept.len() > switch::RETIRED_REVISIONS {
+                kept.pop_front();
+            }
+        }
+        if let Some(init) = summary.kernel_init {
+            let _ = fs.shared.kernel_init.set(init);
+        }
+        let _ = fs.shared.journal.set(journal);
+        Ok(fs)
+    }
+
+    /// Journals this file system's state for a successor from now on (a fresh mount; see
+    /// [`journal`]). `pinned`: the revision is pinned (no live updates). Set once, before
+    /// mounting.
+    pub fn journal_to(&self, journal: Arc<journal::Journal>, pinned: bool) {
+        journal.append(&journal::Record::Epoch(self.shared.epoch));
+        journal.append(&journal::Record::Revision {
+            generation: 0,
+            revision: *self.repo().revision(),
+            pinned,
+        });
+        self.inodes().journal_to(journal.clone(), true);
+        let _ = self.shared.journal.set(journal);
+    }
+
+    fn with_inodes(
+        repo: Arc<MountedRevision>,
+        inodes: Inodes,
+        totals: FsTotals,
+        epoch: u32,
+        adopted: bool,
+    ) -> StrataFs {
+        StrataFs {
             shared: Arc::new(Shared {
                 repo: RwLock::new(repo),
-                inodes: Inodes::new(root),
+                inodes,
                 totals: Mutex::new(totals),
                 negatives: Mutex::new(HashSet::new()),
                 retired: Mutex::new(VecDeque::new()),
@@ -179,16 +261,19 @@ impl StrataFs {
                 trace: OnceLock::new(),
                 startup: OnceLock::new(),
                 kernel_init: OnceLock::new(),
+                journal: OnceLock::new(),
+                epoch,
+                adopted,
             }),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
+            next_handle: AtomicU64::new(first_handle(epoch)),
             no_open: false,
             no_opendir: false,
             xattrs: true,
             allow_passthrough: false,
             passthrough: passthrough::Passthrough::default(),
-        })
+        }
     }
 
     /// A second file system over the same revision, inodes and cache, for a second mount
@@ -199,7 +284,7 @@ impl StrataFs {
             shared: self.shared.clone(),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
+            next_handle: AtomicU64::new(first_handle(self.shared.epoch)),
             no_open: false,
             no_opendir: false,
             xattrs: false,

@@ -44,6 +44,11 @@ impl Switcher {
         self.shared.repo()
     }
 
+    /// How many inode numbers were handed out (by this process and any it took over from).
+    pub fn inode_count(&self) -> usize {
+        self.shared.inodes.len()
+    }
+
     /// Serves `repo` from now on and invalidates the kernel's caches of the previous
     /// revision through `notifier` (if given). Returns the number of inodes invalidated.
     ///
@@ -71,6 +76,15 @@ impl Switcher {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let generation = self.shared.inodes.generation();
+            // A successor must serve the revision of the generation it resumes: the new
+            // one is journaled before its generation starts ([`super::journal`]).
+            if let Some(journal) = self.shared.journal.get() {
+                journal.append(&super::journal::Record::Revision {
+                    generation: u32::try_from(generation + 1).unwrap_or(u32::MAX),
+                    revision: *repo.revision(),
+                    pinned: false,
+                });
+            }
             let previous = std::mem::replace(&mut *current, repo);
             let old = self.shared.inodes.new_generation(root);
             {
