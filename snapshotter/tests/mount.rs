@@ -1726,7 +1726,8 @@ fn drop_dentries_and_inodes() {
 /// `mount --keeper --plain-mountpoint` (issue #16) without containerd: host threads read
 /// files never read before through both mount points and run a binary from each while
 /// the worker is killed five times; no read fails and reading goes on after each
-/// takeover; inode numbers stay (paths looked up before, looked up first by the new
+/// takeover; a read in flight at a kill (its download held by the server), through either
+/// mount, is answered by the new worker; inode numbers stay (paths looked up before, looked up first by the new
 /// worker, and looked up again once the kernel forgot them); a file held open across the
 /// takeovers still reads. SIGTERM to the keeper unmounts both and it exits 0, its worker
 /// gone too.
@@ -1747,6 +1748,18 @@ fn a_keeper_mount_survives_killed_workers_with_the_same_inodes_and_unmounts_on_s
         files.push((format!("/{p}"), format!("{p}\n").into_bytes()));
     }
     files.push(("/held".into(), b"held open\n".to_vec()));
+    // Read while the worker is killed with their download held (a request in flight), one
+    // through each mount; each in a directory of its own (no read-ahead of the other).
+    let inflight: Vec<(String, Vec<u8>)> = ["main", "plain"]
+        .iter()
+        .map(|m| {
+            (
+                format!("/inflight-{m}/f"),
+                format!("in flight on {m}\n").into_bytes(),
+            )
+        })
+        .collect();
+    files.extend(inflight.iter().cloned());
     files.push((
         "/bin/true".into(),
         std::fs::read("/bin/true").expect("read /bin/true"),
@@ -1762,6 +1775,15 @@ fn a_keeper_mount_survives_killed_workers_with_the_same_inodes_and_unmounts_on_s
         240,
     );
     repo.publish_root(hash, size, 2, unix_now());
+    let inflight_objects: Vec<String> = inflight
+        .iter()
+        .map(|(_, body)| object_of(&repo.store, body))
+        .collect();
+    server
+        .held
+        .lock()
+        .unwrap()
+        .extend(inflight_objects.iter().cloned());
 
     let plain = work.path().join("plain");
     let log = work.path().join("mount.log");
@@ -1843,7 +1865,43 @@ fn a_keeper_mount_survives_killed_workers_with_the_same_inodes_and_unmounts_on_s
 
     let mut events = Vec::new();
     for k in 1..=5 {
+        // Kills 2 and 3: while a read through the main (plain) mount waits on its download.
+        let in_flight = (k == 2 || k == 3).then(|| {
+            let i = k - 2;
+            let root = if i == 0 { &mnt } else { &plain };
+            let path = root.join(inflight[i].0.trim_start_matches('/'));
+            let before = server.held_requests.load(Ordering::SeqCst);
+            let reader = std::thread::spawn(move || std::fs::read(path));
+            server.wait_held(
+                before + 1,
+                "a read to wait on its download",
+                Duration::from_secs(30),
+            );
+            (i, reader)
+        });
         let event = tests::ok(keeper.kill_worker());
+        if let Some((i, reader)) = in_flight {
+            let object = &inflight_objects[i];
+            server.held.lock().unwrap().retain(|o| o != object);
+            let answered = wait_until(
+                "the read in flight at the kill to be answered",
+                Duration::from_secs(60),
+                Duration::from_millis(20),
+                || reader.is_finished(),
+            );
+            if let Err(e) = answered {
+                panic!("{e} (kill -9 #{k})\n{}", m.log_text());
+            }
+            let read = reader.join().expect("in-flight reader thread");
+            match read {
+                Ok(body) => assert_eq!(body, inflight[i].1, "kill -9 #{k}"),
+                Err(e) => panic!(
+                    "the read of {} in flight at kill -9 #{k} failed: {e}\n{}",
+                    inflight[i].0,
+                    m.log_text()
+                ),
+            }
+        }
         let what = format!(
             "kill -9 #{k} (worker {} -> {}, takeover after {:.2} s)",
             event.old_worker,
