@@ -1921,21 +1921,31 @@ fn a_keeper_mount_survives_killed_workers_with_the_same_inodes_and_unmounts_on_s
         wait_reads(tests::keeper::unix_seconds(event.done), 8, &what);
         events.push(event);
     }
-    // Lookups again once the kernel forgot what it could: the fifth worker answers them.
+    // An upgrade through the worker's own SIGHUP (the containerd test sends it to the
+    // keeper): the same pid takes over.
+    let upgrade = tests::ok(keeper.upgrade_worker());
+    let what = format!(
+        "SIGHUP to worker {} (takeover after {:.2} s)",
+        upgrade.old_worker,
+        upgrade.seconds()
+    );
+    eprintln!("keeper mount test: {what}");
+    wait_reads(tests::keeper::unix_seconds(upgrade.done), 8, &what);
+    // Lookups again once the kernel forgot what it could: the last worker answers them.
     drop_dentries_and_inodes();
-    assert_eq!(inodes(&mnt, &xs), x_main, "x on main after five takeovers");
+    assert_eq!(inodes(&mnt, &xs), x_main, "x on main after six takeovers");
     assert_eq!(
         inodes(&plain, &xs),
         x_main,
-        "x on plain after five takeovers"
+        "x on plain after six takeovers"
     );
-    assert_eq!(inodes(&mnt, &ys), y_plain, "y on main after five takeovers");
+    assert_eq!(inodes(&mnt, &ys), y_plain, "y on main after six takeovers");
     assert_eq!(
         inodes(&plain, &ys),
         y_plain,
-        "y on plain after five takeovers"
+        "y on plain after six takeovers"
     );
-    read_held("after five takeovers");
+    read_held("after six takeovers");
 
     for (_, r) in &readers {
         r.stop.store(true, Ordering::SeqCst);

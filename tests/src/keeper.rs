@@ -173,10 +173,19 @@ impl Keeper {
     /// SIGHUP to the keeper (a planned upgrade); waits until the worker has logged
     /// [`TOOK_OVER`] again. The worker must keep its pid (it re-executes in place).
     pub fn upgrade(&self) -> Result<Event> {
+        self.upgrade_through(false)
+    }
+
+    /// As [`Keeper::upgrade`] with SIGHUP sent to the worker itself.
+    pub fn upgrade_worker(&self) -> Result<Event> {
+        self.upgrade_through(true)
+    }
+
+    fn upgrade_through(&self, worker: bool) -> Result<Event> {
         let old = self.worker()?;
         let before = self.takeovers();
         let sent = SystemTime::now();
-        self.signal(self.pid, Signal::SIGHUP)?;
+        self.signal(if worker { old } else { self.pid }, Signal::SIGHUP)?;
         self.wait_takeover(EventKind::Upgrade, old, before, sent)
     }
 
