@@ -2075,7 +2075,13 @@ fn keeper_mount_survives_kill_upgrade_and_stop_with_containers_reading() {
         let ls = env.snap(&["ls"]);
         image.chains.iter().all(|c| !ls.contains(c.as_str()))
     });
+    let mark = stack.registry_mark();
     env.pull_ok(&reference);
+    assert_eq!(
+        stack.blob_gets_since(mark, &image.layer_digests),
+        0,
+        "layer blobs were fetched by the pull after the takeovers"
+    );
     let out = env.run_sh(
         &reference,
         "after-keeper",
