@@ -1727,9 +1727,9 @@ fn flat_lowerdir_gives_one_lowerdir_with_the_same_files_and_timings() {
     }
 }
 
-/// Files per reader of the keeper test: more than its loop reads while the test runs (about
-/// seven a second for a minute and a half), so that each read is of a file never read
-/// before and reaches the FUSE mount.
+/// Files per reader of the keeper test: far more than its loop reads while the test runs
+/// (about eight a second, some 70 in all as the test's 30 s stop blocks them), so that
+/// each read is of a file never read before and reaches the FUSE mount.
 const KEEPER_FILES: usize = 1500;
 
 /// The readers of the keeper test, by the directory `/data/<name>` each reads: `a` in layer 1
@@ -1737,9 +1737,9 @@ const KEEPER_FILES: usize = 1500;
 const KEEPER_READERS: [&str; 2] = ["a", "b"];
 
 /// The image of the keeper test: layer 0 the tools of [`keeper_reader`] (from the plain
-/// mount), layer 1 `data/a/f0..` and a copy of `true` with a file capability (so the
-/// layer comes from the main mount), layer 2 `data/b/f0..` (plain mount); `data/<r>/f<n>`
-/// holds `<r> <n>`.
+/// mount), layer 1 `data/a/f0..` and `bin/cap-true`, a copy of `true` with a file
+/// capability (so the layer comes from the main mount), layer 2 `data/b/f0..` (plain
+/// mount); `data/<r>/f<n>` holds `<r> <n>`.
 fn keeper_image(work: &Path) -> stack::Built {
     let l0 = work.join("keeper0");
     stack::install_tools(
@@ -1768,17 +1768,19 @@ fn keeper_image(work: &Path) -> stack::Built {
     stack::oci_image(work, "1", &layers)
 }
 
-/// The loop of keeper-test reader `name`: every 0.1 s (plus three `exec`s of image
-/// binaries: `cat`, `date`, `sleep`) it reads the next file of `/data/<name>` and checks
-/// its content, appending `ok <n> <unix time>` or `FAIL <n> <unix time> <what cat said>`
-/// to `/out/<name>.log`; `exhausted` once it has read them all (then it sleeps).
+/// The loop of keeper-test reader `name`: every 0.1 s (plus four `exec`s of image
+/// binaries: `cat`, `cap-true` from the main mount, `date`, `sleep`) it reads the next
+/// file of `/data/<name>` and checks its content, appending `ok <n> <unix time>` or
+/// `FAIL <n> <unix time> <failed step> <what cat said>` to `/out/<name>.log`;
+/// `exhausted` once it has read them all (then it sleeps).
 fn keeper_reader(name: &str) -> String {
     format!(
         "n=0; while [ $n -lt {KEEPER_FILES} ]; do \
-           if x=$(/bin/cat /data/{name}/f$n 2>&1) && [ \"$x\" = \"{name} $n\" ] \
-              && t=$(/bin/date +%s.%N 2>&1); \
+           s=cat; \
+           if x=$(/bin/cat /data/{name}/f$n 2>&1) && s=content && [ \"$x\" = \"{name} $n\" ] \
+              && s=cap-true && /bin/cap-true && s=date && t=$(/bin/date +%s.%N 2>&1); \
            then echo \"ok $n $t\" >> /out/{name}.log; \
-           else echo \"FAIL $n $(/bin/date +%s.%N 2>&1) $x\" >> /out/{name}.log; fi; \
+           else echo \"FAIL $n $(/bin/date +%s.%N 2>&1) $s $x\" >> /out/{name}.log; fi; \
            n=$((n+1)); \
            /bin/sleep 0.1 || echo \"FAIL $n sleep\" >> /out/{name}.log; \
          done; echo exhausted >> /out/{name}.log; exec /bin/sleep 100000"
