@@ -1703,7 +1703,7 @@ impl HostReader {
     }
 }
 
-/// `st_ino` of `root/dir/<name>` for each name.
+/// `st_ino` of `root/<name>` for each name.
 fn inodes(root: &Path, names: &[String]) -> Vec<u64> {
     names
         .iter()
