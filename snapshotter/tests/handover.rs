@@ -493,3 +493,61 @@ fn a_keeper_mount_survives_killed_workers_with_the_same_inodes_and_unmounts_on_s
         panic!("{e}: worker {worker}\n{}", m.log_text());
     }
 }
+
+/// FUSE passthrough (on by default where the kernel offers it) across takeovers: files
+/// opened through passthrough by a dead process keep their backing, and new opens of the
+/// same files — a container `exec`ing a binary its shell also runs — are answered with
+/// that backing (the kernel refuses a second one for an inode with `EBUSY`, which an
+/// opener sees as EIO), through both mounts and across two generations of processes.
+#[test]
+fn files_held_open_through_passthrough_open_again_after_takeovers() {
+    require_root_and_fuse();
+    let files: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| (format!("/f{i}"), pseudo_random(64 << 10, 40 + i)))
+        .collect();
+    let (work, repo, server, mnt) = serve_flat_repo(&files);
+    let plain = work.path().join("plain");
+    let mut cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
+    cmd.arg("--keeper").arg("--plain-mountpoint").arg(&plain);
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    m.wait_mounted(&plain, Duration::from_secs(10));
+    assert!(
+        m.log_text()
+            .contains("FUSE passthrough: the kernel reads open files from the cache directly"),
+        "this test needs passthrough on (Linux >= 6.9, cache not on overlayfs):\n{}",
+        m.log_text()
+    );
+    let keeper = keeper_of(&m);
+    let read = |path: &Path, i: usize| {
+        let got = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(got == files[i].1, "{} has other bytes", path.display());
+    };
+    // Held open through passthrough by the first process: f0 and f1 on the main mount,
+    // f1 and f2 on the plain one.
+    let held: Vec<std::fs::File> = [
+        mnt.join("f0"),
+        mnt.join("f1"),
+        plain.join("f1"),
+        plain.join("f2"),
+    ]
+    .iter()
+    .map(|p| std::fs::File::open(p).unwrap())
+    .collect();
+    tests::ok(keeper.kill_worker());
+    for (root, i) in [(&mnt, 0), (&mnt, 1), (&plain, 1), (&plain, 2), (&mnt, 3)] {
+        read(&root.join(format!("f{i}")), i);
+    }
+    // Opened by the second process, still open when it dies too.
+    let held_again = std::fs::File::open(mnt.join("f3")).unwrap();
+    tests::ok(keeper.kill_worker());
+    for (root, i) in [(&mnt, 0), (&mnt, 3), (&plain, 2), (&plain, 3)] {
+        read(&root.join(format!("f{i}")), i);
+    }
+    let mut head = vec![0u8; 4096];
+    for (file, i) in held.iter().zip([0, 1, 1, 2]) {
+        file.read_exact_at(&mut head, 0).unwrap();
+        assert!(head == files[i].1[..4096]);
+    }
+    drop((held, held_again));
+    m.stop();
+}

@@ -37,6 +37,8 @@ const HARDLINK: u8 = 5;
 const LINK_NAME: u8 = 6;
 const GENERATION: u8 = 7;
 const EPOCH: u8 = 8;
+const BACKING: u8 = 9;
+const BACKING_CLOSED: u8 = 10;
 
 /// One inode record as journaled ([`super::inodes`]'s compact record).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +100,24 @@ pub enum Record {
     Generation(u32),
     /// A process started serving (0 for the first).
     Epoch(u32),
+    /// A FUSE passthrough backing id registered on a connection (journaled before any
+    /// open uses it).
+    Backing {
+        /// The session: 0 the main mount, 1 the plain one.
+        session: u8,
+        /// The inode it backs.
+        ino: u64,
+        /// The kernel's backing id.
+        id: u32,
+    },
+    /// That id is about to be closed (journaled before it is, so a successor never uses
+    /// an id the kernel may give to another file).
+    BackingClosed {
+        /// The session.
+        session: u8,
+        /// The inode.
+        ino: u64,
+    },
 }
 
 /// The journal of one mount (its main and plain connections share it).
@@ -262,6 +282,17 @@ pub fn encode(record: &Record) -> Vec<u8> {
             p.extend_from_slice(&e.to_le_bytes());
             EPOCH
         }
+        Record::Backing { session, ino, id } => {
+            p.push(*session);
+            p.extend_from_slice(&ino.to_le_bytes());
+            p.extend_from_slice(&id.to_le_bytes());
+            BACKING
+        }
+        Record::BackingClosed { session, ino } => {
+            p.push(*session);
+            p.extend_from_slice(&ino.to_le_bytes());
+            BACKING_CLOSED
+        }
     };
     let mut out = Vec::with_capacity(5 + p.len());
     out.push(tag);
@@ -379,6 +410,15 @@ fn parse(tag: u8, mut p: Payload<'_>) -> Option<Record> {
         }
         GENERATION => Record::Generation(p.u32()?),
         EPOCH => Record::Epoch(p.u32()?),
+        BACKING => Record::Backing {
+            session: p.u8()?,
+            ino: p.u64()?,
+            id: p.u32()?,
+        },
+        BACKING_CLOSED => Record::BackingClosed {
+            session: p.u8()?,
+            ino: p.u64()?,
+        },
         _ => return None,
     })
 }
@@ -399,6 +439,8 @@ pub struct Summary {
     /// The revisions of the last few earlier generations, oldest first (open files of
     /// those generations still read them: [`super::Switcher`]).
     pub retired: Vec<(u32, Revision)>,
+    /// Passthrough backing ids still registered: `(session, inode) → id`.
+    pub backing: std::collections::BTreeMap<(u8, u64), u32>,
 }
 
 /// Reads the non-inode facts of `records`.
@@ -415,6 +457,12 @@ pub fn summarize(records: &[Record]) -> Summary {
             } => revisions.push((*generation, *revision, *pinned)),
             Record::Generation(g) => summary.generation = *g,
             Record::Epoch(e) => summary.epoch = summary.epoch.max(*e),
+            Record::Backing { session, ino, id } => {
+                summary.backing.insert((*session, *ino), *id);
+            }
+            Record::BackingClosed { session, ino } => {
+                summary.backing.remove(&(*session, *ino));
+            }
             _ => {}
         }
     }
@@ -496,6 +544,17 @@ mod tests {
                 revision: revision(9),
                 pinned: false,
             },
+            Record::Backing {
+                session: 1,
+                ino: 9,
+                id: 3,
+            },
+            Record::Backing {
+                session: 0,
+                ino: 2,
+                id: 1,
+            },
+            Record::BackingClosed { session: 0, ino: 2 },
             Record::Epoch(1),
         ]
     }
@@ -529,6 +588,11 @@ mod tests {
         assert_eq!(s.epoch, 1);
         assert_eq!(s.revision, Some((revision(8), false)));
         assert_eq!(s.retired, vec![(0, revision(7))]);
+        assert_eq!(
+            s.backing.into_iter().collect::<Vec<_>>(),
+            vec![((1, 9), 3)],
+            "a closed backing id is not inherited"
+        );
         assert_eq!(s.kernel_init.map(|k| k.abi_minor), Some(45));
     }
 

@@ -116,6 +116,9 @@ struct Shared {
     /// The connection was taken over from a predecessor: a handle this process did not
     /// give out is the predecessor's, and is served by inode.
     adopted: bool,
+    /// Passthrough backing ids predecessors left registered: `(session, inode) → id`
+    /// ([`passthrough`]).
+    inherited_backing: Mutex<std::collections::BTreeMap<(u8, u64), u32>>,
 }
 
 /// The FUSE file system of one mounted repository (one revision at a time).
@@ -222,6 +225,9 @@ impl StrataFs {
         if let Some(init) = summary.kernel_init {
             let _ = fs.shared.kernel_init.set(init);
         }
+        *lock(&fs.shared.inherited_backing) = summary.backing;
+        fs.passthrough
+            .handover(journal.clone(), 0, fs.inherited_backing_of(0));
         let _ = fs.shared.journal.set(journal);
         Ok(fs)
     }
@@ -237,7 +243,18 @@ impl StrataFs {
             pinned,
         });
         self.inodes().journal_to(journal.clone(), true);
+        self.passthrough
+            .handover(journal.clone(), 0, HashMap::new());
         let _ = self.shared.journal.set(journal);
+    }
+
+    /// The backing ids predecessors left on session `session`'s connection, by inode.
+    fn inherited_backing_of(&self, session: u8) -> HashMap<u64, u32> {
+        lock(&self.shared.inherited_backing)
+            .iter()
+            .filter(|((s, _), _)| *s == session)
+            .map(|((_, ino), id)| (*ino, *id))
+            .collect()
     }
 
     fn with_inodes(
@@ -264,6 +281,7 @@ impl StrataFs {
                 journal: OnceLock::new(),
                 epoch,
                 adopted,
+                inherited_backing: Mutex::new(std::collections::BTreeMap::new()),
             }),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
@@ -280,6 +298,10 @@ impl StrataFs {
     /// point, with extended attributes switched off (module docs, "Plain twin"; `xattr`). A
     /// [`Switcher`] of either switches both; the caller passes both sessions' notifiers.
     pub fn plain_twin(&self) -> StrataFs {
+        let passthrough = passthrough::Passthrough::default();
+        if let Some(journal) = self.shared.journal.get() {
+            passthrough.handover(journal.clone(), 1, self.inherited_backing_of(1));
+        }
         StrataFs {
             shared: self.shared.clone(),
             files: Mutex::new(HashMap::new()),
@@ -289,7 +311,7 @@ impl StrataFs {
             no_opendir: false,
             xattrs: false,
             allow_passthrough: self.allow_passthrough,
-            passthrough: passthrough::Passthrough::default(),
+            passthrough,
         }
     }
 
