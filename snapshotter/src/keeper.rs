@@ -60,6 +60,33 @@ const QUICK_DEATH: Duration = Duration::from_secs(5);
 /// The keeper gives up after this many failed starts in a row (the connection then ends).
 const FAILED_STARTS: u32 = 10;
 
+/// The signals a worker handles (SIGTERM, SIGINT: unmount; SIGHUP: upgrade). They stay
+/// blocked from before a worker is started (or re-executed) until it has installed its
+/// handlers ([`unblock_control_signals`]): one sent meanwhile waits instead of killing it
+/// with the default action (which would end the mount instead of unmounting it, or not
+/// restart it under systemd).
+pub fn control_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set
+}
+
+/// Blocks [`control_signals`] in the calling thread (and the threads it starts later).
+pub fn block_control_signals() {
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&control_signals()), None) {
+        tracing::warn!(error = %e, "cannot block SIGTERM/SIGINT/SIGHUP until the handlers are in place");
+    }
+}
+
+/// Unblocks [`control_signals`] in the calling thread, once their handlers are installed.
+pub fn unblock_control_signals() {
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&control_signals()), None) {
+        tracing::warn!(error = %e, "cannot unblock SIGTERM/SIGINT/SIGHUP");
+    }
+}
+
 /// Descriptors a predecessor left.
 #[derive(Debug, Default)]
 pub struct Inherited {
@@ -190,6 +217,8 @@ pub fn reexec(exe: &Path, fds: &[(&str, BorrowedFd<'_>)]) -> std::io::Error {
             return e.into();
         }
     }
+    // The new image handles them once its handlers are installed (the mask survives exec).
+    block_control_signals();
     let error = match nix::unistd::execve(&path, &args, &env) {
         Err(e) => std::io::Error::from(e),
         Ok(never) => match never {},
@@ -197,6 +226,7 @@ pub fn reexec(exe: &Path, fds: &[(&str, BorrowedFd<'_>)]) -> std::io::Error {
     for (_, fd) in fds {
         let _ = fcntl(*fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
+    unblock_control_signals();
     error
 }
 
@@ -302,6 +332,11 @@ pub fn run() -> Result<()> {
                 worker = keeper
                     .spawn()
                     .map_err(io("starting the mount process again"))?;
+                if let Some(s) = keeper.stopping {
+                    // Asked to stop while the old one was dying: the new one unmounts
+                    // (it handles the signal once its handlers are in place).
+                    let _ = kill(Pid::from_raw(worker.child.id() as i32), s);
+                }
             }
         }
     }
@@ -351,12 +386,13 @@ impl Keeper {
                 .collect();
             command.env(HANDOVER_FDS, list.join(","));
         }
+        // The worker starts with only the control signals blocked (`control_signals`).
+        let mask = control_signals();
         // SAFETY: runs in the child between fork and exec; sigprocmask and fcntl are
         // async-signal-safe, and nothing is allocated.
         unsafe {
             command.pre_exec(move || {
-                let empty = libc_sigset_empty();
-                libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                libc::pthread_sigmask(libc::SIG_SETMASK, mask.as_ref(), std::ptr::null_mut());
                 for fd in &raw {
                     if libc::fcntl(*fd, libc::F_SETFD, 0) == -1 {
                         return Err(std::io::Error::last_os_error());
@@ -439,7 +475,12 @@ impl Keeper {
 
     fn after_exit(&mut self, worker: &Worker, status: ExitStatus) -> Next {
         let pid = worker.child.id();
-        if self.stopping.is_some() || status.success() {
+        // Killed while asked to stop (or before it could handle the request): a successor
+        // takes the connections over and unmounts, rather than leaving dead mounts.
+        let killed_while_stopping = self.stopping.is_some()
+            && status.signal().is_some()
+            && self.kept.contains_key(FUSE_MAIN);
+        if (self.stopping.is_some() && !killed_while_stopping) || status.success() {
             tracing::info!(pid, %status, "keeper: the mount process ended; exiting");
             return Next::Exit(if status.success() {
                 Ok(())
@@ -476,17 +517,6 @@ fn describe(status: ExitStatus) -> String {
     match status.signal() {
         Some(s) => Signal::try_from(s).map_or_else(|_| format!("signal {s}"), |s| s.to_string()),
         None => status.to_string(),
-    }
-}
-
-#[allow(unsafe_code)] // sigemptyset on a local
-fn libc_sigset_empty() -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the set it is given; a zeroed sigset_t is valid
-    // storage for it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        set
     }
 }
 

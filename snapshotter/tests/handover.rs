@@ -551,3 +551,31 @@ fn files_held_open_through_passthrough_open_again_after_takeovers() {
     drop((held, held_again));
     m.stop();
 }
+
+/// A SIGTERM to the keeper while its serving process is being replaced (killed just
+/// before) still unmounts both mounts cleanly, rather than leaving dead ones: the new
+/// process gets the signal once its handlers are in place.
+#[test]
+fn a_stop_during_a_takeover_unmounts_cleanly() {
+    require_root_and_fuse();
+    let files: Vec<(String, Vec<u8>)> = vec![("/a".into(), b"one\n".to_vec())];
+    let (work, repo, server, mnt) = serve_flat_repo(&files);
+    let plain = work.path().join("plain");
+    let mut cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
+    cmd.arg("--keeper").arg("--plain-mountpoint").arg(&plain);
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    m.wait_mounted(&plain, Duration::from_secs(10));
+    let keeper = keeper_of(&m);
+    for _ in 0..3 {
+        assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"one\n");
+        tests::ok(keeper.kill_worker());
+    }
+    let worker = tests::ok(keeper.worker());
+    let pid = |p: u32| nix::unistd::Pid::from_raw(p as i32);
+    nix::sys::signal::kill(pid(worker), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(pid(keeper.pid()), nix::sys::signal::Signal::SIGTERM).unwrap();
+    // Exits 0 with both mounts gone (Mounted::stop checks the main one).
+    m.stop();
+    assert!(!is_fuse_mounted(&plain).unwrap(), "{}", m.log_text());
+    assert!(!is_fuse_mounted(&mnt).unwrap(), "{}", m.log_text());
+}

@@ -53,6 +53,9 @@ use crate::{Error, Result};
 /// [`Error::Config`] for unreadable keys; download, verification and catalog errors during
 /// boot; [`Error::Io`] if the FUSE mount fails.
 pub fn main(args: MountArgs) -> Result<()> {
+    // SIGTERM/SIGINT/SIGHUP wait until their handlers are installed (below), in every
+    // thread started before then (`keeper::control_signals`).
+    keeper::block_control_signals();
     // Before any other thread: descriptors a predecessor left (see `crate::keeper`).
     // SAFETY: no other thread runs yet (logging starts none).
     #[allow(unsafe_code)]
@@ -195,6 +198,18 @@ pub fn main(args: MountArgs) -> Result<()> {
             }
         }
     };
+    // Handlers in place: this thread (and those started from now on, the FUSE ones) take
+    // the control signals again; one that arrived meanwhile is handled now.
+    keeper::unblock_control_signals();
+    // A panic in a FUSE thread would end the session and unmount; where a store can start
+    // a successor, ending the process hands the connections over instead.
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            std::process::abort();
+        }));
+    }
 
     let mut config = Config::default();
     config.mount_options = vec![

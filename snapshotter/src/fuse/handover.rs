@@ -12,7 +12,7 @@
 //!   `SOCK_SEQPACKET` socket pair (one message per read, as `/dev/fuse` gives requests),
 //!   writes a synthetic `FUSE_INIT` into it carrying the capabilities the kernel offered
 //!   at the real one ([`KernelInit`], saved by the first server), discards the reply, and
-//!   then `dup2`s the real descriptor over the session's: from then on the session reads
+//!   then `dup3`s the real descriptor over the session's: from then on the session reads
 //!   the kernel's requests. The file system's own `init` runs with the kernel's real
 //!   offer, so it chooses the same modes (no-open, passthrough) the kernel agreed to.
 //! * **Requests in flight are kept.** Requests the dead server had read but not answered
@@ -109,7 +109,7 @@ impl KernelInit {
 /// # Errors
 /// The socket pair, the synthetic handshake (including an error the file system's `init`
 /// returns) or the `dup2` failing.
-#[allow(unsafe_code)] // dup2 onto a descriptor the session owns; see the SAFETY note
+#[allow(unsafe_code)] // dup3 onto a descriptor the session owns; see the SAFETY note
 pub fn take_over<FS: Filesystem>(
     fs: FS,
     fuse: &OwnedFd,
@@ -127,15 +127,16 @@ pub fn take_over<FS: Filesystem>(
     let session = Session::from_fd(fs, theirs, acl, config)?;
     let mut reply = [0u8; 512];
     nix::unistd::read(&ours, &mut reply)?;
-    // The session now reads the kernel's requests: dup2 replaces the socket behind its
-    // descriptor number with the connection (the number keeps its close-on-exec flag off,
-    // as dup2 gives; nothing is executed from the mount process).
+    // The session now reads the kernel's requests: dup3 replaces the socket behind its
+    // descriptor number with the connection, close-on-exec (an upgrade in place passes on
+    // only the descriptors it names, `crate::keeper::reexec`).
     let target = session.as_fd().as_raw_fd();
     // SAFETY: `target` is the session's own descriptor, which the session keeps open for
     // its whole life; replacing the open file behind that number is the point (the
     // session then reads the kernel's requests). The returned descriptor is that same
     // number, still owned by the session: it is forgotten, not closed.
-    let replaced = unsafe { nix::unistd::dup2_raw(fuse.as_fd(), target) }?;
+    let replaced =
+        unsafe { nix::unistd::dup3_raw(fuse.as_fd(), target, nix::fcntl::OFlag::O_CLOEXEC) }?;
     std::mem::forget(replaced);
     Ok(session)
 }
