@@ -579,3 +579,44 @@ fn a_stop_during_a_takeover_unmounts_cleanly() {
     assert!(!is_fuse_mounted(&plain).unwrap(), "{}", m.log_text());
     assert!(!is_fuse_mounted(&mnt).unwrap(), "{}", m.log_text());
 }
+
+/// A name looked up in vain before a takeover (the kernel caches the negative entry for
+/// minutes) appears as soon as the successor switches to a revision that has it: the
+/// predecessor's negative lookups are journaled, and the successor's switch invalidates
+/// them as its own.
+#[test]
+fn a_name_missing_before_a_takeover_appears_at_the_next_switch() {
+    require_root_and_fuse();
+    let rev1: Vec<(String, Vec<u8>)> = vec![("/a".into(), b"one\n".to_vec())];
+    let (work, repo, server, mnt) = serve_flat_repo(&rev1);
+    let mut cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
+    cmd.args(["--keeper", "--max-ttl", "1s", "--backoff-init", "10ms"]);
+    let m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    // Cached as negative entries by the kernel (TTL 300 s).
+    for _ in 0..2 {
+        assert!(!mnt.join("new").exists());
+        assert!(!mnt.join("later").exists());
+    }
+    let keeper = keeper_of(&m);
+    tests::ok(keeper.kill_worker());
+    assert!(!mnt.join("new").exists());
+    let rev2: Vec<(String, Vec<u8>)> = vec![
+        ("/a".into(), b"one\n".to_vec()),
+        ("/new".into(), b"new file\n".to_vec()),
+    ];
+    repo.publish(&rev2, 2, 240);
+    m.wait_until(
+        "the successor to switch to revision 2",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || m.log_text().contains("switched to a new revision"),
+    );
+    assert_eq!(
+        std::fs::read(mnt.join("new")).unwrap_or_default(),
+        b"new file\n",
+        "the predecessor's negative entry outlived the switch"
+    );
+    assert!(!mnt.join("later").exists());
+    let mut m = m;
+    m.stop();
+}

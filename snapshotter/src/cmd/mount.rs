@@ -355,6 +355,15 @@ pub fn main(args: MountArgs) -> Result<()> {
             }
         }
     }
+    if adopted.is_some() {
+        let invalidated = switcher.finish_interrupted_switch(&notifiers);
+        if invalidated > 0 {
+            tracing::warn!(
+                invalidated,
+                "the previous mount process died during a revision switch; finished invalidating the kernel's caches"
+            );
+        }
+    }
     if let Some(signals) = signals {
         runtime.spawn(on_signal(signals, unmounters, exe, kept));
     }

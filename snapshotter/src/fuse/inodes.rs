@@ -556,6 +556,22 @@ impl Inodes {
         old
     }
 
+    /// Every inode not of the current generation (the placeholder 0 left out).
+    pub fn stale(&self) -> Vec<StaleInode> {
+        let table = self.read();
+        table
+            .records
+            .iter()
+            .skip(1)
+            .filter(|(_, r)| r.generation != table.generation)
+            .map(|(ino, r)| StaleInode {
+                ino: ino as u64,
+                parent: r.parent,
+                name: table.records.name(r).to_string(),
+            })
+            .collect()
+    }
+
     /// The number of directory `path`, walking from the root; unknown components get
     /// placeholder numbers (refreshed when really looked up).
     fn ino_of_path(&self, path: &str) -> u64 {

@@ -39,6 +39,8 @@ const GENERATION: u8 = 7;
 const EPOCH: u8 = 8;
 const BACKING: u8 = 9;
 const BACKING_CLOSED: u8 = 10;
+const NEGATIVE: u8 = 11;
+const INVALIDATED: u8 = 12;
 
 /// One inode record as journaled ([`super::inodes`]'s compact record).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,6 +120,19 @@ pub enum Record {
         /// The inode.
         ino: u64,
     },
+    /// A negative lookup answered in `generation` (the kernel caches it; the next switch
+    /// must invalidate it).
+    Negative {
+        /// The generation.
+        generation: u32,
+        /// The directory.
+        parent: u64,
+        /// The name not found.
+        name: String,
+    },
+    /// The kernel caches of the generations before `generation` were invalidated (the end
+    /// of a switch).
+    Invalidated(u32),
 }
 
 /// The journal of one mount (its main and plain connections share it).
@@ -293,6 +308,20 @@ pub fn encode(record: &Record) -> Vec<u8> {
             p.extend_from_slice(&ino.to_le_bytes());
             BACKING_CLOSED
         }
+        Record::Negative {
+            generation,
+            parent,
+            name,
+        } => {
+            p.extend_from_slice(&generation.to_le_bytes());
+            p.extend_from_slice(&parent.to_le_bytes());
+            put_str(&mut p, name);
+            NEGATIVE
+        }
+        Record::Invalidated(g) => {
+            p.extend_from_slice(&g.to_le_bytes());
+            INVALIDATED
+        }
     };
     let mut out = Vec::with_capacity(5 + p.len());
     out.push(tag);
@@ -419,6 +448,12 @@ fn parse(tag: u8, mut p: Payload<'_>) -> Option<Record> {
             session: p.u8()?,
             ino: p.u64()?,
         },
+        NEGATIVE => Record::Negative {
+            generation: p.u32()?,
+            parent: p.u64()?,
+            name: p.string()?,
+        },
+        INVALIDATED => Record::Invalidated(p.u32()?),
         _ => return None,
     })
 }
@@ -441,12 +476,19 @@ pub struct Summary {
     pub retired: Vec<(u32, Revision)>,
     /// Passthrough backing ids still registered: `(session, inode) → id`.
     pub backing: std::collections::BTreeMap<(u8, u64), u32>,
+    /// Negative lookups answered in the current generation.
+    pub negatives: Vec<(u64, String)>,
+    /// The last switch died before it had invalidated the kernel's caches of the previous
+    /// generation: those negative lookups, to invalidate with every stale inode.
+    pub unfinished_switch: Option<Vec<(u64, String)>>,
 }
 
 /// Reads the non-inode facts of `records`.
 pub fn summarize(records: &[Record]) -> Summary {
     let mut summary = Summary::default();
     let mut revisions: Vec<(u32, Revision, bool)> = Vec::new();
+    let mut negatives: Vec<(u32, u64, String)> = Vec::new();
+    let mut invalidated = 0u32;
     for record in records {
         match record {
             Record::Init(k) => summary.kernel_init = Some(*k),
@@ -463,8 +505,26 @@ pub fn summarize(records: &[Record]) -> Summary {
             Record::BackingClosed { session, ino } => {
                 summary.backing.remove(&(*session, *ino));
             }
+            Record::Negative {
+                generation,
+                parent,
+                name,
+            } => negatives.push((*generation, *parent, name.clone())),
+            Record::Invalidated(g) => invalidated = invalidated.max(*g),
             _ => {}
         }
+    }
+    let current = summary.generation;
+    let of = |g: u32| -> Vec<(u64, String)> {
+        negatives
+            .iter()
+            .filter(|(n, _, _)| *n == g)
+            .map(|(_, p, name)| (*p, name.clone()))
+            .collect()
+    };
+    summary.negatives = of(current);
+    if current > 0 && invalidated < current {
+        summary.unfinished_switch = Some(of(current - 1));
     }
     // A switch journals the new revision before its generation starts: one written for a
     // generation that never started does not count.
@@ -473,7 +533,6 @@ pub fn summarize(records: &[Record]) -> Summary {
         .rev()
         .find(|(g, _, _)| *g <= summary.generation)
         .map(|(_, r, p)| (*r, *p));
-    let current = summary.generation;
     for (g, r, _) in revisions.iter().filter(|(g, _, _)| *g < current) {
         match summary.retired.last_mut() {
             Some((last, revision)) if last == g => *revision = *r,
@@ -555,6 +614,16 @@ mod tests {
                 id: 1,
             },
             Record::BackingClosed { session: 0, ino: 2 },
+            Record::Negative {
+                generation: 0,
+                parent: 2,
+                name: "gone".into(),
+            },
+            Record::Negative {
+                generation: 1,
+                parent: 1,
+                name: "missing".into(),
+            },
             Record::Epoch(1),
         ]
     }
@@ -593,6 +662,15 @@ mod tests {
             vec![((1, 9), 3)],
             "a closed backing id is not inherited"
         );
+        assert_eq!(s.negatives, vec![(1, "missing".to_string())]);
+        assert_eq!(
+            s.unfinished_switch,
+            Some(vec![(2, "gone".to_string())]),
+            "no Invalidated(1): the switch to 1 did not finish"
+        );
+        let mut finished = sample();
+        finished.push(Record::Invalidated(1));
+        assert_eq!(summarize(&finished).unfinished_switch, None);
         assert_eq!(s.kernel_init.map(|k| k.abi_minor), Some(45));
     }
 

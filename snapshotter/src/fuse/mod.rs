@@ -119,6 +119,9 @@ struct Shared {
     /// Passthrough backing ids predecessors left registered: `(session, inode) → id`
     /// ([`passthrough`]).
     inherited_backing: Mutex<std::collections::BTreeMap<(u8, u64), u32>>,
+    /// The negative lookups of a switch a predecessor died in before invalidating
+    /// ([`Switcher::finish_interrupted_switch`]).
+    unfinished_switch: Mutex<Option<HashSet<(u64, String)>>>,
 }
 
 /// The FUSE file system of one mounted repository (one revision at a time).
@@ -226,6 +229,10 @@ impl StrataFs {
             let _ = fs.shared.kernel_init.set(init);
         }
         *lock(&fs.shared.inherited_backing) = summary.backing;
+        // The kernel's negative entries of this generation, for the next switch.
+        lock(&fs.shared.negatives).extend(summary.negatives);
+        *lock(&fs.shared.unfinished_switch) =
+            summary.unfinished_switch.map(|n| n.into_iter().collect());
         fs.passthrough
             .handover(journal.clone(), 0, fs.inherited_backing_of(0));
         let _ = fs.shared.journal.set(journal);
@@ -282,6 +289,7 @@ impl StrataFs {
                 epoch,
                 adopted,
                 inherited_backing: Mutex::new(std::collections::BTreeMap::new()),
+                unfinished_switch: Mutex::new(None),
             }),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),

@@ -102,7 +102,30 @@ impl Switcher {
         for notifier in notifiers {
             invalidate(notifier, &old, &negatives);
         }
+        if let Some(journal) = self.shared.journal.get() {
+            let generation = u32::try_from(self.shared.inodes.generation()).unwrap_or(u32::MAX);
+            journal.append(&super::journal::Record::Invalidated(generation));
+        }
         Ok(old.len())
+    }
+
+    /// Finishes a switch a predecessor died in before it had invalidated the kernel's
+    /// caches ([`super::StrataFs::adopt`] keeps what its journal says): every inode not
+    /// of the current generation and the previous generation's negative lookups are
+    /// invalidated in both sessions. Returns how many inodes (0 if nothing was pending).
+    pub fn finish_interrupted_switch(&self, notifiers: &[fuser::Notifier]) -> usize {
+        let Some(negatives) = lock(&self.shared.unfinished_switch).take() else {
+            return 0;
+        };
+        let old = self.shared.inodes.stale();
+        for notifier in notifiers {
+            invalidate(notifier, &old, &negatives);
+        }
+        if let Some(journal) = self.shared.journal.get() {
+            let generation = u32::try_from(self.shared.inodes.generation()).unwrap_or(u32::MAX);
+            journal.append(&super::journal::Record::Invalidated(generation));
+        }
+        old.len()
     }
 }
 
