@@ -15,7 +15,9 @@
 //! Each record is appended with one `pwrite` **before** the reply that reveals it to the
 //! kernel, so a process killed at any instant leaves a journal that covers every number the
 //! kernel holds. Nothing is synced: the journal has to outlive the process, not the node.
-//! Records: a tag byte, a little-endian `u32` payload length, the payload.
+//! Records: a tag byte, a little-endian `u32` payload length, the payload. The first record
+//! names the format ([`FORMAT`]); a successor refuses a journal of another format rather
+//! than misread it (an upgrade that changes the format must say so, and cannot hand over).
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -41,6 +43,10 @@ const BACKING: u8 = 9;
 const BACKING_CLOSED: u8 = 10;
 const NEGATIVE: u8 = 11;
 const INVALIDATED: u8 = 12;
+const MAGIC: u8 = 0x53; // 'S'
+
+/// The journal format this build writes and reads.
+pub const FORMAT: &[u8] = b"strata-handover-1";
 
 /// One inode record as journaled ([`super::inodes`]'s compact record).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,11 +161,23 @@ impl Journal {
             nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
         )
         .map_err(|e| io_error("creating the handover journal (memfd)", e.into()))?;
-        Ok(Journal {
+        let journal = Journal {
             file: File::from(fd),
             end: Mutex::new(0),
             appended: AtomicU64::new(0),
-        })
+        };
+        let mut first = vec![MAGIC];
+        first.extend_from_slice(&u32::try_from(FORMAT.len()).unwrap_or(0).to_le_bytes());
+        first.extend_from_slice(FORMAT);
+        journal
+            .file
+            .write_all_at(&first, 0)
+            .map_err(|e| io_error("writing the handover journal", e))?;
+        *journal
+            .end
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = first.len() as u64;
+        Ok(journal)
     }
 
     /// The journal a predecessor wrote to `fd`, with its records; appends go after them.
@@ -364,7 +382,16 @@ impl Payload<'_> {
 /// [`Error::Config`] naming the offset of a record that is not one.
 pub fn decode(bytes: &[u8]) -> Result<(Vec<Record>, usize)> {
     let mut records = Vec::new();
-    let mut at = 0usize;
+    let header = 5 + FORMAT.len();
+    if bytes.len() < header || bytes[0] != MAGIC || &bytes[5..header] != FORMAT {
+        let shown = String::from_utf8_lossy(bytes.get(5..header.min(bytes.len())).unwrap_or(&[]))
+            .into_owned();
+        return Err(Error::Config(format!(
+            "the handover journal is not of format {} (it starts with {shown:?}): written by another version of strata-snapshotter?",
+            String::from_utf8_lossy(FORMAT)
+        )));
+    }
+    let mut at = header;
     while bytes.len() >= at + 5 {
         let tag = bytes[at];
         let len = u32::from_le_bytes([bytes[at + 1], bytes[at + 2], bytes[at + 3], bytes[at + 4]])
@@ -628,10 +655,27 @@ mod tests {
         ]
     }
 
+    fn header() -> Vec<u8> {
+        let mut h = vec![MAGIC];
+        h.extend_from_slice(&(FORMAT.len() as u32).to_le_bytes());
+        h.extend_from_slice(FORMAT);
+        h
+    }
+
+    #[test]
+    fn a_journal_of_another_format_is_refused() {
+        let mut bytes = header();
+        bytes[6] ^= 1;
+        let err = decode(&bytes).unwrap_err().to_string();
+        assert!(err.contains("not of format strata-handover-1"), "{err}");
+        assert!(decode(b"").is_err());
+    }
+
     #[test]
     fn records_round_trip_and_a_torn_last_record_is_dropped() {
         let records = sample();
-        let bytes: Vec<u8> = records.iter().flat_map(encode).collect();
+        let mut bytes = header();
+        bytes.extend(records.iter().flat_map(encode));
         let (decoded, used) = decode(&bytes).unwrap();
         assert_eq!(decoded, records);
         assert_eq!(used, bytes.len());
@@ -643,7 +687,8 @@ mod tests {
 
     #[test]
     fn an_unknown_record_names_its_offset() {
-        let mut bytes = encode(&Record::Epoch(0));
+        let mut bytes = header();
+        bytes.extend(encode(&Record::Epoch(0)));
         let at = bytes.len();
         bytes.extend_from_slice(&[99, 0, 0, 0, 0]);
         let err = decode(&bytes).unwrap_err().to_string();
