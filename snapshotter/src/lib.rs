@@ -27,4 +27,5 @@ pub mod client;
 pub mod cmd;
 pub mod containerd;
 pub mod fuse;
+pub mod keeper;
 pub mod pull;

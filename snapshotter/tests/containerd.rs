@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use namespace::paths;
 use tests::image::sha256_digest;
+use tests::keeper::{EventKind, Keeper};
 use tests::net::{free_addr, http_get};
+use tests::ok;
 use tests::process::{Service, Spawn, tail};
 use tests::wait::wait_until;
 
@@ -1723,4 +1725,385 @@ fn flat_lowerdir_gives_one_lowerdir_with_the_same_files_and_timings() {
             times[mode].1
         );
     }
+}
+
+/// Files per reader of the keeper test: far more than its loop reads while the test runs
+/// (about eight a second, some 70 in all as the test's 30 s stop blocks them), so that
+/// each read is of a file never read before and reaches the FUSE mount.
+const KEEPER_FILES: usize = 1500;
+
+/// The readers of the keeper test, by the directory `/data/<name>` each reads: `a` in layer 1
+/// (which has a file capability: from the main mount), `b` in layer 2 (from the plain mount).
+const KEEPER_READERS: [&str; 2] = ["a", "b"];
+
+/// The image of the keeper test: layer 0 the tools of [`keeper_reader`] (from the plain
+/// mount), layer 1 `data/a/f0..` and `bin/cap-true`, a copy of `true` with a file
+/// capability (so the layer comes from the main mount), layer 2 `data/b/f0..` (plain
+/// mount); `data/<r>/f<n>` holds `<r> <n>`.
+fn keeper_image(work: &Path) -> stack::Built {
+    let l0 = work.join("keeper0");
+    stack::install_tools(
+        &l0,
+        &[
+            ("/bin/dash", "bin/sh"),
+            ("/bin/cat", "bin/cat"),
+            ("/bin/date", "bin/date"),
+            ("/bin/sleep", "bin/sleep"),
+        ],
+    );
+    let mut layers = vec![l0];
+    for (i, name) in KEEPER_READERS.iter().enumerate() {
+        let layer = work.join(format!("keeper{}", i + 1));
+        let data = layer.join("data").join(name);
+        std::fs::create_dir_all(&data).expect("mkdir");
+        for n in 0..KEEPER_FILES {
+            std::fs::write(data.join(format!("f{n}")), format!("{name} {n}\n")).expect("write");
+        }
+        layers.push(layer);
+    }
+    let cap_true = layers[1].join("bin/cap-true");
+    std::fs::create_dir_all(layers[1].join("bin")).expect("mkdir");
+    std::fs::copy("/bin/true", &cap_true).expect("copy /bin/true");
+    stack::setcap(&cap_true, "cap_net_bind_service+ep");
+    stack::oci_image(work, "1", &layers)
+}
+
+/// The loop of keeper-test reader `name`: every 0.1 s (plus four `exec`s of image
+/// binaries: `cat`, `cap-true` from the main mount, `date`, `sleep`) it reads the next
+/// file of `/data/<name>` and checks its content, appending `ok <n> <unix time>` or
+/// `FAIL <n> <unix time> <failed step> <what cat said>` to `/out/<name>.log`;
+/// `exhausted` once it has read them all (then it sleeps).
+fn keeper_reader(name: &str) -> String {
+    format!(
+        "n=0; while [ $n -lt {KEEPER_FILES} ]; do \
+           s=cat; \
+           if x=$(/bin/cat /data/{name}/f$n 2>&1) && s=content && [ \"$x\" = \"{name} $n\" ] \
+              && s=cap-true && /bin/cap-true && s=date && t=$(/bin/date +%s.%N 2>&1); \
+           then echo \"ok $n $t\" >> /out/{name}.log; \
+           else echo \"FAIL $n $(/bin/date +%s.%N 2>&1) $s $x\" >> /out/{name}.log; fi; \
+           n=$((n+1)); \
+           /bin/sleep 0.1 || echo \"FAIL $n sleep\" >> /out/{name}.log; \
+         done; echo exhausted >> /out/{name}.log; exec /bin/sleep 100000"
+    )
+}
+
+/// What a keeper-test reader has logged so far (complete lines only).
+#[derive(Debug, Default)]
+struct ReaderLog {
+    /// Timestamps of the successful reads, in order.
+    oks: Vec<f64>,
+    /// Every other line but `exhausted`: the failures.
+    fails: Vec<String>,
+    /// It has read every file.
+    exhausted: bool,
+}
+
+impl ReaderLog {
+    fn parse(text: &str) -> ReaderLog {
+        let mut log = ReaderLog::default();
+        // The last piece is empty or a line being written.
+        let mut lines: Vec<&str> = text.split('\n').collect();
+        lines.pop();
+        for line in lines {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["ok", _, t] if t.parse::<f64>().is_ok() => {
+                    log.oks.push(t.parse().unwrap_or_default());
+                }
+                ["exhausted"] => log.exhausted = true,
+                _ => log.fails.push(line.to_string()),
+            }
+        }
+        log
+    }
+
+    /// Successful reads after `since` (Unix seconds).
+    fn oks_after(&self, since: f64) -> usize {
+        self.oks.iter().filter(|&&t| t > since).count()
+    }
+}
+
+/// The keeper test's readers, logging into `dir` (bind-mounted at `/out`).
+struct Readers {
+    dir: PathBuf,
+}
+
+impl Readers {
+    fn log(&self, name: &str) -> ReaderLog {
+        let path = self.dir.join(format!("{name}.log"));
+        ReaderLog::parse(&std::fs::read_to_string(path).unwrap_or_default())
+    }
+
+    /// For failure messages: per reader its count of reads, failures, and last lines.
+    fn report(&self) -> String {
+        let mut text = String::new();
+        for name in KEEPER_READERS {
+            let log = self.log(name);
+            let all =
+                std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+            let last: Vec<&str> = all.lines().rev().take(5).collect();
+            text.push_str(&format!(
+                "reader {name}: {} ok, exhausted {}, failures {:?}, last lines {:?}\n",
+                log.oks.len(),
+                log.exhausted,
+                log.fails,
+                last
+            ));
+        }
+        text
+    }
+
+    /// Panics, naming `after`, if a reader logged a failure.
+    fn check_no_failure(&self, after: &str, keeper: &Keeper) {
+        for name in KEEPER_READERS {
+            let log = self.log(name);
+            assert!(
+                log.fails.is_empty(),
+                "reader {name} failed to read after {after}: {:?}\n{}--- mount log (tail):\n{}",
+                log.fails,
+                self.report(),
+                keeper.log_tail()
+            );
+        }
+    }
+
+    /// Waits (60 s at most) until every reader has `n` successful reads later than
+    /// `since` (Unix seconds); panics naming `after` otherwise.
+    fn wait_reads_after(&self, since: f64, n: usize, after: &str, keeper: &Keeper) {
+        let what = format!("{n} reads of each reader after {after}");
+        let done = wait_until(
+            &what,
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || {
+                KEEPER_READERS
+                    .iter()
+                    .all(|name| self.log(name).oks_after(since) >= n)
+            },
+        );
+        if let Err(e) = done {
+            panic!(
+                "{e}\n{}--- mount log (tail):\n{}",
+                self.report(),
+                keeper.log_tail()
+            );
+        }
+        self.check_no_failure(after, keeper);
+    }
+}
+
+/// `mount --keeper` (issue #16) under two containers that read files never read before and
+/// run binaries of a lazily pulled image, from both the main and the plain mount: five
+/// `kill -9`s of the worker, an upgrade (SIGHUP to the keeper) and a worker stopped for
+/// 30 s then killed. Every read succeeds (slower at worst) and reading goes on after each
+/// event; the containers, the image and a fresh pull work as before. Prints the longest
+/// stall each reader saw around each kind of event.
+#[test]
+fn keeper_mount_survives_kill_upgrade_and_stop_with_containers_reading() {
+    let dir = tempfile::Builder::new()
+        .prefix("strata-keeper")
+        .tempdir()
+        .expect("tempdir");
+    let image = keeper_image(&dir.path().join("image"));
+    let stack = stack::Stack::start_with(
+        &dir.path().join("stack"),
+        &[(&image, "keeper:1")],
+        &["--keeper"],
+    );
+    let keeper = Keeper::new(
+        stack.mount().pid().expect("the keeper runs"),
+        stack.mount().log(),
+    );
+    let first_worker = ok(keeper.wait_worker(Duration::from_secs(30)));
+    assert_ne!(first_worker, keeper.pid());
+    assert_eq!(keeper.takeovers(), 0, "{}", keeper.log_text());
+    let reference = format!("{}/keeper:1", stack.registry_host);
+    let env = Env::start_opts(Options {
+        mountpoint: Some(stack.mountpoint.clone()),
+        plain_mountpoint: Some(stack.plain_mountpoint.clone()),
+        ..Options::default()
+    });
+
+    // A lazy pull: every layer remote, no layer blob fetched.
+    let mark = stack.registry_mark();
+    env.pull_ok(&reference);
+    assert_eq!(
+        stack.blob_gets_since(mark, &image.layer_digests),
+        0,
+        "layer blobs were fetched"
+    );
+    for chain in &image.chains {
+        let info = env.snap(&["info", chain]);
+        assert!(info.contains("containerd.io/snapshot/remote"), "{info}");
+    }
+
+    let readers = Readers {
+        dir: env.dir.path().join("readers"),
+    };
+    std::fs::create_dir_all(&readers.dir).expect("mkdir readers");
+    let out = format!(
+        "type=bind,src={},dst=/out,options=rbind:rw",
+        readers.dir.display()
+    );
+    for name in KEEPER_READERS {
+        let id = format!("reader-{name}");
+        let script = keeper_reader(name);
+        env.ctr(&[
+            "run",
+            "-d",
+            "--snapshotter",
+            SNAPSHOTTER,
+            "--mount",
+            &out,
+            &reference,
+            &id,
+            "/bin/sh",
+            "-c",
+            &script,
+        ]);
+    }
+    // Their root overlay: layer 2 and layer 0 from the plain mount, layer 1 (file
+    // capability) from the main one, nearest first: both mounts are read.
+    let proc_mounts = env.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "mounts",
+        "reader-a",
+        "/bin/cat",
+        "/proc/mounts",
+    ]);
+    let layer = |i: usize| layerfs_of(&stack.mountpoint, &image.layer_digests[i]);
+    let expected_lower = format!(
+        "{}:{}:{}",
+        plain_of(&stack, &layer(2)).display(),
+        layer(1).display(),
+        plain_of(&stack, &layer(0)).display()
+    );
+    assert_eq!(
+        root_lowerdir(&proc_mounts).as_deref(),
+        Some(expected_lower.as_str()),
+        "{proc_mounts}"
+    );
+    let started = tests::keeper::unix_seconds(std::time::SystemTime::now());
+    readers.wait_reads_after(0.0, 10, "the start", &keeper);
+
+    // The events, each once the readers have read for about a second since the last.
+    let mut events: Vec<tests::keeper::Event> = Vec::new();
+    let after = |event: tests::keeper::Event, events: &mut Vec<tests::keeper::Event>| {
+        let what = format!(
+            "{:?} #{} (worker {} -> {}, takeover after {:.2} s)",
+            event.kind,
+            events.len() + 1,
+            event.old_worker,
+            event.new_worker,
+            event.seconds()
+        );
+        eprintln!("keeper test: {what}");
+        readers.check_no_failure(&what, &keeper);
+        readers.wait_reads_after(tests::keeper::unix_seconds(event.done), 8, &what, &keeper);
+        events.push(event);
+    };
+    for _ in 0..5 {
+        let event = ok(keeper.kill_worker());
+        after(event, &mut events);
+    }
+    let event = ok(keeper.upgrade());
+    after(event, &mut events);
+    let event = ok(keeper.stop_then_kill_worker(Duration::from_secs(30)));
+    after(event, &mut events);
+
+    // The longest stall of each reader around each kind of event, and before any.
+    let logs: Vec<(&str, ReaderLog)> = KEEPER_READERS
+        .iter()
+        .map(|name| (*name, readers.log(name)))
+        .collect();
+    let first_sent = tests::keeper::unix_seconds(events[0].sent);
+    for (name, log) in &logs {
+        let before = tests::keeper::longest_gap(&log.oks, started, first_sent - 0.5);
+        eprintln!(
+            "keeper test: reader {name}: {} reads; longest gap before the first event {}",
+            log.oks.len(),
+            seconds(before)
+        );
+        for kind in [EventKind::Kill, EventKind::Upgrade, EventKind::StopThenKill] {
+            let of_kind: Vec<&tests::keeper::Event> =
+                events.iter().filter(|e| e.kind == kind).collect();
+            let stall = of_kind
+                .iter()
+                .filter_map(|e| {
+                    tests::keeper::longest_gap(
+                        &log.oks,
+                        tests::keeper::unix_seconds(e.sent),
+                        tests::keeper::unix_seconds(e.done),
+                    )
+                })
+                .reduce(f64::max);
+            let takeover = of_kind.iter().map(|e| e.seconds()).reduce(f64::max);
+            eprintln!(
+                "keeper test: reader {name}: {kind:?} x{}: longest read stall {}, longest \
+                 signal-to-takeover {}",
+                of_kind.len(),
+                seconds(stall),
+                seconds(takeover)
+            );
+        }
+    }
+
+    // The containers are still there and can go, as can the image; a fresh pull runs.
+    readers.check_no_failure("the last event", &keeper);
+    let tasks = env.ctr(&["tasks", "ls"]);
+    let containers = env.ctr(&["containers", "ls"]);
+    for name in KEEPER_READERS {
+        let id = format!("reader-{name}");
+        assert!(
+            tasks
+                .lines()
+                .any(|l| l.starts_with(&format!("{id} ")) && l.contains("RUNNING")),
+            "{tasks}"
+        );
+        assert!(
+            containers.lines().any(|l| l.starts_with(&format!("{id} "))),
+            "{containers}"
+        );
+        env.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
+        env.wait_for("the reader task to stop", || {
+            env.ctr_raw(&["tasks", "rm", &id]).0
+        });
+        env.ctr(&["containers", "rm", &id]);
+    }
+    env.ctr(&["images", "rm", "--sync", &reference]);
+    env.wait_for("GC of the image's snapshots", || {
+        let ls = env.snap(&["ls"]);
+        image.chains.iter().all(|c| !ls.contains(c.as_str()))
+    });
+    let mark = stack.registry_mark();
+    env.pull_ok(&reference);
+    assert_eq!(
+        stack.blob_gets_since(mark, &image.layer_digests),
+        0,
+        "layer blobs were fetched by the pull after the takeovers"
+    );
+    let out = env.run_sh(
+        &reference,
+        "after-keeper",
+        &format!(
+            "/bin/cat /data/a/f{last} /data/b/f{last}",
+            last = KEEPER_FILES - 1
+        ),
+    );
+    assert_eq!(
+        out,
+        format!("a {last}\nb {last}\n", last = KEEPER_FILES - 1)
+    );
+    assert!(
+        keeper.takeovers() >= events.len(),
+        "a takeover per event:\n{}",
+        keeper.log_text()
+    );
+}
+
+/// `1.23 s`, or `-` for none.
+fn seconds(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_string(), |s| format!("{s:.2} s"))
 }

@@ -1293,6 +1293,14 @@ fn mount_and_run_tell_systemd_they_are_ready_only_once_they_serve() {
         mountpoint: mnt.clone(),
         log,
     };
+    // First the descriptors a successor needs, for systemd's file-descriptor store
+    // (`FileDescriptorStoreMax=` in the unit; the keeper module docs), then READY=1.
+    for name in ["fuse", "fuse-plain", "journal"] {
+        assert_eq!(
+            notification(&socket, Duration::from_secs(30)),
+            format!("FDSTORE=1\nFDNAME={name}\n")
+        );
+    }
     assert_eq!(notification(&socket, Duration::from_secs(30)), "READY=1\n");
     assert!(
         is_fuse_mounted(&mnt).unwrap(),

@@ -9,5 +9,6 @@
 mod support;
 
 mod containerd;
+mod handover;
 mod mount;
 mod squid;

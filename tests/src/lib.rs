@@ -13,6 +13,7 @@
 //! * [`measure`]: what the benches measure (wall time, peak RSS, load, the machine);
 //! * [`stock`]: a stock `cvmfs2` mount beside Strata's (benches);
 //! * [`random`]: the one generator of pseudo-random test data;
+//! * [`keeper`]: `mount --keeper`, its worker and their takeovers (kill, upgrade);
 //! * [`wait`]: the one poll loop (a condition, a timeout naming what was awaited);
 //! * [`runtimes`]: containerd 1.7/2.x and the sid root with Apptainer and podman
 //!   (`scripts/install-runtimes`).
@@ -29,6 +30,7 @@ pub mod fixtures;
 pub mod fstree;
 pub mod fswalk;
 pub mod image;
+pub mod keeper;
 pub mod measure;
 pub mod mounts;
 pub mod net;

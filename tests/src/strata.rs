@@ -533,6 +533,11 @@ impl FuseMount {
         self.service.pid()
     }
 
+    /// Its log (stdout and stderr; with `--keeper`, the keeper's and its workers').
+    pub fn log(&self) -> &Path {
+        self.service.log()
+    }
+
     /// Fails if the mount process died.
     pub fn check_running(&mut self) -> Result<()> {
         self.service.check_running()

@@ -42,6 +42,10 @@
 //! # Strata only: write every regular file read, once, in first-read order, to this file
 //! # (the `fuse::trace` module docs).
 //! trace = "/var/tmp/start.trace"
+//! # Strata only: keep the FUSE connections across a crash or upgrade of the serving
+//! # process without systemd (the `keeper` module docs); under systemd, use the unit's
+//! # file-descriptor store instead.
+//! keeper = false
 //! ```
 //!
 //! Every duration may also be a string in `humantime` form (`"250ms"`, `"2m"`), in which
@@ -154,6 +158,13 @@ pub struct MountArgs {
     /// reads, to FILE (created or truncated): the access trace of what ran meanwhile.
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
+    /// Keep the FUSE connections alive across a crash, kill or upgrade of the process that
+    /// serves them, without systemd: this process becomes a small keeper that starts the
+    /// serving process, keeps its `/dev/fuse` descriptors, and starts a new one that takes
+    /// them over whenever it dies (SIGHUP upgrades it in place). Under systemd, use the
+    /// unit's file-descriptor store instead (deploy/README.md).
+    #[arg(long)]
+    pub keeper: bool,
     /// Where to mount.
     pub mountpoint: PathBuf,
 }
@@ -221,6 +232,7 @@ struct FileConfig {
     root_hash: Option<String>,
     plain_mountpoint: Option<PathBuf>,
     trace: Option<PathBuf>,
+    keeper: Option<bool>,
 }
 
 /// HTTP behaviour (docs/format.md §8.8.4, §8.8.5).
@@ -294,6 +306,8 @@ pub struct MountConfig {
     pub plain_mountpoint: Option<PathBuf>,
     /// Where to write the access trace, if anywhere ([`MountArgs::trace`]).
     pub trace: Option<PathBuf>,
+    /// Whether to run as a keeper ([`MountArgs::keeper`]).
+    pub keeper: bool,
 }
 
 impl MountArgs {
@@ -470,6 +484,7 @@ impl MountArgs {
             mountpoint: self.mountpoint.clone(),
             plain_mountpoint,
             trace: self.trace.clone().or(file.trace),
+            keeper: self.keeper || file.keeper.unwrap_or(false),
         })
     }
 }

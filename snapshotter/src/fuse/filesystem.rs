@@ -50,6 +50,22 @@ impl Filesystem for StrataFs {
     /// per resolution), so that is logged, not fatal.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let offered = config.capabilities();
+        // The kernel's offer, for a successor that takes the connection over (the first
+        // INIT only: a takeover replays this very offer).
+        let max_readahead = match config.set_max_readahead(u32::MAX) {
+            Err(kernel_max) => kernel_max,
+            Ok(_) => u32::MAX,
+        };
+        let offer = super::handover::KernelInit {
+            capabilities: offered.bits(),
+            abi_minor: config.kernel_abi().1,
+            max_readahead,
+        };
+        if self.shared.kernel_init.set(offer).is_ok()
+            && let Some(journal) = self.shared.journal.get()
+        {
+            journal.append(&super::journal::Record::Init(offer));
+        }
         self.no_open = offered.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         self.no_opendir = offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         if self.allow_passthrough
@@ -180,6 +196,16 @@ impl Filesystem for StrataFs {
                 Ok(file) => Arc::new(file),
                 Err(e) => return reply.error(e),
             },
+            // A handle of the process this one took the connection over from: opened
+            // again by inode, and kept under that handle until it is released.
+            None if self.shared.adopted => match (self.node(ino), self.file_of_inode(ino)) {
+                (Ok(node), Ok(file)) => {
+                    let file = Arc::new(file);
+                    lock(&self.files).insert(fh.0, (node, file.clone()));
+                    file
+                }
+                (Err(e), _) | (_, Err(e)) => return reply.error(e),
+            },
             None => return reply.error(Errno::EBADF),
         };
         match self.read_file(&file, offset, size) {
@@ -278,7 +304,7 @@ impl Filesystem for StrataFs {
             .cloned();
         let items = match items {
             Some(items) => items,
-            None if self.no_opendir => match self.listing_of_inode(ino) {
+            None if self.no_opendir || self.shared.adopted => match self.listing_of_inode(ino) {
                 Ok(items) => items,
                 Err(e) => return reply.error(e),
             },

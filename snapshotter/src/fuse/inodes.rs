@@ -20,15 +20,21 @@
 //! unchanged (same fingerprint: type, mode, owner, size, mtime, content hash, link target,
 //! xattrs, flags). A changed file gets a new number, so the kernel never mixes page-cache
 //! contents of two revisions under one inode.
+//!
+//! **Handover.** With a [`Journal`] attached ([`Inodes::journal_to`]), every change of the
+//! table is journaled before the number reaches the kernel, and a successor process
+//! rebuilds the same table from it ([`Inodes::replay`]).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use catalog::{Entry, EntryKind};
 use lru::LruCache;
+
+use super::journal::{InodeRecord, Journal, Record as Journaled};
 
 /// The inode number of the repository root (FUSE's `FUSE_ROOT_ID`).
 pub const ROOT_INODE: u64 = 1;
@@ -143,6 +149,8 @@ pub struct Inodes {
     table: RwLock<Table>,
     recent: Mutex<LruCache<u64, Arc<Node>>>,
     unique: AtomicU64,
+    /// Where changes are journaled for a successor, once attached.
+    journal: OnceLock<Arc<Journal>>,
 }
 
 impl Inodes {
@@ -154,6 +162,7 @@ impl Inodes {
                 NonZeroUsize::new(RECENT).unwrap_or(NonZeroUsize::MIN),
             )),
             unique: AtomicU64::new(1),
+            journal: OnceLock::new(),
         };
         {
             let mut table = inodes.write();
@@ -168,6 +177,122 @@ impl Inodes {
         }
         inodes.intern("", "", root);
         inodes
+    }
+
+    /// The table a predecessor journaled (`records`, in order), then `root` (read from the
+    /// journaled current revision) interned as inode 1. Numbers keep the meaning the
+    /// predecessor gave them; the caller attaches the same journal again.
+    ///
+    /// # Errors
+    /// A message naming the first inode record out of sequence (not a journal of this
+    /// table).
+    pub fn replay(records: &[Journaled], root: Entry) -> std::result::Result<Inodes, String> {
+        let inodes = Inodes {
+            table: RwLock::new(Table::default()),
+            recent: Mutex::new(LruCache::new(
+                NonZeroUsize::new(RECENT).unwrap_or(NonZeroUsize::MIN),
+            )),
+            unique: AtomicU64::new(1),
+            journal: OnceLock::new(),
+        };
+        {
+            let mut table = inodes.write();
+            let placeholder = Record {
+                parent: 0,
+                fingerprint: 0,
+                generation: u32::MAX,
+                name_off: 0,
+                name_len: 0,
+            };
+            table.records.push(placeholder, "");
+            for record in records {
+                match record {
+                    Journaled::Inode(r) => {
+                        if r.ino != table.records.len as u64 {
+                            return Err(format!(
+                                "inode record {} where {} was expected",
+                                r.ino, table.records.len
+                            ));
+                        }
+                        let compact = Record {
+                            parent: r.parent,
+                            fingerprint: r.fingerprint,
+                            generation: r.generation,
+                            name_off: 0,
+                            name_len: 0,
+                        };
+                        table.records.push(compact, &r.name);
+                        table.by_name.insert(name_hash(r.parent, &r.name), r.ino);
+                    }
+                    Journaled::Touch { ino, generation } => {
+                        let Some(r) = table.records.get_mut(*ino as usize) else {
+                            return Err(format!("touch of unknown inode {ino}"));
+                        };
+                        r.generation = *generation;
+                        let r = *r;
+                        let key = name_hash(r.parent, table.records.name(&r));
+                        table.by_name.insert(key, *ino);
+                    }
+                    Journaled::HardLink {
+                        catalog,
+                        group,
+                        ino,
+                    } => {
+                        table
+                            .hardlinks
+                            .insert((Box::from(catalog.as_str()), *group), *ino);
+                    }
+                    Journaled::LinkName { parent, name, ino } => {
+                        table
+                            .link_names
+                            .insert((*parent, Box::from(name.as_str())), *ino);
+                    }
+                    Journaled::Generation(g) => {
+                        table.generation = *g;
+                        table.link_names.clear();
+                    }
+                    _ => {}
+                }
+            }
+            if table.records.len < 2 {
+                return Err("the journal has no root inode".into());
+            }
+        }
+        inodes.intern("", "", root);
+        Ok(inodes)
+    }
+
+    /// Journals every record so far, then every change, to `journal` (see the module
+    /// docs). Once.
+    pub fn journal_to(&self, journal: Arc<Journal>, fresh: bool) {
+        let table = self.write();
+        if fresh {
+            journal.append(&Journaled::Generation(table.generation));
+            for (ino, r) in table.records.iter().skip(1) {
+                journal.append(&Journaled::Inode(InodeRecord {
+                    ino: ino as u64,
+                    parent: r.parent,
+                    fingerprint: r.fingerprint,
+                    generation: r.generation,
+                    name: table.records.name(r).to_string(),
+                }));
+            }
+        }
+        let _ = self.journal.set(journal);
+        drop(table);
+    }
+
+    /// Fingerprints that are never reused (chunked files) start at a value no process of an
+    /// earlier `epoch` can have given out.
+    pub fn set_epoch(&self, epoch: u32) {
+        self.unique
+            .store((u64::from(epoch) << 32) | 1, Ordering::Relaxed);
+    }
+
+    fn journal(&self, record: impl FnOnce() -> Journaled) {
+        if let Some(journal) = self.journal.get() {
+            journal.append(&record());
+        }
     }
 
     /// The full node of `ino` if it is among the recently used ones (possibly stale).
@@ -337,6 +462,10 @@ impl Inodes {
             if let Some(r) = table.records.get_mut(ino as usize) {
                 r.generation = generation32;
             }
+            self.journal(|| Journaled::Touch {
+                ino,
+                generation: generation32,
+            });
             ino
         } else {
             let record = Record {
@@ -346,15 +475,42 @@ impl Inodes {
                 name_off: 0,
                 name_len: 0,
             };
-            table.records.push(record, name) as u64
+            let ino = table.records.push(record, name) as u64;
+            self.journal(|| {
+                Journaled::Inode(InodeRecord {
+                    ino,
+                    parent,
+                    fingerprint,
+                    generation: generation32,
+                    name: name.to_string(),
+                })
+            });
+            ino
         };
         table.by_name.insert(name_key, ino);
         if let Some(k) = link_key {
-            table.hardlinks.insert(k, ino);
-            if !table.is_named(ino, parent, name) {
+            let catalog = k.0.clone();
+            let group = k.1;
+            if table.hardlinks.insert(k, ino) != Some(ino) {
+                self.journal(|| Journaled::HardLink {
+                    catalog: catalog.into(),
+                    group,
+                    ino,
+                });
+            }
+            if !table.is_named(ino, parent, name)
+                && table
+                    .link_names
+                    .insert((parent, Box::from(name)), ino)
+                    .is_none()
+            {
                 // Another name of the group: its dentry must be invalidated at the next
                 // switch too, not just the name the inode was first seen as.
-                table.link_names.insert((parent, Box::from(name)), ino);
+                self.journal(|| Journaled::LinkName {
+                    parent,
+                    name: name.to_string(),
+                    ino,
+                });
             }
         }
         drop(table);
@@ -375,6 +531,8 @@ impl Inodes {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let previous = table.generation;
             table.generation += 1;
+            let generation = table.generation;
+            self.journal(|| Journaled::Generation(generation));
             let mut old: Vec<StaleInode> = table
                 .records
                 .iter()
@@ -396,6 +554,22 @@ impl Inodes {
         };
         self.intern("", "", root);
         old
+    }
+
+    /// Every inode not of the current generation (the placeholder 0 left out).
+    pub fn stale(&self) -> Vec<StaleInode> {
+        let table = self.read();
+        table
+            .records
+            .iter()
+            .skip(1)
+            .filter(|(_, r)| r.generation != table.generation)
+            .map(|(ino, r)| StaleInode {
+                ino: ino as u64,
+                parent: r.parent,
+                name: table.records.name(r).to_string(),
+            })
+            .collect()
     }
 
     /// The number of directory `path`, walking from the root; unknown components get
@@ -560,6 +734,43 @@ mod tests {
 
     fn root() -> Entry {
         Entry::directory("", 0o755, 0, 0, 0)
+    }
+
+    #[test]
+    fn a_successor_replays_the_journal_to_the_same_numbers() {
+        let journal = Arc::new(Journal::create().unwrap());
+        let first = Inodes::new(root());
+        first.journal_to(journal.clone(), true);
+        let usr = first.intern("/usr", "", Entry::directory("usr", 0o755, 0, 0, 0));
+        let a = first.intern("/usr/a", "", file("a", 0));
+        let l1 = first.intern("/usr/l1", "", file("l1", 4));
+        let l2 = first.intern("/usr/l2", "", file("l2", 4));
+        assert_eq!(l1.ino, l2.ino);
+        first.new_generation(root());
+        let a2 = first.intern("/usr/a", "", file("a", 0)); // unchanged: same number
+        assert_eq!(a2.ino, a.ino);
+        let b = first.intern("/usr/b", "", file("b", 0));
+
+        let (_, records) = Journal::adopt(journal.fd().try_clone_to_owned().unwrap()).unwrap();
+        let next = Inodes::replay(&records, root()).unwrap();
+        assert_eq!(next.generation(), 1);
+        assert_eq!(next.len(), first.len());
+        for n in [&usr, &a, &b] {
+            assert_eq!(next.path_of(n.ino), Some(n.path.clone()));
+        }
+        assert_eq!(next.intern("/usr/b", "", file("b", 0)).ino, b.ino);
+        assert_eq!(next.intern("/usr/a", "", file("a", 0)).ino, a.ino);
+        let c = next.intern("/usr/c", "", file("c", 0));
+        assert_eq!(
+            c.ino,
+            first.len() as u64 + 1,
+            "new numbers follow the replayed ones"
+        );
+        let (m1, m2) = (
+            next.intern("/usr/l1", "", file("l1", 4)),
+            next.intern("/usr/l2", "", file("l2", 4)),
+        );
+        assert_eq!(m1.ino, m2.ino, "a hard-link group keeps one number");
     }
 
     #[test]

@@ -96,8 +96,16 @@ impl StrataFs {
                     if self.inodes().generation() != generation {
                         return Ok(None);
                     }
-                    if negatives.len() < MAX_NEGATIVES {
-                        negatives.insert((parent.ino, name.to_string()));
+                    if negatives.len() < MAX_NEGATIVES
+                        && negatives.insert((parent.ino, name.to_string()))
+                        && let Some(journal) = self.shared.journal.get()
+                    {
+                        // For a successor's next switch (`journal`): before the reply.
+                        journal.append(&super::journal::Record::Negative {
+                            generation: u32::try_from(generation).unwrap_or(u32::MAX),
+                            parent: parent.ino,
+                            name: name.to_string(),
+                        });
                     }
                     Ok(Some(None))
                 }

@@ -31,7 +31,9 @@
 mod attr;
 mod errno;
 mod filesystem;
+pub mod handover;
 mod inodes;
+pub mod journal;
 mod listing;
 mod lookup;
 mod passthrough;
@@ -104,6 +106,22 @@ struct Shared {
     trace: OnceLock<Arc<trace::AccessTrace>>,
     /// Prefetches startup packs on request ([`crate::client::startup`]), once set.
     startup: OnceLock<Arc<StartupPrefetch>>,
+    /// What the kernel offered at the main mount's `FUSE_INIT`, for a successor that
+    /// takes the connection over ([`handover`]).
+    kernel_init: OnceLock<handover::KernelInit>,
+    /// Where state is journaled for a successor ([`journal`]), once attached.
+    journal: OnceLock<Arc<journal::Journal>>,
+    /// This process's epoch ([`journal`]): handles it gives out start at `epoch << 40`.
+    epoch: u32,
+    /// The connection was taken over from a predecessor: a handle this process did not
+    /// give out is the predecessor's, and is served by inode.
+    adopted: bool,
+    /// Passthrough backing ids predecessors left registered: `(session, inode) → id`
+    /// ([`passthrough`]).
+    inherited_backing: Mutex<std::collections::BTreeMap<(u8, u64), u32>>,
+    /// The negative lookups of a switch a predecessor died in before invalidating
+    /// ([`Switcher::finish_interrupted_switch`]).
+    unfinished_switch: Mutex<Option<HashSet<(u64, String)>>>,
 }
 
 /// The FUSE file system of one mounted repository (one revision at a time).
@@ -149,6 +167,12 @@ fn root_and_totals(repo: &MountedRevision) -> Result<(Entry, FsTotals)> {
     Ok((root.entry, totals))
 }
 
+/// The first file handle of a process of `epoch`: handles of successive processes on one
+/// connection never collide.
+fn first_handle(epoch: u32) -> u64 {
+    (u64::from(epoch) << 40) | 1
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -161,10 +185,96 @@ impl StrataFs {
     /// catalog has no root entry.
     pub fn new(repo: Arc<MountedRevision>) -> Result<StrataFs> {
         let (root, totals) = root_and_totals(&repo)?;
-        Ok(StrataFs {
+        Ok(StrataFs::with_inodes(
+            repo,
+            Inodes::new(root),
+            totals,
+            0,
+            false,
+        ))
+    }
+
+    /// A file system that resumes a predecessor's connection: the revision `repo` and the
+    /// inode table its `journal` recorded (`records`, read by [`journal::Journal::adopt`]),
+    /// journaling on to the same journal. See [`handover`].
+    ///
+    /// # Errors
+    /// As [`StrataFs::new`]; [`Error::Config`] if the journal's inode records do not
+    /// replay.
+    /// `retired`: the revisions of earlier generations that could be opened (oldest
+    /// first), which open files of those generations go on reading.
+    pub fn adopt(
+        repo: Arc<MountedRevision>,
+        retired: Vec<(u64, Arc<MountedRevision>)>,
+        records: &[journal::Record],
+        journal: Arc<journal::Journal>,
+    ) -> Result<StrataFs> {
+        let (root, totals) = root_and_totals(&repo)?;
+        let summary = journal::summarize(records);
+        let inodes = Inodes::replay(records, root)
+            .map_err(|e| Error::Config(format!("the handover journal: {e}")))?;
+        let epoch = summary.epoch + 1;
+        inodes.set_epoch(epoch);
+        journal.append(&journal::Record::Epoch(epoch));
+        inodes.journal_to(journal.clone(), false);
+        let fs = StrataFs::with_inodes(repo, inodes, totals, epoch, true);
+        {
+            let mut kept = lock(&fs.shared.retired);
+            kept.extend(retired);
+            while kept.len() > switch::RETIRED_REVISIONS {
+                kept.pop_front();
+            }
+        }
+        if let Some(init) = summary.kernel_init {
+            let _ = fs.shared.kernel_init.set(init);
+        }
+        *lock(&fs.shared.inherited_backing) = summary.backing;
+        // The kernel's negative entries of this generation, for the next switch.
+        lock(&fs.shared.negatives).extend(summary.negatives);
+        *lock(&fs.shared.unfinished_switch) =
+            summary.unfinished_switch.map(|n| n.into_iter().collect());
+        fs.passthrough
+            .handover(journal.clone(), 0, fs.inherited_backing_of(0));
+        let _ = fs.shared.journal.set(journal);
+        Ok(fs)
+    }
+
+    /// Journals this file system's state for a successor from now on (a fresh mount; see
+    /// [`journal`]). `pinned`: the revision is pinned (no live updates). Set once, before
+    /// mounting.
+    pub fn journal_to(&self, journal: Arc<journal::Journal>, pinned: bool) {
+        journal.append(&journal::Record::Epoch(self.shared.epoch));
+        journal.append(&journal::Record::Revision {
+            generation: 0,
+            revision: *self.repo().revision(),
+            pinned,
+        });
+        self.inodes().journal_to(journal.clone(), true);
+        self.passthrough
+            .handover(journal.clone(), 0, HashMap::new());
+        let _ = self.shared.journal.set(journal);
+    }
+
+    /// The backing ids predecessors left on session `session`'s connection, by inode.
+    fn inherited_backing_of(&self, session: u8) -> HashMap<u64, u32> {
+        lock(&self.shared.inherited_backing)
+            .iter()
+            .filter(|((s, _), _)| *s == session)
+            .map(|((_, ino), id)| (*ino, *id))
+            .collect()
+    }
+
+    fn with_inodes(
+        repo: Arc<MountedRevision>,
+        inodes: Inodes,
+        totals: FsTotals,
+        epoch: u32,
+        adopted: bool,
+    ) -> StrataFs {
+        StrataFs {
             shared: Arc::new(Shared {
                 repo: RwLock::new(repo),
-                inodes: Inodes::new(root),
+                inodes,
                 totals: Mutex::new(totals),
                 negatives: Mutex::new(HashSet::new()),
                 retired: Mutex::new(VecDeque::new()),
@@ -174,32 +284,42 @@ impl StrataFs {
                 read_ahead: OnceLock::new(),
                 trace: OnceLock::new(),
                 startup: OnceLock::new(),
+                kernel_init: OnceLock::new(),
+                journal: OnceLock::new(),
+                epoch,
+                adopted,
+                inherited_backing: Mutex::new(std::collections::BTreeMap::new()),
+                unfinished_switch: Mutex::new(None),
             }),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
+            next_handle: AtomicU64::new(first_handle(epoch)),
             no_open: false,
             no_opendir: false,
             xattrs: true,
             allow_passthrough: false,
             passthrough: passthrough::Passthrough::default(),
-        })
+        }
     }
 
     /// A second file system over the same revision, inodes and cache, for a second mount
     /// point, with extended attributes switched off (module docs, "Plain twin"; `xattr`). A
     /// [`Switcher`] of either switches both; the caller passes both sessions' notifiers.
     pub fn plain_twin(&self) -> StrataFs {
+        let passthrough = passthrough::Passthrough::default();
+        if let Some(journal) = self.shared.journal.get() {
+            passthrough.handover(journal.clone(), 1, self.inherited_backing_of(1));
+        }
         StrataFs {
             shared: self.shared.clone(),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
+            next_handle: AtomicU64::new(first_handle(self.shared.epoch)),
             no_open: false,
             no_opendir: false,
             xattrs: false,
             allow_passthrough: self.allow_passthrough,
-            passthrough: passthrough::Passthrough::default(),
+            passthrough,
         }
     }
 
@@ -246,6 +366,12 @@ impl StrataFs {
 
     fn inodes(&self) -> &Inodes {
         &self.shared.inodes
+    }
+
+    /// What the kernel offered at this file system's (or its twin's) first `FUSE_INIT`;
+    /// `None` before the mount.
+    pub fn kernel_init(&self) -> Option<handover::KernelInit> {
+        self.shared.kernel_init.get().copied()
     }
 
     fn new_handle(&self) -> u64 {

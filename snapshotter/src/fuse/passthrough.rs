@@ -13,6 +13,13 @@
 //! kernel cannot stack on (e.g. on overlayfs), leaves every read going through this process.
 //! The first failure to register a backing file switches passthrough off for the session
 //! (so no inode is ever opened both ways) and is logged.
+//!
+//! **Handover.** Backing ids belong to the connection, not to the process: files a dead
+//! predecessor opened keep theirs, and the kernel refuses (`EBUSY`) a second id for an
+//! inode while such a file is open. So every id is journaled when registered and before
+//! it is closed ([`super::journal`]), and a successor reuses the ids its predecessors left
+//! open ([`Passthrough::handover`]) and never closes them (it cannot know when the
+//! kernel's files using them are gone; they end with the connection).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +28,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use fuser::{BackingId, ReplyOpen};
 
+use super::journal::{Journal, Record};
 use crate::client::cache::PinnedFile;
+
+/// The open count of an inherited id: never drops to zero (see the module docs).
+const NEVER_CLOSED: usize = usize::MAX / 2;
 
 /// The passthrough state of one FUSE session.
 #[derive(Default)]
@@ -32,12 +43,35 @@ pub(super) struct Passthrough {
     by_inode: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
     /// Open handles that use passthrough, with their inode.
     handles: Mutex<HashMap<u64, u64>>,
+    /// Where ids are journaled, with this session's index (0 main, 1 plain).
+    journal: std::sync::OnceLock<(Arc<Journal>, u8)>,
+    /// Ids a predecessor registered on this connection and never closed, by inode; taken
+    /// (once) by the first open of the inode.
+    inherited: Mutex<HashMap<u64, u32>>,
 }
 
 impl Passthrough {
     /// Passthrough is on for this session from now on.
     pub(super) fn enable(&self) {
         self.on.store(true, Ordering::SeqCst);
+    }
+
+    /// Journals this session's (index `session`) ids to `journal`, and reuses `inherited`
+    /// (inode → id) left by predecessors. Set once, before mounting.
+    pub(super) fn handover(
+        &self,
+        journal: Arc<Journal>,
+        session: u8,
+        inherited: HashMap<u64, u32>,
+    ) {
+        let _ = self.journal.set((journal, session));
+        *lock(&self.inherited) = inherited;
+    }
+
+    fn journal(&self, record: impl FnOnce(u8) -> Record) {
+        if let Some((journal, session)) = self.journal.get() {
+            journal.append(&record(*session));
+        }
     }
 
     /// Whether opens use passthrough.
@@ -61,9 +95,30 @@ impl Passthrough {
                 *opens += 1;
                 id.clone()
             }
+            None if lock(&self.inherited).contains_key(&ino) => {
+                let raw = lock(&self.inherited).remove(&ino).unwrap_or_default();
+                // SAFETY: the journal says a predecessor registered `raw` on this very
+                // connection and never closed it (a close is journaled before it
+                // happens), and it is wrapped once (taken out of `inherited`) and never
+                // dropped before the process ends (NEVER_CLOSED).
+                #[allow(unsafe_code)]
+                let id = Arc::new(unsafe { reply.wrap_backing(raw) });
+                by_inode.insert(ino, (id.clone(), NEVER_CLOSED));
+                id
+            }
             None => match reply.open_backing(&**file) {
                 Ok(id) => {
-                    let id = Arc::new(id);
+                    // Journaled before the reply that makes the kernel use it.
+                    let raw = id.into_raw();
+                    self.journal(|session| Record::Backing {
+                        session,
+                        ino,
+                        id: raw,
+                    });
+                    // SAFETY: `raw` was just released from the BackingId `open_backing`
+                    // returned; this is its one owner again.
+                    #[allow(unsafe_code)]
+                    let id = Arc::new(unsafe { reply.wrap_backing(raw) });
                     by_inode.insert(ino, (id.clone(), 1));
                     id
                 }
@@ -88,6 +143,8 @@ impl Passthrough {
         if let Some((_, opens)) = by_inode.get_mut(&ino) {
             *opens -= 1;
             if *opens == 0 {
+                // Journaled before the id is closed (when the map drops it).
+                self.journal(|session| Record::BackingClosed { session, ino });
                 by_inode.remove(&ino);
             }
         }

@@ -44,6 +44,11 @@ impl Switcher {
         self.shared.repo()
     }
 
+    /// How many inode numbers were handed out (by this process and any it took over from).
+    pub fn inode_count(&self) -> usize {
+        self.shared.inodes.len()
+    }
+
     /// Serves `repo` from now on and invalidates the kernel's caches of the previous
     /// revision through `notifier` (if given). Returns the number of inodes invalidated.
     ///
@@ -71,6 +76,15 @@ impl Switcher {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let generation = self.shared.inodes.generation();
+            // A successor must serve the revision of the generation it resumes: the new
+            // one is journaled before its generation starts ([`super::journal`]).
+            if let Some(journal) = self.shared.journal.get() {
+                journal.append(&super::journal::Record::Revision {
+                    generation: u32::try_from(generation + 1).unwrap_or(u32::MAX),
+                    revision: *repo.revision(),
+                    pinned: false,
+                });
+            }
             let previous = std::mem::replace(&mut *current, repo);
             let old = self.shared.inodes.new_generation(root);
             {
@@ -88,7 +102,30 @@ impl Switcher {
         for notifier in notifiers {
             invalidate(notifier, &old, &negatives);
         }
+        if let Some(journal) = self.shared.journal.get() {
+            let generation = u32::try_from(self.shared.inodes.generation()).unwrap_or(u32::MAX);
+            journal.append(&super::journal::Record::Invalidated(generation));
+        }
         Ok(old.len())
+    }
+
+    /// Finishes a switch a predecessor died in before it had invalidated the kernel's
+    /// caches ([`super::StrataFs::adopt`] keeps what its journal says): every inode not
+    /// of the current generation and the previous generation's negative lookups are
+    /// invalidated in both sessions. Returns how many inodes (0 if nothing was pending).
+    pub fn finish_interrupted_switch(&self, notifiers: &[fuser::Notifier]) -> usize {
+        let Some(negatives) = lock(&self.shared.unfinished_switch).take() else {
+            return 0;
+        };
+        let old = self.shared.inodes.stale();
+        for notifier in notifiers {
+            invalidate(notifier, &old, &negatives);
+        }
+        if let Some(journal) = self.shared.journal.get() {
+            let generation = u32::try_from(self.shared.inodes.generation()).unwrap_or(u32::MAX);
+            journal.append(&super::journal::Record::Invalidated(generation));
+        }
+        old.len()
     }
 }
 

@@ -650,6 +650,19 @@ pub fn write_flat_catalog(
     revision: u64,
     ttl: u64,
 ) -> (ContentHash, u64) {
+    write_flat_catalog_with_modes(store, scratch, files, |_| 0o644, revision, ttl)
+}
+
+/// [`write_flat_catalog`] with the permission bits of each file given by `mode` (of its
+/// path), e.g. 0755 for an executable.
+pub fn write_flat_catalog_with_modes(
+    store: &LocalStore,
+    scratch: &Path,
+    files: &[(String, Vec<u8>)],
+    mode: impl Fn(&str) -> u32,
+    revision: u64,
+    ttl: u64,
+) -> (ContentHash, u64) {
     let mut dirs = std::collections::BTreeSet::new();
     for (path, _) in files {
         let mut p = catalog::parent_path(path);
@@ -671,7 +684,7 @@ pub fn write_flat_catalog(
         let name = catalog::path_hash::file_name(path);
         w.add(
             path,
-            &file(store, name, 0o644, 0, 0, body),
+            &file(store, name, mode(path), 0, 0, body),
             Transition::None,
         )
         .unwrap();

@@ -85,7 +85,7 @@ pub fn oci_image(work: &Path, tag: &str, layers: &[PathBuf]) -> Built {
 /// mount goes first (drop the containerd [`super::Env`] before this), then the server,
 /// then the registry.
 pub struct Stack {
-    _mount: FuseMount,
+    mount: FuseMount,
     _serve: HttpServer,
     registry: Registry,
     /// `127.0.0.1:PORT` of the registry.
@@ -102,6 +102,12 @@ impl Stack {
     /// publishes them all with `strata-publisher ingest`, serves the repository and
     /// mounts it with `strata-snapshotter mount --plain-mountpoint` (both mounts).
     pub fn start(dir: &Path, images: &[(&Built, &str)]) -> Stack {
+        Stack::start_with(dir, images, &[])
+    }
+
+    /// As [`Stack::start`], with `mount_options` added to the `mount` command line (e.g.
+    /// `--keeper`).
+    pub fn start_with(dir: &Path, images: &[(&Built, &str)], mount_options: &[&str]) -> Stack {
         if let Err(e) = tests::binaries::check_root_and_fuse() {
             panic!("{e}");
         }
@@ -137,7 +143,7 @@ impl Stack {
 
         let mountpoint = dir.join("cvmfs");
         let plain_mountpoint = dir.join("cvmfs-plain");
-        let mount = FuseMount::start_with_plain(
+        let mount = FuseMount::start_with_options(
             &MountArgs {
                 fqrn: FQRN,
                 server: &serve.server_url(),
@@ -146,11 +152,12 @@ impl Stack {
                 mountpoint: &mountpoint,
             },
             Some(&plain_mountpoint),
+            mount_options,
             &dir.join("mount.log"),
         )
         .unwrap_or_else(|e| panic!("strata-snapshotter mount: {e}"));
         Stack {
-            _mount: mount,
+            mount,
             _serve: serve,
             registry,
             registry_host: host,
@@ -186,6 +193,11 @@ impl Stack {
         self.registry
             .access_log()
             .unwrap_or_else(|e| panic!("the registry's access log: {e}"))
+    }
+
+    /// The `strata-snapshotter mount` process (with `--keeper`, the keeper).
+    pub fn mount(&self) -> &FuseMount {
+        &self.mount
     }
 
     /// The FUSE mount's `/proc/self/mountinfo` line (options), for diagnostics.
