@@ -620,3 +620,148 @@ fn a_name_missing_before_a_takeover_appears_at_the_next_switch() {
     let mut m = m;
     m.stop();
 }
+
+/// One sd_notify(3) message received on `socket`: its text and the descriptors it
+/// carried (as systemd's file-descriptor store receives them).
+fn notify_message(
+    socket: &std::os::unix::net::UnixDatagram,
+) -> (String, Vec<std::os::fd::OwnedFd>) {
+    use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+    let mut buf = [0u8; 4096];
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = nix::sys::socket::recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .expect("an sd_notify message within the socket's timeout");
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().expect("control messages") {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(received) = c {
+            // SAFETY: SCM_RIGHTS just installed these descriptors in this process.
+            #[allow(unsafe_code)]
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let len = msg.bytes;
+    (String::from_utf8_lossy(&buf[..len]).into_owned(), fds)
+}
+
+/// The systemd path without systemd (none runs here): this test plays the service
+/// manager. It receives the mount's descriptors as `FDSTORE=1` messages, as systemd's
+/// store does with `FileDescriptorStoreMax=`, and after a `kill -9` starts the mount
+/// again as systemd's `Restart=` would: the stored descriptors at 3, 4, 5 with
+/// `$LISTEN_FDS`, `$LISTEN_FDNAMES` and `$LISTEN_PID` (sd_listen_fds(3)). The new process
+/// takes both mounts over with the same inode numbers, without mounting.
+#[test]
+fn a_successor_started_as_systemd_restarts_a_unit_takes_the_mounts_over() {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    require_root_and_fuse();
+    let files: Vec<(String, Vec<u8>)> = vec![
+        ("/a".into(), b"one\n".to_vec()),
+        ("/b".into(), b"two\n".to_vec()),
+    ];
+    let (work, repo, server, mnt) = serve_flat_repo(&files);
+    let plain = work.path().join("plain");
+    let notify = work.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let command = || {
+        let mut cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
+        cmd.arg("--plain-mountpoint")
+            .arg(&plain)
+            .env("NOTIFY_SOCKET", &notify);
+        cmd
+    };
+    let mut first = Mounted::start(command(), &mnt, &work.path().join("first.log"));
+    let mut stored: Vec<(String, OwnedFd)> = Vec::new();
+    loop {
+        let (text, fds) = notify_message(&socket);
+        if text == "READY=1\n" {
+            break;
+        }
+        let name = text
+            .strip_prefix("FDSTORE=1\nFDNAME=")
+            .and_then(|n| n.strip_suffix('\n'))
+            .unwrap_or_else(|| panic!("not a store message: {text:?}"))
+            .to_string();
+        assert_eq!(fds.len(), 1, "{text:?}");
+        stored.extend(fds.into_iter().map(|fd| (name.clone(), fd)));
+    }
+    let names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["fuse", "fuse-plain", "journal"]);
+    assert_eq!(std::fs::read(plain.join("a")).unwrap(), b"one\n");
+    let a = std::fs::metadata(mnt.join("a")).unwrap().ino();
+
+    let mut child = first.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let raw: Vec<i32> = stored.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    // `$LISTEN_PID` is the new process's pid, known only once it runs: a shell sets it
+    // to its own and execs the mount (same pid), as systemd sets it after its fork.
+    let mount = command();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh"])
+        .arg(mount.get_program())
+        .args(mount.get_args());
+    for (key, value) in mount.get_envs() {
+        if let Some(value) = value {
+            cmd.env(key, value);
+        }
+    }
+    cmd.env("LISTEN_FDS", raw.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"));
+    // SAFETY: between fork and exec only fcntl and dup2, which are async-signal-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            for (i, fd) in raw.iter().enumerate() {
+                // Out of the way first (a source may be 3, 4 or 5), then into place.
+                let moved = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100 + i as i32);
+                if moved < 0 || libc::dup2(moved, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let log = work.path().join("second.log");
+    let mut second = Mounted {
+        child: Some(
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        ),
+        mountpoint: mnt.clone(),
+        log,
+    };
+    second.wait_until(
+        "the restarted process to take the mounts over",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || second.log_text().contains("took over the FUSE connection"),
+    );
+    assert!(
+        !second.log_text().contains("Mounting"),
+        "{}",
+        second.log_text()
+    );
+    assert_eq!(std::fs::metadata(mnt.join("a")).unwrap().ino(), a);
+    for root in [&mnt, &plain] {
+        assert_eq!(std::fs::read(root.join("b")).unwrap(), b"two\n");
+    }
+    drop(stored);
+    second.stop();
+    assert!(!is_fuse_mounted(&plain).unwrap());
+}

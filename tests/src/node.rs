@@ -72,18 +72,19 @@ impl StrataNode {
             &work.log(&format!("mount-{label}")),
         )?;
         let socket = dir.join("snapshotter.sock");
-        let containerd = Containerd::start(
-            &work.subdir(&format!("node-{label}/containerd"))?,
-            &work.log(&format!("containerd-{label}")),
-            &work.log(&format!("ctr-{label}")),
-            &socket,
-        )?;
+        // Listening before containerd starts, as deployed (see `scenario::Stack`).
         let snapshotter = SnapshotterDaemon::start_with_plain(
             &socket,
             &dir.join("snapshotter-root"),
             &mountpoint,
             Some(&plain),
             &work.log(&format!("snapshotter-run-{label}")),
+        )?;
+        let containerd = Containerd::start(
+            &work.subdir(&format!("node-{label}/containerd"))?,
+            &work.log(&format!("containerd-{label}")),
+            &work.log(&format!("ctr-{label}")),
+            &socket,
         )?;
         Ok(StrataNode {
             containerd,

@@ -164,6 +164,22 @@ impl Stack {
         let mountpoint = mount.mountpoint().to_owned();
         let plain = strata::plain_mountpoint_of(&mountpoint);
         let snapshotter_socket = work.path().join("snapshotter.sock");
+        // The snapshotter listens before containerd starts, as deployed (deploy/README.md):
+        // containerd dials the proxy plugin's socket as it loads it, and a refused dial
+        // makes gRPC fail calls for its reconnect backoff (a pull right after the start
+        // failed with "connection refused" once in CI).
+        let snapshotter = steps.run(
+            "strata-snapshotter run (containerd proxy snapshotter)",
+            || {
+                SnapshotterDaemon::start_with_plain(
+                    &snapshotter_socket,
+                    &work.path().join("snapshotter-root"),
+                    &mountpoint,
+                    Some(&plain),
+                    &work.log("snapshotter-run"),
+                )
+            },
+        )?;
         let containerd = steps.run("start a private containerd with the proxy plugin", || {
             let dir = work.subdir("containerd")?;
             let (log, ctr_log) = (work.log("containerd"), work.log("ctr"));
@@ -179,18 +195,6 @@ impl Stack {
                 ),
             }
         })?;
-        let snapshotter = steps.run(
-            "strata-snapshotter run (containerd proxy snapshotter)",
-            || {
-                SnapshotterDaemon::start_with_plain(
-                    &snapshotter_socket,
-                    &work.path().join("snapshotter-root"),
-                    &mountpoint,
-                    Some(&plain),
-                    &work.log("snapshotter-run"),
-                )
-            },
-        )?;
         Ok(Stack {
             containerd,
             snapshotter,
