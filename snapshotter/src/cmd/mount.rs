@@ -638,7 +638,7 @@ impl Updater {
 
 /// Waits for signals: SIGHUP re-executes this binary in place, passing `kept` on (a
 /// planned upgrade, `keeper::reexec`); SIGINT or SIGTERM unmounts. If the mount is busy it
-/// is detached (`MNT_DETACH`) and the process exits, which ends the FUSE connection.
+/// is detached (`MNT_DETACH`) and the process serves it until nothing uses it any more.
 async fn on_signal(
     (mut int, mut term, mut hup): (
         tokio::signal::unix::Signal,
