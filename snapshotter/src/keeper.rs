@@ -180,6 +180,7 @@ pub fn store(fds: &[(&str, BorrowedFd<'_>)]) {
         }
     }
     tracing::info!(names = %fds.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(","), "FUSE connections handed to the descriptor store");
+    crate::fuse::handover::warn_if_kernel_cannot_resend();
 }
 
 /// Replaces this process with `exe` (the same arguments), passing `fds` on

@@ -159,9 +159,42 @@ pub fn resend_in_flight(fuse: BorrowedFd<'_>) -> std::io::Result<bool> {
     }
 }
 
+/// Whether a kernel of release `osrelease` (`/proc/sys/kernel/osrelease`, e.g.
+/// `6.18.44-fc-v1272`) knows `FUSE_NOTIFY_RESEND` (Linux 6.9); `None` if the text is not
+/// a release.
+pub fn kernel_resends(osrelease: &str) -> Option<bool> {
+    let mut parts = osrelease.trim().split(['.', '-']);
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    Some((major, minor) >= (6, 9))
+}
+
+/// Warns, once a descriptor store keeps the connection, if this kernel cannot resend
+/// requests in flight: a crash is then survived, but reads in flight at that instant
+/// stay blocked.
+pub fn warn_if_kernel_cannot_resend() {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if kernel_resends(&release) == Some(false) {
+        tracing::warn!(
+            kernel = release.trim(),
+            "this kernel cannot resend FUSE requests in flight (FUSE_NOTIFY_RESEND, Linux >= 6.9): a crash of this process is survived, but reads in flight at that instant stay blocked"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernels_from_6_9_resend() {
+        assert_eq!(kernel_resends("6.18.44-fc-v1272\n"), Some(true));
+        assert_eq!(kernel_resends("6.9.0"), Some(true));
+        assert_eq!(kernel_resends("7.0.1-arch1"), Some(true));
+        assert_eq!(kernel_resends("6.1.0-27-amd64"), Some(false));
+        assert_eq!(kernel_resends("5.15.0"), Some(false));
+        assert_eq!(kernel_resends("weird"), None);
+    }
 
     #[test]
     fn kernel_init_round_trips_and_refuses_other_text() {
