@@ -137,6 +137,7 @@ pub fn main(args: MountArgs) -> Result<()> {
             };
             // Open files of earlier generations read their own revisions (from the cache).
             let retired = adopted
+                .summary
                 .retired
                 .iter()
                 .filter_map(|(generation, revision)| {
@@ -153,6 +154,7 @@ pub fn main(args: MountArgs) -> Result<()> {
                 repo.clone(),
                 retired,
                 &adopted.records,
+                &adopted.summary,
                 adopted.journal.clone(),
             )?;
             (repo, origin, fs, adopted.journal.clone())
@@ -417,10 +419,10 @@ struct Adopted {
     plain: Option<OwnedFd>,
     journal: Arc<Journal>,
     records: Vec<crate::fuse::journal::Record>,
+    /// What the records say; its revision is `revision`.
+    summary: crate::fuse::journal::Summary,
     revision: Revision,
     pinned: bool,
-    /// Revisions of earlier generations, oldest first.
-    retired: Vec<(u32, Revision)>,
 }
 
 impl Adopted {
@@ -440,9 +442,9 @@ impl Adopted {
             plain,
             journal: Arc::new(journal),
             records,
+            summary,
             revision,
             pinned,
-            retired: summary.retired,
         })
     }
 }

@@ -56,31 +56,6 @@ pub struct KernelInit {
 }
 
 impl KernelInit {
-    /// `capabilities abi_minor max_readahead`, decimal: how it travels to a successor (an
-    /// environment variable or a file next to the kept descriptor).
-    pub fn encode(&self) -> String {
-        format!(
-            "{} {} {}",
-            self.capabilities, self.abi_minor, self.max_readahead
-        )
-    }
-
-    /// Reads [`KernelInit::encode`]'s form; `None` if `text` is not that.
-    pub fn parse(text: &str) -> Option<KernelInit> {
-        let mut fields = text.split_whitespace().map(str::parse::<u64>);
-        let capabilities = fields.next()?.ok()?;
-        let abi_minor = u32::try_from(fields.next()?.ok()?).ok()?;
-        let max_readahead = u32::try_from(fields.next()?.ok()?).ok()?;
-        if fields.next().is_some() {
-            return None;
-        }
-        Some(KernelInit {
-            capabilities,
-            abi_minor,
-            max_readahead,
-        })
-    }
-
     /// The `FUSE_INIT` request (header and `fuse_init_in`, native byte order) the kernel
     /// would send with this offer.
     pub fn request(&self) -> Vec<u8> {
@@ -194,20 +169,6 @@ mod tests {
         assert_eq!(kernel_resends("6.1.0-27-amd64"), Some(false));
         assert_eq!(kernel_resends("5.15.0"), Some(false));
         assert_eq!(kernel_resends("weird"), None);
-    }
-
-    #[test]
-    fn kernel_init_round_trips_and_refuses_other_text() {
-        let init = KernelInit {
-            capabilities: 0x5fd_33ff_fffb,
-            abi_minor: 45,
-            max_readahead: 131_072,
-        };
-        assert_eq!(init.encode(), "6585057279995 45 131072");
-        assert_eq!(KernelInit::parse(&init.encode()), Some(init));
-        for bad in ["", "1 2", "1 2 3 4", "x 45 1", "1 99999999999 1"] {
-            assert_eq!(KernelInit::parse(bad), None, "{bad:?}");
-        }
     }
 
     #[test]

@@ -156,6 +156,13 @@ pub struct Inodes {
 impl Inodes {
     /// A table holding only the root entry (inode 1), generation 0.
     pub fn new(root: Entry) -> Inodes {
+        let inodes = Inodes::empty();
+        inodes.intern("", "", root);
+        inodes
+    }
+
+    /// A table with only the placeholder record 0 (no root yet).
+    fn empty() -> Inodes {
         let inodes = Inodes {
             table: RwLock::new(Table::default()),
             recent: Mutex::new(LruCache::new(
@@ -164,18 +171,14 @@ impl Inodes {
             unique: AtomicU64::new(1),
             journal: OnceLock::new(),
         };
-        {
-            let mut table = inodes.write();
-            let placeholder = Record {
-                parent: 0,
-                fingerprint: 0,
-                generation: u32::MAX,
-                name_off: 0,
-                name_len: 0,
-            };
-            table.records.push(placeholder, "");
-        }
-        inodes.intern("", "", root);
+        let placeholder = Record {
+            parent: 0,
+            fingerprint: 0,
+            generation: u32::MAX,
+            name_off: 0,
+            name_len: 0,
+        };
+        inodes.write().records.push(placeholder, "");
         inodes
     }
 
@@ -187,24 +190,9 @@ impl Inodes {
     /// A message naming the first inode record out of sequence (not a journal of this
     /// table).
     pub fn replay(records: &[Journaled], root: Entry) -> std::result::Result<Inodes, String> {
-        let inodes = Inodes {
-            table: RwLock::new(Table::default()),
-            recent: Mutex::new(LruCache::new(
-                NonZeroUsize::new(RECENT).unwrap_or(NonZeroUsize::MIN),
-            )),
-            unique: AtomicU64::new(1),
-            journal: OnceLock::new(),
-        };
+        let inodes = Inodes::empty();
         {
             let mut table = inodes.write();
-            let placeholder = Record {
-                parent: 0,
-                fingerprint: 0,
-                generation: u32::MAX,
-                name_off: 0,
-                name_len: 0,
-            };
-            table.records.push(placeholder, "");
             for record in records {
                 match record {
                     Journaled::Inode(r) => {

@@ -23,7 +23,6 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use catalog::ContentHash;
 
@@ -146,8 +145,6 @@ pub struct Journal {
     file: File,
     /// Where the next record goes.
     end: Mutex<u64>,
-    /// Bytes appended by this process (metrics, logs).
-    appended: AtomicU64,
 }
 
 impl Journal {
@@ -164,7 +161,6 @@ impl Journal {
         let journal = Journal {
             file: File::from(fd),
             end: Mutex::new(0),
-            appended: AtomicU64::new(0),
         };
         let mut first = vec![MAGIC];
         first.extend_from_slice(&u32::try_from(FORMAT.len()).unwrap_or(0).to_le_bytes());
@@ -200,7 +196,6 @@ impl Journal {
             Journal {
                 file,
                 end: Mutex::new(used as u64),
-                appended: AtomicU64::new(0),
             },
             records,
         ))
@@ -220,26 +215,9 @@ impl Journal {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match self.file.write_all_at(&bytes, *end) {
-            Ok(()) => {
-                *end += bytes.len() as u64;
-                self.appended
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            }
+            Ok(()) => *end += bytes.len() as u64,
             Err(e) => tracing::error!(error = %e, "cannot append to the handover journal"),
         }
-    }
-
-    /// Bytes in the journal.
-    pub fn len(&self) -> u64 {
-        *self
-            .end
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Whether nothing was journaled yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

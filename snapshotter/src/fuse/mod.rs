@@ -195,22 +195,22 @@ impl StrataFs {
     }
 
     /// A file system that resumes a predecessor's connection: the revision `repo` and the
-    /// inode table its `journal` recorded (`records`, read by [`journal::Journal::adopt`]),
-    /// journaling on to the same journal. See [`handover`].
+    /// inode table its `journal` recorded (`records`, read by [`journal::Journal::adopt`],
+    /// and their `summary`), journaling on to the same journal. See [`handover`].
+    /// `retired`: the revisions of earlier generations that could be opened (oldest
+    /// first), which open files of those generations go on reading.
     ///
     /// # Errors
     /// As [`StrataFs::new`]; [`Error::Config`] if the journal's inode records do not
     /// replay.
-    /// `retired`: the revisions of earlier generations that could be opened (oldest
-    /// first), which open files of those generations go on reading.
     pub fn adopt(
         repo: Arc<MountedRevision>,
         retired: Vec<(u64, Arc<MountedRevision>)>,
         records: &[journal::Record],
+        summary: &journal::Summary,
         journal: Arc<journal::Journal>,
     ) -> Result<StrataFs> {
         let (root, totals) = root_and_totals(&repo)?;
-        let summary = journal::summarize(records);
         let inodes = Inodes::replay(records, root)
             .map_err(|e| Error::Config(format!("the handover journal: {e}")))?;
         let epoch = summary.epoch + 1;
@@ -228,11 +228,13 @@ impl StrataFs {
         if let Some(init) = summary.kernel_init {
             let _ = fs.shared.kernel_init.set(init);
         }
-        *lock(&fs.shared.inherited_backing) = summary.backing;
+        *lock(&fs.shared.inherited_backing) = summary.backing.clone();
         // The kernel's negative entries of this generation, for the next switch.
-        lock(&fs.shared.negatives).extend(summary.negatives);
-        *lock(&fs.shared.unfinished_switch) =
-            summary.unfinished_switch.map(|n| n.into_iter().collect());
+        lock(&fs.shared.negatives).extend(summary.negatives.iter().cloned());
+        *lock(&fs.shared.unfinished_switch) = summary
+            .unfinished_switch
+            .as_ref()
+            .map(|n| n.iter().cloned().collect());
         fs.passthrough
             .handover(journal.clone(), 0, fs.inherited_backing_of(0));
         let _ = fs.shared.journal.set(journal);

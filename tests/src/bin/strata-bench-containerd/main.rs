@@ -427,12 +427,7 @@ fn strata_phase(
     )?;
     let mount_start = t.elapsed();
     let socket = work.path().join(format!("snapshotter-{label}.sock"));
-    let containerd = Containerd::start(
-        &work.subdir(&format!("containerd-{label}"))?,
-        &work.log(&format!("containerd-{label}")),
-        &work.log(&format!("ctr-{label}")),
-        &socket,
-    )?;
+    // Listening before containerd starts, as deployed (see `tests::scenario::Stack`).
     let t = Instant::now();
     let snapshotter = SnapshotterDaemon::start_with_plain(
         &socket,
@@ -442,6 +437,12 @@ fn strata_phase(
         &work.log(&format!("snapshotter-run-{label}")),
     )?;
     let run_start = t.elapsed();
+    let containerd = Containerd::start(
+        &work.subdir(&format!("containerd-{label}"))?,
+        &work.log(&format!("containerd-{label}")),
+        &work.log(&format!("ctr-{label}")),
+        &socket,
+    )?;
     let mut pull_cmd = strata_command(SNAPSHOTTER)?;
     pull_cmd
         .arg("pull")
