@@ -3,16 +3,16 @@
 //! `docker.io/library/debian:12`; `127.0.0.1:5000/demo:1` stays; no tag and no digest →
 //! `:latest`.
 //!
-//! The grammar and the Docker Hub normalisation are `oci_spec::distribution::Reference`'s (a
-//! port of docker's `reference` package). It does not give everything the namespace relies
-//! on, so this module adds, as the publisher and the snapshotter always did: Docker Hub
+//! The grammar and the Docker Hub normalisation are those of docker's `reference` package
+//! (as ported by `oci_spec::distribution::Reference`; checked by hand in [`grammar`], which
+//! says why). On top of them, as the publisher and the snapshotter always did: Docker Hub
 //! host aliases, bracketed IPv6 registries, `sha256`-only lowercase digests, ASCII tags and
 //! lowercase repositories (see [`ImageName::parse`]).
 
+mod grammar;
+
 use std::fmt;
 use std::net::Ipv6Addr;
-
-use oci_spec::distribution::Reference;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -53,7 +53,7 @@ impl ImageName {
     /// Parses and normalises a docker-style name (without a `docker://` prefix).
     ///
     /// The grammar and normalisation are those of the distribution reference
-    /// (`oci_spec::distribution::Reference`): the first component is a registry if it
+    /// (docker's `reference` package): the first component is a registry if it
     /// contains `.` or `:` or is `localhost`; otherwise the registry is `docker.io`, and a
     /// one-component repository there gets the `library/` prefix. No tag and no digest →
     /// tag `latest`. On top of that (docs/CONTRACTS.md §3): [`DOCKER_HUB_ALIASES`] become
@@ -75,8 +75,16 @@ impl ImageName {
             ),
             _ => (None, text.to_string()),
         };
-        let parsed = Reference::try_from(body.as_str()).map_err(|e| bad(&e.to_string()))?;
-        let digest = match parsed.digest() {
+        let parsed = grammar::parse(&body).map_err(bad)?;
+        let (registry, repository) = split_domain(parsed.name);
+        if repository.len() > NAME_TOTAL_LENGTH_MAX {
+            return Err(bad("repository name must not be more than 255 characters"));
+        }
+        let tag = match (parsed.tag, parsed.digest) {
+            (None, None) => Some(DEFAULT_TAG),
+            (tag, _) => tag,
+        };
+        let digest = match parsed.digest {
             Some(d) => Some(
                 d.to_ascii_lowercase()
                     .parse::<Digest>()
@@ -84,23 +92,20 @@ impl ImageName {
             ),
             None => None,
         };
-        // The grammar's `\w` is Unicode-aware; registries only accept ASCII tags.
-        if parsed.tag().is_some_and(|t| !t.is_ascii()) {
-            return Err(bad("tag must be [A-Za-z0-9_.-], at most 128 characters"));
-        }
-        // The grammar takes an upper-case first component for a host, then gives it to
-        // docker.io as part of the repository (an oci-spec FIXME): reject it here.
-        if parsed.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+        // The grammar takes an upper-case first component for a host, and the domain split
+        // then gives it to docker.io as part of the repository (as docker's parser did
+        // before it learnt better): reject it here.
+        if repository.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(bad("repository name must be lowercase"));
         }
         let (registry, repository) = match ipv6_registry {
-            Some(host) => (host, parsed.repository().to_string()),
-            None => docker_hub_alias(parsed.registry(), parsed.repository()),
+            Some(host) => (host, repository),
+            None => docker_hub_alias(&registry, &repository),
         };
         Ok(ImageName {
             registry,
             repository,
-            tag: parsed.tag().map(str::to_string),
+            tag: tag.map(str::to_string),
             digest,
         })
     }
@@ -134,6 +139,31 @@ impl fmt::Display for ImageName {
         }
         Ok(())
     }
+}
+
+/// The longest repository name a registry takes.
+const NAME_TOTAL_LENGTH_MAX: usize = 255;
+
+/// Splits a name that parsed into registry and repository (docker's `splitDockerDomain`):
+/// the first component is a registry if it contains `.` or `:` or is `localhost`, else
+/// the registry is `docker.io`; `index.docker.io` is `docker.io`; a one-component
+/// repository on `docker.io` gets `library/`.
+fn split_domain(name: &str) -> (String, String) {
+    let (domain, remainder) = match name.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+            (first, rest.to_string())
+        }
+        _ => (DEFAULT_REGISTRY, name.to_string()),
+    };
+    let domain = if domain == "index.docker.io" {
+        DEFAULT_REGISTRY
+    } else {
+        domain
+    };
+    if domain == DEFAULT_REGISTRY && !remainder.contains('/') {
+        return (domain.to_string(), format!("library/{remainder}"));
+    }
+    (domain.to_string(), remainder)
 }
 
 /// `[addr]` or `[addr]:port` when `addr` is an IPv6 address.

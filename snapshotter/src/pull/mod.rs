@@ -194,13 +194,6 @@ async fn pull_in_lease(
         format!("{LABEL_GC_SNAPSHOT_PREFIX}{}", args.snapshotter),
         top.to_string(),
     )]);
-    client
-        .write_blob(
-            &image.config_descriptor.digest,
-            &image.config,
-            &config_labels,
-        )
-        .await?;
     let mut manifest_labels = HashMap::from([(
         LABEL_GC_CONFIG.to_string(),
         image.config_descriptor.digest.clone(),
@@ -208,13 +201,20 @@ async fn pull_in_lease(
     for (i, layer) in image.layers.iter().enumerate() {
         manifest_labels.insert(format!("{LABEL_GC_LAYER_PREFIX}{i}"), layer.digest.clone());
     }
-    client
-        .write_blob(
+    // Both at once (the lease keeps them until the image record refers to them): each
+    // write is a containerd transaction of its own.
+    tokio::try_join!(
+        client.write_blob(
+            &image.config_descriptor.digest,
+            &image.config,
+            &config_labels,
+        ),
+        client.write_blob(
             &image.manifest_descriptor.digest,
             &image.manifest,
             &manifest_labels,
-        )
-        .await?;
+        ),
+    )?;
     step("content");
 
     let mut snapshots_client = client.snapshots();
