@@ -81,6 +81,7 @@ pub fn main(args: PullArgs) -> Result<()> {
             }
         };
         timer.step("metadata");
+        look_up_layers_ahead(&args.mountpoint, &image);
         let mut client = Containerd::connect(&args.address, &args.namespace).await?;
         timer.step("connect");
         let pulled = pull(
@@ -105,6 +106,21 @@ pub fn main(args: PullArgs) -> Result<()> {
         );
         Ok(())
     })
+}
+
+/// Looks every published layer's directory up in the mount at once, each on a blocking
+/// thread of its own, without waiting: the snapshotter's `Prepare` of each layer, which
+/// comes one after the other, looks the same directory up, and finds the catalog loaded
+/// (or joins its download) instead of fetching the layers' catalogs one round trip after
+/// another. Errors are for the `Prepare` to report.
+fn look_up_layers_ahead(mountpoint: &std::path::Path, image: &Image) {
+    for layer in &image.layers {
+        let Ok(digest) = layer.digest.parse::<namespace::Digest>() else {
+            continue;
+        };
+        let path = mountpoint.join(paths::join(&paths::layerfs(&digest)));
+        tokio::task::spawn_blocking(move || std::fs::metadata(path).map(drop));
+    }
 }
 
 /// `"1 layer"`, `"3 layers"`.
