@@ -297,6 +297,30 @@ mod tests {
     }
 
     #[test]
+    fn repository_names_are_at_most_255_characters_after_normalisation() {
+        let path = |n: usize| format!("a/{}", "b".repeat(n - 2));
+        assert!(ImageName::parse(&path(255)).is_ok());
+        assert!(ImageName::parse(&path(256)).is_err());
+        // `library/` counts: 247 + 8 = 255 is taken, 248 + 8 = 256 is not.
+        assert_eq!(
+            ImageName::parse(&"c".repeat(247))
+                .map(|n| n.repository.len())
+                .ok(),
+            Some(255)
+        );
+        let err = ImageName::parse(&"c".repeat(248))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("255 characters")),
+            "{err:?}"
+        );
+        // A registry does not count.
+        assert!(ImageName::parse(&format!("registry.example:5000/{}", path(255))).is_ok());
+        assert!(ImageName::parse(&format!("registry.example:5000/{}", path(256))).is_err());
+    }
+
+    #[test]
     fn docker_hub_aliases_become_docker_io() {
         for alias in DOCKER_HUB_ALIASES {
             let n =

@@ -53,7 +53,7 @@ pub(super) fn parse(text: &str) -> Result<Parts<'_>, &'static str> {
         return Err("invalid reference format");
     }
     if tag.is_some_and(|t| !is_tag(t)) {
-        return Err("invalid reference format");
+        return Err("tag must be [A-Za-z0-9_.-], not starting with . or -, at most 128 characters");
     }
     if let Some(d) = digest {
         check_digest(d)?;

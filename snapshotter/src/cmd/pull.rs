@@ -63,7 +63,10 @@ pub fn main(args: PullArgs) -> Result<()> {
         }
         let published = published?;
         let image = match published {
-            Some(image) => image,
+            Some(image) => {
+                look_up_layers_ahead(&args.mountpoint, &image);
+                image
+            }
             None if args.remote_only => {
                 return Err(Error::ImageMetadata {
                     reference: name.clone(),
@@ -81,7 +84,6 @@ pub fn main(args: PullArgs) -> Result<()> {
             }
         };
         timer.step("metadata");
-        look_up_layers_ahead(&args.mountpoint, &image);
         let mut client = Containerd::connect(&args.address, &args.namespace).await?;
         timer.step("connect");
         let pulled = pull(
@@ -108,18 +110,23 @@ pub fn main(args: PullArgs) -> Result<()> {
     })
 }
 
-/// Looks every published layer's directory up in the mount at once, each on a blocking
-/// thread of its own, without waiting: the snapshotter's `Prepare` of each layer, which
-/// comes one after the other, looks the same directory up, and finds the catalog loaded
-/// (or joins its download) instead of fetching the layers' catalogs one round trip after
-/// another. Errors are for the `Prepare` to report.
+/// Looks the directory of every layer of an image published in the repository up in the
+/// mount at once, each on a thread of its own, without waiting: the snapshotter's
+/// `Prepare` of each layer, which comes one after the other, looks the same directory up,
+/// and finds the catalog loaded (or joins its download) instead of fetching the layers'
+/// catalogs one round trip after another. Errors are for the `Prepare` to report. Plain
+/// threads, not tokio's blocking pool: the process must not wait for them to end (a slow
+/// mount would hold back the report of an error that came after).
 fn look_up_layers_ahead(mountpoint: &std::path::Path, image: &Image) {
     for layer in &image.layers {
         let Ok(digest) = layer.digest.parse::<namespace::Digest>() else {
             continue;
         };
         let path = mountpoint.join(paths::join(&paths::layerfs(&digest)));
-        tokio::task::spawn_blocking(move || std::fs::metadata(path).map(drop));
+        // A thread that cannot start only costs the look-ahead.
+        let _ = std::thread::Builder::new()
+            .name("layer-lookup".into())
+            .spawn(move || std::fs::metadata(path).map(drop));
     }
 }
 
