@@ -3,7 +3,9 @@
 //! `strata-snapshotter mount --trace` (the same binary nodes run; found next to this one, on
 //! `PATH`, or given), and the image's `Entrypoint` + `Cmd` — or the operator's command — runs
 //! in the image root on the mount inside a sandbox: `bwrap` with every namespace unshared
-//! (no network), the root read-only, fresh `/dev`, `/proc` and a `/tmp` tmpfs, the
+//! (no network), the root read-only, fresh `/dev`, `/proc` and a `/tmp` tmpfs (also in an
+//! image that has no such directories, as many minimal images do not: the sandbox's root
+//! is a tmpfs holding the image root's top-level entries, bound read-only), the
 //! config's `Env` and `WorkingDir`, stopped after a timeout (a service never exits: what it
 //! read by then is its start). The trace is what the sandboxed start read, in first-read
 //! order; the caller publishes it ([`crate::startup::publish_startup`]).
@@ -21,6 +23,33 @@ use namespace::{ImageName, Platform, paths};
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 use crate::singularity::RunConfig;
+
+/// The `bwrap` arguments that put the top-level entries of the image root `root` into
+/// the sandbox's root, read-only: `--symlink` for a symbolic link (`/bin` → `usr/bin`),
+/// `--ro-bind` for anything else. `/dev`, `/proc` and `/tmp` are left out: the sandbox
+/// makes its own. Blocking (lists a directory of the mount).
+///
+/// # Errors
+/// [`Error::Io`] naming the root when it cannot be listed.
+fn root_binds(root: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let io = |e| Error::io(format!("listing the image root {}", root.display()), e);
+    let mut args = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        if ["dev", "proc", "tmp"].iter().any(|n| name == *n) {
+            continue;
+        }
+        let inside = Path::new("/").join(&name).into_os_string();
+        if entry.file_type().map_err(io)?.is_symlink() {
+            let target = std::fs::read_link(entry.path()).map_err(io)?;
+            args.extend(["--symlink".into(), target.into_os_string(), inside]);
+        } else {
+            args.extend(["--ro-bind".into(), entry.path().into_os_string(), inside]);
+        }
+    }
+    Ok(args)
+}
 
 /// `PATH` of the sandbox when the image config sets none (the OCI runtime default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -168,12 +197,18 @@ async fn run_start(
     let root = pdir.join(paths::ROOTFS);
     let root = std::fs::canonicalize(&root)
         .map_err(|e| Error::io(format!("resolving {}", root.display()), e))?;
+    let binds = {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || root_binds(&root))
+            .await
+            .map_err(|e| Error::io("listing the image root", std::io::Error::other(e)))??
+    };
     let mut sandbox = tokio::process::Command::new("bwrap");
     sandbox
-        .arg("--ro-bind")
-        .arg(&root)
-        .arg("/")
+        .args(["--tmpfs", "/"])
+        .args(&binds)
         .args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
+        .args(["--remount-ro", "/"])
         .args([
             "--unshare-all",
             "--die-with-parent",

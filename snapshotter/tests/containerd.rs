@@ -1281,7 +1281,14 @@ fn cri_pull_is_remote_and_user_setuid_caps_and_runtimes_match_overlayfs() {
         .expect("tempdir");
     let work = dir.path().join("image");
     let image = caps_image(&work);
-    let stack = stack::Stack::start(&dir.path().join("stack"), &[(&image, "caps:1")]);
+    // With a start recorded and published as startup packs: the kubelet's pull never runs
+    // `strata-snapshotter pull`, so the snapshotter's Prepare is what asks for them.
+    let stack = stack::Stack::start_recorded(
+        &dir.path().join("stack"),
+        &[(&image, "caps:1")],
+        &[],
+        &[("caps:1", &["/bin/hello"])],
+    );
     let reference = format!("{}/caps:1", stack.registry_host);
     let env = Env::start_opts(Options {
         mountpoint: Some(stack.mountpoint.clone()),
@@ -1315,6 +1322,21 @@ fn cri_pull_is_remote_and_user_setuid_caps_and_runtimes_match_overlayfs() {
         "{log}"
     );
     assert!(log.contains("cri.layer-digest"), "{log}");
+    // The first remote Prepare of the image asked the mount for its startup packs, on a
+    // thread of its own; the mount fetched them.
+    let mount_log = dir.path().join("stack/mount.log");
+    let prefetched = wait_until(
+        "the startup packs to be prefetched after the CRI pull",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || std::fs::read_to_string(&mount_log).is_ok_and(|t| t.contains("startup pack prefetched")),
+    );
+    let log = env.snapshotter.log_text();
+    assert!(
+        prefetched.is_ok() && log.matches("startup prefetch asked").count() == 1,
+        "{prefetched:?}\n{log}\n{}",
+        std::fs::read_to_string(&mount_log).unwrap_or_default()
+    );
     assert_eq!(
         stack.blob_gets_since(mark, &image.layer_digests),
         0,

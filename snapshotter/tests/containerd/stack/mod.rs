@@ -108,6 +108,18 @@ impl Stack {
     /// As [`Stack::start`], with `mount_options` added to the `mount` command line (e.g.
     /// `--keeper`).
     pub fn start_with(dir: &Path, images: &[(&Built, &str)], mount_options: &[&str]) -> Stack {
+        Stack::start_recorded(dir, images, mount_options, &[])
+    }
+
+    /// As [`Stack::start_with`]; before the mount starts, the start of each `(image name
+    /// as pushed, command)` of `recorded` is recorded in the publisher's sandbox and
+    /// published as startup packs (`strata-publisher startup --record`).
+    pub fn start_recorded(
+        dir: &Path,
+        images: &[(&Built, &str)],
+        mount_options: &[&str],
+        recorded: &[(&str, &[&str])],
+    ) -> Stack {
         if let Err(e) = tests::binaries::check_root_and_fuse() {
             panic!("{e}");
         }
@@ -137,6 +149,16 @@ impl Stack {
         let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
         repo.ingest(&refs, &dir.join("publisher.log"))
             .unwrap_or_else(|e| panic!("strata-publisher ingest: {e}"));
+        for (name, command) in recorded {
+            repo.record_startup(
+                &format!("{host}/{name}"),
+                &dir.join(format!("{}.trace", name.replace(['/', ':'], "-"))),
+                "60s",
+                command,
+                &dir.join("publisher.log"),
+            )
+            .unwrap_or_else(|e| panic!("strata-publisher startup --record {name}: {e}"));
+        }
         let serve = repo
             .serve(&dir.join("serve.log"))
             .unwrap_or_else(|e| panic!("strata-publisher serve: {e}"));
