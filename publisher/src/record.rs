@@ -197,12 +197,9 @@ async fn run_start(
     let root = pdir.join(paths::ROOTFS);
     let root = std::fs::canonicalize(&root)
         .map_err(|e| Error::io(format!("resolving {}", root.display()), e))?;
-    let binds = {
-        let root = root.clone();
-        tokio::task::spawn_blocking(move || root_binds(&root))
-            .await
-            .map_err(|e| Error::io("listing the image root", std::io::Error::other(e)))??
-    };
+    let binds = tokio::task::spawn_blocking(move || root_binds(&root))
+        .await
+        .map_err(|e| Error::io("listing the image root", std::io::Error::other(e)))??;
     let mut sandbox = tokio::process::Command::new("bwrap");
     sandbox
         .args(["--tmpfs", "/"])

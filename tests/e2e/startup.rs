@@ -26,6 +26,15 @@ fn startup_dir(mnt: &Path, reference: &str) -> std::path::PathBuf {
 }
 
 /// Waits until the counter `key` of the cache at `cache` reaches `packs`; the report.
+/// The names of the startup packs in `startup` (an image's `startup` directory on a mount).
+fn pack_names(startup: &Path) -> Result<Vec<String>> {
+    Ok(std::fs::read_dir(startup)
+        .with_context(|| format!("list {}", startup.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| namespace::paths::is_pack_name(n))
+        .collect())
+}
+
 fn wait_for_packs(work: &WorkDir, cache: &Path, key: &str, packs: u64) -> Result<String> {
     let what = format!("the cache to count {packs} for {key:?}");
     let mut last = String::new();
@@ -187,11 +196,7 @@ fn cold_start(
     let stack = Stack::attach(published, cold, steps)?;
     let mnt = cold.path().join("mnt");
     let startup = startup_dir(&mnt, reference);
-    let packs: Vec<String> = std::fs::read_dir(&startup)
-        .with_context(|| format!("list {}", startup.display()))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| namespace::paths::is_pack_name(n))
-        .collect();
+    let packs = pack_names(&startup)?;
     ensure!(!packs.is_empty(), "no pack in {}", startup.display());
     steps.run("the mount prefetched every pack", || {
         wait_for_packs(
@@ -276,11 +281,7 @@ fn damaged_pack_start(node: &WorkDir, published: Published, steps: &mut Steps) -
     // Every pack of the served revision fails (the flipped objects also include packs of
     // earlier revisions, which this node never asks for).
     let startup = startup_dir(&node.path().join("mnt"), &reference);
-    let packs = std::fs::read_dir(&startup)
-        .with_context(|| format!("list {}", startup.display()))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| namespace::paths::is_pack_name(n))
-        .count() as u64;
+    let packs = pack_names(&startup)?.len() as u64;
     ensure!(
         packs > 0 && packs <= flipped,
         "{packs} pack(s) in {}, {flipped} flipped",

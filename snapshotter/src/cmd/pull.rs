@@ -8,6 +8,7 @@ use std::time::Instant;
 use namespace::{ImageName, Platform, paths};
 
 use crate::client::startup::ask_mount;
+use crate::containerd::snapshots::remote::RepositoryMount;
 use crate::error::{Error, Result};
 pub use crate::pull::PullArgs;
 use crate::pull::containerd_client::Containerd;
@@ -118,11 +119,12 @@ pub fn main(args: PullArgs) -> Result<()> {
 /// threads, not tokio's blocking pool: the process must not wait for them to end (a slow
 /// mount would hold back the report of an error that came after).
 fn look_up_layers_ahead(mountpoint: &std::path::Path, image: &Image) {
+    let mount = RepositoryMount::new(mountpoint);
     for layer in &image.layers {
         let Ok(digest) = layer.digest.parse::<namespace::Digest>() else {
             continue;
         };
-        let path = mountpoint.join(paths::join(&paths::layerfs(&digest)));
+        let path = mount.layer_path(&digest);
         // A thread that cannot start only costs the look-ahead.
         let _ = std::thread::Builder::new()
             .name("layer-lookup".into())
