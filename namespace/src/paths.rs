@@ -283,6 +283,30 @@ pub fn flat_dir(config: &Digest) -> [&str; 3] {
     [FLAT, hh, hex]
 }
 
+/// The image root filesystem that repository path `path` lies in: the `.flat/<hh>/<hex>`
+/// of a flattened image or the `.layers/<hh>/<hex>/layerfs` of a layer, as the prefix of
+/// `path` (with `path`'s leading `/`, if any); `None` for paths outside both, and for the
+/// directories above a root.
+pub fn image_root_of(path: &str) -> Option<&str> {
+    let rel = path.strip_prefix('/').unwrap_or(path);
+    let lead = path.len() - rel.len();
+    let mut parts = rel.split('/');
+    let depth = match parts.next()? {
+        FLAT => 3,
+        LAYERS => 4,
+        _ => return None,
+    };
+    let comps: Vec<&str> = rel.split('/').take(depth).collect();
+    if comps.len() < depth || comps.iter().any(|c| c.is_empty()) {
+        return None;
+    }
+    if depth == 4 && comps[3] != LAYERFS {
+        return None;
+    }
+    let len: usize = comps.iter().map(|c| c.len()).sum::<usize>() + depth - 1;
+    Some(&path[..lead + len])
+}
+
 /// The components of a public path (`<registry>/<repository>:<tag>`).
 pub fn public_components(public: &str) -> Vec<&str> {
     public.split('/').collect()
@@ -333,6 +357,33 @@ mod tests {
         format!("sha256:{}", c.to_string().repeat(64))
             .parse()
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn image_root_of_a_path() {
+        let (l, f) = (digest('a'), digest('f'));
+        let layer = absolute(&layerfs(&l));
+        let flat = absolute(&flat_dir(&f));
+        let lib = format!("{layer}/usr/lib/libz.so.1");
+        assert_eq!(image_root_of(&lib), Some(layer.as_str()));
+        assert_eq!(image_root_of(&layer), Some(layer.as_str()));
+        assert_eq!(
+            image_root_of(&format!("{flat}/bin/sh")),
+            Some(flat.as_str())
+        );
+        // Without the leading slash, the root comes without it too.
+        assert_eq!(image_root_of(&lib[1..]), Some(&layer[1..]), "relative path");
+        // Above a root, beside one, or outside both.
+        let layer_dir = absolute(&layer_dir(&l));
+        assert_eq!(image_root_of(&layer_dir), None);
+        assert_eq!(
+            image_root_of(&format!("{layer_dir}/.metadata/layer.json")),
+            None
+        );
+        assert_eq!(image_root_of("/.flat/ff"), None);
+        assert_eq!(image_root_of("/.flat//x/bin"), None);
+        assert_eq!(image_root_of("/docker.io/library/debian:12/bin/sh"), None);
+        assert_eq!(image_root_of(""), None);
     }
 
     #[test]

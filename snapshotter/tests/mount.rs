@@ -842,6 +842,71 @@ fn read_ahead_fetches_a_directory_s_small_files_once_and_they_are_then_read_from
 }
 
 #[test]
+fn opening_an_elf_file_reads_ahead_the_libraries_the_loader_needs() {
+    require_root_and_fuse();
+    // A flattened image root, merged /usr. `prog` needs libstrata-a.so.1 (found through
+    // its runpath `$ORIGIN/../lib`, a symbolic link to the real file) and libc.so.6 (in
+    // /lib/x86_64-linux-gnu, through the /lib → usr/lib link); the library is an
+    // executable in turn, whose interpreter is /lib64/ld-linux-x86-64.so.2.
+    const ROOT: &str = "/.flat/ab/abcdef";
+    let at = |p: &str| format!("{ROOT}{p}");
+    let files: Vec<(String, Vec<u8>)> = vec![
+        (
+            at("/usr/bin/prog"),
+            include_bytes!("fixtures/elf/needs-a.so").to_vec(),
+        ),
+        (
+            at("/usr/lib/libstrata-a.so.1.0"),
+            include_bytes!("fixtures/elf/rpath-exe").to_vec(),
+        ),
+        (
+            at("/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            pseudo_random(5000, 61),
+        ),
+        (
+            at("/usr/lib64/ld-linux-x86-64.so.2"),
+            pseudo_random(4000, 62),
+        ),
+        (
+            at("/usr/lib/x86_64-linux-gnu/libunused.so.1"),
+            pseudo_random(3000, 63),
+        ),
+    ];
+    let (lib, lib_a, lib64) = (at("/lib"), at("/usr/lib/libstrata-a.so.1"), at("/lib64"));
+    let links = [
+        (lib.as_str(), "usr/lib"),
+        (lib64.as_str(), "usr/lib64"),
+        (lib_a.as_str(), "libstrata-a.so.1.0"),
+    ];
+    let (work, repo, server, mnt) = serve_flat_repo(&[]);
+    repo.publish_with_links(&files, &links, 2, 240);
+    let objects: Vec<String> = files
+        .iter()
+        .map(|(_, body)| object_of(&repo.store, body))
+        .collect();
+    let requested = |i: usize| server.requests_for(&objects[i]);
+    let cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    let inside = |i: usize| mnt.join(&files[i].0[1..]);
+    assert_eq!(std::fs::read(inside(0)).unwrap(), files[0].1);
+    wait_until(
+        "read-ahead to fetch the libraries",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || (1..4).all(|i| requested(i) != 0),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", server.paths.lock().unwrap(), m.log_text()));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(requested(4), 0, "a library nothing needs was fetched");
+    for (i, (path, body)) in files.iter().enumerate().take(4) {
+        assert_eq!(&std::fs::read(inside(i)).unwrap(), body, "{path}");
+        assert_eq!(requested(i), 1, "{path} fetched more than once");
+    }
+    assert_eq!(server.range_requests.load(Ordering::SeqCst), 0);
+    m.stop();
+}
+
+#[test]
 fn a_trace_lists_the_files_read_once_each_in_first_read_order() {
     require_root_and_fuse();
     let files: Vec<(String, Vec<u8>)> = ["/lib/a", "/lib/b", "/bin/c", "/bin/never-read"]

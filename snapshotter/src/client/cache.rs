@@ -422,6 +422,38 @@ impl ObjectCache {
         })
     }
 
+    /// Read-ahead that needs the content itself (the headers of a program or library,
+    /// [`crate::client::elf`]): [`ObjectCache::prefetch`], waiting for a download of it
+    /// already in flight, then the committed file, pinned. Not counted as a read (a
+    /// demand request reading it later is). `None` when it is not cached and does not fit
+    /// under the quota without evicting.
+    ///
+    /// # Errors
+    /// As [`ObjectCache::get`].
+    pub fn prefetch_and_open(&self, req: &ObjectRequest) -> Result<Option<PinnedFile>> {
+        loop {
+            if let Some(file) = self.open_committed(req)? {
+                return Ok(Some(file));
+            }
+            let flight = lock(&self.in_flight).get(&req.hash).cloned();
+            if let Some(flight) = flight {
+                if let Err(reason) = flight.wait() {
+                    return Err(Error::ObjectUnavailable {
+                        object: req.hash.to_hex(),
+                        reason,
+                    });
+                }
+                continue;
+            }
+            if !self.prefetch(req)?
+                && !self.is_cached(req)
+                && !lock(&self.in_flight).contains_key(&req.hash)
+            {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Brings `req` in ahead of any read with `fill` (a download, or a pack member's
     /// bytes), unless it is cached, being downloaded, or would not fit under the quota
     /// without evicting. What it brought is remembered as unread (counted as used when a
@@ -1040,6 +1072,40 @@ pub(crate) mod tests {
 
     fn txn_is_empty(cache: &ObjectCache) -> bool {
         std::fs::read_dir(cache.root().join("txn")).unwrap().count() == 0
+    }
+
+    #[test]
+    fn prefetch_and_open_waits_for_a_download_in_flight_and_counts_no_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource {
+            delay: Duration::from_millis(300),
+            ..MemorySource::default()
+        });
+        let hash = src.add(b"\x7fELF headers");
+        let cache = Arc::new(ObjectCache::open(dir.path(), src.clone()).unwrap());
+        let reader = {
+            let cache = cache.clone();
+            std::thread::spawn(move || read_all(cache.get(&req(hash, Some(12))).unwrap()))
+        };
+        while src.fetches.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The reader's download is in flight: plain prefetch returns at once, without it.
+        assert!(!cache.prefetch(&req(hash, Some(12))).unwrap());
+        let file = cache.prefetch_and_open(&req(hash, Some(12))).unwrap();
+        assert_eq!(read_all(file.unwrap()), b"\x7fELF headers");
+        assert_eq!(reader.join().unwrap(), b"\x7fELF headers");
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 1, "one download");
+        // Not cached, nothing in flight: fetched as read-ahead, not counted as read.
+        let other = src.add(b"libfoo");
+        assert!(
+            cache
+                .prefetch_and_open(&req(other, Some(6)))
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 2);
+        assert!(lock(&cache.unread).contains_key(&other), "counted as read");
     }
 
     #[test]

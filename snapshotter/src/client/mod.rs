@@ -8,6 +8,9 @@
 //!   SQLite LRU index and [`quota`];
 //! * [`readahead`] — fetching a directory's small files and a file's next chunks before
 //!   they are read (read-ahead threads, behind demand reads);
+//! * [`elf`] and [`library_search`] — what the dynamic loader opens after an ELF file,
+//!   and where it finds it in an image root (read-ahead of libraries); [`chunk_reader`]
+//!   reads a chunked file's headers through the cache;
 //! * [`startup`] — prefetching an image's startup packs (its published working set) when
 //!   a pull or a start asks for it;
 //! * `work_queue` — the job queue and worker threads read-ahead and startup prefetch
@@ -18,7 +21,10 @@
 
 pub mod breadcrumb;
 pub mod cache;
+pub mod chunk_reader;
+pub mod elf;
 pub mod fetch;
+pub mod library_search;
 pub mod mount_config;
 pub mod proxy_chain;
 pub mod quota;

@@ -25,6 +25,7 @@
 //! read_ahead_threads = 16
 //! read_ahead_whole_chunked_size = 67108864  # chunked files up to this are read ahead whole
 //! read_ahead_chunks = 2                # chunks ahead of a reader of a larger chunked file
+//! read_ahead_libraries = true          # an ELF file opened: fetch the libraries it needs
 //! # Strata only: startup packs prefetched when a pull or start asks (the `startup` module
 //! # docs); these are the defaults.
 //! prefetch = true
@@ -224,6 +225,7 @@ struct FileConfig {
     read_ahead_threads: Option<u16>,
     read_ahead_whole_chunked_size: Option<u64>,
     read_ahead_chunks: Option<usize>,
+    read_ahead_libraries: Option<bool>,
     prefetch: Option<bool>,
     prefetch_threads: Option<u16>,
     prefetch_max_bytes: Option<u64>,
@@ -461,6 +463,7 @@ impl MountArgs {
                         .read_ahead_whole_chunked_size
                         .unwrap_or(d.whole_chunked_size),
                     chunks_ahead: file.read_ahead_chunks.unwrap_or(d.chunks_ahead),
+                    libraries: file.read_ahead_libraries.unwrap_or(d.libraries),
                     threads: self
                         .read_ahead_threads
                         .or(file.read_ahead_threads)
@@ -622,6 +625,7 @@ timeout = 3
 backoff_init = "50ms"
 proxy_reset_after = 60
 max_ttl = 2
+read_ahead_libraries = false
 "#,
         )
         .unwrap();
@@ -647,6 +651,7 @@ max_ttl = 2
             Some(Duration::from_secs(120)),
             "max_ttl is in minutes"
         );
+        assert!(c.read_ahead.enabled && !c.read_ahead.libraries);
 
         let c = parse(&[
             "--config",

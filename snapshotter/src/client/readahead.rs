@@ -24,9 +24,17 @@
 //!   [`ReadAheadSettings::chunks_ahead`] chunks (a sequential reader then finds them
 //!   cached).
 //!
+//! * **Libraries.** The first time an ELF file (a program, a library, a Python extension
+//!   module) is opened, what the dynamic loader will open after it — its interpreter and
+//!   its `DT_NEEDED` libraries, searched as `ld.so` searches them inside the image root
+//!   ([`crate::client::library_search`]) — is queued ahead of other work, and what each
+//!   of those needs when it arrives: the loader maps one library after another from a
+//!   system library directory far too big to read ahead whole
+//!   ([`ReadAheadSettings::libraries`]).
+//!
 //! A directory whose first opened file came in a startup pack is not read ahead: the pack
 //! holds what a start reads there ([`crate::client::startup`]), and a guess would only
-//! add bytes nobody reads.
+//! add bytes nobody reads; nor are the libraries of an ELF file that came in a pack.
 //!
 //! The queue is last in, first out by directory: the directory a program has just entered
 //! is the one it reads now, so its files go ahead of what earlier directories left queued.
@@ -46,9 +54,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use catalog::{Chunk, EntryKind, Suffix};
+use std::os::unix::fs::FileExt;
+
+use catalog::{Chunk, ContentHash, EntryKind, Suffix};
 
 use crate::client::cache::ObjectRequest;
+use crate::client::chunk_reader::ChunkReader;
+use crate::client::elf;
+use crate::client::library_search::{self, Library};
 use crate::client::repository::MountedRevision;
 use crate::client::work_queue::{JobQueue, Queue, Workers};
 
@@ -74,6 +87,8 @@ pub struct ReadAheadSettings {
     pub whole_chunked_size: u64,
     /// Chunks fetched ahead of a read of a larger chunked file.
     pub chunks_ahead: usize,
+    /// Whether an ELF file opened queues the libraries the loader will open after it.
+    pub libraries: bool,
     /// Worker threads fetching read-ahead objects concurrently.
     pub threads: usize,
     /// Workers start nothing new while this many demand downloads are in flight.
@@ -89,6 +104,7 @@ impl Default for ReadAheadSettings {
             max_dir_bytes: 16 * 1024 * 1024,
             whole_chunked_size: 64 * 1024 * 1024,
             chunks_ahead: 2,
+            libraries: true,
             threads: 16,
             pause_when_demand: 4,
         }
@@ -101,10 +117,25 @@ enum Job {
     Directory(Arc<MountedRevision>, String),
     /// Fetch one object into the cache.
     Object(Arc<MountedRevision>, ObjectRequest),
+    /// Queue what the loader opens after the ELF file at this path.
+    Needs(Arc<MountedRevision>, String, Content),
+    /// Fetch a library the loader is about to open, then queue what it needs in turn.
+    Library(Arc<MountedRevision>, Library),
 }
 
-/// Directories already read ahead, by (root catalog hash, path), and chunked files read
-/// ahead whole, by ("", their chunk list's key): the queue's `seen` state.
+/// Where a file's content is: one object, or chunks (stored compressed or not).
+#[derive(Clone, Debug)]
+pub enum Content {
+    /// An unchunked file's object.
+    Whole(ContentHash),
+    /// A chunked file's chunks.
+    Chunked(Vec<Chunk>, bool),
+}
+
+/// Directories already read ahead, by (root catalog hash, path), chunked files read ahead
+/// whole, by ("", their chunk list's key), ELF files whose libraries were queued, by (root
+/// catalog hash, `elf:` path), and library names searched, by (root catalog hash, `lib:`
+/// search directories and name): the queue's `seen` state.
 type Seen = HashSet<(String, String)>;
 
 struct Inner {
@@ -172,6 +203,45 @@ impl ReadAhead {
             queue.seen.clear();
         }
         queue.seen.insert(key);
+    }
+
+    /// Regular file `path` of `repo` was opened, its content being `content` (for an
+    /// unchunked file, open as `file`): if it is an ELF file seen for the first time,
+    /// queues, ahead of other work, what the loader will open after it (its interpreter
+    /// and libraries, [`crate::client::elf`]), found in the image root it lies in
+    /// ([`crate::client::library_search`]). The magic number of a chunked file is read by
+    /// a worker (its first chunk is being fetched for the reader anyway).
+    pub fn opened_file(
+        &self,
+        repo: &Arc<MountedRevision>,
+        path: &str,
+        content: Content,
+        file: Option<&std::fs::File>,
+    ) {
+        if !self.inner.settings.enabled || !self.inner.settings.libraries {
+            return;
+        }
+        if namespace::paths::image_root_of(path).is_none() {
+            return;
+        }
+        let key = (repo.revision().root_hash.to_hex(), format!("elf:{path}"));
+        if self.inner.queue.lock().seen.contains(&key) {
+            return;
+        }
+        if let Some(file) = file {
+            let mut magic = [0u8; 4];
+            if !matches!(file.read_at(&mut magic, 0), Ok(4)) || magic != elf::MAGIC {
+                return;
+            }
+        }
+        let mut queue = self.inner.queue.lock();
+        if !self.inner.remember(&mut queue, key) {
+            return;
+        }
+        self.inner.push_front(
+            &mut queue,
+            Job::Needs(repo.clone(), path.to_string(), content),
+        );
     }
 
     /// A read of chunk `index` of a chunked file (`compressed` as its catalog row says):
@@ -264,25 +334,175 @@ impl Inner {
         self.queue.notify_one();
     }
 
+    /// Adds `key` to the seen set; `false` if it was there (the set is cleared when full:
+    /// what it held is cached by then).
+    fn remember(&self, queue: &mut Queue<Job, Seen>, key: (String, String)) -> bool {
+        if queue.seen.contains(&key) {
+            return false;
+        }
+        if queue.seen.len() >= MAX_SEEN_DIRS {
+            queue.seen.clear();
+        }
+        queue.seen.insert(key)
+    }
+
     /// A worker: takes jobs until stopped.
     fn work(&self) {
         while let Some(job) = self.queue.next() {
             match job {
                 Job::Directory(repo, dir) => self.expand(&repo, &dir),
                 Job::Object(repo, req) => {
-                    let cache = repo.cache();
-                    // Demand first: wait while enough demand downloads are in flight.
-                    while cache.demand_in_flight() >= self.settings.pause_when_demand {
-                        if self.queue.lock().stopping() {
-                            return;
-                        }
-                        std::thread::sleep(Duration::from_millis(2));
+                    if !self.wait_for_demand(&repo) {
+                        return;
                     }
-                    if let Err(e) = cache.prefetch(&req) {
+                    if let Err(e) = repo.cache().prefetch(&req) {
                         tracing::debug!(object = %req.hash, error = %e, "read-ahead failed");
                     }
                 }
+                Job::Needs(repo, path, content) => self.needs(&repo, &path, &content),
+                Job::Library(repo, library) => {
+                    if !self.wait_for_demand(&repo) {
+                        return;
+                    }
+                    self.library(&repo, library);
+                }
             }
+        }
+    }
+
+    /// Demand first: waits while enough demand downloads are in flight; `false` if the
+    /// queue is stopping meanwhile.
+    fn wait_for_demand(&self, repo: &MountedRevision) -> bool {
+        while repo.cache().demand_in_flight() >= self.settings.pause_when_demand {
+            if self.queue.lock().stopping() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    /// Queues what the loader opens after the ELF file at `path` with content `content`:
+    /// its interpreter and the libraries it needs that no earlier file queued, in the
+    /// order the loader asks for them, ahead of other work.
+    fn needs(&self, repo: &Arc<MountedRevision>, path: &str, content: &Content) {
+        let Some(root) = namespace::paths::image_root_of(path) else {
+            return;
+        };
+        let deps = match content {
+            Content::Whole(hash) => match std::fs::File::open(repo.cache().path_of(hash)) {
+                Ok(file) => elf::dependencies(&file),
+                Err(_) => return, // evicted meanwhile
+            },
+            Content::Chunked(chunks, compressed) => {
+                elf::dependencies(ChunkReader::new(repo.cache(), chunks, *compressed))
+            }
+        };
+        let Some(deps) = deps else {
+            return;
+        };
+        let dirs = library_search::search_dirs(root, path, &deps);
+        let searched = dirs.join(":");
+        let root_hash = repo.revision().root_hash.to_hex();
+        let mut found = Vec::new();
+        let interpreter = deps
+            .interpreter
+            .as_deref()
+            .filter(|i| i.starts_with('/'))
+            .map(|i| (format!("lib:{root}:{i}"), i));
+        let names = deps
+            .needed
+            .iter()
+            .map(|name| (format!("lib:{root}:{searched}:{name}"), name.as_str()));
+        for (key, name) in interpreter.into_iter().chain(names) {
+            if !self.remember(&mut self.queue.lock(), (root_hash.clone(), key)) {
+                continue; // searched for an earlier file
+            }
+            let library = if name.starts_with('/') {
+                library_search::resolve(repo, root, name)
+            } else {
+                library_search::find_library(repo, root, &dirs, name)
+            };
+            if let Some(library) = library {
+                found.push(library);
+            }
+        }
+        if found.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            path,
+            libraries = ?found.iter().map(|l| l.path.as_str()).collect::<Vec<_>>(),
+            "read-ahead: libraries queued"
+        );
+        let mut queue = self.queue.lock();
+        for library in found.into_iter().rev() {
+            self.push_front(&mut queue, Job::Library(repo.clone(), library));
+        }
+    }
+
+    /// Fetches `library` (all its chunks when chunked and small enough to be read ahead
+    /// whole), then, if unchunked, queues what it needs in turn.
+    fn library(&self, repo: &Arc<MountedRevision>, library: Library) {
+        let entry = &library.found.entry;
+        if entry.is_chunked() {
+            if entry.size > self.settings.whole_chunked_size {
+                return;
+            }
+            let chunks = match repo.chunks(&library.found.catalog, &library.path, entry.size) {
+                Ok(chunks) => chunks,
+                Err(e) => {
+                    tracing::debug!(path = library.path, error = %e, "read-ahead: no chunk list");
+                    return;
+                }
+            };
+            let key = (
+                repo.revision().root_hash.to_hex(),
+                format!("elf:{}", library.path),
+            );
+            let mut queue = self.queue.lock();
+            for chunk in chunks.iter().rev() {
+                let req = ObjectRequest {
+                    hash: chunk.hash,
+                    suffix: Suffix::Partial,
+                    compressed: entry.compressed,
+                    size: Some(chunk.size),
+                };
+                if !repo.cache().is_cached(&req) {
+                    self.push_front(&mut queue, Job::Object(repo.clone(), req));
+                }
+            }
+            // Its headers first (the first chunk, shared with the chunk jobs above).
+            if self.remember(&mut queue, key) {
+                let content = Content::Chunked(chunks, entry.compressed);
+                self.push_front(&mut queue, Job::Needs(repo.clone(), library.path, content));
+            }
+            return;
+        }
+        let Some(hash) = entry.hash else {
+            return;
+        };
+        let req = ObjectRequest {
+            hash,
+            suffix: Suffix::None,
+            compressed: entry.compressed,
+            size: Some(entry.size),
+        };
+        // Waits for a download in flight (the loader's own, often): its headers are next.
+        match repo.cache().prefetch_and_open(&req) {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(object = %hash, error = %e, "read-ahead failed");
+                return;
+            }
+        }
+        let key = (
+            repo.revision().root_hash.to_hex(),
+            format!("elf:{}", library.path),
+        );
+        if self.remember(&mut self.queue.lock(), key) {
+            self.needs(repo, &library.path, &Content::Whole(hash));
         }
     }
 

@@ -18,6 +18,7 @@ use fuser::{Errno, INodeNo};
 use super::errno::report;
 use super::{Node, StrataFs, lock};
 use crate::client::cache::{ObjectRequest, PinnedFile};
+use crate::client::readahead::Content;
 use crate::{Error, Result};
 
 /// An open regular file.
@@ -51,11 +52,11 @@ impl StrataFs {
     /// neighbours a start reads).
     pub(super) fn open_file(&self, node: &Node) -> Result<OpenFile> {
         let dir = node.path.rsplit_once('/').map_or("", |(dir, _)| dir);
-        if node
+        let from_pack = node
             .entry
             .hash
-            .is_some_and(|h| self.repo().cache().came_in_a_pack(&h))
-        {
+            .is_some_and(|h| self.repo().cache().came_in_a_pack(&h));
+        if from_pack {
             if let Some(read_ahead) = self.shared.read_ahead.get() {
                 read_ahead.known_directory(&self.repo(), dir);
             }
@@ -63,6 +64,25 @@ impl StrataFs {
             self.read_ahead_directory(dir);
         }
         let file = self.fetch_for_read(node)?;
+        // A program or library about to be mapped: the loader opens its libraries next.
+        if !from_pack && let Some(read_ahead) = self.shared.read_ahead.get() {
+            match (&file, node.entry.hash) {
+                (OpenFile::Whole(cached), Some(hash)) => {
+                    let content = Content::Whole(hash);
+                    read_ahead.opened_file(&self.repo(), &node.path, content, Some(cached));
+                }
+                (
+                    OpenFile::Chunked {
+                        chunks, compressed, ..
+                    },
+                    _,
+                ) => {
+                    let content = Content::Chunked(chunks.clone(), *compressed);
+                    read_ahead.opened_file(&self.repo(), &node.path, content, None);
+                }
+                _ => {}
+            }
+        }
         if let Some(trace) = self.shared.trace.get() {
             trace.record(&node.path);
         }

@@ -663,8 +663,25 @@ pub fn write_flat_catalog_with_modes(
     revision: u64,
     ttl: u64,
 ) -> (ContentHash, u64) {
+    write_flat_catalog_with_links(store, scratch, files, &[], mode, revision, ttl)
+}
+
+/// [`write_flat_catalog_with_modes`] with symbolic links `links` too: (`/a/b` path, target).
+pub fn write_flat_catalog_with_links(
+    store: &LocalStore,
+    scratch: &Path,
+    files: &[(String, Vec<u8>)],
+    links: &[(&str, &str)],
+    mode: impl Fn(&str) -> u32,
+    revision: u64,
+    ttl: u64,
+) -> (ContentHash, u64) {
     let mut dirs = std::collections::BTreeSet::new();
-    for (path, _) in files {
+    let paths = files
+        .iter()
+        .map(|(path, _)| path.as_str())
+        .chain(links.iter().map(|(path, _)| *path));
+    for path in paths {
         let mut p = catalog::parent_path(path);
         while !p.is_empty() {
             dirs.insert(p.to_string());
@@ -685,6 +702,15 @@ pub fn write_flat_catalog_with_modes(
         w.add(
             path,
             &file(store, name, mode(path), 0, 0, body),
+            Transition::None,
+        )
+        .unwrap();
+    }
+    for (path, target) in links {
+        let name = catalog::path_hash::file_name(path);
+        w.add(
+            path,
+            &Entry::symlink(name, target, 0, 0, 0),
             Transition::None,
         )
         .unwrap();
@@ -742,6 +768,26 @@ impl FlatRepo {
     ) -> Manifest {
         let (hash, size) = write_flat_catalog(&self.store, &self.scratch, files, revision, ttl);
         self.publish_root(hash, size, revision, timestamp)
+    }
+
+    /// Publishes `files` and symbolic links `links` as `revision`, now.
+    pub fn publish_with_links(
+        &self,
+        files: &[(String, Vec<u8>)],
+        links: &[(&str, &str)],
+        revision: u64,
+        ttl: u64,
+    ) -> Manifest {
+        let (hash, size) = write_flat_catalog_with_links(
+            &self.store,
+            &self.scratch,
+            files,
+            links,
+            |_| 0o644,
+            revision,
+            ttl,
+        );
+        self.publish_root(hash, size, revision, unix_now())
     }
 
     /// Publishes the stored root catalog `hash` (`size` bytes uncompressed) as `revision`
