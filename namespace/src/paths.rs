@@ -291,19 +291,22 @@ pub fn image_root_of(path: &str) -> Option<&str> {
     let rel = path.strip_prefix('/').unwrap_or(path);
     let lead = path.len() - rel.len();
     let mut parts = rel.split('/');
-    let depth = match parts.next()? {
-        FLAT => 3,
-        LAYERS => 4,
+    let first = parts.next()?;
+    let (depth, last) = match first {
+        FLAT => (3, None),
+        LAYERS => (4, Some(LAYERFS)),
         _ => return None,
     };
-    let comps: Vec<&str> = rel.split('/').take(depth).collect();
-    if comps.len() < depth || comps.iter().any(|c| c.is_empty()) {
+    // Without allocating: this runs on every file opened.
+    let mut len = first.len();
+    let mut component = first;
+    for _ in 1..depth {
+        component = parts.next().filter(|c| !c.is_empty())?;
+        len += 1 + component.len();
+    }
+    if last.is_some_and(|l| l != component) {
         return None;
     }
-    if depth == 4 && comps[3] != LAYERFS {
-        return None;
-    }
-    let len: usize = comps.iter().map(|c| c.len()).sum::<usize>() + depth - 1;
     Some(&path[..lead + len])
 }
 

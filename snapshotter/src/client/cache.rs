@@ -431,8 +431,10 @@ impl ObjectCache {
     /// # Errors
     /// As [`ObjectCache::get`].
     pub fn prefetch_and_open(&self, req: &ObjectRequest) -> Result<Option<PinnedFile>> {
-        loop {
-            if let Some(file) = self.open_committed(req)? {
+        // A few turns at most: a file that stays unopenable (an index out of step with
+        // the directory) is left to demand reads.
+        for _ in 0..3 {
+            if let Some(file) = self.open_committed_as(req, false)? {
                 return Ok(Some(file));
             }
             let flight = lock(&self.in_flight).get(&req.hash).cloned();
@@ -452,6 +454,7 @@ impl ObjectCache {
                 return Ok(None);
             }
         }
+        Ok(None)
     }
 
     /// Brings `req` in ahead of any read with `fill` (a download, or a pack member's
@@ -698,8 +701,16 @@ impl ObjectCache {
     /// in the index (at most once per [`TOUCH_INTERVAL`]); deletes it if its length or mtime
     /// is wrong. An object this process already pins is shared without any system call.
     fn open_committed(&self, req: &ObjectRequest) -> Result<Option<PinnedFile>> {
+        self.open_committed_as(req, true)
+    }
+
+    /// [`ObjectCache::open_committed`], counting the access as a cache hit only if `hit`
+    /// (read-ahead's own opens are not hits).
+    fn open_committed_as(&self, req: &ObjectRequest, hit: bool) -> Result<Option<PinnedFile>> {
         if let Some(pinned) = self.live_pin(req) {
-            self.pending_hits.fetch_add(1, Ordering::Relaxed);
+            if hit {
+                self.pending_hits.fetch_add(1, Ordering::Relaxed);
+            }
             return Ok(Some(pinned));
         }
         let path = self.path_of(&req.hash);
@@ -746,9 +757,11 @@ impl ObjectCache {
         }
         let mtime = mtime_ns(&meta);
         if self.touched_recently(&req.hash, mtime) {
-            self.pending_hits.fetch_add(1, Ordering::Relaxed);
+            if hit {
+                self.pending_hits.fetch_add(1, Ordering::Relaxed);
+            }
         } else {
-            match self.touch(&req.hash.to_hex(), &meta, req.suffix, true)? {
+            match self.touch(&req.hash.to_hex(), &meta, req.suffix, hit)? {
                 Touch::Known(indexed) if indexed != mtime => {
                     tracing::warn!(path = %path.display(), "cached object was modified after commit; refetching");
                     drop(file);
@@ -1106,6 +1119,19 @@ pub(crate) mod tests {
         );
         assert_eq!(src.fetches.load(Ordering::SeqCst), 2);
         assert!(lock(&cache.unread).contains_key(&other), "counted as read");
+        let hits = |c: &ObjectCache| {
+            c.pending_hits.load(Ordering::SeqCst) + c.index().stats().unwrap().hits
+        };
+        let before = hits(&cache);
+        assert!(
+            cache
+                .prefetch_and_open(&req(other, Some(6)))
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(hits(&cache), before, "counted as a hit");
+        read_all(cache.get(&req(other, Some(6))).unwrap());
+        assert_eq!(hits(&cache), before + 1, "a demand read is a hit");
     }
 
     #[test]

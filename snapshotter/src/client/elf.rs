@@ -13,7 +13,7 @@ use std::io::{Read, Seek};
 
 use object::elf;
 use object::read::elf::{Dyn, FileHeader, ProgramHeader};
-use object::read::{ReadCache, ReadRef, StringTable};
+use object::read::{ReadCache, ReadRef};
 use object::{Endianness, FileKind};
 
 /// The first bytes of every ELF file.
@@ -29,6 +29,8 @@ pub struct Dependencies {
     /// `DT_RUNPATH` entries, or `DT_RPATH` entries when there is no `DT_RUNPATH`, split at
     /// `:` (they may hold `$ORIGIN`).
     pub search: Vec<String>,
+    /// Whether the file is 64-bit (`ELFCLASS64`): the loader searches `lib64` only then.
+    pub class64: bool,
     /// The multiarch tuple of the file's machine (`x86_64-linux-gnu`), when known: Debian
     /// and Ubuntu keep libraries in `/usr/lib/<tuple>`.
     pub multiarch: Option<&'static str>,
@@ -47,28 +49,52 @@ pub fn dependencies(reader: impl Read + Seek) -> Option<Dependencies> {
     }
 }
 
+/// Program headers looked at, at most (real files have a dozen; the file is outside data).
+const MAX_PROGRAM_HEADERS: usize = 256;
+/// Largest `PT_INTERP` read (Linux's `PATH_MAX`).
+const MAX_INTERPRETER: u64 = 4096;
+/// Largest `PT_DYNAMIC` read (real ones hold a few dozen 16-byte entries).
+const MAX_DYNAMIC: u64 = 64 * 1024;
+/// Longest string read from the dynamic string table (a name or a runpath).
+const MAX_STRING: u64 = 4096;
+/// `DT_NEEDED` names kept, at most.
+const MAX_NEEDED: usize = 256;
+/// Runpath directories kept, at most.
+const MAX_SEARCH: usize = 32;
+
 fn parse<'data, Elf, R>(data: R) -> Option<Dependencies>
 where
     Elf: FileHeader<Endian = Endianness>,
     R: ReadRef<'data>,
 {
+    // Every read below is bounded: `data` keeps what it read, and a crafted file could
+    // otherwise make it read the file many times over.
     let header = Elf::parse(data).ok()?;
     let endian = header.endian().ok()?;
     let segments = header.program_headers(endian, data).ok()?;
+    if segments.len() > MAX_PROGRAM_HEADERS {
+        return None;
+    }
     let mut out = Dependencies {
         multiarch: multiarch(header.e_machine(endian), header.is_class_64(), endian),
+        class64: header.is_class_64(),
         ..Dependencies::default()
     };
-    let mut dynamic = None;
-    for segment in segments {
-        if let Ok(Some(interp)) = segment.interpreter(endian, data) {
-            out.interpreter = Some(String::from_utf8_lossy(interp).into_owned());
-        }
-        if let Ok(Some(entries)) = segment.dynamic(endian, data) {
-            dynamic = Some(entries);
-        }
+    // The first PT_INTERP and PT_DYNAMIC, as the loader takes them.
+    let first = |kind: elf::ProgramType, max: u64| {
+        segments
+            .iter()
+            .find(|s| s.p_type(endian) == kind)
+            .filter(|s| s.p_filesz(endian).into() <= max)
+    };
+    if let Some(interp) = first(elf::PT_INTERP, MAX_INTERPRETER)
+        .and_then(|s| s.interpreter(endian, data).ok().flatten())
+    {
+        out.interpreter = Some(String::from_utf8_lossy(interp).into_owned());
     }
-    let entries = dynamic?;
+    let entries = first(elf::PT_DYNAMIC, MAX_DYNAMIC)?
+        .dynamic(endian, data)
+        .ok()??;
     // DT_STRTAB is a virtual address: the string table is where a PT_LOAD segment maps it.
     let (mut strtab, mut strsz) = (None, None);
     for entry in entries {
@@ -91,31 +117,39 @@ where
             .then(|| offset.checked_add(within))
             .flatten()
     })?;
-    let strings = StringTable::new(data, offset, offset.checked_add(size)?);
+    let file_len = data.len().ok()?;
     let string = |val: u64| -> Option<String> {
-        let bytes = strings.get(u32::try_from(val).ok()?).ok()?;
-        Some(String::from_utf8_lossy(bytes).into_owned())
+        // At most MAX_STRING bytes, inside the table and the file, up to the NUL.
+        let start = offset.checked_add(val).filter(|_| val < size)?;
+        let len = (size - val)
+            .min(MAX_STRING)
+            .min(file_len.checked_sub(start)?);
+        let bytes = data.read_bytes_at(start, len).ok()?;
+        let end = bytes.iter().position(|&b| b == 0)?;
+        Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
     };
-    let (mut runpath, mut rpath) = (Vec::new(), Vec::new());
+    let (mut runpath, mut rpath) = (None, None);
     for entry in entries {
         let tag = entry.tag(endian);
         if tag == elf::DT_NULL {
             break;
         }
         let val = entry.val(endian);
-        if tag == elf::DT_NEEDED {
+        if tag == elf::DT_NEEDED && out.needed.len() < MAX_NEEDED {
             out.needed.extend(string(val));
-        } else if tag == elf::DT_RUNPATH {
-            runpath.extend(string(val));
-        } else if tag == elf::DT_RPATH {
-            rpath.extend(string(val));
+        } else if tag == elf::DT_RUNPATH && runpath.is_none() {
+            runpath = string(val);
+        } else if tag == elf::DT_RPATH && rpath.is_none() {
+            rpath = string(val);
         }
     }
-    let search = if runpath.is_empty() { rpath } else { runpath };
-    out.search = search
-        .iter()
-        .flat_map(|s| s.split(':'))
+    // DT_RPATH counts only without DT_RUNPATH.
+    out.search = runpath
+        .or(rpath)
+        .unwrap_or_default()
+        .split(':')
         .filter(|s| !s.is_empty())
+        .take(MAX_SEARCH)
         .map(str::to_string)
         .collect();
     Some(out)
@@ -173,6 +207,37 @@ mod tests {
         );
         assert_eq!(deps.needed, ["libc.so.6"]);
         assert_eq!(deps.search, ["/opt/old"]);
+    }
+
+    /// Offset of the first program header of type `kind` in an ELF64 little-endian file.
+    fn program_header(bytes: &[u8], kind: u32) -> usize {
+        let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
+        let phoff = u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize;
+        (0..u16_at(56))
+            .map(|i| phoff + i * u16_at(54))
+            .find(|&at| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) == kind)
+            .unwrap()
+    }
+
+    #[test]
+    fn crafted_sizes_are_not_read() {
+        // A dynamic segment claiming 1 GiB (inside a 1 GiB file, a crafted file could make
+        // every read that large): not read at all.
+        let mut bytes = SHARED.to_vec();
+        let at = program_header(&bytes, elf::PT_DYNAMIC.0);
+        bytes[at + 32..at + 40].copy_from_slice(&(1u64 << 30).to_le_bytes()); // p_filesz
+        let file = file_with(&bytes);
+        file.set_len(1 << 30).unwrap();
+        assert_eq!(dependencies(&file), None);
+        // A second PT_DYNAMIC after the first is ignored, as the loader ignores it.
+        let mut bytes = EXECUTABLE.to_vec();
+        let note = program_header(&bytes, elf::PT_NOTE.0);
+        assert!(note > program_header(&bytes, elf::PT_DYNAMIC.0));
+        bytes[note..note + 4].copy_from_slice(&elf::PT_DYNAMIC.0.to_le_bytes());
+        bytes[note + 32..note + 40].copy_from_slice(&(1u64 << 20).to_le_bytes());
+        let deps = dependencies(&file_with(&bytes)).unwrap();
+        assert_eq!(deps.needed, ["libc.so.6"]);
+        assert!(deps.interpreter.is_some());
     }
 
     #[test]

@@ -30,7 +30,8 @@
 //!   ([`crate::client::library_search`]) — is queued ahead of other work, and what each
 //!   of those needs when it arrives: the loader maps one library after another from a
 //!   system library directory far too big to read ahead whole
-//!   ([`ReadAheadSettings::libraries`]).
+//!   ([`ReadAheadSettings::libraries`]). An unchunked file is looked at when opened, a
+//!   chunked one when its first chunk is read (never a chunk fetched only to look).
 //!
 //! A directory whose first opened file came in a startup pack is not read ahead: the pack
 //! holds what a start reads there ([`crate::client::startup`]), and a guess would only
@@ -51,6 +52,7 @@
 //! ([`crate::client::quota::CacheStats`]): the difference is the waste.
 
 use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,8 +119,9 @@ enum Job {
     Directory(Arc<MountedRevision>, String),
     /// Fetch one object into the cache.
     Object(Arc<MountedRevision>, ObjectRequest),
-    /// Queue what the loader opens after the ELF file at this path.
-    Needs(Arc<MountedRevision>, String, Content),
+    /// Queue what the loader opens after the ELF file at this path (found at the
+    /// second: its `$ORIGIN`).
+    Needs(Arc<MountedRevision>, String, String, Content),
     /// Fetch a library the loader is about to open, then queue what it needs in turn.
     Library(Arc<MountedRevision>, Library),
 }
@@ -132,11 +135,21 @@ pub enum Content {
     Chunked(Vec<Chunk>, bool),
 }
 
-/// Directories already read ahead, by (root catalog hash, path), chunked files read ahead
-/// whole, by ("", their chunk list's key), ELF files whose libraries were queued, by (root
-/// catalog hash, `elf:` path), and library names searched, by (root catalog hash, `lib:`
-/// search directories and name): the queue's `seen` state.
-type Seen = HashSet<(String, String)>;
+/// What was queued before: the queue's `seen` state. Each set is cleared when full (what
+/// it held is cached by then).
+#[derive(Default)]
+struct Seen {
+    /// Directories read ahead, by (root catalog hash, path), and chunked files read ahead
+    /// whole, by ("", their chunk list's key); at most [`MAX_SEEN_DIRS`].
+    dirs: HashSet<(String, String)>,
+    /// ELF files whose libraries were queued, by (root catalog hash, `elf:` path), and
+    /// library names searched, by (root catalog hash, `lib:` hash of the image root, the
+    /// search directories and the name); at most [`MAX_SEEN_LIBRARIES`].
+    libraries: HashSet<(String, String)>,
+}
+
+/// ELF files and library names remembered (per mount process).
+const MAX_SEEN_LIBRARIES: usize = 16 * 1024;
 
 struct Inner {
     settings: ReadAheadSettings,
@@ -163,7 +176,7 @@ impl ReadAhead {
         };
         let inner = Arc::new(Inner {
             settings,
-            queue: JobQueue::new(HashSet::new()),
+            queue: JobQueue::new(Seen::default()),
         });
         let workers = Workers::spawn(threads, "read-ahead", &inner, Inner::work)?;
         Ok(ReadAhead { inner, workers })
@@ -182,13 +195,13 @@ impl ReadAhead {
         }
         let key = (repo.revision().root_hash.to_hex(), dir.to_string());
         let mut queue = self.inner.queue.lock();
-        if queue.seen.contains(&key) {
+        if queue.seen.dirs.contains(&key) {
             return;
         }
-        if queue.seen.len() >= MAX_SEEN_DIRS {
-            queue.seen.clear();
+        if queue.seen.dirs.len() >= MAX_SEEN_DIRS {
+            queue.seen.dirs.clear();
         }
-        queue.seen.insert(key);
+        queue.seen.dirs.insert(key);
         self.inner
             .push_front(&mut queue, Job::Directory(repo.clone(), dir.to_string()));
     }
@@ -199,49 +212,42 @@ impl ReadAhead {
     pub fn known_directory(&self, repo: &Arc<MountedRevision>, dir: &str) {
         let key = (repo.revision().root_hash.to_hex(), dir.to_string());
         let mut queue = self.inner.queue.lock();
-        if queue.seen.len() >= MAX_SEEN_DIRS {
-            queue.seen.clear();
+        if queue.seen.dirs.len() >= MAX_SEEN_DIRS {
+            queue.seen.dirs.clear();
         }
-        queue.seen.insert(key);
+        queue.seen.dirs.insert(key);
     }
 
-    /// Regular file `path` of `repo` was opened, its content being `content` (for an
-    /// unchunked file, open as `file`): if it is an ELF file seen for the first time,
-    /// queues, ahead of other work, what the loader will open after it (its interpreter
-    /// and libraries, [`crate::client::elf`]), found in the image root it lies in
-    /// ([`crate::client::library_search`]). The magic number of a chunked file is read by
-    /// a worker (its first chunk is being fetched for the reader anyway).
+    /// Regular file `path` of `repo` is being read from its start, `head` being the cached
+    /// file that holds its first bytes (the whole object, or a chunked file's first
+    /// chunk) and `content` where the rest is: if it is an ELF file seen for the first
+    /// time, queues, ahead of other work, what the loader will open after it (its
+    /// interpreter and libraries, [`crate::client::elf`]), found in the image root it lies
+    /// in ([`crate::client::library_search`]). Other files cost one 4-byte `pread`.
     pub fn opened_file(
         &self,
         repo: &Arc<MountedRevision>,
         path: &str,
-        content: Content,
-        file: Option<&std::fs::File>,
+        head: &std::fs::File,
+        content: impl FnOnce() -> Content,
     ) {
-        if !self.inner.settings.enabled || !self.inner.settings.libraries {
+        if !self.inner.settings.enabled
+            || !self.inner.settings.libraries
+            || namespace::paths::image_root_of(path).is_none()
+        {
             return;
         }
-        if namespace::paths::image_root_of(path).is_none() {
+        let mut magic = [0u8; 4];
+        if !matches!(head.read_at(&mut magic, 0), Ok(4)) || magic != elf::MAGIC {
             return;
         }
         let key = (repo.revision().root_hash.to_hex(), format!("elf:{path}"));
-        if self.inner.queue.lock().seen.contains(&key) {
-            return;
-        }
-        if let Some(file) = file {
-            let mut magic = [0u8; 4];
-            if !matches!(file.read_at(&mut magic, 0), Ok(4)) || magic != elf::MAGIC {
-                return;
-            }
-        }
         let mut queue = self.inner.queue.lock();
         if !self.inner.remember(&mut queue, key) {
             return;
         }
-        self.inner.push_front(
-            &mut queue,
-            Job::Needs(repo.clone(), path.to_string(), content),
-        );
+        let job = Job::Needs(repo.clone(), path.to_string(), path.to_string(), content());
+        self.inner.push_front(&mut queue, job);
     }
 
     /// A read of chunk `index` of a chunked file (`compressed` as its catalog row says):
@@ -271,7 +277,7 @@ impl ReadAhead {
                     chunks.len()
                 ),
             );
-            self.inner.queue.lock().seen.insert(key)
+            self.inner.queue.lock().seen.dirs.insert(key)
         };
         let ahead: Vec<&Chunk> = if whole {
             // After the read first, then the ones before it.
@@ -334,16 +340,16 @@ impl Inner {
         self.queue.notify_one();
     }
 
-    /// Adds `key` to the seen set; `false` if it was there (the set is cleared when full:
-    /// what it held is cached by then).
+    /// Adds `key` to the ELF files and library names seen; `false` if it was there.
     fn remember(&self, queue: &mut Queue<Job, Seen>, key: (String, String)) -> bool {
-        if queue.seen.contains(&key) {
+        let seen = &mut queue.seen.libraries;
+        if seen.contains(&key) {
             return false;
         }
-        if queue.seen.len() >= MAX_SEEN_DIRS {
-            queue.seen.clear();
+        if seen.len() >= MAX_SEEN_LIBRARIES {
+            seen.clear();
         }
-        queue.seen.insert(key)
+        seen.insert(key)
     }
 
     /// A worker: takes jobs until stopped.
@@ -359,7 +365,12 @@ impl Inner {
                         tracing::debug!(object = %req.hash, error = %e, "read-ahead failed");
                     }
                 }
-                Job::Needs(repo, path, content) => self.needs(&repo, &path, &content),
+                Job::Needs(repo, path, origin, content) => {
+                    if !self.wait_for_demand(&repo) {
+                        return;
+                    }
+                    self.needs(&repo, &path, &origin, &content);
+                }
                 Job::Library(repo, library) => {
                     if !self.wait_for_demand(&repo) {
                         return;
@@ -382,10 +393,11 @@ impl Inner {
         true
     }
 
-    /// Queues what the loader opens after the ELF file at `path` with content `content`:
-    /// its interpreter and the libraries it needs that no earlier file queued, in the
-    /// order the loader asks for them, ahead of other work.
-    fn needs(&self, repo: &Arc<MountedRevision>, path: &str, content: &Content) {
+    /// Queues what the loader opens after the ELF file at `path` (found at `origin`, the
+    /// path whose directory is its `$ORIGIN`) with content `content`: its interpreter and
+    /// the libraries it needs that no earlier file queued, in the order the loader asks
+    /// for them, ahead of other work.
+    fn needs(&self, repo: &Arc<MountedRevision>, path: &str, origin: &str, content: &Content) {
         let Some(root) = namespace::paths::image_root_of(path) else {
             return;
         };
@@ -401,21 +413,26 @@ impl Inner {
         let Some(deps) = deps else {
             return;
         };
-        let dirs = library_search::search_dirs(root, path, &deps);
-        let searched = dirs.join(":");
+        let dirs = library_search::search_dirs(root, origin, &deps);
         let root_hash = repo.revision().root_hash.to_hex();
-        let mut found = Vec::new();
+        // Names are searched once per image root and search path.
+        let key = |name: &str, dirs: &[String]| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            (root, dirs, name).hash(&mut hasher);
+            (root_hash.clone(), format!("lib:{:016x}", hasher.finish()))
+        };
         let interpreter = deps
             .interpreter
             .as_deref()
             .filter(|i| i.starts_with('/'))
-            .map(|i| (format!("lib:{root}:{i}"), i));
+            .map(|i| (key(i, &[]), i));
         let names = deps
             .needed
             .iter()
-            .map(|name| (format!("lib:{root}:{searched}:{name}"), name.as_str()));
+            .map(|name| (key(name, &dirs), name.as_str()));
+        let mut found = Vec::new();
         for (key, name) in interpreter.into_iter().chain(names) {
-            if !self.remember(&mut self.queue.lock(), (root_hash.clone(), key)) {
+            if !self.remember(&mut self.queue.lock(), key) {
                 continue; // searched for an earlier file
             }
             let library = if name.starts_with('/') {
@@ -441,14 +458,15 @@ impl Inner {
         }
     }
 
-    /// Fetches `library` (all its chunks when chunked and small enough to be read ahead
-    /// whole), then, if unchunked, queues what it needs in turn.
+    /// Fetches `library` (a chunked one: all its chunks if it is small enough to be read
+    /// ahead whole, else its headers only), then queues what it needs in turn.
     fn library(&self, repo: &Arc<MountedRevision>, library: Library) {
         let entry = &library.found.entry;
+        let key = (
+            repo.revision().root_hash.to_hex(),
+            format!("elf:{}", library.path),
+        );
         if entry.is_chunked() {
-            if entry.size > self.settings.whole_chunked_size {
-                return;
-            }
             let chunks = match repo.chunks(&library.found.catalog, &library.path, entry.size) {
                 Ok(chunks) => chunks,
                 Err(e) => {
@@ -456,26 +474,27 @@ impl Inner {
                     return;
                 }
             };
-            let key = (
-                repo.revision().root_hash.to_hex(),
-                format!("elf:{}", library.path),
-            );
-            let mut queue = self.queue.lock();
-            for chunk in chunks.iter().rev() {
-                let req = ObjectRequest {
+            let whole = entry.size <= self.settings.whole_chunked_size;
+            let reqs: Vec<ObjectRequest> = chunks
+                .iter()
+                .filter(|_| whole)
+                .map(|chunk| ObjectRequest {
                     hash: chunk.hash,
                     suffix: Suffix::Partial,
                     compressed: entry.compressed,
                     size: Some(chunk.size),
-                };
-                if !repo.cache().is_cached(&req) {
-                    self.push_front(&mut queue, Job::Object(repo.clone(), req));
-                }
+                })
+                .filter(|req| !repo.cache().is_cached(req))
+                .collect();
+            let mut queue = self.queue.lock();
+            for req in reqs.into_iter().rev() {
+                self.push_front(&mut queue, Job::Object(repo.clone(), req));
             }
             // Its headers first (the first chunk, shared with the chunk jobs above).
             if self.remember(&mut queue, key) {
                 let content = Content::Chunked(chunks, entry.compressed);
-                self.push_front(&mut queue, Job::Needs(repo.clone(), library.path, content));
+                let job = Job::Needs(repo.clone(), library.path, library.searched, content);
+                self.push_front(&mut queue, job);
             }
             return;
         }
@@ -497,12 +516,13 @@ impl Inner {
                 return;
             }
         }
-        let key = (
-            repo.revision().root_hash.to_hex(),
-            format!("elf:{}", library.path),
-        );
         if self.remember(&mut self.queue.lock(), key) {
-            self.needs(repo, &library.path, &Content::Whole(hash));
+            self.needs(
+                repo,
+                &library.path,
+                &library.searched,
+                &Content::Whole(hash),
+            );
         }
     }
 

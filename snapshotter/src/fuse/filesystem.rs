@@ -147,7 +147,7 @@ impl Filesystem for StrataFs {
         if let Err(e) = require_regular(&node) {
             return reply.error(e);
         }
-        match self.open_file(&node) {
+        match self.open_file(&node, true) {
             Ok(file) => {
                 let fh = self.new_handle();
                 let backing = match &file {
@@ -192,13 +192,13 @@ impl Filesystem for StrataFs {
             .map(|(_, f)| f.clone());
         let file = match file {
             Some(file) => file,
-            None if self.no_open => match self.file_of_inode(ino) {
+            None if self.no_open => match self.file_of_inode(ino, offset == 0) {
                 Ok(file) => Arc::new(file),
                 Err(e) => return reply.error(e),
             },
             // A handle of the process this one took the connection over from: opened
             // again by inode, and kept under that handle until it is released.
-            None if self.shared.adopted => match (self.node(ino), self.file_of_inode(ino)) {
+            None if self.shared.adopted => match (self.node(ino), self.file_of_inode(ino, false)) {
                 (Ok(node), Ok(file)) => {
                     let file = Arc::new(file);
                     lock(&self.files).insert(fh.0, (node, file.clone()));

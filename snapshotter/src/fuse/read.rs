@@ -38,19 +38,26 @@ pub(super) enum OpenFile {
 pub(super) type OpenHandle = (Arc<Node>, Arc<OpenFile>);
 
 impl StrataFs {
-    /// No-open mode: the file of `ino` for one read (its object pinned until dropped).
-    pub(super) fn file_of_inode(&self, ino: INodeNo) -> std::result::Result<OpenFile, Errno> {
+    /// No-open mode: the file of `ino` for one read (its object pinned until dropped);
+    /// `at_start` if the read is at offset 0 (see [`StrataFs::open_file`]).
+    pub(super) fn file_of_inode(
+        &self,
+        ino: INodeNo,
+        at_start: bool,
+    ) -> std::result::Result<OpenFile, Errno> {
         let node = self.node(ino)?;
         require_regular(&node)?;
-        self.open_file(&node)
+        self.open_file(&node, at_start)
             .map_err(|e| report("read", &node.path, &e))
     }
 
     /// Fetches what a read of `node` needs first: the whole object, or the chunk list; and
     /// starts the read-ahead of its directory (a file opened is read, and so, likely, are
     /// its neighbours) unless the file came in a startup pack (the pack knows which of its
-    /// neighbours a start reads).
-    pub(super) fn open_file(&self, node: &Node) -> Result<OpenFile> {
+    /// neighbours a start reads). `opening`: an `OPEN`, or a read at offset 0 in no-open
+    /// mode; an unchunked ELF file then has its libraries read ahead (a chunked one when
+    /// its first chunk is read, [`StrataFs::read_file`]).
+    pub(super) fn open_file(&self, node: &Node, opening: bool) -> Result<OpenFile> {
         let dir = node.path.rsplit_once('/').map_or("", |(dir, _)| dir);
         let from_pack = node
             .entry
@@ -65,23 +72,12 @@ impl StrataFs {
         }
         let file = self.fetch_for_read(node)?;
         // A program or library about to be mapped: the loader opens its libraries next.
-        if !from_pack && let Some(read_ahead) = self.shared.read_ahead.get() {
-            match (&file, node.entry.hash) {
-                (OpenFile::Whole(cached), Some(hash)) => {
-                    let content = Content::Whole(hash);
-                    read_ahead.opened_file(&self.repo(), &node.path, content, Some(cached));
-                }
-                (
-                    OpenFile::Chunked {
-                        chunks, compressed, ..
-                    },
-                    _,
-                ) => {
-                    let content = Content::Chunked(chunks.clone(), *compressed);
-                    read_ahead.opened_file(&self.repo(), &node.path, content, None);
-                }
-                _ => {}
-            }
+        if opening
+            && !from_pack
+            && let (OpenFile::Whole(cached), Some(hash), Some(read_ahead)) =
+                (&file, node.entry.hash, self.shared.read_ahead.get())
+        {
+            read_ahead.opened_file(&self.repo(), &node.path, cached, || Content::Whole(hash));
         }
         if let Some(trace) = self.shared.trace.get() {
             trace.record(&node.path);
@@ -164,6 +160,15 @@ impl StrataFs {
                                 size: Some(chunk.size),
                             })?);
                             log_wait(path, Some(span.index), started);
+                            // A chunked program or library: its headers are in chunk 0.
+                            if span.index == 0
+                                && !repo.cache().came_in_a_pack(&chunk.hash)
+                                && let Some(read_ahead) = self.shared.read_ahead.get()
+                            {
+                                read_ahead.opened_file(&repo, path, &f, || {
+                                    Content::Chunked(chunks.clone(), *compressed)
+                                });
+                            }
                             lock(files).insert(span.index, f.clone());
                             f
                         }

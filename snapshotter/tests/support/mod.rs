@@ -663,16 +663,19 @@ pub fn write_flat_catalog_with_modes(
     revision: u64,
     ttl: u64,
 ) -> (ContentHash, u64) {
-    write_flat_catalog_with_links(store, scratch, files, &[], mode, revision, ttl)
+    write_flat_catalog_with_links(store, scratch, files, &[], mode, |_| None, revision, ttl)
 }
 
-/// [`write_flat_catalog_with_modes`] with symbolic links `links` too: (`/a/b` path, target).
+/// [`write_flat_catalog_with_modes`] with symbolic links `links` too (`/a/b` path,
+/// target), and the files for which `chunk` gives a size chunked in pieces of that size.
+#[allow(clippy::too_many_arguments)]
 pub fn write_flat_catalog_with_links(
     store: &LocalStore,
     scratch: &Path,
     files: &[(String, Vec<u8>)],
     links: &[(&str, &str)],
     mode: impl Fn(&str) -> u32,
+    chunk: impl Fn(&str) -> Option<usize>,
     revision: u64,
     ttl: u64,
 ) -> (ContentHash, u64) {
@@ -699,12 +702,11 @@ pub fn write_flat_catalog_with_links(
     }
     for (path, body) in files {
         let name = catalog::path_hash::file_name(path);
-        w.add(
-            path,
-            &file(store, name, mode(path), 0, 0, body),
-            Transition::None,
-        )
-        .unwrap();
+        let entry = match chunk(path) {
+            Some(size) => chunked_file(store, name, body, size),
+            None => file(store, name, mode(path), 0, 0, body),
+        };
+        w.add(path, &entry, Transition::None).unwrap();
     }
     for (path, target) in links {
         let name = catalog::path_hash::file_name(path);
@@ -770,11 +772,13 @@ impl FlatRepo {
         self.publish_root(hash, size, revision, timestamp)
     }
 
-    /// Publishes `files` and symbolic links `links` as `revision`, now.
+    /// Publishes `files` and symbolic links `links` as `revision`, now; the files for which
+    /// `chunk` gives a size are chunked in pieces of that size.
     pub fn publish_with_links(
         &self,
         files: &[(String, Vec<u8>)],
         links: &[(&str, &str)],
+        chunk: impl Fn(&str) -> Option<usize>,
         revision: u64,
         ttl: u64,
     ) -> Manifest {
@@ -784,6 +788,7 @@ impl FlatRepo {
             files,
             links,
             |_| 0o644,
+            chunk,
             revision,
             ttl,
         );

@@ -10,6 +10,8 @@
 //!    runs the workload once; **pack**: `strata-publisher startup` publishes the trace as
 //!    startup packs. Both timed: the publisher's extra time per image.
 //!
+//! `BENCH_IMAGES=gcc` (or `pyana`) runs one image only.
+//!
 //! Then for each round trip of `BENCH_RTT_MS` (default `0,50`), through a [`LatencyRelay`]
 //! in front of the registry and one in front of `serve`:
 //!
@@ -82,6 +84,31 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// The cases named in `BENCH_IMAGES` (comma-separated `pyana`, `gcc`; default both).
+fn cases_from_env() -> Result<Vec<Case>> {
+    let all = cases();
+    let Ok(wanted) = std::env::var("BENCH_IMAGES") else {
+        return Ok(all);
+    };
+    let names: Vec<&str> = wanted.split(',').map(str::trim).collect();
+    for name in &names {
+        if !all
+            .iter()
+            .any(|c| c.repository.strip_prefix("bench/") == Some(*name))
+        {
+            bail!("BENCH_IMAGES: no bench image {name:?} (pyana, gcc)");
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|c| {
+            names
+                .iter()
+                .any(|n| c.repository.strip_prefix("bench/") == Some(*n))
+        })
+        .collect())
+}
+
 /// An image, published with its startup packs.
 struct Prepared {
     case: Case,
@@ -125,7 +152,7 @@ fn bench(work: &WorkDir) -> Result<()> {
     let repo = Repo::init(&work.path().join("repo"), FQRN, &work.log("publisher-init"))?;
     let server = repo.serve(&work.log("publisher-serve"))?;
     let mut prepared = Vec::new();
-    for case in cases() {
+    for case in cases_from_env()? {
         prepared.push(prepare(work, case, &registry, &repo, &server)?);
     }
 
