@@ -52,7 +52,7 @@
 //! ([`crate::client::quota::CacheStats`]): the difference is the waste.
 
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,25 +135,37 @@ pub enum Content {
     Chunked(Vec<Chunk>, bool),
 }
 
-/// What was queued before: the queue's `seen` state. Each set is cleared when full (what
-/// it held is cached by then).
+/// What was queued before: the queue's `seen` state, as 64-bit keys ([`Inner::key`]:
+/// a whole-layer read sees a hundred thousand directories and files, and a key must cost
+/// little memory). Each set is cleared when full (what it held is cached by then).
 #[derive(Default)]
 struct Seen {
-    /// Directories read ahead, by (root catalog hash, path), and chunked files read ahead
-    /// whole, by ("", their chunk list's key); at most [`MAX_SEEN_DIRS`].
-    dirs: HashSet<(String, String)>,
-    /// ELF files whose libraries were queued, by (root catalog hash, `elf:` path), and
-    /// library names searched, by (root catalog hash, `lib:` hash of the image root, the
-    /// search directories and the name); at most [`MAX_SEEN_LIBRARIES`].
-    libraries: HashSet<(String, String)>,
+    /// Directories read ahead (root catalog hash, path) and chunked files read ahead whole
+    /// (their chunk list); at most [`MAX_SEEN_DIRS`].
+    dirs: HashSet<u64>,
+    /// ELF files whose libraries were queued (root catalog hash, path) and library names
+    /// searched (root catalog hash, image root, search directories, name); at most
+    /// [`MAX_SEEN_LIBRARIES`].
+    libraries: HashSet<u64>,
 }
 
 /// ELF files and library names remembered (per mount process).
 const MAX_SEEN_LIBRARIES: usize = 16 * 1024;
 
+/// What a [`Seen`] key stands for.
+#[derive(Hash)]
+enum Key<'a> {
+    Directory(&'a ContentHash, &'a str),
+    ChunkList(&'a ContentHash, &'a ContentHash, usize, u64),
+    Elf(&'a ContentHash, &'a str),
+    LibraryName(&'a ContentHash, &'a str, &'a [String], &'a str),
+}
+
 struct Inner {
     settings: ReadAheadSettings,
     queue: JobQueue<Job, Seen>,
+    /// Randomly keyed per process: no path can be made to collide on purpose.
+    hasher: RandomState,
 }
 
 /// The read-ahead of one mount process: a bounded queue and its worker threads, stopped
@@ -177,6 +189,7 @@ impl ReadAhead {
         let inner = Arc::new(Inner {
             settings,
             queue: JobQueue::new(Seen::default()),
+            hasher: RandomState::new(),
         });
         let workers = Workers::spawn(threads, "read-ahead", &inner, Inner::work)?;
         Ok(ReadAhead { inner, workers })
@@ -193,7 +206,9 @@ impl ReadAhead {
         if !self.inner.settings.enabled {
             return;
         }
-        let key = (repo.revision().root_hash.to_hex(), dir.to_string());
+        let key = self
+            .inner
+            .key(Key::Directory(&repo.revision().root_hash, dir));
         let mut queue = self.inner.queue.lock();
         if queue.seen.dirs.contains(&key) {
             return;
@@ -210,7 +225,9 @@ impl ReadAhead {
     /// in a startup pack, which lists what a start reads there better than a guess
     /// ([`crate::client::startup`]).
     pub fn known_directory(&self, repo: &Arc<MountedRevision>, dir: &str) {
-        let key = (repo.revision().root_hash.to_hex(), dir.to_string());
+        let key = self
+            .inner
+            .key(Key::Directory(&repo.revision().root_hash, dir));
         let mut queue = self.inner.queue.lock();
         if queue.seen.dirs.len() >= MAX_SEEN_DIRS {
             queue.seen.dirs.clear();
@@ -241,7 +258,7 @@ impl ReadAhead {
         if !matches!(head.read_at(&mut magic, 0), Ok(4)) || magic != elf::MAGIC {
             return;
         }
-        let key = (repo.revision().root_hash.to_hex(), format!("elf:{path}"));
+        let key = self.inner.key(Key::Elf(&repo.revision().root_hash, path));
         let mut queue = self.inner.queue.lock();
         if !self.inner.remember(&mut queue, key) {
             return;
@@ -268,15 +285,12 @@ impl ReadAhead {
         // A file is known by its whole chunk list (first and last chunk, count, size); the
         // key is only made for a file small enough to be read ahead whole.
         let whole = total <= self.inner.settings.whole_chunked_size && {
-            let key = (
-                String::new(),
-                format!(
-                    "{}-{}-{}-{total}",
-                    chunks[0].hash.to_hex(),
-                    chunks[chunks.len() - 1].hash.to_hex(),
-                    chunks.len()
-                ),
-            );
+            let key = self.inner.key(Key::ChunkList(
+                &chunks[0].hash,
+                &chunks[chunks.len() - 1].hash,
+                chunks.len(),
+                total,
+            ));
             self.inner.queue.lock().seen.dirs.insert(key)
         };
         let ahead: Vec<&Chunk> = if whole {
@@ -340,8 +354,13 @@ impl Inner {
         self.queue.notify_one();
     }
 
+    /// The [`Seen`] key of `what`.
+    fn key(&self, what: Key<'_>) -> u64 {
+        self.hasher.hash_one(what)
+    }
+
     /// Adds `key` to the ELF files and library names seen; `false` if it was there.
-    fn remember(&self, queue: &mut Queue<Job, Seen>, key: (String, String)) -> bool {
+    fn remember(&self, queue: &mut Queue<Job, Seen>, key: u64) -> bool {
         let seen = &mut queue.seen.libraries;
         if seen.contains(&key) {
             return false;
@@ -414,13 +433,10 @@ impl Inner {
             return;
         };
         let dirs = library_search::search_dirs(root, origin, &deps);
-        let root_hash = repo.revision().root_hash.to_hex();
+        let root_hash = &repo.revision().root_hash;
         // Names are searched once per image root and search path.
-        let key = |name: &str, dirs: &[String]| {
-            let mut hasher = std::hash::DefaultHasher::new();
-            (root, dirs, name).hash(&mut hasher);
-            (root_hash.clone(), format!("lib:{:016x}", hasher.finish()))
-        };
+        let key =
+            |name: &str, dirs: &[String]| self.key(Key::LibraryName(root_hash, root, dirs, name));
         let interpreter = deps
             .interpreter
             .as_deref()
@@ -462,10 +478,7 @@ impl Inner {
     /// ahead whole, else its headers only), then queues what it needs in turn.
     fn library(&self, repo: &Arc<MountedRevision>, library: Library) {
         let entry = &library.found.entry;
-        let key = (
-            repo.revision().root_hash.to_hex(),
-            format!("elf:{}", library.path),
-        );
+        let key = self.key(Key::Elf(&repo.revision().root_hash, &library.path));
         if entry.is_chunked() {
             let chunks = match repo.chunks(&library.found.catalog, &library.path, entry.size) {
                 Ok(chunks) => chunks,
