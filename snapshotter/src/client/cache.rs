@@ -132,6 +132,19 @@ pub struct ObjectRequest {
     pub size: Option<u64>,
 }
 
+impl ObjectRequest {
+    /// The request for chunk `chunk` of a chunked file stored compressed or not as
+    /// `compressed` says (docs/format.md §4.6: suffix `P`).
+    pub fn chunk(chunk: &catalog::Chunk, compressed: bool) -> ObjectRequest {
+        ObjectRequest {
+            hash: chunk.hash,
+            suffix: Suffix::Partial,
+            compressed,
+            size: Some(chunk.size),
+        }
+    }
+}
+
 /// Outcome of one download, shared with the requests that waited for it.
 #[derive(Default)]
 struct InFlight {

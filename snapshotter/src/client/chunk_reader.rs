@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
-use catalog::{Chunk, Suffix};
+use catalog::Chunk;
 
 use crate::client::cache::{ObjectCache, ObjectRequest, PinnedFile};
 
@@ -39,13 +39,7 @@ impl<'a> ChunkReader<'a> {
     /// The cached file of chunk `index`, fetched first if needed.
     fn chunk_file(&mut self, index: usize) -> std::io::Result<&PinnedFile> {
         if !self.open.contains_key(&index) {
-            let chunk = &self.chunks[index];
-            let req = ObjectRequest {
-                hash: chunk.hash,
-                suffix: Suffix::Partial,
-                compressed: self.compressed,
-                size: Some(chunk.size),
-            };
+            let req = ObjectRequest::chunk(&self.chunks[index], self.compressed);
             let file = self
                 .cache
                 .prefetch_and_open(&req)

@@ -97,15 +97,22 @@ pub fn find_library(
 /// every symbolic link on the way followed inside the root; `None` when it does not
 /// resolve to a regular file (missing, a loop, a directory) or a catalog cannot be read.
 pub fn resolve(repo: &MountedRevision, root: &str, path: &str) -> Option<Library> {
+    // The walk's last lookup is of the path it resolves to: kept, not looked up again.
+    let mut last = None;
     let lookup = |p: &str| match repo.lookup(p) {
-        Ok(found) => found.map(|f| (f.entry.kind, f.entry.symlink)),
+        Ok(found) => {
+            let found = found?;
+            let step = (found.entry.kind, found.entry.symlink.clone());
+            last = Some(found);
+            Some(step)
+        }
         Err(e) => {
             tracing::debug!(path = p, error = %e, "library search: lookup failed");
             None
         }
     };
     let resolved = walk(root, path, lookup)?;
-    let found = repo.lookup(&resolved).ok()??;
+    let found = last?;
     (found.entry.kind == EntryKind::Regular).then(|| Library {
         path: resolved,
         searched: format!("{root}{path}"),

@@ -60,7 +60,7 @@ use std::os::unix::fs::FileExt;
 
 use catalog::{Chunk, ContentHash, EntryKind, Suffix};
 
-use crate::client::cache::ObjectRequest;
+use crate::client::cache::{ObjectCache, ObjectRequest};
 use crate::client::chunk_reader::ChunkReader;
 use crate::client::elf;
 use crate::client::library_search::{self, Library};
@@ -135,6 +135,22 @@ pub enum Content {
     Chunked(Vec<Chunk>, bool),
 }
 
+impl Content {
+    /// What the loader needs after this ELF file ([`elf::dependencies`]), read from the
+    /// cache (a chunked file's chunks fetched as its headers need them); `None` for other
+    /// files or when the object was evicted meanwhile.
+    fn dependencies(&self, cache: &ObjectCache) -> Option<elf::Dependencies> {
+        match self {
+            Content::Whole(hash) => {
+                elf::dependencies(&std::fs::File::open(cache.path_of(hash)).ok()?)
+            }
+            Content::Chunked(chunks, compressed) => {
+                elf::dependencies(ChunkReader::new(cache, chunks, *compressed))
+            }
+        }
+    }
+}
+
 /// What was queued before: the queue's `seen` state, as 64-bit keys ([`Inner::key`]:
 /// a whole-layer read sees a hundred thousand directories and files, and a key must cost
 /// little memory). Each set is cleared when full (what it held is cached by then).
@@ -151,6 +167,18 @@ struct Seen {
 
 /// ELF files and library names remembered (per mount process).
 const MAX_SEEN_LIBRARIES: usize = 16 * 1024;
+
+/// Adds `key` to `set`, clearing the set first when it holds `max` keys; `false` if the
+/// key was there.
+fn insert_bounded(set: &mut HashSet<u64>, key: u64, max: usize) -> bool {
+    if set.contains(&key) {
+        return false;
+    }
+    if set.len() >= max {
+        set.clear();
+    }
+    set.insert(key)
+}
 
 /// What a [`Seen`] key stands for.
 #[derive(Hash)]
@@ -210,13 +238,9 @@ impl ReadAhead {
             .inner
             .key(Key::Directory(&repo.revision().root_hash, dir));
         let mut queue = self.inner.queue.lock();
-        if queue.seen.dirs.contains(&key) {
+        if !insert_bounded(&mut queue.seen.dirs, key, MAX_SEEN_DIRS) {
             return;
         }
-        if queue.seen.dirs.len() >= MAX_SEEN_DIRS {
-            queue.seen.dirs.clear();
-        }
-        queue.seen.dirs.insert(key);
         self.inner
             .push_front(&mut queue, Job::Directory(repo.clone(), dir.to_string()));
     }
@@ -228,11 +252,7 @@ impl ReadAhead {
         let key = self
             .inner
             .key(Key::Directory(&repo.revision().root_hash, dir));
-        let mut queue = self.inner.queue.lock();
-        if queue.seen.dirs.len() >= MAX_SEEN_DIRS {
-            queue.seen.dirs.clear();
-        }
-        queue.seen.dirs.insert(key);
+        insert_bounded(&mut self.inner.queue.lock().seen.dirs, key, MAX_SEEN_DIRS);
     }
 
     /// Regular file `path` of `repo` is being read from its start, `head` being the cached
@@ -309,12 +329,7 @@ impl ReadAhead {
         };
         let reqs: Vec<ObjectRequest> = ahead
             .into_iter()
-            .map(|chunk| ObjectRequest {
-                hash: chunk.hash,
-                suffix: Suffix::Partial,
-                compressed,
-                size: Some(chunk.size),
-            })
+            .map(|chunk| ObjectRequest::chunk(chunk, compressed))
             .filter(|req| !repo.cache().is_cached(req))
             .collect();
         let mut queue = self.inner.queue.lock();
@@ -361,14 +376,7 @@ impl Inner {
 
     /// Adds `key` to the ELF files and library names seen; `false` if it was there.
     fn remember(&self, queue: &mut Queue<Job, Seen>, key: u64) -> bool {
-        let seen = &mut queue.seen.libraries;
-        if seen.contains(&key) {
-            return false;
-        }
-        if seen.len() >= MAX_SEEN_LIBRARIES {
-            seen.clear();
-        }
-        seen.insert(key)
+        insert_bounded(&mut queue.seen.libraries, key, MAX_SEEN_LIBRARIES)
     }
 
     /// A worker: takes jobs until stopped.
@@ -388,7 +396,9 @@ impl Inner {
                     if !self.wait_for_demand(&repo) {
                         return;
                     }
-                    self.needs(&repo, &path, &origin, &content);
+                    if let Some(deps) = content.dependencies(repo.cache()) {
+                        self.needs(&repo, &path, &origin, &deps);
+                    }
                 }
                 Job::Library(repo, library) => {
                     if !self.wait_for_demand(&repo) {
@@ -413,26 +423,20 @@ impl Inner {
     }
 
     /// Queues what the loader opens after the ELF file at `path` (found at `origin`, the
-    /// path whose directory is its `$ORIGIN`) with content `content`: its interpreter and
+    /// path whose directory is its `$ORIGIN`) with dependencies `deps`: its interpreter and
     /// the libraries it needs that no earlier file queued, in the order the loader asks
     /// for them, ahead of other work.
-    fn needs(&self, repo: &Arc<MountedRevision>, path: &str, origin: &str, content: &Content) {
+    fn needs(
+        &self,
+        repo: &Arc<MountedRevision>,
+        path: &str,
+        origin: &str,
+        deps: &elf::Dependencies,
+    ) {
         let Some(root) = namespace::paths::image_root_of(path) else {
             return;
         };
-        let deps = match content {
-            Content::Whole(hash) => match std::fs::File::open(repo.cache().path_of(hash)) {
-                Ok(file) => elf::dependencies(&file),
-                Err(_) => return, // evicted meanwhile
-            },
-            Content::Chunked(chunks, compressed) => {
-                elf::dependencies(ChunkReader::new(repo.cache(), chunks, *compressed))
-            }
-        };
-        let Some(deps) = deps else {
-            return;
-        };
-        let dirs = library_search::search_dirs(root, origin, &deps);
+        let dirs = library_search::search_dirs(root, origin, deps);
         let root_hash = &repo.revision().root_hash;
         // Names are searched once per image root and search path.
         let key =
@@ -491,12 +495,7 @@ impl Inner {
             let reqs: Vec<ObjectRequest> = chunks
                 .iter()
                 .filter(|_| whole)
-                .map(|chunk| ObjectRequest {
-                    hash: chunk.hash,
-                    suffix: Suffix::Partial,
-                    compressed: entry.compressed,
-                    size: Some(chunk.size),
-                })
+                .map(|chunk| ObjectRequest::chunk(chunk, entry.compressed))
                 .filter(|req| !repo.cache().is_cached(req))
                 .collect();
             let mut queue = self.queue.lock();
@@ -521,21 +520,18 @@ impl Inner {
             size: Some(entry.size),
         };
         // Waits for a download in flight (the loader's own, often): its headers are next.
-        match repo.cache().prefetch_and_open(&req) {
-            Ok(Some(_)) => {}
+        let file = match repo.cache().prefetch_and_open(&req) {
+            Ok(Some(file)) => file,
             Ok(None) => return,
             Err(e) => {
                 tracing::debug!(object = %hash, error = %e, "read-ahead failed");
                 return;
             }
-        }
-        if self.remember(&mut self.queue.lock(), key) {
-            self.needs(
-                repo,
-                &library.path,
-                &library.searched,
-                &Content::Whole(hash),
-            );
+        };
+        if self.remember(&mut self.queue.lock(), key)
+            && let Some(deps) = elf::dependencies(&*file)
+        {
+            self.needs(repo, &library.path, &library.searched, &deps);
         }
     }
 

@@ -153,12 +153,10 @@ impl StrataFs {
                                 read_ahead.chunks_after(&repo, chunks, span.index, *compressed);
                             }
                             let started = std::time::Instant::now();
-                            let f = Arc::new(repo.cache().get(&ObjectRequest {
-                                hash: chunk.hash,
-                                suffix: Suffix::Partial,
-                                compressed: *compressed,
-                                size: Some(chunk.size),
-                            })?);
+                            let f = Arc::new(
+                                repo.cache()
+                                    .get(&ObjectRequest::chunk(chunk, *compressed))?,
+                            );
                             log_wait(path, Some(span.index), started);
                             // A chunked program or library: its headers are in chunk 0.
                             if span.index == 0
