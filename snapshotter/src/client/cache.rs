@@ -30,7 +30,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -180,49 +180,17 @@ pub struct ObjectCache {
     pins: Mutex<HashMap<ContentHash, LivePin>>,
     /// Objects whose access was written to the index within [`TOUCH_INTERVAL`].
     recent: Mutex<HashMap<ContentHash, RecentTouch>>,
-    /// Hits not yet added to the index's counter.
-    pending_hits: AtomicU64,
     /// Demand requests (not read-ahead) waiting for a download right now.
     demand: AtomicUsize,
     /// Objects read ahead or prefetched from a pack by this process and not read since,
     /// with their raw size and how they came.
     unread: Mutex<HashMap<ContentHash, (u64, Arrival)>>,
-    /// Raw bytes of read-ahead objects read whose index write failed (retried with the next).
-    pending_read_ahead_used: AtomicU64,
-    /// Raw bytes of prefetched objects read whose index write failed (retried with the next).
-    pending_prefetch_used: AtomicU64,
     /// Objects this process committed from startup packs (cleared past [`MAX_PACKED`]).
     packed: Mutex<std::collections::HashSet<ContentHash>>,
 }
 
 /// Objects remembered as having come from a startup pack; past it, the set starts again.
 const MAX_PACKED: usize = 1 << 20;
-
-impl Drop for ObjectCache {
-    fn drop(&mut self) {
-        let hits = self.pending_hits.swap(0, Ordering::Relaxed);
-        if hits > 0
-            && let Err(e) = self.index.record_hits(hits)
-        {
-            tracing::debug!(error = %e, "cache index: hit counter");
-        }
-        let used = self.pending_read_ahead_used.swap(0, Ordering::Relaxed);
-        if used > 0
-            && let Err(e) = self.index.record_read_ahead(0, used)
-        {
-            tracing::debug!(error = %e, "cache index: read-ahead counter");
-        }
-        let used = self.pending_prefetch_used.swap(0, Ordering::Relaxed);
-        if used > 0
-            && let Err(e) = self.index.record_prefetch(&PrefetchCounts {
-                used_bytes: used,
-                ..PrefetchCounts::default()
-            })
-        {
-            tracing::debug!(error = %e, "cache index: prefetch counter");
-        }
-    }
-}
 
 /// Counts a demand request as waiting for a download while it lives.
 struct DemandGuard<'a>(&'a AtomicUsize);
@@ -286,11 +254,8 @@ impl ObjectCache {
             quota,
             pins: Mutex::new(HashMap::new()),
             recent: Mutex::new(HashMap::new()),
-            pending_hits: AtomicU64::new(0),
             demand: AtomicUsize::new(0),
             unread: Mutex::new(HashMap::new()),
-            pending_read_ahead_used: AtomicU64::new(0),
-            pending_prefetch_used: AtomicU64::new(0),
             packed: Mutex::new(std::collections::HashSet::new()),
         })
     }
@@ -541,7 +506,7 @@ impl ObjectCache {
                 }
                 other => other?,
             };
-            self.index.record_download(fetched)?;
+            self.index.record_download(fetched);
             match catalog::compression::verify(&sink.bytes, &req.hash) {
                 Ok(()) => return Ok(sink.bytes),
                 Err(e) if attempt > 0 => return Err(e.into()),
@@ -608,30 +573,19 @@ impl ObjectCache {
         }
     }
 
-    /// A demand request read `hash`: if read-ahead fetched it, that was no waste (written to
-    /// the index at once: once per object read ahead, like its download).
+    /// A demand request read `hash`: if read-ahead fetched it, that was no waste (counted
+    /// with the index's next write).
     fn note_read(&self, hash: &ContentHash) {
         let Some((size, arrival)) = lock(&self.unread).remove(hash) else {
             return;
         };
         if arrival == Arrival::Pack {
-            let used = self.pending_prefetch_used.swap(0, Ordering::Relaxed) + size;
-            let counts = PrefetchCounts {
-                used_bytes: used,
+            self.index.record_prefetch(&PrefetchCounts {
+                used_bytes: size,
                 ..PrefetchCounts::default()
-            };
-            if let Err(e) = self.index.record_prefetch(&counts) {
-                tracing::debug!(error = %e, "cache index: prefetch counter");
-                self.pending_prefetch_used
-                    .fetch_add(used, Ordering::Relaxed);
-            }
-            return;
-        }
-        let used = self.pending_read_ahead_used.swap(0, Ordering::Relaxed) + size;
-        if let Err(e) = self.index.record_read_ahead(0, used) {
-            tracing::debug!(error = %e, "cache index: read-ahead counter");
-            self.pending_read_ahead_used
-                .fetch_add(used, Ordering::Relaxed);
+            });
+        } else {
+            self.index.record_read_ahead(0, size);
         }
     }
 
@@ -700,14 +654,13 @@ impl ObjectCache {
         suffix: Suffix,
         hit: bool,
     ) -> Result<Touch> {
-        let hits = self.pending_hits.swap(0, Ordering::Relaxed) + u64::from(hit);
-        let touched = self
-            .index
-            .touch(sha, meta.len(), kind_of(suffix), mtime_ns(meta), hits);
-        if touched.is_err() {
-            self.pending_hits.fetch_add(hits, Ordering::Relaxed);
-        }
-        touched
+        self.index.touch(
+            sha,
+            meta.len(),
+            kind_of(suffix),
+            mtime_ns(meta),
+            u64::from(hit),
+        )
     }
 
     /// Opens and pins the committed file if present and plausible, and records the access
@@ -722,7 +675,7 @@ impl ObjectCache {
     fn open_committed_as(&self, req: &ObjectRequest, hit: bool) -> Result<Option<PinnedFile>> {
         if let Some(pinned) = self.live_pin(req) {
             if hit {
-                self.pending_hits.fetch_add(1, Ordering::Relaxed);
+                self.index.record_hits(1);
             }
             return Ok(Some(pinned));
         }
@@ -771,7 +724,7 @@ impl ObjectCache {
         let mtime = mtime_ns(&meta);
         if self.touched_recently(&req.hash, mtime) {
             if hit {
-                self.pending_hits.fetch_add(1, Ordering::Relaxed);
+                self.index.record_hits(1);
             }
         } else {
             match self.touch(&req.hash.to_hex(), &meta, req.suffix, hit)? {
@@ -821,12 +774,12 @@ impl ObjectCache {
                     // A committed download counts its miss in its own index transaction;
                     // any other outcome counts it here.
                     if !matches!(committed, Ok(Some(_))) {
-                        self.index.record_download(fetched)?;
+                        self.index.record_download(fetched);
                     }
                     return committed;
                 }
                 Err(e) => {
-                    self.index.record_download(fetched)?;
+                    self.index.record_download(fetched);
                     if attempt > 0 {
                         return Err(e.into());
                     }
@@ -878,21 +831,15 @@ impl ObjectCache {
             context: format!("stat of the committed file for object {object}"),
             source,
         })?;
-        // One index transaction per download: row, miss and read-ahead.
-        let hits = self.pending_hits.swap(0, Ordering::Relaxed);
-        let written = self.index.commit_download(
+        // Row, miss and read-ahead, with the index's next write.
+        self.index.commit_download(
             &object,
             meta.len(),
             kind_of(req.suffix),
             mtime_ns(&meta),
-            hits,
             fetched,
             arrival,
         );
-        if written.is_err() {
-            self.pending_hits.fetch_add(hits, Ordering::Relaxed);
-        }
-        written?;
         self.note_touch(req.hash, mtime_ns(&meta));
         Ok(Some(actual))
     }
@@ -1132,9 +1079,7 @@ pub(crate) mod tests {
         );
         assert_eq!(src.fetches.load(Ordering::SeqCst), 2);
         assert!(lock(&cache.unread).contains_key(&other), "counted as read");
-        let hits = |c: &ObjectCache| {
-            c.pending_hits.load(Ordering::SeqCst) + c.index().stats().unwrap().hits
-        };
+        let hits = |c: &ObjectCache| c.index().stats().unwrap().hits;
         let before = hits(&cache);
         assert!(
             cache
@@ -1350,13 +1295,14 @@ pub(crate) mod tests {
             )
             .unwrap()
         };
+        cache.index().flush().unwrap();
         let before = acseq();
         assert_eq!(read_all(cache.get(&req(hash, Some(6))).unwrap()), b"shared");
+        cache.index().flush().unwrap();
         assert_eq!(acseq(), before);
-        assert_eq!(cache.index().stats().unwrap().hits, 0);
         drop(cache);
-        // Pending hits reach the counter when the cache is dropped (three: the open that
-        // follows the download counts as one, as it always did).
+        // Hits reach the counter with the index's writes (three: the open that follows
+        // the download counts as one, as it always did).
         let reopened = CacheIndex::open(dir.path()).unwrap();
         assert_eq!(reopened.stats().unwrap().hits, 3);
         assert_eq!(src.fetches.load(Ordering::SeqCst), 1);

@@ -22,9 +22,21 @@
 //! committed, least recently used unlocked objects are deleted until `total + n ≤ quota`
 //! (the stock client cleans down to half the limit; a hard bound is what we promise here).
 //! If the database is missing or unreadable it is rebuilt from the directory contents.
+//!
+//! Writes wait in memory and go to the database together, in one transaction: a
+//! whole-layer read commits a hundred thousand objects and reads each once, and one
+//! transaction per object (or worse, per read, on the reader's path) kept every FUSE and
+//! read-ahead thread queued on the index. Rows (an object committed or accessed) and
+//! counters are written by whichever writer finds [`FLUSH_ROWS`] of them waiting, by a
+//! background thread within [`FLUSH_INTERVAL`], before any eviction, `stats` or `forget`,
+//! and when the index is dropped. A crash loses at most that half second of rows: their
+//! objects are indexed again at their next access (an unindexed file is inserted then),
+//! and counted in the total from then on.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -108,10 +120,64 @@ pub enum Touch {
     New,
 }
 
-/// The index of one cache directory.
+/// Index writes wait in memory at most about this long.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A writer that finds this many rows waiting writes them at once.
+pub const FLUSH_ROWS: usize = 256;
+
+/// The index of one cache directory, with its writes waiting in memory (module docs) and
+/// the thread that writes them; dropping it writes what waits and stops the thread.
 pub struct CacheIndex {
+    shared: Arc<Shared>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+/// What the index handle and its flusher thread share.
+struct Shared {
     root: PathBuf,
     conn: Mutex<Connection>,
+    pending: Mutex<Pending>,
+    /// Set when the handle is dropped: the flusher returns.
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// Writes waiting for the next transaction.
+#[derive(Default)]
+struct Pending {
+    /// Objects committed or accessed, in order (each moves to the recent end of the LRU
+    /// list, or is inserted).
+    rows: Vec<Row>,
+    /// Bytes of the committed objects among `rows` (new to the index, as a rule).
+    committed_bytes: u64,
+    /// The mtime of each committed object among `rows` (what [`CacheIndex::touch`]
+    /// compares with before the row is written).
+    committed_mtimes: std::collections::HashMap<String, i64>,
+    counts: Counts,
+}
+
+/// One object committed or accessed.
+struct Row {
+    sha: String,
+    size: u64,
+    kind: ObjectKind,
+    mtime: i64,
+    /// Committed (its file is new: size and mtime replace what was indexed) rather than
+    /// accessed.
+    committed: bool,
+}
+
+/// Counter increments waiting.
+#[derive(Default)]
+struct Counts {
+    hits: u64,
+    misses: u64,
+    bytes_fetched: u64,
+    readahead_bytes: u64,
+    readahead_used_bytes: u64,
+    prefetch: PrefetchCounts,
+    prefetch_bytes: u64,
 }
 
 const SCHEMA: &str = "
@@ -145,17 +211,9 @@ impl CacheIndex {
         let path = root.join("cachedb");
         let existed = path.exists();
         match Self::open_db(&path) {
-            Ok(conn) if existed => {
-                return Ok(CacheIndex {
-                    root: root.to_path_buf(),
-                    conn: Mutex::new(conn),
-                });
-            }
+            Ok(conn) if existed => return Self::with_connection(root, conn),
             Ok(conn) => {
-                let index = CacheIndex {
-                    root: root.to_path_buf(),
-                    conn: Mutex::new(conn),
-                };
+                let index = Self::with_connection(root, conn)?;
                 index.rebuild()?;
                 return Ok(index);
             }
@@ -167,12 +225,34 @@ impl CacheIndex {
             let _ = std::fs::remove_file(root.join(format!("cachedb{suffix}")));
         }
         let conn = Self::open_db(&path).map_err(|e| db_error("creating", e))?;
-        let index = CacheIndex {
-            root: root.to_path_buf(),
-            conn: Mutex::new(conn),
-        };
+        let index = Self::with_connection(root, conn)?;
         index.rebuild()?;
         Ok(index)
+    }
+
+    /// The handle over an open database, its flusher thread started.
+    fn with_connection(root: &Path, conn: Connection) -> Result<CacheIndex> {
+        let shared = Arc::new(Shared {
+            root: root.to_path_buf(),
+            conn: Mutex::new(conn),
+            pending: Mutex::new(Pending::default()),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let flusher = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("cache-index".into())
+                .spawn(move || shared.flush_periodically())
+                .map_err(|source| Error::Io {
+                    context: "starting the cache index's writer thread".into(),
+                    source,
+                })?
+        };
+        Ok(CacheIndex {
+            shared,
+            flusher: Some(flusher),
+        })
     }
 
     fn open_db(path: &Path) -> rusqlite::Result<Connection> {
@@ -200,7 +280,7 @@ impl CacheIndex {
         let mut files = Vec::new();
         for i in 0..=255u8 {
             let head = format!("{i:02x}");
-            let Ok(entries) = std::fs::read_dir(self.root.join(&head)) else {
+            let Ok(entries) = std::fs::read_dir(self.shared.root.join(&head)) else {
                 continue;
             };
             for entry in entries.flatten() {
@@ -213,7 +293,9 @@ impl CacheIndex {
             }
         }
         files.sort_by_key(|f| f.2);
-        let mut conn = self.lock();
+        let mut conn = self.shared.lock_conn();
+        // Counters that wait are kept; rows are read from the directory again.
+        self.shared.flush_locked(&mut conn)?;
         let tx = conn.transaction().map_err(|e| db_error("rebuild", e))?;
         tx.execute("DELETE FROM cache_catalog", [])
             .map_err(|e| db_error("rebuild", e))?;
@@ -230,13 +312,14 @@ impl CacheIndex {
         set_prop(&tx, "total_size", total as i64)?;
         set_prop(&tx, "seq", files.len() as i64)?;
         tx.commit().map_err(|e| db_error("rebuild", e))?;
-        tracing::info!(root = %self.root.display(), objects = files.len(), bytes = total, "cache index rebuilt");
+        tracing::info!(root = %self.shared.root.display(), objects = files.len(), bytes = total, "cache index rebuilt");
         Ok(())
     }
 
-    /// Records an access to object `sha` and adds `hits` cache hits to the counter: moves
-    /// the object to the most recent end of the LRU list, inserting it with `size`, `kind`
-    /// and `mtime` if it was not indexed. Returns what was known before.
+    /// Records an access to object `sha` and adds `hits` cache hits to the counter: the
+    /// object moves to the most recent end of the LRU list, or is inserted with `size`,
+    /// `kind` and `mtime` if it was not indexed, with the next write (module docs).
+    /// Returns what the index knew: [`Touch::Known`] with the mtime indexed at commit.
     ///
     /// # Errors
     /// [`Error::Io`] on database errors.
@@ -248,98 +331,120 @@ impl CacheIndex {
         mtime: i64,
         hits: u64,
     ) -> Result<Touch> {
-        self.write("touch", |tx| touch_in(tx, sha, size, kind, mtime, hits))
+        let conn = self.shared.lock_conn();
+        let waiting = self
+            .shared
+            .lock_pending()
+            .committed_mtimes
+            .get(sha)
+            .copied();
+        let known: Option<i64> = match waiting {
+            Some(mtime) => Some(mtime),
+            None => conn
+                .prepare_cached("SELECT mtime FROM cache_catalog WHERE sha = ?1")
+                .and_then(|mut stmt| stmt.query_row([sha], |r| r.get(0)).optional())
+                .map_err(|e| db_error("touch", e))?,
+        };
+        self.shared.queue(
+            Row {
+                sha: sha.to_string(),
+                size,
+                kind,
+                mtime,
+                committed: false,
+            },
+            |c| c.hits += hits,
+        );
+        self.shared.flush_if_full(conn);
+        Ok(known.map_or(Touch::New, Touch::Known))
     }
 
-    /// A download committed to the cache, in one transaction: the object's row as
-    /// [`CacheIndex::touch`] writes it, a miss of `fetched` stored bytes, and, for
-    /// read-ahead, `size` more bytes read ahead.
-    ///
-    /// # Errors
-    /// [`Error::Io`] on database errors.
-    #[allow(clippy::too_many_arguments)]
+    /// A download committed to the cache: the object's row as [`CacheIndex::touch`]
+    /// writes it, a miss of `fetched` stored bytes (not for a pack member: the pack's
+    /// download is the miss), and `size` more bytes read ahead or prefetched, written
+    /// with the next write (module docs).
     pub fn commit_download(
         &self,
         sha: &str,
         size: u64,
         kind: ObjectKind,
         mtime: i64,
-        hits: u64,
         fetched: u64,
         arrival: Arrival,
-    ) -> Result<Touch> {
-        self.write("download", |tx| {
-            let result = touch_in(tx, sha, size, kind, mtime, hits)?;
+    ) {
+        let row = Row {
+            sha: sha.to_string(),
+            size,
+            kind,
+            mtime,
+            committed: true,
+        };
+        self.shared.queue(row, |c| {
             if arrival != Arrival::Pack {
-                add_prop(tx, "misses", 1)?;
-                add_prop(tx, "bytes_fetched", fetched as i64)?;
+                c.misses += 1;
+                c.bytes_fetched += fetched;
             }
             match arrival {
                 Arrival::Demand => {}
-                Arrival::ReadAhead => add_prop(tx, "readahead_bytes", size as i64)?,
-                Arrival::Pack => add_prop(tx, "prefetch_bytes", size as i64)?,
+                Arrival::ReadAhead => c.readahead_bytes += size,
+                Arrival::Pack => c.prefetch_bytes += size,
             }
-            Ok(result)
-        })
+        });
+        if self.shared.rows_waiting() >= FLUSH_ROWS {
+            self.shared.flush_if_full(self.shared.lock_conn());
+        }
     }
 
-    /// Adds `hits` cache hits (answered without writing the index) to the counter.
-    ///
-    /// # Errors
-    /// [`Error::Io`] on database errors.
-    pub fn record_hits(&self, hits: u64) -> Result<()> {
-        let conn = self.lock();
-        add_prop(&conn, "hits", hits as i64)
+    /// Adds `hits` cache hits (answered without an access row) to the counter.
+    pub fn record_hits(&self, hits: u64) {
+        self.shared.count(|c| c.hits += hits);
     }
 
-    /// Records a download of `bytes` stored bytes (a cache miss).
-    ///
-    /// # Errors
-    /// [`Error::Io`] on database errors.
-    pub fn record_download(&self, bytes: u64) -> Result<()> {
-        self.write("counters", |tx| {
-            add_prop(tx, "misses", 1)?;
-            add_prop(tx, "bytes_fetched", bytes as i64)
-        })
+    /// Records a download of `bytes` stored bytes (a cache miss) that committed nothing.
+    pub fn record_download(&self, bytes: u64) {
+        self.shared.count(|c| {
+            c.misses += 1;
+            c.bytes_fetched += bytes;
+        });
     }
 
     /// Adds to the read-ahead counters: raw bytes read ahead, and raw bytes of read-ahead
     /// objects later read.
-    ///
-    /// # Errors
-    /// [`Error::Io`] on database errors.
-    pub fn record_read_ahead(&self, fetched: u64, used: u64) -> Result<()> {
-        self.write("counters", |tx| {
-            add_prop(tx, "readahead_bytes", fetched as i64)?;
-            add_prop(tx, "readahead_used_bytes", used as i64)
-        })
+    pub fn record_read_ahead(&self, fetched: u64, used: u64) {
+        self.shared.count(|c| {
+            c.readahead_bytes += fetched;
+            c.readahead_used_bytes += used;
+        });
     }
 
     /// Adds to the startup-pack counters ([`CacheStats`]'s `prefetch_*`).
-    ///
-    /// # Errors
-    /// [`Error::Io`] on database errors.
-    pub fn record_prefetch(&self, counts: &PrefetchCounts) -> Result<()> {
-        self.write("counters", |tx| {
-            add_prop(tx, "prefetch_packs", counts.packs as i64)?;
-            add_prop(tx, "prefetch_failed_packs", counts.failed_packs as i64)?;
-            add_prop(
-                tx,
-                "prefetch_rejected_objects",
-                counts.rejected_objects as i64,
-            )?;
-            add_prop(tx, "prefetch_used_bytes", counts.used_bytes as i64)?;
-            add_prop(tx, "prefetch_ms", counts.ms as i64)
-        })
+    pub fn record_prefetch(&self, counts: &PrefetchCounts) {
+        self.shared.count(|c| {
+            c.prefetch.packs += counts.packs;
+            c.prefetch.failed_packs += counts.failed_packs;
+            c.prefetch.rejected_objects += counts.rejected_objects;
+            c.prefetch.used_bytes += counts.used_bytes;
+            c.prefetch.ms += counts.ms;
+        });
     }
 
-    /// Bytes of all indexed objects.
+    /// Writes what waits now.
+    ///
+    /// # Errors
+    /// [`Error::Io`] on database errors (what waited is then lost, see the module docs).
+    pub fn flush(&self) -> Result<()> {
+        let mut conn = self.shared.lock_conn();
+        self.shared.flush_locked(&mut conn)
+    }
+
+    /// Bytes of all indexed objects, and of those committed but not written yet.
     ///
     /// # Errors
     /// [`Error::Io`] on database errors.
     pub fn total_size(&self) -> Result<u64> {
-        let conn = self.lock();
-        get_prop(&conn, "total_size").map(|v| v.max(0) as u64)
+        let conn = self.shared.lock_conn();
+        let indexed = get_prop(&conn, "total_size")?.max(0) as u64;
+        Ok(indexed + self.shared.lock_pending().committed_bytes)
     }
 
     /// Removes `sha` from the index and deletes its file (a corrupted or vanished object).
@@ -370,7 +475,8 @@ impl CacheIndex {
     }
 
     fn evict_while(&self, mut more: impl FnMut(u64) -> bool) -> Result<u64> {
-        let mut conn = self.lock();
+        let mut conn = self.shared.lock_conn();
+        self.shared.flush_locked(&mut conn)?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| db_error("evict", e))?;
@@ -414,12 +520,13 @@ impl CacheIndex {
         Ok(freed)
     }
 
-    /// Totals and counters.
+    /// Totals and counters (what waited written first).
     ///
     /// # Errors
     /// [`Error::Io`] on database errors.
     pub fn stats(&self) -> Result<CacheStats> {
-        let conn = self.lock();
+        let mut conn = self.shared.lock_conn();
+        self.shared.flush_locked(&mut conn)?;
         let entries: i64 = conn
             .query_row("SELECT count(*) FROM cache_catalog", [], |r| r.get(0))
             .map_err(|e| db_error("stats", e))?;
@@ -444,27 +551,153 @@ impl CacheIndex {
     /// The cache file of `sha`.
     fn file_of(&self, sha: &str) -> PathBuf {
         let (head, rest) = sha.split_at(2.min(sha.len()));
-        self.root.join(head).join(rest)
+        self.shared.root.join(head).join(rest)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Runs `body` in one (deferred) transaction, committed if it succeeds and rolled back
-    /// if it fails; database errors name `context`.
+    /// Runs `body` in one (deferred) transaction after what waited is written, committed
+    /// if it succeeds and rolled back if it fails; database errors name `context`.
     fn write<T>(
         &self,
         context: &str,
         body: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = self.lock();
+        let mut conn = self.shared.lock_conn();
+        self.shared.flush_locked(&mut conn)?;
         let tx = conn.transaction().map_err(|e| db_error(context, e))?;
         let result = body(&tx)?;
         tx.commit().map_err(|e| db_error(context, e))?;
         Ok(result)
+    }
+}
+
+impl Drop for CacheIndex {
+    fn drop(&mut self) {
+        *self
+            .shared
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        self.shared.wake.notify_all();
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "cache index: the last writes were lost");
+        }
+    }
+}
+
+impl Shared {
+    fn lock_conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `row` with counter changes `count`.
+    fn queue(&self, row: Row, count: impl FnOnce(&mut Counts)) {
+        let mut pending = self.lock_pending();
+        if row.committed {
+            pending.committed_bytes += row.size;
+            pending.committed_mtimes.insert(row.sha.clone(), row.mtime);
+        }
+        pending.rows.push(row);
+        count(&mut pending.counts);
+    }
+
+    /// Counter changes only.
+    fn count(&self, count: impl FnOnce(&mut Counts)) {
+        count(&mut self.lock_pending().counts);
+    }
+
+    fn rows_waiting(&self) -> usize {
+        self.lock_pending().rows.len()
+    }
+
+    /// Writes what waits if [`FLUSH_ROWS`] rows do (a failure is logged: the rows'
+    /// objects are indexed again at their next access).
+    fn flush_if_full(&self, mut conn: MutexGuard<'_, Connection>) {
+        if self.rows_waiting() >= FLUSH_ROWS
+            && let Err(e) = self.flush_locked(&mut conn)
+        {
+            tracing::warn!(error = %e, "cache index: writes lost");
+        }
+    }
+
+    /// The flusher thread: writes what waits every [`FLUSH_INTERVAL`] until stopped.
+    fn flush_periodically(&self) {
+        let mut stop = self.stop.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*stop {
+            stop = self
+                .wake
+                .wait_timeout(stop, FLUSH_INTERVAL)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            if *stop {
+                break;
+            }
+            drop(stop);
+            if let Err(e) = self.flush_locked(&mut self.lock_conn()) {
+                tracing::warn!(error = %e, "cache index: writes lost");
+            }
+            stop = self.stop.lock().unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Writes what waits in one transaction, `conn` being the locked connection.
+    fn flush_locked(&self, conn: &mut Connection) -> Result<()> {
+        let pending = std::mem::take(&mut *self.lock_pending());
+        if pending.rows.is_empty() && pending.counts.is_empty() {
+            return Ok(());
+        }
+        let tx = conn.transaction().map_err(|e| db_error("write", e))?;
+        let mut seq = get_prop(&tx, "seq")?;
+        let mut added = 0i64;
+        for row in &pending.rows {
+            seq += 1;
+            added += touch_in(&tx, row, seq)?;
+        }
+        if !pending.rows.is_empty() {
+            set_prop(&tx, "seq", seq)?;
+        }
+        let c = &pending.counts;
+        let counters: [(&str, i64); 12] = [
+            ("total_size", added),
+            ("hits", c.hits as i64),
+            ("misses", c.misses as i64),
+            ("bytes_fetched", c.bytes_fetched as i64),
+            ("readahead_bytes", c.readahead_bytes as i64),
+            ("readahead_used_bytes", c.readahead_used_bytes as i64),
+            ("prefetch_packs", c.prefetch.packs as i64),
+            ("prefetch_failed_packs", c.prefetch.failed_packs as i64),
+            (
+                "prefetch_rejected_objects",
+                c.prefetch.rejected_objects as i64,
+            ),
+            ("prefetch_bytes", c.prefetch_bytes as i64),
+            ("prefetch_used_bytes", c.prefetch.used_bytes as i64),
+            ("prefetch_ms", c.prefetch.ms as i64),
+        ];
+        for (key, delta) in counters {
+            if delta != 0 {
+                add_prop(&tx, key, delta)?;
+            }
+        }
+        tx.commit().map_err(|e| db_error("write", e))
+    }
+}
+
+impl Counts {
+    fn is_empty(&self) -> bool {
+        self.hits == 0
+            && self.misses == 0
+            && self.bytes_fetched == 0
+            && self.readahead_bytes == 0
+            && self.readahead_used_bytes == 0
+            && self.prefetch == PrefetchCounts::default()
+            && self.prefetch_bytes == 0
     }
 }
 
@@ -509,49 +742,43 @@ pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
         .saturating_add(meta.mtime_nsec())
 }
 
-/// The row and counters of [`CacheIndex::touch`], inside transaction `tx`.
-fn touch_in(
-    tx: &rusqlite::Transaction<'_>,
-    sha: &str,
-    size: u64,
-    kind: ObjectKind,
-    mtime: i64,
-    hits: u64,
-) -> Result<Touch> {
-    let seq = get_prop(tx, "seq")? + 1;
-    set_prop(tx, "seq", seq)?;
-    if hits > 0 {
-        add_prop(tx, "hits", hits as i64)?;
-    }
-    let known: Option<i64> = tx
-        .query_row(
-            "SELECT mtime FROM cache_catalog WHERE sha = ?1",
-            [sha],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| db_error("touch", e))?;
-    let result = match known {
-        Some(m) => {
-            tx.execute(
-                "UPDATE cache_catalog SET acseq = ?2 WHERE sha = ?1",
-                params![sha, seq],
+/// Writes `row` with access sequence number `seq` inside transaction `tx`: moves an
+/// indexed object to the recent end (a committed one also takes the new file's size and
+/// mtime), or inserts it; the bytes it adds to the total.
+fn touch_in(tx: &rusqlite::Transaction<'_>, row: &Row, seq: i64) -> Result<i64> {
+    let err = |e| db_error("touch", e);
+    let indexed: Option<i64> = tx
+        .prepare_cached("SELECT size FROM cache_catalog WHERE sha = ?1")
+        .and_then(|mut stmt| stmt.query_row([&row.sha], |r| r.get(0)).optional())
+        .map_err(err)?;
+    let size = row.size as i64;
+    match indexed {
+        Some(_) if !row.committed => {
+            tx.prepare_cached("UPDATE cache_catalog SET acseq = ?2 WHERE sha = ?1")
+                .and_then(|mut stmt| stmt.execute(params![row.sha, seq]))
+                .map_err(err)?;
+            Ok(0)
+        }
+        Some(old) => {
+            tx.prepare_cached(
+                "UPDATE cache_catalog SET acseq = ?2, size = ?3, mtime = ?4 WHERE sha = ?1",
             )
-            .map_err(|e| db_error("touch", e))?;
-            Touch::Known(m)
+            .and_then(|mut stmt| stmt.execute(params![row.sha, seq, size, row.mtime]))
+            .map_err(err)?;
+            Ok(size - old)
         }
         None => {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO cache_catalog (sha, size, acseq, type, pinned, mtime) \
                      VALUES (?1, ?2, ?3, ?4, 0, ?5)",
-                params![sha, size as i64, seq, kind as i64, mtime],
             )
-            .map_err(|e| db_error("touch", e))?;
-            add_prop(tx, "total_size", size as i64)?;
-            Touch::New
+            .and_then(|mut stmt| {
+                stmt.execute(params![row.sha, size, seq, row.kind as i64, row.mtime])
+            })
+            .map_err(err)?;
+            Ok(size)
         }
-    };
-    Ok(result)
+    }
 }
 
 fn remove_row(tx: &rusqlite::Transaction<'_>, sha: &str) -> Result<()> {
@@ -570,31 +797,27 @@ fn remove_row(tx: &rusqlite::Transaction<'_>, sha: &str) -> Result<()> {
 }
 
 fn get_prop(conn: &Connection, key: &str) -> Result<i64> {
-    conn.query_row("SELECT value FROM properties WHERE key = ?1", [key], |r| {
-        r.get(0)
-    })
-    .optional()
-    .map(|v| v.unwrap_or(0))
-    .map_err(|e| db_error("properties", e))
+    conn.prepare_cached("SELECT value FROM properties WHERE key = ?1")
+        .and_then(|mut stmt| stmt.query_row([key], |r| r.get(0)).optional())
+        .map(|v| v.unwrap_or(0))
+        .map_err(|e| db_error("properties", e))
 }
 
 fn set_prop(conn: &Connection, key: &str, value: i64) -> Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO properties (key, value) VALUES (?1, ?2) \
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![key, value],
     )
+    .and_then(|mut stmt| stmt.execute(params![key, value]))
     .map(drop)
     .map_err(|e| db_error("properties", e))
 }
 
 fn add_prop(conn: &Connection, key: &str, delta: i64) -> Result<()> {
-    conn.execute(
-        "UPDATE properties SET value = value + ?2 WHERE key = ?1",
-        params![key, delta],
-    )
-    .map(drop)
-    .map_err(|e| db_error("properties", e))
+    conn.prepare_cached("UPDATE properties SET value = value + ?2 WHERE key = ?1")
+        .and_then(|mut stmt| stmt.execute(params![key, delta]))
+        .map(drop)
+        .map_err(|e| db_error("properties", e))
 }
 
 #[cfg(test)]
@@ -650,6 +873,61 @@ mod tests {
     }
 
     #[test]
+    fn writes_wait_and_reach_the_database_together_within_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = CacheIndex::open(dir.path()).unwrap();
+        let m = put(dir.path(), "ab01", 10);
+        idx.commit_download("ab01", 10, ObjectKind::Regular, m, 7, Arrival::ReadAhead);
+        idx.record_read_ahead(0, 4);
+        // Counted in the total and known to touch before the row is written.
+        assert_eq!(idx.total_size().unwrap(), 10);
+        assert_eq!(
+            idx.touch("ab01", 10, ObjectKind::Regular, m, 1).unwrap(),
+            Touch::Known(m)
+        );
+        // Another connection (another process) sees it all within the flush interval.
+        let other = Connection::open(dir.path().join("cachedb")).unwrap();
+        let prop = |k: &str| -> i64 {
+            other
+                .query_row("SELECT value FROM properties WHERE key = ?1", [k], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+        };
+        let deadline = std::time::Instant::now() + FLUSH_INTERVAL * 10;
+        while prop("readahead_used_bytes") == 0 {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let row: (i64, i64) = other
+            .query_row(
+                "SELECT size, mtime FROM cache_catalog WHERE sha = 'ab01'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(row, (10, m));
+        assert_eq!(
+            [
+                "total_size",
+                "misses",
+                "bytes_fetched",
+                "readahead_bytes",
+                "readahead_used_bytes",
+                "hits"
+            ]
+            .map(prop),
+            [10, 1, 7, 10, 4, 1]
+        );
+        // A new download of an indexed object replaces its size and mtime.
+        idx.commit_download("ab01", 12, ObjectKind::Regular, m + 1, 9, Arrival::Demand);
+        idx.record_hits(2);
+        drop(idx);
+        let s = CacheIndex::open(dir.path()).unwrap().stats().unwrap();
+        assert_eq!((s.size, s.entries, s.misses, s.hits), (12, 1, 2, 3));
+    }
+
+    #[test]
     fn the_sqlite_memory_limit_is_accepted() {
         limit_sqlite_memory(16 << 20).unwrap();
         let conn = Connection::open_in_memory().unwrap();
@@ -666,7 +944,7 @@ mod tests {
             let idx = CacheIndex::open(dir.path()).unwrap();
             let m = put(dir.path(), "ab12", 10);
             idx.touch("ab12", 10, ObjectKind::Catalog, m, 0).unwrap();
-            idx.record_download(7).unwrap();
+            idx.record_download(7);
         }
         let idx = CacheIndex::open(dir.path()).unwrap();
         let s = idx.stats().unwrap();

@@ -266,9 +266,7 @@ impl Inner {
                 }
             }
             counts.ms = started.elapsed().as_millis() as u64;
-            if let Err(e) = job.repo.cache().index().record_prefetch(&counts) {
-                tracing::debug!(error = %e, "cache index: prefetch counters");
-            }
+            job.repo.cache().index().record_prefetch(&counts);
         }
     }
 }

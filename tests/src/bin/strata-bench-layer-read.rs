@@ -15,7 +15,8 @@
 //!
 //! Clients: `strata-snapshotter mount` (read-ahead on, the default), the same with
 //! `--no-read-ahead`, and stock `cvmfs2` when installed (`BENCH_STOCK=0` leaves it out,
-//! `BENCH_STOCK=1` requires it). Measured: wall times, GETs and bytes the server sent
+//! `BENCH_STOCK=1` requires it). `BENCH_CLIENTS=strata,no-read-ahead,stock` picks rows (all by
+//! default), `BENCH_MOUNT_OPTIONS` adds options to Strata's mounts (A/B runs). Measured: wall times, GETs and bytes the server sent
 //! (serve's access log), peak RSS of the mount process (`VmHWM`). Prints a Markdown table
 //! on stdout, progress on stderr. Needs root, `/dev/fuse`, the tools of
 //! `scripts/install-deps` and a release build (`cargo build --release -p publisher -p
@@ -72,6 +73,18 @@ fn bench(work: &WorkDir) -> Result<()> {
         Ok(other) if !other.is_empty() => bail!("BENCH_STOCK={other:?}: use 0 or 1"),
         _ => which("cvmfs2").is_some(),
     };
+    let clients = match std::env::var("BENCH_CLIENTS") {
+        Ok(list) if !list.is_empty() => list.split(',').map(str::to_string).collect(),
+        _ => vec!["strata".into(), "no-read-ahead".into(), "stock".into()],
+    };
+    if let Some(bad) = clients
+        .iter()
+        .find(|c| !["strata", "no-read-ahead", "stock"].contains(&c.as_str()))
+    {
+        bail!("BENCH_CLIENTS: unknown client {bad:?} (use strata, no-read-ahead, stock)");
+    }
+    let stock = stock && clients.iter().any(|c| c == "stock");
+    let extra_options = std::env::var("BENCH_MOUNT_OPTIONS").unwrap_or_default();
     check_prerequisites()?;
     let started = utc_now();
     let load_start = load_average();
@@ -106,6 +119,14 @@ fn bench(work: &WorkDir) -> Result<()> {
 
     let mut rows = Vec::new();
     for (client, read_ahead) in [("Strata", true), ("Strata, no read-ahead", false)] {
+        let name = if read_ahead {
+            "strata"
+        } else {
+            "no-read-ahead"
+        };
+        if !clients.iter().any(|c| c == name) {
+            continue;
+        }
         let dir = work.subdir(&client.replace([' ', ','], "-"))?;
         let (cache, mountpoint) = (dir.join("cache"), dir.join("mnt"));
         let args = MountArgs {
@@ -115,15 +136,14 @@ fn bench(work: &WorkDir) -> Result<()> {
             cache: &cache,
             mountpoint: &mountpoint,
         };
-        let options: &[&str] = if read_ahead {
-            &[]
-        } else {
-            &["--no-read-ahead"]
-        };
+        let mut options: Vec<&str> = extra_options.split_whitespace().collect();
+        if !read_ahead {
+            options.push("--no-read-ahead");
+        }
         let mut mount = FuseMount::start_with_options(
             &args,
             None,
-            options,
+            &options,
             &work.log(&format!("mount-{read_ahead}")),
         )?;
         let row = measure(client, &mountpoint.join(&layer_rel), &server, work, || {
