@@ -842,6 +842,52 @@ fn read_ahead_fetches_a_directory_s_small_files_once_and_they_are_then_read_from
 }
 
 #[test]
+fn a_listing_hands_the_kernel_each_entry_so_stat_and_open_ask_no_lookup() {
+    require_root_and_fuse();
+    let files: Vec<(String, Vec<u8>)> = (0..40u64)
+        .map(|i| (format!("/d/f{i:02}"), pseudo_random(100 + i as usize, i)))
+        .chain([("/d/sub/x".to_string(), b"x".to_vec())])
+        .collect();
+    let (work, repo, server, mnt) = serve_flat_repo(&files);
+    let mut cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
+    // fuser logs every request it dispatches at debug.
+    cmd.env("RUST_LOG", "info,fuser=debug");
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    let dir = mnt.join("d");
+    // What `tar` and `find` do: list, then stat (and open) every entry.
+    let mut listed: Vec<(String, u64)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            (e.file_name().to_string_lossy().into_owned(), meta.len())
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed.len(), 41);
+    assert_eq!(listed[0], ("f00".to_string(), 100));
+    assert_eq!(listed[40].0, "sub");
+    for (path, body) in &files {
+        assert_eq!(
+            &std::fs::read(mnt.join(&path[1..])).unwrap(),
+            body,
+            "{path}"
+        );
+    }
+    let log = m.log_text();
+    assert!(log.contains("READDIRPLUS"), "no READDIRPLUS:\n{log}");
+    let lookups: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("LOOKUP name \"f") || l.contains("LOOKUP name \"sub\""))
+        .collect();
+    assert!(
+        lookups.is_empty(),
+        "entries listed with READDIRPLUS were looked up again: {lookups:?}"
+    );
+    m.stop();
+}
+
+#[test]
 fn opening_an_elf_file_reads_ahead_the_libraries_the_loader_needs() {
     require_root_and_fuse();
     // A flattened image root, merged /usr. `prog` needs libstrata-a.so.1 (found through

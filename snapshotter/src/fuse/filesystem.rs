@@ -25,7 +25,8 @@ use catalog::EntryKind;
 use fuser::{
     Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
 };
 
 use super::errno::report;
@@ -34,7 +35,9 @@ use super::xattr::{reply_sized, xattr_names};
 use super::{StrataFs, TTL, file_attr, lock};
 
 /// Capabilities asked of the kernel at `INIT` beyond fuser's defaults.
-const WANTED_CAPABILITIES: InitFlags = InitFlags::FUSE_CACHE_SYMLINKS;
+const WANTED_CAPABILITIES: InitFlags = InitFlags::FUSE_CACHE_SYMLINKS
+    .union(InitFlags::FUSE_DO_READDIRPLUS)
+    .union(InitFlags::FUSE_READDIRPLUS_AUTO);
 
 /// Open flags of regular files: keep the page cache across opens (a revision never
 /// changes; a switch invalidates it) and skip `FLUSH` on close (nothing to write back).
@@ -296,22 +299,47 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let items = self
-            .dirs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&fh.0)
-            .cloned();
-        let items = match items {
-            Some(items) => items,
-            None if self.no_opendir || self.shared.adopted => match self.listing_of_inode(ino) {
-                Ok(items) => items,
-                Err(e) => return reply.error(e),
-            },
-            None => return reply.error(Errno::EBADF),
+        let items = match self.listing_for(ino, fh) {
+            Ok(items) => items,
+            Err(e) => return reply.error(e),
         };
-        for (i, (ino, kind, name)) in items.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, os_name(name)) {
+        for (i, item) in items.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(item.ino),
+                (i + 1) as u64,
+                item.kind,
+                os_name(&item.name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    /// A listing with each entry's attributes: the kernel takes them as `LOOKUP` replies
+    /// (the dentries and attributes of [`TTL`]), so that a `stat` or an `open` of a listed
+    /// entry asks nothing more. `.` and `..` are not looked up by the kernel.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let items = match self.listing_for(ino, fh) {
+            Ok(items) => items,
+            Err(e) => return reply.error(e),
+        };
+        for (i, item) in items.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(item.ino),
+                (i + 1) as u64,
+                os_name(&item.name),
+                &TTL,
+                &item.attr,
+                Generation(0),
+            ) {
                 break;
             }
         }

@@ -1,25 +1,52 @@
 //! Directory listings: `.`, `..` and the children of a directory in one revision, with
-//! inodes allocated for every child. With a handle (`OPENDIR`) a listing lives as long as
+//! inodes allocated for every child and their attributes (a `READDIRPLUS` hands the
+//! kernel each child's entry with the listing, so that a program that lists a directory
+//! and then `stat`s or opens its entries — `tar`, `find`, `ls -l`, Python's imports —
+//! sends no `LOOKUP` for them). With a handle (`OPENDIR`) a listing lives as long as
 //! the handle; in no-open mode (no `OPENDIR`, see [`super::filesystem`]) listings are kept
 //! per directory inode in a small LRU, tagged with the generation they were made in.
 
 use std::sync::Arc;
 
 use catalog::EntryKind;
-use fuser::{Errno, FileType, INodeNo};
+use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo};
 
 use super::errno::report;
 use super::{Node, ROOT_INODE, StrataFs, attr, lock};
 use crate::Result;
 use crate::client::repository::MountedRevision;
 
-/// One listed directory: `(inode, type, name)` including `.` and `..`.
-pub(super) type DirListing = Vec<(u64, FileType, String)>;
+/// One entry of a listing.
+pub(super) struct Listed {
+    pub(super) ino: u64,
+    pub(super) kind: FileType,
+    pub(super) name: String,
+    pub(super) attr: FileAttr,
+}
+
+/// One listed directory, `.` and `..` first.
+pub(super) type DirListing = Vec<Listed>;
 
 /// Directory listings kept in no-open mode (by inode), for `readdir` without a handle.
 pub(super) const LISTINGS: usize = 256;
 
 impl StrataFs {
+    /// The listing a `READDIR` or `READDIRPLUS` of directory `ino` reads: the one made at
+    /// `OPENDIR` for handle `fh`, or without a handle (no-opendir mode, or a directory a
+    /// predecessor opened) the inode's.
+    pub(super) fn listing_for(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+    ) -> std::result::Result<Arc<DirListing>, Errno> {
+        let items = lock(&self.dirs).get(&fh.0).cloned();
+        match items {
+            Some(items) => Ok(items),
+            None if self.no_opendir || self.shared.adopted => self.listing_of_inode(ino),
+            None => Err(Errno::EBADF),
+        }
+    }
+
     /// No-open mode: the listing of directory `ino`, from the LRU when made in the current
     /// generation.
     pub(super) fn listing_of_inode(
@@ -64,8 +91,9 @@ impl StrataFs {
         node: &Node,
     ) -> Result<Option<DirListing>> {
         let children = repo.list(&node.path)?;
-        let parent_ino = if node.path.is_empty() {
-            ROOT_INODE
+        let own = attr::file_attr(node.ino, &node.entry);
+        let parent_attr = if node.path.is_empty() {
+            own
         } else {
             let parent = catalog::parent_path(&node.path);
             match repo.lookup(parent)? {
@@ -76,14 +104,23 @@ impl StrataFs {
                     else {
                         return Ok(None);
                     };
-                    p.ino
+                    attr::file_attr(p.ino, &p.entry)
                 }
-                None => ROOT_INODE,
+                None => FileAttr {
+                    ino: INodeNo(ROOT_INODE),
+                    ..own
+                },
             }
         };
         let mut items = Vec::with_capacity(children.len() + 2);
-        items.push((node.ino, FileType::Directory, ".".to_string()));
-        items.push((parent_ino, FileType::Directory, "..".to_string()));
+        for (name, attr) in [(".", own), ("..", parent_attr)] {
+            items.push(Listed {
+                ino: attr.ino.0,
+                kind: FileType::Directory,
+                name: name.to_string(),
+                attr,
+            });
+        }
         for found in children {
             let path = format!("{}/{}", node.path, found.entry.name);
             let name = found.entry.name.clone();
@@ -97,7 +134,12 @@ impl StrataFs {
             ) else {
                 return Ok(None);
             };
-            items.push((child.ino, attr::file_type(&child.entry), name));
+            items.push(Listed {
+                ino: child.ino,
+                kind: attr::file_type(&child.entry),
+                name,
+                attr: attr::file_attr(child.ino, &child.entry),
+            });
         }
         Ok(Some(items))
     }
