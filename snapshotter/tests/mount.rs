@@ -888,6 +888,75 @@ fn a_listing_hands_the_kernel_each_entry_so_stat_and_open_ask_no_lookup() {
 }
 
 #[test]
+fn a_reader_that_reads_every_file_gets_larger_files_and_subdirectories_read_ahead() {
+    require_root_and_fuse();
+    // Seven directories of five small files and one over the read-ahead size limit, the
+    // last with a subdirectory.
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for d in 0..7u64 {
+        for f in 0..5u64 {
+            let seed = d * 10 + f;
+            files.push((
+                format!("/t/d{d}/f{f}"),
+                pseudo_random(3000 + seed as usize, seed),
+            ));
+        }
+        files.push((format!("/t/d{d}/big"), pseudo_random(1_500_000, 100 + d)));
+    }
+    files.push(("/t/d6/sub/s0".into(), pseudo_random(2000, 999)));
+    let (work, repo, server, mnt) = serve_flat_repo(&files);
+    let cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    let requested = |path: &str| {
+        let body = &files.iter().find(|(p, _)| p == path).unwrap().1;
+        server.requests_for(&object_of(&repo.store, body))
+    };
+    let read = |path: &str| {
+        let body = &files.iter().find(|(p, _)| p == path).unwrap().1;
+        assert_eq!(
+            &std::fs::read(mnt.join(&path[1..])).unwrap(),
+            body,
+            "{path}"
+        );
+    };
+    // Not a scan yet: a large file is fetched only when read.
+    read("/t/d0/f0");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        requested("/t/d0/big"),
+        0,
+        "a large file read ahead before any scan"
+    );
+    // Read every file of five directories, as tar does...
+    for d in 0..5 {
+        for f in 0..5 {
+            read(&format!("/t/d{d}/f{f}"));
+        }
+        read(&format!("/t/d{d}/big"));
+    }
+    // ...then the first file of the sixth: its large file and its neighbours' come ahead.
+    read("/t/d5/f0");
+    m.wait_until(
+        "a scan's read-ahead of large files and subdirectories",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || requested("/t/d5/big") == 1,
+    );
+    read("/t/d6/f0");
+    m.wait_until(
+        "a subdirectory read ahead",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || requested("/t/d6/sub/s0") == 1 && requested("/t/d6/big") == 1,
+    );
+    for (path, _) in &files {
+        read(path);
+        assert_eq!(requested(path), 1, "{path} fetched more than once");
+    }
+    m.stop();
+}
+
+#[test]
 fn opening_an_elf_file_reads_ahead_the_libraries_the_loader_needs() {
     require_root_and_fuse();
     // A flattened image root, merged /usr. `prog` needs libstrata-a.so.1 (found through

@@ -33,6 +33,20 @@
 //!   ([`ReadAheadSettings::libraries`]). An unchunked file is looked at when opened, a
 //!   chunked one when its first chunk is read (never a chunk fetched only to look).
 //!
+//! * **Scans.** A program that reads every file of every directory it enters (`tar`,
+//!   `cp -r`, a checksum or a virus scan of a tree, a build reading its sources) waits,
+//!   with the above, for the first file of each directory, and for each large file, and
+//!   read-ahead runs dry at every directory boundary. When [`SCAN_AFTER`] of the last
+//!   [`SCAN_WINDOW`] directories read ahead (with at least [`SCAN_MIN_FILES`] small files
+//!   each) had as many files opened as they hold, the reader is taken for a scanner:
+//!   a directory read ahead then also queues its larger files (up to
+//!   [`ReadAheadSettings::whole_chunked_size`], chunked ones chunk by chunk) and its
+//!   subdirectories, behind everything else (so they are fetched while the workers would
+//!   otherwise idle, the reader's own directory always first), with no limit on the
+//!   directory's size. A container start does not look like that (Python opens a few of
+//!   the files of each `__pycache__` it enters), and when the pattern stops, so does
+//!   the deeper read-ahead.
+//!
 //! A directory whose first opened file came in a startup pack is not read ahead: the pack
 //! holds what a start reads there ([`crate::client::startup`]), and a guess would only
 //! add bytes nobody reads; nor are the libraries of an ELF file that came in a pack.
@@ -51,7 +65,7 @@
 //! skipped. What it fetched, and how much of that was later read, is counted by the cache
 //! ([`crate::client::quota::CacheStats`]): the difference is the waste.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +87,13 @@ pub const MAX_QUEUED: usize = 16 * 1024;
 /// Directories remembered as already read ahead (per mount process); past it, the set is
 /// cleared and a directory may be read ahead once more (its files are cached by then).
 const MAX_SEEN_DIRS: usize = 64 * 1024;
+
+/// Directories read ahead that the scan detector looks back on.
+pub const SCAN_WINDOW: usize = 8;
+/// Directories of the window whose files were all opened that make the reader a scanner.
+pub const SCAN_AFTER: usize = 4;
+/// Small files a directory must hold to count towards [`SCAN_AFTER`].
+pub const SCAN_MIN_FILES: usize = 4;
 
 /// How read-ahead behaves (`mount` options and `[readahead]` of the mount's config file).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,6 +145,9 @@ enum Job {
     Needs(Arc<MountedRevision>, String, String, Content),
     /// Fetch a library the loader is about to open, then queue what it needs in turn.
     Library(Arc<MountedRevision>, Library),
+    /// A subdirectory queued by a scan: read ahead like [`Job::Directory`] unless it was
+    /// already.
+    Subdirectory(Arc<MountedRevision>, String),
 }
 
 /// Where a file's content is: one object, or chunks (stored compressed or not).
@@ -163,6 +187,33 @@ struct Seen {
     /// searched (root catalog hash, image root, search directories, name); at most
     /// [`MAX_SEEN_LIBRARIES`].
     libraries: HashSet<u64>,
+    /// The last [`SCAN_WINDOW`] directories whose read-ahead a read started (not those a
+    /// scan queued), newest last.
+    recent: VecDeque<Expanded>,
+}
+
+/// A directory read ahead, for the scan detector.
+struct Expanded {
+    /// Its [`Key::Directory`].
+    key: u64,
+    /// Small files it holds (once a worker has listed it).
+    files: Option<usize>,
+    /// Opens of files in it since (the first one included).
+    opened: usize,
+}
+
+impl Seen {
+    /// Whether the reader reads every file of the directories it enters.
+    fn scanning(&self) -> bool {
+        self.recent
+            .iter()
+            .filter(|d| {
+                d.files
+                    .is_some_and(|n| n >= SCAN_MIN_FILES && d.opened >= n)
+            })
+            .count()
+            >= SCAN_AFTER
+    }
 }
 
 /// ELF files and library names remembered (per mount process).
@@ -238,9 +289,21 @@ impl ReadAhead {
             .inner
             .key(Key::Directory(&repo.revision().root_hash, dir));
         let mut queue = self.inner.queue.lock();
+        if let Some(expanded) = queue.seen.recent.iter_mut().find(|d| d.key == key) {
+            expanded.opened += 1;
+        }
         if !insert_bounded(&mut queue.seen.dirs, key, MAX_SEEN_DIRS) {
             return;
         }
+        let recent = &mut queue.seen.recent;
+        if recent.len() >= SCAN_WINDOW {
+            recent.pop_front();
+        }
+        recent.push_back(Expanded {
+            key,
+            files: None,
+            opened: 1,
+        });
         self.inner
             .push_front(&mut queue, Job::Directory(repo.clone(), dir.to_string()));
     }
@@ -384,6 +447,12 @@ impl Inner {
         while let Some(job) = self.queue.next() {
             match job {
                 Job::Directory(repo, dir) => self.expand(&repo, &dir),
+                Job::Subdirectory(repo, dir) => {
+                    let key = self.key(Key::Directory(&repo.revision().root_hash, &dir));
+                    if insert_bounded(&mut self.queue.lock().seen.dirs, key, MAX_SEEN_DIRS) {
+                        self.expand(&repo, &dir);
+                    }
+                }
                 Job::Object(repo, req) => {
                     if !self.wait_for_demand(&repo) {
                         return;
@@ -535,7 +604,8 @@ impl Inner {
         }
     }
 
-    /// Queues the small regular files of `dir`.
+    /// Queues the small regular files of `dir`; for a scanner ([`Seen::scanning`]) also
+    /// its larger files and its subdirectories, behind other work.
     fn expand(&self, repo: &Arc<MountedRevision>, dir: &str) {
         let children = match repo.list(dir) {
             Ok(children) => children,
@@ -561,8 +631,18 @@ impl Inner {
                 })
             })
             .collect();
+        let key = self.key(Key::Directory(&repo.revision().root_hash, dir));
+        let scanning = {
+            let mut queue = self.queue.lock();
+            if let Some(expanded) = queue.seen.recent.iter_mut().find(|d| d.key == key) {
+                expanded.files = Some(small.len());
+            }
+            queue.seen.scanning()
+        };
         let bytes: u64 = small.iter().filter_map(|r| r.size).sum();
-        if small.len() > self.settings.max_files || bytes > self.settings.max_dir_bytes {
+        if !scanning
+            && (small.len() > self.settings.max_files || bytes > self.settings.max_dir_bytes)
+        {
             tracing::debug!(
                 dir,
                 files = small.len(),
@@ -571,16 +651,77 @@ impl Inner {
             );
             return;
         }
+        let (larger, subdirectories) = if scanning {
+            self.scan_more(repo, dir, &children)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         tracing::debug!(
             dir,
             files = small.len(),
             bytes,
+            larger = larger.len(),
+            subdirectories = subdirectories.len(),
             "read-ahead: directory queued"
         );
         let mut queue = self.queue.lock();
-        // In the directory's order, ahead of older work.
-        for req in small.into_iter().rev() {
+        // In the directory's order, ahead of older work: small files, then larger ones.
+        for req in small.into_iter().chain(larger).rev() {
             self.push_front(&mut queue, Job::Object(repo.clone(), req));
         }
+        // Behind everything: what a scanner enters next.
+        for sub in subdirectories {
+            if queue.jobs.len() >= MAX_QUEUED {
+                break;
+            }
+            queue.jobs.push_back(Job::Subdirectory(repo.clone(), sub));
+            self.queue.notify_one();
+        }
+    }
+
+    /// For a scanner: the objects of `dir`'s regular files too large for
+    /// [`ReadAheadSettings::max_file_size`] (chunked ones up to
+    /// [`ReadAheadSettings::whole_chunked_size`], chunk by chunk), and its subdirectories.
+    fn scan_more(
+        &self,
+        repo: &MountedRevision,
+        dir: &str,
+        children: &[crate::client::repository::Found],
+    ) -> (Vec<ObjectRequest>, Vec<String>) {
+        let mut larger = Vec::new();
+        let mut subdirectories = Vec::new();
+        for found in children {
+            let e = &found.entry;
+            let path = format!("{dir}/{}", e.name);
+            match e.kind {
+                EntryKind::Directory => subdirectories.push(path),
+                EntryKind::Regular
+                    if e.size > self.settings.max_file_size
+                        && e.size <= self.settings.whole_chunked_size =>
+                {
+                    if e.is_chunked() {
+                        match repo.chunks(&found.catalog, &path, e.size) {
+                            Ok(chunks) => larger.extend(
+                                chunks
+                                    .iter()
+                                    .map(|chunk| ObjectRequest::chunk(chunk, e.compressed)),
+                            ),
+                            Err(err) => {
+                                tracing::debug!(path, error = %err, "read-ahead: no chunk list")
+                            }
+                        }
+                    } else if let Some(hash) = e.hash {
+                        larger.push(ObjectRequest {
+                            hash,
+                            suffix: Suffix::None,
+                            compressed: e.compressed,
+                            size: Some(e.size),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        (larger, subdirectories)
     }
 }
