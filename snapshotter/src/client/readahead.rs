@@ -67,7 +67,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use std::os::unix::fs::FileExt;
@@ -94,6 +94,10 @@ pub const SCAN_WINDOW: usize = 8;
 pub const SCAN_AFTER: usize = 4;
 /// Small files a directory must hold to count towards [`SCAN_AFTER`].
 pub const SCAN_MIN_FILES: usize = 4;
+/// A scan's larger files downloaded at once at most: each download holds its connection's
+/// read buffer (a few hundred KB for a large body), and more at once would not be faster
+/// on a node's few cores, only larger in memory.
+pub const SCAN_LARGER_AT_ONCE: usize = 4;
 
 /// How read-ahead behaves (`mount` options and `[readahead]` of the mount's config file).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,6 +152,9 @@ enum Job {
     /// A subdirectory queued by a scan: read ahead like [`Job::Directory`] unless it was
     /// already.
     Subdirectory(Arc<MountedRevision>, String),
+    /// A larger file (or chunk) queued by a scan: fetched like [`Job::Object`], at most
+    /// [`SCAN_LARGER_AT_ONCE`] at a time.
+    Larger(Arc<MountedRevision>, ObjectRequest),
 }
 
 /// Where a file's content is: one object, or chunks (stored compressed or not).
@@ -242,6 +249,9 @@ enum Key<'a> {
 
 struct Inner {
     settings: ReadAheadSettings,
+    /// Scan downloads of larger files in progress, and the wake-up of workers waiting to
+    /// start one.
+    larger: (std::sync::Mutex<usize>, std::sync::Condvar),
     queue: JobQueue<Job, Seen>,
     /// Randomly keyed per process: no path can be made to collide on purpose.
     hasher: RandomState,
@@ -267,6 +277,7 @@ impl ReadAhead {
         };
         let inner = Arc::new(Inner {
             settings,
+            larger: Default::default(),
             queue: JobQueue::new(Seen::default()),
             hasher: RandomState::new(),
         });
@@ -460,6 +471,23 @@ impl Inner {
                     if let Err(e) = repo.cache().prefetch(&req) {
                         tracing::debug!(object = %req.hash, error = %e, "read-ahead failed");
                     }
+                }
+                Job::Larger(repo, req) => {
+                    if !self.wait_for_demand(&repo) {
+                        return;
+                    }
+                    let (count, freed) = &self.larger;
+                    let mut n = count.lock().unwrap_or_else(PoisonError::into_inner);
+                    while *n >= SCAN_LARGER_AT_ONCE {
+                        n = freed.wait(n).unwrap_or_else(PoisonError::into_inner);
+                    }
+                    *n += 1;
+                    drop(n);
+                    if let Err(e) = repo.cache().prefetch(&req) {
+                        tracing::debug!(object = %req.hash, error = %e, "read-ahead failed");
+                    }
+                    *count.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+                    freed.notify_one();
                 }
                 Job::Needs(repo, path, origin, content) => {
                     if !self.wait_for_demand(&repo) {
@@ -666,7 +694,10 @@ impl Inner {
         );
         let mut queue = self.queue.lock();
         // In the directory's order, ahead of older work: small files, then larger ones.
-        for req in small.into_iter().chain(larger).rev() {
+        for req in larger.into_iter().rev() {
+            self.push_front(&mut queue, Job::Larger(repo.clone(), req));
+        }
+        for req in small.into_iter().rev() {
             self.push_front(&mut queue, Job::Object(repo.clone(), req));
         }
         // Behind everything: what a scanner enters next.
