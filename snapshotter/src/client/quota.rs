@@ -126,6 +126,9 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// A writer that finds this many rows waiting writes them at once.
 pub const FLUSH_ROWS: usize = 256;
 
+/// Rows kept waiting across failed writes at most.
+const MAX_WAITING_ROWS: usize = 64 * 1024;
+
 /// The index of one cache directory, with its writes waiting in memory (module docs) and
 /// the thread that writes them; dropping it writes what waits and stops the thread.
 pub struct CacheIndex {
@@ -550,8 +553,7 @@ impl CacheIndex {
 
     /// The cache file of `sha`.
     fn file_of(&self, sha: &str) -> PathBuf {
-        let (head, rest) = sha.split_at(2.min(sha.len()));
-        self.shared.root.join(head).join(rest)
+        object_file(&self.shared.root, sha)
     }
 
     /// Runs `body` in one (deferred) transaction after what waited is written, committed
@@ -647,17 +649,42 @@ impl Shared {
     }
 
     /// Writes what waits in one transaction, `conn` being the locked connection.
+    /// What failed to be written waits for the next write (up to [`MAX_WAITING_ROWS`]
+    /// rows; past that they are dropped, and their objects indexed again at their next
+    /// access).
     fn flush_locked(&self, conn: &mut Connection) -> Result<()> {
         let pending = std::mem::take(&mut *self.lock_pending());
         if pending.rows.is_empty() && pending.counts.is_empty() {
             return Ok(());
         }
-        let tx = conn.transaction().map_err(|e| db_error("write", e))?;
+        let written = self.write_pending(conn, &pending);
+        if written.is_err() {
+            let mut waiting = self.lock_pending();
+            let newer = std::mem::replace(&mut *waiting, pending);
+            if waiting.rows.len() + newer.rows.len() > MAX_WAITING_ROWS {
+                waiting.rows.clear();
+                waiting.committed_mtimes.clear();
+                waiting.committed_bytes = 0;
+            }
+            waiting.rows.extend(newer.rows);
+            waiting.committed_bytes += newer.committed_bytes;
+            waiting.committed_mtimes.extend(newer.committed_mtimes);
+            waiting.counts.add(&newer.counts);
+        }
+        written
+    }
+
+    /// One transaction (taking the write lock at once: a deferred one that reads first
+    /// can fail at once on a busy snapshot when other mounts write) with `pending`.
+    fn write_pending(&self, conn: &mut Connection, pending: &Pending) -> Result<()> {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| db_error("write", e))?;
         let mut seq = get_prop(&tx, "seq")?;
         let mut added = 0i64;
         for row in &pending.rows {
             seq += 1;
-            added += touch_in(&tx, row, seq)?;
+            added += touch_in(&tx, &self.root, row, seq)?;
         }
         if !pending.rows.is_empty() {
             set_prop(&tx, "seq", seq)?;
@@ -690,6 +717,20 @@ impl Shared {
 }
 
 impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.hits += o.hits;
+        self.misses += o.misses;
+        self.bytes_fetched += o.bytes_fetched;
+        self.readahead_bytes += o.readahead_bytes;
+        self.readahead_used_bytes += o.readahead_used_bytes;
+        self.prefetch.packs += o.prefetch.packs;
+        self.prefetch.failed_packs += o.prefetch.failed_packs;
+        self.prefetch.rejected_objects += o.prefetch.rejected_objects;
+        self.prefetch.used_bytes += o.prefetch.used_bytes;
+        self.prefetch.ms += o.prefetch.ms;
+        self.prefetch_bytes += o.prefetch_bytes;
+    }
+
     fn is_empty(&self) -> bool {
         self.hits == 0
             && self.misses == 0
@@ -745,7 +786,7 @@ pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
 /// Writes `row` with access sequence number `seq` inside transaction `tx`: moves an
 /// indexed object to the recent end (a committed one also takes the new file's size and
 /// mtime), or inserts it; the bytes it adds to the total.
-fn touch_in(tx: &rusqlite::Transaction<'_>, row: &Row, seq: i64) -> Result<i64> {
+fn touch_in(tx: &rusqlite::Transaction<'_>, root: &Path, row: &Row, seq: i64) -> Result<i64> {
     let err = |e| db_error("touch", e);
     let indexed: Option<i64> = tx
         .prepare_cached("SELECT size FROM cache_catalog WHERE sha = ?1")
@@ -767,6 +808,8 @@ fn touch_in(tx: &rusqlite::Transaction<'_>, row: &Row, seq: i64) -> Result<i64> 
             .map_err(err)?;
             Ok(size - old)
         }
+        // An access of an unindexed object that another process evicted meanwhile.
+        None if !row.committed && !object_file(root, &row.sha).exists() => Ok(0),
         None => {
             tx.prepare_cached(
                 "INSERT INTO cache_catalog (sha, size, acseq, type, pinned, mtime) \
@@ -779,6 +822,12 @@ fn touch_in(tx: &rusqlite::Transaction<'_>, row: &Row, seq: i64) -> Result<i64> 
             Ok(size)
         }
     }
+}
+
+/// The cache file of `sha` under `root`.
+fn object_file(root: &Path, sha: &str) -> PathBuf {
+    let (head, rest) = sha.split_at(2.min(sha.len()));
+    root.join(head).join(rest)
 }
 
 fn remove_row(tx: &rusqlite::Transaction<'_>, sha: &str) -> Result<()> {

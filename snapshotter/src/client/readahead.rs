@@ -36,16 +36,17 @@
 //! * **Scans.** A program that reads every file of every directory it enters (`tar`,
 //!   `cp -r`, a checksum or a virus scan of a tree, a build reading its sources) waits,
 //!   with the above, for the first file of each directory, and for each large file, and
-//!   read-ahead runs dry at every directory boundary. When [`SCAN_AFTER`] of the last
-//!   [`SCAN_WINDOW`] directories read ahead (with at least [`SCAN_MIN_FILES`] small files
-//!   each) had as many files opened as they hold, the reader is taken for a scanner:
-//!   a directory read ahead then also queues its larger files (up to
-//!   [`ReadAheadSettings::whole_chunked_size`], chunked ones chunk by chunk) and its
-//!   subdirectories, behind everything else (so they are fetched while the workers would
-//!   otherwise idle, the reader's own directory always first), with no limit on the
-//!   directory's size. A container start does not look like that (Python opens a few of
-//!   the files of each `__pycache__` it enters), and when the pattern stops, so does
-//!   the deeper read-ahead.
+//!   read-ahead runs dry at every directory boundary. When in [`SCAN_AFTER`] of the last
+//!   [`SCAN_WINDOW`] directories the reader opened files in (with at least
+//!   [`SCAN_MIN_FILES`] small files each) every small file was opened, the reader is
+//!   taken for a scanner: a directory read ahead then also queues its larger files (up to
+//!   [`ReadAheadSettings::whole_chunked_size`], chunked ones chunk by chunk, at most
+//!   [`SCAN_LARGER_AT_ONCE`] downloading) and its subdirectories, behind everything else
+//!   (so they are fetched while the workers would otherwise idle, the reader's own
+//!   directory always first), [`SCAN_DEPTH`] levels deep, with no limit on a directory's
+//!   size. A container start does not look like that (Python opens some of the files of
+//!   each `__pycache__` it enters). Queued subdirectories are dropped once the pattern
+//!   stops or the reader has opened nothing for [`SCAN_IDLE`].
 //!
 //! A directory whose first opened file came in a startup pack is not read ahead: the pack
 //! holds what a start reads there ([`crate::client::startup`]), and a guess would only
@@ -67,7 +68,8 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use std::os::unix::fs::FileExt;
@@ -94,6 +96,10 @@ pub const SCAN_WINDOW: usize = 8;
 pub const SCAN_AFTER: usize = 4;
 /// Small files a directory must hold to count towards [`SCAN_AFTER`].
 pub const SCAN_MIN_FILES: usize = 4;
+/// How long after the reader's last open a scan keeps entering subdirectories ahead of it.
+pub const SCAN_IDLE: Duration = Duration::from_secs(1);
+/// How many levels below a directory the reader entered a scan reads ahead.
+pub const SCAN_DEPTH: usize = 2;
 /// A scan's larger files downloaded at once at most: each download holds its connection's
 /// read buffer (a few hundred KB for a large body), and more at once would not be faster
 /// on a node's few cores, only larger in memory.
@@ -151,7 +157,7 @@ enum Job {
     Library(Arc<MountedRevision>, Library),
     /// A subdirectory queued by a scan: read ahead like [`Job::Directory`] unless it was
     /// already.
-    Subdirectory(Arc<MountedRevision>, String),
+    Subdirectory(Arc<MountedRevision>, String, usize),
     /// A larger file (or chunk) queued by a scan: fetched like [`Job::Object`], at most
     /// [`SCAN_LARGER_AT_ONCE`] at a time.
     Larger(Arc<MountedRevision>, ObjectRequest),
@@ -194,9 +200,12 @@ struct Seen {
     /// searched (root catalog hash, image root, search directories, name); at most
     /// [`MAX_SEEN_LIBRARIES`].
     libraries: HashSet<u64>,
-    /// The last [`SCAN_WINDOW`] directories whose read-ahead a read started (not those a
-    /// scan queued), newest last.
+    /// The last [`SCAN_WINDOW`] directories the reader opened files in, newest last.
     recent: VecDeque<Expanded>,
+    /// Small files of the directories a scan read ahead (cleared when full).
+    scanned: std::collections::HashMap<u64, usize>,
+    /// When the reader last opened a file.
+    last_open: Option<std::time::Instant>,
 }
 
 /// A directory read ahead, for the scan detector.
@@ -205,8 +214,8 @@ struct Expanded {
     key: u64,
     /// Small files it holds (once a worker has listed it).
     files: Option<usize>,
-    /// Opens of files in it since (the first one included).
-    opened: usize,
+    /// The distinct small files opened in it (keys of their paths).
+    opened: HashSet<u64>,
 }
 
 impl Seen {
@@ -216,10 +225,15 @@ impl Seen {
             .iter()
             .filter(|d| {
                 d.files
-                    .is_some_and(|n| n >= SCAN_MIN_FILES && d.opened >= n)
+                    .is_some_and(|n| n >= SCAN_MIN_FILES && d.opened.len() >= n)
             })
             .count()
             >= SCAN_AFTER
+    }
+
+    /// Whether a scan is on and its reader still reading.
+    fn scan_active(&self) -> bool {
+        self.scanning() && self.last_open.is_some_and(|t| t.elapsed() < SCAN_IDLE)
     }
 }
 
@@ -249,9 +263,8 @@ enum Key<'a> {
 
 struct Inner {
     settings: ReadAheadSettings,
-    /// Scan downloads of larger files in progress, and the wake-up of workers waiting to
-    /// start one.
-    larger: (std::sync::Mutex<usize>, std::sync::Condvar),
+    /// Scan downloads of larger files in progress.
+    larger: AtomicUsize,
     queue: JobQueue<Job, Seen>,
     /// Randomly keyed per process: no path can be made to collide on purpose.
     hasher: RandomState,
@@ -290,31 +303,41 @@ impl ReadAhead {
         &self.inner.settings
     }
 
-    /// Queues the small regular files of directory `dir` (a repository path, `""` for the
-    /// root) of revision `repo`, unless this directory was read ahead before.
-    pub fn directory(&self, repo: &Arc<MountedRevision>, dir: &str) {
+    /// A read opened regular file `file` (`size` bytes) in directory `dir` (a repository
+    /// path, `""` for the root) of revision `repo`: queues the directory's small regular
+    /// files unless it was read ahead before, and notes the open for the scan detector.
+    pub fn directory(&self, repo: &Arc<MountedRevision>, dir: &str, file: &str, size: u64) {
         if !self.inner.settings.enabled {
             return;
         }
-        let key = self
-            .inner
-            .key(Key::Directory(&repo.revision().root_hash, dir));
+        let root_hash = &repo.revision().root_hash;
+        let key = self.inner.key(Key::Directory(root_hash, dir));
+        let small = size > 0 && size <= self.inner.settings.max_file_size;
+        let file_key = small.then(|| self.inner.key(Key::Directory(root_hash, file)));
         let mut queue = self.inner.queue.lock();
-        if let Some(expanded) = queue.seen.recent.iter_mut().find(|d| d.key == key) {
-            expanded.opened += 1;
+        let seen = &mut queue.seen;
+        seen.last_open = Some(std::time::Instant::now());
+        if !seen.recent.iter().any(|d| d.key == key) {
+            if seen.recent.len() >= SCAN_WINDOW {
+                seen.recent.pop_front();
+            }
+            // A directory a scan read ahead: its small files are known already.
+            let files = seen.scanned.get(&key).copied();
+            seen.recent.push_back(Expanded {
+                key,
+                files,
+                opened: HashSet::new(),
+            });
+        }
+        if let (Some(file_key), Some(expanded)) = (file_key, seen.recent.back_mut())
+            && expanded.key == key
+            && expanded.opened.len() < self.inner.settings.max_files
+        {
+            expanded.opened.insert(file_key);
         }
         if !insert_bounded(&mut queue.seen.dirs, key, MAX_SEEN_DIRS) {
             return;
         }
-        let recent = &mut queue.seen.recent;
-        if recent.len() >= SCAN_WINDOW {
-            recent.pop_front();
-        }
-        recent.push_back(Expanded {
-            key,
-            files: None,
-            opened: 1,
-        });
         self.inner
             .push_front(&mut queue, Job::Directory(repo.clone(), dir.to_string()));
     }
@@ -457,11 +480,16 @@ impl Inner {
     fn work(&self) {
         while let Some(job) = self.queue.next() {
             match job {
-                Job::Directory(repo, dir) => self.expand(&repo, &dir),
-                Job::Subdirectory(repo, dir) => {
+                Job::Directory(repo, dir) => self.expand(&repo, &dir, None),
+                Job::Subdirectory(repo, dir, depth) => {
                     let key = self.key(Key::Directory(&repo.revision().root_hash, &dir));
-                    if insert_bounded(&mut self.queue.lock().seen.dirs, key, MAX_SEEN_DIRS) {
-                        self.expand(&repo, &dir);
+                    let mut queue = self.queue.lock();
+                    // Only while the scanner reads on: a stopped scan leaves its queue.
+                    if queue.seen.scan_active()
+                        && insert_bounded(&mut queue.seen.dirs, key, MAX_SEEN_DIRS)
+                    {
+                        drop(queue);
+                        self.expand(&repo, &dir, Some(depth));
                     }
                 }
                 Job::Object(repo, req) => {
@@ -476,18 +504,16 @@ impl Inner {
                     if !self.wait_for_demand(&repo) {
                         return;
                     }
-                    let (count, freed) = &self.larger;
-                    let mut n = count.lock().unwrap_or_else(PoisonError::into_inner);
-                    while *n >= SCAN_LARGER_AT_ONCE {
-                        n = freed.wait(n).unwrap_or_else(PoisonError::into_inner);
-                    }
-                    *n += 1;
-                    drop(n);
+                    let Some(_slot) = LargerSlot::take(&self.larger) else {
+                        // All slots busy: behind the rest, after a pause (a queue holding
+                        // only larger files must not spin).
+                        self.queue.lock().jobs.push_back(Job::Larger(repo, req));
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    };
                     if let Err(e) = repo.cache().prefetch(&req) {
                         tracing::debug!(object = %req.hash, error = %e, "read-ahead failed");
                     }
-                    *count.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
-                    freed.notify_one();
                 }
                 Job::Needs(repo, path, origin, content) => {
                     if !self.wait_for_demand(&repo) {
@@ -633,8 +659,10 @@ impl Inner {
     }
 
     /// Queues the small regular files of `dir`; for a scanner ([`Seen::scanning`]) also
-    /// its larger files and its subdirectories, behind other work.
-    fn expand(&self, repo: &Arc<MountedRevision>, dir: &str) {
+    /// its larger files and, behind other work, its subdirectories. `depth`: how many
+    /// levels below a directory the reader entered a scan queued this one (`None`: the
+    /// reader entered it).
+    fn expand(&self, repo: &Arc<MountedRevision>, dir: &str, depth: Option<usize>) {
         let children = match repo.list(dir) {
             Ok(children) => children,
             Err(e) => {
@@ -662,10 +690,17 @@ impl Inner {
         let key = self.key(Key::Directory(&repo.revision().root_hash, dir));
         let scanning = {
             let mut queue = self.queue.lock();
-            if let Some(expanded) = queue.seen.recent.iter_mut().find(|d| d.key == key) {
+            let seen = &mut queue.seen;
+            if let Some(expanded) = seen.recent.iter_mut().find(|d| d.key == key) {
                 expanded.files = Some(small.len());
             }
-            queue.seen.scanning()
+            if depth.is_some() {
+                if seen.scanned.len() >= MAX_SEEN_DIRS {
+                    seen.scanned.clear();
+                }
+                seen.scanned.insert(key, small.len());
+            }
+            seen.scanning()
         };
         let bytes: u64 = small.iter().filter_map(|r| r.size).sum();
         if !scanning
@@ -700,12 +735,18 @@ impl Inner {
         for req in small.into_iter().rev() {
             self.push_front(&mut queue, Job::Object(repo.clone(), req));
         }
-        // Behind everything: what a scanner enters next.
+        // Behind everything: what a scanner enters next, a few levels deep.
+        let below = depth.map_or(1, |d| d + 1);
+        if below > SCAN_DEPTH {
+            return;
+        }
         for sub in subdirectories {
             if queue.jobs.len() >= MAX_QUEUED {
                 break;
             }
-            queue.jobs.push_back(Job::Subdirectory(repo.clone(), sub));
+            queue
+                .jobs
+                .push_back(Job::Subdirectory(repo.clone(), sub, below));
             self.queue.notify_one();
         }
     }
@@ -754,5 +795,25 @@ impl Inner {
             }
         }
         (larger, subdirectories)
+    }
+}
+
+/// One of the [`SCAN_LARGER_AT_ONCE`] slots for a scan's larger downloads, freed on drop.
+struct LargerSlot<'a>(&'a AtomicUsize);
+
+impl<'a> LargerSlot<'a> {
+    fn take(count: &'a AtomicUsize) -> Option<LargerSlot<'a>> {
+        count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < SCAN_LARGER_AT_ONCE).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| LargerSlot(count))
+    }
+}
+
+impl Drop for LargerSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -367,7 +367,7 @@ pub fn main(args: MountArgs) -> Result<()> {
         }
     }
     if let Some(signals) = signals {
-        runtime.spawn(on_signal(signals, unmounters, exe, kept));
+        runtime.spawn(on_signal(signals, unmounters, exe, kept, cache.clone()));
     }
     // Both mounts are live: a Type=notify unit now lets containerd and the snapshotter start.
     crate::cmd::readiness::notify_ready("mount");
@@ -650,6 +650,7 @@ async fn on_signal(
     unmounters: Vec<(Unmounter, PathBuf)>,
     exe: PathBuf,
     kept: Vec<(&'static str, OwnedFd)>,
+    cache: Arc<ObjectCache>,
 ) {
     loop {
         tokio::select! {
@@ -659,6 +660,11 @@ async fn on_signal(
                 tracing::info!(exe = %exe.display(), "SIGHUP: upgrading in place (re-executing with the FUSE connections)");
                 let borrowed: Vec<(&str, BorrowedFd<'_>)> =
                     kept.iter().map(|(n, fd)| (*n, fd.as_fd())).collect();
+                // The successor starts from the index on disk: what waits goes there first.
+                let index = cache.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || index.index().flush()).await {
+                    tracing::warn!(error = %e, "cache index: the last writes were lost");
+                }
                 let error = keeper::reexec(&exe, &borrowed);
                 tracing::error!(exe = %exe.display(), error = %error, "cannot re-execute; still serving");
             }

@@ -318,7 +318,9 @@ impl Filesystem for StrataFs {
 
     /// A listing with each entry's attributes: the kernel takes them as `LOOKUP` replies
     /// (the dentries and attributes of [`TTL`]), so that a `stat` or an `open` of a listed
-    /// entry asks nothing more. `.` and `..` are not looked up by the kernel.
+    /// entry asks nothing more. `.` and `..` are not looked up by the kernel. An entry of
+    /// an older revision (a handle opened before a switch) is handed with no TTL, so the
+    /// kernel asks again; one whose node is gone is not handed at all (inode 0).
     fn readdirplus(
         &self,
         _req: &Request,
@@ -331,13 +333,28 @@ impl Filesystem for StrataFs {
             Ok(items) => items,
             Err(e) => return reply.error(e),
         };
+        let dir = match self.node(ino) {
+            Ok(dir) => dir,
+            Err(e) => return reply.error(e),
+        };
         for (i, item) in items.iter().enumerate().skip(offset as usize) {
+            let (attr, ttl) = match self.node(INodeNo(item.ino)) {
+                Ok(node) if self.inodes().is_current(&node) => {
+                    (file_attr(node.ino, &node.entry), TTL)
+                }
+                Ok(node) => (file_attr(node.ino, &node.entry), std::time::Duration::ZERO),
+                Err(_) => {
+                    let mut attr = file_attr(0, &dir.entry);
+                    attr.ino = INodeNo(0);
+                    (attr, std::time::Duration::ZERO)
+                }
+            };
             if reply.add(
                 INodeNo(item.ino),
                 (i + 1) as u64,
                 os_name(&item.name),
-                &TTL,
-                &item.attr,
+                &ttl,
+                &attr,
                 Generation(0),
             ) {
                 break;

@@ -1,15 +1,15 @@
 //! Directory listings: `.`, `..` and the children of a directory in one revision, with
-//! inodes allocated for every child and their attributes (a `READDIRPLUS` hands the
-//! kernel each child's entry with the listing, so that a program that lists a directory
-//! and then `stat`s or opens its entries — `tar`, `find`, `ls -l`, Python's imports —
-//! sends no `LOOKUP` for them). With a handle (`OPENDIR`) a listing lives as long as
+//! inodes allocated for every child (a `READDIRPLUS` hands the kernel each child's entry,
+//! from the inode table, with the listing, so that a program that lists a directory and
+//! then `stat`s or opens its entries — `tar`, `find`, `ls -l`, Python's imports — sends
+//! no `LOOKUP` for them). With a handle (`OPENDIR`) a listing lives as long as
 //! the handle; in no-open mode (no `OPENDIR`, see [`super::filesystem`]) listings are kept
 //! per directory inode in a small LRU, tagged with the generation they were made in.
 
 use std::sync::Arc;
 
 use catalog::EntryKind;
-use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo};
+use fuser::{Errno, FileHandle, FileType, INodeNo};
 
 use super::errno::report;
 use super::{Node, ROOT_INODE, StrataFs, attr, lock};
@@ -21,7 +21,6 @@ pub(super) struct Listed {
     pub(super) ino: u64,
     pub(super) kind: FileType,
     pub(super) name: String,
-    pub(super) attr: FileAttr,
 }
 
 /// One listed directory, `.` and `..` first.
@@ -91,9 +90,8 @@ impl StrataFs {
         node: &Node,
     ) -> Result<Option<DirListing>> {
         let children = repo.list(&node.path)?;
-        let own = attr::file_attr(node.ino, &node.entry);
-        let parent_attr = if node.path.is_empty() {
-            own
+        let parent_ino = if node.path.is_empty() {
+            ROOT_INODE
         } else {
             let parent = catalog::parent_path(&node.path);
             match repo.lookup(parent)? {
@@ -104,21 +102,17 @@ impl StrataFs {
                     else {
                         return Ok(None);
                     };
-                    attr::file_attr(p.ino, &p.entry)
+                    p.ino
                 }
-                None => FileAttr {
-                    ino: INodeNo(ROOT_INODE),
-                    ..own
-                },
+                None => ROOT_INODE,
             }
         };
         let mut items = Vec::with_capacity(children.len() + 2);
-        for (name, attr) in [(".", own), ("..", parent_attr)] {
+        for (name, ino) in [(".", node.ino), ("..", parent_ino)] {
             items.push(Listed {
-                ino: attr.ino.0,
+                ino,
                 kind: FileType::Directory,
                 name: name.to_string(),
-                attr,
             });
         }
         for found in children {
@@ -138,7 +132,6 @@ impl StrataFs {
                 ino: child.ino,
                 kind: attr::file_type(&child.entry),
                 name,
-                attr: attr::file_attr(child.ino, &child.entry),
             });
         }
         Ok(Some(items))

@@ -68,7 +68,7 @@ impl StrataFs {
                 read_ahead.known_directory(&self.repo(), dir);
             }
         } else {
-            self.read_ahead_directory(dir);
+            self.read_ahead_directory(dir, &node.path, node.entry.size);
         }
         let file = self.fetch_for_read(node)?;
         // A program or library about to be mapped: the loader opens its libraries next.
