@@ -44,8 +44,10 @@ use crate::{Error, Result};
 /// order is least recently used to within this interval).
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Beyond this many remembered recent touches the stale ones are dropped (memory bound).
-const MAX_RECENT: usize = 1 << 16;
+/// Beyond this many remembered recent touches the stale ones are dropped (memory bound:
+/// about 60 bytes each; a touch not remembered costs one indexed `SELECT` and a row
+/// written with the index's next batch).
+const MAX_RECENT: usize = 1 << 14;
 
 /// An open cache file holding a shared `flock(2)`: while any clone lives, no process evicts
 /// the object. Clones share one descriptor and lock; each has its own read position for
