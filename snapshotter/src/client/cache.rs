@@ -185,7 +185,7 @@ pub struct ObjectCache {
     /// Demand requests (not read-ahead) waiting for a download right now.
     demand: AtomicUsize,
     /// Objects read ahead or prefetched from a pack by this process and not read since,
-    /// with their raw size and how they came.
+    /// with their raw size and how they came (forgotten past [`MAX_UNREAD`]).
     unread: Mutex<HashMap<ContentHash, (u64, Arrival)>>,
     /// Objects this process committed from startup packs (cleared past [`MAX_PACKED`]).
     packed: Mutex<std::collections::HashSet<ContentHash>>,
@@ -193,6 +193,11 @@ pub struct ObjectCache {
 
 /// Objects remembered as having come from a startup pack; past it, the set starts again.
 const MAX_PACKED: usize = 1 << 20;
+
+/// Objects remembered as read ahead and not read; past it the set starts again (a
+/// long-lived mount keeps every start's never-read objects there otherwise; those
+/// forgotten and read later are not counted as used).
+const MAX_UNREAD: usize = 1 << 18;
 
 /// Counts a demand request as waiting for a download while it lives.
 struct DemandGuard<'a>(&'a AtomicUsize);
@@ -462,7 +467,12 @@ impl ObjectCache {
             fill()
         };
         if let Ok(Some(size)) = &result {
-            lock(&self.unread).insert(req.hash, (*size, arrival));
+            let mut unread = lock(&self.unread);
+            if unread.len() >= MAX_UNREAD {
+                unread.clear();
+            }
+            unread.insert(req.hash, (*size, arrival));
+            drop(unread);
             if arrival == Arrival::Pack {
                 let mut packed = lock(&self.packed);
                 if packed.len() >= MAX_PACKED {
