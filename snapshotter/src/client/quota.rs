@@ -422,13 +422,7 @@ impl CacheIndex {
 
     /// Adds to the startup-pack counters ([`CacheStats`]'s `prefetch_*`).
     pub fn record_prefetch(&self, counts: &PrefetchCounts) {
-        self.shared.count(|c| {
-            c.prefetch.packs += counts.packs;
-            c.prefetch.failed_packs += counts.failed_packs;
-            c.prefetch.rejected_objects += counts.rejected_objects;
-            c.prefetch.used_bytes += counts.used_bytes;
-            c.prefetch.ms += counts.ms;
-        });
+        self.shared.count(|c| c.prefetch.add(counts));
     }
 
     /// Writes what waits now.
@@ -716,6 +710,16 @@ impl Shared {
     }
 }
 
+impl PrefetchCounts {
+    fn add(&mut self, o: &PrefetchCounts) {
+        self.packs += o.packs;
+        self.failed_packs += o.failed_packs;
+        self.rejected_objects += o.rejected_objects;
+        self.used_bytes += o.used_bytes;
+        self.ms += o.ms;
+    }
+}
+
 impl Counts {
     fn add(&mut self, o: &Counts) {
         self.hits += o.hits;
@@ -723,11 +727,7 @@ impl Counts {
         self.bytes_fetched += o.bytes_fetched;
         self.readahead_bytes += o.readahead_bytes;
         self.readahead_used_bytes += o.readahead_used_bytes;
-        self.prefetch.packs += o.prefetch.packs;
-        self.prefetch.failed_packs += o.prefetch.failed_packs;
-        self.prefetch.rejected_objects += o.prefetch.rejected_objects;
-        self.prefetch.used_bytes += o.prefetch.used_bytes;
-        self.prefetch.ms += o.prefetch.ms;
+        self.prefetch.add(&o.prefetch);
         self.prefetch_bytes += o.prefetch_bytes;
     }
 

@@ -317,20 +317,24 @@ impl ReadAhead {
         let mut queue = self.inner.queue.lock();
         let seen = &mut queue.seen;
         seen.last_open = Some(std::time::Instant::now());
-        if !seen.recent.iter().any(|d| d.key == key) {
-            if seen.recent.len() >= SCAN_WINDOW {
-                seen.recent.pop_front();
+        let at = match seen.recent.iter().position(|d| d.key == key) {
+            Some(at) => at,
+            None => {
+                if seen.recent.len() >= SCAN_WINDOW {
+                    seen.recent.pop_front();
+                }
+                // A directory a scan read ahead: its small files are known already.
+                let files = seen.scanned.get(&key).copied();
+                seen.recent.push_back(Expanded {
+                    key,
+                    files,
+                    opened: HashSet::new(),
+                });
+                seen.recent.len() - 1
             }
-            // A directory a scan read ahead: its small files are known already.
-            let files = seen.scanned.get(&key).copied();
-            seen.recent.push_back(Expanded {
-                key,
-                files,
-                opened: HashSet::new(),
-            });
-        }
-        if let (Some(file_key), Some(expanded)) = (file_key, seen.recent.back_mut())
-            && expanded.key == key
+        };
+        let expanded = &mut seen.recent[at];
+        if let Some(file_key) = file_key
             && expanded.opened.len() < self.inner.settings.max_files
         {
             expanded.opened.insert(file_key);
@@ -496,9 +500,7 @@ impl Inner {
                     if !self.wait_for_demand(&repo) {
                         return;
                     }
-                    if let Err(e) = repo.cache().prefetch(&req) {
-                        tracing::debug!(object = %req.hash, error = %e, "read-ahead failed");
-                    }
+                    prefetch(&repo, &req);
                 }
                 Job::Larger(repo, req) => {
                     if !self.wait_for_demand(&repo) {
@@ -511,9 +513,7 @@ impl Inner {
                         std::thread::sleep(Duration::from_millis(2));
                         continue;
                     };
-                    if let Err(e) = repo.cache().prefetch(&req) {
-                        tracing::debug!(object = %req.hash, error = %e, "read-ahead failed");
-                    }
+                    prefetch(&repo, &req);
                 }
                 Job::Needs(repo, path, origin, content) => {
                     if !self.wait_for_demand(&repo) {
@@ -795,6 +795,14 @@ impl Inner {
             }
         }
         (larger, subdirectories)
+    }
+}
+
+/// Fetches `req` into the cache ahead of reads; a failure is only logged (a read fetches
+/// it again).
+fn prefetch(repo: &MountedRevision, req: &ObjectRequest) {
+    if let Err(e) = repo.cache().prefetch(req) {
+        tracing::debug!(object = %req.hash, error = %e, "read-ahead failed");
     }
 }
 
