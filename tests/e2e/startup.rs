@@ -35,7 +35,9 @@ fn pack_names(startup: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-fn wait_for_packs(work: &WorkDir, cache: &Path, key: &str, packs: u64) -> Result<String> {
+/// Polls the cache report of a live mount until `key` counts at least `packs`: the mount
+/// writes its counters to the cache index in batches, within half a second.
+fn wait_for_count(work: &WorkDir, cache: &Path, key: &str, packs: u64) -> Result<String> {
     let what = format!("the cache to count {packs} for {key:?}");
     let mut last = String::new();
     let counted = poll(
@@ -199,7 +201,7 @@ fn cold_start(
     let packs = pack_names(&startup)?;
     ensure!(!packs.is_empty(), "no pack in {}", startup.display());
     steps.run("the mount prefetched every pack", || {
-        wait_for_packs(
+        wait_for_count(
             cold,
             &cold.path().join("cache"),
             "startup packs prefetched",
@@ -237,7 +239,14 @@ fn cold_start(
         .iter()
         .filter(|p| p.starts_with("data/") && !p.ends_with('C'))
         .count();
-    let report = cache_report(&cold.path().join("cache"), &cold.log("cache-report"))?;
+    // The mount's counters reach the cache index within half a second of the reads.
+    let report = wait_for_count(
+        cold,
+        &cold.path().join("cache"),
+        "prefetched bytes later read",
+        1,
+    )
+    .context("nothing prefetched was read")?;
     let used = report_value(&report, "prefetched bytes later read").unwrap_or(0);
     let prefetched = report_value(&report, "prefetched bytes").unwrap_or(0);
     ensure!(
@@ -288,7 +297,7 @@ fn damaged_pack_start(node: &WorkDir, published: Published, steps: &mut Steps) -
         startup.display()
     );
     steps.run("damaged packs: counted as failed", || {
-        wait_for_packs(
+        wait_for_count(
             node,
             &node.path().join("cache"),
             "startup packs failed",

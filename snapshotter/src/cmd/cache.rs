@@ -1,6 +1,8 @@
 //! `strata-snapshotter cache --cache DIR [--evict-all]`: shows the size, entry count, hit and
 //! miss counters and downloaded bytes of a cache directory (from its index `cachedb`, see
 //! [`crate::client::quota`]) and can evict every object that no running mount holds open.
+//! A running mount writes its counters to the index in batches, so on a live cache they
+//! are at most half a second old.
 
 use std::path::PathBuf;
 

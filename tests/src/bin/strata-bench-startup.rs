@@ -319,8 +319,10 @@ fn measure(
         &p.case.args,
     )?;
     check(&packs_warm, p, "Strata warm")?;
-    let report = cache_report(&node.cache, &work.log("cache-report"))?;
+    // Stopped first: the mount writes its last counters to the cache index as it exits.
+    let cache = node.cache.clone();
     drop(node);
+    let report = cache_report(&cache, &work.log("cache-report"))?;
     let prefetched = report_value(&report, "prefetched bytes").unwrap_or(0);
     let prefetched_read = report_value(&report, "prefetched bytes later read").unwrap_or(0);
     say(&format!(
