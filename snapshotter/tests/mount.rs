@@ -956,6 +956,14 @@ fn a_reader_that_reads_every_file_gets_larger_files_and_subdirectories_read_ahea
         Duration::from_millis(20),
         || requested("/t/d6/sub/s0") == 1 && requested("/t/d6/big") == 1,
     );
+    // The walk goes on where the reader goes next, in its order: /t after d6 (the reader
+    // has been in /t's directories), into p0, which the reader has not entered.
+    m.wait_until(
+        "the next directory in the reader's order read ahead",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || requested("/t/p0/f0") == 1 && requested("/t/p0/big") == 1,
+    );
     for (path, _) in &files {
         read(path);
         assert_eq!(requested(path), 1, "{path} fetched more than once");

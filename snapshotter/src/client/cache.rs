@@ -863,6 +863,8 @@ impl ObjectCache {
 struct InflatingSink {
     file: File,
     writer: Option<InflatingWriter<BufWriter<File>>>,
+    /// Whether anything was written since it was made or last restarted.
+    written: bool,
     hash: ContentHash,
     compressed: bool,
     limit: Option<u64>,
@@ -873,6 +875,7 @@ impl InflatingSink {
         let mut sink = InflatingSink {
             file,
             writer: None,
+            written: false,
             hash: req.hash,
             compressed: req.compressed,
             limit: req.size,
@@ -910,6 +913,7 @@ impl InflatingSink {
 
 impl Write for InflatingSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.written |= !buf.is_empty();
         self.writer()?.write(buf)
     }
 
@@ -920,6 +924,12 @@ impl Write for InflatingSink {
 
 impl Sink for InflatingSink {
     fn restart(&mut self) -> std::io::Result<()> {
+        // Nothing to undo before the first attempt. (Truncating an empty file is not free
+        // either: ext4 then writes the file out when it is closed, in this thread.)
+        if !self.written && self.writer.is_some() {
+            return Ok(());
+        }
+        self.written = false;
         // Drop the old writer first: its buffer is flushed on drop, before the truncation.
         self.writer = None;
         self.file.set_len(0)?;

@@ -39,21 +39,33 @@
 //!   read-ahead runs dry at every directory boundary. When in [`SCAN_AFTER`] of the last
 //!   [`SCAN_WINDOW`] directories the reader opened files in (with at least
 //!   [`SCAN_MIN_FILES`] small files each) every small file was opened, the reader is
-//!   taken for a scanner: a directory read ahead then also queues its larger files (up to
+//!   taken for a scanner. Directories with fewer small files neither count nor push the
+//!   others out of the window, so a run of them (`/usr/share/doc`) neither starts nor
+//!   ends a scan. A container start does not look like that (Python opens some of the
+//!   files of each `__pycache__` it enters).
+//!
+//!   For a scanner, the directory it enters starts a walk (`Walk`): a depth-first walk of the
+//!   tree in the order such readers take (each directory's entries in listing order, a
+//!   subdirectory entered where it stands), which queues small files, larger ones (up to
 //!   [`ReadAheadSettings::whole_chunked_size`], chunked ones chunk by chunk, at most
-//!   [`SCAN_LARGER_AT_ONCE`] downloading) and its subdirectories, behind everything else
-//!   (so they are fetched while the workers would otherwise idle, the reader's own
-//!   directory always first), [`SCAN_DEPTH`] levels deep, with no limit on a directory's
-//!   size. A container start does not look like that (Python opens some of the files of
-//!   each `__pycache__` it enters). Queued subdirectories are dropped once the pattern
-//!   stops or the reader has opened nothing for [`SCAN_IDLE`].
+//!   [`SCAN_LARGER_AT_ONCE`] downloading) and no limit on a directory's size. When the
+//!   directory is done, the walk goes on in its parent after it, up to the highest
+//!   directory the reader has entered during the scan. It queues a step at a time
+//!   ([`WALK_STEP_JOBS`]) behind what is queued, its next step halfway through the last,
+//!   so the workers fetch in the reader's order without running dry, and it stays at
+//!   most [`SCAN_AHEAD_BYTES`] ahead of the reader (bytes in directories it listed that
+//!   the reader has not entered yet): past that, it waits until the reader enters one. A
+//!   reader that enters a directory the walk has not listed (it jumped, or caught up)
+//!   starts a new walk there. The walk ends when the pattern stops or the reader has
+//!   opened nothing for [`SCAN_IDLE`].
 //!
 //! A directory whose first opened file came in a startup pack is not read ahead: the pack
 //! holds what a start reads there ([`crate::client::startup`]), and a guess would only
 //! add bytes nobody reads; nor are the libraries of an ELF file that came in a pack.
 //!
-//! The queue is last in, first out by directory: the directory a program has just entered
-//! is the one it reads now, so its files go ahead of what earlier directories left queued.
+//! Otherwise the queue is last in, first out by directory: the directory a program has just
+//! entered is the one it reads now, so its files go ahead of what earlier directories left
+//! queued.
 //!
 //! [`ReadAheadSettings::threads`] worker threads take queued objects and fetch them into the
 //! cache ([`ObjectCache::prefetch`](crate::client::cache::ObjectCache::prefetch)) with the same fetcher, proxy chain and verification as
@@ -98,8 +110,13 @@ pub const SCAN_AFTER: usize = 4;
 pub const SCAN_MIN_FILES: usize = 4;
 /// How long after the reader's last open a scan keeps entering subdirectories ahead of it.
 pub const SCAN_IDLE: Duration = Duration::from_secs(1);
-/// How many levels below a directory the reader entered a scan reads ahead.
-pub const SCAN_DEPTH: usize = 2;
+/// How far a scan reads ahead of its reader at most: the bytes it queued in directories
+/// the reader has not entered yet.
+pub const SCAN_AHEAD_BYTES: u64 = 256 << 20;
+/// Fetches a scan's walk queues per step at most (then the walk goes on behind them).
+pub const WALK_STEP_JOBS: usize = 256;
+/// Bytes a scan's walk queues per step at most.
+pub const WALK_STEP_BYTES: u64 = 32 << 20;
 /// A scan's larger files downloaded at once at most: each download holds its connection's
 /// read buffer (a few hundred KB for a large body), and more at once would not be faster
 /// on a node's few cores, only larger in memory.
@@ -155,9 +172,9 @@ enum Job {
     Needs(Arc<MountedRevision>, String, String, Content),
     /// Fetch a library the loader is about to open, then queue what it needs in turn.
     Library(Arc<MountedRevision>, Library),
-    /// A subdirectory queued by a scan: read ahead like [`Job::Directory`] unless it was
-    /// already.
-    Subdirectory(Arc<MountedRevision>, String, usize),
+    /// The next steps of a scan's walk ([`Walk`]): queues what comes next in the reader's
+    /// order, then itself behind it.
+    Walk(Box<Walk>),
     /// A larger file (or chunk) queued by a scan: fetched like [`Job::Object`], at most
     /// [`SCAN_LARGER_AT_ONCE`] at a time.
     Larger(Arc<MountedRevision>, ObjectRequest),
@@ -204,6 +221,16 @@ struct Seen {
     recent: VecDeque<Expanded>,
     /// Small files of the directories a scan read ahead (cleared when full).
     scanned: std::collections::HashMap<u64, usize>,
+    /// Bytes a scan queued in each directory the reader has not entered yet.
+    ahead: std::collections::HashMap<u64, u64>,
+    /// Their sum: how far the scan is ahead of the reader.
+    ahead_bytes: u64,
+    /// The scan's walk, held back until the reader catches up.
+    parked: Option<Box<Walk>>,
+    /// The walk that may go on ([`Walk::generation`]): a new one makes older ones stop.
+    walk_generation: u64,
+    /// The highest directory the reader entered during the scan: how far up a walk goes.
+    scan_top: Option<String>,
     /// When the reader last opened a file.
     last_open: Option<std::time::Instant>,
 }
@@ -234,6 +261,39 @@ impl Seen {
     /// Whether a scan is on and its reader still reading.
     fn scan_active(&self) -> bool {
         self.scanning() && self.last_open.is_some_and(|t| t.elapsed() < SCAN_IDLE)
+    }
+
+    /// Makes room in the window: drops the oldest directory too small to tell (fewer than
+    /// [`SCAN_MIN_FILES`] small files), else the oldest not listed yet, else the oldest.
+    /// So a run of small directories (`/usr/share/doc`) neither makes nor ends a scan.
+    fn forget_one(&mut self) {
+        let small = |d: &Expanded| d.files.is_some_and(|n| n < SCAN_MIN_FILES);
+        let at = self
+            .recent
+            .iter()
+            .position(small)
+            .or_else(|| self.recent.iter().position(|d| d.files.is_none()))
+            .unwrap_or(0);
+        self.recent.remove(at);
+    }
+
+    /// The scan stopped: what it held back is dropped, and nothing is ahead any more.
+    fn end_scan(&mut self) {
+        if self.scan_top.is_some() {
+            tracing::debug!(ahead_bytes = self.ahead_bytes, "read-ahead: scan ended");
+        }
+        self.ahead.clear();
+        self.ahead_bytes = 0;
+        self.parked = None;
+        self.walk_generation += 1;
+        self.scan_top = None;
+    }
+
+    /// The reader entered directory `key`: it is no longer ahead of the reader.
+    fn entered(&mut self, key: u64) {
+        if let Some(bytes) = self.ahead.remove(&key) {
+            self.ahead_bytes = self.ahead_bytes.saturating_sub(bytes);
+        }
     }
 }
 
@@ -321,8 +381,9 @@ impl ReadAhead {
             Some(at) => at,
             None => {
                 if seen.recent.len() >= SCAN_WINDOW {
-                    seen.recent.pop_front();
+                    seen.forget_one();
                 }
+                seen.entered(key);
                 // A directory a scan read ahead: its small files are known already.
                 let files = seen.scanned.get(&key).copied();
                 seen.recent.push_back(Expanded {
@@ -338,6 +399,18 @@ impl ReadAhead {
             && expanded.opened.len() < self.inner.settings.max_files
         {
             expanded.opened.insert(file_key);
+        }
+        if !seen.scanning() {
+            seen.end_scan();
+        }
+        if let Some(top) = &mut seen.scan_top {
+            *top = common_ancestor(top, dir).to_string();
+        }
+        // The reader caught up: the walk goes on.
+        if seen.ahead_bytes < SCAN_AHEAD_BYTES
+            && let Some(walk) = seen.parked.take()
+        {
+            self.inner.push_front(&mut queue, Job::Walk(walk));
         }
         if !insert_bounded(&mut queue.seen.dirs, key, MAX_SEEN_DIRS) {
             return;
@@ -484,17 +557,25 @@ impl Inner {
     fn work(&self) {
         while let Some(job) = self.queue.next() {
             match job {
-                Job::Directory(repo, dir) => self.expand(&repo, &dir, None),
-                Job::Subdirectory(repo, dir, depth) => {
-                    let key = self.key(Key::Directory(&repo.revision().root_hash, &dir));
+                Job::Directory(repo, dir) => self.expand(&repo, &dir),
+                Job::Walk(walk) => {
                     let mut queue = self.queue.lock();
-                    // Only while the scanner reads on: a stopped scan leaves its queue.
-                    if queue.seen.scan_active()
-                        && insert_bounded(&mut queue.seen.dirs, key, MAX_SEEN_DIRS)
-                    {
-                        drop(queue);
-                        self.expand(&repo, &dir, Some(depth));
+                    // Only while the scanner reads on: a stopped scan ends its walk.
+                    if !queue.seen.scan_active() {
+                        queue.seen.end_scan();
+                        continue;
                     }
+                    if walk.generation != queue.seen.walk_generation {
+                        continue;
+                    }
+                    if queue.seen.ahead_bytes >= SCAN_AHEAD_BYTES {
+                        // Far enough ahead: held back until the reader enters a directory.
+                        tracing::trace!(ahead = queue.seen.ahead_bytes, "read-ahead: walk parked");
+                        queue.seen.parked = Some(walk);
+                        continue;
+                    }
+                    drop(queue);
+                    self.walk(walk);
                 }
                 Job::Object(repo, req) => {
                     if !self.wait_for_demand(&repo) {
@@ -658,11 +739,9 @@ impl Inner {
         }
     }
 
-    /// Queues the small regular files of `dir`; for a scanner ([`Seen::scanning`]) also
-    /// its larger files and, behind other work, its subdirectories. `depth`: how many
-    /// levels below a directory the reader entered a scan queued this one (`None`: the
-    /// reader entered it).
-    fn expand(&self, repo: &Arc<MountedRevision>, dir: &str, depth: Option<usize>) {
+    /// Queues the small regular files of `dir`, which the reader entered; for a scanner
+    /// ([`Seen::scanning`]), starts a [`Walk`] there instead.
+    fn expand(&self, repo: &Arc<MountedRevision>, dir: &str) {
         let children = match repo.list(dir) {
             Ok(children) => children,
             Err(e) => {
@@ -672,40 +751,39 @@ impl Inner {
         };
         let small: Vec<ObjectRequest> = children
             .iter()
-            .map(|found| &found.entry)
-            .filter(|e| {
-                e.kind == EntryKind::Regular && e.size > 0 && e.size <= self.settings.max_file_size
-            })
-            .filter_map(|e| {
-                // Chunked files have no hash of their own: their chunks are read ahead
-                // when they are read.
-                Some(ObjectRequest {
-                    hash: e.hash?,
-                    suffix: Suffix::None,
-                    compressed: e.compressed,
-                    size: Some(e.size),
-                })
-            })
+            .filter_map(|found| self.small_file(&found.entry))
             .collect();
         let key = self.key(Key::Directory(&repo.revision().root_hash, dir));
-        let scanning = {
-            let mut queue = self.queue.lock();
-            let seen = &mut queue.seen;
-            if let Some(expanded) = seen.recent.iter_mut().find(|d| d.key == key) {
-                expanded.files = Some(small.len());
-            }
-            if depth.is_some() {
-                if seen.scanned.len() >= MAX_SEEN_DIRS {
-                    seen.scanned.clear();
-                }
-                seen.scanned.insert(key, small.len());
-            }
-            seen.scanning()
-        };
+        let mut queue = self.queue.lock();
+        let seen = &mut queue.seen;
+        if let Some(expanded) = seen.recent.iter_mut().find(|d| d.key == key) {
+            expanded.files = Some(small.len());
+        }
+        if seen.scanning() {
+            // Walk from here, in the reader's order; any older walk stops.
+            seen.walk_generation += 1;
+            seen.parked = None;
+            let top = match &seen.scan_top {
+                Some(top) => common_ancestor(top, dir).to_string(),
+                None => dir.to_string(),
+            };
+            seen.scan_top = Some(top);
+            tracing::debug!(dir, "read-ahead: a scan walks from here");
+            let walk = Walk {
+                repo: repo.clone(),
+                generation: seen.walk_generation,
+                stack: vec![Frame {
+                    dir: dir.to_string(),
+                    rest: children.into(),
+                }],
+                start: dir.to_string(),
+            };
+            self.push_front(&mut queue, Job::Walk(Box::new(walk)));
+            return;
+        }
+        drop(queue);
         let bytes: u64 = small.iter().filter_map(|r| r.size).sum();
-        if !scanning
-            && (small.len() > self.settings.max_files || bytes > self.settings.max_dir_bytes)
-        {
+        if small.len() > self.settings.max_files || bytes > self.settings.max_dir_bytes {
             tracing::debug!(
                 dir,
                 files = small.len(),
@@ -714,87 +792,260 @@ impl Inner {
             );
             return;
         }
-        let (larger, subdirectories) = if scanning {
-            self.scan_more(repo, dir, &children)
-        } else {
-            (Vec::new(), Vec::new())
-        };
         tracing::debug!(
             dir,
             files = small.len(),
             bytes,
-            larger = larger.len(),
-            subdirectories = subdirectories.len(),
             "read-ahead: directory queued"
         );
         let mut queue = self.queue.lock();
-        // In the directory's order, ahead of older work: small files, then larger ones.
-        for req in larger.into_iter().rev() {
-            self.push_front(&mut queue, Job::Larger(repo.clone(), req));
-        }
+        // In the directory's order, ahead of older work.
         for req in small.into_iter().rev() {
             self.push_front(&mut queue, Job::Object(repo.clone(), req));
         }
-        // Behind everything: what a scanner enters next, a few levels deep.
-        let below = depth.map_or(1, |d| d + 1);
-        if below > SCAN_DEPTH {
-            return;
-        }
-        for sub in subdirectories {
-            if queue.jobs.len() >= MAX_QUEUED {
-                break;
-            }
-            queue
-                .jobs
-                .push_back(Job::Subdirectory(repo.clone(), sub, below));
-            self.queue.notify_one();
-        }
     }
 
-    /// For a scanner: the objects of `dir`'s regular files too large for
-    /// [`ReadAheadSettings::max_file_size`] (chunked ones up to
-    /// [`ReadAheadSettings::whole_chunked_size`], chunk by chunk), and its subdirectories.
-    fn scan_more(
-        &self,
-        repo: &MountedRevision,
-        dir: &str,
-        children: &[crate::client::repository::Found],
-    ) -> (Vec<ObjectRequest>, Vec<String>) {
-        let mut larger = Vec::new();
-        let mut subdirectories = Vec::new();
-        for found in children {
+    /// The request for `entry` if it is a small regular file, read ahead whole. Chunked
+    /// files have no hash of their own: their chunks are read ahead when they are read.
+    fn small_file(&self, entry: &catalog::Entry) -> Option<ObjectRequest> {
+        if entry.kind != EntryKind::Regular
+            || entry.size == 0
+            || entry.size > self.settings.max_file_size
+        {
+            return None;
+        }
+        Some(ObjectRequest {
+            hash: entry.hash?,
+            suffix: Suffix::None,
+            compressed: entry.compressed,
+            size: Some(entry.size),
+        })
+    }
+
+    /// The next step of `walk`: queues up to [`WALK_STEP_JOBS`] fetches (or
+    /// [`WALK_STEP_BYTES`]) in the reader's order, entering subdirectories where they
+    /// stand and, when the walk's directory is done, going on in its parent after it (up
+    /// to the highest directory the reader entered); then the walk itself, behind them.
+    fn walk(&self, mut walk: Box<Walk>) {
+        let began = std::time::Instant::now();
+        let mut jobs = Vec::new();
+        let mut bytes = 0u64;
+        let mut done = false;
+        while jobs.len() < WALK_STEP_JOBS && bytes < WALK_STEP_BYTES {
+            let Some(frame) = walk.stack.last_mut() else {
+                if !self.walk_up(&mut walk) {
+                    done = true;
+                    break;
+                }
+                continue;
+            };
+            let Some(found) = frame.rest.pop_front() else {
+                walk.stack.pop();
+                continue;
+            };
             let e = &found.entry;
-            let path = format!("{dir}/{}", e.name);
+            if let Some(req) = self.small_file(e) {
+                bytes += e.size;
+                jobs.push(Job::Object(walk.repo.clone(), req));
+                continue;
+            }
+            let path = format!("{}/{}", frame.dir, e.name);
             match e.kind {
-                EntryKind::Directory => subdirectories.push(path),
+                EntryKind::Directory => {
+                    if let Some(frame) = self.walk_into(&walk.repo, path) {
+                        walk.stack.push(frame);
+                    }
+                }
                 EntryKind::Regular
                     if e.size > self.settings.max_file_size
                         && e.size <= self.settings.whole_chunked_size =>
                 {
-                    if e.is_chunked() {
-                        match repo.chunks(&found.catalog, &path, e.size) {
-                            Ok(chunks) => larger.extend(
-                                chunks
-                                    .iter()
-                                    .map(|chunk| ObjectRequest::chunk(chunk, e.compressed)),
-                            ),
-                            Err(err) => {
-                                tracing::debug!(path, error = %err, "read-ahead: no chunk list")
-                            }
-                        }
-                    } else if let Some(hash) = e.hash {
-                        larger.push(ObjectRequest {
-                            hash,
-                            suffix: Suffix::None,
-                            compressed: e.compressed,
-                            size: Some(e.size),
-                        });
-                    }
+                    bytes += e.size;
+                    jobs.extend(
+                        self.larger_file(&walk.repo, &found, &path)
+                            .into_iter()
+                            .map(|req| Job::Larger(walk.repo.clone(), req)),
+                    );
                 }
                 _ => {}
             }
         }
-        (larger, subdirectories)
+        let mut queue = self.queue.lock();
+        if walk.generation != queue.seen.walk_generation {
+            return;
+        }
+        tracing::trace!(
+            at = walk.stack.last().map_or("", |f| f.dir.as_str()),
+            jobs = jobs.len(),
+            ahead = queue.seen.ahead_bytes,
+            queued = queue.jobs.len(),
+            took_us = began.elapsed().as_micros() as u64,
+            "read-ahead: walk step"
+        );
+        // Behind everything queued before (the walk's earlier steps among it): the walk
+        // keeps the reader's order, and what a reader needs now goes to the front. The
+        // walk's next step comes halfway through this one's jobs, so the workers never
+        // run dry while it lists.
+        let n = jobs.len();
+        for job in jobs {
+            queue.jobs.push_back(job);
+            self.queue.notify_one();
+        }
+        if done {
+            tracing::debug!(start = walk.start, "read-ahead: a scan's walk is done");
+        } else {
+            let at = queue.jobs.len() - n + n / 2;
+            queue.jobs.insert(at, Job::Walk(walk));
+            self.queue.notify_one();
+        }
+    }
+
+    /// Lists subdirectory `dir` for a walk, unless it was read ahead already (the reader
+    /// is there or was); what it holds counts as ahead of the reader.
+    fn walk_into(&self, repo: &Arc<MountedRevision>, dir: String) -> Option<Frame> {
+        let key = self.key(Key::Directory(&repo.revision().root_hash, &dir));
+        if !insert_bounded(&mut self.queue.lock().seen.dirs, key, MAX_SEEN_DIRS) {
+            return None;
+        }
+        let children = match repo.list(&dir) {
+            Ok(children) => children,
+            Err(e) => {
+                tracing::debug!(dir, error = %e, "read-ahead: listing failed");
+                return None;
+            }
+        };
+        let mut files = 0;
+        let mut bytes = 0;
+        for found in &children {
+            let e = &found.entry;
+            if self.small_file(e).is_some() {
+                files += 1;
+                bytes += e.size;
+            } else if e.kind == EntryKind::Regular && e.size <= self.settings.whole_chunked_size {
+                bytes += e.size;
+            }
+        }
+        let mut queue = self.queue.lock();
+        let seen = &mut queue.seen;
+        if seen.scanned.len() >= MAX_SEEN_DIRS {
+            seen.scanned.clear();
+        }
+        seen.scanned.insert(key, files);
+        if seen.ahead.len() >= MAX_SEEN_DIRS {
+            seen.ahead.clear();
+            seen.ahead_bytes = 0;
+        }
+        if seen.ahead.insert(key, bytes).is_none() {
+            seen.ahead_bytes += bytes;
+        }
+        Some(Frame {
+            dir,
+            rest: children.into(),
+        })
+    }
+
+    /// The walk finished the directory it started in: it goes on in the parent, after
+    /// that directory, if the reader has been as high as the parent; `false` if not.
+    fn walk_up(&self, walk: &mut Walk) -> bool {
+        let top = self.queue.lock().seen.scan_top.clone();
+        let Some(top) = top else {
+            return false;
+        };
+        let Some((parent, name)) = walk.start.rsplit_once('/') else {
+            return false;
+        };
+        if walk.start == top || common_ancestor(&top, parent) != top {
+            return false;
+        }
+        let children = match walk.repo.list(parent) {
+            Ok(children) => children,
+            Err(e) => {
+                tracing::debug!(dir = parent, error = %e, "read-ahead: listing failed");
+                return false;
+            }
+        };
+        // The reader was in the parent before (it is in the walk's top): opening a file
+        // there does not start another walk, the rest of the parent is this walk's.
+        let key = self.key(Key::Directory(&walk.repo.revision().root_hash, parent));
+        insert_bounded(&mut self.queue.lock().seen.dirs, key, MAX_SEEN_DIRS);
+        let rest: VecDeque<_> = children
+            .into_iter()
+            .skip_while(|found| found.entry.name != name)
+            .skip(1)
+            .collect();
+        walk.stack.push(Frame {
+            dir: parent.to_string(),
+            rest,
+        });
+        walk.start = parent.to_string();
+        true
+    }
+
+    /// The objects of a larger regular file (chunked: its chunks), for a scan.
+    fn larger_file(
+        &self,
+        repo: &MountedRevision,
+        found: &crate::client::repository::Found,
+        path: &str,
+    ) -> Vec<ObjectRequest> {
+        let e = &found.entry;
+        if !e.is_chunked() {
+            return e
+                .hash
+                .map(|hash| ObjectRequest {
+                    hash,
+                    suffix: Suffix::None,
+                    compressed: e.compressed,
+                    size: Some(e.size),
+                })
+                .into_iter()
+                .collect();
+        }
+        match repo.chunks(&found.catalog, path, e.size) {
+            Ok(chunks) => chunks
+                .iter()
+                .map(|chunk| ObjectRequest::chunk(chunk, e.compressed))
+                .collect(),
+            Err(err) => {
+                tracing::debug!(path, error = %err, "read-ahead: no chunk list");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// A scan's depth-first walk of the tree its reader reads, in the reader's order: each
+/// directory's entries in listing order, a subdirectory entered where it stands.
+pub(crate) struct Walk {
+    repo: Arc<MountedRevision>,
+    /// [`Seen::walk_generation`] when it started.
+    generation: u64,
+    /// The directories being walked, outermost first, with their entries still to take.
+    stack: Vec<Frame>,
+    /// The outermost directory walked so far (where it goes up from).
+    start: String,
+}
+
+/// One directory of a [`Walk`].
+struct Frame {
+    dir: String,
+    rest: VecDeque<crate::client::repository::Found>,
+}
+
+/// The longest common ancestor of repository paths `a` and `b` (`""`: the root).
+fn common_ancestor<'a>(a: &'a str, b: &str) -> &'a str {
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    let same = x.iter().zip(y).take_while(|(p, q)| p == q).count();
+    if same == x.len() && (same == y.len() || y[same] == b'/') {
+        return a;
+    }
+    if same == y.len() && x[same] == b'/' {
+        return &a[..same];
+    }
+    // Back to the last separator both share (always a character boundary).
+    match x[..same].iter().rposition(|&c| c == b'/') {
+        Some(end) => &a[..end],
+        None => "",
     }
 }
 
@@ -823,5 +1074,59 @@ impl<'a> LargerSlot<'a> {
 impl Drop for LargerSlot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Expanded, SCAN_WINDOW, Seen, common_ancestor};
+
+    /// The reader entered a directory of `files` small files and opened `opened` of them.
+    fn enter(seen: &mut Seen, key: u64, files: usize, opened: u64) {
+        if seen.recent.len() >= SCAN_WINDOW {
+            seen.forget_one();
+        }
+        seen.recent.push_back(Expanded {
+            key,
+            files: Some(files),
+            opened: (0..opened).collect(),
+        });
+    }
+
+    #[test]
+    fn small_directories_neither_start_nor_end_a_scan() {
+        let mut seen = Seen::default();
+        for key in 0..20 {
+            enter(&mut seen, key, 2, 2);
+        }
+        assert!(!seen.scanning(), "small directories started a scan");
+        for key in 100..104 {
+            enter(&mut seen, key, 5, 5);
+        }
+        assert!(seen.scanning());
+        // /usr/share/doc: thousands of directories of a file or two.
+        for key in 200..2200 {
+            enter(&mut seen, key, 2, 2);
+        }
+        assert!(seen.scanning(), "small directories ended the scan");
+        // Directories read in part end it.
+        for key in 3000..3008 {
+            enter(&mut seen, key, 5, 2);
+        }
+        assert!(!seen.scanning());
+    }
+
+    #[test]
+    fn the_common_ancestor_is_a_whole_directory_of_both_paths() {
+        assert_eq!(common_ancestor("/a/b/c", "/a/b/d"), "/a/b");
+        assert_eq!(common_ancestor("/a/b", "/a/b/c"), "/a/b");
+        assert_eq!(common_ancestor("/a/b/c", "/a/b"), "/a/b");
+        assert_eq!(common_ancestor("/a/b", "/a/b"), "/a/b");
+        assert_eq!(common_ancestor("/a/bc", "/a/bd"), "/a");
+        assert_eq!(common_ancestor("/a/b", "/a/bc"), "/a");
+        assert_eq!(common_ancestor("/x", "/y"), "");
+        assert_eq!(common_ancestor("", "/y"), "");
+        assert_eq!(common_ancestor("/a/é1", "/a/é2"), "/a");
+        assert_eq!(common_ancestor("/a/é", "/a/è"), "/a");
     }
 }
