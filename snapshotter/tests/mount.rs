@@ -891,9 +891,8 @@ fn a_listing_hands_the_kernel_each_entry_so_stat_and_open_ask_no_lookup() {
 fn a_reader_that_reads_every_file_gets_larger_files_and_subdirectories_read_ahead() {
     require_root_and_fuse();
     // Seven directories of five small files and one over the read-ahead size limit, the
-    // last with a subdirectory.
-    // Six more read in part first (four files of five, one of them opened again, as an
-    // import reads a package): no scan.
+    // last with a subdirectory; seven more of the same after them in listing order
+    // (`p0`…`p6`), which the reader enters only at the end.
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     for (prefix, base) in [("d", 0u64), ("p", 1000)] {
         for d in 0..7u64 {

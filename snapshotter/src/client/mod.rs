@@ -30,5 +30,6 @@ pub mod proxy_chain;
 pub mod quota;
 pub mod readahead;
 pub mod repository;
+pub mod scan;
 pub mod startup;
 mod work_queue;

@@ -44,20 +44,23 @@
 //!   ends a scan. A container start does not look like that (Python opens some of the
 //!   files of each `__pycache__` it enters).
 //!
-//!   For a scanner, the directory it enters starts a walk (`Walk`): a depth-first walk of the
-//!   tree in the order such readers take (each directory's entries in listing order, a
-//!   subdirectory entered where it stands), which queues small files, larger ones (up to
+//!   For a scanner, the directory it enters starts a depth-first walk of the tree in the
+//!   order such readers take ([`crate::client::scan`]: each directory's entries in
+//!   listing order, a subdirectory entered where it stands, then on in the parent after
+//!   it, up to the highest directory the reader has opened files in, within its image
+//!   root). It queues small files and larger ones (up to
 //!   [`ReadAheadSettings::whole_chunked_size`], chunked ones chunk by chunk, at most
-//!   [`SCAN_LARGER_AT_ONCE`] downloading) and no limit on a directory's size. When the
-//!   directory is done, the walk goes on in its parent after it, up to the highest
-//!   directory the reader has entered during the scan. It queues a step at a time
-//!   ([`WALK_STEP_JOBS`]) behind what is queued, its next step halfway through the last,
-//!   so the workers fetch in the reader's order without running dry, and it stays at
-//!   most [`SCAN_AHEAD_BYTES`] ahead of the reader (bytes in directories it listed that
-//!   the reader has not entered yet): past that, it waits until the reader enters one. A
-//!   reader that enters a directory the walk has not listed (it jumped, or caught up)
-//!   starts a new walk there. The walk ends when the pattern stops or the reader has
-//!   opened nothing for [`SCAN_IDLE`].
+//!   [`SCAN_LARGER_AT_ONCE`] downloading, the others waiting in order), with no limit on
+//!   a directory's size. A step at a time ([`WALK_STEP_JOBS`]): the first (the reader's
+//!   own directory) ahead of everything, later ones behind what is queued, the next step
+//!   halfway through the last, so the workers fetch in the reader's order without running
+//!   dry. It stays at most [`crate::client::scan::SCAN_AHEAD_BYTES`] (and
+//!   [`crate::client::scan::SCAN_AHEAD_FILES`]) ahead: files it queued that the reader has
+//!   not opened, where a file the reader opens puts every file queued before it behind
+//!   the reader too. Past that, or when the reader has opened nothing for [`SCAN_IDLE`],
+//!   it waits for the reader's next open. A reader that opens a file in a directory the
+//!   walk has not listed (it jumped, or caught up) starts a new walk there, and what the
+//!   old one queued is dropped. The walk ends when the pattern stops.
 //!
 //! A directory whose first opened file came in a startup pack is not read ahead: the pack
 //! holds what a start reads there ([`crate::client::startup`]), and a guess would only
@@ -93,6 +96,7 @@ use crate::client::chunk_reader::ChunkReader;
 use crate::client::elf;
 use crate::client::library_search::{self, Library};
 use crate::client::repository::MountedRevision;
+use crate::client::scan::{Frame, Scan, Walk, common_ancestor};
 use crate::client::work_queue::{JobQueue, Queue, Workers};
 
 /// Queued objects and directories at most; past it, the oldest are dropped for new ones.
@@ -110,13 +114,13 @@ pub const SCAN_AFTER: usize = 4;
 pub const SCAN_MIN_FILES: usize = 4;
 /// How long after the reader's last open a scan keeps entering subdirectories ahead of it.
 pub const SCAN_IDLE: Duration = Duration::from_secs(1);
-/// How far a scan reads ahead of its reader at most: the bytes it queued in directories
-/// the reader has not entered yet.
-pub const SCAN_AHEAD_BYTES: u64 = 256 << 20;
 /// Fetches a scan's walk queues per step at most (then the walk goes on behind them).
 pub const WALK_STEP_JOBS: usize = 256;
 /// Bytes a scan's walk queues per step at most.
 pub const WALK_STEP_BYTES: u64 = 32 << 20;
+/// Directories a scan's walk lists per step at most (directories of subdirectories alone
+/// queue nothing).
+pub const WALK_STEP_LISTINGS: usize = 64;
 /// A scan's larger files downloaded at once at most: each download holds its connection's
 /// read buffer (a few hundred KB for a large body), and more at once would not be faster
 /// on a node's few cores, only larger in memory.
@@ -172,12 +176,17 @@ enum Job {
     Needs(Arc<MountedRevision>, String, String, Content),
     /// Fetch a library the loader is about to open, then queue what it needs in turn.
     Library(Arc<MountedRevision>, Library),
-    /// The next steps of a scan's walk ([`Walk`]): queues what comes next in the reader's
-    /// order, then itself behind it.
-    Walk(Box<Walk>),
-    /// A larger file (or chunk) queued by a scan: fetched like [`Job::Object`], at most
-    /// [`SCAN_LARGER_AT_ONCE`] at a time.
-    Larger(Arc<MountedRevision>, ObjectRequest),
+    /// The next step of the scan's walk ([`Scan::walk`]).
+    Walk,
+    /// An object a scan's walk queued (of walk `generation`: dropped once another walk
+    /// started); a `larger` file's (or chunk) is fetched at most [`SCAN_LARGER_AT_ONCE`]
+    /// at a time.
+    Scanned {
+        repo: Arc<MountedRevision>,
+        req: ObjectRequest,
+        generation: u64,
+        larger: bool,
+    },
 }
 
 /// Where a file's content is: one object, or chunks (stored compressed or not).
@@ -221,16 +230,10 @@ struct Seen {
     recent: VecDeque<Expanded>,
     /// Small files of the directories a scan read ahead (cleared when full).
     scanned: std::collections::HashMap<u64, usize>,
-    /// Bytes a scan queued in each directory the reader has not entered yet.
-    ahead: std::collections::HashMap<u64, u64>,
-    /// Their sum: how far the scan is ahead of the reader.
-    ahead_bytes: u64,
-    /// The scan's walk, held back until the reader catches up.
-    parked: Option<Box<Walk>>,
-    /// The walk that may go on ([`Walk::generation`]): a new one makes older ones stop.
-    walk_generation: u64,
-    /// The highest directory the reader entered during the scan: how far up a walk goes.
-    scan_top: Option<String>,
+    /// The scan's walk and how far ahead of the reader it is.
+    scan: Scan,
+    /// A scan's larger downloads waiting for one of the [`SCAN_LARGER_AT_ONCE`] slots.
+    larger_waiting: VecDeque<Job>,
     /// When the reader last opened a file.
     last_open: Option<std::time::Instant>,
 }
@@ -258,9 +261,9 @@ impl Seen {
             >= SCAN_AFTER
     }
 
-    /// Whether a scan is on and its reader still reading.
-    fn scan_active(&self) -> bool {
-        self.scanning() && self.last_open.is_some_and(|t| t.elapsed() < SCAN_IDLE)
+    /// Whether the reader has opened nothing for [`SCAN_IDLE`].
+    fn idle(&self) -> bool {
+        self.last_open.is_none_or(|t| t.elapsed() >= SCAN_IDLE)
     }
 
     /// Makes room in the window: drops the oldest directory too small to tell (fewer than
@@ -277,23 +280,10 @@ impl Seen {
         self.recent.remove(at);
     }
 
-    /// The scan stopped: what it held back is dropped, and nothing is ahead any more.
+    /// The scan stopped: its walk and the larger downloads waiting are dropped.
     fn end_scan(&mut self) {
-        if self.scan_top.is_some() {
-            tracing::debug!(ahead_bytes = self.ahead_bytes, "read-ahead: scan ended");
-        }
-        self.ahead.clear();
-        self.ahead_bytes = 0;
-        self.parked = None;
-        self.walk_generation += 1;
-        self.scan_top = None;
-    }
-
-    /// The reader entered directory `key`: it is no longer ahead of the reader.
-    fn entered(&mut self, key: u64) {
-        if let Some(bytes) = self.ahead.remove(&key) {
-            self.ahead_bytes = self.ahead_bytes.saturating_sub(bytes);
-        }
+        self.scan.end();
+        self.larger_waiting.clear();
     }
 }
 
@@ -373,7 +363,7 @@ impl ReadAhead {
         let root_hash = &repo.revision().root_hash;
         let key = self.inner.key(Key::Directory(root_hash, dir));
         let small = size > 0 && size <= self.inner.settings.max_file_size;
-        let file_key = small.then(|| self.inner.key(Key::Directory(root_hash, file)));
+        let file_key = self.inner.key(Key::Directory(root_hash, file));
         let mut queue = self.inner.queue.lock();
         let seen = &mut queue.seen;
         seen.last_open = Some(std::time::Instant::now());
@@ -383,7 +373,6 @@ impl ReadAhead {
                 if seen.recent.len() >= SCAN_WINDOW {
                     seen.forget_one();
                 }
-                seen.entered(key);
                 // A directory a scan read ahead: its small files are known already.
                 let files = seen.scanned.get(&key).copied();
                 seen.recent.push_back(Expanded {
@@ -395,22 +384,39 @@ impl ReadAhead {
             }
         };
         let expanded = &mut seen.recent[at];
-        if let Some(file_key) = file_key
-            && expanded.opened.len() < self.inner.settings.max_files
-        {
+        if small && expanded.opened.len() < self.inner.settings.max_files {
             expanded.opened.insert(file_key);
         }
+        seen.scan.opened(file_key);
         if !seen.scanning() {
-            seen.end_scan();
-        }
-        if let Some(top) = &mut seen.scan_top {
-            *top = common_ancestor(top, dir).to_string();
-        }
-        // The reader caught up: the walk goes on.
-        if seen.ahead_bytes < SCAN_AHEAD_BYTES
-            && let Some(walk) = seen.parked.take()
-        {
-            self.inner.push_front(&mut queue, Job::Walk(walk));
+            if seen.scan.under_way() {
+                seen.end_scan();
+            }
+        } else if seen.scan.under_way() {
+            seen.scan.widen_top(dir);
+            if !seen.scan.walked(key) {
+                // The reader left the walk behind (or jumped): a new walk from here. The
+                // directory counts as walked until it starts, so that the reader's next
+                // opens here do not ask again.
+                let generation = seen.scan.generation;
+                seen.scan.listed(key, generation);
+                self.inner
+                    .push_front(&mut queue, Job::Directory(repo.clone(), dir.to_string()));
+                return;
+            }
+            // The reader caught up (or came back): the walk goes on, if it waits.
+            if !seen.scan.stepping
+                && !seen.scan.far_enough()
+                && seen
+                    .scan
+                    .walk
+                    .as_ref()
+                    .is_some_and(|w| Arc::ptr_eq(&w.repo, repo))
+            {
+                seen.scan.stepping = true;
+                self.inner.push_front(&mut queue, Job::Walk);
+            }
+            return;
         }
         if !insert_bounded(&mut queue.seen.dirs, key, MAX_SEEN_DIRS) {
             return;
@@ -536,8 +542,9 @@ impl Inner {
     /// one it reads now, before what earlier directories left queued.
     /// When the queue is full, the oldest job is dropped for it.
     fn push_front(&self, queue: &mut Queue<Job, Seen>, job: Job) {
-        if queue.jobs.len() >= MAX_QUEUED {
-            queue.jobs.pop_back();
+        if queue.jobs.len() >= MAX_QUEUED && matches!(queue.jobs.pop_back(), Some(Job::Walk)) {
+            // The walk's step was dropped: the reader's next open queues it again.
+            queue.seen.scan.stepping = false;
         }
         queue.jobs.push_front(job);
         self.queue.notify_one();
@@ -558,22 +565,27 @@ impl Inner {
         while let Some(job) = self.queue.next() {
             match job {
                 Job::Directory(repo, dir) => self.expand(&repo, &dir),
-                Job::Walk(walk) => {
+                Job::Walk => {
                     let mut queue = self.queue.lock();
-                    // Only while the scanner reads on: a stopped scan ends its walk.
-                    if !queue.seen.scan_active() {
-                        queue.seen.end_scan();
+                    let seen = &mut queue.seen;
+                    seen.scan.stepping = false;
+                    if !seen.scanning() {
+                        seen.end_scan();
                         continue;
                     }
-                    if walk.generation != queue.seen.walk_generation {
+                    // A reader that paused, or is far enough behind: the walk waits for
+                    // its next open.
+                    if seen.idle() || seen.scan.far_enough() {
+                        tracing::trace!(
+                            ahead = seen.scan.ahead_bytes(),
+                            "read-ahead: the walk waits for the reader"
+                        );
                         continue;
                     }
-                    if queue.seen.ahead_bytes >= SCAN_AHEAD_BYTES {
-                        // Far enough ahead: held back until the reader enters a directory.
-                        tracing::trace!(ahead = queue.seen.ahead_bytes, "read-ahead: walk parked");
-                        queue.seen.parked = Some(walk);
+                    let Some(walk) = seen.scan.walk.take() else {
                         continue;
-                    }
+                    };
+                    seen.scan.stepping = true;
                     drop(queue);
                     self.walk(walk);
                 }
@@ -583,18 +595,42 @@ impl Inner {
                     }
                     prefetch(&repo, &req);
                 }
-                Job::Larger(repo, req) => {
+                Job::Scanned {
+                    repo,
+                    req,
+                    generation,
+                    larger,
+                } => {
+                    if generation != self.queue.lock().seen.scan.generation {
+                        continue;
+                    }
                     if !self.wait_for_demand(&repo) {
                         return;
                     }
-                    let Some(_slot) = LargerSlot::take(&self.larger) else {
-                        // All slots busy: behind the rest, after a pause (a queue holding
-                        // only larger files must not spin).
-                        self.queue.lock().jobs.push_back(Job::Larger(repo, req));
-                        std::thread::sleep(Duration::from_millis(2));
+                    if !larger {
+                        prefetch(&repo, &req);
+                        continue;
+                    }
+                    // Taken, or queued to wait, under the lock: a slot freed meanwhile
+                    // looks for waiting downloads under it too.
+                    let mut queue = self.queue.lock();
+                    let Some(slot) = LargerSlot::take(&self.larger) else {
+                        // All slots busy: it waits for the next one freed, in order.
+                        queue.seen.larger_waiting.push_back(Job::Scanned {
+                            repo,
+                            req,
+                            generation,
+                            larger,
+                        });
                         continue;
                     };
+                    drop(queue);
                     prefetch(&repo, &req);
+                    drop(slot);
+                    let mut queue = self.queue.lock();
+                    if let Some(next) = queue.seen.larger_waiting.pop_front() {
+                        self.push_front(&mut queue, next);
+                    }
                 }
                 Job::Needs(repo, path, origin, content) => {
                     if !self.wait_for_demand(&repo) {
@@ -761,24 +797,20 @@ impl Inner {
         }
         if seen.scanning() {
             // Walk from here, in the reader's order; any older walk stops.
-            seen.walk_generation += 1;
-            seen.parked = None;
-            let top = match &seen.scan_top {
-                Some(top) => common_ancestor(top, dir).to_string(),
-                None => dir.to_string(),
-            };
-            seen.scan_top = Some(top);
+            let generation = seen.scan.start(key, dir);
             tracing::debug!(dir, "read-ahead: a scan walks from here");
-            let walk = Walk {
+            seen.scan.walk = Some(Box::new(Walk {
                 repo: repo.clone(),
-                generation: seen.walk_generation,
+                generation,
                 stack: vec![Frame {
                     dir: dir.to_string(),
                     rest: children.into(),
                 }],
                 start: dir.to_string(),
-            };
-            self.push_front(&mut queue, Job::Walk(Box::new(walk)));
+                first: true,
+            }));
+            seen.scan.stepping = true;
+            self.push_front(&mut queue, Job::Walk);
             return;
         }
         drop(queue);
@@ -823,16 +855,26 @@ impl Inner {
     }
 
     /// The next step of `walk`: queues up to [`WALK_STEP_JOBS`] fetches (or
-    /// [`WALK_STEP_BYTES`]) in the reader's order, entering subdirectories where they
-    /// stand and, when the walk's directory is done, going on in its parent after it (up
-    /// to the highest directory the reader entered); then the walk itself, behind them.
+    /// [`WALK_STEP_BYTES`], or after [`WALK_STEP_LISTINGS`] directories listed) in the
+    /// reader's order, entering subdirectories where they stand and, when the walk's
+    /// directory is done, going on in its parent after it (up to the scan's top). The
+    /// first step (the reader's own directory) goes to the front of the queue; later ones
+    /// behind everything queued before, the walk's earlier steps among it. The next step
+    /// is queued halfway through this one's fetches, so the workers never run dry while
+    /// it lists.
     fn walk(&self, mut walk: Box<Walk>) {
         let began = std::time::Instant::now();
-        let mut jobs = Vec::new();
+        let root_hash = walk.repo.revision().root_hash;
+        let mut jobs: Vec<(Job, u64, u64)> = Vec::new();
         let mut bytes = 0u64;
+        let mut listings = 0;
         let mut done = false;
-        while jobs.len() < WALK_STEP_JOBS && bytes < WALK_STEP_BYTES {
+        while jobs.len() < WALK_STEP_JOBS
+            && bytes < WALK_STEP_BYTES
+            && listings < WALK_STEP_LISTINGS
+        {
             let Some(frame) = walk.stack.last_mut() else {
+                listings += 1;
                 if !self.walk_up(&mut walk) {
                     done = true;
                     break;
@@ -844,15 +886,23 @@ impl Inner {
                 continue;
             };
             let e = &found.entry;
+            let path = format!("{}/{}", frame.dir, e.name);
+            let scanned = |req: ObjectRequest, larger: bool| Job::Scanned {
+                repo: walk.repo.clone(),
+                req,
+                generation: walk.generation,
+                larger,
+            };
             if let Some(req) = self.small_file(e) {
                 bytes += e.size;
-                jobs.push(Job::Object(walk.repo.clone(), req));
+                let file = self.key(Key::Directory(&root_hash, &path));
+                jobs.push((scanned(req, false), file, e.size));
                 continue;
             }
-            let path = format!("{}/{}", frame.dir, e.name);
             match e.kind {
                 EntryKind::Directory => {
-                    if let Some(frame) = self.walk_into(&walk.repo, path) {
+                    listings += 1;
+                    if let Some(frame) = self.walk_into(&walk, path) {
                         walk.stack.push(frame);
                     }
                 }
@@ -861,83 +911,77 @@ impl Inner {
                         && e.size <= self.settings.whole_chunked_size =>
                 {
                     bytes += e.size;
-                    jobs.extend(
-                        self.larger_file(&walk.repo, &found, &path)
-                            .into_iter()
-                            .map(|req| Job::Larger(walk.repo.clone(), req)),
-                    );
+                    let file = self.key(Key::Directory(&root_hash, &path));
+                    // The file counts as ahead once, with its first object.
+                    let mut size = e.size;
+                    for req in self.larger_file(&walk.repo, &found, &path) {
+                        jobs.push((scanned(req, true), file, std::mem::take(&mut size)));
+                    }
                 }
                 _ => {}
             }
         }
         let mut queue = self.queue.lock();
-        if walk.generation != queue.seen.walk_generation {
-            return;
-        }
+        let scan = &mut queue.seen.scan;
         tracing::trace!(
             at = walk.stack.last().map_or("", |f| f.dir.as_str()),
             jobs = jobs.len(),
-            ahead = queue.seen.ahead_bytes,
-            queued = queue.jobs.len(),
+            ahead = scan.ahead_bytes(),
             took_us = began.elapsed().as_micros() as u64,
             "read-ahead: walk step"
         );
-        // Behind everything queued before (the walk's earlier steps among it): the walk
-        // keeps the reader's order, and what a reader needs now goes to the front. The
-        // walk's next step comes halfway through this one's jobs, so the workers never
-        // run dry while it lists.
-        let n = jobs.len();
-        for job in jobs {
-            queue.jobs.push_back(job);
-            self.queue.notify_one();
+        if walk.generation != scan.generation {
+            return;
         }
+        for (_, file, size) in &jobs {
+            scan.queued(*file, *size);
+        }
+        let first = std::mem::replace(&mut walk.first, false);
         if done {
             tracing::debug!(start = walk.start, "read-ahead: a scan's walk is done");
+            scan.stepping = false;
         } else {
-            let at = queue.jobs.len() - n + n / 2;
-            queue.jobs.insert(at, Job::Walk(walk));
-            self.queue.notify_one();
+            scan.walk = Some(walk);
+        }
+        let n = jobs.len();
+        let mut jobs: Vec<Job> = jobs.into_iter().map(|(job, _, _)| job).collect();
+        if !done {
+            jobs.insert(n / 2, Job::Walk);
+        }
+        if first {
+            // The reader's own directory: ahead of everything.
+            for job in jobs.into_iter().rev() {
+                self.push_front(&mut queue, job);
+            }
+        } else {
+            for job in jobs {
+                queue.jobs.push_back(job);
+                self.queue.notify_one();
+            }
         }
     }
 
-    /// Lists subdirectory `dir` for a walk, unless it was read ahead already (the reader
-    /// is there or was); what it holds counts as ahead of the reader.
-    fn walk_into(&self, repo: &Arc<MountedRevision>, dir: String) -> Option<Frame> {
-        let key = self.key(Key::Directory(&repo.revision().root_hash, &dir));
-        if !insert_bounded(&mut self.queue.lock().seen.dirs, key, MAX_SEEN_DIRS) {
-            return None;
-        }
-        let children = match repo.list(&dir) {
+    /// Lists subdirectory `dir` for `walk`; what it holds counts for the scan detector.
+    fn walk_into(&self, walk: &Walk, dir: String) -> Option<Frame> {
+        let children = match walk.repo.list(&dir) {
             Ok(children) => children,
             Err(e) => {
                 tracing::debug!(dir, error = %e, "read-ahead: listing failed");
                 return None;
             }
         };
-        let mut files = 0;
-        let mut bytes = 0;
-        for found in &children {
-            let e = &found.entry;
-            if self.small_file(e).is_some() {
-                files += 1;
-                bytes += e.size;
-            } else if e.kind == EntryKind::Regular && e.size <= self.settings.whole_chunked_size {
-                bytes += e.size;
-            }
-        }
+        let files = children
+            .iter()
+            .filter(|found| self.small_file(&found.entry).is_some())
+            .count();
+        let key = self.key(Key::Directory(&walk.repo.revision().root_hash, &dir));
         let mut queue = self.queue.lock();
         let seen = &mut queue.seen;
         if seen.scanned.len() >= MAX_SEEN_DIRS {
             seen.scanned.clear();
         }
         seen.scanned.insert(key, files);
-        if seen.ahead.len() >= MAX_SEEN_DIRS {
-            seen.ahead.clear();
-            seen.ahead_bytes = 0;
-        }
-        if seen.ahead.insert(key, bytes).is_none() {
-            seen.ahead_bytes += bytes;
-        }
+        seen.scan.listed(key, walk.generation);
         Some(Frame {
             dir,
             rest: children.into(),
@@ -945,9 +989,9 @@ impl Inner {
     }
 
     /// The walk finished the directory it started in: it goes on in the parent, after
-    /// that directory, if the reader has been as high as the parent; `false` if not.
+    /// that directory, if the parent is within the scan's top; `false` if not.
     fn walk_up(&self, walk: &mut Walk) -> bool {
-        let top = self.queue.lock().seen.scan_top.clone();
+        let top = self.queue.lock().seen.scan.top.clone();
         let Some(top) = top else {
             return false;
         };
@@ -964,10 +1008,10 @@ impl Inner {
                 return false;
             }
         };
-        // The reader was in the parent before (it is in the walk's top): opening a file
-        // there does not start another walk, the rest of the parent is this walk's.
+        // The rest of the parent is this walk's: a reader opening a file there does not
+        // start another.
         let key = self.key(Key::Directory(&walk.repo.revision().root_hash, parent));
-        insert_bounded(&mut self.queue.lock().seen.dirs, key, MAX_SEEN_DIRS);
+        self.queue.lock().seen.scan.listed(key, walk.generation);
         let rest: VecDeque<_> = children
             .into_iter()
             .skip_while(|found| found.entry.name != name)
@@ -1014,41 +1058,6 @@ impl Inner {
     }
 }
 
-/// A scan's depth-first walk of the tree its reader reads, in the reader's order: each
-/// directory's entries in listing order, a subdirectory entered where it stands.
-pub(crate) struct Walk {
-    repo: Arc<MountedRevision>,
-    /// [`Seen::walk_generation`] when it started.
-    generation: u64,
-    /// The directories being walked, outermost first, with their entries still to take.
-    stack: Vec<Frame>,
-    /// The outermost directory walked so far (where it goes up from).
-    start: String,
-}
-
-/// One directory of a [`Walk`].
-struct Frame {
-    dir: String,
-    rest: VecDeque<crate::client::repository::Found>,
-}
-
-/// The longest common ancestor of repository paths `a` and `b` (`""`: the root).
-fn common_ancestor<'a>(a: &'a str, b: &str) -> &'a str {
-    let (x, y) = (a.as_bytes(), b.as_bytes());
-    let same = x.iter().zip(y).take_while(|(p, q)| p == q).count();
-    if same == x.len() && (same == y.len() || y[same] == b'/') {
-        return a;
-    }
-    if same == y.len() && x[same] == b'/' {
-        return &a[..same];
-    }
-    // Back to the last separator both share (always a character boundary).
-    match x[..same].iter().rposition(|&c| c == b'/') {
-        Some(end) => &a[..end],
-        None => "",
-    }
-}
-
 /// Fetches `req` into the cache ahead of reads; a failure is only logged (a read fetches
 /// it again).
 fn prefetch(repo: &MountedRevision, req: &ObjectRequest) {
@@ -1079,7 +1088,7 @@ impl Drop for LargerSlot<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Expanded, SCAN_WINDOW, Seen, common_ancestor};
+    use super::{Expanded, SCAN_WINDOW, Seen};
 
     /// The reader entered a directory of `files` small files and opened `opened` of them.
     fn enter(seen: &mut Seen, key: u64, files: usize, opened: u64) {
@@ -1114,19 +1123,5 @@ mod tests {
             enter(&mut seen, key, 5, 2);
         }
         assert!(!seen.scanning());
-    }
-
-    #[test]
-    fn the_common_ancestor_is_a_whole_directory_of_both_paths() {
-        assert_eq!(common_ancestor("/a/b/c", "/a/b/d"), "/a/b");
-        assert_eq!(common_ancestor("/a/b", "/a/b/c"), "/a/b");
-        assert_eq!(common_ancestor("/a/b/c", "/a/b"), "/a/b");
-        assert_eq!(common_ancestor("/a/b", "/a/b"), "/a/b");
-        assert_eq!(common_ancestor("/a/bc", "/a/bd"), "/a");
-        assert_eq!(common_ancestor("/a/b", "/a/bc"), "/a");
-        assert_eq!(common_ancestor("/x", "/y"), "");
-        assert_eq!(common_ancestor("", "/y"), "");
-        assert_eq!(common_ancestor("/a/é1", "/a/é2"), "/a");
-        assert_eq!(common_ancestor("/a/é", "/a/è"), "/a");
     }
 }
