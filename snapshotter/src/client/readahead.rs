@@ -51,16 +51,21 @@
 //!   root). It queues small files and larger ones (up to
 //!   [`ReadAheadSettings::whole_chunked_size`], chunked ones chunk by chunk, at most
 //!   [`SCAN_LARGER_AT_ONCE`] downloading, the others waiting in order), with no limit on
-//!   a directory's size. A step at a time ([`WALK_STEP_JOBS`]): the first (the reader's
-//!   own directory) ahead of everything, later ones behind what is queued, the next step
+//!   a directory's size. A step at a time ([`WALK_STEP_JOBS`] fetches, [`WALK_STEP_BYTES`]
+//!   or [`WALK_STEP_LISTINGS`] directories listed): the first (the reader's own
+//!   directory) ahead of everything, later ones behind what is queued, the next step
 //!   halfway through the last, so the workers fetch in the reader's order without running
 //!   dry. It stays at most [`crate::client::scan::SCAN_AHEAD_BYTES`] (and
-//!   [`crate::client::scan::SCAN_AHEAD_FILES`]) ahead: files it queued that the reader has
-//!   not opened, where a file the reader opens puts every file queued before it behind
-//!   the reader too. Past that, or when the reader has opened nothing for [`SCAN_IDLE`],
-//!   it waits for the reader's next open. A reader that opens a file in a directory the
-//!   walk has not listed (it jumped, or caught up) starts a new walk there, and what the
-//!   old one queued is dropped. The walk ends when the pattern stops.
+//!   [`crate::client::scan::SCAN_AHEAD_FILES`] objects) ahead: files it queued that the
+//!   reader has not opened, where a file the reader opens puts every file queued before
+//!   it behind the reader too. Past that, or when the reader has opened nothing for
+//!   [`SCAN_IDLE`], it waits for the reader's next open. The walk follows one process,
+//!   the one whose open started it: another process's opens neither move nor restart it
+//!   (they get the directory read-ahead above). When its reader opens a file in a
+//!   directory the walk has not listed (it jumped, or caught up, or went above where the
+//!   walk stopped), a new walk starts there (without the subdirectories listed before
+//!   that file: the reader has been through them), and what the old one queued is
+//!   dropped. The walk ends when the pattern stops.
 //!
 //! A directory whose first opened file came in a startup pack is not read ahead: the pack
 //! holds what a start reads there ([`crate::client::startup`]), and a guess would only
@@ -112,7 +117,8 @@ pub const SCAN_WINDOW: usize = 8;
 pub const SCAN_AFTER: usize = 4;
 /// Small files a directory must hold to count towards [`SCAN_AFTER`].
 pub const SCAN_MIN_FILES: usize = 4;
-/// How long after the reader's last open a scan keeps entering subdirectories ahead of it.
+/// How long after the reader's last open a scan's walk goes on; then it waits for the
+/// next open.
 pub const SCAN_IDLE: Duration = Duration::from_secs(1);
 /// Fetches a scan's walk queues per step at most (then the walk goes on behind them).
 pub const WALK_STEP_JOBS: usize = 256;
@@ -167,8 +173,15 @@ impl Default for ReadAheadSettings {
 
 /// One piece of queued work.
 enum Job {
-    /// List the directory and queue its small regular files.
-    Directory(Arc<MountedRevision>, String),
+    /// List the directory and queue its small regular files, or, for a scanner, start a
+    /// walk there. `pid`: the process that opened a file in it; `from`: the scan's
+    /// reader left its walk behind, at this entry (the walk starts there).
+    Directory {
+        repo: Arc<MountedRevision>,
+        dir: String,
+        pid: u32,
+        from: Option<String>,
+    },
     /// Fetch one object into the cache.
     Object(Arc<MountedRevision>, ObjectRequest),
     /// Queue what the loader opens after the ELF file at this path (found at the
@@ -176,8 +189,8 @@ enum Job {
     Needs(Arc<MountedRevision>, String, String, Content),
     /// Fetch a library the loader is about to open, then queue what it needs in turn.
     Library(Arc<MountedRevision>, Library),
-    /// The next step of the scan's walk ([`Scan::walk`]).
-    Walk,
+    /// The next step of the scan's walk ([`Scan::walk`]) of this generation.
+    Walk(u64),
     /// An object a scan's walk queued (of walk `generation`: dropped once another walk
     /// started); a `larger` file's (or chunk) is fetched at most [`SCAN_LARGER_AT_ONCE`]
     /// at a time.
@@ -353,10 +366,18 @@ impl ReadAhead {
         &self.inner.settings
     }
 
-    /// A read opened regular file `file` (`size` bytes) in directory `dir` (a repository
-    /// path, `""` for the root) of revision `repo`: queues the directory's small regular
-    /// files unless it was read ahead before, and notes the open for the scan detector.
-    pub fn directory(&self, repo: &Arc<MountedRevision>, dir: &str, file: &str, size: u64) {
+    /// Process `pid` opened regular file `file` (`size` bytes) in directory `dir` (a
+    /// repository path, `""` for the root) of revision `repo`: queues the directory's
+    /// small regular files unless it was read ahead before, and notes the open for the
+    /// scan detector and the scan's walk.
+    pub fn directory(
+        &self,
+        repo: &Arc<MountedRevision>,
+        dir: &str,
+        file: &str,
+        size: u64,
+        pid: u32,
+    ) {
         if !self.inner.settings.enabled {
             return;
         }
@@ -387,12 +408,15 @@ impl ReadAhead {
         if small && expanded.opened.len() < self.inner.settings.max_files {
             expanded.opened.insert(file_key);
         }
-        seen.scan.opened(file_key);
+        let follows = seen.scan.follows(pid);
+        if follows {
+            seen.scan.opened(file_key);
+        }
         if !seen.scanning() {
             if seen.scan.under_way() {
                 seen.end_scan();
             }
-        } else if seen.scan.under_way() {
+        } else if follows {
             seen.scan.widen_top(dir);
             if !seen.scan.walked(key) {
                 // The reader left the walk behind (or jumped): a new walk from here. The
@@ -400,8 +424,14 @@ impl ReadAhead {
                 // opens here do not ask again.
                 let generation = seen.scan.generation;
                 seen.scan.listed(key, generation);
-                self.inner
-                    .push_front(&mut queue, Job::Directory(repo.clone(), dir.to_string()));
+                let from = file.rsplit_once('/').map(|(_, name)| name.to_string());
+                let job = Job::Directory {
+                    repo: repo.clone(),
+                    dir: dir.to_string(),
+                    pid,
+                    from,
+                };
+                self.inner.push_front(&mut queue, job);
                 return;
             }
             // The reader caught up (or came back): the walk goes on, if it waits.
@@ -414,15 +444,21 @@ impl ReadAhead {
                     .is_some_and(|w| Arc::ptr_eq(&w.repo, repo))
             {
                 seen.scan.stepping = true;
-                self.inner.push_front(&mut queue, Job::Walk);
+                let generation = seen.scan.generation;
+                self.inner.push_front(&mut queue, Job::Walk(generation));
             }
             return;
         }
         if !insert_bounded(&mut queue.seen.dirs, key, MAX_SEEN_DIRS) {
             return;
         }
-        self.inner
-            .push_front(&mut queue, Job::Directory(repo.clone(), dir.to_string()));
+        let job = Job::Directory {
+            repo: repo.clone(),
+            dir: dir.to_string(),
+            pid,
+            from: None,
+        };
+        self.inner.push_front(&mut queue, job);
     }
 
     /// Marks directory `dir` of `repo` as done without queueing anything: a file of it came
@@ -542,7 +578,10 @@ impl Inner {
     /// one it reads now, before what earlier directories left queued.
     /// When the queue is full, the oldest job is dropped for it.
     fn push_front(&self, queue: &mut Queue<Job, Seen>, job: Job) {
-        if queue.jobs.len() >= MAX_QUEUED && matches!(queue.jobs.pop_back(), Some(Job::Walk)) {
+        if queue.jobs.len() >= MAX_QUEUED
+            && let Some(Job::Walk(generation)) = queue.jobs.pop_back()
+            && generation == queue.seen.scan.generation
+        {
             // The walk's step was dropped: the reader's next open queues it again.
             queue.seen.scan.stepping = false;
         }
@@ -564,10 +603,18 @@ impl Inner {
     fn work(&self) {
         while let Some(job) = self.queue.next() {
             match job {
-                Job::Directory(repo, dir) => self.expand(&repo, &dir),
-                Job::Walk => {
+                Job::Directory {
+                    repo,
+                    dir,
+                    pid,
+                    from,
+                } => self.expand(&repo, &dir, pid, from.as_deref()),
+                Job::Walk(generation) => {
                     let mut queue = self.queue.lock();
                     let seen = &mut queue.seen;
+                    if generation != seen.scan.generation {
+                        continue;
+                    }
                     seen.scan.stepping = false;
                     if !seen.scanning() {
                         seen.end_scan();
@@ -628,8 +675,14 @@ impl Inner {
                     prefetch(&repo, &req);
                     drop(slot);
                     let mut queue = self.queue.lock();
-                    if let Some(next) = queue.seen.larger_waiting.pop_front() {
-                        self.push_front(&mut queue, next);
+                    // The next waiting of the current walk (older walks' are dropped).
+                    while let Some(next) = queue.seen.larger_waiting.pop_front() {
+                        if matches!(&next, Job::Scanned { generation, .. }
+                            if *generation == queue.seen.scan.generation)
+                        {
+                            self.push_front(&mut queue, next);
+                            break;
+                        }
                     }
                 }
                 Job::Needs(repo, path, origin, content) => {
@@ -775,9 +828,11 @@ impl Inner {
         }
     }
 
-    /// Queues the small regular files of `dir`, which the reader entered; for a scanner
-    /// ([`Seen::scanning`]), starts a [`Walk`] there instead.
-    fn expand(&self, repo: &Arc<MountedRevision>, dir: &str) {
+    /// Queues the small regular files of `dir`, where process `pid` opened a file; for a
+    /// scanner ([`Seen::scanning`]), starts a [`Walk`] there instead, when no scan is
+    /// under way or when its reader left the walk behind (`from`: the entry it opened,
+    /// where the new walk starts; the entries before it are behind the reader).
+    fn expand(&self, repo: &Arc<MountedRevision>, dir: &str, pid: u32, from: Option<&str>) {
         let children = match repo.list(dir) {
             Ok(children) => children,
             Err(e) => {
@@ -795,22 +850,36 @@ impl Inner {
         if let Some(expanded) = seen.recent.iter_mut().find(|d| d.key == key) {
             expanded.files = Some(small.len());
         }
-        if seen.scanning() {
-            // Walk from here, in the reader's order; any older walk stops.
-            let generation = seen.scan.start(key, dir);
-            tracing::debug!(dir, "read-ahead: a scan walks from here");
+        if seen.scanning() && (from.is_some() || !seen.scan.under_way()) {
+            // Walk from here, in the reader's order; any older walk stops, and what it
+            // queued with it.
+            let generation = seen.scan.start(key, dir, pid);
+            seen.larger_waiting.clear();
+            tracing::debug!(dir, from, "read-ahead: a scan walks from here");
+            // The subdirectories before that entry are behind the reader (its files are
+            // kept: a reader need not open them in listing order, and cached ones cost
+            // nothing to skip).
+            let at = from.and_then(|name| children.iter().position(|f| f.entry.name == name));
+            let rest: VecDeque<_> = children
+                .into_iter()
+                .enumerate()
+                .filter(|(i, found)| {
+                    at.is_none_or(|at| *i >= at || found.entry.kind != EntryKind::Directory)
+                })
+                .map(|(_, found)| found)
+                .collect();
             seen.scan.walk = Some(Box::new(Walk {
                 repo: repo.clone(),
                 generation,
                 stack: vec![Frame {
                     dir: dir.to_string(),
-                    rest: children.into(),
+                    rest,
                 }],
                 start: dir.to_string(),
                 first: true,
             }));
             seen.scan.stepping = true;
-            self.push_front(&mut queue, Job::Walk);
+            self.push_front(&mut queue, Job::Walk(generation));
             return;
         }
         drop(queue);
@@ -937,6 +1006,7 @@ impl Inner {
             scan.queued(*file, *size);
         }
         let first = std::mem::replace(&mut walk.first, false);
+        let generation = walk.generation;
         if done {
             tracing::debug!(start = walk.start, "read-ahead: a scan's walk is done");
             scan.stepping = false;
@@ -946,7 +1016,7 @@ impl Inner {
         let n = jobs.len();
         let mut jobs: Vec<Job> = jobs.into_iter().map(|(job, _, _)| job).collect();
         if !done {
-            jobs.insert(n / 2, Job::Walk);
+            jobs.insert(n / 2, Job::Walk(generation));
         }
         if first {
             // The reader's own directory: ahead of everything.

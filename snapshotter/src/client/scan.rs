@@ -21,7 +21,7 @@ use crate::client::repository::{Found, MountedRevision};
 /// How far a scan reads ahead of its reader at most: bytes of files it queued that the
 /// reader has not opened yet.
 pub const SCAN_AHEAD_BYTES: u64 = 256 << 20;
-/// The same bound in files.
+/// The same bound in objects (a chunked file's chunks count one each).
 pub const SCAN_AHEAD_FILES: usize = 16 * 1024;
 /// Directories a walk remembers having listed at most (then it forgets them all: a
 /// reader entering one of them starts a new walk there).
@@ -63,6 +63,8 @@ pub struct Scan {
     /// The highest directory the reader has opened files in during the scan, within one
     /// image root: how far up a walk goes. `None`: no scan under way.
     pub(crate) top: Option<String>,
+    /// The process the walk follows (its opens move the walk; other processes' do not).
+    pub(crate) reader: Option<u32>,
     /// Directories (keys) the current walk listed.
     walked: HashMap<u64, u64>,
     /// Files (keys, bytes) the current walk queued that the reader has not opened yet,
@@ -80,8 +82,18 @@ impl Scan {
         self.top.is_some()
     }
 
-    /// A new walk from `dir` (key `key`), replacing any other; its generation.
-    pub(crate) fn start(&mut self, key: u64, dir: &str) -> u64 {
+    /// Whether process `pid` is the one the scan under way follows.
+    pub(crate) fn follows(&self, pid: u32) -> bool {
+        self.under_way() && self.reader == Some(pid)
+    }
+
+    /// A new walk from `dir` (key `key`) for process `reader`, replacing any other; its
+    /// generation.
+    pub(crate) fn start(&mut self, key: u64, dir: &str, reader: u32) -> u64 {
+        if self.reader != Some(reader) {
+            self.top = None;
+        }
+        self.reader = Some(reader);
         self.generation += 1;
         self.walk = None;
         self.stepping = false;
@@ -107,6 +119,7 @@ impl Scan {
         self.walk = None;
         self.stepping = false;
         self.top = None;
+        self.reader = None;
         self.walked.clear();
         self.clear_ahead();
     }
@@ -235,7 +248,7 @@ mod tests {
     #[test]
     fn a_file_the_reader_opens_puts_everything_queued_before_it_behind() {
         let mut scan = Scan::default();
-        scan.start(1, "/t/d0");
+        scan.start(1, "/t/d0", 7);
         for key in 10..20 {
             scan.queued(key, 100);
         }
@@ -255,7 +268,7 @@ mod tests {
         assert_eq!(scan.ahead_bytes(), 0);
         // A new walk forgets the old one's files.
         scan.queued(30, 5);
-        scan.start(2, "/t/d1");
+        scan.start(2, "/t/d1", 7);
         assert_eq!(scan.ahead_bytes(), 0);
         scan.opened(30);
         assert_eq!(scan.ahead_bytes(), 0);
@@ -264,7 +277,7 @@ mod tests {
     #[test]
     fn the_walk_stops_far_enough_ahead_in_bytes_or_files() {
         let mut scan = Scan::default();
-        scan.start(1, "/t");
+        scan.start(1, "/t", 7);
         scan.queued(2, SCAN_AHEAD_BYTES - 1);
         assert!(!scan.far_enough());
         scan.queued(3, 1);
@@ -281,7 +294,7 @@ mod tests {
     fn the_top_stays_within_the_image_root_the_scan_started_in() {
         let layer = "/.layers/ab/abcd/layerfs";
         let mut scan = Scan::default();
-        scan.start(1, &format!("{layer}/usr/lib/a"));
+        scan.start(1, &format!("{layer}/usr/lib/a"), 7);
         scan.widen_top(&format!("{layer}/usr/share/b"));
         assert_eq!(scan.top.as_deref(), Some("/.layers/ab/abcd/layerfs/usr"));
         // Another image's reader does not move it.

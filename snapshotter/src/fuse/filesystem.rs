@@ -135,7 +135,7 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if self.no_open {
             // The kernel takes this as success and opens every file itself from now on.
             return reply.error(Errno::ENOSYS);
@@ -150,7 +150,7 @@ impl Filesystem for StrataFs {
         if let Err(e) = require_regular(&node) {
             return reply.error(e);
         }
-        match self.open_file(&node, true) {
+        match self.open_file(&node, true, req.pid()) {
             Ok(file) => {
                 let fh = self.new_handle();
                 let backing = match &file {
@@ -178,7 +178,7 @@ impl Filesystem for StrataFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -195,20 +195,22 @@ impl Filesystem for StrataFs {
             .map(|(_, f)| f.clone());
         let file = match file {
             Some(file) => file,
-            None if self.no_open => match self.file_of_inode(ino, offset == 0) {
+            None if self.no_open => match self.file_of_inode(ino, offset == 0, req.pid()) {
                 Ok(file) => Arc::new(file),
                 Err(e) => return reply.error(e),
             },
             // A handle of the process this one took the connection over from: opened
             // again by inode, and kept under that handle until it is released.
-            None if self.shared.adopted => match (self.node(ino), self.file_of_inode(ino, false)) {
-                (Ok(node), Ok(file)) => {
-                    let file = Arc::new(file);
-                    lock(&self.files).insert(fh.0, (node, file.clone()));
-                    file
+            None if self.shared.adopted => {
+                match (self.node(ino), self.file_of_inode(ino, false, req.pid())) {
+                    (Ok(node), Ok(file)) => {
+                        let file = Arc::new(file);
+                        lock(&self.files).insert(fh.0, (node, file.clone()));
+                        file
+                    }
+                    (Err(e), _) | (_, Err(e)) => return reply.error(e),
                 }
-                (Err(e), _) | (_, Err(e)) => return reply.error(e),
-            },
+            }
             None => return reply.error(Errno::EBADF),
         };
         match self.read_file(&file, offset, size) {

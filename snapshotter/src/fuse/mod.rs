@@ -349,9 +349,9 @@ impl StrataFs {
     }
 
     /// Read-ahead of directory `dir` (a repository path) of the current revision.
-    fn read_ahead_directory(&self, dir: &str, file: &str, size: u64) {
+    fn read_ahead_directory(&self, dir: &str, file: &str, size: u64, pid: u32) {
         if let Some(read_ahead) = self.shared.read_ahead.get() {
-            read_ahead.directory(&self.repo(), dir, file, size);
+            read_ahead.directory(&self.repo(), dir, file, size, pid);
         }
     }
 

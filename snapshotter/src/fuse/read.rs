@@ -39,15 +39,17 @@ pub(super) type OpenHandle = (Arc<Node>, Arc<OpenFile>);
 
 impl StrataFs {
     /// No-open mode: the file of `ino` for one read (its object pinned until dropped);
-    /// `at_start` if the read is at offset 0 (see [`StrataFs::open_file`]).
+    /// `at_start` if the read is at offset 0; `pid` the reading process (see
+    /// [`StrataFs::open_file`]).
     pub(super) fn file_of_inode(
         &self,
         ino: INodeNo,
         at_start: bool,
+        pid: u32,
     ) -> std::result::Result<OpenFile, Errno> {
         let node = self.node(ino)?;
         require_regular(&node)?;
-        self.open_file(&node, at_start)
+        self.open_file(&node, at_start, pid)
             .map_err(|e| report("read", &node.path, &e))
     }
 
@@ -56,8 +58,9 @@ impl StrataFs {
     /// its neighbours) unless the file came in a startup pack (the pack knows which of its
     /// neighbours a start reads). `opening`: an `OPEN`, or a read at offset 0 in no-open
     /// mode; an unchunked ELF file then has its libraries read ahead (a chunked one when
-    /// its first chunk is read, [`StrataFs::read_file`]).
-    pub(super) fn open_file(&self, node: &Node, opening: bool) -> Result<OpenFile> {
+    /// its first chunk is read, [`StrataFs::read_file`]). `pid`: the process opening it
+    /// (a scan's read-ahead follows one reader).
+    pub(super) fn open_file(&self, node: &Node, opening: bool, pid: u32) -> Result<OpenFile> {
         let dir = node.path.rsplit_once('/').map_or("", |(dir, _)| dir);
         let from_pack = node
             .entry
@@ -68,7 +71,7 @@ impl StrataFs {
                 read_ahead.known_directory(&self.repo(), dir);
             }
         } else {
-            self.read_ahead_directory(dir, &node.path, node.entry.size);
+            self.read_ahead_directory(dir, &node.path, node.entry.size, pid);
         }
         let file = self.fetch_for_read(node)?;
         // A program or library about to be mapped: the loader opens its libraries next.

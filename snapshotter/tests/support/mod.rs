@@ -183,7 +183,12 @@ pub fn mount_command(
         .arg("--cache")
         .arg(cache)
         .arg(mnt)
-        .env("RUST_LOG", "info")
+        // `STRATA_TEST_MOUNT_LOG=debug` (any `RUST_LOG` filter) for a failing test's
+        // mount log.
+        .env(
+            "RUST_LOG",
+            std::env::var("STRATA_TEST_MOUNT_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null());
     cmd
 }
