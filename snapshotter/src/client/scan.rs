@@ -22,10 +22,10 @@ use crate::client::repository::{Found, MountedRevision};
 /// reader has not opened yet.
 pub const SCAN_AHEAD_BYTES: u64 = 256 << 20;
 /// The same bound in objects (a chunked file's chunks count one each).
-pub const SCAN_AHEAD_FILES: usize = 16 * 1024;
+pub const SCAN_AHEAD_FILES: usize = 4 * 1024;
 /// Directories a walk remembers having listed at most (then it forgets them all: a
 /// reader entering one of them starts a new walk there).
-const MAX_WALKED: usize = 64 * 1024;
+const MAX_WALKED: usize = 16 * 1024;
 
 /// A scan's depth-first walk of the tree its reader reads.
 pub struct Walk {
