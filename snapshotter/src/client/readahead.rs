@@ -59,9 +59,12 @@
 //!   [`crate::client::scan::SCAN_AHEAD_FILES`] objects) ahead: files it queued that the
 //!   reader has not opened, where a file the reader opens puts every file queued before
 //!   it behind the reader too. Past that, or when the reader has opened nothing for
-//!   [`SCAN_IDLE`], it waits for the reader's next open. The walk follows one process,
-//!   the one whose open started it: another process's opens neither move nor restart it
-//!   (they get the directory read-ahead above). When its reader opens a file in a
+//!   [`SCAN_IDLE`], it waits for the reader's next open. The walk follows one reader,
+//!   the thread whose open started it (the FUSE request's pid is the kernel's thread id):
+//!   another thread's opens neither move nor restart it (they get the directory
+//!   read-ahead above) until the reader has opened nothing for [`SCAN_IDLE`]; then the
+//!   next thread that opens a file takes the walk over (`find -exec` and `xargs` run a
+//!   new process per batch; a multi-threaded scanner's threads take turns). When its reader opens a file in a
 //!   directory the walk has not listed (it jumped, or caught up, or went above where the
 //!   walk stopped), a new walk starts there (without the subdirectories listed before
 //!   that file: the reader has been through them), and what the old one queued is
@@ -119,7 +122,7 @@ pub const SCAN_AFTER: usize = 4;
 pub const SCAN_MIN_FILES: usize = 4;
 /// How long after the reader's last open a scan's walk goes on; then it waits for the
 /// next open.
-pub const SCAN_IDLE: Duration = Duration::from_secs(1);
+pub const SCAN_IDLE: Duration = crate::client::scan::READER_IDLE;
 /// Fetches a scan's walk queues per step at most (then the walk goes on behind them).
 pub const WALK_STEP_JOBS: usize = 256;
 /// Bytes a scan's walk queues per step at most.
@@ -174,13 +177,14 @@ impl Default for ReadAheadSettings {
 /// One piece of queued work.
 enum Job {
     /// List the directory and queue its small regular files, or, for a scanner, start a
-    /// walk there. `pid`: the process that opened a file in it; `from`: the scan's
-    /// reader left its walk behind, at this entry (the walk starts there).
+    /// walk there. `pid`: the thread that opened a file in it; `restart`: the scan's
+    /// reader left walk generation `.1` behind, opening entry `.0` (a new walk starts
+    /// there, without the subdirectories listed before that entry).
     Directory {
         repo: Arc<MountedRevision>,
         dir: String,
         pid: u32,
-        from: Option<String>,
+        restart: Option<(String, u64)>,
     },
     /// Fetch one object into the cache.
     Object(Arc<MountedRevision>, ObjectRequest),
@@ -247,8 +251,6 @@ struct Seen {
     scan: Scan,
     /// A scan's larger downloads waiting for one of the [`SCAN_LARGER_AT_ONCE`] slots.
     larger_waiting: VecDeque<Job>,
-    /// When the reader last opened a file.
-    last_open: Option<std::time::Instant>,
 }
 
 /// A directory read ahead, for the scan detector.
@@ -272,11 +274,6 @@ impl Seen {
             })
             .count()
             >= SCAN_AFTER
-    }
-
-    /// Whether the reader has opened nothing for [`SCAN_IDLE`].
-    fn idle(&self) -> bool {
-        self.last_open.is_none_or(|t| t.elapsed() >= SCAN_IDLE)
     }
 
     /// Makes room in the window: drops the oldest directory too small to tell (fewer than
@@ -387,7 +384,6 @@ impl ReadAhead {
         let file_key = self.inner.key(Key::Directory(root_hash, file));
         let mut queue = self.inner.queue.lock();
         let seen = &mut queue.seen;
-        seen.last_open = Some(std::time::Instant::now());
         let at = match seen.recent.iter().position(|d| d.key == key) {
             Some(at) => at,
             None => {
@@ -424,12 +420,12 @@ impl ReadAhead {
                 // opens here do not ask again.
                 let generation = seen.scan.generation;
                 seen.scan.listed(key, generation);
-                let from = file.rsplit_once('/').map(|(_, name)| name.to_string());
+                let name = file.rsplit_once('/').map_or(file, |(_, name)| name);
                 let job = Job::Directory {
                     repo: repo.clone(),
                     dir: dir.to_string(),
                     pid,
-                    from,
+                    restart: Some((name.to_string(), generation)),
                 };
                 self.inner.push_front(&mut queue, job);
                 return;
@@ -456,7 +452,7 @@ impl ReadAhead {
             repo: repo.clone(),
             dir: dir.to_string(),
             pid,
-            from: None,
+            restart: None,
         };
         self.inner.push_front(&mut queue, job);
     }
@@ -607,8 +603,8 @@ impl Inner {
                     repo,
                     dir,
                     pid,
-                    from,
-                } => self.expand(&repo, &dir, pid, from.as_deref()),
+                    restart,
+                } => self.expand(&repo, &dir, pid, restart),
                 Job::Walk(generation) => {
                     let mut queue = self.queue.lock();
                     let seen = &mut queue.seen;
@@ -622,7 +618,7 @@ impl Inner {
                     }
                     // A reader that paused, or is far enough behind: the walk waits for
                     // its next open.
-                    if seen.idle() || seen.scan.far_enough() {
+                    if seen.scan.reader_idle() || seen.scan.far_enough() {
                         tracing::trace!(
                             ahead = seen.scan.ahead_bytes(),
                             "read-ahead: the walk waits for the reader"
@@ -828,11 +824,18 @@ impl Inner {
         }
     }
 
-    /// Queues the small regular files of `dir`, where process `pid` opened a file; for a
+    /// Queues the small regular files of `dir`, where thread `pid` opened a file; for a
     /// scanner ([`Seen::scanning`]), starts a [`Walk`] there instead, when no scan is
-    /// under way or when its reader left the walk behind (`from`: the entry it opened,
-    /// where the new walk starts; the entries before it are behind the reader).
-    fn expand(&self, repo: &Arc<MountedRevision>, dir: &str, pid: u32, from: Option<&str>) {
+    /// under way or when its reader left the current walk behind (`restart`: the entry it
+    /// opened and the walk's generation; the new walk leaves out the subdirectories listed
+    /// before that entry, and keeps its files).
+    fn expand(
+        &self,
+        repo: &Arc<MountedRevision>,
+        dir: &str,
+        pid: u32,
+        restart: Option<(String, u64)>,
+    ) {
         let children = match repo.list(dir) {
             Ok(children) => children,
             Err(e) => {
@@ -850,6 +853,12 @@ impl Inner {
         if let Some(expanded) = seen.recent.iter_mut().find(|d| d.key == key) {
             expanded.files = Some(small.len());
         }
+        // A restart only for the walk it was asked for (a newer restart, or another scan,
+        // came first otherwise).
+        let from = restart
+            .filter(|(_, generation)| *generation == seen.scan.generation)
+            .map(|(name, _)| name);
+        let from = from.as_deref();
         if seen.scanning() && (from.is_some() || !seen.scan.under_way()) {
             // Walk from here, in the reader's order; any older walk stops, and what it
             // queued with it.

@@ -10,7 +10,7 @@
 //! behind: a new walk starts there), and the files it queued that the reader has not
 //! opened yet, in walk order: the reader reads in the same order, so a file it opens
 //! means every file queued before it is behind it too. That list is how far ahead the
-//! walk is, in bytes and files; past [`SCAN_AHEAD_BYTES`] or [`SCAN_AHEAD_FILES`] the
+//! walk is, in bytes and objects; past [`SCAN_AHEAD_BYTES`] or [`SCAN_AHEAD_FILES`] the
 //! walk waits for the reader.
 
 use std::collections::{HashMap, VecDeque};
@@ -21,6 +21,9 @@ use crate::client::repository::{Found, MountedRevision};
 /// How far a scan reads ahead of its reader at most: bytes of files it queued that the
 /// reader has not opened yet.
 pub const SCAN_AHEAD_BYTES: u64 = 256 << 20;
+/// How long the reader may open nothing before another thread's opens take the walk over
+/// (and before the walk waits for it).
+pub const READER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 /// The same bound in objects (a chunked file's chunks count one each).
 pub const SCAN_AHEAD_FILES: usize = 4 * 1024;
 /// Directories a walk remembers having listed at most (then it forgets them all: a
@@ -63,8 +66,13 @@ pub struct Scan {
     /// The highest directory the reader has opened files in during the scan, within one
     /// image root: how far up a walk goes. `None`: no scan under way.
     pub(crate) top: Option<String>,
-    /// The process the walk follows (its opens move the walk; other processes' do not).
+    /// The reader the walk follows: the FUSE request pid of its opens, which is the
+    /// kernel's id of the opening thread (0 when the opener is outside the mount's pid
+    /// namespace). Its opens move the walk; others' do not, until it has opened nothing
+    /// for [`READER_IDLE`] (a `find -exec` or `xargs` runs a new process per batch).
     pub(crate) reader: Option<u32>,
+    /// When the reader last opened a file.
+    reader_seen: Option<std::time::Instant>,
     /// Directories (keys) the current walk listed.
     walked: HashMap<u64, u64>,
     /// Files (keys, bytes) the current walk queued that the reader has not opened yet,
@@ -82,9 +90,27 @@ impl Scan {
         self.top.is_some()
     }
 
-    /// Whether process `pid` is the one the scan under way follows.
-    pub(crate) fn follows(&self, pid: u32) -> bool {
-        self.under_way() && self.reader == Some(pid)
+    /// Whether the scan under way follows thread `pid` in this open: its reader, or,
+    /// when the reader has opened nothing for [`READER_IDLE`], a new one that takes the
+    /// walk over. Notes the open for the reader.
+    pub(crate) fn follows(&mut self, pid: u32) -> bool {
+        if !self.under_way() {
+            return false;
+        }
+        if self.reader != Some(pid) {
+            if !self.reader_idle() {
+                return false;
+            }
+            tracing::debug!(pid, "read-ahead: the scan follows another reader");
+            self.reader = Some(pid);
+        }
+        self.reader_seen = Some(std::time::Instant::now());
+        true
+    }
+
+    /// Whether the reader has opened nothing for [`READER_IDLE`].
+    pub(crate) fn reader_idle(&self) -> bool {
+        self.reader_seen.is_none_or(|t| t.elapsed() >= READER_IDLE)
     }
 
     /// A new walk from `dir` (key `key`) for process `reader`, replacing any other; its
@@ -94,6 +120,7 @@ impl Scan {
             self.top = None;
         }
         self.reader = Some(reader);
+        self.reader_seen = Some(std::time::Instant::now());
         self.generation += 1;
         self.walk = None;
         self.stepping = false;
@@ -272,6 +299,22 @@ mod tests {
         assert_eq!(scan.ahead_bytes(), 0);
         scan.opened(30);
         assert_eq!(scan.ahead_bytes(), 0);
+    }
+
+    #[test]
+    fn another_thread_takes_the_walk_over_only_once_the_reader_paused() {
+        let mut scan = Scan::default();
+        assert!(!scan.follows(7), "no scan under way");
+        scan.start(1, "/t", 7);
+        assert!(scan.follows(7));
+        assert!(!scan.follows(8), "another thread while the reader reads");
+        scan.reader_seen = std::time::Instant::now().checked_sub(READER_IDLE);
+        assert!(scan.reader_idle());
+        assert!(
+            scan.follows(8),
+            "the reader paused: the next thread takes over"
+        );
+        assert!(!scan.follows(7), "and the old one is another thread now");
     }
 
     #[test]
