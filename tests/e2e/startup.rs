@@ -35,10 +35,10 @@ fn pack_names(startup: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Polls the cache report of a live mount until `key` counts at least `packs`: the mount
+/// Polls the cache report of a live mount until `key` counts at least `at_least`: the mount
 /// writes its counters to the cache index in batches, within half a second.
-fn wait_for_count(work: &WorkDir, cache: &Path, key: &str, packs: u64) -> Result<String> {
-    let what = format!("the cache to count {packs} for {key:?}");
+fn wait_for_count(work: &WorkDir, cache: &Path, key: &str, at_least: u64) -> Result<String> {
+    let what = format!("the cache to count {at_least} for {key:?}");
     let mut last = String::new();
     let counted = poll(
         &what,
@@ -46,7 +46,7 @@ fn wait_for_count(work: &WorkDir, cache: &Path, key: &str, packs: u64) -> Result
         Duration::from_millis(200),
         || {
             let report = cache_report(cache, &work.log("cache-report"))?;
-            if report_value(&report, key).is_some_and(|n| n >= packs) {
+            if report_value(&report, key).is_some_and(|n| n >= at_least) {
                 return Ok(Some(report));
             }
             last = report;

@@ -135,6 +135,17 @@ pub struct ObjectRequest {
 }
 
 impl ObjectRequest {
+    /// The request for the object of unchunked regular file `entry` (`None` without a
+    /// content hash: a chunked file, or not a regular file).
+    pub fn whole(entry: &catalog::Entry) -> Option<ObjectRequest> {
+        Some(ObjectRequest {
+            hash: entry.hash?,
+            suffix: Suffix::None,
+            compressed: entry.compressed,
+            size: Some(entry.size),
+        })
+    }
+
     /// The request for chunk `chunk` of a chunked file stored compressed or not as
     /// `compressed` says (docs/format.md §4.6: suffix `P`).
     pub fn chunk(chunk: &catalog::Chunk, compressed: bool) -> ObjectRequest {

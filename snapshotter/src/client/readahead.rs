@@ -64,9 +64,9 @@
 //!   another thread's opens neither move nor restart it (they get the directory
 //!   read-ahead above) until the reader has opened nothing for [`SCAN_IDLE`]; then the
 //!   next thread that opens a file takes the walk over (`find -exec` and `xargs` run a
-//!   new process per batch; a multi-threaded scanner's threads take turns). When its reader opens a file in a
-//!   directory the walk has not listed (it jumped, or caught up, or went above where the
-//!   walk stopped), a new walk starts there (without the subdirectories listed before
+//!   new process per batch; a multi-threaded scanner's threads take turns). When its
+//!   reader opens a file in a directory the walk has not listed (it jumped, or caught up,
+//!   or went above where the walk stopped), a new walk starts there (without the subdirectories listed before
 //!   that file: the reader has been through them), and what the old one queued is
 //!   dropped. The walk ends when the pattern stops.
 //!
@@ -97,7 +97,7 @@ use std::time::Duration;
 
 use std::os::unix::fs::FileExt;
 
-use catalog::{Chunk, ContentHash, EntryKind, Suffix};
+use catalog::{Chunk, ContentHash, EntryKind};
 
 use crate::client::cache::{ObjectCache, ObjectRequest};
 use crate::client::chunk_reader::ChunkReader;
@@ -799,21 +799,15 @@ impl Inner {
             }
             return;
         }
-        let Some(hash) = entry.hash else {
+        let Some(req) = ObjectRequest::whole(entry) else {
             return;
-        };
-        let req = ObjectRequest {
-            hash,
-            suffix: Suffix::None,
-            compressed: entry.compressed,
-            size: Some(entry.size),
         };
         // Waits for a download in flight (the loader's own, often): its headers are next.
         let file = match repo.cache().prefetch_and_open(&req) {
             Ok(Some(file)) => file,
             Ok(None) => return,
             Err(e) => {
-                tracing::debug!(object = %hash, error = %e, "read-ahead failed");
+                tracing::debug!(object = %req.hash, error = %e, "read-ahead failed");
                 return;
             }
         };
@@ -924,12 +918,7 @@ impl Inner {
         {
             return None;
         }
-        Some(ObjectRequest {
-            hash: entry.hash?,
-            suffix: Suffix::None,
-            compressed: entry.compressed,
-            size: Some(entry.size),
-        })
+        ObjectRequest::whole(entry)
     }
 
     /// The next step of `walk`: queues up to [`WALK_STEP_JOBS`] fetches (or
@@ -1113,16 +1102,7 @@ impl Inner {
     ) -> Vec<ObjectRequest> {
         let e = &found.entry;
         if !e.is_chunked() {
-            return e
-                .hash
-                .map(|hash| ObjectRequest {
-                    hash,
-                    suffix: Suffix::None,
-                    compressed: e.compressed,
-                    size: Some(e.size),
-                })
-                .into_iter()
-                .collect();
+            return ObjectRequest::whole(e).into_iter().collect();
         }
         match repo.chunks(&found.catalog, path, e.size) {
             Ok(chunks) => chunks

@@ -26,6 +26,14 @@ pub fn file_type(entry: &Entry) -> FileType {
     }
 }
 
+/// A negative entry for a name in directory `parent`: inode 0 (FUSE protocol: the kernel
+/// caches that the name does not exist), with the directory's other attributes.
+pub fn negative_entry_attr(parent: &Entry) -> FileAttr {
+    let mut attr = file_attr(0, parent);
+    attr.ino = fuser::INodeNo(0);
+    attr
+}
+
 /// The attributes of `entry` under inode `ino`.
 pub fn file_attr(ino: u64, entry: &Entry) -> FileAttr {
     let kind = file_type(entry);

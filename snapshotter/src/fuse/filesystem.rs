@@ -29,6 +29,7 @@ use fuser::{
     Request,
 };
 
+use super::attr::negative_entry_attr;
 use super::errno::report;
 use super::read::{OpenFile, require_regular};
 use super::xattr::{reply_sized, xattr_names};
@@ -104,11 +105,7 @@ impl Filesystem for StrataFs {
         match self.lookup_child(&parent, name) {
             Ok(Some(node)) => reply.entry(&TTL, &file_attr(node.ino, &node.entry), Generation(0)),
             // Inode 0 with a TTL is a cached negative entry (FUSE protocol).
-            Ok(None) => {
-                let mut attr = file_attr(0, &parent.entry);
-                attr.ino = INodeNo(0);
-                reply.entry(&TTL, &attr, Generation(0));
-            }
+            Ok(None) => reply.entry(&TTL, &negative_entry_attr(&parent.entry), Generation(0)),
             Err(e) => reply.error(report("lookup", &parent.path, &e)),
         }
     }
@@ -335,21 +332,16 @@ impl Filesystem for StrataFs {
             Ok(items) => items,
             Err(e) => return reply.error(e),
         };
-        let dir = match self.node(ino) {
-            Ok(dir) => dir,
-            Err(e) => return reply.error(e),
-        };
         for (i, item) in items.iter().enumerate().skip(offset as usize) {
             let (attr, ttl) = match self.node(INodeNo(item.ino)) {
                 Ok(node) if self.inodes().is_current(&node) => {
                     (file_attr(node.ino, &node.entry), TTL)
                 }
                 Ok(node) => (file_attr(node.ino, &node.entry), std::time::Duration::ZERO),
-                Err(_) => {
-                    let mut attr = file_attr(0, &dir.entry);
-                    attr.ino = INodeNo(0);
-                    (attr, std::time::Duration::ZERO)
-                }
+                Err(_) => match self.node(ino) {
+                    Ok(dir) => (negative_entry_attr(&dir.entry), std::time::Duration::ZERO),
+                    Err(e) => return reply.error(e),
+                },
             };
             if reply.add(
                 INodeNo(item.ino),

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
-use catalog::{Chunk, EntryKind, Suffix};
+use catalog::{Chunk, EntryKind};
 use fuser::{Errno, INodeNo};
 
 use super::errno::report;
@@ -113,19 +113,14 @@ impl StrataFs {
                 files: Mutex::new(HashMap::new()),
             });
         }
-        let Some(hash) = entry.hash else {
+        let Some(req) = ObjectRequest::whole(entry) else {
             return Err(Error::Unsupported {
                 path: node.path.clone(),
                 reason: "regular file without content hash or chunks".into(),
             });
         };
         let started = std::time::Instant::now();
-        let file = self.repo().cache().get(&ObjectRequest {
-            hash,
-            suffix: Suffix::None,
-            compressed: entry.compressed,
-            size: Some(entry.size),
-        })?;
+        let file = self.repo().cache().get(&req)?;
         log_wait(&node.path, None, started);
         Ok(OpenFile::Whole(file))
     }
