@@ -1781,6 +1781,141 @@ fn startup_packs_are_prefetched_on_request_and_checked_member_by_member() {
     );
 }
 
+/// A chunked file whose chunks came in a startup pack is known to the pack like an
+/// unchunked one: opening it does not read its directory ahead (what a start needs from
+/// that directory is in the pack too).
+#[test]
+fn a_chunked_file_from_a_startup_pack_does_not_read_its_directory_ahead() {
+    require_root_and_fuse();
+    const CHUNK: usize = 300_000;
+    let big = pseudo_random(700_000, 93);
+    let mut pack = catalog::PackBuilder::new();
+    let mut chunk_objects = Vec::new();
+    for piece in big.chunks(CHUNK) {
+        let stored = catalog::compress(piece);
+        let hash = catalog::ContentHash::of_bytes(catalog::HashAlgorithm::Sha1, &stored);
+        chunk_objects.push(hash.object_path(catalog::Suffix::Partial));
+        let member = catalog::PackMember {
+            hash,
+            suffix: catalog::Suffix::Partial,
+            compressed: true,
+            stored_size: stored.len() as u64,
+            raw_size: piece.len() as u64,
+        };
+        pack.push(member, &stored).unwrap();
+    }
+    let mut files: Vec<(String, Vec<u8>)> = (0..6u64)
+        .map(|i| (format!("/app/s{i}"), pseudo_random(3000, 94 + i)))
+        .collect();
+    files.push(("/app/big".into(), big.clone()));
+    files.push(("/app/startup/pack-000.strata-pack".into(), pack.finish()));
+    let (work, repo, server, mnt) = serve_flat_repo(&[]);
+    repo.publish_with_links(&files, &[], |p| (p == "/app/big").then_some(CHUNK), 2, 240);
+    for object in &chunk_objects {
+        assert!(
+            repo.srv.join(object).is_file(),
+            "the pack holds the file's own chunk {object}"
+        );
+    }
+    let cache = work.path().join("cache");
+    let cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    getxattr(&mnt.join("app/startup"), "user.strata.prefetch").unwrap();
+    wait_for_stats(&cache, &m, |s| s.prefetch_packs == 1);
+    assert_eq!(std::fs::read(mnt.join("app/big")).unwrap(), big);
+    std::thread::sleep(Duration::from_millis(500));
+    let requested = |object: &str| server.requests_for(object);
+    for object in &chunk_objects {
+        assert_eq!(requested(object), 0, "a chunk from the pack was fetched");
+    }
+    for (path, body) in files.iter().take(6) {
+        assert_eq!(
+            requested(&object_of(&repo.store, body)),
+            0,
+            "{path} was read ahead: {:?}\n{}",
+            server.paths.lock().unwrap(),
+            m.log_text()
+        );
+    }
+    m.stop();
+}
+
+/// Resident bytes of `path` in the page cache (`fincore`, util-linux).
+fn resident(path: &Path) -> u64 {
+    let out = Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux)");
+    assert!(out.status.success(), "fincore {}: {out:?}", path.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("fincore {}: {text:?}: {e}", path.display()))
+}
+
+/// Drops the page cache of `path` (`POSIX_FADV_DONTNEED`).
+fn drop_page_cache(path: &Path) {
+    let file = std::fs::File::open(path).unwrap();
+    nix::fcntl::posix_fadvise(
+        &file,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap();
+}
+
+/// A chunked program started from the mount (an `execve` of it) whose chunks are cached has
+/// its whole content pushed into the kernel's page cache, not only the pages its run
+/// touches; a chunked file that is not ELF is not, even when started (fuse/page_fill.rs).
+#[test]
+fn a_started_chunked_program_is_filled_into_the_page_cache_whole() {
+    require_root_and_fuse();
+    // Chunk boundaries off page boundaries: the fill's pieces span them.
+    const CHUNK: usize = 300_000;
+    // A runnable program with 3 MB its run never touches.
+    let mut prog = include_bytes!("fixtures/elf/rpath-exe").to_vec();
+    prog.extend(pseudo_random(3 * 1024 * 1024, 95));
+    let data = pseudo_random(3 * 1024 * 1024, 96);
+    let files: Vec<(String, Vec<u8>)> = vec![
+        ("/bin/prog".into(), prog.clone()),
+        ("/bin/data".into(), data.clone()),
+    ];
+    let (work, repo, server, mnt) = serve_flat_repo(&[]);
+    repo.publish_tree(&files, &[], |_| 0o755, |_| Some(CHUNK), 2, 240);
+    let cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    let (prog_path, data_path) = (mnt.join("bin/prog"), mnt.join("bin/data"));
+    for (path, body) in [(&prog_path, &prog), (&data_path, &data)] {
+        // Every chunk cached by a read; then the pages that read left dropped.
+        assert_eq!(&std::fs::read(path).unwrap(), body);
+        drop_page_cache(path);
+        assert!(
+            resident(path) < body.len() as u64 / 10,
+            "{}: the page cache was not dropped",
+            path.display()
+        );
+    }
+    let status = Command::new(&prog_path).status().unwrap();
+    assert!(status.success(), "{status}");
+    wait_until(
+        "the program's pages to be cached whole",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || resident(&prog_path) >= prog.len() as u64 - 4096,
+    )
+    .unwrap_or_else(|e| panic!("{e}: {} bytes\n{}", resident(&prog_path), m.log_text()));
+    // Not ELF: the kernel refuses to start it, and nothing is filled.
+    let refused = Command::new(&data_path).status().unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::ENOEXEC), "{refused}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(resident(&data_path) < data.len() as u64 / 10);
+    // The file reads the same.
+    assert_eq!(std::fs::read(&prog_path).unwrap(), prog);
+    m.stop();
+}
+
 #[test]
 fn files_read_the_same_with_and_without_fuse_passthrough() {
     require_root_and_fuse();

@@ -43,7 +43,7 @@ use crate::client::startup::StartupPrefetch;
 use crate::fuse::handover;
 use crate::fuse::journal::Journal;
 use crate::fuse::trace::AccessTrace;
-use crate::fuse::{StrataFs, Switcher};
+use crate::fuse::{PageFill, StrataFs, Switcher};
 use crate::keeper;
 use crate::{Error, Result};
 
@@ -229,6 +229,7 @@ pub fn main(args: MountArgs) -> Result<()> {
     // descriptors against 11.0 s with them; the warm re-read 3.4 s against 2.9 s.
     config.clone_fd = false;
 
+    let main_fill = fs.page_fill();
     let (mut session, main_fd) = match &adopted {
         None => {
             detach_stale_mount(&args.mountpoint);
@@ -296,6 +297,7 @@ pub fn main(args: MountArgs) -> Result<()> {
             "mounted a pinned revision; live updates are off"
         ),
     }
+    connect_page_fill(&main_fill, session.notifier());
     let mut notifiers = vec![session.notifier()];
     let main_unmounter = match adopted {
         None => Unmounter::Session(session.unmount_callable()),
@@ -452,6 +454,14 @@ impl Adopted {
 /// A session of `fs` serving the inherited connection `fd` of `mountpoint`: taken over
 /// with the kernel's journaled `FUSE_INIT` offer, or, if the predecessor died before it
 /// read that `INIT`, served from the start (the kernel resends the `INIT`).
+/// Connects a session's page-cache fill ([`crate::fuse::PageFill`]) to its notifier; a
+/// mount whose fill thread cannot start works without it (logged).
+fn connect_page_fill(fill: &PageFill, notifier: fuser::Notifier) {
+    if let Err(e) = fill.connect(notifier) {
+        tracing::warn!(error = %e, "chunked programs are read without filling the page cache");
+    }
+}
+
 fn resume(
     fs: StrataFs,
     fd: &OwnedFd,
@@ -724,6 +734,7 @@ impl PlainSession {
                 source,
             })
         };
+        let fill = twin.page_fill();
         let (session, fd, signal_unmounter, exit_unmounter) = match inherited {
             Some(fd) => {
                 let session = resume(twin, fd, kernel_init.as_ref(), config, dir)?;
@@ -754,6 +765,7 @@ impl PlainSession {
             }
         };
         let notifier = session.notifier();
+        connect_page_fill(&fill, notifier.clone());
         let signal_unmounter = Some(signal_unmounter);
         let mountpoint = dir.to_path_buf();
         let thread = std::thread::Builder::new()

@@ -31,6 +31,7 @@ use fuser::{
 
 use super::attr::negative_entry_attr;
 use super::errno::report;
+use super::page_fill;
 use super::read::{OpenFile, require_regular};
 use super::xattr::{reply_sized, xattr_names};
 use super::{StrataFs, TTL, file_attr, lock};
@@ -150,6 +151,9 @@ impl Filesystem for StrataFs {
         match self.open_file(&node, true, req.pid()) {
             Ok(file) => {
                 let fh = self.new_handle();
+                if flags.0 & page_fill::FMODE_EXEC != 0 {
+                    self.opened_for_exec(ino, &node, &file);
+                }
                 let backing = match &file {
                     OpenFile::Whole(pinned) if self.passthrough.is_on() => {
                         self.passthrough.backing(&reply, ino.0, fh, pinned)

@@ -17,6 +17,8 @@
 //!   entries;
 //! * `listing` — directory listings;
 //! * `read` — the data path: opening a file's object or chunk list, reads;
+//! * `passthrough` — the kernel reading open unchunked files from the cache directly;
+//!   `page_fill` — the kernel's page cache filled with an opened chunked program;
 //! * `xattr` — extended attributes, stored and magic;
 //! * `switch` — live updates: swapping in a new revision, kernel cache invalidation, the
 //!   retired revisions open files still read;
@@ -36,6 +38,7 @@ mod inodes;
 pub mod journal;
 mod listing;
 mod lookup;
+mod page_fill;
 mod passthrough;
 mod read;
 mod switch;
@@ -60,6 +63,7 @@ use read::OpenHandle;
 
 pub use attr::{file_attr, fuse_rdev};
 pub use inodes::{Inodes, Node, ROOT_INODE};
+pub use page_fill::PageFill;
 pub use switch::Switcher;
 
 /// `name` (a catalog name, [`catalog::names`]) as the kernel sees it: the bytes it stands
@@ -141,6 +145,8 @@ pub struct StrataFs {
     allow_passthrough: bool,
     /// This session's passthrough state.
     passthrough: passthrough::Passthrough,
+    /// This session's page-cache fill of chunked programs ([`page_fill`]).
+    page_fill: Arc<PageFill>,
 }
 
 impl Shared {
@@ -301,6 +307,7 @@ impl StrataFs {
             xattrs: true,
             allow_passthrough: false,
             passthrough: passthrough::Passthrough::default(),
+            page_fill: Arc::default(),
         }
     }
 
@@ -322,6 +329,7 @@ impl StrataFs {
             xattrs: false,
             allow_passthrough: self.allow_passthrough,
             passthrough,
+            page_fill: Arc::default(),
         }
     }
 
@@ -346,6 +354,12 @@ impl StrataFs {
     /// Record every regular file read, once, in `trace` (shared with the plain twin).
     pub fn set_trace(&self, trace: Arc<trace::AccessTrace>) {
         let _ = self.shared.trace.set(trace);
+    }
+
+    /// This session's page-cache fill ([`page_fill`]): the mount connects it to the
+    /// session's notifier once the session exists (the file system has moved into it).
+    pub fn page_fill(&self) -> Arc<PageFill> {
+        self.page_fill.clone()
     }
 
     /// Read-ahead of directory `dir` (a repository path) of the current revision.

@@ -53,6 +53,22 @@ impl StrataFs {
             .map_err(|e| report("read", &node.path, &e))
     }
 
+    /// `node` was opened as inode `ino` by an `execve` (`OPEN` flags with
+    /// [`super::page_fill::FMODE_EXEC`]): a chunked program has the kernel's page cache
+    /// filled ([`super::page_fill`]).
+    pub(super) fn opened_for_exec(&self, ino: INodeNo, node: &Node, file: &OpenFile) {
+        if let OpenFile::Chunked {
+            path,
+            chunks,
+            compressed,
+            ..
+        } = file
+        {
+            self.page_fill
+                .opened(ino.0, path, chunks, *compressed, self.repo_of(node));
+        }
+    }
+
     /// Fetches what a read of `node` needs first: the whole object, or the chunk list; and
     /// starts the read-ahead of its directory (a file opened is read, and so, likely, are
     /// its neighbours) unless the file came in a startup pack (the pack knows which of its
@@ -62,10 +78,14 @@ impl StrataFs {
     /// (a scan's read-ahead follows one reader).
     pub(super) fn open_file(&self, node: &Node, opening: bool, pid: u32) -> Result<OpenFile> {
         let dir = node.path.rsplit_once('/').map_or("", |(dir, _)| dir);
-        let from_pack = node
-            .entry
-            .hash
-            .is_some_and(|h| self.repo().cache().came_in_a_pack(&h));
+        // A chunked file's chunk list first (a catalog query, no fetch): whether it came
+        // in a pack is known by its first chunk.
+        let chunked = self.chunked_file(node)?;
+        let first_object = match &chunked {
+            Some(OpenFile::Chunked { chunks, .. }) => chunks.first().map(|c| c.hash),
+            _ => node.entry.hash,
+        };
+        let from_pack = first_object.is_some_and(|h| self.repo().cache().came_in_a_pack(&h));
         if from_pack {
             if let Some(read_ahead) = self.shared.read_ahead.get() {
                 read_ahead.known_directory(&self.repo(), dir);
@@ -73,7 +93,10 @@ impl StrataFs {
         } else {
             self.read_ahead_directory(dir, &node.path, node.entry.size, pid);
         }
-        let file = self.fetch_for_read(node)?;
+        let file = match chunked {
+            Some(file) => file,
+            None => self.fetch_whole(node)?,
+        };
         // A program or library about to be mapped: the loader opens its libraries next.
         if opening
             && !from_pack
@@ -88,8 +111,11 @@ impl StrataFs {
         Ok(file)
     }
 
-    /// What [`StrataFs::open_file`] fetches.
-    fn fetch_for_read(&self, node: &Node) -> Result<OpenFile> {
+    /// The open file of chunked `node`: its chunk list, from the catalog of the node's own
+    /// revision (an old-revision inode, a file open across a switch and read by inode in
+    /// no-open mode, must not get the chunks of whatever the path holds now); nothing is
+    /// fetched. `None` for an unchunked file.
+    fn chunked_file(&self, node: &Node) -> Result<Option<OpenFile>> {
         let entry = &node.entry;
         if entry.flags & catalog::entry::FLAG_EXTERNAL != 0 {
             return Err(Error::Unsupported {
@@ -97,23 +123,25 @@ impl StrataFs {
                 reason: "external data (docs/format.md §6.6 flag 128) is not supported".into(),
             });
         }
-        if entry.is_chunked() {
-            // The chunk list of the node's own revision: an old-revision inode (a file
-            // open across a switch, read by inode in no-open mode) must not get the chunks
-            // of whatever the path holds now.
-            let repo = self.repo_of(node);
-            let catalog = repo
-                .loaded_catalog(&node.catalog)
-                .ok_or_else(|| Error::NotFound(node.path.clone()))?;
-            let chunks = repo.chunks(&catalog, &node.path, entry.size)?;
-            return Ok(OpenFile::Chunked {
-                path: node.path.clone(),
-                chunks,
-                compressed: entry.compressed,
-                files: Mutex::new(HashMap::new()),
-            });
+        if !entry.is_chunked() {
+            return Ok(None);
         }
-        let Some(req) = ObjectRequest::whole(entry) else {
+        let repo = self.repo_of(node);
+        let catalog = repo
+            .loaded_catalog(&node.catalog)
+            .ok_or_else(|| Error::NotFound(node.path.clone()))?;
+        let chunks = repo.chunks(&catalog, &node.path, entry.size)?;
+        Ok(Some(OpenFile::Chunked {
+            path: node.path.clone(),
+            chunks,
+            compressed: entry.compressed,
+            files: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The open file of unchunked `node`: its object, fetched unless cached.
+    fn fetch_whole(&self, node: &Node) -> Result<OpenFile> {
+        let Some(req) = ObjectRequest::whole(&node.entry) else {
             return Err(Error::Unsupported {
                 path: node.path.clone(),
                 reason: "regular file without content hash or chunks".into(),

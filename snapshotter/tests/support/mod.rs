@@ -708,7 +708,11 @@ pub fn write_flat_catalog_with_links(
     for (path, body) in files {
         let name = catalog::path_hash::file_name(path);
         let entry = match chunk(path) {
-            Some(size) => chunked_file(store, name, body, size),
+            Some(size) => {
+                let mut entry = chunked_file(store, name, body, size);
+                entry.mode = (entry.mode & !0o7777) | mode(path);
+                entry
+            }
             None => file(store, name, mode(path), 0, 0, body),
         };
         w.add(path, &entry, Transition::None).unwrap();
@@ -787,12 +791,25 @@ impl FlatRepo {
         revision: u64,
         ttl: u64,
     ) -> Manifest {
+        self.publish_tree(files, links, |_| 0o644, chunk, revision, ttl)
+    }
+
+    /// As [`FlatRepo::publish_with_links`], with each file's permission bits from `mode`.
+    pub fn publish_tree(
+        &self,
+        files: &[(String, Vec<u8>)],
+        links: &[(&str, &str)],
+        mode: impl Fn(&str) -> u32,
+        chunk: impl Fn(&str) -> Option<usize>,
+        revision: u64,
+        ttl: u64,
+    ) -> Manifest {
         let (hash, size) = write_flat_catalog_with_links(
             &self.store,
             &self.scratch,
             files,
             links,
-            |_| 0o644,
+            mode,
             chunk,
             revision,
             ttl,
