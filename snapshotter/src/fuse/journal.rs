@@ -7,7 +7,7 @@
 //! * the revision of each generation (the successor serves the very revision the kernel's
 //!   cached entries came from, then updates as usual);
 //! * every inode number handed out, with its parent, name, fingerprint and generation, and
-//!   the hard-link groups and extra names ([`super::inodes`]): a number the kernel knows
+//!   the hard-link groups and extra names (`fuse::inodes`): a number the kernel knows
 //!   keeps its meaning;
 //! * the process epoch: file handles and unique fingerprints of one process never collide
 //!   with a predecessor's.
@@ -47,7 +47,7 @@ const MAGIC: u8 = 0x53; // 'S'
 /// The journal format this build writes and reads.
 pub const FORMAT: &[u8] = b"strata-handover-1";
 
-/// One inode record as journaled ([`super::inodes`]'s compact record).
+/// One inode record as journaled (the compact record of `fuse::inodes`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InodeRecord {
     /// The number; records come in allocation order (2, 3, …; 1 is the root).

@@ -356,7 +356,7 @@ impl StrataFs {
         let _ = self.shared.trace.set(trace);
     }
 
-    /// This session's page-cache fill ([`page_fill`]): the mount connects it to the
+    /// This session's page-cache fill ([`PageFill`]): the mount connects it to the
     /// session's notifier once the session exists (the file system has moved into it).
     pub fn page_fill(&self) -> Arc<PageFill> {
         self.page_fill.clone()
