@@ -577,7 +577,7 @@ fn pull_commits_remote_layers_and_creates_image() {
     let (layers, chains) = publish(&env.mountpoint, IMAGE, &["a", "b", "c"], true);
 
     let stdout = env.pull_ok(IMAGE);
-    for step in ["metadata:", "connect:", "content:", "snapshots:", "image:"] {
+    for step in ["metadata:", "connect:", "content and snapshots:", "image:"] {
         assert!(stdout.contains(step), "no timing for {step}: {stdout}");
     }
     assert!(stdout.contains("3 layers from the repository"), "{stdout}");

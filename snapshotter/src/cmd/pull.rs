@@ -41,7 +41,9 @@ pub fn main(args: PullArgs) -> Result<()> {
         // send the pull to the registry.
         check_mountpoint(&args.mountpoint)?;
         let (mountpoint, path, p) = (args.mountpoint.clone(), name.clone(), platform.clone());
-        let (asked, published) = tokio::task::spawn_blocking(move || {
+        // containerd is connected to while the metadata is read.
+        let connect = Containerd::connect(&args.address, &args.namespace);
+        let read = tokio::task::spawn_blocking(move || {
             // The startup packs first, if the image has them: they come in the background
             // while the metadata is read, the layers are handed to containerd and the
             // container starts.
@@ -51,9 +53,9 @@ pub fn main(args: PullArgs) -> Result<()> {
                 .flatten()
                 .map(|pdir| ask_mount(&pdir.join(paths::STARTUP)));
             (asked, Image::read_platform(&mountpoint, &path, &p))
-        })
-        .await
-        .map_err(|e| Error::Io {
+        });
+        let (read, connected) = tokio::join!(read, connect);
+        let (asked, published) = read.map_err(|e| Error::Io {
             context: "read image metadata".into(),
             source: std::io::Error::other(e),
         })?;
@@ -85,7 +87,7 @@ pub fn main(args: PullArgs) -> Result<()> {
             }
         };
         timer.step("metadata");
-        let mut client = Containerd::connect(&args.address, &args.namespace).await?;
+        let mut client = connected?;
         timer.step("connect");
         let pulled = pull(
             &mut client,

@@ -11,10 +11,11 @@
 //!    ([`image::Image::read_platform`]); an image not in the repository at all is read from
 //!    its registry instead ([`registry`], index → platform manifest → config); compute
 //!    diffIDs and ChainIDs;
-//! 2. connect to containerd and take a lease (`containerd-lease` on every later call);
+//! 2. connect to containerd (while step 1 reads) and take a lease (`containerd-lease` on
+//!    every later call);
 //! 3. write the config (label `containerd.io/gc.ref.snapshot.<snapshotter>=<top ChainID>`)
 //!    and the manifest (label `containerd.io/gc.ref.content.config=<config digest>`) into
-//!    the content store;
+//!    the content store, while step 4 runs;
 //! 4. per layer, unless `Stat(ChainID)` already succeeds: `Prepare("extract-… <ChainID>",
 //!    parent = previous ChainID)` with labels `containerd.io/snapshot.ref`, `cri.layer-digest`,
 //!    `cri.image-ref` and `cri.manifest-digest`, expecting `AlreadyExists` (docs/lazy-snapshotters.md §2).
@@ -201,90 +202,98 @@ async fn pull_in_lease(
     for (i, layer) in image.layers.iter().enumerate() {
         manifest_labels.insert(format!("{LABEL_GC_LAYER_PREFIX}{i}"), layer.digest.clone());
     }
-    // Both at once (the lease keeps them until the image record refers to them): each
-    // write is a containerd transaction of its own.
-    tokio::try_join!(
-        client.write_blob(
-            &image.config_descriptor.digest,
-            &image.config,
-            &config_labels,
-        ),
-        client.write_blob(
-            &image.manifest_descriptor.digest,
-            &image.manifest,
-            &manifest_labels,
-        ),
-    )?;
-    step("content");
-
-    let mut snapshots_client = client.snapshots();
-    let (mut remote_layers, mut existing_layers, mut fetched_layers) = (0, 0, 0);
-    for (i, chain_id) in image.chain_ids.iter().enumerate() {
-        let stat = snapshots_client
-            .stat(snapshots::StatSnapshotRequest {
-                snapshotter: args.snapshotter.clone(),
-                key: chain_id.to_string(),
-            })
-            .await;
-        match stat {
-            Ok(_) => {
-                existing_layers += 1;
-                continue;
-            }
-            Err(s) if s.code() == Code::NotFound => {}
-            Err(s) => return Err(call_error("snapshots.Stat")(s)),
-        }
-        let key = format!("extract-{} {chain_id}", unique_part());
-        let parent = if i == 0 {
-            String::new()
-        } else {
-            image.chain_ids[i - 1].to_string()
-        };
-        let prepared = snapshots_client
-            .prepare(snapshots::PrepareSnapshotRequest {
-                snapshotter: args.snapshotter.clone(),
-                key: key.clone(),
-                parent,
-                labels: layer_labels(image, i, name),
-            })
-            .await;
-        match prepared {
-            Err(s) if s.code() == Code::AlreadyExists => remote_layers += 1,
-            Err(s) => return Err(call_error("snapshots.Prepare")(s)),
-            Ok(response) => {
-                // The snapshotter made an ordinary snapshot: the layer is not published.
-                let remove = |key: String| {
-                    let mut c = snapshots_client.clone();
-                    let snapshotter = args.snapshotter.clone();
-                    async move {
-                        let _ = c
-                            .remove(snapshots::RemoveSnapshotRequest { snapshotter, key })
-                            .await;
-                    }
-                };
-                let Some(registry) = registry.filter(|_| !args.remote_only) else {
-                    remove(key).await;
-                    return Err(Error::LayerNotPublished {
-                        index: i,
-                        digest: image.layers[i].digest.clone(),
-                        chain_id: chain_id.to_string(),
-                    });
-                };
-                let mounts = response.into_inner().mounts;
-                let fetched = fetch_and_apply(client, args, image, i, &key, mounts, registry).await;
-                if let Err(e) = fetched {
-                    remove(key).await;
-                    return Err(Error::LayerFallback {
-                        index: i,
-                        digest: image.layers[i].digest.clone(),
-                        reason: e.to_string(),
-                    });
+    // The config and the manifest (the lease keeps them until the image record refers to
+    // them), and the layers' snapshots, all at once: each content write is a containerd
+    // transaction of its own, and the snapshots do not depend on them.
+    let content = async {
+        tokio::try_join!(
+            client.write_blob(
+                &image.config_descriptor.digest,
+                &image.config,
+                &config_labels,
+            ),
+            client.write_blob(
+                &image.manifest_descriptor.digest,
+                &image.manifest,
+                &manifest_labels,
+            ),
+        )
+        .map(drop)
+    };
+    let snapshots = async {
+        let mut snapshots_client = client.snapshots();
+        let (mut remote_layers, mut existing_layers, mut fetched_layers) = (0, 0, 0);
+        for (i, chain_id) in image.chain_ids.iter().enumerate() {
+            let stat = snapshots_client
+                .stat(snapshots::StatSnapshotRequest {
+                    snapshotter: args.snapshotter.clone(),
+                    key: chain_id.to_string(),
+                })
+                .await;
+            match stat {
+                Ok(_) => {
+                    existing_layers += 1;
+                    continue;
                 }
-                fetched_layers += 1;
+                Err(s) if s.code() == Code::NotFound => {}
+                Err(s) => return Err(call_error("snapshots.Stat")(s)),
+            }
+            let key = format!("extract-{} {chain_id}", unique_part());
+            let parent = if i == 0 {
+                String::new()
+            } else {
+                image.chain_ids[i - 1].to_string()
+            };
+            let prepared = snapshots_client
+                .prepare(snapshots::PrepareSnapshotRequest {
+                    snapshotter: args.snapshotter.clone(),
+                    key: key.clone(),
+                    parent,
+                    labels: layer_labels(image, i, name),
+                })
+                .await;
+            match prepared {
+                Err(s) if s.code() == Code::AlreadyExists => remote_layers += 1,
+                Err(s) => return Err(call_error("snapshots.Prepare")(s)),
+                Ok(response) => {
+                    // The snapshotter made an ordinary snapshot: the layer is not published.
+                    let remove = |key: String| {
+                        let mut c = snapshots_client.clone();
+                        let snapshotter = args.snapshotter.clone();
+                        async move {
+                            let _ = c
+                                .remove(snapshots::RemoveSnapshotRequest { snapshotter, key })
+                                .await;
+                        }
+                    };
+                    let Some(registry) = registry.filter(|_| !args.remote_only) else {
+                        remove(key).await;
+                        return Err(Error::LayerNotPublished {
+                            index: i,
+                            digest: image.layers[i].digest.clone(),
+                            chain_id: chain_id.to_string(),
+                        });
+                    };
+                    let mounts = response.into_inner().mounts;
+                    let fetched =
+                        fetch_and_apply(client, args, image, i, &key, mounts, registry).await;
+                    if let Err(e) = fetched {
+                        remove(key).await;
+                        return Err(Error::LayerFallback {
+                            index: i,
+                            digest: image.layers[i].digest.clone(),
+                            reason: e.to_string(),
+                        });
+                    }
+                    fetched_layers += 1;
+                }
             }
         }
-    }
-    step("snapshots");
+        Ok((remote_layers, existing_layers, fetched_layers))
+    };
+    let ((), (remote_layers, existing_layers, fetched_layers)) =
+        tokio::try_join!(content, snapshots)?;
+    step("content and snapshots");
 
     let d = &image.manifest_descriptor;
     client
