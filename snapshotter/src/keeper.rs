@@ -239,7 +239,7 @@ pub fn reexec(exe: &Path, fds: &[(&str, BorrowedFd<'_>)]) -> std::io::Error {
 ///
 /// # Errors
 /// [`Error::Io`] setting up (notify socket, signals, starting the worker); the worker's
-/// failure when it ends otherwise (before mounting, or `FAILED_STARTS` (10) failed starts in a
+/// failure when it ends otherwise (before mounting, or `FAILED_STARTS` failed starts in a
 /// row).
 pub fn run() -> Result<()> {
     let io = |context: &str| {

@@ -385,6 +385,15 @@ impl ObjectCache {
         flight.cond.notify_all();
     }
 
+    /// `req`'s object if it is committed, pinned, without fetching it and without counting
+    /// a read or a hit (a look at a file's header for this process's own decisions).
+    ///
+    /// # Errors
+    /// [`Error::Io`] for local file errors.
+    pub fn open_cached(&self, req: &ObjectRequest) -> Result<Option<PinnedFile>> {
+        self.open_committed_as(req, false)
+    }
+
     /// Whether `req`'s object is committed (with the right size, when known); no pin, no
     /// index write.
     pub fn is_cached(&self, req: &ObjectRequest) -> bool {

@@ -297,7 +297,7 @@ pub fn main(args: MountArgs) -> Result<()> {
             "mounted a pinned revision; live updates are off"
         ),
     }
-    connect_page_fill(&main_fill, session.notifier());
+    connect_page_fill(&main_fill, &args.mountpoint);
     let mut notifiers = vec![session.notifier()];
     let main_unmounter = match adopted {
         None => Unmounter::Session(session.unmount_callable()),
@@ -451,17 +451,17 @@ impl Adopted {
     }
 }
 
-/// A session of `fs` serving the inherited connection `fd` of `mountpoint`: taken over
-/// with the kernel's journaled `FUSE_INIT` offer, or, if the predecessor died before it
-/// read that `INIT`, served from the start (the kernel resends the `INIT`).
-/// Connects a session's page-cache fill ([`crate::fuse::PageFill`]) to its notifier; a
+/// Starts a session's page-cache fill ([`crate::fuse::PageFill`]) for its mount point; a
 /// mount whose fill thread cannot start works without it (logged).
-fn connect_page_fill(fill: &PageFill, notifier: fuser::Notifier) {
-    if let Err(e) = fill.connect(notifier) {
+fn connect_page_fill(fill: &PageFill, mountpoint: &Path) {
+    if let Err(e) = fill.connect(mountpoint) {
         tracing::warn!(error = %e, "chunked programs are read without filling the page cache");
     }
 }
 
+/// A session of `fs` serving the inherited connection `fd` of `mountpoint`: taken over
+/// with the kernel's journaled `FUSE_INIT` offer, or, if the predecessor died before it
+/// read that `INIT`, served from the start (the kernel resends the `INIT`).
 fn resume(
     fs: StrataFs,
     fd: &OwnedFd,
@@ -765,7 +765,7 @@ impl PlainSession {
             }
         };
         let notifier = session.notifier();
-        connect_page_fill(&fill, notifier.clone());
+        connect_page_fill(&fill, dir);
         let signal_unmounter = Some(signal_unmounter);
         let mountpoint = dir.to_path_buf();
         let thread = std::thread::Builder::new()

@@ -41,9 +41,13 @@ pub fn main(args: PullArgs) -> Result<()> {
         // send the pull to the registry.
         check_mountpoint(&args.mountpoint)?;
         let (mountpoint, path, p) = (args.mountpoint.clone(), name.clone(), platform.clone());
-        // containerd is connected to while the metadata is read.
-        let connect = Containerd::connect(&args.address, &args.namespace);
-        let read = tokio::task::spawn_blocking(move || {
+        // containerd is connected to while the metadata is read (and the connection given
+        // up if reading it fails).
+        let mut connecting = Connecting(tokio::spawn({
+            let (address, namespace) = (args.address.clone(), args.namespace.clone());
+            async move { Containerd::connect(&address, &namespace).await }
+        }));
+        let (asked, published) = tokio::task::spawn_blocking(move || {
             // The startup packs first, if the image has them: they come in the background
             // while the metadata is read, the layers are handed to containerd and the
             // container starts.
@@ -53,9 +57,9 @@ pub fn main(args: PullArgs) -> Result<()> {
                 .flatten()
                 .map(|pdir| ask_mount(&pdir.join(paths::STARTUP)));
             (asked, Image::read_platform(&mountpoint, &path, &p))
-        });
-        let (read, connected) = tokio::join!(read, connect);
-        let (asked, published) = read.map_err(|e| Error::Io {
+        })
+        .await
+        .map_err(|e| Error::Io {
             context: "read image metadata".into(),
             source: std::io::Error::other(e),
         })?;
@@ -87,7 +91,10 @@ pub fn main(args: PullArgs) -> Result<()> {
             }
         };
         timer.step("metadata");
-        let mut client = connected?;
+        let mut client = (&mut connecting.0).await.map_err(|e| Error::Io {
+            context: format!("connecting to containerd at {}", args.address.display()),
+            source: std::io::Error::other(e),
+        })??;
         timer.step("connect");
         let pulled = pull(
             &mut client,
@@ -111,6 +118,16 @@ pub fn main(args: PullArgs) -> Result<()> {
         );
         Ok(())
     })
+}
+
+/// The connection to containerd under way while `pull` reads the image's metadata;
+/// dropped (an error before it is needed) it is given up.
+struct Connecting(tokio::task::JoinHandle<Result<Containerd>>);
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Looks the directory of every layer of an image published in the repository up in the

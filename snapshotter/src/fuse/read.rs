@@ -53,22 +53,6 @@ impl StrataFs {
             .map_err(|e| report("read", &node.path, &e))
     }
 
-    /// `node` was opened as inode `ino` by an `execve` (`OPEN` flags with
-    /// [`super::page_fill::FMODE_EXEC`]): a chunked program has the kernel's page cache
-    /// filled ([`super::page_fill`]).
-    pub(super) fn opened_for_exec(&self, ino: INodeNo, node: &Node, file: &OpenFile) {
-        if let OpenFile::Chunked {
-            path,
-            chunks,
-            compressed,
-            ..
-        } = file
-        {
-            self.page_fill
-                .opened(ino.0, path, chunks, *compressed, self.repo_of(node));
-        }
-    }
-
     /// Fetches what a read of `node` needs first: the whole object, or the chunk list; and
     /// starts the read-ahead of its directory (a file opened is read, and so, likely, are
     /// its neighbours) unless the file came in a startup pack (the pack knows which of its

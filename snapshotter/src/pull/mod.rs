@@ -205,8 +205,11 @@ async fn pull_in_lease(
     // The config and the manifest (the lease keeps them until the image record refers to
     // them), and the layers' snapshots, all at once: each content write is a containerd
     // transaction of its own, and the snapshots do not depend on them.
+    // A failed content write stops the layers after the one under way, and is reported
+    // first; the layer under way finishes (or cleans up after itself).
+    let content_failed = std::sync::atomic::AtomicBool::new(false);
     let content = async {
-        tokio::try_join!(
+        let written = tokio::try_join!(
             client.write_blob(
                 &image.config_descriptor.digest,
                 &image.config,
@@ -217,13 +220,19 @@ async fn pull_in_lease(
                 &image.manifest,
                 &manifest_labels,
             ),
-        )
-        .map(drop)
+        );
+        if written.is_err() {
+            content_failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        written.map(drop)
     };
     let snapshots = async {
         let mut snapshots_client = client.snapshots();
         let (mut remote_layers, mut existing_layers, mut fetched_layers) = (0, 0, 0);
         for (i, chain_id) in image.chain_ids.iter().enumerate() {
+            if content_failed.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
             let stat = snapshots_client
                 .stat(snapshots::StatSnapshotRequest {
                     snapshotter: args.snapshotter.clone(),
@@ -291,8 +300,9 @@ async fn pull_in_lease(
         }
         Ok((remote_layers, existing_layers, fetched_layers))
     };
-    let ((), (remote_layers, existing_layers, fetched_layers)) =
-        tokio::try_join!(content, snapshots)?;
+    let (written, layers) = tokio::join!(content, snapshots);
+    written?;
+    let (remote_layers, existing_layers, fetched_layers) = layers?;
     step("content and snapshots");
 
     let d = &image.manifest_descriptor;
