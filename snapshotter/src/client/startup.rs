@@ -14,7 +14,8 @@
 //! fetched in the background by [`PrefetchSettings::threads`] workers, in pack order
 //! (the first pack holds what a start reads first). Each pack is downloaded whole with a
 //! plain GET, verified against its own hash, parsed, and every member is verified against
-//! *its* hash and size before it enters the cache
+//! *its* hash and size before it enters the cache (unpacking takes one of as many slots
+//! as the machine has CPUs: the start runs on the same CPUs)
 //! ([`ObjectCache::commit_stored`](crate::client::cache::ObjectCache::commit_stored)): a
 //! member that fails is dropped (and counted), the rest are kept. Objects already cached
 //! are skipped. Reads never wait for a pack: a read of an object whose pack is still on its
@@ -26,7 +27,7 @@
 //! are kept in the cache index ([`crate::client::quota::CacheStats`]).
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
 use catalog::{ContentHash, EntryKind, StartupPack, Suffix};
@@ -109,6 +110,51 @@ type Seen = HashSet<ContentHash>;
 struct Inner {
     settings: PrefetchSettings,
     queue: JobQueue<Job, Seen>,
+    /// Packs downloaded all at once, unpacked a few at a time ([`UnpackSlots`]).
+    unpacking: UnpackSlots,
+}
+
+/// How many downloaded packs are unpacked (parsed, each member verified, inflated and
+/// written) at once: as many as the machine has CPUs. Unpacking is CPU work; the start
+/// the packs are for runs on the same CPUs, and the scheduler shares them per thread:
+/// with every worker unpacking (8 on 2 CPUs) the start's threads got a ninth of the
+/// machine each instead of a third, and the first pack, which the start needs first,
+/// shared its CPU with seven others. Downloads are not limited by this.
+struct UnpackSlots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl UnpackSlots {
+    fn new(slots: usize) -> UnpackSlots {
+        UnpackSlots {
+            free: Mutex::new(slots.max(1)),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot; it is given back when the returned guard drops.
+    fn take(&self) -> UnpackSlot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        while *free == 0 {
+            free = self
+                .freed
+                .wait(free)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *free -= 1;
+        UnpackSlot(self)
+    }
+}
+
+/// A taken unpacking slot.
+struct UnpackSlot<'a>(&'a UnpackSlots);
+
+impl Drop for UnpackSlot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.0.freed.notify_one();
+    }
 }
 
 /// The startup-pack prefetcher of one mount process; stopped (queue dropped, workers
@@ -129,7 +175,9 @@ impl StartupPrefetch {
         } else {
             0
         };
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let inner = Arc::new(Inner {
+            unpacking: UnpackSlots::new(cpus.min(threads)),
             settings,
             queue: JobQueue::new(HashSet::new()),
         });
@@ -244,7 +292,7 @@ impl Inner {
         while let Some(job) = self.queue.next() {
             let started = Instant::now();
             let mut counts = PrefetchCounts::default();
-            match prefetch_pack(&job, &mut counts) {
+            match prefetch_pack(&job, &self.unpacking, &mut counts) {
                 Ok(committed) => {
                     counts.packs = 1;
                     tracing::info!(
@@ -271,9 +319,10 @@ impl Inner {
     }
 }
 
-/// Downloads, verifies and unpacks one pack into the cache; the number of members
-/// committed (members already cached, being downloaded or over the quota are skipped).
-fn prefetch_pack(job: &Job, counts: &mut PrefetchCounts) -> Result<usize> {
+/// Downloads, verifies and unpacks one pack into the cache (unpacking in one of
+/// `unpacking`'s slots); the number of members committed (members already cached, being
+/// downloaded or over the quota are skipped).
+fn prefetch_pack(job: &Job, unpacking: &UnpackSlots, counts: &mut PrefetchCounts) -> Result<usize> {
     let cache = job.repo.cache();
     let size = job.req.size.unwrap_or(0);
     // Packs are published uncompressed; a compressed one may be a little larger stored.
@@ -283,6 +332,7 @@ fn prefetch_pack(job: &Job, counts: &mut PrefetchCounts) -> Result<usize> {
         size
     };
     let stored = cache.fetch_stored(&job.req, limit)?;
+    let _slot = unpacking.take();
     let bytes = if job.req.compressed {
         catalog::decompress(&stored, size)?
     } else {
@@ -310,4 +360,36 @@ fn prefetch_pack(job: &Job, counts: &mut PrefetchCounts) -> Result<usize> {
         }
     }
     Ok(committed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn no_more_packs_are_unpacked_at_once_than_there_are_slots() {
+        let slots = Arc::new(UnpackSlots::new(2));
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let (slots, inside, most) = (slots.clone(), inside.clone(), most.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        let _slot = slots.take();
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+        assert_eq!(*slots.free.lock().unwrap(), 2, "every slot given back");
+    }
 }
