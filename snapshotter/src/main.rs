@@ -24,6 +24,9 @@ enum Command {
     Cache(snapshotter::cmd::cache::CacheArgs),
     /// Ask the mount to fetch an image's startup packs in the background (returns at once).
     Prefetch(snapshotter::cmd::prefetch::PrefetchArgs),
+    /// Read started chunked programs through a mount (started by `mount` itself).
+    #[command(hide = true)]
+    PageFillReader(snapshotter::cmd::page_fill_reader::PageFillReaderArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,9 @@ fn main() -> ExitCode {
         Command::Pull(args) => snapshotter::cmd::pull::main(args).map_err(Into::into),
         Command::Cache(args) => snapshotter::cmd::cache::main(args).map_err(Into::into),
         Command::Prefetch(args) => snapshotter::cmd::prefetch::main(args).map_err(Into::into),
+        Command::PageFillReader(args) => {
+            snapshotter::cmd::page_fill_reader::main(args).map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

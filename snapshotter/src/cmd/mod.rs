@@ -8,10 +8,13 @@
 //! * [`pull`] — put an image into containerd with [`crate::pull`];
 //! * [`cache`] — show or empty a cache directory ([`crate::client::quota`]);
 //! * [`prefetch`] — ask the mount for an image's startup packs ([`crate::client::startup`]);
+//! * [`page_fill_reader`] — (hidden) read started chunked programs through a mount for
+//!   its page-cache fill ([`crate::fuse::PageFill`]);
 //! * [`readiness`] — the systemd notification `mount` and `run` send once they serve.
 
 pub mod cache;
 pub mod mount;
+pub mod page_fill_reader;
 pub mod prefetch;
 pub mod pull;
 pub mod readiness;

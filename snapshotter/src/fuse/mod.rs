@@ -357,7 +357,7 @@ impl StrataFs {
     }
 
     /// This session's page-cache fill ([`PageFill`]): the mount connects it to the
-    /// session's notifier once the session exists (the file system has moved into it).
+    /// session's mount point once the session exists (the file system has moved into it).
     pub fn page_fill(&self) -> Arc<PageFill> {
         self.page_fill.clone()
     }

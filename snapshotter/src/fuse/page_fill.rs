@@ -10,20 +10,25 @@
 //!
 //! So when `execve` opens a chunked file ([`FMODE_EXEC`] in the `OPEN` flags) whose chunks
 //! are all in the cache and whose first bytes are an ELF header
-//! ([`crate::client::elf::MAGIC`]), this session's fill thread reads the whole file once,
-//! in order, through the session's own mount point: the kernel's read-ahead then asks for
-//! it in large `READ`s, several at a time, and keeps the pages, so the program's faults
-//! find them. Once per inode and session, up to [`MAX_FILL_BYTES`]; the open does not wait,
-//! and a job that waited longer than [`MAX_JOB_AGE`] is dropped (its program is well under
-//! way). Nothing is fetched for a fill: a file whose chunks are not all cached is left
-//! alone, and tried again at its next start. The bytes count as read in the cache's
-//! statistics, as any read of the program would.
+//! ([`crate::client::elf::MAGIC`]), the file is read once, in order, through the
+//! session's own mount point: the kernel's read-ahead then asks for it in large `READ`s,
+//! several at a time, and keeps the pages, so the program's faults find them. Once per
+//! inode and session, up to [`MAX_FILL_BYTES`]; the open does not wait (this session's
+//! fill thread checks the file), and a job that waited longer than [`MAX_JOB_AGE`] is
+//! dropped (its program is well under way). Nothing is fetched for the decision: a file
+//! whose chunks are not all cached is left alone, and tried again at its next start (a
+//! chunk evicted in the moment between the check and the read is fetched by that read).
+//! The bytes count as read in the cache's statistics (read-ahead and prefetch "later
+//! read"), although the program itself may touch only part of them.
 //!
-//! Reading through the mount rather than pushing pages (`FUSE_NOTIFY_STORE`) keeps the
-//! kernel's own read path: a push waits, uninterruptibly, for any page a `READ` of the
-//! same file has locked, and a process killed or re-executed in that moment could not end
-//! before a successor answered that `READ` — which it cannot start before the process
-//! ends. A read through the mount waits killably.
+//! The read is done by a process of its own, `strata-snapshotter page-fill-reader`
+//! ([`crate::cmd::page_fill_reader`]), which the fill thread starts when first needed
+//! (and again if it ended) and sends the files to: a request of the mount's own (`OPEN`,
+//! `GETATTR`) that one of its workers has taken is waited for uninterruptibly, so a thread
+//! of the mount in that wait when the mount is killed or re-executes itself (a keeper
+//! upgrade) would keep the process from ending and its successor from starting. Pushing
+//! pages instead (`FUSE_NOTIFY_STORE`) waits, uninterruptibly too, on any page a `READ`
+//! of the file holds.
 //!
 //! Libraries and data files are left alone: a library is mapped and only the parts a
 //! program calls are touched (numpy's start maps a 37 MB OpenBLAS and reads a fraction of
@@ -34,10 +39,10 @@
 //! one fault at a time, as without the fill.
 
 use std::collections::HashSet;
-use std::io::Read;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -46,10 +51,11 @@ use catalog::Chunk;
 use fuser::INodeNo;
 
 use super::read::OpenFile;
-use super::{Node, StrataFs, lock};
+use super::{Node, StrataFs, lock, os_name};
 use crate::client::cache::{ObjectCache, ObjectRequest};
 use crate::client::elf;
 use crate::client::repository::MountedRevision;
+use crate::cmd::page_fill_reader;
 use crate::{Error, Result};
 
 /// The `OPEN` flag of an `execve`'s open of the program (`__FMODE_EXEC`, 0x20 in
@@ -62,9 +68,6 @@ pub const MAX_FILL_BYTES: u64 = 256 * 1024 * 1024;
 
 /// A fill that waited this long behind others is dropped.
 pub const MAX_JOB_AGE: Duration = Duration::from_secs(2);
-
-/// Bytes per `read` of a fill.
-const READ_BYTES: usize = 1024 * 1024;
 
 /// One chunked program to fill.
 struct Job {
@@ -163,46 +166,107 @@ impl StrataFs {
 /// What a fill did.
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
-    /// The file was read whole (this many bytes).
-    Filled(u64),
+    /// Sent to the reader process (a file of this many bytes).
+    Sent(u64),
     /// A chunk is not in the cache: nothing read; tried again at the next start.
     NotCached,
     /// Not a program: nothing read, never tried again.
     NotElf,
-    /// The path now names another file (a revision switch), or the job waited too long.
-    Gone,
+    /// The job waited too long.
+    Stale,
+}
+
+/// The reader process of a session ([`crate::cmd::page_fill_reader`]).
+#[derive(Default)]
+struct Reader {
+    child: Option<Child>,
+}
+
+impl Reader {
+    /// Sends `record` to the reader, starting it first if it is not running; once more
+    /// with a new reader if the write fails (the reader ended).
+    fn send(&mut self, record: &[u8]) -> std::io::Result<()> {
+        let mut last = None;
+        for _ in 0..2 {
+            let running = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            if !running {
+                self.child = Some(start_reader()?);
+            }
+            let stdin = self.child.as_mut().and_then(|c| c.stdin.as_mut());
+            match stdin.map(|s| s.write_all(record)) {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) => last = Some(e),
+                None => last = Some(std::io::Error::other("the reader has no stdin")),
+            }
+            self.stop();
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("the reader did not start")))
+    }
+
+    /// Ends the reader: its input closed, killed, reaped if it has ended.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
+            let _ = child.kill();
+            let _ = child.try_wait();
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // Input closed: the reader ends at its end of input.
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
+            let _ = child.try_wait();
+        }
+    }
+}
+
+/// Starts `strata-snapshotter page-fill-reader` (this very binary, also after it was
+/// replaced on disk), its input a pipe, its log this process's.
+fn start_reader() -> std::io::Result<Child> {
+    Command::new("/proc/self/exe")
+        .args(["page-fill-reader", "--parent"])
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
 }
 
 /// The fill thread: one job after the other until the session's file system is dropped.
 /// The first failure of a session is a warning, later ones are debug lines.
 fn run(rx: &Receiver<Job>, mountpoint: &Path, filled: &Mutex<HashSet<u64>>) {
-    let warned = AtomicBool::new(false);
+    let mut warned = false;
+    let mut reader = Reader::default();
     while let Ok(job) = rx.recv() {
-        let started = Instant::now();
+        let path = mountpoint.join(&*os_name(job.path.trim_start_matches('/')));
         let outcome = if job.queued.elapsed() > MAX_JOB_AGE {
-            Ok(Outcome::Gone)
+            Ok(Outcome::Stale)
         } else {
-            fill(&job, &mountpoint.join(job.path.trim_start_matches('/')))
+            fill(&job, &path, &mut reader)
         };
         match outcome {
-            Ok(Outcome::Filled(bytes)) => tracing::debug!(
-                path = %job.path,
-                bytes,
-                ms = started.elapsed().as_millis() as u64,
-                "page cache filled"
-            ),
+            Ok(Outcome::Sent(bytes)) => {
+                tracing::debug!(path = %job.path, bytes, "page fill sent to the reader");
+            }
             Ok(Outcome::NotElf) => {
                 tracing::debug!(path = %job.path, "not a program: page cache not filled");
             }
-            Ok(outcome @ (Outcome::NotCached | Outcome::Gone)) => {
+            Ok(outcome @ (Outcome::NotCached | Outcome::Stale)) => {
                 tracing::debug!(path = %job.path, ?outcome, "page cache not filled");
                 lock(filled).remove(&job.ino);
             }
             Err(e) => {
                 // Reads go through this process one fault at a time, as without the fill.
-                if warned.swap(true, Ordering::Relaxed) {
+                if warned {
                     tracing::debug!(path = %job.path, error = %e, "page cache not filled");
                 } else {
+                    warned = true;
                     tracing::warn!(
                         path = %job.path,
                         error = %e,
@@ -215,9 +279,9 @@ fn run(rx: &Receiver<Job>, mountpoint: &Path, filled: &Mutex<HashSet<u64>>) {
     }
 }
 
-/// Reads `job`'s file whole through `path` (its place under the session's mount point),
-/// once its chunks are all cached and its first chunk starts with an ELF header.
-fn fill(job: &Job, path: &Path) -> Result<Outcome> {
+/// Sends `job`'s file (at `path` under the session's mount point) to the reader, once its
+/// chunks are all cached and its first chunk starts with an ELF header.
+fn fill(job: &Job, path: &Path, reader: &mut Reader) -> Result<Outcome> {
     let cache = job.repo.cache();
     match cached_program(cache, &job.path, &job.chunks, job.compressed)? {
         None => return Ok(Outcome::NotCached),
@@ -231,24 +295,17 @@ fn fill(job: &Job, path: &Path) -> Result<Outcome> {
     {
         return Ok(Outcome::NotCached);
     }
-    let io = |source| Error::Io {
-        context: format!("filling the page cache with {}", path.display()),
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    if file.metadata().map_err(io)?.ino() != job.ino {
-        return Ok(Outcome::Gone);
-    }
-    let mut buf = vec![0u8; READ_BYTES];
-    let mut read = 0u64;
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => return Ok(Outcome::Filled(read)),
-            Ok(n) => read += n as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io(e)),
-        }
-    }
+    reader
+        .send(&page_fill_reader::record(job.ino, path))
+        .map_err(|source| Error::Io {
+            context: "sending a file to the page-fill reader".into(),
+            source,
+        })?;
+    Ok(Outcome::Sent(
+        job.chunks
+            .last()
+            .map_or(0, |c| c.offset.saturating_add(c.size)),
+    ))
 }
 
 /// Whether the chunked file `path` is a program: its first chunk starts with an ELF
