@@ -1916,14 +1916,11 @@ fn a_started_chunked_program_is_read_into_the_page_cache_whole() {
     );
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
     // Without passthrough the mount serves in no-open mode, where nothing is filled.
-    m.wait_until(
-        "the mount to use FUSE passthrough (a kernel >= 6.9 built with it is needed)",
+    // (A kernel >= 6.9 built with FUSE passthrough is needed.)
+    wait_for_log(
+        &m,
+        "FUSE passthrough: the kernel reads open files",
         Duration::from_secs(5),
-        Duration::from_millis(20),
-        || {
-            m.log_text()
-                .contains("FUSE passthrough: the kernel reads open files")
-        },
     );
     let (prog_path, data_path) = (mnt.join("l1/bin/prog"), mnt.join("l1/bin/data"));
     for (path, body) in [(&prog_path, &prog), (&data_path, &data)] {
@@ -1949,23 +1946,14 @@ fn a_started_chunked_program_is_read_into_the_page_cache_whole() {
     )
     .unwrap_or_else(|e| panic!("{e}: {} bytes\n{}", resident(&prog_path), m.log_text()));
     // Read by the reader process, not by a thread of the mount.
-    m.wait_until(
-        "the page-fill reader's report",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || m.log_text().contains("page cache filled"),
-    );
+    wait_for_log(&m, "page cache filled", Duration::from_secs(10));
     // Not ELF: the kernel refuses to start it, and nothing is read.
     let refused = Command::new(merged.join("bin/data")).status().unwrap_err();
     assert_eq!(refused.raw_os_error(), Some(libc::ENOEXEC), "{refused}");
-    m.wait_until(
-        "the fill to look at the data file",
+    wait_for_log(
+        &m,
+        "not a program: page cache not filled",
         Duration::from_secs(10),
-        Duration::from_millis(20),
-        || {
-            m.log_text()
-                .contains("not a program: page cache not filled")
-        },
     );
     assert!(resident(&data_path) < data.len() as u64 / 10);
     assert_eq!(std::fs::read(&prog_path).unwrap(), prog);
