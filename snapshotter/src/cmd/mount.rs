@@ -359,15 +359,12 @@ pub fn main(args: MountArgs) -> Result<()> {
             }
         }
     }
-    if adopted.is_some() {
-        let invalidated = switcher.finish_interrupted_switch(&notifiers);
-        if invalidated > 0 {
-            tracing::warn!(
-                invalidated,
-                "the previous mount process died during a revision switch; finished invalidating the kernel's caches"
-            );
-        }
-    }
+    // A switch the predecessor died in is finished once this process serves: the
+    // invalidation waits for pages that resent READs hold, which only this process's
+    // workers answer.
+    let unfinished = adopted
+        .is_some()
+        .then(|| (switcher.clone(), notifiers.clone()));
     if let Some(signals) = signals {
         runtime.spawn(on_signal(signals, unmounters, exe, kept, cache.clone()));
     }
@@ -376,6 +373,15 @@ pub fn main(args: MountArgs) -> Result<()> {
 
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let update_thread = if origin == Origin::Pinned {
+        if let Some((switcher, notifiers)) = unfinished {
+            std::thread::Builder::new()
+                .name("strata-finish-switch".into())
+                .spawn(move || finish_interrupted_switch(&switcher, &notifiers))
+                .map_err(|source| Error::Io {
+                    context: "starting the thread that finishes an interrupted switch".into(),
+                    source,
+                })?;
+        }
         None
     } else {
         let updater = Updater {
@@ -389,7 +395,13 @@ pub fn main(args: MountArgs) -> Result<()> {
         };
         let thread = std::thread::Builder::new()
             .name("strata-update".into())
-            .spawn(move || updater.run(&stopped))
+            .spawn(move || {
+                // Before any switch of this process's own.
+                if let Some((switcher, notifiers)) = unfinished {
+                    finish_interrupted_switch(&switcher, &notifiers);
+                }
+                updater.run(&stopped);
+            })
             .map_err(|source| Error::Io {
                 context: "starting the update thread".into(),
                 source,
@@ -413,6 +425,19 @@ pub fn main(args: MountArgs) -> Result<()> {
     tracing::info!(mountpoint = %args.mountpoint.display(), "unmounted");
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Finishes the kernel cache invalidation of a revision switch the predecessor died in
+/// ([`Switcher::finish_interrupted_switch`]); on a thread of its own or the update
+/// thread's, while the sessions serve.
+fn finish_interrupted_switch(switcher: &Switcher, notifiers: &[fuser::Notifier]) {
+    let invalidated = switcher.finish_interrupted_switch(notifiers);
+    if invalidated > 0 {
+        tracing::warn!(
+            invalidated,
+            "the previous mount process died during a revision switch; finished invalidating the kernel's caches"
+        );
+    }
 }
 
 /// What a predecessor left: its connections, its journal and what the journal says.
