@@ -1936,6 +1936,15 @@ fn a_started_chunked_program_is_read_into_the_page_cache_whole() {
     let merged = work.path().join("merged");
     mount_overlay(&[&mnt.join("l0"), &mnt.join("l1")], &merged);
     let _overlay = Unmounted(merged.clone());
+    // The mount writes its counters every half second.
+    let cache = work.path().join("cache");
+    let counters = || {
+        std::thread::sleep(Duration::from_millis(700));
+        snapshotter::client::quota::CacheIndex::open(&cache)
+            .and_then(|i| i.stats())
+            .unwrap()
+    };
+    let before = counters();
     let status = Command::new(merged.join("bin/prog")).status().unwrap();
     assert!(status.success(), "{status}");
     wait_until(
@@ -1947,6 +1956,14 @@ fn a_started_chunked_program_is_read_into_the_page_cache_whole() {
     .unwrap_or_else(|e| panic!("{e}: {} bytes\n{}", resident(&prog_path), m.log_text()));
     // Read by the reader process, not by a thread of the mount.
     wait_for_log(&m, "page cache filled", Duration::from_secs(10));
+    // The reader's reads are the fill's, not the program's: they count as no cache hits
+    // (one per chunk a read opens), only the program's own few do.
+    let chunks = prog.len().div_ceil(CHUNK) as u64;
+    let hits = counters().hits - before.hits;
+    assert!(
+        hits < chunks / 2,
+        "{hits} cache hits for a run that touches one chunk of {chunks}"
+    );
     // Not ELF: the kernel refuses to start it, and nothing is read.
     let refused = Command::new(merged.join("bin/data")).status().unwrap_err();
     assert_eq!(refused.raw_os_error(), Some(libc::ENOEXEC), "{refused}");

@@ -214,7 +214,7 @@ impl Filesystem for StrataFs {
             }
             None => return reply.error(Errno::EBADF),
         };
-        match self.read_file(&file, offset, size) {
+        match self.read_file(&file, offset, size, req.pid()) {
             Ok(bytes) => reply.data(&bytes),
             Err(e) => reply.error(report("read", "", &e)),
         }

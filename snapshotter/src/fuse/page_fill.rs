@@ -17,9 +17,10 @@
 //! fill thread checks the file), and a job that waited longer than [`MAX_JOB_AGE`] is
 //! dropped (its program is well under way). Nothing is fetched for the decision: a file
 //! whose chunks are not all cached is left alone, and tried again at its next start (a
-//! chunk evicted in the moment between the check and the read is fetched by that read).
-//! The bytes count as read in the cache's statistics (read-ahead and prefetch "later
-//! read"), although the program itself may touch only part of them.
+//! chunk evicted in the moment between the check and the read fails that read: the
+//! program's own faults fetch it). The reader's requests are known by its pid: they
+//! start no read-ahead, are not traced and count as no read in the cache's statistics
+//! (read-ahead and prefetch "later read" stay what the program itself read).
 //!
 //! The read is done by a process of its own, `strata-snapshotter page-fill-reader`
 //! ([`crate::cmd::page_fill_reader`]), which the fill thread starts when first needed
@@ -43,6 +44,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -88,6 +90,9 @@ pub struct PageFill {
     /// Inodes filled, or queued to be; an inode whose fill did not happen (chunks not all
     /// cached, an error) is taken out, and tried again at its next start.
     filled: Arc<Mutex<HashSet<u64>>>,
+    /// The reader process's pid (0 before it runs): its requests are the fill's, not a
+    /// start's ([`PageFill::is_reader`]).
+    reader_pid: Arc<AtomicU32>,
 }
 
 impl PageFill {
@@ -103,16 +108,24 @@ impl PageFill {
         }
         let (tx, rx) = channel();
         let filled = self.filled.clone();
+        let reader_pid = self.reader_pid.clone();
         let mountpoint = mountpoint.to_path_buf();
         std::thread::Builder::new()
             .name("page-fill".into())
-            .spawn(move || run(&rx, &mountpoint, &filled))
+            .spawn(move || run(&rx, &mountpoint, &filled, &reader_pid))
             .map_err(|source| Error::Io {
                 context: "starting the page-cache fill thread".into(),
                 source,
             })?;
         let _ = self.queue.set(tx);
         Ok(())
+    }
+
+    /// Whether a request of `pid` comes from the reader process: its opens and reads are
+    /// the fill's, so they start no read-ahead, are not traced, fetch nothing and count
+    /// as no read in the cache's statistics.
+    pub(super) fn is_reader(&self, pid: u32) -> bool {
+        pid != 0 && self.reader_pid.load(Ordering::Relaxed) == pid
     }
 
     /// A chunked file at `path` (inode `ino` of this session) was started: queues its fill
@@ -176,10 +189,11 @@ enum Outcome {
     Stale,
 }
 
-/// The reader process of a session ([`crate::cmd::page_fill_reader`]).
-#[derive(Default)]
+/// The reader process of a session ([`crate::cmd::page_fill_reader`]), its pid published
+/// in `pid`.
 struct Reader {
     child: Option<Child>,
+    pid: Arc<AtomicU32>,
 }
 
 impl Reader {
@@ -193,7 +207,9 @@ impl Reader {
                 .as_mut()
                 .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
             if !running {
-                self.child = Some(start_reader()?);
+                let child = start_reader()?;
+                self.pid.store(child.id(), Ordering::Relaxed);
+                self.child = Some(child);
             }
             let stdin = self.child.as_mut().and_then(|c| c.stdin.as_mut());
             match stdin.map(|s| s.write_all(record)) {
@@ -240,9 +256,17 @@ fn start_reader() -> std::io::Result<Child> {
 
 /// The fill thread: one job after the other until the session's file system is dropped.
 /// The first failure of a session is a warning, later ones are debug lines.
-fn run(rx: &Receiver<Job>, mountpoint: &Path, filled: &Mutex<HashSet<u64>>) {
+fn run(
+    rx: &Receiver<Job>,
+    mountpoint: &Path,
+    filled: &Mutex<HashSet<u64>>,
+    reader_pid: &Arc<AtomicU32>,
+) {
     let mut warned = false;
-    let mut reader = Reader::default();
+    let mut reader = Reader {
+        child: None,
+        pid: reader_pid.clone(),
+    };
     while let Ok(job) = rx.recv() {
         let path = mountpoint.join(&*os_name(job.path.trim_start_matches('/')));
         let outcome = if job.queued.elapsed() > MAX_JOB_AGE {

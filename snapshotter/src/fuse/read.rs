@@ -65,6 +65,14 @@ impl StrataFs {
         // A chunked file's chunk list first (a catalog query, no fetch): whether it came
         // in a pack is known by its first chunk.
         let chunked = self.chunked_file(node)?;
+        // The page-fill reader's open of a started program ([`super::page_fill`]): no
+        // read-ahead, no trace.
+        if self.page_fill.is_reader(pid) {
+            return match chunked {
+                Some(file) => Ok(file),
+                None => self.fetch_whole(node),
+            };
+        }
         let first_object = match &chunked {
             Some(OpenFile::Chunked { chunks, .. }) => chunks.first().map(|c| c.hash),
             _ => node.entry.hash,
@@ -137,8 +145,15 @@ impl StrataFs {
         Ok(OpenFile::Whole(file))
     }
 
-    /// Reads up to `size` bytes at `offset` of an open file.
-    pub(super) fn read_file(&self, file: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>> {
+    /// Reads up to `size` bytes at `offset` of an open file for process `pid` (the
+    /// page-fill reader's reads fetch nothing and count as no read).
+    pub(super) fn read_file(
+        &self,
+        file: &OpenFile,
+        offset: u64,
+        size: u32,
+        pid: u32,
+    ) -> Result<Vec<u8>> {
         match file {
             OpenFile::Whole(f) => read_at(f, offset, size as usize, "cached object"),
             OpenFile::Chunked {
@@ -157,6 +172,19 @@ impl StrataFs {
                     let cached = lock(files).get(&span.index).cloned();
                     let chunk_file = match cached {
                         Some(f) => f,
+                        None if self.page_fill.is_reader(pid) => {
+                            let req = ObjectRequest::chunk(chunk, *compressed);
+                            let f = Arc::new(self.repo().cache().open_cached(&req)?.ok_or_else(
+                                || {
+                                    Error::NotFound(format!(
+                                        "{path}: chunk {} not cached",
+                                        span.index
+                                    ))
+                                },
+                            )?);
+                            lock(files).insert(span.index, f.clone());
+                            f
+                        }
                         None => {
                             let repo = self.repo();
                             if let Some(read_ahead) = self.shared.read_ahead.get() {
