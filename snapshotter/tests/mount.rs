@@ -1016,7 +1016,14 @@ fn opening_an_elf_file_reads_ahead_the_libraries_the_loader_needs() {
     ];
     let chunked = files[1].0.clone();
     let (work, repo, server, mnt) = serve_flat_repo(&[]);
-    repo.publish_with_links(&files, &links, |p| (p == chunked).then_some(1024), 2, 240);
+    repo.publish_with_links(
+        &files,
+        &links,
+        |_| 0o644,
+        |p| (p == chunked).then_some(1024),
+        2,
+        240,
+    );
     let objects: Vec<String> = files
         .iter()
         .map(|(_, body)| object_of(&repo.store, body))
@@ -1814,7 +1821,14 @@ fn a_chunked_file_from_a_startup_pack_does_not_read_its_directory_ahead() {
     files.push(("/other/x".into(), pseudo_random(3000, 101)));
     files.push(("/other/y".into(), pseudo_random(3000, 102)));
     let (work, repo, server, mnt) = serve_flat_repo(&[]);
-    repo.publish_with_links(&files, &[], |p| (p == "/app/big").then_some(CHUNK), 2, 240);
+    repo.publish_with_links(
+        &files,
+        &[],
+        |_| 0o644,
+        |p| (p == "/app/big").then_some(CHUNK),
+        2,
+        240,
+    );
     for object in &chunk_objects {
         assert!(
             repo.srv.join(object).is_file(),
@@ -1901,7 +1915,7 @@ fn a_started_chunked_program_is_read_into_the_page_cache_whole() {
         ("/l0/etc/motd".into(), b"hello\n".to_vec()),
     ];
     let (work, repo, server, mnt) = serve_flat_repo(&[]);
-    repo.publish_tree(
+    repo.publish_with_links(
         &files,
         &[],
         |_| 0o755,

@@ -75,6 +75,8 @@ pub const MAX_JOB_AGE: Duration = Duration::from_secs(2);
 struct Job {
     ino: u64,
     path: String,
+    /// The file's size (where its last chunk ends).
+    size: u64,
     chunks: Vec<Chunk>,
     compressed: bool,
     repo: Arc<MountedRevision>,
@@ -148,6 +150,7 @@ impl PageFill {
         let job = Job {
             ino,
             path: path.to_string(),
+            size,
             chunks: chunks.to_vec(),
             compressed,
             repo,
@@ -325,11 +328,7 @@ fn fill(job: &Job, path: &Path, reader: &mut Reader) -> Result<Outcome> {
             context: "sending a file to the page-fill reader".into(),
             source,
         })?;
-    Ok(Outcome::Sent(
-        job.chunks
-            .last()
-            .map_or(0, |c| c.offset.saturating_add(c.size)),
-    ))
+    Ok(Outcome::Sent(job.size))
 }
 
 /// Whether the chunked file `path` is a program: its first chunk starts with an ELF

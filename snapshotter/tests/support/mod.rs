@@ -781,21 +781,10 @@ impl FlatRepo {
         self.publish_root(hash, size, revision, timestamp)
     }
 
-    /// Publishes `files` and symbolic links `links` as `revision`, now; the files for which
-    /// `chunk` gives a size are chunked in pieces of that size.
+    /// Publishes `files` (permission bits from `mode`) and symbolic links `links` as
+    /// `revision`, now; the files for which `chunk` gives a size are chunked in pieces of
+    /// that size.
     pub fn publish_with_links(
-        &self,
-        files: &[(String, Vec<u8>)],
-        links: &[(&str, &str)],
-        chunk: impl Fn(&str) -> Option<usize>,
-        revision: u64,
-        ttl: u64,
-    ) -> Manifest {
-        self.publish_tree(files, links, |_| 0o644, chunk, revision, ttl)
-    }
-
-    /// As [`FlatRepo::publish_with_links`], with each file's permission bits from `mode`.
-    pub fn publish_tree(
         &self,
         files: &[(String, Vec<u8>)],
         links: &[(&str, &str)],
