@@ -4,9 +4,10 @@
 //!
 //! The input is an access trace (namespace `trace`): the repository paths a container
 //! start read, recorded by `strata-snapshotter mount --trace`. Each path is resolved in the
-//! revision being extended to its object (a file) or objects (the chunks of a chunked file
-//! of at most [`StartupOptions::max_chunked_file`]); every object goes in once, at its first
-//! place. Paths under `.metadata` are left out (`pull` reads the manifest and config before
+//! revision being extended to its object (a file); a chunked file gives the chunks the
+//! trace lists as read, each at its own record's place (a version 1 trace, paths only,
+//! gives all chunks of a chunked file of at most [`StartupOptions::max_chunked_file`]);
+//! every object goes in once, at its first place. Paths under `.metadata` are left out (`pull` reads the manifest and config before
 //! it asks for the packs). Paths the revision does not hold (a trace taken on an older revision, or of
 //! another image) are skipped and counted: a trace of `.layers/…/layerfs` paths stays
 //! valid for every image that shares those layers. The nested catalogs a client loads to
@@ -32,6 +33,7 @@
 use std::collections::{HashMap, HashSet};
 
 use catalog::{ContentHash, Entry, EntryKind, HashAlgorithm, PackBuilder, PackMember, Suffix};
+use namespace::trace::Access;
 use namespace::{ImageName, Platform, paths};
 
 use crate::catalog_view::CatalogView;
@@ -52,8 +54,9 @@ pub struct StartupOptions {
     pub pack_size: u64,
     /// Objects past this many stored bytes in all are left out.
     pub max_bytes: u64,
-    /// Chunked files larger than this are left out (a start reads parts of a huge file,
-    /// and the trace does not say which).
+    /// In a version 1 trace (paths only), chunked files larger than this are left out (a
+    /// start reads parts of a huge file, and such a trace does not say which; version 2
+    /// lists the chunks read).
     pub max_chunked_file: u64,
 }
 
@@ -139,7 +142,7 @@ pub fn publish_startup(
     trace_name: &str,
     options: &StartupOptions,
 ) -> Result<StartupSummary> {
-    let lines = namespace::trace::parse(trace, trace_name)?;
+    let trace = namespace::trace::parse(trace, trace_name)?;
     let public = ImageName::parse(reference)?.public_path();
     let _lock = Repo::lock(dir)?;
     let repo = Repo::open(dir)?;
@@ -148,18 +151,24 @@ pub fn publish_startup(
     let platform_dir = choose_platform(&ns, &public, options.platform.as_ref())?;
 
     let mut summary = StartupSummary {
-        paths: lines.len(),
+        paths: trace
+            .accesses
+            .iter()
+            .filter(|a| matches!(a, Access::File(_)))
+            .count(),
         ..StartupSummary::default()
     };
     let mut resolver = Resolver::new(&repo);
     let mut seen: HashSet<ContentHash> = HashSet::new();
     let mut wanted: Vec<WantedObject> = Vec::new();
-    let mut kept_lines: Vec<&str> = Vec::new();
+    let mut kept_lines: Vec<String> = Vec::new();
     let mut total: u64 = 0;
     let metadata_prefix = format!("/{}/", paths::METADATA);
-    for line in &lines {
+    for access in &trace.accesses {
+        let line = access.path();
+        let is_file = matches!(access, Access::File(_));
         if line.starts_with(&metadata_prefix) {
-            summary.metadata += 1;
+            summary.metadata += usize::from(is_file);
             continue;
         }
         let found = resolver.regular_file(&ns, line)?;
@@ -176,16 +185,37 @@ pub fn publish_startup(
             })
             .collect();
         let Some(entry) = found else {
-            summary.missing += 1;
+            summary.missing += usize::from(is_file);
             continue;
         };
-        summary.resolved += 1;
-        if entry.is_chunked() && entry.size > options.max_chunked_file {
-            summary.left_out += 1;
-            continue;
-        }
-        kept_lines.push(line);
-        for member in catalogs.into_iter().chain(members_of(&entry)) {
+        let content = match access {
+            Access::File(_) => {
+                summary.resolved += 1;
+                if !entry.is_chunked() {
+                    members_of(&entry)
+                } else if trace.lists_chunks {
+                    // Its chunks come with their own records, those read only.
+                    Vec::new()
+                } else if entry.size > options.max_chunked_file {
+                    summary.left_out += 1;
+                    continue;
+                } else {
+                    members_of(&entry)
+                }
+            }
+            Access::Chunk { index, .. } => {
+                // A chunk of a file that is not chunked alike in this revision is skipped.
+                match members_of(&entry)
+                    .get(*index)
+                    .filter(|_| entry.is_chunked())
+                {
+                    Some(chunk) => vec![*chunk],
+                    None => continue,
+                }
+            }
+        };
+        kept_lines.push(access.line());
+        for member in catalogs.into_iter().chain(content) {
             if !seen.insert(member.hash) {
                 continue;
             }
@@ -203,7 +233,7 @@ pub fn publish_startup(
                     stored_size,
                     ..member
                 },
-                path: line.clone(),
+                path: line.to_string(),
             });
         }
     }
@@ -211,9 +241,7 @@ pub fn publish_startup(
         return Err(Error::Usage(format!(
             "{trace_name}: none of its {} path(s) is a regular file with content in revision {} \
              ({} resolved); nothing to publish for {public}",
-            lines.len(),
-            ns.manifest.revision,
-            summary.resolved
+            summary.paths, ns.manifest.revision, summary.resolved
         )));
     }
 
@@ -271,7 +299,14 @@ pub fn publish_startup(
         node.children.insert(name.to_string(), Node::leaf(entry));
         Ok(())
     };
-    let mut trace_text = format!("{}\n", namespace::trace::HEADER);
+    // The trace as it resolved, in the input's version (a path of a chunked file stands
+    // for all its chunks in version 1, for none in version 2).
+    let header = if trace.lists_chunks {
+        namespace::trace::HEADER
+    } else {
+        namespace::trace::HEADER_V1
+    };
+    let mut trace_text = format!("{header}\n");
     for line in &kept_lines {
         trace_text.push_str(line);
         trace_text.push('\n');

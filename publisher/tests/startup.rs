@@ -16,28 +16,82 @@ fn startup_files(repo: &Path) -> Vec<(String, catalog::ContentHash, bool)> {
     crate::support::startup_files(repo, "localhost/layout:1")
 }
 
-#[test]
-fn a_trace_becomes_packs_of_its_objects_in_first_read_order() {
-    let work = ok(tempfile::tempdir());
-    let layout = work.path().join("layout");
-    // Layer 1: three small files; layer 2: one 20 MiB file (chunked: above the maximum chunk).
-    let big = pseudo_random(20 << 20, 2000);
+/// An image of two layers ingested into a new repository, and the repository paths of
+/// its layers' roots and its flat tree.
+struct Ingested {
+    repo: std::path::PathBuf,
+    /// The image as `ingest` takes it.
+    src: String,
+    l1: String,
+    l2: String,
+    flat: String,
+}
+
+/// Ingests an image into `work/repo`: layer 1 three files of 10 000 bytes (`l1/f0`…, seeds
+/// 1000…), layer 2 one file of `big` bytes (`l2/f0`, seed 2000).
+fn ingest_two_layers(work: &Path, big: usize) -> Ingested {
+    let layout = work.join("layout");
     let image = write_layout(
         &layout,
         "1",
-        &[noise_layer(1, 3, 10_000), noise_layer(2, 1, 20 << 20)],
+        &[noise_layer(1, 3, 10_000), noise_layer(2, 1, big)],
     );
-    let repo = work.path().join("repo");
+    let repo = work.join("repo");
     init_repo(&repo, "startup.test");
-    let r = repo.display().to_string();
     let src = format!("oci:{}:1", layout.display());
-    run_ok(&["ingest", "--repo", &r, &src]);
-
+    run_ok(&["ingest", "--repo", &repo.display().to_string(), &src]);
     let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
     let layerfs = |d: &str| format!("/.layers/{}/{}/layerfs", &hex(d)[..2], hex(d));
-    let flat = format!("/.flat/{}/{}", &hex(&image.config)[..2], hex(&image.config));
-    let l1 = layerfs(&image.layers[0]);
-    let l2 = layerfs(&image.layers[1]);
+    Ingested {
+        flat: format!("/.flat/{}/{}", &hex(&image.config)[..2], hex(&image.config)),
+        l1: layerfs(&image.layers[0]),
+        l2: layerfs(&image.layers[1]),
+        repo,
+        src,
+    }
+}
+
+/// The members of the packs among `files` (of the repository in `repo`), in pack and
+/// member order, as suffix and content; every pack and member checked against its hash.
+fn pack_members(
+    repo: &Path,
+    files: &[(String, catalog::ContentHash, bool)],
+) -> Vec<(Suffix, Vec<u8>)> {
+    let store = ok(catalog::LocalStore::open(&repo.join("srv")));
+    let mut members = Vec::new();
+    for (name, hash, compressed) in files {
+        if !namespace::paths::is_pack_name(name) {
+            continue;
+        }
+        // Stored as is (its members are compressed already).
+        assert!(!compressed, "{name} is stored compressed");
+        let bytes = ok(store.get(hash, Suffix::None));
+        ok(catalog::compression::verify(&bytes, hash));
+        let pack = ok(StartupPack::parse(&bytes));
+        for (i, m) in pack.members().iter().enumerate() {
+            let stored = pack.stored(i).unwrap_or_else(|| panic!("member {i}"));
+            ok(catalog::compression::verify(stored, &m.hash));
+            let raw = ok(catalog::decode(stored, m.compressed, m.raw_size));
+            assert_eq!(raw.len() as u64, m.raw_size);
+            members.push((m.suffix, raw));
+        }
+    }
+    members
+}
+
+#[test]
+fn a_trace_becomes_packs_of_its_objects_in_first_read_order() {
+    let work = ok(tempfile::tempdir());
+    // Layer 2's file is chunked: above the maximum chunk.
+    let Ingested {
+        repo,
+        src,
+        l1,
+        l2,
+        flat,
+    } = ingest_two_layers(work.path(), 20 << 20);
+    let big = pseudo_random(20 << 20, 2000);
+    let r = repo.display().to_string();
     let trace = work.path().join("start.trace");
     // What `pull` reads before it asks for the packs: not packed.
     let config = "/.metadata/localhost/layout:1/platforms/linux-amd64/config.json";
@@ -77,28 +131,14 @@ fn a_trace_becomes_packs_of_its_objects_in_first_read_order() {
     let mut contents: Vec<Vec<u8>> = Vec::new();
     let mut chunks = Vec::new();
     let mut catalogs = 0;
-    for (name, hash, compressed) in &files {
-        if !namespace::paths::is_pack_name(name) {
-            continue;
-        }
-        // Stored as is (its members are compressed already).
-        assert!(!compressed, "{name} is stored compressed");
-        let bytes = ok(store.get(hash, Suffix::None));
-        ok(catalog::compression::verify(&bytes, hash));
-        let pack = ok(StartupPack::parse(&bytes));
-        for (i, m) in pack.members().iter().enumerate() {
-            let stored = pack.stored(i).unwrap_or_else(|| panic!("member {i}"));
-            ok(catalog::compression::verify(stored, &m.hash));
-            let raw = ok(catalog::decode(stored, m.compressed, m.raw_size));
-            assert_eq!(raw.len() as u64, m.raw_size);
-            match m.suffix {
-                Suffix::Partial => chunks.extend(raw),
-                Suffix::Catalog => {
-                    assert!(raw.starts_with(b"SQLite format 3\0"), "a catalog member");
-                    catalogs += 1;
-                }
-                _ => contents.push(raw),
+    for (suffix, raw) in pack_members(&repo, &files) {
+        match suffix {
+            Suffix::Partial => chunks.extend(raw),
+            Suffix::Catalog => {
+                assert!(raw.starts_with(b"SQLite format 3\0"), "a catalog member");
+                catalogs += 1;
             }
+            _ => contents.push(raw),
         }
     }
     // The catalogs a client loads on the way: two layers' buckets and layerfs catalogs,
@@ -175,5 +215,72 @@ fn a_trace_becomes_packs_of_its_objects_in_first_read_order() {
     assert!(
         !out.status.success() && err.contains("not a Strata access trace") && err.contains(&t),
         "{err}"
+    );
+}
+
+#[test]
+fn a_version_2_trace_packs_only_the_chunks_read_in_the_order_read() {
+    let work = ok(tempfile::tempdir());
+    // Layer 2's file has several chunks.
+    let Ingested { repo, l1, l2, .. } = ingest_two_layers(work.path(), 40 << 20);
+    let big = pseudo_random(40 << 20, 2000);
+    let r = repo.display().to_string();
+    // The big file opened, its chunk 1 read, a small file, then its chunk 0; chunk 99 is
+    // not one of its chunks, and a small file has none.
+    let lines = format!(
+        "{l2}/l2/f0\nchunk 1 {l2}/l2/f0\n{l1}/l1/f2\nchunk 0 {l2}/l2/f0\nchunk 99 {l2}/l2/f0\n\
+         chunk 0 {l1}/l1/f2\n"
+    );
+    let trace = work.path().join("start.trace");
+    ok(std::fs::write(
+        &trace,
+        format!("# strata access trace v2\n{lines}"),
+    ));
+    let t = trace.display().to_string();
+    let out = run_ok(&["startup", "--repo", &r, "--trace", &t, "localhost/layout:1"]);
+    assert!(out.contains("2 path(s), 2 resolved"), "{out}");
+    verify_ok(&repo);
+
+    let files = startup_files(&repo);
+    let content: Vec<(Suffix, Vec<u8>)> = pack_members(&repo, &files)
+        .into_iter()
+        .filter(|(suffix, _)| *suffix != Suffix::Catalog)
+        .collect();
+    let suffixes: Vec<Suffix> = content.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        suffixes,
+        [Suffix::Partial, Suffix::None, Suffix::Partial],
+        "chunk 1, l1/f2, chunk 0: nothing else of the big file"
+    );
+    let (first, second) = (&content[2].1, &content[0].1);
+    assert!(
+        big.starts_with(first) && big[first.len()..].starts_with(second),
+        "the members are the big file's chunks 0 and 1 ({} and {} bytes of {})",
+        first.len(),
+        second.len(),
+        big.len()
+    );
+    assert!(
+        first.len() + second.len() < big.len(),
+        "the chunks not read are left out"
+    );
+    assert_eq!(content[1].1, pseudo_random(10_000, 1002), "l1/f2");
+    // The published trace keeps version 2 and the records that resolved.
+    let store = ok(catalog::LocalStore::open(&repo.join("srv")));
+    let kept = files
+        .iter()
+        .find(|(n, _, _)| n == "trace")
+        .map(|(_, h, _)| *h)
+        .unwrap_or_else(|| panic!("no trace"));
+    let kept = ok(catalog::decompress(
+        &ok(store.get(&kept, Suffix::None)),
+        1 << 20,
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&kept),
+        format!(
+            "# strata access trace v2\n{l2}/l2/f0\nchunk 1 {l2}/l2/f0\n{l1}/l1/f2\n\
+             chunk 0 {l2}/l2/f0\n"
+        )
     );
 }

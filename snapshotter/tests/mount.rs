@@ -682,7 +682,7 @@ fn a_new_revision_appears_while_open_files_keep_their_revision() {
 }
 
 #[test]
-fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
+fn a_chunked_file_fetches_only_the_chunks_read_and_each_once_and_a_trace_lists_them() {
     require_root_and_fuse();
     let work = tempfile::tempdir().unwrap();
     let srv = work.path().join("srv");
@@ -703,8 +703,9 @@ fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
     let server = Server::start(&[(FQRN, &srv)]);
     let mnt = work.path().join("mnt");
     // Without read-ahead: what a read fetches is exactly what it touches.
+    let trace = work.path().join("start.trace");
     let mut cmd = mount_command_in(&server, &keys.pubkey, work.path(), &mnt);
-    cmd.arg("--no-read-ahead");
+    cmd.arg("--no-read-ahead").arg("--trace").arg(&trace);
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
     let requested = |object: &str| server.requests_for(object);
     let f = std::fs::File::open(mnt.join("big")).unwrap();
@@ -740,6 +741,11 @@ fn a_chunked_file_fetches_only_the_chunks_read_and_each_once() {
     assert_eq!(requested(&chunk_path(7)), 0);
     drop(f);
     m.stop();
+    // The trace lists the file when opened, then each chunk when first read.
+    assert_eq!(
+        std::fs::read_to_string(&trace).unwrap(),
+        "# strata access trace v2\n/big\nchunk 5 /big\nchunk 2 /big\nchunk 6 /big\n"
+    );
 
     // With read-ahead (the default), the first read of a chunked file this small fetches
     // all its chunks, each once, and the whole file is then read from the cache.
@@ -1080,7 +1086,7 @@ fn a_trace_lists_the_files_read_once_each_in_first_read_order() {
     let text = std::fs::read_to_string(&trace).unwrap();
     m.stop();
     assert_eq!(
-        text, "# strata access trace v1\n/bin/c\n/lib/a\n/lib/b\n",
+        text, "# strata access trace v2\n/bin/c\n/lib/a\n/lib/b\n",
         "trace file"
     );
 }
@@ -1990,6 +1996,45 @@ fn a_started_chunked_program_is_read_into_the_page_cache_whole() {
     assert_eq!(std::fs::read(&prog_path).unwrap(), prog);
     drop(_overlay);
     m.stop();
+}
+
+/// A chunked program started on a cold mount is listed in a trace with every chunk, in
+/// order, not only the chunks its run touches: a start with packs needs them all to fill
+/// the page cache with it (fuse/page_fill.rs). Needs `OPEN` requests (FUSE passthrough).
+#[test]
+fn a_trace_lists_every_chunk_of_a_started_chunked_program() {
+    require_root_and_fuse();
+    const CHUNK: usize = 300_000;
+    let mut prog = include_bytes!("fixtures/elf/rpath-exe").to_vec();
+    prog.extend(pseudo_random(2 * 1024 * 1024, 97));
+    let (work, repo, server, mnt) = serve_flat_repo(&[]);
+    repo.publish_with_links(
+        &[("/bin/prog".to_string(), prog.clone())],
+        &[],
+        |_| 0o755,
+        |_| Some(CHUNK),
+        2,
+        240,
+    );
+    let trace = work.path().join("start.trace");
+    let mut cmd = mount_command_in(&server, &repo.keys.pubkey, work.path(), &mnt);
+    cmd.arg("--no-read-ahead").arg("--trace").arg(&trace);
+    let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
+    wait_for_log(
+        &m,
+        "FUSE passthrough: the kernel reads open files",
+        Duration::from_secs(5),
+    );
+    let status = Command::new(mnt.join("bin/prog")).status().unwrap();
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&trace).unwrap();
+    m.stop();
+    let chunks = prog.len().div_ceil(CHUNK);
+    let expected: String = std::iter::once("/bin/prog".to_string())
+        .chain((0..chunks).map(|i| format!("chunk {i} /bin/prog")))
+        .map(|l| l + "\n")
+        .collect();
+    assert_eq!(text, format!("# strata access trace v2\n{expected}"));
 }
 
 /// Unmounts (lazily) the mount at its path when dropped, also when a test fails.

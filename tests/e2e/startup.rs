@@ -114,7 +114,7 @@ fn a_traced_start_is_served_from_its_startup_packs_on_a_cold_node() {
         println!("    {}", out.replace('\n', "\n    "));
         let text = std::fs::read_to_string(&recorded_trace)?;
         ensure!(
-            text.starts_with("# strata access trace v1\n")
+            text.starts_with("# strata access trace v2\n")
                 && text
                     .lines()
                     .any(|l| l.starts_with("/.flat/") && l.ends_with("/usr/bin/python3.11"))

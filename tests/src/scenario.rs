@@ -241,13 +241,14 @@ impl Stack {
         let text = std::fs::read_to_string(&path)
             .map_err(crate::error::io_context(format!("read {}", path.display())))?;
         let mut lines = text.lines();
-        if lines.next() != Some("# strata access trace v1") {
+        if lines.next() != Some("# strata access trace v2") {
             return Err(Error::Invalid(format!(
                 "{}: no trace header",
                 path.display()
             )));
         }
-        let paths: Vec<&str> = lines.collect();
+        // The files opened (a chunked file's chunks follow as `chunk <i> <path>` lines).
+        let paths: Vec<&str> = lines.filter(|l| l.starts_with('/')).collect();
         let unique: std::collections::HashSet<&&str> = paths.iter().collect();
         if unique.len() != paths.len() {
             return Err(Error::Invalid(format!(

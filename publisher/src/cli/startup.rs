@@ -46,7 +46,8 @@ pub struct StartupArgs {
     /// Leave out objects past this many bytes in all.
     #[arg(long, default_value_t = StartupOptions::default().max_bytes)]
     pub max_bytes: u64,
-    /// Leave out chunked files larger than this many bytes.
+    /// Leave out chunked files larger than this many bytes (version 1 traces, which do not
+    /// say which chunks were read).
     #[arg(long, default_value_t = StartupOptions::default().max_chunked_file)]
     pub max_chunked_file: u64,
     /// The image, as published (`REGISTRY/REPOSITORY:TAG`, or `REPOSITORY@sha256:…`).

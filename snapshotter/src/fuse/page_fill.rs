@@ -164,7 +164,8 @@ impl PageFill {
 
 impl StrataFs {
     /// `node` was opened as inode `ino` by an `execve` (`OPEN` flags with
-    /// [`FMODE_EXEC`]): a chunked program has the kernel's page cache filled (module docs).
+    /// [`FMODE_EXEC`]): a chunked program has the kernel's page cache filled (module docs),
+    /// so a trace lists all its chunks (a start with packs needs them all for the fill).
     pub(super) fn opened_for_exec(&self, ino: INodeNo, node: &Node, file: &OpenFile) {
         if let OpenFile::Chunked {
             path,
@@ -173,6 +174,11 @@ impl StrataFs {
             ..
         } = file
         {
+            if let Some(trace) = self.shared.trace.get() {
+                for index in 0..chunks.len() {
+                    trace.record_chunk(path, index);
+                }
+            }
             self.page_fill
                 .started(ino.0, path, chunks, *compressed, self.repo_of(node));
         }

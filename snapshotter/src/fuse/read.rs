@@ -165,14 +165,18 @@ impl StrataFs {
                 // Only the chunks this read touches are fetched (docs/format.md §4.6).
                 let spans = catalog::chunking::chunk_spans(chunks, offset, u64::from(size));
                 let mut out = Vec::with_capacity(spans.iter().map(|s| s.len as usize).sum());
+                let reader = self.page_fill.is_reader(pid);
                 for span in spans {
                     let Some(chunk) = chunks.get(span.index) else {
                         break;
                     };
+                    if !reader && let Some(trace) = self.shared.trace.get() {
+                        trace.record_chunk(path, span.index);
+                    }
                     let cached = lock(files).get(&span.index).cloned();
                     let chunk_file = match cached {
                         Some(f) => f,
-                        None if self.page_fill.is_reader(pid) => {
+                        None if reader => {
                             let req = ObjectRequest::chunk(chunk, *compressed);
                             let f = Arc::new(self.repo().cache().open_cached(&req)?.ok_or_else(
                                 || {

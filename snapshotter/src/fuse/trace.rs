@@ -1,5 +1,6 @@
-//! Access traces: which regular files a program reads, in the order it first reads them
-//! (`mount --trace FILE`).
+//! Access traces: which regular files a program reads, and which chunks of its chunked
+//! files, in the order it first reads them (`mount --trace FILE`; the format's home is
+//! [`namespace::trace`]).
 //!
 //! A container start reads a few hundred files in dependency order; knowing them in
 //! advance lets them be fetched in bulk instead of one round trip each (the startup working
@@ -7,10 +8,13 @@
 //! `--trace FILE`, start the container or run the command, stop. Every regular file of the
 //! repository is written once, when it is first opened (or first read, in no-open mode),
 //! as its repository path (`/.flat/<hh>/<hex>/usr/bin/python3.11`, or a path below a
-//! layer's `layerfs`), one per line, after a `# strata access trace v1` header line. Lines
-//! are written as they happen (each flushed), so a trace taken while the mount keeps
-//! running is complete up to its last line. An open that fails (a download error) is not
-//! recorded. Paths of every image read through the mount go
+//! layer's `layerfs`), one per line, after a `# strata access trace v2` header line; a
+//! chunk of a chunked file, when a read first touches it, as `chunk <index> <path>` (a
+//! start maps parts of a large library, and the pack need hold only those). A chunked
+//! program started with `execve` is read whole (`page_fill`): all its chunks are written
+//! then. Lines are written as they happen (each flushed), so a trace taken while the
+//! mount keeps running is complete up to its last line. An open that fails (a download
+//! error) is not recorded. Paths of every image read through the mount go
 //! to the one file, in the order they were read; whoever uses it keeps the ones under the
 //! image root it is about.
 
@@ -23,9 +27,9 @@ use std::sync::Mutex;
 use crate::{Error, Result};
 
 /// First line of a trace file ([`namespace::trace`] is the format's home).
-pub use namespace::trace::HEADER;
+pub use namespace::trace::{Access, HEADER};
 
-/// Paths remembered as traced; past it, recording stops (a trace is a start's working
+/// Records remembered as traced; past it, recording stops (a trace is a start's working
 /// set, not a walk of the whole repository) and a warning says so.
 pub const MAX_TRACED: usize = 1 << 20;
 
@@ -37,6 +41,7 @@ pub struct AccessTrace {
 
 struct State {
     out: BufWriter<File>,
+    /// The lines written.
     seen: HashSet<String>,
     /// Set once writing failed or the limit was reached: nothing more is written.
     stopped: bool,
@@ -65,32 +70,45 @@ impl AccessTrace {
         })
     }
 
-    /// Records a read of regular file `path` (a repository path): written if it is the
+    /// Records an open of regular file `path` (a repository path): written if it is the
     /// first. A failed write is logged once and ends the trace; the mount goes on.
     pub fn record(&self, path: &str) {
+        self.write(Access::File(path.to_string()));
+    }
+
+    /// Records a read of chunk `index` of chunked file `path`: written if it is the first.
+    pub fn record_chunk(&self, path: &str, index: usize) {
+        self.write(Access::Chunk {
+            path: path.to_string(),
+            index,
+        });
+    }
+
+    fn write(&self, access: Access) {
+        let line = access.line();
         let mut state = self
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.stopped || state.seen.contains(path) {
+        if state.stopped || state.seen.contains(&line) {
             return;
         }
         if state.seen.len() >= MAX_TRACED {
             state.stopped = true;
             tracing::warn!(
                 trace = %self.path.display(),
-                "trace holds {MAX_TRACED} files; recording stops"
+                "trace holds {MAX_TRACED} records; recording stops"
             );
             return;
         }
-        // One path per line: a name with a newline cannot be written unambiguously.
-        if path.contains('\n') {
+        // One record per line: a name with a newline cannot be written unambiguously.
+        if line.contains('\n') {
             return;
         }
-        let written = writeln!(state.out, "{path}").and_then(|()| state.out.flush());
+        let written = writeln!(state.out, "{line}").and_then(|()| state.out.flush());
         match written {
             Ok(()) => {
-                state.seen.insert(path.to_owned());
+                state.seen.insert(line);
             }
             Err(e) => {
                 state.stopped = true;
@@ -100,17 +118,17 @@ impl AccessTrace {
     }
 }
 
-/// The paths of a trace file, in order (header and blank lines skipped).
+/// The records of a trace file, in order (header and blank lines skipped).
 ///
 /// # Errors
 /// [`Error::Io`] if it cannot be read, [`Error::Config`] if it is not a trace
 /// ([`namespace::trace::parse`]).
-pub fn read(path: &Path) -> Result<Vec<String>> {
+pub fn read(path: &Path) -> Result<Vec<Access>> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         context: format!("reading the trace file {}", path.display()),
         source,
     })?;
-    Ok(namespace::trace::parse(&text, &path.display().to_string())?)
+    Ok(namespace::trace::parse(&text, &path.display().to_string())?.accesses)
 }
 
 #[cfg(test)]
@@ -125,8 +143,20 @@ mod tests {
         for p in ["/b", "/a/x", "/b", "/c", "/a/x", "/bad\nname"] {
             trace.record(p);
         }
+        for i in [1, 0, 1] {
+            trace.record_chunk("/c", i);
+        }
+        trace.record_chunk("/bad\nname", 0);
+        let file = |p: &str| Access::File(p.to_string());
+        let chunk = |i| Access::Chunk {
+            path: "/c".to_string(),
+            index: i,
+        };
         // Written as it happens: readable while the trace is still open.
-        assert_eq!(read(&path).unwrap(), ["/b", "/a/x", "/c"]);
+        assert_eq!(
+            read(&path).unwrap(),
+            [file("/b"), file("/a/x"), file("/c"), chunk(1), chunk(0)]
+        );
         drop(trace);
         std::fs::write(&path, "/a\n").unwrap();
         let e = read(&path).unwrap_err().to_string();
