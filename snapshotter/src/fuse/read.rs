@@ -63,7 +63,7 @@ impl StrataFs {
     pub(super) fn open_file(&self, node: &Node, opening: bool, pid: u32) -> Result<OpenFile> {
         let dir = node.path.rsplit_once('/').map_or("", |(dir, _)| dir);
         // A chunked file's chunk list first (a catalog query, no fetch): whether it came
-        // in a pack is known by its first chunk.
+        // in a pack is known by its chunks.
         let chunked = self.chunked_file(node)?;
         // The page-fill reader's open of a started program ([`super::page_fill`]): no
         // read-ahead, no trace.
@@ -73,11 +73,14 @@ impl StrataFs {
                 None => self.fetch_whole(node),
             };
         }
-        let first_object = match &chunked {
-            Some(OpenFile::Chunked { chunks, .. }) => chunks.first().map(|c| c.hash),
-            _ => node.entry.hash,
+        let repo = self.repo();
+        let from_pack = match &chunked {
+            Some(OpenFile::Chunked { chunks, .. }) => chunks_from_pack(repo.cache(), chunks),
+            _ => node
+                .entry
+                .hash
+                .is_some_and(|h| repo.cache().came_in_a_pack(&h)),
         };
-        let from_pack = first_object.is_some_and(|h| self.repo().cache().came_in_a_pack(&h));
         if from_pack {
             if let Some(read_ahead) = self.shared.read_ahead.get() {
                 read_ahead.known_directory(&self.repo(), dir);
@@ -191,7 +194,10 @@ impl StrataFs {
                         }
                         None => {
                             let repo = self.repo();
-                            if let Some(read_ahead) = self.shared.read_ahead.get() {
+                            // A pack holds the chunks a start reads (the trace lists them):
+                            // the others are not read ahead.
+                            let from_pack = chunks_from_pack(repo.cache(), chunks);
+                            if !from_pack && let Some(read_ahead) = self.shared.read_ahead.get() {
                                 read_ahead.chunks_after(&repo, chunks, span.index, *compressed);
                             }
                             let started = std::time::Instant::now();
@@ -202,7 +208,7 @@ impl StrataFs {
                             log_wait(path, Some(span.index), started);
                             // A chunked program or library: its headers are in chunk 0.
                             if span.index == 0
-                                && !repo.cache().came_in_a_pack(&chunk.hash)
+                                && !from_pack
                                 && let Some(read_ahead) = self.shared.read_ahead.get()
                             {
                                 read_ahead.opened_file(&repo, path, &f, || {
@@ -224,6 +230,13 @@ impl StrataFs {
             }
         }
     }
+}
+
+/// Whether any of a chunked file's `chunks` came in a startup pack: the pack then holds
+/// the chunks a start reads (not necessarily all, nor the first), and read-ahead leaves
+/// the file and its directory alone.
+fn chunks_from_pack(cache: &crate::client::cache::ObjectCache, chunks: &[Chunk]) -> bool {
+    chunks.iter().any(|c| cache.came_in_a_pack(&c.hash))
 }
 
 /// Only regular files are opened or read: `EISDIR` for a directory, `EINVAL` otherwise.
