@@ -6,8 +6,8 @@
 //! compressed) bytes matched and the inflated size matched the catalog (docs/format.md §2.2, §3.4,
 //! §8.5), so a file under `XX/` is always complete. The cache survives restarts: an object
 //! already present is not downloaded again. Nothing is synced; the write-back of objects
-//! that arrive ahead of reads (packs, read-ahead) is started as they are committed, so that
-//! a container start does not wait for it (`start_writeback`).
+//! that arrive ahead of reads (packs, read-ahead) is started as they are committed, on a
+//! thread of its own, so that a container start does not wait for it (`writeback`).
 //!
 //! Concurrent requests for the same missing object share one download (docs/format.md §8.5): the first
 //! requester downloads, the others wait on a condition variable and then use the committed
@@ -40,6 +40,7 @@ use catalog::{ContentHash, InflatingWriter, Suffix};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::client::quota::{Arrival, CacheIndex, ObjectKind, PrefetchCounts, Touch, mtime_ns};
+use crate::client::writeback::WriteBack;
 use crate::{Error, Result};
 
 /// How often a cache hit of one object is written to the LRU index at most (the eviction
@@ -202,6 +203,8 @@ pub struct ObjectCache {
     unread: Mutex<HashMap<ContentHash, (u64, Arrival)>>,
     /// Objects this process committed from startup packs (cleared past [`MAX_PACKED`]).
     packed: Mutex<std::collections::HashSet<ContentHash>>,
+    /// Starts the write-back of objects that arrive ahead of reads.
+    writeback: WriteBack,
 }
 
 /// Objects remembered as having come from a startup pack; past it, the set starts again.
@@ -277,6 +280,7 @@ impl ObjectCache {
             demand: AtomicUsize::new(0),
             unread: Mutex::new(HashMap::new()),
             packed: Mutex::new(std::collections::HashSet::new()),
+            writeback: WriteBack::default(),
         })
     }
 
@@ -866,7 +870,7 @@ impl ObjectCache {
             source,
         })?;
         if arrival != Arrival::Demand {
-            start_writeback(&committed, &object);
+            self.writeback.start(committed);
         }
         // Row, miss and read-ahead, with the index's next write.
         self.index.commit_download(
@@ -993,31 +997,6 @@ impl Sink for BoundedVec {
     fn restart(&mut self) -> std::io::Result<()> {
         self.bytes.clear();
         Ok(())
-    }
-}
-
-/// Starts writing `file`'s pages to disk without waiting for it (`sync_file_range(2)`,
-/// `SYNC_FILE_RANGE_WRITE`), for objects that arrive ahead of reads (packs, read-ahead).
-///
-/// Left dirty, they are written at the latest when something syncs the file system the
-/// cache is on, and a container start does: unmounting an overlayfs syncs its upper
-/// directory's whole file system (containerd's temporary mounts, a container's exit). A
-/// cold start right after its startup packs landed (96 MB of content for numpy/scipy)
-/// then waited some 50–70 ms at its end for their write-back. Started here, on the
-/// worker that committed them, the write-back runs while the start does. Demand reads
-/// are left to the kernel's flusher: their reader is waiting. A failure only costs that
-/// wait later, so it is logged, not returned.
-#[allow(unsafe_code)] // one system call on a descriptor `file` owns; see the SAFETY note
-fn start_writeback(file: &File, object: &str) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: `sync_file_range` takes a descriptor, two offsets and flags by value and
-    // touches no memory of this process; the descriptor is `file`'s, open for the call.
-    let rc = unsafe {
-        nix::libc::sync_file_range(file.as_raw_fd(), 0, 0, nix::libc::SYNC_FILE_RANGE_WRITE)
-    };
-    if rc != 0 {
-        let error = std::io::Error::last_os_error();
-        tracing::debug!(object, %error, "could not start writing a cache file back");
     }
 }
 

@@ -11,6 +11,8 @@
 //! * [`elf`] and [`library_search`] — what the dynamic loader opens after an ELF file,
 //!   and where it finds it in an image root (read-ahead of libraries); [`chunk_reader`]
 //!   reads a chunked file's headers through the cache;
+//! * `writeback` — starting the write-back of cache files that arrive ahead of reads, on
+//!   a thread of its own (a container start would otherwise wait for it);
 //! * [`startup`] — prefetching an image's startup packs (its published working set) when
 //!   a pull or a start asks for it;
 //! * `work_queue` — the job queue and worker threads read-ahead and startup prefetch
@@ -33,3 +35,4 @@ pub mod repository;
 pub mod scan;
 pub mod startup;
 mod work_queue;
+mod writeback;
