@@ -15,7 +15,9 @@
 //! first opened; `chunk <index> <path>` when chunk `<index>` (from 0, in the file's chunk
 //! list, docs/format.md §4.6) of chunked file `<path>` is first read. A chunked file
 //! started as a program is read whole (the mount fills the page cache with it), so all its
-//! chunks are listed when it is started. Blank lines and further `#` lines are ignored.
+//! chunks are listed when it is started (by a mount that sees opens: with FUSE passthrough;
+//! without, only the chunks the program's run touched). Blank lines and further `#` lines
+//! are ignored.
 //! A name holding a newline cannot be written and is left out by the writer.
 //!
 //! Version 1 traces (header `# strata access trace v1`) have paths only; a reader takes
@@ -107,6 +109,7 @@ pub fn parse(text: &str, source: &str) -> Result<Trace> {
             }
             let parsed = rest
                 .split_once(' ')
+                .filter(|(index, _)| index.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|(index, path)| Some((index.parse::<usize>().ok()?, path)))
                 .filter(|(_, path)| path.starts_with('/'));
             let Some((index, path)) = parsed else {
@@ -163,7 +166,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 2") && e.contains("absolute"), "{e}");
-        for bad in ["chunk x /a", "chunk 1 a", "chunk 1", "chunk -1 /a"] {
+        for bad in [
+            "chunk x /a",
+            "chunk 1 a",
+            "chunk 1",
+            "chunk -1 /a",
+            "chunk +1 /a",
+        ] {
             let e = parse(&format!("{HEADER}\n{bad}\n"), "t")
                 .unwrap_err()
                 .to_string();

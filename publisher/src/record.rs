@@ -70,7 +70,7 @@ pub struct RecordOptions {
 /// A recorded start.
 #[derive(Clone, Debug)]
 pub struct Recorded {
-    /// The trace text (`# strata access trace v1` and the paths).
+    /// The trace text (`namespace::trace`: the paths and chunks read).
     pub trace: String,
     /// What ran.
     pub command: Vec<String>,

@@ -87,9 +87,12 @@ pub struct StartupSummary {
     /// Paths under `.metadata`, left out: `pull` reads an image's manifest and config
     /// before it asks for the packs.
     pub metadata: usize,
-    /// Paths of chunked files left out for their size, or objects left out past
-    /// [`StartupOptions::max_bytes`].
+    /// Paths of chunked files left out for their size (version 1 traces), or objects left
+    /// out past [`StartupOptions::max_bytes`].
     pub left_out: usize,
+    /// Chunk records of files the revision holds that name no chunk of them (the file is
+    /// not chunked, or not alike, in this revision).
+    pub chunks_skipped: usize,
     /// Objects packed.
     pub objects: usize,
     /// Packs written.
@@ -106,7 +109,7 @@ impl std::fmt::Display for StartupSummary {
             f,
             "revision {}: {} object(s), {} stored bytes ({} content bytes) in {} pack(s) under {}; \
              trace: {} path(s), {} resolved, {} not in this revision, {} of image metadata, \
-             {} left out for size",
+             {} left out for size, {} chunk record(s) skipped",
             self.revision,
             self.objects,
             self.stored_bytes,
@@ -117,7 +120,8 @@ impl std::fmt::Display for StartupSummary {
             self.resolved,
             self.missing,
             self.metadata,
-            self.left_out
+            self.left_out,
+            self.chunks_skipped
         )
     }
 }
@@ -210,7 +214,10 @@ pub fn publish_startup(
                     .filter(|_| entry.is_chunked())
                 {
                     Some(chunk) => vec![*chunk],
-                    None => continue,
+                    None => {
+                        summary.chunks_skipped += 1;
+                        continue;
+                    }
                 }
             }
         };

@@ -238,7 +238,10 @@ fn a_version_2_trace_packs_only_the_chunks_read_in_the_order_read() {
     ));
     let t = trace.display().to_string();
     let out = run_ok(&["startup", "--repo", &r, "--trace", &t, "localhost/layout:1"]);
-    assert!(out.contains("2 path(s), 2 resolved"), "{out}");
+    assert!(
+        out.contains("2 path(s), 2 resolved") && out.contains("2 chunk record(s) skipped"),
+        "{out}"
+    );
     verify_ok(&repo);
 
     let files = startup_files(&repo);

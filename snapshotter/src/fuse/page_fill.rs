@@ -132,6 +132,12 @@ impl PageFill {
 
     /// A chunked file at `path` (inode `ino` of this session) was started: queues its fill
     /// unless its inode was filled (or queued) before, or it is too large.
+    /// Whether a started chunked program of these `chunks` is read whole (the fill is on
+    /// and the file small enough).
+    fn fills(&self, chunks: &[Chunk]) -> bool {
+        self.queue.get().is_some() && file_size(chunks) <= MAX_FILL_BYTES
+    }
+
     fn started(
         &self,
         ino: u64,
@@ -143,7 +149,7 @@ impl PageFill {
         let Some(queue) = self.queue.get() else {
             return;
         };
-        let size = chunks.last().map_or(0, |c| c.offset.saturating_add(c.size));
+        let size = file_size(chunks);
         if size > MAX_FILL_BYTES || !lock(&self.filled).insert(ino) {
             return;
         }
@@ -165,7 +171,8 @@ impl PageFill {
 impl StrataFs {
     /// `node` was opened as inode `ino` by an `execve` (`OPEN` flags with
     /// [`FMODE_EXEC`]): a chunked program has the kernel's page cache filled (module docs),
-    /// so a trace lists all its chunks (a start with packs needs them all for the fill).
+    /// so a trace lists all its chunks when it will be (a start with packs needs them all
+    /// for the fill).
     pub(super) fn opened_for_exec(&self, ino: INodeNo, node: &Node, file: &OpenFile) {
         if let OpenFile::Chunked {
             path,
@@ -174,7 +181,9 @@ impl StrataFs {
             ..
         } = file
         {
-            if let Some(trace) = self.shared.trace.get() {
+            if let Some(trace) = self.shared.trace.get()
+                && self.page_fill.fills(chunks)
+            {
                 for index in 0..chunks.len() {
                     trace.record_chunk(path, index);
                 }
@@ -183,6 +192,11 @@ impl StrataFs {
                 .started(ino.0, path, chunks, *compressed, self.repo_of(node));
         }
     }
+}
+
+/// The size of a chunked file of `chunks`.
+fn file_size(chunks: &[Chunk]) -> u64 {
+    chunks.last().map_or(0, |c| c.offset.saturating_add(c.size))
 }
 
 /// What a fill did.
