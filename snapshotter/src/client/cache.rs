@@ -1415,12 +1415,15 @@ pub(crate) mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("mismatch"), "{e}");
         assert!(!cache.is_cached(&req(other_hash, Some(1000))));
-        // The right size matters too.
-        assert!(
-            cache
-                .commit_stored(&req(good_hash, Some(3999)), &good)
-                .is_err()
-        );
+        // The right size matters too (content longer or shorter than the catalog says).
+        for wrong in [3999, 4001] {
+            assert!(
+                cache
+                    .commit_stored(&req(good_hash, Some(wrong)), &good)
+                    .is_err(),
+                "{wrong}"
+            );
+        }
         assert!(
             cache
                 .commit_stored(&req(good_hash, Some(4000)), &good)
