@@ -414,6 +414,16 @@ impl ObjectCache {
         lock(&self.packed).contains(hash)
     }
 
+    /// Whether this process put any of `hashes` into the cache from a startup pack (one
+    /// lock for all).
+    pub fn any_came_in_a_pack<'h>(
+        &self,
+        mut hashes: impl Iterator<Item = &'h ContentHash>,
+    ) -> bool {
+        let packed = lock(&self.packed);
+        hashes.any(|h| packed.contains(h))
+    }
+
     /// Demand requests waiting for a download right now (read-ahead holds back while there
     /// are several, see [`crate::client::readahead`]).
     pub fn demand_in_flight(&self) -> usize {
@@ -870,7 +880,7 @@ impl ObjectCache {
             source,
         })?;
         if arrival != Arrival::Demand {
-            self.writeback.start(committed);
+            self.writeback.start(path.clone());
         }
         // Row, miss and read-ahead, with the index's next write.
         self.index.commit_download(

@@ -11,10 +11,13 @@
 //! a full device queue), so it runs here, not on the worker that committed the file: that
 //! worker holds what readers wait for (the object's download slot, an unpacking slot).
 //! Demand reads are left to the kernel's flusher. A file the thread cannot take (queue
-//! full) or fails on only costs that wait later: nothing is returned or retried.
+//! full, no thread) or fails on only costs that wait later: nothing is returned or
+//! retried. Files are queued by path and opened again by the thread, so a long queue
+//! holds no descriptors.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
@@ -24,40 +27,66 @@ const QUEUE: usize = 4096;
 /// The write-back thread of one cache, started with the first file.
 #[derive(Default)]
 pub struct WriteBack {
-    queue: Mutex<Option<SyncSender<File>>>,
+    state: Mutex<State>,
+    /// Files the thread has handled (for tests).
+    #[cfg(test)]
+    handled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[derive(Default)]
+enum State {
+    #[default]
+    NotStarted,
+    Running(SyncSender<PathBuf>),
+    /// The thread could not be started or has ended: the kernel's flusher does it.
+    Unavailable,
 }
 
 impl WriteBack {
-    /// Queues `file` (a descriptor of a committed cache file) for the start of its
-    /// write-back. Never blocks on the write-back itself.
-    pub fn start(&self, file: File) {
-        let mut queue = self
-            .queue
+    /// Queues the committed cache file at `path` for the start of its write-back (the
+    /// thread opens it again: queued files hold no descriptor, and a file evicted
+    /// meanwhile is skipped). Never blocks on the write-back itself.
+    pub fn start(&self, path: PathBuf) {
+        let mut state = self
+            .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if queue.is_none() {
-            let (tx, rx) = sync_channel::<File>(QUEUE);
-            let spawned = std::thread::Builder::new()
-                .name("cache-writeback".into())
-                .spawn(move || {
-                    for file in rx {
-                        if let Err(error) = write_back(&file) {
-                            tracing::debug!(%error, "could not start writing a cache file back");
+        if let State::NotStarted = *state {
+            *state = self.spawn();
+        }
+        if let State::Running(tx) = &*state
+            && let Err(TrySendError::Disconnected(_)) = tx.try_send(path)
+        {
+            *state = State::Unavailable;
+        }
+    }
+
+    fn spawn(&self) -> State {
+        let (tx, rx) = sync_channel::<PathBuf>(QUEUE);
+        #[cfg(test)]
+        let handled = self.handled.clone();
+        let spawned = std::thread::Builder::new()
+            .name("cache-writeback".into())
+            .spawn(move || {
+                for path in rx {
+                    let started = File::open(&path).and_then(|file| write_back(&file));
+                    match started {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(error) => {
+                            tracing::debug!(path = %path.display(), %error, "could not start writing a cache file back");
                         }
                     }
-                });
-            match spawned {
-                Ok(_) => *queue = Some(tx),
-                Err(error) => {
-                    tracing::debug!(%error, "no write-back thread; left to the kernel");
-                    return;
+                    #[cfg(test)]
+                    handled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
+            });
+        match spawned {
+            Ok(_) => State::Running(tx),
+            Err(error) => {
+                tracing::warn!(%error, "no cache write-back thread; the kernel's flusher writes the cache back");
+                State::Unavailable
             }
-        }
-        if let Some(tx) = queue.as_ref()
-            && let Err(TrySendError::Disconnected(_)) = tx.try_send(file)
-        {
-            *queue = None;
         }
     }
 }
@@ -81,18 +110,34 @@ fn write_back(file: &File) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
 
     #[test]
-    fn the_write_back_of_a_cache_file_starts_on_its_own_thread() {
+    fn queued_files_are_written_back_on_the_thread_and_missing_ones_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let mut file = File::create(dir.path().join("f")).unwrap();
+        let path = dir.path().join("f");
+        let mut file = File::create(&path).unwrap();
         file.write_all(&vec![7u8; 4 << 20]).unwrap();
-        // The call itself works on a file of the cache's kind (no EINVAL, EBADF).
+        // The call itself works on a regular file (no EINVAL, EBADF).
         write_back(&file).unwrap();
         file.write_all(&vec![8u8; 4 << 20]).unwrap();
         let writeback = WriteBack::default();
-        writeback.start(file.try_clone().unwrap());
-        writeback.start(file);
-        assert!(writeback.queue.lock().unwrap().is_some(), "thread started");
+        writeback.start(path.clone());
+        writeback.start(dir.path().join("evicted meanwhile"));
+        writeback.start(path);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while writeback.handled.load(Ordering::SeqCst) < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "the thread handled {} of 3",
+                writeback.handled.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(matches!(
+            *writeback.state.lock().unwrap(),
+            State::Running(_)
+        ));
     }
 }
