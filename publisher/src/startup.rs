@@ -5,11 +5,12 @@
 //! The input is an access trace (namespace `trace`): the repository paths a container
 //! start read, recorded by `strata-snapshotter mount --trace`. Each path is resolved in the
 //! revision being extended to its object (a file); a chunked file gives the chunks the
-//! trace lists as read, each at its own record's place (a version 1 trace, paths only,
-//! gives all chunks of a chunked file of at most [`StartupOptions::max_chunked_file`]);
-//! every object goes in once, at its first place. Paths under `.metadata` are left out (`pull` reads the manifest and config before
-//! it asks for the packs). Paths the revision does not hold (a trace taken on an older revision, or of
-//! another image) are skipped and counted: a trace of `.layers/…/layerfs` paths stays
+//! trace lists as read, each at its own record's place, whatever the file's size (a
+//! version 1 trace, paths only, gives all chunks of a chunked file of at most
+//! [`StartupOptions::max_chunked_file`]); every object goes in once, at its first place.
+//! Paths under `.metadata` are left out (`pull` reads the manifest and config before it
+//! asks for the packs). Paths the revision does not hold (a trace taken on an older
+//! revision, or of another image) are skipped and counted: a trace of `.layers/…/layerfs` paths stays
 //! valid for every image that shares those layers. The nested catalogs a client loads to
 //! reach those paths (a layer's bucket and `layerfs` catalogs, a flat tree's; not the root
 //! catalog, which every mount has) go in too, first, in the order paths need them, in
@@ -91,7 +92,7 @@ pub struct StartupSummary {
     /// out past [`StartupOptions::max_bytes`].
     pub left_out: usize,
     /// Chunk records of files the revision holds that name no chunk of them (the file is
-    /// not chunked, or not alike, in this revision).
+    /// not chunked in this revision, or has fewer chunks).
     pub chunks_skipped: usize,
     /// Objects packed.
     pub objects: usize,
@@ -208,12 +209,9 @@ pub fn publish_startup(
                 }
             }
             Access::Chunk { index, .. } => {
-                // A chunk of a file that is not chunked alike in this revision is skipped.
-                match members_of(&entry)
-                    .get(*index)
-                    .filter(|_| entry.is_chunked())
-                {
-                    Some(chunk) => vec![*chunk],
+                // A chunk the file does not have in this revision is skipped.
+                match entry.chunks.get(*index).filter(|_| entry.is_chunked()) {
+                    Some(chunk) => vec![chunk_member(chunk, entry.compressed)],
                     None => {
                         summary.chunks_skipped += 1;
                         continue;
@@ -376,6 +374,18 @@ pub fn pick_platform(
     Ok(name)
 }
 
+/// The pack member of chunk `chunk` of a file stored `compressed` (its stored size is
+/// filled in when the member is packed).
+fn chunk_member(chunk: &catalog::Chunk, compressed: bool) -> PackMember {
+    PackMember {
+        hash: chunk.hash,
+        suffix: Suffix::Partial,
+        compressed,
+        stored_size: 0,
+        raw_size: chunk.size,
+    }
+}
+
 /// The pack members of a regular file: its object, or its chunks in order (stored size
 /// filled in by the caller).
 fn members_of(entry: &Entry) -> Vec<PackMember> {
@@ -383,13 +393,7 @@ fn members_of(entry: &Entry) -> Vec<PackMember> {
         entry
             .chunks
             .iter()
-            .map(|c| PackMember {
-                hash: c.hash,
-                suffix: Suffix::Partial,
-                compressed: entry.compressed,
-                stored_size: 0,
-                raw_size: c.size,
-            })
+            .map(|c| chunk_member(c, entry.compressed))
             .collect()
     } else {
         entry

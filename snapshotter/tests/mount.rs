@@ -2012,16 +2012,22 @@ fn a_started_chunked_program_is_read_into_the_page_cache_whole() {
 
 /// A chunked program started on a cold mount is listed in a trace with every chunk, in
 /// order, not only the chunks its run touches: a start with packs needs them all to fill
-/// the page cache with it (fuse/page_fill.rs). Needs `OPEN` requests (FUSE passthrough).
+/// the page cache with it (fuse/page_fill.rs); a started file that is not ELF is listed by
+/// the chunk the kernel read. Needs `OPEN` requests (FUSE passthrough).
 #[test]
 fn a_trace_lists_every_chunk_of_a_started_chunked_program() {
     require_root_and_fuse();
     const CHUNK: usize = 300_000;
     let mut prog = include_bytes!("fixtures/elf/rpath-exe").to_vec();
     prog.extend(pseudo_random(2 * 1024 * 1024, 97));
+    // Started too, but not a program: the kernel refuses it after reading its start.
+    let data = pseudo_random(2 * 1024 * 1024, 98);
     let (work, repo, server, mnt) = serve_flat_repo(&[]);
     repo.publish_with_links(
-        &[("/bin/prog".to_string(), prog.clone())],
+        &[
+            ("/bin/prog".to_string(), prog.clone()),
+            ("/bin/data".to_string(), data),
+        ],
         &[],
         |_| 0o755,
         |_| Some(CHUNK),
@@ -2039,11 +2045,14 @@ fn a_trace_lists_every_chunk_of_a_started_chunked_program() {
     );
     let status = Command::new(mnt.join("bin/prog")).status().unwrap();
     assert!(status.success(), "{status}");
+    let refused = Command::new(mnt.join("bin/data")).status().unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::ENOEXEC), "{refused}");
     let text = std::fs::read_to_string(&trace).unwrap();
     m.stop();
     let chunks = prog.len().div_ceil(CHUNK);
     let expected: String = std::iter::once("/bin/prog".to_string())
         .chain((0..chunks).map(|i| format!("chunk {i} /bin/prog")))
+        .chain(["/bin/data".to_string(), "chunk 0 /bin/data".to_string()])
         .map(|l| l + "\n")
         .collect();
     assert_eq!(text, format!("# strata access trace v2\n{expected}"));

@@ -72,7 +72,9 @@
 //!
 //! A directory whose first opened file came in a startup pack is not read ahead: the pack
 //! holds what a start reads there ([`crate::client::startup`]), and a guess would only
-//! add bytes nobody reads; nor are the libraries of an ELF file that came in a pack.
+//! add bytes nobody reads; nor are the libraries of an ELF file that came in a pack, nor
+//! the other chunks of a chunked file any of whose chunks came in one (the pack holds the
+//! chunks a start reads; `fuse/read.rs` decides).
 //!
 //! Otherwise the queue is last in, first out by directory: the directory a program has just
 //! entered is the one it reads now, so its files go ahead of what earlier directories left

@@ -88,6 +88,13 @@ impl Filesystem for StrataFs {
             no_opendir = self.no_opendir,
             "kernel opens files / directories without asking"
         );
+        if self.no_open && self.shared.trace.get().is_some() {
+            tracing::warn!(
+                "--trace without FUSE passthrough: the kernel opens files without asking, so \
+                 a started chunked program is traced by the chunks its run touched, not whole \
+                 (a node with passthrough then cannot fill the page cache with it)"
+            );
+        }
         if let Err(missing) = config.add_capabilities(WANTED_CAPABILITIES) {
             tracing::info!(
                 ?missing,

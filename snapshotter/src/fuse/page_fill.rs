@@ -130,14 +130,14 @@ impl PageFill {
         pid != 0 && self.reader_pid.load(Ordering::Relaxed) == pid
     }
 
-    /// A chunked file at `path` (inode `ino` of this session) was started: queues its fill
-    /// unless its inode was filled (or queued) before, or it is too large.
     /// Whether a started chunked program of these `chunks` is read whole (the fill is on
     /// and the file small enough).
     fn fills(&self, chunks: &[Chunk]) -> bool {
         self.queue.get().is_some() && file_size(chunks) <= MAX_FILL_BYTES
     }
 
+    /// A chunked file at `path` (inode `ino` of this session) was started: queues its fill
+    /// unless its inode was filled (or queued) before, or it is too large.
     fn started(
         &self,
         ino: u64,
@@ -172,7 +172,9 @@ impl StrataFs {
     /// `node` was opened as inode `ino` by an `execve` (`OPEN` flags with
     /// [`FMODE_EXEC`]): a chunked program has the kernel's page cache filled (module docs),
     /// so a trace lists all its chunks when it will be (a start with packs needs them all
-    /// for the fill).
+    /// for the fill): when the fill is on, the file within its bound, and an ELF file (its
+    /// first chunk, which the kernel reads next anyway, is fetched to tell; a script or a
+    /// file the kernel refuses is listed by the chunks read).
     pub(super) fn opened_for_exec(&self, ino: INodeNo, node: &Node, file: &OpenFile) {
         if let OpenFile::Chunked {
             path,
@@ -183,6 +185,7 @@ impl StrataFs {
         {
             if let Some(trace) = self.shared.trace.get()
                 && self.page_fill.fills(chunks)
+                && self.starts_with_elf_magic(path, chunks, *compressed)
             {
                 for index in 0..chunks.len() {
                     trace.record_chunk(path, index);
@@ -190,6 +193,30 @@ impl StrataFs {
             }
             self.page_fill
                 .started(ino.0, path, chunks, *compressed, self.repo_of(node));
+        }
+    }
+}
+
+impl StrataFs {
+    /// Whether chunked file `path` begins with the ELF magic (its first chunk fetched
+    /// unless cached; a failure counts as no).
+    fn starts_with_elf_magic(&self, path: &str, chunks: &[Chunk], compressed: bool) -> bool {
+        let Some(first) = chunks.first() else {
+            return false;
+        };
+        let mut magic = [0u8; 4];
+        let read = self
+            .repo()
+            .cache()
+            .get(&ObjectRequest::chunk(first, compressed))
+            .map_err(|e| e.to_string())
+            .and_then(|f| f.read_exact_at(&mut magic, 0).map_err(|e| e.to_string()));
+        match read {
+            Ok(()) => magic == elf::MAGIC,
+            Err(error) => {
+                tracing::debug!(path, %error, "cannot tell whether a started file is a program");
+                false
+            }
         }
     }
 }

@@ -173,9 +173,6 @@ impl StrataFs {
                     let Some(chunk) = chunks.get(span.index) else {
                         break;
                     };
-                    if !reader && let Some(trace) = self.shared.trace.get() {
-                        trace.record_chunk(path, span.index);
-                    }
                     let cached = lock(files).get(&span.index).cloned();
                     let chunk_file = match cached {
                         Some(f) => f,
@@ -220,6 +217,9 @@ impl StrataFs {
                         }
                     };
                     let bytes = read_at(&chunk_file, span.within, span.len as usize, path)?;
+                    if !reader && let Some(trace) = self.shared.trace.get() {
+                        trace.record_chunk(path, span.index);
+                    }
                     let short = bytes.len() < span.len as usize;
                     out.extend_from_slice(&bytes);
                     if short {
@@ -236,7 +236,7 @@ impl StrataFs {
 /// the chunks a start reads (not necessarily all, nor the first), and read-ahead leaves
 /// the file and its directory alone.
 fn chunks_from_pack(cache: &crate::client::cache::ObjectCache, chunks: &[Chunk]) -> bool {
-    chunks.iter().any(|c| cache.came_in_a_pack(&c.hash))
+    cache.any_came_in_a_pack(chunks.iter().map(|c| &c.hash))
 }
 
 /// Only regular files are opened or read: `EISDIR` for a directory, `EINVAL` otherwise.

@@ -10,9 +10,10 @@
 //! as its repository path (`/.flat/<hh>/<hex>/usr/bin/python3.11`, or a path below a
 //! layer's `layerfs`), one per line, after a `# strata access trace v2` header line; a
 //! chunk of a chunked file, when a read first touches it, as `chunk <index> <path>` (a
-//! start maps parts of a large library, and the pack need hold only those). A chunked
-//! program started with `execve` is read whole (`page_fill`): all its chunks are written
-//! then. Lines are written as they happen (each flushed), so a trace taken while the
+//! start maps parts of a large library, and the pack need hold only those; a chunk read
+//! that fails is not written). A chunked ELF program started with `execve` is read whole
+//! (`page_fill`): all its chunks are written then (seen only with `OPEN` requests, i.e.
+//! with FUSE passthrough; without, the mount warns at `INIT`). Lines are written as they happen (each flushed), so a trace taken while the
 //! mount keeps running is complete up to its last line. An open that fails (a download
 //! error) is not recorded. Paths of every image read through the mount go
 //! to the one file, in the order they were read; whoever uses it keeps the ones under the
@@ -118,17 +119,17 @@ impl AccessTrace {
     }
 }
 
-/// The records of a trace file, in order (header and blank lines skipped).
+/// A trace file, its records in order (header and blank lines skipped).
 ///
 /// # Errors
 /// [`Error::Io`] if it cannot be read, [`Error::Config`] if it is not a trace
 /// ([`namespace::trace::parse`]).
-pub fn read(path: &Path) -> Result<Vec<Access>> {
+pub fn read(path: &Path) -> Result<namespace::trace::Trace> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         context: format!("reading the trace file {}", path.display()),
         source,
     })?;
-    Ok(namespace::trace::parse(&text, &path.display().to_string())?.accesses)
+    Ok(namespace::trace::parse(&text, &path.display().to_string())?)
 }
 
 #[cfg(test)]
@@ -153,8 +154,10 @@ mod tests {
             index: i,
         };
         // Written as it happens: readable while the trace is still open.
+        let written = read(&path).unwrap();
+        assert!(written.lists_chunks);
         assert_eq!(
-            read(&path).unwrap(),
+            written.accesses,
             [file("/b"), file("/a/x"), file("/c"), chunk(1), chunk(0)]
         );
         drop(trace);
