@@ -196,12 +196,10 @@ pub fn publish_startup(
         let content = match access {
             Access::File(_) => {
                 summary.resolved += 1;
-                if !entry.is_chunked() {
-                    members_of(&entry)
-                } else if trace.lists_chunks {
+                if entry.is_chunked() && trace.lists_chunks {
                     // Its chunks come with their own records, those read only.
                     Vec::new()
-                } else if entry.size > options.max_chunked_file {
+                } else if entry.is_chunked() && entry.size > options.max_chunked_file {
                     summary.left_out += 1;
                     continue;
                 } else {

@@ -195,24 +195,20 @@ impl StrataFs {
                 .started(ino.0, path, chunks, *compressed, self.repo_of(node));
         }
     }
-}
 
-impl StrataFs {
     /// Whether chunked file `path` begins with the ELF magic (its first chunk fetched
     /// unless cached; a failure counts as no).
     fn starts_with_elf_magic(&self, path: &str, chunks: &[Chunk], compressed: bool) -> bool {
         let Some(first) = chunks.first() else {
             return false;
         };
-        let mut magic = [0u8; 4];
         let read = self
             .repo()
             .cache()
             .get(&ObjectRequest::chunk(first, compressed))
-            .map_err(|e| e.to_string())
-            .and_then(|f| f.read_exact_at(&mut magic, 0).map_err(|e| e.to_string()));
+            .and_then(|f| begins_with_elf_magic(&f, path));
         match read {
-            Ok(()) => magic == elf::MAGIC,
+            Ok(is_elf) => is_elf,
             Err(error) => {
                 tracing::debug!(path, %error, "cannot tell whether a started file is a program");
                 false
@@ -393,10 +389,16 @@ fn cached_program(
     let Some(file) = cache.open_cached(&ObjectRequest::chunk(first, compressed))? else {
         return Ok(None);
     };
+    begins_with_elf_magic(&file, path).map(Some)
+}
+
+/// Whether `first_chunk` (the cached first chunk of the file at `path`) begins with the
+/// ELF magic; shorter than the magic is no.
+fn begins_with_elf_magic(first_chunk: &std::fs::File, path: &str) -> Result<bool> {
     let mut magic = [0u8; 4];
-    match file.read_exact_at(&mut magic, 0) {
-        Ok(()) => Ok(Some(magic == elf::MAGIC)),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Some(false)),
+    match first_chunk.read_exact_at(&mut magic, 0) {
+        Ok(()) => Ok(magic == elf::MAGIC),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
         Err(source) => Err(Error::Io {
             context: format!("reading the header of {path} from the cache"),
             source,
