@@ -27,6 +27,7 @@
 //! are kept in the cache index ([`crate::client::quota::CacheStats`]).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -101,6 +102,8 @@ struct Job {
     repo: Arc<MountedRevision>,
     path: String,
     req: ObjectRequest,
+    /// Its number in the order packs were queued (unpacking goes by it).
+    order: u64,
 }
 
 /// Packs queued, in progress or done (by hash); a failed one is forgotten so that a later
@@ -112,6 +115,8 @@ struct Inner {
     queue: JobQueue<Job, Seen>,
     /// Packs downloaded all at once, unpacked a few at a time ([`UnpackSlots`]).
     unpacking: UnpackSlots,
+    /// Packs queued since the start (numbers them).
+    queued_so_far: AtomicU64,
 }
 
 /// How many downloaded packs are unpacked (parsed, each member verified, inflated and
@@ -119,30 +124,47 @@ struct Inner {
 /// the packs are for runs on the same CPUs, and the scheduler shares them per thread:
 /// with every worker unpacking (8 on 2 CPUs) the start's threads got a ninth of the
 /// machine each instead of a third, and the first pack, which the start needs first,
-/// shared its CPU with seven others. Downloads are not limited by this.
+/// shared its CPU with seven others. Downloads are not limited by this. A free slot goes
+/// to the waiting pack queued first (packs are queued in the order the start reads
+/// them), not to whichever download ended first.
 struct UnpackSlots {
-    free: Mutex<usize>,
+    state: Mutex<SlotState>,
     freed: Condvar,
+}
+
+struct SlotState {
+    free: usize,
+    /// Queue numbers of the packs waiting for a slot.
+    waiting: std::collections::BTreeSet<u64>,
 }
 
 impl UnpackSlots {
     fn new(slots: usize) -> UnpackSlots {
         UnpackSlots {
-            free: Mutex::new(slots.max(1)),
+            state: Mutex::new(SlotState {
+                free: slots.max(1),
+                waiting: std::collections::BTreeSet::new(),
+            }),
             freed: Condvar::new(),
         }
     }
 
-    /// Waits for a free slot; it is given back when the returned guard drops.
-    fn take(&self) -> UnpackSlot<'_> {
-        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-        while *free == 0 {
-            free = self
+    /// Waits for a free slot for the pack queued as number `order`, letting packs queued
+    /// before it that are waiting too go first; the slot is given back when the returned
+    /// guard drops.
+    fn take(&self, order: u64) -> UnpackSlot<'_> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.waiting.insert(order);
+        while state.free == 0 || state.waiting.first() != Some(&order) {
+            state = self
                 .freed
-                .wait(free)
+                .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        *free -= 1;
+        state.waiting.remove(&order);
+        state.free -= 1;
+        // The next in line may find a slot free too.
+        self.freed.notify_all();
         UnpackSlot(self)
     }
 }
@@ -152,8 +174,12 @@ struct UnpackSlot<'a>(&'a UnpackSlots);
 
 impl Drop for UnpackSlot<'_> {
     fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-        self.0.freed.notify_one();
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .free += 1;
+        self.0.freed.notify_all();
     }
 }
 
@@ -178,6 +204,7 @@ impl StartupPrefetch {
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let inner = Arc::new(Inner {
             unpacking: UnpackSlots::new(cpus.min(threads)),
+            queued_so_far: AtomicU64::new(0),
             settings,
             queue: JobQueue::new(HashSet::new()),
         });
@@ -252,6 +279,7 @@ impl StartupPrefetch {
                     compressed: entry.compressed,
                     size: Some(entry.size),
                 },
+                order: self.inner.queued_so_far.fetch_add(1, Ordering::Relaxed),
             });
             self.inner.queue.notify_one();
         }
@@ -332,7 +360,7 @@ fn prefetch_pack(job: &Job, unpacking: &UnpackSlots, counts: &mut PrefetchCounts
         size
     };
     let stored = cache.fetch_stored(&job.req, limit)?;
-    let _slot = unpacking.take();
+    let _slot = unpacking.take(job.order);
     let bytes = if job.req.compressed {
         catalog::decompress(&stored, size)?
     } else {
@@ -372,12 +400,12 @@ mod tests {
         let slots = Arc::new(UnpackSlots::new(2));
         let inside = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
-        let threads: Vec<_> = (0..6)
-            .map(|_| {
+        let threads: Vec<_> = (0..6u64)
+            .map(|t| {
                 let (slots, inside, most) = (slots.clone(), inside.clone(), most.clone());
                 std::thread::spawn(move || {
-                    for _ in 0..20 {
-                        let _slot = slots.take();
+                    for i in 0..20u64 {
+                        let _slot = slots.take(i * 6 + t);
                         let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(now, Ordering::SeqCst);
                         std::thread::sleep(std::time::Duration::from_micros(200));
@@ -390,6 +418,38 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(most.load(Ordering::SeqCst), 2);
-        assert_eq!(*slots.free.lock().unwrap(), 2, "every slot given back");
+        let state = slots.state.lock().unwrap();
+        assert_eq!(state.free, 2, "every slot given back");
+        assert!(state.waiting.is_empty());
+    }
+
+    #[test]
+    fn a_free_slot_goes_to_the_pack_queued_first() {
+        let slots = Arc::new(UnpackSlots::new(1));
+        let held = slots.take(0);
+        let got = Arc::new(Mutex::new(Vec::new()));
+        // Queued as 3, 1, 2; their downloads ended in the order 3, 1, 2.
+        let threads: Vec<_> = [3u64, 1, 2]
+            .into_iter()
+            .map(|order| {
+                let (waiter, got) = (slots.clone(), got.clone());
+                let t = std::thread::spawn(move || {
+                    let _slot = waiter.take(order);
+                    got.lock().unwrap().push(order);
+                });
+                // Each waits before the next comes.
+                let deadline = Instant::now() + std::time::Duration::from_secs(10);
+                while !slots.state.lock().unwrap().waiting.contains(&order) {
+                    assert!(Instant::now() < deadline, "pack {order} never waited");
+                    std::thread::yield_now();
+                }
+                t
+            })
+            .collect();
+        drop(held);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(*got.lock().unwrap(), vec![1, 2, 3]);
     }
 }
