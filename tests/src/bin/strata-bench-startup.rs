@@ -19,6 +19,11 @@
 //!   unpack into overlayfs), `ctr run --rm` of the workload;
 //! * **Strata + packs**: a fresh node with an empty cache; `strata-snapshotter pull` (which
 //!   asks the mount for the image's packs), `ctr run --rm`, cold; then the run again, warm;
+//!
+//! both `BENCH_REPS` times (default 5), one after the other, each start fresh; the table
+//! gives medians, and the range of the per-start ratios (× faster than native, cold ÷
+//! warm): on a small shared machine one start swings by a third. Then once:
+//!
 //! * **Strata, no packs**: the same with `mount --no-prefetch` (read-ahead only).
 //!
 //! Measured: wall time of each command (blocking `wait4`), GETs and bytes the node received
@@ -34,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use ::tests::binaries::{check_prerequisites, target_dir};
 use ::tests::image::{AptRecipe, GCC, PYANA, TestImage, apt_image};
-use ::tests::measure::{Machine, Timed, load_average, say, secs, sync, utc_now};
+use ::tests::measure::{Machine, Timed, load_average, median, say, secs, sync, utc_now};
 use ::tests::node::{Source, StrataNode, native_start};
 use ::tests::registry::Registry;
 use ::tests::relay::{LatencyRelay, rtts_from_env};
@@ -124,9 +129,9 @@ struct Prepared {
     working_set: u64,
 }
 
-struct Row {
-    image: usize,
-    rtt_ms: u64,
+/// One start of an image at one round trip, each side fresh: native (a new containerd)
+/// and Strata + packs (a new node with an empty cache: pull, cold run, warm run).
+struct Rep {
     native_pull: Duration,
     native_run: Duration,
     native_received: Served,
@@ -136,13 +141,51 @@ struct Row {
     packs_received: Served,
     prefetched: u64,
     prefetched_read: u64,
+}
+
+impl Rep {
+    fn native(&self) -> Duration {
+        self.native_pull + self.native_run
+    }
+
+    fn strata(&self) -> Duration {
+        self.packs_pull + self.packs_run
+    }
+
+    /// Native pull + run ÷ Strata pull + run.
+    fn faster(&self) -> f64 {
+        self.native().as_secs_f64() / self.strata().as_secs_f64().max(1e-9)
+    }
+
+    /// Cold run ÷ warm run.
+    fn cold_over_warm(&self) -> f64 {
+        self.packs_run.as_secs_f64() / self.packs_warm.as_secs_f64().max(1e-9)
+    }
+}
+
+struct Row {
+    image: usize,
+    rtt_ms: u64,
+    reps: Vec<Rep>,
     nopacks_pull: Duration,
     nopacks_run: Duration,
     nopacks_received: Served,
 }
 
+/// Starts per image and round trip: `BENCH_REPS`, default 5.
+fn reps_from_env() -> Result<usize> {
+    match std::env::var("BENCH_REPS") {
+        Err(_) => Ok(5),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => bail!("BENCH_REPS: {v:?} is not a whole number above 0"),
+        },
+    }
+}
+
 fn bench(work: &WorkDir) -> Result<()> {
     let rtts = rtts_from_env("0,50")?;
+    let reps = reps_from_env()?;
     check_prerequisites()?;
     let started = utc_now();
     let load_start = load_average();
@@ -169,6 +212,7 @@ fn bench(work: &WorkDir) -> Result<()> {
                 i,
                 p,
                 rtt_ms,
+                reps,
                 &registry,
                 &registry_relay,
                 &repo,
@@ -271,6 +315,7 @@ fn measure(
     index: usize,
     p: &Prepared,
     rtt_ms: u64,
+    reps: usize,
     registry: &Registry,
     registry_relay: &LatencyRelay,
     repo: &Repo,
@@ -279,65 +324,26 @@ fn measure(
 ) -> Result<Row> {
     let tag = format!("{}-rtt{rtt_ms}", p.case.recipe.tag);
     say(&format!("  {}", p.case.recipe.key));
-
-    // Native: containerd's overlayfs snapshotter, pulling through the registry relay.
-    sync();
-    let native = native_start(
-        work,
-        &format!("native-{tag}"),
-        registry,
-        registry_relay.addr(),
-        &p.reference,
-        &p.case.args,
-    )?;
-    let (native_pull, native_run) = (&native.pull, &native.run);
-    check(native_run, p, "native")?;
-    say(&format!(
-        "    native: pull {:.2} s, run {:.2} s",
-        native_pull.wall.as_secs_f64(),
-        native_run.wall.as_secs_f64()
-    ));
-
     let pubkey = repo.public_key();
     let source = Source {
         fqrn: FQRN,
         server_url,
         pubkey: &pubkey,
     };
-    // Strata with packs: an empty cache; pull asks for the packs.
-    sync();
-    let before_serve = server.served()?;
-    let node = StrataNode::start(work, &format!("packs-{tag}"), source, &[])?;
-    let packs_pull = node.pull(work, &p.reference)?;
-    let packs_run = node.run(work, &p.reference, &format!("packs-{tag}"), &p.case.args)?;
-    check(&packs_run, p, "Strata cold with packs")?;
-    let packs_received = server.served_since(before_serve)?;
-    let packs_warm = node.run(
-        work,
-        &p.reference,
-        &format!("packs-warm-{tag}"),
-        &p.case.args,
-    )?;
-    check(&packs_warm, p, "Strata warm")?;
-    // Stopped first: the mount writes its last counters to the cache index as it exits.
-    let cache = node.cache.clone();
-    drop(node);
-    let report = cache_report(&cache, &work.log("cache-report"))?;
-    let prefetched = report_value(&report, "prefetched bytes").unwrap_or(0);
-    let prefetched_read = report_value(&report, "prefetched bytes later read").unwrap_or(0);
-    say(&format!(
-        "    Strata + packs: pull {:.2} s, cold run {:.2} s ({} GETs, {:.1} MB), warm run {:.2} s; \
-         prefetched {:.1} MB, {:.1} MB of it read",
-        packs_pull.wall.as_secs_f64(),
-        packs_run.wall.as_secs_f64(),
-        packs_received.requests,
-        packs_received.bytes as f64 / 1e6,
-        packs_warm.wall.as_secs_f64(),
-        prefetched as f64 / 1e6,
-        prefetched_read as f64 / 1e6
-    ));
+    let mut row = Vec::with_capacity(reps);
+    for r in 0..reps {
+        row.push(start_both(
+            work,
+            p,
+            &format!("{tag}-{r}"),
+            registry,
+            registry_relay,
+            server,
+            source,
+        )?);
+    }
 
-    // Strata without packs (read-ahead only).
+    // Strata without packs (read-ahead only), once: the packs' share of the gain.
     sync();
     let before_serve = server.served()?;
     let node = StrataNode::start(work, &format!("nopacks-{tag}"), source, &["--no-prefetch"])?;
@@ -356,8 +362,64 @@ fn measure(
     Ok(Row {
         image: index,
         rtt_ms,
-        native_pull: native_pull.wall,
-        native_run: native_run.wall,
+        reps: row,
+        nopacks_pull: nopacks_pull.wall,
+        nopacks_run: nopacks_run.wall,
+        nopacks_received,
+    })
+}
+
+/// One start each way, both fresh: native (containerd's overlayfs snapshotter, pulling
+/// through the registry relay), then Strata + packs (an empty cache; pull asks for the
+/// packs; cold run, warm run).
+fn start_both(
+    work: &WorkDir,
+    p: &Prepared,
+    tag: &str,
+    registry: &Registry,
+    registry_relay: &LatencyRelay,
+    server: &HttpServer,
+    source: Source<'_>,
+) -> Result<Rep> {
+    sync();
+    let native = native_start(
+        work,
+        &format!("native-{tag}"),
+        registry,
+        registry_relay.addr(),
+        &p.reference,
+        &p.case.args,
+    )?;
+    check(&native.run, p, "native")?;
+    say(&format!(
+        "    native: pull {:.2} s, run {:.2} s",
+        native.pull.wall.as_secs_f64(),
+        native.run.wall.as_secs_f64()
+    ));
+
+    sync();
+    let before_serve = server.served()?;
+    let node = StrataNode::start(work, &format!("packs-{tag}"), source, &[])?;
+    let packs_pull = node.pull(work, &p.reference)?;
+    let packs_run = node.run(work, &p.reference, &format!("packs-{tag}"), &p.case.args)?;
+    check(&packs_run, p, "Strata cold with packs")?;
+    let packs_received = server.served_since(before_serve)?;
+    let packs_warm = node.run(
+        work,
+        &p.reference,
+        &format!("packs-warm-{tag}"),
+        &p.case.args,
+    )?;
+    check(&packs_warm, p, "Strata warm")?;
+    // Stopped first: the mount writes its last counters to the cache index as it exits.
+    let cache = node.cache.clone();
+    drop(node);
+    let report = cache_report(&cache, &work.log(&format!("cache-report-{tag}")))?;
+    let prefetched = report_value(&report, "prefetched bytes").unwrap_or(0);
+    let prefetched_read = report_value(&report, "prefetched bytes later read").unwrap_or(0);
+    let rep = Rep {
+        native_pull: native.pull.wall,
+        native_run: native.run.wall,
         native_received: native.received,
         packs_pull: packs_pull.wall,
         packs_run: packs_run.wall,
@@ -365,10 +427,21 @@ fn measure(
         packs_received,
         prefetched,
         prefetched_read,
-        nopacks_pull: nopacks_pull.wall,
-        nopacks_run: nopacks_run.wall,
-        nopacks_received,
-    })
+    };
+    say(&format!(
+        "    Strata + packs: pull {:.2} s, cold run {:.2} s ({} GETs, {:.1} MB), warm run {:.2} s; \
+         prefetched {:.1} MB, {:.1} MB of it read; {:.1}× faster than native, cold ÷ warm {:.2}",
+        rep.packs_pull.as_secs_f64(),
+        rep.packs_run.as_secs_f64(),
+        rep.packs_received.requests,
+        rep.packs_received.bytes as f64 / 1e6,
+        rep.packs_warm.as_secs_f64(),
+        prefetched as f64 / 1e6,
+        prefetched_read as f64 / 1e6,
+        rep.faster(),
+        rep.cold_over_warm(),
+    ));
+    Ok(rep)
 }
 
 /// Every run must print what the recorded run printed.
@@ -425,30 +498,57 @@ fn render(
         ));
     }
     out.push_str(
-        "\n| image | round trip | native pull + run | native received | Strata + packs: pull | run \
-         | pull + run | × faster than native | warm run | received | fetched ÷ working set \
-         | prefetched (read) | no packs: pull + run | no packs received |\n\
-         |---|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---|---:|---|\n",
+        "\nEach figure a median of the starts (each side fresh every start: a new containerd, a \
+         new node with an empty cache), the ratios' range in brackets; received: the start \
+         that received most.\n\n\
+         | image | round trip | starts | native pull + run | native received | Strata + packs: pull \
+         | cold run | pull + run | × faster than native | warm run | cold ÷ warm | received \
+         | fetched ÷ working set | prefetched (read) | no packs: pull + run | no packs received |\n\
+         |---|---:|---:|---:|---|---:|---:|---:|---|---:|---|---|---:|---|---:|---|\n",
     );
     for r in rows {
         let p = &prepared[r.image];
-        let native = r.native_pull + r.native_run;
-        let strata = r.packs_pull + r.packs_run;
+        let med = |f: &dyn Fn(&Rep) -> Duration| median(&r.reps.iter().map(f).collect::<Vec<_>>());
+        let ratios = |f: &dyn Fn(&Rep) -> f64| {
+            let mut v: Vec<f64> = r.reps.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            let m = match v.len() {
+                0 => 0.0,
+                n if n % 2 == 1 => v[n / 2],
+                n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+            };
+            (
+                m,
+                v.first().copied().unwrap_or(0.0),
+                v.last().copied().unwrap_or(0.0),
+            )
+        };
+        let (faster, faster_lo, faster_hi) = ratios(&Rep::faster);
+        let (cw, cw_lo, cw_hi) = ratios(&Rep::cold_over_warm);
+        let Some(most) = r.reps.iter().max_by_key(|x| x.packs_received.bytes) else {
+            continue;
+        };
         out.push_str(&format!(
-            "| {} | {} ms | {} | {} | {} | {} | {} | {:.1}× | {} | {} | {:.2} | {} ({}) | {} | {} |\n",
+            "| {} | {} ms | {} | {} | {} | {} | {} | {} | {:.1}× ({:.1}–{:.1}) | {} | {:.2} ({:.2}–{:.2}) | {} | {:.2} | {} ({}) | {} | {} |\n",
             p.case.recipe.tag,
             r.rtt_ms,
-            secs(native),
-            r.native_received,
-            secs(r.packs_pull),
-            secs(r.packs_run),
-            secs(strata),
-            native.as_secs_f64() / strata.as_secs_f64().max(1e-9),
-            secs(r.packs_warm),
-            r.packs_received,
-            r.packs_received.bytes as f64 / (p.working_set.max(1) as f64),
-            mb(r.prefetched),
-            mb(r.prefetched_read),
+            r.reps.len(),
+            secs(med(&Rep::native)),
+            most.native_received,
+            secs(med(&|x| x.packs_pull)),
+            secs(med(&|x| x.packs_run)),
+            secs(med(&Rep::strata)),
+            faster,
+            faster_lo,
+            faster_hi,
+            secs(med(&|x| x.packs_warm)),
+            cw,
+            cw_lo,
+            cw_hi,
+            most.packs_received,
+            most.packs_received.bytes as f64 / (p.working_set.max(1) as f64),
+            mb(most.prefetched),
+            mb(most.prefetched_read),
             secs(r.nopacks_pull + r.nopacks_run),
             r.nopacks_received,
         ));
