@@ -184,6 +184,40 @@ impl InFlight {
     }
 }
 
+/// Members of a startup pack claimed for committing ([`ObjectCache::claim_pack`]); those
+/// not committed when it drops are given up (a reader waiting on one then fetches it).
+pub struct PackClaim<'a> {
+    cache: &'a ObjectCache,
+    flights: HashMap<ContentHash, Arc<InFlight>>,
+}
+
+impl PackClaim<'_> {
+    /// Verifies, inflates and commits the stored bytes of claimed member `req`, as
+    /// [`ObjectCache::commit_stored`]; `Ok(false)` if it was not claimed (cached or being
+    /// downloaded when the pack arrived, or committed already), is cached by now, or would
+    /// not fit under the quota without evicting.
+    ///
+    /// # Errors
+    /// As [`ObjectCache::commit_stored`]; the member is given up.
+    pub fn commit(&mut self, req: &ObjectRequest, stored: &[u8]) -> Result<bool> {
+        let Some(flight) = self.flights.remove(&req.hash) else {
+            return Ok(false);
+        };
+        let cache = self.cache;
+        cache.fill_claimed(req, &flight, Arrival::Pack, || {
+            cache.commit_bytes(req, stored)
+        })
+    }
+}
+
+impl Drop for PackClaim<'_> {
+    fn drop(&mut self) {
+        for (hash, flight) in self.flights.drain() {
+            self.cache.end_flight(hash, &flight, &Ok::<(), Error>(()));
+        }
+    }
+}
+
 /// The verified, decompressed object cache under one directory.
 pub struct ObjectCache {
     root: PathBuf,
@@ -490,17 +524,30 @@ impl ObjectCache {
         arrival: Arrival,
         fill: impl FnOnce() -> Result<Option<u64>>,
     ) -> Result<bool> {
-        if self.is_cached(req) || !self.fits_without_evicting(req.size.unwrap_or(0))? {
+        if self.is_cached(req) {
             return Ok(false);
         }
         let (flight, leader) = self.join_flight(req.hash);
         if !leader {
             return Ok(false);
         }
-        let result = if self.is_cached(req) {
-            Ok(None)
-        } else {
-            fill()
+        self.fill_claimed(req, &flight, arrival, fill)
+    }
+
+    /// [`ObjectCache::ahead_of_reads`] once the caller leads `req`'s flight: fills it
+    /// unless it is cached by now or would not fit under the quota without evicting,
+    /// remembers what came as unread, and ends the flight.
+    fn fill_claimed(
+        &self,
+        req: &ObjectRequest,
+        flight: &InFlight,
+        arrival: Arrival,
+        fill: impl FnOnce() -> Result<Option<u64>>,
+    ) -> Result<bool> {
+        let result = match self.fits_without_evicting(req.size.unwrap_or(0)) {
+            Ok(true) if !self.is_cached(req) => fill(),
+            Ok(_) => Ok(None),
+            Err(e) => Err(e),
         };
         if let Ok(Some(size)) = &result {
             let mut unread = lock(&self.unread);
@@ -518,11 +565,33 @@ impl ObjectCache {
             }
         }
         if arrival == Arrival::Pack {
-            self.end_flight(req.hash, &flight, &Ok::<(), Error>(()));
+            self.end_flight(req.hash, flight, &Ok::<(), Error>(()));
         } else {
-            self.end_flight(req.hash, &flight, &result);
+            self.end_flight(req.hash, flight, &result);
         }
         Ok(result?.is_some())
+    }
+
+    /// Claims the members of a startup pack that has just arrived (`members`, its index)
+    /// that are neither cached nor being downloaded: each is in flight from now until it
+    /// is committed ([`PackClaim::commit`]) or the claim drops, so a read that needs one
+    /// while the pack is unpacked waits for it (milliseconds) instead of fetching it on
+    /// its own (a round trip: a pull's layer catalogs came that way, 59 ms at 50 ms).
+    pub fn claim_pack(&self, members: &[ObjectRequest]) -> PackClaim<'_> {
+        let mut flights = HashMap::new();
+        for req in members {
+            if flights.contains_key(&req.hash) || self.is_cached(req) {
+                continue;
+            }
+            let (flight, leader) = self.join_flight(req.hash);
+            if leader {
+                flights.insert(req.hash, flight);
+            }
+        }
+        PackClaim {
+            cache: self,
+            flights,
+        }
     }
 
     /// Downloads the stored bytes of `req` (at most `limit` of them) into memory, verified
@@ -576,7 +645,8 @@ impl ObjectCache {
     /// [`catalog::Error::HashMismatch`] or a zlib error (via [`Error::Catalog`]) if the
     /// bytes are not the object; [`Error::SizeMismatch`]; local file errors.
     pub fn commit_stored(&self, req: &ObjectRequest, stored: &[u8]) -> Result<bool> {
-        self.ahead_of_reads(req, Arrival::Pack, || self.commit_bytes(req, stored))
+        self.claim_pack(std::slice::from_ref(req))
+            .commit(req, stored)
     }
 
     /// Verifies, inflates and commits the stored bytes `stored` of `req` (from a pack).
@@ -1405,6 +1475,44 @@ pub(crate) mod tests {
         let stats = CacheIndex::open(dir.path()).unwrap().stats().unwrap();
         assert_eq!(stats.readahead_bytes, 8000);
         assert_eq!(stats.readahead_used_bytes, 3000, "waste is the unread 5000");
+    }
+
+    #[test]
+    fn a_read_of_a_claimed_pack_member_waits_for_it_instead_of_fetching() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource::default());
+        let cache = Arc::new(ObjectCache::open(dir.path(), src.clone()).unwrap());
+        let first = catalog::compress(&[5u8; 3000]);
+        let second = catalog::compress(&[6u8; 2000]);
+        let third = catalog::compress(&[7u8; 1000]);
+        let [r1, r2, r3] = [(&first, 3000), (&second, 2000), (&third, 1000)]
+            .map(|(b, n)| req(ContentHash::of_bytes(HashAlgorithm::Sha1, b), Some(n)));
+        // The server has them all: a read that does not wait fetches.
+        for (r, b) in [(&r1, &first), (&r2, &second), (&r3, &third)] {
+            lock(&src.objects).insert(r.hash, b.clone());
+        }
+        let mut claim = cache.claim_pack(&[r1.clone(), r2.clone(), r3.clone()]);
+        assert!(claim.commit(&r1, &first).unwrap());
+        // The pack is being unpacked: the second member is read meanwhile.
+        let reader = {
+            let (cache, r2) = (cache.clone(), r2.clone());
+            std::thread::spawn(move || read_all(cache.get(&r2).unwrap()))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.demand_in_flight() == 0 {
+            assert!(Instant::now() < deadline, "the reader never waited");
+            std::thread::yield_now();
+        }
+        assert!(claim.commit(&r2, &second).unwrap());
+        assert_eq!(reader.join().unwrap(), vec![6u8; 2000]);
+        // The third is given up (the pack's unpacking stopped): a read fetches it.
+        drop(claim);
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 0, "nothing fetched yet");
+        assert_eq!(read_all(cache.get(&r3).unwrap()), vec![7u8; 1000]);
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
+        // A member cached when the pack arrived is not claimed.
+        let mut again = cache.claim_pack(std::slice::from_ref(&r1));
+        assert!(!again.commit(&r1, &first).unwrap());
     }
 
     #[test]

@@ -18,8 +18,10 @@
 //! as the machine has CPUs: the start runs on the same CPUs)
 //! ([`ObjectCache::commit_stored`](crate::client::cache::ObjectCache::commit_stored)): a
 //! member that fails is dropped (and counted), the rest are kept. Objects already cached
-//! are skipped. Reads never wait for a pack: a read of an object whose pack is still on its
-//! way fetches the object on its own, as without packs. Prefetching never evicts: a member
+//! are skipped. Reads never wait for a pack's download: a read of an object whose pack is
+//! still on its way fetches the object on its own, as without packs; once a pack has
+//! arrived, its members are claimed at once ([`ObjectCache::claim_pack`](crate::client::cache::ObjectCache::claim_pack)),
+//! and a read of one waits the milliseconds until it is unpacked. Prefetching never evicts: a member
 //! that does not fit under the quota is skipped; [`PrefetchSettings::max_bytes`] bounds the
 //! packs queued per request, [`MAX_PACK_BYTES`] one pack. A pack that cannot be used (download, hash, format) is logged
 //! and counted; its objects are then fetched one by one when read, as they would be without
@@ -367,23 +369,30 @@ fn prefetch_pack(job: &Job, unpacking: &UnpackSlots, counts: &mut PrefetchCounts
         stored
     };
     let pack = StartupPack::parse(&bytes)?;
-    let mut committed = 0;
-    for (i, m) in pack.members().iter().enumerate() {
-        let Some(stored) = pack.stored(i) else {
-            break;
-        };
-        let req = ObjectRequest {
+    let members: Vec<ObjectRequest> = pack
+        .members()
+        .iter()
+        .map(|m| ObjectRequest {
             hash: m.hash,
             suffix: m.suffix,
             compressed: m.compressed,
             size: Some(m.raw_size),
+        })
+        .collect();
+    // Every member is in flight from here: a read of one waits for it rather than
+    // fetching it on its own.
+    let mut claim = cache.claim_pack(&members);
+    let mut committed = 0;
+    for (i, req) in members.iter().enumerate() {
+        let Some(stored) = pack.stored(i) else {
+            break;
         };
-        match cache.commit_stored(&req, stored) {
+        match claim.commit(req, stored) {
             Ok(true) => committed += 1,
             Ok(false) => {}
             Err(e) => {
                 counts.rejected_objects += 1;
-                tracing::warn!(pack = %job.path, object = %m.hash, error = %e, "startup pack member rejected");
+                tracing::warn!(pack = %job.path, object = %req.hash, error = %e, "startup pack member rejected");
             }
         }
     }
