@@ -379,20 +379,20 @@ fn prefetch_pack(job: &Job, unpacking: &UnpackSlots, counts: &mut PrefetchCounts
             size: Some(m.raw_size),
         })
         .collect();
-    // Every member is in flight from here: a read of one waits for it rather than
-    // fetching it on its own.
+    // Every member is in flight from here: a read of one waits for it (and has it
+    // unpacked next) rather than fetching it on its own.
     let mut claim = cache.claim_pack(&members);
     let mut committed = 0;
-    for (i, req) in members.iter().enumerate() {
+    while let Some(i) = claim.next_member() {
         let Some(stored) = pack.stored(i) else {
             break;
         };
-        match claim.commit(req, stored) {
+        match claim.commit(i, stored) {
             Ok(true) => committed += 1,
             Ok(false) => {}
             Err(e) => {
                 counts.rejected_objects += 1;
-                tracing::warn!(pack = %job.path, object = %req.hash, error = %e, "startup pack member rejected");
+                tracing::warn!(pack = %job.path, object = %members[i].hash, error = %e, "startup pack member rejected");
             }
         }
     }
