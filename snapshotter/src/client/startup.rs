@@ -11,7 +11,8 @@
 //! remote snapshot that names its image, or anyone reading the extended attribute
 //! [`PREFETCH_XATTR`] of a `startup` directory (or of one pack) through the mount
 //! (`getfattr -n user.strata.prefetch DIR`). The request returns at once; packs are
-//! fetched in the background by [`PrefetchSettings::threads`] workers, in pack order
+//! fetched in the background by [`PrefetchSettings::threads`] workers (at a lower CPU
+//! priority: nice + 10), in pack order
 //! (the first pack holds what a start reads first). Each pack is downloaded whole with a
 //! plain GET, verified against its own hash, parsed, and every member is verified against
 //! *its* hash and size before it enters the cache (unpacking takes one of as many slots
@@ -96,6 +97,26 @@ impl Default for PrefetchSettings {
             threads: 8,
             max_bytes: 1024 * 1024 * 1024,
         }
+    }
+}
+
+/// How much lower the prefetch workers' CPU priority is than the mount's (nice value
+/// added). Unpacking is CPU work on the CPUs the start runs on; the steps the start waits
+/// for go first: the pull's own reads and containerd's calls, the container's processes.
+/// Measured (2 CPUs, twelve starts alternating, 0 ms): `pull` of the gcc image 0.049 s
+/// against 0.079 s (medians), numpy/scipy 0.053 against 0.072; the cold run unchanged.
+/// Unpacking does not wait for CPU that nobody else wants.
+const PREFETCH_NICE: i32 = 10;
+
+/// Lowers the calling worker thread's priority by [`PREFETCH_NICE`] (at most to 19); a
+/// refusal only costs the difference, and is logged.
+fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    let lowered = rustix::process::getpriority_process(Some(tid)).and_then(|now| {
+        rustix::process::setpriority_process(Some(tid), (now + PREFETCH_NICE).min(19))
+    });
+    if let Err(e) = lowered {
+        tracing::debug!(error = %e, "prefetch worker keeps its priority");
     }
 }
 
@@ -319,6 +340,7 @@ impl Drop for StartupPrefetch {
 impl Inner {
     /// A worker: takes packs until stopped.
     fn work(&self) {
+        lower_priority();
         while let Some(job) = self.queue.next() {
             let started = Instant::now();
             let mut counts = PrefetchCounts::default();
@@ -430,6 +452,25 @@ mod tests {
         let state = slots.state.lock().unwrap();
         assert_eq!(state.free, 2, "every slot given back");
         assert!(state.waiting.is_empty());
+    }
+
+    #[test]
+    fn workers_run_at_a_lower_priority() {
+        let this_before = rustix::process::getpriority_process(None).unwrap();
+        std::thread::spawn(|| {
+            let tid = rustix::thread::gettid();
+            let before = rustix::process::getpriority_process(Some(tid)).unwrap();
+            lower_priority();
+            let after = rustix::process::getpriority_process(Some(tid)).unwrap();
+            assert_eq!(after, (before + PREFETCH_NICE).min(19));
+        })
+        .join()
+        .unwrap();
+        // Only the worker's thread: this one keeps its priority.
+        assert_eq!(
+            rustix::process::getpriority_process(None).unwrap(),
+            this_before
+        );
     }
 
     #[test]
