@@ -13,8 +13,10 @@
 //! revision, or of another image) are skipped and counted: a trace of `.layers/…/layerfs` paths stays
 //! valid for every image that shares those layers. The nested catalogs a client loads to
 //! reach those paths (a layer's bucket and `layerfs` catalogs, a flat tree's; not the root
-//! catalog, which every mount has) go in too, first, in the order paths need them, in
-//! packs of their own (a pull resolves every layer before the start reads a file). The
+//! catalog, which every mount has) go in too, first, smallest first, in packs of their
+//! own, the first at most [`FIRST_PACK_BYTES`] (a pull resolves every layer before the
+//! start reads a file: the layers' bucket catalogs, a few KiB, come in a pack that
+//! arrives with the image's manifest). The
 //! objects are copied, stored bytes
 //! unchanged, into packs of about [`StartupOptions::pack_size`] bytes; the whole set is
 //! bounded by [`StartupOptions::max_bytes`].
@@ -43,6 +45,10 @@ use crate::flatten::LayerView;
 use crate::publish::{Namespace, load_namespace, publish, unix_now};
 use crate::repo::Repo;
 use crate::tree::{Node, file_entry};
+
+/// The first pack's size bound when the working set has catalogs (see
+/// [`publish_startup`]).
+pub const FIRST_PACK_BYTES: u64 = 64 * 1024;
 
 /// How a working set is packed.
 #[derive(Clone, Debug)]
@@ -252,15 +258,24 @@ pub fn publish_startup(
     let mut objects_text = String::new();
     let mut packs: Vec<(String, Vec<u8>)> = Vec::new();
     // Catalogs first, in their own pack(s): a pull resolves every layer before the start
-    // reads a file, and a small first pack arrives soonest on a cold connection.
-    let (catalogs, files): (Vec<&WantedObject>, Vec<&WantedObject>) = wanted
+    // reads a file, and the container's mount loads every layer's catalog before its first
+    // read. Smallest first, and the first pack small ([`FIRST_PACK_BYTES`]): it holds the
+    // layers' bucket catalogs (a few KiB), which the pull looks up as soon as it has read
+    // the image's manifest; a pack that small arrives with that manifest, before the
+    // lookups, so they wait for it instead of fetching each catalog on their own.
+    let (mut catalogs, files): (Vec<&WantedObject>, Vec<&WantedObject>) = wanted
         .iter()
         .partition(|o| o.member.suffix == Suffix::Catalog);
+    catalogs.sort_by_key(|o| o.member.stored_size);
     let first_file = catalogs.len();
     let mut builder = PackBuilder::new();
     for (i, object) in catalogs.into_iter().chain(files).enumerate() {
-        let full =
-            builder.data_len() + object.member.stored_size > options.pack_size || i == first_file;
+        let limit = if packs.is_empty() && i < first_file {
+            FIRST_PACK_BYTES.min(options.pack_size)
+        } else {
+            options.pack_size
+        };
+        let full = builder.data_len() + object.member.stored_size > limit || i == first_file;
         if !builder.is_empty() && full {
             packs.push((
                 paths::pack_name(packs.len()),

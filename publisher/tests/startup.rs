@@ -287,3 +287,88 @@ fn a_version_2_trace_packs_only_the_chunks_read_in_the_order_read() {
         )
     );
 }
+
+#[test]
+fn catalogs_come_first_smallest_first_and_the_first_pack_is_small() {
+    let work = ok(tempfile::tempdir());
+    // Layer 1: 4000 small files (its layerfs catalog and the flat tree's are large),
+    // layer 2: one file.
+    let layout = work.path().join("layout");
+    let image = write_layout(
+        &layout,
+        "1",
+        &[noise_layer(1, 4000, 16), noise_layer(2, 1, 1000)],
+    );
+    let repo = work.path().join("repo");
+    init_repo(&repo, "startup.test");
+    let r = repo.display().to_string();
+    run_ok(&[
+        "ingest",
+        "--repo",
+        &r,
+        &format!("oci:{}:1", layout.display()),
+    ]);
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+    let layerfs = |d: &str| format!("/.layers/{}/{}/layerfs", &hex(d)[..2], hex(d));
+    let flat = format!("/.flat/{}/{}", &hex(&image.config)[..2], hex(&image.config));
+    let (l1, l2) = (layerfs(&image.layers[0]), layerfs(&image.layers[1]));
+    let trace = work.path().join("start.trace");
+    ok(std::fs::write(
+        &trace,
+        format!("# strata access trace v1\n{l1}/l1/f7\n{flat}/l1/f1\n{l2}/l2/f0\n"),
+    ));
+    run_ok(&[
+        "startup",
+        "--repo",
+        &r,
+        "--trace",
+        &trace.display().to_string(),
+        "localhost/layout:1",
+    ]);
+    verify_ok(&repo);
+    let store = ok(catalog::LocalStore::open(&repo.join("srv")));
+    // (pack, suffix, stored size) of every member, in pack and member order.
+    let mut members = Vec::new();
+    for (name, hash, _) in startup_files(&repo) {
+        if !namespace::paths::is_pack_name(&name) {
+            continue;
+        }
+        let bytes = ok(store.get(&hash, Suffix::None));
+        let pack = ok(StartupPack::parse(&bytes));
+        for (i, m) in pack.members().iter().enumerate() {
+            let stored = pack.stored(i).map_or(0, <[u8]>::len);
+            members.push((name.clone(), m.suffix, stored as u64));
+        }
+    }
+    let catalogs = members
+        .iter()
+        .take_while(|(_, suffix, _)| *suffix == Suffix::Catalog)
+        .count();
+    // Both layers' bucket and layerfs catalogs, the flat tree's.
+    assert!(catalogs >= 5, "{members:?}");
+    assert!(
+        members[catalogs..]
+            .iter()
+            .all(|(_, suffix, _)| *suffix != Suffix::Catalog),
+        "catalogs first: {members:?}"
+    );
+    assert!(
+        members[..catalogs].windows(2).all(|w| w[0].2 <= w[1].2),
+        "smallest first: {members:?}"
+    );
+    let first: Vec<_> = members
+        .iter()
+        .filter(|(pack, _, _)| pack == "pack-000.strata-pack")
+        .collect();
+    let first_bytes: u64 = first.iter().map(|(_, _, size)| size).sum();
+    assert!(
+        first.len() >= 3 && first_bytes <= publisher::startup::FIRST_PACK_BYTES,
+        "the small catalogs alone in a small first pack: {members:?}"
+    );
+    assert!(
+        members[..catalogs]
+            .iter()
+            .any(|(_, _, size)| *size > publisher::startup::FIRST_PACK_BYTES / 2),
+        "a large catalog (the test's premise): {members:?}"
+    );
+}
