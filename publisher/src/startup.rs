@@ -14,7 +14,7 @@
 //! valid for every image that shares those layers. The nested catalogs a client loads to
 //! reach those paths (a layer's bucket and `layerfs` catalogs, a flat tree's; not the root
 //! catalog, which every mount has) go in too, first, smallest first, in packs of their
-//! own, the first at most [`FIRST_PACK_BYTES`] (a pull resolves every layer before the
+//! own, the first at most [`FIRST_PACK_BYTES`] unless its one catalog is larger (a pull resolves every layer before the
 //! start reads a file: the layers' bucket catalogs, a few KiB, come in a pack that
 //! arrives with the image's manifest). The
 //! objects are copied, stored bytes

@@ -222,12 +222,19 @@ pub fn load_average() -> Option<f64> {
 
 /// Median of durations (the mean of the middle two for an even count); zero if empty.
 pub fn median(values: &[Duration]) -> Duration {
+    Duration::from_secs_f64(median_f64(
+        &values.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+    ))
+}
+
+/// Median of numbers (the mean of the middle two for an even count); zero if empty.
+pub fn median_f64(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
-    sorted.sort();
+    sorted.sort_by(f64::total_cmp);
     match sorted.len() {
-        0 => Duration::ZERO,
+        0 => 0.0,
         n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2,
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }
 

@@ -166,11 +166,18 @@ impl ObjectRequest {
 struct InFlight {
     done: Mutex<Option<std::result::Result<(), String>>>,
     cond: Condvar,
+    /// For a member of a startup pack being unpacked: the pack's queue of members a read
+    /// waits for ([`PackClaim::next_member`] takes them first).
+    wanted: Option<Arc<Mutex<Vec<ContentHash>>>>,
 }
 
 impl InFlight {
-    /// Waits until the download ends; its error as text if it failed.
-    fn wait(&self) -> std::result::Result<(), String> {
+    /// Waits until the download ends; its error as text if it failed. `hash` is the
+    /// object's: a pack member waited for is queued to be unpacked next.
+    fn wait(&self, hash: ContentHash) -> std::result::Result<(), String> {
+        if let Some(wanted) = &self.wanted {
+            lock(wanted).push(hash);
+        }
         let mut done = lock(&self.done);
         loop {
             if let Some(outcome) = done.as_ref() {
@@ -184,34 +191,59 @@ impl InFlight {
     }
 }
 
+/// Ends a flight its leader was filling if the filling unwinds (a panic), so that those
+/// waiting on it look again instead of waiting for ever.
+struct EndOnUnwind<'a> {
+    cache: &'a ObjectCache,
+    hash: ContentHash,
+    flight: &'a InFlight,
+    armed: bool,
+}
+
+impl Drop for EndOnUnwind<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.cache
+                .end_flight(self.hash, self.flight, &Ok::<(), Error>(()));
+        }
+    }
+}
+
 /// Members of a startup pack claimed for committing ([`ObjectCache::claim_pack`]); those
 /// not committed when it drops are given up (a reader waiting on one then fetches it).
 pub struct PackClaim<'a> {
     cache: &'a ObjectCache,
     /// The pack's members, in pack order.
     members: &'a [ObjectRequest],
-    /// Claimed and not yet committed, by hash.
-    flights: HashMap<ContentHash, Arc<InFlight>>,
+    /// Claimed and not yet committed, by hash, with the member's index.
+    flights: HashMap<ContentHash, (usize, Arc<InFlight>)>,
+    /// Claimed members a read waits for, in the order the reads came.
+    wanted: Arc<Mutex<Vec<ContentHash>>>,
     /// Members before this one are committed or were not claimed.
     next_in_order: usize,
 }
 
 impl PackClaim<'_> {
-    /// The index of the member to commit next: one a read is waiting for, else the next
-    /// claimed one in pack order; `None` when every claimed member is committed.
-    pub fn next_member(&mut self) -> Option<usize> {
-        // Held by the claim and the cache's flights: a third holder waits for it.
-        let waited = self
-            .flights
-            .iter()
-            .find(|(_, f)| Arc::strong_count(f) > 2)
-            .map(|(hash, _)| *hash);
-        if let Some(i) = waited.and_then(|h| self.members.iter().position(|m| m.hash == h)) {
-            return Some(i);
+    /// The index of the member to commit next, and whether a read waits for it: one a read
+    /// is waiting for, else the next claimed one in pack order; `None` when every claimed
+    /// member is committed.
+    pub fn next_member(&mut self) -> Option<(usize, bool)> {
+        let wanted = std::mem::take(&mut *lock(&self.wanted));
+        let mut waited = None;
+        for hash in wanted {
+            match self.flights.get(&hash) {
+                Some((i, _)) if waited.is_none() => waited = Some(*i),
+                // Later ones come back on the next call.
+                Some(_) => lock(&self.wanted).push(hash),
+                None => {}
+            }
+        }
+        if let Some(i) = waited {
+            return Some((i, true));
         }
         while let Some(m) = self.members.get(self.next_in_order) {
             if self.flights.contains_key(&m.hash) {
-                return Some(self.next_in_order);
+                return Some((self.next_in_order, false));
             }
             self.next_in_order += 1;
         }
@@ -229,10 +261,15 @@ impl PackClaim<'_> {
         let Some(req) = self.members.get(index) else {
             return Ok(false);
         };
-        let Some(flight) = self.flights.remove(&req.hash) else {
+        let Some((_, flight)) = self.flights.remove(&req.hash) else {
             return Ok(false);
         };
         let cache = self.cache;
+        let fits = cache.fits_without_evicting(req.size.unwrap_or(0));
+        if !matches!(fits, Ok(true)) {
+            cache.end_flight(req.hash, &flight, &Ok::<(), Error>(()));
+            return fits.map(|_| false);
+        }
         cache.fill_claimed(req, &flight, Arrival::Pack, || {
             cache.commit_bytes(req, stored)
         })
@@ -241,7 +278,7 @@ impl PackClaim<'_> {
 
 impl Drop for PackClaim<'_> {
     fn drop(&mut self) {
-        for (hash, flight) in self.flights.drain() {
+        for (hash, (_, flight)) in self.flights.drain() {
             self.cache.end_flight(hash, &flight, &Ok::<(), Error>(()));
         }
     }
@@ -420,7 +457,7 @@ impl ObjectCache {
                     Err(e) => return Err(e),
                 }
             }
-            if let Err(reason) = flight.wait() {
+            if let Err(reason) = flight.wait(req.hash) {
                 return Err(Error::ObjectUnavailable {
                     object: req.hash.to_hex(),
                     reason,
@@ -523,7 +560,7 @@ impl ObjectCache {
             }
             let flight = lock(&self.in_flight).get(&req.hash).cloned();
             if let Some(flight) = flight {
-                if let Err(reason) = flight.wait() {
+                if let Err(reason) = flight.wait(req.hash) {
                     return Err(Error::ObjectUnavailable {
                         object: req.hash.to_hex(),
                         reason,
@@ -553,7 +590,7 @@ impl ObjectCache {
         arrival: Arrival,
         fill: impl FnOnce() -> Result<Option<u64>>,
     ) -> Result<bool> {
-        if self.is_cached(req) {
+        if self.is_cached(req) || !self.fits_without_evicting(req.size.unwrap_or(0))? {
             return Ok(false);
         }
         let (flight, leader) = self.join_flight(req.hash);
@@ -563,9 +600,9 @@ impl ObjectCache {
         self.fill_claimed(req, &flight, arrival, fill)
     }
 
-    /// [`ObjectCache::ahead_of_reads`] once the caller leads `req`'s flight: fills it
-    /// unless it is cached by now or would not fit under the quota without evicting,
-    /// remembers what came as unread, and ends the flight.
+    /// [`ObjectCache::ahead_of_reads`] once the caller leads `req`'s flight (and has
+    /// checked the quota): fills it unless it is cached by now, remembers what came as
+    /// unread, and ends the flight (also if `fill` panics).
     fn fill_claimed(
         &self,
         req: &ObjectRequest,
@@ -573,11 +610,18 @@ impl ObjectCache {
         arrival: Arrival,
         fill: impl FnOnce() -> Result<Option<u64>>,
     ) -> Result<bool> {
-        let result = match self.fits_without_evicting(req.size.unwrap_or(0)) {
-            Ok(true) if !self.is_cached(req) => fill(),
-            Ok(_) => Ok(None),
-            Err(e) => Err(e),
+        let mut unwinding = EndOnUnwind {
+            cache: self,
+            hash: req.hash,
+            flight,
+            armed: true,
         };
+        let result = if self.is_cached(req) {
+            Ok(None)
+        } else {
+            fill()
+        };
+        unwinding.armed = false;
         if let Ok(Some(size)) = &result {
             let mut unread = lock(&self.unread);
             if unread.len() >= MAX_UNREAD {
@@ -601,27 +645,40 @@ impl ObjectCache {
         Ok(result?.is_some())
     }
 
-    /// Claims the members of a startup pack that has just arrived (`members`, its index)
+    /// Claims the members of a startup pack whose unpacking starts (`members`, its index)
     /// that are neither cached nor being downloaded: each is in flight from now until it
     /// is committed ([`PackClaim::commit`]) or the claim drops, so a read that needs one
-    /// while the pack is unpacked waits for it (milliseconds; [`PackClaim::next_member`] puts it
-    /// first) instead of fetching it on its own (a round trip: a pull's layer catalogs
-    /// came that way, 59 ms at 50 ms).
+    /// while the pack is unpacked waits for it (milliseconds; [`PackClaim::next_member`]
+    /// puts it first) instead of fetching it on its own (a round trip: a pull's layer
+    /// catalogs came that way, 59 ms at 50 ms).
     pub fn claim_pack<'a>(&'a self, members: &'a [ObjectRequest]) -> PackClaim<'a> {
+        let wanted = Arc::new(Mutex::new(Vec::new()));
         let mut flights = HashMap::new();
-        for req in members {
-            if flights.contains_key(&req.hash) || self.is_cached(req) {
+        // Looked at outside the lock (a file system call each): one cached meanwhile is
+        // found cached when it is committed.
+        let missing: Vec<(usize, &ObjectRequest)> = members
+            .iter()
+            .enumerate()
+            .filter(|(_, req)| !self.is_cached(req))
+            .collect();
+        let mut map = lock(&self.in_flight);
+        for (i, req) in missing {
+            if flights.contains_key(&req.hash) || map.contains_key(&req.hash) {
                 continue;
             }
-            let (flight, leader) = self.join_flight(req.hash);
-            if leader {
-                flights.insert(req.hash, flight);
-            }
+            let flight = Arc::new(InFlight {
+                wanted: Some(wanted.clone()),
+                ..InFlight::default()
+            });
+            map.insert(req.hash, flight.clone());
+            flights.insert(req.hash, (i, flight));
         }
+        drop(map);
         PackClaim {
             cache: self,
             members,
             flights,
+            wanted,
             next_in_order: 0,
         }
     }
@@ -1524,33 +1581,65 @@ pub(crate) mod tests {
         }
         let members = [r1, r2, r3];
         let mut claim = cache.claim_pack(&members);
-        assert_eq!(claim.next_member(), Some(0));
+        assert_eq!(claim.next_member(), Some((0, false)));
         assert!(claim.commit(0, &first).unwrap());
-        assert_eq!(claim.next_member(), Some(1), "pack order");
+        assert_eq!(claim.next_member(), Some((1, false)), "pack order");
+        let wait_for_a_reader = |claim: &PackClaim<'_>| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while lock(&claim.wanted).is_empty() {
+                assert!(Instant::now() < deadline, "the reader never waited");
+                std::thread::yield_now();
+            }
+        };
         // The pack is being unpacked: its third member is read meanwhile.
         let reader = {
             let cache = cache.clone();
             std::thread::spawn(move || read_all(cache.get(&r3).unwrap()))
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Arc::strong_count(&claim.flights[&r3.hash]) < 3 {
-            assert!(Instant::now() < deadline, "the reader never waited");
-            std::thread::yield_now();
-        }
+        wait_for_a_reader(&claim);
         // Waited for: it goes first.
-        assert_eq!(claim.next_member(), Some(2));
+        assert_eq!(claim.next_member(), Some((2, true)));
         assert!(claim.commit(2, &third).unwrap());
         assert_eq!(reader.join().unwrap(), vec![7u8; 1000]);
-        assert_eq!(claim.next_member(), Some(1));
-        // The second is given up (the pack's unpacking stopped): a read fetches it.
+        assert_eq!(claim.next_member(), Some((1, false)));
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 0, "nothing fetched");
+        // The second is read, then given up while the read waits (the pack's unpacking
+        // stopped): the read fetches it on its own.
+        let reader = {
+            let cache = cache.clone();
+            std::thread::spawn(move || read_all(cache.get(&r2).unwrap()))
+        };
+        wait_for_a_reader(&claim);
         drop(claim);
-        assert_eq!(src.fetches.load(Ordering::SeqCst), 0, "nothing fetched yet");
-        assert_eq!(read_all(cache.get(&r2).unwrap()), vec![6u8; 2000]);
+        assert_eq!(reader.join().unwrap(), vec![6u8; 2000]);
         assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
+        assert!(lock(&cache.in_flight).is_empty(), "no flight left behind");
         // A member cached when the pack arrived is not claimed.
         let mut again = cache.claim_pack(std::slice::from_ref(&r1));
         assert_eq!(again.next_member(), None);
         assert!(!again.commit(0, &first).unwrap());
+    }
+
+    #[test]
+    fn a_claimed_member_whose_fill_panics_does_not_hold_its_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Arc::new(MemorySource::default());
+        let cache = Arc::new(ObjectCache::open(dir.path(), src.clone()).unwrap());
+        let raw = [8u8; 500];
+        let r = req(src.add(&raw), Some(500));
+        let members = [r];
+        let claim = cache.claim_pack(&members);
+        let flight = claim.flights[&r.hash].1.clone();
+        let filled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cache.fill_claimed(&r, &flight, Arrival::Pack, || panic!("a bug"))
+        }));
+        assert!(filled.is_err());
+        assert!(
+            !lock(&cache.in_flight).contains_key(&r.hash),
+            "the flight ended"
+        );
+        drop(claim);
+        assert_eq!(read_all(cache.get(&r).unwrap()), raw.to_vec());
     }
 
     #[test]

@@ -20,9 +20,10 @@
 //! ([`ObjectCache::commit_stored`](crate::client::cache::ObjectCache::commit_stored)): a
 //! member that fails is dropped (and counted), the rest are kept. Objects already cached
 //! are skipped. Reads never wait for a pack's download: a read of an object whose pack is
-//! still on its way fetches the object on its own, as without packs; once a pack has
-//! arrived, its members are claimed at once ([`ObjectCache::claim_pack`](crate::client::cache::ObjectCache::claim_pack)),
-//! and a read of one waits the milliseconds until it is unpacked. Prefetching never evicts: a member
+//! still on its way, or waiting for an unpack slot, fetches the object on its own, as
+//! without packs; once a pack's unpacking starts, its members are claimed
+//! ([`ObjectCache::claim_pack`](crate::client::cache::ObjectCache::claim_pack)), and a read
+//! of one waits the milliseconds until it is unpacked (next, at the worker's own priority). Prefetching never evicts: a member
 //! that does not fit under the quota is skipped; [`PrefetchSettings::max_bytes`] bounds the
 //! packs queued per request, [`MAX_PACK_BYTES`] one pack. A pack that cannot be used (download, hash, format) is logged
 //! and counted; its objects are then fetched one by one when read, as they would be without
@@ -101,22 +102,56 @@ impl Default for PrefetchSettings {
 }
 
 /// How much lower the prefetch workers' CPU priority is than the mount's (nice value
-/// added). Unpacking is CPU work on the CPUs the start runs on; the steps the start waits
-/// for go first: the pull's own reads and containerd's calls, the container's processes.
-/// Measured (2 CPUs, twelve starts alternating, 0 ms): `pull` of the gcc image 0.049 s
-/// against 0.079 s (medians), numpy/scipy 0.053 against 0.072; the cold run unchanged.
-/// Unpacking does not wait for CPU that nobody else wants.
+/// added). Unpacking is CPU work on the CPUs the start runs on; what the start waits for
+/// goes first: the pull's own reads and containerd's calls, the mount's FUSE threads (a
+/// container in a cgroup of its own is weighed by its cgroup). Measured (2 CPUs, twelve
+/// starts alternating, 0 ms): `pull` of the gcc image 0.049 s against 0.079 s (medians),
+/// numpy/scipy 0.053 against 0.072; the cold run unchanged, also at 50 ms. Unpacking does
+/// not wait for CPU that nobody else wants, and a member a read waits for is unpacked at
+/// the worker's own priority ([`WorkerPriority::raised`]).
 const PREFETCH_NICE: i32 = 10;
 
-/// Lowers the calling worker thread's priority by [`PREFETCH_NICE`] (at most to 19); a
-/// refusal only costs the difference, and is logged.
-fn lower_priority() {
-    let tid = rustix::thread::gettid();
-    let lowered = rustix::process::getpriority_process(Some(tid)).and_then(|now| {
-        rustix::process::setpriority_process(Some(tid), (now + PREFETCH_NICE).min(19))
-    });
-    if let Err(e) = lowered {
-        tracing::debug!(error = %e, "prefetch worker keeps its priority");
+/// A prefetch worker thread's priority: its own, and lowered by [`PREFETCH_NICE`] (at
+/// most to 19) while it works for nobody in particular.
+struct WorkerPriority {
+    tid: rustix::thread::Pid,
+    own: i32,
+    lowered: i32,
+}
+
+impl WorkerPriority {
+    /// Lowers the calling thread's priority; `None` (logged) if the system refuses, which
+    /// only costs the difference.
+    fn lower() -> Option<WorkerPriority> {
+        let tid = rustix::thread::gettid();
+        let set = rustix::process::getpriority_process(Some(tid)).and_then(|own| {
+            let lowered = (own + PREFETCH_NICE).min(19);
+            rustix::process::setpriority_process(Some(tid), lowered).map(|()| WorkerPriority {
+                tid,
+                own,
+                lowered,
+            })
+        });
+        set.map_err(|e| tracing::debug!(error = %e, "prefetch worker keeps its priority"))
+            .ok()
+    }
+
+    /// The thread's own priority until the guard drops (a read waits for what it does);
+    /// nothing if the system refuses (raising a priority needs `CAP_SYS_NICE`).
+    fn raised(&self) -> RaisedPriority<'_> {
+        let raised = rustix::process::setpriority_process(Some(self.tid), self.own).is_ok();
+        RaisedPriority(self, raised)
+    }
+}
+
+/// [`WorkerPriority::raised`]: lowered again on drop.
+struct RaisedPriority<'a>(&'a WorkerPriority, bool);
+
+impl Drop for RaisedPriority<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            let _ = rustix::process::setpriority_process(Some(self.0.tid), self.0.lowered);
+        }
     }
 }
 
@@ -340,11 +375,11 @@ impl Drop for StartupPrefetch {
 impl Inner {
     /// A worker: takes packs until stopped.
     fn work(&self) {
-        lower_priority();
+        let priority = WorkerPriority::lower();
         while let Some(job) = self.queue.next() {
             let started = Instant::now();
             let mut counts = PrefetchCounts::default();
-            match prefetch_pack(&job, &self.unpacking, &mut counts) {
+            match prefetch_pack(&job, &self.unpacking, priority.as_ref(), &mut counts) {
                 Ok(committed) => {
                     counts.packs = 1;
                     tracing::info!(
@@ -374,7 +409,12 @@ impl Inner {
 /// Downloads, verifies and unpacks one pack into the cache (unpacking in one of
 /// `unpacking`'s slots); the number of members committed (members already cached, being
 /// downloaded or over the quota are skipped).
-fn prefetch_pack(job: &Job, unpacking: &UnpackSlots, counts: &mut PrefetchCounts) -> Result<usize> {
+fn prefetch_pack(
+    job: &Job,
+    unpacking: &UnpackSlots,
+    priority: Option<&WorkerPriority>,
+    counts: &mut PrefetchCounts,
+) -> Result<usize> {
     let cache = job.repo.cache();
     let size = job.req.size.unwrap_or(0);
     // Packs are published uncompressed; a compressed one may be a little larger stored.
@@ -405,10 +445,11 @@ fn prefetch_pack(job: &Job, unpacking: &UnpackSlots, counts: &mut PrefetchCounts
     // unpacked next) rather than fetching it on its own.
     let mut claim = cache.claim_pack(&members);
     let mut committed = 0;
-    while let Some(i) = claim.next_member() {
+    while let Some((i, waited)) = claim.next_member() {
         let Some(stored) = pack.stored(i) else {
             break;
         };
+        let _raised = priority.filter(|_| waited).map(WorkerPriority::raised);
         match claim.commit(i, stored) {
             Ok(true) => committed += 1,
             Ok(false) => {}
@@ -455,14 +496,22 @@ mod tests {
     }
 
     #[test]
-    fn workers_run_at_a_lower_priority() {
+    fn workers_run_at_a_lower_priority_and_at_their_own_for_a_waiting_read() {
         let this_before = rustix::process::getpriority_process(None).unwrap();
         std::thread::spawn(|| {
             let tid = rustix::thread::gettid();
-            let before = rustix::process::getpriority_process(Some(tid)).unwrap();
-            lower_priority();
-            let after = rustix::process::getpriority_process(Some(tid)).unwrap();
-            assert_eq!(after, (before + PREFETCH_NICE).min(19));
+            let nice = || rustix::process::getpriority_process(Some(tid)).unwrap();
+            let before = nice();
+            let priority = WorkerPriority::lower().expect("lowering is always allowed");
+            assert_eq!(nice(), (before + PREFETCH_NICE).min(19));
+            {
+                let raised = priority.raised();
+                // Raising needs CAP_SYS_NICE (the tests run as root in CI).
+                if raised.1 {
+                    assert_eq!(nice(), before);
+                }
+            }
+            assert_eq!(nice(), (before + PREFETCH_NICE).min(19));
         })
         .join()
         .unwrap();

@@ -39,7 +39,9 @@ use std::time::{Duration, Instant};
 
 use ::tests::binaries::{check_prerequisites, target_dir};
 use ::tests::image::{AptRecipe, GCC, PYANA, TestImage, apt_image};
-use ::tests::measure::{Machine, Timed, load_average, median, say, secs, sync, utc_now};
+use ::tests::measure::{
+    Machine, Timed, load_average, median, median_f64, say, secs, sync, utc_now,
+};
 use ::tests::node::{Source, StrataNode, native_start};
 use ::tests::registry::Registry;
 use ::tests::relay::{LatencyRelay, rtts_from_env};
@@ -500,7 +502,7 @@ fn render(
     out.push_str(
         "\nEach figure a median of the starts (each side fresh every start: a new containerd, a \
          new node with an empty cache), the ratios' range in brackets; received: the start \
-         that received most.\n\n\
+         that received most (each side).\n\n\
          | image | round trip | starts | native pull + run | native received | Strata + packs: pull \
          | cold run | pull + run | × faster than native | warm run | cold ÷ warm | received \
          | fetched ÷ working set | prefetched (read) | no packs: pull + run | no packs received |\n\
@@ -510,31 +512,29 @@ fn render(
         let p = &prepared[r.image];
         let med = |f: &dyn Fn(&Rep) -> Duration| median(&r.reps.iter().map(f).collect::<Vec<_>>());
         let ratios = |f: &dyn Fn(&Rep) -> f64| {
-            let mut v: Vec<f64> = r.reps.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            let m = match v.len() {
-                0 => 0.0,
-                n if n % 2 == 1 => v[n / 2],
-                n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-            };
-            (
-                m,
-                v.first().copied().unwrap_or(0.0),
-                v.last().copied().unwrap_or(0.0),
-            )
+            let v: Vec<f64> = r.reps.iter().map(f).collect();
+            let lowest = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let highest = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (median_f64(&v), lowest, highest)
         };
         let (faster, faster_lo, faster_hi) = ratios(&Rep::faster);
         let (cw, cw_lo, cw_hi) = ratios(&Rep::cold_over_warm);
         let Some(most) = r.reps.iter().max_by_key(|x| x.packs_received.bytes) else {
             continue;
         };
+        let native_most = r
+            .reps
+            .iter()
+            .map(|x| x.native_received)
+            .max_by_key(|n| n.bytes)
+            .unwrap_or(most.native_received);
         out.push_str(&format!(
             "| {} | {} ms | {} | {} | {} | {} | {} | {} | {:.1}× ({:.1}–{:.1}) | {} | {:.2} ({:.2}–{:.2}) | {} | {:.2} | {} ({}) | {} | {} |\n",
             p.case.recipe.tag,
             r.rtt_ms,
             r.reps.len(),
             secs(med(&Rep::native)),
-            most.native_received,
+            native_most,
             secs(med(&|x| x.packs_pull)),
             secs(med(&|x| x.packs_run)),
             secs(med(&Rep::strata)),
