@@ -22,7 +22,7 @@ enum Command {
     /// Show a cache directory's size, entries, hits/misses and bytes fetched; optionally
     /// evict everything not in use.
     Cache(snapshotter::cmd::cache::CacheArgs),
-    /// Ask the mount to fetch an image's startup packs in the background (returns at once).
+    /// Ask the mount to fetch an image's startup packs in the background (returns once the first, small pack is in).
     Prefetch(snapshotter::cmd::prefetch::PrefetchArgs),
     /// Read started chunked programs through a mount (started by `mount` itself).
     #[command(hide = true)]

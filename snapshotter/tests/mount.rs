@@ -1743,6 +1743,18 @@ fn startup_packs_are_prefetched_on_request_and_checked_member_by_member() {
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
 
     let answer = getxattr(&mnt.join("app/startup"), "user.strata.prefetch").unwrap();
+    // The first pack is small (15 KB): it is in before the answer, its members cached.
+    assert_eq!(
+        server.requests_for(&object_of(&repo.store, &first)),
+        1,
+        "the first pack fetched before the answer"
+    );
+    for i in 0..3 {
+        // The cache keeps objects as XX/rest of the hash.
+        let hex = member(i).hash.to_hex();
+        let cached = cache.join(&hex[..2]).join(&hex[2..]);
+        assert!(cached.is_file(), "f{i} cached: {}", cached.display());
+    }
     let bytes = first.len() + second.len();
     assert_eq!(
         String::from_utf8_lossy(&answer),

@@ -10,7 +10,9 @@
 //! Prefetching starts when someone asks for it: `strata-snapshotter pull`, a Prepare of a
 //! remote snapshot that names its image, or anyone reading the extended attribute
 //! [`PREFETCH_XATTR`] of a `startup` directory (or of one pack) through the mount
-//! (`getfattr -n user.strata.prefetch DIR`). The request returns at once; packs are
+//! (`getfattr -n user.strata.prefetch DIR`). The request returns once a small first pack
+//! (at most 128 KiB: the layers' catalogs, which `pull` looks up next) is
+//! fetched and unpacked by the requesting thread; the other packs are
 //! fetched in the background by [`PrefetchSettings::threads`] workers (at a lower CPU
 //! priority: nice + 10), in pack order
 //! (the first pack holds what a start reads first). Each pack is downloaded whole with a
@@ -75,6 +77,10 @@ pub fn ask_mount(startup_dir: &std::path::Path) -> Result<Option<String>> {
 /// A pack larger than this is not fetched (it is held in memory while it is unpacked; the
 /// publisher makes them about 2 MiB).
 pub const MAX_PACK_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A first pack at most this large is fetched and unpacked before a request is answered
+/// (the publisher makes a first pack of catalogs of at most 64 KiB).
+const INLINE_PACK_BYTES: u64 = 128 * 1024;
 
 /// Packs queued at most; past it, new requests are refused (logged).
 const MAX_QUEUED: usize = 4096;
@@ -279,8 +285,9 @@ impl StartupPrefetch {
     /// are taken in name order, or one pack) of revision `repo`, leaving out packs queued
     /// before and those past [`PrefetchSettings::max_bytes`]. Returns the answer to the
     /// request, the same however often it is asked (`getxattr` asks twice: size, then
-    /// value): how many packs and bytes it covers, whether queued now or before. Does not
-    /// wait for any download.
+    /// value): how many packs and bytes it covers, whether queued now or before. Waits only
+    /// for a newly queued first pack of at most 128 KiB, fetched and unpacked
+    /// on the calling thread; a failure of it is logged and counted, not returned.
     ///
     /// # Errors
     /// [`Error::NotFound`] if `path` is neither; catalog errors.
@@ -310,6 +317,10 @@ impl StartupPrefetch {
         let mut queued = 0usize;
         let mut bytes = 0u64;
         let mut left_out = 0usize;
+        // A small first pack (the layers' catalogs, which `pull` looks up next) is brought
+        // in before the answer: the lookups then find them claimed or cached, never fetch
+        // them on their own (a round trip on the pull's path when they came first).
+        let mut first: Option<Job> = None;
         let mut queue = self.inner.queue.lock();
         for (pack_path, entry) in packs {
             let Some(hash) = entry.hash else {
@@ -328,7 +339,7 @@ impl StartupPrefetch {
                 continue;
             }
             queued += 1;
-            queue.jobs.push_back(Job {
+            let job = Job {
                 repo: repo.clone(),
                 path: pack_path,
                 req: ObjectRequest {
@@ -338,8 +349,17 @@ impl StartupPrefetch {
                     size: Some(entry.size),
                 },
                 order: self.inner.queued_so_far.fetch_add(1, Ordering::Relaxed),
-            });
+            };
+            if queued == 1 && entry.size <= INLINE_PACK_BYTES {
+                first = Some(job);
+                continue;
+            }
+            queue.jobs.push_back(job);
             self.inner.queue.notify_one();
+        }
+        drop(queue);
+        if let Some(job) = first {
+            self.inner.run(&job, None);
         }
         if left_out > 0 {
             tracing::warn!(
@@ -377,9 +397,16 @@ impl Inner {
     fn work(&self) {
         let priority = WorkerPriority::lower();
         while let Some(job) = self.queue.next() {
+            self.run(&job, priority.as_ref());
+        }
+    }
+
+    /// Prefetches one pack, logs and counts the outcome.
+    fn run(&self, job: &Job, priority: Option<&WorkerPriority>) {
+        {
             let started = Instant::now();
             let mut counts = PrefetchCounts::default();
-            match prefetch_pack(&job, &self.unpacking, priority.as_ref(), &mut counts) {
+            match prefetch_pack(job, &self.unpacking, priority, &mut counts) {
                 Ok(committed) => {
                     counts.packs = 1;
                     tracing::info!(

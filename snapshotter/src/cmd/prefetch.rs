@@ -1,5 +1,5 @@
 //! `strata-snapshotter prefetch --mountpoint DIR REF`: asks the mount to fetch the image's
-//! startup packs in the background ([`crate::client::startup`]) and returns at once — what
+//! startup packs in the background ([`crate::client::startup`]) and returns once the first, small pack is in — what
 //! `pull` does for containerd, for hosts that start images without it (Apptainer on an HPC
 //! batch node, before a job array).
 

@@ -48,15 +48,25 @@ pub fn main(args: PullArgs) -> Result<()> {
             async move { Containerd::connect(&address, &namespace).await }
         }));
         let (asked, published) = tokio::task::spawn_blocking(move || {
-            // The startup packs first, if the image has them: they come in the background
-            // while the metadata is read, the layers are handed to containerd and the
-            // container starts.
-            let meta = image::metadata_dir(&mountpoint, &path);
-            let asked = platform_dir(&meta, &path, &p)
-                .ok()
-                .flatten()
-                .map(|pdir| ask_mount(&pdir.join(paths::STARTUP)));
-            (asked, Image::read_platform(&mountpoint, &path, &p))
+            // The metadata and the startup packs, if the image has them, at once: the
+            // mount answers once the first pack (the layers' catalogs) is in, while the
+            // manifest is read; the other packs come in the background while the layers
+            // are handed to containerd and the container starts.
+            std::thread::scope(|scope| {
+                let reading = scope.spawn(|| Image::read_platform(&mountpoint, &path, &p));
+                let meta = image::metadata_dir(&mountpoint, &path);
+                let asked = platform_dir(&meta, &path, &p)
+                    .ok()
+                    .flatten()
+                    .map(|pdir| ask_mount(&pdir.join(paths::STARTUP)));
+                let published = reading.join().unwrap_or_else(|_| {
+                    Err(Error::ImageMetadata {
+                        reference: path.clone(),
+                        reason: "reading the image's metadata panicked".into(),
+                    })
+                });
+                (asked, published)
+            })
         })
         .await
         .map_err(|e| Error::Io {

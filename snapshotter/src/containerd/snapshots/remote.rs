@@ -198,7 +198,7 @@ impl RepositoryMount {
     /// image, to prefetch the image's startup packs for this node's platform
     /// ([`crate::client::startup`]). Never fails or delays the Prepare: the request (one
     /// `getxattr` in the mount) runs on a thread of its own, a problem is logged. (The
-    /// request is answered at once, but the mount may be busy committing the packs a
+    /// request is answered once a small first pack is in, and the mount may be busy committing the packs a
     /// `strata-snapshotter pull` asked for already: measured at 50 ms from the server, the
     /// Prepare that waited for it took 116 ms longer.)
     pub fn prefetch_startup(&self, image_ref: &str) {
