@@ -1742,8 +1742,20 @@ fn startup_packs_are_prefetched_on_request_and_checked_member_by_member() {
     cmd.arg("--no-read-ahead");
     let mut m = Mounted::start(cmd, &mnt, &work.path().join("m.log"));
 
+    // The first pack is small (15 KB): it is in before the answer, its members cached;
+    // the second is not waited for.
+    let first_object = object_of(&repo.store, &first);
+    let second_object = object_of(&repo.store, &second);
+    server.slow.lock().unwrap().push(first_object.clone());
+    server.held.lock().unwrap().push(second_object.clone());
+    let asked = std::time::Instant::now();
     let answer = getxattr(&mnt.join("app/startup"), "user.strata.prefetch").unwrap();
-    // The first pack is small (15 KB): it is in before the answer, its members cached.
+    assert!(
+        asked.elapsed() >= Duration::from_secs(2),
+        "answered before the (slow) first pack came"
+    );
+    server.held.lock().unwrap().clear();
+    server.slow.lock().unwrap().clear();
     assert_eq!(
         server.requests_for(&object_of(&repo.store, &first)),
         1,

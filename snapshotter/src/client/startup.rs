@@ -50,8 +50,8 @@ use crate::{Error, Result};
 pub const PREFETCH_XATTR: &str = "user.strata.prefetch";
 
 /// Asks the mount that serves `startup_dir` (an image's `startup` directory, as a path in
-/// the mount) to prefetch its packs: one `getxattr` of [`PREFETCH_XATTR`], answered at
-/// once. `Ok(None)` if the image has no startup packs or the mount does not prefetch
+/// the mount) to prefetch its packs: one `getxattr` of [`PREFETCH_XATTR`], answered once
+/// the small first pack is in (a round trip), the others coming in the background. `Ok(None)` if the image has no startup packs or the mount does not prefetch
 /// (another client, `--no-prefetch`); else the mount's answer (`N pack(s), B bytes`).
 /// Blocking.
 ///
@@ -299,6 +299,7 @@ impl StartupPrefetch {
             .lookup(path)?
             .ok_or_else(|| Error::NotFound(path.to_string()))?;
         let name = path.rsplit('/').next().unwrap_or("");
+        let whole_directory = found.entry.kind == EntryKind::Directory;
         let packs: Vec<(String, catalog::Entry)> = match found.entry.kind {
             EntryKind::Directory => repo
                 .list(path)?
@@ -322,7 +323,7 @@ impl StartupPrefetch {
         // them on their own (a round trip on the pull's path when they came first).
         let mut first: Option<Job> = None;
         let mut queue = self.inner.queue.lock();
-        for (pack_path, entry) in packs {
+        for (index, (pack_path, entry)) in packs.into_iter().enumerate() {
             let Some(hash) = entry.hash else {
                 continue;
             };
@@ -350,7 +351,12 @@ impl StartupPrefetch {
                 },
                 order: self.inner.queued_so_far.fetch_add(1, Ordering::Relaxed),
             };
-            if queued == 1 && entry.size <= INLINE_PACK_BYTES {
+            // Only the first pack of a directory (its catalogs), when it is small.
+            if index == 0
+                && whole_directory
+                && entry.name == paths::pack_name(0)
+                && entry.size <= INLINE_PACK_BYTES
+            {
                 first = Some(job);
                 continue;
             }
@@ -359,7 +365,7 @@ impl StartupPrefetch {
         }
         drop(queue);
         if let Some(job) = first {
-            self.inner.run(&job, None);
+            self.inner.run_first(&job);
         }
         if left_out > 0 {
             tracing::warn!(
@@ -397,16 +403,24 @@ impl Inner {
     fn work(&self) {
         let priority = WorkerPriority::lower();
         while let Some(job) = self.queue.next() {
-            self.run(&job, priority.as_ref());
+            self.run(&job, Some(&self.unpacking), priority.as_ref());
         }
     }
 
-    /// Prefetches one pack, logs and counts the outcome.
-    fn run(&self, job: &Job, priority: Option<&WorkerPriority>) {
+    /// Fetches and unpacks a request's small first pack on the calling thread, without
+    /// waiting for an unpack slot (it is tiny; the slots may be held by other images'
+    /// packs at a lower priority). A failed one is forgotten, as the workers' are.
+    fn run_first(&self, job: &Job) {
+        self.run(job, None, None);
+    }
+
+    /// Prefetches one pack (unpacking in one of `unpacking`'s slots, if given), logs and
+    /// counts the outcome.
+    fn run(&self, job: &Job, unpacking: Option<&UnpackSlots>, priority: Option<&WorkerPriority>) {
         {
             let started = Instant::now();
             let mut counts = PrefetchCounts::default();
-            match prefetch_pack(job, &self.unpacking, priority, &mut counts) {
+            match prefetch_pack(job, unpacking, priority, &mut counts) {
                 Ok(committed) => {
                     counts.packs = 1;
                     tracing::info!(
@@ -434,11 +448,11 @@ impl Inner {
 }
 
 /// Downloads, verifies and unpacks one pack into the cache (unpacking in one of
-/// `unpacking`'s slots); the number of members committed (members already cached, being
+/// `unpacking`'s slots, if given); the number of members committed (members already cached, being
 /// downloaded or over the quota are skipped).
 fn prefetch_pack(
     job: &Job,
-    unpacking: &UnpackSlots,
+    unpacking: Option<&UnpackSlots>,
     priority: Option<&WorkerPriority>,
     counts: &mut PrefetchCounts,
 ) -> Result<usize> {
@@ -451,7 +465,7 @@ fn prefetch_pack(
         size
     };
     let stored = cache.fetch_stored(&job.req, limit)?;
-    let _slot = unpacking.take(job.order);
+    let _slot = unpacking.map(|u| u.take(job.order));
     let bytes = if job.req.compressed {
         catalog::decompress(&stored, size)?
     } else {

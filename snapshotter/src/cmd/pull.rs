@@ -1,7 +1,8 @@
 //! `strata-snapshotter pull REF`: reads the image's metadata from the repository mount (or,
 //! for an image not published there, from its registry), connects to containerd and runs
 //! [`crate::pull::pull`], timing each step on stdout. An image with startup packs has them prefetched by the mount
-//! in the background ([`crate::client::startup`]); the pull does not wait for them.
+//! in the background ([`crate::client::startup`]); the pull waits only for the first, small
+//! one (the layers' catalogs), while it reads the image's manifest.
 
 use std::time::Instant;
 

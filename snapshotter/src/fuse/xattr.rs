@@ -7,7 +7,8 @@
 //! CVMFS with `CVMFS_HIDE_MAGIC_XATTRS=yes`): the statistics (docs/format.md §6.13) of the catalog
 //! that hosts the path — for a nested catalog's mountpoint directory, that nested catalog.
 //! `user.strata.prefetch` ([`PREFETCH_XATTR`]) on an image's `startup` directory or on
-//! one of its packs starts the prefetch of its packs in the background and answers how
+//! one of its packs starts the prefetch of its packs (a small first pack before the answer,
+//! the others in the background) and answers how
 //! many packs and bytes that is ([`crate::client::startup`]); never listed, `ENODATA`
 //! elsewhere or when prefetching is off.
 //!
