@@ -30,12 +30,13 @@ struct Ingested {
 /// Ingests an image into `work/repo`: layer 1 three files of 10 000 bytes (`l1/f0`…, seeds
 /// 1000…), layer 2 one file of `big` bytes (`l2/f0`, seed 2000).
 fn ingest_two_layers(work: &Path, big: usize) -> Ingested {
+    ingest_layers(work, [noise_layer(1, 3, 10_000), noise_layer(2, 1, big)])
+}
+
+/// Ingests an image of the two layer tars `layers` into `work/repo`.
+fn ingest_layers(work: &Path, layers: [Vec<u8>; 2]) -> Ingested {
     let layout = work.join("layout");
-    let image = write_layout(
-        &layout,
-        "1",
-        &[noise_layer(1, 3, 10_000), noise_layer(2, 1, big)],
-    );
+    let image = write_layout(&layout, "1", &layers);
     let repo = work.join("repo");
     init_repo(&repo, "startup.test");
     let src = format!("oci:{}:1", layout.display());
@@ -293,25 +294,13 @@ fn catalogs_come_first_smallest_first_and_the_first_pack_is_small() {
     let work = ok(tempfile::tempdir());
     // Layer 1: 4000 small files (its layerfs catalog and the flat tree's are large),
     // layer 2: one file.
-    let layout = work.path().join("layout");
-    let image = write_layout(
-        &layout,
-        "1",
-        &[noise_layer(1, 4000, 16), noise_layer(2, 1, 1000)],
+    let Ingested {
+        repo, l1, l2, flat, ..
+    } = ingest_layers(
+        work.path(),
+        [noise_layer(1, 4000, 16), noise_layer(2, 1, 1000)],
     );
-    let repo = work.path().join("repo");
-    init_repo(&repo, "startup.test");
     let r = repo.display().to_string();
-    run_ok(&[
-        "ingest",
-        "--repo",
-        &r,
-        &format!("oci:{}:1", layout.display()),
-    ]);
-    let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
-    let layerfs = |d: &str| format!("/.layers/{}/{}/layerfs", &hex(d)[..2], hex(d));
-    let flat = format!("/.flat/{}/{}", &hex(&image.config)[..2], hex(&image.config));
-    let (l1, l2) = (layerfs(&image.layers[0]), layerfs(&image.layers[1]));
     let trace = work.path().join("start.trace");
     ok(std::fs::write(
         &trace,

@@ -323,7 +323,7 @@ impl StartupPrefetch {
         // them on their own (a round trip on the pull's path when they came first).
         let mut first: Option<Job> = None;
         let mut queue = self.inner.queue.lock();
-        for (index, (pack_path, entry)) in packs.into_iter().enumerate() {
+        for (pack_path, entry) in packs {
             let Some(hash) = entry.hash else {
                 continue;
             };
@@ -352,8 +352,7 @@ impl StartupPrefetch {
                 order: self.inner.queued_so_far.fetch_add(1, Ordering::Relaxed),
             };
             // Only the first pack of a directory (its catalogs), when it is small.
-            if index == 0
-                && whole_directory
+            if whole_directory
                 && entry.name == paths::pack_name(0)
                 && entry.size <= INLINE_PACK_BYTES
             {
@@ -417,33 +416,31 @@ impl Inner {
     /// Prefetches one pack (unpacking in one of `unpacking`'s slots, if given), logs and
     /// counts the outcome.
     fn run(&self, job: &Job, unpacking: Option<&UnpackSlots>, priority: Option<&WorkerPriority>) {
-        {
-            let started = Instant::now();
-            let mut counts = PrefetchCounts::default();
-            match prefetch_pack(job, unpacking, priority, &mut counts) {
-                Ok(committed) => {
-                    counts.packs = 1;
-                    tracing::info!(
-                        pack = %job.path,
-                        committed,
-                        rejected = counts.rejected_objects,
-                        ms = started.elapsed().as_millis() as u64,
-                        "startup pack prefetched"
-                    );
-                }
-                Err(e) => {
-                    counts.failed_packs = 1;
-                    self.queue.lock().seen.remove(&job.req.hash);
-                    tracing::warn!(
-                        pack = %job.path,
-                        error = %e,
-                        "startup pack unusable; its objects are fetched one by one when read"
-                    );
-                }
+        let started = Instant::now();
+        let mut counts = PrefetchCounts::default();
+        match prefetch_pack(job, unpacking, priority, &mut counts) {
+            Ok(committed) => {
+                counts.packs = 1;
+                tracing::info!(
+                    pack = %job.path,
+                    committed,
+                    rejected = counts.rejected_objects,
+                    ms = started.elapsed().as_millis() as u64,
+                    "startup pack prefetched"
+                );
             }
-            counts.ms = started.elapsed().as_millis() as u64;
-            job.repo.cache().index().record_prefetch(&counts);
+            Err(e) => {
+                counts.failed_packs = 1;
+                self.queue.lock().seen.remove(&job.req.hash);
+                tracing::warn!(
+                    pack = %job.path,
+                    error = %e,
+                    "startup pack unusable; its objects are fetched one by one when read"
+                );
+            }
         }
+        counts.ms = started.elapsed().as_millis() as u64;
+        job.repo.cache().index().record_prefetch(&counts);
     }
 }
 
